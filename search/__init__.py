@@ -1,0 +1,1 @@
+"""Co-design search: Optuna studies over model hyperparameters x hardware mapping."""

@@ -84,9 +84,8 @@ class MoEModel:
         if not 0 <= self.first_dense_layers <= self.n_layers:
             raise ValueError(f"MoEModel {self.name!r}: first_dense_layers={self.first_dense_layers} "
                              f"must be in [0, n_layers={self.n_layers}]")
-        if self.first_dense_layers > 0 or self.moe_layer_step > 1:
-            if self.dense_ffn_dim <= 0:
-                raise ValueError(f"MoEModel {self.name!r}: has dense layers, so dense_ffn_dim must be > 0")
+        if (self.first_dense_layers > 0 or self.moe_layer_step > 1) and self.dense_ffn_dim <= 0:
+            raise ValueError(f"MoEModel {self.name!r}: has dense layers, so dense_ffn_dim must be > 0")
         if self.n_shared_experts < 0 or (self.n_shared_experts > 0 and self.shared_ffn_dim <= 0):
             raise ValueError(f"MoEModel {self.name!r}: shared experts need shared_ffn_dim > 0")
         if self.bytes_per_weight <= 0 or self.kv_bytes_per_elem <= 0:

@@ -143,7 +143,7 @@ class RoutingTrace:
             position=np.concatenate([t.position for t in traces]),
             phase=np.concatenate([t.phase for t in traces]),
             meta=dict(traces[0].meta),
-            weights=np.concatenate([t.weights for t in traces]) if has_w else None,  # type: ignore[misc]
+            weights=np.concatenate([t.weights for t in traces]) if has_w else None,
         )
 
     def equals(self, other: RoutingTrace) -> bool:

@@ -33,13 +33,17 @@ def _optional_module(name: str) -> object | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (tests use it to check the sub-commands exist)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    common.add_argument("-v", "--verbose", action="store_true", help="info-level logging")
     parser = argparse.ArgumentParser(
-        prog="codesign", parents=[common],
+        prog="codesign",
         description="moe-codesign: simulate and co-design Mixture-of-Experts inference hardware",
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="info-level logging")
+    # Sub-commands accept the same flags anywhere; SUPPRESS keeps a sub-parser from resetting a
+    # flag given before the sub-command to its default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="info logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     trace = sub.add_parser("trace", parents=[common], help="import, inspect, fit and synthesise routing traces")
     trace_sub = trace.add_subparsers(dest="trace_command", metavar="TRACE_COMMAND")

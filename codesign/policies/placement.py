@@ -127,8 +127,8 @@ def cross_device_stats(trace: RoutingTrace, expert_home: npt.ArrayLike) -> Cross
         total_t += int(pair_valid.sum())
         cross_t += int((pair_valid & (da[:, :, None] != db[:, None, :])).sum())
         b_valid = b >= 0
-        has_prev = (da >= 0).any(axis=1)
-        local = (db[:, :, None] == da[:, None, :]).any(axis=2)          # [T, k]
+        has_prev: npt.NDArray[np.bool_] = np.any(da >= 0, axis=1)
+        local = np.any(db[:, :, None] == da[:, None, :], axis=2)        # [T, k]
         counted = b_valid & has_prev[:, None]
         total_a += int(counted.sum())
         cross_a += int((counted & ~local).sum())
@@ -302,8 +302,8 @@ def _solve_joint(w: FloatArray, n_devices: int, time_limit_s: float) -> tuple[In
                bounds=Bounds(lower, upper), options={"time_limit": time_limit_s, "disp": False})
     if res.x is None:
         raise RuntimeError(f"ExFlow joint MILP found no feasible placement: {res.message}")
-    x = np.asarray(res.x[:n_x]).reshape(n_layers, n_exp, n_devices)
-    return np.argmax(x, axis=2).astype(np.int64), bool(res.status == 0)
+    xs = np.asarray(res.x[:n_x]).reshape(n_layers, n_exp, n_devices)
+    return np.argmax(xs, axis=2).astype(np.int64), bool(res.status == 0)
 
 
 def _assign_layer(score: FloatArray, lo: int, hi: int) -> IntArray:
@@ -379,7 +379,7 @@ def exflow_placement(weights: npt.ArrayLike, n_devices: int, *,
     if method not in ("auto", "joint", "sequential"):
         raise ValueError(f"method must be 'auto', 'joint' or 'sequential', got {method!r}")
     n_prod = int((w > 0).sum()) * n_devices
-    use = method if method != "auto" else ("joint" if n_prod <= JOINT_MAX_PRODUCT_VARS else "sequential")
+    use: str = method if method != "auto" else ("joint" if n_prod <= JOINT_MAX_PRODUCT_VARS else "sequential")
     t0 = time.perf_counter()
     if n_trans == 0 or n_devices == 1:
         home = (round_robin_placement(n_layers, n_exp, n_devices) if load is None

@@ -36,14 +36,19 @@ import logging
 import time
 from dataclasses import dataclass
 from itertools import product
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from codesign.policies.base import PlacementPolicy, RoutingStats
+from codesign.policies.registry import REGISTRIES
 from workloads.trace import RoutingTrace
+
+if TYPE_CHECKING:
+    from workloads.model import MoEModel
 
 log = logging.getLogger(__name__)
 
@@ -435,8 +440,76 @@ def brute_force_placement(weights: npt.ArrayLike, n_devices: int) -> tuple[IntAr
     return best, best_val
 
 
+# --------------------------------------------------------------------------- registered policies
+def _require_stats(name: str, model: MoEModel, stats: RoutingStats | None) -> RoutingStats:
+    if stats is None:
+        raise ValueError(f"placement policy {name!r} needs routing statistics (a training trace); none were given")
+    if stats.load.shape != (model.n_moe_layers, model.n_experts):
+        raise ValueError(f"placement policy {name!r}: routing stats are {stats.load.shape} (layers, experts) but "
+                         f"model {model.name!r} has ({model.n_moe_layers}, {model.n_experts})")
+    return stats
+
+
+@REGISTRIES["placement"].register("round-robin", "expert e on device e mod n_devices, every layer")
+class RoundRobinPlacement(PlacementPolicy):
+    """Expert ``e`` of every MoE layer on device ``e mod n_devices``; needs no statistics."""
+
+    def place(self, model: MoEModel, n_devices: int, stats: RoutingStats | None) -> IntArray:
+        home = round_robin_placement(model.n_moe_layers, model.n_experts, n_devices)
+        return self.check(home, model, n_devices)
+
+
+@REGISTRIES["placement"].register("load-balanced",
+                                  "greedy bin packing of per-layer expert load across devices")
+class LoadBalancedPlacement(PlacementPolicy):
+    """Per layer, heaviest expert first onto the least-loaded device with room (`load_balanced_placement`)."""
+
+    def place(self, model: MoEModel, n_devices: int, stats: RoutingStats | None) -> IntArray:
+        st = _require_stats("load-balanced", model, stats)
+        return self.check(load_balanced_placement(st.load, n_devices), model, n_devices)
+
+
+@REGISTRIES["placement"].register(
+    "exflow", "ExFlow: integer program (scipy milp) maximising same-device consecutive-layer expert pairs")
+class ExflowPlacement(PlacementPolicy):
+    """ExFlow affinity placement (`exflow_placement` on the stats' joint affinity counts).
+
+    Options: ``method`` ("auto", "joint", "sequential"), ``time_limit_s`` (joint MILP),
+    ``max_sweeps`` (sequential refinement). The last solution (method, objective, solve time) is
+    kept in ``self.solution`` for reporting.
+    """
+
+    def __init__(self, *, seed: int = 0, method: Literal["auto", "joint", "sequential"] = "auto",
+                 time_limit_s: float = 60.0, max_sweeps: int = 20) -> None:
+        super().__init__(seed=seed)
+        self.method: Literal["auto", "joint", "sequential"] = method
+        self.time_limit_s = time_limit_s
+        self.max_sweeps = max_sweeps
+        self.solution: ExflowSolution | None = None
+
+    def place(self, model: MoEModel, n_devices: int, stats: RoutingStats | None) -> IntArray:
+        st = _require_stats("exflow", model, stats)
+        if n_devices == 1:
+            return np.zeros((model.n_moe_layers, model.n_experts), dtype=np.int64)
+        self.solution = exflow_placement(st.affinity, n_devices, load=st.load, method=self.method,
+                                         time_limit_s=self.time_limit_s, max_sweeps=self.max_sweeps)
+        return self.check(self.solution.expert_home, model, n_devices)
+
+
 __all__ = [
-    "JOINT_MAX_PRODUCT_VARS", "CrossDeviceShare", "ExflowSolution", "brute_force_placement",
-    "cross_device_share", "cross_device_stats", "exflow_placement", "expert_load",
-    "load_balanced_placement", "placement_objective", "round_robin_placement", "transition_counts",
+    "JOINT_MAX_PRODUCT_VARS",
+    "CrossDeviceShare",
+    "ExflowPlacement",
+    "ExflowSolution",
+    "LoadBalancedPlacement",
+    "RoundRobinPlacement",
+    "brute_force_placement",
+    "cross_device_share",
+    "cross_device_stats",
+    "exflow_placement",
+    "expert_load",
+    "load_balanced_placement",
+    "placement_objective",
+    "round_robin_placement",
+    "transition_counts",
 ]

@@ -13,3 +13,9 @@ __all__ = [
     "get_model",
     "model_preset_names",
 ]
+
+# helper A: importers of real routing data and aggregated statistics
+from workloads.aggregated import AggregatedRoutingStats
+from workloads.importers import import_trace, importer_names
+
+__all__ += ["AggregatedRoutingStats", "import_trace", "importer_names"]

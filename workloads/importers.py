@@ -1,0 +1,546 @@
+"""Importers of real routing data, registered by format name.
+
+``import_trace(fmt, paths, **options)`` reads files (or directories of them) in one of the
+formats below and returns a `RoutingTrace` or, for aggregated counts, an
+`AggregatedRoutingStats`. The formats are those of ``shared/traces/`` (see its README):
+
+``mixtral-jsonl``
+    ``*_routing.jsonl`` of Mixtral-8x7B-Instruct (github.com/Mario928/speculative-moe): one JSON
+    object per (problem, decode token, layer) with ``experts`` (highest gate first) and
+    ``gating_probs`` (renormalised). Every (dataset, problem_id) pair becomes a request, numbered
+    0.. in order of first appearance (files in the order given, a directory sorted by name);
+    tokens are decode tokens (phase 1), sorted by ``token_idx``, which becomes ``position`` (the
+    decode step; the prompt length is not in the routing file). Tokens lacking some layers are
+    always reported through ``logging.warning``; ``missing="mark"`` (default) keeps them with -1
+    in the missing layers (``meta["incomplete_tokens"]`` lists them), ``missing="drop"`` drops them.
+``deepseek-csv``
+    ``prompt_NNNN_data.csv`` of DeepSeek-V2-Lite-Chat (github.com/ngavhane/moe-beyond): each file is
+    one request (request id = NNNN), prefill tokens (phase 0) at positions 0..; ``Layer ID`` 1..26
+    maps to MoE-layer column 0..25; the 6 ids are stored in file order (not score order; there are
+    no weights) and ``meta["expert_order"]`` says so.
+``olmoe-counts``
+    ``counts.json`` of the OLMoE paper (github.com/allenai/OLMoE): aggregated counts, returned as
+    `AggregatedRoutingStats` (options ``model`` = olmoe | olmoe-sft | olmoe-dpo | mistral and
+    ``domain`` = a domain name or "all", the sum over the domains every kind of count has).
+
+Every error is a `TraceFormatError` naming the file, the line (where there is one) and what was
+expected. Fields are parsed as data (``json``, ``csv``, ``int``); nothing is ever ``eval``-ed or
+unpickled: a file starting with the pickle protocol byte 0x80 is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workloads.aggregated import AggregatedRoutingStats
+from workloads.model import get_model
+from workloads.trace import DECODE, PREFILL, RoutingTrace, TraceFormatError
+
+log = logging.getLogger(__name__)
+
+PathArg = str | os.PathLike[str]
+Imported = RoutingTrace | AggregatedRoutingStats
+ImporterFunc = Callable[..., Imported]
+
+#: Licences of the real data, from ``shared/traces/README.md`` (section "Provenance and licences").
+LICENCE_MIXTRAL = ("no licence stated (research reference data); github.com/Mario928/speculative-moe "
+                   "commit 216e26eb86ee, routing_data_collected/")
+LICENCE_DEEPSEEK = ("no licence stated (research reference data); github.com/ngavhane/moe-beyond "
+                    "commit 4dca2eacb7bc, expert_activation_scripts/training_data_eamc/")
+LICENCE_OLMOE = "Apache-2.0; github.com/allenai/OLMoE commit 357454f4f647, scripts/routing_output/"
+
+_PICKLE_MAGIC = b"\x80"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    func: ImporterFunc
+    description: str
+    pattern: str  # glob used for directories
+
+
+_IMPORTERS: dict[str, _Entry] = {}
+
+
+def _register(name: str, description: str, pattern: str) -> Callable[[ImporterFunc], ImporterFunc]:
+    """Register an importer (module import time only; the table is never mutated afterwards)."""
+
+    def deco(func: ImporterFunc) -> ImporterFunc:
+        if name in _IMPORTERS:
+            raise ValueError(f"importer {name!r} registered twice")
+        _IMPORTERS[name] = _Entry(func, description, pattern)
+        return func
+
+    return deco
+
+
+def importer_names() -> list[str]:
+    """Names of the registered formats, sorted."""
+    return sorted(_IMPORTERS)
+
+
+def importer_descriptions() -> dict[str, str]:
+    """Format name -> one-line description."""
+    return {n: _IMPORTERS[n].description for n in importer_names()}
+
+
+class UnknownFormatError(ValueError):
+    """An unknown importer format name; the message lists the valid names."""
+
+
+def expand_paths(fmt: str, paths: PathArg | Sequence[PathArg]) -> list[Path]:
+    """Files to read: each file as given, each directory expanded to its files matching the
+    format's pattern (sorted by name). Raises `TraceFormatError` for a missing path or an empty
+    directory, `UnknownFormatError` for an unknown format."""
+    entry = _entry(fmt)
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not items:
+        raise TraceFormatError(f"{fmt}: no input path given")
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(p.glob(entry.pattern))
+            if not found:
+                raise TraceFormatError(f"{p}: directory has no file matching {entry.pattern!r} (format {fmt})")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise TraceFormatError(f"{p}: no such file or directory")
+    return out
+
+
+def _entry(fmt: str) -> _Entry:
+    try:
+        return _IMPORTERS[fmt]
+    except KeyError:
+        raise UnknownFormatError(f"unknown trace format {fmt!r}; valid: {', '.join(importer_names())}") from None
+
+
+def import_trace(fmt: str, paths: PathArg | Sequence[PathArg], **options: Any) -> Imported:
+    """Read ``paths`` (files or directories) in format ``fmt`` with format-specific ``options``.
+
+    Returns a `RoutingTrace` (``mixtral-jsonl``, ``deepseek-csv``) or an `AggregatedRoutingStats`
+    (``olmoe-counts``). Raises `UnknownFormatError` (lists the valid names), `TraceFormatError`
+    (names file, line, expectation) and `TypeError` for an option the format does not take.
+    """
+    entry = _entry(fmt)
+    files = expand_paths(fmt, paths)
+    return entry.func(files, **options)
+
+
+# ------------------------------------------------------------------ helpers
+def _read_text(path: Path) -> str:
+    """The file's text (UTF-8); refuses pickles and binary junk with a `TraceFormatError`."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TraceFormatError(f"{path}: cannot read ({exc.strerror})") from exc
+    if data[:1] == _PICKLE_MAGIC:
+        raise TraceFormatError(
+            f"{path}: looks like a Python pickle (first byte 0x80); pickles are never loaded "
+            "(they can run code): convert it to JSON/CSV/.npz first")
+    if not data.strip():
+        raise TraceFormatError(f"{path}: file is empty")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise TraceFormatError(f"{path}: line {line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+def _model_meta(model: str) -> tuple[str, int, int, int]:
+    """(preset name, n_experts, top_k, n_moe_layers) of a model preset."""
+    m = get_model(model)
+    return m.name, m.n_experts, m.top_k, m.n_moe_layers
+
+
+def _int_field(obj: dict[str, Any], key: str, where: str) -> int:
+    if key not in obj:
+        raise TraceFormatError(f"{where}: missing field {key!r}")
+    v = obj[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TraceFormatError(f"{where}: field {key!r} is {v!r}, expected an integer")
+    return v
+
+
+# ------------------------------------------------------------ mixtral-jsonl
+@_register("mixtral-jsonl", "Mixtral-8x7B-Instruct decode routing, *_routing.jsonl (speculative-moe)",
+           "*_routing.jsonl")
+def import_mixtral_jsonl(files: Sequence[Path], *, missing: str = "mark", model: str = "mixtral-8x7b",
+                         n_layers: int | None = None) -> RoutingTrace:
+    """Mixtral JSONL routing files -> decode `RoutingTrace` with gate weights.
+
+    ``missing``: "mark" keeps tokens lacking layers (-1 ids, NaN-free 0 weights there), "drop"
+    removes them; both log a warning naming the tokens. ``model``: the preset whose n_experts,
+    top_k and MoE-layer count the rows must fit (``n_layers`` overrides the layer count).
+    """
+    if missing not in ("mark", "drop"):
+        raise ValueError(f"missing must be 'mark' or 'drop', got {missing!r}")
+    name, n_experts, top_k, n_moe = _model_meta(model)
+    n_layers = n_moe if n_layers is None else int(n_layers)
+    # (dataset, problem_id) -> request id; (request, token_idx) -> {layer: (experts, probs)}
+    req_ids: dict[tuple[str, int], int] = {}
+    cells: dict[tuple[int, int], dict[int, tuple[list[int], list[float]]]] = {}
+    first_line: dict[tuple[int, int, int], str] = {}
+    for path in files:
+        text = _read_text(path)
+        for lineno, line in enumerate(io.StringIO(text), start=1):
+            if not line.strip():
+                continue
+            where = f"{path}: line {lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TraceFormatError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); "
+                                       "expected one JSON object per line (truncated file?)") from exc
+            if not isinstance(obj, dict):
+                raise TraceFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            dataset = obj.get("dataset")
+            if not isinstance(dataset, str):
+                raise TraceFormatError(f"{where}: field 'dataset' is {dataset!r}, expected a string")
+            pid = _int_field(obj, "problem_id", where)
+            layer = _int_field(obj, "layer", where)
+            tok = _int_field(obj, "token_idx", where)
+            if not 0 <= layer < n_layers:
+                raise TraceFormatError(f"{where}: layer {layer} outside [0, {n_layers}) for {name}")
+            if tok < 0:
+                raise TraceFormatError(f"{where}: token_idx {tok} is negative")
+            experts = obj.get("experts")
+            probs = obj.get("gating_probs")
+            if (not isinstance(experts, list) or len(experts) != top_k
+                    or not all(isinstance(e, int) and not isinstance(e, bool) for e in experts)):
+                raise TraceFormatError(f"{where}: field 'experts' is {experts!r}, expected {top_k} integer ids")
+            bad = [e for e in experts if not 0 <= e < n_experts]
+            if bad:
+                raise TraceFormatError(f"{where}: expert id {bad[0]} outside [0, {n_experts}) for {name}")
+            if len(set(experts)) != len(experts):
+                raise TraceFormatError(f"{where}: field 'experts' {experts!r} repeats an expert")
+            if (not isinstance(probs, list) or len(probs) != top_k
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in probs)):
+                raise TraceFormatError(f"{where}: field 'gating_probs' is {probs!r}, expected {top_k} numbers")
+            if not all(0.0 <= float(x) <= 1.0 for x in probs):
+                raise TraceFormatError(f"{where}: field 'gating_probs' {probs!r} not in [0, 1]")
+            rid = req_ids.setdefault((dataset, pid), len(req_ids))
+            cell = cells.setdefault((rid, tok), {})
+            if layer in cell:
+                raise TraceFormatError(f"{where}: duplicate row for ({dataset!r}, problem {pid}, token {tok}, "
+                                       f"layer {layer}); first seen at {first_line[(rid, tok, layer)]}")
+            cell[layer] = (experts, [float(x) for x in probs])
+            first_line[(rid, tok, layer)] = where
+    keys = sorted(cells)
+    n = len(keys)
+    ex = np.full((n, n_layers, top_k), -1, dtype=np.int16)
+    w = np.zeros((n, n_layers, top_k), dtype=np.float32)
+    request = np.empty(n, dtype=np.int32)
+    position = np.empty(n, dtype=np.int32)
+    inv_req = {v: k for k, v in req_ids.items()}
+    incomplete: list[dict[str, Any]] = []
+    complete = np.ones(n, dtype=bool)
+    for i, (rid, tok) in enumerate(keys):
+        request[i] = rid
+        position[i] = tok
+        cell = cells[(rid, tok)]
+        for layer, (e, p) in cell.items():
+            ex[i, layer] = e
+            w[i, layer] = p
+        if len(cell) != n_layers:
+            complete[i] = False
+            ds, pid = inv_req[rid]
+            incomplete.append({"request": rid, "dataset": ds, "problem_id": pid, "token_idx": tok,
+                               "missing_layers": n_layers - len(cell),
+                               "missing_layer_ids": sorted(set(range(n_layers)) - set(cell))})
+    if incomplete:
+        desc = ", ".join(f"{d['dataset']}/{d['problem_id']} token {d['token_idx']} "
+                         f"({d['missing_layers']} layers missing)" for d in incomplete)
+        log.warning("%d of %d Mixtral tokens lack some layers (%s): %s", len(incomplete), n,
+                    "kept, marked -1" if missing == "mark" else "dropped", desc)
+    meta: dict[str, Any] = {
+        "model": name, "n_experts": n_experts, "top_k": top_k, "format": "mixtral-jsonl",
+        "source": [str(f) for f in files], "licence": LICENCE_MIXTRAL,
+        "requests": {str(v): {"dataset": k[0], "problem_id": k[1]} for k, v in req_ids.items()},
+        "expert_order": "highest gate first", "weights": "renormalised top-k gate probabilities",
+        "position": "decode step index (token_idx); prompt length not recorded",
+        "missing": missing, "incomplete_tokens": incomplete, "n_incomplete_tokens": len(incomplete),
+    }
+    trace = RoutingTrace(experts=ex, request=request, position=position,
+                         phase=np.full(n, DECODE, dtype=np.uint8), meta=meta, weights=w)
+    if missing == "drop" and incomplete:
+        trace = trace.select(complete)
+    return trace
+
+
+# ------------------------------------------------------------- deepseek-csv
+_DS_HEADER = ["Layer ID", "Batch Number", "Token", "Activated Expert IDs"]
+
+
+def _parse_ds_file(path: Path, n_layers: int, n_experts: int, top_k: int) -> tuple[np.ndarray, list[str]]:
+    """One DeepSeek CSV -> (experts int16 [tokens, n_layers, top_k], token pieces)."""
+    text = _read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise TraceFormatError(f"{path}: line {reader.line_num}: malformed CSV ({exc}); "
+                               "expected 4 fields per row (truncated file?)") from exc
+    if not rows or rows[0] != _DS_HEADER:
+        got = rows[0] if rows else None
+        raise TraceFormatError(f"{path}: line 1: header {got!r}, expected {_DS_HEADER!r}")
+    body = rows[1:]
+    if not body:
+        raise TraceFormatError(f"{path}: no data rows after the header")
+    # Fast path: vectorised parse of all rows; any inconsistency falls back to the row-wise
+    # checker, which finds the first bad line and names it.
+    try:
+        if any(len(r) != 4 for r in body):
+            raise ValueError
+        layer_ids = np.array([r[0] for r in body], dtype=np.int64)
+        joined = ",".join(r[3].strip().removeprefix("[").removesuffix("]") for r in body)
+        ids = np.array(joined.split(","), dtype=np.int64)
+        if ids.size != top_k * len(body):
+            raise ValueError
+    except ValueError:
+        _raise_first_bad_ds_row(path, body, n_layers, n_experts, top_k)
+        raise AssertionError("unreachable") from None
+    ids = ids.reshape(len(body), top_k)
+    if ids.min() < 0 or ids.max() >= n_experts or layer_ids.min() < 1 or layer_ids.max() > n_layers:
+        _raise_first_bad_ds_row(path, body, n_layers, n_experts, top_k)
+    srt = np.sort(ids, axis=1)
+    if (srt[:, 1:] == srt[:, :-1]).any():
+        i = int(np.nonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))[0][0])
+        raise TraceFormatError(f"{path}: line {i + 2}: expert ids {body[i][3]!r} repeat an expert")
+    # Layout: grouped by layer (1..n_layers ascending), the same tokens in each layer.
+    n_rows = len(body)
+    if n_rows % n_layers:
+        counts = np.bincount(layer_ids, minlength=n_layers + 1)[1:]
+        raise TraceFormatError(
+            f"{path}: {n_rows} rows is not a multiple of {n_layers} layers (rows per layer: "
+            f"{dict(enumerate(counts.tolist(), start=1))}); expected every layer 1..{n_layers} to have the "
+            "same tokens (truncated file or a layer count that disagrees?)")
+    n_tok = n_rows // n_layers
+    expected = np.repeat(np.arange(1, n_layers + 1), n_tok)
+    if not np.array_equal(layer_ids, expected):
+        i = int(np.nonzero(layer_ids != expected)[0][0])
+        raise TraceFormatError(
+            f"{path}: line {i + 2}: Layer ID {layer_ids[i]}, expected {expected[i]} (rows grouped by layer "
+            f"1..{n_layers}, {n_tok} tokens each)")
+    tokens = [r[2] for r in body[:n_tok]]
+    for layer in range(1, n_layers):
+        chunk = body[layer * n_tok:(layer + 1) * n_tok]
+        for j, r in enumerate(chunk):
+            if r[2] != tokens[j]:
+                raise TraceFormatError(
+                    f"{path}: line {layer * n_tok + j + 2}: token {r[2]!r} at layer {layer + 1} position {j}, "
+                    f"expected {tokens[j]!r} as at layer 1")
+    experts = ids.reshape(n_layers, n_tok, top_k).transpose(1, 0, 2).astype(np.int16)
+    return np.ascontiguousarray(experts), tokens
+
+
+def _raise_first_bad_ds_row(path: Path, body: list[list[str]], n_layers: int, n_experts: int, top_k: int) -> None:
+    for i, r in enumerate(body):
+        where = f"{path}: line {i + 2}"
+        if len(r) != 4:
+            raise TraceFormatError(f"{where}: {len(r)} fields, expected 4 ({', '.join(_DS_HEADER)})")
+        try:
+            layer = int(r[0])
+        except ValueError:
+            raise TraceFormatError(f"{where}: Layer ID {r[0]!r}, expected an integer") from None
+        if not 1 <= layer <= n_layers:
+            raise TraceFormatError(f"{where}: Layer ID {layer} outside 1..{n_layers}")
+        s = r[3].strip()
+        if not (s.startswith("[") and s.endswith("]")):
+            raise TraceFormatError(f"{where}: Activated Expert IDs {r[3]!r}, expected a list like [1, 2, ...]")
+        parts = s[1:-1].split(",")
+        try:
+            ids = [int(x) for x in parts]
+        except ValueError:
+            raise TraceFormatError(
+                f"{where}: Activated Expert IDs {r[3]!r}, expected {top_k} integers") from None
+        if len(ids) != top_k:
+            raise TraceFormatError(f"{where}: Activated Expert IDs {r[3]!r} has {len(ids)} ids, expected {top_k}")
+        bad = [e for e in ids if not 0 <= e < n_experts]
+        if bad:
+            raise TraceFormatError(f"{where}: expert id {bad[0]} outside [0, {n_experts})")
+    raise TraceFormatError(f"{path}: inconsistent rows (no single bad line found)")
+
+
+def _prompt_number(path: Path) -> int:
+    stem = path.name
+    if stem.startswith("prompt_") and stem.endswith("_data.csv"):
+        num = stem[len("prompt_"):-len("_data.csv")]
+        if num.isdigit():
+            return int(num)
+    raise TraceFormatError(f"{path}: file name does not match prompt_NNNN_data.csv (the request id comes from it)")
+
+
+@_register("deepseek-csv", "DeepSeek-V2-Lite prefill routing, prompt_NNNN_data.csv per request (moe-beyond)",
+           "prompt_*_data.csv")
+def import_deepseek_csv(files: Sequence[Path], *, model: str = "deepseek-v2-lite",
+                        keep_tokens: bool = False, progress: bool = False) -> RoutingTrace:
+    """DeepSeek CSVs -> prefill `RoutingTrace` (no weights), one request per file.
+
+    ``keep_tokens`` stores the token pieces in ``meta["tokens"]`` (one list per request).
+    ``progress`` shows a tqdm bar over files.
+    """
+    name, n_experts, top_k, n_layers = _model_meta(model)
+    seen: dict[int, Path] = {}
+    parts: list[np.ndarray] = []
+    reqs: list[np.ndarray] = []
+    pos: list[np.ndarray] = []
+    token_lists: dict[str, list[str]] = {}
+    it: Iterable[Path] = files
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(files, desc="deepseek-csv", unit="file")
+    for path in it:
+        rid = _prompt_number(path)
+        if rid in seen:
+            raise TraceFormatError(f"{path}: request {rid} already read from {seen[rid]}")
+        seen[rid] = path
+        ex, tokens = _parse_ds_file(path, n_layers, n_experts, top_k)
+        parts.append(ex)
+        reqs.append(np.full(ex.shape[0], rid, dtype=np.int32))
+        pos.append(np.arange(ex.shape[0], dtype=np.int32))
+        if keep_tokens:
+            token_lists[str(rid)] = tokens
+    experts = np.concatenate(parts)
+    meta: dict[str, Any] = {
+        "model": name, "n_experts": n_experts, "top_k": top_k, "format": "deepseek-csv",
+        "source": [str(f) for f in files], "licence": LICENCE_DEEPSEEK,
+        "expert_order": "file order (not score order); no gate weights recorded",
+        "moe_layer_ids": "column c = Layer ID c+1 (layer 0 is dense)",
+        "shared_experts": "2 shared experts always on, not logged",
+    }
+    if keep_tokens:
+        meta["tokens"] = token_lists
+    return RoutingTrace(experts=experts, request=np.concatenate(reqs), position=np.concatenate(pos),
+                        phase=np.full(experts.shape[0], PREFILL, dtype=np.uint8), meta=meta)
+
+
+# ------------------------------------------------------------- olmoe-counts
+#: Layers and layer pairs of the counts (shared/traces/README.md: "layers 0, 7, 15"; pairs (0,7), (7,15)).
+OLMOE_COUNT_LAYERS = (0, 7, 15)
+OLMOE_COUNT_PAIRS = ((0, 7), (7, 15))
+#: counts.json model key -> model preset.
+OLMOE_COUNT_MODELS = {"olmoe": "olmoe-1b-7b", "olmoe-sft": "olmoe-1b-7b", "olmoe-dpo": "olmoe-1b-7b",
+                      "mistral": "mixtral-8x7b"}
+_KINDS = ("expert_counts", "expert_counts_top1", "expert_counts_crosslayer", "expert_counts_crosslayer_top1")
+
+
+def _count_vector(entries: Any, n_experts: int, where: str) -> np.ndarray:
+    if not isinstance(entries, list):
+        raise TraceFormatError(f"{where}: expected a list of [expert_id, count], got {type(entries).__name__}")
+    out = np.zeros(n_experts, dtype=np.int64)
+    for j, item in enumerate(entries):
+        if (not isinstance(item, list) or len(item) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)):
+            raise TraceFormatError(f"{where}[{j}]: {item!r}, expected [expert_id, count] integers")
+        e, c = item
+        if not 0 <= e < n_experts:
+            raise TraceFormatError(f"{where}[{j}]: expert id {e} outside [0, {n_experts})")
+        if c < 0:
+            raise TraceFormatError(f"{where}[{j}]: negative count {c}")
+        out[e] += c
+    return out
+
+
+def _count_matrix(entries: Any, n_experts: int, where: str) -> np.ndarray:
+    if not isinstance(entries, list):
+        raise TraceFormatError(f"{where}: expected a list of [[a, b], count], got {type(entries).__name__}")
+    out = np.zeros((n_experts, n_experts), dtype=np.int64)
+    for j, item in enumerate(entries):
+        ok = (isinstance(item, list) and len(item) == 2 and isinstance(item[0], list) and len(item[0]) == 2
+              and all(isinstance(x, int) and not isinstance(x, bool) for x in [*item[0], item[1]]))
+        if not ok:
+            raise TraceFormatError(f"{where}[{j}]: {item!r}, expected [[expert_a, expert_b], count] integers")
+        (a, b), c = item
+        if not (0 <= a < n_experts and 0 <= b < n_experts):
+            raise TraceFormatError(f"{where}[{j}]: expert pair ({a}, {b}) outside [0, {n_experts})")
+        if c < 0:
+            raise TraceFormatError(f"{where}[{j}]: negative count {c}")
+        out[a, b] += c
+    return out
+
+
+@_register("olmoe-counts", "OLMoE / Mixtral aggregated expert counts, counts.json (allenai/OLMoE) -> stats",
+           "counts.json")
+def import_olmoe_counts(files: Sequence[Path], *, model: str = "olmoe", domain: str = "all") -> AggregatedRoutingStats:
+    """``counts.json`` -> `AggregatedRoutingStats` of ``model`` (a counts.json key: olmoe, olmoe-sft,
+    olmoe-dpo, mistral) on ``domain`` ("all" sums the domains that every kind of count present for
+    the model has, so that loads and pairs cover the same tokens; ``domains`` records which)."""
+    if len(files) != 1:
+        raise TraceFormatError(f"olmoe-counts reads one counts.json, got {len(files)} files")
+    path = files[0]
+    text = _read_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TraceFormatError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg}; truncated file?)") from exc
+    if not isinstance(data, dict):
+        raise TraceFormatError(f"{path}: expected a JSON object {{model: {{kind: {{domain: ...}}}}}}")
+    if model not in data:
+        raise TraceFormatError(f"{path}: no model {model!r}; available: {', '.join(sorted(data))}")
+    if model not in OLMOE_COUNT_MODELS:
+        raise TraceFormatError(f"{path}: model {model!r} has no known preset; known: {sorted(OLMOE_COUNT_MODELS)}")
+    preset = get_model(OLMOE_COUNT_MODELS[model])
+    kinds = data[model]
+    if not isinstance(kinds, dict) or "expert_counts" not in kinds:
+        raise TraceFormatError(f"{path}: {model}: expected kinds {list(_KINDS)}, got "
+                               f"{sorted(kinds) if isinstance(kinds, dict) else type(kinds).__name__}")
+    unknown = set(kinds) - set(_KINDS)
+    if unknown:
+        raise TraceFormatError(f"{path}: {model}: unknown kind(s) {sorted(unknown)}; expected {list(_KINDS)}")
+    for kind, by_domain in kinds.items():
+        if not isinstance(by_domain, dict):
+            raise TraceFormatError(f"{path}: {model}.{kind}: expected {{domain: [...]}}")
+    if domain == "all":
+        common = set.intersection(*(set(v) for v in kinds.values()))
+        domains = tuple(sorted(common))
+        if not domains:
+            raise TraceFormatError(f"{path}: {model}: no domain common to all kinds of counts")
+    else:
+        have = [k for k, v in kinds.items() if domain in v]
+        if "expert_counts" not in have:
+            avail = sorted(kinds["expert_counts"])
+            raise TraceFormatError(f"{path}: {model}: no domain {domain!r}; available: {', '.join(avail)} or 'all'")
+        domains = (domain,)
+    n = preset.n_experts
+    load: dict[int, np.ndarray] = {}
+    load_top1: dict[int, np.ndarray] = {}
+    pairs: dict[tuple[int, int], np.ndarray] = {}
+    pairs_top1: dict[tuple[int, int], np.ndarray] = {}
+    for kind, by_domain in kinds.items():
+        if not all(d in by_domain for d in domains):
+            continue
+        is_pair = "crosslayer" in kind
+        keys: tuple[Any, ...] = OLMOE_COUNT_PAIRS if is_pair else OLMOE_COUNT_LAYERS
+        targets: dict[str, dict[Any, np.ndarray]] = {
+            "expert_counts": load, "expert_counts_top1": load_top1,
+            "expert_counts_crosslayer": pairs, "expert_counts_crosslayer_top1": pairs_top1}
+        target = targets[kind]
+        for d in domains:
+            entries = by_domain[d]
+            where = f"{path}: {model}.{kind}.{d}"
+            if not isinstance(entries, list) or len(entries) != len(keys):
+                got = len(entries) if isinstance(entries, list) else type(entries).__name__
+                raise TraceFormatError(f"{where}: {got} entries, expected {len(keys)} (for {list(keys)})")
+            for key, ent in zip(keys, entries, strict=True):
+                arr = (_count_matrix(ent, n, f"{where}[{key}]") if is_pair
+                       else _count_vector(ent, n, f"{where}[{key}]"))
+                target[key] = target[key] + arr if key in target else arr
+    return AggregatedRoutingStats(
+        model=preset.name, n_experts=n, top_k=preset.top_k, domain=domain, domains=domains,
+        load=load, load_top1=load_top1, pairs=pairs, pairs_top1=pairs_top1,
+        source_model=model, source=str(path), licence=LICENCE_OLMOE,
+    )

@@ -1,0 +1,642 @@
+"""Calibration profiles: measured kernel timings, fitted efficiency curves, JSON files.
+
+A :class:`CalibrationProfile` holds what a calibration measured on one device (raw samples, each
+marked as used for fitting or held out for validation), the reference peaks its efficiencies are
+relative to, and the fitted parameters. It implements the ``EfficiencyModel`` protocol of
+:mod:`hwmodels.costs` (``gemm``, ``memory``, ``copy``, ``name``) and predicts times directly
+(:meth:`CalibrationProfile.predict_gemm_s`, :meth:`~CalibrationProfile.predict_ffn_s`, ...).
+
+Models fitted (all in log space with a robust soft-L1 loss, :func:`scipy.optimize.least_squares`):
+
+GEMM, ``(m x k) @ (k x n)``, ``F = 2 m k n`` FLOPs and ``Q = b (m k + k n + m n)`` bytes at ``b``
+bytes per element::
+
+    t(m, k, n) = t0 + (tc^p + tm^p)^(1/p)
+    tc = F / (peak_flops * e_c * occ),   occ = m n / (m n + s_half)       (compute, with occupancy)
+    tm = Q / B_gemm                                                        (operand streaming)
+
+``t0`` is a per-call overhead (launch), ``e_c`` in (0, 1] the best compute efficiency, ``s_half``
+the output size (m x n elements) at which half the device is busy, ``B_gemm`` the bandwidth at which
+operands stream, and ``p >= 1`` the sharpness of the compute/memory transition (``p -> inf`` is the
+roofline max). ``t`` is monotone non-decreasing in m, and ``t >= F / peak_flops``, so the GEMM
+efficiency ``F / (peak_flops * t)`` lies in (0, 1]: a calibrated cost is never below the roofline.
+
+Memory and copies: ``t(bytes) = t0 + bytes / B`` (one fit for memory-bound streaming kernels, one
+per pinned/pageable host<->device copy); efficiencies are ``bytes / t / peak`` clipped to (0, 1].
+
+This module does not import torch (measurements come from :mod:`hwmodels.calibrate_run` and
+:mod:`hwmodels.vidur_import`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import least_squares
+
+log = logging.getLogger(__name__)
+
+#: File format tag and version of profile JSON files (bumped on incompatible changes).
+FORMAT_TAG = "moe-codesign-calibration"
+FORMAT_VERSION = 1
+
+#: Required shape keys of each sample kind (``time_s`` is the median measured time, seconds).
+SAMPLE_KINDS: dict[str, tuple[str, ...]] = {
+    "gemm": ("m", "k", "n"),            # (m x k) @ (k x n)
+    "ffn": ("m", "d", "f"),             # one gated expert FFN: m tokens, d_model d, hidden f
+    "grouped": ("tokens", "d", "f"),    # several gated experts, tokens[i] routed to expert i
+    "memory": ("n_bytes",),             # a memory-bound kernel moving n_bytes (read + write)
+    "copy": ("n_bytes", "pinned"),      # a host -> device copy of n_bytes
+}
+
+#: Ops of memory samples that get their own fit: a plain streaming kernel (copy, add) and the
+#: gated activation ``silu(g) * u`` of an expert FFN (reads two m x f tensors, writes one).
+MEMORY_OPS = ("stream", "act")
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class CalibrationError(ValueError):
+    """A malformed profile, an unusable measurement set, or a fit that cannot be done."""
+
+
+class MissingCalibrationError(LookupError):
+    """The profile has no measurements for the quantity asked (e.g. copies on a CPU profile)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Samples and fitted parameters
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sample:
+    """One measured kernel configuration.
+
+    ``kind`` is a key of :data:`SAMPLE_KINDS` and ``shape`` holds that kind's keys; ``op`` names
+    what was run (``"up"``, ``"down"``, ``"qkv"``, ``"memcpy"``, ...). ``time_s`` is the median of
+    ``repeats`` timed runs after outlier rejection, ``spread_s`` their median absolute deviation.
+    ``heldout`` marks samples kept out of the fit for validation. ``tag`` is free provenance
+    (e.g. ``"tp=4"``).
+    """
+
+    kind: str
+    op: str
+    shape: Mapping[str, Any]
+    time_s: float
+    repeats: int = 1
+    spread_s: float = 0.0
+    heldout: bool = False
+    tag: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in SAMPLE_KINDS:
+            raise CalibrationError(f"sample kind {self.kind!r} unknown; expected one of {sorted(SAMPLE_KINDS)}")
+        missing = [key for key in SAMPLE_KINDS[self.kind] if key not in self.shape]
+        if missing:
+            raise CalibrationError(f"{self.kind} sample {self.op!r}: shape lacks {missing} (has {sorted(self.shape)})")
+        if not (isinstance(self.time_s, int | float) and math.isfinite(self.time_s) and self.time_s > 0):
+            raise CalibrationError(f"{self.kind} sample {self.op!r}: time_s must be a positive finite number, "
+                                   f"got {self.time_s!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"kind": self.kind, "op": self.op, "shape": dict(self.shape), "time_s": self.time_s,
+                "repeats": self.repeats, "spread_s": self.spread_s, "heldout": self.heldout, "tag": self.tag}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GemmFit:
+    """Fitted GEMM time model (see the module docstring); units in the names."""
+
+    t0_s: float
+    eff_compute: float
+    bandwidth_Bps: float
+    sharpness: float
+    half_occupancy_elems: float
+
+    def predict_s(self, m: npt.ArrayLike, k: npt.ArrayLike, n: npt.ArrayLike, *, peak_flops: float,
+                  dtype_bytes: float) -> FloatArray:
+        """Predicted seconds of ``(m x k) @ (k x n)`` GEMMs (broadcast over array arguments)."""
+        mf = np.asarray(m, dtype=np.float64)
+        kf = np.asarray(k, dtype=np.float64)
+        nf = np.asarray(n, dtype=np.float64)
+        return _gemm_time(mf, kf, nf, self.t0_s, self.eff_compute, self.bandwidth_Bps, self.sharpness,
+                          self.half_occupancy_elems, peak_flops, dtype_bytes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearFit:
+    """``t(bytes) = t0_s + bytes / bandwidth_Bps``: a streaming kernel or a copy."""
+
+    t0_s: float
+    bandwidth_Bps: float
+
+    def predict_s(self, n_bytes: npt.ArrayLike) -> FloatArray:
+        """Predicted seconds for moving ``n_bytes``."""
+        return self.t0_s + np.asarray(n_bytes, dtype=np.float64) / self.bandwidth_Bps
+
+
+def _gemm_time(m: FloatArray, k: FloatArray, n: FloatArray, t0: float, ec: float, bw: float, p: float,
+               s_half: float, peak: float, b: float) -> FloatArray:
+    m = np.maximum(m, 1.0)
+    flops = 2.0 * m * k * n
+    occ = (m * n) / (m * n + s_half)
+    tc = flops / (peak * ec * occ)
+    tm = b * (m * k + k * n + m * n) / bw
+    # (tc^p + tm^p)^(1/p) computed stably as hi * (1 + (lo/hi)^p)^(1/p)
+    hi = np.maximum(tc, tm)
+    lo = np.minimum(tc, tm)
+    return np.asarray(t0 + hi * (1.0 + (lo / hi) ** p) ** (1.0 / p), dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fitting
+# ----------------------------------------------------------------------------------------------
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def fit_gemm(m: npt.ArrayLike, k: npt.ArrayLike, n: npt.ArrayLike, time_s: npt.ArrayLike, *, peak_flops: float,
+             dtype_bytes: float, f_scale: float = 0.05) -> GemmFit:
+    """Fit :class:`GemmFit` to measured GEMM times (seconds), robustly in log space.
+
+    ``f_scale`` is the log-residual beyond which the soft-L1 loss grows linearly (0.05 ~ 5%), so
+    outliers (a noisy neighbour, a slow kernel choice) pull the fit little. Several starting points
+    are tried and the best is kept. Needs at least 6 samples spanning small and large m.
+    """
+    mf, kf, nf, tf = (np.asarray(a, dtype=np.float64).ravel() for a in (m, k, n, time_s))
+    if not (mf.size == kf.size == nf.size == tf.size):
+        raise CalibrationError("fit_gemm: m, k, n and time_s must have the same length")
+    if mf.size < 6:
+        raise CalibrationError(f"fit_gemm: need at least 6 GEMM samples, got {mf.size}")
+    if np.any(~np.isfinite(tf)) or np.any(tf <= 0):
+        raise CalibrationError("fit_gemm: times must be positive and finite")
+    if peak_flops <= 0 or dtype_bytes <= 0:
+        raise CalibrationError(f"fit_gemm: peak_flops and dtype_bytes must be > 0, got {peak_flops}, {dtype_bytes}")
+    log_t = np.log(tf)
+    flops = 2.0 * mf * kf * nf
+    nbytes = dtype_bytes * (mf * kf + kf * nf + mf * nf)
+    # scales for the parameters, from the data
+    t_min = float(np.min(tf))
+    bw_guess = float(np.max(nbytes / tf))
+    s_guess = float(np.median(mf * nf))
+
+    def unpack(x: FloatArray) -> tuple[float, float, float, float, float]:
+        return (t_min * math.exp(x[0]), _sigmoid(x[1]), bw_guess * math.exp(x[2]), 1.0 + math.exp(x[3]),
+                s_guess * math.exp(x[4]))
+
+    def residuals(x: FloatArray) -> FloatArray:
+        t0, ec, bw, p, sh = unpack(x)
+        return np.log(_gemm_time(mf, kf, nf, t0, ec, bw, p, sh, peak_flops, dtype_bytes)) - log_t
+
+    best = None
+    ec_guess = min(0.95, max(0.02, float(np.max(flops / tf)) / peak_flops))
+    for t0_frac in (0.5, 0.05):
+        for p0 in (0.0, 1.5):
+            for s_f in (-3.0, 0.0):
+                x0 = np.array([math.log(t0_frac), math.log(ec_guess / (1 - ec_guess)), 0.0, p0, s_f])
+                res = least_squares(residuals, x0, loss="soft_l1", f_scale=f_scale, max_nfev=2000,
+                                    bounds=(np.array([-30, -12, -8, -6, -25.0]), np.array([3, 12, 8, 6, 12.0])))
+                if best is None or res.cost < best.cost:
+                    best = res
+    assert best is not None
+    t0, ec, bw, p, sh = unpack(best.x)
+    return GemmFit(t0_s=t0, eff_compute=ec, bandwidth_Bps=bw, sharpness=p, half_occupancy_elems=sh)
+
+
+def fit_linear(n_bytes: npt.ArrayLike, time_s: npt.ArrayLike, *, f_scale: float = 0.05) -> LinearFit:
+    """Fit ``t = t0 + bytes / B`` (seconds, bytes) robustly in log space; needs >= 2 sizes."""
+    nb, tf = (np.asarray(a, dtype=np.float64).ravel() for a in (n_bytes, time_s))
+    if nb.size != tf.size or nb.size < 2:
+        raise CalibrationError(f"fit_linear: need >= 2 (bytes, time) pairs of equal length, got {nb.size}, {tf.size}")
+    if np.any(tf <= 0) or np.any(nb <= 0) or not np.all(np.isfinite(tf)):
+        raise CalibrationError("fit_linear: bytes and times must be positive and finite")
+    t_min = float(np.min(tf))
+    bw_guess = float(np.max(nb / tf))
+    log_t = np.log(tf)
+
+    def residuals(x: FloatArray) -> FloatArray:
+        return np.log(t_min * math.exp(x[0]) + nb / (bw_guess * math.exp(x[1]))) - log_t
+
+    best = None
+    for t0_frac in (0.5, 0.01):
+        res = least_squares(residuals, np.array([math.log(t0_frac), 0.0]), loss="soft_l1", f_scale=f_scale,
+                            bounds=(np.array([-30.0, -8.0]), np.array([3.0, 8.0])))
+        if best is None or res.cost < best.cost:
+            best = res
+    assert best is not None
+    return LinearFit(t0_s=t_min * math.exp(best.x[0]), bandwidth_Bps=bw_guess * math.exp(best.x[1]))
+
+
+# ----------------------------------------------------------------------------------------------
+# The profile
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Peaks:
+    """Reference peaks the efficiencies are relative to, each with its source.
+
+    ``flops`` (FLOP/s at the profile's dtype), ``memory_Bps`` (device memory), ``link_Bps``
+    (host<->device link, per direction; 0 when the device has none).
+    """
+
+    flops: float
+    flops_source: str
+    memory_Bps: float
+    memory_source: str
+    link_Bps: float = 0.0
+    link_source: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("flops", "memory_Bps"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise CalibrationError(f"peaks.{name} must be a positive number, got {value!r}")
+        if not (isinstance(self.link_Bps, int | float) and math.isfinite(self.link_Bps) and self.link_Bps >= 0):
+            raise CalibrationError(f"peaks.link_Bps must be >= 0, got {self.link_Bps!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrationProfile:
+    """What a calibration measured and fitted on one device; an ``EfficiencyModel``.
+
+    ``name`` is the profile's name (``source`` of calibrated costs reads ``calibrated:<name>``),
+    ``device_name`` the device as the data names it (``"a100"``, ``"AMD EPYC"``, ``"NVIDIA H100
+    80GB HBM3"``), ``device_kind`` ``"cpu"`` or ``"gpu"``, ``dtype`` the element type of the runs
+    (``dtype_bytes`` bytes each). ``fingerprint`` describes the machine (CPU model, cores, threads,
+    GPU name, CUDA version), ``torch_version`` the torch that ran the kernels (``""`` for imported
+    data). ``samples`` are the raw measurements (may be empty in shipped profiles, which keep the
+    fitted parameters only); ``heldout_rule`` says how held-out samples were chosen.
+    """
+
+    name: str
+    device_name: str
+    device_kind: str
+    dtype: str
+    dtype_bytes: float
+    peaks: Peaks
+    gemm_fit: GemmFit
+    memory_fits: Mapping[str, LinearFit] = field(default_factory=dict)  # keys "stream", "act"
+    copy_fits: Mapping[str, LinearFit] = field(default_factory=dict)   # keys "pinned", "pageable"
+    fingerprint: Mapping[str, Any] = field(default_factory=dict)
+    torch_version: str = ""
+    source: str = ""
+    created_utc: str = ""
+    heldout_rule: str = ""
+    samples: tuple[Sample, ...] = ()
+
+    # ---- EfficiencyModel protocol --------------------------------------------------------------
+
+    def gemm(self, m: npt.ArrayLike, k: int, n: int) -> FloatArray:
+        """Achieved / peak FLOP rate of ``(m x k) @ (k x n)`` GEMMs, in (0, 1] (m = 0 reads as 1).
+
+        This is the efficiency of the whole call: per-call overhead and the memory-bound regime at
+        small m are included, so ``FLOPs / (peaks.flops * gemm(m, k, n))`` equals
+        :meth:`predict_gemm_s`.
+        """
+        mf = np.maximum(np.asarray(m, dtype=np.float64), 1.0)
+        t = self.predict_gemm_s(mf, k, n)
+        eff = 2.0 * mf * float(k) * float(n) / (self.peaks.flops * t)
+        return np.clip(eff, 1e-12, 1.0)
+
+    def memory(self) -> float:
+        """Achieved / peak memory bandwidth of streaming kernels, in (0, 1].
+
+        From the ``"stream"`` memory fit (a plain copy or add) when there is one, else from the
+        GEMM operand-streaming bandwidth.
+        """
+        fit = self.memory_fits.get("stream")
+        bw = fit.bandwidth_Bps if fit is not None else self.gemm_fit.bandwidth_Bps
+        return float(min(1.0, max(1e-12, bw / self.peaks.memory_Bps)))
+
+    def copy(self, n_bytes: npt.ArrayLike, *, pinned: bool = True) -> FloatArray:
+        """Achieved / peak link rate of a host->device copy of ``n_bytes``, in (0, 1].
+
+        Raises :class:`MissingCalibrationError` when the profile measured no such copies (a CPU
+        calibration, an imported GEMM table): callers fall back to their default link curves.
+        """
+        key = "pinned" if pinned else "pageable"
+        fit = self.copy_fits.get(key)
+        if fit is None or self.peaks.link_Bps <= 0:
+            raise MissingCalibrationError(f"calibration profile {self.name!r} has no {key} copy measurements")
+        nb = np.maximum(np.asarray(n_bytes, dtype=np.float64), 1.0)
+        eff = nb / fit.predict_s(nb) / self.peaks.link_Bps
+        return np.clip(eff, 1e-12, 1.0)
+
+    @property
+    def has_copy(self) -> bool:
+        """Whether :meth:`copy` is calibrated (pinned copies measured)."""
+        return "pinned" in self.copy_fits and self.peaks.link_Bps > 0
+
+    # ---- direct predictors (seconds) -----------------------------------------------------------
+
+    def predict_gemm_s(self, m: npt.ArrayLike, k: npt.ArrayLike, n: npt.ArrayLike) -> FloatArray:
+        """Predicted seconds of ``(m x k) @ (k x n)`` GEMMs; monotone in m, >= roofline compute."""
+        return self.gemm_fit.predict_s(m, k, n, peak_flops=self.peaks.flops, dtype_bytes=self.dtype_bytes)
+
+    def predict_memory_s(self, n_bytes: npt.ArrayLike, op: str = "stream") -> FloatArray:
+        """Predicted seconds of a memory-bound kernel that reads plus writes ``n_bytes``.
+
+        ``op`` ``"stream"`` (copy, add) or ``"act"`` (the gated activation ``silu(g) * u``); an op
+        without its own fit uses the ``"stream"`` fit, then the GEMM operand bandwidth.
+        """
+        fit = self.memory_fits.get(op) or self.memory_fits.get("stream")
+        if fit is not None:
+            return fit.predict_s(n_bytes)
+        return np.asarray(n_bytes, dtype=np.float64) / self.gemm_fit.bandwidth_Bps
+
+    def predict_ffn_s(self, m: npt.ArrayLike, d: int, f: int, *, gated: bool = True) -> FloatArray:
+        """Predicted seconds of one expert FFN on ``m`` tokens (d_model ``d``, hidden ``f``).
+
+        Gated: gate and up GEMMs ``(m x d) @ (d x f)``, the elementwise ``silu(g) * u`` (reads two
+        ``m x f`` tensors, writes one), and the down GEMM ``(m x f) @ (f x d)``. Not gated: one
+        up GEMM, an activation over ``m x f`` (read + write) and the down GEMM. ``m == 0`` costs 0.
+        """
+        mf = np.asarray(m, dtype=np.float64)
+        n_up = 2 if gated else 1
+        elem_bytes = (3.0 if gated else 2.0) * mf * f * self.dtype_bytes
+        t = (n_up * self.predict_gemm_s(mf, d, f) + self.predict_gemm_s(mf, f, d)
+             + self.predict_memory_s(np.maximum(elem_bytes, 1.0), "act"))
+        return np.where(mf > 0, t, 0.0)
+
+    def predict_grouped_s(self, tokens: Sequence[int] | npt.ArrayLike, d: int, f: int, *, gated: bool = True) -> float:
+        """Predicted seconds of several experts run one after another (``tokens[i]`` to expert i)."""
+        return float(np.sum(self.predict_ffn_s(np.asarray(tokens, dtype=np.float64), d, f, gated=gated)))
+
+    def predict_copy_s(self, n_bytes: npt.ArrayLike, *, pinned: bool = True) -> FloatArray:
+        """Predicted seconds of a host->device copy (raises when copies were not measured)."""
+        fit = self.copy_fits.get("pinned" if pinned else "pageable")
+        if fit is None:
+            raise MissingCalibrationError(f"calibration profile {self.name!r} has no copy measurements")
+        return fit.predict_s(n_bytes)
+
+    def predict_sample_s(self, sample: Sample) -> float:
+        """The profile's prediction for a measured sample of any kind (seconds)."""
+        s = sample.shape
+        if sample.kind == "gemm":
+            return float(self.predict_gemm_s(s["m"], s["k"], s["n"]))
+        if sample.kind == "ffn":
+            return float(self.predict_ffn_s(s["m"], int(s["d"]), int(s["f"]), gated=bool(s.get("gated", True))))
+        if sample.kind == "grouped":
+            return self.predict_grouped_s(s["tokens"], int(s["d"]), int(s["f"]), gated=bool(s.get("gated", True)))
+        if sample.kind == "memory":
+            return float(self.predict_memory_s(s["n_bytes"], sample.op if sample.op in MEMORY_OPS else "stream"))
+        return float(self.predict_copy_s(s["n_bytes"], pinned=bool(s["pinned"])))
+
+    # ---- construction, files -------------------------------------------------------------------
+
+    def without_samples(self) -> CalibrationProfile:
+        """The same fitted profile without raw samples (what the package ships)."""
+        return replace(self, samples=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (with format tag and version)."""
+        return {
+            "format": FORMAT_TAG, "version": FORMAT_VERSION,
+            "name": self.name, "device_name": self.device_name, "device_kind": self.device_kind,
+            "dtype": self.dtype, "dtype_bytes": self.dtype_bytes,
+            "source": self.source, "created_utc": self.created_utc, "torch_version": self.torch_version,
+            "fingerprint": dict(self.fingerprint),
+            "peaks": vars(self.peaks).copy(),
+            "fit": {
+                "gemm": vars(self.gemm_fit).copy(),
+                "memory": {key: vars(fit).copy() for key, fit in self.memory_fits.items()},
+                "copy": {key: vars(fit).copy() for key, fit in self.copy_fits.items()},
+            },
+            "heldout_rule": self.heldout_rule,
+            "samples": [sample.to_dict() for sample in self.samples],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the profile as JSON (indented); returns the path."""
+        out = Path(path)
+        out.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "<dict>") -> CalibrationProfile:
+        """Build from :meth:`to_dict`'s form; errors name ``where`` and the field."""
+        return _profile_from_dict(data, where)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CalibrationProfile:
+        """Read a profile JSON file; a malformed file raises :class:`CalibrationError` naming it."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CalibrationError(f"{p}: cannot read calibration profile: {exc.strerror or exc}") from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CalibrationError(f"{p}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc
+        return _profile_from_dict(data, str(p))
+
+
+def _need(data: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in data:
+        raise CalibrationError(f"{where}: missing field {key!r}")
+    value = data[key]
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise CalibrationError(f"{where}: field {key!r} must be {_type_name(kind)}, got {value!r}")
+    if not isinstance(value, kind):
+        raise CalibrationError(f"{where}: field {key!r} must be {_type_name(kind)}, got {value!r}")
+    return value
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _positive(data: Mapping[str, Any], key: str, where: str, *, allow_zero: bool = False) -> float:
+    value = float(_need(data, key, where, (int, float)))
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise CalibrationError(f"{where}: field {key!r} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return value
+
+
+def _profile_from_dict(data: Any, where: str) -> CalibrationProfile:
+    if not isinstance(data, Mapping):
+        raise CalibrationError(f"{where}: expected a JSON object at top level, got {type(data).__name__}")
+    if data.get("format") != FORMAT_TAG:
+        raise CalibrationError(f"{where}: field 'format' must be {FORMAT_TAG!r}, got {data.get('format')!r} "
+                               "(not a calibration profile)")
+    version = data.get("version")
+    if version != FORMAT_VERSION:
+        raise CalibrationError(f"{where}: unsupported profile version {version!r}; this code reads version "
+                               f"{FORMAT_VERSION}")
+    peaks_d = _need(data, "peaks", where, dict)
+    pw = f"{where}: peaks"
+    try:
+        peaks = Peaks(flops=_positive(peaks_d, "flops", pw), flops_source=str(peaks_d.get("flops_source", "")),
+                      memory_Bps=_positive(peaks_d, "memory_Bps", pw),
+                      memory_source=str(peaks_d.get("memory_source", "")),
+                      link_Bps=_positive(peaks_d, "link_Bps", pw, allow_zero=True) if "link_Bps" in peaks_d else 0.0,
+                      link_source=str(peaks_d.get("link_source", "")))
+    except CalibrationError as exc:
+        raise CalibrationError(str(exc) if str(exc).startswith(where) else f"{pw}: {exc}") from exc
+    fit_d = _need(data, "fit", where, dict)
+    g = _need(fit_d, "gemm", f"{where}: fit", dict)
+    gw = f"{where}: fit.gemm"
+    eff = _positive(g, "eff_compute", gw)
+    if eff > 1.0:
+        raise CalibrationError(f"{gw}: field 'eff_compute' must be in (0, 1], got {eff}")
+    sharp = _positive(g, "sharpness", gw)
+    if sharp < 1.0:
+        raise CalibrationError(f"{gw}: field 'sharpness' must be >= 1, got {sharp}")
+    gemm_fit = GemmFit(t0_s=_positive(g, "t0_s", gw, allow_zero=True), eff_compute=eff,
+                       bandwidth_Bps=_positive(g, "bandwidth_Bps", gw), sharpness=sharp,
+                       half_occupancy_elems=_positive(g, "half_occupancy_elems", gw, allow_zero=True))
+    memory_d = fit_d.get("memory") or {}
+    if not isinstance(memory_d, dict):
+        raise CalibrationError(f"{where}: field 'fit.memory' must be an object, got {memory_d!r}")
+    memory_fits: dict[str, LinearFit] = {}
+    for key, value in memory_d.items():
+        if key not in MEMORY_OPS:
+            raise CalibrationError(f"{where}: fit.memory key {key!r} unknown; expected one of {list(MEMORY_OPS)}")
+        if not isinstance(value, dict):
+            raise CalibrationError(f"{where}: fit.memory.{key} must be an object, got {value!r}")
+        memory_fits[key] = _linear_from(value, f"{where}: fit.memory.{key}")
+    copy_d = fit_d.get("copy") or {}
+    if not isinstance(copy_d, dict):
+        raise CalibrationError(f"{where}: field 'fit.copy' must be an object, got {copy_d!r}")
+    copy_fits: dict[str, LinearFit] = {}
+    for key, value in copy_d.items():
+        if key not in ("pinned", "pageable"):
+            raise CalibrationError(f"{where}: fit.copy key {key!r} unknown; expected 'pinned' or 'pageable'")
+        if not isinstance(value, dict):
+            raise CalibrationError(f"{where}: fit.copy.{key} must be an object, got {value!r}")
+        copy_fits[key] = _linear_from(value, f"{where}: fit.copy.{key}")
+    samples_raw = data.get("samples", [])
+    if not isinstance(samples_raw, list):
+        raise CalibrationError(f"{where}: field 'samples' must be a list, got {type(samples_raw).__name__}")
+    samples = []
+    for i, raw in enumerate(samples_raw):
+        sw = f"{where}: samples[{i}]"
+        if not isinstance(raw, dict):
+            raise CalibrationError(f"{sw}: expected an object, got {raw!r}")
+        try:
+            samples.append(Sample(kind=str(_need(raw, "kind", sw, str)), op=str(raw.get("op", "")),
+                                  shape=dict(_need(raw, "shape", sw, dict)),
+                                  time_s=_need(raw, "time_s", sw, (int, float)),
+                                  repeats=int(raw.get("repeats", 1)), spread_s=float(raw.get("spread_s", 0.0)),
+                                  heldout=bool(raw.get("heldout", False)), tag=str(raw.get("tag", ""))))
+        except CalibrationError as exc:
+            raise CalibrationError(str(exc) if str(exc).startswith(sw) else f"{sw}: {exc}") from exc
+    fingerprint = data.get("fingerprint", {})
+    if not isinstance(fingerprint, dict):
+        raise CalibrationError(f"{where}: field 'fingerprint' must be an object")
+    kind = str(_need(data, "device_kind", where, str))
+    if kind not in ("cpu", "gpu"):
+        raise CalibrationError(f"{where}: field 'device_kind' must be 'cpu' or 'gpu', got {kind!r}")
+    return CalibrationProfile(
+        name=str(_need(data, "name", where, str)), device_name=str(_need(data, "device_name", where, str)),
+        device_kind=kind, dtype=str(_need(data, "dtype", where, str)),
+        dtype_bytes=_positive(data, "dtype_bytes", where), peaks=peaks, gemm_fit=gemm_fit, memory_fits=memory_fits,
+        copy_fits=copy_fits, fingerprint=fingerprint, torch_version=str(data.get("torch_version", "")),
+        source=str(data.get("source", "")), created_utc=str(data.get("created_utc", "")),
+        heldout_rule=str(data.get("heldout_rule", "")), samples=tuple(samples),
+    )
+
+
+def _linear_from(d: Mapping[str, Any], where: str) -> LinearFit:
+    return LinearFit(t0_s=_positive(d, "t0_s", where, allow_zero=True),
+                     bandwidth_Bps=_positive(d, "bandwidth_Bps", where))
+
+
+def fit_profile(*, name: str, device_name: str, device_kind: str, dtype: str, dtype_bytes: float, peaks: Peaks,
+                samples: Iterable[Sample], fingerprint: Mapping[str, Any] | None = None, torch_version: str = "",
+                source: str = "", created_utc: str = "", heldout_rule: str = "") -> CalibrationProfile:
+    """Fit every model the samples allow (GEMM required; memory and copies when measured).
+
+    Only samples with ``heldout == False`` are fitted. Raises :class:`CalibrationError` when there
+    are too few GEMM samples.
+    """
+    all_samples = tuple(samples)
+    fit_set = [s for s in all_samples if not s.heldout]
+    gemms = [s for s in fit_set if s.kind == "gemm"]
+    if not gemms:
+        raise CalibrationError(f"profile {name!r}: no GEMM samples to fit (of {len(all_samples)} samples)")
+    gemm_fit = fit_gemm([s.shape["m"] for s in gemms], [s.shape["k"] for s in gemms], [s.shape["n"] for s in gemms],
+                        [s.time_s for s in gemms], peak_flops=peaks.flops, dtype_bytes=dtype_bytes)
+    memory_fits: dict[str, LinearFit] = {}
+    for op in MEMORY_OPS:
+        mems = [s for s in fit_set if s.kind == "memory" and s.op == op]
+        if len(mems) >= 2:
+            memory_fits[op] = fit_linear([s.shape["n_bytes"] for s in mems], [s.time_s for s in mems])
+    copy_fits: dict[str, LinearFit] = {}
+    for key, flag in (("pinned", True), ("pageable", False)):
+        copies = [s for s in fit_set if s.kind == "copy" and bool(s.shape["pinned"]) == flag]
+        if len(copies) >= 2:
+            copy_fits[key] = fit_linear([s.shape["n_bytes"] for s in copies], [s.time_s for s in copies])
+    return CalibrationProfile(
+        name=name, device_name=device_name, device_kind=device_kind, dtype=dtype, dtype_bytes=dtype_bytes,
+        peaks=peaks, gemm_fit=gemm_fit, memory_fits=memory_fits, copy_fits=copy_fits,
+        fingerprint=dict(fingerprint or {}), torch_version=torch_version, source=source, created_utc=created_utc,
+        heldout_rule=heldout_rule, samples=all_samples,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Shipped default profiles
+# ----------------------------------------------------------------------------------------------
+
+#: Names of the profiles shipped in ``hwmodels/data`` (fitted from Vidur's measured tables).
+_DEFAULT_FILES: dict[str, str] = {"a100": "calibration-vidur-a100.json", "h100": "calibration-vidur-h100.json"}
+
+
+def default_profile_names() -> list[str]:
+    """Names accepted by :func:`load_default_profile`."""
+    return sorted(_DEFAULT_FILES)
+
+
+def load_default_profile(name: str) -> CalibrationProfile:
+    """A profile shipped with the package (fitted parameters only), e.g. ``"a100"`` or ``"h100"``."""
+    key = name.lower()
+    if key not in _DEFAULT_FILES:
+        raise CalibrationError(f"no shipped calibration profile {name!r}; valid: {default_profile_names()}")
+    ref = resources.files("hwmodels").joinpath("data", _DEFAULT_FILES[key])
+    text = ref.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CalibrationError(f"{ref}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc
+    return _profile_from_dict(data, str(ref))
+
+
+def relative_errors(predicted: npt.ArrayLike, measured: npt.ArrayLike) -> FloatArray:
+    """Signed relative errors ``(predicted - measured) / measured`` (fractions)."""
+    p = np.asarray(predicted, dtype=np.float64)
+    m = np.asarray(measured, dtype=np.float64)
+    return np.asarray((p - m) / m, dtype=np.float64)
+
+
+def robust_median(times: Sequence[float], *, mad_k: float = 5.0) -> tuple[float, float, int]:
+    """``(median, MAD, kept)`` of repeated timings after outlier rejection.
+
+    Values farther than ``mad_k`` scaled MADs (1.4826 MAD ~ one standard deviation for normal noise)
+    from the median are dropped, then the median and MAD of the rest are returned with their count.
+    """
+    arr = np.asarray(times, dtype=np.float64)
+    if arr.size == 0 or not np.all(np.isfinite(arr)):
+        raise CalibrationError(f"robust_median: need finite timings, got {list(times)!r}")
+    med = float(np.median(arr))
+    mad = 1.4826 * float(np.median(np.abs(arr - med)))
+    if mad > 0:
+        arr = arr[np.abs(arr - med) <= mad_k * mad]
+    med = float(np.median(arr))
+    return med, float(np.median(np.abs(arr - med))), int(arr.size)

@@ -259,12 +259,14 @@ class CachePolicy(ABC):
     def admit(
         self, layer: int, experts: npt.NDArray[np.integer], now: float, *,
         protect: npt.NDArray[np.integer] | None = None, prefetch: bool = False,
+        protect_keys: npt.NDArray[np.integer] | None = None,
     ) -> Admission:
         """Make ``experts`` (priority order) of ``layer`` resident, evicting as the policy chooses.
 
         Experts already resident are admitted without change. Experts refused by
         `_admission_filter`, or for which no evictable victim exists (all residents pinned or
-        protected), are not admitted. ``protect`` (experts of ``layer``) must not be evicted.
+        protected), are not admitted. ``protect`` (experts of ``layer``) and ``protect_keys`` (flat
+        keys of any layer, e.g. experts in flight or in use) must not be evicted.
         ``prefetch`` says the admission is speculative (a policy may treat it differently).
         """
         ex = np.asarray(experts, dtype=np.int64)
@@ -277,7 +279,8 @@ class CachePolicy(ABC):
         if new_idx.size:
             need = int(new_idx.size) - self.free_slots
             if need > 0:
-                victims = self._evict(need, now, layer=layer, protect=protect, incoming=ex[new_idx])
+                victims = self._evict(need, now, layer=layer, protect=protect, incoming=ex[new_idx],
+                                      protect_keys=protect_keys)
             n_admit = min(int(new_idx.size), self.free_slots)
             take = new_idx[:n_admit]
             self.resident[layer, ex[take]] = True
@@ -288,16 +291,20 @@ class CachePolicy(ABC):
         return Admission(admitted=admitted, victims=victims)
 
     def evict(self, n: int, now: float, *, layer: int = -1,
-              protect: npt.NDArray[np.integer] | None = None) -> IntArray:
+              protect: npt.NDArray[np.integer] | None = None,
+              protect_keys: npt.NDArray[np.integer] | None = None) -> IntArray:
         """Evict up to ``n`` experts chosen by the policy (never pinned or protected ones); return
         them as ``[m, 2]`` (layer, expert), ``m <= n``."""
-        return self._evict(n, now, layer=layer, protect=protect, incoming=np.zeros(0, dtype=np.int64))
+        return self._evict(n, now, layer=layer, protect=protect, incoming=np.zeros(0, dtype=np.int64),
+                           protect_keys=protect_keys)
 
     def _evict(self, n: int, now: float, *, layer: int, protect: npt.NDArray[np.integer] | None,
-               incoming: IntArray) -> IntArray:
+               incoming: IntArray, protect_keys: npt.NDArray[np.integer] | None = None) -> IntArray:
         candidates = self.resident & ~self.pinned
         if protect is not None and layer >= 0:
             candidates[layer, np.asarray(protect, dtype=np.int64)] = False
+        if protect_keys is not None:
+            candidates.ravel()[np.asarray(protect_keys, dtype=np.int64)] = False
         n = min(n, int(candidates.sum()))
         if n <= 0:
             return np.zeros((0, 2), dtype=np.int64)

@@ -1,0 +1,417 @@
+"""`Mapping`: how an MoE model is laid out on a platform and served (a frozen config tree).
+
+Validated twice (STYLE item 7): the arguments when a `Mapping` is built (fractions in [0, 1],
+sizes > 0, policy names registered), and the fit to a model and a platform when it is bound
+(`Mapping.bind` -> `BoundMapping`): every expert has a home device, the resident experts, the
+non-expert weights, the staging buffers and at least one request's KV cache fit in the cache tier
+of every device, the offloaded experts fit in their backing memory. Errors name the field, the
+value and what was expected, with the numbers.
+
+The config is a tree of frozen dataclasses with a JSON round trip (`to_dict`/`from_dict`,
+`to_json`/`from_json`) and a stable hash (`config_hash`, SHA-256 of the canonical JSON).
+
+Memory model (per accelerator, in its cache tier ``cache.tier``, by default the device's
+``weights_tier``, e.g. HBM): ``non_expert_bytes`` (attention, shared experts, router, dense layers
+and embeddings, replicated on each expert-parallel device) + ``slots x bytes_per_expert`` (the
+expert cache, resident experts included) + ``staging_experts x bytes_per_expert`` (buffers for
+experts streamed without being cached; only when experts are offloaded) + the KV cache, which gets
+all that is left (``kv_fraction`` of it). Offloaded experts live in their *backing* memory:
+``"host"`` = the host's weights tier (host DRAM) over the platform's ``host_link``; or a slower tier
+of the same device (e.g. ``"ddr"`` on an RDU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from codesign.policies import REGISTRIES
+from codesign.policies.base import PlacementPolicy, RoutingStats
+
+if TYPE_CHECKING:
+    from hwmodels.devices import Device, MemoryTier, Platform
+    from workloads.model import MoEModel
+
+__all__ = ["BatchingSpec", "BoundMapping", "CacheSpec", "Mapping", "MappingError", "Options"]
+
+#: JSON-able option values (policy keyword arguments).
+OptionValue = bool | int | float | str
+Options = tuple[tuple[str, OptionValue], ...]
+InitialFill = Literal["popular", "spread", "empty"]
+
+
+class MappingError(ValueError):
+    """A mapping that is malformed or does not fit the model and platform (message has the numbers)."""
+
+
+def _options(value: Any, where: str) -> Options:
+    """Normalise a dict or pair sequence into sorted ``((key, value), ...)`` with JSON scalars."""
+    items = value.items() if isinstance(value, dict) else value
+    out: list[tuple[str, OptionValue]] = []
+    for item in items:
+        try:
+            key, val = item
+        except (TypeError, ValueError):
+            raise MappingError(f"{where}: options must be a dict or (key, value) pairs, got {item!r}") from None
+        if not isinstance(key, str) or not key.isidentifier():
+            raise MappingError(f"{where}: option name must be an identifier string, got {key!r}")
+        if not isinstance(val, bool | int | float | str):
+            raise MappingError(f"{where}: option {key!r} must be a bool, int, float or str, got {val!r}")
+        out.append((key, val))
+    return tuple(sorted(out))
+
+
+def _check_policy(kind: str, name: str, where: str) -> None:
+    REGISTRIES[kind].get(name)  # raises UnknownPolicyError listing the valid names
+    if not name:
+        raise MappingError(f"{where}: empty policy name")
+
+
+def _positive_int(value: Any, where: str, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise MappingError(f"{where} must be an int {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheSpec:
+    """The expert cache of each accelerator (one tier of device memory)."""
+
+    policy: str = field(default="lru", metadata={"help": "cache replacement policy (codesign presets policies)"})
+    tier: str | None = field(default=None, metadata={"help": "device tier of the cache; None = weights_tier"})
+    expert_fraction: float = field(
+        default=1.0, metadata={"help": "fraction of each device's homed experts that the cache holds, in [0, 1]"})
+    capacity_experts: int | None = field(
+        default=None, metadata={"help": "cache slots per device; overrides expert_fraction when set"})
+    options: Options = field(default=(), metadata={"help": "keyword options of the policy"})
+
+    def __post_init__(self) -> None:
+        _check_policy("cache", self.policy, "cache.policy")
+        f = self.expert_fraction
+        if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 <= float(f) <= 1.0:
+            raise MappingError(f"cache.expert_fraction must be in [0, 1], got {f!r}")
+        if self.capacity_experts is not None:
+            _positive_int(self.capacity_experts, "cache.capacity_experts", allow_zero=True)
+        object.__setattr__(self, "options", _options(self.options, "cache.options"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchingSpec:
+    """Continuous batching: scheduler and its budgets."""
+
+    scheduler: str = field(default="fifo", metadata={"help": "token scheduler"})
+    max_batch: int = field(default=64, metadata={"help": "max requests running (holding KV) at once"})
+    max_tokens: int = field(default=8192, metadata={"help": "max tokens per step (prefill chunks + decode)"})
+    options: Options = ()
+
+    def __post_init__(self) -> None:
+        _check_policy("scheduling", self.scheduler, "batching.scheduler")
+        _positive_int(self.max_batch, "batching.max_batch")
+        _positive_int(self.max_tokens, "batching.max_tokens")
+        object.__setattr__(self, "options", _options(self.options, "batching.options"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mapping:
+    """How a model is placed on a platform and served. All fields have defaults; see `bind`."""
+
+    n_devices: int | None = field(
+        default=None, metadata={"help": "expert-parallel degree; None = all accelerators of the platform"})
+    placement: str = field(default="round-robin", metadata={"help": "placement policy across devices"})
+    placement_options: Options = ()
+    cache: CacheSpec = field(default_factory=CacheSpec)
+    backing: str = field(
+        default="host", metadata={"help": "where offloaded experts live: 'host' (host memory over host_link) "
+                                          "or a slower tier of the device, e.g. 'ddr'"})
+    prefetch: str = field(default="none", metadata={"help": "prefetch policy"})
+    prefetch_options: Options = ()
+    miss: str = field(default="fetch", metadata={"help": "miss policy: fetch weights or compute on the CPU"})
+    miss_options: Options = ()
+    batching: BatchingSpec = field(default_factory=BatchingSpec)
+    pinned: tuple[tuple[int, int], ...] = field(
+        default=(), metadata={"help": "(moe_layer, expert) pairs pinned in their home device's cache"})
+    initial: InitialFill = field(
+        default="popular", metadata={"help": "starting cache contents: 'popular' (by training load; "
+                                             "'spread' without training data), 'spread' or 'empty'"})
+    staging_experts: int = field(
+        default=2, metadata={"help": "expert-sized staging buffers for uncached fetches (double buffer)"})
+    kv_fraction: float = field(
+        default=1.0, metadata={"help": "share of the memory left after weights that the KV cache may use"})
+    fpga_reorder: bool = field(
+        default=True, metadata={"help": "FPGA: expert-by-expert reordering (M3ViT/Edge-MoE) vs per-token"})
+    train_fraction: float = field(
+        default=0.0, metadata={"help": "share of the requests (the first ones) used only to fit policies "
+                                       "(placement stats, popularity, predictors), never served"})
+
+    def __post_init__(self) -> None:
+        if self.n_devices is not None:
+            _positive_int(self.n_devices, "n_devices")
+        _check_policy("placement", self.placement, "placement")
+        _check_policy("prefetch", self.prefetch, "prefetch")
+        _check_policy("miss", self.miss, "miss")
+        for name in ("placement_options", "prefetch_options", "miss_options"):
+            object.__setattr__(self, name, _options(getattr(self, name), name))
+        if isinstance(self.cache, dict):
+            object.__setattr__(self, "cache", CacheSpec(**self.cache))
+        if isinstance(self.batching, dict):
+            object.__setattr__(self, "batching", BatchingSpec(**self.batching))
+        if not isinstance(self.cache, CacheSpec):
+            raise MappingError(f"cache must be a CacheSpec, got {type(self.cache).__name__}")
+        if not isinstance(self.batching, BatchingSpec):
+            raise MappingError(f"batching must be a BatchingSpec, got {type(self.batching).__name__}")
+        if not isinstance(self.backing, str) or not self.backing:
+            raise MappingError(f"backing must be 'host' or a device tier name, got {self.backing!r}")
+        pins: list[tuple[int, int]] = []
+        for i, pair in enumerate(self.pinned):
+            if (not isinstance(pair, tuple | list) or len(pair) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair)):
+                raise MappingError(f"pinned[{i}] must be a (moe_layer, expert) pair of ints >= 0, got {pair!r}")
+            pins.append((int(pair[0]), int(pair[1])))
+        if len(set(pins)) != len(pins):
+            raise MappingError("pinned lists an expert twice")
+        object.__setattr__(self, "pinned", tuple(sorted(pins)))
+        if self.initial not in ("popular", "spread", "empty"):
+            raise MappingError(f"initial must be 'popular', 'spread' or 'empty', got {self.initial!r}")
+        _positive_int(self.staging_experts, "staging_experts", allow_zero=True)
+        for name in ("kv_fraction", "train_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= float(v) <= 1.0:
+                raise MappingError(f"{name} must be in [0, 1], got {v!r}")
+        if self.kv_fraction == 0:
+            raise MappingError("kv_fraction must be > 0 (requests need a KV cache)")
+        if self.train_fraction >= 1.0:
+            raise MappingError("train_fraction must be < 1 (some requests must be served)")
+        if not isinstance(self.fpga_reorder, bool):
+            raise MappingError(f"fpga_reorder must be a bool, got {self.fpga_reorder!r}")
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able nested dict (options as objects)."""
+        d = asdict(self)
+
+        def fix(node: Any) -> Any:
+            if isinstance(node, dict):
+                return {k: (dict(v) if k.endswith("options") else fix(v)) for k, v in node.items()}
+            if isinstance(node, tuple):
+                return [fix(v) for v in node]
+            return node
+
+        out: dict[str, Any] = fix(d)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Mapping:
+        """Inverse of `to_dict`; unknown keys are an error naming them and the valid keys."""
+        if not isinstance(data, dict):
+            raise MappingError(f"mapping must be a JSON object, got {type(data).__name__}")
+        kw = dict(data)
+        _known(kw, cls, "mapping")
+        if "cache" in kw:
+            c = dict(kw["cache"])
+            _known(c, CacheSpec, "mapping.cache")
+            kw["cache"] = CacheSpec(**c)
+        if "batching" in kw:
+            b = dict(kw["batching"])
+            _known(b, BatchingSpec, "mapping.batching")
+            kw["batching"] = BatchingSpec(**b)
+        if "pinned" in kw:
+            kw["pinned"] = tuple(tuple(p) if isinstance(p, list) else p for p in kw["pinned"])
+        return cls(**kw)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): what `config_hash` hashes."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Mapping:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MappingError(f"mapping JSON is malformed: {exc}") from None
+        return cls.from_dict(data)
+
+    @property
+    def config_hash(self) -> str:
+        """SHA-256 (hex, 16 chars) of the canonical JSON; equal mappings hash equal across runs."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def with_(self, **changes: Any) -> Mapping:
+        """A copy with fields changed (validated again)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(changes)
+        return Mapping(**d)
+
+    # ---------------------------------------------------------------------------- bind
+    def bind(self, model: MoEModel, platform: Platform, *, stats: RoutingStats | None = None,
+             min_kv_tokens: int = 1, seed: int = 0) -> BoundMapping:
+        """Fit the mapping to ``model`` and ``platform`` (see module doc); `MappingError` with the
+        numbers when it does not fit. ``stats`` (training routing statistics) feed placement and
+        the ``popular`` initial fill; ``min_kv_tokens`` is the KV cache (tokens) that the largest
+        request needs, which must fit on one device."""
+        return _bind(self, model, platform, stats, int(min_kv_tokens), seed)
+
+
+def _known(d: dict[str, Any], cls: type, where: str) -> None:
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - valid)
+    if unknown:
+        raise MappingError(f"{where}: unknown key(s) {unknown}; valid: {sorted(valid)}")
+
+
+# ------------------------------------------------------------------------------------ binding
+@dataclass(frozen=True, eq=False)
+class BoundMapping:
+    """A `Mapping` fitted to a model and a platform: everything the engine needs, checked.
+
+    Arrays: ``expert_home`` int64 ``[n_moe_layers, n_experts]`` (device index); ``initial`` and
+    ``pinned`` bool ``[n_devices, n_moe_layers, n_experts]``. ``slots[d]`` expert slots of device
+    ``d``'s cache; ``kv_capacity_tokens[d]`` KV tokens it can hold. ``offloaded`` is True when some
+    expert is not resident at start (then fetches come from ``backing``). ``memory`` has the
+    byte budget per device (for errors and the Result).
+    """
+
+    mapping: Mapping
+    model: MoEModel
+    platform: Platform
+    devices: tuple[Device, ...]
+    cache_tier: tuple[str, ...]
+    backing: str
+    expert_home: npt.NDArray[np.int64]
+    slots: tuple[int, ...]
+    homed: tuple[int, ...]
+    initial: npt.NDArray[np.bool_]
+    pinned: npt.NDArray[np.bool_]
+    kv_capacity_tokens: tuple[int, ...]
+    offloaded: bool
+    memory: tuple[dict[str, float], ...]
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.devices)
+
+
+def _tier(device: Device, name: str, what: str) -> MemoryTier:
+    if not device.has_tier(name):
+        raise MappingError(f"{what}: device {device.name!r} has no memory tier {name!r}; "
+                           f"tiers: {[t.name for t in device.tiers]}")
+    return device.tier(name)
+
+
+def _bind(m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats | None,
+          min_kv_tokens: int, seed: int) -> BoundMapping:
+    n_acc = platform.n_accelerators
+    n_dev = m.n_devices if m.n_devices is not None else n_acc
+    if n_dev > n_acc:
+        raise MappingError(f"n_devices={n_dev} exceeds the {n_acc} accelerators of platform {platform.name!r}")
+    devices = platform.accelerators[:n_dev]
+    n_l, n_e = model.n_moe_layers, model.n_experts
+    if stats is not None and (stats.n_layers != n_l or stats.n_experts != n_e):
+        raise MappingError(f"routing statistics are {stats.n_layers} layers x {stats.n_experts} experts; "
+                           f"model {model.name!r} has {n_l} x {n_e}")
+    # placement
+    if n_dev == 1:
+        home = np.zeros((n_l, n_e), dtype=np.int64)
+    else:
+        policy: PlacementPolicy = REGISTRIES["placement"].create(
+            m.placement, seed=seed, **dict(m.placement_options))
+        home = PlacementPolicy.check(policy.place(model, n_dev, stats), model, n_dev)
+    homed = tuple(int((home == d).sum()) for d in range(n_dev))
+    # pinned experts
+    pinned = np.zeros((n_dev, n_l, n_e), dtype=bool)
+    for layer, expert in m.pinned:
+        if layer >= n_l or expert >= n_e:
+            raise MappingError(f"pinned expert ({layer}, {expert}) does not exist: model {model.name!r} has "
+                               f"{n_l} MoE layers x {n_e} experts")
+        pinned[home[layer, expert], layer, expert] = True
+    # cache slots
+    bpe = float(model.bytes_per_expert)
+    slots: list[int] = []
+    for d in range(n_dev):
+        if m.cache.capacity_experts is not None:
+            s = min(int(m.cache.capacity_experts), homed[d])
+        else:
+            s = math.floor(m.cache.expert_fraction * homed[d] + 1e-9)
+        n_pin = int(pinned[d].sum())
+        if n_pin > s:
+            raise MappingError(f"device {d} ({devices[d].name}): {n_pin} pinned experts exceed its {s} cache slots "
+                               f"(cache.expert_fraction={m.cache.expert_fraction}, "
+                               f"capacity_experts={m.cache.capacity_experts})")
+        slots.append(s)
+    offloaded = any(s < h for s, h in zip(slots, homed, strict=True))
+    # backing memory for offloaded experts
+    if offloaded:
+        n_off = sum(h - s for s, h in zip(slots, homed, strict=True))
+        if m.backing == "host":
+            if platform.host is None or platform.host_link is None:
+                raise MappingError(
+                    f"{n_off} experts do not fit the device caches (cache.expert_fraction="
+                    f"{m.cache.expert_fraction}) and platform {platform.name!r} has no host memory to offload "
+                    "them to; raise expert_fraction to 1 or use a platform with a host")
+            host_tier = platform.host.weights_memory
+            need = n_off * bpe
+            if need > host_tier.capacity_bytes:
+                raise MappingError(f"offloaded experts need {need / 1e9:.2f} GB of host {host_tier.name}; "
+                                   f"host {platform.host.name!r} has {host_tier.capacity_bytes / 1e9:.2f} GB")
+    tiers: list[str] = []
+    memory: list[dict[str, float]] = []
+    kv_cap: list[int] = []
+    kvb = float(model.kv_bytes_per_token)
+    for d, dev in enumerate(devices):
+        tname = m.cache.tier or dev.weights_tier
+        tier = _tier(dev, tname, "cache.tier")
+        tiers.append(tname)
+        if offloaded and m.backing != "host":
+            back = _tier(dev, m.backing, "backing")
+            if back.name == tname:
+                raise MappingError(f"backing tier {m.backing!r} is the cache tier itself")
+            off_bytes = (homed[d] - slots[d]) * bpe
+            if off_bytes > back.capacity_bytes:
+                raise MappingError(f"device {d} ({dev.name}): offloaded experts need {off_bytes / 1e9:.2f} GB of "
+                                   f"{back.name}, which has {back.capacity_bytes / 1e9:.2f} GB")
+        staging = m.staging_experts * bpe if slots[d] < homed[d] else 0.0
+        weights = float(model.non_expert_bytes) + slots[d] * bpe + staging
+        left = tier.capacity_bytes - weights
+        kv_bytes = left * m.kv_fraction
+        need_kv = min_kv_tokens * kvb
+        budget = {"capacity_bytes": tier.capacity_bytes, "non_expert_bytes": float(model.non_expert_bytes),
+                  "expert_cache_bytes": slots[d] * bpe, "staging_bytes": staging,
+                  "kv_cache_bytes": max(kv_bytes, 0.0)}
+        memory.append(budget)
+        if kv_bytes < need_kv:
+            raise MappingError(
+                f"mapping does not fit device {d} ({dev.name}) {tname}: capacity {tier.capacity_bytes / 1e9:.2f} GB; "
+                f"non-expert weights {model.non_expert_bytes / 1e9:.2f} GB + {slots[d]} resident experts x "
+                f"{bpe / 1e6:.1f} MB = {slots[d] * bpe / 1e9:.2f} GB + staging {staging / 1e9:.2f} GB leaves "
+                f"{left / 1e9:.2f} GB; the KV cache of the largest request ({min_kv_tokens} tokens x "
+                f"{kvb / 1e3:.1f} kB) needs {need_kv / 1e9:.3f} GB (kv_fraction={m.kv_fraction}). Lower "
+                "cache.expert_fraction, use more devices or a lower precision")
+        kv_cap.append(int(kv_bytes // kvb))
+    # starting residents
+    initial = pinned.copy()
+    if m.initial != "empty":
+        load = stats.load if (stats is not None and m.initial == "popular") else None
+        for d in range(n_dev):
+            free = slots[d] - int(initial[d].sum())
+            if free <= 0:
+                continue
+            mine = (home == d) & ~initial[d]
+            if load is not None:
+                score = load.astype(np.float64)
+            else:  # spread: expert rank r of every layer before rank r+1 of any layer
+                score = -np.argsort(np.argsort(np.arange(n_e)))[None, :].repeat(n_l, 0).astype(np.float64)
+            flat = np.flatnonzero(mine.ravel())
+            # stable: higher score first, then lower layer, then lower expert
+            order = np.lexsort((flat, -score.ravel()[flat]))
+            chosen = flat[order[:free]]
+            initial[d].ravel()[chosen] = True
+    return BoundMapping(
+        mapping=m, model=model, platform=platform, devices=tuple(devices), cache_tier=tuple(tiers),
+        backing=m.backing, expert_home=home, slots=tuple(slots), homed=homed, initial=initial,
+        pinned=pinned, kv_capacity_tokens=tuple(kv_cap), offloaded=offloaded, memory=tuple(memory),
+    )

@@ -47,7 +47,7 @@ def register_trace(trace_sub: Any, parents: list[argparse.ArgumentParser]) -> No
                     "pip install moe-codesign[torch,hf].")
     r.add_argument("--hf-config", required=True, metavar="CONFIG_OR_PRESET",
                    help="config.json, a directory holding one, or a tiny preset: tiny-mixtral, "
-                        "tiny-qwen2-moe, tiny-olmoe (random weights)")
+                        "tiny-qwen2-moe, tiny-olmoe, tiny-deepseek-v2 (random weights)")
     r.add_argument("--hf-model", metavar="DIR", default=None,
                    help="directory with local pretrained weights (from_pretrained, offline)")
     src = r.add_mutually_exclusive_group()
@@ -125,14 +125,11 @@ def _cmd_record(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.prompt_len < 1:
         raise ValueError(f"--prompt-len must be >= 1, got {args.prompt_len}")
+    if args.prompt is not None and args.hf_model is None:
+        raise ValueError("--prompt needs a tokenizer: give --hf-model DIR with tokenizer files, or use --prompt-ids")
     model, name = tracer.load_model(args.hf_config, hf_model=args.hf_model, seed=args.seed)
-    tokenizer = None
     if args.prompt is not None:
-        if args.hf_model is None:
-            raise ValueError("--prompt needs a tokenizer: give --hf-model DIR with tokenizer files, "
-                             "or use --prompt-ids")
-        tokenizer = tracer.load_tokenizer(args.hf_model)
-        inputs: Any = tokenizer
+        inputs: Any = tracer.load_tokenizer(args.hf_model)
     elif args.prompt_ids is not None:
         inputs = _parse_ids(args.prompt_ids)
     else:

@@ -1,0 +1,695 @@
+"""Cost models: what each operation of MoE inference costs on a device or a link.
+
+`CostModel` answers, for a `Platform`, the time and energy of: one expert FFN on ``n`` tokens
+(`CostModel.expert_ffn`), several experts in one grouped call, the shared experts, the router,
+attention prefill and decode (GQA; DeepSeek MLA approximated, and labelled so in ``source``),
+a transfer of ``b`` bytes over a link, all-to-all and all-reduce collectives, an FPGA expert with
+double-buffered weight streaming (M3ViT reordering or per-token execution), an RDU expert with its
+operands in SRAM, HBM or DDR, and an expert computed on the host CPU.
+
+Every method is vectorised: a token-count or byte-count argument may be a scalar or a numpy array,
+and the `OpCost` fields are then floats or arrays of that shape. Zero tokens or bytes cost zero.
+
+Two fidelities:
+
+``roofline``
+    ``compute_s = FLOPs / peak_flops[dtype]``, ``memory_s = bytes / tier bandwidth``, ``comm_s =
+    latency + bytes / link bandwidth``. A lower bound.
+``calibrated``
+    the roofline divided by efficiencies in (0, 1] from an `EfficiencyModel` per device (a fitted
+    ``hwmodels.calibration.CalibrationProfile`` when given, else `DefaultEfficiency`), plus per-kernel
+    launch overheads for the default curves. Always >= the roofline (tests pin it).
+
+Energy (joules): ``static_power_W x total_s + energy_J_per_flop[dtype] x FLOPs + sum over tiers of
+bytes x energy_J_per_byte`` (links: bytes x the link's ``energy_J_per_byte``).
+
+Conventions and assumptions (labelled): activations are bf16 (`ACTIVATION_BYTES` = 2); an expert
+FFN reads its weights once per call and its input/output activations and the intermediate
+activation once each (a fused gate/up kernel); serial per-kernel overheads of the default curves
+are added to both ``compute_s`` and ``memory_s`` so that ``total_s`` includes them exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from hwmodels.devices import Device, Link, Platform
+from hwmodels.opcost import OpCost
+from workloads.model import MoEModel
+
+__all__ = [
+    "ACTIVATION_BYTES",
+    "CostModel",
+    "DefaultEfficiency",
+    "EfficiencyModel",
+    "Fidelity",
+    "GemmCurve",
+    "LinkCurve",
+    "offchip_bytes",
+]
+
+ArrayLike = npt.ArrayLike
+FloatArray = npt.NDArray[np.float64]
+Fidelity = Literal["roofline", "calibrated"]
+
+#: Bytes per activation element (bf16). Assumption: activations and KV stay in 16-bit.
+ACTIVATION_BYTES = 2.0
+
+
+@runtime_checkable
+class EfficiencyModel(Protocol):
+    """What a calibration supplies; every method returns efficiencies in (0, 1].
+
+    ``gemm(m, k, n)``: achieved / peak FLOP rate of an ``(m x k) @ (k x n)`` GEMM, vectorised in
+    ``m`` (an array of token counts gives an array). ``memory()``: achieved / peak bandwidth of the
+    device's memory. ``copy(n_bytes, pinned=)``: achieved / peak rate of a host<->device copy of
+    ``n_bytes`` (may raise `LookupError` when not measured; the cost model then falls back to the
+    link's curve). ``name`` appears in ``OpCost.source`` as ``calibrated:<name>``.
+
+    Optional duck-typed extras that `CostModel` honours: ``peaks`` (with ``flops``,
+    ``memory_Bps``, ``link_Bps``: the reference peaks the efficiencies are relative to; the cost
+    model rescales them to the device's own peaks) and ``launch_overhead_s`` (added per kernel).
+    """
+
+    name: str
+
+    def gemm(self, m: ArrayLike, k: int, n: int) -> npt.NDArray[np.float64]: ...
+
+    def memory(self) -> float: ...
+
+    def copy(self, n_bytes: ArrayLike, *, pinned: bool = True) -> npt.NDArray[np.float64]: ...
+
+
+# --------------------------------------------------------------------------- default curves
+@dataclass(frozen=True)
+class GemmCurve:
+    """Saturating GEMM efficiency ``e(m) = e_max * m / (m + m_half)`` (time linear in m, so monotone).
+
+    ``memory_eff`` is the achieved fraction of the tier bandwidth, ``launch_overhead_s`` the serial
+    overhead per kernel. All are assumptions unless ``source`` says otherwise.
+    """
+
+    e_max: float
+    m_half: float
+    memory_eff: float
+    launch_overhead_s: float
+    source: str
+
+
+#: Default curves per device kind (labelled assumptions; a calibration replaces them).
+DEFAULT_CURVES: dict[str, GemmCurve] = {
+    "gpu": GemmCurve(e_max=0.80, m_half=16.0, memory_eff=0.90, launch_overhead_s=5e-6,
+                     source="assumption: GPU tensor-core GEMM reaches ~80% of peak at large m; half of that at "
+                            "m=16; ~90% of HBM peak in streaming kernels; ~5 us per kernel launch"),
+    "cpu": GemmCurve(e_max=0.50, m_half=8.0, memory_eff=0.75, launch_overhead_s=2e-6,
+                     source="assumption: CPU AMX/AVX-512 GEMM reaches ~50% of peak; ~75% of DDR peak in "
+                            "STREAM-like kernels; ~2 us per parallel-region fork/join"),
+    "rdu": GemmCurve(e_max=0.70, m_half=32.0, memory_eff=0.85, launch_overhead_s=5e-6,
+                     source="assumption: RDU dataflow pipeline reaches ~70% of peak; ~85% of HBM/DDR peak; "
+                            "~5 us per graph section switch"),
+    "fpga": GemmCurve(e_max=0.90, m_half=1.0, memory_eff=0.80, launch_overhead_s=1e-6,
+                      source="assumption: HLS DSP array ~90% busy once its pipeline is full; ~80% of DDR/HBM "
+                             "peak over AXI bursts; ~1 us per kernel start"),
+}
+
+#: Pageable copies without measured points run at this fraction of the pinned rate.
+PAGEABLE_FACTOR = 0.5
+PAGEABLE_FACTOR_SOURCE = ("[S] rapidsai/dask-cuda PR #98: 'transfers at 5-6 GB/s, and 11-12 GB/s with' pinned "
+                          "(hardware-and-papers.md s.1.2)")
+#: Efficiency of a link without measured points (assumption).
+LINK_DEFAULT_EFF = 0.80
+
+
+class LinkCurve:
+    """Size-dependent copy efficiency of a link, interpolated from measured ``(bytes, achieved_Bps)``.
+
+    The measured copy times ``t_i = bytes_i / achieved_i`` (made non-decreasing) are interpolated
+    log-log between points; below the first point the time rises linearly from the link latency,
+    above the last one it continues at the last achieved rate; the time never drops below
+    ``latency + bytes / peak``. The efficiency is then ``(bytes / peak) / (t - latency)``, in
+    (0, 1], so that ``latency + bytes / (peak * eff)`` reproduces the measured times.
+    """
+
+    def __init__(self, link: Link, points: tuple[tuple[float, float], ...]) -> None:
+        self.peak_Bps = link.bandwidth_Bps
+        self.latency_s = link.latency_s
+        if not points:
+            raise ValueError(f"link {link.name!r}: no efficiency points to interpolate")
+        sizes = np.array([p[0] for p in points], dtype=np.float64)
+        times = np.maximum.accumulate(sizes / np.array([p[1] for p in points], dtype=np.float64))
+        self._log_n = np.log(sizes)
+        self._log_t = np.log(times)
+        self._n0, self._t0 = float(sizes[0]), float(times[0])
+        self._n1, self._t1 = float(sizes[-1]), float(times[-1])
+        self._rate_last = float(points[-1][1])
+
+    def time_s(self, n_bytes: FloatArray) -> FloatArray:
+        """Copy time of ``n_bytes`` (> 0) including the latency."""
+        n = np.asarray(n_bytes, dtype=np.float64)
+        safe = np.maximum(n, 1e-300)
+        t = np.exp(np.interp(np.log(safe), self._log_n, self._log_t))
+        slope0 = max(self._t0 - self.latency_s, 0.0) / self._n0
+        t = np.where(n < self._n0, self.latency_s + n * slope0, t)
+        t = np.where(n > self._n1, self._t1 + (n - self._n1) / self._rate_last, t)
+        return np.asarray(np.maximum(t, self.latency_s + n / self.peak_Bps), dtype=np.float64)
+
+    def efficiency(self, n_bytes: ArrayLike) -> FloatArray:
+        """Achieved / peak rate excluding the latency, in (0, 1] (1 for zero bytes)."""
+        n = np.asarray(n_bytes, dtype=np.float64)
+        t = self.time_s(n) - self.latency_s
+        with np.errstate(divide="ignore", invalid="ignore"):
+            eff = np.where(n > 0, (n / self.peak_Bps) / np.maximum(t, 1e-300), 1.0)
+        return np.asarray(np.clip(eff, 1e-9, 1.0), dtype=np.float64)
+
+
+class DefaultEfficiency:
+    """The package's fallback `EfficiencyModel` for a device kind (and optionally a link).
+
+    GEMM: `GemmCurve` of the kind (labelled assumption). Memory: the curve's ``memory_eff``.
+    Copies: the link's measured ``efficiency_points`` via `LinkCurve` (pageable copies use the
+    measured pageable points, else `PAGEABLE_FACTOR` times the pinned efficiency), or
+    `LINK_DEFAULT_EFF` (assumption) when the link has no points or no link is given.
+    """
+
+    def __init__(self, kind: str = "gpu", link: Link | None = None) -> None:
+        if kind not in DEFAULT_CURVES:
+            raise ValueError(f"no default efficiency curve for device kind {kind!r}; valid: {sorted(DEFAULT_CURVES)}")
+        self.kind = kind
+        self.curve = DEFAULT_CURVES[kind]
+        self.launch_overhead_s = self.curve.launch_overhead_s
+        self.link = link
+        self.name = f"default-{kind}" + (f"+{link.name}" if link is not None else "")
+        self._pinned = LinkCurve(link, link.efficiency_points) if link is not None and link.efficiency_points \
+            else None
+        self._pageable = LinkCurve(link, link.pageable_efficiency_points) \
+            if link is not None and link.pageable_efficiency_points else None
+
+    def gemm(self, m: ArrayLike, k: int, n: int) -> FloatArray:
+        """``e_max * m / (m + m_half)`` (``e_max`` for m <= 0, where no FLOPs are spent)."""
+        mf = np.asarray(m, dtype=np.float64)
+        c = self.curve
+        with np.errstate(divide="ignore", invalid="ignore"):
+            eff = np.where(mf > 0, c.e_max * mf / (mf + c.m_half), c.e_max)
+        return np.asarray(eff, dtype=np.float64)
+
+    def memory(self) -> float:
+        return self.curve.memory_eff
+
+    def copy(self, n_bytes: ArrayLike, *, pinned: bool = True) -> FloatArray:
+        n = np.asarray(n_bytes, dtype=np.float64)
+        if not pinned and self._pageable is not None:
+            return self._pageable.efficiency(n)
+        base = self._pinned.efficiency(n) if self._pinned is not None else np.full(n.shape, LINK_DEFAULT_EFF)
+        return np.asarray(base if pinned else base * PAGEABLE_FACTOR, dtype=np.float64)
+
+    def __repr__(self) -> str:
+        return f"DefaultEfficiency({self.name!r})"
+
+
+# --------------------------------------------------------------------------- helpers
+def _counts(value: ArrayLike, what: str) -> FloatArray:
+    """``value`` as a float array, checked finite and >= 0 (names ``what`` otherwise)."""
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.size and not (np.all(np.isfinite(arr)) and np.all(arr >= 0)):
+        bad = arr[~(np.isfinite(arr) & (arr >= 0))].ravel()[:3]
+        raise ValueError(f"{what} must be finite and >= 0, got {bad.tolist()}")
+    return arr
+
+
+def _out(x: Any) -> Any:
+    """Scalars (0-d) become floats; arrays stay arrays."""
+    return float(x) if np.ndim(x) == 0 else np.asarray(x, dtype=np.float64)
+
+
+def _check_eff(eff: Any, who: str, what: str) -> Any:
+    e = np.asarray(eff, dtype=np.float64)
+    if e.size and not (np.all(e > 0) and np.all(e <= 1.0 + 1e-9)):
+        raise ValueError(f"efficiency model {who!r}: {what} efficiency must be in (0, 1], got "
+                         f"min {float(e.min()):.4g}, max {float(e.max()):.4g}")
+    return np.minimum(e, 1.0) if e.ndim else min(float(e), 1.0)
+
+
+def _dtype_for(device: Device, bytes_per_weight: float) -> str:
+    """The compute dtype for weights of ``bytes_per_weight`` on ``device``.
+
+    fp32 weights compute in fp32; 8-bit weights in fp8 (else int8 where listed... else 16-bit, i.e.
+    weights upcast); 16-bit and 4-bit (weight-only quantised) weights in bf16. Falls back along
+    ``bf16, fp16, fp32`` and then any listed dtype.
+    """
+    if bytes_per_weight >= 4:
+        prefs: tuple[str, ...] = ("fp32", "bf16", "fp16")
+    elif bytes_per_weight == 1:
+        prefs = ("fp8", "bf16", "fp16", "fp32")
+    else:
+        prefs = ("bf16", "fp16", "fp32")
+    for d in prefs:
+        if d in device.peak_flops:
+            return d
+    return next(iter(device.peak_flops))
+
+
+@dataclass(frozen=True)
+class _Gemm:
+    """One GEMM of an op: FLOPs per row (token) and its (k, n) shape."""
+
+    flops_per_row: float
+    k: int
+    n: int
+
+
+# --------------------------------------------------------------------------- the cost model
+class CostModel:
+    """Costs of MoE inference operations on one platform, at one fidelity.
+
+    Cheap to construct; pure (no state but caches of derived constants); picklable. ``profiles``
+    maps a device name (or a link name) to an `EfficiencyModel`; calibrated costs of a device
+    without a profile use `DefaultEfficiency` of its kind. Copies over a link use, in order: a
+    profile keyed by the link's name, the link's measured points, the profile of the first
+    accelerator when the link is the platform's host link, and the default constant.
+    """
+
+    def __init__(self, platform: Platform, *, fidelity: Fidelity = "calibrated",
+                 profiles: Mapping[str, EfficiencyModel] | None = None) -> None:
+        if fidelity not in ("roofline", "calibrated"):
+            raise ValueError(f"fidelity must be 'roofline' or 'calibrated', got {fidelity!r}")
+        self.platform = platform
+        self.fidelity: Fidelity = fidelity
+        self.profiles: dict[str, EfficiencyModel] = dict(profiles or {})
+        for key, prof in self.profiles.items():
+            if not all(hasattr(prof, a) for a in ("gemm", "memory", "copy", "name")):
+                raise TypeError(f"profile {key!r} ({type(prof).__name__}) does not implement EfficiencyModel "
+                                "(gemm, memory, copy, name)")
+        self._defaults: dict[tuple[str, str], DefaultEfficiency] = {}
+
+    def __repr__(self) -> str:
+        return f"CostModel({self.platform.name!r}, fidelity={self.fidelity!r}, profiles={sorted(self.profiles)})"
+
+    # ---------------------------------------------------------------- efficiency lookup
+    def _default(self, kind: str, link: Link | None = None) -> DefaultEfficiency:
+        key = (kind, link.name if link is not None else "")
+        eff = self._defaults.get(key)
+        if eff is None:
+            eff = self._defaults[key] = DefaultEfficiency(kind, link)
+        return eff
+
+    def efficiency_for(self, device: Device) -> EfficiencyModel | None:
+        """The efficiency model the calibrated fidelity uses for ``device`` (None for roofline)."""
+        if self.fidelity == "roofline":
+            return None
+        return self.profiles.get(device.name) or self._default(device.kind)
+
+    def _tag(self, eff: EfficiencyModel | None, op: str) -> str:
+        return f"roofline:{op}" if eff is None else f"calibrated:{eff.name}:{op}"
+
+    @staticmethod
+    def _peak_ratio(eff: EfficiencyModel, attr: str, device_value: float) -> float:
+        """Profile peak / device peak for ``attr`` of the profile's ``peaks`` (1 when absent)."""
+        peaks = getattr(eff, "peaks", None)
+        ref = getattr(peaks, attr, None) if peaks is not None else None
+        if ref is None or not isinstance(ref, int | float) or ref <= 0 or device_value <= 0:
+            return 1.0
+        return float(ref) / device_value
+
+    def _gemm_eff(self, eff: EfficiencyModel, device: Device, dtype: str, m: FloatArray, k: int, n: int) -> Any:
+        e = _check_eff(eff.gemm(m, k, n), eff.name, "gemm")
+        ratio = self._peak_ratio(eff, "flops", device.flops(dtype))
+        return np.minimum(e * ratio, 1.0) if ratio != 1.0 else e
+
+    def _mem_eff(self, eff: EfficiencyModel, tier_bw: float) -> float:
+        e = float(_check_eff(eff.memory(), eff.name, "memory"))
+        ratio = self._peak_ratio(eff, "memory_Bps", tier_bw)
+        return min(e * ratio, 1.0)
+
+    def _overhead(self, eff: EfficiencyModel | None) -> float:
+        if eff is None:
+            return 0.0
+        value = getattr(eff, "launch_overhead_s", 0.0)
+        return float(value) if isinstance(value, int | float) and math.isfinite(value) and value > 0 else 0.0
+
+    # ---------------------------------------------------------------- generic GEMM-shaped op
+    def _op(self, device: Device, *, op: str, rows: FloatArray, gemms: tuple[_Gemm, ...],
+            extra_flops: FloatArray | float, weight_bytes: FloatArray | float, weights_tier: str,
+            act_bytes: FloatArray | float, act_tier: str, n_kernels: int, dtype: str,
+            eff_rows: FloatArray | None = None, label: str = "") -> OpCost:
+        """Cost of an op made of GEMMs over ``rows`` tokens plus ``extra_flops`` (score FLOPs).
+
+        ``weight_bytes`` are read from ``weights_tier`` and ``act_bytes`` moved in ``act_tier``;
+        the op is active (costs anything) where ``rows > 0``.
+        """
+        eff = self.efficiency_for(device)
+        peak = device.flops(dtype)
+        w_tier = device.tier(weights_tier)
+        a_tier = device.tier(act_tier)
+        active = rows > 0
+        gemm_flops = [g.flops_per_row * rows for g in gemms]
+        total_flops = sum(gemm_flops, np.zeros_like(rows)) + extra_flops
+        w_bytes = np.where(active, weight_bytes, 0.0)
+        a_bytes = np.where(active, act_bytes, 0.0)
+        if eff is None:
+            compute = total_flops / peak
+            memory = w_bytes / w_tier.bandwidth_Bps + a_bytes / a_tier.bandwidth_Bps
+        else:
+            m_eff = rows if eff_rows is None else eff_rows
+            compute = np.zeros_like(rows)
+            for g, f in zip(gemms, gemm_flops, strict=True):
+                compute = compute + f / (peak * self._gemm_eff(eff, device, dtype, m_eff, g.k, g.n))
+            if gemms:
+                e_extra = self._gemm_eff(eff, device, dtype, m_eff, gemms[0].k, gemms[0].n)
+            else:
+                e_extra = self._gemm_eff(eff, device, dtype, m_eff, 128, 128)
+            compute = compute + extra_flops / (peak * e_extra)
+            memory = (w_bytes / (w_tier.bandwidth_Bps * self._mem_eff(eff, w_tier.bandwidth_Bps))
+                      + a_bytes / (a_tier.bandwidth_Bps * self._mem_eff(eff, a_tier.bandwidth_Bps)))
+            overhead = np.where(active, n_kernels * self._overhead(eff), 0.0)
+            compute = compute + overhead
+            memory = memory + overhead
+        total = np.maximum(compute, memory)
+        energy = (device.static_power_W * total + device.energy_J_per_flop[dtype] * total_flops
+                  + w_bytes * w_tier.energy_J_per_byte + a_bytes * a_tier.energy_J_per_byte)
+        zero = np.zeros_like(rows)
+        return OpCost(compute_s=_out(compute), memory_s=_out(memory), comm_s=_out(zero), energy_J=_out(energy),
+                      source=self._tag(eff, op + label))
+
+    @staticmethod
+    def _act_tier(device: Device) -> str:
+        """Where activations live: the fastest tier on RDUs and FPGAs, the weights tier otherwise."""
+        return device.tiers[0].name if device.kind in ("rdu", "fpga") else device.weights_tier
+
+    @staticmethod
+    def _ffn_gemms(model: MoEModel, width: int) -> tuple[_Gemm, ...]:
+        d = model.d_model
+        up_n = width * (model.matrices_per_expert - 1)
+        return (_Gemm(2.0 * d * up_n, d, up_n), _Gemm(2.0 * width * d, width, d))
+
+    @staticmethod
+    def _ffn_act_bytes(model: MoEModel, rows: FloatArray, width: int) -> FloatArray:
+        # input + output rows of d_model, intermediate written and read once (fused gate/up)
+        return rows * ACTIVATION_BYTES * (2.0 * model.d_model + 2.0 * width)
+
+    # ---------------------------------------------------------------- expert FFNs
+    def expert_ffn(self, device: Device, model: MoEModel, n_tokens: ArrayLike, *,
+                   weights_tier: str | None = None) -> OpCost:
+        """One routed expert on ``n_tokens`` tokens; weights read once from ``weights_tier``
+        (default ``device.weights_tier``). Vectorised over ``n_tokens``; zero tokens cost zero."""
+        rows = _counts(n_tokens, "n_tokens")
+        tier = weights_tier or device.weights_tier
+        return self._op(device, op="expert_ffn", rows=rows, gemms=self._ffn_gemms(model, model.expert_ffn_dim),
+                        extra_flops=0.0, weight_bytes=model.bytes_per_expert, weights_tier=tier,
+                        act_bytes=self._ffn_act_bytes(model, rows, model.expert_ffn_dim),
+                        act_tier=self._act_tier(device), n_kernels=3,
+                        dtype=_dtype_for(device, model.bytes_per_weight))
+
+    def experts_grouped(self, device: Device, model: MoEModel, tokens_per_expert: ArrayLike, *,
+                        weights_tier: str | None = None) -> OpCost:
+        """Several experts in one grouped call (one launch): ``tokens_per_expert`` is 1-D, one entry per
+        expert (zeros allowed: such experts read no weights). Returns a scalar `OpCost`."""
+        rows = _counts(tokens_per_expert, "tokens_per_expert").ravel()
+        if rows.size == 0 or not np.any(rows > 0):
+            zero = self.expert_ffn(device, model, 0, weights_tier=weights_tier)
+            return OpCost(compute_s=0.0, memory_s=0.0, comm_s=0.0, energy_J=0.0,
+                          source=zero.source.replace("expert_ffn", "experts_grouped"))
+        per = self._op(device, op="experts_grouped", rows=rows, gemms=self._ffn_gemms(model, model.expert_ffn_dim),
+                       extra_flops=0.0, weight_bytes=model.bytes_per_expert,
+                       weights_tier=weights_tier or device.weights_tier,
+                       act_bytes=self._ffn_act_bytes(model, rows, model.expert_ffn_dim),
+                       act_tier=self._act_tier(device), n_kernels=0,
+                       dtype=_dtype_for(device, model.bytes_per_weight))
+        eff = self.efficiency_for(device)
+        overhead = 3 * self._overhead(eff)
+        compute = float(np.sum(per.compute_s)) + overhead
+        memory = float(np.sum(per.memory_s)) + overhead
+        # energy: dynamic parts of the elements plus static power over the grouped call's wall time
+        static_elems = device.static_power_W * float(np.sum(np.maximum(per.compute_s, per.memory_s)))
+        energy = float(np.sum(per.energy_J)) - static_elems + device.static_power_W * max(compute, memory)
+        return OpCost(compute_s=compute, memory_s=memory, comm_s=0.0, energy_J=max(energy, 0.0), source=per.source)
+
+    def shared_experts(self, device: Device, model: MoEModel, n_tokens: ArrayLike) -> OpCost:
+        """All shared experts of one MoE layer on ``n_tokens`` tokens, as one fused FFN of width
+        ``n_shared_experts x shared_ffn_dim`` (zero for models without shared experts)."""
+        rows = _counts(n_tokens, "n_tokens")
+        width = model.n_shared_experts * model.shared_ffn_dim
+        if width == 0:
+            rows = np.zeros_like(rows)
+            width = 1
+        return self._op(device, op="shared_experts", rows=rows, gemms=self._ffn_gemms(model, width),
+                        extra_flops=0.0, weight_bytes=model.bytes_shared_experts, weights_tier=device.weights_tier,
+                        act_bytes=self._ffn_act_bytes(model, rows, width), act_tier=self._act_tier(device),
+                        n_kernels=3, dtype=_dtype_for(device, model.bytes_per_weight))
+
+    def router(self, device: Device, model: MoEModel, n_tokens: ArrayLike) -> OpCost:
+        """The router (gate GEMM ``d_model x n_experts`` and top-k) of one MoE layer on ``n_tokens``."""
+        rows = _counts(n_tokens, "n_tokens")
+        e = model.n_experts
+        act = rows * (ACTIVATION_BYTES * model.d_model + 4.0 * e)  # fp32 logits
+        return self._op(device, op="router", rows=rows, gemms=(_Gemm(2.0 * model.d_model * e, model.d_model, e),),
+                        extra_flops=0.0, weight_bytes=model.router_params * model.bytes_per_weight,
+                        weights_tier=device.weights_tier, act_bytes=act, act_tier=self._act_tier(device),
+                        n_kernels=2, dtype=_dtype_for(device, model.bytes_per_weight))
+
+    def cpu_expert(self, host: Device, model: MoEModel, n_tokens: ArrayLike) -> OpCost:
+        """An expert computed on the host CPU (Fiddler), weights in the host's DRAM."""
+        if host.kind != "cpu":
+            raise ValueError(f"cpu_expert needs a CPU device, got {host.name!r} of kind {host.kind!r}")
+        return self.expert_ffn(host, model, n_tokens)
+
+    def rdu_expert(self, device: Device, model: MoEModel, n_tokens: ArrayLike, *, weights_tier: str) -> OpCost:
+        """An expert on an RDU with its weights in ``weights_tier`` (``"sram"``, ``"hbm"`` or ``"ddr"``);
+        activations stay in SRAM. Compute at the RDU's bf16 peak (638 TFLOP/s for the SN40L [P])."""
+        if device.kind != "rdu":
+            raise ValueError(f"rdu_expert needs an RDU device, got {device.name!r} of kind {device.kind!r}")
+        if not device.has_tier(weights_tier):
+            raise ValueError(f"rdu_expert: weights_tier {weights_tier!r} is not a tier of {device.name!r}; "
+                             f"tiers: {[t.name for t in device.tiers]}")
+        return self.expert_ffn(device, model, n_tokens, weights_tier=weights_tier)
+
+    # ---------------------------------------------------------------- attention
+    def _attn_shape(self, model: MoEModel) -> tuple[float, float, float]:
+        """(score FLOPs factor per query per key, KV bytes per token per layer, proj width)."""
+        h = model.n_heads
+        if model.attention == "mla":
+            qk = model.qk_nope_head_dim + model.qk_rope_head_dim
+            score = 2.0 * h * (qk + model.v_head_dim)
+            kv = (model.kv_lora_rank + model.qk_rope_head_dim) * model.kv_bytes_per_elem
+        else:
+            score = 2.0 * h * 2.0 * model.head_dim
+            kv = 2.0 * model.n_kv_heads * model.head_dim * model.kv_bytes_per_elem
+        return score, kv, float(model.params_attention) / model.d_model
+
+    def attention_prefill(self, device: Device, model: MoEModel, n_tokens: ArrayLike) -> OpCost:
+        """Self-attention of one layer over a prompt of ``n_tokens`` tokens (causal, flash-style:
+        the score matrix is not stored): projections plus ``n^2/2`` query-key pairs, KV written once.
+        MLA is approximated as attention over decompressed heads (labelled ``[MLA approx]``)."""
+        rows = _counts(n_tokens, "n_tokens")
+        score, kv, _ = self._attn_shape(model)
+        proj = float(model.attention_flops_per_token_proj)
+        extra = score * rows * rows / 2.0
+        act = rows * (4.0 * ACTIVATION_BYTES * model.d_model + kv)
+        label = "[MLA approx: decompressed heads]" if model.attention == "mla" else ""
+        d = model.d_model
+        return self._op(device, op="attention_prefill", rows=rows,
+                        gemms=(_Gemm(proj, d, max(1, int(model.params_attention // d))),), extra_flops=extra,
+                        weight_bytes=model.params_attention * model.bytes_per_weight,
+                        weights_tier=device.weights_tier, act_bytes=act, act_tier=self._act_tier(device),
+                        n_kernels=4, dtype=_dtype_for(device, model.bytes_per_weight), label=label)
+
+    def attention_decode(self, device: Device, model: MoEModel, batch_size: ArrayLike,
+                         context_len: ArrayLike) -> OpCost:
+        """Self-attention of one layer for ``batch_size`` decode tokens whose KV caches hold
+        ``context_len`` tokens on average: projections, ``batch x context`` query-key pairs, and the
+        whole KV cache read. MLA uses the absorbed form (scores over the compressed latent; labelled)."""
+        b = _counts(batch_size, "batch_size")
+        c = _counts(context_len, "context_len")
+        b, c = np.broadcast_arrays(b, c)
+        b = np.array(b, dtype=np.float64)
+        c = np.array(c, dtype=np.float64)
+        if model.attention == "mla":
+            h, r, rope = model.n_heads, model.kv_lora_rank, model.qk_rope_head_dim
+            score = 2.0 * h * (2.0 * r + rope)
+            kv = (r + rope) * model.kv_bytes_per_elem
+            label = "[MLA approx: absorbed latent attention]"
+        else:
+            score, kv, _ = self._attn_shape(model)
+            label = ""
+        proj = float(model.attention_flops_per_token_proj)
+        extra = score * b * c
+        act = np.where(b > 0, b * (4.0 * ACTIVATION_BYTES * model.d_model) + b * c * kv, 0.0)
+        d = model.d_model
+        return self._op(device, op="attention_decode", rows=b,
+                        gemms=(_Gemm(proj, d, max(1, int(model.params_attention // d))),), extra_flops=extra,
+                        weight_bytes=model.params_attention * model.bytes_per_weight,
+                        weights_tier=device.weights_tier, act_bytes=act, act_tier=device.weights_tier,
+                        n_kernels=4, dtype=_dtype_for(device, model.bytes_per_weight), label=label)
+
+    # ---------------------------------------------------------------- links
+    def _copy_eff(self, link: Link, sizes: FloatArray, pinned: bool) -> tuple[Any, str]:
+        """Copy efficiency over ``link`` and the name of the model that gave it."""
+        prof = self.profiles.get(link.name)
+        if prof is not None:
+            try:
+                e = _check_eff(prof.copy(sizes, pinned=pinned), prof.name, "copy")
+                return np.minimum(e * self._peak_ratio(prof, "link_Bps", link.bandwidth_Bps), 1.0), prof.name
+            except LookupError:
+                pass
+        if link.efficiency_points or (not pinned and link.pageable_efficiency_points):
+            default = self._link_default(link)
+            return default.copy(sizes, pinned=pinned), default.name
+        host_link = self.platform.host_link
+        if host_link is not None and link == host_link:
+            acc = self.platform.accelerators[0]
+            prof = self.profiles.get(acc.name)
+            if prof is not None:
+                try:
+                    e = _check_eff(prof.copy(sizes, pinned=pinned), prof.name, "copy")
+                    return np.minimum(e * self._peak_ratio(prof, "link_Bps", link.bandwidth_Bps), 1.0), prof.name
+                except LookupError:
+                    pass
+        default = self._link_default(link)
+        return default.copy(sizes, pinned=pinned), default.name
+
+    def _link_default(self, link: Link) -> DefaultEfficiency:
+        key = ("gpu", "link:" + link.name)
+        eff = self._defaults.get(key)
+        if eff is None:
+            eff = self._defaults[key] = DefaultEfficiency("gpu", link)
+            eff.name = f"link-curve:{link.name}"
+        return eff
+
+    def _link_time(self, link: Link, message_bytes: FloatArray, pinned: bool = True) -> tuple[FloatArray, str]:
+        """Time of one message of ``message_bytes`` (0 for 0 bytes) and the answering model's tag."""
+        if self.fidelity == "roofline":
+            t = np.where(message_bytes > 0, link.latency_s + message_bytes / link.bandwidth_Bps, 0.0)
+            return t, "roofline"
+        eff, name = self._copy_eff(link, message_bytes, pinned)
+        t = np.where(message_bytes > 0, link.latency_s + message_bytes / (link.bandwidth_Bps * eff), 0.0)
+        return t, f"calibrated:{name}"
+
+    @staticmethod
+    def _link_cost(comm: FloatArray, moved_bytes: FloatArray, link: Link, tag: str, op: str) -> OpCost:
+        zero = np.zeros_like(comm)
+        return OpCost(compute_s=_out(zero), memory_s=_out(zero), comm_s=_out(comm),
+                      energy_J=_out(moved_bytes * link.energy_J_per_byte), source=f"{tag}:{op}")
+
+    def transfer(self, link: Link, n_bytes: ArrayLike, *, pinned: bool = True) -> OpCost:
+        """A copy of ``n_bytes`` over ``link``: latency plus size-dependent efficiency (``comm_s``).
+        ``pinned=False`` models pageable host memory."""
+        n = _counts(n_bytes, "n_bytes")
+        t, tag = self._link_time(link, n, pinned)
+        return self._link_cost(t, n, link, tag, "transfer")
+
+    def all_to_all(self, link: Link, bytes_per_device: ArrayLike, n_devices: int) -> OpCost:
+        """All-to-all dispatch (or combine) of ``bytes_per_device`` from each of ``n_devices`` devices
+        over a switched ``link``: each device sends ``(n-1)/n`` of its bytes as ``n-1`` messages in
+        parallel at the link's per-direction rate. Energy counts every device's traffic."""
+        n = _counts(bytes_per_device, "bytes_per_device")
+        if not isinstance(n_devices, int | np.integer) or n_devices < 1:
+            raise ValueError(f"n_devices must be a positive int, got {n_devices!r}")
+        if n_devices == 1:
+            return self._link_cost(np.zeros_like(n), np.zeros_like(n), link, self._link_time(link, n)[1],
+                                   "all_to_all")
+        share = n * (n_devices - 1) / n_devices
+        message = n / n_devices
+        t_msg, tag = self._link_time(link, message)
+        # latency once, the n-1 messages stream back to back at the message-size efficiency
+        per_byte = np.where(message > 0, (t_msg - link.latency_s) / np.maximum(message, 1e-300), 0.0)
+        t = np.where(n > 0, link.latency_s + share * per_byte, 0.0)
+        return self._link_cost(t, share * n_devices, link, tag, "all_to_all")
+
+    def all_reduce(self, link: Link, n_bytes: ArrayLike, n_devices: int) -> OpCost:
+        """Ring all-reduce of ``n_bytes`` per device across ``n_devices``: ``2(n-1)`` steps, each moving
+        a ``1/n`` chunk (latency per step)."""
+        n = _counts(n_bytes, "n_bytes")
+        if not isinstance(n_devices, int | np.integer) or n_devices < 1:
+            raise ValueError(f"n_devices must be a positive int, got {n_devices!r}")
+        if n_devices == 1:
+            return self._link_cost(np.zeros_like(n), np.zeros_like(n), link, self._link_time(link, n)[1],
+                                   "all_reduce")
+        chunk = n / n_devices
+        t_step, tag = self._link_time(link, chunk)
+        steps = 2 * (n_devices - 1)
+        moved = steps * chunk * n_devices
+        return self._link_cost(steps * t_step, moved, link, tag, "all_reduce")
+
+    # ---------------------------------------------------------------- FPGA
+    def fpga_expert(self, device: Device, model: MoEModel, n_tokens: ArrayLike, *, reorder: bool) -> OpCost:
+        """One expert on an FPGA over its queue of ``n_tokens`` tokens, in the steady state of a
+        double-buffered stream of experts (the next expert's weights load while this one computes).
+
+        Compute is DSP-bound: ``FLOPs / (dsp_count x macs_per_dsp_per_cycle x clock x 2)``.
+        ``reorder=True`` (M3ViT): the expert's weights stream from off-chip once for its whole token
+        queue. ``reorder=False``: per-token execution reloads the weights for every token, unless the
+        whole layer's experts fit in the on-chip buffer (then they load once). ``memory_s`` is the
+        off-chip weight stream (see `offchip_bytes`); ``total_s = max(compute, stream)`` per expert.
+        The pipeline fill (first weight load) is paid once per layer: see `fpga_layer`.
+        """
+        if device.kind != "fpga":
+            raise ValueError(f"fpga_expert needs an FPGA device, got {device.name!r} of kind {device.kind!r}")
+        rows = _counts(n_tokens, "n_tokens")
+        eff = self.efficiency_for(device)
+        dtype = _dtype_for(device, model.bytes_per_weight)
+        peak = device.dsp_peak_flops
+        tier = device.weights_memory
+        flops = rows * model.expert_flops_per_token
+        traffic = offchip_bytes(device, model, rows, reorder=reorder)
+        if eff is None:
+            compute = flops / peak
+            memory = traffic / tier.bandwidth_Bps
+        else:
+            compute = flops / (peak * self._gemm_eff(eff, device, dtype, rows, model.d_model, model.expert_ffn_dim))
+            memory = traffic / (tier.bandwidth_Bps * self._mem_eff(eff, tier.bandwidth_Bps))
+        total = np.maximum(compute, memory)
+        onchip = device.tiers[0]
+        act = rows * ACTIVATION_BYTES * 2.0 * (model.d_model + model.expert_ffn_dim)
+        energy = (device.static_power_W * total + device.energy_J_per_flop[dtype] * flops
+                  + traffic * tier.energy_J_per_byte + (traffic + act) * onchip.energy_J_per_byte)
+        label = "reordered" if reorder else "per-token"
+        return OpCost(compute_s=_out(compute), memory_s=_out(memory), comm_s=_out(np.zeros_like(rows)),
+                      energy_J=_out(energy), source=self._tag(eff, f"fpga_expert[{label}]"))
+
+    def fpga_first_load_s(self, device: Device, model: MoEModel) -> float:
+        """Pipeline fill of the double buffer: one buffer half (or the whole expert if smaller) loaded
+        from off-chip before the first expert can start (seconds)."""
+        tier = device.weights_memory
+        eff = self.efficiency_for(device)
+        bw = tier.bandwidth_Bps * (self._mem_eff(eff, tier.bandwidth_Bps) if eff is not None else 1.0)
+        tile = min(model.bytes_per_expert, device.on_chip_buffer_bytes / 2.0)
+        return tier.latency_s + tile / bw
+
+    def fpga_layer(self, device: Device, model: MoEModel, tokens_per_expert: ArrayLike, *, reorder: bool) -> OpCost:
+        """A whole MoE layer on an FPGA: the experts with tokens run one after the other, double-
+        buffered, plus one pipeline fill (in ``comm_s``, labelled: it is an off-chip load, not a link).
+        Scalar `OpCost`."""
+        rows = _counts(tokens_per_expert, "tokens_per_expert").ravel()
+        per = self.fpga_expert(device, model, rows, reorder=reorder)
+        busy = rows > 0
+        fill = self.fpga_first_load_s(device, model) if np.any(busy) else 0.0
+        compute = float(np.sum(per.compute_s))
+        memory = float(np.sum(per.memory_s))
+        steady = float(np.sum(np.maximum(per.compute_s, per.memory_s)))
+        # comm_s carries the fill plus the part of the per-expert overlap that max(sum, sum) hides
+        comm = fill + steady - max(compute, memory)
+        energy = float(np.sum(per.energy_J)) + device.static_power_W * fill
+        return OpCost(compute_s=compute, memory_s=memory, comm_s=comm, energy_J=energy,
+                      source=per.source.replace("fpga_expert", "fpga_layer") + "(comm_s=pipeline fill)")
+
+
+def offchip_bytes(device: Device, model: MoEModel, n_tokens: ArrayLike, *, reorder: bool) -> FloatArray | float:
+    """Off-chip weight bytes one FPGA expert reads for a queue of ``n_tokens`` tokens.
+
+    ``reorder=True``: the weights once (if any token). ``reorder=False``: once per token, unless all
+    ``n_experts`` experts of a layer fit in ``device.on_chip_buffer_bytes`` (then once). Token
+    activations stay on chip (assumption: a ViT-sized token queue fits in URAM).
+    """
+    rows = _counts(n_tokens, "n_tokens")
+    w = model.bytes_per_expert
+    resident = model.n_experts * w <= device.on_chip_buffer_bytes
+    if reorder or resident:
+        out = np.where(rows > 0, w, 0.0)
+    else:
+        out = rows * w
+    return _out(out)

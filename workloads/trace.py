@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,7 +195,7 @@ class RoutingTrace:
                 weights = z["weights"] if "weights" in files else None
         except TraceFormatError:
             raise
-        except (ValueError, OSError, EOFError, KeyError) as exc:  # zip/npy/JSON defects
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:  # zip/npy/JSON defects
             raise TraceFormatError(f"{p}: unreadable routing trace ({type(exc).__name__}: {exc})") from exc
         meta.setdefault("source", str(p))
         try:

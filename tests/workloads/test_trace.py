@@ -1,0 +1,173 @@
+"""RoutingTrace: lossless .npz round trip (property-based) and clear errors on bad files."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from workloads import DECODE, PREFILL, RoutingTrace, TraceFormatError
+
+
+@st.composite
+def traces(draw: st.DrawFn) -> RoutingTrace:
+    n_experts = draw(st.integers(1, 300))
+    k = draw(st.integers(1, min(n_experts, 8)))
+    tokens = draw(st.integers(0, 40))
+    layers = draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    experts = rng.integers(-1, n_experts, size=(tokens, layers, k)).astype(np.int16)
+    weights = None
+    if draw(st.booleans()):
+        weights = rng.random((tokens, layers, k), dtype=np.float32)
+        if tokens:
+            weights.flat[0] = draw(st.floats(width=32, allow_nan=False))
+    meta = {
+        "n_experts": n_experts, "top_k": k,
+        "model": draw(st.text(max_size=20)),
+        "source": draw(st.text(max_size=30)),
+        "licence": "test", "extra": draw(st.lists(st.integers(-5, 5), max_size=4)),
+    }
+    return RoutingTrace(
+        experts=experts,
+        request=rng.integers(0, 5, size=tokens).astype(np.int32),
+        position=rng.integers(0, 1000, size=tokens).astype(np.int32),
+        phase=rng.integers(0, 2, size=tokens).astype(np.uint8),
+        meta=meta, weights=weights,
+    )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(trace=traces(), compress=st.booleans())
+def test_npz_round_trip_is_lossless(tmp_path: Path, trace: RoutingTrace, compress: bool) -> None:
+    path = trace.save(tmp_path / "t.npz", compress=compress)
+    back = RoutingTrace.load(path)
+    assert back.equals(trace)
+    assert back.experts.dtype == np.int16 and back.request.dtype == np.int32
+    assert back.phase.dtype == np.uint8
+    if trace.weights is not None:
+        assert back.weights is not None and back.weights.dtype == np.float32
+
+
+def _small() -> RoutingTrace:
+    return RoutingTrace(
+        experts=np.array([[[0, 1]], [[2, -1]]], dtype=np.int16), request=np.array([0, 0]),
+        position=np.array([0, 1]), phase=np.array([PREFILL, DECODE]),
+        meta={"n_experts": 4, "top_k": 2, "model": "x", "source": "unit", "licence": "test"},
+        weights=np.array([[[0.6, 0.4]], [[1.0, 0.0]]], dtype=np.float32),
+    )
+
+
+def test_equals_detects_differences() -> None:
+    a = _small()
+    b = RoutingTrace(experts=a.experts.copy(), request=a.request, position=a.position, phase=a.phase,
+                     meta=dict(a.meta), weights=None)
+    assert a.equals(a) and not a.equals(b)
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    path = _small().save(tmp_path / "t.npz")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TraceFormatError, match=r"cut\.npz"):
+        RoutingTrace.load(cut)
+
+
+def test_missing_arrays(tmp_path: Path) -> None:
+    path = tmp_path / "partial.npz"
+    np.savez(path, experts=np.zeros((1, 1, 1), np.int16))
+    with pytest.raises(TraceFormatError, match=r"partial\.npz.*missing.*meta_json"):
+        RoutingTrace.load(path)
+
+
+def test_pickle_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.npz"
+    path.write_bytes(pickle.dumps({"experts": [1, 2, 3]}))
+    with pytest.raises(TraceFormatError, match=r"evil\.npz"):
+        RoutingTrace.load(path)
+
+
+def test_pickled_object_array_inside_npz_is_refused(tmp_path: Path) -> None:
+    t = _small()
+    path = tmp_path / "obj.npz"
+    np.savez(path, experts=np.array([object()], dtype=object), request=t.request, position=t.position,
+             phase=t.phase, meta_json=np.array(json.dumps(t.meta)), format_version=np.array(1))
+    with pytest.raises(TraceFormatError, match=r"obj\.npz"):
+        RoutingTrace.load(path)
+
+
+def test_out_of_range_expert_ids(tmp_path: Path) -> None:
+    t = _small()
+    path = tmp_path / "range.npz"
+    bad = t.experts.copy()
+    bad[1, 0, 0] = 4  # n_experts is 4: ids must be < 4
+    np.savez(path, experts=bad, request=t.request, position=t.position, phase=t.phase,
+             meta_json=np.array(json.dumps(t.meta)), format_version=np.array(1))
+    with pytest.raises(TraceFormatError, match=r"range\.npz.*expert id 4 at token 1, layer 0.*\[-1, 4\)"):
+        RoutingTrace.load(path)
+
+
+def test_bad_meta_json(tmp_path: Path) -> None:
+    t = _small()
+    path = tmp_path / "meta.npz"
+    np.savez(path, experts=t.experts, request=t.request, position=t.position, phase=t.phase,
+             meta_json=np.array("{not json"), format_version=np.array(1))
+    with pytest.raises(TraceFormatError, match=r"meta\.npz"):
+        RoutingTrace.load(path)
+
+
+def test_newer_format_version(tmp_path: Path) -> None:
+    t = _small()
+    path = tmp_path / "new.npz"
+    np.savez(path, experts=t.experts, request=t.request, position=t.position, phase=t.phase,
+             meta_json=np.array(json.dumps(t.meta)), format_version=np.array(99))
+    with pytest.raises(TraceFormatError, match="format_version 99"):
+        RoutingTrace.load(path)
+
+
+def test_not_a_zip(tmp_path: Path) -> None:
+    path = tmp_path / "junk.npz"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("hello.txt", "hi")
+    path.write_bytes(buf.getvalue())
+    with pytest.raises(TraceFormatError, match=r"junk\.npz"):
+        RoutingTrace.load(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(TraceFormatError, match="no such file"):
+        RoutingTrace.load(tmp_path / "nope.npz")
+
+
+def test_construction_checks() -> None:
+    t = _small()
+    with pytest.raises(TraceFormatError, match="3-D"):
+        RoutingTrace(experts=np.zeros((2, 2), np.int16), request=t.request, position=t.position,
+                     phase=t.phase, meta=t.meta)
+    with pytest.raises(TraceFormatError, match="request must have shape"):
+        RoutingTrace(experts=t.experts, request=np.zeros(3, np.int32), position=t.position, phase=t.phase, meta=t.meta)
+    with pytest.raises(TraceFormatError, match="weights shape"):
+        RoutingTrace(experts=t.experts, request=t.request, position=t.position, phase=t.phase, meta=t.meta,
+                     weights=np.zeros((2, 1, 3), np.float32))
+    with pytest.raises(TraceFormatError, match="n_experts"):
+        RoutingTrace(experts=t.experts, request=t.request, position=t.position, phase=t.phase, meta={"top_k": 2})
+
+
+def test_select_and_concat() -> None:
+    t = _small()
+    both = RoutingTrace.concat([t, t.select([1])])
+    assert both.n_tokens == 3
+    assert np.array_equal(both.experts[2], t.experts[1])
+    assert both.weights is not None and both.weights[2, 0, 0] == pytest.approx(1.0)
+    assert t.select_requests([0]).n_tokens == 2
+    assert t.select_requests([7]).n_tokens == 0

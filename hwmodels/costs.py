@@ -122,6 +122,8 @@ DEFAULT_CURVES: dict[str, GemmCurve] = {
 PAGEABLE_FACTOR = 0.5
 PAGEABLE_FACTOR_SOURCE = ("[S] rapidsai/dask-cuda PR #98: 'transfers at 5-6 GB/s, and 11-12 GB/s with' pinned "
                           "(hardware-and-papers.md s.1.2)")
+#: Bound on memoised scalar answers per CostModel.
+_MEMO_MAX = 65536
 #: Efficiency of a link without measured points (assumption).
 LINK_DEFAULT_EFF = 0.80
 
@@ -192,8 +194,10 @@ class DefaultEfficiency:
 
     def gemm(self, m: ArrayLike, k: int, n: int) -> FloatArray:
         """``e_max * m / (m + m_half)`` (``e_max`` for m <= 0, where no FLOPs are spent)."""
-        mf = np.asarray(m, dtype=np.float64)
         c = self.curve
+        if isinstance(m, float | int):
+            return c.e_max * m / (m + c.m_half) if m > 0 else c.e_max
+        mf = np.asarray(m, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             eff = np.where(mf > 0, c.e_max * mf / (mf + c.m_half), c.e_max)
         return np.asarray(eff, dtype=np.float64)
@@ -254,6 +258,24 @@ def _dtype_for(device: Device, bytes_per_weight: float) -> str:
     return next(iter(device.peak_flops))
 
 
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    """Per (device, tiers, dtype) constants of one fidelity: effective bandwidths, energies, peaks."""
+
+    eff: EfficiencyModel | None
+    peak: float
+    e_flop: float
+    static_W: float
+    w_bw: float
+    w_e: float
+    a_bw: float
+    a_e: float
+    overhead_s: float
+    gemm_ratio: float
+    trusted: bool
+    tag: str
+
+
 @dataclass(frozen=True)
 class _Gemm:
     """One GEMM of an op: FLOPs per row (token) and its (k, n) shape."""
@@ -286,6 +308,21 @@ class CostModel:
                 raise TypeError(f"profile {key!r} ({type(prof).__name__}) does not implement EfficiencyModel "
                                 "(gemm, memory, copy, name)")
         self._defaults: dict[tuple[str, str], DefaultEfficiency] = {}
+        self._ctx_cache: dict[tuple[int, str, str, str], tuple[Device, _Ctx]] = {}
+
+        self._memo: dict[tuple[Any, ...], tuple[Any, OpCost, Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_ctx_cache"] = {}  # keyed by object ids: meaningless in another process
+        state["_memo"] = {}
+        return state
+
+    def _remember(self, key: tuple[Any, ...], owner: Any, cost: OpCost, other: Any = None) -> None:
+        """Memoise a scalar answer (bounded; keys hold object ids, the entry holds the objects)."""
+        if len(self._memo) >= _MEMO_MAX:
+            self._memo.clear()
+        self._memo[key] = (owner, cost, other)
 
     def __repr__(self) -> str:
         return f"CostModel({self.platform.name!r}, fidelity={self.fidelity!r}, profiles={sorted(self.profiles)})"
@@ -333,48 +370,99 @@ class CostModel:
         return float(value) if isinstance(value, int | float) and math.isfinite(value) and value > 0 else 0.0
 
     # ---------------------------------------------------------------- generic GEMM-shaped op
+    def _context(self, device: Device, weights_tier: str, act_tier: str, dtype: str) -> _Ctx:
+        """Constants of (device, tiers, dtype) at this fidelity, cached per instance."""
+        key = (id(device), weights_tier, act_tier, dtype)
+        hit = self._ctx_cache.get(key)
+        if hit is not None and hit[0] is device:
+            return hit[1]
+        eff = self.efficiency_for(device)
+        w_tier = device.tier(weights_tier)
+        a_tier = device.tier(act_tier)
+        peak = device.flops(dtype)
+        if eff is None:
+            ctx = _Ctx(eff=None, peak=peak, e_flop=device.energy_J_per_flop[dtype], static_W=device.static_power_W,
+                       w_bw=w_tier.bandwidth_Bps, w_e=w_tier.energy_J_per_byte, a_bw=a_tier.bandwidth_Bps,
+                       a_e=a_tier.energy_J_per_byte, overhead_s=0.0, gemm_ratio=1.0, trusted=True,
+                       tag="roofline")
+        else:
+            ctx = _Ctx(eff=eff, peak=peak, e_flop=device.energy_J_per_flop[dtype], static_W=device.static_power_W,
+                       w_bw=w_tier.bandwidth_Bps * self._mem_eff(eff, w_tier.bandwidth_Bps),
+                       w_e=w_tier.energy_J_per_byte,
+                       a_bw=a_tier.bandwidth_Bps * self._mem_eff(eff, a_tier.bandwidth_Bps),
+                       a_e=a_tier.energy_J_per_byte, overhead_s=self._overhead(eff),
+                       gemm_ratio=self._peak_ratio(eff, "flops", peak), trusted=isinstance(eff, DefaultEfficiency),
+                       tag=f"calibrated:{eff.name}")
+        self._ctx_cache[key] = (device, ctx)
+        return ctx
+
+    @staticmethod
+    def _ctx_gemm(ctx: _Ctx, m: Any, k: int, n: int) -> Any:
+        assert ctx.eff is not None
+        e = ctx.eff.gemm(m, k, n)
+        if not ctx.trusted:
+            e = _check_eff(e, ctx.eff.name, "gemm")
+        if ctx.gemm_ratio != 1.0:
+            e = np.minimum(e * ctx.gemm_ratio, 1.0)
+        return e
+
     def _op(self, device: Device, *, op: str, rows: FloatArray, gemms: tuple[_Gemm, ...],
-            extra_flops: FloatArray | float, weight_bytes: FloatArray | float, weights_tier: str,
-            act_bytes: FloatArray | float, act_tier: str, n_kernels: int, dtype: str,
-            eff_rows: FloatArray | None = None, label: str = "") -> OpCost:
+            extra_flops: Any, weight_bytes: float, weights_tier: str,
+            act_bytes: Any, act_tier: str, n_kernels: int, dtype: str, label: str = "") -> OpCost:
         """Cost of an op made of GEMMs over ``rows`` tokens plus ``extra_flops`` (score FLOPs).
 
         ``weight_bytes`` are read from ``weights_tier`` and ``act_bytes`` moved in ``act_tier``;
-        the op is active (costs anything) where ``rows > 0``.
+        the op is active (costs anything) where ``rows > 0``. Scalars run on Python floats (fast
+        path for the simulator's one-off questions), arrays element-wise.
         """
-        eff = self.efficiency_for(device)
-        peak = device.flops(dtype)
-        w_tier = device.tier(weights_tier)
-        a_tier = device.tier(act_tier)
-        active = rows > 0
-        gemm_flops = [g.flops_per_row * rows for g in gemms]
-        total_flops = sum(gemm_flops, np.zeros_like(rows)) + extra_flops
-        w_bytes = np.where(active, weight_bytes, 0.0)
-        a_bytes = np.where(active, act_bytes, 0.0)
-        if eff is None:
-            compute = total_flops / peak
-            memory = w_bytes / w_tier.bandwidth_Bps + a_bytes / a_tier.bandwidth_Bps
+        ctx = self._context(device, weights_tier, act_tier, dtype)
+        scalar = rows.ndim == 0
+        if scalar:
+            r = float(rows)
+            active: Any = 1.0 if r > 0 else 0.0
+            m: Any = r
+            extra: Any = float(extra_flops)
+            a_bytes: Any = float(act_bytes) * active
         else:
-            m_eff = rows if eff_rows is None else eff_rows
-            compute = np.zeros_like(rows)
-            for g, f in zip(gemms, gemm_flops, strict=True):
-                compute = compute + f / (peak * self._gemm_eff(eff, device, dtype, m_eff, g.k, g.n))
-            if gemms:
-                e_extra = self._gemm_eff(eff, device, dtype, m_eff, gemms[0].k, gemms[0].n)
-            else:
-                e_extra = self._gemm_eff(eff, device, dtype, m_eff, 128, 128)
-            compute = compute + extra_flops / (peak * e_extra)
-            memory = (w_bytes / (w_tier.bandwidth_Bps * self._mem_eff(eff, w_tier.bandwidth_Bps))
-                      + a_bytes / (a_tier.bandwidth_Bps * self._mem_eff(eff, a_tier.bandwidth_Bps)))
-            overhead = np.where(active, n_kernels * self._overhead(eff), 0.0)
-            compute = compute + overhead
-            memory = memory + overhead
+            active = (rows > 0).astype(np.float64)
+            m = rows
+            extra = extra_flops
+            a_bytes = act_bytes * active
+        w_bytes = weight_bytes * active
+        total_flops = extra
+        for g in gemms:
+            total_flops = total_flops + g.flops_per_row * m
+        if ctx.eff is None:
+            compute = total_flops / ctx.peak
+            memory = w_bytes / ctx.w_bw + a_bytes / ctx.a_bw
+        else:
+            compute = 0.0
+            e0 = None
+            for g in gemms:
+                e = self._ctx_gemm(ctx, m, g.k, g.n)
+                e0 = e if e0 is None else e0
+                compute = compute + (g.flops_per_row * m) / (ctx.peak * e)
+            if e0 is None:
+                e0 = self._ctx_gemm(ctx, m, 128, 128)
+            compute = compute + extra / (ctx.peak * e0)
+            memory = w_bytes / ctx.w_bw + a_bytes / ctx.a_bw
+            if ctx.overhead_s:
+                overhead = (n_kernels * ctx.overhead_s) * active
+                compute = compute + overhead
+                memory = memory + overhead
+        if scalar:
+            compute, memory = float(compute), float(memory)
+            total = max(compute, memory)
+            energy = (ctx.static_W * total + ctx.e_flop * float(total_flops) + w_bytes * ctx.w_e
+                      + a_bytes * ctx.a_e)
+            return OpCost(compute_s=compute, memory_s=memory, comm_s=0.0, energy_J=float(energy),
+                          source=f"{ctx.tag}:{op}{label}")
+        compute = np.broadcast_to(compute, rows.shape).astype(np.float64)
+        memory = np.broadcast_to(memory, rows.shape).astype(np.float64)
         total = np.maximum(compute, memory)
-        energy = (device.static_power_W * total + device.energy_J_per_flop[dtype] * total_flops
-                  + w_bytes * w_tier.energy_J_per_byte + a_bytes * a_tier.energy_J_per_byte)
-        zero = np.zeros_like(rows)
-        return OpCost(compute_s=_out(compute), memory_s=_out(memory), comm_s=_out(zero), energy_J=_out(energy),
-                      source=self._tag(eff, op + label))
+        energy = ctx.static_W * total + ctx.e_flop * total_flops + w_bytes * ctx.w_e + a_bytes * ctx.a_e
+        return OpCost(compute_s=compute, memory_s=memory, comm_s=np.zeros(rows.shape),
+                      energy_J=np.asarray(energy, dtype=np.float64), source=f"{ctx.tag}:{op}{label}")
 
     @staticmethod
     def _act_tier(device: Device) -> str:
@@ -397,13 +485,21 @@ class CostModel:
                    weights_tier: str | None = None) -> OpCost:
         """One routed expert on ``n_tokens`` tokens; weights read once from ``weights_tier``
         (default ``device.weights_tier``). Vectorised over ``n_tokens``; zero tokens cost zero."""
+        if isinstance(n_tokens, int | float | np.integer | np.floating):
+            key = ("expert_ffn", id(device), id(model), float(n_tokens), weights_tier)
+            hit = self._memo.get(key)
+            if hit is not None and hit[0] is device and hit[2] is model:
+                return hit[1]
         rows = _counts(n_tokens, "n_tokens")
         tier = weights_tier or device.weights_tier
-        return self._op(device, op="expert_ffn", rows=rows, gemms=self._ffn_gemms(model, model.expert_ffn_dim),
+        cost = self._op(device, op="expert_ffn", rows=rows, gemms=self._ffn_gemms(model, model.expert_ffn_dim),
                         extra_flops=0.0, weight_bytes=model.bytes_per_expert, weights_tier=tier,
                         act_bytes=self._ffn_act_bytes(model, rows, model.expert_ffn_dim),
                         act_tier=self._act_tier(device), n_kernels=3,
                         dtype=_dtype_for(device, model.bytes_per_weight))
+        if rows.ndim == 0:
+            self._remember(("expert_ffn", id(device), id(model), float(rows), weights_tier), device, cost, model)
+        return cost
 
     def experts_grouped(self, device: Device, model: MoEModel, tokens_per_expert: ArrayLike, *,
                         weights_tier: str | None = None) -> OpCost:
@@ -578,9 +674,17 @@ class CostModel:
     def transfer(self, link: Link, n_bytes: ArrayLike, *, pinned: bool = True) -> OpCost:
         """A copy of ``n_bytes`` over ``link``: latency plus size-dependent efficiency (``comm_s``).
         ``pinned=False`` models pageable host memory."""
+        if isinstance(n_bytes, int | float | np.integer | np.floating):
+            key = ("transfer", id(link), float(n_bytes), pinned)
+            hit = self._memo.get(key)
+            if hit is not None and hit[0] is link:
+                return hit[1]
         n = _counts(n_bytes, "n_bytes")
         t, tag = self._link_time(link, n, pinned)
-        return self._link_cost(t, n, link, tag, "transfer")
+        cost = self._link_cost(t, n, link, tag, "transfer")
+        if n.ndim == 0:
+            self._remember(("transfer", id(link), float(n), pinned), link, cost)
+        return cost
 
     def all_to_all(self, link: Link, bytes_per_device: ArrayLike, n_devices: int) -> OpCost:
         """All-to-all dispatch (or combine) of ``bytes_per_device`` from each of ``n_devices`` devices

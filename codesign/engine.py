@@ -1,0 +1,885 @@
+"""The simpy engine: plays requests on a `BoundMapping` with costs from `hwmodels.CostModel`.
+
+The kernel knows time, not hardware: every ``yield env.timeout(t)`` uses a time that a
+`CostModel` call returned. Links (copy engines), compute streams, the host CPU and the peer fabric
+are simpy resources, so fetches overlap compute and contend where they share a link.
+
+What one step does (continuous batching, one step at a time):
+
+1. the token scheduler picks the batch (prefill chunks and decode tokens) from the waiting and
+   running requests; admitted requests reserve their whole KV cache (no preemption);
+2. for every model layer in order: attention (per device: ``attention_prefill`` of each prefill
+   chunk + ``attention_decode`` of the decode tokens at their mean context) and, for an MoE layer,
+   the ``router``, for a dense layer its FFN (``expert_ffn`` of a model whose expert width is the
+   dense FFN width); the layer's attention phase lasts the longest device's time;
+3. for an MoE layer: prefetch decisions (the prefetch policy, right after the router), the
+   all-to-all dispatch over the peer link when experts live on several devices, then on every
+   device holding needed experts: cache lookup; each miss goes to the miss policy (fetch the
+   weights over the device's copy engine, or compute on the host CPU); the device's compute
+   stream runs the shared experts and the resident experts (sum of ``expert_ffn`` per expert,
+   or ``rdu_expert`` / ``fpga_expert`` on those devices), then each fetched expert as soon as
+   its weights arrive; the CPU computes its experts in parallel (``cpu_expert`` plus the
+   activations over the host link both ways); then the all-to-all combine.
+
+Hence at zero load with every expert resident, a step's latency is exactly the sum over layers
+of ``attention + router (or dense FFN) + shared + sum of expert costs`` (`zero_load_step_s`
+computes that sum independently; a test pins the equality).
+
+Granularity: simpy events per step x layer x (device, fetched expert); all per-token work is
+vectorised numpy on the step's routing rows (one ``bincount`` per step for every layer), and the
+cost model is asked for arrays of token counts once per step and device.
+
+Assumptions (labelled): activations are `hwmodels.costs.ACTIVATION_BYTES` per element (bf16) for
+the all-to-all and the CPU path; the LM head and embeddings are not costed; chunked prefill attends
+only to its own chunk. Energy is the sum of ``OpCost.energy_J`` of every operation played, which
+already includes each device's static power over the operation (hwmodels.costs); idle time
+between operations draws nothing. On an FPGA the resident experts of a layer run as one
+`CostModel.fpga_layer` (double-buffered, with its pipeline fill).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import simpy
+from tqdm import tqdm
+
+from codesign.mapping import BoundMapping
+from codesign.policies import REGISTRIES
+from codesign.policies.base import (
+    AccessSequence,
+    Batch,
+    CachePolicy,
+    MissPolicy,
+    PrefetchContext,
+    PrefetchPolicy,
+    RequestState,
+    TokenScheduler,
+)
+from codesign.result import REQUEST_COLUMNS, STEP_COLUMNS, Event
+from hwmodels.costs import ACTIVATION_BYTES
+from hwmodels.opcost import OpCost
+
+if TYPE_CHECKING:
+    from hwmodels.devices import Device, Link
+    from workloads.model import MoEModel
+    from workloads.trace import RoutingTrace
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ACTIVATION_BYTES", "Engine", "EngineOutput", "SimRequest", "zero_load_step_s"]
+
+
+ProcGen = Generator[simpy.Event, Any, None]
+
+
+@dataclass(frozen=True)
+class SimRequest:
+    """A request to play: its arrival and its routing rows (see `RequestState`)."""
+
+    request_id: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    routing: npt.NDArray[np.int16]
+
+
+@dataclass
+class EngineOutput:
+    """Raw output of one engine run (turned into a `Result` by `codesign.simulate`)."""
+
+    requests: pd.DataFrame
+    steps: pd.DataFrame
+    events: list[Event] | None
+    makespan_s: float
+    hit_rate: dict[str, float]
+    bytes_moved: dict[str, float]
+    peak_memory_bytes: dict[str, float]
+    energy_J: float
+    mean_requests_in_system: float
+    access: list[AccessSequence] | None
+    counters: dict[str, float] = field(default_factory=dict)
+
+
+def _tier_link(device: Device, src: str, dst: str) -> Link:
+    """A copy path between two tiers of one device, described by the slower (source) tier's own
+    numbers (bandwidth, latency, energy per byte); no number is invented here."""
+    from hwmodels.devices import Link
+
+    tier = device.tier(src)
+    return Link(name=f"{device.name}:{src}->{dst}", bandwidth_Bps=tier.bandwidth_Bps, latency_s=tier.latency_s,
+                duplex=False, efficiency_points=(), energy_J_per_byte=tier.energy_J_per_byte,
+                source=f"tier {src!r} of {device.name}: {tier.source}")
+
+
+class _Costs:
+    """Per-device cost adapters: picks the right CostModel op for the device kind."""
+
+    def __init__(self, cost: Any, bound: BoundMapping) -> None:
+        self.cost = cost
+        self.bound = bound
+        self.model = bound.model
+        m = self.model
+        self.dense_model: MoEModel | None = None
+        if m.n_dense_layers > 0:
+            self.dense_model = m.with_(expert_ffn_dim=m.dense_ffn_dim)
+
+    def experts(self, d: int, counts: npt.NDArray[np.int64]) -> OpCost:
+        dev = self.bound.devices[d]
+        tier = self.bound.cache_tier[d]
+        if dev.kind == "fpga":
+            out: OpCost = self.cost.fpga_expert(dev, self.model, counts, reorder=self.bound.mapping.fpga_reorder)
+        elif dev.kind == "rdu":
+            out = self.cost.rdu_expert(dev, self.model, counts, weights_tier=tier)
+        else:
+            out = self.cost.expert_ffn(dev, self.model, counts, weights_tier=tier)
+        return out
+
+    def group(self, d: int, layer_counts: npt.NDArray[np.int64], ready: npt.NDArray[np.int64],
+              comp_s: npt.NDArray[np.float64], comp_J: npt.NDArray[np.float64]) -> tuple[float, float]:
+        """Time and energy of the ``ready`` experts of one layer run back to back on device ``d``:
+        the sum of their costs, or on an FPGA one `fpga_layer` (pipeline fill included)."""
+        if ready.size == 0:
+            return 0.0, 0.0
+        dev = self.bound.devices[d]
+        if dev.kind == "fpga":
+            c = self.cost.fpga_layer(dev, self.model, layer_counts[ready],
+                                     reorder=self.bound.mapping.fpga_reorder)
+            return float(c.total_s), float(c.energy_J)
+        return float(comp_s[ready].sum()), float(comp_J[ready].sum())
+
+
+def _arr(x: Any, n: int) -> npt.NDArray[np.float64]:
+    return np.broadcast_to(np.asarray(x, dtype=np.float64), (n,))
+
+
+class Engine:
+    """One simulation run. Build, then call `run` once. All state lives on the instance.
+
+    ``futures`` (one `AccessSequence` per device) is required when the cache policy needs the
+    future; ``record_access`` records each device's access sequence (for such a policy's next run).
+    """
+
+    def __init__(self, bound: BoundMapping, cost: Any, *, seed: int = 0, record_events: bool = False,
+                 progress: bool = False, train: RoutingTrace | None = None,
+                 futures: Sequence[AccessSequence] | None = None, record_access: bool = False) -> None:
+        self.bound = bound
+        self.model = bound.model
+        self.platform = bound.platform
+        self.cost = cost
+        self.costs = _Costs(cost, bound)
+        self.seed = seed
+        self.record_events = record_events
+        self.progress = progress
+        m = bound.mapping
+        model = self.model
+        self.L = model.n_moe_layers
+        self.E = model.n_experts
+        self.n_dev = bound.n_devices
+        self.home_flat = bound.expert_home.ravel()
+        moe_index = np.full(model.n_layers, -1, dtype=np.int64)
+        moe_index[list(model.moe_layers)] = np.arange(self.L)
+        self.moe_index = moe_index.tolist()
+        # policies
+        cache_cls = REGISTRIES["cache"].get(m.cache.policy)
+        self.caches: list[CachePolicy] = []
+        for d in range(self.n_dev):
+            c: CachePolicy = cache_cls(capacity=bound.slots[d], n_layers=self.L, n_experts=self.E,
+                                       pinned=bound.pinned[d], seed=seed + d, **dict(m.cache.options))
+            if c.needs_training:
+                if train is None:
+                    raise ValueError(f"cache policy {m.cache.policy!r} must be trained: set mapping "
+                                     "train_fraction > 0 or pass train=")
+                c.fit(train)
+            if c.needs_future:
+                if futures is None or len(futures) != self.n_dev:
+                    raise ValueError(f"cache policy {m.cache.policy!r} needs the future access sequence "
+                                     "(simulate() records it in a first pass)")
+                c.prepare(futures[d])
+            c.warm(bound.initial[d])
+            self.caches.append(c)
+        self.prefetcher: PrefetchPolicy | None = None
+        if m.prefetch != "none":
+            self.prefetcher = REGISTRIES["prefetch"].create(
+                m.prefetch, n_layers=self.L, n_experts=self.E, top_k=model.top_k, seed=seed,
+                **dict(m.prefetch_options))
+            if self.prefetcher.needs_training:
+                if train is None:
+                    raise ValueError(f"prefetch policy {m.prefetch!r} must be trained: set mapping "
+                                     "train_fraction > 0 or pass train=")
+                self.prefetcher.fit(train)
+        self.miss: MissPolicy = REGISTRIES["miss"].create(m.miss, seed=seed, **dict(m.miss_options))
+        self.scheduler: TokenScheduler = REGISTRIES["scheduling"].create(
+            m.batching.scheduler, max_batch=m.batching.max_batch, max_tokens=m.batching.max_tokens, seed=seed,
+            **dict(m.batching.options))
+        # simpy world
+        self.env = simpy.Environment()
+        env = self.env
+        self.compute = [simpy.Resource(env, 1) for _ in range(self.n_dev)]
+        self.copy = [simpy.PriorityResource(env, 1) for _ in range(self.n_dev)]
+        host = self.platform.host
+        self.host_cpu = simpy.Resource(env, 1) if host is not None else None
+        self.fabric = simpy.Resource(env, 1) if self.n_dev > 1 else None
+        # fetch paths
+        bpe = float(model.bytes_per_expert)
+        self.bpe = bpe
+        self.fetch_link: list[Link | None] = []
+        self.fetch_s: list[float] = []
+        self.fetch_J: list[float] = []
+        for d, dev in enumerate(bound.devices):
+            link: Link | None
+            if not bound.offloaded:
+                link = None
+            elif bound.backing == "host":
+                link = self.platform.host_link
+            else:
+                link = _tier_link(dev, bound.backing, bound.cache_tier[d])
+            self.fetch_link.append(link)
+            if link is None:
+                self.fetch_s.append(0.0)
+                self.fetch_J.append(0.0)
+            else:
+                fc = cost.transfer(link, bpe)
+                self.fetch_s.append(float(fc.total_s))
+                self.fetch_J.append(float(fc.energy_J))
+        self.cpu_possible = host is not None and self.platform.host_link is not None and bound.offloaded
+        # state
+        self.waiting: list[RequestState] = []
+        self.running: list[RequestState] = []
+        self.by_id: dict[int, RequestState] = {}
+        self.req_device: dict[int, int] = {}
+        self.kv_used = [0] * self.n_dev  # reserved KV tokens per device
+        self.inflight: list[dict[int, simpy.Event]] = [{} for _ in range(self.n_dev)]
+        self.finished: list[RequestState] = []
+        self.arrivals_done = False
+        self._wake: simpy.Event = env.event()
+        self.events: list[Event] | None = [] if record_events else None
+        self.dev_names = [f"{d}:{dev.name}" for d, dev in enumerate(bound.devices)]
+        # counters
+        self.n_access = 0
+        self.n_hits = 0
+        self.bytes: dict[str, float] = {}
+        self.energy_J = 0.0
+        self.busy_s = [0.0] * self.n_dev
+        self.host_busy_s = 0.0
+        self.peak_resident = [int(c.n_resident) for c in self.caches]
+        self.peak_kv_tokens = [0] * self.n_dev
+        self.peak_staging = [0] * self.n_dev
+        self._area = 0.0
+        self._area_t = 0.0
+        self._in_system = 0
+        self.record_access = record_access
+        self._access_log: list[list[npt.NDArray[np.int64]]] = [[] for _ in range(self.n_dev)]
+        self.step_rows: list[tuple[float, ...]] = []
+        self.step_idx = 0
+        self._recent_load = np.zeros((self.L, self.E))
+        # per-step scratch counters
+        self._s: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _event(self, d: int, resource: str, kind: str, start: float, end: float, label: str) -> None:
+        if self.events is not None and end > start:
+            self.events.append(Event(self.dev_names[d] if d >= 0 else "host", resource, kind, start, end, label))
+
+    def _add_bytes(self, link: Link | None, n: float) -> None:
+        if link is not None and n > 0:
+            self.bytes[link.name] = self.bytes.get(link.name, 0.0) + float(n)
+
+    def _mark(self, delta: int) -> None:
+        now = self.env.now
+        self._area += self._in_system * (now - self._area_t)
+        self._area_t = now
+        self._in_system += delta
+
+    # --------------------------------------------------------------------- run
+    def run(self, requests: Sequence[SimRequest]) -> EngineOutput:
+        """Play ``requests`` (any order; sorted by arrival) to completion."""
+        reqs = sorted(requests, key=lambda r: (r.arrival_s, r.request_id))
+        total_out = int(sum(r.output_tokens for r in reqs))
+        self._bar = tqdm(total=total_out, disable=not self.progress, unit="tok", desc="simulate",
+                         mininterval=0.5, leave=False)
+        try:
+            self.env.process(self._arrivals(reqs))
+            server = self.env.process(self._serve())
+            self.env.run(until=server)
+        finally:
+            self._bar.close()
+        return self._output()
+
+    def _arrivals(self, reqs: Sequence[SimRequest]) -> ProcGen:
+        env = self.env
+        for r in reqs:
+            if r.arrival_s > env.now:
+                yield env.timeout(r.arrival_s - env.now)
+            st = RequestState(request_id=r.request_id, arrival_s=r.arrival_s, prompt_tokens=r.prompt_tokens,
+                              output_tokens=r.output_tokens, routing=r.routing)
+            self.waiting.append(st)
+            self.by_id[r.request_id] = st
+            self._mark(+1)
+            if not self._wake.triggered:
+                self._wake.succeed()
+        self.arrivals_done = True
+        if not self._wake.triggered:
+            self._wake.succeed()
+
+    def _serve(self) -> ProcGen:
+        env = self.env
+        while True:
+            if not self.waiting and not self.running:
+                if self.arrivals_done:
+                    return
+                self._wake = env.event()
+                yield self._wake
+                continue
+            kv_free = sum(self.bound.kv_capacity_tokens) - sum(self.kv_used)
+            batch = self.scheduler.schedule(env.now, tuple(self.waiting), tuple(self.running), kv_free)
+            plan = self._admit(batch)
+            if not plan:
+                if self.arrivals_done:
+                    ids = [r.request_id for r in self.waiting][:5]
+                    raise RuntimeError(
+                        f"scheduler {self.bound.mapping.batching.scheduler!r} returned an empty batch with "
+                        f"{len(self.waiting)} waiting (e.g. {ids}) and {len(self.running)} running requests and "
+                        "no arrival to come (a request's KV cache may exceed the free KV memory)")
+                self._wake = env.event()
+                yield self._wake
+                continue
+            yield from self._step(plan)
+
+    def _admit(self, batch: Batch) -> list[tuple[RequestState, int]]:
+        """Validate the scheduler's batch against its contract and admit chosen waiting requests."""
+        name = self.bound.mapping.batching.scheduler
+        if len(set(batch.request_ids)) != len(batch.request_ids):
+            raise RuntimeError(f"scheduler {name!r} put a request twice in one batch: {batch.request_ids}")
+        if batch.total_tokens > self.scheduler.max_tokens:
+            raise RuntimeError(f"scheduler {name!r} exceeded max_tokens: {batch.total_tokens} > "
+                               f"{self.scheduler.max_tokens}")
+        running_ids = {r.request_id for r in self.running}
+        waiting_ids = {r.request_id for r in self.waiting}
+        plan: list[tuple[RequestState, int]] = []
+        admitted: set[int] = set()
+        for rid, n in zip(batch.request_ids, batch.n_tokens, strict=True):
+            st = self.by_id.get(rid)
+            if st is None or (rid not in running_ids and rid not in waiting_ids):
+                raise RuntimeError(f"scheduler {name!r} chose request {rid}, which is neither waiting nor running")
+            limit = st.remaining_prompt if st.in_prefill else 1
+            if not 1 <= n <= limit:
+                raise RuntimeError(f"scheduler {name!r} gave request {rid} {n} tokens; expected 1..{limit}")
+            if rid in waiting_ids:
+                if len(self.running) + len(admitted) >= self.scheduler.max_batch:
+                    raise RuntimeError(f"scheduler {name!r} exceeded max_batch={self.scheduler.max_batch}")
+                free = [self.bound.kv_capacity_tokens[d] - self.kv_used[d] for d in range(self.n_dev)]
+                d = int(np.argmax(free))
+                if free[d] < st.kv_tokens_max:
+                    continue  # does not fit any device now; stays waiting
+                self.kv_used[d] += st.kv_tokens_max
+                self.req_device[rid] = d
+                st.admitted_s = self.env.now
+                admitted.add(rid)
+            plan.append((st, int(n)))
+        if admitted:
+            self.waiting = [r for r in self.waiting if r.request_id not in admitted]
+            self.running.extend(self.by_id[i] for i in batch.request_ids if i in admitted)
+        return plan
+
+    # ------------------------------------------------------------------------- one step
+    def _step(self, plan: list[tuple[RequestState, int]]) -> ProcGen:
+        env = self.env
+        model = self.model
+        n_dev, L, E = self.n_dev, self.L, self.E
+        t0 = env.now
+        self._s = dict.fromkeys(("needed", "hits", "misses", "fetched", "cpu", "streamed", "prefetched",
+                                 "bytes_host", "bytes_peer", "energy"), 0.0)
+        # rows of the step and per-device token bookkeeping
+        chunks = []
+        tok_dev_parts = []
+        prefill_n: list[list[int]] = [[] for _ in range(n_dev)]
+        dec_ctx: list[list[int]] = [[] for _ in range(n_dev)]
+        n_prefill = n_decode = 0
+        for st, n in plan:
+            d = self.req_device[st.request_id]
+            r0 = st.next_row
+            chunks.append(st.routing[r0:r0 + n])
+            tok_dev_parts.append(np.full(n, d, dtype=np.int64))
+            if st.in_prefill:
+                prefill_n[d].append(n)
+                n_prefill += n
+            else:
+                dec_ctx[d].append(st.prompt_tokens + st.generated)
+                n_decode += 1
+        rows = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        tok_dev = np.concatenate(tok_dev_parts) if n_dev > 1 else None
+        n_tok = rows.shape[0]
+        k = rows.shape[2]
+        # vectorised routing: counts per (layer, expert), cross-device assignments
+        valid = rows >= 0
+        keys = (np.arange(L, dtype=np.int64)[None, :, None] * E + rows)[valid]
+        counts = np.bincount(keys, minlength=L * E).astype(np.int64)
+        n_assign = int(keys.size)
+        cross = 0
+        send_dev = np.zeros((L, max(n_dev, 1)))
+        recv_dev = np.zeros((L, max(n_dev, 1)))
+        if n_dev > 1 and tok_dev is not None:
+            src = np.broadcast_to(tok_dev[:, None, None], rows.shape)[valid]
+            dst = self.home_flat[keys]
+            layer_of = keys // E
+            is_cross = src != dst
+            cross = int(is_cross.sum())
+            np.add.at(send_dev, (layer_of[is_cross], src[is_cross]), 1.0)
+            np.add.at(recv_dev, (layer_of[is_cross], dst[is_cross]), 1.0)
+        self._recent_load *= 0.5
+        self._recent_load += counts.reshape(L, E)
+        # per-device layer costs (identical for every layer of the step)
+        attn_s = np.zeros(n_dev)
+        attn_J = np.zeros(n_dev)
+        router_s = np.zeros(n_dev)
+        router_J = np.zeros(n_dev)
+        shared_s = np.zeros(n_dev)
+        shared_J = np.zeros(n_dev)
+        dense_s = np.zeros(n_dev)
+        dense_J = np.zeros(n_dev)
+        dev_tokens = [sum(prefill_n[d]) + len(dec_ctx[d]) for d in range(n_dev)]
+        cm = self.cost
+        for d, dev in enumerate(self.bound.devices):
+            if dev_tokens[d] == 0:
+                continue
+            if prefill_n[d]:
+                c = cm.attention_prefill(dev, model, np.asarray(prefill_n[d], dtype=np.int64))
+                attn_s[d] += float(np.sum(c.total_s))
+                attn_J[d] += float(np.sum(c.energy_J))
+            if dec_ctx[d]:
+                c = cm.attention_decode(dev, model, len(dec_ctx[d]), float(np.mean(dec_ctx[d])))
+                attn_s[d] += float(c.total_s)
+                attn_J[d] += float(c.energy_J)
+            c = cm.router(dev, model, dev_tokens[d])
+            router_s[d], router_J[d] = float(c.total_s), float(c.energy_J)
+            if model.n_shared_experts > 0:
+                c = cm.shared_experts(dev, model, dev_tokens[d])
+                shared_s[d], shared_J[d] = float(c.total_s), float(c.energy_J)
+            if self.costs.dense_model is not None:
+                c = cm.expert_ffn(dev, self.costs.dense_model, dev_tokens[d])
+                dense_s[d], dense_J[d] = float(c.total_s), float(c.energy_J)
+        # expert costs, per device, for every (layer, expert) at once
+        exp_cost: list[OpCost] = []
+        exp_s: list[npt.NDArray[np.float64]] = []
+        exp_J: list[npt.NDArray[np.float64]] = []
+        for d in range(n_dev):
+            cnt = counts if n_dev == 1 else np.where(self.home_flat == d, counts, 0)
+            c = self.costs.experts(d, cnt)
+            exp_cost.append(c)
+            exp_s.append(_arr(c.total_s, L * E))
+            exp_J.append(_arr(c.energy_J, L * E))
+        cpu_s = cpu_J = None
+        act_bytes = (counts * (model.d_model * ACTIVATION_BYTES)).astype(np.float64)
+        if self.cpu_possible and self.bound.mapping.miss != "fetch":
+            host = self.platform.host
+            cc = cm.cpu_expert(host, model, counts)
+            tr = cm.transfer(self.platform.host_link, act_bytes)
+            cpu_s = _arr(cc.total_s, L * E) + 2.0 * _arr(tr.total_s, L * E)
+            cpu_J = _arr(cc.energy_J, L * E) + 2.0 * _arr(tr.energy_J, L * E)
+            self._cpu_cost = (cc, tr)
+        a2a: list[tuple[float, float, float, float]] = []
+        if n_dev > 1:
+            unit = model.d_model * ACTIVATION_BYTES
+            send_max = send_dev.max(axis=1) * unit
+            recv_max = recv_dev.max(axis=1) * unit
+            peer = self.platform.peer_link
+            c1 = cm.all_to_all(peer, send_max, n_dev)
+            c2 = cm.all_to_all(peer, recv_max, n_dev)
+            s1, j1 = _arr(c1.total_s, L), _arr(c1.energy_J, L)
+            s2, j2 = _arr(c2.total_s, L), _arr(c2.energy_J, L)
+            a2a = [(float(s1[i]), float(j1[i]), float(s2[i]), float(j2[i])) for i in range(L)]
+            tot_peer = 2.0 * cross * unit
+            self._add_bytes(peer, tot_peer)
+            self._s["bytes_peer"] += tot_peer
+        # compute streams held for the whole step
+        holds = [self.compute[d].request() for d in range(n_dev)]
+        yield env.all_of(holds) if n_dev > 1 else holds[0]
+        energy = 0.0
+        for abs_layer in range(model.n_layers):
+            layer = self.moe_index[abs_layer]
+            is_moe = layer >= 0
+            pre = attn_s + (router_s if is_moe else dense_s)
+            dt = float(pre.max())
+            if dt > 0:
+                start = env.now
+                yield env.timeout(dt)
+                for d in range(n_dev):
+                    self.busy_s[d] += float(pre[d])
+                    if self.events is not None:
+                        self._event(d, "compute", "attention", start, start + float(attn_s[d]), f"L{abs_layer}")
+                        self._event(d, "compute", "router" if is_moe else "dense", start + float(attn_s[d]),
+                                    start + float(pre[d]), f"L{abs_layer}")
+            energy += float(attn_J.sum()) + float((router_J if is_moe else dense_J).sum())
+            if not is_moe:
+                continue
+            lo, hi = layer * E, (layer + 1) * E
+            if self.prefetcher is not None:
+                self._prefetch(layer, rows)
+            if n_dev > 1:
+                disp_s, disp_J, comb_s, comb_J = a2a[layer]
+                energy += disp_J + comb_J
+                yield from self._all_to_all(disp_s, f"dispatch L{abs_layer}")
+            if n_dev == 1:
+                yield from self._moe_device(0, layer, abs_layer, rows, counts[lo:hi], exp_s[0][lo:hi],
+                                            exp_J[0][lo:hi], exp_cost[0], float(shared_s[0]), float(shared_J[0]),
+                                            cpu_s, cpu_J, act_bytes[lo:hi])
+            else:
+                procs = []
+                for d in range(n_dev):
+                    cnt = np.where(self.home_flat[lo:hi] == d, counts[lo:hi], 0)
+                    if cnt.any() or shared_s[d] > 0:
+                        procs.append(env.process(self._moe_device(
+                            d, layer, abs_layer, rows, cnt, exp_s[d][lo:hi], exp_J[d][lo:hi], exp_cost[d],
+                            float(shared_s[d]), float(shared_J[d]), cpu_s, cpu_J, act_bytes[lo:hi])))
+                if procs:
+                    yield env.all_of(procs)
+                yield from self._all_to_all(comb_s, f"combine L{abs_layer}")
+        for d in range(n_dev):
+            self.compute[d].release(holds[d])
+        self.energy_J += energy
+        self._s["energy"] += energy
+        self._finish_step(plan, t0, n_prefill, n_decode, n_assign, cross, n_tok, k)
+
+    def _all_to_all(self, dt: float, label: str) -> ProcGen:
+        if dt <= 0 or self.fabric is None:
+            return
+        with self.fabric.request() as req:
+            yield req
+            start = self.env.now
+            yield self.env.timeout(dt)
+            for d in range(self.n_dev):
+                self._event(d, "peer_link", "all_to_all", start, start + dt, label)
+
+    def _moe_device(self, d: int, layer: int, abs_layer: int, rows: npt.NDArray[np.int16],
+                    cnt: npt.NDArray[np.int64], comp_s: npt.NDArray[np.float64], comp_J: npt.NDArray[np.float64],
+                    comp_cost: OpCost, shared_s: float, shared_J: float,
+                    cpu_s: npt.NDArray[np.float64] | None, cpu_J: npt.NDArray[np.float64] | None,
+                    act_bytes: npt.NDArray[np.float64]) -> ProcGen:
+        env = self.env
+        E = self.E
+        ex = np.flatnonzero(cnt).astype(np.int64)
+        cache = self.caches[d]
+        now = env.now
+        energy = shared_J
+        inflight = self.inflight[d]
+        waits: list[tuple[int, simpy.Event]] = []  # (expert, arrival) computed after arrival
+        cpu_ex = np.zeros(0, dtype=np.int64)
+        streamed_n = 0
+        if ex.size:
+            cache.observe(layer, rows[:, layer, :], now)
+            hits = cache.access(layer, ex, now)
+            if self.record_access:
+                self._access_log[d].append(layer * E + ex)
+            n_hit = int(hits.sum())
+            self.n_access += int(ex.size)
+            self.n_hits += n_hit
+            self._s["needed"] += ex.size
+            self._s["hits"] += n_hit
+            ready = ex[hits]
+            if inflight:
+                pending = [(int(e), inflight[layer * E + int(e)]) for e in ready if layer * E + int(e) in inflight]
+                if pending:
+                    waits.extend(pending)
+                    pend_set = {e for e, _ in pending}
+                    ready = np.array([e for e in ready if int(e) not in pend_set], dtype=np.int64)
+            miss_ex = ex[~hits]
+            fetch_ex = miss_ex
+            if miss_ex.size:
+                self._s["misses"] += miss_ex.size
+                if self.fetch_link[d] is None:
+                    raise RuntimeError(f"device {d}: expert ({layer}, {miss_ex[0]}) is not resident and there is "
+                                       "no backing memory to fetch it from (bug: mapping says nothing offloaded)")
+                n_miss = int(miss_ex.size)
+                fetch_cost = OpCost(
+                    compute_s=_arr(comp_cost.compute_s, self.L * E)[layer * E + miss_ex],
+                    memory_s=_arr(comp_cost.memory_s, self.L * E)[layer * E + miss_ex],
+                    comm_s=np.full(n_miss, self.fetch_s[d]),
+                    energy_J=comp_J[miss_ex] + self.fetch_J[d], source="engine:fetch+compute")
+                cpu_cost = None
+                if cpu_s is not None and cpu_J is not None:
+                    cpu_cost = OpCost(compute_s=cpu_s[layer * E + miss_ex], memory_s=np.zeros(n_miss),
+                                      comm_s=np.zeros(n_miss), energy_J=cpu_J[layer * E + miss_ex],
+                                      source="engine:cpu_expert+activations")
+                mask = np.asarray(self.miss.decide(layer, miss_ex, cnt[miss_ex], fetch_cost, cpu_cost), dtype=bool)
+                if mask.shape != miss_ex.shape:
+                    raise RuntimeError(f"miss policy {self.bound.mapping.miss!r} returned a mask of shape "
+                                       f"{mask.shape}, expected {miss_ex.shape}")
+                if cpu_cost is None and not mask.all():
+                    raise RuntimeError(f"miss policy {self.bound.mapping.miss!r} chose CPU compute on a platform "
+                                       "without a host")
+                fetch_ex = miss_ex[mask]
+                cpu_ex = miss_ex[~mask]
+            if fetch_ex.size:
+                prot = np.fromiter(inflight.keys(), dtype=np.int64, count=len(inflight)) if inflight else None
+                adm = cache.admit(layer, fetch_ex, now, protect=ex, protect_keys=prot)
+                for lv, ev in adm.victims.tolist():
+                    inflight.pop(lv * E + ev, None)
+                streamed = fetch_ex[~adm.admitted]
+                streamed_n = int(streamed.size)
+                if streamed_n:
+                    if self.bound.mapping.staging_experts == 0:
+                        raise RuntimeError(f"device {d}: {streamed_n} fetched experts of MoE layer {layer} cannot "
+                                           "be cached (cache full of protected/pinned experts or policy refuses) "
+                                           "and staging_experts=0; raise staging_experts")
+                    self.peak_staging[d] = max(self.peak_staging[d], min(streamed_n,
+                                                                         self.bound.mapping.staging_experts))
+                arrivals = [env.event() for _ in range(fetch_ex.size)]
+                for e, ev, ok in zip(fetch_ex.tolist(), arrivals, adm.admitted.tolist(), strict=True):
+                    if ok:
+                        inflight[layer * E + e] = ev
+                    waits.append((e, ev))
+                self._s["fetched"] += fetch_ex.size
+                self._s["streamed"] += streamed_n
+                nbytes = self.bpe * fetch_ex.size
+                self._add_bytes(self.fetch_link[d], nbytes)
+                self._s["bytes_host"] += nbytes
+                energy += self.fetch_J[d] * fetch_ex.size
+                env.process(self._fetch(d, layer, fetch_ex, arrivals, abs_layer, priority=0))
+                self.peak_resident[d] = max(self.peak_resident[d], cache.n_resident)
+            cpu_done = None
+            if cpu_ex.size and cpu_s is not None and cpu_J is not None:
+                self._s["cpu"] += cpu_ex.size
+                ab = float(act_bytes[cpu_ex].sum()) * 2.0
+                self._add_bytes(self.platform.host_link, ab)
+                self._s["bytes_host"] += ab
+                energy += float(cpu_J[layer * E + cpu_ex].sum())
+                cpu_done = env.process(self._cpu(layer, cpu_ex, cpu_s[layer * E + cpu_ex], abs_layer))
+        else:
+            ready = ex
+            cpu_done = None
+        # device compute: shared + ready experts, then each waited expert on arrival
+        g_s, g_J = self.costs.group(d, cnt, ready, comp_s, comp_J)
+        first = shared_s + g_s
+        later = np.array([e for e, _ in waits], dtype=np.int64)
+        energy += g_J + (float(comp_J[later].sum()) if later.size else 0.0)
+        if first > 0:
+            start = env.now
+            yield env.timeout(first)
+            self.busy_s[d] += first
+            if self.events is not None:
+                if shared_s > 0:
+                    self._event(d, "compute", "shared", start, start + shared_s, f"L{abs_layer}")
+                self._event(d, "compute", "experts", start + shared_s, env.now,
+                            f"L{abs_layer} {ready.size} experts")
+        for e, ev in waits:
+            if not ev.processed:
+                yield ev
+            c = float(comp_s[e])
+            if c > 0:
+                start = env.now
+                yield env.timeout(c)
+                self.busy_s[d] += c
+                self._event(d, "compute", "expert", start, env.now, f"L{abs_layer} e{e}")
+        if cpu_done is not None:
+            yield cpu_done
+        self._s["energy"] += energy
+        self.energy_J += energy
+
+    def _fetch(self, d: int, layer: int, experts: npt.NDArray[np.int64], arrivals: list[simpy.Event],
+               abs_layer: int, *, priority: int) -> ProcGen:
+        env = self.env
+        dt = self.fetch_s[d]
+        inflight = self.inflight[d]
+        E = self.E
+        kind = "fetch" if priority == 0 else "prefetch"
+        with self.copy[d].request(priority=priority) as req:
+            yield req
+            for e, ev in zip(experts.tolist(), arrivals, strict=True):
+                start = env.now
+                yield env.timeout(dt)
+                self._event(d, "copy", kind, start, env.now, f"L{abs_layer} e{e}")
+                ev.succeed()
+                if inflight.get(layer * E + e) is ev:
+                    del inflight[layer * E + e]
+
+    def _cpu(self, layer: int, experts: npt.NDArray[np.int64], times: npt.NDArray[np.float64],
+             abs_layer: int) -> ProcGen:
+        env = self.env
+        assert self.host_cpu is not None
+        with self.host_cpu.request() as req:
+            yield req
+            start = env.now
+            total = float(times.sum())
+            yield env.timeout(total)
+            self.host_busy_s += total
+            self._event(-1, "cpu", "cpu_expert", start, env.now, f"L{abs_layer} {experts.size} experts")
+
+    def _prefetch(self, layer: int, rows: npt.NDArray[np.int16]) -> None:
+        assert self.prefetcher is not None
+        E = self.E
+        for d in range(self.n_dev):
+            if self.fetch_link[d] is None:
+                continue
+            cache = self.caches[d]
+            ctx = PrefetchContext(step=self.step_idx, layer=layer, routing=rows[:, layer, :], step_routing=rows,
+                                  recent_load=self._recent_load, resident=cache.resident, now=self.env.now)
+            pairs = np.asarray(self.prefetcher.prefetch(ctx), dtype=np.int64).reshape(-1, 2)
+            if pairs.size == 0:
+                continue
+            if pairs[:, 0].min() <= layer or pairs[:, 0].max() >= self.L:
+                raise RuntimeError(f"prefetch policy {self.bound.mapping.prefetch!r} returned layers outside "
+                                   f"({layer}, {self.L}): {np.unique(pairs[:, 0]).tolist()}")
+            fk = pairs[:, 0] * E + pairs[:, 1]
+            keep = (self.home_flat[fk] == d) & ~cache.resident.ravel()[fk]
+            pairs = pairs[keep]
+            if pairs.size == 0:
+                continue
+            inflight = self.inflight[d]
+            cur = np.flatnonzero(rows[:, layer, :].ravel() >= 0)
+            cur_keys = layer * E + np.unique(rows[:, layer, :].ravel()[cur]).astype(np.int64)
+            for tgt in np.unique(pairs[:, 0]).tolist():
+                exs = pairs[pairs[:, 0] == tgt, 1]
+                prot_list = [cur_keys]
+                if inflight:
+                    prot_list.append(np.fromiter(inflight.keys(), dtype=np.int64, count=len(inflight)))
+                adm = cache.admit(int(tgt), exs, self.env.now, prefetch=True, protect_keys=np.concatenate(prot_list))
+                for lv, ev in adm.victims.tolist():
+                    inflight.pop(lv * E + ev, None)
+                got = exs[adm.admitted]
+                if got.size == 0:
+                    continue
+                arrivals = [self.env.event() for _ in range(got.size)]
+                for e, ev in zip(got.tolist(), arrivals, strict=True):
+                    inflight[int(tgt) * E + e] = ev
+                self._s["prefetched"] += got.size
+                nbytes = self.bpe * got.size
+                self._add_bytes(self.fetch_link[d], nbytes)
+                self._s["bytes_host"] += nbytes
+                e_j = self.fetch_J[d] * got.size
+                self._s["energy"] += e_j
+                self.energy_J += e_j
+                self.peak_resident[d] = max(self.peak_resident[d], cache.n_resident)
+                self.env.process(self._fetch(d, int(tgt), got, arrivals, int(self.model.moe_layers[int(tgt)]),
+                                             priority=1))
+
+    def _finish_step(self, plan: list[tuple[RequestState, int]], t0: float, n_prefill: int, n_decode: int,
+                     n_assign: int, cross: int, n_tok: int, k: int) -> None:
+        now = self.env.now
+        emitted = 0
+        done: list[RequestState] = []
+        for st, n in plan:
+            if st.in_prefill:
+                st.prefilled += n
+                if st.prefilled == st.prompt_tokens:
+                    st.generated = 1
+                    st.first_token_s = now
+                    emitted += 1
+            else:
+                st.generated += 1
+                emitted += 1
+            if st.done:
+                st.finish_s = now
+                done.append(st)
+        if done:
+            ids = {r.request_id for r in done}
+            self.running = [r for r in self.running if r.request_id not in ids]
+            for r in done:
+                self.kv_used[self.req_device[r.request_id]] -= r.kv_tokens_max
+                self._mark(-1)
+            self.finished.extend(done)
+        for d in range(self.n_dev):
+            in_use = sum(r.context_tokens for r in self.running if self.req_device[r.request_id] == d)
+            in_use += sum(r.context_tokens for r in done if self.req_device[r.request_id] == d)
+            self.peak_kv_tokens[d] = max(self.peak_kv_tokens[d], in_use)
+        s = self._s
+        self.step_rows.append((self.step_idx, t0, now, now - t0, len(plan), n_prefill, n_decode, s["needed"],
+                               s["hits"], s["misses"], s["fetched"], s["cpu"], s["streamed"], s["prefetched"],
+                               s["bytes_host"], s["bytes_peer"], cross, n_assign, s["energy"]))
+        self.step_idx += 1
+        if emitted:
+            self._bar.update(emitted)
+
+    # --------------------------------------------------------------------------- output
+    def _output(self) -> EngineOutput:
+        self._mark(0)
+        rows = []
+        for r in sorted(self.finished, key=lambda x: x.request_id):
+            ttft = r.first_token_s - r.arrival_s
+            tpot = (r.finish_s - r.first_token_s) / (r.output_tokens - 1) if r.output_tokens > 1 else float("nan")
+            rows.append((r.request_id, r.arrival_s, r.admitted_s, r.first_token_s, r.finish_s, r.prompt_tokens,
+                         r.output_tokens, ttft, tpot, r.finish_s - r.arrival_s, self.req_device[r.request_id]))
+        requests = pd.DataFrame(rows, columns=list(REQUEST_COLUMNS))
+        steps = pd.DataFrame(self.step_rows, columns=list(STEP_COLUMNS))
+        first = min((r.arrival_s for r in self.finished), default=0.0)
+        last = max((r.finish_s for r in self.finished), default=0.0)
+        makespan = max(last - first, 0.0)
+        energy = self.energy_J  # OpCost energies include static power over each operation
+        tier_names = sorted(set(self.bound.cache_tier))
+        hit = {t: (self.n_hits / self.n_access if self.n_access else 1.0) for t in tier_names}
+        model = self.model
+        peak: dict[str, float] = {}
+        for d in range(self.n_dev):
+            tier = self.bound.cache_tier[d]
+            b = (float(model.non_expert_bytes) + self.peak_resident[d] * self.bpe
+                 + self.peak_staging[d] * self.bpe + self.peak_kv_tokens[d] * float(model.kv_bytes_per_token))
+            peak[tier] = max(peak.get(tier, 0.0), b)
+        if self.bound.offloaded:
+            off = float(sum(h - s for h, s in zip(self.bound.homed, self.bound.slots, strict=True))) * self.bpe
+            back = (self.platform.host.weights_tier if self.bound.backing == "host" and self.platform.host
+                    else self.bound.backing)
+            key = f"host_{back}" if self.bound.backing == "host" else back
+            peak[key] = peak.get(key, 0.0) + off
+        area = self._area
+        mean_in_system = area / (self.env.now - first) if self.env.now > first else 0.0
+        access = None
+        if self.record_access:
+            access = []
+            for log_d in self._access_log:
+                keys = np.concatenate(log_d) if log_d else np.zeros(0, dtype=np.int64)
+                lens = np.array([a.size for a in log_d], dtype=np.int64)
+                starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64) if lens.size else lens
+                access.append(AccessSequence(keys=keys.astype(np.int64), call_starts=starts))
+        counters = {"accesses": float(self.n_access), "hits": float(self.n_hits),
+                    "device_busy_s": float(max(self.busy_s)), "host_busy_s": float(self.host_busy_s),
+                    "peak_resident_experts": float(max(self.peak_resident) if self.peak_resident else 0),
+                    "cache_slots": float(sum(self.bound.slots))}
+        return EngineOutput(requests=requests, steps=steps, events=self.events, makespan_s=makespan, hit_rate=hit,
+                            bytes_moved=dict(self.bytes), peak_memory_bytes=peak, energy_J=energy,
+                            mean_requests_in_system=mean_in_system, access=access, counters=counters)
+
+
+def zero_load_step_s(cost: Any, bound: BoundMapping, routing_rows: npt.NDArray[np.int16], *,
+                     prefill: bool, context_len: int) -> float:
+    """Sum of the operation costs of one step on one device with every needed expert resident:
+    ``sum over layers of attention + (router | dense FFN) + shared + sum of expert costs``.
+
+    ``routing_rows`` (int16 ``[n_tokens, n_moe_layers, k]``) are the step's rows of a single
+    request: a prefill of ``n_tokens`` tokens (``prefill=True``) or ``n_tokens`` decode tokens at
+    ``context_len`` tokens of context. Independent of the simpy engine (for cross-checks).
+    """
+    if bound.n_devices != 1:
+        raise ValueError("zero_load_step_s models a single device")
+    model = bound.model
+    dev = bound.devices[0]
+    n = int(routing_rows.shape[0])
+    if prefill:
+        attn = float(np.sum(cost.attention_prefill(dev, model, np.asarray([n])).total_s))
+    else:
+        attn = float(cost.attention_decode(dev, model, n, float(context_len)).total_s)
+    router = float(cost.router(dev, model, n).total_s)
+    shared = float(cost.shared_experts(dev, model, n).total_s) if model.n_shared_experts else 0.0
+    dense = 0.0
+    if model.n_dense_layers:
+        dense = float(cost.expert_ffn(dev, model.with_(expert_ffn_dim=model.dense_ffn_dim), n).total_s)
+    total = 0.0
+    costs = _Costs(cost, bound)
+    n_e = model.n_experts
+    for layer in range(model.n_moe_layers):
+        col = routing_rows[:, layer, :].ravel()
+        cnt = np.bincount(col[col >= 0].astype(np.int64), minlength=n_e).astype(np.int64)
+        ready = np.flatnonzero(cnt).astype(np.int64)
+        if bound.devices[0].kind == "fpga":
+            experts = float(cost.fpga_layer(dev, model, cnt[ready], reorder=bound.mapping.fpga_reorder).total_s)
+        else:
+            per = [float(_arr(costs.experts(0, np.asarray([c], dtype=np.int64)).total_s, 1)[0]) for c in cnt[ready]]
+            experts = float(sum(per))
+        total += attn + router + shared + experts
+    total += model.n_dense_layers * (attn + dense)
+    return total

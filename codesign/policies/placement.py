@@ -55,8 +55,11 @@ log = logging.getLogger(__name__)
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
-#: Above this many product variables ``y`` the joint MILP is not attempted (method "auto").
-JOINT_MAX_PRODUCT_VARS = 6000
+#: Above this many product variables ``y`` the joint MILP is not attempted (method "auto"). The LP
+#: relaxation of the linearised product is weak (x = 1/D everywhere makes every pair "co-located"),
+#: so HiGHS proves optimality only for small instances: 320 product variables (4 layers x 8
+#: experts x 2 devices) take about 7 s, 424 (3 x 8 x 4) do not finish in 60 s on this machine.
+JOINT_MAX_PRODUCT_VARS = 250
 
 
 # --------------------------------------------------------------------------- statistics
@@ -302,7 +305,11 @@ def _solve_joint(w: FloatArray, n_devices: int, time_limit_s: float) -> tuple[In
     integrality[:n_x] = 1
     lower = np.zeros(n_var)
     upper = np.ones(n_var)
-    lower[xi(0, 0, 0)] = 1.0  # device labels are interchangeable: pin expert 0 of layer 0 to device 0
+    # device labels are interchangeable (equal capacities): expert e of layer 0 may only use
+    # devices 0..e (standard symmetry breaking; keeps at least one optimum)
+    for e in range(min(n_exp, n_devices)):
+        for d in range(e + 1, n_devices):
+            upper[xi(0, e, d)] = 0.0
     res = milp(c, constraints=LinearConstraint(a, lb, ub), integrality=integrality,
                bounds=Bounds(lower, upper), options={"time_limit": time_limit_s, "disp": False})
     if res.x is None:
@@ -365,15 +372,17 @@ def _solve_sequential(w: FloatArray, n_devices: int, first: IntArray, max_sweeps
 def exflow_placement(weights: npt.ArrayLike, n_devices: int, *,
                      load: npt.ArrayLike | None = None,
                      method: Literal["auto", "joint", "sequential"] = "auto",
-                     time_limit_s: float = 60.0, max_sweeps: int = 20) -> ExflowSolution:
+                     time_limit_s: float = 30.0, max_sweeps: int = 20) -> ExflowSolution:
     """ExFlow placement maximising expected co-located layer transitions (see module docstring).
 
     ``weights``: ``[moe_layers-1, E, E]`` expected transition counts (e.g. `transition_counts`, or
     the per-layer load times the affinity ``P(e_{l+1} | e_l)``). ``load`` (``[moe_layers, E]``,
     optional) only seeds the sequential method's first layer by `load_balanced_placement`
     (round-robin without it). ``method="auto"`` uses the joint MILP when it has at most
-    `JOINT_MAX_PRODUCT_VARS` product variables, the sequential method otherwise. The joint MILP
-    stops at ``time_limit_s`` and returns its best incumbent (``optimal`` is then False).
+    `JOINT_MAX_PRODUCT_VARS` product variables, the sequential method otherwise; when its joint MILP
+    stops at ``time_limit_s`` without proof of optimality, the sequential method also runs and the
+    better placement is returned. ``method="joint"`` returns the MILP's incumbent as is
+    (``optimal`` False when the time limit stopped it).
     """
     w = _validate_weights(weights)
     n_trans, n_exp, _ = w.shape
@@ -390,19 +399,22 @@ def exflow_placement(weights: npt.ArrayLike, n_devices: int, *,
         home = (round_robin_placement(n_layers, n_exp, n_devices) if load is None
                 else load_balanced_placement(load, n_devices))
         optimal, sweeps, use = True, 0, "trivial"
-    elif use == "joint":
-        home, optimal = _solve_joint(w, n_devices, time_limit_s)
-        sweeps = 0
     else:
-        if load is not None:
-            ld = np.asarray(load, dtype=np.float64)
-            if ld.shape != (n_layers, n_exp):
-                raise ValueError(f"load must have shape ({n_layers}, {n_exp}), got {ld.shape}")
-            first = load_balanced_placement(ld[:1], n_devices)[0]
-        else:
-            first = round_robin_placement(1, n_exp, n_devices)[0]
-        home, sweeps = _solve_sequential(w, n_devices, first, max_sweeps)
+        sweeps = 0
         optimal = False
+        if use == "joint":
+            home, optimal = _solve_joint(w, n_devices, time_limit_s)
+        if use == "sequential" or (method == "auto" and not optimal):
+            if load is not None:
+                ld = np.asarray(load, dtype=np.float64)
+                if ld.shape != (n_layers, n_exp):
+                    raise ValueError(f"load must have shape ({n_layers}, {n_exp}), got {ld.shape}")
+                first = load_balanced_placement(ld[:1], n_devices)[0]
+            else:
+                first = round_robin_placement(1, n_exp, n_devices)[0]
+            seq_home, sweeps = _solve_sequential(w, n_devices, first, max_sweeps)
+            if use == "sequential" or placement_objective(w, seq_home) > placement_objective(w, home):
+                home, use = seq_home, "sequential"
     solve_s = time.perf_counter() - t0
     value = placement_objective(w, home)
     log.info("exflow placement: method=%s, %d layers x %d experts x %d devices, co-located %.4g of %.4g "
@@ -480,7 +492,7 @@ class ExflowPlacement(PlacementPolicy):
     """
 
     def __init__(self, *, seed: int = 0, method: Literal["auto", "joint", "sequential"] = "auto",
-                 time_limit_s: float = 60.0, max_sweeps: int = 20) -> None:
+                 time_limit_s: float = 30.0, max_sweeps: int = 20) -> None:
         super().__init__(seed=seed)
         self.method: Literal["auto", "joint", "sequential"] = method
         self.time_limit_s = time_limit_s

@@ -98,7 +98,7 @@ def test_capacity_respected(n_experts: int, n_devices: int) -> None:
 def test_registered_policies_and_errors() -> None:
     model = get_model("deepseek-v2-lite")
     assert {"round-robin", "load-balanced", "exflow"} <= set(REGISTRIES["placement"].names())
-    with pytest.raises(UnknownPolicyError, match="valid: .*exflow"):
+    with pytest.raises(UnknownPolicyError, match=r"valid: .*exflow"):
         REGISTRIES["placement"].create("no-such-placement")
     with pytest.raises(ValueError, match="needs routing statistics"):
         REGISTRIES["placement"].create("exflow").place(model, 8, None)

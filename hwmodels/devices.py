@@ -503,15 +503,15 @@ class _Reader:
             raise PresetError(f"{where}: missing 'value'")
         assumption = raw.get("assumption", False)
         if not isinstance(assumption, bool):
-            raise PresetError(f"{where}.assumption: expected true or false, got {assumption!r}")
+            raise PresetError(f"{self.where(key + '.assumption')}: expected true or false, got {assumption!r}")
         source = raw.get("source")
         if source is not None and not isinstance(source, str):
-            raise PresetError(f"{where}.source: expected a string, got {source!r}")
+            raise PresetError(f"{self.where(key + '.source')}: expected a string, got {source!r}")
         if not source and not assumption:
             raise PresetError(f"{where}: missing 'source' (every number needs a source, or assumption = true)")
         unit = raw.get("unit")
         if unit is not None and not isinstance(unit, str):
-            raise PresetError(f"{where}.unit: expected a string, got {unit!r}")
+            raise PresetError(f"{self.where(key + '.unit')}: expected a string, got {unit!r}")
         value = parse_quantity(raw["value"], unit, dimension, where=where)
         if positive and value <= 0:
             raise PresetError(f"{where}: must be > 0, got {raw['value']!r}")
@@ -519,11 +519,12 @@ class _Reader:
             raise PresetError(f"{where}: must be >= 0, got {raw['value']!r}")
         alternatives = raw.get("alternatives", [])
         if not isinstance(alternatives, list):
-            raise PresetError(f"{where}.alternatives: expected a list of {{ value, source }} tables")
+            raise PresetError(f"{self.where(key + '.alternatives')}: expected a list of {{ value, source }} tables")
         for i, alt in enumerate(alternatives):
             if not isinstance(alt, Mapping) or "value" not in alt or not alt.get("source"):
-                raise PresetError(f"{where}.alternatives[{i}]: expected {{ value = ..., source = \"...\" }}")
-            parse_quantity(alt["value"], alt.get("unit"), dimension, where=f"{where}.alternatives[{i}]")
+                alt_where = self.where(f"{key}.alternatives[{i}]")
+                raise PresetError(f"{alt_where}: expected {{ value = ..., source = \"...\" }}")
+            parse_quantity(alt["value"], alt.get("unit"), dimension, where=self.where(f"{key}.alternatives[{i}]"))
         label = source or "assumption"
         if raw.get("note"):
             label = f"{label} ({raw['note']})"
@@ -736,12 +737,13 @@ def _load_link(path_text: str) -> Link:
                 raise PresetError(f"{where}: missing 'source' (or assumption = true)")
             if "bytes" not in item or "achieved" not in item:
                 raise PresetError(f"{where}: needs both 'bytes' and 'achieved'")
-            n_bytes = parse_quantity(item["bytes"], None, "bytes", where=f"{where}.bytes")
-            rate = parse_quantity(item["achieved"], None, "bandwidth", where=f"{where}.achieved")
+            n_bytes = parse_quantity(item["bytes"], None, "bytes", where=r.where(f"{key}[{i}].bytes"))
+            rate = parse_quantity(item["achieved"], None, "bandwidth", where=r.where(f"{key}[{i}].achieved"))
             if n_bytes <= 0 or rate <= 0:
                 raise PresetError(f"{where}: bytes and achieved must be > 0")
             if rate > bandwidth * (1 + 1e-9):
-                raise PresetError(f"{where}.achieved: {rate:.4g} B/s exceeds the peak bandwidth {bandwidth:.4g} B/s")
+                raise PresetError(f"{r.where(f'{key}[{i}].achieved')}: {rate:.4g} B/s exceeds the peak "
+                                  f"bandwidth {bandwidth:.4g} B/s")
             r.provenance.append((f"{key}[{i}]", str(item.get("source", "assumption")), bool(assumption)))
             parsed.append((n_bytes, rate))
         sizes = [b for b, _ in parsed]

@@ -1,0 +1,359 @@
+"""A closed-form (analytic) model of the same mapping the simulator plays.
+
+Given a model, a platform, a `Mapping` and routing statistics, it computes the *expected* step
+time of a prefill step and of a decode step with the same `hwmodels.CostModel` calls the engine
+makes, without simulating anything: microseconds instead of seconds, so the search can prune
+designs with it, and tests can cross-check the simulator with it.
+
+Closed forms (``L`` MoE layers, ``E`` experts, ``k`` top-k, a step of ``B`` tokens):
+
+- per-token selection probability ``p[l, e] = load[l, e] / n_tokens`` (``sum_e p = k``);
+- expert ``e`` is active in the step with probability ``a = 1 - (1 - p)^B`` (tokens pick
+  independently: the mean-field assumption), and then serves ``B p / a`` tokens on average;
+  expected distinct experts per layer ``sum_e a[l, e]``;
+- hit probability per expert ``h``: 1 when nothing is offloaded; the starting resident set for
+  the ``static`` cache; **Che's approximation** for the others (LRU and its relatives): for each
+  device's cache of ``C`` slots, the characteristic time ``T`` solves
+  ``sum_i (1 - exp(-lambda_i T)) = C`` with ``lambda_i = a_i`` accesses per step, and
+  ``h_i = 1 - exp(-lambda_i T)`` (Che, Tung, Wang 2002; exact in the limit of many items under
+  independent references);
+- per MoE layer and device (as the engine plays it): ``first = shared + sum_hit a * c(B p / a)``;
+  ``M = sum_miss a`` expected misses are fetched one after the other over the fetch link
+  (``t_f`` each) and computed as they arrive, so the layer's expert phase takes
+  ``max(first + C_miss, M t_f + C_miss / M)``; with CPU compute on a miss (``miss="cpu"``) the
+  misses run on the host in parallel: ``max(first, cpu)``; the layer adds attention and router
+  (longest device) and, with several devices, the all-to-all dispatch and combine of the
+  expected cross-device assignments of the busiest device;
+- a closed batch of ``B`` requests arriving together (prompt ``P``, output ``O`` tokens): TTFT =
+  one prefill step of ``B x P`` tokens; TPOT = the decode step at the mean context
+  ``P + O / 2``; throughput = ``B O / (TTFT + (O - 1) TPOT)``.
+
+At zero load (one request, every expert resident) each decode token has exactly ``k`` experts
+with one token each, so the decode step equals the engine's (the test pins the agreement); with
+offloading and larger batches the mean-field terms make it an estimate, whose error against the
+simulator the tests and the README report.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import brentq
+
+from codesign.mapping import BoundMapping, Mapping
+from codesign.policies.base import RoutingStats
+from hwmodels.costs import ACTIVATION_BYTES, CostModel
+from hwmodels.devices import Link
+from hwmodels.opcost import OpCost
+
+if TYPE_CHECKING:
+    from hwmodels.devices import Platform
+    from workloads.model import MoEModel
+
+FloatArray = npt.NDArray[np.float64]
+
+__all__ = [
+    "AnalyticStep", "analytic_step", "analytic_summary", "che_hit_rates", "expected_distinct_experts",
+    "selection_probability",
+]
+
+#: Cache policies whose residents never change (the starting set is the resident set).
+STATIC_POLICIES = frozenset({"static"})
+
+
+# ------------------------------------------------------------------------------ closed forms
+def selection_probability(stats: RoutingStats) -> FloatArray:
+    """``p[l, e]``: probability that one token selects expert ``e`` at MoE layer ``l`` (rows sum to
+    the mean number of experts per token, ``k`` without null experts)."""
+    if stats.n_tokens <= 0:
+        raise ValueError("routing statistics hold no token")
+    return np.clip(stats.load / float(stats.n_tokens), 0.0, 1.0)
+
+
+def active_probability(p: npt.ArrayLike, n_tokens: float) -> FloatArray:
+    """``1 - (1 - p)^B``: probability that an expert is used by at least one of ``B`` tokens."""
+    pp = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    if n_tokens < 0:
+        raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
+    with np.errstate(divide="ignore"):
+        return -np.expm1(n_tokens * np.log1p(-np.minimum(pp, 1.0 - 1e-15)))
+
+
+def expected_distinct_experts(p: npt.ArrayLike, n_tokens: float) -> FloatArray:
+    """Expected number of distinct experts per layer for a step of ``n_tokens`` tokens: ``[L]``."""
+    return active_probability(p, n_tokens).sum(axis=-1)
+
+
+def che_hit_rates(rates: npt.ArrayLike, capacity: float) -> FloatArray:
+    """Che's approximation of the LRU hit probability of each item.
+
+    ``rates``: access rate of each item (any time unit, e.g. accesses per step); ``capacity``:
+    cache size in items. Returns ``h_i = 1 - exp(-rate_i T)`` with ``T`` solving
+    ``sum_i (1 - exp(-rate_i T)) = capacity``; all ones when the cache holds every item with a
+    positive rate, all zeros for a zero capacity.
+    """
+    r = np.asarray(rates, dtype=np.float64)
+    if r.size and (r.min() < 0 or not np.all(np.isfinite(r))):
+        raise ValueError("access rates must be finite and >= 0")
+    if capacity < 0:
+        raise ValueError(f"capacity must be >= 0, got {capacity}")
+    n_pos = int((r > 0).sum())
+    if capacity >= n_pos:
+        return np.where(r > 0, 1.0, 0.0)
+    if capacity <= 0:
+        return np.zeros_like(r)
+
+    def occupied(t: float) -> float:
+        return float(np.sum(-np.expm1(-r * t))) - capacity
+
+    hi = 1.0 / max(float(r[r > 0].min()), 1e-300)
+    while occupied(hi) < 0:
+        hi *= 2.0
+    t_c = brentq(occupied, 0.0, hi, xtol=1e-12 * hi, rtol=1e-12)
+    return np.asarray(-np.expm1(-r * t_c), dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------- the step
+@dataclass(frozen=True)
+class AnalyticStep:
+    """Expected cost of one step (all layers), seconds and joules, with its parts.
+
+    The parts are summed over layers: ``attention_s`` (attention, router and dense FFN layers:
+    the longest device), ``experts_s`` (the MoE expert phase: shared, resident and fetched experts,
+    CPU experts; the longest device), ``all_to_all_s`` (dispatch + combine). ``step_s`` is their
+    sum. ``fetch_link_s``: expected busy time of the busiest fetch link; ``distinct_experts``:
+    expected distinct experts per MoE layer (mean over layers); ``hit_rate``: expected share of
+    the step's expert accesses that hit; ``misses``: expected misses per step (all devices);
+    ``bytes_fetched``: expected bytes over the fetch links; ``energy_J``: expected energy.
+    """
+
+    n_tokens: int
+    step_s: float
+    attention_s: float
+    experts_s: float
+    all_to_all_s: float
+    fetch_link_s: float
+    distinct_experts: float
+    hit_rate: float
+    misses: float
+    bytes_fetched: float
+    energy_J: float
+
+
+def _fetch_link(bound: BoundMapping, d: int) -> Link | None:
+    """The link that offloaded experts of device ``d`` come over (as the engine builds it)."""
+    if not bound.offloaded:
+        return None
+    if bound.backing == "host":
+        return bound.platform.host_link
+    dev = bound.devices[d]
+    tier = dev.tier(bound.backing)
+    return Link(name=f"{dev.name}:{bound.backing}->{bound.cache_tier[d]}", bandwidth_Bps=tier.bandwidth_Bps,
+                latency_s=tier.latency_s, duplex=False, efficiency_points=(),
+                energy_J_per_byte=tier.energy_J_per_byte, source=f"tier {bound.backing!r} of {dev.name}: {tier.source}")
+
+
+def _expert_cost(cost: CostModel, bound: BoundMapping, d: int, n_tokens: FloatArray) -> OpCost:
+    dev = bound.devices[d]
+    model = bound.model
+    tier = bound.cache_tier[d]
+    if dev.kind == "fpga":
+        return cost.fpga_expert(dev, model, n_tokens, reorder=bound.mapping.fpga_reorder)
+    if dev.kind == "rdu":
+        return cost.rdu_expert(dev, model, n_tokens, weights_tier=tier)
+    return cost.expert_ffn(dev, model, n_tokens, weights_tier=tier)
+
+
+def hit_probability(bound: BoundMapping, active: FloatArray, *, cache_model: str = "auto") -> FloatArray:
+    """Hit probability ``[L, E]`` of each expert on its home device (see module docstring).
+
+    ``cache_model``: ``"auto"`` (static set for `STATIC_POLICIES`, Che otherwise), ``"static"``
+    or ``"che"``."""
+    if cache_model not in ("auto", "static", "che"):
+        raise ValueError(f"cache_model must be 'auto', 'static' or 'che', got {cache_model!r}")
+    if not bound.offloaded:
+        return np.ones_like(active)
+    static = cache_model == "static" or (cache_model == "auto" and bound.mapping.cache.policy in STATIC_POLICIES)
+    h = np.zeros_like(active)
+    for d in range(bound.n_devices):
+        mine = bound.expert_home == d
+        if static:
+            h[mine] = bound.initial[d][mine].astype(np.float64)
+            continue
+        pinned = bound.pinned[d] & mine
+        free = bound.slots[d] - int(pinned.sum())
+        rest = mine & ~pinned
+        h[pinned] = 1.0
+        h[rest] = che_hit_rates(active[rest], free)
+    return h
+
+
+def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_tokens: int, prefill: bool,
+                  context_len: float = 0.0, prompt_lengths: npt.ArrayLike | None = None,
+                  hit: npt.ArrayLike | None = None, cache_model: str = "auto") -> AnalyticStep:
+    """Expected cost of one step of ``n_tokens`` tokens on ``bound`` (see module docstring).
+
+    ``p``: per-token selection probability ``[L, E]`` (`selection_probability`). ``prefill``: a
+    prefill step (attention over ``prompt_lengths``, default one prompt of ``n_tokens``) or a
+    decode step of ``n_tokens`` requests at mean ``context_len``. ``hit``: hit probabilities
+    ``[L, E]`` (default `hit_probability` of the step's own access probabilities).
+    """
+    model = bound.model
+    n_l, n_e = model.n_moe_layers, model.n_experts
+    pp = np.asarray(p, dtype=np.float64)
+    if pp.shape != (n_l, n_e):
+        raise ValueError(f"p must have shape ({n_l}, {n_e}), got {pp.shape}")
+    if n_tokens <= 0:
+        raise ValueError(f"n_tokens must be > 0, got {n_tokens}")
+    n_dev = bound.n_devices
+    act = active_probability(pp, n_tokens)
+    per_active = np.where(act > 0, n_tokens * pp / np.maximum(act, 1e-300), 0.0)
+    h = hit_probability(bound, act, cache_model=cache_model) if hit is None else np.asarray(hit, dtype=np.float64)
+    if h.shape != (n_l, n_e):
+        raise ValueError(f"hit must have shape ({n_l}, {n_e}), got {h.shape}")
+    # tokens per device (requests spread evenly, as the engine's KV-balancing admission does)
+    dev_tokens = np.full(n_dev, n_tokens / n_dev)
+    if prefill:
+        prompts = np.asarray([n_tokens] if prompt_lengths is None else prompt_lengths, dtype=np.float64)
+    pre_s = np.zeros(n_dev)
+    pre_J = np.zeros(n_dev)
+    dense_s = np.zeros(n_dev)
+    dense_J = np.zeros(n_dev)
+    shared_s = np.zeros(n_dev)
+    shared_J = np.zeros(n_dev)
+    router_s = np.zeros(n_dev)
+    router_J = np.zeros(n_dev)
+    for d, dev in enumerate(bound.devices):
+        t = max(dev_tokens[d], 1e-9)
+        if prefill:
+            share = prompts if n_dev == 1 else prompts / n_dev
+            c = cost.attention_prefill(dev, model, share)
+        else:
+            c = cost.attention_decode(dev, model, t, float(context_len))
+        pre_s[d], pre_J[d] = float(np.sum(c.total_s)), float(np.sum(c.energy_J))
+        c = cost.router(dev, model, t)
+        router_s[d], router_J[d] = float(c.total_s), float(c.energy_J)
+        if model.n_shared_experts:
+            c = cost.shared_experts(dev, model, t)
+            shared_s[d], shared_J[d] = float(c.total_s), float(c.energy_J)
+        if model.n_dense_layers:
+            c = cost.expert_ffn(dev, model.with_(expert_ffn_dim=model.dense_ffn_dim), t)
+            dense_s[d], dense_J[d] = float(c.total_s), float(c.energy_J)
+    # expert phase per device and layer
+    experts_layer = np.zeros((n_l, n_dev))
+    fetch_busy = np.zeros(n_dev)
+    energy = 0.0
+    misses_total = 0.0
+    bytes_fetched = 0.0
+    host = bound.platform.host
+    use_cpu = bound.mapping.miss == "cpu" and host is not None and bound.platform.host_link is not None
+    bpe = float(model.bytes_per_expert)
+    for d in range(n_dev):
+        mine = bound.expert_home == d
+        c = _expert_cost(cost, bound, d, per_active)
+        c_s = np.asarray(c.total_s, dtype=np.float64) * mine
+        c_j = np.asarray(c.energy_J, dtype=np.float64) * mine
+        a_d = act * mine
+        hit_c = (a_d * h * c_s).sum(axis=1)
+        miss_n = (a_d * (1.0 - h)).sum(axis=1)
+        miss_c = (a_d * (1.0 - h) * c_s).sum(axis=1)
+        energy += float((a_d * h * c_j).sum())
+        misses_total += float(miss_n.sum())
+        first = shared_s[d] + hit_c
+        link = _fetch_link(bound, d)
+        if use_cpu and host is not None and bound.platform.host_link is not None:
+            cc = cost.cpu_expert(host, model, per_active)
+            act_b = per_active * model.d_model * ACTIVATION_BYTES
+            tr = cost.transfer(bound.platform.host_link, act_b)
+            cpu_s = np.asarray(cc.total_s) + 2.0 * np.asarray(tr.total_s)
+            cpu_j = np.asarray(cc.energy_J) + 2.0 * np.asarray(tr.energy_J)
+            cpu_layer = (a_d * (1.0 - h) * cpu_s).sum(axis=1)
+            energy += float((a_d * (1.0 - h) * cpu_j).sum())
+            experts_layer[:, d] = np.maximum(first, cpu_layer)
+        elif link is not None and miss_n.any():
+            f = cost.transfer(link, bpe)
+            t_f, e_f = float(f.total_s), float(f.energy_J)
+            last = np.where(miss_n > 0, miss_c / np.maximum(miss_n, 1e-300), 0.0)
+            experts_layer[:, d] = np.maximum(first + miss_c, miss_n * t_f + np.minimum(last, miss_c))
+            fetch_busy[d] = float(miss_n.sum()) * t_f
+            energy += float((a_d * (1.0 - h) * c_j).sum()) + float(miss_n.sum()) * e_f
+            bytes_fetched += float(miss_n.sum()) * bpe
+        else:
+            experts_layer[:, d] = first + miss_c
+            energy += float((a_d * (1.0 - h) * c_j).sum())
+    # all-to-all (expected cross-device assignments of the busiest device)
+    a2a_s = 0.0
+    if n_dev > 1 and bound.platform.peer_link is not None:
+        unit = model.d_model * ACTIVATION_BYTES
+        loads = np.stack([(pp * (bound.expert_home == d)).sum(axis=1) for d in range(n_dev)], axis=1)  # [L, D]
+        k_eff = pp.sum(axis=1)                                                                          # [L]
+        send = dev_tokens[None, :] * (k_eff[:, None] - loads)          # tokens on d to experts elsewhere
+        recv = loads * (n_tokens - dev_tokens[None, :])                 # assignments to d from elsewhere
+        c1 = cost.all_to_all(bound.platform.peer_link, send.max(axis=1) * unit, n_dev)
+        c2 = cost.all_to_all(bound.platform.peer_link, recv.max(axis=1) * unit, n_dev)
+        a2a_s = float(np.sum(c1.total_s) + np.sum(c2.total_s))
+        energy += float(np.sum(c1.energy_J) + np.sum(c2.energy_J))
+    attention_s = n_l * float((pre_s + router_s).max()) + model.n_dense_layers * float((pre_s + dense_s).max())
+    energy += n_l * float((pre_J + router_J + shared_J).sum()) + model.n_dense_layers * float((pre_J + dense_J).sum())
+    experts_s = float(experts_layer.max(axis=1).sum())
+    n_access = float(act.sum())
+    hit_rate = float((act * h).sum() / n_access) if n_access > 0 else 1.0
+    return AnalyticStep(
+        n_tokens=int(n_tokens), step_s=attention_s + experts_s + a2a_s, attention_s=attention_s,
+        experts_s=experts_s, all_to_all_s=a2a_s, fetch_link_s=float(fetch_busy.max()),
+        distinct_experts=float(act.sum(axis=1).mean()), hit_rate=hit_rate, misses=misses_total,
+        bytes_fetched=bytes_fetched, energy_J=energy,
+    )
+
+
+def analytic_summary(model: MoEModel, platform: Platform, mapping: Mapping, stats: RoutingStats, *,
+                     batch_size: int, prompt_tokens: int, output_tokens: int,
+                     cost_model: CostModel | None = None, cache_model: str = "auto",
+                     bound: BoundMapping | None = None) -> dict[str, Any]:
+    """Closed-form summary of serving a closed batch (``batch_size`` requests of ``prompt_tokens``
+    + ``output_tokens`` arriving together), keys named as in ``Result.summary``:
+    ``ttft_p50_s``, ``tpot_p50_s`` (= the expected decode step), ``throughput_tok_s``,
+    ``hit_rate`` (per cache tier), ``energy_j_per_token``, ``step_mean_s``; plus ``decode`` and
+    ``prefill`` (the `AnalyticStep` fields as dicts) and ``expected_distinct_experts``.
+
+    ``stats`` give the routing popularity (training data, as for the simulator's policies);
+    ``bound`` (optional) reuses an already bound mapping.
+    """
+    if batch_size <= 0 or prompt_tokens <= 0 or output_tokens <= 0:
+        raise ValueError(f"batch_size, prompt_tokens and output_tokens must be > 0, got {batch_size}, "
+                         f"{prompt_tokens}, {output_tokens}")
+    cost = cost_model if cost_model is not None else CostModel(platform)
+    if bound is None:
+        bound = mapping.bind(model, platform, stats=stats, min_kv_tokens=prompt_tokens + output_tokens - 1)
+    p = selection_probability(stats)
+    prompts = np.full(batch_size, float(prompt_tokens))
+    pre = analytic_step(cost, bound, p, n_tokens=batch_size * prompt_tokens, prefill=True, prompt_lengths=prompts,
+                        cache_model=cache_model)
+    ctx = prompt_tokens + output_tokens / 2.0
+    dec = analytic_step(cost, bound, p, n_tokens=batch_size, prefill=False, context_len=ctx,
+                        cache_model=cache_model)
+    ttft = pre.step_s
+    tpot = dec.step_s if output_tokens > 1 else float("nan")
+    total_s = ttft + (output_tokens - 1) * dec.step_s
+    out_tok = batch_size * output_tokens
+    energy = pre.energy_J + (output_tokens - 1) * dec.energy_J
+    n_access = pre.distinct_experts + (output_tokens - 1) * dec.distinct_experts
+    hit = ((pre.hit_rate * pre.distinct_experts + (output_tokens - 1) * dec.hit_rate * dec.distinct_experts)
+           / n_access if n_access > 0 else 1.0)
+    tiers = sorted(set(bound.cache_tier))
+    return {
+        "model": model.name, "platform": platform.name, "batch_size": batch_size,
+        "prompt_tokens": prompt_tokens, "output_tokens": output_tokens,
+        "ttft_p50_s": ttft, "tpot_p50_s": tpot, "tpot_mean_s": tpot,
+        "latency_p50_s": total_s, "step_mean_s": total_s / output_tokens,
+        "throughput_tok_s": out_tok / total_s if total_s > 0 else math.nan,
+        "hit_rate": dict.fromkeys(tiers, hit),
+        "energy_j_per_token": energy / out_tok,
+        "expected_distinct_experts": dec.distinct_experts,
+        "prefill": asdict(pre), "decode": asdict(dec),
+        "cache_model": cache_model, "source": "codesign.analytic (closed form, mean-field)",
+    }

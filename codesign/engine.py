@@ -249,6 +249,7 @@ class Engine:
                 self.fetch_s.append(float(fc.total_s))
                 self.fetch_J.append(float(fc.energy_J))
         self.cpu_possible = host is not None and self.platform.host_link is not None and bound.offloaded
+        self._fetch_only = m.miss == "fetch"
         # state
         self.waiting: list[RequestState] = []
         self.running: list[RequestState] = []
@@ -562,6 +563,15 @@ class Engine:
                     comp_cost: OpCost, shared_s: float, shared_J: float,
                     cpu_s: npt.NDArray[np.float64] | None, cpu_J: npt.NDArray[np.float64] | None,
                     act_bytes: npt.NDArray[np.float64]) -> ProcGen:
+        """One MoE layer on device ``d``: cache lookup, miss handling, fetches, compute.
+
+        Demand fetches of the layer hold the device's copy engine once (priority over prefetches)
+        for back-to-back transfers; their arrival times follow from the grant time, so the compute
+        chain "expert i starts at max(its arrival, end of expert i-1)" is evaluated arithmetically
+        (one timeout) instead of one simpy event per expert. Streamed (uncached) experts beyond
+        ``staging_experts`` buffers wait for the buffer of the streamed expert ``staging`` places
+        earlier to be computed; the link is then held until the last transfer.
+        """
         env = self.env
         E = self.E
         ex = np.flatnonzero(cnt).astype(np.int64)
@@ -569,9 +579,13 @@ class Engine:
         now = env.now
         energy = shared_J
         inflight = self.inflight[d]
-        waits: list[tuple[int, simpy.Event]] = []  # (expert, arrival) computed after arrival
-        cpu_ex = np.zeros(0, dtype=np.int64)
-        streamed_n = 0
+        pending: list[tuple[int, simpy.Event]] = []  # resident experts whose prefetch is in flight
+        fetch_ex = cpu_ex = ex[:0]
+        streamed_mask: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
+        ready = ex
+        cpu_done = None
+        req = None
+        grant: list[float] = []
         if ex.size:
             cache.observe(layer, rows[:, layer, :], now)
             hits = cache.access(layer, ex, now)
@@ -580,85 +594,64 @@ class Engine:
             n_hit = int(hits.sum())
             self.n_access += int(ex.size)
             self.n_hits += n_hit
-            self._s["needed"] += ex.size
-            self._s["hits"] += n_hit
+            s = self._s
+            s["needed"] += ex.size
+            s["hits"] += n_hit
             ready = ex[hits]
-            if inflight:
-                pending = [(int(e), inflight[layer * E + int(e)]) for e in ready if layer * E + int(e) in inflight]
-                if pending:
-                    waits.extend(pending)
-                    pend_set = {e for e, _ in pending}
-                    ready = np.array([e for e in ready if int(e) not in pend_set], dtype=np.int64)
+            if inflight and ready.size:
+                pend = [(int(e), inflight[layer * E + int(e)]) for e in ready.tolist() if layer * E + e in inflight]
+                if pend:
+                    pending = pend
+                    pset = {e for e, _ in pend}
+                    ready = np.array([e for e in ready.tolist() if e not in pset], dtype=np.int64)
             miss_ex = ex[~hits]
-            fetch_ex = miss_ex
             if miss_ex.size:
-                self._s["misses"] += miss_ex.size
-                if self.fetch_link[d] is None:
-                    raise RuntimeError(f"device {d}: expert ({layer}, {miss_ex[0]}) is not resident and there is "
-                                       "no backing memory to fetch it from (bug: mapping says nothing offloaded)")
-                n_miss = int(miss_ex.size)
-                fetch_cost = OpCost(
-                    compute_s=_arr(comp_cost.compute_s, self.L * E)[layer * E + miss_ex],
-                    memory_s=_arr(comp_cost.memory_s, self.L * E)[layer * E + miss_ex],
-                    comm_s=np.full(n_miss, self.fetch_s[d]),
-                    energy_J=comp_J[miss_ex] + self.fetch_J[d], source="engine:fetch+compute")
-                cpu_cost = None
-                if cpu_s is not None and cpu_J is not None:
-                    cpu_cost = OpCost(compute_s=cpu_s[layer * E + miss_ex], memory_s=np.zeros(n_miss),
-                                      comm_s=np.zeros(n_miss), energy_J=cpu_J[layer * E + miss_ex],
-                                      source="engine:cpu_expert+activations")
-                mask = np.asarray(self.miss.decide(layer, miss_ex, cnt[miss_ex], fetch_cost, cpu_cost), dtype=bool)
-                if mask.shape != miss_ex.shape:
-                    raise RuntimeError(f"miss policy {self.bound.mapping.miss!r} returned a mask of shape "
-                                       f"{mask.shape}, expected {miss_ex.shape}")
-                if cpu_cost is None and not mask.all():
-                    raise RuntimeError(f"miss policy {self.bound.mapping.miss!r} chose CPU compute on a platform "
-                                       "without a host")
-                fetch_ex = miss_ex[mask]
-                cpu_ex = miss_ex[~mask]
+                s["misses"] += miss_ex.size
+                fetch_ex, cpu_ex = self._decide(d, layer, miss_ex, cnt, comp_cost, comp_J, cpu_s, cpu_J)
             if fetch_ex.size:
                 prot = np.fromiter(inflight.keys(), dtype=np.int64, count=len(inflight)) if inflight else None
                 adm = cache.admit(layer, fetch_ex, now, protect=ex, protect_keys=prot)
                 for lv, ev in adm.victims.tolist():
                     inflight.pop(lv * E + ev, None)
-                streamed = fetch_ex[~adm.admitted]
-                streamed_n = int(streamed.size)
-                if streamed_n:
-                    if self.bound.mapping.staging_experts == 0:
-                        raise RuntimeError(f"device {d}: {streamed_n} fetched experts of MoE layer {layer} cannot "
-                                           "be cached (cache full of protected/pinned experts or policy refuses) "
-                                           "and staging_experts=0; raise staging_experts")
-                    self.peak_staging[d] = max(self.peak_staging[d], min(streamed_n,
-                                                                         self.bound.mapping.staging_experts))
-                arrivals = [env.event() for _ in range(fetch_ex.size)]
-                for e, ev, ok in zip(fetch_ex.tolist(), arrivals, adm.admitted.tolist(), strict=True):
-                    if ok:
-                        inflight[layer * E + e] = ev
-                    waits.append((e, ev))
-                self._s["fetched"] += fetch_ex.size
-                self._s["streamed"] += streamed_n
+                order = np.argsort(~adm.admitted, kind="stable")  # cached first, streamed last
+                fetch_ex = fetch_ex[order]
+                streamed_mask = ~adm.admitted[order]
+                n_str = int(streamed_mask.sum())
+                if n_str and self.bound.mapping.staging_experts == 0:
+                    raise RuntimeError(f"device {d}: {n_str} fetched experts of MoE layer {layer} cannot be cached "
+                                       "(cache full of protected or pinned experts, or the policy refuses them) and "
+                                       "staging_experts=0; raise staging_experts")
+                self.peak_staging[d] = max(self.peak_staging[d], min(n_str, self.bound.mapping.staging_experts))
+                s["fetched"] += fetch_ex.size
+                s["streamed"] += n_str
                 nbytes = self.bpe * fetch_ex.size
                 self._add_bytes(self.fetch_link[d], nbytes)
-                self._s["bytes_host"] += nbytes
+                s["bytes_host"] += nbytes
                 energy += self.fetch_J[d] * fetch_ex.size
-                env.process(self._fetch(d, layer, fetch_ex, arrivals, abs_layer, priority=0))
                 self.peak_resident[d] = max(self.peak_resident[d], cache.n_resident)
-            cpu_done = None
+                req = self.copy[d].request(priority=0)
+                hold = fetch_ex.size * self.fetch_s[d]
+                staged_wait = n_str > self.bound.mapping.staging_experts
+                copy_res = self.copy[d]
+
+                def granted(ev: simpy.Event, req: Any = req, hold: float = hold, staged_wait: bool = staged_wait,
+                            copy_res: Any = copy_res, grant: list[float] = grant) -> None:
+                    grant.append(env.now)
+                    if not staged_wait:
+                        self._release_later(copy_res, req, hold)
+
+                req.callbacks.append(granted)
             if cpu_ex.size and cpu_s is not None and cpu_J is not None:
-                self._s["cpu"] += cpu_ex.size
+                s["cpu"] += cpu_ex.size
                 ab = float(act_bytes[cpu_ex].sum()) * 2.0
                 self._add_bytes(self.platform.host_link, ab)
-                self._s["bytes_host"] += ab
+                s["bytes_host"] += ab
                 energy += float(cpu_J[layer * E + cpu_ex].sum())
                 cpu_done = env.process(self._cpu(layer, cpu_ex, cpu_s[layer * E + cpu_ex], abs_layer))
-        else:
-            ready = ex
-            cpu_done = None
-        # device compute: shared + ready experts, then each waited expert on arrival
+        # device compute: shared + resident experts, then pending prefetches, then the fetched chain
         g_s, g_J = self.costs.group(d, cnt, ready, comp_s, comp_J)
         first = shared_s + g_s
-        later = np.array([e for e, _ in waits], dtype=np.int64)
-        energy += g_J + (float(comp_J[later].sum()) if later.size else 0.0)
+        energy += g_J
         if first > 0:
             start = env.now
             yield env.timeout(first)
@@ -666,21 +659,90 @@ class Engine:
             if self.events is not None:
                 if shared_s > 0:
                     self._event(d, "compute", "shared", start, start + shared_s, f"L{abs_layer}")
-                self._event(d, "compute", "experts", start + shared_s, env.now,
-                            f"L{abs_layer} {ready.size} experts")
-        for e, ev in waits:
+                self._event(d, "compute", "experts", start + shared_s, env.now, f"L{abs_layer} {ready.size} experts")
+        for e, ev in pending:
             if not ev.processed:
                 yield ev
             c = float(comp_s[e])
+            energy += float(comp_J[e])
             if c > 0:
                 start = env.now
                 yield env.timeout(c)
                 self.busy_s[d] += c
                 self._event(d, "compute", "expert", start, env.now, f"L{abs_layer} e{e}")
+        if req is not None:
+            if not grant:
+                yield req
+            t_link = grant[0]
+            f = self.fetch_s[d]
+            staging = self.bound.mapping.staging_experts
+            c_end = env.now
+            done_streamed: list[float] = []
+            busy = 0.0
+            evs = self.events
+            for i, e in enumerate(fetch_ex.tolist()):
+                t_start = t_link
+                if streamed_mask[i]:
+                    j = len(done_streamed)
+                    if j >= staging:
+                        t_start = max(t_start, done_streamed[j - staging])
+                arrive = t_start + f
+                t_link = arrive
+                ce = float(comp_s[e])
+                c_start = max(c_end, arrive)
+                c_end = c_start + ce
+                busy += ce
+                if streamed_mask[i]:
+                    done_streamed.append(c_end)
+                if evs is not None:
+                    self._event(d, "copy", "fetch", t_start, arrive, f"L{abs_layer} e{e}")
+                    self._event(d, "compute", "expert", c_start, c_end, f"L{abs_layer} e{e}")
+            energy += float(comp_J[fetch_ex].sum())
+            self.busy_s[d] += busy
+            if staged_wait:
+                self._release_later(self.copy[d], req, max(t_link - env.now, 0.0))
+            if c_end > env.now:
+                yield env.timeout(c_end - env.now)
         if cpu_done is not None:
             yield cpu_done
         self._s["energy"] += energy
         self.energy_J += energy
+
+    def _release_later(self, res: simpy.PriorityResource, req: Any, delay: float) -> None:
+        """Release ``req`` of ``res`` after ``delay`` seconds (one timeout, no process)."""
+        def release(_ev: simpy.Event) -> None:
+            res.release(req)
+
+        self.env.timeout(delay).callbacks.append(release)
+
+    def _decide(self, d: int, layer: int, miss_ex: npt.NDArray[np.int64], cnt: npt.NDArray[np.int64],
+                comp_cost: OpCost, comp_J: npt.NDArray[np.float64], cpu_s: npt.NDArray[np.float64] | None,
+                cpu_J: npt.NDArray[np.float64] | None) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Ask the miss policy; returns (experts to fetch, experts to compute on the CPU)."""
+        E = self.E
+        if self.fetch_link[d] is None:
+            raise RuntimeError(f"device {d}: expert ({layer}, {miss_ex[0]}) is not resident and there is no "
+                               "backing memory to fetch it from (the mapping offloads nothing)")
+        if cpu_s is None and self._fetch_only:
+            return miss_ex, miss_ex[:0]
+        n_miss = int(miss_ex.size)
+        keys = layer * E + miss_ex
+        fetch_cost = OpCost(
+            compute_s=_arr(comp_cost.compute_s, self.L * E)[keys], memory_s=_arr(comp_cost.memory_s, self.L * E)[keys],
+            comm_s=np.full(n_miss, self.fetch_s[d]), energy_J=comp_J[miss_ex] + self.fetch_J[d],
+            source="engine:fetch+compute")
+        cpu_cost = None
+        if cpu_s is not None and cpu_J is not None:
+            cpu_cost = OpCost(compute_s=cpu_s[keys], memory_s=np.zeros(n_miss), comm_s=np.zeros(n_miss),
+                              energy_J=cpu_J[keys], source="engine:cpu_expert+activations")
+        mask = np.asarray(self.miss.decide(layer, miss_ex, cnt[miss_ex], fetch_cost, cpu_cost), dtype=bool)
+        if mask.shape != miss_ex.shape:
+            raise RuntimeError(f"miss policy {self.bound.mapping.miss!r} returned a mask of shape {mask.shape}, "
+                               f"expected {miss_ex.shape}")
+        if cpu_cost is None and not mask.all():
+            raise RuntimeError(f"miss policy {self.bound.mapping.miss!r} chose CPU compute on a platform without "
+                               "a host")
+        return miss_ex[mask], miss_ex[~mask]
 
     def _fetch(self, d: int, layer: int, experts: npt.NDArray[np.int64], arrivals: list[simpy.Event],
                abs_layer: int, *, priority: int) -> ProcGen:

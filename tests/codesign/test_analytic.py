@@ -1,0 +1,147 @@
+"""The analytic model: closed forms against Monte Carlo, and the simulator at zero load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from codesign.analytic import (
+    active_probability,
+    analytic_summary,
+    che_hit_rates,
+    expected_distinct_experts,
+    selection_probability,
+)
+from codesign.mapping import CacheSpec, Mapping
+from codesign.policies.base import RoutingStats
+from codesign.simulate import simulate
+from hwmodels import CostModel, get_platform
+from workloads import RoutingTrace, get_model
+from workloads.importers import import_trace
+
+
+@dataclass(frozen=True)
+class _Req:
+    request_id: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+
+
+class _Stream:
+    """Requests whose routing rows are given (all arrive at t = 0)."""
+
+    def __init__(self, rows: list[npt.NDArray[np.int16]], prompt: int) -> None:
+        self._rows = rows
+        self.requests = tuple(_Req(i, 0.0, prompt, r.shape[0] - prompt) for i, r in enumerate(rows))
+
+    def routing(self, req: Any) -> npt.NDArray[np.int16]:
+        return self._rows[req.request_id]
+
+
+@pytest.fixture(scope="module")
+def mixtral(shared_dir: Path) -> RoutingTrace:
+    t = import_trace("mixtral-jsonl", shared_dir / "traces" / "mixtral-8x7b-instruct")
+    assert isinstance(t, RoutingTrace)
+    return t
+
+
+def test_expected_distinct_experts_matches_monte_carlo() -> None:
+    rng = np.random.default_rng(0)
+    n_e, k, batch = 16, 2, 8
+    w = rng.dirichlet(np.full(n_e, 0.5))
+    # tokens pick k distinct experts; approximate the per-token selection probability by sampling
+    picks = np.stack([rng.choice(n_e, size=k, replace=False, p=w) for _ in range(40000)])
+    p = np.bincount(picks.ravel(), minlength=n_e) / picks.shape[0]
+    assert p.sum() == pytest.approx(k)
+    sim = np.mean([np.unique(picks[rng.integers(0, picks.shape[0], batch)]).size for _ in range(4000)])
+    ana = float(expected_distinct_experts(p[None, :], batch)[0])
+    assert ana == pytest.approx(sim, rel=0.03)
+    assert active_probability(p, 0).sum() == 0.0
+    assert expected_distinct_experts(p[None, :], 1)[0] == pytest.approx(k, rel=0.05)
+
+
+def test_che_approximation_matches_lru_under_independent_references() -> None:
+    rng = np.random.default_rng(1)
+    n_items, cap, n_req = 64, 16, 60000
+    pop = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    pop /= pop.sum()
+    seq = rng.choice(n_items, size=n_req, p=pop)
+    cache: list[int] = []
+    hits = 0
+    for x in seq.tolist():
+        if x in cache:
+            hits += 1
+            cache.remove(x)
+        elif len(cache) >= cap:
+            cache.pop(0)
+        cache.append(x)
+    lru_hit = hits / n_req
+    che = float((pop * che_hit_rates(pop, cap)).sum())
+    assert che == pytest.approx(lru_hit, abs=0.02)
+    assert np.all(che_hit_rates(pop, n_items) == 1.0)
+    assert np.all(che_hit_rates(pop, 0) == 0.0)
+    with pytest.raises(ValueError, match="capacity"):
+        che_hit_rates(pop, -1)
+
+
+def test_zero_load_agrees_with_simulator(mixtral: RoutingTrace) -> None:
+    """Batch 1, one request, every expert in HBM: TPOT within 2 %, TTFT within 5 %."""
+    model = get_model("mixtral-8x7b").with_precision("fp8")
+    platform = get_platform("h100-pcie5-host")
+    cost = CostModel(platform)
+    stats = RoutingStats.from_trace(mixtral)
+    rows = mixtral.select_requests([0]).experts[:100]
+    assert (rows >= 0).all()
+    mapping = Mapping(n_devices=1, cache=CacheSpec(policy="lru", expert_fraction=1.0))
+    res = simulate(model, platform, _Stream([rows], 20), mapping, cost_model=cost, train=mixtral)
+    ana = analytic_summary(model, platform, mapping, stats, batch_size=1, prompt_tokens=20, output_tokens=80,
+                           cost_model=cost)
+    assert ana["tpot_p50_s"] == pytest.approx(res["tpot_p50_s"], rel=0.02)
+    assert ana["ttft_p50_s"] == pytest.approx(res["ttft_p50_s"], rel=0.05)
+    assert ana["hit_rate"]["hbm"] == 1.0 == res["hit_rate"]["hbm"]
+    assert ana["decode"]["distinct_experts"] == pytest.approx(2.0, rel=0.02)
+
+
+def test_static_offload_agrees_with_simulator(mixtral: RoutingTrace) -> None:
+    """A quarter of the experts in HBM (static popular set), the rest fetched over PCIe: TPOT and
+    the hit rate within 5 % at batch 1 (the miss pattern is the only stochastic term)."""
+    model = get_model("mixtral-8x7b").with_precision("fp8")
+    platform = get_platform("h100-pcie5-host")
+    cost = CostModel(platform)
+    stats = RoutingStats.from_trace(mixtral)
+    rows = mixtral.select_requests([0]).experts[:100]
+    mapping = Mapping(n_devices=1, cache=CacheSpec(policy="static", expert_fraction=0.25))
+    res = simulate(model, platform, _Stream([rows], 20), mapping, cost_model=cost, train=mixtral)
+    ana = analytic_summary(model, platform, mapping, stats, batch_size=1, prompt_tokens=20, output_tokens=80,
+                           cost_model=cost)
+    assert ana["tpot_p50_s"] == pytest.approx(res["tpot_p50_s"], rel=0.05)
+    assert ana["hit_rate"]["hbm"] == pytest.approx(res["hit_rate"]["hbm"], abs=0.05)
+    # offloading costs: slower than all-in-HBM by more than 10x on PCIe
+    full = analytic_summary(model, platform, Mapping(n_devices=1), stats, batch_size=1, prompt_tokens=20,
+                            output_tokens=80, cost_model=cost)
+    assert ana["tpot_p50_s"] > 10 * full["tpot_p50_s"]
+
+
+def test_monotone_and_errors(mixtral: RoutingTrace) -> None:
+    model = get_model("mixtral-8x7b").with_precision("fp8")
+    platform = get_platform("h100-pcie5-host")
+    cost = CostModel(platform)
+    stats = RoutingStats.from_trace(mixtral)
+    p = selection_probability(stats)
+    assert p.shape == (32, 8) and np.allclose(p.sum(axis=1), 2.0, atol=0.05)
+    tpots = [analytic_summary(model, platform, Mapping(n_devices=1, cache=CacheSpec(expert_fraction=f)), stats,
+                              batch_size=8, prompt_tokens=16, output_tokens=16, cost_model=cost)["tpot_p50_s"]
+             for f in (0.25, 0.5, 1.0)]
+    assert tpots[0] >= tpots[1] >= tpots[2]          # more cache never slower
+    thr = [analytic_summary(model, platform, Mapping(n_devices=1), stats, batch_size=b, prompt_tokens=16,
+                            output_tokens=16, cost_model=cost)["throughput_tok_s"] for b in (1, 8, 32)]
+    assert thr[0] < thr[1] < thr[2]                  # batching raises throughput when experts are resident
+    with pytest.raises(ValueError, match="batch_size"):
+        analytic_summary(model, platform, Mapping(n_devices=1), stats, batch_size=0, prompt_tokens=1,
+                         output_tokens=1, cost_model=cost)

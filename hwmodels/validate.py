@@ -19,7 +19,6 @@ import csv
 import json
 import logging
 import math
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,72 +298,84 @@ def predict_moe_layer_s(profile: CalibrationProfile, tokens_per_expert: npt.Arra
 
 
 def validate_moe_layer(profile: CalibrationProfile, routings: Sequence[LayerRouting], *, d_model: int = 1024,
-                       d_ff: int = 3584, repeats: int = 7, warmup: int = 2, threads: int | None = None,
+                       d_ff: int = 3584, repeats: int = 5, warmup: int = 1, threads: int | None = None,
                        seed: int = 0) -> tuple[ErrorStats, list[LayerResult]]:
     """Time a real torch MoE layer per routing on the CPU and compare with the profile's prediction.
 
     The default shape keeps Mixtral-8x7B's ratio d_ff / d_model = 14336 / 4096 = 3.5 at a quarter
     of its width (an assumption chosen so a layer runs in a fraction of a second here). Weights are
-    random (seeded; the time does not depend on their values), float32 unless the profile's dtype
-    says otherwise. Median of ``repeats`` timed runs after ``warmup``; ``threads`` sets
-    ``torch.set_num_threads`` for the duration.
+    random (seeded; the time does not depend on their values), at the profile's dtype. Each layer
+    is timed ``repeats`` times after ``warmup`` runs, the repeats of all layers interleaved, with
+    the same wall-clock timer and contention check as the calibration (one thread); the median
+    after outlier rejection is the measurement. ``threads`` sets ``torch.set_num_threads`` for the
+    duration (default: the thread count recorded in the profile's fingerprint, else torch's).
     """
     if profile.device_kind != "cpu":
         raise CalibrationError(f"profile {profile.name!r} is a {profile.device_kind} profile; the whole-layer "
                                "validation runs on this CPU and needs a CPU profile")
-    try:
-        import torch  # optional dependency, imported lazily
-    except ModuleNotFoundError as exc:
-        raise CalibrationError("the whole-layer validation needs torch: pip install 'moe-codesign[torch]'") from exc
+    if not routings:
+        raise CalibrationError("validate_moe_layer: no layer routings given")
+    from hwmodels.calibrate_run import CpuTimer, import_torch  # torch-using sibling, imported on use
+
+    torch = import_torch()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(profile.dtype)
     if dtype is None:
         raise CalibrationError(f"profile dtype {profile.dtype!r} unsupported for the layer run")
     old_threads = torch.get_num_threads()
+    if threads is None and isinstance(profile.fingerprint.get("torch_threads"), int):
+        threads = int(profile.fingerprint["torch_threads"])
     if threads is not None:
         torch.set_num_threads(threads)
     try:
+        timer = CpuTimer(check_threads=1 if torch.get_num_threads() == 1 else None)
         gen = torch.Generator().manual_seed(seed)
         n_exp = max(r.n_experts for r in routings)
         scale = 1.0 / math.sqrt(d_model)
-        w_gate = [torch.randn(d_model, d_ff, generator=gen, dtype=torch.float32).mul_(scale).to(dtype)
-                  for _ in range(n_exp)]
-        w_up = [torch.randn(d_model, d_ff, generator=gen, dtype=torch.float32).mul_(scale).to(dtype)
-                for _ in range(n_exp)]
-        w_down = [torch.randn(d_ff, d_model, generator=gen, dtype=torch.float32).mul_(scale).to(dtype)
-                  for _ in range(n_exp)]
-        results: list[LayerResult] = []
-        for routing in routings:
-            n_tok = routing.experts.shape[0]
-            x = torch.randn(n_tok, d_model, generator=gen, dtype=torch.float32).to(dtype)
+
+        def rand(*shape: int) -> Any:
+            return torch.randn(*shape, generator=gen, dtype=torch.float32).mul_(scale).to(dtype)
+
+        w_gate = [rand(d_model, d_ff) for _ in range(n_exp)]
+        w_up = [rand(d_model, d_ff) for _ in range(n_exp)]
+        w_down = [rand(d_ff, d_model) for _ in range(n_exp)]
+        silu = torch.nn.functional.silu
+
+        def make_layer(routing: LayerRouting) -> Any:
+            x = rand(routing.experts.shape[0], d_model)
             experts = torch.from_numpy(routing.experts)
             weights = torch.from_numpy(routing.weights).to(dtype)
-            # routing bookkeeping done once (it is the router's output, not expert compute)
+            # the router's output, turned into per-expert index lists once (not expert compute)
             groups = []
             for e in range(n_exp):
                 tok, slot = torch.nonzero(experts == e, as_tuple=True)
                 if tok.numel():
                     groups.append((e, tok, weights[tok, slot].unsqueeze(1)))
 
-            def layer(x: Any = x, groups: list[Any] = groups) -> Any:
+            def layer() -> Any:
                 out = torch.zeros_like(x)
                 for e, tok, w in groups:
                     xe = x.index_select(0, tok)
-                    h = torch.nn.functional.silu(xe @ w_gate[e]) * (xe @ w_up[e])
+                    h = silu(xe @ w_gate[e]) * (xe @ w_up[e])
                     out.index_add_(0, tok, (h @ w_down[e]) * w)
                 return out
 
-            times = []
-            with torch.inference_mode():
+            return layer
+
+        layers = [make_layer(r) for r in routings]
+        times: list[list[float]] = [[] for _ in layers]
+        with torch.inference_mode():
+            for layer in layers:
                 for _ in range(warmup):
                     layer()
-                for _ in range(repeats):
-                    start = time.perf_counter_ns()
-                    layer()
-                    times.append((time.perf_counter_ns() - start) * 1e-9)
-            measured = robust_median(times)[0]
+            for _ in range(repeats):
+                for i, layer in enumerate(layers):
+                    times[i].append(timer.time(layer, 1))
+        results: list[LayerResult] = []
+        for routing, ts in zip(routings, times, strict=True):
+            measured = robust_median(ts)[0]
             tpe = routing.tokens_per_expert()
-            pred, pred_gemm = predict_moe_layer_s(profile, tpe, n_tokens=n_tok, top_k=routing.experts.shape[1],
-                                                  d_model=d_model, d_ff=d_ff)
+            pred, pred_gemm = predict_moe_layer_s(profile, tpe, n_tokens=routing.experts.shape[0],
+                                                  top_k=routing.experts.shape[1], d_model=d_model, d_ff=d_ff)
             results.append(LayerResult(source=routing.source, measured_s=measured, predicted_s=pred,
                                        predicted_gemm_s=pred_gemm, tokens_per_expert=tuple(int(t) for t in tpe)))
             log.info("layer %s: measured %.3f ms, predicted %.3f ms", routing.source, measured * 1e3, pred * 1e3)
@@ -372,4 +383,3 @@ def validate_moe_layer(profile: CalibrationProfile, routings: Sequence[LayerRout
         torch.set_num_threads(old_threads)
     stats = ErrorStats.of([r.predicted_s for r in results], [r.measured_s for r in results])
     return stats, results
-

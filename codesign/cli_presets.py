@@ -1,8 +1,9 @@
-"""``codesign presets [models|devices|platforms|policies|all] [--json]``: what is built in.
+"""``codesign presets [models|devices|links|platforms|policies|all] [--json]``: what is built in.
 
 Models come from `workloads` (one line each: name, total/active parameters, experts, top-k,
-source); devices and platforms from `hwmodels` (``device_preset_names``/``get_device``,
-``platform_preset_names``/``get_platform``); policies from `codesign.policies.list_policies`.
+source); devices, links and platforms from `hwmodels` (``device_preset_names``/``get_device``,
+``link_preset_names``/``get_link``, ``platform_preset_names``/``get_platform``); policies from
+`codesign.policies.list_policies`.
 ``--json`` prints one JSON object ``{category: {name: {...}}}``.
 """
 
@@ -12,11 +13,11 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import import_module
 from typing import Any
 
-CATEGORIES = ("models", "devices", "platforms", "policies")
+CATEGORIES = ("models", "devices", "links", "platforms", "policies")
 
 
 class PresetsUnavailableError(RuntimeError):
@@ -73,9 +74,10 @@ def _import_hw(func_names: tuple[str, str], what: str) -> tuple[Callable[[], lis
 
 
 def _jsonable(value: Any) -> Any:
+    """Plain JSON data from dataclasses, mappings (FrozenMap too), tuples and scalars."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
+    if isinstance(value, Mapping) or (hasattr(value, "items") and callable(value.items)):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
@@ -85,9 +87,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def hw_info(category: str) -> dict[str, dict[str, Any]]:
-    """name -> fields of each device or platform preset (``category`` is "devices" or "platforms")."""
-    funcs = ("device_preset_names", "get_device") if category == "devices" else \
-        ("platform_preset_names", "get_platform")
+    """name -> fields of each device, link or platform preset (``category``: devices, links, platforms)."""
+    funcs = {"devices": ("device_preset_names", "get_device"), "links": ("link_preset_names", "get_link"),
+             "platforms": ("platform_preset_names", "get_platform")}[category]
     names_fn, get_fn = _import_hw(funcs, category[:-1])
     out: dict[str, dict[str, Any]] = {}
     for name in names_fn():
@@ -97,21 +99,44 @@ def hw_info(category: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _hw_line(name: str, d: dict[str, Any]) -> str:
-    keys = [k for k in d if k.endswith(("_Bps", "_bytes", "_W")) and isinstance(d[k], (int, float))]
-    parts = []
-    for k in keys[:4]:
-        v = float(d[k])
-        if k.endswith("_Bps"):
-            parts.append(f"{k} {v / 1e9:.0f} GB/s")
-        elif k.endswith("_bytes"):
-            parts.append(f"{k} {v / 2**30:.1f} GiB")
-        else:
-            parts.append(f"{k} {v:.0f} W")
-    if "devices" in d and isinstance(d["devices"], (list, dict)):
-        parts.append(f"{len(d['devices'])} devices")
+def _device_summary(d: dict[str, Any]) -> str:
+    parts = [str(d.get("kind", ""))]
+    flops = d.get("peak_flops")
+    if isinstance(flops, dict) and flops:
+        dtype = "bf16" if "bf16" in flops else next(iter(flops))
+        parts.append(f"{float(flops[dtype]) / 1e12:.0f} TFLOP/s {dtype}")
+    for tier in d.get("tiers", []) or []:
+        if isinstance(tier, dict) and "capacity_bytes" in tier:
+            parts.append(f"{tier.get('name')} {float(tier['capacity_bytes']) / 1e9:.4g} GB"
+                         + (f" @ {float(tier['bandwidth_Bps']) / 1e9:g} GB/s" if "bandwidth_Bps" in tier else ""))
+    if "tdp_W" in d:
+        parts.append(f"TDP {float(d['tdp_W']):g} W")
+    return "  ".join(p for p in parts if p)
+
+
+def _hw_line(category: str, name: str, d: dict[str, Any]) -> str:
+    if category == "devices":
+        text = _device_summary(d)
+    elif category == "links":
+        duplex = "duplex" if d.get("duplex") else "half duplex"
+        text = (f"{float(d.get('bandwidth_Bps', 0.0)) / 1e9:g} GB/s per direction  "
+                f"latency {float(d.get('latency_s', 0.0)) * 1e6:g} us  {duplex}")
+    else:
+        acc = d.get("accelerators", []) or []
+        names = [a.get("name", "?") for a in acc if isinstance(a, dict)]
+        parts = [f"{len(names)} x {names[0]}" if names else "no accelerator"]
+        host = d.get("host")
+        if isinstance(host, dict):
+            parts.append(f"host {host.get('name')}")
+        for key in ("host_link", "peer_link"):
+            link = d.get(key)
+            if isinstance(link, dict):
+                parts.append(f"{key.replace('_', ' ')} {link.get('name')}")
+        if "cost_per_hour_usd" in d:
+            parts.append(f"${float(d['cost_per_hour_usd']):g}/h")
+        text = "  ".join(parts)
     src = d.get("source", "")
-    return f"{name:<20} {'  '.join(parts)}" + (f"  source: {src}" if src else "")
+    return f"{name:<20} {text}" + (f"  source: {src}" if src else "")
 
 
 def policies_info() -> dict[str, dict[str, str]]:
@@ -124,7 +149,7 @@ def policies_info() -> dict[str, dict[str, str]]:
 def _collect(category: str) -> dict[str, Any]:
     if category == "models":
         return models_info()
-    if category in ("devices", "platforms"):
+    if category in ("devices", "links", "platforms"):
         return hw_info(category)
     return policies_info()
 
@@ -132,8 +157,8 @@ def _collect(category: str) -> dict[str, Any]:
 def _text(category: str, data: dict[str, Any]) -> list[str]:
     if category == "models":
         return [_model_line(n, d) for n, d in data.items()]
-    if category in ("devices", "platforms"):
-        return [_hw_line(n, d) for n, d in data.items()]
+    if category in ("devices", "links", "platforms"):
+        return [_hw_line(category, n, d) for n, d in data.items()]
     lines = []
     for kind, entries in data.items():
         if not entries:

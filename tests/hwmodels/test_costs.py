@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,13 +49,14 @@ def test_zero_tokens_cost_zero_and_vectorised_matches_scalar() -> None:
         assert (zero.compute_s, zero.memory_s, zero.comm_s, zero.energy_J) == (0.0, 0.0, 0.0, 0.0)
         counts = np.array([0, 1, 7, 64, 300, 4096])
         vec = cm.expert_ffn(dev, MIXTRAL, counts)
-        assert vec.total_s.shape == counts.shape
+        vec_total, vec_energy = np.asarray(vec.total_s), np.asarray(vec.energy_J)
+        assert vec_total.shape == counts.shape
         for i, c in enumerate(counts):
             one = cm.expert_ffn(dev, MIXTRAL, int(c))
-            assert one.total_s == pytest.approx(vec.total_s[i])
-            assert one.energy_J == pytest.approx(vec.energy_J[i])
+            assert one.total_s == pytest.approx(vec_total[i])
+            assert one.energy_J == pytest.approx(vec_energy[i])
         grid = cm.expert_ffn(dev, MIXTRAL, counts.reshape(2, 3))
-        assert grid.compute_s.shape == (2, 3)
+        assert np.shape(grid.compute_s) == (2, 3)
 
 
 def test_calibrated_source_and_overheads() -> None:
@@ -104,7 +106,7 @@ def test_shared_router_attention() -> None:
     mha = ds.with_(attention="gqa", kv_lora_rank=0)
     assert roof.attention_decode(dev, ds, 32, 8192).memory_s < roof.attention_decode(dev, mha, 32, 8192).memory_s
     both = roof.attention_decode(dev, MIXTRAL, np.array([1, 8]), np.array([[100], [200]]))
-    assert both.total_s.shape == (2, 2)
+    assert np.shape(both.total_s) == (2, 2)
 
 
 def test_transfer_roofline_and_measured_points() -> None:
@@ -167,7 +169,8 @@ def test_fpga_reordering_vs_per_token() -> None:
         cm = CostModel(plat, fidelity=fid)
         re = cm.fpga_expert(dev, VIT_MOE, tokens, reorder=True)
         pt = cm.fpga_expert(dev, VIT_MOE, tokens, reorder=False)
-        assert np.all(re.total_s <= pt.total_s) and re.total_s[-1] < pt.total_s[-1] / 10
+        re_t, pt_t = np.asarray(re.total_s), np.asarray(pt.total_s)
+        assert np.all(re_t <= pt_t) and re_t[-1] < pt_t[-1] / 10
         assert np.all(re.energy_J <= pt.energy_J)
         assert "reordered" in re.source and "per-token" in pt.source
     roof = CostModel(plat, fidelity="roofline")
@@ -230,19 +233,19 @@ def test_bad_inputs() -> None:
 class _Broken:
     name = "broken"
 
-    def gemm(self, m: object, k: int, n: int) -> np.ndarray:
+    def gemm(self, m: Any, k: int, n: int) -> np.ndarray:
         return np.full(np.shape(m), 1.5)
 
     def memory(self) -> float:
         return 0.9
 
-    def copy(self, n_bytes: object, *, pinned: bool = True) -> np.ndarray:
+    def copy(self, n_bytes: Any, *, pinned: bool = True) -> np.ndarray:
         return np.ones(np.shape(n_bytes))
 
 
 def test_profile_efficiency_out_of_range_is_an_error() -> None:
     cm = CostModel(get_platform("dgx-h100"), profiles={"h100-sxm": _Broken()})
-    with pytest.raises(ValueError, match="broken.*gemm"):
+    with pytest.raises(ValueError, match=r"broken.*gemm"):
         cm.expert_ffn(get_device("h100-sxm"), MIXTRAL, np.array([1, 2]))
 
 
@@ -256,7 +259,7 @@ def test_profile_peaks_are_rescaled_to_the_device() -> None:
         name = "half"
         peaks = Peaks()
 
-        def gemm(self, m: object, k: int, n: int) -> np.ndarray:
+        def gemm(self, m: Any, k: int, n: int) -> np.ndarray:
             return np.full(np.shape(m), 0.8)
 
     dev = get_device("h100-sxm")
@@ -297,13 +300,14 @@ def test_expert_ffn_against_vidur_measurements(shared_dir: Path, gpu: str, platf
     dev = plat.accelerators[0]
     roof, cal = CostModel(plat, fidelity="roofline"), CostModel(plat)
     for tp, group in df.groupby("num_tensor_parallel_workers"):
-        model = MoEModel(name=f"llama2-7b-mlp-tp{tp}", n_layers=1, d_model=4096, n_heads=32, n_kv_heads=32,
-                         head_dim=128, expert_ffn_dim=int(11008 // int(tp)), n_experts=1, top_k=1)
+        degree = int(str(tp))
+        model = MoEModel(name=f"llama2-7b-mlp-tp{degree}", n_layers=1, d_model=4096, n_heads=32, n_kv_heads=32,
+                         head_dim=128, expert_ffn_dim=11008 // degree, n_experts=1, top_k=1)
         tokens = group["num_tokens"].to_numpy()
         measured = group["t_s"].to_numpy()
         assert np.all(roof.expert_ffn(dev, model, tokens).total_s <= measured)
         ratio = cal.expert_ffn(dev, model, tokens).total_s / measured
-        if int(tp) in (2, 8):
+        if degree in (2, 8):
             assert np.median(np.abs(ratio - 1)) <= 0.10, (gpu, tp, np.median(np.abs(ratio - 1)))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+from typing import Any
 
 import pytest
 
@@ -133,7 +134,7 @@ def test_dataclasses_are_frozen_keyword_only_hashable_picklable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         dev.tdp_W = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):
-        MemoryTier("x", 1.0, 1.0, 0.0, 0.0, "s")  # type: ignore[misc]
+        MemoryTier("x", 1.0, 1.0, 0.0, 0.0, "s")  # type: ignore[call-arg]
     assert isinstance(dev.peak_flops, FrozenMap) and hash(dev) == hash(get_device("h100-sxm"))
     with pytest.raises(TypeError):
         dev.peak_flops["bf16"] = 1.0  # type: ignore[index]
@@ -145,10 +146,11 @@ def test_dataclasses_are_frozen_keyword_only_hashable_picklable() -> None:
 def test_constructor_validation() -> None:
     tier = MemoryTier(name="hbm", capacity_bytes=1e9, bandwidth_Bps=1e12, latency_s=0.0, energy_J_per_byte=0.0,
                       source="t")
-    base = {"name": "x", "kind": "gpu", "peak_flops": {"bf16": 1e12}, "tiers": (tier,), "weights_tier": "hbm",
-            "static_power_W": 1.0, "energy_J_per_flop": {"bf16": 1e-12}, "tdp_W": 10.0, "source": "t"}
-    Device(**base)  # type: ignore[arg-type]
-    bad = [
+    base: dict[str, Any] = {
+        "name": "x", "kind": "gpu", "peak_flops": {"bf16": 1e12}, "tiers": (tier,), "weights_tier": "hbm",
+        "static_power_W": 1.0, "energy_J_per_flop": {"bf16": 1e-12}, "tdp_W": 10.0, "source": "t"}
+    Device(**base)
+    bad: list[tuple[dict[str, Any], str]] = [
         ({"kind": "tpu"}, "kind"),
         ({"peak_flops": {"bf17": 1.0}, "energy_J_per_flop": {"bf17": 0.0}}, "dtype"),
         ({"peak_flops": {"bf16": -1.0}}, "peak_flops"),
@@ -160,16 +162,16 @@ def test_constructor_validation() -> None:
     ]
     for change, fragment in bad:
         with pytest.raises(ValueError, match=fragment):
-            Device(**{**base, **change})  # type: ignore[arg-type]
+            Device(**{**base, **change})
     with pytest.raises(ValueError, match="bandwidth_Bps"):
         dataclasses.replace(tier, bandwidth_Bps=-1.0)
     slow_top = dataclasses.replace(tier, name="l2", capacity_bytes=1e6, bandwidth_Bps=1e11)
     with pytest.raises(ValueError, match="slower"):
-        Device(**{**base, "tiers": (slow_top, tier)})  # type: ignore[arg-type]
+        Device(**{**base, "tiers": (slow_top, tier)})
     with pytest.raises(ValueError, match="exceeds the peak"):
         Link(name="l", bandwidth_Bps=1e9, latency_s=0.0, duplex=True, efficiency_points=((1e6, 2e9),),
              energy_J_per_byte=0.0, source="t")
-    dev = Device(**base)  # type: ignore[arg-type]
+    dev = Device(**base)
     with pytest.raises(ValueError, match="peer_link"):
         Platform(name="p", accelerators=(dev, dev), host=None, host_link=None, peer_link=None,
                  cost_per_hour_usd=1.0, source="t")

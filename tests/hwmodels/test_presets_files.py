@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def expect_error(loader, path: Path, *fragments: str) -> str:  # type: ignore[no-untyped-def]
+def expect_error(loader: Callable[[Path], object], path: Path, *fragments: str) -> str:
     with pytest.raises(PresetError) as info:
         loader(path)
     message = str(info.value)

@@ -237,7 +237,8 @@ def import_vidur(path: str | Path, *, device: str | None = None, name: str | Non
         name=name or f"vidur-{device_name}", device_name=device_name, device_kind="gpu", dtype="fp16",
         dtype_bytes=DTYPE_BYTES, peaks=peaks, samples=samples,
         fingerprint={"device": device_name, "tables": [f.name for f in files], "measured_by": "Vidur (CUDA events)"},
-        source=("Vidur profiling tables (github.com/microsoft/vidur 7d47513 data/profiling, MIT): "
+        source=("fitted by moe-codesign (codesign calibrate import-vidur; soft-L1 in log space) to Vidur's measured "
+                "profiling tables [P measurement] (github.com/microsoft/vidur 7d47513 data/profiling, MIT): "
                 + ", ".join(f"{f.parent.name}/{f.name}" for f in files)),
         heldout_rule=HELDOUT_RULE,
     )

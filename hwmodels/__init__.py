@@ -61,3 +61,42 @@ __all__ = [
     "offchip_bytes",
     "platform_preset_names",
 ]
+
+# Calibration (helper D): profiles, fits, Vidur import, validation. torch is imported only by
+# hwmodels.calibrate_run and, lazily, by hwmodels.validate.validate_moe_layer.
+from hwmodels.calibration import (
+    CalibrationError,
+    CalibrationProfile,
+    GemmFit,
+    LinearFit,
+    MissingCalibrationError,
+    Peaks,
+    Sample,
+    default_profile_names,
+    fit_gemm,
+    fit_linear,
+    fit_profile,
+    load_default_profile,
+)
+from hwmodels.validate import ErrorStats, ValidationReport, validate_heldout, validate_samples
+from hwmodels.vidur_import import import_vidur
+
+__all__ += [
+    "CalibrationError",
+    "CalibrationProfile",
+    "ErrorStats",
+    "GemmFit",
+    "LinearFit",
+    "MissingCalibrationError",
+    "Peaks",
+    "Sample",
+    "ValidationReport",
+    "default_profile_names",
+    "fit_gemm",
+    "fit_linear",
+    "fit_profile",
+    "import_vidur",
+    "load_default_profile",
+    "validate_heldout",
+    "validate_samples",
+]

@@ -1,0 +1,65 @@
+"""``codesign presets`` through `codesign.cli.main`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from codesign.cli import main
+from workloads import model_preset_names
+
+
+def test_models_text(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(model_preset_names())
+    mixtral = next(line for line in lines if line.startswith("mixtral-8x7b "))
+    assert "46.70B" in mixtral and "12.88B" in mixtral and "top-2" in mixtral and "source:" in mixtral
+
+
+def test_models_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["presets", "models", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {"models"}
+    ds = data["models"]["deepseek-v2-lite"]
+    assert ds["n_experts"] == 64 and ds["top_k"] == 6 and ds["n_shared_experts"] == 2
+    assert ds["total_params"] == pytest.approx(15.7e9, rel=0.01)
+
+
+def test_all_json_has_every_category(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["presets", "all", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {"models", "devices", "links", "platforms", "policies"}
+    assert data["devices"], "no device presets"
+    assert data["platforms"], "no platform presets"
+    assert set(data["policies"]) == {"cache", "prefetch", "miss", "placement", "scheduling"}
+    for dev in data["devices"].values():
+        assert dev["source"]
+
+
+def test_policies_text(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["presets", "policies"]) == 0
+    out = capsys.readouterr().out
+    assert "cache" in out and "lru" in out
+
+
+def test_devices_text_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
+    from hwmodels import device_preset_names, get_device
+
+    assert main(["presets", "devices"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    names = list(device_preset_names())
+    assert [line.split()[0] for line in lines] == names
+    for name, line in zip(names, lines, strict=True):
+        dev = get_device(name)
+        assert f"source: {dev.source}" in line
+        for tier in dev.tiers:
+            assert f"{tier.name} {tier.capacity_bytes / 1e9:.4g} GB" in line
+
+
+def test_bad_category_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["presets", "gpus"])
+    assert exc.value.code == 2
+    assert "models" in capsys.readouterr().err

@@ -264,6 +264,8 @@ class Engine:
         self.dev_names = [f"{d}:{dev.name}" for d, dev in enumerate(bound.devices)]
         # counters
         self.n_access = 0
+        self.assign_device = 0
+        self.assign_cpu = 0
         self.n_hits = 0
         self.bytes: dict[str, float] = {}
         self.energy_J = 0.0
@@ -648,6 +650,10 @@ class Engine:
                 s["bytes_host"] += ab
                 energy += float(cpu_J[layer * E + cpu_ex].sum())
                 cpu_done = env.process(self._cpu(layer, cpu_ex, cpu_s[layer * E + cpu_ex], abs_layer))
+        # token-expert assignments computed here (each exactly once: device or host CPU)
+        if ex.size:
+            self.assign_cpu += int(cnt[cpu_ex].sum())
+            self.assign_device += int(cnt[ex].sum()) - int(cnt[cpu_ex].sum())
         # device compute: shared + resident experts, then pending prefetches, then the fetched chain
         g_s, g_J = self.costs.group(d, cnt, ready, comp_s, comp_J)
         first = shared_s + g_s
@@ -899,6 +905,7 @@ class Engine:
                 starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64) if lens.size else lens
                 access.append(AccessSequence(keys=keys.astype(np.int64), call_starts=starts))
         counters = {"accesses": float(self.n_access), "hits": float(self.n_hits),
+                    "assignments_device": float(self.assign_device), "assignments_cpu": float(self.assign_cpu),
                     "device_busy_s": float(max(self.busy_s)), "host_busy_s": float(self.host_busy_s),
                     "peak_resident_experts": float(max(self.peak_resident) if self.peak_resident else 0),
                     "cache_slots": float(sum(self.bound.slots))}

@@ -1,0 +1,154 @@
+"""The simpy engine end to end on small workloads: records, policies, devices, contracts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from codesign.engine import Engine, SimRequest
+from codesign.mapping import BatchingSpec, CacheSpec, Mapping
+from codesign.policies.base import Batch, TokenScheduler
+from codesign.simulate import simulate
+from hwmodels import CostModel, get_platform
+from tests.codesign.sim_helpers import random_stream, tiny_model
+from workloads import get_model
+
+
+@pytest.fixture(scope="module")
+def h100():  # type: ignore[no-untyped-def]
+    return get_platform("h100-pcie5-host")
+
+
+def test_basic_run_records_and_conservation(h100) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model()
+    stream = random_stream(model, 12, 7, 5, seed=1, rate_per_s=50.0)
+    r = simulate(model, h100, stream, Mapping(batching=BatchingSpec(max_batch=4, max_tokens=16)), seed=0)
+    req, steps = r.requests, r.steps
+    assert len(req) == 12 and sorted(req.request_id) == list(range(12))
+    assert steps.prefill_tokens.sum() == 12 * 7
+    assert steps.decode_tokens.sum() == 12 * (5 - 1)
+    assert (steps.prefill_tokens + steps.decode_tokens <= 16).all()
+    assert (steps.n_requests <= 4).all()
+    assert (req.first_token_s >= req.arrival_s).all() and (req.finish_s >= req.first_token_s).all()
+    assert np.allclose(req.ttft_s, req.first_token_s - req.arrival_s)
+    assert np.allclose(req.tpot_s, (req.finish_s - req.first_token_s) / 4)
+    assert (steps.start_s.diff().dropna() > 0).all()
+    s = r.summary
+    assert s["hit_rate"] == {"hbm": 1.0} and s["bytes_moved"] == {}
+    assert s["throughput_tok_s"] == pytest.approx(60 / s["makespan_s"])
+    assert s["energy_j_per_token"] > 0 and s["cost_per_million_tokens_usd"] > 0
+    assert 0 < s["peak_memory_bytes"]["hbm"] <= 80e9
+
+
+def test_offload_lru_fetches_and_counts_bytes(h100) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model()
+    stream = random_stream(model, 4, 3, 6, seed=2)
+    r = simulate(model, h100, stream, Mapping(cache=CacheSpec(expert_fraction=0.25)), seed=0)
+    s = r.summary
+    fetched = r.steps.fetched.sum() + r.steps.prefetched.sum()
+    assert fetched > 0
+    assert s["bytes_moved"]["pcie-gen5-x16"] == pytest.approx(fetched * model.bytes_per_expert)
+    assert 0 <= s["hit_rate"]["hbm"] < 1
+    assert s["peak_resident_experts"] <= s["cache_slots"] == 8
+
+
+def test_cpu_miss_computes_on_host(h100) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model()
+    stream = random_stream(model, 4, 3, 6, seed=2)
+    r = simulate(model, h100, stream, Mapping(cache=CacheSpec(expert_fraction=0.25), miss="cpu"), seed=0)
+    s = r.summary
+    assert r.steps.fetched.sum() == 0 and r.steps.cpu_computed.sum() == r.steps.misses.sum() > 0
+    assert s["assignments_cpu"] > 0
+    # only activations crossed the link: 2 x tokens x d_model x 2 bytes per CPU assignment
+    assert s["bytes_moved"]["pcie-gen5-x16"] == pytest.approx(s["assignments_cpu"] * 2 * model.d_model * 2.0)
+
+
+def test_pregate_prefetch_raises_hit_rate(h100) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model()
+    stream = random_stream(model, 2, 2, 20, seed=3)
+    base = Mapping(cache=CacheSpec(expert_fraction=0.5))
+    r0 = simulate(model, h100, stream, base, seed=0)
+    r1 = simulate(model, h100, stream, base.with_(prefetch="pregate"), seed=0)
+    assert r1.summary["hit_rate"]["hbm"] > r0.summary["hit_rate"]["hbm"]
+    assert r1.steps.prefetched.sum() > 0
+
+
+def test_expert_parallel_all_to_all() -> None:
+    model = get_model("deepseek-v2-lite")
+    dgx = get_platform("dgx-h100")
+    stream = random_stream(model, 16, 4, 3, seed=4)
+    r = simulate(model, dgx, stream, Mapping(), seed=0, record_events=True)
+    s = r.summary
+    assert s["n_devices"] == 8
+    assert 0.5 < s["cross_device_share"] < 1.0  # 7/8 expected for uniform routing and round-robin homes
+    assert s["bytes_moved"]["nvlink4"] > 0
+    kinds = set(r.events_frame().kind)
+    assert {"all_to_all", "attention", "experts", "shared", "dense"} <= kinds
+    assert set(r.requests.device) == set(range(8))  # requests spread over the devices
+
+
+def test_rdu_ddr_to_hbm_tier() -> None:
+    model = tiny_model()
+    sn = get_platform("sn40l-node")
+    stream = random_stream(model, 3, 2, 4, seed=5)
+    m = Mapping(n_devices=1, cache=CacheSpec(expert_fraction=0.25), backing="ddr")
+    r = simulate(model, sn, stream, m, seed=0)
+    assert list(r.summary["bytes_moved"]) == ["sn40l:ddr->hbm"]
+    assert r.summary["peak_memory_bytes"]["ddr"] == pytest.approx(24 * model.bytes_per_expert)
+
+
+def test_fpga_reordering_beats_per_token() -> None:
+    vit = tiny_model(name="vit-moe", n_layers=12, d_model=192, n_heads=3, n_kv_heads=3, head_dim=64,
+                     expert_ffn_dim=384, n_experts=16, top_k=2, gated=False)
+    board = get_platform("zcu104-board")
+    stream = random_stream(vit, 1, 197, 1, seed=6)
+    fast = simulate(vit, board, stream, Mapping(fpga_reorder=True), seed=0)
+    slow = simulate(vit, board, stream, Mapping(fpga_reorder=False), seed=0)
+    assert fast.summary["ttft_p50_s"] < slow.summary["ttft_p50_s"]
+
+
+def test_cpu_only_server() -> None:
+    model = tiny_model()
+    r = simulate(model, get_platform("cpu-server"), random_stream(model, 3, 4, 4, seed=7), Mapping(), seed=0)
+    assert r.summary["n_requests"] == 3 and "ddr" in r.summary["peak_memory_bytes"]
+
+
+class _Greedy(TokenScheduler):
+    """Breaks the contract: gives decode requests 2 tokens."""
+
+    def schedule(self, now, waiting, running, kv_free_tokens):  # type: ignore[no-untyped-def]
+        reqs = list(running) + list(waiting)
+        return Batch(request_ids=tuple(r.request_id for r in reqs),
+                     n_tokens=tuple(r.remaining_prompt if r.in_prefill else 2 for r in reqs))
+
+
+def test_scheduler_contract_is_enforced(h100) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model()
+    stream = random_stream(model, 2, 2, 3, seed=8)
+    bound = Mapping().bind(model, h100)
+    eng = Engine(bound, CostModel(h100))
+    eng.scheduler = _Greedy(max_batch=8, max_tokens=64)
+    reqs = [SimRequest(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens, stream.routing(r))
+            for r in stream.requests]
+    with pytest.raises(RuntimeError, match="gave request 0 2 tokens; expected 1..1"):
+        eng.run(reqs)
+
+
+def test_bad_routing_is_reported(h100) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model()
+    stream = random_stream(model, 1, 2, 2, seed=9)
+    stream._routing[0] = stream._routing[0][:, :2]
+    with pytest.raises(ValueError, match=r"request 0: routing has shape \(4, 2, 2\), expected \(4, 4, k\)"):
+        simulate(model, h100, stream, Mapping())
+
+
+def test_events_do_not_overlap_per_resource(h100) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model()
+    stream = random_stream(model, 3, 3, 4, seed=10)
+    r = simulate(model, h100, stream, Mapping(cache=CacheSpec(expert_fraction=0.25), prefetch="pregate"),
+                 seed=0, record_events=True)
+    ev = r.events_frame()
+    assert {"fetch", "prefetch", "expert", "attention", "router"} <= set(ev.kind)
+    for (_dev, res), g in ev.groupby(["device", "resource"]):
+        g = g.sort_values("start_s")
+        assert (g.start_s.to_numpy()[1:] >= g.end_s.to_numpy()[:-1] - 1e-12).all(), res

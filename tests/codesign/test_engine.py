@@ -130,7 +130,7 @@ def test_scheduler_contract_is_enforced(h100) -> None:  # type: ignore[no-untype
     eng.scheduler = _Greedy(max_batch=8, max_tokens=64)
     reqs = [SimRequest(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens, stream.routing(r))
             for r in stream.requests]
-    with pytest.raises(RuntimeError, match="gave request 0 2 tokens; expected 1..1"):
+    with pytest.raises(RuntimeError, match=r"gave request 0 2 tokens; expected 1\.\.1"):
         eng.run(reqs)
 
 

@@ -71,16 +71,16 @@ def test_bad_cache_and_batching() -> None:
 def test_unknown_policy_lists_valid(field: str, value: str, kind: str) -> None:
     with pytest.raises(UnknownPolicyError, match=f"unknown {kind} policy {value!r}; valid: .+"):
         Mapping(**{field: value})  # type: ignore[arg-type]
-    with pytest.raises(UnknownPolicyError, match="valid: .*lru"):
+    with pytest.raises(UnknownPolicyError, match=r"valid: .*lru"):
         CacheSpec(policy="arc")
-    with pytest.raises(UnknownPolicyError, match="valid: .*fifo"):
+    with pytest.raises(UnknownPolicyError, match=r"valid: .*fifo"):
         BatchingSpec(scheduler="lifo")
 
 
 def test_from_dict_unknown_key() -> None:
     with pytest.raises(MappingError, match=r"unknown key\(s\) \['cache_size'\]; valid: "):
         Mapping.from_dict({"cache_size": 3})
-    with pytest.raises(MappingError, match="mapping.cache: unknown key"):
+    with pytest.raises(MappingError, match=r"mapping\.cache: unknown key"):
         Mapping.from_dict({"cache": {"size": 3}})
     with pytest.raises(MappingError, match="malformed"):
         Mapping.from_json("{not json")

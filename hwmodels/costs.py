@@ -195,14 +195,13 @@ class DefaultEfficiency:
             if link is not None and link.pageable_efficiency_points else None
 
     def gemm(self, m: ArrayLike, k: int, n: int) -> FloatArray:
-        """``e_max * m / (m + m_half)`` (``e_max`` for m <= 0, where no FLOPs are spent)."""
+        """``e_max * m / (m + m_half)``, with ``m < 1`` read as 1 (no FLOPs are spent at m = 0)."""
         c = self.curve
         if isinstance(m, float | int):
-            return c.e_max * m / (m + c.m_half) if m > 0 else c.e_max
-        mf = np.asarray(m, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            eff = np.where(mf > 0, c.e_max * mf / (mf + c.m_half), c.e_max)
-        return np.asarray(eff, dtype=np.float64)
+            mm = max(float(m), 1.0)
+            return c.e_max * mm / (mm + c.m_half)
+        mf = np.maximum(np.asarray(m, dtype=np.float64), 1.0)
+        return np.asarray(c.e_max * mf / (mf + c.m_half), dtype=np.float64)
 
     def memory(self) -> float:
         return self.curve.memory_eff
@@ -222,7 +221,12 @@ class DefaultEfficiency:
 def _counts(value: ArrayLike, what: str) -> FloatArray:
     """``value`` as a float array, checked finite and >= 0 (names ``what`` otherwise)."""
     arr = np.asarray(value, dtype=np.float64)
-    if arr.size and not (np.all(np.isfinite(arr)) and np.all(arr >= 0)):
+    if arr.ndim == 0:
+        v = float(arr)
+        if not (v >= 0 and math.isfinite(v)):
+            raise ValueError(f"{what} must be finite and >= 0, got {v!r}")
+        return arr
+    if arr.size and not (np.minimum.reduce(arr, axis=None) >= 0 and math.isfinite(np.maximum.reduce(arr, axis=None))):
         bad = arr[~(np.isfinite(arr) & (arr >= 0))].ravel()[:3]
         raise ValueError(f"{what} must be finite and >= 0, got {bad.tolist()}")
     return arr
@@ -276,6 +280,7 @@ class _Ctx:
     gemm_ratio: float
     trusted: bool
     tag: str
+    curve: GemmCurve | None = None
 
 
 @dataclass(frozen=True)
@@ -394,7 +399,8 @@ class CostModel:
                        a_bw=a_tier.bandwidth_Bps * self._mem_eff(eff, a_tier.bandwidth_Bps),
                        a_e=a_tier.energy_J_per_byte, overhead_s=self._overhead(eff),
                        gemm_ratio=self._peak_ratio(eff, "flops", peak), trusted=isinstance(eff, DefaultEfficiency),
-                       tag=f"calibrated:{eff.name}")
+                       tag=f"calibrated:{eff.name}",
+                       curve=eff.curve if type(eff) is DefaultEfficiency else None)
         self._ctx_cache[key] = (device, ctx)
         return ctx
 
@@ -429,7 +435,7 @@ class CostModel:
             active = (rows > 0).astype(np.float64)
             m = rows
             extra = extra_flops
-            a_bytes = act_bytes * active
+            a_bytes = act_bytes  # every op's activation bytes vanish with its rows
         w_bytes = weight_bytes * active
         total_flops = extra
         for g in gemms:
@@ -437,6 +443,16 @@ class CostModel:
         if ctx.eff is None:
             compute = total_flops / ctx.peak
             memory = w_bytes / ctx.w_bw + a_bytes / ctx.a_bw
+        elif ctx.curve is not None:
+            # default curve: efficiency depends on m only, t = FLOPs (m' + m_half) / (m' peak e_max), m' = max(m, 1)
+            c = ctx.curve
+            mm = max(m, 1.0) if scalar else np.maximum(m, 1.0)
+            compute = total_flops * ((mm + c.m_half) / (mm * (ctx.peak * c.e_max)))
+            memory = w_bytes * (1.0 / ctx.w_bw) + a_bytes * (1.0 / ctx.a_bw)
+            if ctx.overhead_s:
+                overhead = (n_kernels * ctx.overhead_s) * active
+                compute = compute + overhead
+                memory = memory + overhead
         else:
             compute = 0.0
             e0 = None
@@ -459,8 +475,12 @@ class CostModel:
                       + a_bytes * ctx.a_e)
             return OpCost(compute_s=compute, memory_s=memory, comm_s=0.0, energy_J=float(energy),
                           source=f"{ctx.tag}:{op}{label}")
-        compute = np.broadcast_to(compute, rows.shape).astype(np.float64)
-        memory = np.broadcast_to(memory, rows.shape).astype(np.float64)
+        compute = np.asarray(compute, dtype=np.float64)
+        memory = np.asarray(memory, dtype=np.float64)
+        if compute.shape != rows.shape:
+            compute = np.broadcast_to(compute, rows.shape).copy()
+        if memory.shape != rows.shape:
+            memory = np.broadcast_to(memory, rows.shape).copy()
         total = np.maximum(compute, memory)
         energy = ctx.static_W * total + ctx.e_flop * total_flops + w_bytes * ctx.w_e + a_bytes * ctx.a_e
         return OpCost(compute_s=compute, memory_s=memory, comm_s=np.zeros(rows.shape),

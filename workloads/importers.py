@@ -166,6 +166,30 @@ def _model_meta(model: str) -> tuple[str, int, int, int]:
     return m.name, m.n_experts, m.top_k, m.n_moe_layers
 
 
+def _ranges(ids: Sequence[int]) -> str:
+    """Compact layer list: [3, 4, 5, 9] -> "3-5,9"."""
+    out: list[str] = []
+    start = prev = None
+    for i in [*ids, None]:
+        if i is not None and prev is not None and i == prev + 1:
+            prev = i
+            continue
+        if start is not None:
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = i
+    return ",".join(out)
+
+
+def _source_of(files: Sequence[Path]) -> str:
+    """One string naming the input files (a directory and a count when there are many)."""
+    if len(files) == 1:
+        return str(files[0])
+    parents = {f.parent for f in files}
+    if len(parents) == 1:
+        return f"{files[0].parent}/ ({len(files)} files: {files[0].name} .. {files[-1].name})"
+    return ", ".join(str(f) for f in files)
+
+
 def _int_field(obj: dict[str, Any], key: str, where: str) -> int:
     if key not in obj:
         raise TraceFormatError(f"{where}: missing field {key!r}")
@@ -262,13 +286,14 @@ def import_mixtral_jsonl(files: Sequence[Path], *, missing: str = "mark", model:
                                "missing_layers": n_layers - len(cell),
                                "missing_layer_ids": sorted(set(range(n_layers)) - set(cell))})
     if incomplete:
-        desc = ", ".join(f"{d['dataset']}/{d['problem_id']} token {d['token_idx']} "
-                         f"({d['missing_layers']} layers missing)" for d in incomplete)
+        desc = "; ".join(f"{d['dataset']}/{d['problem_id']} token {d['token_idx']} lacks layers "
+                         f"{_ranges(d['missing_layer_ids'])} ({d['missing_layers']} of {n_layers})"
+                         for d in incomplete)
         log.warning("%d of %d Mixtral tokens lack some layers (%s): %s", len(incomplete), n,
                     "kept, marked -1" if missing == "mark" else "dropped", desc)
     meta: dict[str, Any] = {
         "model": name, "n_experts": n_experts, "top_k": top_k, "format": "mixtral-jsonl",
-        "source": [str(f) for f in files], "licence": LICENCE_MIXTRAL,
+        "source": _source_of(files), "files": [f.name for f in files], "licence": LICENCE_MIXTRAL,
         "requests": {str(v): {"dataset": k[0], "problem_id": k[1]} for k, v in req_ids.items()},
         "expert_order": "highest gate first", "weights": "renormalised top-k gate probabilities",
         "position": "decode step index (token_idx); prompt length not recorded",
@@ -417,7 +442,7 @@ def import_deepseek_csv(files: Sequence[Path], *, model: str = "deepseek-v2-lite
     experts = np.concatenate(parts)
     meta: dict[str, Any] = {
         "model": name, "n_experts": n_experts, "top_k": top_k, "format": "deepseek-csv",
-        "source": [str(f) for f in files], "licence": LICENCE_DEEPSEEK,
+        "source": _source_of(files), "files": [f.name for f in files], "licence": LICENCE_DEEPSEEK,
         "expert_order": "file order (not score order); no gate weights recorded",
         "moe_layer_ids": "column c = Layer ID c+1 (layer 0 is dense)",
         "shared_experts": "2 shared experts always on, not logged",

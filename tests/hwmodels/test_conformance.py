@@ -200,6 +200,18 @@ class TestCostModelConformance:
             fast_t = np.asarray(op(cm_fast, fast, TOKENS).total_s)
             assert np.all(fast_t <= slow_t * (1 + 1e-12)), name
 
+    def test_average_power_within_tdp(self, device: Device, setup: str) -> None:
+        """Energy is consistent with the device's power limit: energy / time never exceeds the TDP
+        (static power plus dynamic energy at full rate), and never falls below the static power."""
+        cm = make_cost_model(setup, device)
+        for name, op in device_ops(device).items():
+            cost = op(cm, device, TOKENS)
+            t, e = np.asarray(cost.total_s), np.asarray(cost.energy_J)
+            busy = t > 0
+            power = e[busy] / t[busy]
+            assert np.all(power <= device.tdp_W * (1 + 1e-9)), (name, power.max(), device.tdp_W)
+            assert np.all(power >= device.static_power_W * (1 - 1e-9)), name
+
     def test_picklable(self, device: Device, setup: str) -> None:
         cm = make_cost_model(setup, device)
         clone = pickle.loads(pickle.dumps(cm))

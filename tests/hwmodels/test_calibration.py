@@ -112,9 +112,9 @@ def test_copy_without_measurements_is_a_lookup_error(profile: CalibrationProfile
 
 def test_copy_efficiency_from_fit() -> None:
     samples = synthetic()
-    for pinned, bw in ((True, 24e9), (False, 12e9)):
+    for is_pinned, bw in ((True, 24e9), (False, 12e9)):
         for nb in (2**12, 2**16, 2**20, 2**24, 2**28):
-            samples.append(Sample(kind="copy", op="h2d", shape={"n_bytes": nb, "pinned": pinned},
+            samples.append(Sample(kind="copy", op="h2d", shape={"n_bytes": nb, "pinned": is_pinned},
                                   time_s=10e-6 + nb / bw))
     prof = fit_profile(name="gpu", device_name="fake", device_kind="gpu", dtype="bf16", dtype_bytes=2,
                        peaks=Peaks(flops=PEAK, flops_source="t", memory_Bps=1e12, memory_source="t", link_Bps=32e9,

@@ -1,0 +1,311 @@
+"""calibrate_run: a real (tiny) CPU calibration, and the CUDA path's logic on fakes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from functools import partial
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hwmodels.calibrate_run import (
+    CpuTimer,
+    CudaEventTimer,
+    Kernel,
+    RunConfig,
+    SweepPlan,
+    TorchBackend,
+    cpu_fingerprint,
+    cpu_peaks,
+    gpu_fingerprint,
+    log_tokens,
+    query_pcie,
+    read_cpuinfo,
+    run_calibration,
+    run_sweep,
+)
+from hwmodels.calibration import CalibrationError, GemmFit
+from hwmodels.validate import validate_heldout
+
+# ------------------------------------------------------------------------------------ real CPU run
+
+
+@pytest.fixture(scope="module")
+def cpu_profile() -> Any:
+    return run_calibration(RunConfig(device="cpu", plan=SweepPlan.tiny(), threads=1, name="tiny-test"))
+
+
+def test_real_cpu_calibration_tiny(cpu_profile: Any) -> None:
+    prof = cpu_profile
+    plan = SweepPlan.tiny()
+    assert prof.device_kind == "cpu" and prof.dtype == "fp32" and prof.name == "tiny-test"
+    assert len(prof.samples) == plan.n_kernels(with_copies=False)
+    kinds = {s.kind for s in prof.samples}
+    assert kinds == {"gemm", "ffn", "grouped", "memory"}  # no copies on a CPU
+    fp = prof.fingerprint
+    assert fp["torch_threads"] == 1 and fp["cpu_model"] and fp["logical_cpus"] >= 1
+    assert prof.torch_version and prof.torch_version == fp["torch_version"]
+    assert "[D]" in prof.peaks.flops_source or "measured" in prof.peaks.flops_source
+    assert 0 < prof.gemm_fit.eff_compute <= 1 and "stream" in prof.memory_fits
+    assert all(s.time_s > 0 and s.repeats >= 1 for s in prof.samples)
+    held = [s for s in prof.samples if s.heldout and s.kind == "gemm"]
+    assert held and any(s.shape["k"] == 96 or s.shape["n"] == 96 for s in held)
+    # the fit explains its own data (loose: tiny kernels on a shared CI machine are noisy)
+    report = validate_heldout(prof)
+    assert report.n == sum(s.heldout for s in prof.samples)
+    assert np.isfinite(report.overall.median_abs_pct_error) and report.overall.median_abs_pct_error < 50
+
+
+def test_tiny_sweep_measures_growth_with_tokens(cpu_profile: Any) -> None:
+    """More tokens take longer (the measurements are real, not constants)."""
+    up = sorted((s.shape["m"], s.time_s) for s in cpu_profile.samples
+                if s.kind == "gemm" and s.op == "up" and s.shape["k"] == 128)
+    assert up[-1][1] > 3 * up[0][1]
+
+
+def test_cuda_requested_without_gpu_is_a_clear_error() -> None:
+    fake = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: False))
+    with pytest.raises(CalibrationError, match="no CUDA GPU"):
+        TorchBackend("cuda", torch=fake)
+    with pytest.raises(CalibrationError, match="'cpu' or 'cuda'"):
+        TorchBackend("tpu", torch=fake)
+
+
+def test_cpu_backend_bad_dtype() -> None:
+    with pytest.raises(CalibrationError, match="--dtype"):
+        TorchBackend("cpu", dtype="int3")
+
+
+# ------------------------------------------------------------------------------------ timers
+
+
+class FakeEvent:
+    """Stands for torch.cuda.Event: record() reads the fake GPU clock (ms)."""
+
+    def __init__(self, clock: list[float], enable_timing: bool = False) -> None:
+        assert enable_timing
+        self.clock = clock
+        self.t: float | None = None
+        self.synced = False
+
+    def record(self) -> None:
+        self.t = self.clock[0]
+
+    def synchronize(self) -> None:
+        self.synced = True
+
+    def elapsed_time(self, other: FakeEvent) -> float:
+        assert other.synced and self.t is not None and other.t is not None
+        return other.t - self.t
+
+
+def test_cuda_event_timer_uses_events_and_ms() -> None:
+    clock = [0.0]
+    fake_torch = SimpleNamespace(cuda=SimpleNamespace(Event=lambda enable_timing=False: FakeEvent(clock,
+                                                                                                   enable_timing)))
+
+    def kernel() -> None:
+        clock[0] += 0.25  # 0.25 ms of GPU time per call
+
+    assert CudaEventTimer(fake_torch).time(kernel, 4) == pytest.approx(0.25e-3)
+
+
+def test_cpu_timer_retries_descheduled_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A measurement during which the process got little CPU time is retried, then kept."""
+    wall = iter([0, 1000, 2000, 3000, 4000, 5000])          # 1000 ns wall per measurement
+    cpu = iter([0, 300, 1000, 2000, 2000, 2990])            # 300 ns, 1000 ns, 990 ns of CPU
+    monkeypatch.setattr("time.perf_counter_ns", lambda: next(wall))
+    monkeypatch.setattr("time.process_time_ns", lambda: next(cpu))
+    timer = CpuTimer(check_threads=1, min_busy=0.95)
+    assert timer.time(lambda: None, 1) == pytest.approx(1e-6)
+    assert timer.rejected == 1
+    unchecked = CpuTimer()
+    monkeypatch.setattr("time.perf_counter_ns", iter([0, 500]).__next__)
+    monkeypatch.setattr("time.process_time_ns", iter([0, 1]).__next__)
+    assert unchecked.time(lambda: None, 1) == pytest.approx(5e-7)
+
+
+# ------------------------------------------------------------------------------------ fake GPU sweep
+
+
+TRUE_GPU = GemmFit(t0_s=6e-6, eff_compute=0.75, bandwidth_Bps=1.8e12, sharpness=1.6, half_occupancy_elems=1.2e5)
+
+
+class FakeClockTimer:
+    """Times a kernel by the simulated duration it reports (the kernel returns seconds)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.rng = np.random.default_rng(0)
+
+    def time(self, kernel: Kernel, inner: int) -> float:
+        self.calls += inner
+        return float(kernel()) * float(np.exp(self.rng.normal(0, 0.01)))
+
+
+class FakeGpuBackend:
+    """A GPU that follows a known model: exercises the CUDA branch of the sweep and the fit."""
+
+    device_kind = "gpu"
+    dtype = "bf16"
+    supports_copies = True
+
+    def __init__(self) -> None:
+        self.built: list[str] = []
+
+    def _t(self, m: float, k: int, n: int) -> float:
+        return float(TRUE_GPU.predict_s(m, k, n, peak_flops=312e12, dtype_bytes=2))
+
+    def gemm_family(self, ms: Sequence[int], k: int, n: int, cold_bytes: int) -> list[Kernel]:
+        self.built.append(f"gemm{k}x{n}")
+        return [partial(self._t, m, k, n) for m in ms]
+
+    def ffn(self, m: int, d: int, f: int, cold_bytes: int) -> Kernel:
+        return lambda: 2 * self._t(m, d, f) + self._t(m, f, d) + 3 * m * f * 2 / 1e12
+
+    def grouped(self, tokens: Sequence[int], d: int, f: int) -> Kernel:
+        return lambda: sum(2 * self._t(m, d, f) + self._t(m, f, d) + 3 * m * f * 2 / 1e12 for m in tokens if m)
+
+    def act(self, m: int, f: int) -> Kernel:
+        return lambda: 3e-6 + 3 * m * f * 2 / 1e12
+
+    def stream(self, n_bytes: int) -> Kernel:
+        return lambda: 2e-6 + 2 * n_bytes / 1.6e12
+
+    def h2d(self, n_bytes: int, pinned: bool) -> Kernel:
+        self.built.append(f"h2d{'p' if pinned else 'u'}{n_bytes}")
+        return lambda: 10e-6 + n_bytes / (25e9 if pinned else 12e9)
+
+    def timer(self) -> FakeClockTimer:
+        return FakeClockTimer()
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"gpu_name": "NVIDIA A100-SXM4-80GB", "cuda_version": "12.4", "pcie_gen": 4, "pcie_width": 16,
+                "torch_version": "fake"}
+
+    def device_name(self) -> str:
+        return "NVIDIA A100-SXM4-80GB"
+
+
+def test_gpu_sweep_with_fake_backend_measures_copies_and_fits() -> None:
+    backend = FakeGpuBackend()
+    plan = SweepPlan.quick()  # the real quick plan: the fake GPU makes it instant
+    prof = run_calibration(RunConfig(device="cuda", plan=plan), backend=backend)
+    assert prof.device_kind == "gpu" and prof.device_name == "NVIDIA A100-SXM4-80GB"
+    copies = [s for s in prof.samples if s.kind == "copy"]
+    assert len(copies) == 2 * len(plan.copy_bytes)
+    assert {s.shape["pinned"] for s in copies} == {True, False}
+    assert prof.has_copy and set(prof.copy_fits) == {"pinned", "pageable"}
+    # reference peaks: the A100 datasheet by name, PCIe Gen4 x16 from the fingerprint
+    assert prof.peaks.flops == 312e12 and prof.peaks.link_Bps == 32e9
+    assert "PCIe Gen4" in prof.peaks.link_source
+    assert prof.copy_fits["pinned"].bandwidth_Bps == pytest.approx(25e9, rel=0.05)
+    assert prof.copy_fits["pageable"].bandwidth_Bps == pytest.approx(12e9, rel=0.05)
+    assert float(prof.copy(2**30)) == pytest.approx(25 / 32, rel=0.05)
+    assert prof.gemm_fit.eff_compute == pytest.approx(TRUE_GPU.eff_compute, rel=0.1)
+    report = validate_heldout(prof)
+    assert report.per_op["gemm:up"].median_abs_pct_error < 5
+    assert report.per_op["ffn:gated"].median_abs_pct_error < 10
+
+
+def test_unknown_gpu_needs_given_peaks() -> None:
+    class Unknown(FakeGpuBackend):
+        def fingerprint(self) -> dict[str, Any]:
+            return {"gpu_name": "Mystery GPU", "torch_version": "fake"}
+
+    plan = SweepPlan.tiny()
+    with pytest.raises(CalibrationError, match="--peak-tflops"):
+        run_calibration(RunConfig(device="cuda", plan=plan), backend=Unknown())
+    prof = run_calibration(RunConfig(device="cuda", plan=plan, peak_flops=400e12, peak_memory_Bps=3e12),
+                           backend=Unknown())
+    assert prof.peaks.flops == 400e12 and "assumption" in prof.peaks.link_source
+
+
+def test_sweep_interleaves_repeats_within_a_family() -> None:
+    order: list[int] = []
+
+    class Recording(FakeGpuBackend):
+        def gemm_family(self, ms: Sequence[int], k: int, n: int, cold_bytes: int) -> list[Kernel]:
+            def make(m: int) -> Kernel:
+                def run() -> float:
+                    order.append(m)
+                    return 1e-3
+                return run
+            return [make(m) for m in ms]
+
+    plan = SweepPlan(name="t", expert_shapes=((8, 8),), heldout_shapes=(), tokens=(1, 2), heldout_every=2,
+                     ffn_shape=(8, 8), ffn_tokens=(), grouped_tokens=(), act_tokens=(), stream_bytes=(),
+                     copy_bytes=(), warmup=1, repeats=3, min_time_s=0.0)
+    samples = run_sweep(Recording(), plan)
+    assert len(samples) == 4
+    up = order[: len(order) // 2]
+    assert up == [1, 2, 1, 2, 1, 2, 1, 2]  # warm-up 1, 2, then repeats interleaved
+    assert [s.heldout for s in samples] == [False, True, False, True]
+
+
+# ------------------------------------------------------------------------------------ fingerprints
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9654 96-Core Processor
+cpu MHz\t\t: 2400.000
+flags\t\t: fpu sse avx2 fma avx512f avx512_bf16
+
+processor\t: 1
+model name\t: ignored
+"""
+
+
+def test_cpu_fingerprint_and_nominal_peak() -> None:
+    info = read_cpuinfo(CPUINFO)
+    assert info["model name"] == "AMD EPYC 9654 96-Core Processor"
+    fp = cpu_fingerprint(info)
+    assert fp["cpu_mhz"] == 2400.0 and fp["simd"] == ["avx2", "avx512_bf16", "avx512f", "fma"]
+    peaks = cpu_peaks(fp, 4, "fp32")
+    assert peaks.flops == pytest.approx(4 * 64 * 2400e6)
+    assert "[D]" in peaks.flops_source
+    avx2 = cpu_peaks({"simd": ["avx2", "fma"], "cpu_mhz": 3000.0}, 1, "fp32")
+    assert avx2.flops == pytest.approx(32 * 3e9)
+
+
+def test_gpu_fingerprint_with_fake_torch() -> None:
+    props = SimpleNamespace(total_memory=80 * 2**30, multi_processor_count=132)
+    fake = SimpleNamespace(cuda=SimpleNamespace(get_device_properties=lambda i: props,
+                                                get_device_name=lambda i: "NVIDIA H100 80GB HBM3",
+                                                get_device_capability=lambda i: (9, 0)),
+                           version=SimpleNamespace(cuda="12.4"))
+    fp = gpu_fingerprint(fake)
+    assert fp["gpu_name"] == "NVIDIA H100 80GB HBM3" and fp["gpu_capability"] == "9.0"
+    assert fp["gpu_sms"] == 132 and fp["cuda_version"] == "12.4"
+
+
+def test_query_pcie_parses_and_tolerates_failures() -> None:
+    assert query_pcie(lambda cmd: "5, 16\n") == {"pcie_gen": 5, "pcie_width": 16}
+    assert query_pcie(lambda cmd: "[N/A], [N/A]\n") == {}
+
+    def failing(cmd: list[str]) -> str:
+        raise subprocess.CalledProcessError(9, cmd)
+
+    assert query_pcie(failing) == {}
+
+
+def test_log_tokens_and_plans() -> None:
+    assert log_tokens(1, 4096, 13) == (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+    quick = SweepPlan.quick()
+    assert min(quick.tokens) == 1 and max(quick.tokens) == 4096
+    assert quick.n_kernels(with_copies=True) > quick.n_kernels(with_copies=False)
+    with pytest.raises(CalibrationError, match="repeats"):
+        SweepPlan(name="bad", expert_shapes=(), heldout_shapes=(), tokens=(1,), heldout_every=2, ffn_shape=(1, 1),
+                  ffn_tokens=(), grouped_tokens=(), act_tokens=(), stream_bytes=(), copy_bytes=(), repeats=0)
+
+
+def test_module_does_not_import_torch_at_import_time() -> None:
+    code = "import sys, hwmodels.calibrate_run, hwmodels.calibration, hwmodels.validate; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+

@@ -646,27 +646,25 @@ class CostModel:
 
     # ---------------------------------------------------------------- links
     def _copy_eff(self, link: Link, sizes: FloatArray, pinned: bool) -> tuple[Any, str]:
-        """Copy efficiency over ``link`` and the name of the model that gave it."""
-        prof = self.profiles.get(link.name)
-        if prof is not None:
+        """Copy efficiency over ``link`` and the name of the model that gave it.
+
+        Order: a profile keyed by the link's name; on the platform's host link, the first
+        accelerator's profile when it measured copies (a local calibration beats literature points);
+        the link's measured points (`LinkCurve`); the default constant. Profiles without copy
+        measurements raise `LookupError` and are skipped.
+        """
+        candidates = [self.profiles.get(link.name)]
+        host_link = self.platform.host_link
+        if host_link is not None and (link is host_link or link.name == host_link.name):
+            candidates.append(self.profiles.get(self.platform.accelerators[0].name))
+        for prof in candidates:
+            if prof is None:
+                continue
             try:
                 e = _check_eff(prof.copy(sizes, pinned=pinned), prof.name, "copy")
-                return np.minimum(e * self._peak_ratio(prof, "link_Bps", link.bandwidth_Bps), 1.0), prof.name
             except LookupError:
-                pass
-        if link.efficiency_points or (not pinned and link.pageable_efficiency_points):
-            default = self._link_default(link)
-            return default.copy(sizes, pinned=pinned), default.name
-        host_link = self.platform.host_link
-        if host_link is not None and link == host_link:
-            acc = self.platform.accelerators[0]
-            prof = self.profiles.get(acc.name)
-            if prof is not None:
-                try:
-                    e = _check_eff(prof.copy(sizes, pinned=pinned), prof.name, "copy")
-                    return np.minimum(e * self._peak_ratio(prof, "link_Bps", link.bandwidth_Bps), 1.0), prof.name
-                except LookupError:
-                    pass
+                continue
+            return np.minimum(e * self._peak_ratio(prof, "link_Bps", link.bandwidth_Bps), 1.0), prof.name
         default = self._link_default(link)
         return default.copy(sizes, pinned=pinned), default.name
 

@@ -329,3 +329,37 @@ def test_all_reduce_against_vidur_nccl(shared_dir: Path, gpu: str, platform: str
         assert np.all(roof.all_reduce(link, sizes, n).total_s <= measured)
         ratio = cal.all_reduce(link, sizes, n).total_s / measured
         assert 1 / 2.2 <= np.median(ratio) <= 2.2, (gpu, n, np.median(ratio))
+
+
+def test_copy_efficiency_sources_in_order() -> None:
+    """A profile keyed by the link wins; then the accelerator's measured copies on the host link;
+    a profile without copy measurements (LookupError) falls back to the link's measured curve."""
+
+    class Measured(_Broken):
+        name = "measured"
+
+        def copy(self, n_bytes: Any, *, pinned: bool = True) -> np.ndarray:
+            return np.full(np.shape(n_bytes), 0.25)
+
+    class NoCopies(Measured):
+        name = "no-copies"
+
+        def copy(self, n_bytes: Any, *, pinned: bool = True) -> np.ndarray:
+            raise LookupError("no copy measurements")
+
+    plat = get_platform("h100-pcie5-host")
+    g5 = plat.host_link
+    assert g5 is not None
+    n = 1e8
+    local = CostModel(plat, profiles={"h100-sxm": Measured()}).transfer(g5, n)
+    assert local.comm_s == pytest.approx(g5.latency_s + n / (g5.bandwidth_Bps * 0.25))
+    assert local.source == "calibrated:measured:transfer"
+    fallback = CostModel(plat, profiles={"h100-sxm": NoCopies()}).transfer(g5, n)
+    assert fallback.comm_s == pytest.approx(CostModel(plat).transfer(g5, n).comm_s)
+    assert "link-curve" in fallback.source
+    # the accelerator's profile is not used for other links (an NVLink between GPUs)
+    nv = get_link("nvlink4")
+    assert CostModel(plat, profiles={"h100-sxm": Measured()}).transfer(nv, n).source.startswith(
+        "calibrated:link-curve:nvlink4")
+    by_link = CostModel(plat, profiles={"nvlink4": Measured()}).transfer(nv, n)
+    assert by_link.source == "calibrated:measured:transfer"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hwmodels import PresetError, get_device, get_platform, load_device_file, load_link_file, load_platform_file
+from hwmodels.devices import parse_quantity
 
 GOOD_DEVICE = """
 name = "my-gpu"
@@ -209,3 +210,27 @@ link = "nvlink4"
 def test_get_device_accepts_a_path(tmp_path: Path) -> None:
     path = write(tmp_path, "x.toml", GOOD_DEVICE)
     assert get_device(str(path)).name == "my-gpu"
+
+
+@pytest.mark.parametrize(("text", "dimension", "expected"), [
+    ("80 GiB", "bytes", 80 * 2**30), ("40 MB", "bytes", 40e6), ("11 Mb", "bytes", 11e6 / 8),
+    ("3350 GB/s", "bandwidth", 3350e9), ("64 Gb/s", "bandwidth", 8e9), ("1.5 TiB/s", "bandwidth", 1.5 * 2**40),
+    ("5 us", "time", 5e-6), ("200 ns", "time", 2e-7), ("989 TFLOP/s", "flops", 989e12),
+    ("1979 TOPS", "flops", 1979e12), ("4 pJ/bit", "energy_per_byte", 32e-12), ("700 W", "power", 700.0),
+    ("0.3 pJ/FLOP", "energy_per_flop", 0.3e-12), ("225 MHz", "frequency", 225e6), ("1_728", "count", 1728),
+    ("2.5 USD/h", "usd_per_hour", 2.5), ("1e3 B", "bytes", 1000.0),
+])
+def test_parse_quantity_units(text: str, dimension: str, expected: float) -> None:
+    assert parse_quantity(text, None, dimension, where="f") == pytest.approx(expected)
+
+
+def test_parse_quantity_errors() -> None:
+    with pytest.raises(PresetError, match=r"where: unknown unit 'GB/s'"):
+        parse_quantity("3 GB/s", None, "bytes", where="where")
+    with pytest.raises(PresetError, match="cannot parse"):
+        parse_quantity("fast", None, "bandwidth", where="where")
+    with pytest.raises(PresetError, match="has unit"):
+        parse_quantity("3 GB/s", "TB/s", "bandwidth", where="where")
+    with pytest.raises(PresetError, match="boolean"):
+        parse_quantity(True, None, "count", where="where")
+    assert parse_quantity(3, "GB/s", "bandwidth", where="w") == 3e9

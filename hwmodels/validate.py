@@ -188,7 +188,8 @@ def read_trace_routing(path: str | Path, *, layers: Sequence[int] | None = None,
     Mixtral (``*_routing.jsonl``): tokens are (problem, token_idx) pairs in file order, weights are
     the renormalised gate probabilities. DeepSeek (``prompt_*_data.csv``): ids only, so weights are
     uniform ``1/k``. ``layers`` picks layers by index into the sorted layer ids (default all);
-    ``max_tokens`` keeps the first tokens. Malformed rows are errors naming file and line.
+    ``max_tokens`` keeps the first tokens (files are read in name order until every layer has that
+    many). Malformed rows are errors naming file and line.
     """
     p = Path(path)
     files = sorted(p.glob("*_routing.jsonl")) if p.is_dir() else [p]
@@ -205,6 +206,8 @@ def read_trace_routing(path: str | Path, *, layers: Sequence[int] | None = None,
             n_experts = max(n_experts, _read_deepseek(file, per_layer))
         else:
             raise CalibrationError(f"{file}: unknown trace format (expected .jsonl or .csv)")
+        if max_tokens and per_layer and all(len(v) >= max_tokens for v in per_layer.values()):
+            break  # enough tokens at every layer: the remaining files are not needed
     layer_ids = sorted(per_layer)
     chosen = layer_ids if layers is None else [layer_ids[i] for i in layers]
     out = []

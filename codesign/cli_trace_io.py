@@ -21,6 +21,11 @@ from workloads.trace import RoutingTrace
 
 log = logging.getLogger(__name__)
 
+#: Tiny presets of ``trace record --hf-config`` (kept here so that --help needs no torch import;
+#: a test checks it equals `workloads.tracer.TINY_PRESETS`).
+TINY_PRESET_NAMES = ("tiny-mixtral", "tiny-qwen2-moe", "tiny-olmoe", "tiny-deepseek-v2", "tiny-qwen3-moe",
+                     "tiny-gpt-oss")
+
 
 def register_trace(trace_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add ``import`` and ``record`` to the ``codesign trace`` sub-parsers."""
@@ -46,8 +51,8 @@ def register_trace(trace_sub: Any, parents: list[argparse.ArgumentParser]) -> No
                     "(prefill) and for greedy generation (decode). Needs the extras: "
                     "pip install moe-codesign[torch,hf].")
     r.add_argument("--hf-config", required=True, metavar="CONFIG_OR_PRESET",
-                   help="config.json, a directory holding one, or a tiny preset: tiny-mixtral, "
-                        "tiny-qwen2-moe, tiny-olmoe, tiny-deepseek-v2 (random weights)")
+                   help="config.json, a directory holding one, or a tiny preset (random weights): "
+                        + ", ".join(TINY_PRESET_NAMES))
     r.add_argument("--hf-model", metavar="DIR", default=None,
                    help="directory with local pretrained weights (from_pretrained, offline)")
     src = r.add_mutually_exclusive_group()

@@ -48,7 +48,7 @@ _EXTRA_HINT = "install the extras: pip install moe-codesign[torch,hf]"
 
 #: Tiny preset names for ``--hf-config`` -> family of `tiny_config`.
 TINY_PRESETS = {"tiny-mixtral": "mixtral", "tiny-qwen2-moe": "qwen2-moe", "tiny-olmoe": "olmoe",
-                "tiny-deepseek-v2": "deepseek-v2"}
+                "tiny-deepseek-v2": "deepseek-v2", "tiny-qwen3-moe": "qwen3-moe", "tiny-gpt-oss": "gpt-oss"}
 TINY_FAMILIES = tuple(TINY_PRESETS.values())
 
 
@@ -75,7 +75,9 @@ def tiny_config(family: str) -> Any:
     ``family``: "mixtral" (8 experts, top-2, renormalised), "qwen2-moe" (60 experts, top-4,
     a shared expert, no renormalisation, as Qwen1.5-MoE-A2.7B), "olmoe" (64 experts, top-8, no
     renormalisation, as OLMoE-1B-7B), "deepseek-v2" (layer 0 dense, then 64 routed experts, top-6,
-    2 shared experts, MLA attention, as DeepSeek-V2-Lite). Expert counts and top-k follow the real models
+    2 shared experts, MLA attention, as DeepSeek-V2-Lite), "qwen3-moe" (128 experts, top-8,
+    renormalised, as Qwen3-30B-A3B), "gpt-oss" (32 experts, top-4, softmax over the top-k logits,
+    alternating sliding/full attention, as gpt-oss-20b). Expert counts and top-k follow the real models
     (shared/reference/hardware-and-papers.md s.5); widths and depth are shrunk (3 layers, hidden 64)
     so that a CPU forward takes milliseconds. ``initializer_range`` 0.1 (an assumption, larger than
     the real 0.02) keeps random router scores from being near-ties.
@@ -100,6 +102,14 @@ def tiny_config(family: str) -> Any:
                                    first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=None,
                                    qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, topk_method="greedy",
                                    norm_topk_prob=False, routed_scaling_factor=1.0)
+    if family == "qwen3-moe":
+        return tf.Qwen3MoeConfig(**common, intermediate_size=128, moe_intermediate_size=32, num_key_value_heads=2,
+                                 head_dim=16, num_experts=128, num_experts_per_tok=8, norm_topk_prob=True)
+    if family == "gpt-oss":
+        return tf.GptOssConfig(**common, intermediate_size=32, num_key_value_heads=2, head_dim=16,
+                               num_local_experts=32, num_experts_per_tok=4, sliding_window=8,
+                               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     raise ValueError(f"unknown tiny model family {family!r}; valid: {', '.join(TINY_FAMILIES)}")
 
 

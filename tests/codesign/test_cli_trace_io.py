@@ -132,3 +132,10 @@ def test_record_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert ".npz output" in _err(["trace", "record", "--hf-config", "tiny-mixtral", "-o", out + ".json"], capsys)
     assert "outside [0, 512)" in _err(["trace", "record", "--hf-config", "tiny-mixtral", "--prompt-ids", "9999",
                                        "-o", out], capsys)
+
+
+def test_tiny_preset_names_in_sync() -> None:
+    from codesign.cli_trace_io import TINY_PRESET_NAMES
+    from workloads.tracer import TINY_PRESETS
+
+    assert set(TINY_PRESET_NAMES) == set(TINY_PRESETS)

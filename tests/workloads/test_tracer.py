@@ -1,4 +1,4 @@
-"""The Hugging Face routing tracer on tiny random Mixtral, Qwen2-MoE, OLMoE and DeepSeek-V2 models.
+"""The HF routing tracer on tiny random Mixtral, Qwen2-MoE, OLMoE, DeepSeek-V2, Qwen3-MoE, gpt-oss models.
 
 The recorded routing is checked against an independent computation: the model's own router logits
 (``output_router_logits=True``, one forward over the whole sequence without KV cache) turned into
@@ -34,6 +34,8 @@ EXPECTED = {
     "qwen2-moe": (3, 60, 4, False),
     "olmoe": (3, 64, 8, False),
     "deepseek-v2": (2, 64, 6, False),  # layer 0 dense
+    "qwen3-moe": (3, 128, 8, True),
+    "gpt-oss": (3, 32, 4, True),  # softmax over the top-k logits = renormalised top-k of the softmax
 }
 
 

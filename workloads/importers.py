@@ -31,6 +31,7 @@ unpickled: a file starting with the pickle protocol byte 0x80 is refused.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import logging
@@ -133,11 +134,23 @@ def import_trace(fmt: str, paths: PathArg | Sequence[PathArg], **options: Any) -
 
     Returns a `RoutingTrace` (``mixtral-jsonl``, ``deepseek-csv``) or an `AggregatedRoutingStats`
     (``olmoe-counts``). Raises `UnknownFormatError` (lists the valid names), `TraceFormatError`
-    (names file, line, expectation) and `TypeError` for an option the format does not take.
+    (names file, line, expectation) and `TypeError` naming the valid options for an option the
+    format does not take.
     """
     entry = _entry(fmt)
+    valid = importer_options(fmt)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise TypeError(f"format {fmt} takes no option {', '.join(map(repr, unknown))}; "
+                        f"its options: {', '.join(valid) or '(none)'}")
     files = expand_paths(fmt, paths)
     return entry.func(files, **options)
+
+
+def importer_options(fmt: str) -> list[str]:
+    """Keyword options the importer of ``fmt`` accepts (with defaults, see its docstring)."""
+    params = inspect.signature(_entry(fmt).func).parameters.values()
+    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
 # ------------------------------------------------------------------ helpers

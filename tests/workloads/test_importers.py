@@ -116,6 +116,11 @@ def test_mixtral_bad_missing_option(mixtral_dir: Path) -> None:
         import_trace("mixtral-jsonl", mixtral_dir, missing="invent")
 
 
+def test_unknown_option_names_valid_ones(mixtral_dir: Path) -> None:
+    with pytest.raises(TypeError, match=r"deepseek-csv takes no option 'missing'; its options: model, keep_tokens"):
+        import_trace("deepseek-csv", mixtral_dir, missing="drop")
+
+
 def test_olmoe_counts_all(shared_dir: Path) -> None:
     s = import_trace("olmoe-counts", shared_dir / "traces/olmoe-mixtral-routing-stats")
     assert isinstance(s, AggregatedRoutingStats)

@@ -278,6 +278,11 @@ def import_mixtral_jsonl(files: Sequence[Path], *, missing: str = "mark", model:
             first_line[(rid, tok, layer)] = where
     keys = sorted(cells)
     n = len(keys)
+    seen_layers = {layer for cell in cells.values() for layer in cell}
+    if n and max(seen_layers) < n_layers - 1:
+        raise TraceFormatError(
+            f"{_source_of(files)}: layers seen are 0..{max(seen_layers)} but {name} has {n_layers} MoE layers; "
+            "the layer count disagrees (wrong model? pass model=... or n_layers=...)")
     ex = np.full((n, n_layers, top_k), -1, dtype=np.int16)
     w = np.zeros((n, n_layers, top_k), dtype=np.float32)
     request = np.empty(n, dtype=np.int32)

@@ -212,6 +212,14 @@ def test_mixtral_truncated(tmp_path: Path) -> None:
         import_trace("mixtral-jsonl", path)
 
 
+def test_mixtral_layer_count_disagrees(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "short_routing.jsonl", _mixtral_rows(layers=16))
+    with pytest.raises(TraceFormatError, match=r"routing\.jsonl: layers seen are 0\.\.15 but mixtral-8x7b has 32"):
+        import_trace("mixtral-jsonl", path)
+    t = import_trace("mixtral-jsonl", path, n_layers=16)
+    assert isinstance(t, RoutingTrace) and t.n_moe_layers == 16 and t.meta["n_incomplete_tokens"] == 0
+
+
 def test_mixtral_incomplete_token_marked(tmp_path: Path) -> None:
     rows = [r for r in _mixtral_rows() if not (r["token_idx"] == 1 and r["layer"] in (3, 31))]
     t = import_trace("mixtral-jsonl", _write_jsonl(tmp_path / "i_routing.jsonl", rows))

@@ -130,13 +130,10 @@ class RoutingPathPredictor:
             h = target - src
             if src < 0 or h not in self._cond:
                 break
-            onehot = np.zeros((n_tok, self.n_experts))
             ids = kn[:, src, :]
-            rows = np.repeat(np.arange(n_tok), ids.shape[1])
-            flat = ids.ravel()
-            ok = flat >= 0
-            np.add.at(onehot, (rows[ok], flat[ok]), 1.0)
-            out += (self.decay ** c) * (onehot @ self._cond[h][src])
+            tab = self._cond[h][src]                                   # [E, E]
+            rows = tab[np.maximum(ids, 0)] * (ids >= 0)[:, :, None]    # [T, k, E]
+            out += (self.decay ** c) * rows.sum(axis=1)
         return out
 
     def predict(self, known: npt.ArrayLike, layer: int, target: int, k: int) -> IntArray:
@@ -254,6 +251,8 @@ class ExpertFlowCache(CachePolicy):
         self._rows: dict[int, npt.NDArray[np.int64]] = {}
         self._cur = -1
         self._used = np.zeros((n_layers, n_experts), dtype=bool)
+        self._scores: FloatArray | None = None   # keep-scores of the current layer (recomputed after observe)
+        self._pop_any: dict[tuple[int, int], FloatArray] = {}
 
     def fit(self, trace: RoutingTrace) -> None:
         if trace.n_moe_layers != self.n_layers or trace.n_experts != self.n_experts:
@@ -272,6 +271,7 @@ class ExpertFlowCache(CachePolicy):
         self._cur = layer
         ok = rows[rows >= 0]
         self._used[layer, ok] = True
+        self._scores = None
 
     def _on_access(self, layer: int, experts: IntArray, hits: BoolArray, now: float) -> None:
         self._tick += 1
@@ -286,13 +286,17 @@ class ExpertFlowCache(CachePolicy):
         """Keep-score ``float64[n_layers, n_experts]`` of every expert now (see class docstring)."""
         if self.predictor is None:
             raise RuntimeError("expertflow cache was not trained: call fit(trace) on a training trace first")
+        if self._scores is not None:
+            return self._scores
         pred = self.predictor
         k = max((r.shape[1] for r in self._rows.values()), default=1)
         n_tok = max((r.shape[0] for r in self._rows.values()), default=1)
-        score = np.empty((self.n_layers, self.n_experts))
+        pop_any = self._pop_any.get((k, n_tok))
+        if pop_any is None:
+            pop_any = _prob_any_popularity(pred.popularity, k, n_tok)
+            self._pop_any[(k, n_tok)] = pop_any
+        score = 0.5 * self._used + 0.5 * pop_any
         cur = self._cur
-        for layer in range(self.n_layers):
-            score[layer] = 0.5 * self._used[layer] + 0.5 * _prob_any_popularity(pred.popularity[layer], k, n_tok)
         if cur >= 0 and self._rows:
             known = np.full((n_tok, cur + 1, k), -1, dtype=np.int64)
             for layer, rows in self._rows.items():
@@ -301,7 +305,8 @@ class ExpertFlowCache(CachePolicy):
             for target in range(cur + 1, min(cur + self.horizon, self.n_layers - 1) + 1):
                 score[target] = pred.prob_any(known, cur, target)
         dist = (np.arange(self.n_layers) - max(cur, 0)) % self.n_layers
-        return score * (self.discount ** dist)[:, None]
+        self._scores = score * (self.discount ** dist)[:, None]
+        return self._scores
 
     def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int,
                         incoming: IntArray) -> IntArray:

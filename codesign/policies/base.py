@@ -143,6 +143,9 @@ class Admission:
 
 
 # ----------------------------------------------------------------------------------- cache
+_NO_VICTIMS: IntArray = np.zeros((0, 2), dtype=np.int64)
+_NO_VICTIMS.setflags(write=False)
+
 class CachePolicy(ABC):
     """Replacement policy of one cache: one memory tier of one device holding expert weights.
 
@@ -211,6 +214,7 @@ class CachePolicy(ABC):
                              f"{self.capacity} slots")
         self.resident: BoolArray = self.pinned.copy()
         self._n_resident = int(self.resident.sum())
+        self._filters = type(self)._admission_filter is not CachePolicy._admission_filter
         self.n_accessed = 0  # keys passed to access() so far (the oracle cursor)
 
     # ------------------------------------------------------------------ public API (final)
@@ -270,12 +274,12 @@ class CachePolicy(ABC):
         ``prefetch`` says the admission is speculative (a policy may treat it differently).
         """
         ex = np.asarray(experts, dtype=np.int64)
-        admitted = self.resident[layer, ex].copy()
+        admitted = self.resident[layer, ex]  # fancy indexing: a copy
         new_idx = np.flatnonzero(~admitted)
-        if new_idx.size:
+        if new_idx.size and self._filters:
             ok = np.asarray(self._admission_filter(layer, ex[new_idx], now, prefetch), dtype=bool)
             new_idx = new_idx[ok]
-        victims = np.zeros((0, 2), dtype=np.int64)
+        victims = _NO_VICTIMS
         if new_idx.size:
             need = int(new_idx.size) - self.free_slots
             if need > 0:
@@ -305,19 +309,18 @@ class CachePolicy(ABC):
             candidates[layer, np.asarray(protect, dtype=np.int64)] = False
         if protect_keys is not None:
             candidates.ravel()[np.asarray(protect_keys, dtype=np.int64)] = False
-        n = min(n, int(candidates.sum()))
+        n = min(n, int(np.count_nonzero(candidates)))
         if n <= 0:
-            return np.zeros((0, 2), dtype=np.int64)
+            return _NO_VICTIMS
         keys = np.asarray(self._choose_victims(n, candidates, now, layer, incoming), dtype=np.int64).ravel()
         keys = keys[:n]
-        lay, exp = np.divmod(keys, self.n_experts)
-        if keys.size and (not bool(candidates[lay, exp].all()) or np.unique(keys).size != keys.size):
+        if keys.size and (not bool(candidates.take(keys).all()) or len(set(keys.tolist())) != keys.size):
             raise RuntimeError(f"{type(self).__name__} chose victims that are not evictable residents: {keys}")
-        self.resident[lay, exp] = False
+        np.put(self.resident, keys, False)
         self._n_resident -= int(keys.size)
         if keys.size:
             self._on_evict(keys, now)
-        return np.stack([lay, exp], axis=1).astype(np.int64)
+        return np.column_stack((keys // self.n_experts, keys % self.n_experts))
 
     # -------------------------------------------------------------------- hooks for subclasses
     @abstractmethod

@@ -31,6 +31,7 @@ are added to both ``compute_s`` and ``memory_s`` so that ``total_s`` includes th
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -149,6 +150,8 @@ class LinkCurve:
         times = np.maximum.accumulate(sizes / np.array([p[1] for p in points], dtype=np.float64))
         self._log_n = np.log(sizes)
         self._log_t = np.log(times)
+        self._log_n_list = [float(x) for x in self._log_n]
+        self._log_t_list = [float(x) for x in self._log_t]
         self._n0, self._t0 = float(sizes[0]), float(times[0])
         self._n1, self._t1 = float(sizes[-1]), float(times[-1])
         self._rate_last = float(points[-1][1])
@@ -163,8 +166,32 @@ class LinkCurve:
         t = np.where(n > self._n1, self._t1 + (n - self._n1) / self._rate_last, t)
         return np.asarray(np.maximum(t, self.latency_s + n / self.peak_Bps), dtype=np.float64)
 
-    def efficiency(self, n_bytes: ArrayLike) -> FloatArray:
-        """Achieved / peak rate excluding the latency, in (0, 1] (1 for zero bytes)."""
+    def _time_scalar(self, n: float) -> float:
+        """`time_s` for one size, in plain Python (the simulator's frequent one-off question)."""
+        if n < self._n0:
+            t = self.latency_s + n * max(self._t0 - self.latency_s, 0.0) / self._n0
+        elif n > self._n1:
+            t = self._t1 + (n - self._n1) / self._rate_last
+        else:
+            x = math.log(n)
+            i = min(bisect.bisect_right(self._log_n_list, x) - 1, len(self._log_n_list) - 2)
+            if i < 0:
+                t = self._t0
+            else:
+                x0, x1 = self._log_n_list[i], self._log_n_list[i + 1]
+                y0, y1 = self._log_t_list[i], self._log_t_list[i + 1]
+                t = math.exp(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+        return max(t, self.latency_s + n / self.peak_Bps)
+
+    def efficiency(self, n_bytes: ArrayLike) -> Any:
+        """Achieved / peak rate excluding the latency, in (0, 1] (1 for zero bytes); a float for a
+        Python scalar, else an array of the input's shape."""
+        if isinstance(n_bytes, float | int):
+            n0 = float(n_bytes)
+            if n0 <= 0:
+                return 1.0
+            e0 = (n0 / self.peak_Bps) / max(self._time_scalar(n0) - self.latency_s, 1e-300)
+            return min(max(e0, 1e-9), 1.0)
         n = np.asarray(n_bytes, dtype=np.float64)
         t = self.time_s(n) - self.latency_s
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -194,8 +221,9 @@ class DefaultEfficiency:
         self._pageable = LinkCurve(link, link.pageable_efficiency_points) \
             if link is not None and link.pageable_efficiency_points else None
 
-    def gemm(self, m: ArrayLike, k: int, n: int) -> FloatArray:
-        """``e_max * m / (m + m_half)``, with ``m < 1`` read as 1 (no FLOPs are spent at m = 0)."""
+    def gemm(self, m: ArrayLike, k: int, n: int) -> Any:
+        """``e_max * m / (m + m_half)``, with ``m < 1`` read as 1 (no FLOPs are spent at m = 0); a float
+        for a Python scalar ``m``, else an array of its shape."""
         c = self.curve
         if isinstance(m, float | int):
             mm = max(float(m), 1.0)
@@ -206,7 +234,13 @@ class DefaultEfficiency:
     def memory(self) -> float:
         return self.curve.memory_eff
 
-    def copy(self, n_bytes: ArrayLike, *, pinned: bool = True) -> FloatArray:
+    def copy(self, n_bytes: ArrayLike, *, pinned: bool = True) -> Any:
+        """Link efficiency for copies of ``n_bytes`` (float for a Python scalar, else an array)."""
+        if isinstance(n_bytes, float | int):
+            curve = self._pageable if not pinned and self._pageable is not None else self._pinned
+            e = curve.efficiency(float(n_bytes)) if curve is not None else LINK_DEFAULT_EFF
+            factor = 1.0 if pinned or self._pageable is not None else PAGEABLE_FACTOR
+            return float(e) * factor
         n = np.asarray(n_bytes, dtype=np.float64)
         if not pinned and self._pageable is not None:
             return self._pageable.efficiency(n)
@@ -685,6 +719,11 @@ class CostModel:
 
     def _link_time(self, link: Link, message_bytes: FloatArray, pinned: bool = True) -> tuple[FloatArray, str]:
         """Time of one message of ``message_bytes`` (0 for 0 bytes) and the answering model's tag."""
+        if message_bytes.ndim == 0:
+            n = float(message_bytes)
+            e_s, tag = self._link_eff(link, n, pinned)  # type: ignore[arg-type]
+            t_s = link.latency_s + n / (link.bandwidth_Bps * float(e_s)) if n > 0 else 0.0
+            return t_s, tag  # type: ignore[return-value]
         eff, tag = self._link_eff(link, message_bytes, pinned)
         t = np.where(message_bytes > 0, link.latency_s + message_bytes / (link.bandwidth_Bps * eff), 0.0)
         return t, tag

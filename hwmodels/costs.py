@@ -753,15 +753,17 @@ class CostModel:
         """All-to-all dispatch (or combine) of ``bytes_per_device`` from each of ``n_devices`` devices
         over a switched ``link`` (NVSwitch-like: every device sends at the full per-direction rate).
 
-        Each device sends ``(n-1)/n`` of its bytes; one collective call pays the link latency once.
+        Each device sends ``(n-1)/n`` of its bytes (and receives as much; a half-duplex link carries
+        both, so it takes twice as long); one collective call pays the link latency once.
         Calibrated: the link efficiency at the bytes each device sends. Energy counts every device's
         traffic. One device costs zero.
         """
         n = _counts(bytes_per_device, "bytes_per_device")
         devices = self._n_devices(n_devices)
         share = n * (devices - 1) / devices
+        wire = share if link.duplex else 2.0 * share  # half duplex: sends and receives share the wire
         eff, tag = self._link_eff(link, share)
-        t = np.where(share > 0, link.latency_s + share / (link.bandwidth_Bps * eff), 0.0)
+        t = np.where(share > 0, link.latency_s + wire / (link.bandwidth_Bps * eff), 0.0)
         return self._link_cost(t, share * devices, link, tag, "all_to_all")
 
     def all_reduce(self, link: Link, n_bytes: ArrayLike, n_devices: int) -> OpCost:
@@ -776,9 +778,10 @@ class CostModel:
         n = _counts(n_bytes, "n_bytes")
         devices = self._n_devices(n_devices)
         share = 2.0 * n * (devices - 1) / devices
+        wire = share if link.duplex else 2.0 * share
         eff, tag = self._link_eff(link, share)
         latency = link.latency_s * (1 if self.fidelity == "roofline" else devices - 1)
-        t = np.where(share > 0, latency + share / (link.bandwidth_Bps * eff), 0.0)
+        t = np.where(share > 0, latency + wire / (link.bandwidth_Bps * eff), 0.0)
         return self._link_cost(t, share * devices, link, tag, "all_reduce")
 
     @staticmethod

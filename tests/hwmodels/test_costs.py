@@ -363,3 +363,33 @@ def test_copy_efficiency_sources_in_order() -> None:
         "calibrated:link-curve:nvlink4")
     by_link = CostModel(plat, profiles={"nvlink4": Measured()}).transfer(nv, n)
     assert by_link.source == "calibrated:measured:transfer"
+
+
+def test_half_duplex_collectives_take_twice_the_wire_time() -> None:
+    plat = get_platform("dgx-h100")
+    nv = get_link("nvlink4")
+    half = dataclasses.replace(nv, name="nvlink4-half", duplex=False)
+    roof = CostModel(plat, fidelity="roofline")
+    full_t = roof.all_to_all(nv, 8e6, 8).comm_s - nv.latency_s
+    assert roof.all_to_all(half, 8e6, 8).comm_s - nv.latency_s == pytest.approx(2 * full_t)
+    full_r = roof.all_reduce(nv, 8e6, 8).comm_s - nv.latency_s
+    assert roof.all_reduce(half, 8e6, 8).comm_s - nv.latency_s == pytest.approx(2 * full_r)
+
+
+def test_fiddler_premise_cpu_compute_beats_fetching_an_expert() -> None:
+    """Fiddler (Kamahori et al., hardware-and-papers.md s.4): for Mixtral-8x7B at batch 1 the
+    activation (1 x 4096) is tiny next to the expert (3 x 4096 x 14336), so computing the expert on
+    the host CPU beats copying its weights over PCIe; at large batches the GPU wins again."""
+    for name in ("h100-pcie5-host", "dgx-a100"):
+        plat = get_platform(name)
+        host, link, gpu = plat.host, plat.host_link, plat.accelerators[0]
+        assert host is not None and link is not None
+        for fid in ("roofline", "calibrated"):
+            cm = CostModel(plat, fidelity=fid)
+            on_cpu = cm.cpu_expert(host, MIXTRAL, 1).total_s + 2 * cm.transfer(link, 4096 * 2).total_s
+            fetch = cm.transfer(link, MIXTRAL.bytes_per_expert).total_s + cm.expert_ffn(gpu, MIXTRAL, 1).total_s
+            assert on_cpu < fetch / 5, (name, fid, on_cpu, fetch)
+            big = 8192
+            on_cpu_big = cm.cpu_expert(host, MIXTRAL, big).total_s
+            fetch_big = cm.transfer(link, MIXTRAL.bytes_per_expert).total_s + cm.expert_ffn(gpu, MIXTRAL, big).total_s
+            assert fetch_big < on_cpu_big, (name, fid)

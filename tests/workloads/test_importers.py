@@ -8,9 +8,12 @@ import json
 import logging
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from workloads import AggregatedRoutingStats, RoutingTrace, TraceFormatError, import_trace, importer_names
 from workloads.importers import UnknownFormatError, expand_paths
@@ -153,12 +156,12 @@ def test_olmoe_counts_errors(shared_dir: Path) -> None:
 
 
 # ---------------------------------------------------------- malformed input
-def _mixtral_rows(tokens: int = 2, layers: int = 32) -> list[dict[str, object]]:
+def _mixtral_rows(tokens: int = 2, layers: int = 32) -> list[dict[str, Any]]:
     return [{"dataset": "gsm8k", "problem_id": 0, "layer": layer, "experts": [1, 2],
              "gating_probs": [0.7, 0.3], "token_idx": t} for t in range(tokens) for layer in range(layers)]
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -371,3 +374,52 @@ def test_olmoe_counts_malformed(tmp_path: Path) -> None:
     path.write_text(json.dumps(good)[:-5], encoding="utf-8")
     with pytest.raises(TraceFormatError, match=r"counts\.json: line 1: invalid JSON"):
         import_trace("olmoe-counts", path)
+
+
+# ------------------------------------------------------------ property-based
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    tokens=st.lists(st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"),
+                            max_size=6), min_size=1, max_size=5),
+    seed=st.integers(0, 2**31),
+    rid=st.integers(0, 99999),
+)
+def test_deepseek_csv_round_trip_property(tmp_path: Path, tokens: list[str], seed: int, rid: int) -> None:
+    """Any tokens (commas, quotes, newlines, odd Unicode) and any 6 distinct ids per row come back exactly."""
+    rng = np.random.default_rng(seed)
+    ids = np.stack([rng.permutation(64)[:6] for _ in range(26 * len(tokens))]).reshape(26, len(tokens), 6)
+    rows = [["Layer ID", "Batch Number", "Token", "Activated Expert IDs"]]
+    for layer in range(26):
+        for j, tok in enumerate(tokens):
+            rows.append([str(layer + 1), "0", tok, str(ids[layer, j].tolist())])
+    path = _write_csv(tmp_path / f"prompt_{rid}_data.csv", rows)
+    t = import_trace("deepseek-csv", path, keep_tokens=True)
+    assert isinstance(t, RoutingTrace)
+    assert np.array_equal(t.experts, ids.transpose(1, 0, 2))
+    assert t.meta["tokens"][str(rid)] == tokens
+    assert t.request.tolist() == [rid] * len(tokens)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mixtral_missing_rows_property(tmp_path: Path, data: st.DataObject) -> None:
+    """Rows removed at random are exactly the -1 slots under "mark", and exactly the dropped tokens under "drop"."""
+    n_tok = data.draw(st.integers(1, 4))
+    rows = _mixtral_rows(tokens=n_tok)
+    keep_last = [r for r in rows if r["layer"] == 31 and r["token_idx"] == 0]  # layer count stays 32
+    drop = set(data.draw(st.lists(st.integers(0, len(rows) - 1), unique=True, max_size=10)))
+    kept = [r for i, r in enumerate(rows) if i not in drop or r in keep_last]
+    path = _write_jsonl(tmp_path / "p_routing.jsonl", kept)
+    t = import_trace("mixtral-jsonl", path)
+    assert isinstance(t, RoutingTrace)
+    present = {(r["token_idx"], r["layer"]) for r in kept}
+    tokens_present = sorted({tok for tok, _ in present})
+    assert t.position.tolist() == tokens_present
+    for i, tok in enumerate(tokens_present):
+        for layer in range(32):
+            assert (t.experts[i, layer, 0] >= 0) == ((tok, layer) in present)
+    complete = [tok for tok in tokens_present if all((tok, layer) in present for layer in range(32))]
+    d = import_trace("mixtral-jsonl", path, missing="drop")
+    assert isinstance(d, RoutingTrace)
+    assert d.position.tolist() == complete
+    assert t.meta["n_incomplete_tokens"] == len(tokens_present) - len(complete)

@@ -107,6 +107,18 @@ class EngineOutput:
     counters: dict[str, float] = field(default_factory=dict)
 
 
+class _CountingEnvironment(simpy.Environment):
+    """A simpy environment that counts the events it schedules (for the events/s figure)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n_events = 0
+
+    def schedule(self, event: simpy.Event, priority: Any = 1, delay: float = 0) -> None:
+        self.n_events += 1
+        super().schedule(event, priority, delay)
+
+
 def _tier_link(device: Device, src: str, dst: str) -> Link:
     """A copy path between two tiers of one device, described by the slower (source) tier's own
     numbers (bandwidth, latency, energy per byte); no number is invented here."""
@@ -219,7 +231,7 @@ class Engine:
             m.batching.scheduler, max_batch=m.batching.max_batch, max_tokens=m.batching.max_tokens, seed=seed,
             **dict(m.batching.options))
         # simpy world
-        self.env = simpy.Environment()
+        self.env = _CountingEnvironment()
         env = self.env
         self.compute = [simpy.Resource(env, 1) for _ in range(self.n_dev)]
         self.copy = [simpy.PriorityResource(env, 1) for _ in range(self.n_dev)]
@@ -906,6 +918,7 @@ class Engine:
                 access.append(AccessSequence(keys=keys.astype(np.int64), call_starts=starts))
         counters = {"accesses": float(self.n_access), "hits": float(self.n_hits),
                     "assignments_device": float(self.assign_device), "assignments_cpu": float(self.assign_cpu),
+                    "sim_events": float(self.env.n_events),
                     "device_busy_s": float(max(self.busy_s)), "host_busy_s": float(self.host_busy_s),
                     "peak_resident_experts": float(max(self.peak_resident) if self.peak_resident else 0),
                     "cache_slots": float(sum(self.bound.slots))}

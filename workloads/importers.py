@@ -39,7 +39,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -346,8 +346,9 @@ def _parse_ds_file(path: Path, n_layers: int, n_experts: int, top_k: int) -> tup
     # Fast path: vectorised parse of all rows; any inconsistency falls back to the row-wise
     # checker, which finds the first bad line and names it.
     try:
-        if any(len(r) != 4 for r in body):
-            raise ValueError
+        commas = top_k - 1
+        if any(len(r) != 4 or r[3].count(",") != commas for r in body):
+            raise ValueError  # a row with another number of fields or ids: let the checker name it
         layer_ids = np.array([r[0] for r in body], dtype=np.int64)
         joined = ",".join(r[3].strip().removeprefix("[").removesuffix("]") for r in body)
         ids = np.array(joined.split(","), dtype=np.int64)
@@ -355,7 +356,6 @@ def _parse_ds_file(path: Path, n_layers: int, n_experts: int, top_k: int) -> tup
             raise ValueError
     except ValueError:
         _raise_first_bad_ds_row(path, body, n_layers, n_experts, top_k)
-        raise AssertionError("unreachable") from None
     ids = ids.reshape(len(body), top_k)
     if ids.min() < 0 or ids.max() >= n_experts or layer_ids.min() < 1 or layer_ids.max() > n_layers:
         _raise_first_bad_ds_row(path, body, n_layers, n_experts, top_k)
@@ -390,7 +390,9 @@ def _parse_ds_file(path: Path, n_layers: int, n_experts: int, top_k: int) -> tup
     return np.ascontiguousarray(experts), tokens
 
 
-def _raise_first_bad_ds_row(path: Path, body: list[list[str]], n_layers: int, n_experts: int, top_k: int) -> None:
+def _raise_first_bad_ds_row(path: Path, body: list[list[str]], n_layers: int, n_experts: int,
+                            top_k: int) -> NoReturn:
+    """Find the first malformed row and raise a `TraceFormatError` naming its line (always raises)."""
     for i, r in enumerate(body):
         where = f"{path}: line {i + 2}"
         if len(r) != 4:

@@ -303,6 +303,16 @@ def test_deepseek_bad_row(tmp_path: Path, row: int, col: int, value: str, expect
         import_trace("deepseek-csv", path)
 
 
+def test_deepseek_id_counts_that_compensate(tmp_path: Path) -> None:
+    """5 ids in one row and 7 in the next add up to 12 = 2 x 6: still an error at the first bad line."""
+    rows = _ds_rows(["a", "b", "c"])
+    rows[10][3] = "[1, 2, 3, 4, 5]"
+    rows[11][3] = "[1, 2, 3, 4, 5, 6, 7]"
+    path = _write_csv(tmp_path / "prompt_0013_data.csv", rows)
+    with pytest.raises(TraceFormatError, match=r"line 11: .*has 5 ids, expected 6"):
+        import_trace("deepseek-csv", path)
+
+
 def test_deepseek_layer_count_disagrees(tmp_path: Path) -> None:
     rows = _ds_rows(["a", "b", "c"])
     del rows[40]  # one row of layer 14 missing

@@ -123,6 +123,14 @@ def test_cpu_timer_retries_descheduled_measurements(monkeypatch: pytest.MonkeyPa
     timer = CpuTimer(check_threads=1, min_busy=0.95)
     assert timer.time(lambda: None, 1) == pytest.approx(1e-6)
     assert timer.rejected == 1
+    # every attempt disturbed: the least disturbed one (ratio 0.8, 1250 ns) is kept
+    walls = iter([0, 2000, 0, 1250, 0, 3000])
+    cpus = iter([0, 400, 0, 1000, 0, 900])
+    monkeypatch.setattr("time.perf_counter_ns", lambda: next(walls))
+    monkeypatch.setattr("time.process_time_ns", lambda: next(cpus))
+    disturbed = CpuTimer(check_threads=1, max_retries=2)
+    assert disturbed.time(lambda: None, 1) == pytest.approx(1.25e-6)
+    assert disturbed.rejected == 3
     unchecked = CpuTimer()
     monkeypatch.setattr("time.perf_counter_ns", iter([0, 500]).__next__)
     monkeypatch.setattr("time.process_time_ns", iter([0, 1]).__next__)

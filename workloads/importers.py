@@ -523,7 +523,9 @@ def _count_matrix(entries: Any, n_experts: int, where: str) -> np.ndarray:
 def import_olmoe_counts(files: Sequence[Path], *, model: str = "olmoe", domain: str = "all") -> AggregatedRoutingStats:
     """``counts.json`` -> `AggregatedRoutingStats` of ``model`` (a counts.json key: olmoe, olmoe-sft,
     olmoe-dpo, mistral) on ``domain`` ("all" sums the domains that every kind of count present for
-    the model has, so that loads and pairs cover the same tokens; ``domains`` records which)."""
+    the model has, so that loads and pairs cover the same tokens; ``domains`` records which).
+    A kind of count that lacks the chosen domain is left empty (e.g. OLMoE on ``tulu`` has load
+    counts but no cross-layer pairs; the SFT/DPO variants have load counts only)."""
     if len(files) != 1:
         raise TraceFormatError(f"olmoe-counts reads one counts.json, got {len(files)} files")
     path = files[0]

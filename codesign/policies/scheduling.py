@@ -15,7 +15,7 @@ the row the request will actually process next instead: an upper bound, labelled
 - ``expertflow`` (ExpertFlow, He et al., arXiv 2410.17954, "token scheduler", [P] ExpertFlow in
   shared/reference/hardware-and-papers.md s.4): greedy regrouping across batches. The oldest
   runnable request anchors the batch (no starvation: a request skipped ``max_skips`` times is
-  taken first); then, while room remains, the request whose signature adds the fewest new
+  taken first, the most skipped first); then, while room remains, the request whose signature adds the fewest new
   (layer, expert) pairs to the batch's union joins (ties: oldest first).
 - ``symbolic-moe`` (Symbolic-MoE, Chen et al., arXiv 2503.05641, "groups instances based on their
   assigned experts, loading each model only once", [P] Symbolic-MoE in s.4): each request belongs
@@ -70,6 +70,9 @@ def assigned_expert(req: RequestState) -> int:
 class _ExpertAwareScheduler(TokenScheduler):
     """Shared bookkeeping: who is runnable, token budget, KV budget, batch assembly."""
 
+    #: When every candidate fits in one step, take them all in FIFO order (no regrouping needed).
+    shortcut_when_all_fit = True
+
     def __init__(self, *, max_batch: int, max_tokens: int, seed: int = 0,
                  lookahead: Lookahead = "previous", prefill_chunk: int | None = None) -> None:
         super().__init__(max_batch=max_batch, max_tokens=max_tokens, seed=seed)
@@ -101,7 +104,8 @@ class _ExpertAwareScheduler(TokenScheduler):
         fifo = sorted(cands, key=lambda c: (c[1], c[0].arrival_s, c[0].request_id))
         fits_all = (sum(self._tokens_for(r) for r, _ in cands) <= self.max_tokens
                     and len(waiting) <= self.max_batch - len(running))
-        ids, toks, union = self._fill(fifo if fits_all else self._order(cands), len(running), kv_free_tokens)
+        use_fifo = fits_all and self.shortcut_when_all_fit
+        ids, toks, union = self._fill(fifo if use_fifo else self._order(cands), len(running), kv_free_tokens)
         if not ids and cands:
             ids, toks, union = self._fill(fifo, len(running), kv_free_tokens)
         self.steps += 1
@@ -158,7 +162,8 @@ class ExpertFlowScheduler(_ExpertAwareScheduler):
             return []
         # oldest first: by admission for running, by arrival for waiting (running before waiting)
         base = sorted(candidates, key=lambda c: (c[1], c[0].arrival_s, c[0].request_id))
-        starving = [c for c in base if self._skips.get(c[0].request_id, 0) >= self.max_skips]
+        starving = sorted((c for c in base if self._skips.get(c[0].request_id, 0) >= self.max_skips),
+                          key=lambda c: -self._skips.get(c[0].request_id, 0))   # most skipped first (stable)
         rest = [c for c in base if self._skips.get(c[0].request_id, 0) < self.max_skips]
         ordered = list(starving)
         union: set[int] = set()
@@ -207,6 +212,8 @@ class ExpertFlowScheduler(_ExpertAwareScheduler):
 class SymbolicMoEScheduler(_ExpertAwareScheduler):
     """One group (assigned expert) at a time (module docstring). ``current_group`` is the group
     being served; ``group_switches`` counts switches (each one loads a new expert set)."""
+
+    shortcut_when_all_fit = False
 
     def __init__(self, *, max_batch: int, max_tokens: int, seed: int = 0, lookahead: Lookahead = "previous",
                  prefill_chunk: int | None = None) -> None:

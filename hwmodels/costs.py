@@ -410,8 +410,13 @@ class CostModel:
         ratio = self._peak_ratio(eff, "flops", device.flops(dtype))
         return np.minimum(e * ratio, 1.0) if ratio != 1.0 else e
 
-    def _mem_eff(self, eff: EfficiencyModel, tier_bw: float) -> float:
+    def _mem_eff(self, eff: EfficiencyModel, tier_bw: float, *, measured_tier: bool = True) -> float:
+        """Memory efficiency for a tier of ``tier_bw``; a profile's reference peak (``peaks.memory_Bps``)
+        is rescaled only for the tier it measured (the device's ``weights_tier``); other tiers take
+        the efficiency as a plain fraction of their own peak."""
         e = float(_check_eff(eff.memory(), eff.name, "memory"))
+        if not measured_tier:
+            return e
         ratio = self._peak_ratio(eff, "memory_Bps", tier_bw)
         return min(e * ratio, 1.0)
 
@@ -439,9 +444,11 @@ class CostModel:
                        tag="roofline")
         else:
             ctx = _Ctx(eff=eff, peak=peak, e_flop=device.energy_J_per_flop[dtype], static_W=device.static_power_W,
-                       w_bw=w_tier.bandwidth_Bps * self._mem_eff(eff, w_tier.bandwidth_Bps),
+                       w_bw=w_tier.bandwidth_Bps * self._mem_eff(eff, w_tier.bandwidth_Bps,
+                                                                 measured_tier=weights_tier == device.weights_tier),
                        w_e=w_tier.energy_J_per_byte,
-                       a_bw=a_tier.bandwidth_Bps * self._mem_eff(eff, a_tier.bandwidth_Bps),
+                       a_bw=a_tier.bandwidth_Bps * self._mem_eff(eff, a_tier.bandwidth_Bps,
+                                                                 measured_tier=act_tier == device.weights_tier),
                        a_e=a_tier.energy_J_per_byte, overhead_s=self._overhead(eff),
                        gemm_ratio=self._peak_ratio(eff, "flops", peak), trusted=isinstance(eff, DefaultEfficiency),
                        tag=f"calibrated:{eff.name}",

@@ -65,8 +65,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-tokens", type=int, default=8192, help="token budget per step (default 8192)")
     p.add_argument("--requests", type=int, default=None, metavar="N",
                    help="number of requests (default: every request of the trace, or 16 for a process)")
-    p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens per request (process streams)")
-    p.add_argument("--output-len", type=int, default=None, help="output tokens per request (process streams)")
+    p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per request (default 64)")
+    p.add_argument("--output-len", type=int, default=128, help="output tokens per request (default 128)")
     p.add_argument("--rate", type=float, default=None, help="Poisson arrivals per second (default: all at t=0)")
     p.add_argument("--train-fraction", type=float, default=0.0,
                    help="share of the requests used only to fit policies (default 0)")
@@ -101,11 +101,10 @@ def build_stream(args: argparse.Namespace, model: Any) -> Any:
     n = args.requests if args.requests is not None else default_n
     if n <= 0:
         raise ValueError(f"--requests must be > 0, got {n}")
-    kwargs: dict[str, Any] = {"n_requests": n, "routing": routing, "seed": args.seed}
-    if args.prompt_len is not None:
-        kwargs["prompt_len"] = args.prompt_len
-    if args.output_len is not None:
-        kwargs["output_len"] = args.output_len
+    if args.prompt_len < 1 or args.output_len < 1:
+        raise ValueError(f"--prompt-len and --output-len must be >= 1, got {args.prompt_len}, {args.output_len}")
+    kwargs: dict[str, Any] = {"n_requests": n, "routing": routing, "seed": args.seed,
+                              "prompt_len": args.prompt_len, "output_len": args.output_len}
     if args.rate is not None:
         return RequestStream.poisson(rate_per_s=args.rate, **kwargs)
     return RequestStream.closed(**kwargs)

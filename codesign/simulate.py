@@ -18,6 +18,8 @@ batching does not depend on timing, e.g. all requests present at t = 0).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from dataclasses import asdict, is_dataclass
@@ -192,16 +194,18 @@ def simulate(model: Any, platform: Any, stream: _Stream, mapping: Mapping, *, co
                         bytes_moved=out.bytes_moved, peak_memory_bytes=out.peak_memory_bytes,
                         energy_J=out.energy_J, cost_per_hour_usd=float(platform.cost_per_hour_usd),
                         mean_requests_in_system=out.mean_requests_in_system, extra=extra)
+    digest = hashlib.sha256()
+    for sr in sim_reqs:
+        digest.update(np.asarray([sr.request_id, sr.prompt_tokens, sr.output_tokens], dtype=np.int64).tobytes())
+        digest.update(np.float64(sr.arrival_s).tobytes())
+        digest.update(np.ascontiguousarray(sr.routing).tobytes())
     config = {
         "model": _describe(model), "platform": {"name": platform.name}, "mapping": mapping.to_dict(),
         "seed": seed, "cost_model": {"type": type(cost_model).__name__,
                                      "fidelity": getattr(cost_model, "fidelity", None)},
         "workload": {"n_requests": len(stream.requests), "served": len(serve_reqs),
-                     "stream": type(stream).__name__},
+                     "stream": type(stream).__name__, "digest": digest.hexdigest()[:16]},
     }
-    import hashlib
-    import json
-
     config_hash = hashlib.sha256(json.dumps(_plain(config), sort_keys=True).encode()).hexdigest()[:16]
     return Result(requests=out.requests, steps=out.steps, summary=summary, config=_plain(config),
                   config_hash=config_hash, events=out.events)

@@ -170,6 +170,8 @@ def test_same_seed_same_result(h100) -> None:  # type: ignore[no-untyped-def]
     c = simulate(model, h100, stream, m, seed=8)
     assert c.config_hash != a.config_hash
     assert not c.steps.equals(a.steps)  # the noisy pre-gate draws differ
+    other = simulate(model, h100, random_stream(model, 8, 4, 5, seed=4, rate_per_s=500.0), m, seed=7)
+    assert other.config_hash != a.config_hash  # the workload is part of the hashed config
 
 
 def test_bad_mappings_and_unknown_policies_are_clear(h100) -> None:  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     profile = run_calibration(config, progress=not args.no_progress)
     out = profile.save(args.output)
     report = validate_heldout(profile)
+    fp = profile.fingerprint
     print(f"wrote {out}: {len(profile.samples)} samples on {profile.device_name} ({profile.dtype}, "
-          f"{profile.fingerprint.get('torch_threads')} thread(s), {profile.fingerprint.get('sweep_seconds')} s)")
+          f"{fp.get('torch_threads')} thread(s), {fp.get('sweep_seconds')} s, 1-min load average "
+          f"{fp.get('loadavg_start')} -> {fp.get('loadavg_end')})")
     _print_fit(profile)
     print(report.format_text())
     return 0
@@ -128,6 +131,13 @@ def _print_fit(profile: Any) -> None:
           f"memory efficiency {profile.memory():.3f} of {profile.peaks.memory_Bps / 1e9:.1f} GB/s")
     for key, fit in profile.copy_fits.items():
         print(f"fit: {key} host->device copy {fit.bandwidth_Bps / 1e9:.2f} GB/s + {fit.t0_s * 1e6:.1f} us")
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _load_profile(spec: str) -> Any:
@@ -171,11 +181,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             raise CalibrationError(f"--layers {args.layers!r} / --shape {args.shape!r}: expected e.g. "
                                    "'0,8,16' and '1024x3584'") from exc
         routings = read_trace_routing(args.layer, layers=layers, max_tokens=args.tokens)
+        load_start = _loadavg()
         stats, results = validate_moe_layer(profile, routings, d_model=d_model, d_ff=d_ff, repeats=args.repeats,
                                             threads=args.threads)
+        load_end = _loadavg()
         layer_stats: ErrorStats = stats
         result["layer"] = {
             **layer_stats.to_dict(), "d_model": d_model, "d_ff": d_ff, "tokens": args.tokens,
+            "loadavg_start": load_start, "loadavg_end": load_end,
             "results": [{"source": r.source, "measured_s": r.measured_s, "predicted_s": r.predicted_s,
                          "predicted_gemm_s": r.predicted_gemm_s, "pct_error": r.pct_error,
                          "tokens_per_expert": list(r.tokens_per_expert)} for r in results],
@@ -193,5 +206,5 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             print(f"  {r['source']}: measured {r['measured_s'] * 1e3:.2f} ms, predicted "
                   f"{r['predicted_s'] * 1e3:.2f} ms ({r['pct_error']:+.1f}%)")
         print(f"  layers n={lay['n']}: MAPE {lay['mape']:.2f}%, median {lay['median_abs_pct_error']:.2f}%, "
-              f"max {lay['max_abs_pct_error']:.2f}%")
+              f"max {lay['max_abs_pct_error']:.2f}% (1-min load average {load_start} -> {load_end})")
     return 0

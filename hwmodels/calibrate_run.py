@@ -611,7 +611,9 @@ def run_calibration(config: RunConfig, *, progress: bool = False, backend: Any =
     fp = dict(be.fingerprint())
     fp.update(config.extra_fingerprint)
     started = time.perf_counter()
+    fp["loadavg_start"] = _loadavg()
     samples = run_sweep(be, plan, progress=progress)
+    fp["loadavg_end"] = _loadavg()
     fp["sweep"] = plan.name
     fp["sweep_seconds"] = round(time.perf_counter() - started, 2)
     peaks = _peaks_for(be, fp, config, samples)
@@ -623,6 +625,14 @@ def run_calibration(config: RunConfig, *, progress: bool = False, backend: Any =
         source=f"codesign calibrate run --device {config.device} ({plan.name} sweep) on {device_name}",
         created_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), heldout_rule=plan.heldout_rule,
     )
+
+
+def _loadavg() -> float | None:
+    """The 1-minute load average (other work on the machine disturbs CPU timings), None if unknown."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 #: Datasheet peaks of GPUs recognised by name (16-bit dense tensor FLOP/s, HBM B/s), reference 1.1 [S].

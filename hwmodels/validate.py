@@ -385,4 +385,5 @@ def validate_moe_layer(profile: CalibrationProfile, routings: Sequence[LayerRout
     finally:
         torch.set_num_threads(old_threads)
     stats = ErrorStats.of([r.predicted_s for r in results], [r.measured_s for r in results])
+    log.info("layer timing: %d disturbed attempts retried", timer.rejected)
     return stats, results

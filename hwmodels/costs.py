@@ -580,24 +580,39 @@ class CostModel:
         """Several experts in one grouped call (one launch): ``tokens_per_expert`` is 1-D, one entry per
         expert (zeros allowed: such experts read no weights). Returns a scalar `OpCost`."""
         rows = _counts(tokens_per_expert, "tokens_per_expert").ravel()
-        if rows.size == 0 or not np.any(rows > 0):
-            zero = self.expert_ffn(device, model, 0, weights_tier=weights_tier)
-            return OpCost(compute_s=0.0, memory_s=0.0, comm_s=0.0, energy_J=0.0,
-                          source=zero.source.replace("expert_ffn", "experts_grouped"))
-        per = self._op(device, op="experts_grouped", rows=rows, gemms=self._ffn_gemms(model, model.expert_ffn_dim),
-                       extra_flops=0.0, weight_bytes=model.bytes_per_expert,
-                       weights_tier=weights_tier or device.weights_tier,
-                       act_bytes=self._ffn_act_bytes(model, rows, model.expert_ffn_dim),
-                       act_tier=self._act_tier(device), n_kernels=0,
-                       dtype=_dtype_for(device, model.bytes_per_weight))
-        eff = self.efficiency_for(device)
-        overhead = 3 * self._overhead(eff)
-        compute = float(np.sum(per.compute_s)) + overhead
-        memory = float(np.sum(per.memory_s)) + overhead
-        # energy: dynamic parts of the elements plus static power over the grouped call's wall time
-        static_elems = device.static_power_W * float(np.sum(np.maximum(per.compute_s, per.memory_s)))
-        energy = float(np.sum(per.energy_J)) - static_elems + device.static_power_W * max(compute, memory)
-        return OpCost(compute_s=compute, memory_s=memory, comm_s=0.0, energy_J=max(energy, 0.0), source=per.source)
+        tier = weights_tier or device.weights_tier
+        dtype = _dtype_for(device, model.bytes_per_weight)
+        ctx = self._context(device, tier, self._act_tier(device), dtype)
+        source = f"{ctx.tag}:experts_grouped"
+        n_active = int(np.count_nonzero(rows))
+        if n_active == 0:
+            return OpCost(compute_s=0.0, memory_s=0.0, comm_s=0.0, energy_J=0.0, source=source)
+        if ctx.eff is not None and ctx.curve is None:  # a calibration profile: element-wise efficiencies
+            per = self._op(device, op="experts_grouped", rows=rows,
+                           gemms=self._ffn_gemms(model, model.expert_ffn_dim), extra_flops=0.0,
+                           weight_bytes=model.bytes_per_expert, weights_tier=tier,
+                           act_bytes=self._ffn_act_bytes(model, rows, model.expert_ffn_dim),
+                           act_tier=self._act_tier(device), n_kernels=0, dtype=dtype)
+            compute = float(np.sum(per.compute_s))
+        else:
+            total_rows = float(np.sum(rows))
+            flops_per_row = float(model.expert_flops_per_token)
+            if ctx.curve is None:
+                compute = total_rows * flops_per_row / ctx.peak
+            else:
+                c = ctx.curve
+                mm = np.maximum(rows, 1.0)
+                compute = flops_per_row * float(np.sum(rows * (mm + c.m_half) / mm)) / (ctx.peak * c.e_max)
+        total_rows = float(np.sum(rows))
+        flops = total_rows * float(model.expert_flops_per_token)
+        w_bytes = n_active * model.bytes_per_expert
+        a_bytes = total_rows * ACTIVATION_BYTES * (2.0 * model.d_model + 2.0 * model.expert_ffn_dim)
+        memory = w_bytes / ctx.w_bw + a_bytes / ctx.a_bw
+        overhead = 3 * ctx.overhead_s  # one grouped launch of each of the three kernels
+        compute += overhead
+        memory += overhead
+        energy = (ctx.static_W * max(compute, memory) + ctx.e_flop * flops + w_bytes * ctx.w_e + a_bytes * ctx.a_e)
+        return OpCost(compute_s=compute, memory_s=memory, comm_s=0.0, energy_J=energy, source=source)
 
     def shared_experts(self, device: Device, model: MoEModel, n_tokens: ArrayLike) -> OpCost:
         """All shared experts of one MoE layer on ``n_tokens`` tokens, as one fused FFN of width

@@ -82,6 +82,17 @@ def test_experts_grouped() -> None:
         assert grouped.memory_s >= 3 * MIXTRAL.bytes_per_expert / 3350e9  # three experts' weights read
         empty = cm.experts_grouped(dev, MIXTRAL, [0, 0])
         assert empty.total_s == 0.0 and empty.energy_J == 0.0
+        if cm.fidelity == "roofline":  # no launch overheads: the grouped call is the sum of its experts
+            assert grouped.compute_s == pytest.approx(float(np.sum(singles.compute_s)))
+            assert grouped.memory_s == pytest.approx(float(np.sum(singles.memory_s)))
+        else:  # one launch of each kernel instead of one per expert
+            saved = float(np.sum(singles.compute_s)) - grouped.compute_s
+            assert saved == pytest.approx(2 * 3 * 7.0e-6)
+    # with a calibration profile the grouped call uses each expert's own efficiency
+    prof = CostModel(get_platform("dgx-h100"), profiles={"h100-sxm": _Half()})
+    g = prof.experts_grouped(get_device("h100-sxm"), MIXTRAL, [10, 1000])
+    one = prof.expert_ffn(get_device("h100-sxm"), MIXTRAL, np.array([10, 1000]))
+    assert g.compute_s == pytest.approx(float(np.sum(one.compute_s)))
 
 
 def test_shared_router_attention() -> None:
@@ -249,21 +260,29 @@ def test_profile_efficiency_out_of_range_is_an_error() -> None:
         cm.expert_ffn(get_device("h100-sxm"), MIXTRAL, np.array([1, 2]))
 
 
+class _Peaks:
+    flops = 494.5e12  # a profile measured against half the device's peak
+    memory_Bps = 3350e9
+    link_Bps = 0.0
+
+
+class _Half:
+    name = "half"
+    peaks = _Peaks()
+
+    def gemm(self, m: Any, k: int, n: int) -> np.ndarray:
+        return np.full(np.shape(m), 0.8)
+
+    def memory(self) -> float:
+        return 0.9
+
+    def copy(self, n_bytes: Any, *, pinned: bool = True) -> np.ndarray:
+        return np.ones(np.shape(n_bytes))
+
+
 def test_profile_peaks_are_rescaled_to_the_device() -> None:
-    class Peaks:
-        flops = 494.5e12  # a profile measured against half the device's peak
-        memory_Bps = 3350e9
-        link_Bps = 0.0
-
-    class Half(_Broken):
-        name = "half"
-        peaks = Peaks()
-
-        def gemm(self, m: Any, k: int, n: int) -> np.ndarray:
-            return np.full(np.shape(m), 0.8)
-
     dev = get_device("h100-sxm")
-    cm = CostModel(get_platform("dgx-h100"), profiles={"h100-sxm": Half()})
+    cm = CostModel(get_platform("dgx-h100"), profiles={"h100-sxm": _Half()})
     c = cm.expert_ffn(dev, MIXTRAL, 4096)
     flops = 4096 * MIXTRAL.expert_flops_per_token
     assert c.compute_s == pytest.approx(flops / (494.5e12 * 0.8))

@@ -9,7 +9,8 @@ requests arrive at t = 0 (a closed batch) unless ``--rate`` gives Poisson arriva
 ``--json`` prints one JSON object (the summary: ``tpot_p50_s``, ``tpot_p99_s``, ``ttft_p50_s``,
 ``throughput_tok_s``, ``hit_rate`` per tier, ``bytes_moved`` per link, ``energy_j_per_token`` ...,
 plus ``config_hash``); ``--out DIR`` writes ``requests.csv``, ``steps.csv``, ``summary.json``,
-``config.json`` and ``timeline.html`` (events recorded for it).
+``config.json``, ``events.csv``, ``timeline.html`` and ``cost_breakdown.html`` (events are recorded
+for the timeline).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import argparse
 import json
 import logging
 import sys
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -143,17 +143,16 @@ def summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_timeline(result: Any, path: Path) -> Path | None:
-    """Timeline HTML through `codesign.views` (F's views); None if the view is not available."""
-    try:
-        views: Any = import_module("codesign.views")
-    except ImportError as exc:
-        log.warning("timeline view unavailable (%s); skipped %s", exc, path)
-        return None
-    info = views.timeline_info(result)
-    fig = views.plot_timeline(info)
-    fig.write_html(str(path), include_plotlyjs="cdn")
-    return path
+def write_views(result: Any, out_dir: Path) -> dict[str, Path]:
+    """``timeline.html`` (Gantt of compute, transfers and all-to-all per device) and
+    ``cost_breakdown.html`` through `codesign.views`."""
+    from codesign import views
+
+    return {
+        "timeline": views.write_html(views.plot_timeline(views.timeline_info(result)), out_dir / "timeline.html"),
+        "cost_breakdown": views.write_html(views.plot_cost_breakdown(views.cost_breakdown_info(result)),
+                                           out_dir / "cost_breakdown.html"),
+    }
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -174,9 +173,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     summary = result.summary_json()
     if args.out is not None:
         paths = result.save(args.out)
-        tl = write_timeline(result, args.out / "timeline.html")
-        if tl is not None:
-            paths["timeline"] = tl
+        paths.update(write_views(result, args.out))
         log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     if args.json:
         print(json.dumps(summary, allow_nan=False))

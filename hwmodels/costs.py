@@ -823,6 +823,23 @@ class CostModel:
             raise ValueError(f"n_devices must be a positive int, got {n_devices!r}")
         return int(n_devices)
 
+    def tier_copy(self, device: Device, src: str, dst: str, n_bytes: ArrayLike) -> OpCost:
+        """A copy of ``n_bytes`` between two memory tiers of one device (e.g. an SN40L's DDR -> HBM, or
+        a GPU's HBM -> L2), in ``comm_s``: the slower tier's latency plus the bytes at the slower
+        tier's bandwidth (times the device's memory efficiency when calibrated). Energy: the bytes
+        read out of ``src`` and written into ``dst`` (each at its tier's energy per byte)."""
+        n = _counts(n_bytes, "n_bytes")
+        a, b = device.tier(src), device.tier(dst)
+        slow = a if a.bandwidth_Bps <= b.bandwidth_Bps else b
+        eff = self.efficiency_for(device)
+        rate = slow.bandwidth_Bps * (self._mem_eff(eff, slow.bandwidth_Bps, measured_tier=slow.name
+                                                   == device.weights_tier) if eff is not None else 1.0)
+        t = np.where(n > 0, slow.latency_s + n / rate, 0.0)
+        energy = n * (a.energy_J_per_byte + b.energy_J_per_byte) + device.static_power_W * t
+        zero = np.zeros_like(n)
+        return OpCost(compute_s=_out(zero), memory_s=_out(zero), comm_s=_out(t), energy_J=_out(energy),
+                      source=self._tag(eff, f"tier_copy[{src}->{dst}]"))
+
     # ---------------------------------------------------------------- FPGA
     def fpga_expert(self, device: Device, model: MoEModel, n_tokens: ArrayLike, *, reorder: bool) -> OpCost:
         """One expert on an FPGA over its queue of ``n_tokens`` tokens, in the steady state of a

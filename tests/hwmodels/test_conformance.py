@@ -105,6 +105,9 @@ def device_ops(device: Device) -> dict[str, Op]:
         ops[f"grouped/{model.name}"] = lambda cm, d, n, m=model: _grouped(cm, d, m, n)
     for tier in device.tiers:
         ops[f"expert_ffn@{tier.name}"] = lambda cm, d, n, t=tier.name: cm.expert_ffn(d, MODELS[0], n, weights_tier=t)
+        if tier.name != device.weights_tier:
+            ops[f"tier_copy:{tier.name}->{device.weights_tier}"] = (
+                lambda cm, d, n, t=tier.name: cm.tier_copy(d, t, d.weights_tier, n * 1e5))
     if device.kind == "cpu":
         ops["cpu_expert"] = lambda cm, d, n: cm.cpu_expert(d, MODELS[0], n)
     if device.kind == "rdu":

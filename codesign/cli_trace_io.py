@@ -63,6 +63,8 @@ def register_trace(trace_sub: Any, parents: list[argparse.ArgumentParser]) -> No
     r.add_argument("--max-new-tokens", type=int, default=8, help="decode tokens to generate (default 8)")
     r.add_argument("--seed", type=int, default=0, help="seed of random weights and random prompt ids")
     r.add_argument("--no-stop-at-eos", action="store_true", help="keep generating after an end-of-sequence token")
+    r.add_argument("--max-params", type=float, default=2e9,
+                   help="largest model built with random weights from a config (default 2e9 parameters)")
     r.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="output trace (.npz)")
     r.set_defaults(func=_cmd_record)
 
@@ -132,7 +134,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
         raise ValueError(f"--prompt-len must be >= 1, got {args.prompt_len}")
     if args.prompt is not None and args.hf_model is None:
         raise ValueError("--prompt needs a tokenizer: give --hf-model DIR with tokenizer files, or use --prompt-ids")
-    model, name = tracer.load_model(args.hf_config, hf_model=args.hf_model, seed=args.seed)
+    model, name = tracer.load_model(args.hf_config, hf_model=args.hf_model, seed=args.seed,
+                                    max_params=args.max_params)
     if args.prompt is not None:
         inputs: Any = tracer.load_tokenizer(args.hf_model)
     elif args.prompt_ids is not None:

@@ -113,13 +113,35 @@ def tiny_config(family: str) -> Any:
     raise ValueError(f"unknown tiny model family {family!r}; valid: {', '.join(TINY_FAMILIES)}")
 
 
-def build_model_from_config(config: Any, seed: int = 0) -> Any:
+#: Largest model `build_model_from_config` builds with random weights (an assumption: 2e9 float32
+#: parameters = 8 GB, what a laptop holds); raise it with ``max_params``.
+DEFAULT_MAX_RANDOM_PARAMS = 2e9
+
+
+def count_params(config: Any) -> int:
+    """Parameters of the causal LM ``config`` describes, counted on the meta device (no memory)."""
+    torch = _torch()
+    tf = _transformers()
+    with torch.device("meta"):
+        model = tf.AutoModelForCausalLM.from_config(config)
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def build_model_from_config(config: Any, seed: int = 0, *, max_params: float = DEFAULT_MAX_RANDOM_PARAMS) -> Any:
     """A causal LM with random weights from ``config``, seeded, in eval mode (float32, CPU).
 
-    The global torch RNG is forked, so the caller's random state is left untouched.
+    The global torch RNG is forked, so the caller's random state is left untouched. A config
+    with more than ``max_params`` parameters is refused with a `ValueError` (random weights of
+    a full-size model would only exhaust memory; use a tiny config or real weights).
     """
     torch = _torch()
     tf = _transformers()
+    n = count_params(config)
+    if n > max_params:
+        raise ValueError(
+            f"config {getattr(config, 'model_type', '?')} has {n / 1e9:.1f}B parameters (> {max_params / 1e9:g}B "
+            f"allowed for random weights, {4 * n / 1e9:.0f} GB in float32); use a tiny preset, load real weights "
+            "with --hf-model, or raise max_params")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = tf.AutoModelForCausalLM.from_config(config)
@@ -132,12 +154,14 @@ def build_tiny_model(family: str, seed: int = 0) -> Any:
     return build_model_from_config(tiny_config(family), seed)
 
 
-def load_model(config_or_preset: str, *, hf_model: str | None = None, seed: int = 0) -> tuple[Any, str]:
+def load_model(config_or_preset: str, *, hf_model: str | None = None, seed: int = 0,
+               max_params: float = DEFAULT_MAX_RANDOM_PARAMS) -> tuple[Any, str]:
     """(model, name) for ``codesign trace record``; never touches the network.
 
     ``config_or_preset``: a tiny preset (``tiny-mixtral``, ``tiny-qwen2-moe``, ``tiny-olmoe``), a
     ``config.json`` or a directory holding one. With ``hf_model`` (a directory), the pretrained
-    weights are loaded from there (``local_files_only``); otherwise weights are random from ``seed``.
+    weights are loaded from there (``local_files_only``); otherwise weights are random from ``seed``
+    (at most ``max_params`` parameters).
     """
     tf = _transformers()
     if hf_model is not None:
@@ -164,7 +188,8 @@ def load_model(config_or_preset: str, *, hf_model: str | None = None, seed: int 
     if not isinstance(raw, dict) or "model_type" not in raw:
         raise ValueError(f"{p}: expected a Hugging Face config.json with a 'model_type' field")
     config = tf.AutoConfig.for_model(**raw)
-    return build_model_from_config(config, seed), str(raw.get("_name_or_path") or raw["model_type"])
+    name = str(raw.get("_name_or_path") or raw["model_type"])
+    return build_model_from_config(config, seed, max_params=max_params), name
 
 
 def load_tokenizer(directory: str) -> Any:

@@ -130,6 +130,11 @@ def test_record_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "needs a tokenizer" in _err(["trace", "record", "--hf-config", "tiny-mixtral", "--prompt", "hi",
                                         "-o", out], capsys)
     assert ".npz output" in _err(["trace", "record", "--hf-config", "tiny-mixtral", "-o", out + ".json"], capsys)
+    from workloads.tracer import tiny_config
+
+    tiny_config("mixtral").save_pretrained(tmp_path / "cfg")
+    assert "parameters (> 1e-06B allowed" in _err(["trace", "record", "--hf-config", str(tmp_path / "cfg"),
+                                                   "--max-params", "1000", "-o", out], capsys)
     assert "outside [0, 512)" in _err(["trace", "record", "--hf-config", "tiny-mixtral", "--prompt-ids", "9999",
                                        "-o", out], capsys)
 

@@ -195,3 +195,12 @@ def test_tiny_config_and_load_model(tmp_path: Path) -> None:
     bad.write_text('{"hidden_size": 4}', encoding="utf-8")
     with pytest.raises(ValueError, match="model_type"):
         load_model(str(bad))
+
+
+def test_full_size_random_model_refused(tmp_path: Path) -> None:
+    """A real-size config without weights is refused before allocating (counted on the meta device)."""
+    import transformers
+
+    transformers.MixtralConfig().save_pretrained(tmp_path)  # Mixtral-8x7B shape
+    with pytest.raises(ValueError, match=r"46\.7B parameters"):
+        load_model(str(tmp_path))

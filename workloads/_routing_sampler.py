@@ -1,0 +1,311 @@
+"""Vectorised layer sampler behind `workloads.process.RoutingProcess` (private).
+
+One call of `sample_layer` draws the experts of every token at one MoE layer, given the
+previous layer's experts of the same tokens: fresh draws without replacement (Plackett-Luce) from
+per-token weights, then temporal reuse of the previous token's experts (`apply_copies`).
+
+Two fresh-draw paths give the same distribution:
+
+- *table* (``k <= 2`` and at most `TABLE_MAX_SETS` possible expert sets): the weights depend only
+  on the previous set, so the probability of every outcome set is tabulated per previous set and
+  each token needs one uniform and one ``searchsorted`` (fast for Mixtral-like 8 experts, top-2);
+- *wide* (anything else): log-weights as an indicator-matrix product, then Gumbel-top-k in its
+  exponential form (the k smallest ``Exp(1) / w``), chunked over tokens.
+
+Memory: the wide path keeps each token's weights for the reuse choice, ``4 E`` bytes per token.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+#: Largest number of possible expert sets for which the table path is used.
+TABLE_MAX_SETS = 512
+_LOG_FLOOR = -80.0
+
+I16 = npt.NDArray[np.int16]
+F32 = npt.NDArray[np.float32]
+WeightAt = Callable[[npt.NDArray[np.intp], I16], F32]
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Token layout shared by all layers: ``has_prev[n]`` (a predecessor in the same request)."""
+
+    n: int
+    has_prev: npt.NDArray[np.bool_]
+    idx: npt.NDArray[np.intp]
+
+    @classmethod
+    def from_lengths(cls, lengths: npt.NDArray[np.int64]) -> Tokens:
+        n = int(lengths.sum())
+        has_prev = np.ones(n, dtype=bool)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        has_prev[starts[lengths > 0]] = False
+        return cls(n=n, has_prev=has_prev, idx=np.arange(n))
+
+
+def use_table(n_experts: int, k: int) -> bool:
+    return k <= 2 and math.comb(n_experts, k) <= TABLE_MAX_SETS
+
+
+def sample_layer(prev: I16 | None, log_base: F32, log_r: F32 | None, copy_cdf: npt.NDArray[np.float64],
+                 k: int, rng: np.random.Generator, tokens: Tokens) -> I16:
+    """Experts ``[k, n]`` of one layer.
+
+    ``prev``: previous layer's experts ``[k, n]`` (None at the first layer); ``log_base[E]``:
+    log-weights of the layer (popularity + bias); ``log_r[E_prev, E_next]``: log affinity factor
+    added per previous expert; ``copy_cdf[k+1]``: CDF of the number of experts copied from the
+    previous token of the same request.
+    """
+    n_e = log_base.size
+    if use_table(n_e, k):
+        fresh, weight_at = _table_fresh(prev, log_base, log_r, k, rng, tokens.n)
+    else:
+        fresh, weight_at = _wide_fresh(prev, log_base, log_r, k, rng, tokens.n)
+    u = rng.random(tokens.n, dtype=np.float32)
+    m = np.zeros(tokens.n, dtype=np.intp)
+    for c in copy_cdf[:-1]:
+        m += u >= np.float32(c)
+    m[~tokens.has_prev] = 0
+    return apply_copies(fresh, weight_at, m, tokens.idx, rng)
+
+
+# ------------------------------------------------------------------ fresh draws
+def _combos(n_e: int, k: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """All k-subsets ``[C, k]`` (sorted) and a lookup ``a * E + b -> id`` (k=2) or ``a -> id``."""
+    if k == 1:
+        return np.arange(n_e)[:, None], np.arange(n_e)
+    a, b = np.triu_indices(n_e, 1)
+    lut = np.zeros(n_e * n_e, dtype=np.intp)
+    ids = np.arange(a.size)
+    lut[a * n_e + b] = ids
+    lut[b * n_e + a] = ids
+    return np.stack([a, b], axis=1), lut
+
+
+def alias_tables(prob: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
+    """Walker/Vose alias tables for each row of ``prob [S, C]`` (rows sum to 1): draw column
+    ``c = floor(u1 C)``, keep it if ``u2 < accept[s, c]`` else take ``alias[s, c]``."""
+    n_s, n_c = prob.shape
+    accept = np.ones((n_s, n_c), dtype=np.float64)
+    alias = np.tile(np.arange(n_c), (n_s, 1))
+    scaled = prob * n_c
+    for s in range(n_s):
+        q = scaled[s].tolist()
+        small = [i for i, v in enumerate(q) if v < 1.0]
+        large = [i for i, v in enumerate(q) if v >= 1.0]
+        acc, ali = accept[s], alias[s]
+        while small and large:
+            lo, hi = small.pop(), large.pop()
+            acc[lo] = q[lo]
+            ali[lo] = hi
+            q[hi] -= 1.0 - q[lo]
+            (small if q[hi] < 1.0 else large).append(hi)
+    return accept.astype(np.float32), alias
+
+
+def _table_fresh(prev: I16 | None, log_base: F32, log_r: F32 | None, k: int, rng: np.random.Generator,
+                 n: int) -> tuple[I16, WeightAt]:
+    """Ranked draws ``[k, n]`` from tabulated ordered outcomes (k <= 2), and a weight lookup.
+
+    One float32 uniform per token: its integer part (times the outcome count) picks an alias
+    column, its fraction decides between the column and its alias."""
+    n_e = log_base.size
+    combos, lut = _combos(n_e, k)
+    if prev is None or log_r is None:
+        sid = np.zeros(n, dtype=np.int32)
+        logw = log_base[None, :].astype(np.float64)
+    else:
+        if prev.shape[0] == 1:
+            sid = lut.astype(np.int32)[prev[0]]
+        else:
+            key = prev[0].astype(np.int32)
+            key *= n_e
+            key += prev[1]
+            sid = lut.astype(np.int32)[key]
+        onehot = np.zeros((combos.shape[0], n_e))
+        np.put_along_axis(onehot, combos, 1.0, axis=1)
+        logw = log_base[None, :] + onehot @ log_r.astype(np.float64)
+    w = np.exp(np.maximum(logw - logw.max(axis=1, keepdims=True), _LOG_FLOOR))  # [S, E]
+    tot = w.sum(axis=1, keepdims=True)
+    if k == 1:
+        outcomes = np.arange(n_e)[:, None]
+        prob = w / tot
+    else:  # ordered pairs (i, j), i != j: P = w_i / W * w_j / (W - w_i)
+        i, j = np.nonzero(~np.eye(n_e, dtype=bool))
+        outcomes = np.stack([i, j], axis=1)
+        prob = w[:, i] / tot * w[:, j] / (tot - w[:, i])
+    prob /= prob.sum(axis=1, keepdims=True)
+    accept, alias = alias_tables(prob)
+    n_c = prob.shape[1]
+    acc_flat = accept.ravel()
+    alias_flat = alias.ravel().astype(np.int32)
+    x = rng.random(n, dtype=np.float32)
+    x *= np.float32(n_c)
+    col = x.astype(np.int32)
+    np.minimum(col, n_c - 1, out=col)
+    x -= col  # the fraction, uniform in [0, 1)
+    flat = sid * np.int32(n_c)
+    flat += col
+    reject = x >= acc_flat[flat]
+    col[reject] = alias_flat[flat[reject]]
+    fresh = np.empty((k, n), dtype=np.int16)
+    for r in range(k):
+        fresh[r] = outcomes[:, r].astype(np.int16)[col]  # in draw order
+    w_flat = w.astype(np.float32).ravel()
+    row = sid * np.int32(n_e)
+
+    def weight_at(tok: npt.NDArray[np.intp], experts: I16) -> F32:
+        base = row[tok]
+        return np.stack([w_flat[base + e] for e in experts])
+
+    return fresh, weight_at
+
+
+def _wide_fresh(prev: I16 | None, log_base: F32, log_r: F32 | None, k: int, rng: np.random.Generator,
+                n: int) -> tuple[I16, WeightAt]:
+    n_e = log_base.size
+    chunk = max(1, (1 << 20) // n_e)
+    fresh = np.empty((k, n), dtype=np.int16)
+    weight = np.empty((n, n_e), dtype=np.float32)
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        logits = weight[lo:hi]
+        if prev is None or log_r is None:
+            logits[:] = log_base[None, :]
+        else:
+            x = np.zeros((hi - lo, n_e), dtype=np.float32)
+            rows = np.arange(hi - lo)
+            for j in range(prev.shape[0]):
+                x[rows, prev[j, lo:hi]] = 1.0
+            np.matmul(x, log_r, out=logits)
+            logits += log_base
+        logits -= logits.max(axis=1, keepdims=True)
+        np.maximum(logits, _LOG_FLOOR, out=logits)
+        np.exp(logits, out=logits)
+        keys = rng.random((hi - lo, n_e), dtype=np.float32)
+        np.negative(keys, out=keys)
+        np.log1p(keys, out=keys)  # log(1 - u), finite for u in [0, 1)
+        keys /= logits  # -Exp(1) / w: the k largest are the Gumbel-top-k
+        if k < n_e:
+            top = np.argpartition(keys, n_e - k, axis=1)[:, n_e - k:]
+        else:
+            top = np.broadcast_to(np.arange(n_e), (hi - lo, n_e)).copy()
+        order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1)
+        fresh[:, lo:hi] = np.take_along_axis(top, order, axis=1).T
+
+    def weight_at(tok: npt.NDArray[np.intp], experts: I16) -> F32:
+        return weight[tok[None, :], experts]
+
+    return fresh, weight_at
+
+
+# ------------------------------------------------------------------ temporal reuse
+def apply_copies(fresh: I16, weight_at: WeightAt, m: npt.NDArray[np.intp], idx: npt.NDArray[np.intp],
+                 rng: np.random.Generator) -> I16:
+    """Final experts ``[k, n]`` of one layer from the ranked fresh draws ``fresh [k, n]``.
+
+    Tokens with ``m == k`` copy the previous token's whole set (a forward fill of "copy from"
+    indices); ``0 < m < k`` copy ``m`` of the previous token's experts, drawn without replacement
+    with probability proportional to the token's own weights (so reuse follows the token's affinity
+    path), and fill the rest with their best ranked fresh draws not among them; ``m == 0`` keep
+    ``fresh``. Chains of partially copying tokens are resolved exactly: passes recompute only the
+    tokens whose predecessor changed in the previous pass, until nothing changes (the random
+    numbers of each token are fixed, so the result equals the sequential one).
+    """
+    k, n = fresh.shape
+    full = m >= k
+    src = idx.copy()
+    src[full] = 0
+    np.maximum.accumulate(src, out=src)
+    part = np.flatnonzero((m > 0) & (m < k))
+    if part.size == 0:
+        return fresh[:, src]
+    if k == 2:
+        return _apply_copies_k2(fresh, weight_at, part, src, rng)
+    vals = fresh.copy()
+    noise = -np.log(rng.random((k, part.size), dtype=np.float32) + np.float32(1e-12))
+    pos = np.arange(part.size)  # positions (into part) of the active tokens
+    inv = np.full(n, -1, dtype=np.intp)  # token -> position of the partial token that reads it
+    inv[src[part - 1]] = pos  # injective: each non-full token feeds at most one partial token
+    while pos.size:
+        tok = part[pos]
+        prev_all = vals[:, src[tok - 1]]  # tokens read are final unless they change this pass
+        cand = fresh[:, tok]
+        keys = noise[:, pos] / weight_at(tok, prev_all)
+        if k == 2:  # m == 1: keep the preferred one, fill with the best fresh one that differs
+            c = np.where(keys[0] <= keys[1], prev_all[0], prev_all[1])
+            new = np.stack([c, np.where(cand[0] != c, cand[0], cand[1])])
+        else:
+            mp = m[tok]
+            order = np.argsort(keys, axis=0)
+            prev = np.take_along_axis(prev_all, order, axis=0)  # previous set, preferred first
+            copy_mask = np.arange(k)[:, None] < mp[None, :]
+            new = prev.copy()
+            dup = np.zeros(cand.shape, dtype=bool)
+            for j in range(k - 1):  # copied experts sit in slots 0..m-1 (m <= k-1)
+                dup |= (cand == prev[j]) & copy_mask[j]
+            filled = mp.copy()
+            cols = np.arange(tok.size)
+            for j in range(k):  # the best ranked candidates not copied fill slots m, m+1, ...
+                ok = ~dup[j] & (filled < k)
+                new[filled[ok], cols[ok]] = cand[j, ok]
+                filled += ok
+        changed = np.any(new != vals[:, tok], axis=0)
+        vals[:, tok] = new
+        pos = inv[tok[changed]]
+        pos = pos[pos >= 0]
+    return vals[:, src]
+
+
+def _apply_copies_k2(fresh: I16, weight_at: WeightAt, part: npt.NDArray[np.intp], src: npt.NDArray[np.intp],
+                     rng: np.random.Generator) -> I16:
+    """`apply_copies` for k = 2 (every partial token copies one expert), with lean array ops."""
+    n = fresh.shape[1]
+    v0, v1 = fresh[0].copy(), fresh[1].copy()
+    f0, f1 = fresh[0], fresh[1]
+    n_p = part.size
+    noise = rng.random((2, n_p), dtype=np.float32)
+    noise = -np.log1p(-noise)  # Exp(1)
+    pos = np.arange(n_p)
+    dep = src[part - 1]
+    inv = np.full(n, -1, dtype=np.intp)
+    inv[dep] = pos
+    while pos.size:
+        tok = part[pos]
+        d = dep[pos]
+        p0, p1 = v0[d], v1[d]
+        w = weight_at(tok, np.stack([p0, p1]))
+        keep0 = noise[0, pos] * w[1] <= noise[1, pos] * w[0]  # Exp0 / w0 <= Exp1 / w1
+        c = p1.copy()
+        c[keep0] = p0[keep0]
+        a, b = f0[tok], f1[tok]
+        f = a.copy()
+        same = a == c
+        f[same] = b[same]
+        changed = (c != v0[tok]) | (f != v1[tok])
+        v0[tok] = c
+        v1[tok] = f
+        nxt = inv[tok[changed]]
+        pos = nxt[nxt >= 0]
+    out = np.empty((2, n), dtype=np.int16)
+    out[0] = v0[src]
+    out[1] = v1[src]
+    return out
+
+
+def log_factor(pmi: npt.NDArray[np.float64], beta: float, pop_prev: npt.NDArray[np.float64],
+               clip: float = 20.0) -> F32:
+    """``[E_prev, E_next]`` log of ``exp(beta * PMI)``, each next-expert column scaled so that its
+    mean under the previous layer's popularity is 1 (the factor reshapes the conditionals without
+    moving the marginal much, which keeps ``bias`` and ``beta`` nearly decoupled)."""
+    log_r = np.clip(beta * pmi, -clip, clip)
+    r = np.exp(log_r)
+    log_r -= np.log((pop_prev[:, None] * r).sum(axis=0, keepdims=True))
+    return log_r.astype(np.float32)

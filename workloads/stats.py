@@ -1,0 +1,361 @@
+"""Routing statistics of a `RoutingTrace`, vectorised with numpy.
+
+Every function takes a trace (or the arrays it derives from it) and returns numpy arrays or
+JSON-able dicts. ``-1`` entries ("no expert") are ignored everywhere. No Python loop runs over
+tokens: counts are ``np.bincount`` over flattened indices, loops run over layers or over the
+``k`` slots only.
+
+Definitions (``L`` MoE layers, ``E`` experts, ``k`` slots per token and layer):
+
+- load ``[L, E]``: how many tokens chose expert ``e`` at layer ``l``.
+- skew per layer: Gini coefficient of the load (0 = perfectly even, ``1 - 1/E`` = one expert takes
+  everything), normalised entropy ``H(load) / log(E)`` (1 = even), and ``max / mean`` load.
+- affinity ``[L-1, E, E]``: ``P(e_{l+1} = b | e_l = a)`` as in ExFlow (Yao et al., IPDPS 2024,
+  reference/hardware-and-papers.md section 4), estimated over all ``k x k`` pairs of a token's
+  experts at consecutive layers; rows are normalised to sum to 1 where they have mass, and are
+  all zero where expert ``a`` was never chosen at layer ``l``.
+- temporal reuse, per layer: the share of a token's experts that the previous token of the same
+  request also used at that layer (tokens are ordered by ``(request, position)``; a request's first
+  token has no previous token and is not counted); the reuse-distance histogram counts, for each
+  use of an expert at a layer, how many tokens back (within the request) that expert was last used
+  at that layer (first uses are counted apart).
+- co-activation ``[L, E, E]``: ``C[l, a, b]`` = tokens that chose both ``a`` and ``b`` at layer
+  ``l``; the diagonal ``C[l, a, a]`` is the load of ``a``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from workloads.trace import RoutingTrace
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+#: Distances (in tokens) resolved by the reuse-distance histogram; longer ones go to one overflow bin.
+DEFAULT_MAX_DISTANCE = 64
+
+
+def _shifted(experts: npt.NDArray[np.int16], n_experts: int) -> npt.NDArray[np.int32]:
+    """Expert ids with -1 mapped to ``n_experts`` (an extra "null" bin dropped after counting)."""
+    ex = experts.astype(np.int32)
+    ex[ex < 0] = n_experts
+    return ex
+
+
+def expert_load(trace: RoutingTrace) -> IntArray:
+    """Load ``[moe_layers, n_experts]`` int64: tokens that chose each expert at each layer."""
+    n_l, n_e = trace.n_moe_layers, trace.n_experts
+    e1 = n_e + 1
+    ex = _shifted(trace.experts, n_e)
+    idx = ex + (np.arange(n_l, dtype=np.int32) * e1)[None, :, None]
+    counts = np.bincount(idx.ravel(), minlength=n_l * e1).reshape(n_l, e1)
+    return counts[:, :n_e].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class LoadSkew:
+    """Per-layer skew of an expert load ``[L, E]``: each field is a float array ``[L]``.
+
+    ``gini`` in ``[0, 1 - 1/E]``; ``entropy`` = ``H / log(E)`` in ``[0, 1]``; ``max_over_mean`` >= 1.
+    A layer without any load has ``nan`` in every field.
+    """
+
+    gini: FloatArray
+    entropy: FloatArray
+    max_over_mean: FloatArray
+
+    def to_dict(self) -> dict[str, list[float | None]]:
+        return {name: _floats(getattr(self, name)) for name in ("gini", "entropy", "max_over_mean")}
+
+
+def load_skew(load: RoutingTrace | npt.ArrayLike) -> LoadSkew:
+    """Gini, normalised entropy and max/mean of each layer's load (a trace or a ``[L, E]`` array)."""
+    x = expert_load(load) if isinstance(load, RoutingTrace) else np.asarray(load, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ValueError(f"load_skew: load must be [layers, experts], got shape {x.shape}")
+    if x.size and x.min() < 0:
+        raise ValueError(f"load_skew: load has a negative entry ({x.min()})")
+    x = x.astype(np.float64)
+    n_e = x.shape[1]
+    total = x.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xs = np.sort(x, axis=1)
+        i = np.arange(1, n_e + 1, dtype=np.float64)
+        gini = 2.0 * (xs * i).sum(axis=1) / (n_e * total) - (n_e + 1.0) / n_e
+        p = x / total[:, None]
+        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+        entropy = -plogp.sum(axis=1) / math.log(n_e) if n_e > 1 else np.ones_like(total)
+        max_over_mean = x.max(axis=1) / (total / n_e)
+    empty = total <= 0
+    for arr in (gini, entropy, max_over_mean):
+        arr[empty] = np.nan
+    return LoadSkew(gini=gini, entropy=np.asarray(entropy, dtype=np.float64), max_over_mean=max_over_mean)
+
+
+def affinity_counts(trace: RoutingTrace) -> IntArray:
+    """Joint counts ``[L-1, E, E]``: pairs (a at layer l, b at layer l+1) over all k x k slot pairs."""
+    n_l, n_e = trace.n_moe_layers, trace.n_experts
+    if n_l < 2:
+        return np.zeros((0, n_e, n_e), dtype=np.int64)
+    e1 = n_e + 1
+    ex = _shifted(trace.experts, n_e)
+    base = (np.arange(n_l - 1, dtype=np.int32) * (e1 * e1))[None, :]
+    counts = np.zeros((n_l - 1) * e1 * e1, dtype=np.int64)
+    for i in range(trace.k):
+        a = ex[:, :-1, i] * e1 + base
+        for j in range(trace.k):
+            counts += np.bincount((a + ex[:, 1:, j]).ravel(), minlength=counts.size)
+    return counts.reshape(n_l - 1, e1, e1)[:, :n_e, :n_e]
+
+
+def normalise_rows(counts: npt.ArrayLike) -> FloatArray:
+    """Rows divided by their sums; rows without mass stay all zero."""
+    c = np.asarray(counts, dtype=np.float64)
+    s = c.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(s > 0, c / np.where(s > 0, s, 1.0), 0.0)
+
+
+def affinity(trace: RoutingTrace) -> FloatArray:
+    """Row-stochastic ``P(e_{l+1} = b | e_l = a)`` ``[L-1, E, E]`` (rows without mass are zero)."""
+    return normalise_rows(affinity_counts(trace))
+
+
+def mutual_information(counts: npt.ArrayLike) -> FloatArray:
+    """Plug-in mutual information (bits) of each joint count matrix ``[..., E, E]`` (0 for no mass)."""
+    c = np.asarray(counts, dtype=np.float64)
+    total = c.sum(axis=(-2, -1), keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        joint = np.where(total > 0, c / np.where(total > 0, total, 1.0), 0.0)
+        pa = joint.sum(axis=-1, keepdims=True)
+        pb = joint.sum(axis=-2, keepdims=True)
+        ratio = np.where(joint > 0, joint / np.where(pa * pb > 0, pa * pb, 1.0), 1.0)
+        return np.asarray((joint * np.log2(ratio)).sum(axis=(-2, -1)), dtype=np.float64)
+
+
+def affinity_summary(counts: npt.ArrayLike) -> dict[str, list[float | None]]:
+    """Concentration of affinity per layer pair, from joint counts ``[L-1, E, E]``.
+
+    ``top1``: mass-weighted mean of each row's largest probability (1/E when rows are uniform);
+    ``row_entropy``: mass-weighted mean of ``H(row) / log(E)``; ``mutual_information_bits``:
+    ``I(e_l; e_{l+1})`` of the joint pair distribution (0 when layers are independent).
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    n_e = c.shape[-1]
+    total = c.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        row_mass = c.sum(axis=2)
+        w = row_mass / total[:, None]
+        rows = normalise_rows(c)
+        top1 = (w * rows.max(axis=2)).sum(axis=1)
+        h = -np.where(rows > 0, rows * np.log(np.where(rows > 0, rows, 1.0)), 0.0).sum(axis=2)
+        row_entropy = (w * h).sum(axis=1) / (math.log(n_e) if n_e > 1 else 1.0)
+        mi = mutual_information(c)
+    empty = total <= 0
+    for arr in (top1, row_entropy, mi):
+        arr[empty] = np.nan
+    return {"top1": _floats(top1), "row_entropy": _floats(row_entropy), "mutual_information_bits": _floats(mi)}
+
+
+def request_order(trace: RoutingTrace) -> npt.NDArray[np.intp]:
+    """Row order that sorts tokens by ``(request, position)`` (stable; identity if already sorted)."""
+    req, pos = trace.request.astype(np.int64), trace.position.astype(np.int64)
+    if trace.n_tokens < 2:
+        return np.arange(trace.n_tokens)
+    dr = np.diff(req)
+    if np.all((dr > 0) | ((dr == 0) & (np.diff(pos) > 0))):
+        return np.arange(trace.n_tokens)
+    return np.lexsort((pos, req))
+
+
+@dataclass(frozen=True)
+class TemporalReuse:
+    """Temporal reuse per layer (see the module docstring for the definitions).
+
+    - ``rate[L]``: ``reused[L] / slots[L]`` (``nan`` where no token has a predecessor);
+    - ``reused[L]``, ``slots[L]``: reused expert slots and all valid slots of tokens with a predecessor;
+    - ``overlap_hist[L, k+1]``: tokens (with a predecessor) by how many of their experts were reused;
+    - ``distance_hist[L, max_distance+1]``: uses by distance ``d = 1..max_distance`` (column ``d-1``)
+      and longer (last column); ``first_use[L]``: uses of an expert not used before in that request.
+    """
+
+    rate: FloatArray
+    reused: IntArray
+    slots: IntArray
+    overlap_hist: IntArray
+    distance_hist: IntArray
+    first_use: IntArray
+
+    @property
+    def max_distance(self) -> int:
+        return int(self.distance_hist.shape[1] - 1)
+
+    @property
+    def mean_rate(self) -> float:
+        """Reuse rate pooled over layers (``nan`` if nothing to measure)."""
+        s = int(self.slots.sum())
+        return float(self.reused.sum() / s) if s else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        hist = self.distance_hist.sum(axis=0)
+        return {
+            "rate": _floats(self.rate), "mean_rate": _float(self.mean_rate),
+            "reuse_distance": {
+                "distances": [*range(1, self.max_distance + 1), f">{self.max_distance}"],
+                "counts": [int(v) for v in hist], "first_use": int(self.first_use.sum()),
+            },
+        }
+
+
+def temporal_reuse(trace: RoutingTrace, *, max_distance: int = DEFAULT_MAX_DISTANCE,
+                   distances: bool = True) -> TemporalReuse:
+    """Reuse of experts across consecutive tokens of a request, per layer (module docstring).
+
+    With ``distances=False`` the reuse-distance histogram is skipped (left all zero), which is
+    faster when only the rates are needed.
+    """
+    if max_distance < 1:
+        raise ValueError(f"temporal_reuse: max_distance must be >= 1, got {max_distance}")
+    n_l, k = trace.n_moe_layers, trace.k
+    order = request_order(trace)
+    ex = trace.experts[order]
+    req = trace.request[order]
+    has_prev = np.zeros(trace.n_tokens, dtype=bool)
+    has_prev[1:] = req[1:] == req[:-1]
+    idx = np.flatnonzero(has_prev)
+    cur = ex[idx]
+    prev = ex[idx - 1]
+    match = np.zeros(cur.shape, dtype=bool)
+    for i in range(k):
+        match |= cur == prev[:, :, i : i + 1]
+    valid = cur >= 0
+    match &= valid
+    reused = match.sum(axis=(0, 2)).astype(np.int64)
+    slots = valid.sum(axis=(0, 2)).astype(np.int64)
+    m = match.sum(axis=2).astype(np.int64)  # [n, L]
+    overlap = np.bincount((m + np.arange(n_l)[None, :] * (k + 1)).ravel(), minlength=n_l * (k + 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(slots > 0, reused / np.maximum(slots, 1), np.nan)
+    dist = np.zeros((n_l, max_distance + 1), dtype=np.int64)
+    first = np.zeros(n_l, dtype=np.int64)
+    tok = np.repeat(np.arange(trace.n_tokens, dtype=np.int64), k)
+    for layer in range(n_l if distances else 0):
+        flat = ex[:, layer, :].ravel()
+        ok = flat >= 0
+        f, t = flat[ok], tok[ok]
+        srt = np.argsort(f, kind="stable")  # int16 keys: radix sort; keeps token order inside each expert
+        fs, ts = f[srt], t[srt]
+        same = (fs[1:] == fs[:-1]) & (req[ts[1:]] == req[ts[:-1]])
+        d = (ts[1:] - ts[:-1])[same]
+        d = d[d > 0]
+        dist[layer] = np.bincount(np.minimum(d, max_distance + 1), minlength=max_distance + 2)[1:]
+        first[layer] = f.size - d.size
+    return TemporalReuse(
+        rate=rate.astype(np.float64), reused=reused, slots=slots,
+        overlap_hist=overlap.reshape(n_l, k + 1).astype(np.int64), distance_hist=dist, first_use=first,
+    )
+
+
+def coactivation(trace: RoutingTrace) -> IntArray:
+    """Co-activation counts ``[L, E, E]``: tokens choosing both a and b at a layer; diagonal = load."""
+    n_l, n_e = trace.n_moe_layers, trace.n_experts
+    e1 = n_e + 1
+    ex = _shifted(trace.experts, n_e)
+    base = (np.arange(n_l, dtype=np.int32) * (e1 * e1))[None, :]
+    counts = np.zeros(n_l * e1 * e1, dtype=np.int64)
+    for i in range(trace.k):
+        a = ex[:, :, i] * e1 + base
+        counts += np.bincount((a + ex[:, :, i]).ravel(), minlength=counts.size)
+        for j in range(i + 1, trace.k):
+            b = ex[:, :, j]
+            counts += np.bincount((a + b).ravel(), minlength=counts.size)
+            counts += np.bincount((b * e1 + base + ex[:, :, i]).ravel(), minlength=counts.size)
+    return counts.reshape(n_l, e1, e1)[:, :n_e, :n_e]
+
+
+def coactivation_summary(counts: npt.ArrayLike) -> dict[str, list[float | None]]:
+    """Per layer: ``max_lift`` = max over pairs a != b of ``P(a and b) / (P(a) P(b))`` among pairs
+    seen at least 5 times (1 when choices are independent), and ``mean_lift`` weighted by pair counts."""
+    c = np.asarray(counts, dtype=np.float64)
+    n_l, n_e = c.shape[0], c.shape[1]
+    diag = np.einsum("lii->li", c)
+    off = c.copy()
+    off[:, np.arange(n_e), np.arange(n_e)] = 0.0
+    max_lift = np.full(n_l, np.nan)
+    mean_lift = np.full(n_l, np.nan)
+    for layer in range(n_l):
+        load = diag[layer]
+        tot_pairs = off[layer].sum()
+        if tot_pairs <= 0:
+            continue
+        pa = load / load.sum()
+        expected = np.outer(pa, pa)
+        np.fill_diagonal(expected, 0.0)
+        expected /= expected.sum()
+        observed = off[layer] / tot_pairs
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lift = np.where(expected > 0, observed / np.where(expected > 0, expected, 1.0), np.nan)
+        seen = off[layer] >= 5
+        if seen.any():
+            max_lift[layer] = float(np.nanmax(np.where(seen, lift, np.nan)))
+        mean_lift[layer] = float(np.nansum(observed * np.nan_to_num(lift)))
+    return {"max_lift": _floats(max_lift), "mean_lift": _floats(mean_lift)}
+
+
+def trace_stats(trace: RoutingTrace, *, full: bool = False,
+                max_distance: int = DEFAULT_MAX_DISTANCE) -> dict[str, Any]:
+    """A JSON-able summary: shape keys (``tokens``, ``moe_layers``, ``n_experts``, ``top_k``,
+    ``requests``, ``k``, ``null_fraction``), ``load`` (counts ``[L][E]`` and skew per layer),
+    ``affinity`` (concentration per layer pair), ``temporal_reuse`` and ``coactivation`` summaries.
+    With ``full=True`` the affinity ``[L-1][E][E]`` and co-activation ``[L][E][E]`` matrices too.
+    """
+    load = expert_load(trace)
+    skew = load_skew(load)
+    aff_c = affinity_counts(trace)
+    reuse = temporal_reuse(trace, max_distance=max_distance)
+    co = coactivation(trace)
+    n_slots = trace.experts.size
+    out: dict[str, Any] = {
+        "model": trace.meta.get("model"),
+        "tokens": trace.n_tokens, "moe_layers": trace.n_moe_layers, "n_experts": trace.n_experts,
+        "top_k": trace.top_k, "k": trace.k, "requests": trace.n_requests,
+        "null_fraction": _float(float((trace.experts < 0).sum() / n_slots) if n_slots else math.nan),
+        "phase_counts": {"prefill": int((trace.phase == 0).sum()), "decode": int((trace.phase == 1).sum())},
+        "load": {"counts": load.tolist(), **skew.to_dict(),
+                 "mean_gini": _nanmean(skew.gini), "mean_entropy": _nanmean(skew.entropy),
+                 "mean_max_over_mean": _nanmean(skew.max_over_mean)},
+        "affinity": affinity_summary(aff_c) if aff_c.shape[0] else {},
+        "temporal_reuse": reuse.to_dict(),
+        "coactivation": coactivation_summary(co),
+    }
+    aff = out["affinity"]
+    if aff:
+        aff["mean_top1"] = _nanmean(np.array(aff["top1"], dtype=float))
+        aff["mean_mutual_information_bits"] = _nanmean(np.array(aff["mutual_information_bits"], dtype=float))
+    if full:
+        out["affinity"]["matrix"] = normalise_rows(aff_c).round(6).tolist()
+        out["coactivation"]["matrix"] = co.tolist()
+    return out
+
+
+# ----------------------------------------------------------------- JSON helpers
+def _float(v: float) -> float | None:
+    return None if not math.isfinite(v) else float(v)
+
+
+def _floats(a: npt.ArrayLike) -> list[float | None]:
+    return [_float(float(v)) for v in np.asarray(a, dtype=np.float64).ravel()]
+
+
+def _nanmean(a: npt.ArrayLike) -> float | None:
+    x = np.asarray(a, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else None

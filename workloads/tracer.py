@@ -258,11 +258,12 @@ def routing_shape(model: Any) -> tuple[int, int]:
 
 
 def _renormalise(config: Any) -> bool:
-    """Whether top-k weights are renormalised to sum 1 when computed from logits."""
+    """Whether top-k weights are renormalised to sum 1 when computed from logits: the config's
+    ``norm_topk_prob`` where it has one; Mixtral and gpt-oss (softmax over the top-k logits) always."""
     v = getattr(config, "norm_topk_prob", None)
     if v is not None:
         return bool(v)
-    return str(getattr(config, "model_type", "")).startswith("mixtral")
+    return str(getattr(config, "model_type", "")).startswith(("mixtral", "gpt_oss"))
 
 
 def topk_from_logits(logits: Any, top_k: int, *, renormalise: bool) -> tuple[Any, Any]:

@@ -204,3 +204,30 @@ def test_full_size_random_model_refused(tmp_path: Path) -> None:
     transformers.MixtralConfig().save_pretrained(tmp_path)  # Mixtral-8x7B shape
     with pytest.raises(ValueError, match=r"46\.7B parameters"):
         load_model(str(tmp_path))
+
+
+def test_torch_and_transformers_are_imported_lazily() -> None:
+    """Importing the tracer, the importers and their CLI modules pulls in neither torch nor transformers."""
+    import subprocess
+    import sys
+
+    code = ("import sys, workloads, workloads.importers, workloads.aggregated, workloads.tracer, "
+            "codesign.cli_trace_io, codesign.cli_presets; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "transformers":
+            raise ImportError("No module named 'transformers'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ImportError, match=r"pip install moe-codesign\[torch,hf\]"):
+        tiny_config("mixtral")

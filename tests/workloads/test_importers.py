@@ -112,6 +112,9 @@ def test_mixtral_drop(mixtral_dir: Path, caplog: pytest.LogCaptureFixture) -> No
     assert t.n_tokens == 577
     assert (t.experts >= 0).all()
     assert "dropped" in caplog.text
+    # README: "expert ids (highest gate first)": the first weight is the larger one, >= 0.5 of two
+    assert t.weights is not None
+    assert (t.weights[..., 0] >= t.weights[..., 1]).all() and t.weights[..., 0].min() >= 0.5
 
 
 def test_mixtral_bad_missing_option(mixtral_dir: Path) -> None:

@@ -350,6 +350,7 @@ def _parse_ds_file(path: Path, n_layers: int, n_experts: int, top_k: int) -> tup
         if any(len(r) != 4 or r[3].count(",") != commas for r in body):
             raise ValueError  # a row with another number of fields or ids: let the checker name it
         layer_ids = np.array([r[0] for r in body], dtype=np.int64)
+        np.array([r[1] for r in body], dtype=np.int64)  # Batch Number: validated, not used
         joined = ",".join(r[3].strip().removeprefix("[").removesuffix("]") for r in body)
         ids = np.array(joined.split(","), dtype=np.int64)
         if ids.size != top_k * len(body):
@@ -403,6 +404,10 @@ def _raise_first_bad_ds_row(path: Path, body: list[list[str]], n_layers: int, n_
             raise TraceFormatError(f"{where}: Layer ID {r[0]!r}, expected an integer") from None
         if not 1 <= layer <= n_layers:
             raise TraceFormatError(f"{where}: Layer ID {layer} outside 1..{n_layers}")
+        try:
+            int(r[1])
+        except ValueError:
+            raise TraceFormatError(f"{where}: Batch Number {r[1]!r}, expected an integer") from None
         s = r[3].strip()
         if not (s.startswith("[") and s.endswith("]")):
             raise TraceFormatError(f"{where}: Activated Expert IDs {r[3]!r}, expected a list like [1, 2, ...]")

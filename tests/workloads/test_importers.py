@@ -294,6 +294,7 @@ def test_deepseek_tokens_with_commas_and_quotes(tmp_path: Path) -> None:
         (9, 3, "[1, 2, 3, 4, 5, 64]", r"expert id 64 outside \[0, 64\)"),
         (4, 0, "27", "Layer ID 27 outside 1..26"),
         (6, 0, "one", "Layer ID 'one', expected an integer"),
+        (12, 1, "0.5", "Batch Number '0.5', expected an integer"),
         (3, 3, "__import__('os').system('echo pwned')", "expected a list"),
         (8, 3, "[1, 1, 2, 3, 4, 5]", "repeat an expert"),
     ],

@@ -15,8 +15,9 @@ every number is a *quantity* table ``{ value = "3350 GB/s", source = "..." }`` (
 field, a negative or zero bandwidth, or tiers out of order (each tier must be no larger and no
 slower than the one below it) raise `PresetError` naming the file and the field.
 
-Loading is cached per process with `functools.lru_cache` on pure loaders (presets never change at
-run time, and the dataclasses are immutable).
+Loading is cached per process with `functools.lru_cache` on pure loaders keyed by the file's path,
+modification time and size (an edited file is read again; the dataclasses are immutable). A
+platform file's cache entry does not track the device and link files it references.
 """
 
 from __future__ import annotations
@@ -586,11 +587,22 @@ def load_device_file(path: str | Path) -> Device:
     dtypes ``fp16`` and ``bf16``, standing for the 16-bit fixed-point datapath). Raises
     `PresetError` naming the file and field for anything malformed or inconsistent.
     """
-    return _load_device(str(Path(path).resolve()))
+    return _load_device(*_cache_key(path))
+
+
+def _cache_key(path: str | Path) -> tuple[str, int, int]:
+    """(resolved path, mtime in ns, size): loaders are cached on the file's identity and version, so
+    an edited file is read again; a missing file gets a key that fails to load with a clear error."""
+    resolved = Path(path).resolve()
+    try:
+        st = resolved.stat()
+    except OSError:
+        return str(resolved), -1, -1
+    return str(resolved), st.st_mtime_ns, st.st_size
 
 
 @functools.lru_cache(maxsize=256)
-def _load_device(path_text: str) -> Device:
+def _load_device(path_text: str, mtime_ns: int = 0, size: int = 0) -> Device:
     path = Path(path_text)
     doc = _read_toml(path)
     r = _Reader(str(path))
@@ -705,11 +717,11 @@ def load_link_file(path: str | Path) -> Link:
         ]
         pageable_efficiency_points = [ ... ]   # optional, same form
     """
-    return _load_link(str(Path(path).resolve()))
+    return _load_link(*_cache_key(path))
 
 
 @functools.lru_cache(maxsize=256)
-def _load_link(path_text: str) -> Link:
+def _load_link(path_text: str, mtime_ns: int = 0, size: int = 0) -> Link:
     path = Path(path_text)
     doc = _read_toml(path)
     r = _Reader(str(path))
@@ -782,7 +794,7 @@ def load_platform_file(path: str | Path) -> Platform:
         [peer]                    # required when count > 1
         link = "nvlink4"
     """
-    return _load_platform(str(Path(path).resolve()))
+    return _load_platform(*_cache_key(path))
 
 
 def _resolve(ref: str, base: Path, loader: Any, getter: Any, where: str) -> Any:
@@ -796,7 +808,7 @@ def _resolve(ref: str, base: Path, loader: Any, getter: Any, where: str) -> Any:
 
 
 @functools.lru_cache(maxsize=256)
-def _load_platform(path_text: str) -> Platform:
+def _load_platform(path_text: str, mtime_ns: int = 0, size: int = 0) -> Platform:
     path = Path(path_text)
     doc = _read_toml(path)
     r = _Reader(str(path))

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hwmodels import PresetError, get_device, get_platform, load_device_file, load_link_file, load_platform_file
 from hwmodels.devices import parse_quantity
@@ -234,3 +236,37 @@ def test_parse_quantity_errors() -> None:
     with pytest.raises(PresetError, match="boolean"):
         parse_quantity(True, None, "count", where="where")
     assert parse_quantity(3, "GB/s", "bandwidth", where="w") == 3e9
+
+
+VALUE = re.compile(r'value = ("[^"]*"|[-0-9.e]+)')
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(index=st.integers(min_value=0, max_value=30),
+       replacement=st.one_of(
+           st.text(alphabet="0123456789.-e GBMKTiWHzsnupJ/FLOPbit", max_size=12).map(lambda t: f'"{t}"'),
+           st.floats(allow_nan=False, allow_infinity=False, width=32).map(repr),
+           st.sampled_from(['"-1 GB/s"', '"0 W"', '"1e400 B"', '"nan GB/s"', '"inf W"', "true", "[]", "{}"])))
+def test_any_corrupted_value_gives_a_preset_error(tmp_path: Path, index: int, replacement: str) -> None:
+    """Fuzz: replacing any quantity's value with junk either still loads (a valid quantity) or raises
+    `PresetError` naming the file, never another exception."""
+    matches = list(VALUE.finditer(GOOD_DEVICE))
+    m = matches[index % len(matches)]
+    text = GOOD_DEVICE[:m.start(1)] + replacement + GOOD_DEVICE[m.end(1):]
+    path = write(tmp_path, f"fuzz-{abs(hash(text))}.toml", text)
+    try:
+        dev = load_device_file(path)
+    except PresetError as exc:
+        assert str(path) in str(exc)
+    else:
+        assert all(t.bandwidth_Bps > 0 for t in dev.tiers)
+
+
+def test_an_edited_file_is_read_again(tmp_path: Path) -> None:
+    path = write(tmp_path, "dev.toml", GOOD_DEVICE)
+    assert load_device_file(path).tdp_W == 500
+    path.write_text(GOOD_DEVICE.replace('"500 W"', '"650 W"'))
+    assert load_device_file(path).tdp_W == 650
+    path.write_text(GOOD_DEVICE.replace('"500 W"', '"-650 W"'))
+    with pytest.raises(PresetError, match="tdp"):
+        load_device_file(path)

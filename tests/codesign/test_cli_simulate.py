@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from codesign.cli import main
-from workloads.defaults import default_process
 from workloads.importers import import_trace
 from workloads.trace import RoutingTrace
 
@@ -53,6 +52,8 @@ def test_table_and_out_dir(trace_npz: Path, tmp_path: Path, capsys: pytest.Captu
 
 
 def test_process_stream(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from workloads.defaults import default_process
+
     proc = default_process("mixtral-8x7b").save(tmp_path / "proc.json")
     rc = main([*BASE, "--process", str(proc), "--rate", "5", "--json"])
     data = json.loads(capsys.readouterr().out)

@@ -447,7 +447,7 @@ class TorchBackend:
         """A host->device copy of ``n_bytes`` from pinned or pageable host memory (CUDA only)."""
         if self.device != "cuda":
             raise CalibrationError("host->device copies need --device cuda")
-        src = self._torch.ones(n_bytes, dtype=self._torch.uint8, pin_memory=pinned)
+        src = self._torch.empty(n_bytes, dtype=self._torch.uint8, pin_memory=pinned).fill_(1)
         dst = self._torch.empty(n_bytes, dtype=self._torch.uint8, device=self.device)
         self._sync()
         return lambda: dst.copy_(src, non_blocking=pinned)
@@ -636,11 +636,23 @@ def _loadavg() -> float | None:
 
 
 #: Datasheet peaks of GPUs recognised by name (16-bit dense tensor FLOP/s, HBM B/s), reference 1.1 [S].
-KNOWN_GPU_PEAKS: dict[str, tuple[float, float, str]] = {
-    "a100": (312e12, 2039e9, "A100 SXM 80GB: 312 TFLOP/s BF16 dense, 2,039 GB/s [S] reference 1.1"),
-    "h100": (989e12, 3350e9, "H100 SXM5: 989 TFLOP/s BF16 dense, 3,350 GB/s [S] reference 1.1 (hpctech)"),
-    "h200": (989e12, 4.8e12, "H200 SXM: ~989 TFLOP/s BF16 dense, 4.8 TB/s [S] reference 1.1"),
-}
+#: Matched in order: every substring of the key must occur in the lower-cased GPU name.
+KNOWN_GPU_PEAKS: tuple[tuple[tuple[str, ...], float, float, str], ...] = (
+    (("h100", "pcie"), 756e12, 2000e9, "H100 PCIe: 756 TFLOP/s BF16 dense, 2,000 GB/s [S] reference 1.1"),
+    (("h100",), 989e12, 3350e9, "H100 SXM5: 989 TFLOP/s BF16 dense, 3,350 GB/s [S] reference 1.1 (hpctech)"),
+    (("h200",), 989e12, 4.8e12, "H200 SXM: ~989 TFLOP/s BF16 dense, 4.8 TB/s [S] reference 1.1"),
+    (("a100", "pcie"), 312e12, 1935e9, "A100 PCIe 80GB: 312 TFLOP/s BF16 dense, 1,935 GB/s [S] reference 1.1"),
+    (("a100",), 312e12, 2039e9, "A100 SXM 80GB: 312 TFLOP/s BF16 dense, 2,039 GB/s [S] reference 1.1"),
+)
+
+
+def known_gpu_peaks(name: str) -> tuple[float, float, str] | None:
+    """Datasheet ``(flops, memory_Bps, source)`` of a GPU by its name, or None when unknown."""
+    low = name.lower()
+    for keys, flops, mem, source in KNOWN_GPU_PEAKS:
+        if all(k in low for k in keys):
+            return flops, mem, source
+    return None
 
 
 def _peaks_for(be: Any, fp: Mapping[str, Any], config: RunConfig, samples: Sequence[Sample]) -> Peaks:
@@ -659,7 +671,7 @@ def _peaks_for(be: Any, fp: Mapping[str, Any], config: RunConfig, samples: Seque
         link, link_src = 0.0, "none (CPU)"
     else:
         name = str(fp.get("gpu_name", "")).lower()
-        known = next((v for key, v in KNOWN_GPU_PEAKS.items() if key in name), None)
+        known = known_gpu_peaks(name)
         if config.peak_flops:
             flops, flops_src = config.peak_flops, "given (--peak-tflops)"
         elif known:

@@ -317,3 +317,95 @@ def test_module_does_not_import_torch_at_import_time() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
+
+
+# ------------------------------------------------------------------------------------ CUDA backend on a fake torch
+
+
+class FakeTensor:
+    """Records what the CUDA backend asks torch to do (device, pinned host memory, async copies)."""
+
+    def __init__(self, log: list[tuple[Any, ...]], shape: tuple[int, ...], device: str = "cpu",
+                 pinned: bool = False) -> None:
+        self.log, self.shape, self.device, self.pinned = log, shape, device, pinned
+
+    def to(self, device: str = "cpu", dtype: Any = None) -> FakeTensor:
+        return FakeTensor(self.log, self.shape, device)
+
+    def fill_(self, value: float) -> FakeTensor:
+        return self
+
+    def copy_(self, src: FakeTensor, non_blocking: bool = False) -> FakeTensor:
+        self.log.append(("copy", src.device, src.pinned, self.device, non_blocking))
+        return self
+
+    def __mul__(self, other: FakeTensor) -> FakeTensor:
+        return self
+
+    def __matmul__(self, other: FakeTensor) -> FakeTensor:
+        self.log.append(("matmul", self.device, other.device))
+        return FakeTensor(self.log, (self.shape[0], other.shape[1]), self.device)
+
+
+def make_fake_torch(log: list[tuple[Any, ...]]) -> SimpleNamespace:
+    def tensor(*shape: int, device: str = "cpu", dtype: Any = None, pin_memory: bool = False,
+               generator: Any = None) -> FakeTensor:
+        if pin_memory:
+            log.append(("pinned_alloc", shape))
+        return FakeTensor(log, tuple(shape), device, pin_memory)
+
+    def matmul(x: FakeTensor, w: FakeTensor, out: FakeTensor | None = None) -> FakeTensor:
+        log.append(("matmul", x.device, w.device, out is not None))
+        return x
+
+    class Gen:
+        def manual_seed(self, seed: int) -> Gen:
+            return self
+
+    return SimpleNamespace(
+        float32="f32", bfloat16="bf16", float16="f16", uint8="u8", __version__="fake",
+        cuda=SimpleNamespace(is_available=lambda: True, synchronize=lambda: log.append(("sync",)),
+                             Event=lambda enable_timing=False: FakeEvent([0.0], enable_timing)),
+        Generator=Gen, randn=tensor, empty=tensor, ones=tensor,
+        empty_like=lambda t: FakeTensor(log, t.shape, t.device), matmul=matmul,
+        nn=SimpleNamespace(functional=SimpleNamespace(silu=lambda t: t)),
+        set_num_threads=lambda n: None, get_num_threads=lambda: 1,
+    )
+
+
+def test_cuda_backend_builds_device_kernels_and_async_pinned_copies() -> None:
+    log: list[tuple[Any, ...]] = []
+    be = TorchBackend("cuda", torch=make_fake_torch(log))
+    assert be.dtype == "bf16" and be.supports_copies and be.device_kind == "gpu"
+    assert isinstance(be.timer(), CudaEventTimer)
+    kernels = be.gemm_family([1, 8], 64, 128, cold_bytes=64 * 128 * 2 * 3)
+    assert ("sync",) in log  # buffers are ready before timing starts
+    kernels[1]()
+    assert log[-1] == ("matmul", "cuda", "cuda", True)
+    be.h2d(4096, pinned=True)()
+    assert ("pinned_alloc", (4096,)) in log
+    assert log[-1] == ("copy", "cpu", True, "cuda", True)        # pinned host -> device, asynchronous
+    be.h2d(4096, pinned=False)()
+    assert log[-1] == ("copy", "cpu", False, "cuda", False)      # pageable host -> device
+    be.stream(1 << 20)()
+    assert log[-1][0] == "copy" and log[-1][1] == "cuda" and log[-1][3] == "cuda"
+    be.ffn(4, 64, 128, cold_bytes=1)()
+    assert [e for e in log[-3:] if e[0] == "matmul"] and all(e[1] == "cuda" for e in log[-3:])
+
+
+def test_cpu_backend_refuses_host_copies() -> None:
+    be = TorchBackend("cpu", threads=1)
+    with pytest.raises(CalibrationError, match="--device cuda"):
+        be.h2d(1024, pinned=True)
+
+
+def test_known_gpu_peaks_by_name() -> None:
+    from hwmodels.calibrate_run import known_gpu_peaks
+
+    h100 = known_gpu_peaks("NVIDIA H100 80GB HBM3")
+    assert h100 is not None and h100[:2] == (989e12, 3350e9)
+    pcie = known_gpu_peaks("NVIDIA H100 PCIe")
+    assert pcie is not None and pcie[:2] == (756e12, 2000e9)
+    a100 = known_gpu_peaks("NVIDIA A100-SXM4-80GB")
+    assert a100 is not None and a100[1] == 2039e9
+    assert known_gpu_peaks("Tesla T4") is None

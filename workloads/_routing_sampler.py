@@ -54,24 +54,73 @@ def use_table(n_experts: int, k: int) -> bool:
     return k <= 2 and math.comb(n_experts, k) <= TABLE_MAX_SETS
 
 
-def sample_layer(prev: I16 | None, log_base: F32, log_r: F32 | None, copy_cdf: npt.NDArray[np.float64],
-                 k: int, rng: np.random.Generator, tokens: Tokens) -> I16:
-    """Experts ``[k, n]`` of one layer.
+@dataclass(frozen=True)
+class LayerModel:
+    """Everything about one layer that does not depend on the tokens (built once, reused).
 
-    ``prev``: previous layer's experts ``[k, n]`` (None at the first layer); ``log_base[E]``:
-    log-weights of the layer (popularity + bias); ``log_r[E_prev, E_next]``: log affinity factor
-    added per previous expert; ``copy_cdf[k+1]``: CDF of the number of experts copied from the
-    previous token of the same request.
+    ``log_base[E]``: log-weights of the layer (popularity + bias); ``log_r[E_prev, E_next]``: log
+    affinity factor added per previous expert (None at the first layer); ``copy_cdf[k+1]``: CDF of
+    the number of experts copied from the previous token of the same request. For the table path,
+    the per-previous-set weights and alias tables over ordered outcomes are precomputed.
     """
-    n_e = log_base.size
-    if use_table(n_e, k):
-        fresh, weight_at = _table_fresh(prev, log_base, log_r, k, rng, tokens.n)
+
+    k: int
+    log_base: F32
+    log_r: F32 | None
+    copy_cdf: npt.NDArray[np.float32]
+    lut: npt.NDArray[np.int32] | None = None
+    w_flat: F32 | None = None
+    acc_flat: F32 | None = None
+    alias_flat: npt.NDArray[np.int32] | None = None
+    outcomes: I16 | None = None
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.log_base.size)
+
+    @classmethod
+    def build(cls, log_base: npt.ArrayLike, log_r: npt.ArrayLike | None, copy_dist: npt.ArrayLike,
+              k: int) -> LayerModel:
+        lb = np.asarray(log_base, dtype=np.float32)
+        lr = None if log_r is None else np.asarray(log_r, dtype=np.float32)
+        cdf = np.cumsum(np.asarray(copy_dist, dtype=np.float64)).astype(np.float32)
+        n_e = lb.size
+        if not use_table(n_e, k):
+            return cls(k=k, log_base=lb, log_r=lr, copy_cdf=cdf)
+        combos, lut = _combos(n_e, k)
+        if lr is None:
+            logw = lb[None, :].astype(np.float64)
+        else:
+            onehot = np.zeros((combos.shape[0], n_e))
+            np.put_along_axis(onehot, combos, 1.0, axis=1)
+            logw = lb[None, :] + onehot @ lr.astype(np.float64)
+        w = np.exp(np.maximum(logw - logw.max(axis=1, keepdims=True), _LOG_FLOOR))  # [S, E]
+        tot = w.sum(axis=1, keepdims=True)
+        if k == 1:
+            outcomes = np.arange(n_e)[:, None]
+            prob = w / tot
+        else:  # ordered pairs (i, j), i != j: P = w_i / W * w_j / (W - w_i)
+            i, j = np.nonzero(~np.eye(n_e, dtype=bool))
+            outcomes = np.stack([i, j], axis=1)
+            prob = w[:, i] / tot * w[:, j] / (tot - w[:, i])
+        prob /= prob.sum(axis=1, keepdims=True)
+        accept, alias = alias_tables(prob)
+        return cls(k=k, log_base=lb, log_r=lr, copy_cdf=cdf, lut=lut.astype(np.int32),
+                   w_flat=w.astype(np.float32).ravel(), acc_flat=accept.ravel(),
+                   alias_flat=alias.ravel().astype(np.int32), outcomes=outcomes.T.astype(np.int16))
+
+
+def sample_layer(model: LayerModel, prev: I16 | None, rng: np.random.Generator, tokens: Tokens) -> I16:
+    """Experts ``[k, n]`` of one layer given the previous layer's ``prev [k, n]`` (None at the first)."""
+    k = model.k
+    if model.lut is not None:
+        fresh, weight_at = _table_fresh(model, prev, rng, tokens.n)
     else:
-        fresh, weight_at = _wide_fresh(prev, log_base, log_r, k, rng, tokens.n)
+        fresh, weight_at = _wide_fresh(prev, model.log_base, model.log_r, k, rng, tokens.n)
     u = rng.random(tokens.n, dtype=np.float32)
     m = np.zeros(tokens.n, dtype=np.intp)
-    for c in copy_cdf[:-1]:
-        m += u >= np.float32(c)
+    for c in model.copy_cdf[:-1]:
+        m += u >= c
     m[~tokens.has_prev] = 0
     return apply_copies(fresh, weight_at, m, tokens.idx, rng)
 
@@ -110,42 +159,25 @@ def alias_tables(prob: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float32]
     return accept.astype(np.float32), alias
 
 
-def _table_fresh(prev: I16 | None, log_base: F32, log_r: F32 | None, k: int, rng: np.random.Generator,
+def _table_fresh(model: LayerModel, prev: I16 | None, rng: np.random.Generator,
                  n: int) -> tuple[I16, WeightAt]:
-    """Ranked draws ``[k, n]`` from tabulated ordered outcomes (k <= 2), and a weight lookup.
+    """Ranked draws ``[k, n]`` from the layer's alias tables over ordered outcomes (k <= 2).
 
     One float32 uniform per token: its integer part (times the outcome count) picks an alias
     column, its fraction decides between the column and its alias."""
-    n_e = log_base.size
-    combos, lut = _combos(n_e, k)
-    if prev is None or log_r is None:
+    assert model.lut is not None and model.w_flat is not None and model.acc_flat is not None
+    assert model.alias_flat is not None and model.outcomes is not None
+    n_e, k = model.n_experts, model.k
+    if prev is None or model.log_r is None:
         sid = np.zeros(n, dtype=np.int32)
-        logw = log_base[None, :].astype(np.float64)
+    elif prev.shape[0] == 1:
+        sid = model.lut[prev[0]]
     else:
-        if prev.shape[0] == 1:
-            sid = lut.astype(np.int32)[prev[0]]
-        else:
-            key = prev[0].astype(np.int32)
-            key *= n_e
-            key += prev[1]
-            sid = lut.astype(np.int32)[key]
-        onehot = np.zeros((combos.shape[0], n_e))
-        np.put_along_axis(onehot, combos, 1.0, axis=1)
-        logw = log_base[None, :] + onehot @ log_r.astype(np.float64)
-    w = np.exp(np.maximum(logw - logw.max(axis=1, keepdims=True), _LOG_FLOOR))  # [S, E]
-    tot = w.sum(axis=1, keepdims=True)
-    if k == 1:
-        outcomes = np.arange(n_e)[:, None]
-        prob = w / tot
-    else:  # ordered pairs (i, j), i != j: P = w_i / W * w_j / (W - w_i)
-        i, j = np.nonzero(~np.eye(n_e, dtype=bool))
-        outcomes = np.stack([i, j], axis=1)
-        prob = w[:, i] / tot * w[:, j] / (tot - w[:, i])
-    prob /= prob.sum(axis=1, keepdims=True)
-    accept, alias = alias_tables(prob)
-    n_c = prob.shape[1]
-    acc_flat = accept.ravel()
-    alias_flat = alias.ravel().astype(np.int32)
+        key = prev[0].astype(np.int32)
+        key *= n_e
+        key += prev[1]
+        sid = model.lut[key]
+    n_c = model.outcomes.shape[1]
     x = rng.random(n, dtype=np.float32)
     x *= np.float32(n_c)
     col = x.astype(np.int32)
@@ -153,12 +185,12 @@ def _table_fresh(prev: I16 | None, log_base: F32, log_r: F32 | None, k: int, rng
     x -= col  # the fraction, uniform in [0, 1)
     flat = sid * np.int32(n_c)
     flat += col
-    reject = x >= acc_flat[flat]
-    col[reject] = alias_flat[flat[reject]]
+    reject = x >= model.acc_flat[flat]
+    col[reject] = model.alias_flat[flat[reject]]
     fresh = np.empty((k, n), dtype=np.int16)
     for r in range(k):
-        fresh[r] = outcomes[:, r].astype(np.int16)[col]  # in draw order
-    w_flat = w.astype(np.float32).ravel()
+        fresh[r] = model.outcomes[r][col]  # in draw order
+    w_flat = model.w_flat
     row = sid * np.int32(n_e)
 
     def weight_at(tok: npt.NDArray[np.intp], experts: I16) -> F32:

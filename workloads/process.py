@@ -50,7 +50,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -326,13 +326,13 @@ class RoutingProcess:
             state = rng.bit_generator.state
             for it in range(iterations + 1):
                 rng.bit_generator.state = state
-                log_base = (np.log(self.popularity[layer]) + bias[layer]).astype(np.float32)
                 log_r = None if prev is None else _rs.log_factor(pmi[layer - 1], beta[layer - 1],
                                                                  self.popularity[layer - 1])
                 q_copy = self.overlap[layer] * scale[layer]
                 q_copy[0] = max(0.0, 1.0 - q_copy[1:].sum())
-                cdf = np.cumsum(q_copy / q_copy.sum())
-                cur = _rs.sample_layer(prev, log_base, log_r, cdf, k, rng, tokens)
+                model = _rs.LayerModel.build(np.log(self.popularity[layer]) + bias[layer], log_r,
+                                             q_copy / q_copy.sum(), k)
+                cur = _rs.sample_layer(model, prev, rng, tokens)
                 load = np.bincount(cur.ravel(), minlength=n_e).astype(np.float64)
                 q = (load + 0.5) / (load.sum() + 0.5 * n_e)
                 load_err[layer] = float(np.max(np.abs(q / self.popularity[layer] - 1.0)))
@@ -399,20 +399,34 @@ class RoutingProcess:
         """Experts ``int16 [sum(lengths), L, k]`` for consecutive requests of the given lengths."""
         return self._sample_experts(np.asarray(lengths, dtype=np.int64), rng)
 
+    def _layer_models(self) -> list[_rs.LayerModel]:
+        """Per-layer sampling tables, built once per process (cached on the instance)."""
+        cached = self.__dict__.get("_layer_cache")
+        if cached is not None:
+            return cast(list[_rs.LayerModel], cached)
+        log_base = np.log(self.popularity) + self.bias
+        pmi = self.pmi()
+        dist = self.copy_dist
+        models = [
+            _rs.LayerModel.build(
+                log_base[layer],
+                None if layer == 0 else _rs.log_factor(pmi[layer - 1], float(self.beta[layer - 1]),
+                                                       self.popularity[layer - 1]),
+                dist[layer], self.top_k)
+            for layer in range(self.n_moe_layers)
+        ]
+        object.__setattr__(self, "_layer_cache", models)
+        return models
+
     def _sample_experts(self, lengths: npt.NDArray[np.int64], rng: np.random.Generator) -> npt.NDArray[np.int16]:
         tokens = _rs.Tokens.from_lengths(lengths)
         n_l, k = self.n_moe_layers, self.top_k
-        buf = np.empty((n_l, k, tokens.n), dtype=np.int16)  # layer-major while sampling
         if tokens.n == 0:
             return np.empty((0, n_l, k), dtype=np.int16)
-        log_base = (np.log(self.popularity) + self.bias).astype(np.float32)
-        pmi = self.pmi()
-        cdf = np.cumsum(self.copy_dist, axis=1)
+        buf = np.empty((n_l, k, tokens.n), dtype=np.int16)  # layer-major while sampling
         prev: npt.NDArray[np.int16] | None = None
-        for layer in range(n_l):
-            log_r = None if prev is None else _rs.log_factor(pmi[layer - 1], float(self.beta[layer - 1]),
-                                                             self.popularity[layer - 1])
-            buf[layer] = _rs.sample_layer(prev, log_base[layer], log_r, cdf[layer], k, rng, tokens)
+        for layer, model in enumerate(self._layer_models()):
+            buf[layer] = _rs.sample_layer(model, prev, rng, tokens)
             prev = buf[layer]
         return np.ascontiguousarray(buf.transpose(2, 0, 1))
 

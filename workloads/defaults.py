@@ -1,0 +1,93 @@
+"""The embedded default workload: routing processes fitted from real traces, shipped in the package.
+
+``workloads/data/default_routing.json`` (written by ``studies/default_workload/build.py``, which
+reads ``../shared/traces``) holds `RoutingProcess` parameters, their provenance and the fidelity
+measured when they were built:
+
+- ``mixtral-8x7b``: fitted to the Mixtral-8x7B-Instruct decode trace (585 tokens, 4 requests);
+- ``deepseek-v2-lite``: fitted to the DeepSeek-V2-Lite prompts (19,520 prefill tokens, 200 requests);
+- ``olmoe-1b-7b``: popularity from the OLMoE-1B-7B aggregated counts (measured at layers 0, 7 and 15;
+  other layers take the nearest measured layer), with the inter-layer affinity and temporal reuse of
+  the DeepSeek-V2-Lite process (also 64 experts) retargeted to top-8 and 16 layers and matched to
+  OLMoE's experts by popularity rank (an assumption: the counts have no per-token data).
+
+`default_process(model)` returns one of these, or for any other preset of `workloads.get_model`
+the nearest fitted process (by expert count and top-k) retargeted and relayered to the preset's
+shape, labelled in ``meta["derived_from"]`` (see `RoutingProcess.retarget` for the assumption).
+Nothing here reads ``../shared``: the package runs without it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from typing import Any
+
+from workloads.model import get_model
+from workloads.process import ProcessFormatError, RoutingProcess
+
+DATA_NAME = "default_routing.json"
+FORMAT_NAME = "moe-codesign/default-workload"
+FORMAT_VERSION = 1
+
+
+def load_default_data() -> dict[str, Any]:
+    """The parsed data file (``{"format", "version", "processes": {model: process}, "provenance",
+    "fidelity", ...}``); raises `ProcessFormatError` if it is missing or malformed."""
+    try:
+        text = (resources.files("workloads") / "data" / DATA_NAME).read_text(encoding="utf-8")
+    except (FileNotFoundError, ModuleNotFoundError) as exc:
+        raise ProcessFormatError(f"embedded default workload workloads/data/{DATA_NAME} is missing "
+                                 f"(regenerate it with studies/default_workload/build.py): {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProcessFormatError(f"{DATA_NAME}: not JSON (line {exc.lineno}: {exc.msg})") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise ProcessFormatError(f"{DATA_NAME}: 'format' is not {FORMAT_NAME!r}")
+    if int(data.get("version", 0)) > FORMAT_VERSION:
+        raise ProcessFormatError(f"{DATA_NAME}: version {data.get('version')} is newer than {FORMAT_VERSION}")
+    if not isinstance(data.get("processes"), dict) or not data["processes"]:
+        raise ProcessFormatError(f"{DATA_NAME}: no 'processes'")
+    return data
+
+
+def fitted_models() -> list[str]:
+    """Models with a process of their own in the data file (others are derived)."""
+    return sorted(load_default_data()["processes"])
+
+
+def default_process(model: str = "mixtral-8x7b", *, seed: int = 0) -> RoutingProcess:
+    """The embedded routing process of ``model`` (a fitted one, or derived for other presets).
+
+    For a preset without its own process: the fitted process nearest in ``|log(E/E0)| +
+    |log(k/k0)|`` is retargeted to the preset's experts and top-k and relayered to its MoE layer
+    count (recalibrated with ``seed``; this takes a few seconds for large expert counts).
+    Raises `workloads.UnknownPresetError` (listing the names) for an unknown model.
+    """
+    data = load_default_data()
+    procs = data["processes"]
+    if model in procs:
+        return RoutingProcess.from_dict(procs[model], where=f"{DATA_NAME}:{model}")
+    spec = get_model(model)
+    shapes = {name: (int(p["n_experts"]), int(p["top_k"])) for name, p in procs.items()}
+    nearest = min(sorted(shapes), key=lambda n: abs(math.log(spec.n_experts / shapes[n][0]))
+                  + abs(math.log(spec.top_k / shapes[n][1])))
+    proc = RoutingProcess.from_dict(procs[nearest], where=f"{DATA_NAME}:{nearest}")
+    if (proc.n_experts, proc.top_k) != (spec.n_experts, spec.top_k):
+        proc = proc.retarget(spec.n_experts, spec.top_k, calibration_iterations=4, calibration_tokens=4096,
+                             seed=seed)
+    if proc.n_moe_layers != spec.n_moe_layers:
+        proc = proc.relayer(spec.n_moe_layers, calibration_iterations=3, calibration_tokens=4096, seed=seed)
+    meta = dict(proc.meta)
+    meta["model"] = model
+    meta["derived_from"] = {"model": nearest, "n_experts": shapes[nearest][0], "top_k": shapes[nearest][1],
+                            "how": "retarget(n_experts, top_k) and relayer(n_moe_layers) of the embedded process"}
+    return RoutingProcess(popularity=proc.popularity, affinity=proc.affinity, bias=proc.bias, beta=proc.beta,
+                          reuse_rate=proc.reuse_rate, overlap=proc.overlap, copy_scale=proc.copy_scale,
+                          mi_target=proc.mi_target, top_k=proc.top_k, phase=proc.phase,
+                          tokens_per_request=proc.tokens_per_request, meta=meta)
+
+
+__all__ = ["default_process", "fitted_models", "load_default_data"]

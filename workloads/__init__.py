@@ -19,3 +19,14 @@ from workloads.aggregated import AggregatedRoutingStats
 from workloads.importers import import_trace, importer_names
 
 __all__ += ["AggregatedRoutingStats", "import_trace", "importer_names"]
+
+# helper B: routing statistics, the fitted routing process, fidelity, defaults, request streams
+from workloads.defaults import default_process  # noqa: E402
+from workloads.fidelity import FidelityReport, compare, holdout_evaluation  # noqa: E402
+from workloads.process import ProcessFormatError, RoutingProcess  # noqa: E402
+from workloads.requests import LengthDist, ProcessRouting, Request, RequestStream, RoutingSource, TraceReplay  # noqa: E402
+from workloads.stats import trace_stats  # noqa: E402
+
+__all__ += ["FidelityReport", "LengthDist", "ProcessFormatError", "ProcessRouting", "Request", "RequestStream",
+            "RoutingProcess", "RoutingSource", "TraceReplay", "compare", "default_process", "holdout_evaluation",
+            "trace_stats"]

@@ -93,25 +93,37 @@ class ValidationReport:
     def format_text(self) -> str:
         """A human-readable table."""
         lines = [f"profile {self.profile} vs {self.against}",
-                 f"{'op':<22}{'n':>6}{'MAPE %':>10}{'median %':>10}{'max %':>10}{'bias %':>10}"]
-        rows = [*self.per_op.items(), ("ALL", self.overall)]
+                 f"{'op':<24}{'n':>6}{'MAPE %':>10}{'median %':>10}{'max %':>10}{'bias %':>10}"]
+        rows = [*self.per_op.items(), ("ALL (gemm+ffn+grouped)", self.overall)]
         for op, s in rows:
-            lines.append(f"{op:<22}{s.n:>6}{s.mape:>10.2f}{s.median_abs_pct_error:>10.2f}"
+            lines.append(f"{op:<24}{s.n:>6}{s.mape:>10.2f}{s.median_abs_pct_error:>10.2f}"
                          f"{s.max_abs_pct_error:>10.2f}{s.mean_signed_pct_error:>+10.2f}")
+        every = self.extra.get("all_kinds")
+        if isinstance(every, dict) and every.get("n", 0) != self.overall.n:
+            lines.append(f"{'all kinds (incl. memory)':<24}{every['n']:>6}{every['mape']:>10.2f}"
+                         f"{every['median_abs_pct_error']:>10.2f}{every['max_abs_pct_error']:>10.2f}"
+                         f"{every['mean_signed_pct_error']:>+10.2f}")
         for key, value in self.extra.items():
             if not isinstance(value, dict | list):
                 lines.append(f"{key}: {value}")
         return "\n".join(lines)
 
 
+#: Sample kinds that make the headline figures (compute: GEMMs and their compositions); memory
+#: and copy samples appear in the per-op breakdown and in ``extra["all_kinds"]``.
+HEADLINE_KINDS = ("gemm", "ffn", "grouped")
+
+
 def validate_samples(profile: CalibrationProfile, samples: Iterable[Sample], *, against: str,
                      group_by: str = "kind_op") -> ValidationReport:
     """Predict every sample and compare; ``group_by`` ``"kind_op"`` (``gemm:up``) or ``"kind_op_tag"``.
 
-    Copy samples are skipped (with a log line) when the profile has no copy fit.
+    ``overall`` covers the :data:`HEADLINE_KINDS` samples (all samples when there are none of
+    those); ``per_op`` every group; ``extra["all_kinds"]`` all samples together. Copy samples are
+    skipped (with a log line) when the profile has no copy fit.
     """
-    predicted: list[float] = []
-    measured: list[float] = []
+    head: tuple[list[float], list[float]] = ([], [])
+    every: tuple[list[float], list[float]] = ([], [])
     groups: dict[str, tuple[list[float], list[float]]] = {}
     skipped = 0
     for sample in samples:
@@ -121,18 +133,21 @@ def validate_samples(profile: CalibrationProfile, samples: Iterable[Sample], *, 
             skipped += 1
             continue
         key = f"{sample.kind}:{sample.op}" + (f"[{sample.tag}]" if group_by == "kind_op_tag" and sample.tag else "")
-        groups.setdefault(key, ([], []))
-        groups[key][0].append(pred)
-        groups[key][1].append(sample.time_s)
-        predicted.append(pred)
-        measured.append(sample.time_s)
+        targets = [groups.setdefault(key, ([], [])), every]
+        if sample.kind in HEADLINE_KINDS:
+            targets.append(head)
+        for pred_list, meas_list in targets:
+            pred_list.append(pred)
+            meas_list.append(sample.time_s)
     if skipped:
         log.info("skipped %d samples the profile cannot predict", skipped)
-    if not predicted:
+    if not every[0]:
         raise CalibrationError(f"profile {profile.name!r}: nothing to validate against {against}")
     per_op = {key: ErrorStats.of(p, m) for key, (p, m) in sorted(groups.items())}
-    return ValidationReport(profile=profile.name, against=against, overall=ErrorStats.of(predicted, measured),
-                            per_op=per_op)
+    all_stats = ErrorStats.of(*every)
+    overall = ErrorStats.of(*head) if head[0] else all_stats
+    return ValidationReport(profile=profile.name, against=against, overall=overall, per_op=per_op,
+                            extra={"all_kinds": all_stats.to_dict()})
 
 
 def validate_heldout(profile: CalibrationProfile) -> ValidationReport:
@@ -143,7 +158,7 @@ def validate_heldout(profile: CalibrationProfile) -> ValidationReport:
                                "use --against with a measured table")
     report = validate_samples(profile, held, against=f"held-out samples ({profile.heldout_rule or 'as marked'})")
     fit_set = [s for s in profile.samples if not s.heldout and s.kind == "gemm"]
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(report.extra)
     if fit_set:
         fit_report = validate_samples(profile, fit_set, against="fit")
         extra["fit_gemm_median_abs_pct_error"] = fit_report.overall.median_abs_pct_error

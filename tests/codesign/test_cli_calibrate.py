@@ -33,7 +33,8 @@ def test_import_vidur_then_validate_json(tmp_path: Path, shared_dir: Path, capsy
     assert main(["calibrate", "validate", str(out), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {"mape", "max_abs_pct_error", "n", "per_op", "median_abs_pct_error"} <= set(data)
-    assert data["n"] == sum(s.heldout for s in prof.samples)
+    assert data["n"] == sum(s.heldout and s.kind == "gemm" for s in prof.samples)
+    assert data["all_kinds"]["n"] == sum(s.heldout for s in prof.samples)
     assert data["per_op"]["gemm:up"]["median_abs_pct_error"] <= 10
     assert data["max_abs_pct_error"] >= data["mape"] > 0
 
@@ -42,7 +43,7 @@ def test_validate_shipped_profile_against_table(shared_dir: Path, capsys: pytest
     table = shared_dir / "calibration" / "vidur-a100-h100" / "compute" / "h100" / "llama-2-7b-mlp.csv"
     assert main(["calibrate", "validate", "h100", "--against", str(table)]) == 0
     text = capsys.readouterr().out
-    assert "gemm:qkv" in text and "ALL" in text and "6264" in text
+    assert "gemm:qkv" in text and "ALL" in text and "4176" in text and "6264" in text
 
 
 def test_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

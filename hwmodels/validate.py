@@ -295,8 +295,8 @@ class LayerResult:
         return 100.0 * (self.predicted_s - self.measured_s) / self.measured_s
 
 
-def predict_moe_layer_s(profile: CalibrationProfile, tokens_per_expert: npt.ArrayLike, *, n_tokens: int, top_k: int,
-                        d_model: int, d_ff: int) -> tuple[float, float]:
+def predict_moe_layer_s(profile: CalibrationProfile, tokens_per_expert: npt.ArrayLike, *, d_model: int,
+                        d_ff: int) -> tuple[float, float]:
     """Profile prediction of one MoE layer: ``(total_s, gemm_only_s)``.
 
     Sum over experts with tokens of the gated FFN (3 GEMMs + ``silu * mul``); plus streaming the
@@ -311,7 +311,6 @@ def predict_moe_layer_s(profile: CalibrationProfile, tokens_per_expert: npt.Arra
     b = profile.dtype_bytes
     gather = profile.predict_memory_s(2.0 * tpe * d_model * b)
     scatter = profile.predict_memory_s(3.0 * tpe * d_model * b)
-    del n_tokens, top_k  # the shape enters through tokens_per_expert
     return ffn + float(np.sum(gather) + np.sum(scatter)), gemm
 
 
@@ -392,8 +391,7 @@ def validate_moe_layer(profile: CalibrationProfile, routings: Sequence[LayerRout
         for routing, ts in zip(routings, times, strict=True):
             measured = robust_median(ts)[0]
             tpe = routing.tokens_per_expert()
-            pred, pred_gemm = predict_moe_layer_s(profile, tpe, n_tokens=routing.experts.shape[0],
-                                                  top_k=routing.experts.shape[1], d_model=d_model, d_ff=d_ff)
+            pred, pred_gemm = predict_moe_layer_s(profile, tpe, d_model=d_model, d_ff=d_ff)
             results.append(LayerResult(source=routing.source, measured_s=measured, predicted_s=pred,
                                        predicted_gemm_s=pred_gemm, tokens_per_expert=tuple(int(t) for t in tpe)))
             log.info("layer %s: measured %.3f ms, predicted %.3f ms", routing.source, measured * 1e3, pred * 1e3)

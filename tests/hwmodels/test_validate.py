@@ -112,9 +112,9 @@ def test_whole_moe_layer_runs_and_reports_error(shared_dir: Path, tiny_cpu_profi
 
 
 def test_layer_prediction_grows_with_load(tiny_cpu_profile: CalibrationProfile) -> None:
-    balanced, _ = predict_moe_layer_s(tiny_cpu_profile, [12] * 8, n_tokens=48, top_k=2, d_model=256, d_ff=896)
-    heavy, _ = predict_moe_layer_s(tiny_cpu_profile, [24] * 8, n_tokens=96, top_k=2, d_model=256, d_ff=896)
-    skewed, _ = predict_moe_layer_s(tiny_cpu_profile, [96, 0, 0, 0, 0, 0, 0, 0], n_tokens=48, top_k=2,
+    balanced, _ = predict_moe_layer_s(tiny_cpu_profile, [12] * 8, d_model=256, d_ff=896)
+    heavy, _ = predict_moe_layer_s(tiny_cpu_profile, [24] * 8, d_model=256, d_ff=896)
+    skewed, _ = predict_moe_layer_s(tiny_cpu_profile, [96, 0, 0, 0, 0, 0, 0, 0],
                                     d_model=256, d_ff=896)
     assert heavy > balanced
     assert skewed < balanced  # one expert's weights streamed instead of eight

@@ -32,9 +32,11 @@ cost model is asked for arrays of token counts once per step and device.
 Assumptions (labelled): activations are `hwmodels.costs.ACTIVATION_BYTES` per element (bf16) for
 the all-to-all and the CPU path; the LM head and embeddings are not costed; chunked prefill attends
 only to its own chunk. Energy is the sum of ``OpCost.energy_J`` of every operation played, which
-already includes each device's static power over the operation (hwmodels.costs); idle time
-between operations draws nothing. On an FPGA the resident experts of a layer run as one
-`CostModel.fpga_layer` (double-buffered, with its pipeline fill).
+includes each device's static power over the operation (hwmodels.costs), plus the static power
+of every accelerator and of the host over the rest of the makespan (idle: waiting for transfers,
+arrivals or other devices), so energy per token is that of the whole powered system. On an FPGA
+the resident experts of a layer run as one `CostModel.fpga_layer` (double-buffered, with its
+pipeline fill).
 """
 
 from __future__ import annotations
@@ -890,7 +892,13 @@ class Engine:
         first = min((r.arrival_s for r in self.finished), default=0.0)
         last = max((r.finish_s for r in self.finished), default=0.0)
         makespan = max(last - first, 0.0)
-        energy = self.energy_J  # OpCost energies include static power over each operation
+        # OpCost energies include static power during each operation; the devices also draw their
+        # static power while idle (waiting for a transfer, an arrival or the other devices)
+        idle = sum(dev.static_power_W * max(makespan - self.busy_s[d], 0.0)
+                   for d, dev in enumerate(self.bound.devices))
+        if self.platform.host is not None:
+            idle += self.platform.host.static_power_W * max(makespan - self.host_busy_s, 0.0)
+        energy = self.energy_J + idle
         tier_names = sorted(set(self.bound.cache_tier))
         hit = {t: (self.n_hits / self.n_access if self.n_access else 1.0) for t in tier_names}
         model = self.model
@@ -918,7 +926,7 @@ class Engine:
                 access.append(AccessSequence(keys=keys.astype(np.int64), call_starts=starts))
         counters = {"accesses": float(self.n_access), "hits": float(self.n_hits),
                     "assignments_device": float(self.assign_device), "assignments_cpu": float(self.assign_cpu),
-                    "sim_events": float(self.env.n_events),
+                    "sim_events": float(self.env.n_events), "idle_static_energy_J": idle,
                     "device_busy_s": float(max(self.busy_s)), "host_busy_s": float(self.host_busy_s),
                     "peak_resident_experts": float(max(self.peak_resident) if self.peak_resident else 0),
                     "cache_slots": float(sum(self.bound.slots))}

@@ -185,7 +185,7 @@ def simulate(model: Any, platform: Any, stream: _Stream, mapping: Mapping, *, co
         "hits": out.counters["hits"], "accesses": out.counters["accesses"],
         "assignments_device": out.counters["assignments_device"], "assignments_cpu": out.counters["assignments_cpu"],
         "device_busy_s": out.counters["device_busy_s"], "host_busy_s": out.counters["host_busy_s"],
-        "sim_events": out.counters["sim_events"],
+        "sim_events": out.counters["sim_events"], "idle_static_energy_J": out.counters["idle_static_energy_J"],
         "cache_slots": out.counters["cache_slots"], "peak_resident_experts": out.counters["peak_resident_experts"],
         "offloaded": bound.offloaded, "n_devices": bound.n_devices, "train_requests": len(train_reqs),
         "kv_capacity_tokens": int(sum(bound.kv_capacity_tokens)),

@@ -202,7 +202,13 @@ def _table_fresh(model: LayerModel, prev: I16 | None, rng: np.random.Generator,
 
 def _wide_fresh(prev: I16 | None, log_base: F32, log_r: F32 | None, k: int, rng: np.random.Generator,
                 n: int) -> tuple[I16, WeightAt]:
+    """Gumbel-top-k in exponential form: the k smallest ``Exp(1) / w`` per token, found by sorting
+    the keys with the expert index packed into their low mantissa bits (positive float32 keys sort
+    like their int32 bit patterns; ``ceil(log2 E)`` bits of precision are given up)."""
     n_e = log_base.size
+    bits = max(1, (n_e - 1).bit_length())
+    low = np.int32((1 << bits) - 1)
+    idx = np.arange(n_e, dtype=np.int32)
     chunk = max(1, (1 << 20) // n_e)
     fresh = np.empty((k, n), dtype=np.int16)
     weight = np.empty((n, n_e), dtype=np.float32)
@@ -212,25 +218,23 @@ def _wide_fresh(prev: I16 | None, log_base: F32, log_r: F32 | None, k: int, rng:
         if prev is None or log_r is None:
             logits[:] = log_base[None, :]
         else:
-            x = np.zeros((hi - lo, n_e), dtype=np.float32)
-            rows = np.arange(hi - lo)
-            for j in range(prev.shape[0]):
-                x[rows, prev[j, lo:hi]] = 1.0
-            np.matmul(x, log_r, out=logits)
+            np.take(log_r, prev[0, lo:hi], axis=0, out=logits)
+            for j in range(1, prev.shape[0]):
+                logits += log_r[prev[j, lo:hi]]
             logits += log_base
         logits -= logits.max(axis=1, keepdims=True)
         np.maximum(logits, _LOG_FLOOR, out=logits)
         np.exp(logits, out=logits)
         keys = rng.random((hi - lo, n_e), dtype=np.float32)
         np.negative(keys, out=keys)
-        np.log1p(keys, out=keys)  # log(1 - u), finite for u in [0, 1)
-        keys /= logits  # -Exp(1) / w: the k largest are the Gumbel-top-k
-        if k < n_e:
-            top = np.argpartition(keys, n_e - k, axis=1)[:, n_e - k:]
-        else:
-            top = np.broadcast_to(np.arange(n_e), (hi - lo, n_e)).copy()
-        order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1)
-        fresh[:, lo:hi] = np.take_along_axis(top, order, axis=1).T
+        np.log1p(keys, out=keys)  # log(1 - u) <= 0, finite for u in [0, 1)
+        np.negative(keys, out=keys)  # Exp(1)
+        keys /= logits
+        packed = keys.view(np.int32)
+        packed &= ~low
+        packed |= idx
+        packed.sort(axis=1)
+        fresh[:, lo:hi] = (packed[:, :k] & low).T
 
     def weight_at(tok: npt.NDArray[np.intp], experts: I16) -> F32:
         return weight[tok[None, :], experts]

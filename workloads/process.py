@@ -99,23 +99,23 @@ def _as_float(name: str, value: npt.ArrayLike, shape: tuple[int, ...], where: st
     if a.shape != shape:
         raise ProcessFormatError(f"{where}: {name} has shape {a.shape}, expected {shape}")
     if not np.all(np.isfinite(a)):
-        bad = np.argwhere(~np.isfinite(a))[0]
-        raise ProcessFormatError(f"{where}: {name}{list(bad)} is not finite ({a[tuple(bad)]})")
+        bad = [int(i) for i in np.argwhere(~np.isfinite(a))[0]]
+        raise ProcessFormatError(f"{where}: {name}{bad} is not finite ({a[tuple(bad)]})")
     a.setflags(write=False)
     return a
 
 
 def _check_distribution(name: str, a: FloatArray, where: str, tol: float = 1e-3) -> FloatArray:
-    """Rows of ``a`` must be >= 0 and sum to 1 within ``tol``; returns them renormalised exactly."""
+    """Rows of ``a`` must be >= 0 and sum to 1 within ``tol``; returns them renormalised."""
     if a.size and a.min() < 0:
-        bad = np.argwhere(a < 0)[0]
-        raise ProcessFormatError(f"{where}: {name}{list(bad)} = {a[tuple(bad)]} is negative")
+        bad = [int(i) for i in np.argwhere(a < 0)[0]]
+        raise ProcessFormatError(f"{where}: {name}{bad} = {a[tuple(bad)]} is negative")
     s = a.sum(axis=-1, keepdims=True)
     if a.size and np.max(np.abs(s - 1.0)) > tol:
-        bad = np.argwhere(np.abs(s[..., 0] - 1.0) > tol)[0]
+        bad = [int(i) for i in np.argwhere(np.abs(s[..., 0] - 1.0) > tol)[0]]
         raise ProcessFormatError(
-            f"{where}: {name} row {list(bad)} sums to {float(s[tuple(bad)][0]):.6f}, expected 1 (+-{tol})")
-    out = a / s
+            f"{where}: {name} row {bad} sums to {float(s[tuple(bad)][0]):.6f}, expected 1 (+-{tol})")
+    out = a / s if a.size and np.max(np.abs(s - 1.0)) > 1e-12 else a  # idempotent: exact round trips
     out.setflags(write=False)
     return out
 
@@ -170,9 +170,9 @@ class RoutingProcess:
         object.__setattr__(self, "tokens_per_request", int(self.tokens_per_request))
         pop = _check_distribution("popularity", _as_float("popularity", pop, (n_l, n_e), where), where)
         if pop.max() > (1.0 / k) * (1 + 1e-3):
-            bad = np.argwhere(pop > (1.0 / k) * (1 + 1e-3))[0]
+            bad = [int(i) for i in np.argwhere(pop > (1.0 / k) * (1 + 1e-3))[0]]
             raise ProcessFormatError(
-                f"{where}: popularity{list(bad)} = {pop[tuple(bad)]:.4f} exceeds 1/top_k = {1.0 / k:.4f}")
+                f"{where}: popularity{bad} = {pop[tuple(bad)]:.4f} exceeds 1/top_k = {1.0 / k:.4f}")
         aff = _as_float("affinity", self.affinity, (n_l - 1, n_e, n_e), where)
         aff = _check_distribution("affinity", aff, where)
         if aff.size and aff.min() <= 0:  # smoothed fits are > 0; float16 files may round tiny ones to 0

@@ -318,20 +318,33 @@ def _solve_joint(w: FloatArray, n_devices: int, time_limit_s: float) -> tuple[In
     return np.argmax(xs, axis=2).astype(np.int64), bool(res.status == 0)
 
 
-def _assign_layer(score: FloatArray, lo: int, hi: int) -> IntArray:
-    """Exact assignment of E experts to D devices maximising ``sum score[e, home[e]]`` under capacity."""
+def _assign_layer(score: FloatArray, lo: int, hi: int, load: FloatArray | None = None,
+                  load_cap: float | None = None) -> IntArray:
+    """Exact assignment of E experts to D devices maximising ``sum score[e, home[e]]`` under the
+    count capacity ``lo..hi`` and, when given, ``sum_e load[e] [home[e] == d] <= load_cap``."""
     n_exp, n_dev = score.shape
     n_var = n_exp * n_dev
     rows = np.concatenate([np.repeat(np.arange(n_exp), n_dev),
                            n_exp + np.tile(np.arange(n_dev), n_exp)])
     cols = np.concatenate([np.arange(n_var), np.arange(n_var)])
-    a = sp.csr_array((np.ones(2 * n_var), (rows, cols)), shape=(n_exp + n_dev, n_var))
+    vals = np.ones(2 * n_var)
     lb = np.concatenate([np.ones(n_exp), np.full(n_dev, lo)])
     ub = np.concatenate([np.ones(n_exp), np.full(n_dev, hi)])
+    n_rows = n_exp + n_dev
+    if load is not None and load_cap is not None:
+        rows = np.concatenate([rows, n_rows + np.tile(np.arange(n_dev), n_exp)])
+        cols = np.concatenate([cols, np.arange(n_var)])
+        vals = np.concatenate([vals, np.repeat(load, n_dev)])
+        lb = np.concatenate([lb, np.full(n_dev, -np.inf)])
+        ub = np.concatenate([ub, np.full(n_dev, load_cap)])
+        n_rows += n_dev
+    a = sp.csr_array((vals, (rows, cols)), shape=(n_rows, n_var))
     res = milp(-score.ravel(), constraints=LinearConstraint(a, lb, ub), integrality=np.ones(n_var),
                bounds=Bounds(0, 1), options={"disp": False})
     if res.x is None:
-        raise RuntimeError(f"ExFlow layer assignment infeasible: {res.message}")
+        extra = f" and load cap {load_cap:.4g}" if load_cap is not None else ""
+        raise RuntimeError(f"ExFlow layer assignment infeasible under capacity {lo}..{hi}{extra}: {res.message}; "
+                           "raise load_slack")
     return np.argmax(np.asarray(res.x).reshape(n_exp, n_dev), axis=1).astype(np.int64)
 
 
@@ -341,15 +354,24 @@ def _onehot(home: IntArray, n_devices: int) -> FloatArray:
     return out
 
 
-def _solve_sequential(w: FloatArray, n_devices: int, first: IntArray, max_sweeps: int) -> tuple[IntArray, int]:
+def _solve_sequential(w: FloatArray, n_devices: int, first: IntArray, max_sweeps: int,
+                      load: FloatArray | None = None, load_slack: float | None = None) -> tuple[IntArray, int]:
     n_trans, n_exp, _ = w.shape
     n_layers = n_trans + 1
     lo, hi = _capacity_bounds(n_exp, n_devices)
+
+    def cap(layer: int) -> tuple[FloatArray | None, float | None]:
+        if load is None or load_slack is None:
+            return None, None
+        return load[layer], (1.0 + load_slack) * float(load[layer].sum()) / n_devices
+
     home = np.empty((n_layers, n_exp), dtype=np.int64)
     home[0] = first
+    if load is not None and load_slack is not None:  # the first layer too must respect the load cap
+        home[0] = _assign_layer(np.zeros((n_exp, n_devices)) + _onehot(first, n_devices), lo, hi, *cap(0))
     for layer in range(1, n_layers):  # forward pass, each layer conditioned on the previous one
         score = w[layer - 1].T @ _onehot(home[layer - 1], n_devices)   # [E_next, D]
-        home[layer] = _assign_layer(score, lo, hi)
+        home[layer] = _assign_layer(score, lo, hi, *cap(layer))
     best = placement_objective(w, home)
     sweeps = 0
     for _ in range(max_sweeps):  # block-coordinate refinement, both neighbours fixed
@@ -360,7 +382,7 @@ def _solve_sequential(w: FloatArray, n_devices: int, first: IntArray, max_sweeps
                 score += w[layer - 1].T @ _onehot(home[layer - 1], n_devices)
             if layer < n_trans:
                 score += w[layer] @ _onehot(home[layer + 1], n_devices)
-            home[layer] = _assign_layer(score, lo, hi)
+            home[layer] = _assign_layer(score, lo, hi, *cap(layer))
         value = placement_objective(w, home)
         if value <= best * (1 + 1e-12):
             best = max(best, value)
@@ -372,7 +394,8 @@ def _solve_sequential(w: FloatArray, n_devices: int, first: IntArray, max_sweeps
 def exflow_placement(weights: npt.ArrayLike, n_devices: int, *,
                      load: npt.ArrayLike | None = None,
                      method: Literal["auto", "joint", "sequential"] = "auto",
-                     time_limit_s: float = 30.0, max_sweeps: int = 20) -> ExflowSolution:
+                     time_limit_s: float = 30.0, max_sweeps: int = 20,
+                     load_slack: float | None = None) -> ExflowSolution:
     """ExFlow placement maximising expected co-located layer transitions (see module docstring).
 
     ``weights``: ``[moe_layers-1, E, E]`` expected transition counts (e.g. `transition_counts`, or
@@ -383,6 +406,10 @@ def exflow_placement(weights: npt.ArrayLike, n_devices: int, *,
     stops at ``time_limit_s`` without proof of optimality, the sequential method also runs and the
     better placement is returned. ``method="joint"`` returns the MILP's incumbent as is
     (``optimal`` False when the time limit stopped it).
+
+    ``load_slack`` (an extension, not in the paper; needs ``load``): every device's share of a
+    layer's load may exceed the mean by at most this fraction (``0.1`` = 10 %), so that affinity
+    does not unbalance the compute; it forces the sequential method.
     """
     w = _validate_weights(weights)
     n_trans, n_exp, _ = w.shape
@@ -392,6 +419,14 @@ def exflow_placement(weights: npt.ArrayLike, n_devices: int, *,
         raise ValueError(f"time_limit_s must be > 0, got {time_limit_s}")
     if method not in ("auto", "joint", "sequential"):
         raise ValueError(f"method must be 'auto', 'joint' or 'sequential', got {method!r}")
+    if load_slack is not None:
+        if load is None:
+            raise ValueError("load_slack needs the per-layer load (load=...)")
+        if load_slack < 0:
+            raise ValueError(f"load_slack must be >= 0, got {load_slack}")
+        if method == "joint":
+            raise ValueError("load_slack is supported by the sequential method only")
+        method = "sequential"
     n_prod = int((w > 0).sum()) * n_devices
     use: str = method if method != "auto" else ("joint" if n_prod <= JOINT_MAX_PRODUCT_VARS else "sequential")
     t0 = time.perf_counter()
@@ -412,7 +447,8 @@ def exflow_placement(weights: npt.ArrayLike, n_devices: int, *,
                 first = load_balanced_placement(ld[:1], n_devices)[0]
             else:
                 first = round_robin_placement(1, n_exp, n_devices)[0]
-            seq_home, sweeps = _solve_sequential(w, n_devices, first, max_sweeps)
+            ld_arr = None if load is None else np.asarray(load, dtype=np.float64)
+            seq_home, sweeps = _solve_sequential(w, n_devices, first, max_sweeps, ld_arr, load_slack)
             if use == "sequential" or placement_objective(w, seq_home) > placement_objective(w, home):
                 home, use = seq_home, "sequential"
     solve_s = time.perf_counter() - t0
@@ -487,13 +523,16 @@ class ExflowPlacement(PlacementPolicy):
     """ExFlow affinity placement (`exflow_placement` on the stats' joint affinity counts).
 
     Options: ``method`` ("auto", "joint", "sequential"), ``time_limit_s`` (joint MILP),
-    ``max_sweeps`` (sequential refinement). The last solution (method, objective, solve time) is
-    kept in ``self.solution`` for reporting.
+    ``max_sweeps`` (sequential refinement), ``load_slack`` (negative, the default = off: the
+    paper's count-balanced capacity; a fraction >= 0 adds a per-device load cap, see
+    `exflow_placement`; a float because mapping options are JSON scalars). The last solution
+    (method, objective, solve time) is kept in ``self.solution`` for reporting.
     """
 
     def __init__(self, *, seed: int = 0, method: Literal["auto", "joint", "sequential"] = "auto",
-                 time_limit_s: float = 30.0, max_sweeps: int = 20) -> None:
+                 time_limit_s: float = 30.0, max_sweeps: int = 20, load_slack: float = -1.0) -> None:
         super().__init__(seed=seed)
+        self.load_slack = None if load_slack < 0 else float(load_slack)
         self.method: Literal["auto", "joint", "sequential"] = method
         self.time_limit_s = time_limit_s
         self.max_sweeps = max_sweeps
@@ -504,7 +543,8 @@ class ExflowPlacement(PlacementPolicy):
         if n_devices == 1:
             return np.zeros((model.n_moe_layers, model.n_experts), dtype=np.int64)
         self.solution = exflow_placement(st.affinity, n_devices, load=st.load, method=self.method,
-                                         time_limit_s=self.time_limit_s, max_sweeps=self.max_sweeps)
+                                         time_limit_s=self.time_limit_s, max_sweeps=self.max_sweeps,
+                                         load_slack=self.load_slack)
         return self.check(self.solution.expert_home, model, n_devices)
 
 

@@ -142,3 +142,25 @@ def test_load_balanced_evens_the_load(deepseek: RoutingTrace) -> None:
 
     assert max_over_mean(lb) < max_over_mean(rr)
     assert max_over_mean(lb) < 1.05
+
+
+def test_load_slack_caps_the_per_device_load() -> None:
+    rng = np.random.default_rng(5)
+    n_layers, n_exp, n_dev = 4, 16, 4
+    load = rng.gamma(4.0, 10.0, size=(n_layers, n_exp))
+    w = rng.gamma(0.5, 1.0, size=(n_layers - 1, n_exp, n_exp))
+    free = exflow_placement(w, n_dev, load=load, method="sequential")
+    capped = exflow_placement(w, n_dev, load=load, load_slack=0.1)
+    assert capped.method == "sequential"
+    for layer in range(n_layers):
+        per = np.bincount(capped.expert_home[layer], weights=load[layer], minlength=n_dev)
+        assert per.max() <= 1.1 * load[layer].sum() / n_dev + 1e-9
+    assert capped.colocated <= free.colocated * 1.05    # the cap costs affinity (or nothing)
+    skewed = load.copy()
+    skewed[:, 0] = load.sum(axis=1)                      # one expert heavier than a device's share
+    with pytest.raises(RuntimeError, match="raise load_slack"):
+        exflow_placement(w, n_dev, load=skewed, load_slack=0.1)
+    with pytest.raises(ValueError, match="needs the per-layer load"):
+        exflow_placement(w, n_dev, load_slack=0.1)
+    with pytest.raises(ValueError, match="sequential method only"):
+        exflow_placement(w, n_dev, load=load, load_slack=0.1, method="joint")

@@ -25,7 +25,8 @@ Hence at zero load with every expert resident, a step's latency is exactly the s
 of ``attention + router (or dense FFN) + shared + sum of expert costs`` (`zero_load_step_s`
 computes that sum independently; a test pins the equality).
 
-Granularity: simpy events per step x layer x (device, fetched expert); all per-token work is
+Granularity: simpy events per step x layer x device (a layer's demand fetches are one link hold
+and one compute chain; prefetches one transfer each); all per-token work is
 vectorised numpy on the step's routing rows (one ``bincount`` per step for every layer), and the
 cost model is asked for arrays of token counts once per step and device.
 
@@ -537,8 +538,6 @@ class Engine:
             if not is_moe:
                 continue
             lo, hi = layer * E, (layer + 1) * E
-            if self.prefetcher is not None:
-                self._prefetch(layer, rows)
             if n_dev > 1:
                 disp_s, disp_J, comb_s, comb_J = a2a[layer]
                 energy += disp_J + comb_J
@@ -549,12 +548,17 @@ class Engine:
                                             cpu_s, cpu_J, act_bytes[lo:hi])
             else:
                 procs = []
+                idle_devs = []
                 for d in range(n_dev):
                     cnt = np.where(self.home_flat[lo:hi] == d, counts[lo:hi], 0)
                     if cnt.any() or shared_s[d] > 0:
                         procs.append(env.process(self._moe_device(
                             d, layer, abs_layer, rows, cnt, exp_s[d][lo:hi], exp_J[d][lo:hi], exp_cost[d],
                             float(shared_s[d]), float(shared_J[d]), cpu_s, cpu_J, act_bytes[lo:hi])))
+                    else:
+                        idle_devs.append(d)
+                if self.prefetcher is not None and idle_devs:
+                    self._prefetch(layer, rows, idle_devs)
                 if procs:
                     yield env.all_of(procs)
                 yield from self._all_to_all(comb_s, f"combine L{abs_layer}")
@@ -664,6 +668,9 @@ class Engine:
                 s["bytes_host"] += ab
                 energy += float(cpu_J[layer * E + cpu_ex].sum())
                 cpu_done = env.process(self._cpu(layer, cpu_ex, cpu_s[layer * E + cpu_ex], abs_layer))
+        # prefetches are decided after the router and queued behind this layer's demand fetches
+        if self.prefetcher is not None:
+            self._prefetch(layer, rows, (d,))
         # token-expert assignments computed here (each exactly once: device or host CPU)
         if ex.size:
             self.assign_cpu += int(cnt[cpu_ex].sum())
@@ -793,10 +800,11 @@ class Engine:
             self.host_busy_s += total
             self._event(-1, "cpu", "cpu_expert", start, env.now, f"L{abs_layer} {experts.size} experts")
 
-    def _prefetch(self, layer: int, rows: npt.NDArray[np.int16]) -> None:
+    def _prefetch(self, layer: int, rows: npt.NDArray[np.int16], devices: Sequence[int]) -> None:
+        """Ask the prefetch policy for ``devices`` at MoE ``layer``; admit and queue the transfers."""
         assert self.prefetcher is not None
         E = self.E
-        for d in range(self.n_dev):
+        for d in devices:
             if self.fetch_link[d] is None:
                 continue
             cache = self.caches[d]

@@ -1,0 +1,86 @@
+"""The embedded default workload: loads without ../shared, matches the real traces it came from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workloads import UnknownPresetError, get_model
+from workloads.defaults import default_process, fitted_models, load_default_data
+from workloads.importers import import_trace
+from workloads.stats import temporal_reuse
+from workloads.trace import RoutingTrace
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "workloads" / "data" / "default_routing.json"
+
+
+def test_data_file_small_and_self_described() -> None:
+    assert DATA.stat().st_size < 1_000_000
+    data = load_default_data()
+    assert data["generated_by"] == "studies/default_workload/build.py"
+    assert fitted_models() == ["deepseek-v2-lite", "mixtral-8x7b", "olmoe-1b-7b"]
+    for name, prov in data["provenance"].items():
+        assert prov["source"] and prov["licence"], name
+    assert "deepseek-v2-lite" in data["fidelity"]
+
+
+def test_loads_without_shared(tmp_path: Path) -> None:
+    """A fresh interpreter with no ../shared reachable (cwd elsewhere, the shared path pointed at
+    nothing) gets the default processes and samples from them."""
+    code = ("from workloads.defaults import default_process\n"
+            "for m in ('mixtral-8x7b', 'deepseek-v2-lite', 'olmoe-1b-7b'):\n"
+            "    t = default_process(m).sample(50, seed=1)\n"
+            "    print(m, t.experts.shape)\n")
+    env = {**os.environ, "MOE_CODESIGN_SHARED": str(tmp_path / "nowhere")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert "mixtral-8x7b (50, 32, 2)" in out.stdout and "olmoe-1b-7b (50, 16, 8)" in out.stdout
+
+
+@pytest.mark.parametrize("model", ["mixtral-8x7b", "deepseek-v2-lite", "olmoe-1b-7b"])
+def test_fitted_shapes_match_presets(model: str) -> None:
+    p = default_process(model)
+    spec = get_model(model)
+    assert (p.n_moe_layers, p.n_experts, p.top_k) == (spec.n_moe_layers, spec.n_experts, spec.top_k)
+    t = p.sample(200, seed=0, tokens_per_request=50)
+    assert t.experts.shape == (200, spec.n_moe_layers, spec.top_k)
+
+
+def test_embedded_matches_real_traces(shared_dir: Path) -> None:
+    """The shipped numbers are those of the real traces (regeneration check)."""
+    for model, fmt, folder in (("deepseek-v2-lite", "deepseek-csv", "deepseek-v2-lite"),
+                               ("mixtral-8x7b", "mixtral-jsonl", "mixtral-8x7b-instruct")):
+        trace = import_trace(fmt, [shared_dir / "traces" / folder])
+        assert isinstance(trace, RoutingTrace)
+        p = default_process(model)
+        np.testing.assert_allclose(p.reuse_rate, temporal_reuse(trace).rate, atol=1e-6)
+        assert p.meta["fitted_from"]["tokens"] == trace.n_tokens
+
+
+def test_olmoe_popularity_from_counts(shared_dir: Path) -> None:
+    counts = json.loads((shared_dir / "traces" / "olmoe-mixtral-routing-stats" / "counts.json").read_text())
+    layer0 = np.zeros(64)
+    for name in ("arxiv", "book", "c4", "github", "wikipedia"):  # the pretraining-text domains
+        for e, c in counts["olmoe"]["expert_counts"][name][0]:
+            layer0[e] += c
+    p = default_process("olmoe-1b-7b")
+    # the most loaded expert of layer 0 in the counts is the most popular of the process's layer 0
+    assert int(np.argmax(p.popularity[0])) == int(np.argmax(layer0))
+    assert "DeepSeek" in p.meta["composed_from"]["affinity_reuse_overlap"]
+
+
+def test_derived_preset_is_labelled() -> None:
+    p = default_process("mixtral-8x22b")  # same experts and top-k as Mixtral-8x7B, 56 layers
+    assert (p.n_moe_layers, p.n_experts, p.top_k) == (56, 8, 2)
+    assert p.meta["derived_from"]["model"] == "mixtral-8x7b"
+    q = default_process("switch-base-128")  # 128 experts, top-1, 12 layers
+    assert (q.n_moe_layers, q.n_experts, q.top_k) == (12, 128, 1)
+    with pytest.raises(UnknownPresetError):
+        default_process("no-such-model")

@@ -18,6 +18,9 @@ Closed forms (``L`` MoE layers, ``E`` experts, ``k`` top-k, a step of ``B`` toke
   ``h_i = 1 - exp(-lambda_i T)`` (Che, Tung, Wang 2002; exact in the limit of many items under
   independent references);
 - per MoE layer and device (as the engine plays it): ``first = shared + sum_hit a * c(B p / a)``;
+  with several devices the layer waits for the slowest: its resident-expert compute is the mean
+  cost of an active expert times ``E[max_d N_d]``, the expected largest number of active experts
+  on one device (exact for independent activities: each ``N_d`` is a Poisson-binomial sum);
   ``M = sum_miss a`` expected misses are fetched one after the other over the fetch link
   (``t_f`` each) and computed as they arrive, so the layer's expert phase takes
   ``max(first + C_miss, M t_f + C_miss / M)``; with CPU compute on a miss (``miss="cpu"``) the
@@ -115,6 +118,26 @@ def che_hit_rates(rates: npt.ArrayLike, capacity: float) -> FloatArray:
         hi *= 2.0
     t_c = brentq(occupied, 0.0, hi, xtol=1e-12 * hi, rtol=1e-12)
     return np.asarray(-np.expm1(-r * t_c), dtype=np.float64)
+
+
+def _expected_max_active(active: FloatArray, home: npt.NDArray[np.int64], n_dev: int) -> FloatArray:
+    """``E[max_d N_d]`` per layer, ``N_d`` = number of active experts homed on device ``d`` (a sum of
+    independent Bernoulli(``active[l, e]``)): exact, by convolving each device's distribution."""
+    n_l = active.shape[0]
+    out = np.zeros(n_l)
+    for layer in range(n_l):
+        cdfs = []
+        for d in range(n_dev):
+            pmf = np.ones(1)
+            for a in active[layer][home[layer] == d]:
+                pmf = np.concatenate([pmf * (1.0 - a), [0.0]]) + np.concatenate([[0.0], pmf * a])
+            cdfs.append(np.cumsum(pmf))
+        size = max(c.size for c in cdfs)
+        prod = np.ones(size)
+        for c in cdfs:
+            prod *= np.concatenate([c, np.ones(size - c.size)])
+        out[layer] = float(np.sum(1.0 - prod[:-1])) if size > 1 else 0.0
+    return out
 
 
 # --------------------------------------------------------------------------------- the step
@@ -215,10 +238,16 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
     h = hit_probability(bound, act, cache_model=cache_model) if hit is None else np.asarray(hit, dtype=np.float64)
     if h.shape != (n_l, n_e):
         raise ValueError(f"hit must have shape ({n_l}, {n_e}), got {h.shape}")
-    # tokens per device (requests spread evenly, as the engine's KV-balancing admission does)
-    dev_tokens = np.full(n_dev, n_tokens / n_dev)
+    # requests are spread over the devices one by one (the engine admits each on the device with
+    # the most free KV cache, which round-robins equal requests); a device's tokens are its requests'
     if prefill:
         prompts = np.asarray([n_tokens] if prompt_lengths is None else prompt_lengths, dtype=np.float64)
+        if prompts.ndim != 1 or prompts.size == 0 or prompts.min() <= 0:
+            raise ValueError("prompt_lengths must be a non-empty 1-D array of positive lengths")
+        dev_prompts = [prompts[d::n_dev] for d in range(n_dev)]
+        dev_tokens = np.array([float(p_.sum()) for p_ in dev_prompts])
+    else:
+        dev_tokens = np.array([float(len(range(d, n_tokens, n_dev))) for d in range(n_dev)])
     pre_s = np.zeros(n_dev)
     pre_J = np.zeros(n_dev)
     dense_s = np.zeros(n_dev)
@@ -228,10 +257,11 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
     router_s = np.zeros(n_dev)
     router_J = np.zeros(n_dev)
     for d, dev in enumerate(bound.devices):
-        t = max(dev_tokens[d], 1e-9)
+        t = dev_tokens[d]
+        if t <= 0:
+            continue
         if prefill:
-            share = prompts if n_dev == 1 else prompts / n_dev
-            c = cost.attention_prefill(dev, model, share)
+            c = cost.attention_prefill(dev, model, dev_prompts[d])
         else:
             c = cost.attention_decode(dev, model, t, float(context_len))
         pre_s[d], pre_J[d] = float(np.sum(c.total_s)), float(np.sum(c.energy_J))
@@ -245,6 +275,8 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
             dense_s[d], dense_J[d] = float(c.total_s), float(c.energy_J)
     # expert phase per device and layer
     experts_layer = np.zeros((n_l, n_dev))
+    hit_layer = np.zeros((n_l, n_dev))      # expected compute of resident experts per layer and device
+    hit_active = np.zeros((n_l, n_dev))     # expected number of resident active experts
     fetch_busy = np.zeros(n_dev)
     energy = 0.0
     misses_total = 0.0
@@ -264,6 +296,8 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
         energy += float((a_d * h * c_j).sum())
         misses_total += float(miss_n.sum())
         first = shared_s[d] + hit_c
+        hit_layer[:, d] = hit_c
+        hit_active[:, d] = (a_d * h).sum(axis=1)
         link = _fetch_link(bound, d)
         if use_cpu and host is not None and bound.platform.host_link is not None:
             cc = cost.cpu_expert(host, model, per_active)
@@ -299,7 +333,16 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
         energy += float(np.sum(c1.energy_J) + np.sum(c2.energy_J))
     attention_s = n_l * float((pre_s + router_s).max()) + model.n_dense_layers * float((pre_s + dense_s).max())
     energy += n_l * float((pre_J + router_J + shared_J).sum()) + model.n_dense_layers * float((pre_J + dense_J).sum())
-    experts_s = float(experts_layer.max(axis=1).sum())
+    experts_l = experts_layer.max(axis=1)
+    if n_dev > 1:
+        # the layer waits for its slowest device: replace the largest *expected* resident-expert
+        # compute by the mean cost of an active expert times E[max_d N_d], N_d the number of active
+        # resident experts of device d (independent Bernoulli activities, exact distribution)
+        emax = _expected_max_active(act * h, bound.expert_home, n_dev)
+        mean_cost = np.where(hit_active.sum(axis=1) > 0,
+                             hit_layer.sum(axis=1) / np.maximum(hit_active.sum(axis=1), 1e-300), 0.0)
+        experts_l = experts_l + np.maximum(0.0, mean_cost * emax - hit_layer.max(axis=1))
+    experts_s = float(experts_l.sum())
     n_access = float(act.sum())
     hit_rate = float((act * h).sum() / n_access) if n_access > 0 else 1.0
     return AnalyticStep(

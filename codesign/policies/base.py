@@ -161,6 +161,9 @@ class CachePolicy(ABC):
     ``capacity`` is in *expert slots* (an int >= 0; the engine converts a byte capacity with
     ``bytes // model.bytes_per_expert``, see `slots_for_bytes`); pinned experts occupy slots, are
     resident from the start and are never evicted. ``pinned.sum() <= capacity`` is required.
+    ``per_layer=True`` splits the slots evenly over the layers (``layer_capacity``; the first
+    ``capacity % n_layers`` layers get one more), as Mixtral-offloading's per-layer expert caches
+    do: an admission to layer ``l`` then evicts only from layer ``l`` and never exceeds its share.
 
     Call order, per simulation run:
 
@@ -192,7 +195,7 @@ class CachePolicy(ABC):
 
     def __init__(
         self, *, capacity: int, n_layers: int, n_experts: int,
-        pinned: npt.ArrayLike | None = None, seed: int = 0,
+        pinned: npt.ArrayLike | None = None, seed: int = 0, per_layer: bool = False,
     ) -> None:
         if not isinstance(capacity, int | np.integer) or capacity < 0:
             raise ValueError(f"cache capacity must be an int >= 0 expert slots, got {capacity!r}")
@@ -212,6 +215,15 @@ class CachePolicy(ABC):
         if int(self.pinned.sum()) > self.capacity:
             raise ValueError(f"{int(self.pinned.sum())} pinned experts exceed the cache capacity of "
                              f"{self.capacity} slots")
+        self.per_layer = bool(per_layer)
+        self.layer_capacity = np.full(n_layers, self.capacity // n_layers, dtype=np.int64)
+        self.layer_capacity[: self.capacity % n_layers] += 1
+        if self.per_layer:
+            over = np.flatnonzero(self.pinned.sum(axis=1) > self.layer_capacity)
+            if over.size:
+                layer = int(over[0])
+                raise ValueError(f"per-layer cache: {int(self.pinned[layer].sum())} pinned experts of layer {layer} "
+                                 f"exceed its {int(self.layer_capacity[layer])} slots")
         self.resident: BoolArray = self.pinned.copy()
         self._n_resident = int(self.resident.sum())
         self._filters = type(self)._admission_filter is not CachePolicy._admission_filter
@@ -241,6 +253,11 @@ class CachePolicy(ABC):
             raise ValueError(f"initial residents must have shape ({self.n_layers}, {self.n_experts}), "
                              f"got {init.shape}")
         new = init | self.pinned
+        if self.per_layer:  # keep the pinned, then the lowest expert ids, up to each layer's share
+            for layer in np.flatnonzero(new.sum(axis=1) > self.layer_capacity).tolist():
+                free = int(self.layer_capacity[layer]) - int(self.pinned[layer].sum())
+                extra = np.flatnonzero(new[layer] & ~self.pinned[layer])
+                new[layer, extra[free:]] = False
         n = int(new.sum())
         if n > self.capacity:
             raise ValueError(f"{n} initial resident experts exceed the cache capacity of {self.capacity} slots")
@@ -281,11 +298,11 @@ class CachePolicy(ABC):
             new_idx = new_idx[ok]
         victims = _NO_VICTIMS
         if new_idx.size:
-            need = int(new_idx.size) - self.free_slots
+            need = int(new_idx.size) - self._free_for(layer)
             if need > 0:
                 victims = self._evict(need, now, layer=layer, protect=protect, incoming=ex[new_idx],
                                       protect_keys=protect_keys)
-            n_admit = min(int(new_idx.size), self.free_slots)
+            n_admit = min(int(new_idx.size), self._free_for(layer))
             take = new_idx[:n_admit]
             self.resident[layer, ex[take]] = True
             self._n_resident += int(take.size)
@@ -293,6 +310,12 @@ class CachePolicy(ABC):
             if take.size:
                 self._on_admit(layer, ex[take], now, prefetch)
         return Admission(admitted=admitted, victims=victims)
+
+    def _free_for(self, layer: int) -> int:
+        """Free slots an admission to ``layer`` may use (its own share when ``per_layer``)."""
+        if self.per_layer:
+            return int(self.layer_capacity[layer]) - int(np.count_nonzero(self.resident[layer]))
+        return self.capacity - self._n_resident
 
     def evict(self, n: int, now: float, *, layer: int = -1,
               protect: npt.NDArray[np.integer] | None = None,
@@ -305,6 +328,10 @@ class CachePolicy(ABC):
     def _evict(self, n: int, now: float, *, layer: int, protect: npt.NDArray[np.integer] | None,
                incoming: IntArray, protect_keys: npt.NDArray[np.integer] | None = None) -> IntArray:
         candidates = self.resident & ~self.pinned
+        if self.per_layer and layer >= 0 and incoming.size:  # room is made within the layer's share
+            keep = candidates[layer].copy()
+            candidates[:] = False
+            candidates[layer] = keep
         if protect is not None and layer >= 0:
             candidates[layer, np.asarray(protect, dtype=np.int64)] = False
         if protect_keys is not None:

@@ -5,7 +5,8 @@ Configurations (the issue's list): all experts in HBM; a quarter in HBM (64 of 2
 2 per layer on average, the starting set spread over the layers) with LRU, LFU, Belady (the
 oracle upper bound), LRU with next-layer pre-gating prefetch (Read-ME / Pre-gated MoE), and CPU
 compute on a miss (Fiddler: the CPU computes every missing expert; and Fiddler's per-expert
-cheapest-of-fetch-or-CPU rule).
+cheapest-of-fetch-or-CPU rule); and LRU with the slots split evenly over the layers (2 per layer,
+as Mixtral-offloading's per-layer expert caches).
 
 Workload: the real trace (`shared/traces/mixtral-8x7b-instruct`, 4 requests, 585 decode tokens,
 recorded from Mixtral-8x7B-Instruct served in FP8 by vLLM) replayed by `TraceReplay`: request i
@@ -59,6 +60,8 @@ def configurations(batch: int) -> dict[str, Mapping]:
     return {
         "all-hbm": Mapping(batching=b),
         "quarter-lru": Mapping(cache=CacheSpec(policy="lru", expert_fraction=q), batching=b),
+        "quarter-lru-per-layer": Mapping(cache=CacheSpec(policy="lru", expert_fraction=q,
+                                                         options={"per_layer": True}), batching=b),
         "quarter-lfu": Mapping(cache=CacheSpec(policy="lfu", expert_fraction=q), batching=b),
         "quarter-belady": Mapping(cache=CacheSpec(policy="belady", expert_fraction=q), batching=b),
         "quarter-lru-pregate": Mapping(cache=CacheSpec(policy="lru", expert_fraction=q), prefetch="pregate",

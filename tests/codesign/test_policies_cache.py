@@ -157,3 +157,41 @@ def test_slots_for_bytes() -> None:
     assert slots_for_bytes(-1.0, 2.0) == 0
     with pytest.raises(ValueError):
         slots_for_bytes(1.0, 0.0)
+
+
+@pytest.mark.parametrize("name", ["lru", "lfu", "belady", "static"])
+@settings(max_examples=25, deadline=None)
+@given(seq=access_seqs, capacity=st.integers(0, 9))
+def test_per_layer_partition_holds(name: str, seq: list[tuple[int, list[int]]], capacity: int) -> None:
+    cache: CachePolicy = REGISTRIES["cache"].create(name, capacity=capacity, n_layers=L, n_experts=E, per_layer=True)
+    if cache.needs_future:
+        cache.prepare(_calls(seq))
+    cache.warm(np.ones((L, E), dtype=bool) if name == "static" else np.zeros((L, E), dtype=bool))
+    assert cache.layer_capacity.sum() == capacity
+    for t, (layer, ex) in enumerate(seq):
+        e = np.array(sorted(set(ex)), dtype=np.int64)
+        h = cache.access(layer, e, float(t))
+        others = np.delete(cache.resident, layer, axis=0).copy()
+        adm = cache.admit(layer, e[~h], float(t), protect=e)
+        assert (adm.victims[:, 0] == layer).all(), "per-layer eviction stays in the layer"
+        assert np.array_equal(np.delete(cache.resident, layer, axis=0), others)
+        assert (cache.resident.sum(axis=1) <= cache.layer_capacity).all()
+
+
+def test_per_layer_lru_isolates_layers() -> None:
+    def make(per_layer: bool) -> CachePolicy:
+        c: CachePolicy = REGISTRIES["cache"].create("lru", capacity=4, n_layers=2, n_experts=E, per_layer=per_layer)
+        c.warm(np.zeros((2, E), dtype=bool))
+        return c
+
+    fits = [(0, [1, 2]), (1, [3, 4])] * 5
+    assert _play(make(True), fits)[0] == 16  # every call after the first two hits
+    # layer 0 needs 3 experts (5 distinct per cycle > 4 slots): in a global LRU layer 0's misses evict
+    # layer 1's experts; per-layer slots (2 + 2) keep layer 1's pair and 2 of layer 0's three resident
+    thrash = [(0, [1, 2, 3]), (1, [3, 4])] * 5
+    assert _play(make(True), thrash)[0] == 16
+    assert _play(make(False), thrash)[0] < 16
+    pinned = np.zeros((L, E), dtype=bool)
+    pinned[0, :2] = True
+    with pytest.raises(ValueError, match="per-layer cache: 2 pinned experts of layer 0 exceed its 1 slots"):
+        REGISTRIES["cache"].create("lru", capacity=3, n_layers=L, n_experts=E, pinned=pinned, per_layer=True)

@@ -38,14 +38,14 @@ def test_scenario1_bf16_all_in_hbm_is_refused_with_numbers(scenario1: dict[str, 
 
 def test_scenario1_orderings(scenario1: dict[str, Any]) -> None:
     r = scenario1["results"]
-    assert set(r) == {"all-hbm", "quarter-lru", "quarter-lfu", "quarter-belady", "quarter-lru-pregate",
-                      "quarter-cpu-on-miss", "quarter-fiddler-cost"}
+    assert set(r) == {"all-hbm", "quarter-lru", "quarter-lru-per-layer", "quarter-lfu", "quarter-belady",
+                      "quarter-lru-pregate", "quarter-cpu-on-miss", "quarter-fiddler-cost"}
     hit = {k: v["hit_rate"]["hbm"] for k, v in r.items()}
     tpot = {k: v["tpot_p50_s"] for k, v in r.items()}
     assert hit["all-hbm"] == 1.0 and r["all-hbm"]["bytes_moved"] == {}
     assert all(tpot["all-hbm"] < t for k, t in tpot.items() if k != "all-hbm")
     # Belady bounds the online policies on the same trace and capacity, and is exact here (closed batch)
-    assert hit["quarter-belady"] >= max(hit["quarter-lru"], hit["quarter-lfu"])
+    assert hit["quarter-belady"] >= max(hit["quarter-lru"], hit["quarter-lfu"], hit["quarter-lru-per-layer"])
     assert r["quarter-belady"]["oracle_exact"] is True
     assert tpot["quarter-belady"] <= min(tpot["quarter-lru"], tpot["quarter-lfu"])
     # pre-gating turns demand misses into prefetch hits (the link stays the bottleneck)
@@ -65,7 +65,7 @@ def test_scenario1_main_writes_summary(shared_dir: Path, tmp_path: Path, capsys:
                    "--output-len", "4", "--shared", str(shared_dir)])
     assert rc == 0
     data = json.loads((tmp_path / "summary.json").read_text())
-    assert data["setting"]["n_requests"] == 2 and len(data["results"]) == 7
+    assert data["setting"]["n_requests"] == 2 and len(data["results"]) == 8
     assert "quarter-belady" in capsys.readouterr().out
 
 

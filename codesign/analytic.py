@@ -122,22 +122,26 @@ def che_hit_rates(rates: npt.ArrayLike, capacity: float) -> FloatArray:
 
 def _expected_max_active(active: FloatArray, home: npt.NDArray[np.int64], n_dev: int) -> FloatArray:
     """``E[max_d N_d]`` per layer, ``N_d`` = number of active experts homed on device ``d`` (a sum of
-    independent Bernoulli(``active[l, e]``)): exact, by convolving each device's distribution."""
-    n_l = active.shape[0]
-    out = np.zeros(n_l)
-    for layer in range(n_l):
-        cdfs = []
-        for d in range(n_dev):
-            pmf = np.ones(1)
-            for a in active[layer][home[layer] == d]:
-                pmf = np.concatenate([pmf * (1.0 - a), [0.0]]) + np.concatenate([[0.0], pmf * a])
-            cdfs.append(np.cumsum(pmf))
-        size = max(c.size for c in cdfs)
-        prod = np.ones(size)
-        for c in cdfs:
-            prod *= np.concatenate([c, np.ones(size - c.size)])
-        out[layer] = float(np.sum(1.0 - prod[:-1])) if size > 1 else 0.0
-    return out
+    independent Bernoulli(``active[l, e]``)): exact, by convolving each device's distribution
+    (vectorised over layers and devices; experts padded with activity 0)."""
+    n_l, n_e = active.shape
+    order = np.argsort(home, axis=1, kind="stable")                       # experts grouped by device
+    dev_sorted = np.take_along_axis(home, order, axis=1)
+    act_sorted = np.take_along_axis(active, order, axis=1)
+    counts = np.stack([np.bincount(home[layer], minlength=n_dev) for layer in range(n_l)])   # [L, D]
+    width = int(counts.max()) if counts.size else 0
+    starts = np.concatenate([np.zeros((n_l, 1), dtype=np.int64), np.cumsum(counts, axis=1)[:, :-1]], axis=1)
+    slot = np.arange(n_e)[None, :] - np.take_along_axis(starts, dev_sorted, axis=1)          # rank within device
+    padded = np.zeros((n_l, n_dev, max(width, 1)))
+    padded[np.repeat(np.arange(n_l), n_e), dev_sorted.ravel(), slot.ravel()] = act_sorted.ravel()
+    pmf = np.zeros((n_l, n_dev, width + 1))
+    pmf[:, :, 0] = 1.0
+    for j in range(width):
+        a = padded[:, :, j:j + 1]
+        shifted = np.concatenate([np.zeros((n_l, n_dev, 1)), pmf[:, :, :-1]], axis=2)
+        pmf = pmf * (1.0 - a) + shifted * a
+    prod = np.prod(np.cumsum(pmf, axis=2), axis=1)                         # P(max <= n), [L, width+1]
+    return np.asarray(np.sum(1.0 - prod[:, :-1], axis=1), dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------- the step

@@ -173,3 +173,16 @@ def test_expert_parallel_agrees_with_simulator(shared_dir: Path, case: _Case) ->
     assert ana["tpot_p50_s"] == pytest.approx(res["tpot_p50_s"], rel=case.rel)
     assert ana["ttft_p50_s"] == pytest.approx(res["ttft_p50_s"], rel=case.rel)
     assert ana["decode"]["all_to_all_s"] > 0
+
+
+def test_expected_slowest_device_matches_monte_carlo() -> None:
+    from codesign.analytic import _expected_max_active
+
+    rng = np.random.default_rng(0)
+    act = rng.uniform(0, 0.5, size=(3, 10))
+    home = rng.integers(0, 3, size=(3, 10))
+    exact = _expected_max_active(act, home, 3)
+    draws = rng.random((100_000, 3, 10)) < act[None]
+    per_dev = np.stack([(draws & (home[None] == d)).sum(axis=2) for d in range(3)], axis=2)
+    assert exact == pytest.approx(per_dev.max(axis=2).mean(axis=0), abs=0.01)
+    assert np.all(_expected_max_active(np.zeros((2, 4)), np.zeros((2, 4), dtype=np.int64), 2) == 0.0)

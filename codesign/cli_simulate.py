@@ -53,7 +53,11 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     src.add_argument("--trace", type=Path, help="routing trace to replay (.npz, canonical format)")
     src.add_argument("--process", type=Path, help="fitted routing process to sample (.json)")
     p.add_argument("--cache", default="lru", help="cache policy (default lru; codesign presets policies)")
+    p.add_argument("--cache-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="cache policy option, repeatable (e.g. per_layer=true)")
     p.add_argument("--prefetch", default="none", help="prefetch policy (default none)")
+    p.add_argument("--prefetch-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="prefetch policy option, repeatable (e.g. accuracy=0.9)")
     p.add_argument("--miss", default="fetch", help="miss policy: fetch | cpu | cost (default fetch)")
     p.add_argument("--placement", default="round-robin", help="placement across devices (default round-robin)")
     p.add_argument("--scheduler", default="fifo", help="token scheduler (default fifo)")
@@ -110,14 +114,39 @@ def build_stream(args: argparse.Namespace, model: Any) -> Any:
     return RequestStream.closed(**kwargs)
 
 
+def parse_options(items: list[str], flag: str) -> tuple[tuple[str, bool | int | float | str], ...]:
+    """``KEY=VALUE`` strings -> sorted option pairs; values parse as bool (true/false), int, float,
+    else str."""
+    out: dict[str, bool | int | float | str] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
+        value: bool | int | float | str
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+        out[key] = value
+    return tuple(sorted(out.items()))
+
+
 def build_mapping(args: argparse.Namespace) -> Any:
     """The `Mapping` the arguments describe."""
     from codesign.mapping import BatchingSpec, CacheSpec, Mapping
 
     return Mapping(
         n_devices=args.devices, placement=args.placement, backing=args.backing,
-        cache=CacheSpec(policy=args.cache, expert_fraction=args.hbm_expert_fraction),
-        prefetch=args.prefetch, miss=args.miss, train_fraction=args.train_fraction,
+        cache=CacheSpec(policy=args.cache, expert_fraction=args.hbm_expert_fraction,
+                        options=parse_options(args.cache_option, "--cache-option")),
+        prefetch=args.prefetch, prefetch_options=parse_options(args.prefetch_option, "--prefetch-option"),
+        miss=args.miss, train_fraction=args.train_fraction,
         batching=BatchingSpec(scheduler=args.scheduler, max_batch=args.batch, max_tokens=args.max_tokens),
     )
 

@@ -73,6 +73,16 @@ def test_clean_errors(trace_npz: Path, capsys: pytest.CaptureFixture[str], extra
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
+def test_policy_options(trace_npz: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main([*BASE, "--trace", str(trace_npz), "--hbm-expert-fraction", "0.25", "--cache-option", "per_layer=true",
+               "--prefetch", "pregate", "--prefetch-option", "accuracy=0.5", "--json"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["cache_slots"] == 64
+    rc = main([*BASE, "--trace", str(trace_npz), "--cache-option", "per_layer"])
+    assert rc == 1 and "--cache-option expects KEY=VALUE" in capsys.readouterr().err
+
+
 def test_missing_trace_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main([*BASE, "--trace", str(tmp_path / "nope.npz")])
     assert rc == 1 and "nope.npz" in capsys.readouterr().err

@@ -43,7 +43,7 @@ __all__ = ["BatchingSpec", "BoundMapping", "CacheSpec", "Mapping", "MappingError
 #: JSON-able option values (policy keyword arguments).
 OptionValue = bool | int | float | str
 Options = tuple[tuple[str, OptionValue], ...]
-InitialFill = Literal["popular", "spread", "empty"]
+InitialFill = Literal["popular", "spread", "empty", "listed"]
 
 
 class MappingError(ValueError):
@@ -138,7 +138,10 @@ class Mapping:
         default=(), metadata={"help": "(moe_layer, expert) pairs pinned in their home device's cache"})
     initial: InitialFill = field(
         default="popular", metadata={"help": "starting cache contents: 'popular' (by training load; "
-                                             "'spread' without training data), 'spread' or 'empty'"})
+                                             "'spread' without training data), 'spread', 'empty' or "
+                                             "'listed' (exactly `resident`)"})
+    resident: tuple[tuple[int, int], ...] = field(
+        default=(), metadata={"help": "(moe_layer, expert) pairs cached at start when initial='listed'"})
     staging_experts: int = field(
         default=2, metadata={"help": "expert-sized staging buffers for uncached fetches (double buffer)"})
     kv_fraction: float = field(
@@ -167,17 +170,20 @@ class Mapping:
             raise MappingError(f"batching must be a BatchingSpec, got {type(self.batching).__name__}")
         if not isinstance(self.backing, str) or not self.backing:
             raise MappingError(f"backing must be 'host' or a device tier name, got {self.backing!r}")
-        pins: list[tuple[int, int]] = []
-        for i, pair in enumerate(self.pinned):
-            if (not isinstance(pair, tuple | list) or len(pair) != 2
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair)):
-                raise MappingError(f"pinned[{i}] must be a (moe_layer, expert) pair of ints >= 0, got {pair!r}")
-            pins.append((int(pair[0]), int(pair[1])))
-        if len(set(pins)) != len(pins):
-            raise MappingError("pinned lists an expert twice")
-        object.__setattr__(self, "pinned", tuple(sorted(pins)))
-        if self.initial not in ("popular", "spread", "empty"):
-            raise MappingError(f"initial must be 'popular', 'spread' or 'empty', got {self.initial!r}")
+        for name in ("pinned", "resident"):
+            pairs: list[tuple[int, int]] = []
+            for i, pair in enumerate(getattr(self, name)):
+                if (not isinstance(pair, tuple | list) or len(pair) != 2
+                        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair)):
+                    raise MappingError(f"{name}[{i}] must be a (moe_layer, expert) pair of ints >= 0, got {pair!r}")
+                pairs.append((int(pair[0]), int(pair[1])))
+            if len(set(pairs)) != len(pairs):
+                raise MappingError(f"{name} lists an expert twice")
+            object.__setattr__(self, name, tuple(sorted(pairs)))
+        if self.initial not in ("popular", "spread", "empty", "listed"):
+            raise MappingError(f"initial must be 'popular', 'spread', 'empty' or 'listed', got {self.initial!r}")
+        if self.resident and self.initial != "listed":
+            raise MappingError(f"resident experts are listed but initial={self.initial!r}; set initial='listed'")
         _positive_int(self.staging_experts, "staging_experts", allow_zero=True)
         for name in ("kv_fraction", "train_fraction"):
             v = getattr(self, name)
@@ -220,8 +226,9 @@ class Mapping:
             b = dict(kw["batching"])
             _known(b, BatchingSpec, "mapping.batching")
             kw["batching"] = BatchingSpec(**b)
-        if "pinned" in kw:
-            kw["pinned"] = tuple(tuple(p) if isinstance(p, list) else p for p in kw["pinned"])
+        for name in ("pinned", "resident"):
+            if name in kw:
+                kw[name] = tuple(tuple(p) if isinstance(p, list) else p for p in kw[name])
         return cls(**kw)
 
     def to_json(self) -> str:
@@ -394,7 +401,17 @@ def _bind(m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats |
         kv_cap.append(int(kv_bytes // kvb))
     # starting residents
     initial = pinned.copy()
-    if m.initial != "empty":
+    if m.initial == "listed":
+        for layer, expert in m.resident:
+            if layer >= n_l or expert >= n_e:
+                raise MappingError(f"resident expert ({layer}, {expert}) does not exist: model {model.name!r} has "
+                                   f"{n_l} MoE layers x {n_e} experts")
+            initial[home[layer, expert], layer, expert] = True
+        for d in range(n_dev):
+            if int(initial[d].sum()) > slots[d]:
+                raise MappingError(f"device {d} ({devices[d].name}): {int(initial[d].sum())} listed resident and "
+                                   f"pinned experts exceed its {slots[d]} cache slots")
+    elif m.initial != "empty":
         load = stats.load if (stats is not None and m.initial == "popular") else None
         for d in range(n_dev):
             free = slots[d] - int(initial[d].sum())

@@ -49,6 +49,8 @@ def test_hash_changes_with_any_field() -> None:
     ({"pinned": ((0, -1),)}, r"pinned\[0\]"),
     ({"pinned": ((0, 1), (0, 1))}, "twice"),
     ({"initial": "random"}, "initial must be"),
+    ({"resident": ((0, 1),)}, "set initial='listed'"),
+    ({"initial": "listed", "resident": ((0, 1), (0, 1))}, "resident lists an expert twice"),
     ({"staging_experts": -1}, "staging_experts"),
     ({"prefetch_options": {"bad key": 1}}, "identifier"),
     ({"miss_options": {"x": [1]}}, "bool, int, float or str"),
@@ -153,3 +155,14 @@ def test_expert_parallel_placement_and_devices() -> None:
 def test_unknown_cache_tier(mixtral, h100_host) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(MappingError, match=r"no memory tier 'sram'; tiers: \['l2', 'hbm'\]"):
         Mapping(cache=CacheSpec(expert_fraction=0.25, tier="sram")).bind(mixtral, h100_host)
+
+
+def test_listed_residents(mixtral, h100_host) -> None:  # type: ignore[no-untyped-def]
+    m = Mapping(cache=CacheSpec(capacity_experts=3), initial="listed", resident=((5, 1), (0, 7)), pinned=((2, 2),))
+    assert Mapping.from_json(m.to_json()) == m
+    b = m.bind(mixtral, h100_host)
+    assert sorted(map(tuple, np.argwhere(b.initial[0]).tolist())) == [(0, 7), (2, 2), (5, 1)]
+    with pytest.raises(MappingError, match="3 listed resident and pinned experts exceed its 2 cache slots"):
+        m.with_(cache=CacheSpec(capacity_experts=2)).bind(mixtral, h100_host)
+    with pytest.raises(MappingError, match=r"resident expert \(40, 1\) does not exist"):
+        m.with_(resident=((40, 1),)).bind(mixtral, h100_host)

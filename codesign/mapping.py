@@ -43,6 +43,8 @@ __all__ = ["BatchingSpec", "BoundMapping", "CacheSpec", "Mapping", "MappingError
 #: JSON-able option values (policy keyword arguments).
 OptionValue = bool | int | float | str
 Options = tuple[tuple[str, OptionValue], ...]
+#: What an options field accepts: sorted pairs (stored form) or a dict (normalised at construction).
+OptionsArg = Options | dict[str, OptionValue]
 InitialFill = Literal["popular", "spread", "empty", "listed"]
 
 
@@ -89,7 +91,7 @@ class CacheSpec:
         default=1.0, metadata={"help": "fraction of each device's homed experts that the cache holds, in [0, 1]"})
     capacity_experts: int | None = field(
         default=None, metadata={"help": "cache slots per device; overrides expert_fraction when set"})
-    options: Options = field(default=(), metadata={"help": "keyword options of the policy"})
+    options: OptionsArg = field(default=(), metadata={"help": "keyword options of the policy"})
 
     def __post_init__(self) -> None:
         _check_policy("cache", self.policy, "cache.policy")
@@ -108,7 +110,7 @@ class BatchingSpec:
     scheduler: str = field(default="fifo", metadata={"help": "token scheduler"})
     max_batch: int = field(default=64, metadata={"help": "max requests running (holding KV) at once"})
     max_tokens: int = field(default=8192, metadata={"help": "max tokens per step (prefill chunks + decode)"})
-    options: Options = ()
+    options: OptionsArg = ()
 
     def __post_init__(self) -> None:
         _check_policy("scheduling", self.scheduler, "batching.scheduler")
@@ -124,15 +126,15 @@ class Mapping:
     n_devices: int | None = field(
         default=None, metadata={"help": "expert-parallel degree; None = all accelerators of the platform"})
     placement: str = field(default="round-robin", metadata={"help": "placement policy across devices"})
-    placement_options: Options = ()
+    placement_options: OptionsArg = ()
     cache: CacheSpec = field(default_factory=CacheSpec)
     backing: str = field(
         default="host", metadata={"help": "where offloaded experts live: 'host' (host memory over host_link) "
                                           "or a slower tier of the device, e.g. 'ddr'"})
     prefetch: str = field(default="none", metadata={"help": "prefetch policy"})
-    prefetch_options: Options = ()
+    prefetch_options: OptionsArg = ()
     miss: str = field(default="fetch", metadata={"help": "miss policy: fetch weights or compute on the CPU"})
-    miss_options: Options = ()
+    miss_options: OptionsArg = ()
     batching: BatchingSpec = field(default_factory=BatchingSpec)
     pinned: tuple[tuple[int, int], ...] = field(
         default=(), metadata={"help": "(moe_layer, expert) pairs pinned in their home device's cache"})

@@ -15,11 +15,11 @@ from workloads import get_model
 
 
 @pytest.fixture(scope="module")
-def h100():  # type: ignore[no-untyped-def]
+def h100():
     return get_platform("h100-pcie5-host")
 
 
-def test_basic_run_records_and_conservation(h100) -> None:  # type: ignore[no-untyped-def]
+def test_basic_run_records_and_conservation(h100) -> None:
     model = tiny_model()
     stream = random_stream(model, 12, 7, 5, seed=1, rate_per_s=50.0)
     r = simulate(model, h100, stream, Mapping(batching=BatchingSpec(max_batch=4, max_tokens=16)), seed=0)
@@ -40,7 +40,7 @@ def test_basic_run_records_and_conservation(h100) -> None:  # type: ignore[no-un
     assert 0 < s["peak_memory_bytes"]["hbm"] <= 80e9
 
 
-def test_offload_lru_fetches_and_counts_bytes(h100) -> None:  # type: ignore[no-untyped-def]
+def test_offload_lru_fetches_and_counts_bytes(h100) -> None:
     model = tiny_model()
     stream = random_stream(model, 4, 3, 6, seed=2)
     r = simulate(model, h100, stream, Mapping(cache=CacheSpec(expert_fraction=0.25)), seed=0)
@@ -52,7 +52,7 @@ def test_offload_lru_fetches_and_counts_bytes(h100) -> None:  # type: ignore[no-
     assert s["peak_resident_experts"] <= s["cache_slots"] == 8
 
 
-def test_cpu_miss_computes_on_host(h100) -> None:  # type: ignore[no-untyped-def]
+def test_cpu_miss_computes_on_host(h100) -> None:
     model = tiny_model()
     stream = random_stream(model, 4, 3, 6, seed=2)
     r = simulate(model, h100, stream, Mapping(cache=CacheSpec(expert_fraction=0.25), miss="cpu"), seed=0)
@@ -63,7 +63,7 @@ def test_cpu_miss_computes_on_host(h100) -> None:  # type: ignore[no-untyped-def
     assert s["bytes_moved"]["pcie-gen5-x16"] == pytest.approx(s["assignments_cpu"] * 2 * model.d_model * 2.0)
 
 
-def test_pregate_prefetch_raises_hit_rate(h100) -> None:  # type: ignore[no-untyped-def]
+def test_pregate_prefetch_raises_hit_rate(h100) -> None:
     model = tiny_model()
     stream = random_stream(model, 2, 2, 20, seed=3)
     base = Mapping(cache=CacheSpec(expert_fraction=0.5))
@@ -116,13 +116,13 @@ def test_cpu_only_server() -> None:
 class _Greedy(TokenScheduler):
     """Breaks the contract: gives decode requests 2 tokens."""
 
-    def schedule(self, now, waiting, running, kv_free_tokens):  # type: ignore[no-untyped-def]
+    def schedule(self, now, waiting, running, kv_free_tokens):
         reqs = list(running) + list(waiting)
         return Batch(request_ids=tuple(r.request_id for r in reqs),
                      n_tokens=tuple(r.remaining_prompt if r.in_prefill else 2 for r in reqs))
 
 
-def test_scheduler_contract_is_enforced(h100) -> None:  # type: ignore[no-untyped-def]
+def test_scheduler_contract_is_enforced(h100) -> None:
     model = tiny_model()
     stream = random_stream(model, 2, 2, 3, seed=8)
     bound = Mapping().bind(model, h100)
@@ -134,7 +134,7 @@ def test_scheduler_contract_is_enforced(h100) -> None:  # type: ignore[no-untype
         eng.run(reqs)
 
 
-def test_bad_routing_is_reported(h100) -> None:  # type: ignore[no-untyped-def]
+def test_bad_routing_is_reported(h100) -> None:
     model = tiny_model()
     stream = random_stream(model, 1, 2, 2, seed=9)
     stream._routing[0] = stream._routing[0][:, :2]
@@ -142,7 +142,7 @@ def test_bad_routing_is_reported(h100) -> None:  # type: ignore[no-untyped-def]
         simulate(model, h100, stream, Mapping())
 
 
-def test_events_do_not_overlap_per_resource(h100) -> None:  # type: ignore[no-untyped-def]
+def test_events_do_not_overlap_per_resource(h100) -> None:
     model = tiny_model()
     stream = random_stream(model, 3, 3, 4, seed=10)
     r = simulate(model, h100, stream, Mapping(cache=CacheSpec(expert_fraction=0.25), prefetch="pregate"),

@@ -24,7 +24,7 @@ from workloads.trace import RoutingTrace
 
 
 @pytest.fixture(scope="module")
-def h100():  # type: ignore[no-untyped-def]
+def h100():
     return get_platform("h100-pcie5-host")
 
 
@@ -55,7 +55,7 @@ def _trace_stream(trace: RoutingTrace, prompt: int = 1) -> ListStream:
 
 
 @pytest.mark.parametrize("miss, prefetch", [("fetch", "none"), ("cost", "pregate"), ("cpu", "none")])
-def test_assignments_tokens_bytes_energy_conserved(h100, miss: str, prefetch: str) -> None:  # type: ignore[no-untyped-def]
+def test_assignments_tokens_bytes_energy_conserved(h100, miss: str, prefetch: str) -> None:
     model = tiny_model()
     stream = random_stream(model, 10, 5, 6, seed=21, rate_per_s=2000.0)
     stream._routing[3][2, 1, 1] = -1  # a dropped slot is not an assignment
@@ -93,7 +93,7 @@ def test_capacity_never_exceeded(policy: str, slots: int, prefetch: str, seed: i
     assert s["n_requests"] == 3
 
 
-def test_capacity_holds_when_kv_is_full(h100) -> None:  # type: ignore[no-untyped-def]
+def test_capacity_holds_when_kv_is_full(h100) -> None:
     model = get_model("mixtral-8x7b")
     stream = random_stream(model, 6, 2000, 2, seed=5)
     m = Mapping(cache=CacheSpec(expert_fraction=0.75), batching=BatchingSpec(max_batch=6, max_tokens=16384))
@@ -101,7 +101,7 @@ def test_capacity_holds_when_kv_is_full(h100) -> None:  # type: ignore[no-untype
     assert r.summary["peak_memory_bytes"]["hbm"] <= 80e9
 
 
-def test_zero_load_step_equals_sum_of_op_costs(h100) -> None:  # type: ignore[no-untyped-def]
+def test_zero_load_step_equals_sum_of_op_costs(h100) -> None:
     for model in (tiny_model(), tiny_model(first_dense_layers=1, dense_ffn_dim=2048, n_layers=5,
                                            n_shared_experts=1, shared_ffn_dim=512)):
         stream = random_stream(model, 1, 9, 4, seed=13)
@@ -117,7 +117,7 @@ def test_zero_load_step_equals_sum_of_op_costs(h100) -> None:  # type: ignore[no
             assert steps[j] == pytest.approx(z, rel=1e-12)
 
 
-def test_belady_hit_rate_bounds_online_policies(h100, mixtral_trace: RoutingTrace) -> None:  # type: ignore[no-untyped-def]
+def test_belady_hit_rate_bounds_online_policies(h100, mixtral_trace: RoutingTrace) -> None:
     model = get_model("mixtral-8x7b")
     stream = _trace_stream(mixtral_trace.select(np.arange(400)))
     hits = {}
@@ -133,7 +133,7 @@ def test_belady_hit_rate_bounds_online_policies(h100, mixtral_trace: RoutingTrac
 
 
 @pytest.mark.parametrize("initial", ["empty", "spread"])
-def test_more_cache_never_makes_lru_slower(h100, mixtral_trace: RoutingTrace, initial: str) -> None:  # type: ignore[no-untyped-def]
+def test_more_cache_never_makes_lru_slower(h100, mixtral_trace: RoutingTrace, initial: str) -> None:
     model = get_model("mixtral-8x7b")
     stream = _trace_stream(mixtral_trace.select(np.arange(400)))
     times, hit = [], []
@@ -147,7 +147,7 @@ def test_more_cache_never_makes_lru_slower(h100, mixtral_trace: RoutingTrace, in
     assert times[-1] < times[0]
 
 
-def test_more_bandwidth_never_makes_lru_slower(h100, mixtral_trace: RoutingTrace) -> None:  # type: ignore[no-untyped-def]
+def test_more_bandwidth_never_makes_lru_slower(h100, mixtral_trace: RoutingTrace) -> None:
     model = get_model("mixtral-8x7b")
     stream = _trace_stream(mixtral_trace.select(np.arange(300)))
     link = h100.host_link
@@ -161,7 +161,7 @@ def test_more_bandwidth_never_makes_lru_slower(h100, mixtral_trace: RoutingTrace
     assert all(b < a for a, b in itertools.pairwise(times)), times
 
 
-def test_same_seed_same_result(h100) -> None:  # type: ignore[no-untyped-def]
+def test_same_seed_same_result(h100) -> None:
     model = tiny_model()
     stream = random_stream(model, 8, 4, 5, seed=3, rate_per_s=500.0)
     m = Mapping(cache=CacheSpec(expert_fraction=0.5), prefetch="pregate", prefetch_options={"accuracy": 0.7})
@@ -176,7 +176,7 @@ def test_same_seed_same_result(h100) -> None:  # type: ignore[no-untyped-def]
     assert other.config_hash != a.config_hash  # the workload is part of the hashed config
 
 
-def test_bad_mappings_and_unknown_policies_are_clear(h100) -> None:  # type: ignore[no-untyped-def]
+def test_bad_mappings_and_unknown_policies_are_clear(h100) -> None:
     model = get_model("mixtral-8x7b")
     stream = random_stream(model, 1, 2, 2)
     with pytest.raises(MappingError, match=r"capacity 80\.00 GB.*256 resident experts"):

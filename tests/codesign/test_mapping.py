@@ -14,12 +14,12 @@ from workloads import get_model
 
 
 @pytest.fixture(scope="module")
-def mixtral():  # type: ignore[no-untyped-def]
+def mixtral():
     return get_model("mixtral-8x7b")
 
 
 @pytest.fixture(scope="module")
-def h100_host():  # type: ignore[no-untyped-def]
+def h100_host():
     return get_platform("h100-pcie5-host")
 
 
@@ -88,14 +88,14 @@ def test_from_dict_unknown_key() -> None:
         Mapping.from_json("{not json")
 
 
-def test_all_in_hbm_bf16_mixtral_does_not_fit_one_h100(mixtral, h100_host) -> None:  # type: ignore[no-untyped-def]
+def test_all_in_hbm_bf16_mixtral_does_not_fit_one_h100(mixtral, h100_host) -> None:
     with pytest.raises(MappingError) as info:
         Mapping().bind(mixtral, h100_host, min_kv_tokens=100)
     msg = str(info.value)
     assert "capacity 80.00 GB" in msg and "256 resident experts" in msg and "352.3 MB" in msg
 
 
-def test_quarter_offload_fits_and_fills(mixtral, h100_host) -> None:  # type: ignore[no-untyped-def]
+def test_quarter_offload_fits_and_fills(mixtral, h100_host) -> None:
     b = Mapping(cache=CacheSpec(expert_fraction=0.25)).bind(mixtral, h100_host, min_kv_tokens=4096)
     assert b.slots == (64,) and b.homed == (256,) and b.offloaded
     assert b.initial.sum() == 64
@@ -107,7 +107,7 @@ def test_quarter_offload_fits_and_fills(mixtral, h100_host) -> None:  # type: ig
     assert used == pytest.approx(mem["capacity_bytes"])
 
 
-def test_popular_fill_uses_stats(mixtral, h100_host) -> None:  # type: ignore[no-untyped-def]
+def test_popular_fill_uses_stats(mixtral, h100_host) -> None:
     load = np.zeros((32, 8))
     load[:, 5] = 10.0
     load[3, :] = 100.0
@@ -118,19 +118,19 @@ def test_popular_fill_uses_stats(mixtral, h100_host) -> None:  # type: ignore[no
     assert b2.initial[0, :, 5].all() and b2.initial[0].sum() == 40
 
 
-def test_kv_that_does_not_fit_is_refused(mixtral, h100_host) -> None:  # type: ignore[no-untyped-def]
+def test_kv_that_does_not_fit_is_refused(mixtral, h100_host) -> None:
     m = Mapping(cache=CacheSpec(expert_fraction=0.25))
     with pytest.raises(MappingError, match=r"KV cache of the largest request \(10000000 tokens"):
         m.bind(mixtral, h100_host, min_kv_tokens=10_000_000)
 
 
-def test_offload_without_host_is_refused(mixtral) -> None:  # type: ignore[no-untyped-def]
+def test_offload_without_host_is_refused(mixtral) -> None:
     cpu = get_platform("cpu-server")
     with pytest.raises(MappingError, match="no host memory to offload"):
         Mapping(cache=CacheSpec(expert_fraction=0.5)).bind(mixtral, cpu)
 
 
-def test_pinned_checks(mixtral, h100_host) -> None:  # type: ignore[no-untyped-def]
+def test_pinned_checks(mixtral, h100_host) -> None:
     with pytest.raises(MappingError, match=r"pinned expert \(40, 0\) does not exist"):
         Mapping(cache=CacheSpec(expert_fraction=0.25), pinned=((40, 0),)).bind(mixtral, h100_host)
     pins = tuple((layer, 0) for layer in range(32))
@@ -152,12 +152,12 @@ def test_expert_parallel_placement_and_devices() -> None:
         Mapping(n_devices=9).bind(model, dgx)
 
 
-def test_unknown_cache_tier(mixtral, h100_host) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_cache_tier(mixtral, h100_host) -> None:
     with pytest.raises(MappingError, match=r"no memory tier 'sram'; tiers: \['l2', 'hbm'\]"):
         Mapping(cache=CacheSpec(expert_fraction=0.25, tier="sram")).bind(mixtral, h100_host)
 
 
-def test_listed_residents(mixtral, h100_host) -> None:  # type: ignore[no-untyped-def]
+def test_listed_residents(mixtral, h100_host) -> None:
     m = Mapping(cache=CacheSpec(capacity_experts=3), initial="listed", resident=((5, 1), (0, 7)), pinned=((2, 2),))
     assert Mapping.from_json(m.to_json()) == m
     b = m.bind(mixtral, h100_host)

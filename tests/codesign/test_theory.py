@@ -17,7 +17,7 @@ from hwmodels import get_platform
 from tests.codesign.sim_helpers import ListStream, Req, random_stream, tiny_model
 
 
-def _poisson_stream(model, n: int, rate: float, seed: int) -> ListStream:  # type: ignore[no-untyped-def]
+def _poisson_stream(model, n: int, rate: float, seed: int) -> ListStream:
     rng = np.random.default_rng(seed)
     t = np.cumsum(rng.exponential(1.0 / rate, n))
     rows = np.tile(np.array([[0, 1]], dtype=np.int16), (2, model.n_moe_layers, 1))  # same experts every token

@@ -12,11 +12,12 @@ Closed forms (``L`` MoE layers, ``E`` experts, ``k`` top-k, a step of ``B`` toke
   independently: the mean-field assumption), and then serves ``B p / a`` tokens on average;
   expected distinct experts per layer ``sum_e a[l, e]``;
 - hit probability per expert ``h``: 1 when nothing is offloaded; the starting resident set for
-  the ``static`` cache; **Che's approximation** for the others (LRU and its relatives): for each
-  device's cache of ``C`` slots, the characteristic time ``T`` solves
-  ``sum_i (1 - exp(-lambda_i T)) = C`` with ``lambda_i = a_i`` accesses per step, and
-  ``h_i = 1 - exp(-lambda_i T)`` (Che, Tung, Wang 2002; exact in the limit of many items under
-  independent references);
+  the ``static`` cache; the most active experts for ``lfu``; for LRU (and, approximately, the
+  other policies) **Che's approximation in steps** (`che_step_hit_rates`): each device's cache of
+  ``C`` slots sees every needed expert once per step in layer order, so an expert hits iff its
+  reuse gap ``j`` (whole steps) is at most ``T``, ``sum_i (1 - (1 - a_i)^T) = C``; nothing hits
+  when one step alone needs more than ``C`` experts (LRU's cyclic-scan cliff). The classic
+  continuous-time Che (Che, Tung, Wang 2002; independent references) is `che_hit_rates`;
 - per MoE layer and device (as the engine plays it): ``first = shared + sum_hit a * c(B p / a)``;
   with several devices the layer waits for the slowest: its resident-expert compute is the mean
   cost of an active expert times ``E[max_d N_d]``, the expected largest number of active experts
@@ -60,7 +61,8 @@ if TYPE_CHECKING:
 FloatArray = npt.NDArray[np.float64]
 
 __all__ = [
-    "AnalyticStep", "analytic_step", "analytic_summary", "che_hit_rates", "expected_distinct_experts",
+    "AnalyticStep", "analytic_step", "analytic_summary", "che_hit_rates", "che_step_hit_rates",
+    "expected_distinct_experts", "hit_probability",
     "selection_probability",
 ]
 
@@ -144,6 +146,40 @@ def _expected_max_active(active: FloatArray, home: npt.NDArray[np.int64], n_dev:
     return np.asarray(np.sum(1.0 - prod[:, :-1], axis=1), dtype=np.float64)
 
 
+def che_step_hit_rates(active: npt.ArrayLike, capacity: float) -> FloatArray:
+    """LRU hit probability of each key when keys are accessed at most once per step, in a fixed
+    (layer) order: the simulator's access pattern.
+
+    ``active[i]``: probability that key ``i`` is accessed in a step. Between two uses of a key, a
+    whole number ``j >= 1`` of steps passes (geometric with parameter ``active[i]``), and LRU hits
+    iff fewer than ``capacity`` distinct keys were used meanwhile; about ``U(j) = sum_k (1 - (1 -
+    active[k])^j)`` distinct keys are used in ``j`` steps, so a key hits iff ``j <= T`` with
+    ``U(T) = capacity``: ``h_i = 1 - (1 - active[i])^floor(T)``. When one step alone touches more
+    distinct keys than the cache holds (``T < 1``) nothing hits: the LRU "cliff" of a cyclic scan,
+    which the continuous-time `che_hit_rates` (independent references) misses.
+    """
+    a = np.clip(np.asarray(active, dtype=np.float64), 0.0, 1.0)
+    if capacity < 0:
+        raise ValueError(f"capacity must be >= 0, got {capacity}")
+    n_pos = int((a > 0).sum())
+    if capacity >= n_pos:
+        return np.where(a > 0, 1.0, 0.0)
+    if capacity <= 0:
+        return np.zeros_like(a)
+    log1m = np.log1p(-np.minimum(a, 1.0 - 1e-15))
+
+    def used(t: float) -> float:
+        return float(np.sum(-np.expm1(t * log1m))) - capacity
+
+    if used(1.0) >= 0:
+        return np.zeros_like(a)
+    hi = 2.0
+    while used(hi) < 0:
+        hi *= 2.0
+    t_c = brentq(used, 1.0, hi, xtol=1e-9)
+    return np.asarray(-np.expm1(math.floor(t_c + 1e-9) * log1m), dtype=np.float64)
+
+
 # --------------------------------------------------------------------------------- the step
 @dataclass(frozen=True)
 class AnalyticStep:
@@ -198,24 +234,40 @@ def _expert_cost(cost: CostModel, bound: BoundMapping, d: int, n_tokens: FloatAr
 def hit_probability(bound: BoundMapping, active: FloatArray, *, cache_model: str = "auto") -> FloatArray:
     """Hit probability ``[L, E]`` of each expert on its home device (see module docstring).
 
-    ``cache_model``: ``"auto"`` (static set for `STATIC_POLICIES`, Che otherwise), ``"static"``
-    or ``"che"``."""
-    if cache_model not in ("auto", "static", "che"):
-        raise ValueError(f"cache_model must be 'auto', 'static' or 'che', got {cache_model!r}")
+    ``cache_model``: ``"static"`` (the mapping's starting residents stay), ``"popular"`` (the
+    ``slots`` most active experts of each device stay: what LFU converges to under stable
+    popularity), ``"che-step"`` (`che_step_hit_rates`, LRU under the per-step cyclic access
+    order), ``"che"`` (continuous-time Che, independent references), or ``"auto"``: static for
+    `STATIC_POLICIES`, popular for ``lfu`` (optimistic when every expert is active in every step:
+    then LFU's counts tie and it scans like LRU), che-step for every other policy (LRU's model; an
+    approximation for the predictive and oracle caches)."""
+    valid = ("auto", "static", "popular", "che-step", "che")
+    if cache_model not in valid:
+        raise ValueError(f"cache_model must be one of {valid}, got {cache_model!r}")
     if not bound.offloaded:
         return np.ones_like(active)
-    static = cache_model == "static" or (cache_model == "auto" and bound.mapping.cache.policy in STATIC_POLICIES)
+    model = cache_model
+    if model == "auto":
+        policy = bound.mapping.cache.policy
+        model = "static" if policy in STATIC_POLICIES else ("popular" if policy == "lfu" else "che-step")
     h = np.zeros_like(active)
     for d in range(bound.n_devices):
         mine = bound.expert_home == d
-        if static:
+        if model == "static":
             h[mine] = bound.initial[d][mine].astype(np.float64)
             continue
         pinned = bound.pinned[d] & mine
         free = bound.slots[d] - int(pinned.sum())
         rest = mine & ~pinned
         h[pinned] = 1.0
-        h[rest] = che_hit_rates(active[rest], free)
+        if model == "popular":
+            keys = np.flatnonzero(rest.ravel())
+            top = keys[np.argsort(-active.ravel()[keys], kind="stable")[:max(free, 0)]]
+            h.ravel()[top] = 1.0
+        elif model == "che-step":
+            h[rest] = che_step_hit_rates(active[rest], free)
+        else:
+            h[rest] = che_hit_rates(active[rest], free)
     return h
 
 

@@ -160,15 +160,18 @@ class CpuTimer:
     On a shared machine another process may take the core for part of a measurement. With
     ``check_threads`` set to the number of compute threads, each measurement also reads the
     process CPU time (``time.process_time_ns``); when it is below ``min_busy`` x wall x threads the
-    process was descheduled, and the measurement is retried (up to ``max_retries`` times, then the
-    least disturbed attempt is kept). ``rejected`` counts the disturbed attempts. Only reliable
+    process was descheduled, and the measurement is retried (up to ``max_retries`` times and while
+    the disturbed attempts took less than ``retry_budget_s`` in all, then the least disturbed
+    attempt is kept). ``rejected`` counts the disturbed attempts. Only reliable
     with one compute thread (several threads may idle legitimately), so callers enable it only then.
     """
 
-    def __init__(self, *, check_threads: int | None = None, min_busy: float = 0.95, max_retries: int = 5) -> None:
+    def __init__(self, *, check_threads: int | None = None, min_busy: float = 0.95, max_retries: int = 5,
+                 retry_budget_s: float = 0.25) -> None:
         self.check_threads = check_threads
         self.min_busy = min_busy
         self.max_retries = max_retries
+        self.retry_budget_s = retry_budget_s
         self.rejected = 0
 
     def time(self, kernel: Kernel, inner: int) -> float:
@@ -177,7 +180,7 @@ class CpuTimer:
         With the check on, a measurement whose CPU/wall ratio is below ``min_busy`` is retried; when
         every attempt was disturbed, the least disturbed one (highest ratio) is returned.
         """
-        best_ratio, best_wall = -1.0, 0
+        best_ratio, best_wall, spent = -1.0, 0, 0
         for _ in range(self.max_retries + 1):
             cpu0 = time.process_time_ns()
             start = time.perf_counter_ns()
@@ -193,6 +196,9 @@ class CpuTimer:
             self.rejected += 1
             if ratio > best_ratio:
                 best_ratio, best_wall = ratio, wall
+            spent += wall
+            if spent * 1e-9 >= self.retry_budget_s:
+                break  # long kernels: the interleaved repeats and the median handle the rest
         return best_wall * 1e-9 / inner
 
 

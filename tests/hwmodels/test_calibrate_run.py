@@ -131,6 +131,12 @@ def test_cpu_timer_retries_descheduled_measurements(monkeypatch: pytest.MonkeyPa
     disturbed = CpuTimer(check_threads=1, max_retries=2)
     assert disturbed.time(lambda: None, 1) == pytest.approx(1.25e-6)
     assert disturbed.rejected == 3
+    # long kernels: no retries beyond the time budget
+    monkeypatch.setattr("time.perf_counter_ns", iter([0, 10**9]).__next__)
+    monkeypatch.setattr("time.process_time_ns", iter([0, 10**8]).__next__)
+    long_kernel = CpuTimer(check_threads=1, retry_budget_s=0.25)
+    assert long_kernel.time(lambda: None, 1) == pytest.approx(1.0)
+    assert long_kernel.rejected == 1
     unchecked = CpuTimer()
     monkeypatch.setattr("time.perf_counter_ns", iter([0, 500]).__next__)
     monkeypatch.setattr("time.process_time_ns", iter([0, 1]).__next__)

@@ -113,20 +113,20 @@ class SweepPlan:
             name="quick", expert_shapes=((512, 1408), (1024, 2816)), heldout_shapes=((768, 2048),),
             tokens=log_tokens(1, 4096, 13), heldout_every=4, ffn_shape=(1024, 3584),
             ffn_tokens=(1, 8, 64, 256, 1024), grouped_tokens=((64, 3, 17, 0, 200, 31, 9, 120), (16,) * 8),
-            act_tokens=(1, 16, 128, 1024, 4096), stream_bytes=tuple(2**i for i in range(24, 29)),
+            act_tokens=(1, 16, 128, 1024, 4096), stream_bytes=tuple(2**i for i in range(25, 29)),
             copy_bytes=tuple(2**i for i in range(12, 27, 2)), warmup=1, repeats=4,
         )
 
     @staticmethod
     def full() -> SweepPlan:
-        """The full sweep: more shapes, token counts and repeats (several minutes on a CPU)."""
+        """The full sweep: more shapes, token counts and repeats (several minutes on one CPU core)."""
         return SweepPlan(
             name="full", expert_shapes=((512, 1408), (1024, 2816), (1536, 4096), (2048, 5632), (1024, 1024)),
             heldout_shapes=((768, 2048), (2048, 1408)), tokens=log_tokens(1, 4096, 25), heldout_every=4,
             ffn_shape=(1024, 3584), ffn_tokens=(1, 4, 16, 64, 256, 1024, 4096),
             grouped_tokens=((64, 3, 17, 0, 200, 31, 9, 120), (16,) * 8, (512, 1, 1, 1, 2, 0, 0, 5)),
-            act_tokens=(1, 4, 16, 64, 256, 1024, 4096), stream_bytes=tuple(2**i for i in range(22, 31)),
-            copy_bytes=tuple(2**i for i in range(10, 31)), warmup=2, repeats=10,
+            act_tokens=(1, 4, 16, 64, 256, 1024, 4096), stream_bytes=tuple(2**i for i in range(25, 31)),
+            copy_bytes=tuple(2**i for i in range(10, 31)), warmup=1, repeats=7,
         )
 
     @staticmethod

@@ -30,7 +30,8 @@ vs each H100's PCIe Gen5 x16 host link (the measured ~35 GB/s H2D curve of the p
 
 Request latency (the simulator): ``n_requests`` requests with Poisson arrivals (``rate`` per
 second), prompt 512 tokens, 20 output tokens (the paper's Fig. 1 generates 20 tokens), the expert
-of each request drawn from a Zipf(1) popularity over the 150 experts (assumption), seeded. HBM
+of each request drawn from a Zipf(1) popularity over the 150 experts (assumption), seeded; and,
+as the switching-bound case, a uniform popularity (most requests then switch experts). HBM
 holds as many whole experts as fit after a 10 % reserve for KV cache and buffers (SN40L: 64 GiB
 per socket; H100: 80 GB per GPU). Schedulers: FIFO, and Symbolic-MoE grouping (requests grouped
 by expert, "loading each model only once", [P] s.4).
@@ -83,9 +84,14 @@ class Request:
 class CoEStream:
     """Poisson arrivals; each request routes all its tokens to one expert (Zipf(1) popularity)."""
 
-    def __init__(self, n_requests: int, rate_per_s: float, seed: int) -> None:
+    def __init__(self, n_requests: int, rate_per_s: float, seed: int, popularity: str = "zipf") -> None:
         rng = np.random.default_rng(seed)
-        pop = 1.0 / np.arange(1, N_EXPERTS + 1)
+        if popularity == "zipf":
+            pop = 1.0 / np.arange(1, N_EXPERTS + 1)
+        elif popularity == "uniform":
+            pop = np.ones(N_EXPERTS)
+        else:
+            raise ValueError(f"popularity must be 'zipf' or 'uniform', got {popularity!r}")
         pop /= pop.sum()
         perm = rng.permutation(N_EXPERTS)                    # which expert id is the k-th most popular
         self.experts = perm[rng.choice(N_EXPERTS, size=n_requests, p=pop)]
@@ -148,20 +154,25 @@ def run_scenario(*, n_requests: int = 200, rate_per_s: float = 4.0, seed: int = 
     platforms = {"sn40l": get_platform("sn40l-node"), "dgx-h100": get_platform("dgx-h100")}
     costs = {k: CostModel(p) for k, p in platforms.items()}
     switch = switching_times(costs["sn40l"], costs["dgx-h100"])
-    stream = CoEStream(n_requests, rate_per_s, seed)
+    streams = {"zipf": CoEStream(n_requests, rate_per_s, seed, "zipf"),
+               "uniform": CoEStream(n_requests, rate_per_s, seed, "uniform")}
+    runs = [(pop, sched) for pop in ("zipf", "uniform") for sched in ("fifo", "symbolic-moe")
+            if pop == "zipf" or sched == "fifo"]
     results: dict[str, Any] = {}
     for name, platform in platforms.items():
         slots, n_models = _slots(name, costs[name])
         backing = "ddr" if name == "sn40l" else "host"
         ar_decode = tp_all_reduce_per_token_s(costs[name], 1)
         ar_prefill = tp_all_reduce_per_token_s(costs[name], PROMPT)
-        for sched in ("fifo", "symbolic-moe"):
+        for pop, sched in runs:
+            stream = streams[pop]
             mapping = Mapping(n_devices=1, backing=backing, initial="empty",
                               cache=CacheSpec(policy="lru", capacity_experts=slots),
                               batching=BatchingSpec(scheduler=sched, max_batch=8, max_tokens=4096))
             res = simulate(COE_SHARD, platform, stream, mapping, cost_model=costs[name], seed=seed)
             req = res.requests
-            results[f"{name}/{sched}"] = {
+            key = f"{name}/{sched}" if pop == "zipf" else f"{name}/{sched}/uniform"
+            results[key] = {
                 "resident_experts": n_models, "cache_slots": slots,
                 "latency_mean_s": float(req["latency_s"].mean()), "latency_p50_s": res["latency_p50_s"],
                 "latency_p99_s": res["latency_p99_s"], "ttft_p50_s": res["ttft_p50_s"],
@@ -175,7 +186,8 @@ def run_scenario(*, n_requests: int = 200, rate_per_s: float = 4.0, seed: int = 
     return {
         "setting": {"experts": N_EXPERTS, "expert": "Llama-2-7B-sized (6.74e9 weights, bf16)", "tensor_parallel": TP,
                     "requests": n_requests, "rate_per_s": rate_per_s, "prompt_tokens": PROMPT,
-                    "output_tokens": OUTPUT, "popularity": "Zipf(1) over the 150 experts (assumption)",
+                    "output_tokens": OUTPUT,
+                    "popularity": "Zipf(1) over the 150 experts (assumption); 'uniform' rows: uniform",
                     "seed": seed, "model": COE_SHARD.name},
         "paper": {"source": "SN40L, Prabhakar et al., arXiv 2405.07518 ([P] hardware-and-papers.md s.2.2)",
                   "switching_speedup": "15x (vs DGX H100) to 31x (vs DGX A100)",
@@ -190,6 +202,8 @@ def run_scenario(*, n_requests: int = 200, rate_per_s: float = 4.0, seed: int = 
             "latency_p50_speedup_fifo": dgx["latency_p50_s"] / sn["latency_p50_s"],
             "symbolic_moe_latency_gain_dgx": dgx["latency_mean_s"] / results["dgx-h100/symbolic-moe"]["latency_mean_s"],
             "symbolic_moe_latency_gain_sn40l": sn["latency_mean_s"] / results["sn40l/symbolic-moe"]["latency_mean_s"],
+            "latency_mean_speedup_uniform": results["dgx-h100/fifo/uniform"]["latency_mean_s"]
+            / results["sn40l/fifo/uniform"]["latency_mean_s"],
         },
     }
 
@@ -200,16 +214,17 @@ def table(summary: dict[str, Any]) -> str:
             f"({sw['sn40l_node_rate_Bps'] / 1e12:.2f} TB/s), DGX H100 {1e3 * sw['dgx_h100_s']:.2f} ms "
             f"({sw['dgx_h100_node_rate_Bps'] / 1e9:.0f} GB/s): {sw['speedup']:.1f}x; paper setting (64 GB/s node): "
             f"{1e3 * sw['dgx_h100_paper_setting_s']:.0f} ms, {sw['speedup_paper_setting']:.1f}x",
-            f"{'machine/scheduler':<22} {'in HBM':>6} {'hit %':>6} {'lat mean s':>10} {'lat p50 s':>9} "
+            f"{'machine/scheduler':<30} {'in HBM':>6} {'hit %':>6} {'lat mean s':>10} {'lat p50 s':>9} "
             f"{'lat p99 s':>9} {'TTFT p50':>8} {'TPOT ms':>7} {'J/tok':>6}"]
     for name, r in summary["results"].items():
         hit = next(iter(r["hit_rate"].values()))
-        rows.append(f"{name:<22} {r['resident_experts']:>6} {100 * hit:>6.1f} {r['latency_mean_s']:>10.3f} "
+        rows.append(f"{name:<30} {r['resident_experts']:>6} {100 * hit:>6.1f} {r['latency_mean_s']:>10.3f} "
                     f"{r['latency_p50_s']:>9.3f} {r['latency_p99_s']:>9.3f} {r['ttft_p50_s']:>8.3f} "
                     f"{1e3 * r['tpot_p50_s']:>7.2f} {r['energy_j_per_token']:>6.2f}")
     c = summary["comparison"]
     rows.append(f"SN40L vs DGX H100 (FIFO): mean request latency {c['latency_mean_speedup_fifo']:.2f}x, "
-                f"p50 {c['latency_p50_speedup_fifo']:.2f}x (paper: 3.7x overall)")
+                f"p50 {c['latency_p50_speedup_fifo']:.2f}x; uniform popularity "
+                f"{c['latency_mean_speedup_uniform']:.2f}x (paper: 3.7x overall)")
     return "\n".join(rows)
 
 

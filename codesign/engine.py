@@ -542,7 +542,19 @@ class Engine:
                 disp_s, disp_J, comb_s, comb_J = a2a[layer]
                 energy += disp_J + comb_J
                 yield from self._all_to_all(disp_s, f"dispatch L{abs_layer}")
-            if n_dev == 1:
+            if not self.bound.offloaded:  # every expert resident: no fetch, no CPU; one timeout per layer
+                longest = 0.0
+                for d in range(n_dev):
+                    cnt = counts[lo:hi] if n_dev == 1 else np.where(self.home_flat[lo:hi] == d, counts[lo:hi], 0)
+                    if shared_s[d] > 0 or cnt.any():
+                        longest = max(longest, self._moe_resident(d, layer, abs_layer, rows, cnt, exp_s[d][lo:hi],
+                                                                  exp_J[d][lo:hi], float(shared_s[d]),
+                                                                  float(shared_J[d])))
+                if longest > 0:
+                    yield env.timeout(longest)
+                if n_dev > 1:
+                    yield from self._all_to_all(comb_s, f"combine L{abs_layer}")
+            elif n_dev == 1:
                 yield from self._moe_device(0, layer, abs_layer, rows, counts[lo:hi], exp_s[0][lo:hi],
                                             exp_J[0][lo:hi], exp_cost[0], float(shared_s[0]), float(shared_J[0]),
                                             cpu_s, cpu_J, act_bytes[lo:hi])
@@ -577,6 +589,40 @@ class Engine:
             yield self.env.timeout(dt)
             for d in range(self.n_dev):
                 self._event(d, "peer_link", "all_to_all", start, start + dt, label)
+
+    def _moe_resident(self, d: int, layer: int, abs_layer: int, rows: npt.NDArray[np.int16],
+                      cnt: npt.NDArray[np.int64], comp_s: npt.NDArray[np.float64], comp_J: npt.NDArray[np.float64],
+                      shared_s: float, shared_J: float) -> float:
+        """One MoE layer on device ``d`` when every expert is resident (nothing offloaded): the
+        same bookkeeping as `_moe_device` without a process; returns the device's busy time."""
+        env = self.env
+        ex = np.flatnonzero(cnt).astype(np.int64)
+        now = env.now
+        if ex.size:
+            cache = self.caches[d]
+            cache.observe(layer, rows[:, layer, :], now)
+            hits = cache.access(layer, ex, now)
+            if not hits.all():
+                raise RuntimeError(f"device {d}: experts {ex[~hits].tolist()} of MoE layer {layer} are not resident "
+                                   "although the mapping offloads nothing (cache policy bug)")
+            if self.record_access:
+                self._access_log[d].append(layer * self.E + ex)
+            self.n_access += int(ex.size)
+            self.n_hits += int(ex.size)
+            self._s["needed"] += ex.size
+            self._s["hits"] += ex.size
+            self.assign_device += int(cnt[ex].sum())
+        g_s, g_J = self.costs.group(d, cnt, ex, comp_s, comp_J)
+        first = shared_s + g_s
+        energy = shared_J + g_J
+        self.busy_s[d] += first
+        if self.events is not None:
+            if shared_s > 0:
+                self._event(d, "compute", "shared", now, now + shared_s, f"L{abs_layer}")
+            self._event(d, "compute", "experts", now + shared_s, now + first, f"L{abs_layer} {ex.size} experts")
+        self._s["energy"] += energy
+        self.energy_J += energy
+        return first
 
     def _moe_device(self, d: int, layer: int, abs_layer: int, rows: npt.NDArray[np.int16],
                     cnt: npt.NDArray[np.int64], comp_s: npt.NDArray[np.float64], comp_J: npt.NDArray[np.float64],

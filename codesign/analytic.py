@@ -146,7 +146,7 @@ def _expected_max_active(active: FloatArray, home: npt.NDArray[np.int64], n_dev:
     return np.asarray(np.sum(1.0 - prod[:, :-1], axis=1), dtype=np.float64)
 
 
-def che_step_hit_rates(active: npt.ArrayLike, capacity: float) -> FloatArray:
+def che_step_hit_rates(active: npt.ArrayLike, capacity: float, *, protected: bool = False) -> FloatArray:
     """LRU hit probability of each key when keys are accessed at most once per step, in a fixed
     (layer) order: the simulator's access pattern.
 
@@ -157,6 +157,11 @@ def che_step_hit_rates(active: npt.ArrayLike, capacity: float) -> FloatArray:
     ``U(T) = capacity``: ``h_i = 1 - (1 - active[i])^floor(T)``. When one step alone touches more
     distinct keys than the cache holds (``T < 1``) nothing hits: the LRU "cliff" of a cyclic scan,
     which the continuous-time `che_hit_rates` (independent references) misses.
+
+    ``protected=True``: the cache holds the keys of one layer only (a per-layer partition) and the
+    keys used in a step cannot be evicted during it (the engine protects the current layer's
+    experts). Beyond the cliff the cache then keeps ``capacity`` keys of the previous step, each
+    resident with probability ``min(1, capacity * active[i] / sum(active))``: its hit probability.
     """
     a = np.clip(np.asarray(active, dtype=np.float64), 0.0, 1.0)
     if capacity < 0:
@@ -172,6 +177,8 @@ def che_step_hit_rates(active: npt.ArrayLike, capacity: float) -> FloatArray:
         return float(np.sum(-np.expm1(t * log1m))) - capacity
 
     if used(1.0) >= 0:
+        if protected:
+            return np.asarray(np.minimum(1.0, capacity * a / max(float(a.sum()), 1e-300)), dtype=np.float64)
         return np.zeros_like(a)
     hi = 2.0
     while used(hi) < 0:
@@ -250,6 +257,7 @@ def hit_probability(bound: BoundMapping, active: FloatArray, *, cache_model: str
     if model == "auto":
         policy = bound.mapping.cache.policy
         model = "static" if policy in STATIC_POLICIES else ("popular" if policy == "lfu" else "che-step")
+    per_layer = bool(dict(bound.mapping.cache.options).get("per_layer", False))
     h = np.zeros_like(active)
     for d in range(bound.n_devices):
         mine = bound.expert_home == d
@@ -257,18 +265,30 @@ def hit_probability(bound: BoundMapping, active: FloatArray, *, cache_model: str
             h[mine] = bound.initial[d][mine].astype(np.float64)
             continue
         pinned = bound.pinned[d] & mine
+        h[pinned] = 1.0
+        if per_layer:  # each layer has its own share of the slots (CachePolicy per_layer option)
+            share = np.full(bound.model.n_moe_layers, bound.slots[d] // bound.model.n_moe_layers)
+            share[: bound.slots[d] % bound.model.n_moe_layers] += 1
+            for layer in range(bound.model.n_moe_layers):
+                rest_l = mine[layer] & ~pinned[layer]
+                free_l = int(share[layer]) - int(pinned[layer].sum())
+                h[layer, rest_l] = _hits(model, active[layer, rest_l], free_l, protected=True)
+            continue
         free = bound.slots[d] - int(pinned.sum())
         rest = mine & ~pinned
-        h[pinned] = 1.0
-        if model == "popular":
-            keys = np.flatnonzero(rest.ravel())
-            top = keys[np.argsort(-active.ravel()[keys], kind="stable")[:max(free, 0)]]
-            h.ravel()[top] = 1.0
-        elif model == "che-step":
-            h[rest] = che_step_hit_rates(active[rest], free)
-        else:
-            h[rest] = che_hit_rates(active[rest], free)
+        h[rest] = _hits(model, active[rest], free)
     return h
+
+
+def _hits(model: str, active: FloatArray, capacity: int, *, protected: bool = False) -> FloatArray:
+    """Hit probabilities of keys with activities ``active`` in a cache of ``capacity`` slots."""
+    if model == "popular":
+        out = np.zeros_like(active)
+        out[np.argsort(-active, kind="stable")[:max(capacity, 0)]] = 1.0
+        return out
+    if model == "che-step":
+        return che_step_hit_rates(active, max(capacity, 0), protected=protected)
+    return che_hit_rates(active, max(capacity, 0))
 
 
 def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_tokens: int, prefill: bool,

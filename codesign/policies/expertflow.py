@@ -238,8 +238,10 @@ class ExpertFlowCache(CachePolicy):
     needs_training = True
 
     def __init__(self, *, capacity: int, n_layers: int, n_experts: int, pinned: npt.ArrayLike | None = None,
-                 seed: int = 0, horizon: int = 2, context: int = 2, discount: float = 0.9) -> None:
-        super().__init__(capacity=capacity, n_layers=n_layers, n_experts=n_experts, pinned=pinned, seed=seed)
+                 seed: int = 0, per_layer: bool = False, horizon: int = 2, context: int = 2,
+                 discount: float = 0.9) -> None:
+        super().__init__(capacity=capacity, n_layers=n_layers, n_experts=n_experts, pinned=pinned, seed=seed,
+                         per_layer=per_layer)
         if not 0 < discount <= 1:
             raise ValueError(f"discount must be in (0, 1], got {discount}")
         self.horizon = int(horizon)

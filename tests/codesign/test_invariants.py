@@ -117,6 +117,27 @@ def test_zero_load_step_equals_sum_of_op_costs(h100) -> None:
             assert steps[j] == pytest.approx(z, rel=1e-12)
 
 
+def test_zero_load_with_offloading_but_all_hits_equals_sum_of_op_costs(h100) -> None:
+    """The offloading code path (processes, copy engine) at zero load with every needed expert
+    resident gives the same step latency as the sum of the op costs."""
+    model = tiny_model()
+    stream = random_stream(model, 1, 6, 3, seed=17)
+    rows = stream.routing(stream.requests[0])
+    rows[rows == 7] = 6  # expert 7 is never used ...
+    dup = rows[:, :, 0] == rows[:, :, 1]
+    rows[:, :, 1][dup] = np.where(rows[:, :, 0][dup] == 5, 4, 5)
+    listed = tuple((layer, e) for layer in range(model.n_moe_layers) for e in range(7))
+    m = Mapping(cache=CacheSpec(capacity_experts=28), initial="listed", resident=listed)  # ... nor resident
+    cost = CostModel(h100)
+    r = simulate(model, h100, stream, m, cost_model=cost)
+    assert r.summary["offloaded"] and r.summary["hit_rate"]["hbm"] == 1.0
+    bound = m.bind(model, h100)
+    steps = r.steps.duration_s.to_numpy()
+    assert steps[0] == pytest.approx(zero_load_step_s(cost, bound, rows[:6], prefill=True, context_len=0), rel=1e-12)
+    assert steps[1] == pytest.approx(zero_load_step_s(cost, bound, rows[6:7], prefill=False, context_len=7),
+                                     rel=1e-12)
+
+
 def test_belady_hit_rate_bounds_online_policies(h100, mixtral_trace: RoutingTrace) -> None:
     model = get_model("mixtral-8x7b")
     stream = _trace_stream(mixtral_trace.select(np.arange(400)))

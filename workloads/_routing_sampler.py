@@ -26,6 +26,9 @@ import numpy.typing as npt
 
 #: Largest number of possible expert sets for which the table path is used.
 TABLE_MAX_SETS = 512
+#: Largest table (previous sets x outcomes) given alias tables (built by a Python loop per row);
+#: bigger ones sample by ``searchsorted`` on row-offset CDFs.
+ALIAS_MAX_CELLS = 1 << 14
 _LOG_FLOOR = -80.0
 
 I16 = npt.NDArray[np.int16]
@@ -68,11 +71,13 @@ class LayerModel:
     log_base: F32
     log_r: F32 | None
     copy_cdf: npt.NDArray[np.float32]
+    co_log: F32 | None = None
     lut: npt.NDArray[np.int32] | None = None
     w_flat: F32 | None = None
     acc_flat: F32 | None = None
     alias_flat: npt.NDArray[np.int32] | None = None
     outcomes: I16 | None = None
+    cdf_rows: npt.NDArray[np.float64] | None = None
 
     @property
     def n_experts(self) -> int:
@@ -80,13 +85,16 @@ class LayerModel:
 
     @classmethod
     def build(cls, log_base: npt.ArrayLike, log_r: npt.ArrayLike | None, copy_dist: npt.ArrayLike,
-              k: int) -> LayerModel:
+              k: int, *, co_log: npt.ArrayLike | None = None) -> LayerModel:
+        """``co_log[E, E]`` (first layer only, where ``log_r`` is None): log-weight added to every
+        expert for each expert already picked by the token at this layer (within-layer coherence)."""
         lb = np.asarray(log_base, dtype=np.float32)
         lr = None if log_r is None else np.asarray(log_r, dtype=np.float32)
+        co = None if co_log is None or lr is not None else np.asarray(co_log, dtype=np.float32)
         cdf = np.cumsum(np.asarray(copy_dist, dtype=np.float64)).astype(np.float32)
         n_e = lb.size
         if not use_table(n_e, k):
-            return cls(k=k, log_base=lb, log_r=lr, copy_cdf=cdf)
+            return cls(k=k, log_base=lb, log_r=lr, copy_cdf=cdf, co_log=co)
         combos, lut = _combos(n_e, k)
         if lr is None:
             logw = lb[None, :].astype(np.float64)
@@ -99,15 +107,30 @@ class LayerModel:
         if k == 1:
             outcomes = np.arange(n_e)[:, None]
             prob = w / tot
-        else:  # ordered pairs (i, j), i != j: P = w_i / W * w_j / (W - w_i)
+        elif co is None:  # ordered pairs (i, j), i != j: P = w_i / W * w_j / (W - w_i)
             i, j = np.nonzero(~np.eye(n_e, dtype=bool))
             outcomes = np.stack([i, j], axis=1)
             prob = w[:, i] / tot * w[:, j] / (tot - w[:, i])
+        else:  # the second pick's weights are tilted by the first: w_j exp(co[i, j])
+            i, j = np.nonzero(~np.eye(n_e, dtype=bool))
+            outcomes = np.stack([i, j], axis=1)
+            w2 = w[0][None, :] * np.exp(co.astype(np.float64))  # [first, second]
+            np.fill_diagonal(w2, 0.0)
+            prob = (w[0, i] / tot[0, 0] * w2[i, j] / w2.sum(axis=1)[i])[None, :]
         prob /= prob.sum(axis=1, keepdims=True)
-        accept, alias = alias_tables(prob)
-        return cls(k=k, log_base=lb, log_r=lr, copy_cdf=cdf, lut=lut.astype(np.int32),
-                   w_flat=w.astype(np.float32).ravel(), acc_flat=accept.ravel(),
-                   alias_flat=alias.ravel().astype(np.int32), outcomes=outcomes.T.astype(np.int16))
+        if prob.size <= ALIAS_MAX_CELLS:
+            accept, alias = alias_tables(prob)
+            acc_flat, alias_flat = accept.ravel(), alias.ravel().astype(np.int32)
+        else:  # big tables: inverse CDF by searchsorted over rows offset by their index (no Python loop)
+            cum = np.cumsum(prob, axis=1)
+            cum /= cum[:, -1:]
+            acc_flat, alias_flat = None, None
+            cdf_rows = (cum + np.arange(prob.shape[0])[:, None]).ravel()
+            return cls(k=k, log_base=lb, log_r=lr, copy_cdf=cdf, co_log=co, lut=lut.astype(np.int32),
+                       w_flat=w.astype(np.float32).ravel(), cdf_rows=cdf_rows, outcomes=outcomes.T.astype(np.int16))
+        return cls(k=k, log_base=lb, log_r=lr, copy_cdf=cdf, co_log=co, lut=lut.astype(np.int32),
+                   w_flat=w.astype(np.float32).ravel(), acc_flat=acc_flat,
+                   alias_flat=alias_flat, outcomes=outcomes.T.astype(np.int16))
 
 
 def sample_layer(model: LayerModel, prev: I16 | None, rng: np.random.Generator, tokens: Tokens) -> I16:
@@ -115,6 +138,8 @@ def sample_layer(model: LayerModel, prev: I16 | None, rng: np.random.Generator, 
     k = model.k
     if model.lut is not None:
         fresh, weight_at = _table_fresh(model, prev, rng, tokens.n)
+    elif prev is None and model.co_log is not None:
+        fresh, weight_at = _coherent_first(model.log_base, model.co_log, k, rng, tokens.n)
     else:
         fresh, weight_at = _wide_fresh(prev, model.log_base, model.log_r, k, rng, tokens.n)
     u = rng.random(tokens.n, dtype=np.float32)
@@ -165,8 +190,7 @@ def _table_fresh(model: LayerModel, prev: I16 | None, rng: np.random.Generator,
 
     One float32 uniform per token: its integer part (times the outcome count) picks an alias
     column, its fraction decides between the column and its alias."""
-    assert model.lut is not None and model.w_flat is not None and model.acc_flat is not None
-    assert model.alias_flat is not None and model.outcomes is not None
+    assert model.lut is not None and model.w_flat is not None and model.outcomes is not None
     n_e, k = model.n_experts, model.k
     if prev is None or model.log_r is None:
         sid = np.zeros(n, dtype=np.int32)
@@ -178,15 +202,21 @@ def _table_fresh(model: LayerModel, prev: I16 | None, rng: np.random.Generator,
         key += prev[1]
         sid = model.lut[key]
     n_c = model.outcomes.shape[1]
-    x = rng.random(n, dtype=np.float32)
-    x *= np.float32(n_c)
-    col = x.astype(np.int32)
-    np.minimum(col, n_c - 1, out=col)
-    x -= col  # the fraction, uniform in [0, 1)
-    flat = sid * np.int32(n_c)
-    flat += col
-    reject = x >= model.acc_flat[flat]
-    col[reject] = model.alias_flat[flat[reject]]
+    if model.cdf_rows is not None:
+        u = rng.random(n)
+        col = (np.searchsorted(model.cdf_rows, sid + u, side="right") - sid.astype(np.int64) * n_c).astype(np.int32)
+        np.clip(col, 0, n_c - 1, out=col)
+    else:
+        assert model.acc_flat is not None and model.alias_flat is not None
+        x = rng.random(n, dtype=np.float32)
+        x *= np.float32(n_c)
+        col = x.astype(np.int32)
+        np.minimum(col, n_c - 1, out=col)
+        x -= col  # the fraction, uniform in [0, 1)
+        flat = sid * np.int32(n_c)
+        flat += col
+        reject = x >= model.acc_flat[flat]
+        col[reject] = model.alias_flat[flat[reject]]
     fresh = np.empty((k, n), dtype=np.int16)
     for r in range(k):
         fresh[r] = model.outcomes[r][col]  # in draw order
@@ -238,6 +268,39 @@ def _wide_fresh(prev: I16 | None, log_base: F32, log_r: F32 | None, k: int, rng:
 
     def weight_at(tok: npt.NDArray[np.intp], experts: I16) -> F32:
         return weight[tok[None, :], experts]
+
+    return fresh, weight_at
+
+
+def _coherent_first(log_base: F32, co_log: F32, k: int, rng: np.random.Generator,
+                    n: int) -> tuple[I16, WeightAt]:
+    """First-layer draws with within-layer coherence: k sequential Gumbel-argmax picks, each pick
+    adding its ``co_log`` row to the remaining experts' log-weights (the Gumbel noise of an expert
+    is drawn once, so this approximates sequential Plackett-Luce; calibration absorbs the bias)."""
+    n_e = log_base.size
+    chunk = max(1, (1 << 20) // n_e)
+    fresh = np.empty((k, n), dtype=np.int16)
+    base_w = np.exp(log_base - log_base.max()).astype(np.float32)
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        m = hi - lo
+        u = rng.random((m, n_e), dtype=np.float32)
+        np.negative(u, out=u)
+        np.log1p(u, out=u)
+        np.negative(u, out=u)
+        np.maximum(u, np.float32(1e-30), out=u)
+        np.log(u, out=u)  # log Exp(1) = -Gumbel
+        score = log_base[None, :] - u  # log w + Gumbel
+        rows = np.arange(m)
+        for p in range(k):
+            pick = np.argmax(score, axis=1)
+            fresh[p, lo:hi] = pick
+            score[rows, pick] = -np.inf
+            if p < k - 1:
+                score += co_log[pick]
+
+    def weight_at(tok: npt.NDArray[np.intp], experts: I16) -> F32:
+        return base_w[experts]
 
     return fresh, weight_at
 

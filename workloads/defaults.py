@@ -8,7 +8,7 @@ measured when they were built:
 - ``deepseek-v2-lite``: fitted to the DeepSeek-V2-Lite prompts (19,520 prefill tokens, 200 requests);
 - ``olmoe-1b-7b``: popularity from the OLMoE-1B-7B aggregated counts (measured at layers 0, 7 and 15;
   other layers take the nearest measured layer), with the inter-layer affinity and temporal reuse of
-  the DeepSeek-V2-Lite process (also 64 experts) retargeted to top-8 and 16 layers and matched to
+  the DeepSeek-V2-Lite process (also 64 experts) retargeted to top-8, its first 16 layers, matched to
   OLMoE's experts by popularity rank (an assumption: the counts have no per-token data).
 
 `default_process(model)` returns one of these, or for any other preset of `workloads.get_model`
@@ -19,10 +19,13 @@ Nothing here reads ``../shared``: the package runs without it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from importlib import resources
 from typing import Any
+
+import numpy as np
 
 from workloads.model import get_model
 from workloads.process import ProcessFormatError, RoutingProcess
@@ -75,19 +78,18 @@ def default_process(model: str = "mixtral-8x7b", *, seed: int = 0) -> RoutingPro
     nearest = min(sorted(shapes), key=lambda n: abs(math.log(spec.n_experts / shapes[n][0]))
                   + abs(math.log(spec.top_k / shapes[n][1])))
     proc = RoutingProcess.from_dict(procs[nearest], where=f"{DATA_NAME}:{nearest}")
+    # enough calibration tokens to estimate E x E pair statistics (sparse for many experts, top-1)
+    n_cal = int(np.clip(2 * spec.n_experts**2 // spec.top_k, 4096, 16384))
     if (proc.n_experts, proc.top_k) != (spec.n_experts, spec.top_k):
-        proc = proc.retarget(spec.n_experts, spec.top_k, calibration_iterations=4, calibration_tokens=4096,
+        proc = proc.retarget(spec.n_experts, spec.top_k, calibration_iterations=6, calibration_tokens=n_cal,
                              seed=seed)
     if proc.n_moe_layers != spec.n_moe_layers:
-        proc = proc.relayer(spec.n_moe_layers, calibration_iterations=3, calibration_tokens=4096, seed=seed)
+        proc = proc.relayer(spec.n_moe_layers, calibration_iterations=5, calibration_tokens=n_cal, seed=seed)
     meta = dict(proc.meta)
     meta["model"] = model
     meta["derived_from"] = {"model": nearest, "n_experts": shapes[nearest][0], "top_k": shapes[nearest][1],
                             "how": "retarget(n_experts, top_k) and relayer(n_moe_layers) of the embedded process"}
-    return RoutingProcess(popularity=proc.popularity, affinity=proc.affinity, bias=proc.bias, beta=proc.beta,
-                          reuse_rate=proc.reuse_rate, overlap=proc.overlap, copy_scale=proc.copy_scale,
-                          mi_target=proc.mi_target, top_k=proc.top_k, phase=proc.phase,
-                          tokens_per_request=proc.tokens_per_request, meta=meta)
+    return dataclasses.replace(proc, meta=meta)
 
 
 __all__ = ["default_process", "fitted_models", "load_default_data"]

@@ -83,7 +83,9 @@ ASSUMPTIONS = (
     "layer (share of a token's experts used by the previous token) and the inter-layer mutual "
     "information (scaled by what the mapping itself keeps) are kept, and the model is recalibrated. "
     "relayer(n_layers): each new layer takes the statistics of the old layer at the nearest relative "
-    "depth (and each new transition those of the nearest old transition), then is recalibrated."
+    "depth; each new transition maps that layer's experts to the next one's: the old affinity, the "
+    "product of old affinities over skipped layers, or for a duplicated layer the there-and-back chain "
+    "through a neighbouring layer; then the process is recalibrated."
 )
 
 _BETA_MAX = 2.0  # assumption: caps the affinity strength where the pairwise model cannot reach the MI
@@ -137,6 +139,12 @@ class RoutingProcess:
 
     ``tokens_per_request`` is the typical request length (used for calibration), ``phase`` the phase
     written into sampled traces, ``meta`` provenance (model, source, licence, fit figures).
+
+    First-layer coherence: ``coact0[E, E]`` is the within-layer co-activation pair distribution of
+    the first layer (off-diagonal, symmetric, sums to 1; all zero = none), ``gamma0 >= 0`` the
+    calibrated strength with which each first-layer pick adds ``gamma0 * PMI(coact0)`` to the
+    others' log-weights, and ``co_mi_target0`` its target mutual information (bits). Later layers
+    get their coherence from the previous layer's (coherent) set through the affinity.
     """
 
     popularity: FloatArray
@@ -151,6 +159,9 @@ class RoutingProcess:
     phase: int = DECODE
     tokens_per_request: int = 256
     meta: dict[str, Any] = field(default_factory=dict)
+    coact0: FloatArray | None = None
+    gamma0: float = 0.0
+    co_mi_target0: float = 0.0
 
     def __post_init__(self) -> None:
         where = f"RoutingProcess({self.meta.get('model', '?')})"
@@ -195,12 +206,26 @@ class RoutingProcess:
             raise ProcessFormatError(f"{where}: reuse_rate must be in [0, 1], got [{rr.min()}, {rr.max()}]")
         smax = self._copy_scale_max(overlap)
         if np.any(arrays["copy_scale"] > smax + 1e-9):
-            bad = int(np.argmax(arrays["copy_scale"] - smax))
-            raise ProcessFormatError(f"{where}: copy_scale[{bad}] = {arrays['copy_scale'][bad]} exceeds "
-                                     f"1/(1 - overlap[{bad}, 0]) = {smax[bad]}")
+            at = int(np.argmax(arrays["copy_scale"] - smax))
+            raise ProcessFormatError(f"{where}: copy_scale[{at}] = {arrays['copy_scale'][at]} exceeds "
+                                     f"1/(1 - overlap[{at}, 0]) = {smax[at]}")
         for name, arr in arrays.items():
             object.__setattr__(self, name, arr)
         object.__setattr__(self, "meta", dict(self.meta))
+        co = np.zeros((n_e, n_e)) if self.coact0 is None else _as_float("coact0", self.coact0, (n_e, n_e), where)
+        if co.size and co.min() < 0:
+            raise ProcessFormatError(f"{where}: coact0 must be >= 0, got min {co.min()}")
+        total = float(co.sum())
+        if total > 0 and abs(total - 1.0) > 1e-3:
+            raise ProcessFormatError(f"{where}: coact0 must sum to 1 (or be all zero), sums to {total:.6f}")
+        co = co / total if total > 0 and abs(total - 1.0) > 1e-12 else co
+        co.setflags(write=False)
+        object.__setattr__(self, "coact0", co)
+        for name in ("gamma0", "co_mi_target0"):
+            v = float(getattr(self, name))
+            if not math.isfinite(v) or v < 0:
+                raise ProcessFormatError(f"{where}: {name} must be finite and >= 0, got {v}")
+            object.__setattr__(self, name, v)
 
     # ------------------------------------------------------------------ shape
     @property
@@ -235,6 +260,23 @@ class RoutingProcess:
         pa = joint.sum(axis=2, keepdims=True)
         pb = joint.sum(axis=1, keepdims=True)
         return np.asarray(np.log(joint / (pa * pb)), dtype=np.float64)
+
+    def co_pmi(self) -> FloatArray:
+        """``[E, E]`` pointwise mutual information of the first layer's co-activation pairs (0 where
+        there is none; the diagonal is 0)."""
+        co = np.asarray(self.coact0, dtype=np.float64)
+        if co.sum() <= 0:
+            return np.zeros_like(co)
+        p = co.sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.where(co > 0, np.log(co / np.maximum(np.outer(p, p), 1e-300)), 0.0)
+        np.fill_diagonal(out, 0.0)
+        return np.asarray(out, dtype=np.float64)
+
+    def _co_log(self, gamma: float) -> npt.NDArray[np.float32] | None:
+        if gamma <= 0 or self.top_k < 2 or float(np.asarray(self.coact0).sum()) <= 0:
+            return None
+        return np.clip(gamma * self.co_pmi(), -20.0, 20.0).astype(np.float32)
 
     # -------------------------------------------------------------------- fit
     @classmethod
@@ -276,6 +318,16 @@ class RoutingProcess:
         oh = np.where(oh.sum(axis=1, keepdims=True) > 0, oh, np.eye(1, k + 1))
         overlap = oh / oh.sum(axis=1, keepdims=True)
         mi = _mi_corrected(joint, trace.n_tokens * k)
+        co_raw = stats.coactivation(trace)[0].astype(np.float64)
+        np.fill_diagonal(co_raw, 0.0)
+        if k >= 2 and co_raw.sum() > 0:
+            co_mi = float(_mi_corrected(co_raw[None], trace.n_tokens * k)[0])
+            co_p = co_raw.sum(axis=1) / co_raw.sum()
+            co_s = co_raw + smoothing * n_e * np.outer(co_p, co_p)
+            np.fill_diagonal(co_s, 0.0)
+            coact0 = co_s / co_s.sum()
+        else:
+            co_mi, coact0 = 0.0, np.zeros((n_e, n_e))
         lengths = np.bincount(np.unique(trace.request, return_inverse=True)[1])
         tpr = int(max(1, round(float(np.median(lengths))))) if lengths.size else 1
         phase = DECODE if (trace.phase == DECODE).sum() * 2 >= trace.n_tokens else 0
@@ -293,6 +345,7 @@ class RoutingProcess:
             reuse_rate=np.clip(rate, 0.0, 1.0), overlap=overlap,
             copy_scale=np.minimum(0.8, cls._copy_scale_max(overlap)), mi_target=mi,
             top_k=k, phase=phase, tokens_per_request=tpr, meta=meta,
+            coact0=coact0, gamma0=0.5 if co_mi > 0 else 0.0, co_mi_target0=co_mi,
         )
         return init.calibrate(iterations=calibration_iterations, n_tokens=n_cal, seed=seed)
 
@@ -304,7 +357,9 @@ class RoutingProcess:
         Layer by layer, on ``n_tokens`` tokens in requests of ``tokens_per_request``: the layer is
         sampled ``iterations`` times with the same random numbers (upstream layers fixed), and
         after each draw ``bias_l += 0.8 log(p / q)``, ``beta_{l-1} *= sqrt(MI_target / MI)``
-        (bounded steps) and ``copy_scale_l`` takes a Newton step on the reuse rate. Returns a new
+        (bounded steps; ``gamma0`` likewise on the first layer's co-activation MI; the last three
+        iterations adjust bias and reuse only) and ``copy_scale_l`` takes a Newton step on the reuse
+        rate. Returns a new
         process; the achieved errors are recorded in ``meta["calibration"]``. Deterministic.
         """
         if iterations < 0 or n_tokens < 1:
@@ -314,6 +369,8 @@ class RoutingProcess:
         tokens = _rs.Tokens.from_lengths(lengths)
         rng = np.random.default_rng(seed)
         bias, beta, scale = self.bias.copy(), self.beta.copy(), self.copy_scale.copy()
+        gamma = self.gamma0
+        co_err = 0.0
         smax = self._copy_scale_max(self.overlap)
         mean_m = (self.overlap * np.arange(k + 1)).sum(axis=1) / k  # copied share per unit of copy_scale
         pmi = self.pmi()
@@ -331,7 +388,8 @@ class RoutingProcess:
                 q_copy = self.overlap[layer] * scale[layer]
                 q_copy[0] = max(0.0, 1.0 - q_copy[1:].sum())
                 model = _rs.LayerModel.build(np.log(self.popularity[layer]) + bias[layer], log_r,
-                                             q_copy / q_copy.sum(), k)
+                                             q_copy / q_copy.sum(), k,
+                                             co_log=self._co_log(gamma) if layer == 0 else None)
                 cur = _rs.sample_layer(model, prev, rng, tokens)
                 load = np.bincount(cur.ravel(), minlength=n_e).astype(np.float64)
                 q = (load + 0.5) / (load.sum() + 0.5 * n_e)
@@ -349,11 +407,23 @@ class RoutingProcess:
                             joint += np.bincount(prev[i].astype(np.intp) * n_e + cur[j], minlength=n_e * n_e)
                     mi = float(_mi_corrected(joint.reshape(1, n_e, n_e), n_tokens * k)[0])
                     mi_err[layer - 1] = abs(mi - self.mi_target[layer - 1])
+                co_mi = 0.0
+                if layer == 0 and self.co_mi_target0 > 0:
+                    co = np.zeros(n_e * n_e)
+                    for i in range(k):
+                        for j in range(k):
+                            if i != j:
+                                co += np.bincount(cur[i].astype(np.intp) * n_e + cur[j], minlength=n_e * n_e)
+                    co_mi = float(_mi_corrected(co.reshape(1, n_e, n_e), n_tokens * k)[0])
+                    co_err = abs(co_mi - self.co_mi_target0)
                 if it == iterations:
                     break
+                if layer == 0 and self.co_mi_target0 > 0 and it < iterations - 3:
+                    ratio = math.sqrt(self.co_mi_target0 / co_mi) if co_mi > 1e-6 else 2.0
+                    gamma = float(np.clip(max(gamma, 0.05) * np.clip(ratio, 0.5, 2.0), 0.0, _BETA_MAX))
                 bias[layer] += 0.8 * np.log(self.popularity[layer] / q)
                 bias[layer] -= bias[layer].mean()
-                if prev is not None and it < iterations - 2:  # the last steps settle bias and reuse only
+                if prev is not None and it < iterations - 3:  # the last steps settle bias and reuse only
                     target = self.mi_target[layer - 1]
                     ratio = math.sqrt(target / mi) if mi > 1e-6 else 2.0
                     beta[layer - 1] = float(np.clip(beta[layer - 1] * np.clip(ratio, 0.5, 2.0), 0.0, _BETA_MAX))
@@ -363,12 +433,12 @@ class RoutingProcess:
             prev = cur
         errors = {"load_max_rel_error": float(load_err.max()),
                   "mi_abs_error_bits": float(mi_err.max()) if mi_err.size else 0.0,
-                  "reuse_abs_error": float(reuse_err.max())}
+                  "reuse_abs_error": float(reuse_err.max()), "first_layer_co_mi_abs_error_bits": co_err}
         log.debug("calibration: %s", errors)
         meta = dict(self.meta)
         meta["calibration"] = {**dict(meta.get("calibration") or {}), "tokens": n_tokens,
                                "iterations": iterations, "seed": seed, "achieved": errors}
-        return replace(self, bias=bias, beta=beta, copy_scale=scale, meta=meta)
+        return replace(self, bias=bias, beta=beta, copy_scale=scale, gamma0=gamma, meta=meta)
 
     # ----------------------------------------------------------------- sample
     def sample(self, n_tokens: int, seed: int | None = 0, *, n_requests: int | None = None,
@@ -412,7 +482,7 @@ class RoutingProcess:
                 log_base[layer],
                 None if layer == 0 else _rs.log_factor(pmi[layer - 1], float(self.beta[layer - 1]),
                                                        self.popularity[layer - 1]),
-                dist[layer], self.top_k)
+                dist[layer], self.top_k, co_log=self._co_log(self.gamma0) if layer == 0 else None)
             for layer in range(self.n_moe_layers)
         ]
         object.__setattr__(self, "_layer_cache", models)
@@ -466,51 +536,106 @@ class RoutingProcess:
         overlap = np.zeros((n_l, top_k + 1))
         for m_old in range(k_old + 1):
             overlap[:, m_new[m_old]] += self.overlap[:, m_old]
+        co_old = np.asarray(self.coact0, dtype=np.float64).copy()
+        co_new = np.zeros((n_experts, n_experts))
+        co_mi = 0.0
+        if co_old.sum() > 0 and top_k >= 2:
+            p0 = co_old.sum(axis=1)
+            np.fill_diagonal(co_old, p0**2)  # self-pairs at independence: split siblings get PMI 0
+            co_new = maps[0].T @ co_old @ maps[0]
+            np.fill_diagonal(co_new, 0.0)
+            co_new /= co_new.sum()
+            np.fill_diagonal(co_old, 0.0)
+            keep_co = float(stats.mutual_information(co_new)) / max(float(stats.mutual_information(co_old)), 1e-12)
+            co_mi = self.co_mi_target0 * min(1.0, keep_co)
         meta = dict(self.meta)
         meta["retargeted_from"] = {"model": self.meta.get("model"), "n_experts": e_old, "top_k": k_old,
                                    "assumption": "rank-axis split/merge of popularity and affinity; reuse rate kept"}
         new = RoutingProcess(
             popularity=pop, affinity=aff, bias=np.zeros_like(pop),
-            beta=np.full(n_l - 1, float(np.mean(self.beta)) * k_old / top_k if n_l > 1 else 0.0),
+            beta=np.full(n_l - 1, float(np.mean(self.beta)) if n_l > 1 else 0.0),
             reuse_rate=self.reuse_rate, overlap=overlap,
             copy_scale=np.minimum(np.asarray(self.copy_scale), self._copy_scale_max(overlap)),
             mi_target=mi, top_k=top_k, phase=self.phase, tokens_per_request=self.tokens_per_request, meta=meta,
+            coact0=co_new, gamma0=self.gamma0 if co_mi > 0 else 0.0, co_mi_target0=co_mi,
         )
         return new.calibrate(iterations=calibration_iterations, n_tokens=calibration_tokens, seed=seed)
 
-    def relayer(self, n_layers: int, *, calibration_iterations: int = 4, calibration_tokens: int = 8192,
+    def relayer(self, n_layers: int, *, calibration_iterations: int = 6, calibration_tokens: int = 8192,
                 seed: int = 0) -> RoutingProcess:
         """This process stretched or compressed to ``n_layers`` MoE layers.
 
-        Assumption (also in `ASSUMPTIONS`): nearest-neighbour interpolation in relative depth: new
-        layer ``i`` takes popularity, reuse and overlap of old layer ``round(i (L-1) / (n-1))``, new
-        transition ``i`` takes the affinity and mutual-information target of old transition
-        ``round(i (L-2) / (n-2))``; then the process is recalibrated by simulation.
+        Assumption (also in `ASSUMPTIONS`): new layer ``i`` is old layer ``s(i) = round(i (L-1) /
+        (n-1))`` (nearest relative depth: popularity, reuse, overlap, bias). Expert labels stay
+        those of the old layer, so each new transition ``i`` must map ``s(i)``'s experts to
+        ``s(i+1)``'s: for ``s(i+1) = s(i) + 1`` it is the old affinity; for a longer step the
+        product of the old affinities in between (a Markov chain over the skipped layers, which
+        weakens the association as depth is compressed); for ``s(i+1) = s(i)`` (a duplicated
+        layer) the there-and-back chain ``P(e'|e) = sum_b A[e, b] P(e' | b)`` through the next old
+        layer (the previous one at the last layer). The mutual-information targets are those of
+        the new joints scaled by the old target-to-model ratio. Then the process is recalibrated.
         """
         if not isinstance(n_layers, int) or n_layers < 1:
             raise ValueError(f"relayer: n_layers must be an int >= 1, got {n_layers!r}")
-        n_l = self.n_moe_layers
+        n_l, n_e = self.n_moe_layers, self.n_experts
         src = np.rint(np.linspace(0, n_l - 1, n_layers)).astype(int) if n_layers > 1 else np.array([0])
         n_t = n_layers - 1
-        if n_l > 1 and n_t > 0:
-            tsrc = np.rint(np.linspace(0, n_l - 2, n_t)).astype(int) if n_t > 1 else np.array([0])
-            aff = self.affinity[tsrc]
-            mi = self.mi_target[tsrc]
-            beta = self.beta[tsrc]
-        else:
-            pop_next = self.popularity[src[1:]] if n_t > 0 else np.zeros((0, self.n_experts))
-            aff = np.broadcast_to(pop_next[:, None, :], (n_t, self.n_experts, self.n_experts)).copy()
-            mi = np.zeros(n_t)
-            beta = np.zeros(n_t)
+        aff = np.empty((n_t, n_e, n_e))
+        mi = np.zeros(n_t)
+        beta = np.zeros(n_t)
+        joints = self.popularity[:-1, :, None] * self.affinity  # [L-1, E, E]
+        model_mi = stats.mutual_information(joints) if n_l > 1 else np.zeros(0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(model_mi > 1e-9, self.mi_target / np.maximum(model_mi, 1e-12), 1.0)
+        for i in range(n_t):
+            a, b = int(src[i]), int(src[i + 1])
+            if n_l == 1:
+                aff[i] = self.popularity[0][None, :]
+                continue
+            if b > a:
+                m = self.affinity[a]
+                for t in range(a + 1, b):
+                    m = m @ self.affinity[t]
+                used = list(range(a, b))
+            else:  # duplicated layer: there and back through a neighbouring layer
+                t = a if a < n_l - 1 else a - 1
+                rev = stats.normalise_rows(joints[t].T)  # P(e_t = . | e_{t+1})
+                m = self.affinity[t] @ rev if t == a else stats.normalise_rows(joints[t].T) @ self.affinity[t]
+                used = [t]
+            aff[i] = m
+            joint = self.popularity[a][:, None] * m
+            mi[i] = max(0.0, float(stats.mutual_information(joint)) * float(np.mean(ratio[used])))
+            beta[i] = float(np.mean(self.beta[used]))
+        aff = np.maximum(aff, 1e-12)
+        aff /= aff.sum(axis=2, keepdims=True)
         meta = dict(self.meta)
-        meta["relayered_from"] = {"moe_layers": n_l, "assumption": "nearest relative depth"}
+        meta["relayered_from"] = {"moe_layers": n_l, "layer_map": src.tolist(),
+                                  "assumption": "nearest relative depth; chained affinities keep expert labels"}
         new = RoutingProcess(
             popularity=self.popularity[src], affinity=aff, bias=self.bias[src], beta=beta,
             reuse_rate=self.reuse_rate[src], overlap=self.overlap[src], copy_scale=self.copy_scale[src],
             mi_target=mi, top_k=self.top_k, phase=self.phase, tokens_per_request=self.tokens_per_request,
-            meta=meta,
+            meta=meta, coact0=self.coact0, gamma0=self.gamma0, co_mi_target0=self.co_mi_target0,
         )
         return new.calibrate(iterations=calibration_iterations, n_tokens=calibration_tokens, seed=seed)
+
+    def window(self, start: int, stop: int) -> RoutingProcess:
+        """The consecutive MoE layers ``start .. stop-1`` of this process (their real transitions,
+        no recalibration; the first-layer co-activation is kept only when ``start == 0``, so a later
+        window should be recalibrated with `calibrate`)."""
+        n_l = self.n_moe_layers
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= n_l):
+            raise ValueError(f"window: need 0 <= start < stop <= {n_l}, got {start}, {stop}")
+        meta = dict(self.meta)
+        meta["window_of"] = {"moe_layers": n_l, "start": start, "stop": stop}
+        keep_co = start == 0
+        return RoutingProcess(
+            popularity=self.popularity[start:stop], affinity=self.affinity[start:stop - 1],
+            bias=self.bias[start:stop], beta=self.beta[start:stop - 1], reuse_rate=self.reuse_rate[start:stop],
+            overlap=self.overlap[start:stop], copy_scale=self.copy_scale[start:stop],
+            mi_target=self.mi_target[start:stop - 1], top_k=self.top_k, phase=self.phase,
+            tokens_per_request=self.tokens_per_request, meta=meta, coact0=self.coact0 if keep_co else None,
+            gamma0=self.gamma0 if keep_co else 0.0, co_mi_target0=self.co_mi_target0 if keep_co else 0.0)
 
     # ------------------------------------------------------------------- JSON
     def to_dict(self, *, precision: str = "float64") -> dict[str, Any]:
@@ -521,8 +646,10 @@ class RoutingProcess:
             raise ValueError(f"to_dict: precision must be float64, float32 or float16, got {precision!r}")
         arrays = {name: _encode(getattr(self, name), precision if name == "affinity" else
                                 "float64" if precision == "float64" else "float32") for name in _ARRAY_NAMES}
+        arrays["coact0"] = _encode(np.asarray(self.coact0), precision)
         return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "n_experts": self.n_experts,
                 "top_k": self.top_k, "n_moe_layers": self.n_moe_layers, "phase": self.phase,
+                "gamma0": self.gamma0, "co_mi_target0": self.co_mi_target0,
                 "tokens_per_request": self.tokens_per_request, "assumptions": ASSUMPTIONS,
                 "meta": _jsonable(self.meta), "arrays": arrays}
 
@@ -547,8 +674,11 @@ class RoutingProcess:
             if name not in arrays_in:
                 raise ProcessFormatError(f"{where}: arrays lacks {name!r}")
             arrays[name] = _decode(arrays_in[name], f"{where}: arrays.{name}")
+        coact0 = _decode(arrays_in["coact0"], f"{where}: arrays.coact0") if "coact0" in arrays_in else None
         try:
             proc = cls(**arrays, top_k=int(d["top_k"]), phase=int(d.get("phase", DECODE)),
+                       coact0=coact0, gamma0=float(d.get("gamma0", 0.0)),
+                       co_mi_target0=float(d.get("co_mi_target0", 0.0)),
                        tokens_per_request=int(d.get("tokens_per_request", 256)), meta=dict(d.get("meta") or {}))
         except ProcessFormatError as exc:
             raise ProcessFormatError(f"{where}: {exc}") from exc

@@ -44,7 +44,9 @@ def olmoe_process(counts: AggregatedRoutingStats, base: RoutingProcess, *, n_lay
     src = [min(measured, key=lambda m: (abs(m - layer), m)) for layer in range(n_layers)]
     load = np.stack([counts.load[s].astype(np.float64) for s in src])
     pop = (load + 1.0) / (load.sum(axis=1, keepdims=True) + n_e)
-    shaped = base.retarget(n_e, k, seed=seed).relayer(n_layers, seed=seed)
+    # consecutive real layers keep the set coherence that carries the affinity (compressing depth
+    # with relayer() chains transitions and weakens it), so take DeepSeek's first n_layers layers
+    shaped = base.retarget(n_e, k, seed=seed).window(0, n_layers)
     # permutation per layer: OLMoE expert of rank r takes the role of the shaped expert of rank r
     perm = np.empty((n_layers, n_e), dtype=np.int64)
     for layer in range(n_layers):
@@ -57,15 +59,18 @@ def olmoe_process(counts: AggregatedRoutingStats, base: RoutingProcess, *, n_lay
         "composed_from": {
             "popularity": f"OLMoE-1B-7B aggregated expert counts ({counts.domain}), measured at layers {measured}; "
                           f"layer l uses the nearest measured layer {src}",
-            "affinity_reuse_overlap": "DeepSeek-V2-Lite fitted process retargeted to 64 experts top-8 and 16 layers, "
+            "affinity_reuse_overlap": "DeepSeek-V2-Lite fitted process (with its first-layer co-activation) "
+                                      "retargeted to 64 experts top-8, its first 16 MoE layers, "
                                       "experts matched to OLMoE's by popularity rank (assumption: no per-token "
                                       "OLMoE data; the rank-aligned cross-layer counts are 7-8 layers apart)",
         },
     }
+    co = np.asarray(shaped.coact0)[np.ix_(perm[0], perm[0])]
     proc = RoutingProcess(popularity=pop, affinity=aff, bias=np.zeros_like(pop), beta=shaped.beta,
                           reuse_rate=shaped.reuse_rate, overlap=shaped.overlap, copy_scale=shaped.copy_scale,
                           mi_target=shaped.mi_target, top_k=k, phase=shaped.phase,
-                          tokens_per_request=shaped.tokens_per_request, meta=meta)
+                          tokens_per_request=shaped.tokens_per_request, meta=meta,
+                          coact0=co, gamma0=shaped.gamma0, co_mi_target0=shaped.co_mi_target0)
     return proc.calibrate(seed=seed)
 
 

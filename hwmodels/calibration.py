@@ -269,9 +269,13 @@ class Peaks:
             raise CalibrationError(f"peaks.link_Bps must be >= 0, got {self.link_Bps!r}")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class CalibrationProfile:
     """What a calibration measured and fitted on one device; an ``EfficiencyModel``.
+
+    Not frozen only because the ``EfficiencyModel`` protocol declares ``name`` as a settable
+    attribute; treat a profile as immutable (:meth:`without_samples` and
+    :func:`dataclasses.replace` make changed copies).
 
     ``name`` is the profile's name (``source`` of calibrated costs reads ``calibrated:<name>``),
     ``device_name`` the device as the data names it (``"a100"``, ``"AMD EPYC"``, ``"NVIDIA H100

@@ -218,3 +218,22 @@ def test_predict_ffn_composes_gemms_and_activation(profile: CalibrationProfile) 
 
 def test_linear_fit_predict() -> None:
     assert float(LinearFit(t0_s=1.0, bandwidth_Bps=2.0).predict_s(4)) == 3.0
+
+
+def test_shipped_profiles_plug_into_the_cost_model() -> None:
+    """With a shipped profile, CostModel's calibrated expert cost is >= roofline and says who answered."""
+    from hwmodels import CostModel, get_platform
+    from workloads import get_model
+
+    platform = get_platform("h100-pcie5-host")
+    device = platform.accelerators[0]
+    model = get_model("mixtral-8x7b")
+    tokens = np.array([1, 8, 64, 512, 4096])
+    roof = CostModel(platform, fidelity="roofline").expert_ffn(device, model, tokens)
+    cal = CostModel(platform, profiles={device.name: load_default_profile("h100")}).expert_ffn(device, model, tokens)
+    assert np.all(np.asarray(cal.total_s) >= np.asarray(roof.total_s))
+    assert np.all(np.diff(np.asarray(cal.total_s)) >= 0)
+    assert "vidur-h100" in cal.source
+    # the cost model's calibrated time is close to the profile's own FFN prediction
+    direct = load_default_profile("h100").predict_ffn_s(tokens, model.d_model, model.expert_ffn_dim)
+    assert np.all(np.abs(np.asarray(cal.total_s) / direct - 1) < 0.25)

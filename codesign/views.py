@@ -108,12 +108,24 @@ def _merged_length(intervals: Iterable[tuple[float, float]]) -> float:
 
 
 def timeline_info(result: Any, *, start_s: float | None = None, end_s: float | None = None,
-                  max_events: int = 20_000, title: str = "") -> TimelineInfo:
+                  steps: tuple[int, int] | None = None, max_events: int = 20_000, title: str = "") -> TimelineInfo:
     """Timeline data of ``result`` (a `Result` with events, or a sequence of event records),
-    clipped to ``[start_s, end_s]`` (default: all) and limited to the first ``max_events`` events
-    (by start time) so that the HTML stays small."""
+    clipped to ``[start_s, end_s]`` (default: all), or to the simulator steps ``steps = (first,
+    last)`` (inclusive, by the result's step records), and limited to the first ``max_events``
+    events (by start time) so that the HTML stays small."""
     if max_events <= 0:
         raise ValueError(f"max_events must be > 0, got {max_events}")
+    if steps is not None:
+        if start_s is not None or end_s is not None:
+            raise ValueError("give either steps or start_s/end_s, not both")
+        table = getattr(result, "steps", None)
+        if table is None or len(table) == 0:
+            raise ValueError("steps= needs a Result with step records")
+        first, last = steps
+        if not 0 <= first <= last < len(table):
+            raise ValueError(f"steps={steps} outside the result's {len(table)} steps (0..{len(table) - 1})")
+        start_s = float(table["start_s"].iloc[first])
+        end_s = float(table["end_s"].iloc[last])
     events = _events_of(result)
     lo = min((e[3] for e in events), default=0.0) if start_s is None else float(start_s)
     hi = max((e[4] for e in events), default=0.0) if end_s is None else float(end_s)

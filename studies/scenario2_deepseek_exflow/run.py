@@ -166,7 +166,7 @@ def run_scenario(*, n_requests: int = 100, batch: int = 64, seed: int = 0, share
         }
         results[name] = entry
         if out is not None:
-            info = timeline_info(res, end_s=float(res.steps["end_s"].iloc[min(1, n_steps - 1)]),
+            info = timeline_info(res, steps=(0, min(1, n_steps - 1)),
                                  title=f"DeepSeek-V2-Lite on 8 H100, {name} placement (first steps)")
             write_html(plot_timeline(info), out / f"timeline_{name}.html")
     rr, ex = results["round-robin"], results["exflow"]

@@ -95,6 +95,11 @@ def test_timeline_window_and_truncation(offload_result: Result) -> None:
     half = timeline_info(offload_result, end_s=mid)
     assert half.t1_s == mid and half.n_events < full.n_events
     assert all(b["end_s"] <= mid for b in half.bars)
+    one = timeline_info(offload_result, steps=(1, 1))
+    step1 = offload_result.steps.iloc[1]
+    assert one.t0_s == step1["start_s"] and one.t1_s == step1["end_s"] and 0 < one.n_events < full.n_events
+    with pytest.raises(ValueError, match="outside"):
+        timeline_info(offload_result, steps=(0, 10_000))
     small = timeline_info(offload_result, max_events=5)
     assert small.truncated and len(small.bars) == 5
     with pytest.raises(ValueError, match="before start_s"):

@@ -34,7 +34,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                          "copies; fits the efficiency curves and writes a CalibrationProfile JSON.")
     run.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
     size = run.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="short sweep (about a minute on one CPU core)")
+    size.add_argument("--quick", action="store_true", help="short sweep (20-50 s on one core of the 2-core dev machine)")
     size.add_argument("--sweep", choices=("quick", "full", "tiny"), default=None,
                       help="sweep size (default full; tiny is for tests)")
     run.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,

@@ -18,6 +18,18 @@ experts streamed without being cached; only when experts are offloaded) + the KV
 all that is left (``kv_fraction`` of it). Offloaded experts live in their *backing* memory:
 ``"host"`` = the host's weights tier (host DRAM) over the platform's ``host_link``; or a slower tier
 of the same device (e.g. ``"ddr"`` on an RDU).
+
+Starting cache contents (``initial``): ``"popular"`` fills each device's slots with its most used
+experts in the training routing (``"spread"`` when there is none), ``"spread"`` takes expert rank
+``r`` of every layer before rank ``r + 1`` of any layer, ``"empty"`` starts cold, ``"listed"``
+takes exactly ``resident``; ``pinned`` experts are always resident and never evicted. Cache
+policy options (``cache.options``) go to the policy's constructor, e.g. ``{"per_layer": True}``
+splits the slots evenly over the layers.
+
+Example::
+
+    Mapping(cache=CacheSpec(policy="lru", expert_fraction=0.25), prefetch="pregate", miss="cost",
+            batching=BatchingSpec(max_batch=32))
 """
 
 from __future__ import annotations

@@ -145,9 +145,10 @@ class _Costs:
         if m.n_dense_layers > 0:
             self.dense_model = m.with_(expert_ffn_dim=m.dense_ffn_dim)
 
-    def experts(self, d: int, counts: npt.NDArray[np.int64]) -> OpCost:
+    def experts(self, d: int, counts: npt.NDArray[np.int64], tier: str | None = None) -> OpCost:
+        """Per-expert costs on device ``d`` with weights read from ``tier`` (default: its cache tier)."""
         dev = self.bound.devices[d]
-        tier = self.bound.cache_tier[d]
+        tier = tier or self.bound.cache_tier[d]
         if dev.kind == "fpga":
             out: OpCost = self.cost.fpga_expert(dev, self.model, counts, reorder=self.bound.mapping.fpga_reorder)
         elif dev.kind == "rdu":
@@ -219,6 +220,22 @@ class Engine:
                 c.prepare(futures[d])
             c.warm(bound.initial[d])
             self.caches.append(c)
+        self.near_caches: list[CachePolicy] | None = None
+        if m.near is not None:
+            near_cls = REGISTRIES["cache"].get(m.near.policy)
+            self.near_caches = []
+            for d in range(self.n_dev):
+                nc: CachePolicy = near_cls(capacity=bound.near_slots[d], n_layers=self.L, n_experts=self.E,
+                                           seed=seed + 1000 + d, **dict(m.near.options))
+                if nc.needs_future:
+                    raise ValueError(f"near tier: oracle cache policy {m.near.policy!r} is not supported there")
+                if nc.needs_training:
+                    if train is None:
+                        raise ValueError(f"near cache policy {m.near.policy!r} must be trained: set mapping "
+                                         "train_fraction > 0 or pass train=")
+                    nc.fit(train)
+                nc.warm(np.zeros((self.L, self.E), dtype=bool))
+                self.near_caches.append(nc)
         self.prefetcher: PrefetchPolicy | None = None
         if m.prefetch != "none":
             self.prefetcher = REGISTRIES["prefetch"].create(
@@ -265,6 +282,23 @@ class Engine:
                 self.fetch_J.append(float(fc.energy_J))
         self.cpu_possible = host is not None and self.platform.host_link is not None and bound.offloaded
         self._fetch_only = m.miss == "fetch"
+        self.near_link: list[Link] = []
+        self.near_copy_s: list[float] = []
+        self.near_copy_J: list[float] = []
+        self.near_copy = [simpy.Resource(env, 1) for _ in range(self.n_dev)] if self.near_caches else []
+        self.near_inflight: list[dict[int, simpy.Event]] = [{} for _ in range(self.n_dev)]
+        if self.near_caches is not None and bound.near_tier is not None:
+            for d, dev in enumerate(bound.devices):
+                nl = _tier_link(dev, bound.cache_tier[d], bound.near_tier)
+                nc_cost = cost.transfer(nl, bpe)
+                self.near_link.append(nl)
+                self.near_copy_s.append(float(nc_cost.total_s))
+                self.near_copy_J.append(float(nc_cost.energy_J))
+        self.n_near_access = 0
+        self.n_near_hits = 0
+        self.peak_near = [0] * self.n_dev
+        self._near_s: list[npt.NDArray[np.float64]] = []
+        self._near_J: list[npt.NDArray[np.float64]] = []
         # state
         self.waiting: list[RequestState] = []
         self.running: list[RequestState] = []
@@ -493,6 +527,13 @@ class Engine:
             exp_cost.append(c)
             exp_s.append(_arr(c.total_s, L * E))
             exp_J.append(_arr(c.energy_J, L * E))
+        if self.near_caches is not None:
+            self._near_s, self._near_J = [], []
+            for d in range(n_dev):
+                cnt = counts if n_dev == 1 else np.where(self.home_flat == d, counts, 0)
+                c = self.costs.experts(d, cnt, tier=self.bound.near_tier)
+                self._near_s.append(_arr(c.total_s, L * E))
+                self._near_J.append(_arr(c.energy_J, L * E))
         cpu_s = cpu_J = None
         act_bytes = (counts * (model.d_model * ACTIVATION_BYTES)).astype(np.float64)
         if self.cpu_possible and self.bound.mapping.miss != "fetch":
@@ -596,8 +637,11 @@ class Engine:
         """One MoE layer on device ``d`` when every expert is resident (nothing offloaded): the
         same bookkeeping as `_moe_device` without a process; returns the device's busy time."""
         env = self.env
-        ex = np.flatnonzero(cnt).astype(np.int64)
+        ex_all = ex = np.flatnonzero(cnt).astype(np.int64)
         now = env.now
+        near_s = near_J = 0.0
+        if self.near_caches is not None and ex.size:
+            ex, near_s, near_J = self._near_split(d, layer, ex)
         if ex.size:
             cache = self.caches[d]
             cache.observe(layer, rows[:, layer, :], now)
@@ -611,10 +655,12 @@ class Engine:
             self.n_hits += int(ex.size)
             self._s["needed"] += ex.size
             self._s["hits"] += ex.size
-            self.assign_device += int(cnt[ex].sum())
+        self.assign_device += int(cnt[ex_all].sum())
         g_s, g_J = self.costs.group(d, cnt, ex, comp_s, comp_J)
-        first = shared_s + g_s
-        energy = shared_J + g_J
+        first = shared_s + g_s + near_s
+        energy = shared_J + g_J + near_J
+        if self.near_caches is not None and ex.size:
+            self._promote(d, layer, ex, ex_all)
         self.busy_s[d] += first
         if self.events is not None:
             if shared_s > 0:
@@ -640,10 +686,14 @@ class Engine:
         """
         env = self.env
         E = self.E
-        ex = np.flatnonzero(cnt).astype(np.int64)
+        ex_all = ex = np.flatnonzero(cnt).astype(np.int64)
         cache = self.caches[d]
         now = env.now
         energy = shared_J
+        near_s = 0.0
+        if self.near_caches is not None and ex.size:
+            ex, near_s, near_J = self._near_split(d, layer, ex)
+            energy += near_J
         inflight = self.inflight[d]
         pending: list[tuple[int, simpy.Event]] = []  # resident experts whose prefetch is in flight
         fetch_ex = cpu_ex = ex[:0]
@@ -718,12 +768,12 @@ class Engine:
         if self.prefetcher is not None:
             self._prefetch(layer, rows, (d,))
         # token-expert assignments computed here (each exactly once: device or host CPU)
-        if ex.size:
+        if ex_all.size:
             self.assign_cpu += int(cnt[cpu_ex].sum())
-            self.assign_device += int(cnt[ex].sum()) - int(cnt[cpu_ex].sum())
+            self.assign_device += int(cnt[ex_all].sum()) - int(cnt[cpu_ex].sum())
         # device compute: shared + resident experts, then pending prefetches, then the fetched chain
         g_s, g_J = self.costs.group(d, cnt, ready, comp_s, comp_J)
-        first = shared_s + g_s
+        first = shared_s + g_s + near_s
         energy += g_J
         if first > 0:
             start = env.now
@@ -778,8 +828,75 @@ class Engine:
                 yield env.timeout(c_end - env.now)
         if cpu_done is not None:
             yield cpu_done
+        if self.near_caches is not None and ex.size:
+            used = np.setdiff1d(ex, cpu_ex, assume_unique=True)
+            if used.size:
+                self._promote(d, layer, used, ex_all)
         self._s["energy"] += energy
         self.energy_J += energy
+
+    def _near_split(self, d: int, layer: int, ex: npt.NDArray[np.int64]
+                    ) -> tuple[npt.NDArray[np.int64], float, float]:
+        """Look ``ex`` up in device ``d``'s near tier; returns (experts left for the cache tier, time and
+        energy of the near hits computed from the near tier). Promotions still in flight do not hit."""
+        assert self.near_caches is not None
+        near = self.near_caches[d]
+        hits = near.access(layer, ex, self.env.now)
+        inflight = self.near_inflight[d]
+        if inflight and hits.any():
+            for i in np.flatnonzero(hits).tolist():
+                if layer * self.E + int(ex[i]) in inflight:
+                    hits[i] = False
+        self.n_near_access += int(ex.size)
+        n_hit = int(hits.sum())
+        self.n_near_hits += n_hit
+        self._s["needed"] += n_hit
+        self._s["hits"] += n_hit
+        if n_hit == 0:
+            return ex, 0.0, 0.0
+        keys = layer * self.E + ex[hits]
+        t = float(self._near_s[d][keys].sum())
+        return ex[~hits], t, float(self._near_J[d][keys].sum())
+
+    def _promote(self, d: int, layer: int, used: npt.NDArray[np.int64], protect: npt.NDArray[np.int64]) -> None:
+        """Offer experts just used from the cache tier to the near tier; copies run in the background."""
+        assert self.near_caches is not None
+        near = self.near_caches[d]
+        inflight = self.near_inflight[d]
+        new = used[~near.resident[layer, used]]
+        if new.size == 0:
+            return
+        prot = np.fromiter(inflight.keys(), dtype=np.int64, count=len(inflight)) if inflight else None
+        adm = near.admit(layer, new, self.env.now, protect=protect, protect_keys=prot)
+        for lv, ev in adm.victims.tolist():
+            inflight.pop(lv * self.E + ev, None)
+        got = new[adm.admitted]
+        if got.size == 0:
+            return
+        self.peak_near[d] = max(self.peak_near[d], near.n_resident)
+        events = [self.env.event() for _ in range(got.size)]
+        for e, ev in zip(got.tolist(), events, strict=True):
+            inflight[layer * self.E + e] = ev
+        nbytes = self.bpe * got.size
+        self._add_bytes(self.near_link[d], nbytes)
+        e_j = self.near_copy_J[d] * got.size
+        self._s["energy"] += e_j
+        self.energy_J += e_j
+        self.env.process(self._near_copy_proc(d, layer, got, events))
+
+    def _near_copy_proc(self, d: int, layer: int, experts: npt.NDArray[np.int64],
+                        events: list[simpy.Event]) -> ProcGen:
+        env = self.env
+        inflight = self.near_inflight[d]
+        with self.near_copy[d].request() as req:
+            yield req
+            for e, ev in zip(experts.tolist(), events, strict=True):
+                start = env.now
+                yield env.timeout(self.near_copy_s[d])
+                self._event(d, "near_copy", "promote", start, env.now, f"L{self.model.moe_layers[layer]} e{e}")
+                ev.succeed()
+                if inflight.get(layer * self.E + e) is ev:
+                    del inflight[layer * self.E + e]
 
     def _release_later(self, res: simpy.PriorityResource, req: Any, delay: float) -> None:
         """Release ``req`` of ``res`` after ``delay`` seconds (one timeout, no process)."""
@@ -955,6 +1072,8 @@ class Engine:
         energy = self.energy_J + idle
         tier_names = sorted(set(self.bound.cache_tier))
         hit = {t: (self.n_hits / self.n_access if self.n_access else 1.0) for t in tier_names}
+        if self.near_caches is not None and self.bound.near_tier is not None:
+            hit[self.bound.near_tier] = self.n_near_hits / self.n_near_access if self.n_near_access else 0.0
         model = self.model
         peak: dict[str, float] = {}
         for d in range(self.n_dev):
@@ -962,6 +1081,8 @@ class Engine:
             b = (float(model.non_expert_bytes) + self.peak_resident[d] * self.bpe
                  + self.peak_staging[d] * self.bpe + self.peak_kv_tokens[d] * float(model.kv_bytes_per_token))
             peak[tier] = max(peak.get(tier, 0.0), b)
+        if self.near_caches is not None and self.bound.near_tier is not None:
+            peak[self.bound.near_tier] = max(self.peak_near) * self.bpe
         if self.bound.offloaded:
             off = float(sum(h - s for h, s in zip(self.bound.homed, self.bound.slots, strict=True))) * self.bpe
             back = (self.platform.host.weights_tier if self.bound.backing == "host" and self.platform.host

@@ -140,6 +140,9 @@ class Mapping:
     placement: str = field(default="round-robin", metadata={"help": "placement policy across devices"})
     placement_options: OptionsArg = ()
     cache: CacheSpec = field(default_factory=CacheSpec)
+    near: CacheSpec | None = field(
+        default=None, metadata={"help": "optional faster tier above the cache tier (e.g. an RDU's 'sram') that "
+                                        "caches experts promoted after use; compute reads them from it"})
     backing: str = field(
         default="host", metadata={"help": "where offloaded experts live: 'host' (host memory over host_link) "
                                           "or a slower tier of the device, e.g. 'ddr'"})
@@ -178,6 +181,11 @@ class Mapping:
             object.__setattr__(self, "cache", CacheSpec(**self.cache))
         if isinstance(self.batching, dict):
             object.__setattr__(self, "batching", BatchingSpec(**self.batching))
+        if isinstance(self.near, dict):
+            object.__setattr__(self, "near", CacheSpec(**self.near))
+        if self.near is not None and (not isinstance(self.near, CacheSpec) or not self.near.tier):
+            raise MappingError("near must be a CacheSpec naming its tier (e.g. tier='sram'), got "
+                               f"{self.near!r}")
         if not isinstance(self.cache, CacheSpec):
             raise MappingError(f"cache must be a CacheSpec, got {type(self.cache).__name__}")
         if not isinstance(self.batching, BatchingSpec):
@@ -240,6 +248,10 @@ class Mapping:
             b = dict(kw["batching"])
             _known(b, BatchingSpec, "mapping.batching")
             kw["batching"] = BatchingSpec(**b)
+        if kw.get("near") is not None:
+            n = dict(kw["near"])
+            _known(n, CacheSpec, "mapping.near")
+            kw["near"] = CacheSpec(**n)
         for name in ("pinned", "resident"):
             if name in kw:
                 kw[name] = tuple(tuple(p) if isinstance(p, list) else p for p in kw[name])
@@ -302,6 +314,8 @@ class BoundMapping:
     platform: Platform
     devices: tuple[Device, ...]
     cache_tier: tuple[str, ...]
+    near_tier: str | None
+    near_slots: tuple[int, ...]
     backing: str
     expert_home: npt.NDArray[np.int64]
     slots: tuple[int, ...]
@@ -413,6 +427,30 @@ def _bind(m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats |
                 f"{kvb / 1e3:.1f} kB) needs {need_kv / 1e9:.3f} GB (kv_fraction={m.kv_fraction}). Lower "
                 "cache.expert_fraction, use more devices or a lower precision")
         kv_cap.append(int(kv_bytes // kvb))
+    # the near tier (faster, above the cache tier): experts only, checked against its capacity
+    near_slots: list[int] = []
+    if m.near is not None:
+        assert m.near.tier is not None
+        for d, dev in enumerate(devices):
+            if dev.kind == "fpga":
+                raise MappingError(f"near: device {d} ({dev.name}) is an FPGA, whose on-chip buffering the cost "
+                                   "model already includes; a near tier is not supported there")
+            near = _tier(dev, m.near.tier, "near.tier")
+            if near.name == tiers[d]:
+                raise MappingError(f"near.tier {near.name!r} is the cache tier itself")
+            if [t.name for t in dev.tiers].index(near.name) > [t.name for t in dev.tiers].index(tiers[d]):
+                raise MappingError(f"near.tier {near.name!r} is slower than the cache tier {tiers[d]!r} of "
+                                   f"{dev.name}; tiers fastest first: {[t.name for t in dev.tiers]}")
+            if m.near.capacity_experts is not None:
+                ns = min(int(m.near.capacity_experts), homed[d])
+            else:
+                ns = math.floor(m.near.expert_fraction * homed[d] + 1e-9)
+            if ns * bpe > near.capacity_bytes:
+                raise MappingError(
+                    f"near tier {near.name!r} of device {d} ({dev.name}) holds {near.capacity_bytes / 1e6:.1f} MB; "
+                    f"{ns} experts x {bpe / 1e6:.1f} MB = {ns * bpe / 1e6:.1f} MB do not fit")
+            near_slots.append(ns)
+            memory[d][f"near_{near.name}_bytes"] = ns * bpe
     # starting residents
     initial = pinned.copy()
     if m.initial == "listed":
@@ -443,6 +481,7 @@ def _bind(m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats |
             initial[d].ravel()[chosen] = True
     return BoundMapping(
         mapping=m, model=model, platform=platform, devices=tuple(devices), cache_tier=tuple(tiers),
+        near_tier=m.near.tier if m.near is not None else None, near_slots=tuple(near_slots),
         backing=m.backing, expert_home=home, slots=tuple(slots), homed=homed, initial=initial,
         pinned=pinned, kv_capacity_tokens=tuple(kv_cap), offloaded=offloaded, memory=tuple(memory),
     )

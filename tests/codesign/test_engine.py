@@ -165,3 +165,21 @@ def test_events_do_not_overlap_per_resource(h100, cache: str, prefetch: str) -> 
     for (_dev, res), g in ev.groupby(["device", "resource"]):
         g = g.sort_values("start_s")
         assert (g.start_s.to_numpy()[1:] >= g.end_s.to_numpy()[:-1] - 1e-12).all(), res
+
+
+def test_near_tier_sram_on_rdu() -> None:
+    model = tiny_model(d_model=2048, expert_ffn_dim=4096)  # 50 MB experts: 10 fit the SN40L's 520 MB SRAM
+    sn = get_platform("sn40l-node")
+    stream = random_stream(model, 1, 4, 30, seed=2, zipf=1.2)
+    base = Mapping(n_devices=1)
+    near = base.with_(near=CacheSpec(tier="sram", capacity_experts=8, options={"per_layer": True}))
+    r0 = simulate(model, sn, stream, base)
+    r1 = simulate(model, sn, stream, near, record_events=True)
+    s = r1.summary
+    assert 0 < s["hit_rate"]["sram"] < 1 and s["hit_rate"]["hbm"] == 1.0
+    assert s["tpot_p50_s"] < r0.summary["tpot_p50_s"]  # SRAM-resident experts compute faster
+    assert s["assignments_device"] == r0.summary["assignments_device"]
+    assert s["bytes_moved"]["sn40l:hbm->sram"] > 0
+    assert s["peak_memory_bytes"]["sram"] <= 8 * model.bytes_per_expert
+    assert "promote" in set(r1.events_frame().kind)
+    assert r1.steps.hits.sum() + r1.steps.misses.sum() == r1.steps.experts_needed.sum()

@@ -10,6 +10,7 @@ import pytest
 from codesign.mapping import BatchingSpec, CacheSpec, Mapping, MappingError
 from codesign.policies import RoutingStats, UnknownPolicyError
 from hwmodels import get_platform
+from tests.codesign.sim_helpers import tiny_model
 from workloads import get_model
 
 
@@ -166,3 +167,20 @@ def test_listed_residents(mixtral, h100_host) -> None:
         m.with_(cache=CacheSpec(capacity_experts=2)).bind(mixtral, h100_host)
     with pytest.raises(MappingError, match=r"resident expert \(40, 1\) does not exist"):
         m.with_(resident=((40, 1),)).bind(mixtral, h100_host)
+
+
+def test_near_tier_checks(mixtral) -> None:
+    sn = get_platform("sn40l-node")
+    ok = Mapping(n_devices=1, near=CacheSpec(tier="sram", capacity_experts=1))
+    assert Mapping.from_json(ok.to_json()) == ok
+    b = ok.bind(get_model("deepseek-v2-lite"), sn)
+    assert b.near_tier == "sram" and b.near_slots == (1,)
+    with pytest.raises(MappingError, match="near must be a CacheSpec naming its tier"):
+        Mapping(near=CacheSpec(capacity_experts=1))
+    dsv2 = get_model("deepseek-v2-lite")  # 17.3 MB experts: 31 fit the 545 MB SRAM
+    with pytest.raises(MappingError, match=r"near tier 'sram' of device 0 \(sn40l\) holds 545\.3 MB; 40 experts"):
+        ok.with_(near=CacheSpec(tier="sram", capacity_experts=40)).bind(dsv2, sn)
+    with pytest.raises(MappingError, match=r"near\.tier 'ddr' is slower than the cache tier 'hbm'"):
+        ok.with_(near=CacheSpec(tier="ddr", capacity_experts=1)).bind(dsv2, sn)
+    with pytest.raises(MappingError, match="FPGA"):
+        ok.with_(near=CacheSpec(tier="onchip", capacity_experts=1)).bind(tiny_model(), get_platform("zcu104-board"))

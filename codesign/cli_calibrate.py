@@ -34,7 +34,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                                          "copies; fits the efficiency curves and writes a CalibrationProfile JSON.")
     run.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
     size = run.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="short sweep (20-50 s on one core of the 2-core dev machine)")
+    size.add_argument("--quick", action="store_true",
+                      help="short sweep (20-50 s on one core of the 2-core dev machine)")
     size.add_argument("--sweep", choices=("quick", "full", "tiny"), default=None,
                       help="sweep size (default full; tiny is for tests)")
     run.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
@@ -45,6 +46,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     run.add_argument("--peak-tflops", type=float, default=None, help="reference peak TFLOP/s at the dtype")
     run.add_argument("--peak-memory-gbps", type=float, default=None, help="reference memory bandwidth, GB/s")
     run.add_argument("--link-gbps", type=float, default=None, help="reference host link bandwidth per direction")
+    run.add_argument("--clock", choices=("wall", "process"), default="wall",
+                     help="CPU timer: wall clock (default) or the process CPU time (needs --threads 1; for "
+                          "machines shared with other work)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-o", "--output", required=True, help="profile JSON to write")
     run.set_defaults(func=_cmd_run)
@@ -75,6 +79,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     val.add_argument("--shape", default="1024x3584", help="d_model x d_ff of the layer's experts (default 1024x3584)")
     val.add_argument("--threads", type=int, default=None, help="torch threads for the layer (default: the profile's)")
     val.add_argument("--repeats", type=int, default=5, help="timed runs per layer (default 5)")
+    val.add_argument("--clock", choices=("wall", "process"), default=None,
+                     help="CPU timer for the layer (default: the one the profile was measured with)")
     val.add_argument("--json", action="store_true", help="print one JSON object")
     val.set_defaults(func=_cmd_validate)
 
@@ -94,14 +100,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device=args.device, plan=plan, dtype=args.dtype, threads=args.threads, seed=args.seed, name=args.name,
         peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None,
         peak_memory_Bps=args.peak_memory_gbps * 1e9 if args.peak_memory_gbps else None,
-        link_Bps=args.link_gbps * 1e9 if args.link_gbps else None,
+        link_Bps=args.link_gbps * 1e9 if args.link_gbps else None, clock=args.clock,
     )
     profile = run_calibration(config, progress=not args.no_progress)
     out = profile.save(args.output)
     report = validate_heldout(profile)
     fp = profile.fingerprint
     print(f"wrote {out}: {len(profile.samples)} samples on {profile.device_name} ({profile.dtype}, "
-          f"{fp.get('torch_threads')} thread(s), {fp.get('sweep_seconds')} s, 1-min load average "
+          f"{fp.get('torch_threads')} thread(s), clock {fp.get('clock')}, {fp.get('sweep_seconds')} s, "
+          f"1-min load average "
           f"{fp.get('loadavg_start')} -> {fp.get('loadavg_end')})")
     _print_fit(profile)
     print(report.format_text())
@@ -183,7 +190,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         routings = read_trace_routing(args.layer, layers=layers, max_tokens=args.tokens)
         load_start = _loadavg()
         stats, results = validate_moe_layer(profile, routings, d_model=d_model, d_ff=d_ff, repeats=args.repeats,
-                                            threads=args.threads)
+                                            threads=args.threads, clock=args.clock)
         load_end = _loadavg()
         layer_stats: ErrorStats = stats
         result["layer"] = {

@@ -154,8 +154,18 @@ class Timer(Protocol):
     def time(self, kernel: Kernel, inner: int) -> float: ...
 
 
+#: CPU clocks: ``"wall"`` (``time.perf_counter_ns``, the default) or ``"process"`` (the process's CPU
+#: time, ``time.process_time_ns``: with one compute thread it excludes the time other processes
+#: take the core away, so timings on a shared machine approach those of a quiet one; it still
+#: includes their cache and memory-bandwidth interference).
+CPU_CLOCKS = ("wall", "process")
+
+
 class CpuTimer:
     """Wall-clock timing with ``time.perf_counter_ns`` (kernels are synchronous on the CPU).
+
+    ``clock="process"`` times with the process CPU time instead (one compute thread only, see
+    :data:`CPU_CLOCKS`); then no retries are needed and ``check_threads`` is ignored.
 
     On a shared machine another process may take the core for part of a measurement. With
     ``check_threads`` set to the number of compute threads, each measurement also reads the
@@ -167,7 +177,10 @@ class CpuTimer:
     """
 
     def __init__(self, *, check_threads: int | None = None, min_busy: float = 0.95, max_retries: int = 5,
-                 retry_budget_s: float = 0.25) -> None:
+                 retry_budget_s: float = 0.25, clock: str = "wall") -> None:
+        if clock not in CPU_CLOCKS:
+            raise CalibrationError(f"clock must be one of {CPU_CLOCKS}, got {clock!r}")
+        self.clock = clock
         self.check_threads = check_threads
         self.min_busy = min_busy
         self.max_retries = max_retries
@@ -180,6 +193,11 @@ class CpuTimer:
         With the check on, a measurement whose CPU/wall ratio is below ``min_busy`` is retried; when
         every attempt was disturbed, the least disturbed one (highest ratio) is returned.
         """
+        if self.clock == "process":
+            cpu0 = time.process_time_ns()
+            for _ in range(inner):
+                kernel()
+            return (time.process_time_ns() - cpu0) * 1e-9 / inner
         best_ratio, best_wall, spent = -1.0, 0, 0
         for _ in range(self.max_retries + 1):
             cpu0 = time.process_time_ns()
@@ -351,7 +369,7 @@ class TorchBackend:
     """
 
     def __init__(self, device: str, *, dtype: str | None = None, threads: int | None = None, seed: int = 0,
-                 torch: Any = None) -> None:
+                 clock: str = "wall", torch: Any = None) -> None:
         if device not in ("cpu", "cuda"):
             raise CalibrationError(f"--device must be 'cpu' or 'cuda', got {device!r}")
         self._torch = torch if torch is not None else import_torch()
@@ -365,11 +383,23 @@ class TorchBackend:
         self._tdtype = {"fp32": self._torch.float32, "bf16": self._torch.bfloat16,
                         "fp16": self._torch.float16}[self.dtype]
         self.supports_copies = device == "cuda"
+        self._previous_threads = int(self._torch.get_num_threads())
         if threads is not None:
             if threads < 1:
                 raise CalibrationError(f"--threads must be >= 1, got {threads}")
             self._torch.set_num_threads(threads)
         self._gen = self._torch.Generator().manual_seed(seed)
+        if clock not in CPU_CLOCKS:
+            raise CalibrationError(f"--clock must be one of {CPU_CLOCKS}, got {clock!r}")
+        if clock == "process" and (device != "cpu" or int(self._torch.get_num_threads()) != 1):
+            self.close()
+            raise CalibrationError("--clock process needs --device cpu and --threads 1 (process CPU time sums "
+                                   "all threads)")
+        self.clock = clock
+
+    def close(self) -> None:
+        """Restore torch's thread count as it was before this backend set it."""
+        self._torch.set_num_threads(self._previous_threads)
 
     # -- helpers
     def _rand(self, *shape: int) -> Any:
@@ -463,13 +493,14 @@ class TorchBackend:
         if self.device == "cuda":
             return CudaEventTimer(self._torch)
         threads = int(self._torch.get_num_threads())
-        return CpuTimer(check_threads=1 if threads == 1 else None)
+        return CpuTimer(check_threads=1 if threads == 1 else None, clock=self.clock)
 
     # -- description
     def fingerprint(self) -> dict[str, Any]:
         """Machine description: CPU model and cores, torch threads; GPU name and CUDA version."""
         fp: dict[str, Any] = cpu_fingerprint()
         fp["torch_threads"] = int(self._torch.get_num_threads())
+        fp["clock"] = "cuda-events" if self.device == "cuda" else self.clock
         fp["torch_version"] = str(self._torch.__version__)
         if self.device == "cuda":
             fp.update(gpu_fingerprint(self._torch))
@@ -598,6 +629,7 @@ class RunConfig:
     peak_flops: float | None = None
     peak_memory_Bps: float | None = None
     link_Bps: float | None = None
+    clock: str = "wall"               # CPU only: "wall" or "process" (see CPU_CLOCKS)
     extra_fingerprint: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -613,13 +645,17 @@ def run_calibration(config: RunConfig, *, progress: bool = False, backend: Any =
     """
     plan = config.plan or (SweepPlan.quick() if config.quick else SweepPlan.full())
     be = backend if backend is not None else TorchBackend(config.device, dtype=config.dtype, threads=config.threads,
-                                                          seed=config.seed)
-    fp = dict(be.fingerprint())
-    fp.update(config.extra_fingerprint)
-    started = time.perf_counter()
-    fp["loadavg_start"] = _loadavg()
-    samples = run_sweep(be, plan, progress=progress)
-    fp["loadavg_end"] = _loadavg()
+                                                          seed=config.seed, clock=config.clock)
+    try:
+        fp = dict(be.fingerprint())
+        fp.update(config.extra_fingerprint)
+        started = time.perf_counter()
+        fp["loadavg_start"] = _loadavg()
+        samples = run_sweep(be, plan, progress=progress)
+        fp["loadavg_end"] = _loadavg()
+    finally:
+        if backend is None:
+            be.close()
     fp["sweep"] = plan.name
     fp["sweep_seconds"] = round(time.perf_counter() - started, 2)
     peaks = _peaks_for(be, fp, config, samples)
@@ -674,6 +710,9 @@ def _peaks_for(be: Any, fp: Mapping[str, Any], config: RunConfig, samples: Seque
             nominal.flops, nominal.flops_source)
         mem, mem_src = (config.peak_memory_Bps, "given (--peak-memory-gbps)") if config.peak_memory_Bps else (
             best_bw, "measured: best tensor-copy bandwidth of this run (no datasheet value for this machine)")
+        if mem <= 0:
+            raise CalibrationError(f"sweep {fp.get('sweep')!r} measured no memory bandwidth (no stream sizes); "
+                                   "pass --peak-memory-gbps")
         link, link_src = 0.0, "none (CPU)"
     else:
         name = str(fp.get("gpu_name", "")).lower()

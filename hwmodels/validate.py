@@ -316,7 +316,7 @@ def predict_moe_layer_s(profile: CalibrationProfile, tokens_per_expert: npt.Arra
 
 def validate_moe_layer(profile: CalibrationProfile, routings: Sequence[LayerRouting], *, d_model: int = 1024,
                        d_ff: int = 3584, repeats: int = 5, warmup: int = 1, threads: int | None = None,
-                       seed: int = 0) -> tuple[ErrorStats, list[LayerResult]]:
+                       seed: int = 0, clock: str | None = None) -> tuple[ErrorStats, list[LayerResult]]:
     """Time a real torch MoE layer per routing on the CPU and compare with the profile's prediction.
 
     The default shape keeps Mixtral-8x7B's ratio d_ff / d_model = 14336 / 4096 = 3.5 at a quarter
@@ -325,7 +325,9 @@ def validate_moe_layer(profile: CalibrationProfile, routings: Sequence[LayerRout
     is timed ``repeats`` times after ``warmup`` runs, the repeats of all layers interleaved, with
     the same wall-clock timer and contention check as the calibration (one thread); the median
     after outlier rejection is the measurement. ``threads`` sets ``torch.set_num_threads`` for the
-    duration (default: the thread count recorded in the profile's fingerprint, else torch's).
+    duration (default: the thread count recorded in the profile's fingerprint, else torch's);
+    ``clock`` ``"wall"`` or ``"process"`` (default: the clock the profile was measured with), as in
+    :class:`hwmodels.calibrate_run.CpuTimer`.
     """
     if profile.device_kind != "cpu":
         raise CalibrationError(f"profile {profile.name!r} is a {profile.device_kind} profile; the whole-layer "
@@ -344,7 +346,10 @@ def validate_moe_layer(profile: CalibrationProfile, routings: Sequence[LayerRout
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        timer = CpuTimer(check_threads=1 if torch.get_num_threads() == 1 else None)
+        clock = clock or str(profile.fingerprint.get("clock", "wall"))
+        if clock == "process" and torch.get_num_threads() != 1:
+            raise CalibrationError("the process clock needs one thread (--threads 1)")
+        timer = CpuTimer(check_threads=1 if torch.get_num_threads() == 1 else None, clock=clock)
         gen = torch.Generator().manual_seed(seed)
         n_exp = max(r.n_experts for r in routings)
         scale = 1.0 / math.sqrt(d_model)

@@ -415,3 +415,36 @@ def test_known_gpu_peaks_by_name() -> None:
     a100 = known_gpu_peaks("NVIDIA A100-SXM4-80GB")
     assert a100 is not None and a100[1] == 2039e9
     assert known_gpu_peaks("Tesla T4") is None
+
+
+def test_process_clock_times_cpu_time_and_needs_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("time.process_time_ns", iter([0, 4000]).__next__)
+    assert CpuTimer(clock="process").time(lambda: None, 2) == pytest.approx(2e-6)
+    with pytest.raises(CalibrationError, match="clock"):
+        CpuTimer(clock="tsc")
+    import torch
+
+    before = torch.get_num_threads()
+    with pytest.raises(CalibrationError, match="--threads 1"):
+        TorchBackend("cpu", threads=2, clock="process")
+    assert torch.get_num_threads() == before
+    be = TorchBackend("cpu", threads=1, clock="process")
+    assert be.fingerprint()["clock"] == "process"
+    assert isinstance(be.timer(), CpuTimer) and be.timer().clock == "process"  # type: ignore[attr-defined]
+    be.close()
+    assert torch.get_num_threads() == before
+
+
+def test_run_calibration_restores_torch_threads() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    plan = SweepPlan(name="t", expert_shapes=((16, 32),), heldout_shapes=(), tokens=(1, 2, 4, 8, 16, 32),
+                     heldout_every=9,
+                     ffn_shape=(16, 32), ffn_tokens=(), grouped_tokens=(), act_tokens=(), stream_bytes=(),
+                     copy_bytes=(), repeats=1, min_time_s=1e-5)
+    with pytest.raises(CalibrationError, match="no memory bandwidth"):
+        run_calibration(RunConfig(device="cpu", plan=plan, threads=1))
+    assert torch.get_num_threads() == before
+    prof = run_calibration(RunConfig(device="cpu", plan=plan, threads=1, peak_memory_Bps=50e9))
+    assert prof.peaks.memory_Bps == 50e9 and torch.get_num_threads() == before

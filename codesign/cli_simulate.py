@@ -63,6 +63,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--scheduler", default="fifo", help="token scheduler (default fifo)")
     p.add_argument("--hbm-expert-fraction", type=float, default=1.0, metavar="F",
                    help="fraction of each device's experts held in its HBM cache, in [0, 1] (default 1)")
+    p.add_argument("--near-tier", default=None, help="faster tier above the cache caching used experts (e.g. sram)")
+    p.add_argument("--near-experts", type=int, default=None, help="slots of the near tier per device")
+    p.add_argument("--near-policy", default="lru", help="replacement policy of the near tier (default lru)")
     p.add_argument("--devices", type=int, default=None, help="expert-parallel degree (default: all accelerators)")
     p.add_argument("--backing", default="host", help="where offloaded experts live: host | a device tier (ddr)")
     p.add_argument("--batch", type=int, default=64, metavar="N", help="max requests per batch (default 64)")
@@ -141,8 +144,13 @@ def build_mapping(args: argparse.Namespace) -> Any:
     """The `Mapping` the arguments describe."""
     from codesign.mapping import BatchingSpec, CacheSpec, Mapping
 
+    near = None
+    if args.near_tier is not None:
+        if args.near_experts is None:
+            raise ValueError("--near-tier needs --near-experts N (slots per device)")
+        near = CacheSpec(policy=args.near_policy, tier=args.near_tier, capacity_experts=args.near_experts)
     return Mapping(
-        n_devices=args.devices, placement=args.placement, backing=args.backing,
+        n_devices=args.devices, placement=args.placement, backing=args.backing, near=near,
         cache=CacheSpec(policy=args.cache, expert_fraction=args.hbm_expert_fraction,
                         options=parse_options(args.cache_option, "--cache-option")),
         prefetch=args.prefetch, prefetch_options=parse_options(args.prefetch_option, "--prefetch-option"),

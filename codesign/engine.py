@@ -19,7 +19,11 @@ What one step does (continuous batching, one step at a time):
    stream runs the shared experts and the resident experts (sum of ``expert_ffn`` per expert,
    or ``rdu_expert`` / ``fpga_expert`` on those devices), then each fetched expert as soon as
    its weights arrive; the CPU computes its experts in parallel (``cpu_expert`` plus the
-   activations over the host link both ways); then the all-to-all combine.
+   activations over the host link both ways); then the all-to-all combine. With a *near* tier
+   (``Mapping.near``, e.g. an RDU's SRAM above HBM) an expert found there is computed with its
+   weights read from that tier, and experts used from the cache tier are promoted into it in the
+   background (a copy over the tier path, then usable); promotions do not contend with compute
+   for the cache tier's bandwidth (an approximation).
 
 Hence at zero load with every expert resident, a step's latency is exactly the sum over layers
 of ``attention + router (or dense FFN) + shared + sum of expert costs`` (`zero_load_step_s`

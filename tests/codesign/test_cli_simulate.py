@@ -83,6 +83,19 @@ def test_policy_options(trace_npz: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert rc == 1 and "--cache-option expects KEY=VALUE" in capsys.readouterr().err
 
 
+def test_near_tier_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from workloads.defaults import default_process
+
+    proc = default_process("deepseek-v2-lite").save(tmp_path / "ds.json")
+    args = ["simulate", "--model", "deepseek-v2-lite", "--platform", "sn40l-node", "--devices", "1", "--process",
+            str(proc), "--requests", "1", "--batch", "1", "--prompt-len", "2", "--output-len", "8", "--no-progress"]
+    assert main([*args, "--near-tier", "sram", "--near-experts", "24", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data["hit_rate"]) == {"hbm", "sram"} and "sn40l:hbm->sram" in data["bytes_moved"]
+    assert main([*args, "--near-tier", "sram"]) == 1
+    assert "--near-tier needs --near-experts" in capsys.readouterr().err
+
+
 def test_missing_trace_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main([*BASE, "--trace", str(tmp_path / "nope.npz")])
     assert rc == 1 and "nope.npz" in capsys.readouterr().err

@@ -32,6 +32,10 @@ What is measured, per placement:
    held-out context-coherent cross-device assignments of a step of the same size (ExFlow: "only
    uses one Alltoall communication", [P] ExFlow, hardware-and-papers.md s.4).
 
+Both on the DGX H100 (NVLink 4) and, to see the regime where the all-to-all matters, on the same 8
+H100s with a PCIe Gen5 x16 peer fabric instead of NVLink (a topology assumption; the link numbers
+are the ``pcie-gen5-x16`` preset's).
+
 Paper (ExFlow, [P] hardware-and-papers.md s.4): "reduce up to 67% of tokens' cross-GPU routing
 latency", "up to 2.2x improvement in inference throughput" over DeepSpeed-MoE on GPT MoE models
 with 8 to 64 experts (hardware NR). The README beside this file states ours beside theirs.
@@ -44,6 +48,7 @@ placement) into ``--out`` (default ``results/`` beside this file) and prints a t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -61,7 +66,7 @@ from codesign.policies.placement import ExflowPlacement, cross_device_stats
 from codesign.policies.registry import REGISTRIES
 from codesign.simulate import simulate
 from codesign.views import cost_breakdown_info, plot_timeline, timeline_info, write_html
-from hwmodels import ACTIVATION_BYTES, CostModel, get_platform
+from hwmodels import ACTIVATION_BYTES, CostModel, Platform, get_link, get_platform
 from workloads import RoutingTrace, get_model
 from workloads.importers import import_trace
 
@@ -106,24 +111,16 @@ def load_trace(shared: Path = SHARED) -> RoutingTrace:
     return trace
 
 
-def run_scenario(*, n_requests: int = 100, batch: int = 64, seed: int = 0, shared: Path = SHARED,
-                 out: Path | None = None) -> dict[str, Any]:
-    """Run the scenario; returns the summary dict (see module docstring)."""
-    trace = load_trace(shared)
-    ids = np.unique(trace.request)
-    train_ids, test_ids = ids[: ids.size // 2], ids[ids.size // 2:]
-    train = trace.select_requests(train_ids)
-    test = trace.select_requests(test_ids)
-    stats = RoutingStats.from_trace(train)
+def _play(platform: Platform, *, trace: RoutingTrace, train: RoutingTrace, test: RoutingTrace,
+          stats: RoutingStats, stream: PromptReplay, batch: int, seed: int, out: Path | None,
+          tag: str) -> dict[str, Any]:
+    """Every placement on one platform (see module docstring); results by placement name."""
     model = get_model("deepseek-v2-lite")
-    platform = get_platform("dgx-h100")
     cost = CostModel(platform)
     n_dev = platform.n_accelerators
     peer = platform.peer_link
     if peer is None:
         raise ValueError(f"platform {platform.name!r} has no peer link for the all-to-all")
-    stream = PromptReplay(trace, test_ids[:n_requests])
-    n_tok_per_step = None
     results: dict[str, Any] = {}
     for name in PLACEMENTS:
         policy = REGISTRIES["placement"].create(name, seed=seed)
@@ -167,20 +164,51 @@ def run_scenario(*, n_requests: int = 100, batch: int = 64, seed: int = 0, share
         results[name] = entry
         if out is not None:
             info = timeline_info(res, steps=(0, min(1, n_steps - 1)),
-                                 title=f"DeepSeek-V2-Lite on 8 H100, {name} placement (first steps)")
-            write_html(plot_timeline(info), out / f"timeline_{name}.html")
+                                 title=f"DeepSeek-V2-Lite on {platform.name}, {name} placement (first steps)")
+            write_html(plot_timeline(info), out / f"timeline_{tag}{name}.html")
+    return results
+
+
+def _compare(results: dict[str, Any], prefix: str = "") -> dict[str, float]:
     rr, ex = results["round-robin"], results["exflow"]
-    comparison = {
-        "assignment_cross_reduction": 1 - ex["assignment_cross_share"] / rr["assignment_cross_share"],
-        "transition_cross_reduction": 1 - ex["transition_cross_share"] / rr["transition_cross_share"],
-        "cc_all_to_all_reduction": 1 - ex["cc_all_to_all_per_step_s"] / rr["cc_all_to_all_per_step_s"],
-        "cc_step_speedup_vs_sim_round_robin": rr["sim_step_mean_s"] / ex["cc_step_mean_s"],
-        "cc_step_speedup_vs_cc_round_robin": rr["cc_step_mean_s"] / ex["cc_step_mean_s"],
-        "sim_step_ratio_exflow_over_round_robin": ex["sim_step_mean_s"] / rr["sim_step_mean_s"],
-    }
     return {
-        "setting": {"model": model.name, "platform": platform.name, "n_devices": n_dev, "seed": seed,
-                    "trace": "shared/traces/deepseek-v2-lite (real, 200 prompts, prefill routing)",
+        f"{prefix}assignment_cross_reduction": 1 - ex["assignment_cross_share"] / rr["assignment_cross_share"],
+        f"{prefix}transition_cross_reduction": 1 - ex["transition_cross_share"] / rr["transition_cross_share"],
+        f"{prefix}cc_all_to_all_reduction": 1 - ex["cc_all_to_all_per_step_s"] / rr["cc_all_to_all_per_step_s"],
+        f"{prefix}cc_step_speedup_vs_sim_round_robin": rr["sim_step_mean_s"] / ex["cc_step_mean_s"],
+        f"{prefix}cc_step_speedup_vs_cc_round_robin": rr["cc_step_mean_s"] / ex["cc_step_mean_s"],
+        f"{prefix}sim_step_ratio_exflow_over_round_robin": ex["sim_step_mean_s"] / rr["sim_step_mean_s"],
+        f"{prefix}sim_all_to_all_share_round_robin": rr["sim_all_to_all_per_step_s"] / rr["sim_step_mean_s"],
+    }
+
+
+def pcie_platform() -> Platform:
+    """The DGX H100 with its NVLink fabric replaced by PCIe Gen5 x16 (8 H100s without NVLink, as in
+    PCIe servers; a topology assumption, the link's numbers are the ``pcie-gen5-x16`` preset's)."""
+    base = get_platform("dgx-h100")
+    return dataclasses.replace(base, name="8xh100-pcie5-fabric", peer_link=get_link("pcie-gen5-x16"),
+                               source=base.source + "; peer link replaced by pcie-gen5-x16 (assumption)")
+
+
+def run_scenario(*, n_requests: int = 100, batch: int = 64, seed: int = 0, shared: Path = SHARED,
+                 out: Path | None = None, pcie: bool = True) -> dict[str, Any]:
+    """Run the scenario; returns the summary dict (see module docstring). ``pcie`` adds the variant
+    with a PCIe Gen5 peer fabric instead of NVLink (``results_pcie``, ``pcie_*`` comparison keys)."""
+    trace = load_trace(shared)
+    ids = np.unique(trace.request)
+    train_ids, test_ids = ids[: ids.size // 2], ids[ids.size // 2:]
+    train = trace.select_requests(train_ids)
+    test = trace.select_requests(test_ids)
+    stats = RoutingStats.from_trace(train)
+    platform = get_platform("dgx-h100")
+    stream = PromptReplay(trace, test_ids[:n_requests])
+    kw: dict[str, Any] = {"trace": trace, "train": train, "test": test, "stats": stats, "stream": stream,
+                          "batch": batch, "seed": seed, "out": out}
+    results = _play(platform, tag="", **kw)
+    comparison = _compare(results)
+    summary: dict[str, Any] = {
+        "setting": {"model": "deepseek-v2-lite", "platform": platform.name, "n_devices": platform.n_accelerators,
+                    "seed": seed, "trace": "shared/traces/deepseek-v2-lite (real, 200 prompts, prefill routing)",
                     "train_prompts": int(train_ids.size), "held_out_prompts": int(test_ids.size),
                     "served_requests": len(stream.requests), "decode_tokens_per_request": DECODE_TOKENS,
                     "batch": batch},
@@ -189,20 +217,34 @@ def run_scenario(*, n_requests: int = 100, batch: int = 64, seed: int = 0, share
         "results": results,
         "comparison": comparison,
     }
+    if pcie:
+        pl = pcie_platform()
+        summary["results_pcie"] = _play(pl, tag="pcie_", **kw)
+        summary["setting"]["pcie_platform"] = pl.name
+        comparison |= _compare(summary["results_pcie"], "pcie_")
+    return summary
 
 
 def table(summary: dict[str, Any]) -> str:
-    rows = [f"{'placement':<14} {'trans x%':>8} {'assign x%':>9} {'sim step ms':>11} {'sim a2a ms':>10} "
+    out = [_table(summary["results"], summary["comparison"], "", "NVLink 4 (dgx-h100)")]
+    if "results_pcie" in summary:
+        out.append(_table(summary["results_pcie"], summary["comparison"], "pcie_", "PCIe Gen5 fabric"))
+    return "\n".join(out)
+
+
+def _table(results: dict[str, Any], comp: dict[str, float], prefix: str, title: str) -> str:
+    rows = [title, f"{'placement':<14} {'trans x%':>8} {'assign x%':>9} {'sim step ms':>11} {'sim a2a ms':>10} "
             f"{'CC a2a ms':>9} {'CC step ms':>10} {'solve s':>7}"]
-    for name, r in summary["results"].items():
+    for name, r in results.items():
         rows.append(f"{name:<14} {100 * r['transition_cross_share']:>8.1f} {100 * r['assignment_cross_share']:>9.1f} "
                     f"{1e3 * r['sim_step_mean_s']:>11.3f} {1e3 * r['sim_all_to_all_per_step_s']:>10.3f} "
                     f"{1e3 * r['cc_all_to_all_per_step_s']:>9.3f} {1e3 * r['cc_step_mean_s']:>10.3f} "
                     f"{r.get('solve_s', 0.0):>7.2f}")
-    c = summary["comparison"]
-    rows.append(f"ExFlow vs round-robin: assignment cross-device share -{100 * c['assignment_cross_reduction']:.1f}%, "
-                f"context-coherent all-to-all -{100 * c['cc_all_to_all_reduction']:.1f}%, step speedup "
-                f"{c['cc_step_speedup_vs_sim_round_robin']:.2f}x over classic EP round-robin")
+    rows.append(f"ExFlow vs round-robin: assignment cross-device share "
+                f"-{100 * comp[prefix + 'assignment_cross_reduction']:.1f}%, context-coherent all-to-all "
+                f"-{100 * comp[prefix + 'cc_all_to_all_reduction']:.1f}%, step speedup "
+                f"{comp[prefix + 'cc_step_speedup_vs_sim_round_robin']:.2f}x over classic EP round-robin "
+                f"(all-to-all = {100 * comp[prefix + 'sim_all_to_all_share_round_robin']:.0f}% of a classic step)")
     return "\n".join(rows)
 
 

@@ -27,7 +27,7 @@ def _load(name: str) -> ModuleType:
 
 def test_scenario2_exflow_vs_round_robin(shared_dir: Path, tmp_path: Path) -> None:
     s2 = _load("scenario2_deepseek_exflow")
-    summary = s2.run_scenario(n_requests=12, batch=16, seed=0, shared=shared_dir, out=tmp_path)
+    summary = s2.run_scenario(n_requests=12, batch=16, seed=0, shared=shared_dir, out=tmp_path, pcie=False)
     res = summary["results"]
     rr, lb, ex = res["round-robin"], res["load-balanced"], res["exflow"]
     # held-out routing: ExFlow keeps far more consecutive-layer pairs on one GPU

@@ -15,15 +15,19 @@ How it samples (vectorised over tokens, one pass per layer, deterministic under 
    equivalently Gumbel-top-k) from weights ``exp(log p_l + bias_l + beta_{l-1} * sum_{a in S}
    PMI_{l-1}[a, :])`` where ``S`` is the token's expert set at layer ``l-1`` and ``PMI`` the
    pointwise mutual information of the fitted affinity (so popularity and affinity mix in the
-   logits, each previous expert adding its evidence).
+   logits, each previous expert adding its evidence). At the first layer, each pick adds
+   ``gamma0 * PMI`` of the first layer's within-layer co-activation to the remaining experts, so
+   that sets are coherent (real first-layer sets are: a pairwise affinity cannot be reached from
+   incoherent random sets).
 2. *Temporal reuse*: a token with a predecessor in its request copies ``m`` of the previous token's
-   experts at that layer, ``m ~ copy_dist_l`` (``m = k``: the whole set, resolved exactly by a
-   forward fill of "copy from previous" indices; ``0 < m < k``: ``m`` random experts of the previous
-   token plus the best-ranked fresh experts not among them, resolved by a fixed number of
-   fixed-point passes); the rest of the tokens keep their fresh draw.
+   experts at that layer, ``m ~ copy_dist_l`` (``m = k``: the whole set, by a forward fill of "copy
+   from previous" indices; ``0 < m < k``: ``m`` of the previous token's experts chosen in proportion
+   to the token's own weights, plus its best-ranked fresh experts not among them, resolved exactly
+   by passes over the tokens whose predecessor changed); the other tokens keep their fresh draw.
 3. ``bias`` (load per expert), ``beta`` (strength of affinity, matched on the mutual information
-   between consecutive layers) and ``copy_scale`` (reuse rate) are calibrated by simulation with
-   common random numbers, so that sampled traces reproduce the fitted statistics.
+   between consecutive layers), ``gamma0`` and ``copy_scale`` (reuse rate) are calibrated by
+   simulation, layer by layer with common random numbers, so that sampled traces reproduce the
+   fitted statistics.
 
 `retarget` and `relayer` map a fitted process to another expert count / top-k / depth; their
 assumptions are stated in `ASSUMPTIONS` (saved in every JSON file) and in their docstrings.
@@ -31,9 +35,13 @@ assumptions are stated in `ASSUMPTIONS` (saved in every JSON file) and in their 
 JSON format (version 1)::
 
     {"format": "moe-codesign/routing-process", "version": 1, "n_experts": E, "top_k": k,
-     "n_moe_layers": L, "phase": 0|1, "tokens_per_request": int, "assumptions": "...",
-     "meta": {...provenance...}, "arrays": {"popularity": ..., "affinity": ..., "bias": ...,
-     "beta": ..., "reuse_rate": ..., "overlap": ..., "copy_scale": ..., "mi_target": ...}}
+     "n_moe_layers": L, "phase": 0|1, "tokens_per_request": int, "gamma0": float,
+     "co_mi_target0": float, "assumptions": "...", "meta": {...provenance...},
+     "arrays": {"popularity": ..., "affinity": ..., "bias": ..., "beta": ..., "reuse_rate": ...,
+                "overlap": ..., "copy_scale": ..., "mi_target": ..., "coact0": ...}}
+
+(``coact0``, ``gamma0`` and ``co_mi_target0`` are optional on reading: absent means no
+first-layer co-activation.)
 
 An array is a nested list, or ``{"dtype": "float16"|"float32"|"float64", "shape": [...],
 "zlib_base64": "..."}`` (little-endian bytes, zlib, base64) for compact files.
@@ -68,7 +76,8 @@ FORMAT_VERSION = 1
 
 #: Stated assumptions of the process, saved in every file.
 ASSUMPTIONS = (
-    "Routing is modelled as: per-layer expert popularity; a first-order inter-layer dependence "
+    "Routing is modelled as: per-layer expert popularity; within-layer co-activation at the first "
+    "layer only (later layers inherit set coherence through the affinity); a first-order inter-layer dependence "
     "(a token's experts at layer l+1 depend only on its experts at layer l, through the pointwise "
     "mutual information of the fitted affinity P(e_{l+1}|e_l), each previous expert adding its "
     "evidence with a calibrated strength beta); and first-order temporal reuse (a token copies m of "

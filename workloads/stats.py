@@ -41,9 +41,10 @@ FloatArray = npt.NDArray[np.float64]
 DEFAULT_MAX_DISTANCE = 64
 
 
-def _shifted(experts: npt.NDArray[np.int16], n_experts: int) -> npt.NDArray[np.int32]:
-    """Expert ids with -1 mapped to ``n_experts`` (an extra "null" bin dropped after counting)."""
-    ex = experts.astype(np.int32)
+def _layer_major(experts: npt.NDArray[np.int16], n_experts: int) -> npt.NDArray[np.int32]:
+    """Expert ids as ``int32 [L, k, T]`` (contiguous per layer and slot, so that per-layer work stays
+    in cache) with -1 mapped to ``n_experts`` (an extra "null" bin dropped after counting)."""
+    ex = np.ascontiguousarray(experts.transpose(1, 2, 0), dtype=np.int32)
     ex[ex < 0] = n_experts
     return ex
 
@@ -51,10 +52,9 @@ def _shifted(experts: npt.NDArray[np.int16], n_experts: int) -> npt.NDArray[np.i
 def expert_load(trace: RoutingTrace) -> IntArray:
     """Load ``[moe_layers, n_experts]`` int64: tokens that chose each expert at each layer."""
     n_l, n_e = trace.n_moe_layers, trace.n_experts
-    e1 = n_e + 1
-    ex = _shifted(trace.experts, n_e)
-    idx = ex + (np.arange(n_l, dtype=np.int32) * e1)[None, :, None]
-    counts = np.bincount(idx.ravel(), minlength=n_l * e1).reshape(n_l, e1)
+    ex = _layer_major(trace.experts, n_e)
+    counts = np.stack([np.bincount(ex[layer].ravel(), minlength=n_e + 1) for layer in range(n_l)]) if n_l else \
+        np.zeros((0, n_e + 1), dtype=np.int64)
     return counts[:, :n_e].astype(np.int64)
 
 
@@ -106,13 +106,12 @@ def affinity_counts(trace: RoutingTrace) -> IntArray:
     if n_l < 2:
         return np.zeros((0, n_e, n_e), dtype=np.int64)
     e1 = n_e + 1
-    ex = _shifted(trace.experts, n_e)
-    base = (np.arange(n_l - 1, dtype=np.int32) * (e1 * e1))[None, :]
-    counts = np.zeros((n_l - 1) * e1 * e1, dtype=np.int64)
-    for i in range(trace.k):
-        a = ex[:, :-1, i] * e1 + base
-        for j in range(trace.k):
-            counts += np.bincount((a + ex[:, 1:, j]).ravel(), minlength=counts.size)
+    ex = _layer_major(trace.experts, n_e)
+    counts = np.zeros((n_l - 1, e1 * e1), dtype=np.int64)
+    for layer in range(n_l - 1):
+        nxt = ex[layer + 1]
+        for i in range(trace.k):
+            counts[layer] += np.bincount((ex[layer, i][None, :] * e1 + nxt).ravel(), minlength=e1 * e1)
     return counts.reshape(n_l - 1, e1, e1)[:, :n_e, :n_e]
 
 
@@ -224,43 +223,52 @@ def temporal_reuse(trace: RoutingTrace, *, max_distance: int = DEFAULT_MAX_DISTA
     """
     if max_distance < 1:
         raise ValueError(f"temporal_reuse: max_distance must be >= 1, got {max_distance}")
-    n_l, k = trace.n_moe_layers, trace.k
+    n_l, k, n = trace.n_moe_layers, trace.k, trace.n_tokens
     order = request_order(trace)
-    ex = trace.experts[order]
     req = trace.request[order]
-    has_prev = np.zeros(trace.n_tokens, dtype=bool)
+    exl = np.ascontiguousarray(trace.experts[order].transpose(1, 0, 2))  # [L, T, k], tokens in request order
+    has_prev = np.zeros(n, dtype=bool)
     has_prev[1:] = req[1:] == req[:-1]
     idx = np.flatnonzero(has_prev)
-    cur = ex[idx]
-    prev = ex[idx - 1]
-    match = np.zeros(cur.shape, dtype=bool)
-    for i in range(k):
-        match |= cur == prev[:, :, i : i + 1]
-    valid = cur >= 0
-    match &= valid
-    reused = match.sum(axis=(0, 2)).astype(np.int64)
-    slots = valid.sum(axis=(0, 2)).astype(np.int64)
-    m = match.sum(axis=2).astype(np.int64)  # [n, L]
-    overlap = np.bincount((m + np.arange(n_l)[None, :] * (k + 1)).ravel(), minlength=n_l * (k + 1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rate = np.where(slots > 0, reused / np.maximum(slots, 1), np.nan)
+    first_of = np.zeros(n, dtype=np.int64)  # index of the first token of each token's request
+    starts = np.flatnonzero(~has_prev)
+    first_of[starts] = starts
+    np.maximum.accumulate(first_of, out=first_of)
+    reused = np.zeros(n_l, dtype=np.int64)
+    slots = np.zeros(n_l, dtype=np.int64)
+    overlap = np.zeros((n_l, k + 1), dtype=np.int64)
     dist = np.zeros((n_l, max_distance + 1), dtype=np.int64)
     first = np.zeros(n_l, dtype=np.int64)
-    tok = np.repeat(np.arange(trace.n_tokens, dtype=np.int64), k)
-    for layer in range(n_l if distances else 0):
-        flat = ex[:, layer, :].ravel()
+    tok = np.repeat(np.arange(n, dtype=np.int64), k)
+    for layer in range(n_l):
+        lay = exl[layer]  # [T, k]
+        cur, prev = lay[idx], lay[idx - 1]
+        match = np.zeros(cur.shape, dtype=bool)
+        for i in range(k):
+            match |= cur == prev[:, i : i + 1]
+        valid = cur >= 0
+        match &= valid
+        m = match.sum(axis=1)
+        reused[layer] = int(m.sum())
+        slots[layer] = int(valid.sum())
+        overlap[layer] = np.bincount(m, minlength=k + 1)[: k + 1]
+        if not distances:
+            continue
+        flat = lay.ravel()
         ok = flat >= 0
         f, t = flat[ok], tok[ok]
         srt = np.argsort(f, kind="stable")  # int16 keys: radix sort; keeps token order inside each expert
         fs, ts = f[srt], t[srt]
-        same = (fs[1:] == fs[:-1]) & (req[ts[1:]] == req[ts[:-1]])
+        same = (fs[1:] == fs[:-1]) & (ts[:-1] >= first_of[ts[1:]])
         d = (ts[1:] - ts[:-1])[same]
         d = d[d > 0]
         dist[layer] = np.bincount(np.minimum(d, max_distance + 1), minlength=max_distance + 2)[1:]
         first[layer] = f.size - d.size
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(slots > 0, reused / np.maximum(slots, 1), np.nan)
     return TemporalReuse(
         rate=rate.astype(np.float64), reused=reused, slots=slots,
-        overlap_hist=overlap.reshape(n_l, k + 1).astype(np.int64), distance_hist=dist, first_use=first,
+        overlap_hist=overlap, distance_hist=dist, first_use=first,
     )
 
 
@@ -268,17 +276,16 @@ def coactivation(trace: RoutingTrace) -> IntArray:
     """Co-activation counts ``[L, E, E]``: tokens choosing both a and b at a layer; diagonal = load."""
     n_l, n_e = trace.n_moe_layers, trace.n_experts
     e1 = n_e + 1
-    ex = _shifted(trace.experts, n_e)
-    base = (np.arange(n_l, dtype=np.int32) * (e1 * e1))[None, :]
-    counts = np.zeros(n_l * e1 * e1, dtype=np.int64)
-    for i in range(trace.k):
-        a = ex[:, :, i] * e1 + base
-        counts += np.bincount((a + ex[:, :, i]).ravel(), minlength=counts.size)
-        for j in range(i + 1, trace.k):
-            b = ex[:, :, j]
-            counts += np.bincount((a + b).ravel(), minlength=counts.size)
-            counts += np.bincount((b * e1 + base + ex[:, :, i]).ravel(), minlength=counts.size)
-    return counts.reshape(n_l, e1, e1)[:, :n_e, :n_e]
+    ex = _layer_major(trace.experts, n_e)
+    counts = np.zeros((n_l, e1, e1), dtype=np.int64)
+    for layer in range(n_l):
+        c = np.zeros(e1 * e1, dtype=np.int64)
+        for i in range(trace.k - 1):  # pairs of slots i < j, made symmetric below
+            c += np.bincount((ex[layer, i][None, :] * e1 + ex[layer, i + 1:]).ravel(), minlength=e1 * e1)
+        m = c.reshape(e1, e1)
+        counts[layer] = m + m.T
+        counts[layer][np.diag_indices(e1)] = np.bincount(ex[layer].ravel(), minlength=e1)
+    return counts[:, :n_e, :n_e]
 
 
 def coactivation_summary(counts: npt.ArrayLike) -> dict[str, list[float | None]]:

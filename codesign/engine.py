@@ -984,8 +984,11 @@ class Engine:
                 raise RuntimeError(f"prefetch policy {self.bound.mapping.prefetch!r} returned layers outside "
                                    f"({layer}, {self.L}): {np.unique(pairs[:, 0]).tolist()}")
             fk = pairs[:, 0] * E + pairs[:, 1]
-            keep = (self.home_flat[fk] == d) & ~cache.resident.ravel()[fk]
-            pairs = pairs[keep]
+            mine = self.home_flat[fk] == d
+            # every predicted expert is protected, the resident ones too: a prefetch must not evict
+            # an expert it expects to be used (it would turn a hit into a miss)
+            predicted = fk[mine]
+            pairs = pairs[mine & ~cache.resident.ravel()[fk]]
             if pairs.size == 0:
                 continue
             inflight = self.inflight[d]
@@ -993,7 +996,7 @@ class Engine:
             cur_keys = layer * E + np.unique(rows[:, layer, :].ravel()[cur]).astype(np.int64)
             for tgt in np.unique(pairs[:, 0]).tolist():
                 exs = pairs[pairs[:, 0] == tgt, 1]
-                prot_list = [cur_keys]
+                prot_list = [cur_keys, predicted]
                 if inflight:
                     prot_list.append(np.fromiter(inflight.keys(), dtype=np.int64, count=len(inflight)))
                 adm = cache.admit(int(tgt), exs, self.env.now, prefetch=True, protect_keys=np.concatenate(prot_list))

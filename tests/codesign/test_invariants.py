@@ -182,6 +182,20 @@ def test_more_bandwidth_never_makes_lru_slower(h100, mixtral_trace: RoutingTrace
     assert all(b < a for a, b in itertools.pairwise(times)), times
 
 
+def test_exact_pregating_moves_no_extra_bytes(h100, mixtral_trace: RoutingTrace) -> None:
+    """An exact pre-gate fetches what demand fetching would, only earlier: a prefetch never evicts
+    an expert it predicts (regression: it used to evict the next layer's resident experts)."""
+    model = get_model("mixtral-8x7b").with_precision("fp8")
+    stream = _trace_stream(mixtral_trace.select(np.arange(300)))
+    m = Mapping(cache=CacheSpec(expert_fraction=0.25), batching=BatchingSpec(max_batch=1))
+    r0 = simulate(model, h100, stream, m)
+    r1 = simulate(model, h100, stream, m.with_(prefetch="pregate"))
+    moved0, moved1 = r0.summary["bytes_moved"]["pcie-gen5-x16"], r1.summary["bytes_moved"]["pcie-gen5-x16"]
+    assert moved1 <= moved0 * 1.001
+    assert r1.summary["hit_rate"]["hbm"] > r0.summary["hit_rate"]["hbm"]
+    assert r1.summary["makespan_s"] <= r0.summary["makespan_s"]
+
+
 def test_same_seed_same_result(h100) -> None:
     model = tiny_model()
     stream = random_stream(model, 8, 4, 5, seed=3, rate_per_s=500.0)

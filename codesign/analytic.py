@@ -198,7 +198,9 @@ class AnalyticStep:
     sum. ``fetch_link_s``: expected busy time of the busiest fetch link; ``distinct_experts``:
     expected distinct experts per MoE layer (mean over layers); ``hit_rate``: expected share of
     the step's expert accesses that hit; ``misses``: expected misses per step (all devices);
-    ``bytes_fetched``: expected bytes over the fetch links; ``energy_J``: expected energy.
+    ``bytes_fetched``: expected bytes over the fetch links; ``energy_J``: expected energy: the
+    operations' `OpCost.energy_J` plus, as the engine counts it, the static power of every
+    accelerator and of the host over the part of the step each one is not computing.
     """
 
     n_tokens: int
@@ -354,6 +356,8 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
     hit_layer = np.zeros((n_l, n_dev))      # expected compute of resident experts per layer and device
     hit_active = np.zeros((n_l, n_dev))     # expected number of resident active experts
     fetch_busy = np.zeros(n_dev)
+    busy = np.zeros(n_dev)                  # compute-stream busy seconds per device (for idle power)
+    host_busy = 0.0
     energy = 0.0
     misses_total = 0.0
     bytes_fetched = 0.0
@@ -372,6 +376,7 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
         energy += float((a_d * h * c_j).sum())
         misses_total += float(miss_n.sum())
         first = shared_s[d] + hit_c
+        busy[d] += float(hit_c.sum())
         hit_layer[:, d] = hit_c
         hit_active[:, d] = (a_d * h).sum(axis=1)
         link = _fetch_link(bound, d)
@@ -383,6 +388,7 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
             cpu_j = np.asarray(cc.energy_J) + 2.0 * np.asarray(tr.energy_J)
             cpu_layer = (a_d * (1.0 - h) * cpu_s).sum(axis=1)
             energy += float((a_d * (1.0 - h) * cpu_j).sum())
+            host_busy += float(cpu_layer.sum())
             experts_layer[:, d] = np.maximum(first, cpu_layer)
         elif link is not None and miss_n.any():
             f = cost.transfer(link, bpe)
@@ -390,10 +396,12 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
             last = np.where(miss_n > 0, miss_c / np.maximum(miss_n, 1e-300), 0.0)
             experts_layer[:, d] = np.maximum(first + miss_c, miss_n * t_f + np.minimum(last, miss_c))
             fetch_busy[d] = float(miss_n.sum()) * t_f
+            busy[d] += float(miss_c.sum())
             energy += float((a_d * (1.0 - h) * c_j).sum()) + float(miss_n.sum()) * e_f
             bytes_fetched += float(miss_n.sum()) * bpe
         else:
             experts_layer[:, d] = first + miss_c
+            busy[d] += float(miss_c.sum())
             energy += float((a_d * (1.0 - h) * c_j).sum())
     # all-to-all (expected cross-device assignments of the busiest device)
     a2a_s = 0.0
@@ -419,10 +427,17 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
                              hit_layer.sum(axis=1) / np.maximum(hit_active.sum(axis=1), 1e-300), 0.0)
         experts_l = experts_l + np.maximum(0.0, mean_cost * emax - hit_layer.max(axis=1))
     experts_s = float(experts_l.sum())
+    step_s = attention_s + experts_s + a2a_s
+    # static power while idle (as the engine counts it): every accelerator and the host draw their
+    # static power over the part of the step they are not computing
+    busy += n_l * (pre_s + router_s + shared_s) + model.n_dense_layers * (pre_s + dense_s)
+    energy += sum(dev.static_power_W * max(step_s - float(busy[d]), 0.0) for d, dev in enumerate(bound.devices))
+    if host is not None:
+        energy += host.static_power_W * max(step_s - host_busy, 0.0)
     n_access = float(act.sum())
     hit_rate = float((act * h).sum() / n_access) if n_access > 0 else 1.0
     return AnalyticStep(
-        n_tokens=int(n_tokens), step_s=attention_s + experts_s + a2a_s, attention_s=attention_s,
+        n_tokens=int(n_tokens), step_s=step_s, attention_s=attention_s,
         experts_s=experts_s, all_to_all_s=a2a_s, fetch_link_s=float(fetch_busy.max()),
         distinct_experts=float(act.sum(axis=1).mean()), hit_rate=hit_rate, misses=misses_total,
         bytes_fetched=bytes_fetched, energy_J=energy,

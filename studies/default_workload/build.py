@@ -15,6 +15,7 @@ provenance, and prints a summary. Seeded: the same inputs give the same file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -74,6 +75,17 @@ def olmoe_process(counts: AggregatedRoutingStats, base: RoutingProcess, *, n_lay
     return proc.calibrate(seed=seed)
 
 
+def _relative(x: Any, root: str) -> Any:
+    """``x`` with every string that starts with ``root`` rewritten to start with ``shared``."""
+    if isinstance(x, dict):
+        return {k: _relative(v, root) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_relative(v, root) for v in x]
+    if isinstance(x, str) and x.startswith(root):
+        return "shared" + x[len(root):]
+    return x
+
+
 def _fit(trace: RoutingTrace, name: str, seed: int) -> tuple[RoutingProcess, dict[str, Any]]:
     t0 = time.process_time()
     proc = RoutingProcess.fit(trace, seed=seed)
@@ -103,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     procs["mixtral-8x7b"], fidelity["mixtral-8x7b"] = _fit(mixtral, "mixtral-8x7b", args.seed)
     procs["deepseek-v2-lite"], fidelity["deepseek-v2-lite"] = _fit(deepseek, "deepseek-v2-lite", args.seed)
     procs["olmoe-1b-7b"] = olmoe_process(counts, procs["deepseek-v2-lite"], seed=args.seed)
+    # provenance names the files relative to the shared data folder, not this machine's paths
+    root = str(args.shared.resolve())
+    procs = {name: dataclasses.replace(p, meta=_relative(p.meta, root)) for name, p in procs.items()}
 
     data = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION,

@@ -375,6 +375,12 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
         miss_c = (a_d * (1.0 - h) * c_s).sum(axis=1)
         energy += float((a_d * h * c_j).sum())
         misses_total += float(miss_n.sum())
+        if bound.devices[d].kind == "fpga":
+            # fpga_layer: one double-buffer fill per layer with work (probability any expert is active)
+            any_active = 1.0 - np.prod(1.0 - a_d * h, axis=1)
+            fill = any_active * cost.fpga_first_load_s(bound.devices[d], model)
+            hit_c = hit_c + fill
+            energy += float(fill.sum()) * bound.devices[d].static_power_W
         first = shared_s[d] + hit_c
         busy[d] += float(hit_c.sum())
         hit_layer[:, d] = hit_c

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,3 +251,28 @@ def test_lru_offload_batches_agree_with_simulator(mixtral: RoutingTrace) -> None
                                cost_model=cost)
         assert ana["tpot_p50_s"] == pytest.approx(res["tpot_p50_s"], rel=0.10)
         assert ana["hit_rate"]["hbm"] == pytest.approx(res["hit_rate"]["hbm"], abs=0.05)
+
+
+def test_fpga_agrees_with_simulator() -> None:
+    """The ViT-MoE of scenario 4 on a ZCU104, reordered and per-token: the image latency and energy
+    of the closed form agree with the simulator within 2 % (synthetic routing, seeded)."""
+    spec = importlib.util.spec_from_file_location("study_s4_for_analytic",
+                                                  Path(__file__).resolve().parents[2] / "studies"
+                                                  / "scenario4_vit_moe_fpga" / "run.py")
+    assert spec is not None and spec.loader is not None
+    s4 = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = s4
+    spec.loader.exec_module(s4)
+    model = s4.VIT_MOE
+    platform = get_platform("zcu104-board")
+    cost = CostModel(platform)
+    fit = s4.ImageStream(model, 8, 1)
+    stats = RoutingStats.from_routing(np.concatenate([fit.routing(r) for r in fit.requests]), model.n_experts)
+    stream = s4.ImageStream(model, 4, 0)
+    for reorder in (True, False):
+        m = Mapping(n_devices=1, fpga_reorder=reorder, batching=BatchingSpec(max_batch=1, max_tokens=4096))
+        res = simulate(model, platform, stream, m, cost_model=cost)
+        ana = analytic_summary(model, platform, m, stats, batch_size=1, prompt_tokens=129, output_tokens=1,
+                               cost_model=cost)
+        assert ana["ttft_p50_s"] == pytest.approx(float(res.steps["duration_s"].mean()), rel=0.02)
+        assert ana["energy_j_per_token"] == pytest.approx(res["energy_J"] / len(res.requests), rel=0.02)

@@ -1,9 +1,11 @@
 """Token schedulers that batch by experts: ExpertFlow regrouping and Symbolic-MoE grouping.
 
-Both implement `codesign.policies.base.TokenScheduler` (read its contract first). They differ
-from FIFO only when more requests could run than one step can take (``max_tokens`` smaller than
-the runnable requests, or ``max_batch`` smaller than the waiting queue): then they choose *which*
-requests share a step so that the step activates fewer distinct experts.
+Both implement `codesign.policies.base.TokenScheduler` (read its contract first). ExpertFlow
+differs from FIFO only when more requests could run than one step can take (``max_tokens``
+smaller than the runnable requests, or ``max_batch`` smaller than the waiting queue): then it
+chooses *which* requests share a step so that the step activates fewer distinct experts.
+Symbolic-MoE always serves one group (assigned expert) at a time. Both trade per-request latency
+(a request may wait while others run) for fewer expert loads per step.
 
 What a scheduler may know about a request's routing (honesty rule): a request's **signature**
 is the set of (layer, expert) pairs used by the last row it has already processed (for decode,
@@ -15,8 +17,8 @@ the row the request will actually process next instead: an upper bound, labelled
 - ``expertflow`` (ExpertFlow, He et al., arXiv 2410.17954, "token scheduler", [P] ExpertFlow in
   shared/reference/hardware-and-papers.md s.4): greedy regrouping across batches. The oldest
   runnable request anchors the batch (no starvation: a request skipped ``max_skips`` times is
-  taken first, the most skipped first); then, while room remains, the request whose signature adds the fewest new
-  (layer, expert) pairs to the batch's union joins (ties: oldest first).
+  taken first, the most skipped first); then, while room remains, the request whose signature
+  adds the fewest new (layer, expert) pairs to the batch's union joins (ties: oldest first).
 - ``symbolic-moe`` (Symbolic-MoE, Chen et al., arXiv 2503.05641, "groups instances based on their
   assigned experts, loading each model only once", [P] Symbolic-MoE in s.4): each request belongs
   to the group of its *assigned expert*, the most frequent expert of its first prompt row set over

@@ -34,7 +34,7 @@ def evaluate(trace: RoutingTrace, seeds: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {"seeds": seeds, "heldout_tokens": [r["heldout_tokens"] for r in runs],
                            "popularity_shrinkage": [r["popularity_shrinkage"] for r in runs]}
     for m in METRICS:
-        row = {}
+        row: dict[str, Any] = {}
         for side in ("fitted", "uniform", "popularity_only"):
             v = np.array([r[side][m] for r in runs], dtype=float)
             row[side] = {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}

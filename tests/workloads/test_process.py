@@ -154,8 +154,9 @@ def test_relayer(mix_proc: RoutingProcess) -> None:
 
 
 def test_fit_rejects_empty() -> None:
-    t = RoutingTrace(experts=-np.ones((3, 2, 2), dtype=np.int16), request=np.zeros(3), position=np.arange(3),
-                     phase=np.zeros(3), meta={"n_experts": 4, "top_k": 2, "source": "empty"})
+    t = RoutingTrace(experts=-np.ones((3, 2, 2), dtype=np.int16), request=np.zeros(3, dtype=np.int32),
+                     position=np.arange(3, dtype=np.int32), phase=np.zeros(3, dtype=np.uint8),
+                     meta={"n_experts": 4, "top_k": 2, "source": "empty"})
     with pytest.raises(ValueError, match="no routed expert"):
         RoutingProcess.fit(t)
 

@@ -11,7 +11,13 @@
    all at t = 0: cache and prefetch policies compared on hit rate, TPOT and PCIe bytes. The
    predictor-based policies are trained on the 100 training prompts.
 
-Run: ``python studies/expertflow_predictor/run.py [--out DIR]`` (seeded; about 20 s).
+3. Token scheduling: 48 held-out-or-not DeepSeek prompts of at least 20 tokens (2 prompt tokens, 18
+   "decode" tokens routed like recorded tokens), all at t = 0, 48 running, 12 tokens per step:
+   FIFO vs ExpertFlow regrouping vs Symbolic-MoE grouping, all experts in HBM and with a quarter in
+   HBM (LFU): expert loads (sum over steps of the distinct experts a step needs), TPOT, throughput
+   and PCIe bytes.
+
+Run: ``python studies/expertflow_predictor/run.py [--out DIR]`` (seeded; about 40 s).
 """
 
 from __future__ import annotations
@@ -93,7 +99,18 @@ def run(shared: Path = SHARED, seed: int = 0) -> dict[str, Any]:
         key = f"{cache}+{prefetch}" + "".join(f"[{k}={v}]" for k, v in opts)
         offload[key] = {"hit_rate": r["hit_rate"]["hbm"], "tpot_p50_s": r["tpot_p50_s"],
                         "pcie_bytes": sum(r["bytes_moved"].values()), "config_hash": r.config_hash}
-    return {"accuracy": accuracy, "offload": offload,
+    rows20 = [r for r in (ds.select_requests([i]).experts[:20] for i in ids) if r.shape[0] == 20][:48]
+    scheduling: dict[str, Any] = {}
+    for frac in (1.0, 0.25):
+        for sched in ("fifo", "expertflow", "symbolic-moe"):
+            m = Mapping(n_devices=1, cache=CacheSpec(policy="lfu", expert_fraction=frac),
+                        batching=BatchingSpec(scheduler=sched, max_batch=48, max_tokens=12))
+            r = simulate(model, platform, Replay(rows20, 2), m, cost_model=cost, seed=seed)
+            scheduling[f"{sched}@hbm{frac:g}"] = {
+                "expert_loads": float(r.steps["experts_needed"].sum()), "tpot_p50_s": r["tpot_p50_s"],
+                "throughput_tok_s": r["throughput_tok_s"], "hit_rate": r["hit_rate"]["hbm"],
+                "pcie_bytes": sum(r["bytes_moved"].values()), "config_hash": r.config_hash}
+    return {"accuracy": accuracy, "offload": offload, "scheduling": scheduling,
             "setting": {"offload_model": model.name, "platform": platform.name, "hbm_expert_fraction": 0.25,
                         "requests": len(rows), "batch": 4, "seed": seed}}
 
@@ -108,6 +125,10 @@ def table(summary: dict[str, Any]) -> str:
     for key, r in summary["offload"].items():
         rows.append(f"{key:<36} {100 * r['hit_rate']:>6.1f} {1e3 * r['tpot_p50_s']:>8.1f} "
                     f"{r['pcie_bytes'] / 1e9:>8.1f}")
+    rows.append(f"{'scheduler@HBM share':<26} {'expert loads':>12} {'TPOT ms':>8} {'tok/s':>7} {'PCIe GB':>8}")
+    for key, r in summary["scheduling"].items():
+        rows.append(f"{key:<26} {r['expert_loads']:>12.0f} {1e3 * r['tpot_p50_s']:>8.1f} "
+                    f"{r['throughput_tok_s']:>7.1f} {r['pcie_bytes'] / 1e9:>8.1f}")
     return "\n".join(rows)
 
 

@@ -93,6 +93,19 @@ def transition_counts(trace: RoutingTrace) -> FloatArray:
     return out
 
 
+def affinity_weights(load: npt.ArrayLike, conditional: npt.ArrayLike) -> FloatArray:
+    """ExFlow's transition weights from the per-layer load ``[L, E]`` and the inter-layer affinity
+    ``P(e_{l+1} = b | e_l = a)`` ``[L-1, E, E]`` (e.g. ``workloads.stats.affinity(trace)``):
+    ``W[l, a, b] = load[l, a] * P(b | a)``. With top-k routing the joint counts are ``k`` times this
+    (each token pairs its expert with its ``k`` next ones), a constant that leaves the optimum
+    unchanged."""
+    ld = np.asarray(load, dtype=np.float64)
+    cond = np.asarray(conditional, dtype=np.float64)
+    if ld.ndim != 2 or cond.shape != (ld.shape[0] - 1, ld.shape[1], ld.shape[1]):
+        raise ValueError(f"load [L, E] and conditional [L-1, E, E] do not match: {ld.shape} vs {cond.shape}")
+    return ld[:-1, :, None] * cond
+
+
 def _check_home(expert_home: npt.ArrayLike, n_layers: int, n_experts: int) -> IntArray:
     home = np.asarray(expert_home)
     if home.shape != (n_layers, n_experts):
@@ -555,6 +568,7 @@ __all__ = [
     "ExflowSolution",
     "LoadBalancedPlacement",
     "RoundRobinPlacement",
+    "affinity_weights",
     "brute_force_placement",
     "cross_device_share",
     "cross_device_stats",

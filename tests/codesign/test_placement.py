@@ -164,3 +164,20 @@ def test_load_slack_caps_the_per_device_load() -> None:
         exflow_placement(w, n_dev, load_slack=0.1)
     with pytest.raises(ValueError, match="sequential method only"):
         exflow_placement(w, n_dev, load=load, load_slack=0.1, method="joint")
+
+
+def test_affinity_from_workloads_stats_gives_the_same_placement(deepseek: RoutingTrace) -> None:
+    """ExFlow weights built from B's ``workloads.stats.affinity`` (P(e_{l+1} | e_l)) and the load
+    equal the joint counts up to the factor k, so the placement is the same."""
+    from codesign.policies.placement import affinity_weights
+    from workloads import stats as wstats
+
+    train = deepseek.select_requests(np.unique(deepseek.request)[:50])
+    joint = transition_counts(train)
+    cond = wstats.affinity(train)
+    np.testing.assert_allclose(cond, joint / np.maximum(joint.sum(axis=2, keepdims=True), 1e-300))
+    w = affinity_weights(expert_load(train), cond)
+    np.testing.assert_allclose(6 * w, joint, rtol=1e-9)
+    a = exflow_placement(joint, 8, method="sequential", max_sweeps=2)
+    b = exflow_placement(w, 8, method="sequential", max_sweeps=2)
+    np.testing.assert_array_equal(a.expert_home, b.expert_home)

@@ -299,19 +299,25 @@ def predict_moe_layer_s(profile: CalibrationProfile, tokens_per_expert: npt.Arra
                         d_ff: int) -> tuple[float, float]:
     """Profile prediction of one MoE layer: ``(total_s, gemm_only_s)``.
 
-    Sum over experts with tokens of the gated FFN (3 GEMMs + ``silu * mul``); plus streaming the
-    gathered inputs (``m x d`` read and written per expert) and the weighted scatter-add of the
-    outputs (``m x d`` read, the ``n_tokens x d`` output read and written per expert) at the
-    profile's memory fit.
+    Sum over experts with tokens of the gated FFN (3 GEMMs + ``silu * mul``), plus three
+    elementwise kernels per expert: the gather (``m x d`` read and written), the multiply by the
+    gate weights (``m x d`` read and written) and the scatter-add (``m x d`` read, ``m`` output rows
+    read and written), each at the profile's ``"act"`` memory fit (elementwise kernels measured at
+    activation sizes; the ``"stream"`` fit of large copies leaves its per-call time unidentified at
+    these sizes).
     """
     tpe = np.asarray(tokens_per_expert, dtype=np.float64)
     tpe = tpe[tpe > 0]
     gemm = float(np.sum(2 * profile.predict_gemm_s(tpe, d_model, d_ff) + profile.predict_gemm_s(tpe, d_ff, d_model)))
     ffn = profile.predict_grouped_s(tpe, d_model, d_ff)
     b = profile.dtype_bytes
-    gather = profile.predict_memory_s(2.0 * tpe * d_model * b)
-    scatter = profile.predict_memory_s(3.0 * tpe * d_model * b)
-    return ffn + float(np.sum(gather) + np.sum(scatter)), gemm
+    # activation-sized elementwise kernels: the "act" fit, measured over the same sizes (tens of KB
+    # up), not the "stream" fit of large copies, whose per-call t0 is not identified at small sizes
+    md = tpe * d_model * b
+    gather = profile.predict_memory_s(2.0 * md, "act")        # index_select: read and write m x d
+    weigh = profile.predict_memory_s(2.0 * md, "act")         # y * gate weight: read and write m x d
+    scatter = profile.predict_memory_s(3.0 * md, "act")       # index_add_: read y, read+write m output rows
+    return ffn + float(np.sum(gather) + np.sum(weigh) + np.sum(scatter)), gemm
 
 
 def validate_moe_layer(profile: CalibrationProfile, routings: Sequence[LayerRouting], *, d_model: int = 1024,

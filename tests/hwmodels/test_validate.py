@@ -109,6 +109,12 @@ def test_whole_moe_layer_runs_and_reports_error(shared_dir: Path, tiny_cpu_profi
         assert math.isfinite(r.pct_error)
     # a sanity bound, not the accuracy target (reported by the CLI): the prediction is the right magnitude
     assert stats.max_abs_pct_error < 300
+    # the process-CPU-time clock (for shared machines) times the same layers
+    cpu_stats, cpu_results = validate_moe_layer(tiny_cpu_profile, routings[:1], d_model=256, d_ff=896, repeats=2,
+                                                threads=1, clock="process")
+    assert cpu_stats.n == 1 and cpu_results[0].measured_s > 0
+    with pytest.raises(CalibrationError, match="one thread"):
+        validate_moe_layer(tiny_cpu_profile, routings[:1], d_model=256, d_ff=896, threads=2, clock="process")
 
 
 def test_layer_prediction_grows_with_load(tiny_cpu_profile: CalibrationProfile) -> None:

@@ -68,8 +68,9 @@ def test_predictor_shapes_and_errors(deepseek: RoutingTrace) -> None:
     with pytest.raises(ValueError, match="horizon and context"):
         RoutingPathPredictor.fit(deepseek, horizon=0)
     with pytest.raises(ValueError, match="layers x"):
-        pred.evaluate(RoutingTrace(experts=np.zeros((2, 3, 1), dtype=np.int16), request=np.zeros(2),
-                                   position=np.arange(2), phase=np.zeros(2), meta={"n_experts": 4, "top_k": 1}))
+        pred.evaluate(RoutingTrace(experts=np.zeros((2, 3, 1), dtype=np.int16), request=np.zeros(2, dtype=np.int32),
+                                   position=np.arange(2, dtype=np.int32), phase=np.zeros(2, dtype=np.uint8),
+                                   meta={"n_experts": 4, "top_k": 1}))
 
 
 def test_cache_contract(deepseek: RoutingTrace) -> None:

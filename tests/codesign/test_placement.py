@@ -36,8 +36,8 @@ def _tiny_trace() -> RoutingTrace:
     experts = np.array([[[0, 1], [2, 3]],
                         [[0, 2], [0, 1]],
                         [[3, -1], [3, 2]]], dtype=np.int16)
-    return RoutingTrace(experts=experts, request=np.zeros(3), position=np.arange(3), phase=np.zeros(3),
-                        meta={"n_experts": 4, "top_k": 2})
+    return RoutingTrace(experts=experts, request=np.zeros(3, dtype=np.int32), position=np.arange(3, dtype=np.int32),
+                        phase=np.zeros(3, dtype=np.uint8), meta={"n_experts": 4, "top_k": 2})
 
 
 def test_counts_and_share_by_hand() -> None:

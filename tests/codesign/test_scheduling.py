@@ -74,7 +74,7 @@ def test_contract_on_random_states(name: str, deepseek: RoutingTrace) -> None:
 
 
 def _distinct(states: dict[int, RequestState], batch: Batch) -> int:
-    keys = set()
+    keys: set[int] = set()
     for rid in batch.request_ids:
         st = states[rid]
         row = st.routing[st.next_row]

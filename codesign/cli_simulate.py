@@ -49,9 +49,11 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                     "model laid out on a platform by a mapping; prints the summary.")
     p.add_argument("--model", required=True, help="model preset (codesign presets models)")
     p.add_argument("--platform", required=True, help="platform preset (codesign presets platforms)")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--trace", type=Path, help="routing trace to replay (.npz, canonical format)")
-    src.add_argument("--process", type=Path, help="fitted routing process to sample (.json)")
+    src.add_argument("--process", default="default",
+                     help="fitted routing process to sample: PROCESS.json, or 'default' (the embedded "
+                          "workload of --model, the default) or 'default:MODEL'")
     p.add_argument("--cache", default="lru", help="cache policy (default lru; codesign presets policies)")
     p.add_argument("--cache-option", action="append", default=[], metavar="KEY=VALUE",
                    help="cache policy option, repeatable (e.g. per_layer=true)")
@@ -100,9 +102,7 @@ def build_stream(args: argparse.Namespace, model: Any) -> Any:
         routing: Any = TraceReplay(trace)
         default_n = trace.n_requests
     else:
-        from workloads.process import RoutingProcess
-
-        process = RoutingProcess.load(args.process)
+        process = _load_process(str(args.process), model.name)
         routing = ProcessRouting(process, seed=args.seed)
         default_n = 16
     n = args.requests if args.requests is not None else default_n
@@ -115,6 +115,19 @@ def build_stream(args: argparse.Namespace, model: Any) -> Any:
     if args.rate is not None:
         return RequestStream.poisson(rate_per_s=args.rate, **kwargs)
     return RequestStream.closed(**kwargs)
+
+
+def _load_process(spec: str, model_name: str) -> Any:
+    """A routing process from a JSON file, or the package's embedded default workload:
+    ``default`` (the one of ``model_name``) or ``default:MODEL``."""
+    from workloads.defaults import default_process
+    from workloads.process import RoutingProcess
+
+    if spec == "default":
+        return default_process(model_name)
+    if spec.startswith("default:"):
+        return default_process(spec.split(":", 1)[1])
+    return RoutingProcess.load(spec)
 
 
 def parse_options(items: list[str], flag: str) -> tuple[tuple[str, bool | int | float | str], ...]:

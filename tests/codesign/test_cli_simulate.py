@@ -99,3 +99,18 @@ def test_near_tier_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_missing_trace_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main([*BASE, "--trace", str(tmp_path / "nope.npz")])
     assert rc == 1 and "nope.npz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", [[], ["--process", "default"], ["--process", "default:mixtral-8x7b"]])
+def test_embedded_default_workload(spec: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --trace the embedded default workload of the model drives the run (no ../shared needed)."""
+    rc = main([*BASE, *spec, "--hbm-expert-fraction", "0.25", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert data["n_requests"] == 2 and 0.0 <= data["hit_rate"]["hbm"] < 1.0
+
+
+def test_unknown_default_model_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main([*BASE, "--process", "default:no-such-model"])
+    assert rc == 1
+    assert "no-such-model" in capsys.readouterr().err

@@ -3,11 +3,13 @@
 Run pinned to one core (the figures in the README were taken this way)::
 
     taskset -c 0 python benchmarks/bench_process.py [--tokens 1000000] [--stat-entries 10000000] [--repeat 3]
+                                                   [--stat-model deepseek-v2-lite]
 
 Prints, for each step, the wall-clock and the process CPU seconds (best of ``--repeat``): sampling
 ``--tokens`` tokens x 32 layers from the embedded Mixtral-8x7B process (in requests of 256 tokens),
 then each statistic of `workloads.stats` and `trace_stats` over a Mixtral-shaped trace of
-``--stat-entries`` token-layer entries (tokens x 32 layers, top-2), and sampling from the embedded
+``--stat-entries`` token-layer entries (tokens x 32 layers, top-2; or the shape of ``--stat-model``),
+and sampling from the embedded
 DeepSeek-V2-Lite process (64 experts, top-6) for comparison.
 """
 
@@ -40,6 +42,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=1_000_000)
     ap.add_argument("--stat-entries", type=int, default=10_000_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--stat-model", default="mixtral-8x7b",
+                    help="embedded process whose shape the statistics trace takes (e.g. deepseek-v2-lite: top-6)")
     args = ap.parse_args()
     cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
     print(f"cores available to this process: {sorted(cores)}; load average {os.getloadavg()}")
@@ -49,11 +53,12 @@ def main() -> None:
     print(f"sample {args.tokens:,} tokens x {mix.n_moe_layers} layers (Mixtral, 8 experts, top-2): "
           f"wall {wall:.2f} s, CPU {cpu:.2f} s")
 
-    n_tok = max(1, args.stat_entries // mix.n_moe_layers)
-    t = mix.sample(n_tok, seed=1, tokens_per_request=256)
+    shape = mix if args.stat_model == "mixtral-8x7b" else default_process(args.stat_model)
+    n_tok = max(1, args.stat_entries // shape.n_moe_layers)
+    t = shape.sample(n_tok, seed=1, tokens_per_request=256)
     entries = t.n_tokens * t.n_moe_layers
     print(f"statistics over {entries:,} token-layer entries ({t.n_tokens:,} tokens x {t.n_moe_layers} layers, "
-          f"top-{t.top_k}):")
+          f"{t.n_experts} experts, top-{t.top_k}):")
     total_w = total_c = 0.0
     for name, fn in (("expert_load + load_skew", lambda: stats.load_skew(stats.expert_load(t))),
                      ("affinity", lambda: stats.affinity(t)),

@@ -49,10 +49,10 @@ def _layer_major(experts: npt.NDArray[np.int16], n_experts: int) -> npt.NDArray[
     return ex
 
 
-def expert_load(trace: RoutingTrace) -> IntArray:
+def expert_load(trace: RoutingTrace, *, _ex: npt.NDArray[np.int32] | None = None) -> IntArray:
     """Load ``[moe_layers, n_experts]`` int64: tokens that chose each expert at each layer."""
     n_l, n_e = trace.n_moe_layers, trace.n_experts
-    ex = _layer_major(trace.experts, n_e)
+    ex = _layer_major(trace.experts, n_e) if _ex is None else _ex
     counts = np.stack([np.bincount(ex[layer].ravel(), minlength=n_e + 1) for layer in range(n_l)]) if n_l else \
         np.zeros((0, n_e + 1), dtype=np.int64)
     return counts[:, :n_e].astype(np.int64)
@@ -100,13 +100,13 @@ def load_skew(load: RoutingTrace | npt.ArrayLike) -> LoadSkew:
     return LoadSkew(gini=gini, entropy=np.asarray(entropy, dtype=np.float64), max_over_mean=max_over_mean)
 
 
-def affinity_counts(trace: RoutingTrace) -> IntArray:
+def affinity_counts(trace: RoutingTrace, *, _ex: npt.NDArray[np.int32] | None = None) -> IntArray:
     """Joint counts ``[L-1, E, E]``: pairs (a at layer l, b at layer l+1) over all k x k slot pairs."""
     n_l, n_e = trace.n_moe_layers, trace.n_experts
     if n_l < 2:
         return np.zeros((0, n_e, n_e), dtype=np.int64)
     e1 = n_e + 1
-    ex = _layer_major(trace.experts, n_e)
+    ex = _layer_major(trace.experts, n_e) if _ex is None else _ex
     counts = np.zeros((n_l - 1, e1 * e1), dtype=np.int64)
     for layer in range(n_l - 1):
         nxt = ex[layer + 1]
@@ -240,15 +240,16 @@ def temporal_reuse(trace: RoutingTrace, *, max_distance: int = DEFAULT_MAX_DISTA
     dist = np.zeros((n_l, max_distance + 1), dtype=np.int64)
     first = np.zeros(n_l, dtype=np.int64)
     tok = np.repeat(np.arange(n, dtype=np.int64), k)
+    hp1 = has_prev[1:, None]
     for layer in range(n_l):
         lay = exl[layer]  # [T, k]
-        cur, prev = lay[idx], lay[idx - 1]
+        cur, prev = lay[1:], lay[:-1]  # views; rows without a predecessor are masked out
         match = np.zeros(cur.shape, dtype=bool)
         for i in range(k):
             match |= cur == prev[:, i : i + 1]
-        valid = cur >= 0
+        valid = (cur >= 0) & hp1
         match &= valid
-        m = match.sum(axis=1)
+        m = match.sum(axis=1)[idx - 1]
         reused[layer] = int(m.sum())
         slots[layer] = int(valid.sum())
         overlap[layer] = np.bincount(m, minlength=k + 1)[: k + 1]
@@ -256,7 +257,7 @@ def temporal_reuse(trace: RoutingTrace, *, max_distance: int = DEFAULT_MAX_DISTA
             continue
         flat = lay.ravel()
         ok = flat >= 0
-        f, t = flat[ok], tok[ok]
+        f, t = (flat, tok) if ok.all() else (flat[ok], tok[ok])
         srt = np.argsort(f, kind="stable")  # int16 keys: radix sort; keeps token order inside each expert
         fs, ts = f[srt], t[srt]
         same = (fs[1:] == fs[:-1]) & (ts[:-1] >= first_of[ts[1:]])
@@ -272,11 +273,11 @@ def temporal_reuse(trace: RoutingTrace, *, max_distance: int = DEFAULT_MAX_DISTA
     )
 
 
-def coactivation(trace: RoutingTrace) -> IntArray:
+def coactivation(trace: RoutingTrace, *, _ex: npt.NDArray[np.int32] | None = None) -> IntArray:
     """Co-activation counts ``[L, E, E]``: tokens choosing both a and b at a layer; diagonal = load."""
     n_l, n_e = trace.n_moe_layers, trace.n_experts
     e1 = n_e + 1
-    ex = _layer_major(trace.experts, n_e)
+    ex = _layer_major(trace.experts, n_e) if _ex is None else _ex
     counts = np.zeros((n_l, e1, e1), dtype=np.int64)
     for layer in range(n_l):
         c = np.zeros(e1 * e1, dtype=np.int64)
@@ -324,11 +325,13 @@ def trace_stats(trace: RoutingTrace, *, full: bool = False,
     ``affinity`` (concentration per layer pair), ``temporal_reuse`` and ``coactivation`` summaries.
     With ``full=True`` the affinity ``[L-1][E][E]`` and co-activation ``[L][E][E]`` matrices too.
     """
-    load = expert_load(trace)
+    ex = _layer_major(trace.experts, trace.n_experts)  # shared by the counts below
+    load = expert_load(trace, _ex=ex)
     skew = load_skew(load)
-    aff_c = affinity_counts(trace)
+    aff_c = affinity_counts(trace, _ex=ex)
+    co = coactivation(trace, _ex=ex)
+    del ex
     reuse = temporal_reuse(trace, max_distance=max_distance)
-    co = coactivation(trace)
     n_slots = trace.experts.size
     out: dict[str, Any] = {
         "model": trace.meta.get("model"),

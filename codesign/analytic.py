@@ -24,8 +24,9 @@ Closed forms (``L`` MoE layers, ``E`` experts, ``k`` top-k, a step of ``B`` toke
   on one device (exact for independent activities: each ``N_d`` is a Poisson-binomial sum);
   ``M = sum_miss a`` expected misses are fetched one after the other over the fetch link
   (``t_f`` each) and computed as they arrive, so the layer's expert phase takes
-  ``max(first + C_miss, M t_f + C_miss / M)``; with CPU compute on a miss (``miss="cpu"``) the
-  misses run on the host in parallel: ``max(first, cpu)``; the layer adds attention and router
+  ``max(first + C_miss, M t_f + C_miss / M)``; with CPU compute on a miss (``miss="cpu"``, or
+  ``"cost"`` for the experts where the host is faster than fetch + compute, Fiddler's rule) those
+  misses run on the host in parallel: ``max(device, cpu)``; the layer adds attention and router
   (longest device) and, with several devices, the all-to-all dispatch and combine of the
   expected cross-device assignments of the busiest device;
 - a closed batch of ``B`` requests arriving together (prompt ``P``, output ``O`` tokens): TTFT =
@@ -282,6 +283,31 @@ def hit_probability(bound: BoundMapping, active: FloatArray, *, cache_model: str
     return h
 
 
+def _misses_never_cached(cost: CostModel, bound: BoundMapping, per_active: FloatArray, act: FloatArray) -> bool:
+    """True when the miss policy sends every active expert's miss to the host CPU (``miss="cpu"``,
+    or ``"cost"`` where the host is faster than fetch + compute for all of them): nothing new is
+    then ever admitted, and the starting residents are the cache."""
+    platform = bound.platform
+    if bound.mapping.miss not in ("cpu", "cost") or platform.host is None or platform.host_link is None:
+        return False
+    if bound.mapping.miss == "cpu":
+        return True
+    model = bound.model
+    cc = cost.cpu_expert(platform.host, model, per_active)
+    tr = cost.transfer(platform.host_link, per_active * model.d_model * ACTIVATION_BYTES)
+    cpu_s = np.asarray(cc.total_s) + 2.0 * np.asarray(tr.total_s)
+    for d in range(bound.n_devices):
+        link = _fetch_link(bound, d)
+        if link is None:
+            continue
+        t_f = float(cost.transfer(link, float(model.bytes_per_expert)).total_s)
+        c_s = np.asarray(_expert_cost(cost, bound, d, per_active).total_s, dtype=np.float64)
+        mine = (bound.expert_home == d) & (act > 0)
+        if np.any(cpu_s[mine] >= t_f + c_s[mine]):
+            return False
+    return True
+
+
 def _hits(model: str, active: FloatArray, capacity: int, *, protected: bool = False) -> FloatArray:
     """Hit probabilities of keys with activities ``active`` in a cache of ``capacity`` slots."""
     if model == "popular":
@@ -313,7 +339,13 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
     n_dev = bound.n_devices
     act = active_probability(pp, n_tokens)
     per_active = np.where(act > 0, n_tokens * pp / np.maximum(act, 1e-300), 0.0)
-    h = hit_probability(bound, act, cache_model=cache_model) if hit is None else np.asarray(hit, dtype=np.float64)
+    if hit is None:
+        model_for_cache = cache_model
+        if cache_model == "auto" and bound.offloaded and _misses_never_cached(cost, bound, per_active, act):
+            model_for_cache = "static"   # every miss is computed on the host: the cache never changes
+        h = hit_probability(bound, act, cache_model=model_for_cache)
+    else:
+        h = np.asarray(hit, dtype=np.float64)
     if h.shape != (n_l, n_e):
         raise ValueError(f"hit must have shape ({n_l}, {n_e}), got {h.shape}")
     # requests are spread over the devices one by one (the engine admits each on the device with
@@ -362,7 +394,8 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
     misses_total = 0.0
     bytes_fetched = 0.0
     host = bound.platform.host
-    use_cpu = bound.mapping.miss == "cpu" and host is not None and bound.platform.host_link is not None
+    miss_policy = bound.mapping.miss
+    use_cpu = miss_policy in ("cpu", "cost") and host is not None and bound.platform.host_link is not None
     bpe = float(model.bytes_per_expert)
     for d in range(n_dev):
         mine = bound.expert_home == d
@@ -372,7 +405,6 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
         a_d = act * mine
         hit_c = (a_d * h * c_s).sum(axis=1)
         miss_n = (a_d * (1.0 - h)).sum(axis=1)
-        miss_c = (a_d * (1.0 - h) * c_s).sum(axis=1)
         energy += float((a_d * h * c_j).sum())
         misses_total += float(miss_n.sum())
         if bound.devices[d].kind == "fpga":
@@ -386,29 +418,34 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
         hit_layer[:, d] = hit_c
         hit_active[:, d] = (a_d * h).sum(axis=1)
         link = _fetch_link(bound, d)
+        miss_w = a_d * (1.0 - h)                                   # expected misses per (layer, expert)
+        t_f = e_f = 0.0
+        if link is not None:
+            f = cost.transfer(link, bpe)
+            t_f, e_f = float(f.total_s), float(f.energy_J)
+        cpu_mask = np.zeros_like(miss_w, dtype=bool)
+        cpu_s = cpu_j = np.zeros_like(miss_w)
         if use_cpu and host is not None and bound.platform.host_link is not None:
             cc = cost.cpu_expert(host, model, per_active)
             act_b = per_active * model.d_model * ACTIVATION_BYTES
             tr = cost.transfer(bound.platform.host_link, act_b)
             cpu_s = np.asarray(cc.total_s) + 2.0 * np.asarray(tr.total_s)
             cpu_j = np.asarray(cc.energy_J) + 2.0 * np.asarray(tr.energy_J)
-            cpu_layer = (a_d * (1.0 - h) * cpu_s).sum(axis=1)
-            energy += float((a_d * (1.0 - h) * cpu_j).sum())
-            host_busy += float(cpu_layer.sum())
-            experts_layer[:, d] = np.maximum(first, cpu_layer)
-        elif link is not None and miss_n.any():
-            f = cost.transfer(link, bpe)
-            t_f, e_f = float(f.total_s), float(f.energy_J)
-            last = np.where(miss_n > 0, miss_c / np.maximum(miss_n, 1e-300), 0.0)
-            experts_layer[:, d] = np.maximum(first + miss_c, miss_n * t_f + np.minimum(last, miss_c))
-            fetch_busy[d] = float(miss_n.sum()) * t_f
-            busy[d] += float(miss_c.sum())
-            energy += float((a_d * (1.0 - h) * c_j).sum()) + float(miss_n.sum()) * e_f
-            bytes_fetched += float(miss_n.sum()) * bpe
-        else:
-            experts_layer[:, d] = first + miss_c
-            busy[d] += float(miss_c.sum())
-            energy += float((a_d * (1.0 - h) * c_j).sum())
+            # "cpu": every miss on the host; "cost" (Fiddler): where the host is faster than fetch + compute
+            cpu_mask = np.ones_like(cpu_mask) if miss_policy == "cpu" else cpu_s < t_f + c_s
+        w_f = np.where(cpu_mask, 0.0, miss_w)
+        w_c = np.where(cpu_mask, miss_w, 0.0)
+        n_f = w_f.sum(axis=1)
+        c_f = (w_f * c_s).sum(axis=1)
+        cpu_layer = (w_c * cpu_s).sum(axis=1)
+        last = np.where(n_f > 0, c_f / np.maximum(n_f, 1e-300), 0.0)
+        fetch_path = np.where(n_f > 0, n_f * t_f + np.minimum(last, c_f), 0.0) if link is not None else 0.0
+        experts_layer[:, d] = np.maximum(np.maximum(first + c_f, fetch_path), cpu_layer)
+        fetch_busy[d] = float(n_f.sum()) * t_f
+        busy[d] += float(c_f.sum())
+        host_busy += float(cpu_layer.sum())
+        energy += float((w_f * c_j).sum()) + float(n_f.sum()) * e_f + float((w_c * cpu_j).sum())
+        bytes_fetched += float(n_f.sum()) * bpe if link is not None else 0.0
     # all-to-all (expected cross-device assignments of the busiest device)
     a2a_s = 0.0
     if n_dev > 1 and bound.platform.peer_link is not None:

@@ -134,6 +134,14 @@ def test_static_offload_agrees_with_simulator(mixtral: RoutingTrace) -> None:
                                cost_model=cost)
     assert cpu_ana["tpot_p50_s"] == pytest.approx(cpu_res["tpot_p50_s"], rel=0.05)
     assert cpu_ana["tpot_p50_s"] < ana["tpot_p50_s"]
+    # Fiddler's per-expert rule with an LRU cache: the host wins for every miss here, so nothing new is
+    # ever cached and the LRU cache behaves as the static starting set (the simulator agrees)
+    fid = Mapping(n_devices=1, cache=CacheSpec(policy="lru", expert_fraction=0.25), miss="cost")
+    fid_res = simulate(model, platform, _Stream([rows], 20), fid, cost_model=cost, train=mixtral)
+    fid_ana = analytic_summary(model, platform, fid, stats, batch_size=1, prompt_tokens=20, output_tokens=80,
+                               cost_model=cost)
+    assert fid_ana["tpot_p50_s"] == pytest.approx(fid_res["tpot_p50_s"], rel=0.05)
+    assert fid_ana["hit_rate"]["hbm"] == pytest.approx(fid_res["hit_rate"]["hbm"], abs=0.05)
     # offloading costs: slower than all-in-HBM by more than 10x on PCIe
     full = analytic_summary(model, platform, Mapping(n_devices=1), stats, batch_size=1, prompt_tokens=20,
                             output_tokens=80, cost_model=cost)

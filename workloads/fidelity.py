@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.spatial.distance import jensenshannon
 
 from workloads import stats
 from workloads.process import RoutingProcess
@@ -59,13 +58,7 @@ class FidelityReport:
 
 def _js_rows(p: FloatArray, q: FloatArray) -> FloatArray:
     """JS distance (base 2) row by row; rows where either side has no mass are ``nan``."""
-    sp = p.sum(axis=-1)
-    sq = q.sum(axis=-1)
-    ok = (sp > 0) & (sq > 0)
-    out = np.full(p.shape[:-1], np.nan)
-    if ok.any():
-        out[ok] = jensenshannon(p[ok], q[ok], axis=-1, base=2)
-    return np.asarray(np.clip(out, 0.0, 1.0), dtype=np.float64)
+    return stats.js_distance(p, q)
 
 
 def _check_compatible(a: RoutingTrace, b: RoutingTrace) -> None:

@@ -107,6 +107,8 @@ class ProcessFormatError(ValueError):
 
 def _as_float(name: str, value: npt.ArrayLike, shape: tuple[int, ...], where: str) -> FloatArray:
     a = np.array(value, dtype=np.float64)
+    if a.size == 0 and math.prod(shape) == 0:  # empty nested lists lose their trailing dimensions
+        a = a.reshape(shape)
     if a.shape != shape:
         raise ProcessFormatError(f"{where}: {name} has shape {a.shape}, expected {shape}")
     if not np.all(np.isfinite(a)):
@@ -732,8 +734,6 @@ def shrinkage_cv(trace: RoutingTrace, *, seed: int = 0, repeats: int = 4,
     than 4 requests is validated on contiguous blocks of its requests (8 blocks in all), which
     shares prompts between the halves and so tends to shrink too little.
     """
-    from scipy.spatial.distance import jensenshannon
-
     ids, inv = np.unique(trace.request, return_inverse=True)
     if ids.size < 4:  # too few requests: validate on contiguous blocks of them instead
         blocks = -(-8 // max(ids.size, 1))
@@ -766,7 +766,7 @@ def shrinkage_cv(trace: RoutingTrace, *, seed: int = 0, repeats: int = 4,
                 continue
             px = x[ok] / x[ok].sum(axis=1, keepdims=True)
             for i, lam in enumerate(lams):
-                score[i] += float(np.mean(jensenshannon(lam * px + (1 - lam) / n_e, y[ok], axis=1, base=2)))
+                score[i] += float(np.nanmean(stats.js_distance(lam * px + (1 - lam) / n_e, y[ok])))
     return float(lams[int(np.argmin(score))])
 
 

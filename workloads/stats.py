@@ -164,6 +164,24 @@ def affinity_summary(counts: npt.ArrayLike) -> dict[str, list[float | None]]:
     return {"top1": _floats(top1), "row_entropy": _floats(row_entropy), "mutual_information_bits": _floats(mi)}
 
 
+def js_distance(p: npt.ArrayLike, q: npt.ArrayLike) -> FloatArray:
+    """Jensen-Shannon distance (base 2, in [0, 1]) between the rows (last axis) of ``p`` and ``q``,
+    each normalised to sum to 1; ``nan`` where either row has no mass."""
+    a = np.asarray(p, dtype=np.float64)
+    b = np.asarray(q, dtype=np.float64)
+    sa = a.sum(axis=-1, keepdims=True)
+    sb = b.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = a / sa
+        b = b / sb
+        m = 0.5 * (a + b)
+        kl_a = np.where(a > 0, a * np.log2(np.where(a > 0, a, 1.0) / np.where(m > 0, m, 1.0)), 0.0).sum(axis=-1)
+        kl_b = np.where(b > 0, b * np.log2(np.where(b > 0, b, 1.0) / np.where(m > 0, m, 1.0)), 0.0).sum(axis=-1)
+    d = np.sqrt(np.clip(0.5 * (kl_a + kl_b), 0.0, 1.0))
+    empty = (sa[..., 0] <= 0) | (sb[..., 0] <= 0)
+    return np.asarray(np.where(empty, np.nan, d), dtype=np.float64)
+
+
 def request_order(trace: RoutingTrace) -> npt.NDArray[np.intp]:
     """Row order that sorts tokens by ``(request, position)`` (stable; identity if already sorted)."""
     req, pos = trace.request.astype(np.int64), trace.position.astype(np.int64)

@@ -244,3 +244,17 @@ def test_deepseek_known_figures(deepseek: RoutingTrace) -> None:
 def test_mixtral_missing_layers_ignored(mixtral: RoutingTrace) -> None:
     load = expert_load(mixtral)
     assert int(load.sum()) == int((mixtral.experts >= 0).sum()) < mixtral.experts.size
+
+
+def test_js_distance_matches_scipy_and_handles_edges() -> None:
+    from scipy.spatial.distance import jensenshannon
+
+    from workloads.stats import js_distance
+
+    rng = np.random.default_rng(0)
+    p, q = rng.random((40, 9)), rng.random((40, 9))
+    p[5, :4] = 0.0
+    np.testing.assert_allclose(js_distance(p, q), jensenshannon(p, q, axis=1, base=2), atol=1e-12)
+    assert js_distance(p[0], p[0]) == 0.0
+    assert js_distance([1.0, 0.0], [0.0, 1.0]) == pytest.approx(1.0)
+    assert np.isnan(js_distance([0.0, 0.0], [1.0, 0.0]))

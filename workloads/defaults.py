@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from workloads.aggregated import AggregatedRoutingStats
 from workloads.model import get_model
 from workloads.process import ProcessFormatError, RoutingProcess
 
@@ -92,4 +93,59 @@ def default_process(model: str = "mixtral-8x7b", *, seed: int = 0) -> RoutingPro
     return dataclasses.replace(proc, meta=meta)
 
 
-__all__ = ["default_process", "fitted_models", "load_default_data"]
+def process_from_counts(counts: AggregatedRoutingStats, base: RoutingProcess, *, n_layers: int,
+                        seed: int = 0, model: str | None = None) -> RoutingProcess:
+    """A process for a model known only by aggregated counts (e.g. OLMoE's published counts).
+
+    Popularity comes from ``counts.load`` (add-one smoothed; a layer without counts takes the
+    nearest measured layer). Inter-layer affinity, temporal reuse, overlap and first-layer
+    co-activation come from ``base`` (a process fitted to per-token data of a similar model),
+    retargeted to the counts' experts and top-k, cut to its first ``n_layers`` layers (or relayered
+    when it has fewer), and matched to the counted model's experts by popularity rank: at each
+    layer the expert of rank r takes the role of ``base``'s expert of rank r. That matching is the
+    assumption (aggregated counts carry no per-token data); it is recorded in ``meta``.
+    """
+    n_e, k = counts.n_experts, counts.top_k
+    measured = sorted(counts.load)
+    if not measured:
+        raise ValueError(f"process_from_counts: {counts.source!r} has no per-layer load counts")
+    if measured[-1] >= n_layers:
+        raise ValueError(f"process_from_counts: counts measure layer {measured[-1]} but n_layers={n_layers}")
+    src = [min(measured, key=lambda m: (abs(m - layer), m)) for layer in range(n_layers)]
+    load = np.stack([counts.load[s].astype(np.float64) for s in src])
+    pop = (load + 1.0) / (load.sum(axis=1, keepdims=True) + n_e)
+    shaped = base if (base.n_experts, base.top_k) == (n_e, k) else base.retarget(n_e, k, seed=seed)
+    # consecutive real layers keep the set coherence that carries the affinity; relayer() chains
+    # transitions and weakens it, so cut a window when the base is deep enough
+    if shaped.n_moe_layers >= n_layers:
+        shaped = shaped.window(0, n_layers)
+        how = f"its first {n_layers} MoE layers"
+    else:
+        shaped = shaped.relayer(n_layers, seed=seed)
+        how = f"relayered to {n_layers} MoE layers"
+    perm = np.empty((n_layers, n_e), dtype=np.int64)  # counted expert o plays shaped expert perm[l, o]
+    for layer in range(n_layers):
+        perm[layer, np.argsort(-pop[layer], kind="stable")] = np.argsort(-shaped.popularity[layer], kind="stable")
+    aff = np.stack([shaped.affinity[t][np.ix_(perm[t], perm[t + 1])] for t in range(n_layers - 1)]) \
+        if n_layers > 1 else np.zeros((0, n_e, n_e))
+    base_name = base.meta.get("model")
+    meta = {
+        "model": model or counts.model, "source": counts.source, "licence": counts.licence,
+        "composed_from": {
+            "popularity": f"aggregated expert counts of {counts.model} ({counts.domain}), measured at layers "
+                          f"{measured}; layer l uses the nearest measured layer {src}",
+            "affinity_reuse_overlap": f"{base_name} fitted process (with its first-layer co-activation) retargeted "
+                                      f"to {n_e} experts top-{k}, {how}, experts matched by popularity rank "
+                                      "(assumption: the counts have no per-token data)",
+        },
+    }
+    co = np.asarray(shaped.coact0)[np.ix_(perm[0], perm[0])]
+    proc = RoutingProcess(popularity=pop, affinity=aff, bias=np.zeros_like(pop), beta=shaped.beta,
+                          reuse_rate=shaped.reuse_rate, overlap=shaped.overlap, copy_scale=shaped.copy_scale,
+                          mi_target=shaped.mi_target, top_k=k, phase=shaped.phase,
+                          tokens_per_request=shaped.tokens_per_request, meta=meta,
+                          coact0=co, gamma0=shaped.gamma0, co_mi_target0=shaped.co_mi_target0)
+    return proc.calibrate(seed=seed)
+
+
+__all__ = ["default_process", "fitted_models", "load_default_data", "process_from_counts"]

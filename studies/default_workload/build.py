@@ -23,10 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from workloads.aggregated import AggregatedRoutingStats
-from workloads.defaults import DATA_NAME, FORMAT_NAME, FORMAT_VERSION
+from workloads.defaults import DATA_NAME, FORMAT_NAME, FORMAT_VERSION, process_from_counts
 from workloads.fidelity import holdout_evaluation
 from workloads.importers import import_trace
 from workloads.process import RoutingProcess
@@ -36,43 +34,9 @@ REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger("build_default_workload")
 
 
-def olmoe_process(counts: AggregatedRoutingStats, base: RoutingProcess, *, n_layers: int = 16,
-                  seed: int = 0) -> RoutingProcess:
-    """OLMoE process: measured popularity (nearest measured layer elsewhere), with ``base``'s
-    affinity, reuse and overlap retargeted to OLMoE's shape and matched to its experts by rank."""
-    n_e, k = counts.n_experts, counts.top_k
-    measured = sorted(counts.load)
-    src = [min(measured, key=lambda m: (abs(m - layer), m)) for layer in range(n_layers)]
-    load = np.stack([counts.load[s].astype(np.float64) for s in src])
-    pop = (load + 1.0) / (load.sum(axis=1, keepdims=True) + n_e)
-    # consecutive real layers keep the set coherence that carries the affinity (compressing depth
-    # with relayer() chains transitions and weakens it), so take DeepSeek's first n_layers layers
-    shaped = base.retarget(n_e, k, seed=seed).window(0, n_layers)
-    # permutation per layer: OLMoE expert of rank r takes the role of the shaped expert of rank r
-    perm = np.empty((n_layers, n_e), dtype=np.int64)
-    for layer in range(n_layers):
-        olmoe_rank = np.argsort(-pop[layer], kind="stable")
-        base_rank = np.argsort(-shaped.popularity[layer], kind="stable")
-        perm[layer, olmoe_rank] = base_rank  # OLMoE expert o <- shaped expert perm[layer, o]
-    aff = np.stack([shaped.affinity[t][np.ix_(perm[t], perm[t + 1])] for t in range(n_layers - 1)])
-    meta = {
-        "model": "olmoe-1b-7b", "source": counts.source, "licence": counts.licence or "Apache-2.0 (allenai/OLMoE)",
-        "composed_from": {
-            "popularity": f"OLMoE-1B-7B aggregated expert counts ({counts.domain}), measured at layers {measured}; "
-                          f"layer l uses the nearest measured layer {src}",
-            "affinity_reuse_overlap": "DeepSeek-V2-Lite fitted process (with its first-layer co-activation) "
-                                      "retargeted to 64 experts top-8, its first 16 MoE layers, "
-                                      "experts matched to OLMoE's by popularity rank (assumption: no per-token "
-                                      "OLMoE data; the rank-aligned cross-layer counts are 7-8 layers apart)",
-        },
-    }
-    co = np.asarray(shaped.coact0)[np.ix_(perm[0], perm[0])]
-    proc = RoutingProcess(popularity=pop, affinity=aff, bias=np.zeros_like(pop), beta=shaped.beta,
-                          reuse_rate=shaped.reuse_rate, overlap=shaped.overlap, copy_scale=shaped.copy_scale,
-                          mi_target=shaped.mi_target, top_k=k, phase=shaped.phase,
-                          tokens_per_request=shaped.tokens_per_request, meta=meta,
-                          coact0=co, gamma0=shaped.gamma0, co_mi_target0=shaped.co_mi_target0)
-    return proc.calibrate(seed=seed)
+def olmoe_process(counts: AggregatedRoutingStats, base: RoutingProcess, *, seed: int = 0) -> RoutingProcess:
+    """OLMoE-1B-7B (16 MoE layers): measured popularity, ``base``'s affinity and reuse by rank."""
+    return process_from_counts(counts, base, n_layers=16, seed=seed, model="olmoe-1b-7b")
 
 
 def _relative(x: Any, root: str) -> Any:

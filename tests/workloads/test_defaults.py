@@ -73,7 +73,7 @@ def test_olmoe_popularity_from_counts(shared_dir: Path) -> None:
     p = default_process("olmoe-1b-7b")
     # the most loaded expert of layer 0 in the counts is the most popular of the process's layer 0
     assert int(np.argmax(p.popularity[0])) == int(np.argmax(layer0))
-    assert "DeepSeek" in p.meta["composed_from"]["affinity_reuse_overlap"]
+    assert "deepseek-v2-lite" in p.meta["composed_from"]["affinity_reuse_overlap"]
 
 
 def test_derived_preset_is_labelled() -> None:
@@ -86,3 +86,13 @@ def test_derived_preset_is_labelled() -> None:
     assert q.meta["calibration"]["achieved"]["reuse_abs_error"] < 0.02
     with pytest.raises(UnknownPresetError):
         default_process("no-such-model")
+
+
+def test_process_from_counts_checks_layers(shared_dir: Path) -> None:
+    from workloads.aggregated import AggregatedRoutingStats
+    from workloads.defaults import process_from_counts
+
+    counts = import_trace("olmoe-counts", [shared_dir / "traces" / "olmoe-mixtral-routing-stats" / "counts.json"])
+    assert isinstance(counts, AggregatedRoutingStats)
+    with pytest.raises(ValueError, match="measure layer 15 but n_layers=8"):
+        process_from_counts(counts, default_process("deepseek-v2-lite"), n_layers=8)

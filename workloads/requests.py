@@ -10,6 +10,7 @@ Arrival processes (all seeded with ``np.random.default_rng(seed)``):
 - `RequestStream.poisson`: exponential inter-arrival times at ``rate_per_s``;
 - `RequestStream.bursty`: a Gamma renewal process with mean rate ``mean_rate_per_s`` and
   inter-arrival coefficient of variation ``burstiness`` (1 = Poisson, > 1 = bursty, < 1 = regular);
+- `RequestStream.onoff`: an on/off Markov-modulated Poisson process (bursts with correlated gaps);
 - `RequestStream.replay`: arrivals and lengths of a real trace in the Splitwise CSV format
   (``arrived_at`` s, ``num_prefill_tokens``, ``num_decode_tokens``), e.g.
   ``shared/workloads/splitwise_code.csv`` (Azure code trace via Vidur, MIT);
@@ -353,6 +354,34 @@ class RequestStream:
         shape = 1.0 / burstiness**2
         gaps = rng.gamma(shape, 1.0 / (mean_rate_per_s * shape), size=n_requests)
         return cls._build(np.cumsum(gaps), *cls._lengths(n_requests, prompt_len, output_len, rng), routing)
+
+    @classmethod
+    def onoff(cls, *, rate_on_per_s: float, rate_off_per_s: float, mean_on_s: float, mean_off_s: float,
+              n_requests: int, prompt_len: Length, output_len: Length, routing: RoutingSource,
+              seed: int = 0) -> RequestStream:
+        """On/off Markov-modulated Poisson arrivals (a two-state MMPP): exponential "on" periods
+        (mean ``mean_on_s``) with Poisson arrivals at ``rate_on_per_s`` alternate with "off" periods
+        (mean ``mean_off_s``) at ``rate_off_per_s`` (may be 0); the stream starts in an "on" period.
+        Long-run rate: ``(rate_on mean_on + rate_off mean_off) / (mean_on + mean_off)``."""
+        _check_n(n_requests)
+        for name, v in (("rate_on_per_s", rate_on_per_s), ("mean_on_s", mean_on_s), ("mean_off_s", mean_off_s)):
+            if not v > 0 or not math.isfinite(v):
+                raise ValueError(f"onoff: {name} must be finite and > 0, got {v}")
+        if not rate_off_per_s >= 0 or not math.isfinite(rate_off_per_s):
+            raise ValueError(f"onoff: rate_off_per_s must be finite and >= 0, got {rate_off_per_s}")
+        rng = np.random.default_rng(seed)
+        times: list[npt.NDArray[np.float64]] = []
+        t, count, on = 0.0, 0, True
+        while count < n_requests:  # one iteration per period, not per request
+            length = rng.exponential(mean_on_s if on else mean_off_s)
+            k = rng.poisson((rate_on_per_s if on else rate_off_per_s) * length)
+            if k:
+                times.append(t + np.sort(rng.uniform(0.0, length, size=k)))
+                count += k
+            t += length
+            on = not on
+        arrivals = np.concatenate(times)[:n_requests]
+        return cls._build(arrivals, *cls._lengths(n_requests, prompt_len, output_len, rng), routing)
 
     @classmethod
     def closed(cls, *, n_requests: int, prompt_len: Length, output_len: Length, routing: RoutingSource,

@@ -70,6 +70,17 @@ def test_bursty_cv_and_rate(proc_routing: ProcessRouting) -> None:
                              routing=proc_routing)
 
 
+def test_onoff_mmpp_rate_and_burstiness(proc_routing: ProcessRouting) -> None:
+    s = RequestStream.onoff(rate_on_per_s=20.0, rate_off_per_s=1.0, mean_on_s=2.0, mean_off_s=8.0, n_requests=40_000,
+                            prompt_len=4, output_len=2, routing=proc_routing, seed=5)
+    t = np.array([r.arrival_s for r in s.requests])
+    assert np.all(np.diff(t) >= 0)
+    expected = (20.0 * 2.0 + 1.0 * 8.0) / 10.0  # 4.8 requests/s in the long run
+    assert len(t) / t[-1] == pytest.approx(expected, rel=0.08)
+    counts = np.bincount(np.floor(t).astype(int))[:-1]
+    assert counts.var() / counts.mean() > 3.0  # over-dispersed, unlike Poisson (1)
+
+
 def test_closed_and_lengths(proc_routing: ProcessRouting) -> None:
     s = RequestStream.closed(n_requests=50, prompt_len=LengthDist.uniform(3, 9), output_len=7, routing=proc_routing,
                              seed=0)

@@ -98,9 +98,11 @@ class TraceReplay(RoutingSource):
     Request ``i`` takes the tokens of recorded request number ``i mod R`` (recorded requests in
     ascending id order, tokens by position). When it needs more tokens than that request recorded,
     it continues cyclically through the same request's tokens (token ``j`` is recorded token
-    ``j mod length``). Prefill and decode rows are filled in that order, whatever phase the
-    recorded tokens had: a prefill-only trace (DeepSeek prompts) also drives decode steps.
-    Missing layers (``-1``) are passed through.
+    ``j mod length``). If the recorded request has both prefill and decode tokens (a traced
+    prompt and its generation), the prompt rows cycle through its prefill tokens and the output
+    rows through its decode tokens; otherwise both cycle through all its tokens, whatever their
+    phase: a prefill-only trace (DeepSeek prompts) also drives decode steps, a decode-only trace
+    (Mixtral) also drives prefill. Missing layers (``-1``) are passed through.
     """
 
     def __init__(self, trace: RoutingTrace) -> None:
@@ -108,11 +110,17 @@ class TraceReplay(RoutingSource):
             raise ValueError(f"TraceReplay: trace {trace.meta.get('source')!r} has no tokens")
         self._trace = trace
         order = request_order(trace)
-        self._experts = trace.experts[order]
         req = trace.request[order]
+        phase = trace.phase[order]
+        # within each request: prefill tokens first, then decode tokens (stable: positions kept)
+        regroup = np.lexsort((np.arange(req.size), phase != 0, req))
+        self._experts = trace.experts[order][regroup]
+        req, phase = req[regroup], phase[regroup]
         starts = np.flatnonzero(np.r_[True, req[1:] != req[:-1]])
         self._starts = starts
         self._lengths = np.diff(np.r_[starts, req.size])
+        n_pre = np.add.reduceat((phase == 0).astype(np.int64), starts)
+        self._n_prefill = np.where((n_pre > 0) & (n_pre < self._lengths), n_pre, 0)  # 0: not split by phase
 
     @property
     def trace(self) -> RoutingTrace:
@@ -136,8 +144,12 @@ class TraceReplay(RoutingSource):
 
     def routing(self, request: Request) -> I16:
         r = request.request_id % self._starts.size
-        start, length = int(self._starts[r]), int(self._lengths[r])
-        rows = start + np.arange(request.total_tokens) % length
+        start, length, n_pre = int(self._starts[r]), int(self._lengths[r]), int(self._n_prefill[r])
+        if n_pre:
+            rows = np.concatenate([start + np.arange(request.prompt_tokens) % n_pre,
+                                   start + n_pre + np.arange(request.output_tokens) % (length - n_pre)])
+        else:
+            rows = start + np.arange(request.total_tokens) % length
         return self._experts[rows]
 
     def __repr__(self) -> str:

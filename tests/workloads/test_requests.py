@@ -163,6 +163,19 @@ def test_trace_replay_cycles(mixtral: RoutingTrace) -> None:
     assert np.array_equal(rows[lengths[1]:], recorded[:10])  # continues cyclically
 
 
+def test_trace_replay_maps_phases() -> None:
+    """A traced request with prefill and decode tokens: prompt rows replay its prefill tokens,
+    output rows its decode tokens, each cyclically."""
+    ex = np.arange(7, dtype=np.int16)[:, None, None].repeat(2, axis=2)  # token t routed to expert t
+    ex[:, :, 1] = 7
+    phase = np.array([0, 0, 0, 1, 1, 1, 1], dtype=np.uint8)
+    perm = np.array([4, 0, 6, 2, 1, 5, 3])  # stored out of order
+    t = RoutingTrace(experts=ex[perm], request=np.zeros(7, dtype=np.int32), position=np.arange(7, dtype=np.int32)[perm],
+                     phase=phase[perm], meta={"n_experts": 8, "top_k": 2, "source": "toy"})
+    rows = TraceReplay(t).routing(Request(request_id=0, arrival_s=0.0, prompt_tokens=5, output_tokens=6))
+    assert rows[:, 0, 0].tolist() == [0, 1, 2, 0, 1, 3, 4, 5, 6, 3, 4]  # prefill 0-2, decode 3-6
+
+
 def test_request_validation() -> None:
     with pytest.raises(ValueError, match="output_tokens"):
         Request(request_id=0, arrival_s=0.0, prompt_tokens=3, output_tokens=0)

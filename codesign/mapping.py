@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from hwmodels.devices import Device, MemoryTier, Platform
     from workloads.model import MoEModel
 
-__all__ = ["BatchingSpec", "BoundMapping", "CacheSpec", "Mapping", "MappingError", "Options"]
+__all__ = ["BatchingSpec", "BoundMapping", "CacheSpec", "EpExecution", "Mapping", "MappingError", "Options"]
 
 #: JSON-able option values (policy keyword arguments).
 OptionValue = bool | int | float | str
@@ -58,6 +58,7 @@ Options = tuple[tuple[str, OptionValue], ...]
 #: What an options field accepts: sorted pairs (stored form) or a dict (normalised at construction).
 OptionsArg = Options | dict[str, OptionValue]
 InitialFill = Literal["popular", "spread", "empty", "listed"]
+EpExecution = Literal["classic", "context-coherent"]
 
 
 class MappingError(ValueError):
@@ -168,6 +169,12 @@ class Mapping:
     train_fraction: float = field(
         default=0.0, metadata={"help": "share of the requests (the first ones) used only to fit policies "
                                        "(placement stats, popularity, predictors), never served"})
+    ep_execution: EpExecution = field(
+        default="classic", metadata={"help": "expert-parallel execution: 'classic' (each token returns to "
+                                             "its request's device after every MoE layer: dispatch + "
+                                             "combine all-to-all) or 'context-coherent' (ExFlow: the token "
+                                             "stays on the device of its top-1 expert; one all-to-all per "
+                                             "layer)"})
 
     def __post_init__(self) -> None:
         if self.n_devices is not None:
@@ -217,6 +224,8 @@ class Mapping:
             raise MappingError("train_fraction must be < 1 (some requests must be served)")
         if not isinstance(self.fpga_reorder, bool):
             raise MappingError(f"fpga_reorder must be a bool, got {self.fpga_reorder!r}")
+        if self.ep_execution not in ("classic", "context-coherent"):
+            raise MappingError(f"ep_execution must be 'classic' or 'context-coherent', got {self.ep_execution!r}")
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

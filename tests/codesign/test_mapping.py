@@ -39,7 +39,16 @@ def test_hash_changes_with_any_field() -> None:
     assert base.config_hash == Mapping().config_hash
     assert base.with_(miss="cpu").config_hash != base.config_hash
     assert base.with_(cache=CacheSpec(expert_fraction=0.5)).config_hash != base.config_hash
+    assert base.with_(ep_execution="context-coherent").config_hash != base.config_hash
     assert len(base.config_hash) == 16
+
+
+def test_ep_execution_round_trip() -> None:
+    assert Mapping().ep_execution == "classic"
+    m = Mapping(ep_execution="context-coherent")
+    assert json.loads(m.to_json())["ep_execution"] == "context-coherent"
+    again = Mapping.from_json(m.to_json())
+    assert again == m and again.ep_execution == "context-coherent"
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -55,6 +64,7 @@ def test_hash_changes_with_any_field() -> None:
     ({"staging_experts": -1}, "staging_experts"),
     ({"prefetch_options": {"bad key": 1}}, "identifier"),
     ({"miss_options": {"x": [1]}}, "bool, int, float or str"),
+    ({"ep_execution": "coherent"}, "ep_execution must be 'classic' or 'context-coherent', got 'coherent'"),
 ])
 def test_bad_arguments(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(MappingError, match=match):

@@ -9,6 +9,19 @@
 served: their routing trains the policies that need it (placement statistics, the ``popular``
 initial cache contents, trained caches and prefetchers); the rest are replayed.
 
+Training data, in order of precedence: ``train=`` (a `RoutingTrace`); the training split
+(``mapping.train_fraction > 0``); otherwise, when a policy needs training data
+(`policies_needing_training`: a cache/near/prefetch policy with ``needs_training``, or a
+placement that needs routing statistics, e.g. ``load-balanced``, ``exflow``) and the stream
+samples a routing process (its ``routing_source`` is a `workloads.requests.ProcessRouting`), a
+*separate sample* of that process: one training request per served request, with the same
+prompt and output lengths (so as many tokens as the run), sampled with a fresh seed derived from
+the process seed (``SeedSequence([seed, 0x747261696E])``), so the served routing is never seen in
+training. A replayed trace is never split implicitly: without ``train_fraction`` or ``train=``,
+such policies raise `TrainingDataError`. ``summary["train_source"]`` says which was used
+(``"given"``, ``"split"``, ``"process-sample"`` or None) and ``summary["train_tokens"]`` how many
+rows.
+
 Offline cache policies (Belady) need the future: `simulate` first records each device's access
 sequence in a pass with LRU of the same capacity, then replays with the oracle prepared on it,
 repeating (at most 3 passes) until the oracle's own access sequence equals the one it was
@@ -37,9 +50,66 @@ from workloads.trace import RoutingTrace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["simulate", "split_requests", "training_trace"]
+__all__ = ["TrainingDataError", "policies_needing_training", "process_training_trace", "simulate",
+           "split_requests", "training_trace"]
 
 _MAX_ORACLE_PASSES = 3
+#: Tag mixed with the process seed for the separate training sample ("train" in ASCII).
+_TRAIN_SEED_TAG = 0x747261696E
+
+
+class TrainingDataError(ValueError):
+    """Policies need training data and none is available; ``policies`` names them (e.g.
+    ``["placement 'exflow'"]``)."""
+
+    def __init__(self, message: str, policies: list[str]) -> None:
+        super().__init__(message)
+        self.policies = policies
+
+
+def _placement_needs_stats(mapping: Mapping, model: Any) -> bool:
+    """Whether the mapping's placement policy needs routing statistics: it is asked to place the
+    model on one device without statistics (cheap), and a `ValueError` means it needs them (the
+    `PlacementPolicy` contract: a policy that needs statistics raises a clear error without them)."""
+    policy = REGISTRIES["placement"].create(mapping.placement, seed=0, **dict(mapping.placement_options))
+    try:
+        policy.place(model, 1, None)
+    except ValueError:
+        return True
+    return False
+
+
+def policies_needing_training(mapping: Mapping, model: Any) -> list[str]:
+    """The policies of ``mapping`` that need training routing, as ``"<kind> '<name>'"`` strings
+    (empty when none does). The ``popular`` initial fill is not listed: without statistics it falls
+    back to ``spread``."""
+    out: list[str] = []
+    n_dev = mapping.n_devices
+    if (n_dev is None or n_dev > 1) and _placement_needs_stats(mapping, model):
+        out.append(f"placement {mapping.placement!r}")
+    if getattr(REGISTRIES["cache"].get(mapping.cache.policy), "needs_training", False):
+        out.append(f"cache policy {mapping.cache.policy!r}")
+    if mapping.near is not None and getattr(REGISTRIES["cache"].get(mapping.near.policy), "needs_training", False):
+        out.append(f"near cache policy {mapping.near.policy!r}")
+    if mapping.prefetch != "none" and getattr(REGISTRIES["prefetch"].get(mapping.prefetch), "needs_training", False):
+        out.append(f"prefetch policy {mapping.prefetch!r}")
+    return out
+
+
+def process_training_trace(source: Any, requests: list[Any], n_layers: int, n_experts: int,
+                           top_k: int) -> RoutingTrace:
+    """A training trace sampled from ``source`` (a `ProcessRouting`) independently of the served
+    routing: one request per element of ``requests`` with the same prompt and output lengths (ids
+    ``0..n-1``, arrival 0), sampled from the same process with the seed
+    ``SeedSequence([source.seed, 0x747261696E])``."""
+    from workloads.requests import ProcessRouting, Request, RequestStream
+
+    seed = int(np.random.SeedSequence([int(source.seed), _TRAIN_SEED_TAG]).generate_state(1, np.uint32)[0])
+    fresh = ProcessRouting(source.process, seed=seed)
+    reqs = tuple(Request(request_id=i, arrival_s=0.0, prompt_tokens=int(r.prompt_tokens),
+                         output_tokens=int(r.output_tokens)) for i, r in enumerate(requests))
+    return training_trace(RequestStream(requests=reqs, routing_source=fresh), list(reqs), n_layers, n_experts,
+                          top_k, source=f"separate sample of the routing process (seed {seed})")
 
 
 class _Request(Protocol):
@@ -75,8 +145,10 @@ def split_requests(requests: tuple[Any, ...], train_fraction: float) -> tuple[li
     return reqs[:n_train], reqs[n_train:]
 
 
-def training_trace(stream: _Stream, requests: list[Any], n_layers: int, n_experts: int, top_k: int) -> RoutingTrace:
-    """The routing of ``requests`` as one `RoutingTrace` (prefill rows phase 0, decode rows phase 1)."""
+def training_trace(stream: _Stream, requests: list[Any], n_layers: int, n_experts: int, top_k: int, *,
+                   source: str = "training split of the request stream") -> RoutingTrace:
+    """The routing of ``requests`` as one `RoutingTrace` (prefill rows phase 0, decode rows phase 1);
+    ``source`` goes to its ``meta["source"]``."""
     parts, req_ids, pos, phase = [], [], [], []
     for r in requests:
         rt = _routing(stream, r, n_layers, n_experts)
@@ -87,7 +159,7 @@ def training_trace(stream: _Stream, requests: list[Any], n_layers: int, n_expert
         phase.append((np.arange(n) >= int(r.prompt_tokens)).astype(np.uint8))
     return RoutingTrace(experts=np.concatenate(parts), request=np.concatenate(req_ids),
                         position=np.concatenate(pos), phase=np.concatenate(phase),
-                        meta={"n_experts": n_experts, "top_k": top_k, "source": "training split of the request stream",
+                        meta={"n_experts": n_experts, "top_k": top_k, "source": source,
                               "licence": "derived"})
 
 
@@ -119,9 +191,11 @@ def simulate(model: Any, platform: Any, stream: _Stream, mapping: Mapping, *, co
 
     ``cost_model`` defaults to ``hwmodels.CostModel(platform)`` (calibrated fidelity with the
     package's default efficiency curves). ``seed`` seeds every policy. ``train`` (a routing trace)
-    replaces the training split of the stream. Returns a `Result`; deterministic for a seed.
-    Raises `MappingError` when the mapping does not fit and `UnknownPolicyError` for unknown policy
-    names (both list the valid choices or the numbers).
+    replaces the training split of the stream; without either, a process stream trains on a
+    separate sample of its process (module doc). Returns a `Result`; deterministic for a seed.
+    Raises `MappingError` when the mapping does not fit, `UnknownPolicyError` for unknown policy
+    names (both list the valid choices or the numbers) and `TrainingDataError` when policies need
+    training data that is absent.
     """
     if not isinstance(mapping, Mapping):
         raise TypeError(f"mapping must be a codesign.mapping.Mapping, got {type(mapping).__name__}")
@@ -134,8 +208,25 @@ def simulate(model: Any, platform: Any, stream: _Stream, mapping: Mapping, *, co
     if not serve_reqs:
         raise ValueError(f"no request to serve: the stream has {len(stream.requests)} requests and "
                          f"train_fraction={mapping.train_fraction}")
+    train_source: str | None = "given" if train is not None else None
     if train is None and train_reqs:
         train = training_trace(stream, train_reqs, n_l, n_e, model.top_k)
+        train_source = "split"
+    if train is None:
+        needing = policies_needing_training(mapping, model)
+        if needing:
+            from workloads.requests import ProcessRouting
+
+            source = getattr(stream, "routing_source", None)
+            if not isinstance(source, ProcessRouting):
+                raise TrainingDataError(
+                    f"{' and '.join(needing)} need(s) training routing and none is available: the stream replays "
+                    "a trace, which is split only on request; set mapping train_fraction > 0 or pass train=",
+                    needing)
+            train = process_training_trace(source, serve_reqs, n_l, n_e, model.top_k)
+            train_source = "process-sample"
+            log.info("%s: trained on a separate sample of the routing process (%d tokens)", ", ".join(needing),
+                     train.n_tokens)
     if train is not None and (train.n_moe_layers != n_l or train.n_experts != n_e):
         raise ValueError(f"training trace has {train.n_moe_layers} MoE layers x {train.n_experts} experts; model "
                          f"{model.name!r} has {n_l} x {n_e}")
@@ -188,6 +279,7 @@ def simulate(model: Any, platform: Any, stream: _Stream, mapping: Mapping, *, co
         "sim_events": out.counters["sim_events"], "idle_static_energy_J": out.counters["idle_static_energy_J"],
         "cache_slots": out.counters["cache_slots"], "peak_resident_experts": out.counters["peak_resident_experts"],
         "offloaded": bound.offloaded, "n_devices": bound.n_devices, "train_requests": len(train_reqs),
+        "train_source": train_source, "train_tokens": train.n_tokens if train is not None else 0,
         "kv_capacity_tokens": int(sum(bound.kv_capacity_tokens)),
     }
     summary = summarize(out.requests, out.steps, makespan_s=out.makespan_s, hit_rate=out.hit_rate,

@@ -20,6 +20,17 @@ from pathlib import Path
 from typing import Any
 
 
+def _positive_int(text: str) -> int:
+    """argparse ``type`` for integers >= 1 (argparse prefixes its errors with ``argument <flag>:``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (>= 1), got {value}")
+    return value
+
+
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add ``calibrate`` with its three sub-commands."""
     cal = sub.add_parser("calibrate", parents=parents, help="calibrate device models against real kernel runs",
@@ -40,15 +51,18 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                       help="sweep size (default full; tiny is for tests)")
     run.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                      help="element type (default fp32 on cpu, bf16 on cuda)")
-    run.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    run.add_argument("--threads", type=_positive_int, default=None,
+                     help="torch threads (default 1 on the CPU, torch's choice on CUDA)")
     run.add_argument("--seed", type=int, default=0, help="seed of the random operands")
     run.add_argument("--name", default=None, help="profile name (default <kind>-<sweep>)")
     run.add_argument("--peak-tflops", type=float, default=None, help="reference peak TFLOP/s at the dtype")
     run.add_argument("--peak-memory-gbps", type=float, default=None, help="reference memory bandwidth, GB/s")
     run.add_argument("--link-gbps", type=float, default=None, help="reference host link bandwidth per direction")
-    run.add_argument("--clock", choices=("wall", "process"), default="wall",
-                     help="CPU timer: wall clock (default) or the process CPU time (needs --threads 1; for "
-                          "machines shared with other work)")
+    run.add_argument("--clock", choices=("wall", "process"), default=None,
+                     help="CPU timer: the process CPU time (default with one thread: robust on machines shared "
+                          "with other work) or the wall clock (default with --threads > 1)")
+    run.add_argument("--force", action="store_true",
+                     help="write the profile even when its fit fails the sanity checks (quality 'absurd')")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-o", "--output", required=True, help="profile JSON to write")
     run.set_defaults(func=_cmd_run)
@@ -75,10 +89,12 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
                      help="time a real MoE layer routed by this trace (Mixtral JSONL or DeepSeek CSV folder)")
     val.add_argument("--layers", default="0,8,16,24,-1",
                      help="which trace layers (indices into its sorted layers; default 0,8,16,24,-1)")
-    val.add_argument("--tokens", type=int, default=256, help="tokens per layer batch (default 256)")
+    val.add_argument("--tokens", type=_positive_int, default=256,
+                     help="tokens per layer batch (default 256)")
     val.add_argument("--shape", default="1024x3584", help="d_model x d_ff of the layer's experts (default 1024x3584)")
-    val.add_argument("--threads", type=int, default=None, help="torch threads for the layer (default: the profile's)")
-    val.add_argument("--repeats", type=int, default=5, help="timed runs per layer (default 5)")
+    val.add_argument("--threads", type=_positive_int, default=None,
+                     help="torch threads for the layer (default: the profile's)")
+    val.add_argument("--repeats", type=_positive_int, default=5, help="timed runs per layer (default 5)")
     val.add_argument("--clock", choices=("wall", "process"), default=None,
                      help="CPU timer for the layer (default: the one the profile was measured with)")
     val.add_argument("--json", action="store_true", help="print one JSON object")
@@ -92,7 +108,8 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from hwmodels.calibrate_run import RunConfig, SweepPlan, run_calibration
-    from hwmodels.validate import validate_heldout
+    from hwmodels.calibration import CalibrationError
+    from hwmodels.validate import quality_warnings, validate_heldout
 
     sweep = "quick" if args.quick else (args.sweep or "full")
     plan = {"quick": SweepPlan.quick, "full": SweepPlan.full, "tiny": SweepPlan.tiny}[sweep]()
@@ -103,6 +120,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         link_Bps=args.link_gbps * 1e9 if args.link_gbps else None, clock=args.clock,
     )
     profile = run_calibration(config, progress=not args.no_progress)
+    quality = profile.quality
+    for warning in quality_warnings(profile):
+        print(f"WARNING: {warning}", file=sys.stderr)
+    if quality.get("status") == "absurd":
+        hint = ("rerun on a quieter machine, with one thread and the process clock (the defaults: no --threads "
+                "or --clock flags), or pinned to a core (taskset -c 1)")
+        if not args.force:
+            raise CalibrationError(f"{args.output}: not written: the fit failed its sanity checks (quality "
+                                   f"'absurd'; see the warnings above); {hint}; or pass --force to write it anyway")
+        print(f"WARNING: writing {args.output} anyway (--force); its quality block says 'absurd'", file=sys.stderr)
     out = profile.save(args.output)
     report = validate_heldout(profile)
     fp = profile.fingerprint
@@ -111,6 +138,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"1-min load average "
           f"{fp.get('loadavg_start')} -> {fp.get('loadavg_end')})")
     _print_fit(profile)
+    print(f"fit quality: {quality.get('status')}" + "".join(f"; {p}" for p in quality.get("problems", [])))
     print(report.format_text())
     return 0
 
@@ -162,6 +190,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from hwmodels.calibration import CalibrationError
     from hwmodels.validate import (
         ErrorStats,
+        against_device,
+        device_mismatch,
+        quality_warnings,
         read_trace_routing,
         validate_heldout,
         validate_moe_layer,
@@ -170,7 +201,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from hwmodels.validate import load_against as load_against_samples
 
     profile = _load_profile(args.profile)
+    warnings = quality_warnings(profile)
     if args.against:
+        mismatch = device_mismatch(profile, against_device(args.against, device=args.device))
+        if mismatch:
+            warnings.append(mismatch)
         report = validate_samples(profile, load_against_samples(args.against, device=args.device),
                                   against=str(args.against))
     elif profile.samples:
@@ -180,6 +215,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     else:
         report = None
     result: dict[str, Any] = report.to_dict() if report is not None else {"profile": profile.name}
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    result["warnings"] = warnings
     if args.layer:
         try:
             layers = [int(v) for v in args.layers.split(",") if v.strip()]
@@ -188,13 +226,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             raise CalibrationError(f"--layers {args.layers!r} / --shape {args.shape!r}: expected e.g. "
                                    "'0,8,16' and '1024x3584'") from exc
         routings = read_trace_routing(args.layer, layers=layers, max_tokens=args.tokens)
+        counts = sorted({int(r.experts.shape[0]) for r in routings})
+        if counts[0] < args.tokens:
+            print(f"WARNING: --tokens {args.tokens}: the trace {args.layer} has only {counts[0]} tokens at some "
+                  "chosen layer; timing what it has", file=sys.stderr)
         load_start = _loadavg()
         stats, results = validate_moe_layer(profile, routings, d_model=d_model, d_ff=d_ff, repeats=args.repeats,
                                             threads=args.threads, clock=args.clock)
         load_end = _loadavg()
         layer_stats: ErrorStats = stats
         result["layer"] = {
-            **layer_stats.to_dict(), "d_model": d_model, "d_ff": d_ff, "tokens": args.tokens,
+            **layer_stats.to_dict(), "d_model": d_model, "d_ff": d_ff,
+            "tokens": counts[0] if len(counts) == 1 else counts, "tokens_requested": args.tokens,
             "loadavg_start": load_start, "loadavg_end": load_end,
             "results": [{"source": r.source, "measured_s": r.measured_s, "predicted_s": r.predicted_s,
                          "predicted_gemm_s": r.predicted_gemm_s, "pct_error": r.pct_error,

@@ -301,6 +301,7 @@ class CalibrationProfile:
     created_utc: str = ""
     heldout_rule: str = ""
     samples: tuple[Sample, ...] = ()
+    quality: Mapping[str, Any] = field(default_factory=dict)  # assess_fit's verdict ({} when unknown)
 
     # ---- EfficiencyModel protocol --------------------------------------------------------------
 
@@ -421,6 +422,7 @@ class CalibrationProfile:
                 "copy": {key: vars(fit).copy() for key, fit in self.copy_fits.items()},
             },
             "heldout_rule": self.heldout_rule,
+            "quality": dict(self.quality),
             "samples": [sample.to_dict() for sample in self.samples],
         }
 
@@ -440,13 +442,23 @@ class CalibrationProfile:
         """Read a profile JSON file; a malformed file raises :class:`CalibrationError` naming it."""
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            raw = p.read_bytes()
         except OSError as exc:
             raise CalibrationError(f"{p}: cannot read calibration profile: {exc.strerror or exc}") from exc
+        if raw.startswith(b"PK\x03\x04"):
+            raise CalibrationError(f"{p}: not a calibration profile JSON (a zip/.npz archive, e.g. a routing "
+                                   "trace); expected the JSON written by 'codesign calibrate run|import-vidur'")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CalibrationError(f"{p}: not a calibration profile JSON (binary data: byte {raw[exc.start]:#04x} "
+                                   f"at offset {exc.start} is not UTF-8 text); expected the JSON written by "
+                                   "'codesign calibrate run|import-vidur'") from exc
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise CalibrationError(f"{p}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc
+            raise CalibrationError(f"{p}: line {exc.lineno}: not valid JSON ({exc.msg}); not a calibration "
+                                   "profile JSON") from exc
         return _profile_from_dict(data, str(p))
 
 
@@ -544,6 +556,9 @@ def _profile_from_dict(data: Any, where: str) -> CalibrationProfile:
     fingerprint = data.get("fingerprint", {})
     if not isinstance(fingerprint, dict):
         raise CalibrationError(f"{where}: field 'fingerprint' must be an object")
+    quality = data.get("quality", {})
+    if not isinstance(quality, dict):
+        raise CalibrationError(f"{where}: field 'quality' must be an object, got {quality!r}")
     kind = str(_need(data, "device_kind", where, str))
     if kind not in ("cpu", "gpu"):
         raise CalibrationError(f"{where}: field 'device_kind' must be 'cpu' or 'gpu', got {kind!r}")
@@ -553,7 +568,7 @@ def _profile_from_dict(data: Any, where: str) -> CalibrationProfile:
         dtype_bytes=_positive(data, "dtype_bytes", where), peaks=peaks, gemm_fit=gemm_fit, memory_fits=memory_fits,
         copy_fits=copy_fits, fingerprint=fingerprint, torch_version=str(data.get("torch_version", "")),
         source=str(data.get("source", "")), created_utc=str(data.get("created_utc", "")),
-        heldout_rule=str(data.get("heldout_rule", "")), samples=tuple(samples),
+        heldout_rule=str(data.get("heldout_rule", "")), samples=tuple(samples), quality=quality,
     )
 
 
@@ -568,7 +583,7 @@ def fit_profile(*, name: str, device_name: str, device_kind: str, dtype: str, dt
     """Fit every model the samples allow (GEMM required; memory and copies when measured).
 
     Only samples with ``heldout == False`` are fitted. Raises :class:`CalibrationError` when there
-    are too few GEMM samples.
+    are too few GEMM samples. The result's ``quality`` is :func:`assess_fit`'s verdict.
     """
     all_samples = tuple(samples)
     fit_set = [s for s in all_samples if not s.heldout]
@@ -587,12 +602,76 @@ def fit_profile(*, name: str, device_name: str, device_kind: str, dtype: str, dt
         copies = [s for s in fit_set if s.kind == "copy" and bool(s.shape["pinned"]) == flag]
         if len(copies) >= 2:
             copy_fits[key] = fit_linear([s.shape["n_bytes"] for s in copies], [s.time_s for s in copies])
-    return CalibrationProfile(
+    profile = CalibrationProfile(
         name=name, device_name=device_name, device_kind=device_kind, dtype=dtype, dtype_bytes=dtype_bytes,
         peaks=peaks, gemm_fit=gemm_fit, memory_fits=memory_fits, copy_fits=copy_fits,
         fingerprint=dict(fingerprint or {}), torch_version=torch_version, source=source, created_utc=created_utc,
         heldout_rule=heldout_rule, samples=all_samples,
     )
+    return replace(profile, quality=assess_fit(profile))
+
+
+#: Held-out GEMM median absolute error (percent) above which a fit is "suspect": the accuracy
+#: target of the calibration (15%, the project's target for GEMM and whole-layer predictions).
+SUSPECT_MEDIAN_PCT = 15.0
+#: ... and above which it is "absurd" (an assumption: several times the target, far beyond the
+#: 5-25% run-to-run noise of a loaded shared machine; such fits come from timings disturbed by
+#: other work, e.g. wall-clock timing with 2 threads on a busy 2-core machine).
+ABSURD_MEDIAN_PCT = 50.0
+#: A fitted GEMM t0 above this multiple of the fastest measured GEMM is "absurd" (an assumption:
+#: a robust fit may put t0 a little above the fastest sample when that one is noisy or quantised,
+#: e.g. Vidur's H100 table, in ms with 3 decimals, gives t0 5.0 us against a fastest 4 us).
+T0_TOLERANCE = 1.5
+
+
+def assess_fit(profile: CalibrationProfile, *, suspect_median_pct: float = SUSPECT_MEDIAN_PCT,
+               absurd_median_pct: float = ABSURD_MEDIAN_PCT, t0_tolerance: float = T0_TOLERANCE) -> dict[str, Any]:
+    """Sanity checks of a fitted profile against its own GEMM samples: the ``quality`` block.
+
+    Returns ``{"status": "ok" | "suspect" | "absurd" | "unchecked", "problems": [str, ...],
+    "gemm_t0_s", "min_gemm_time_s", "heldout_gemm_median_abs_pct_error",
+    "fit_gemm_median_abs_pct_error", "thresholds": {...}}`` (times in seconds, errors in percent).
+
+    Checks: the per-call overhead ``t0`` must not exceed the fastest measured GEMM by more than
+    ``t0_tolerance`` times (every call costs at least ``t0``, so a larger one contradicts the data:
+    "absurd"); the median absolute
+    error of the held-out GEMMs, and of the fitted ones, must be at most ``suspect_median_pct``
+    ("suspect" above, "absurd" above ``absurd_median_pct``). "unchecked" when the profile keeps no
+    GEMM samples (a shipped profile).
+    """
+    gemms = [s for s in profile.samples if s.kind == "gemm"]
+    thresholds = {"suspect_median_pct": suspect_median_pct, "absurd_median_pct": absurd_median_pct,
+                  "t0_tolerance": t0_tolerance}
+    t0 = profile.gemm_fit.t0_s
+    out: dict[str, Any] = {"status": "unchecked", "problems": [], "gemm_t0_s": t0, "min_gemm_time_s": None,
+                           "heldout_gemm_median_abs_pct_error": None, "fit_gemm_median_abs_pct_error": None,
+                           "thresholds": thresholds}
+    if not gemms:
+        return out
+    problems: list[str] = []
+    severe = False
+    t_min = min(s.time_s for s in gemms)
+    out["min_gemm_time_s"] = t_min
+    if t0 > t0_tolerance * t_min:
+        severe = True
+        problems.append(f"GEMM t0 {t0 * 1e6:.2f} us exceeds the fastest measured GEMM ({t_min * 1e6:.2f} us) "
+                        f"by more than {t0_tolerance:g}x: the timings are inconsistent (disturbed by other work?)")
+    held = [s for s in gemms if s.heldout]
+    fitted = [s for s in gemms if not s.heldout]
+    for label, subset in (("held-out", held), ("fitted", fitted)):
+        if not subset:
+            continue
+        pred = np.array([profile.predict_sample_s(s) for s in subset])
+        meas = np.array([s.time_s for s in subset])
+        med = float(np.median(np.abs(100.0 * (pred - meas) / meas)))
+        out["heldout_gemm_median_abs_pct_error" if label == "held-out" else "fit_gemm_median_abs_pct_error"] = med
+        if med > suspect_median_pct:
+            severe = severe or med > absurd_median_pct
+            problems.append(f"{label} GEMM median error {med:.1f}% above {suspect_median_pct:g}% "
+                            f"({len(subset)} samples)")
+    out["problems"] = problems
+    out["status"] = "absurd" if severe else ("suspect" if problems else "ok")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -176,6 +176,43 @@ def load_against(path: str | Path, *, device: str | None = None) -> list[Sample]
     return against_samples(p, device)
 
 
+def against_device(path: str | Path, *, device: str | None = None) -> str:
+    """The device that measured the table :func:`load_against` reads (lower case).
+
+    A profile JSON: its ``device_name``; a Vidur CSV or folder: the device folder's name
+    (``compute/<device>/``), as :func:`hwmodels.vidur_import.find_tables` finds it.
+    """
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() == ".json":
+        return CalibrationProfile.load(p).device_name.lower()
+    from hwmodels.vidur_import import find_tables  # sibling module, imported on use
+
+    return find_tables(p, device)[0].lower()
+
+
+def device_mismatch(profile: CalibrationProfile, table_device: str) -> str | None:
+    """A warning when ``profile`` was calibrated on another device than ``table_device``, else None.
+
+    Names match when one contains the other, case-insensitively (``"h100"`` matches ``"NVIDIA
+    H100 80GB HBM3"``); an empty name is not judged.
+    """
+    mine, theirs = profile.device_name.strip().lower(), table_device.strip().lower()
+    if not mine or not theirs or mine in theirs or theirs in mine:
+        return None
+    return (f"profile {profile.name!r} was calibrated on {profile.device_name!r} but the table was measured on "
+            f"{table_device!r}: the errors compare different devices, not the profile's accuracy")
+
+
+def quality_warnings(profile: CalibrationProfile) -> list[str]:
+    """The problems recorded in the profile's ``quality`` block (empty when it is ok or unchecked)."""
+    status = profile.quality.get("status")
+    if status not in ("suspect", "absurd"):
+        return []
+    problems = profile.quality.get("problems") or []
+    return [f"profile {profile.name!r} fit is {status}: {problem}" for problem in problems] or [
+        f"profile {profile.name!r} fit is {status}"]
+
+
 # ----------------------------------------------------------------------------------------------
 # Whole MoE layer on the CPU
 # ----------------------------------------------------------------------------------------------
@@ -206,6 +243,8 @@ def read_trace_routing(path: str | Path, *, layers: Sequence[int] | None = None,
     ``max_tokens`` keeps the first tokens (files are read in name order until every layer has that
     many). Malformed rows are errors naming file and line.
     """
+    if max_tokens is not None and max_tokens < 1:
+        raise CalibrationError(f"max_tokens (--tokens) must be >= 1, got {max_tokens}")
     p = Path(path)
     files = sorted(p.glob("*_routing.jsonl")) if p.is_dir() else [p]
     if p.is_dir() and not files:
@@ -340,6 +379,9 @@ def validate_moe_layer(profile: CalibrationProfile, routings: Sequence[LayerRout
                                "validation runs on this CPU and needs a CPU profile")
     if not routings:
         raise CalibrationError("validate_moe_layer: no layer routings given")
+    if repeats < 1 or warmup < 0:
+        raise CalibrationError(f"validate_moe_layer: repeats (--repeats) must be >= 1 and warmup >= 0, got "
+                               f"{repeats}, {warmup}")
     from hwmodels.calibrate_run import CpuTimer, import_torch  # torch-using sibling, imported on use
 
     torch = import_torch()

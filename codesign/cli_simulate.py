@@ -3,9 +3,27 @@
     codesign simulate --model mixtral-8x7b --platform h100-pcie5-host --trace mixtral.npz \\
         --hbm-expert-fraction 0.25 --cache lru --prefetch pregate --requests 4 --json
 
+``--model`` is a preset name or a JSON file of `workloads.model.MoEModel` fields (``name``,
+``n_layers``, ``d_model``, ...; unknown or missing fields are listed); ``--platform`` a preset or a
+``.toml`` platform file.
+
 The workload is a `workloads.requests.RequestStream`: requests replay a routing trace
-(``--trace``, a canonical ``.npz``) or sample a fitted routing process (``--process``, JSON). All
-requests arrive at t = 0 (a closed batch) unless ``--rate`` gives Poisson arrivals per second.
+(``--trace``, a canonical ``.npz``) or sample a fitted routing process (``--process``, JSON, by
+default the embedded workload of the model); its layers, experts and top-k are checked against the
+model before the run. Arrivals (``--arrivals``): ``closed`` (all at t = 0, the default),
+``poisson`` (``--rate`` per second; ``--rate`` alone implies it), ``bursty`` (Gamma renewal at
+``--rate`` with inter-arrival coefficient of variation ``--burstiness``) or ``replay`` (arrival
+times and lengths of a Splitwise-format CSV, ``--arrival-trace``, times multiplied by
+``--time-scale``). Lengths (``--prompt-len``, ``--output-len``): an int, ``uniform:A:B``
+(inclusive), or ``splitwise`` (drawn from the lengths of ``--arrival-trace``) / ``splitwise:CSV``;
+with ``replay`` they default to the CSV's lengths. Requests whose KV cache (prompt + output - 1
+tokens) exceeds what one device can hold under the mapping are clipped to it, with a warning that
+gives the numbers.
+
+Training data: policies that need it (``--placement exflow|load-balanced``, trained caches and
+prefetchers such as ``--prefetch affinity``) train, with ``--process``, on a separate sample of the
+process (as many tokens as the run, a fresh seed; see `codesign.simulate`); with ``--trace``, on
+the first ``--train-fraction`` of the requests, which must then be given.
 ``--json`` prints one JSON object (the summary: ``tpot_p50_s``, ``tpot_p99_s``, ``ttft_p50_s``,
 ``throughput_tok_s``, ``hit_rate`` per tier, ``bytes_moved`` per link, ``energy_j_per_token`` ...,
 plus ``config_hash``); ``--out DIR`` writes ``requests.csv``, ``steps.csv``, ``summary.json``,
@@ -47,7 +65,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "simulate", parents=parents, help="simulate serving a workload on a platform",
         description="Simulate MoE inference: a request stream (trace replay or routing process) served by a "
                     "model laid out on a platform by a mapping; prints the summary.")
-    p.add_argument("--model", required=True, help="model preset (codesign presets models)")
+    p.add_argument("--model", required=True,
+                   help="model preset (codesign presets models) or a JSON file of MoEModel fields")
     p.add_argument("--platform", required=True, help="platform preset (codesign presets platforms)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--trace", type=Path, help="routing trace to replay (.npz, canonical format)")
@@ -69,16 +88,32 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--near-experts", type=int, default=None, help="slots of the near tier per device")
     p.add_argument("--near-policy", default="lru", help="replacement policy of the near tier (default lru)")
     p.add_argument("--devices", type=int, default=None, help="expert-parallel degree (default: all accelerators)")
+    p.add_argument("--ep-execution", default="classic", choices=("classic", "context-coherent"),
+                   help="expert-parallel execution: classic all-to-all dispatch, or context-coherent "
+                        "(see codesign.mapping; default classic)")
     p.add_argument("--backing", default="host", help="where offloaded experts live: host | a device tier (ddr)")
     p.add_argument("--batch", type=int, default=64, metavar="N", help="max requests per batch (default 64)")
     p.add_argument("--max-tokens", type=int, default=8192, help="token budget per step (default 8192)")
     p.add_argument("--requests", type=int, default=None, metavar="N",
                    help="number of requests (default: every request of the trace, or 16 for a process)")
-    p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per request (default 64)")
-    p.add_argument("--output-len", type=int, default=128, help="output tokens per request (default 128)")
-    p.add_argument("--rate", type=float, default=None, help="Poisson arrivals per second (default: all at t=0)")
+    p.add_argument("--prompt-len", default=None, metavar="LEN",
+                   help="prompt tokens per request: N, uniform:A:B, splitwise (lengths of --arrival-trace) or "
+                        "splitwise:CSV (default 64; with --arrivals replay the CSV's)")
+    p.add_argument("--output-len", default=None, metavar="LEN",
+                   help="output tokens per request, same forms as --prompt-len (default 128; replay: the CSV's)")
+    p.add_argument("--arrivals", default=None, choices=("closed", "poisson", "bursty", "replay"),
+                   help="arrival process (default closed: all at t=0; poisson when --rate is given)")
+    p.add_argument("--rate", type=float, default=None, help="mean arrivals per second (poisson, bursty)")
+    p.add_argument("--burstiness", type=float, default=None, metavar="CV",
+                   help="bursty: coefficient of variation of inter-arrival times (1 = Poisson, > 1 bursty)")
+    p.add_argument("--arrival-trace", type=Path, default=None, metavar="CSV",
+                   help="Splitwise-format CSV (arrived_at, num_prefill_tokens, num_decode_tokens), e.g. "
+                        "shared/workloads/splitwise_code.csv: arrivals for replay, lengths for 'splitwise'")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="replay: multiply the CSV's arrival times (0.5 = twice the load; default 1)")
     p.add_argument("--train-fraction", type=float, default=0.0,
-                   help="share of the requests used only to fit policies (default 0)")
+                   help="share of the requests (by arrival) used only to fit policies, in [0, 1) (default 0; "
+                        "needed with --trace by policies that train)")
     p.add_argument("--precision", default=None, help="weight precision override: bf16 | fp8 | int4 ...")
     p.add_argument("--fidelity", default="calibrated", choices=("calibrated", "roofline"), help="cost model fidelity")
     p.add_argument("--seed", type=int, default=0, help="seed of every policy and stream (default 0)")
@@ -88,33 +123,161 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_cmd_simulate)
 
 
+def parse_length(spec: str | None, flag: str, csv_path: Path | None, default: int) -> Any:
+    """A length spec -> an int or a `workloads.requests.LengthDist`: ``N`` (>= 1), ``uniform:A:B``
+    (inclusive, 1 <= A <= B), ``splitwise`` (the empirical lengths of ``csv_path``, the
+    ``--arrival-trace``) or ``splitwise:CSV``; None gives ``default``."""
+    from workloads.requests import LengthDist
+
+    if spec is None:
+        return default
+    text = spec.strip()
+    kind, _, rest = text.partition(":")
+    if kind == "uniform":
+        parts = rest.split(":")
+        try:
+            low, high = (int(x) for x in parts)
+        except ValueError:
+            raise ValueError(f"{flag} {spec!r}: expected uniform:A:B with integers 1 <= A <= B") from None
+        if not 1 <= low <= high:
+            raise ValueError(f"{flag} {spec!r}: expected uniform:A:B with integers 1 <= A <= B")
+        return LengthDist.uniform(low, high)
+    if kind == "splitwise":
+        path = Path(rest) if rest else csv_path
+        if path is None:
+            raise ValueError(f"{flag} splitwise draws from the lengths of --arrival-trace CSV; give --arrival-trace "
+                             "or use splitwise:CSV")
+        if flag == "--prompt-len":
+            return LengthDist.from_splitwise(path, "prompt", kind="empirical")
+        return LengthDist.from_splitwise(path, "output", kind="empirical")
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"{flag} {spec!r}: expected an integer >= 1, uniform:A:B or splitwise[:CSV]") from None
+    if n < 1:
+        raise ValueError(f"{flag} {spec!r}: expected an integer >= 1")
+    return n
+
+
 def build_stream(args: argparse.Namespace, model: Any) -> Any:
-    """The `RequestStream` the arguments describe."""
+    """The `RequestStream` the arguments describe (routing source, arrivals, lengths), checked
+    against ``model`` (layers, experts, top-k) before any request is built."""
     from workloads.requests import ProcessRouting, RequestStream, TraceReplay
 
     if args.trace is not None:
         from workloads.trace import RoutingTrace
 
         trace = RoutingTrace.load(args.trace)
-        if trace.n_moe_layers != model.n_moe_layers or trace.n_experts != model.n_experts:
-            raise ValueError(f"{args.trace}: trace has {trace.n_moe_layers} MoE layers x {trace.n_experts} experts; "
-                             f"model {model.name!r} has {model.n_moe_layers} x {model.n_experts}")
+        _check_shape(f"--trace {args.trace}", "trace", trace.n_moe_layers, trace.n_experts, trace.k, model,
+                     check_k=False)
         routing: Any = TraceReplay(trace)
         default_n = trace.n_requests
     else:
         process = _load_process(str(args.process), model.name)
+        _check_shape(f"--process {args.process}", "routing process", process.n_moe_layers, process.n_experts,
+                     process.top_k, model, check_k=True)
         routing = ProcessRouting(process, seed=args.seed)
         default_n = 16
+    arrivals = args.arrivals or ("poisson" if args.rate is not None else "closed")
+    if arrivals in ("poisson", "bursty") and args.rate is None:
+        raise ValueError(f"--arrivals {arrivals} needs --rate (mean requests per second)")
+    if arrivals in ("closed", "replay") and args.rate is not None:
+        raise ValueError(f"--rate is not used with --arrivals {arrivals}")
+    if arrivals == "bursty" and args.burstiness is None:
+        raise ValueError("--arrivals bursty needs --burstiness CV (coefficient of variation of inter-arrival times)")
+    if arrivals != "bursty" and args.burstiness is not None:
+        raise ValueError(f"--burstiness is only used with --arrivals bursty (got --arrivals {arrivals})")
+    if arrivals == "replay" and args.arrival_trace is None:
+        raise ValueError("--arrivals replay needs --arrival-trace CSV (Splitwise format)")
+    if args.requests is not None and args.requests <= 0:
+        raise ValueError(f"--requests must be > 0, got {args.requests}")
+    prompt = parse_length(args.prompt_len, "--prompt-len", args.arrival_trace, 64)
+    output = parse_length(args.output_len, "--output-len", args.arrival_trace, 128)
+    if arrivals == "replay":
+        stream = RequestStream.replay(args.arrival_trace, n_requests=args.requests, time_scale=args.time_scale,
+                                      routing=routing)
+        if args.prompt_len is not None or args.output_len is not None:
+            stream = _relength(stream, prompt if args.prompt_len is not None else None,
+                               output if args.output_len is not None else None, args.seed)
+        return stream
     n = args.requests if args.requests is not None else default_n
-    if n <= 0:
-        raise ValueError(f"--requests must be > 0, got {n}")
-    if args.prompt_len < 1 or args.output_len < 1:
-        raise ValueError(f"--prompt-len and --output-len must be >= 1, got {args.prompt_len}, {args.output_len}")
     kwargs: dict[str, Any] = {"n_requests": n, "routing": routing, "seed": args.seed,
-                              "prompt_len": args.prompt_len, "output_len": args.output_len}
-    if args.rate is not None:
+                              "prompt_len": prompt, "output_len": output}
+    if arrivals == "poisson":
         return RequestStream.poisson(rate_per_s=args.rate, **kwargs)
+    if arrivals == "bursty":
+        return RequestStream.bursty(mean_rate_per_s=args.rate, burstiness=args.burstiness, **kwargs)
     return RequestStream.closed(**kwargs)
+
+
+def _relength(stream: Any, prompt: Any, output: Any, seed: int) -> Any:
+    """``stream`` with its prompt (output) lengths redrawn from ``prompt`` (``output``) where not None."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from workloads.requests import LengthDist, RequestStream
+
+    rng = np.random.default_rng(seed)
+    n = len(stream.requests)
+
+    def draw(spec: Any, old: list[int]) -> list[int]:
+        if spec is None:
+            return old
+        dist = spec if isinstance(spec, LengthDist) else LengthDist.fixed(int(spec))
+        return [int(v) for v in dist.sample(n, rng)]
+
+    ps = draw(prompt, [r.prompt_tokens for r in stream.requests])
+    os_ = draw(output, [r.output_tokens for r in stream.requests])
+    reqs = tuple(replace(r, prompt_tokens=p, output_tokens=o) for r, p, o in zip(stream.requests, ps, os_, strict=True))
+    return RequestStream(requests=reqs, routing_source=stream.routing_source)
+
+
+def _check_shape(where: str, what: str, n_layers: int, n_experts: int, top_k: int, model: Any, *,
+                 check_k: bool) -> None:
+    """Raise naming ``where`` when the routing's MoE layers, experts (or top-k) differ from the model's."""
+    bad = n_layers != model.n_moe_layers or n_experts != model.n_experts or (check_k and top_k != model.top_k)
+    if bad:
+        raise ValueError(f"{where}: the {what} routes {n_layers} MoE layers x {n_experts} experts, top-{top_k}; "
+                         f"model {model.name!r} has {model.n_moe_layers} x {model.n_experts}, top-{model.top_k} "
+                         "(use a trace or process of this model)")
+
+
+def clip_to_kv(stream: Any, model: Any, platform: Any, mapping: Any, seed: int) -> Any:
+    """``stream`` with every request's KV cache (prompt + output - 1 tokens) clipped to what one
+    device holds under ``mapping`` (a probe binding with round-robin placement and no statistics;
+    the memory budget does not depend on which experts are homed where, only on how many). Output
+    is first clipped to half the capacity, then the prompt to the rest. A warning gives the counts.
+    When even the probe does not fit, the stream is returned unchanged (the run's own binding then
+    reports the numbers)."""
+    from dataclasses import replace
+
+    from codesign.mapping import MappingError
+    from workloads.requests import RequestStream
+
+    try:
+        probe = mapping.with_(placement="round-robin", placement_options=(), initial="empty", pinned=(),
+                              resident=()).bind(model, platform, stats=None, min_kv_tokens=1, seed=seed)
+    except MappingError:
+        return stream
+    cap = int(min(probe.kv_capacity_tokens))
+    if cap < 1:
+        return stream
+    reqs, n_clip = [], 0
+    for r in stream.requests:
+        p, o = int(r.prompt_tokens), int(r.output_tokens)
+        if p + o - 1 > cap:
+            n_clip += 1
+            o = min(o, max(1, cap // 2))
+            p = max(1, min(p, cap + 1 - o))
+            r = replace(r, prompt_tokens=p, output_tokens=o)
+        reqs.append(r)
+    if not n_clip:
+        return stream
+    log.warning("%d of %d requests exceed the KV capacity of %d tokens per request (prompt + output - 1) on %s "
+                "under this mapping; clipped them (output to at most %d, prompt to the rest)", n_clip, len(reqs),
+                cap, platform.name, max(1, cap // 2))
+    return RequestStream(requests=tuple(reqs), routing_source=stream.routing_source)
 
 
 def _load_process(spec: str, model_name: str) -> Any:
@@ -153,9 +316,56 @@ def parse_options(items: list[str], flag: str) -> tuple[tuple[str, bool | int | 
     return tuple(sorted(out.items()))
 
 
+#: Constructor arguments the engine itself passes to each policy kind (not user options).
+_RESERVED: dict[str, frozenset[str]] = {
+    "cache": frozenset({"self", "capacity", "n_layers", "n_experts", "pinned", "seed"}),
+    "prefetch": frozenset({"self", "n_layers", "n_experts", "top_k", "seed"}),
+}
+
+
+def policy_options(kind: str, name: str) -> list[str] | None:
+    """The user options of policy ``name`` of ``kind``: keyword parameters of its ``__init__``
+    other than those the engine passes; None when it takes ``**kwargs`` (anything goes)."""
+    import inspect
+
+    from codesign.policies import REGISTRIES
+
+    cls = REGISTRIES[kind].get(name)
+    params = inspect.signature(cls.__init__).parameters.values()
+    if any(prm.kind is inspect.Parameter.VAR_KEYWORD for prm in params):
+        return None
+    return sorted(prm.name for prm in params if prm.name not in _RESERVED[kind]
+                  and prm.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+
+
+def check_options(kind: str, name: str, options: tuple[tuple[str, Any], ...], flag: str) -> None:
+    """Raise naming ``flag`` and the valid options when an option is not a parameter of the policy."""
+    valid = policy_options(kind, name)
+    if valid is None:
+        return
+    for key, _ in options:
+        if key not in valid:
+            raise ValueError(f"{flag} {key}: {kind} policy {name!r} has no option {key!r}; valid options: "
+                             f"{', '.join(valid) if valid else '(none)'}")
+
+
 def build_mapping(args: argparse.Namespace) -> Any:
-    """The `Mapping` the arguments describe."""
+    """The `Mapping` the arguments describe (policy options checked against each policy's
+    constructor: unknown ones are named with the valid ones)."""
     from codesign.mapping import BatchingSpec, CacheSpec, Mapping
+    from codesign.policies import REGISTRIES
+
+    cache_opts = parse_options(args.cache_option, "--cache-option")
+    prefetch_opts = parse_options(args.prefetch_option, "--prefetch-option")
+    REGISTRIES["cache"].get(args.cache)  # unknown names first, listing the valid ones
+    check_options("cache", args.cache, cache_opts, "--cache-option")
+    if args.prefetch != "none":
+        REGISTRIES["prefetch"].get(args.prefetch)
+        check_options("prefetch", args.prefetch, prefetch_opts, "--prefetch-option")
+    elif prefetch_opts:
+        raise ValueError("--prefetch-option given without --prefetch POLICY")
+    if not 0.0 <= args.train_fraction < 1.0:
+        raise ValueError(f"--train-fraction must be in [0, 1), got {args.train_fraction}")
 
     near = None
     if args.near_tier is not None:
@@ -165,8 +375,8 @@ def build_mapping(args: argparse.Namespace) -> Any:
     return Mapping(
         n_devices=args.devices, placement=args.placement, backing=args.backing, near=near,
         cache=CacheSpec(policy=args.cache, expert_fraction=args.hbm_expert_fraction,
-                        options=parse_options(args.cache_option, "--cache-option")),
-        prefetch=args.prefetch, prefetch_options=parse_options(args.prefetch_option, "--prefetch-option"),
+                        options=cache_opts),
+        prefetch=args.prefetch, prefetch_options=prefetch_opts, ep_execution=args.ep_execution,
         miss=args.miss, train_fraction=args.train_fraction,
         batching=BatchingSpec(scheduler=args.scheduler, max_batch=args.batch, max_tokens=args.max_tokens),
     )
@@ -205,21 +415,89 @@ def write_views(result: Any, out_dir: Path) -> dict[str, Path]:
     }
 
 
-def _cmd_simulate(args: argparse.Namespace) -> int:
-    from codesign.simulate import simulate
-    from hwmodels import CostModel, get_platform
-    from workloads.model import get_model
+def load_model(spec: str) -> Any:
+    """A model preset name, or a JSON file (``*.json`` or an existing path) holding one object of
+    `workloads.model.MoEModel` fields. Errors name the file and the field: unknown fields are
+    listed with the valid ones, missing required fields are listed, and the model's own
+    validation message is prefixed with the file."""
+    import dataclasses
 
-    model = get_model(args.model)
+    from workloads.model import MoEModel, get_model
+
+    path = Path(spec)
+    if not (spec.lower().endswith(".json") or path.is_file()):
+        return get_model(spec)
+    if not path.is_file():
+        raise ValueError(f"--model {spec}: no such file (expected a model preset name or a JSON file of MoEModel "
+                         "fields)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--model {path}, line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--model {path}: not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--model {path}: expected a JSON object of MoEModel fields, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(MoEModel)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"--model {path}: unknown field(s) {unknown}; valid fields: {', '.join(fields)}")
+    required = [n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in data]
+    if missing:
+        raise ValueError(f"--model {path}: missing required field(s) {missing}")
+    kinds: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+    for name, value in data.items():
+        ann = str(fields[name].type)
+        want = kinds.get(ann, (str,) if ann == "AttentionKind" else None)
+        if want is None:
+            continue
+        bad = not isinstance(value, want) or (isinstance(value, bool) and bool not in want)
+        if bad:
+            expected = "a string" if want == (str,) else f"{ann}"
+            raise ValueError(f"--model {path}: field {name} = {value!r}: expected {expected}")
+    try:
+        return MoEModel(**data)
+    except ValueError as exc:
+        raise ValueError(f"--model {path}: {exc}") from None
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Command-line values checked before anything is built (each error names its flag)."""
+    if args.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out}: exists and is not a directory; --out must be a directory (created "
+                         "if absent) to write the records, summary, config and views into")
+    if args.batch < 1 or args.max_tokens < 1:
+        raise ValueError(f"--batch and --max-tokens must be >= 1, got {args.batch}, {args.max_tokens}")
+    if args.devices is not None and args.devices < 1:
+        raise ValueError(f"--devices must be >= 1, got {args.devices}")
+    if not args.time_scale > 0:
+        raise ValueError(f"--time-scale must be > 0, got {args.time_scale}")
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from codesign.simulate import TrainingDataError, simulate
+    from hwmodels import CostModel, get_platform
+
+    _check_args(args)
+    model = load_model(args.model)
     if args.precision:
         model = model.with_precision(args.precision)
     platform = get_platform(args.platform)
     mapping = build_mapping(args)
-    stream = build_stream(args, model)
+    stream = clip_to_kv(build_stream(args, model), model, platform, mapping, args.seed)
     cost = CostModel(platform, fidelity=args.fidelity)
-    result = simulate(model, platform, stream, mapping, cost_model=cost, seed=args.seed,
-                      record_events=args.out is not None,
-                      progress=not args.no_progress and not args.json and sys.stderr.isatty())
+    try:
+        result = simulate(model, platform, stream, mapping, cost_model=cost, seed=args.seed,
+                          record_events=args.out is not None,
+                          progress=not args.no_progress and not args.json and sys.stderr.isatty())
+    except TrainingDataError as exc:
+        raise ValueError(f"{' and '.join(exc.policies)} need(s) training routing: with --trace, pass "
+                         "--train-fraction F (the first F of the trace's requests train the policies and are not "
+                         "served), or sample a routing process with --process") from None
     summary = result.summary_json()
     if args.out is not None:
         paths = result.save(args.out)

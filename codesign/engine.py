@@ -14,7 +14,10 @@ What one step does (continuous batching, one step at a time):
    dense FFN width); the layer's attention phase lasts the longest device's time;
 3. for an MoE layer: prefetch decisions (the prefetch policy, right after the router), the
    all-to-all dispatch over the peer link when experts live on several devices, then on every
-   device holding needed experts: cache lookup; each miss goes to the miss policy (fetch the
+   device holding needed experts: cache lookup (a *hit* is an expert resident with its weights
+   there; one admitted by a prefetch whose copy is still in flight is a *late prefetch*, not a hit:
+   the layer waits for its arrival; each prefetch is resolved once as on time, late or wasted, i.e.
+   evicted unused); each miss goes to the miss policy (fetch the
    weights over the device's copy engine, or compute on the host CPU); the device's compute
    stream runs the shared experts and the resident experts (sum of ``expert_ffn`` per expert,
    or ``rdu_expert`` / ``fpga_expert`` on those devices), then each fetched expert as soon as
@@ -310,6 +313,14 @@ class Engine:
         self.req_device: dict[int, int] = {}
         self.kv_used = [0] * self.n_dev  # reserved KV tokens per device
         self.inflight: list[dict[int, simpy.Event]] = [{} for _ in range(self.n_dev)]
+        # prefetched experts (keys layer * E + expert) not used yet, per device: each prefetch is
+        # resolved once, as on time (resident when first needed), late (still in flight when first
+        # needed) or wasted (evicted before any use); the rest are unused at the end of the run
+        self.pf_unused: list[set[int]] = [set() for _ in range(self.n_dev)]
+        self.n_pf_issued = 0
+        self.n_pf_on_time = 0
+        self.n_pf_late = 0
+        self.n_pf_wasted = 0
         self.finished: list[RequestState] = []
         self.arrivals_done = False
         self._wake: simpy.Event = env.event()
@@ -451,7 +462,7 @@ class Engine:
         n_dev, L, E = self.n_dev, self.L, self.E
         t0 = env.now
         self._s = dict.fromkeys(("needed", "hits", "misses", "fetched", "cpu", "streamed", "prefetched",
-                                 "bytes_host", "bytes_peer", "energy"), 0.0)
+                                 "pf_late", "pf_on_time", "pf_wasted", "bytes_host", "bytes_peer", "energy"), 0.0)
         # rows of the step and per-device token bookkeeping
         chunks = []
         tok_dev_parts = []
@@ -711,19 +722,23 @@ class Engine:
             hits = cache.access(layer, ex, now)
             if self.record_access:
                 self._access_log[d].append(layer * E + ex)
-            n_hit = int(hits.sum())
-            self.n_access += int(ex.size)
-            self.n_hits += n_hit
             s = self._s
-            s["needed"] += ex.size
-            s["hits"] += n_hit
             ready = ex[hits]
+            # an expert admitted by a prefetch whose copy is still in flight is not a hit: it is a
+            # late prefetch (the layer waits for its arrival below)
             if inflight and ready.size:
                 pend = [(int(e), inflight[layer * E + int(e)]) for e in ready.tolist() if layer * E + e in inflight]
                 if pend:
                     pending = pend
                     pset = {e for e, _ in pend}
                     ready = np.array([e for e in ready.tolist() if e not in pset], dtype=np.int64)
+            n_hit = int(ready.size)
+            self.n_access += int(ex.size)
+            self.n_hits += n_hit
+            s["needed"] += ex.size
+            s["hits"] += n_hit
+            if self.pf_unused[d]:
+                self._resolve_prefetches(d, layer, ex, hits)
             miss_ex = ex[~hits]
             if miss_ex.size:
                 s["misses"] += miss_ex.size
@@ -731,8 +746,7 @@ class Engine:
             if fetch_ex.size:
                 prot = np.fromiter(inflight.keys(), dtype=np.int64, count=len(inflight)) if inflight else None
                 adm = cache.admit(layer, fetch_ex, now, protect=ex, protect_keys=prot)
-                for lv, ev in adm.victims.tolist():
-                    inflight.pop(lv * E + ev, None)
+                self._evicted(d, adm.victims)
                 order = np.argsort(~adm.admitted, kind="stable")  # cached first, streamed last
                 fetch_ex = fetch_ex[order]
                 streamed_mask = ~adm.admitted[order]
@@ -902,6 +916,42 @@ class Engine:
                 if inflight.get(layer * self.E + e) is ev:
                     del inflight[layer * self.E + e]
 
+    def _evicted(self, d: int, victims: npt.NDArray[np.int64]) -> None:
+        """Bookkeeping for experts ``victims`` (``[n, 2]`` (layer, expert)) evicted from device ``d``'s
+        cache: an in-flight copy no longer makes them resident; an unused prefetch was wasted."""
+        if victims.size == 0:
+            return
+        inflight = self.inflight[d]
+        unused = self.pf_unused[d]
+        for lv, ev in victims.tolist():
+            key = lv * self.E + ev
+            inflight.pop(key, None)
+            if key in unused:
+                unused.discard(key)
+                self.n_pf_wasted += 1
+                self._s["pf_wasted"] += 1
+
+    def _resolve_prefetches(self, d: int, layer: int, ex: npt.NDArray[np.int64], hits: npt.NDArray[np.bool_]) -> None:
+        """First use of prefetched experts among ``ex`` (accessed at MoE ``layer`` on device ``d``;
+        ``hits``: resident, copy possibly in flight): on time when the copy had arrived, late when
+        it is still in flight; a prefetched expert found not resident was evicted unused (wasted)."""
+        unused = self.pf_unused[d]
+        inflight = self.inflight[d]
+        for e, h in zip(ex.tolist(), hits.tolist(), strict=True):
+            key = layer * self.E + e
+            if key not in unused:
+                continue
+            unused.discard(key)
+            if not h:
+                self.n_pf_wasted += 1
+                self._s["pf_wasted"] += 1
+            elif key in inflight:
+                self.n_pf_late += 1
+                self._s["pf_late"] += 1
+            else:
+                self.n_pf_on_time += 1
+                self._s["pf_on_time"] += 1
+
     def _release_later(self, res: simpy.PriorityResource, req: Any, delay: float) -> None:
         """Release ``req`` of ``res`` after ``delay`` seconds (one timeout, no process)."""
         def release(_ev: simpy.Event) -> None:
@@ -1000,14 +1050,16 @@ class Engine:
                 if inflight:
                     prot_list.append(np.fromiter(inflight.keys(), dtype=np.int64, count=len(inflight)))
                 adm = cache.admit(int(tgt), exs, self.env.now, prefetch=True, protect_keys=np.concatenate(prot_list))
-                for lv, ev in adm.victims.tolist():
-                    inflight.pop(lv * E + ev, None)
+                self._evicted(d, adm.victims)
                 got = exs[adm.admitted]
                 if got.size == 0:
                     continue
                 arrivals = [self.env.event() for _ in range(got.size)]
+                unused = self.pf_unused[d]
                 for e, ev in zip(got.tolist(), arrivals, strict=True):
                     inflight[int(tgt) * E + e] = ev
+                    unused.add(int(tgt) * E + e)
+                self.n_pf_issued += int(got.size)
                 self._s["prefetched"] += got.size
                 nbytes = self.bpe * got.size
                 self._add_bytes(self.fetch_link[d], nbytes)
@@ -1051,7 +1103,8 @@ class Engine:
         s = self._s
         self.step_rows.append((self.step_idx, t0, now, now - t0, len(plan), n_prefill, n_decode, s["needed"],
                                s["hits"], s["misses"], s["fetched"], s["cpu"], s["streamed"], s["prefetched"],
-                               s["bytes_host"], s["bytes_peer"], cross, n_assign, s["energy"]))
+                               s["pf_late"], s["pf_on_time"], s["pf_wasted"], s["bytes_host"], s["bytes_peer"],
+                               cross, n_assign, s["energy"]))
         self.step_idx += 1
         if emitted:
             self._bar.update(emitted)
@@ -1111,7 +1164,10 @@ class Engine:
                     "sim_events": float(self.env.n_events), "idle_static_energy_J": idle,
                     "device_busy_s": float(max(self.busy_s)), "host_busy_s": float(self.host_busy_s),
                     "peak_resident_experts": float(max(self.peak_resident) if self.peak_resident else 0),
-                    "cache_slots": float(sum(self.bound.slots))}
+                    "cache_slots": float(sum(self.bound.slots)),
+                    "prefetch_issued": float(self.n_pf_issued), "prefetch_on_time": float(self.n_pf_on_time),
+                    "prefetch_late": float(self.n_pf_late), "prefetch_wasted": float(self.n_pf_wasted),
+                    "prefetch_unused_at_end": float(sum(len(u) for u in self.pf_unused))}
         return EngineOutput(requests=requests, steps=steps, events=self.events, makespan_s=makespan, hit_rate=hit,
                             bytes_moved=dict(self.bytes), peak_memory_bytes=peak, energy_J=energy,
                             mean_requests_in_system=mean_in_system, access=access, counters=counters)

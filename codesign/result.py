@@ -10,7 +10,12 @@ Request records (`REQUEST_COLUMNS`): ``request_id, arrival_s, admitted_s, first_
 finish_s, prompt_tokens, output_tokens, ttft_s, tpot_s, latency_s, device``.
 Step records (`STEP_COLUMNS`): ``step, start_s, end_s, duration_s, n_requests, prefill_tokens,
 decode_tokens, experts_needed, hits, misses, fetched, cpu_computed, streamed, prefetched,
-bytes_host, bytes_peer, cross_device, assignments, energy_J``.
+prefetch_late, prefetch_on_time, prefetch_wasted, bytes_host, bytes_peer, cross_device, assignments,
+energy_J``. Per step, ``experts_needed = hits + prefetch_late + misses``: a *hit* is an expert whose
+weights were resident when its layer needed them; a *late prefetch* was admitted by a prefetch whose
+copy was still in flight (the layer waited for it); a *miss* was not resident at all. ``prefetched``
+counts prefetches issued; each is resolved once, at its first use (``prefetch_on_time`` or
+``prefetch_late``) or when it is evicted unused (``prefetch_wasted``).
 Events (optional): `Event` tuples ``(device, resource, kind, start_s, end_s, label)``; kinds are
 ``attention``, ``router``, ``dense``, ``experts``, ``expert``, ``shared``, ``fetch``,
 ``prefetch``, ``cpu_expert``, ``all_to_all``.
@@ -36,7 +41,8 @@ REQUEST_COLUMNS: tuple[str, ...] = (
 STEP_COLUMNS: tuple[str, ...] = (
     "step", "start_s", "end_s", "duration_s", "n_requests", "prefill_tokens", "decode_tokens",
     "experts_needed", "hits", "misses", "fetched", "cpu_computed", "streamed", "prefetched",
-    "bytes_host", "bytes_peer", "cross_device", "assignments", "energy_J",
+    "prefetch_late", "prefetch_on_time", "prefetch_wasted", "bytes_host", "bytes_peer", "cross_device",
+    "assignments", "energy_J",
 )
 
 
@@ -71,6 +77,10 @@ def summarize(
     Throughput counts output tokens over the makespan (first arrival to last finish).
     ``energy_j_per_token`` and ``cost_per_million_tokens_usd`` divide by output tokens;
     ``cross_device_share`` is cross-device token-expert assignments over all assignments.
+    ``prefetch`` = ``{issued, on_time, late, wasted, unused_at_end}`` (counts of expert prefetches;
+    ``unused_at_end = issued - on_time - late - wasted``: still neither used nor evicted when the run
+    ended) and ``late_prefetch_share`` = late prefetches over expert accesses (``experts_needed``);
+    ``hit_rate`` (from the engine) counts true hits only, never a late prefetch.
     """
     out_tokens = float(requests["output_tokens"].sum()) if len(requests) else 0.0
     prompt_tokens = float(requests["prompt_tokens"].sum()) if len(requests) else 0.0
@@ -95,6 +105,13 @@ def summarize(
     assignments = float(steps["assignments"].sum()) if len(steps) else 0.0
     s["cross_device_share"] = float(steps["cross_device"].sum()) / assignments if assignments else 0.0
     s["mean_requests_in_system"] = mean_requests_in_system
+    pf = {name: float(steps[col].sum()) if len(steps) else 0.0
+          for name, col in (("issued", "prefetched"), ("on_time", "prefetch_on_time"), ("late", "prefetch_late"),
+                            ("wasted", "prefetch_wasted"))}
+    pf["unused_at_end"] = pf["issued"] - pf["on_time"] - pf["late"] - pf["wasted"]
+    s["prefetch"] = pf
+    needed = float(steps["experts_needed"].sum()) if len(steps) else 0.0
+    s["late_prefetch_share"] = pf["late"] / needed if needed else 0.0
     if extra:
         s.update(extra)
     return s

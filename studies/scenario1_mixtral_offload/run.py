@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("MOE_CODESIGN_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 KEYS = ("tpot_p50_s", "tpot_p99_s", "ttft_p50_s", "throughput_tok_s", "hit_rate", "bytes_moved",
         "energy_j_per_token", "cost_per_million_tokens_usd", "peak_memory_bytes", "oracle_exact",
-        "assignments_cpu", "assignments_device")
+        "assignments_cpu", "assignments_device", "prefetch", "late_prefetch_share")
 
 
 def configurations(batch: int) -> dict[str, Mapping]:
@@ -112,13 +112,14 @@ def run_scenario(*, n_requests: int = 4, batch: int = 4, prompt_len: int = 16, o
 
 
 def table(summary: dict[str, Any]) -> str:
-    rows = [f"{'config':<22} {'TPOT p50 ms':>11} {'TTFT p50 ms':>11} {'tok/s':>8} {'hit %':>6} {'PCIe GB':>8} "
-            f"{'J/tok':>7}"]
+    rows = [f"{'config':<22} {'TPOT p50 ms':>11} {'TTFT p50 ms':>11} {'tok/s':>8} {'hit %':>6} {'late %':>6} "
+            f"{'PCIe GB':>8} {'J/tok':>7}"]
     for name, s in summary["results"].items():
         hit = next(iter(s["hit_rate"].values())) if s["hit_rate"] else float("nan")
         gb = sum(s["bytes_moved"].values()) / 1e9
         rows.append(f"{name:<22} {1e3 * s['tpot_p50_s']:>11.2f} {1e3 * s['ttft_p50_s']:>11.2f} "
-                    f"{s['throughput_tok_s']:>8.1f} {100 * hit:>6.1f} {gb:>8.2f} {s['energy_j_per_token']:>7.3f}")
+                    f"{s['throughput_tok_s']:>8.1f} {100 * hit:>6.1f} {100 * s['late_prefetch_share']:>6.1f} "
+                    f"{gb:>8.2f} {s['energy_j_per_token']:>7.3f}")
     return "\n".join(rows)
 
 

@@ -75,7 +75,13 @@ def test_assignments_tokens_bytes_energy_conserved(h100, miss: str, prefetch: st
     assert steps.energy_J.sum() + s["idle_static_energy_J"] == pytest.approx(s["energy_J"])
     assert s["idle_static_energy_J"] > 0  # the GPU and the host wait for transfers and each other
     assert steps.misses.sum() == steps.fetched.sum() + steps.cpu_computed.sum()
-    assert steps.hits.sum() + steps.misses.sum() == steps.experts_needed.sum() == s["accesses"]
+    assert (steps.hits + steps.prefetch_late + steps.misses == steps.experts_needed).all()
+    assert steps.experts_needed.sum() == s["accesses"] and steps.hits.sum() == s["hits"]
+    pf = s["prefetch"]  # each prefetch resolved once: on time, late, wasted, or still unused at the end
+    assert pf["issued"] == steps.prefetched.sum() and min(pf.values()) >= 0
+    assert pf["on_time"] + pf["late"] + pf["wasted"] + pf["unused_at_end"] == pf["issued"]
+    if prefetch != "none":
+        assert pf["issued"] > 0
 
 
 @settings(max_examples=12, deadline=None)
@@ -192,8 +198,14 @@ def test_exact_pregating_moves_no_extra_bytes(h100, mixtral_trace: RoutingTrace)
     r1 = simulate(model, h100, stream, m.with_(prefetch="pregate"))
     moved0, moved1 = r0.summary["bytes_moved"]["pcie-gen5-x16"], r1.summary["bytes_moved"]["pcie-gen5-x16"]
     assert moved1 <= moved0 * 1.001
-    assert r1.summary["hit_rate"]["hbm"] > r0.summary["hit_rate"]["hbm"]
     assert r1.summary["makespan_s"] <= r0.summary["makespan_s"]
+    # the pre-gate predicts the experts (hits + late prefetches cover most accesses), but over PCIe
+    # (176 MB per FP8 expert, ~5 ms) the copies are still in flight when the layer needs them: late
+    # prefetches are not hits (regression, reviewer defect #4: they were counted as hits, 97 % vs 0 %)
+    st = r1.steps
+    assert (st.hits.sum() + st.prefetch_late.sum()) / st.experts_needed.sum() > r0.summary["hit_rate"]["hbm"] + 0.3
+    assert r1.summary["prefetch"]["late"] > 0.9 * r1.summary["prefetch"]["issued"]
+    assert r1.summary["hit_rate"]["hbm"] <= r0.summary["hit_rate"]["hbm"] + 0.05
 
 
 def test_same_seed_same_result(h100) -> None:
@@ -218,7 +230,7 @@ def test_bad_mappings_and_unknown_policies_are_clear(h100) -> None:
         simulate(model, h100, stream, Mapping())
     with pytest.raises(UnknownPolicyError, match=r"unknown cache policy 'fifo'; valid: belady, .*lru"):
         simulate(model, h100, stream, Mapping(cache=CacheSpec(policy="fifo")))
-    with pytest.raises(ValueError, match="must be trained: set mapping train_fraction"):
+    with pytest.raises(ValueError, match="train_fraction > 0 or pass train="):
         simulate(model, h100, stream, Mapping(cache=CacheSpec(expert_fraction=0.25), prefetch="affinity"))
 
 

@@ -20,8 +20,10 @@ def _records() -> tuple[pd.DataFrame, pd.DataFrame]:
         (2, 2.0, 2.0, 5.0, 9.0, 10, 5, 3.0, 1.0, 7.0, 0),
     ], columns=list(REQUEST_COLUMNS))
     steps = pd.DataFrame([
-        (0, 0.0, 1.0, 1.0, 1, 10, 0, 4, 2, 2, 2, 0, 0, 0, 200.0, 0.0, 3, 10, 5.0),
-        (1, 1.0, 3.0, 2.0, 2, 10, 1, 4, 4, 0, 0, 0, 0, 0, 0.0, 0.0, 1, 10, 6.0),
+        # step, start, end, duration, n_req, prefill, decode, needed, hits, misses, fetched, cpu, streamed,
+        # prefetched, prefetch_late, prefetch_on_time, prefetch_wasted, bytes_host, bytes_peer, cross, assign, J
+        (0, 0.0, 1.0, 1.0, 1, 10, 0, 4, 2, 2, 2, 0, 0, 4, 0, 0, 0, 200.0, 0.0, 3, 10, 5.0),
+        (1, 1.0, 3.0, 2.0, 2, 10, 1, 4, 2, 0, 0, 0, 0, 0, 2, 1, 1, 0.0, 0.0, 1, 10, 6.0),
     ], columns=list(STEP_COLUMNS))
     return req, steps
 
@@ -43,6 +45,9 @@ def test_summary_figures() -> None:
     assert s["cross_device_share"] == pytest.approx(4 / 20)
     assert s["hit_rate"] == {"hbm": 0.75} and s["bytes_moved"] == {"pcie": 200.0}
     assert s["step_mean_s"] == pytest.approx(1.5)
+    # 4 prefetches: 1 on time, 2 late, 1 evicted unused, none left over; late ones are not hits
+    assert s["prefetch"] == {"issued": 4.0, "on_time": 1.0, "late": 2.0, "wasted": 1.0, "unused_at_end": 0.0}
+    assert s["late_prefetch_share"] == pytest.approx(2 / 8)
 
 
 def test_empty_records_give_nan_not_crash() -> None:

@@ -48,8 +48,11 @@ def test_scenario1_orderings(scenario1: dict[str, Any]) -> None:
     assert hit["quarter-belady"] >= max(hit["quarter-lru"], hit["quarter-lfu"], hit["quarter-lru-per-layer"])
     assert r["quarter-belady"]["oracle_exact"] is True
     assert tpot["quarter-belady"] <= min(tpot["quarter-lru"], tpot["quarter-lfu"])
-    # pre-gating turns demand misses into prefetch hits (the link stays the bottleneck)
-    assert hit["quarter-lru-pregate"] > hit["quarter-lru"] + 0.5
+    # pre-gating predicts the misses, but its copies are still in flight when the layer needs them:
+    # late prefetches, not hits (the link stays the bottleneck; reviewer defect #4)
+    pg = r["quarter-lru-pregate"]
+    assert pg["late_prefetch_share"] > 0.5 and pg["prefetch"]["late"] > 0.9 * pg["prefetch"]["issued"]
+    assert hit["quarter-lru-pregate"] < hit["quarter-lru"] + 0.05
     assert tpot["quarter-lru-pregate"] <= tpot["quarter-lru"]
     # CPU compute on a miss moves activations, not weights: far fewer bytes, faster at this small batch
     lru_bytes = r["quarter-lru"]["bytes_moved"]["pcie-gen5-x16"]

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+import hwmodels.calibrate_run
 from codesign.cli import build_parser, main
-from hwmodels.calibration import CalibrationProfile
+from hwmodels.calibrate_run import RunConfig
+from hwmodels.calibration import CalibrationProfile, GemmFit, Peaks, Sample, fit_profile
 
 
 def test_subcommands_registered() -> None:
@@ -73,22 +75,92 @@ def test_run_tiny_and_validate_layer(tmp_path: Path, shared_dir: Path, capsys: p
                  "--shape", "128x448", "--repeats", "3", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["layer"]["n"] == 2 and data["layer"]["d_model"] == 128
+    assert data["layer"]["tokens"] == 32 and data["warnings"] == []
     assert all(r["measured_s"] > 0 for r in data["layer"]["results"])
     assert main(["calibrate", "validate", str(out), "--layer", str(trace), "--shape", "big"]) == 1
     assert "--shape" in capsys.readouterr().err
 
 
+def _disturbed_profile() -> CalibrationProfile:
+    """A fit on GEMM timings disturbed as on a busy machine: +4.6 ms on all fitted ones but m = 1."""
+    true = GemmFit(t0_s=20e-6, eff_compute=0.6, bandwidth_Bps=12e9, sharpness=2.0, half_occupancy_elems=3000.0)
+    samples = []
+    for k, n in ((512, 1408), (1408, 512), (1024, 2816), (2816, 1024)):
+        for m in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
+            t = float(true.predict_s(m, k, n, peak_flops=100e9, dtype_bytes=4.0))
+            held = m in (8, 512)
+            samples.append(Sample(kind="gemm", op="up", shape={"m": m, "k": k, "n": n}, heldout=held,
+                                  time_s=t + (4.6e-3 if m > 1 and not held else 0.0)))
+    return fit_profile(name="busy", device_name="test-cpu", device_kind="cpu", dtype="fp32", dtype_bytes=4.0,
+                       peaks=Peaks(flops=100e9, flops_source="test", memory_Bps=25e9, memory_source="test"),
+                       samples=samples)
+
+
+def test_run_refuses_an_absurd_fit_unless_forced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[RunConfig] = []
+
+    def fake_run(config: RunConfig, progress: bool = False) -> CalibrationProfile:
+        seen.append(config)
+        return _disturbed_profile()
+
+    monkeypatch.setattr(hwmodels.calibrate_run, "run_calibration", fake_run)
+    out = tmp_path / "cpu.json"
+    assert main(["calibrate", "run", "--no-progress", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert not out.exists()
+    assert "WARNING: profile 'busy' fit is absurd: GEMM t0" in err and "exceeds the fastest measured GEMM" in err
+    assert "cpu.json: not written" in err and "--force" in err
+    assert main(["calibrate", "run", "--no-progress", "--force", "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "writing" in captured.err and "fit quality: absurd" in captured.out
+    assert CalibrationProfile.load(out).quality["status"] == "absurd"
+    # the CLI leaves threads and clock to the CPU defaults unless given
+    assert seen[0].threads is None and seen[0].clock is None
+    main(["calibrate", "run", "--no-progress", "--threads", "2", "--clock", "wall", "-o", str(out)])
+    assert seen[-1].threads == 2 and seen[-1].clock == "wall"
+
+
+def test_validate_warns_when_profile_and_table_devices_differ(shared_dir: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    table = shared_dir / "calibration" / "vidur-a100-h100" / "compute" / "h100" / "llama-2-7b-mlp.csv"
+    assert main(["calibrate", "validate", "a100", "--against", str(table), "--json"]) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert len(data["warnings"]) == 1 and "calibrated on 'a100'" in data["warnings"][0]
+    assert "measured on 'h100'" in data["warnings"][0] and "WARNING: profile 'vidur-a100'" in captured.err
+    assert main(["calibrate", "validate", "h100", "--against", str(table), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["warnings"] == [] and "WARNING" not in captured.err
+
+
+def test_validate_rejects_non_profiles_and_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    npz = tmp_path / "mix.npz"
+    np.savez(npz, experts=np.zeros((2, 3), dtype=np.int16))
+    assert main(["calibrate", "validate", str(npz)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mix.npz: not a calibration profile JSON" in err
+    for flag, value in (("--tokens", "-5"), ("--tokens", "0"), ("--repeats", "0"), ("--threads", "x")):
+        with pytest.raises(SystemExit) as exc:
+            main(["calibrate", "validate", "a100", "--layer", "t", flag, value])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {flag}: must be a positive integer" in err and value in err
+
+
 @pytest.mark.slow
 def test_quick_calibration_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The real ``--quick`` path once (20-50 s on one core). Timed with the process CPU clock, which
-    other jobs of a shared CI machine disturb far less than the wall clock (the tiny runs above
-    exercise the wall clock)."""
+    """The real ``--quick`` path once (20-50 s on one core) with the CPU defaults: one thread and the
+    process CPU clock, which other jobs of a shared CI machine disturb far less than the wall clock
+    (the tiny runs above exercise the wall clock)."""
     out = tmp_path / "quick.json"
-    assert main(["calibrate", "run", "--device", "cpu", "--quick", "--threads", "1", "--clock", "process",
-                 "--no-progress", "-o", str(out)]) == 0
+    assert main(["calibrate", "run", "--device", "cpu", "--quick", "--no-progress", "-o", str(out)]) == 0
     prof = CalibrationProfile.load(out)
     assert prof.fingerprint["sweep"] == "quick" and prof.fingerprint["sweep_seconds"] < 240
-    assert prof.fingerprint["clock"] == "process"
+    assert prof.fingerprint["clock"] == "process" and prof.fingerprint["torch_threads"] == 1
+    assert prof.quality["status"] in ("ok", "suspect")  # "absurd" would not have been written
     gemm_m = {s.shape["m"] for s in prof.samples if s.kind == "gemm"}
     assert min(gemm_m) == 1 and max(gemm_m) == 4096
     capsys.readouterr()

@@ -25,6 +25,7 @@ from hwmodels.calibrate_run import (
     log_tokens,
     query_pcie,
     read_cpuinfo,
+    resolve_cpu_timing,
     run_calibration,
     run_sweep,
 )
@@ -448,3 +449,21 @@ def test_run_calibration_restores_torch_threads() -> None:
     assert torch.get_num_threads() == before
     prof = run_calibration(RunConfig(device="cpu", plan=plan, threads=1, peak_memory_Bps=50e9))
     assert prof.peaks.memory_Bps == 50e9 and torch.get_num_threads() == before
+
+
+def test_cpu_runs_default_to_one_thread_and_the_process_clock() -> None:
+    assert resolve_cpu_timing("cpu", None, None) == (1, "process")
+    assert resolve_cpu_timing("cpu", 2, None) == (2, "wall")          # several threads: wall clock only
+    assert resolve_cpu_timing("cpu", None, "wall") == (1, "wall")      # the flags override
+    assert resolve_cpu_timing("cpu", 1, "process") == (1, "process")
+    assert resolve_cpu_timing("cuda", None, None) == (None, "wall")    # GPU: torch's threads, CUDA events
+
+
+def test_run_calibration_uses_the_cpu_defaults() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    prof = run_calibration(RunConfig(device="cpu", plan=SweepPlan.tiny(), name="defaults"))
+    assert prof.fingerprint["torch_threads"] == 1 and prof.fingerprint["clock"] == "process"
+    assert prof.quality["status"] in ("ok", "suspect", "absurd") and "gemm_t0_s" in prof.quality
+    assert torch.get_num_threads() == before

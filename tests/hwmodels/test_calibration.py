@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from hwmodels.calibration import (
     MissingCalibrationError,
     Peaks,
     Sample,
+    assess_fit,
     default_profile_names,
     fit_gemm,
     fit_linear,
@@ -237,3 +239,48 @@ def test_shipped_profiles_plug_into_the_cost_model() -> None:
     # the cost model's calibrated time is close to the profile's own FFN prediction
     direct = load_default_profile("h100").predict_ffn_s(tokens, model.d_model, model.expert_ffn_dim)
     assert np.all(np.abs(np.asarray(cal.total_s) / direct - 1) < 0.25)
+
+
+def test_fit_with_huge_spurious_t0_is_flagged_absurd() -> None:
+    """Timings disturbed as on a busy machine (4.6 ms added to every fitted GEMM but the m = 1 ones)
+    make the robust fit put t0 near 4.6 ms, far above the fastest measured GEMM: flagged."""
+    bad = [replace(s, time_s=s.time_s + 4.6e-3) if s.kind == "gemm" and not s.heldout and s.shape["m"] > 1 else s
+           for s in synthetic()]
+    prof = make_profile(bad)
+    q = prof.quality
+    assert prof.gemm_fit.t0_s > 3e-3 and q["status"] == "absurd"
+    assert q["gemm_t0_s"] > 1.5 * q["min_gemm_time_s"]
+    assert any("exceeds the fastest measured GEMM" in p for p in q["problems"])
+    assert q["heldout_gemm_median_abs_pct_error"] > 50
+
+
+def test_clean_fit_is_ok_and_held_out_drift_is_suspect(profile: CalibrationProfile) -> None:
+    assert profile.quality["status"] == "ok" and profile.quality["problems"] == []
+    assert profile.quality["heldout_gemm_median_abs_pct_error"] < 5
+    # held-out GEMMs measured 30% slower than the fitted model predicts: suspect, not absurd
+    drift = [replace(s, time_s=1.3 * s.time_s) if s.kind == "gemm" and s.heldout else s for s in synthetic()]
+    q = make_profile(drift).quality
+    assert q["status"] == "suspect" and 20 < q["heldout_gemm_median_abs_pct_error"] < 50
+    assert len(q["problems"]) == 1 and "held-out" in q["problems"][0]
+    assert assess_fit(profile.without_samples())["status"] == "unchecked"
+
+
+def test_quality_round_trips_through_json(tmp_path: Path, profile: CalibrationProfile) -> None:
+    out = profile.save(tmp_path / "p.json")
+    assert CalibrationProfile.load(out).quality == json.loads(json.dumps(profile.quality))
+    data = json.loads(out.read_text(encoding="utf-8"))
+    data["quality"] = [1]
+    (tmp_path / "q.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(CalibrationError, match=r"q\.json: field 'quality' must be an object"):
+        CalibrationProfile.load(tmp_path / "q.json")
+
+
+def test_binary_and_npz_files_are_not_profiles(tmp_path: Path) -> None:
+    npz = tmp_path / "mix.npz"
+    np.savez(npz, experts=np.zeros((2, 3), dtype=np.int16))
+    with pytest.raises(CalibrationError, match=r"mix.npz: not a calibration profile JSON \(a zip/.npz archive"):
+        CalibrationProfile.load(npz)
+    blob = tmp_path / "blob.json"
+    blob.write_bytes(b"\xd0\xcf\x11\xe0 binary")
+    with pytest.raises(CalibrationError, match=r"blob.json: not a calibration profile JSON \(binary data: byte 0xd0"):
+        CalibrationProfile.load(blob)

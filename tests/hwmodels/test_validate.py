@@ -13,8 +13,11 @@ from hwmodels.calibration import CalibrationError, CalibrationProfile, Sample, l
 from hwmodels.validate import (
     ErrorStats,
     LayerRouting,
+    against_device,
+    device_mismatch,
     load_against,
     predict_moe_layer_s,
+    quality_warnings,
     read_trace_routing,
     validate_heldout,
     validate_moe_layer,
@@ -131,3 +134,34 @@ def test_layer_validation_needs_a_cpu_profile() -> None:
                            n_experts=2, source="test")
     with pytest.raises(CalibrationError, match="needs a CPU profile"):
         validate_moe_layer(load_default_profile("h100"), [routing])
+
+
+def test_device_mismatch_between_profile_and_table(shared_dir: Path, tmp_path: Path) -> None:
+    compute = shared_dir / "calibration" / "vidur-a100-h100" / "compute"
+    assert against_device(compute / "h100" / "llama-2-7b-mlp.csv") == "h100"
+    assert against_device(compute, device="a100") == "a100"
+    a100, h100 = load_default_profile("a100"), load_default_profile("h100")
+    warning = device_mismatch(a100, "h100")
+    assert warning is not None and "'a100'" in warning and "'h100'" in warning
+    assert device_mismatch(h100, "h100") is None
+    # a profile measured on the real GPU carries its full name: still the same device
+    named = CalibrationProfile.from_dict({**h100.to_dict(), "device_name": "NVIDIA H100 80GB HBM3"})
+    assert device_mismatch(named, "h100") is None and device_mismatch(named, "a100") is not None
+    saved = h100.save(tmp_path / "h100.json")
+    assert against_device(saved) == "h100"
+
+
+def test_quality_warnings_come_from_the_profile_quality_block() -> None:
+    h100 = load_default_profile("h100")
+    assert quality_warnings(h100) == []
+    bad = CalibrationProfile.from_dict({**h100.to_dict(), "quality": {"status": "absurd", "problems": ["t0 big"]}})
+    assert quality_warnings(bad) == ["profile 'vidur-h100' fit is absurd: t0 big"]
+
+
+def test_layer_flags_must_be_positive(shared_dir: Path, tiny_cpu_profile: CalibrationProfile) -> None:
+    trace = shared_dir / "traces" / "mixtral-8x7b-instruct"
+    with pytest.raises(CalibrationError, match=r"max_tokens \(--tokens\) must be >= 1, got 0"):
+        read_trace_routing(trace, layers=[0], max_tokens=0)
+    routings = read_trace_routing(trace, layers=[0], max_tokens=8)
+    with pytest.raises(CalibrationError, match=r"repeats \(--repeats\) must be >= 1"):
+        validate_moe_layer(tiny_cpu_profile, routings, d_model=256, d_ff=896, repeats=0, threads=1)

@@ -287,7 +287,12 @@ def _load_process(spec: str, model_name: str) -> Any:
     from workloads.process import RoutingProcess
 
     if spec == "default":
-        return default_process(model_name)
+        try:
+            return default_process(model_name)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"--process default: no embedded workload for model {model_name!r} ({exc}); give "
+                             "--process PROCESS.json, --process default:MODEL (a preset of the same shape) or "
+                             "--trace") from None
     if spec.startswith("default:"):
         return default_process(spec.split(":", 1)[1])
     return RoutingProcess.load(spec)
@@ -324,18 +329,25 @@ _RESERVED: dict[str, frozenset[str]] = {
 
 
 def policy_options(kind: str, name: str) -> list[str] | None:
-    """The user options of policy ``name`` of ``kind``: keyword parameters of its ``__init__``
-    other than those the engine passes; None when it takes ``**kwargs`` (anything goes)."""
+    """The user options of policy ``name`` of ``kind``: keyword parameters of its ``__init__`` (and
+    of the bases it forwards ``**kwargs`` to) other than those the engine passes; None when the
+    chain ends in ``**kwargs`` (anything goes)."""
     import inspect
 
     from codesign.policies import REGISTRIES
 
     cls = REGISTRIES[kind].get(name)
-    params = inspect.signature(cls.__init__).parameters.values()
-    if any(prm.kind is inspect.Parameter.VAR_KEYWORD for prm in params):
-        return None
-    return sorted(prm.name for prm in params if prm.name not in _RESERVED[kind]
-                  and prm.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+    names: set[str] = set()
+    # an __init__ that forwards **kwargs to its base takes the base's parameters too
+    for klass in getattr(cls, "__mro__", (cls,)):
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        names.update(prm.name for prm in params if prm.name not in _RESERVED[kind] and prm.kind in (
+            inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+        if not any(prm.kind is inspect.Parameter.VAR_KEYWORD for prm in params):
+            return sorted(names)
+    return None
 
 
 def check_options(kind: str, name: str, options: tuple[tuple[str, Any], ...], flag: str) -> None:
@@ -495,7 +507,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                           record_events=args.out is not None,
                           progress=not args.no_progress and not args.json and sys.stderr.isatty())
     except TrainingDataError as exc:
-        raise ValueError(f"{' and '.join(exc.policies)} need(s) training routing: with --trace, pass "
+        verb = "needs" if len(exc.policies) == 1 else "need"
+        raise ValueError(f"{' and '.join(exc.policies)} {verb} training routing: with --trace, pass "
                          "--train-fraction F (the first F of the trace's requests train the policies and are not "
                          "served), or sample a routing process with --process") from None
     summary = result.summary_json()

@@ -24,7 +24,7 @@ from workloads.defaults import default_process
 from workloads.fidelity import METRICS, compare, holdout_evaluation
 from workloads.process import RoutingProcess
 from workloads.stats import trace_stats
-from workloads.trace import RoutingTrace
+from workloads.trace import RoutingTrace, TraceFormatError
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,15 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     print(f"{args.trace}: model {st['model']}, {st['tokens']} tokens, {st['requests']} requests, "
           f"{st['moe_layers']} MoE layers, {st['n_experts']} experts, top-{st['top_k']}, "
           f"null slots {_fmt(st['null_fraction'] or 0.0, 4)}")
+    print("col = MoE-layer column of the trace, layer = the model's layer number (moe_layer_ids)")
     load, aff, reuse, co = st["load"], st["affinity"], st["temporal_reuse"], st["coactivation"]
-    print(f"{'layer':>5} {'gini':>6} {'entropy':>7} {'max/mean':>8} {'reuse':>6} {'aff_top1':>8} {'aff_MI':>7} "
+    ids = st["moe_layer_ids"]
+    print(f"{'col':>3} {'layer':>5} {'gini':>6} {'entropy':>7} {'max/mean':>8} {'reuse':>6} {'aff_top1':>8} {'aff_MI':>7} "
           f"{'co_lift':>7}")
     for layer in range(st["moe_layers"]):
         a_top = aff.get("top1", [])[layer] if layer < len(aff.get("top1", [])) else None
         a_mi = aff.get("mutual_information_bits", [])[layer] if layer < len(aff.get("top1", [])) else None
-        print(f"{layer:5d} {_fmt(load['gini'][layer]):>6} {_fmt(load['entropy'][layer]):>7} "
+        print(f"{layer:3d} {ids[layer]:5d} {_fmt(load['gini'][layer]):>6} {_fmt(load['entropy'][layer]):>7} "
               f"{_fmt(load['max_over_mean'][layer], 2):>8} {_fmt(reuse['rate'][layer]):>6} {_fmt(a_top):>8} "
               f"{_fmt(a_mi):>7} {_fmt(co['max_lift'][layer], 2):>7}")
     print(f"mean: gini {_fmt(load['mean_gini'])}, entropy {_fmt(load['mean_entropy'])}, "
@@ -163,6 +165,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     a, b = RoutingTrace.load(args.a), RoutingTrace.load(args.b)
+    if (a.n_moe_layers, a.n_experts) != (b.n_moe_layers, b.n_experts):
+        raise TraceFormatError(
+            f"{args.a} ({a.meta.get('model')}) has {a.n_moe_layers} MoE layers x {a.n_experts} experts but "
+            f"{args.b} ({b.meta.get('model')}) has {b.n_moe_layers} x {b.n_experts}; expected two traces of the "
+            "same model shape")
     rep = compare(a, b).to_dict()
     if args.json:
         print(json.dumps({"a": str(args.a), "b": str(args.b), **rep}))
@@ -176,6 +183,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_holdout(args: argparse.Namespace) -> int:
     trace = RoutingTrace.load(args.trace)
+    if trace.n_requests < 2:
+        raise TraceFormatError(f"{args.trace}: {trace.n_requests} request(s); holdout splits by request and "
+                               "expected at least 2")
+    if not 0.0 < args.train_fraction < 1.0:
+        raise ValueError(f"--train-fraction must be in (0, 1), got {args.train_fraction}")
     res = holdout_evaluation(trace, args.train_fraction, seed=args.seed)
     if args.json:
         print(json.dumps(res))

@@ -16,7 +16,7 @@ formats below and returns a `RoutingTrace` or, for aggregated counts, an
 ``deepseek-csv``
     ``prompt_NNNN_data.csv`` of DeepSeek-V2-Lite-Chat (github.com/ngavhane/moe-beyond): each file is
     one request (request id = NNNN), prefill tokens (phase 0) at positions 0..; ``Layer ID`` 1..26
-    maps to MoE-layer column 0..25; the 6 ids are stored in file order (not score order; there are
+    maps to MoE-layer column 0..25 (``meta["moe_layer_ids"]`` keeps 1..26); the 6 ids are stored in file order (not score order; there are
     no weights) and ``meta["expert_order"]`` says so.
 ``olmoe-counts``
     ``counts.json`` of the OLMoE paper (github.com/allenai/OLMoE): aggregated counts, returned as
@@ -282,7 +282,7 @@ def import_mixtral_jsonl(files: Sequence[Path], *, missing: str = "mark", model:
     if n and max(seen_layers) < n_layers - 1:
         raise TraceFormatError(
             f"{_source_of(files)}: layers seen are 0..{max(seen_layers)} but {name} has {n_layers} MoE layers; "
-            "the layer count disagrees (wrong model? pass model=... or n_layers=...)")
+            "the layer count disagrees (data of another model? choose the model preset the data come from)")
     ex = np.full((n, n_layers, top_k), -1, dtype=np.int16)
     w = np.zeros((n, n_layers, top_k), dtype=np.float32)
     request = np.empty(n, dtype=np.int32)
@@ -309,8 +309,11 @@ def import_mixtral_jsonl(files: Sequence[Path], *, missing: str = "mark", model:
                          for d in incomplete)
         log.warning("%d of %d Mixtral tokens lack some layers (%s): %s", len(incomplete), n,
                     "kept, marked -1" if missing == "mark" else "dropped", desc)
+    preset_ids = list(get_model(model).moe_layers)
+    layer_ids = preset_ids if len(preset_ids) == n_layers else list(range(n_layers))
     meta: dict[str, Any] = {
         "model": name, "n_experts": n_experts, "top_k": top_k, "format": "mixtral-jsonl",
+        "moe_layer_ids": layer_ids,
         "source": _source_of(files), "files": [f.name for f in files], "licence": LICENCE_MIXTRAL,
         "requests": {str(v): {"dataset": k[0], "problem_id": k[1]} for k, v in req_ids.items()},
         "expert_order": "highest gate first", "weights": "renormalised top-k gate probabilities",
@@ -469,7 +472,7 @@ def import_deepseek_csv(files: Sequence[Path], *, model: str = "deepseek-v2-lite
         "model": name, "n_experts": n_experts, "top_k": top_k, "format": "deepseek-csv",
         "source": _source_of(files), "files": [f.name for f in files], "licence": LICENCE_DEEPSEEK,
         "expert_order": "file order (not score order); no gate weights recorded",
-        "moe_layer_ids": "column c = Layer ID c+1 (layer 0 is dense)",
+        "moe_layer_ids": list(range(1, n_layers + 1)),  # column c = CSV Layer ID c+1 (layer 0 is dense)
         "shared_experts": "2 shared experts always on, not logged",
     }
     if keep_tokens:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from workloads.model import UnknownPresetError, get_model
 from workloads.trace import RoutingTrace
 
 IntArray = npt.NDArray[np.int64]
@@ -336,10 +337,33 @@ def coactivation_summary(counts: npt.ArrayLike) -> dict[str, list[float | None]]
     return {"max_lift": _floats(max_lift), "mean_lift": _floats(mean_lift)}
 
 
+def moe_layer_ids(trace: RoutingTrace) -> list[int]:
+    """The model's decoder-layer number of each MoE-layer column of ``trace``.
+
+    ``meta["moe_layer_ids"]`` when the trace records them (importers and the tracer do, e.g.
+    1..26 for DeepSeek-V2-Lite, whose layer 0 is dense); otherwise the MoE layers of the model
+    preset named by ``meta["model"]`` when its MoE-layer count matches the trace (older files,
+    synthetic traces of a preset); otherwise the column indices ``0..L-1``.
+    """
+    ids = trace.meta.get("moe_layer_ids")
+    if isinstance(ids, (list, tuple)) and len(ids) == trace.n_moe_layers:
+        return [int(i) for i in ids]
+    name = trace.meta.get("model")
+    if isinstance(name, str):
+        try:
+            preset = get_model(name)
+        except UnknownPresetError:
+            preset = None
+        if preset is not None and preset.n_moe_layers == trace.n_moe_layers:
+            return list(preset.moe_layers)
+    return list(range(trace.n_moe_layers))
+
+
 def trace_stats(trace: RoutingTrace, *, full: bool = False,
                 max_distance: int = DEFAULT_MAX_DISTANCE) -> dict[str, Any]:
     """A JSON-able summary: shape keys (``tokens``, ``moe_layers``, ``n_experts``, ``top_k``,
-    ``requests``, ``k``, ``null_fraction``), ``load`` (counts ``[L][E]`` and skew per layer),
+    ``requests``, ``k``, ``null_fraction``), ``moe_layer_ids`` (the model's layer number of each
+    column, `moe_layer_ids`; per-layer lists below are indexed by column), ``load`` (counts ``[L][E]`` and skew per layer),
     ``affinity`` (concentration per layer pair), ``temporal_reuse`` and ``coactivation`` summaries.
     With ``full=True`` the affinity ``[L-1][E][E]`` and co-activation ``[L][E][E]`` matrices too.
     """
@@ -355,6 +379,7 @@ def trace_stats(trace: RoutingTrace, *, full: bool = False,
         "model": trace.meta.get("model"),
         "tokens": trace.n_tokens, "moe_layers": trace.n_moe_layers, "n_experts": trace.n_experts,
         "top_k": trace.top_k, "k": trace.k, "requests": trace.n_requests,
+        "moe_layer_ids": moe_layer_ids(trace),
         "null_fraction": _float(float((trace.experts < 0).sum() / n_slots) if n_slots else math.nan),
         "phase_counts": {"prefill": int((trace.phase == 0).sum()), "decode": int((trace.phase == 1).sum())},
         "load": {"counts": load.tolist(), **skew.to_dict(),

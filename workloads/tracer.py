@@ -187,9 +187,34 @@ def load_model(config_or_preset: str, *, hf_model: str | None = None, seed: int 
         raise ValueError(f"{p}: line {exc.lineno}: invalid JSON ({exc.msg})") from exc
     if not isinstance(raw, dict) or "model_type" not in raw:
         raise ValueError(f"{p}: expected a Hugging Face config.json with a 'model_type' field")
-    config = tf.AutoConfig.for_model(**raw)
+    config = _config_from_dict(tf, raw, p)
     name = str(raw.get("_name_or_path") or raw["model_type"])
     return build_model_from_config(config, seed, max_params=max_params), name
+
+
+def _config_from_dict(tf: Any, raw: dict[str, Any], path: Path) -> Any:
+    """``AutoConfig.for_model(**raw)`` with one-line errors naming ``path`` (a `ValueError`).
+
+    transformers validates fields strictly (huggingface_hub strict dataclasses) and its messages
+    span several lines and do not name the file; an unknown ``model_type`` lists every known one.
+    """
+    model_type = raw["model_type"]
+    known = getattr(tf, "CONFIG_MAPPING", None)
+    if not isinstance(model_type, str) or (known is not None and model_type not in known):
+        raise ValueError(f"{path}: field 'model_type' is {model_type!r}, which this transformers "
+                         f"({getattr(tf, '__version__', '?')}) does not know; expected a model type such as "
+                         "'mixtral', 'qwen2_moe', 'olmoe', 'deepseek_v2', 'qwen3_moe', 'gpt_oss'")
+    strict_errors: tuple[type[BaseException], ...] = (TypeError, ValueError)
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+        strict_errors = (*strict_errors, StrictDataclassError)
+    except ImportError:  # older huggingface_hub without strict dataclasses
+        pass
+    try:
+        return tf.AutoConfig.for_model(**raw)
+    except strict_errors as exc:
+        text = " ".join(str(exc).split())
+        raise ValueError(f"{path}: invalid {model_type} config: {text}") from exc
 
 
 def load_tokenizer(directory: str) -> Any:

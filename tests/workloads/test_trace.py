@@ -24,7 +24,10 @@ def traces(draw: st.DrawFn) -> RoutingTrace:
     layers = draw(st.integers(1, 6))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
-    experts = rng.integers(-1, n_experts, size=(tokens, layers, k)).astype(np.int16)
+    # distinct experts per token and layer (an invariant), some slots empty (-1)
+    keys = rng.random((tokens, layers, n_experts))
+    experts = np.argsort(keys, axis=2)[:, :, :k].astype(np.int16)
+    experts[rng.random(experts.shape) < 0.2] = -1
     weights = None
     if draw(st.booleans()):
         weights = rng.random((tokens, layers, k), dtype=np.float32)

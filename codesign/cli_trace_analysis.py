@@ -105,8 +105,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     print("col = MoE-layer column of the trace, layer = the model's layer number (moe_layer_ids)")
     load, aff, reuse, co = st["load"], st["affinity"], st["temporal_reuse"], st["coactivation"]
     ids = st["moe_layer_ids"]
-    print(f"{'col':>3} {'layer':>5} {'gini':>6} {'entropy':>7} {'max/mean':>8} {'reuse':>6} {'aff_top1':>8} {'aff_MI':>7} "
-          f"{'co_lift':>7}")
+    print(f"{'col':>3} {'layer':>5} {'gini':>6} {'entropy':>7} {'max/mean':>8} {'reuse':>6} {'aff_top1':>8} "
+          f"{'aff_MI':>7} {'co_lift':>7}")
     for layer in range(st["moe_layers"]):
         a_top = aff.get("top1", [])[layer] if layer < len(aff.get("top1", [])) else None
         a_mi = aff.get("mutual_information_bits", [])[layer] if layer < len(aff.get("top1", [])) else None

@@ -16,7 +16,8 @@ formats below and returns a `RoutingTrace` or, for aggregated counts, an
 ``deepseek-csv``
     ``prompt_NNNN_data.csv`` of DeepSeek-V2-Lite-Chat (github.com/ngavhane/moe-beyond): each file is
     one request (request id = NNNN), prefill tokens (phase 0) at positions 0..; ``Layer ID`` 1..26
-    maps to MoE-layer column 0..25 (``meta["moe_layer_ids"]`` keeps 1..26); the 6 ids are stored in file order (not score order; there are
+    maps to MoE-layer column 0..25
+    (``meta["moe_layer_ids"]`` keeps 1..26); the 6 ids are stored in file order (not score order; there are
     no weights) and ``meta["expert_order"]`` says so.
 ``olmoe-counts``
     ``counts.json`` of the OLMoE paper (github.com/allenai/OLMoE): aggregated counts, returned as

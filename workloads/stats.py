@@ -363,7 +363,8 @@ def trace_stats(trace: RoutingTrace, *, full: bool = False,
                 max_distance: int = DEFAULT_MAX_DISTANCE) -> dict[str, Any]:
     """A JSON-able summary: shape keys (``tokens``, ``moe_layers``, ``n_experts``, ``top_k``,
     ``requests``, ``k``, ``null_fraction``), ``moe_layer_ids`` (the model's layer number of each
-    column, `moe_layer_ids`; per-layer lists below are indexed by column), ``load`` (counts ``[L][E]`` and skew per layer),
+    column, `moe_layer_ids`; per-layer lists below are indexed by column), ``load`` (counts
+    ``[L][E]`` and skew per layer),
     ``affinity`` (concentration per layer pair), ``temporal_reuse`` and ``coactivation`` summaries.
     With ``full=True`` the affinity ``[L-1][E][E]`` and co-activation ``[L][E][E]`` matrices too.
     """

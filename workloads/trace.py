@@ -137,8 +137,9 @@ class RoutingTrace:
                 raise _fail(where, f"weights shape {w.shape} != experts shape {e.shape}")
             object.__setattr__(self, "weights", w)
         ids = self.meta.get("moe_layer_ids")
-        if ids is not None and not isinstance(ids, str) and (not isinstance(ids, (list, tuple)) or len(ids) != e.shape[1]
-                                or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+        if ids is not None and not isinstance(ids, str) and (
+                not isinstance(ids, (list, tuple)) or len(ids) != e.shape[1]
+                or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
             raise _fail(
                 where, f"meta 'moe_layer_ids' is {ids!r}, expected {e.shape[1]} integers (the model's layer "
                 "number of each MoE-layer column)")

@@ -2,12 +2,19 @@
 
 - ``run --device cpu|cuda [--quick] -o PROFILE.json``: time real torch kernels on this machine
   (:mod:`hwmodels.calibrate_run`) and write the fitted :class:`~hwmodels.calibration.CalibrationProfile`.
+  On the CPU it runs one thread timed with the process CPU clock unless ``--threads``/``--clock``
+  say otherwise (:func:`hwmodels.calibrate_run.resolve_cpu_timing` says why). The fit's sanity
+  checks (:func:`hwmodels.calibration.assess_fit`) are printed and kept in the profile's
+  ``quality`` block; problems are warnings on stderr, and an "absurd" fit is not written unless
+  ``--force``.
 - ``import-vidur DIR -o PROFILE.json [--device a100|h100]``: fit a GPU profile to Vidur's measured
   tables (:mod:`hwmodels.vidur_import`), keeping the data's device name.
 - ``validate PROFILE [--against CSV_OR_DIR] [--layer TRACE] [--json]``: predicted vs measured on the
   profile's held-out shapes (or every GEMM of another table), and optionally on a whole real torch
   MoE layer timed on this CPU with routing from a real trace (:mod:`hwmodels.validate`). PROFILE is a
-  JSON file or the name of a shipped profile (``a100``, ``h100``).
+  JSON file or the name of a shipped profile (``a100``, ``h100``). Warnings (stderr, and the
+  ``warnings`` list of ``--json``) when the profile's fit quality is suspect or absurd, and when
+  ``--against`` holds another device's measurements than the profile's.
 """
 
 from __future__ import annotations
@@ -138,13 +145,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"1-min load average "
           f"{fp.get('loadavg_start')} -> {fp.get('loadavg_end')})")
     _print_fit(profile)
-    print(f"fit quality: {quality.get('status')}" + "".join(f"; {p}" for p in quality.get("problems", [])))
+    _print_quality(profile)
     print(report.format_text())
     return 0
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from hwmodels.validate import validate_heldout
+    from hwmodels.validate import quality_warnings, validate_heldout
     from hwmodels.vidur_import import import_vidur
 
     profile = import_vidur(args.path, device=args.device, name=args.name)
@@ -153,7 +160,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
     out = saved.save(args.output)
     print(f"wrote {out}: device {profile.device_name}, {len(profile.samples)} samples "
           f"({sum(s.heldout for s in profile.samples)} held out)")
+    for warning in quality_warnings(profile):
+        print(f"WARNING: {warning}", file=sys.stderr)
     _print_fit(profile)
+    _print_quality(profile)
     print(report.format_text())
     return 0
 
@@ -166,6 +176,11 @@ def _print_fit(profile: Any) -> None:
           f"memory efficiency {profile.memory():.3f} of {profile.peaks.memory_Bps / 1e9:.1f} GB/s")
     for key, fit in profile.copy_fits.items():
         print(f"fit: {key} host->device copy {fit.bandwidth_Bps / 1e9:.2f} GB/s + {fit.t0_s * 1e6:.1f} us")
+
+
+def _print_quality(profile: Any) -> None:
+    q = profile.quality
+    print(f"fit quality: {q.get('status')}" + "".join(f"; {p}" for p in q.get("problems", [])))
 
 
 def _loadavg() -> float | None:

@@ -22,6 +22,17 @@ underestimate of attention at long context, small for these short requests. The 
 (two per layer) are not in the engine; they are added per step from `CostModel.all_reduce` over
 the platform's peer link (a composition; reported separately).
 
+Three tiers on the SN40L (DDR -> HBM -> SRAM, [P] s.2.1: "520 MiB of on-chip PMU SRAM, 64 GiB of
+co-packaged HBM, and up to 1.5 TiB of DDR DRAM"): the engine's *near* tier (``Mapping.near``) is the
+socket's SRAM above the HBM expert cache. A per-layer expert shard used from HBM is promoted into
+SRAM (a copy over the HBM -> SRAM path, counted in ``bytes_moved``) and a shard found in SRAM is
+computed with its weights read from SRAM. SRAM holds as many shards as fit in 90 % of its 520 MiB
+(the same 10 % reserve as HBM, assumption); the replacement policy is LRU (``--sram-policy``).
+What it shows: one expert's shard (1.685 GB per socket) is 3.1x the SRAM, so its 32 per-layer
+pieces cycle through the 9 SRAM slots and every token streams the weights HBM -> SRAM again (SRAM
+hit rate ~0, HBM -> SRAM traffic ~ one shard per expert per step). The DGX H100 has no such tier
+in the simulator (its on-chip SRAM is inside the kernel efficiency of the cost model).
+
 Switching time (composition of `CostModel.transfer`): one expert = 8 shards of 1.685 GB loaded in
 parallel, over each SN40L socket's DDR -> HBM path (DDR tier bandwidth of the ``sn40l`` preset)
 vs each H100's PCIe Gen5 x16 host link (the measured ~35 GB/s H2D curve of the preset). The
@@ -36,7 +47,8 @@ holds as many whole experts as fit after a 10 % reserve for KV cache and buffers
 per socket; H100: 80 GB per GPU). Schedulers: FIFO, and Symbolic-MoE grouping (requests grouped
 by expert, "loading each model only once", [P] s.4).
 
-Run: ``python studies/scenario3_coe_sn40l/run.py [--out DIR] [--requests N] [--rate R] [--seed S]``.
+Run: ``python studies/scenario3_coe_sn40l/run.py [--out DIR] [--requests N] [--rate R] [--seed S]
+[--sram-policy lru]``.
 """
 
 from __future__ import annotations
@@ -141,6 +153,13 @@ def _slots(platform_name: str, cost: CostModel) -> tuple[int, int]:
     return n_models * COE_SHARD.n_moe_layers, n_models
 
 
+def sram_slots(cost: CostModel) -> int:
+    """Expert shards that one SN40L socket's SRAM holds after a 10 % reserve (assumption) for
+    activations and pipeline buffers: 520 MiB [P] s.2.1 (the ``sn40l`` preset's ``sram`` tier)."""
+    sram = cost.platform.accelerators[0].tier("sram")
+    return int(sram.capacity_bytes * 0.9 // float(COE_SHARD.bytes_per_expert))
+
+
 def tp_all_reduce_per_token_s(cost: CostModel, n_tokens: int) -> float:
     """Two all-reduces per layer of ``n_tokens`` activations over the peer link (TP-8), seconds."""
     link = cost.platform.peer_link
@@ -150,7 +169,10 @@ def tp_all_reduce_per_token_s(cost: CostModel, n_tokens: int) -> float:
     return 2 * COE_SHARD.n_layers * float(c.total_s)
 
 
-def run_scenario(*, n_requests: int = 200, rate_per_s: float = 4.0, seed: int = 0) -> dict[str, Any]:
+def run_scenario(*, n_requests: int = 200, rate_per_s: float = 4.0, seed: int = 0,
+                 sram_policy: str = "lru") -> dict[str, Any]:
+    """All runs of the study (see module doc); ``sram_policy`` is the SN40L SRAM tier's replacement
+    policy (a registered cache policy that needs no future)."""
     platforms = {"sn40l": get_platform("sn40l-node"), "dgx-h100": get_platform("dgx-h100")}
     costs = {k: CostModel(p) for k, p in platforms.items()}
     switch = switching_times(costs["sn40l"], costs["dgx-h100"])
@@ -162,18 +184,33 @@ def run_scenario(*, n_requests: int = 200, rate_per_s: float = 4.0, seed: int = 
     for name, platform in platforms.items():
         slots, n_models = _slots(name, costs[name])
         backing = "ddr" if name == "sn40l" else "host"
+        n_sram = sram_slots(costs[name]) if name == "sn40l" else 0
+        dev_name = platform.accelerators[0].name
+        # the engine's names of its copy paths: DDR -> HBM (SN40L) or the host link (DGX); HBM -> SRAM
+        host_link = platform.host_link
+        fetch_link = f"{dev_name}:ddr->hbm" if name == "sn40l" else (host_link.name if host_link else "")
+        sram_link = f"{dev_name}:hbm->sram"
+        near = CacheSpec(policy=sram_policy, tier="sram", capacity_experts=n_sram) if name == "sn40l" else None
         ar_decode = tp_all_reduce_per_token_s(costs[name], 1)
         ar_prefill = tp_all_reduce_per_token_s(costs[name], PROMPT)
         for pop, sched in runs:
             stream = streams[pop]
-            mapping = Mapping(n_devices=1, backing=backing, initial="empty",
+            mapping = Mapping(n_devices=1, backing=backing, initial="empty", near=near,
                               cache=CacheSpec(policy="lru", capacity_experts=slots),
                               batching=BatchingSpec(scheduler=sched, max_batch=8, max_tokens=4096))
             res = simulate(COE_SHARD, platform, stream, mapping, cost_model=costs[name], seed=seed)
             req = res.requests
             key = f"{name}/{sched}" if pop == "zipf" else f"{name}/{sched}/uniform"
+            moved = res["bytes_moved"]
+            switched = moved.get(fetch_link, 0.0) / shard_bytes()
+            to_sram = moved.get(sram_link, 0.0)
             results[key] = {
-                "resident_experts": n_models, "cache_slots": slots,
+                "resident_experts": n_models, "cache_slots": slots, "sram_slots": n_sram,
+                "sram_policy": sram_policy if near is not None else None,
+                "experts_switched_in": switched, "steps": len(res.steps),
+                "hbm_to_sram_bytes": to_sram,
+                "hbm_to_sram_per_step_shards": to_sram / len(res.steps) / shard_bytes() if len(res.steps) else 0.0,
+                "peak_memory_bytes": res["peak_memory_bytes"],
                 "latency_mean_s": float(req["latency_s"].mean()), "latency_p50_s": res["latency_p50_s"],
                 "latency_p99_s": res["latency_p99_s"], "ttft_p50_s": res["ttft_p50_s"],
                 "tpot_p50_s": res["tpot_p50_s"], "throughput_tok_s": res["throughput_tok_s"],
@@ -207,6 +244,10 @@ def run_scenario(*, n_requests: int = 200, rate_per_s: float = 4.0, seed: int = 
             "latency_mean_speedup_uniform": results["dgx-h100/fifo/uniform"]["latency_mean_s"]
             / results["sn40l/fifo/uniform"]["latency_mean_s"],
             "latency_mean_speedup_fifo_with_tp": dgx["latency_mean_with_tp_s"] / sn["latency_mean_with_tp_s"],
+            "sn40l_hbm_hit_rate_fifo": sn["hit_rate"]["hbm"],
+            "sn40l_sram_hit_rate_fifo": sn["hit_rate"]["sram"],
+            "sn40l_hbm_to_sram_shards_per_step_fifo": sn["hbm_to_sram_per_step_shards"],
+            "dgx_hbm_hit_rate_fifo": dgx["hit_rate"]["hbm"],
         },
     }
 
@@ -217,11 +258,15 @@ def table(summary: dict[str, Any]) -> str:
             f"({sw['sn40l_node_rate_Bps'] / 1e12:.2f} TB/s), DGX H100 {1e3 * sw['dgx_h100_s']:.2f} ms "
             f"({sw['dgx_h100_node_rate_Bps'] / 1e9:.0f} GB/s): {sw['speedup']:.1f}x; paper setting (64 GB/s node): "
             f"{1e3 * sw['dgx_h100_paper_setting_s']:.0f} ms, {sw['speedup_paper_setting']:.1f}x",
-            f"{'machine/scheduler':<30} {'in HBM':>6} {'hit %':>6} {'lat mean s':>10} {'lat p50 s':>9} "
+            f"{'machine/scheduler':<30} {'in HBM':>6} {'HBM hit %':>9} {'SRAM hit %':>10} {'switches':>8} "
+            f"{'HBM->SRAM shards/step':>21} {'lat mean s':>10} {'lat p50 s':>9} "
             f"{'lat p99 s':>9} {'TTFT p50':>8} {'TPOT ms':>7} {'J/tok':>6}"]
     for name, r in summary["results"].items():
-        hit = next(iter(r["hit_rate"].values()))
-        rows.append(f"{name:<30} {r['resident_experts']:>6} {100 * hit:>6.1f} {r['latency_mean_s']:>10.3f} "
+        hit = r["hit_rate"]
+        sram = f"{100 * hit['sram']:.1f}" if "sram" in hit else "-"
+        rows.append(f"{name:<30} {r['resident_experts']:>6} {100 * hit['hbm']:>9.1f} {sram:>10} "
+                    f"{r['experts_switched_in']:>8.0f} {r['hbm_to_sram_per_step_shards']:>21.2f} "
+                    f"{r['latency_mean_s']:>10.3f} "
                     f"{r['latency_p50_s']:>9.3f} {r['latency_p99_s']:>9.3f} {r['ttft_p50_s']:>8.3f} "
                     f"{1e3 * r['tpot_p50_s']:>7.2f} {r['energy_j_per_token']:>6.2f}")
     c = summary["comparison"]
@@ -237,9 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--rate", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sram-policy", default="lru", help="replacement policy of the SN40L SRAM tier (default lru)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    summary = run_scenario(n_requests=args.requests, rate_per_s=args.rate, seed=args.seed)
+    summary = run_scenario(n_requests=args.requests, rate_per_s=args.rate, seed=args.seed,
+                           sram_policy=args.sram_policy)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     sys.stdout.write(table(summary) + "\n")

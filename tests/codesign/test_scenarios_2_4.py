@@ -60,6 +60,20 @@ def test_scenario3_coe_switching_and_latency() -> None:
         assert res[f"{machine}/fifo"]["bytes_moved"]                         # experts were switched in
     assert summary["comparison"]["latency_mean_speedup_fifo"] > 1.0
     assert "paper: 3.7x" in s3.table(summary)
+    # three tiers on the SN40L: DDR -> HBM (switches) -> SRAM (the engine's near tier)
+    sram_cap = 520 * 2**20                                                  # [P] "520 MiB of on-chip PMU SRAM"
+    shard = s3.shard_bytes() / 32                                           # one layer's piece of the shard
+    for key, r in res.items():
+        if key.startswith("sn40l"):
+            assert set(r["hit_rate"]) == {"hbm", "sram"}
+            assert r["sram_slots"] == int(0.9 * sram_cap // shard) == 9
+            assert 0 < r["peak_memory_bytes"]["sram"] <= sram_cap
+            # a 1.685 GB shard cannot stay in 520 MiB: every step streams its weights HBM -> SRAM again
+            assert r["hit_rate"]["sram"] < 0.05
+            assert r["hbm_to_sram_bytes"] > 0 and r["hbm_to_sram_per_step_shards"] >= 1.0 - 1e-9
+            assert r["experts_switched_in"] >= 1
+        else:
+            assert "sram" not in r["hit_rate"] and r["hbm_to_sram_bytes"] == 0
 
 
 def test_scenario4_fpga_reordering() -> None:

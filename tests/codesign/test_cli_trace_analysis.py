@@ -89,3 +89,45 @@ def test_errors(tmp_path: Path, mixtral_npz: Path, capsys: pytest.CaptureFixture
     assert "bad.json" in capsys.readouterr().err
     assert main(["trace", "synth", "default:nope", "--tokens", "5", "-o", str(tmp_path / "x.npz")]) == 1
     assert "nope" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def deepseek_npz(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    files = sorted((shared_dir / "traces" / "deepseek-v2-lite").glob("prompt_*_data.csv"))[:3]
+    t = import_trace("deepseek-csv", files)
+    assert isinstance(t, RoutingTrace)
+    return t.save(tmp_path_factory.mktemp("cli") / "ds.npz")
+
+
+def test_stats_names_the_models_layer_ids(deepseek_npz: Path, mixtral_npz: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trace", "stats", str(deepseek_npz), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["moe_layer_ids"] == list(range(1, 27))  # DeepSeek-V2-Lite: layer 0 is dense, as in the CSV Layer IDs
+    assert main(["trace", "stats", str(deepseek_npz)]) == 0
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines()]
+    table = [r for r in rows if r and r[0].isdigit()]
+    assert [int(r[0]) for r in table] == list(range(26)) and [int(r[1]) for r in table] == list(range(1, 27))
+    assert main(["trace", "stats", str(mixtral_npz), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["moe_layer_ids"] == list(range(32))
+
+
+def test_compare_shape_mismatch_names_the_paths_given(deepseek_npz: Path, mixtral_npz: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trace", "compare", str(deepseek_npz), str(mixtral_npz)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {deepseek_npz} (deepseek-v2-lite) has 26 MoE layers x 64 experts but "
+                          f"{mixtral_npz} (mixtral-8x7b) has 32 x 8")
+    assert "/traces/" not in err and "\n" not in err
+
+
+def test_bad_files_give_one_line_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    npy = tmp_path / "plain.npy"
+    np.save(npy, np.arange(4))
+    js = tmp_path / "some.json"
+    js.write_text("{}")
+    for path, what in ((npy, "single .npy array"), (js, "looks like JSON text")):
+        assert main(["trace", "stats", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}: not a .npz routing trace") and what in err
+        assert err.count("\n") == 1 and "allow_pickle" not in err and "context manager" not in err

@@ -139,6 +139,29 @@ def test_record_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
                                        "-o", out], capsys)
 
 
+def test_record_bad_config_is_one_line_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "r.npz")
+    cfg = tmp_path / "badcfg.json"
+    cfg.write_text(json.dumps({"model_type": "mixtral", "hidden_size": "abc"}))
+    err = _err(["trace", "record", "--hf-config", str(cfg), "-o", out], capsys)
+    assert err.startswith(f"error: {cfg}: invalid mixtral config:") and "hidden_size" in err and "'abc'" in err
+    assert err.count("\n") == 1
+    cfg.write_text(json.dumps({"model_type": "no-such-type"}))
+    err = _err(["trace", "record", "--hf-config", str(cfg), "-o", out], capsys)
+    assert err.startswith(f"error: {cfg}: field 'model_type' is 'no-such-type'") and err.count("\n") == 1
+
+
+def test_import_layer_count_error_has_no_python_keyword_hint(shared_dir: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    src = shared_dir / "traces/mixtral-8x7b-instruct/gsm8k_2_routing.jsonl"
+    few = tmp_path / "few_routing.jsonl"
+    lines = [ln for ln in src.read_text().splitlines() if json.loads(ln)["layer"] == 0][:40]
+    few.write_text("\n".join(lines) + "\n")
+    err = _err(["trace", "import", "-f", "mixtral-jsonl", str(few), "-o", str(tmp_path / "o.npz")], capsys)
+    assert f"{few}: layers seen are 0..0 but mixtral-8x7b has 32 MoE layers" in err
+    assert "model=" not in err and "n_layers=" not in err
+
+
 def test_tiny_preset_names_in_sync() -> None:
     from codesign.cli_trace_io import TINY_PRESET_NAMES
     from workloads.tracer import TINY_PRESETS

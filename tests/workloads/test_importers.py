@@ -48,6 +48,7 @@ def test_deepseek_counts(deepseek: RoutingTrace, shared_dir: Path) -> None:
     assert deepseek.n_requests == 200
     assert deepseek.n_moe_layers == 26 and deepseek.k == 6
     assert deepseek.meta["model"] == "deepseek-v2-lite" and deepseek.n_experts == 64 and deepseek.top_k == 6
+    assert deepseek.meta["moe_layer_ids"] == list(range(1, 27))  # CSV Layer ID 1..26; layer 0 is dense
     assert deepseek.weights is None
     assert set(np.unique(deepseek.request)) == set(range(1001, 1201))
     assert (deepseek.phase == 0).all()
@@ -84,6 +85,7 @@ def test_mixtral_mark_reports_incomplete_tokens(mixtral_dir: Path, caplog: pytes
     assert isinstance(t, RoutingTrace)
     assert t.n_tokens == 585 and t.n_requests == 4  # README: 585 tokens, 2 GSM8K + 2 HumanEval problems
     assert t.n_moe_layers == 32 and t.k == 2 and t.meta["model"] == "mixtral-8x7b"
+    assert t.meta["moe_layer_ids"] == list(range(32))
     assert (t.phase == 1).all()
     assert t.meta["n_incomplete_tokens"] == 8
     assert "8 of 585" in caplog.text and "gsm8k/0 token 167" in caplog.text
@@ -224,6 +226,7 @@ def test_mixtral_layer_count_disagrees(tmp_path: Path) -> None:
         import_trace("mixtral-jsonl", path)
     t = import_trace("mixtral-jsonl", path, n_layers=16)
     assert isinstance(t, RoutingTrace) and t.n_moe_layers == 16 and t.meta["n_incomplete_tokens"] == 0
+    assert t.meta["moe_layer_ids"] == list(range(16))
 
 
 def test_mixtral_incomplete_token_marked(tmp_path: Path) -> None:

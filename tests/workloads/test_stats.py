@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from workloads.stats import (
     coactivation,
     expert_load,
     load_skew,
+    moe_layer_ids,
     mutual_information,
     request_order,
     temporal_reuse,
@@ -258,3 +260,19 @@ def test_js_distance_matches_scipy_and_handles_edges() -> None:
     assert js_distance(p[0], p[0]) == 0.0
     assert js_distance([1.0, 0.0], [0.0, 1.0]) == pytest.approx(1.0)
     assert np.isnan(js_distance([0.0, 0.0], [1.0, 0.0]))
+
+
+def test_moe_layer_ids_recorded_preset_or_columns(tiny: RoutingTrace) -> None:
+    assert moe_layer_ids(tiny) == [0, 1]  # unknown model "toy": column indices
+    kw: dict[str, Any] = {"experts": tiny.experts, "request": tiny.request, "position": tiny.position,
+                          "phase": tiny.phase}
+    rec = RoutingTrace(meta={**tiny.meta, "moe_layer_ids": [5, 9]}, **kw)
+    assert moe_layer_ids(rec) == [5, 9] and trace_stats(rec)["moe_layer_ids"] == [5, 9]
+    n = 3
+    ds_like = RoutingTrace(experts=np.tile(np.arange(6, dtype=np.int16), (n, 26, 1)), request=np.zeros(n, np.int32),
+                           position=np.arange(n, dtype=np.int32), phase=np.zeros(n, np.uint8),
+                           meta={"model": "deepseek-v2-lite", "n_experts": 64, "top_k": 6,
+                                 "moe_layer_ids": "column c = Layer ID c+1 (layer 0 is dense)"})  # older files
+    assert moe_layer_ids(ds_like) == list(range(1, 27))  # from the preset: layer 0 is dense
+    other = RoutingTrace(meta={**tiny.meta, "model": "deepseek-v2-lite"}, **kw)  # 2 layers: not the preset's 26
+    assert moe_layer_ids(other) == [0, 1]

@@ -7,6 +7,7 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -174,3 +175,106 @@ def test_select_and_concat() -> None:
     assert both.weights is not None and both.weights[2, 0, 0] == pytest.approx(1.0)
     assert t.select_requests([0]).n_tokens == 2
     assert t.select_requests([7]).n_tokens == 0
+
+
+# ------------------------------------------------- duplicates and one-line load errors
+def test_duplicate_expert_in_a_cell_is_refused() -> None:
+    t = _small()
+    ex = np.array([[[0, 1], [3, 3]], [[2, -1], [-1, -1]]], dtype=np.int16)  # token 0, layer 1: expert 3 twice
+    with pytest.raises(TraceFormatError, match=r"unit: token 0, layer 1 lists expert 3 more than once"):
+        RoutingTrace(experts=ex, request=t.request, position=t.position, phase=t.phase, meta=t.meta)
+    ok = ex.copy()
+    ok[0, 1] = [3, -1]  # several -1 in one cell are fine
+    assert RoutingTrace(experts=ok, request=t.request, position=t.position, phase=t.phase, meta=t.meta).n_tokens == 2
+
+
+@pytest.mark.parametrize("k", [3, 12])  # pairwise path (k <= 8) and sort path
+def test_duplicate_check_finds_the_first_bad_cell(k: int) -> None:
+    rng = np.random.default_rng(k)
+    n, n_l, n_e = 50, 4, 32
+    ex = np.argsort(rng.random((n, n_l, n_e)), axis=2)[:, :, :k].astype(np.int16)
+    ex[:, :, -1] = -1
+    ex[7, 2, -2] = -1  # two -1 in a cell: fine
+    meta = {"n_experts": n_e, "top_k": k, "source": "gen"}
+    cols: dict[str, Any] = {"request": np.zeros(n, np.int32), "position": np.arange(n, dtype=np.int32),
+                            "phase": np.zeros(n, np.uint8)}
+    RoutingTrace(experts=ex, meta=meta, **cols)
+    ex[31, 3, 1] = ex[31, 3, 0]
+    ex[40, 0, 1] = ex[40, 0, 0]
+    with pytest.raises(TraceFormatError, match=rf"token 31, layer 3 lists expert {ex[31, 3, 0]} more than once"):
+        RoutingTrace(experts=ex, meta=meta, **cols)
+
+
+def test_load_error_names_the_path_given_not_the_recorded_source(tmp_path: Path) -> None:
+    t = _small()
+    path = tmp_path / "dupe.npz"
+    bad = t.experts.copy()
+    bad[0, 0] = [1, 1]
+    meta = {**t.meta, "source": "/somewhere/else/original-folder"}
+    np.savez(path, experts=bad, request=t.request, position=t.position, phase=t.phase,
+             meta_json=np.array(json.dumps(meta)), format_version=np.array(1))
+    with pytest.raises(TraceFormatError) as info:
+        RoutingTrace.load(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: token 0, layer 0 lists expert 1 more than once")
+    assert "original-folder" not in msg and "\n" not in msg
+
+
+def test_plain_npy_is_not_a_trace(tmp_path: Path) -> None:
+    path = tmp_path / "plain.npy"
+    np.save(path, np.zeros(3))
+    with pytest.raises(TraceFormatError, match=r"plain\.npy: not a \.npz routing trace \(it is a single \.npy array"):
+        RoutingTrace.load(path)
+
+
+def test_json_file_is_not_a_trace_and_no_allow_pickle_hint(tmp_path: Path) -> None:
+    path = tmp_path / "some.json"
+    path.write_text('{"experts": [1, 2]}')
+    with pytest.raises(TraceFormatError) as info:
+        RoutingTrace.load(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: not a .npz routing trace (it looks like JSON text)")
+    assert "allow_pickle" not in msg and "pickle.load" not in msg
+
+
+def test_object_array_message_never_suggests_allow_pickle(tmp_path: Path) -> None:
+    t = _small()
+    path = tmp_path / "obj.npz"
+    np.savez(path, experts=np.array([object()], dtype=object), request=t.request, position=t.position,
+             phase=t.phase, meta_json=np.array(json.dumps(t.meta)), format_version=np.array(1))
+    with pytest.raises(TraceFormatError) as info:
+        RoutingTrace.load(path)
+    msg = str(info.value)
+    assert "array 'experts' holds Python objects" in msg and "not a .npz routing trace" in msg
+    assert "allow_pickle" not in msg
+
+
+def test_corrupt_compressed_data_names_the_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n = 2000
+    ex = np.argsort(rng.random((n, 4, 16)), axis=2)[:, :, :2].astype(np.int16)
+    t = RoutingTrace(experts=ex, request=np.zeros(n, np.int32), position=np.arange(n, dtype=np.int32),
+                     phase=np.zeros(n, np.uint8), meta={"n_experts": 16, "top_k": 2})
+    path = t.save(tmp_path / "t.npz")
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("experts.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    for i in range(start + 40, start + 60):  # bytes flipped inside the deflate stream of experts.npy
+        data[i] ^= 0xFF
+    bad = tmp_path / "corrupt.npz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(TraceFormatError) as err:
+        RoutingTrace.load(bad)
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}: damaged or truncated .npz, array 'experts' cannot be read"), msg
+
+
+def test_moe_layer_ids_meta_is_validated() -> None:
+    t = _small()
+    kw: dict[str, Any] = {"experts": t.experts, "request": t.request, "position": t.position, "phase": t.phase}
+    assert RoutingTrace(meta={**t.meta, "moe_layer_ids": [3]}, **kw).meta["moe_layer_ids"] == [3]
+    with pytest.raises(TraceFormatError, match="moe_layer_ids"):
+        RoutingTrace(meta={**t.meta, "moe_layer_ids": [3, 4]}, **kw)
+    with pytest.raises(TraceFormatError, match="'n_experts' is 'x', expected a positive integer"):
+        RoutingTrace(meta={**t.meta, "n_experts": "x"}, **kw)

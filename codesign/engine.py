@@ -28,6 +28,28 @@ What one step does (continuous batching, one step at a time):
    background (a copy over the tier path, then usable); promotions do not contend with compute
    for the cache tier's bandwidth (an approximation).
 
+Expert-parallel execution (``Mapping.ep_execution``, several devices):
+
+- ``"classic"`` (DeepSpeed-MoE style): a token lives on its request's device (attention, router,
+  shared experts and dense layers run there); at every MoE layer its assignments whose expert lives
+  elsewhere are dispatched (all-to-all) and their outputs come back (combine all-to-all). The
+  cross-device share is then about ``1 - 1/n_devices`` whatever the placement.
+- ``"context-coherent"`` (ExFlow, Yao et al. IPDPS 2024: "only uses one Alltoall communication"):
+  a token starts the step on its request's device; after MoE layer ``l`` it stays on the home of
+  its *top-1* expert there (the first valid slot of its routing row, the router's highest-ranked
+  choice; a token with no expert at a layer stays where it is), and its next attention, router,
+  shared experts (and any dense layer) run there. At layer ``l + 1`` only the assignments whose
+  expert lives off that device cross (the dispatch all-to-all); there is no combine back. With
+  top-k > 1 the other ``k - 1`` partial outputs still have to reach the token's new device: they
+  are sent there (a ``gather`` all-to-all, only for those whose expert lives elsewhere). So an
+  affinity-aware placement (ExFlow) lowers the cross-device share. Assumptions (labelled): the
+  token's KV cache is usable wherever the token is (ExFlow keeps the context coherent across
+  GPUs); neither replica memory nor the traffic to keep the replicas coherent is charged (KV
+  memory stays reserved on the request's device), which favours this mode; a prefill chunk whose
+  tokens are spread over devices charges each device its share of tokens of the chunk's
+  ``attention_prefill`` cost; the next step's token starts again on its request's device (the
+  sampled token id is not costed). On one device both modes are identical.
+
 Hence at zero load with every expert resident, a step's latency is exactly the sum over layers
 of ``attention + router (or dense FFN) + shared + sum of expert costs`` (`zero_load_step_s`
 computes that sum independently; a test pins the equality).
@@ -209,6 +231,10 @@ class Engine:
         moe_index = np.full(model.n_layers, -1, dtype=np.int64)
         moe_index[list(model.moe_layers)] = np.arange(self.L)
         self.moe_index = moe_index.tolist()
+        # token position of each model layer: the number of MoE layers before it (0..L); a token's
+        # device can change only at an MoE layer (context-coherent execution)
+        self.position = np.cumsum(np.concatenate([[0], moe_index[:-1] >= 0])).astype(np.int64).tolist()
+        self.coherent = m.ep_execution == "context-coherent"
         # policies
         cache_cls = REGISTRIES["cache"].get(m.cache.policy)
         self.caches: list[CachePolicy] = []
@@ -468,17 +494,22 @@ class Engine:
         tok_dev_parts = []
         prefill_n: list[list[int]] = [[] for _ in range(n_dev)]
         dec_ctx: list[list[int]] = [[] for _ in range(n_dev)]
+        plan_n: list[int] = []  # tokens of each plan entry
+        plan_ctx: list[int] = []  # context of a decode entry, 0 for a prefill chunk
         n_prefill = n_decode = 0
         for st, n in plan:
             d = self.req_device[st.request_id]
             r0 = st.next_row
             chunks.append(st.routing[r0:r0 + n])
             tok_dev_parts.append(np.full(n, d, dtype=np.int64))
+            plan_n.append(n)
             if st.in_prefill:
                 prefill_n[d].append(n)
+                plan_ctx.append(0)
                 n_prefill += n
             else:
                 dec_ctx[d].append(st.prompt_tokens + st.generated)
+                plan_ctx.append(st.prompt_tokens + st.generated)
                 n_decode += 1
         rows = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
         tok_dev = np.concatenate(tok_dev_parts) if n_dev > 1 else None
@@ -490,19 +521,37 @@ class Engine:
         counts = np.bincount(keys, minlength=L * E).astype(np.int64)
         n_assign = int(keys.size)
         cross = 0
+        n_gather = 0
         send_dev = np.zeros((L, max(n_dev, 1)))
         recv_dev = np.zeros((L, max(n_dev, 1)))
+        gather_dev = np.zeros((L, max(n_dev, 1)))
+        coherent = self.coherent and n_dev > 1
+        cur: npt.NDArray[np.int64] | None = None  # [n_tok, L + 1] device of each token before MoE layer l
         if n_dev > 1 and tok_dev is not None:
-            src = np.broadcast_to(tok_dev[:, None, None], rows.shape)[valid]
+            if coherent:
+                cur = self._token_devices(rows, valid, tok_dev)
+                src = np.broadcast_to(cur[:, :L, None], rows.shape)[valid]
+            else:
+                src = np.broadcast_to(tok_dev[:, None, None], rows.shape)[valid]
             dst = self.home_flat[keys]
             layer_of = keys // E
             is_cross = src != dst
             cross = int(is_cross.sum())
             np.add.at(send_dev, (layer_of[is_cross], src[is_cross]), 1.0)
             np.add.at(recv_dev, (layer_of[is_cross], dst[is_cross]), 1.0)
+            if cur is not None and k > 1:
+                # partial outputs of the token's other experts go to its next device (its top-1
+                # expert's home); the top-1 expert's output is already there
+                first = np.argmax(valid, axis=2)
+                not_top = (np.arange(k)[None, None, :] != first[:, :, None])[valid]
+                nxt = np.broadcast_to(cur[:, 1:, None], rows.shape)[valid]
+                g = not_top & (dst != nxt)
+                n_gather = int(g.sum())
+                np.add.at(gather_dev, (layer_of[g], dst[g]), 1.0)
         self._recent_load *= 0.5
         self._recent_load += counts.reshape(L, E)
-        # per-device layer costs (identical for every layer of the step)
+        # per-device layer costs, one row per token position (before MoE layer 0..L): identical rows
+        # in classic execution, where every token stays on its request's device
         attn_s = np.zeros(n_dev)
         attn_J = np.zeros(n_dev)
         router_s = np.zeros(n_dev)
@@ -532,6 +581,13 @@ class Engine:
             if self.costs.dense_model is not None:
                 c = cm.expert_ffn(dev, self.costs.dense_model, dev_tokens[d])
                 dense_s[d], dense_J[d] = float(c.total_s), float(c.energy_J)
+        if cur is not None:
+            attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J = self._coherent_costs(
+                cur, plan_n, plan_ctx)
+        else:
+            attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J = (
+                np.broadcast_to(x, (L + 1, n_dev))
+                for x in (attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J))
         # expert costs, per device, for every (layer, expert) at once
         exp_cost: list[OpCost] = []
         exp_s: list[npt.NDArray[np.float64]] = []
@@ -565,21 +621,26 @@ class Engine:
             recv_max = recv_dev.max(axis=1) * unit
             peer = self.platform.peer_link
             c1 = cm.all_to_all(peer, send_max, n_dev)
-            c2 = cm.all_to_all(peer, recv_max, n_dev)
+            # classic: the combine sends the dispatched tokens back; context-coherent: only the other
+            # experts' partial outputs travel, to the token's next device (none for top-1 routing)
+            c2 = cm.all_to_all(peer, gather_dev.max(axis=1) * unit if coherent else recv_max, n_dev)
             s1, j1 = _arr(c1.total_s, L), _arr(c1.energy_J, L)
             s2, j2 = _arr(c2.total_s, L), _arr(c2.energy_J, L)
             a2a = [(float(s1[i]), float(j1[i]), float(s2[i]), float(j2[i])) for i in range(L)]
-            tot_peer = 2.0 * cross * unit
+            tot_peer = (cross + n_gather) * unit if coherent else 2.0 * cross * unit
             self._add_bytes(peer, tot_peer)
             self._s["bytes_peer"] += tot_peer
         # compute streams held for the whole step
         holds = [self.compute[d].request() for d in range(n_dev)]
         yield env.all_of(holds) if n_dev > 1 else holds[0]
         energy = 0.0
+        comb_label = "gather" if coherent else "combine"
         for abs_layer in range(model.n_layers):
             layer = self.moe_index[abs_layer]
             is_moe = layer >= 0
-            pre = attn_s + (router_s if is_moe else dense_s)
+            pos = self.position[abs_layer]
+            a_s = attn_s[pos]
+            pre = a_s + (router_s[pos] if is_moe else dense_s[pos])
             dt = float(pre.max())
             if dt > 0:
                 start = env.now
@@ -587,12 +648,13 @@ class Engine:
                 for d in range(n_dev):
                     self.busy_s[d] += float(pre[d])
                     if self.events is not None:
-                        self._event(d, "compute", "attention", start, start + float(attn_s[d]), f"L{abs_layer}")
-                        self._event(d, "compute", "router" if is_moe else "dense", start + float(attn_s[d]),
+                        self._event(d, "compute", "attention", start, start + float(a_s[d]), f"L{abs_layer}")
+                        self._event(d, "compute", "router" if is_moe else "dense", start + float(a_s[d]),
                                     start + float(pre[d]), f"L{abs_layer}")
-            energy += float(attn_J.sum()) + float((router_J if is_moe else dense_J).sum())
+            energy += float(attn_J[pos].sum()) + float((router_J[pos] if is_moe else dense_J[pos]).sum())
             if not is_moe:
                 continue
+            sh_s, sh_J = shared_s[layer], shared_J[layer]
             lo, hi = layer * E, (layer + 1) * E
             if n_dev > 1:
                 disp_s, disp_J, comb_s, comb_J = a2a[layer]
@@ -602,39 +664,115 @@ class Engine:
                 longest = 0.0
                 for d in range(n_dev):
                     cnt = counts[lo:hi] if n_dev == 1 else np.where(self.home_flat[lo:hi] == d, counts[lo:hi], 0)
-                    if shared_s[d] > 0 or cnt.any():
+                    if sh_s[d] > 0 or cnt.any():
                         longest = max(longest, self._moe_resident(d, layer, abs_layer, rows, cnt, exp_s[d][lo:hi],
-                                                                  exp_J[d][lo:hi], float(shared_s[d]),
-                                                                  float(shared_J[d])))
+                                                                  exp_J[d][lo:hi], float(sh_s[d]),
+                                                                  float(sh_J[d])))
                 if longest > 0:
                     yield env.timeout(longest)
                 if n_dev > 1:
-                    yield from self._all_to_all(comb_s, f"combine L{abs_layer}")
+                    yield from self._all_to_all(comb_s, f"{comb_label} L{abs_layer}")
             elif n_dev == 1:
                 yield from self._moe_device(0, layer, abs_layer, rows, counts[lo:hi], exp_s[0][lo:hi],
-                                            exp_J[0][lo:hi], exp_cost[0], float(shared_s[0]), float(shared_J[0]),
+                                            exp_J[0][lo:hi], exp_cost[0], float(sh_s[0]), float(sh_J[0]),
                                             cpu_s, cpu_J, act_bytes[lo:hi])
             else:
                 procs = []
                 idle_devs = []
                 for d in range(n_dev):
                     cnt = np.where(self.home_flat[lo:hi] == d, counts[lo:hi], 0)
-                    if cnt.any() or shared_s[d] > 0:
+                    if cnt.any() or sh_s[d] > 0:
                         procs.append(env.process(self._moe_device(
                             d, layer, abs_layer, rows, cnt, exp_s[d][lo:hi], exp_J[d][lo:hi], exp_cost[d],
-                            float(shared_s[d]), float(shared_J[d]), cpu_s, cpu_J, act_bytes[lo:hi])))
+                            float(sh_s[d]), float(sh_J[d]), cpu_s, cpu_J, act_bytes[lo:hi])))
                     else:
                         idle_devs.append(d)
                 if self.prefetcher is not None and idle_devs:
                     self._prefetch(layer, rows, idle_devs)
                 if procs:
                     yield env.all_of(procs)
-                yield from self._all_to_all(comb_s, f"combine L{abs_layer}")
+                yield from self._all_to_all(comb_s, f"{comb_label} L{abs_layer}")
         for d in range(n_dev):
             self.compute[d].release(holds[d])
         self.energy_J += energy
         self._s["energy"] += energy
         self._finish_step(plan, t0, n_prefill, n_decode, n_assign, cross, n_tok, k)
+
+    def _token_devices(self, rows: npt.NDArray[np.int16], valid: npt.NDArray[np.bool_],
+                       tok_dev: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Context-coherent execution: ``[n_tok, L + 1]`` device of each token before MoE layer ``l``
+        (column ``L``: after the last one). A token starts the step on its request's device; after
+        MoE layer ``l`` it is on the home of its top-1 expert there (the first valid slot of its
+        routing row, the router's highest-ranked choice); a token with no expert at a layer stays."""
+        L = self.L
+        n_tok = rows.shape[0]
+        first = np.argmax(valid, axis=2)  # [n_tok, L]
+        top = np.take_along_axis(rows, first[:, :, None], axis=2)[:, :, 0].astype(np.int64)
+        has: npt.NDArray[np.bool_] = np.asarray(valid.any(axis=2), dtype=bool)
+        top_home = self.home_flat[np.arange(L, dtype=np.int64)[None, :] * self.E + np.maximum(top, 0)]
+        cur = np.empty((n_tok, L + 1), dtype=np.int64)
+        cur[:, 0] = tok_dev
+        for layer in range(L):
+            cur[:, layer + 1] = np.where(has[:, layer], top_home[:, layer], cur[:, layer])
+        return cur
+
+    def _coherent_costs(self, cur: npt.NDArray[np.int64], plan_n: list[int], plan_ctx: list[int]
+                        ) -> tuple[npt.NDArray[np.float64], ...]:
+        """Per-position, per-device ``[L + 1, n_dev]`` time and energy of attention, router, shared
+        experts and dense FFN when each token is processed on the device where it is (``cur``).
+
+        Decode tokens: ``attention_decode`` of the tokens on the device at their mean context.
+        Prefill chunks whose tokens are spread over devices: each device is charged its share of
+        tokens of the chunk's ``attention_prefill`` cost (assumption: the chunk's attention work
+        splits evenly per query token; the attention weights are not re-read per device)."""
+        L1, n_dev = self.L + 1, self.n_dev
+        model, cm = self.model, self.cost
+        n_entries = len(plan_n)
+        entry = np.repeat(np.arange(n_entries), plan_n)  # plan entry of each token
+        ctx = np.asarray(plan_ctx, dtype=np.float64)[entry]
+        is_dec = ctx > 0
+        pos = np.broadcast_to(np.arange(L1)[None, :], cur.shape)
+        flat = (pos * n_dev + cur).ravel()
+        n_on = np.bincount(flat, minlength=L1 * n_dev).reshape(L1, n_dev)
+        dec_flat = flat[np.repeat(is_dec, L1)]
+        n_dec = np.bincount(dec_flat, minlength=L1 * n_dev).reshape(L1, n_dev).astype(np.float64)
+        ctx_sum = np.bincount(dec_flat, weights=np.repeat(ctx[is_dec], L1),
+                              minlength=L1 * n_dev).reshape(L1, n_dev)
+        mean_ctx = ctx_sum / np.maximum(n_dec, 1.0)
+        pre_entries = np.flatnonzero(np.asarray(plan_ctx) == 0)
+        pre_tok = ~is_dec
+        # share[p, d, chunk]: fraction of prefill chunk's tokens on device d at position p
+        share = np.zeros((L1, n_dev, max(pre_entries.size, 1)))
+        if pre_entries.size:
+            chunk_of = np.searchsorted(pre_entries, entry[pre_tok])
+            sizes = np.asarray(plan_n, dtype=np.float64)[pre_entries]
+            idx = ((pos[pre_tok] * n_dev + cur[pre_tok]) * pre_entries.size + chunk_of[:, None]).ravel()
+            share = np.bincount(idx, minlength=L1 * n_dev * pre_entries.size).reshape(
+                L1, n_dev, pre_entries.size) / sizes[None, None, :]
+        out = [np.zeros((L1, n_dev)) for _ in range(8)]
+        attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J = out
+        for d, dev in enumerate(self.bound.devices):
+            on = n_on[:, d]
+            if not on.any():
+                continue
+            if pre_entries.size:
+                c = cm.attention_prefill(dev, model, np.asarray(plan_n, dtype=np.int64)[pre_entries])
+                attn_s[:, d] += share[:, d, :] @ _arr(c.total_s, pre_entries.size)
+                attn_J[:, d] += share[:, d, :] @ _arr(c.energy_J, pre_entries.size)
+            if is_dec.any():
+                nd = n_dec[:, d]
+                c = cm.attention_decode(dev, model, nd.astype(np.int64), np.where(nd > 0, mean_ctx[:, d], 0.0))
+                attn_s[:, d] += np.where(nd > 0, _arr(c.total_s, L1), 0.0)
+                attn_J[:, d] += np.where(nd > 0, _arr(c.energy_J, L1), 0.0)
+            ops = [(router_s, router_J, cm.router(dev, model, on))]
+            if model.n_shared_experts > 0:
+                ops.append((shared_s, shared_J, cm.shared_experts(dev, model, on)))
+            if self.costs.dense_model is not None:
+                ops.append((dense_s, dense_J, cm.expert_ffn(dev, self.costs.dense_model, on)))
+            for t_out, j_out, c in ops:
+                t_out[:, d] = np.where(on > 0, _arr(c.total_s, L1), 0.0)
+                j_out[:, d] = np.where(on > 0, _arr(c.energy_J, L1), 0.0)
+        return tuple(out)
 
     def _all_to_all(self, dt: float, label: str) -> ProcGen:
         if dt <= 0 or self.fabric is None:

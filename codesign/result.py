@@ -76,7 +76,9 @@ def summarize(
 
     Throughput counts output tokens over the makespan (first arrival to last finish).
     ``energy_j_per_token`` and ``cost_per_million_tokens_usd`` divide by output tokens;
-    ``cross_device_share`` is cross-device token-expert assignments over all assignments.
+    ``cross_device_share`` is cross-device token-expert assignments (dispatched to an expert off the
+    token's current device: its request's device in classic EP, the device it moved to in
+    context-coherent EP, see `codesign.engine`) over all assignments.
     ``prefetch`` = ``{issued, on_time, late, wasted, unused_at_end}`` (counts of expert prefetches;
     ``unused_at_end = issued - on_time - late - wasted``: still neither used nor evicted when the run
     ended) and ``late_prefetch_share`` = late prefetches over expert accesses (``experts_needed``);

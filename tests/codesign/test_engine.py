@@ -218,3 +218,98 @@ def test_near_tier_sram_on_rdu() -> None:
     assert s["peak_memory_bytes"]["sram"] <= 8 * model.bytes_per_expert
     assert "promote" in set(r1.events_frame().kind)
     assert r1.steps.hits.sum() + r1.steps.misses.sum() == r1.steps.experts_needed.sum()
+
+
+# ------------------------------------------------------------------ expert-parallel execution modes
+def _expected_cross(stream, model, home, req_device, *, coherent: bool) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """Independent count of (dispatch crossings, gathered partial outputs) over the served rows:
+    classic: expert's home != the request's device; context-coherent: the token starts on its
+    request's device and moves to the home of its first valid expert after each MoE layer."""
+    cross = gather = 0
+    for r in stream.requests:
+        rows = stream.routing(r)[: r.prompt_tokens + r.output_tokens - 1]
+        for tok in rows:
+            cur = int(req_device[r.request_id])
+            for layer in range(model.n_moe_layers):
+                ex = [int(e) for e in tok[layer] if e >= 0]
+                homes = [int(home[layer, e]) for e in ex]
+                cross += sum(h != cur for h in homes)
+                if coherent and ex:
+                    cur = homes[0]
+                    gather += sum(h != cur for h in homes[1:])
+    return cross, gather
+
+
+@pytest.mark.parametrize("execution", ["classic", "context-coherent"])
+def test_ep_execution_crossings_and_bytes(execution: str) -> None:
+    model = tiny_model(n_experts=16)
+    dgx = get_platform("dgx-h100")
+    stream = random_stream(model, 6, 3, 4, seed=7, zipf=0.8)
+    m = Mapping(ep_execution=execution, batching=BatchingSpec(max_batch=3, max_tokens=8))
+    r = simulate(model, dgx, stream, m, seed=0, record_events=True)
+    home = m.bind(model, dgx).expert_home
+    dev = dict(zip(r.requests.request_id, r.requests.device, strict=True))
+    cross, gather = _expected_cross(stream, model, home, dev, coherent=execution == "context-coherent")
+    assert r.steps.cross_device.sum() == cross
+    unit = model.d_model * 2.0
+    expected_bytes = (cross + gather) * unit if execution == "context-coherent" else 2 * cross * unit
+    assert r.summary["bytes_moved"]["nvlink4"] == pytest.approx(expected_bytes)
+    assert r.steps.assignments.sum() == r.summary["assignments_device"]  # each computed exactly once
+    labels = set(r.events_frame().query("kind == 'all_to_all'").label.str.split().str[0])
+    assert labels == ({"dispatch", "gather"} if execution == "context-coherent" else {"dispatch", "combine"})
+
+
+def test_context_coherent_top1_is_one_all_to_all_per_layer() -> None:
+    model = tiny_model(n_experts=16, top_k=1)
+    dgx = get_platform("dgx-h100")
+    stream = random_stream(model, 4, 3, 3, seed=8)
+    r = simulate(model, dgx, stream, Mapping(ep_execution="context-coherent"), seed=0, record_events=True)
+    a2a = r.events_frame().query("kind == 'all_to_all' and device == '0:h100-sxm'")
+    assert len(a2a) > 0 and set(a2a.label.str.split().str[0]) == {"dispatch"}
+    cross = r.steps.cross_device.sum()
+    assert r.summary["bytes_moved"]["nvlink4"] == pytest.approx(cross * model.d_model * 2.0)
+
+
+def test_context_coherent_on_one_device_is_classic(h100) -> None:
+    model = tiny_model()
+    stream = random_stream(model, 3, 4, 5, seed=9)
+    m = Mapping(cache=CacheSpec(expert_fraction=0.5))
+    a = simulate(model, h100, stream, m, seed=0)
+    b = simulate(model, h100, stream, m.with_(ep_execution="context-coherent"), seed=0)
+    assert a.steps.equals(b.steps) and a.requests.equals(b.requests)
+
+
+def test_context_coherent_share_depends_on_placement(shared_dir) -> None:  # type: ignore[no-untyped-def]
+    """Reviewer defect #1, on the real DeepSeek-V2-Lite trace (first 100 requests: 50 to fit the
+    placement, 20 of the other 50 served): in classic EP a token returns home after every layer, so
+    the cross-device share is ~7/8 whatever the placement; in context-coherent EP the token stays on
+    its top-1 expert's device and ExFlow's affinity placement keeps clearly more of the next layer
+    local than round-robin."""
+    from tests.codesign.sim_helpers import ListStream, Req
+    from workloads.importers import import_trace
+
+    trace = import_trace("deepseek-csv", [shared_dir / "traces" / "deepseek-v2-lite"])
+    rids = np.unique(trace.request)
+    train = trace.select_requests(rids[:50])
+    test = trace.select_requests(rids[50:70])
+    reqs, routing = [], []
+    for i, rid in enumerate(np.unique(test.request)):
+        rows = test.experts[test.request == rid]
+        reqs.append(Req(i, 0.0, rows.shape[0] - 1, 2))
+        routing.append(np.concatenate([rows, rows[-1:]]))
+    stream = ListStream(reqs, routing)
+    model = get_model("deepseek-v2-lite")
+    dgx = get_platform("dgx-h100")
+    share = {}
+    for execution in ("classic", "context-coherent"):
+        for placement in ("round-robin", "exflow"):
+            m = Mapping(placement=placement, placement_options={"method": "sequential"} if placement == "exflow"
+                        else {}, ep_execution=execution, batching=BatchingSpec(max_batch=8))
+            r = simulate(model, dgx, stream, m, seed=0, train=train)
+            share[execution, placement] = r.summary["cross_device_share"]
+    # classic: placement-independent, about 7/8 (measured 0.872 / 0.878)
+    assert share["classic", "round-robin"] == pytest.approx(7 / 8, abs=0.03)
+    assert share["classic", "exflow"] == pytest.approx(share["classic", "round-robin"], abs=0.03)
+    # context-coherent: round-robin has no affinity to exploit; exflow keeps tokens local
+    assert share["context-coherent", "round-robin"] == pytest.approx(7 / 8, abs=0.03)
+    assert share["context-coherent", "exflow"] < share["context-coherent", "round-robin"] - 0.1, share

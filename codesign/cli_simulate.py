@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,7 @@ def parse_length(spec: str | None, flag: str, csv_path: Path | None, default: in
 def build_stream(args: argparse.Namespace, model: Any) -> Any:
     """The `RequestStream` the arguments describe (routing source, arrivals, lengths), checked
     against ``model`` (layers, experts, top-k) before any request is built."""
-    from workloads.requests import ProcessRouting, RequestStream, TraceReplay
+    from workloads.requests import ProcessRouting, RequestFormatError, RequestStream, TraceReplay
 
     if args.trace is not None:
         from workloads.trace import RoutingTrace
@@ -189,13 +190,22 @@ def build_stream(args: argparse.Namespace, model: Any) -> Any:
         raise ValueError(f"--burstiness is only used with --arrivals bursty (got --arrivals {arrivals})")
     if arrivals == "replay" and args.arrival_trace is None:
         raise ValueError("--arrivals replay needs --arrival-trace CSV (Splitwise format)")
+    if args.rate is not None and not (args.rate > 0 and math.isfinite(args.rate)):
+        raise ValueError(f"--rate must be a finite number of requests per second > 0, got {args.rate}")
+    if args.burstiness is not None and not (args.burstiness > 0 and math.isfinite(args.burstiness)):
+        raise ValueError(f"--burstiness (coefficient of variation) must be finite and > 0, got {args.burstiness}")
     if args.requests is not None and args.requests <= 0:
         raise ValueError(f"--requests must be > 0, got {args.requests}")
     prompt = parse_length(args.prompt_len, "--prompt-len", args.arrival_trace, 64)
     output = parse_length(args.output_len, "--output-len", args.arrival_trace, 128)
     if arrivals == "replay":
-        stream = RequestStream.replay(args.arrival_trace, n_requests=args.requests, time_scale=args.time_scale,
-                                      routing=routing)
+        try:
+            stream = RequestStream.replay(args.arrival_trace, n_requests=args.requests, time_scale=args.time_scale,
+                                          routing=routing)
+        except RequestFormatError:
+            raise
+        except ValueError as exc:  # e.g. more --requests than rows
+            raise ValueError(f"--arrivals replay --arrival-trace {args.arrival_trace}: {exc}") from None
         if args.prompt_len is not None or args.output_len is not None:
             stream = _relength(stream, prompt if args.prompt_len is not None else None,
                                output if args.output_len is not None else None, args.seed)
@@ -411,6 +421,8 @@ def summary_table(summary: dict[str, Any]) -> str:
         lines.append(f"{'bytes over ' + link:<26} {b / 1e9:.3f} GB")
     for tier, b in sorted(summary.get("peak_memory_bytes", {}).items()):
         lines.append(f"{'peak memory ' + tier:<26} {b / 1e9:.3f} GB")
+    if summary.get("train_source"):
+        lines.append(f"{'training routing':<26} {summary['train_source']} ({summary.get('train_tokens', 0)} tokens)")
     lines.append(f"{'config hash':<26} {summary.get('config_hash', '-')}")
     return "\n".join(lines)
 
@@ -434,11 +446,15 @@ def load_model(spec: str) -> Any:
     validation message is prefixed with the file."""
     import dataclasses
 
-    from workloads.model import MoEModel, get_model
+    from workloads.model import MoEModel, UnknownPresetError, get_model
 
     path = Path(spec)
-    if not (spec.lower().endswith(".json") or path.is_file()):
-        return get_model(spec)
+    if not spec.lower().endswith(".json"):
+        try:
+            return get_model(spec)
+        except UnknownPresetError:
+            if not path.is_file():
+                raise
     if not path.is_file():
         raise ValueError(f"--model {spec}: no such file (expected a model preset name or a JSON file of MoEModel "
                          "fields)")

@@ -132,6 +132,9 @@ def test_process_trains_on_a_separate_sample(extra: list[str], source: str | Non
                                              capsys: pytest.CaptureFixture[str]) -> None:
     rc = main([*DS, "--process", "default", *extra])
     data = json.loads(capsys.readouterr().out)
+    if source:  # the table says where the training routing came from
+        assert main([a for a in DS if a != "--json"] + ["--process", "default", *extra]) == 0
+        assert "training routing           process-sample (16 tokens)" in capsys.readouterr().out
     assert rc == 0 and data["n_requests"] == 2 and data["train_requests"] == 0
     assert data["train_source"] == source
     # as many tokens as the run: 2 requests x (4 + 4) rows
@@ -279,6 +282,10 @@ def test_arrival_flag_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
             (["--arrivals", "poisson"], "--arrivals poisson needs --rate"),
             (["--arrivals", "bursty", "--rate", "2"], "--arrivals bursty needs --burstiness"),
             (["--arrivals", "replay"], "--arrivals replay needs --arrival-trace"),
+            (["--rate", "-1"], "--rate must be a finite number of requests per second > 0, got -1.0"),
+            (["--arrivals", "bursty", "--rate", "2", "--burstiness", "0"], "--burstiness (coefficient of variation)"),
+            (["--rate", "2", "--burstiness", "2"], "--burstiness is only used with --arrivals bursty"),
+            (["--model", str(tmp_path / "none.json")], "none.json: no such file"),
             (["--arrivals", "replay", "--arrival-trace", str(bad_csv)],
              "arrivals.csv, line 3: field num_prefill_tokens = 'x' is not a number")):
         assert main([*BASE, *extra]) == 1

@@ -23,7 +23,13 @@ gives the numbers.
 Training data: policies that need it (``--placement exflow|load-balanced``, trained caches and
 prefetchers such as ``--prefetch affinity``) train, with ``--process``, on a separate sample of the
 process (as many tokens as the run, a fresh seed; see `codesign.simulate`); with ``--trace``, on
-the first ``--train-fraction`` of the requests, which must then be given.
+the first ``--train-fraction`` of the requests, which must then be given. ``--ep-execution`` picks
+how tokens move between expert-parallel devices (`codesign.mapping.Mapping.ep_execution`).
+
+Every bad value is reported as one ``error: ...`` line naming the flag (or file) and what was
+expected: policy options are checked against the policy's constructor (the valid ones listed),
+``--out`` must be a directory, ``--seed`` a non-negative integer.
+
 ``--json`` prints one JSON object (the summary: ``tpot_p50_s``, ``tpot_p99_s``, ``ttft_p50_s``,
 ``throughput_tok_s``, ``hit_rate`` per tier, ``bytes_moved`` per link, ``energy_j_per_token`` ...,
 plus ``config_hash``); ``--out DIR`` writes ``requests.csv``, ``steps.csv``, ``summary.json``,
@@ -81,7 +87,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--prefetch-option", action="append", default=[], metavar="KEY=VALUE",
                    help="prefetch policy option, repeatable (e.g. accuracy=0.9)")
     p.add_argument("--miss", default="fetch", help="miss policy: fetch | cpu | cost (default fetch)")
-    p.add_argument("--placement", default="round-robin", help="placement across devices (default round-robin)")
+    p.add_argument("--placement", default="round-robin",
+                   help="placement across devices (default round-robin; exflow and load-balanced train on "
+                        "routing: see --train-fraction)")
     p.add_argument("--scheduler", default="fifo", help="token scheduler (default fifo)")
     p.add_argument("--hbm-expert-fraction", type=float, default=1.0, metavar="F",
                    help="fraction of each device's experts held in its HBM cache, in [0, 1] (default 1)")
@@ -90,8 +98,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--near-policy", default="lru", help="replacement policy of the near tier (default lru)")
     p.add_argument("--devices", type=int, default=None, help="expert-parallel degree (default: all accelerators)")
     p.add_argument("--ep-execution", default="classic", choices=("classic", "context-coherent"),
-                   help="expert-parallel execution: classic all-to-all dispatch, or context-coherent "
-                        "(see codesign.mapping; default classic)")
+                   help="expert-parallel execution: classic (dispatch + combine all-to-all per MoE layer, the "
+                        "default) or context-coherent (ExFlow: a token stays on its top-1 expert's device; one "
+                        "all-to-all per layer)")
     p.add_argument("--backing", default="host", help="where offloaded experts live: host | a device tier (ddr)")
     p.add_argument("--batch", type=int, default=64, metavar="N", help="max requests per batch (default 64)")
     p.add_argument("--max-tokens", type=int, default=8192, help="token budget per step (default 8192)")

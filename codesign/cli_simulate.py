@@ -105,7 +105,8 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--batch", type=int, default=64, metavar="N", help="max requests per batch (default 64)")
     p.add_argument("--max-tokens", type=int, default=8192, help="token budget per step (default 8192)")
     p.add_argument("--requests", type=int, default=None, metavar="N",
-                   help="number of requests (default: every request of the trace, or 16 for a process)")
+                   help="number of requests (default: every request of --trace, every row of --arrival-trace "
+                        "with --arrivals replay, or 16 for a process)")
     p.add_argument("--prompt-len", default=None, metavar="LEN",
                    help="prompt tokens per request: N, uniform:A:B, splitwise (lengths of --arrival-trace) or "
                         "splitwise:CSV (default 64; with --arrivals replay the CSV's)")

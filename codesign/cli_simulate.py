@@ -87,9 +87,13 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--prefetch-option", action="append", default=[], metavar="KEY=VALUE",
                    help="prefetch policy option, repeatable (e.g. accuracy=0.9)")
     p.add_argument("--miss", default="fetch", help="miss policy: fetch | cpu | cost (default fetch)")
+    p.add_argument("--miss-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="miss policy option, repeatable")
     p.add_argument("--placement", default="round-robin",
                    help="placement across devices (default round-robin; exflow and load-balanced train on "
                         "routing: see --train-fraction)")
+    p.add_argument("--placement-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="placement option, repeatable (e.g. exflow method=sequential, time_limit_s=10)")
     p.add_argument("--scheduler", default="fifo", help="token scheduler (default fifo)")
     p.add_argument("--hbm-expert-fraction", type=float, default=1.0, metavar="F",
                    help="fraction of each device's experts held in its HBM cache, in [0, 1] (default 1)")
@@ -345,6 +349,8 @@ def parse_options(items: list[str], flag: str) -> tuple[tuple[str, bool | int | 
 _RESERVED: dict[str, frozenset[str]] = {
     "cache": frozenset({"self", "capacity", "n_layers", "n_experts", "pinned", "seed"}),
     "prefetch": frozenset({"self", "n_layers", "n_experts", "top_k", "seed"}),
+    "miss": frozenset({"self", "seed"}),
+    "placement": frozenset({"self", "seed"}),
 }
 
 
@@ -396,6 +402,12 @@ def build_mapping(args: argparse.Namespace) -> Any:
         check_options("prefetch", args.prefetch, prefetch_opts, "--prefetch-option")
     elif prefetch_opts:
         raise ValueError("--prefetch-option given without --prefetch POLICY")
+    miss_opts = parse_options(args.miss_option, "--miss-option")
+    placement_opts = parse_options(args.placement_option, "--placement-option")
+    for kind, name, opts, flag in (("miss", args.miss, miss_opts, "--miss-option"),
+                                   ("placement", args.placement, placement_opts, "--placement-option")):
+        REGISTRIES[kind].get(name)
+        check_options(kind, name, opts, flag)
     if not 0.0 <= args.train_fraction < 1.0:
         raise ValueError(f"--train-fraction must be in [0, 1), got {args.train_fraction}")
 
@@ -409,7 +421,7 @@ def build_mapping(args: argparse.Namespace) -> Any:
         cache=CacheSpec(policy=args.cache, expert_fraction=args.hbm_expert_fraction,
                         options=cache_opts),
         prefetch=args.prefetch, prefetch_options=prefetch_opts, ep_execution=args.ep_execution,
-        miss=args.miss, train_fraction=args.train_fraction,
+        miss=args.miss, miss_options=miss_opts, placement_options=placement_opts, train_fraction=args.train_fraction,
         batching=BatchingSpec(scheduler=args.scheduler, max_batch=args.batch, max_tokens=args.max_tokens),
     )
 

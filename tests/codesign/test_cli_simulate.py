@@ -317,3 +317,17 @@ def test_ep_execution_flag(trace_npz: Path, capsys: pytest.CaptureFixture[str]) 
         assert main([*args, "--ep-execution", mode]) == 0
         outs[mode] = json.loads(capsys.readouterr().out)
     assert outs["classic"]["config_hash"] != outs["context-coherent"]["config_hash"]
+
+
+def test_placement_and_miss_options(capsys: pytest.CaptureFixture[str]) -> None:
+    args = [*DS, "--process", "default", "--devices", "2", "--placement", "exflow"]
+    assert main([*args, "--placement-option", "method=sequential"]) == 0
+    cfg_seq = json.loads(capsys.readouterr().out)["config_hash"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["config_hash"] != cfg_seq  # the option reaches the mapping
+    assert main([*args, "--placement-option", "bogus=1"]) == 1
+    err = capsys.readouterr().err
+    assert "--placement-option bogus: placement policy 'exflow' has no option 'bogus'" in err
+    assert "load_slack, max_sweeps, method, time_limit_s" in err
+    assert main([*BASE, "--miss", "cost", "--miss-option", "x=1"]) == 1
+    assert "miss policy 'cost' has no option 'x'; valid options: (none)" in capsys.readouterr().err

@@ -467,8 +467,9 @@ def load_model(spec: str) -> Any:
     listed with the valid ones, missing required fields are listed, and the model's own
     validation message is prefixed with the file."""
     import dataclasses
+    import typing
 
-    from workloads.model import MoEModel, UnknownPresetError, get_model
+    from workloads.model import AttentionKind, MoEModel, UnknownPresetError, get_model
 
     path = Path(spec)
     if not spec.lower().endswith(".json"):
@@ -500,6 +501,9 @@ def load_model(spec: str) -> Any:
     kinds: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
     for name, value in data.items():
         ann = str(fields[name].type)
+        if ann == "AttentionKind" and value not in typing.get_args(AttentionKind):
+            raise ValueError(f"--model {path}: field {name} = {value!r}: expected one of "
+                             f"{list(typing.get_args(AttentionKind))}")
         want = kinds.get(ann, (str,) if ann == "AttentionKind" else None)
         if want is None:
             continue

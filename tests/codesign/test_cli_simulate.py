@@ -213,6 +213,10 @@ def test_model_json_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     wrong.write_text(json.dumps({**fields, "top_k": "two"}))
     assert main([a if a != "mixtral-8x7b" else str(wrong) for a in BASE]) == 1
     assert "wrong.json: field top_k = 'two': expected int" in capsys.readouterr().err
+    attn = tmp_path / "attn.json"
+    attn.write_text(json.dumps({**fields, "attention": "mha"}))
+    assert main([a if a != "mixtral-8x7b" else str(attn) for a in BASE]) == 1
+    assert "attn.json: field attention = 'mha': expected one of ['gqa', 'mla']" in capsys.readouterr().err
     del fields["d_model"]
     missing = tmp_path / "missing.json"
     missing.write_text(json.dumps(fields))

@@ -26,11 +26,18 @@ What is measured, per placement:
    combined back (two all-to-alls per MoE layer); its cross-device share does not depend on
    the placement (about 7/8), only the load balance does.
 3. **Context-coherent expert parallelism (ExFlow's execution model), as a documented composition**
-   of the simulator's step time and `CostModel.all_to_all`: the engine cannot keep a token on the
-   GPU of its previous expert, so the step time is re-composed as the simulator's mean step time
+   of the classic run's step time and `CostModel.all_to_all` (written before the engine had
+   item 4; its token-stays-where-any-previous-expert-ran share is ExFlow's own measure): the step
+   time is re-composed as the classic run's mean step time
    minus its mean all-to-all time per step, plus one all-to-all per MoE layer carrying the
    held-out context-coherent cross-device assignments of a step of the same size (ExFlow: "only
-   uses one Alltoall communication", [P] ExFlow, hardware-and-papers.md s.4).
+   uses one Alltoall communication", [P] ExFlow, hardware-and-papers.md s.4). Kept beside item 4
+   as the closed-form figure.
+4. **Context-coherent expert parallelism played by the engine** (``Mapping(ep_execution=
+   "context-coherent")``): each token stays on the GPU of its top-1 expert of the previous MoE
+   layer, is dispatched from there (one all-to-all), and its other experts' partial outputs go to
+   its next GPU; the engine reports the cross-device share of token-expert assignments, the
+   all-to-all time and the step time itself, for every placement.
 
 Both on the DGX H100 (NVLink 4) and, to see the regime where the all-to-all matters, on the same 8
 H100s with a PCIe Gen5 x16 peer fabric instead of NVLink (a topology assumption; the link numbers
@@ -137,14 +144,11 @@ def _play(platform: Platform, *, trace: RoutingTrace, train: RoutingTrace, test:
         mapping = Mapping(placement=name, batching=BatchingSpec(max_batch=batch, max_tokens=8192))
         res = simulate(model, platform, stream, mapping, cost_model=cost, seed=seed, train=train,
                        record_events=True)
-        ev = res.events_frame()
-        lane0 = ev[(ev.device == ev.device.iloc[0]) & (ev.kind == "all_to_all")] if len(ev) else ev
-        a2a_total = float((lane0.end_s - lane0.start_s).sum()) if len(lane0) else 0.0
         n_steps = len(res.steps)
         tokens = res.steps["prefill_tokens"] + res.steps["decode_tokens"]
         n_tok_per_step = float(tokens.mean())
         step_mean = float(res.steps["duration_s"].mean())
-        a2a_per_step = a2a_total / max(n_steps, 1)
+        a2a_per_step = _all_to_all_per_step(res)
         # context-coherent EP: one all-to-all per MoE layer carrying the held-out cross assignments
         unit = model.d_model * ACTIVATION_BYTES
         per_dev_bytes = n_tok_per_step / n_dev * model.top_k * routing.assignment * unit
@@ -161,12 +165,37 @@ def _play(platform: Platform, *, trace: RoutingTrace, train: RoutingTrace, test:
             "cc_step_mean_s": step_mean - a2a_per_step + cc_per_step,
             "config_hash": res.config_hash,
         }
+        # context-coherent EP played by the engine itself (Mapping.ep_execution): each token stays
+        # on the GPU of its top-1 expert of the previous MoE layer; one dispatch all-to-all per layer
+        # plus the other experts' partial outputs sent to the token's next GPU
+        cc_map = mapping.with_(ep_execution="context-coherent")
+        cc_res = simulate(model, platform, stream, cc_map, cost_model=cost, seed=seed, train=train,
+                          record_events=True)
+        entry |= {
+            "engine_cc_step_mean_s": float(cc_res.steps["duration_s"].mean()),
+            "engine_cc_all_to_all_per_step_s": _all_to_all_per_step(cc_res),
+            "engine_cc_cross_device_share": cc_res["cross_device_share"],
+            "engine_cc_peer_bytes": float(cc_res["bytes_moved"].get(peer.name, 0.0)),
+            "engine_cc_ttft_p50_s": cc_res["ttft_p50_s"], "engine_cc_tpot_p50_s": cc_res["tpot_p50_s"],
+            "engine_cc_throughput_tok_s": cc_res["throughput_tok_s"], "engine_cc_steps": len(cc_res.steps),
+            "sim_peer_bytes": float(res["bytes_moved"].get(peer.name, 0.0)),
+            "engine_cc_config_hash": cc_res.config_hash,
+        }
         results[name] = entry
         if out is not None:
             info = timeline_info(res, steps=(0, min(1, n_steps - 1)),
                                  title=f"DeepSeek-V2-Lite on {platform.name}, {name} placement (first steps)")
             write_html(plot_timeline(info), out / f"timeline_{tag}{name}.html")
     return results
+
+
+def _all_to_all_per_step(res: Any) -> float:
+    """Mean time per step that the all-to-alls hold the peer fabric (from device 0's event lane:
+    every all-to-all is recorded on every device), seconds."""
+    ev = res.events_frame()
+    lane0 = ev[(ev.device == ev.device.iloc[0]) & (ev.kind == "all_to_all")] if len(ev) else ev
+    total = float((lane0.end_s - lane0.start_s).sum()) if len(lane0) else 0.0
+    return total / max(len(res.steps), 1)
 
 
 def _compare(results: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -179,6 +208,13 @@ def _compare(results: dict[str, Any], prefix: str = "") -> dict[str, float]:
         f"{prefix}cc_step_speedup_vs_cc_round_robin": rr["cc_step_mean_s"] / ex["cc_step_mean_s"],
         f"{prefix}sim_step_ratio_exflow_over_round_robin": ex["sim_step_mean_s"] / rr["sim_step_mean_s"],
         f"{prefix}sim_all_to_all_share_round_robin": rr["sim_all_to_all_per_step_s"] / rr["sim_step_mean_s"],
+        f"{prefix}engine_cc_cross_reduction": 1 - ex["engine_cc_cross_device_share"]
+        / rr["engine_cc_cross_device_share"],
+        f"{prefix}engine_cc_all_to_all_reduction": 1 - ex["engine_cc_all_to_all_per_step_s"]
+        / rr["engine_cc_all_to_all_per_step_s"],
+        f"{prefix}engine_cc_step_speedup_vs_sim_round_robin": rr["sim_step_mean_s"] / ex["engine_cc_step_mean_s"],
+        f"{prefix}engine_cc_step_speedup_vs_engine_cc_round_robin": rr["engine_cc_step_mean_s"]
+        / ex["engine_cc_step_mean_s"],
     }
 
 
@@ -234,17 +270,25 @@ def table(summary: dict[str, Any]) -> str:
 
 def _table(results: dict[str, Any], comp: dict[str, float], prefix: str, title: str) -> str:
     rows = [title, f"{'placement':<14} {'trans x%':>8} {'assign x%':>9} {'sim step ms':>11} {'sim a2a ms':>10} "
-            f"{'CC a2a ms':>9} {'CC step ms':>10} {'solve s':>7}"]
+            f"{'CC a2a ms':>9} {'CC step ms':>10} {'eng x%':>6} {'eng CC x%':>9} {'eng CC a2a':>10} "
+            f"{'eng CC step':>11} {'solve s':>7}"]
     for name, r in results.items():
         rows.append(f"{name:<14} {100 * r['transition_cross_share']:>8.1f} {100 * r['assignment_cross_share']:>9.1f} "
                     f"{1e3 * r['sim_step_mean_s']:>11.3f} {1e3 * r['sim_all_to_all_per_step_s']:>10.3f} "
                     f"{1e3 * r['cc_all_to_all_per_step_s']:>9.3f} {1e3 * r['cc_step_mean_s']:>10.3f} "
+                    f"{100 * r['sim_cross_device_share']:>6.1f} {100 * r['engine_cc_cross_device_share']:>9.1f} "
+                    f"{1e3 * r['engine_cc_all_to_all_per_step_s']:>10.3f} {1e3 * r['engine_cc_step_mean_s']:>11.3f} "
                     f"{r.get('solve_s', 0.0):>7.2f}")
     rows.append(f"ExFlow vs round-robin: assignment cross-device share "
                 f"-{100 * comp[prefix + 'assignment_cross_reduction']:.1f}%, context-coherent all-to-all "
                 f"-{100 * comp[prefix + 'cc_all_to_all_reduction']:.1f}%, step speedup "
                 f"{comp[prefix + 'cc_step_speedup_vs_sim_round_robin']:.2f}x over classic EP round-robin "
                 f"(all-to-all = {100 * comp[prefix + 'sim_all_to_all_share_round_robin']:.0f}% of a classic step)")
+    rows.append(f"engine, context-coherent EP: ExFlow vs round-robin cross-device share "
+                f"-{100 * comp[prefix + 'engine_cc_cross_reduction']:.1f}%, all-to-all "
+                f"-{100 * comp[prefix + 'engine_cc_all_to_all_reduction']:.1f}%, step speedup "
+                f"{comp[prefix + 'engine_cc_step_speedup_vs_engine_cc_round_robin']:.2f}x (both context-coherent), "
+                f"{comp[prefix + 'engine_cc_step_speedup_vs_sim_round_robin']:.2f}x over classic EP round-robin")
     return "\n".join(rows)
 
 

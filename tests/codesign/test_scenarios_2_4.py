@@ -41,6 +41,17 @@ def test_scenario2_exflow_vs_round_robin(shared_dir: Path, tmp_path: Path) -> No
         assert r["sim_step_mean_s"] > r["sim_all_to_all_per_step_s"] > 0
     # context-coherent EP: fewer cross-GPU bytes, so a shorter all-to-all
     assert ex["cc_all_to_all_per_step_s"] < rr["cc_all_to_all_per_step_s"]
+    # the same execution played by the engine (Mapping.ep_execution="context-coherent"): the token
+    # follows its top-1 expert, so ExFlow's placement keeps clearly more assignments on their GPU
+    assert ex["engine_cc_cross_device_share"] < rr["engine_cc_cross_device_share"] - 0.1
+    assert summary["comparison"]["engine_cc_cross_reduction"] > 0.15
+    assert abs(lb["engine_cc_cross_device_share"] - rr["engine_cc_cross_device_share"]) < 0.05
+    # round-robin gains nothing from coherence (top-6 of 64 on 8 GPUs: ~7/8 cross either way)
+    assert abs(rr["engine_cc_cross_device_share"] - rr["sim_cross_device_share"]) < 0.03
+    for r in res.values():
+        assert r["engine_cc_step_mean_s"] > r["engine_cc_all_to_all_per_step_s"] > 0
+        assert r["engine_cc_config_hash"] != r["config_hash"]              # a different mapping was played
+    assert "engine, context-coherent EP" in s2.table(summary)
     assert (tmp_path / "timeline_exflow.html").stat().st_size > 100_000
     assert "2.2x" in summary["paper"]["throughput"]
     assert "ExFlow vs round-robin" in s2.table(summary)

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from codesign.engine import Engine, SimRequest
-from codesign.mapping import BatchingSpec, CacheSpec, Mapping
+from codesign.mapping import BatchingSpec, CacheSpec, EpExecution, Mapping
 from codesign.policies.base import Batch, TokenScheduler
+from codesign.result import Result
 from codesign.simulate import simulate
 from hwmodels import CostModel, get_platform
-from tests.codesign.sim_helpers import random_stream, tiny_model
+from tests.codesign.sim_helpers import ListStream, Req, random_stream, tiny_model
 from workloads import get_model
+from workloads.importers import import_trace
+from workloads.model import MoEModel
+from workloads.trace import RoutingTrace
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +71,7 @@ def test_cpu_miss_computes_on_host(h100) -> None:
     assert s["bytes_moved"]["pcie-gen5-x16"] == pytest.approx(s["assignments_cpu"] * 2 * model.d_model * 2.0)
 
 
-def _prefetch_accounting(r) -> None:  # type: ignore[no-untyped-def]
+def _prefetch_accounting(r: Result) -> None:
     """Each access is a hit, a late prefetch or a miss; each prefetch is resolved at most once."""
     st, s = r.steps, r.summary
     assert (st.experts_needed == st.hits + st.prefetch_late + st.misses).all()
@@ -221,7 +227,8 @@ def test_near_tier_sram_on_rdu() -> None:
 
 
 # ------------------------------------------------------------------ expert-parallel execution modes
-def _expected_cross(stream, model, home, req_device, *, coherent: bool) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+def _expected_cross(stream: ListStream, model: MoEModel, home: npt.NDArray[np.int64], req_device: dict[int, int],
+                    *, coherent: bool) -> tuple[int, int]:
     """Independent count of (dispatch crossings, gathered partial outputs) over the served rows:
     classic: expert's home != the request's device; context-coherent: the token starts on its
     request's device and moves to the home of its first valid expert after each MoE layer."""
@@ -241,7 +248,7 @@ def _expected_cross(stream, model, home, req_device, *, coherent: bool) -> tuple
 
 
 @pytest.mark.parametrize("execution", ["classic", "context-coherent"])
-def test_ep_execution_crossings_and_bytes(execution: str) -> None:
+def test_ep_execution_crossings_and_bytes(execution: EpExecution) -> None:
     model = tiny_model(n_experts=16)
     dgx = get_platform("dgx-h100")
     stream = random_stream(model, 6, 3, 4, seed=7, zipf=0.8)
@@ -279,16 +286,14 @@ def test_context_coherent_on_one_device_is_classic(h100) -> None:
     assert a.steps.equals(b.steps) and a.requests.equals(b.requests)
 
 
-def test_context_coherent_share_depends_on_placement(shared_dir) -> None:  # type: ignore[no-untyped-def]
+def test_context_coherent_share_depends_on_placement(shared_dir: Path) -> None:
     """Reviewer defect #1, on the real DeepSeek-V2-Lite trace (first 100 requests: 50 to fit the
     placement, 20 of the other 50 served): in classic EP a token returns home after every layer, so
     the cross-device share is ~7/8 whatever the placement; in context-coherent EP the token stays on
     its top-1 expert's device and ExFlow's affinity placement keeps clearly more of the next layer
     local than round-robin."""
-    from tests.codesign.sim_helpers import ListStream, Req
-    from workloads.importers import import_trace
-
     trace = import_trace("deepseek-csv", [shared_dir / "traces" / "deepseek-v2-lite"])
+    assert isinstance(trace, RoutingTrace)
     rids = np.unique(trace.request)
     train = trace.select_requests(rids[:50])
     test = trace.select_requests(rids[50:70])
@@ -301,7 +306,8 @@ def test_context_coherent_share_depends_on_placement(shared_dir) -> None:  # typ
     model = get_model("deepseek-v2-lite")
     dgx = get_platform("dgx-h100")
     share = {}
-    for execution in ("classic", "context-coherent"):
+    executions: tuple[EpExecution, ...] = ("classic", "context-coherent")
+    for execution in executions:
         for placement in ("round-robin", "exflow"):
             m = Mapping(placement=placement, placement_options={"method": "sequential"} if placement == "exflow"
                         else {}, ep_execution=execution, batching=BatchingSpec(max_batch=8))

@@ -79,12 +79,15 @@ def _placement_needs_stats(mapping: Mapping, model: Any) -> bool:
     return False
 
 
-def policies_needing_training(mapping: Mapping, model: Any) -> list[str]:
+def policies_needing_training(mapping: Mapping, model: Any, platform: Any = None) -> list[str]:
     """The policies of ``mapping`` that need training routing, as ``"<kind> '<name>'"`` strings
-    (empty when none does). The ``popular`` initial fill is not listed: without statistics it falls
-    back to ``spread``."""
+    (empty when none does). The placement counts only with more than one device (``n_devices``,
+    else the accelerators of ``platform`` when given; one device needs no placement). The
+    ``popular`` initial fill is not listed: without statistics it falls back to ``spread``."""
     out: list[str] = []
     n_dev = mapping.n_devices
+    if n_dev is None and platform is not None:
+        n_dev = int(platform.n_accelerators)
     if (n_dev is None or n_dev > 1) and _placement_needs_stats(mapping, model):
         out.append(f"placement {mapping.placement!r}")
     if getattr(REGISTRIES["cache"].get(mapping.cache.policy), "needs_training", False):
@@ -213,7 +216,7 @@ def simulate(model: Any, platform: Any, stream: _Stream, mapping: Mapping, *, co
         train = training_trace(stream, train_reqs, n_l, n_e, model.top_k)
         train_source = "split"
     if train is None:
-        needing = policies_needing_training(mapping, model)
+        needing = policies_needing_training(mapping, model, platform)
         if needing:
             from workloads.requests import ProcessRouting
 

@@ -36,6 +36,10 @@ def test_policies_needing_training(model: MoEModel) -> None:
     assert policies_needing_training(_mapping(placement="exflow"), model) == ["placement 'exflow'"]
     assert policies_needing_training(_mapping(placement="load-balanced", n_devices=1), model) == []  # nothing to place
     assert policies_needing_training(_mapping(placement="round-robin"), model) == []
+    # one accelerator: nothing to place, so exflow needs nothing there
+    assert policies_needing_training(_mapping(placement="exflow"), model, get_platform("h100-pcie5-host")) == []
+    assert policies_needing_training(_mapping(placement="exflow"), model, get_platform("dgx-h100")) == [
+        "placement 'exflow'"]
 
 
 def test_process_stream_trains_on_a_separate_sample(model: MoEModel) -> None:

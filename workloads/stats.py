@@ -42,15 +42,24 @@ FloatArray = npt.NDArray[np.float64]
 DEFAULT_MAX_DISTANCE = 64
 
 
-def _layer_major(experts: npt.NDArray[np.int16], n_experts: int) -> npt.NDArray[np.int32]:
-    """Expert ids as ``int32 [L, k, T]`` (contiguous per layer and slot, so that per-layer work stays
+LayerMajor = npt.NDArray[np.int16]
+
+
+def _layer_major(experts: npt.NDArray[np.int16], n_experts: int) -> LayerMajor:
+    """Expert ids as ``int16 [L, k, T]`` (contiguous per layer and slot, so that per-layer work stays
     in cache) with -1 mapped to ``n_experts`` (an extra "null" bin dropped after counting)."""
-    ex = np.ascontiguousarray(experts.transpose(1, 2, 0), dtype=np.int32)
+    ex = np.ascontiguousarray(experts.transpose(1, 2, 0), dtype=np.int16)
     ex[ex < 0] = n_experts
     return ex
 
 
-def expert_load(trace: RoutingTrace, *, _ex: npt.NDArray[np.int32] | None = None) -> IntArray:
+def _pair_dtype(n_bins: int) -> type[np.signedinteger[Any]]:
+    """Smallest integer type that holds pair codes ``a * n_bins + b`` (int16 keeps the temporaries
+    small, which is what the pair counts' speed depends on)."""
+    return np.int16 if n_bins * n_bins <= np.iinfo(np.int16).max else np.int64
+
+
+def expert_load(trace: RoutingTrace, *, _ex: LayerMajor | None = None) -> IntArray:
     """Load ``[moe_layers, n_experts]`` int64: tokens that chose each expert at each layer."""
     n_l, n_e = trace.n_moe_layers, trace.n_experts
     ex = _layer_major(trace.experts, n_e) if _ex is None else _ex
@@ -101,7 +110,7 @@ def load_skew(load: RoutingTrace | npt.ArrayLike) -> LoadSkew:
     return LoadSkew(gini=gini, entropy=np.asarray(entropy, dtype=np.float64), max_over_mean=max_over_mean)
 
 
-def affinity_counts(trace: RoutingTrace, *, _ex: npt.NDArray[np.int32] | None = None) -> IntArray:
+def affinity_counts(trace: RoutingTrace, *, _ex: LayerMajor | None = None) -> IntArray:
     """Joint counts ``[L-1, E, E]``: pairs (a at layer l, b at layer l+1) over all k x k slot pairs."""
     n_l, n_e = trace.n_moe_layers, trace.n_experts
     if n_l < 2:
@@ -109,10 +118,14 @@ def affinity_counts(trace: RoutingTrace, *, _ex: npt.NDArray[np.int32] | None = 
     e1 = n_e + 1
     ex = _layer_major(trace.experts, n_e) if _ex is None else _ex
     counts = np.zeros((n_l - 1, e1 * e1), dtype=np.int64)
+    code = _pair_dtype(e1)
+    buf = np.empty((trace.k, trace.n_tokens), dtype=code)
     for layer in range(n_l - 1):
         nxt = ex[layer + 1]
+        base = ex[layer].astype(code) * code(e1)
         for i in range(trace.k):
-            counts[layer] += np.bincount((ex[layer, i][None, :] * e1 + nxt).ravel(), minlength=e1 * e1)
+            np.add(base[i][None, :], nxt, out=buf)
+            counts[layer] += np.bincount(buf.ravel(), minlength=e1 * e1)
     return counts.reshape(n_l - 1, e1, e1)[:, :n_e, :n_e]
 
 
@@ -244,46 +257,54 @@ def temporal_reuse(trace: RoutingTrace, *, max_distance: int = DEFAULT_MAX_DISTA
         raise ValueError(f"temporal_reuse: max_distance must be >= 1, got {max_distance}")
     n_l, k, n = trace.n_moe_layers, trace.k, trace.n_tokens
     order = request_order(trace)
-    req = trace.request[order]
-    exl = np.ascontiguousarray(trace.experts[order].transpose(1, 0, 2))  # [L, T, k], tokens in request order
+    in_order = n < 2 or bool(order[-1] == n - 1 and np.all(order[1:] > order[:-1]))
+    req = trace.request if in_order else trace.request[order]
+    src = trace.experts if in_order else trace.experts[order]
+    exl = np.ascontiguousarray(src.transpose(1, 0, 2))  # [L, T, k], tokens in request order
     has_prev = np.zeros(n, dtype=bool)
     has_prev[1:] = req[1:] == req[:-1]
     idx = np.flatnonzero(has_prev)
-    first_of = np.zeros(n, dtype=np.int64)  # index of the first token of each token's request
-    starts = np.flatnonzero(~has_prev)
-    first_of[starts] = starts
-    np.maximum.accumulate(first_of, out=first_of)
+    # Token clock with a gap of n between requests: a distance < n is within a request, any
+    # distance across requests is > n (so no per-use lookup of the request start is needed).
+    clock = np.arange(n, dtype=np.int64) + n * (np.cumsum(~has_prev, dtype=np.int64) - 1)
     reused = np.zeros(n_l, dtype=np.int64)
     slots = np.zeros(n_l, dtype=np.int64)
     overlap = np.zeros((n_l, k + 1), dtype=np.int64)
     dist = np.zeros((n_l, max_distance + 1), dtype=np.int64)
     first = np.zeros(n_l, dtype=np.int64)
-    tok = np.repeat(np.arange(n, dtype=np.int64), k)
+    n_e = trace.n_experts
+    key_dtype = np.uint8 if n_e < 255 else np.uint16
+    ones_k = np.ones(k, dtype=np.uint8)
     hp1 = has_prev[1:, None]
     for layer in range(n_l):
         lay = exl[layer]  # [T, k]
         cur, prev = lay[1:], lay[:-1]  # views; rows without a predecessor are masked out
-        match = np.zeros(cur.shape, dtype=bool)
-        for i in range(k):
+        match = cur == prev[:, 0:1]
+        for i in range(1, k):
             match |= cur == prev[:, i : i + 1]
         valid = (cur >= 0) & hp1
         match &= valid
-        m = match.sum(axis=1)[idx - 1]
+        # per-row sums; a uint8 product is faster than .sum(axis=1) (and exact while k < 256)
+        m = ((match.view(np.uint8) @ ones_k) if k < 256 else match.sum(axis=1))[idx - 1]
         reused[layer] = int(m.sum())
         slots[layer] = int(valid.sum())
         overlap[layer] = np.bincount(m, minlength=k + 1)[: k + 1]
         if not distances:
             continue
-        flat = lay.ravel()
-        ok = flat >= 0
-        f, t = (flat, tok) if ok.all() else (flat[ok], tok[ok])
-        srt = np.argsort(f, kind="stable")  # int16 keys: radix sort; keeps token order inside each expert
-        fs, ts = f[srt], t[srt]
-        same = (fs[1:] == fs[:-1]) & (ts[:-1] >= first_of[ts[1:]])
-        d = (ts[1:] - ts[:-1])[same]
-        d = d[d > 0]
+        # Expert ids shifted by one (null -1 -> 0) as small unsigned keys: the stable radix argsort
+        # is fastest on uint8; the null run sorts first and is skipped.
+        keys = (lay.ravel() + 1).astype(key_dtype)
+        cnt = np.bincount(keys, minlength=n_e + 1)
+        srt = np.argsort(keys, kind="stable")[cnt[0]:]  # keeps token order inside each expert's run
+        n_uses = srt.size
+        if not n_uses:
+            continue
+        d = np.diff(clock[srt // k])
+        ends = np.cumsum(cnt[1:])  # each expert's run ends at ends - 1
+        d[ends[(ends > 0) & (ends < n_uses)] - 1] = 0  # no distance across two experts' runs
+        d = d[(d > 0) & (d < n)]
         dist[layer] = np.bincount(np.minimum(d, max_distance + 1), minlength=max_distance + 2)[1:]
-        first[layer] = f.size - d.size
+        first[layer] = n_uses - d.size
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = np.where(slots > 0, reused / np.maximum(slots, 1), np.nan)
     return TemporalReuse(
@@ -292,16 +313,18 @@ def temporal_reuse(trace: RoutingTrace, *, max_distance: int = DEFAULT_MAX_DISTA
     )
 
 
-def coactivation(trace: RoutingTrace, *, _ex: npt.NDArray[np.int32] | None = None) -> IntArray:
+def coactivation(trace: RoutingTrace, *, _ex: LayerMajor | None = None) -> IntArray:
     """Co-activation counts ``[L, E, E]``: tokens choosing both a and b at a layer; diagonal = load."""
     n_l, n_e = trace.n_moe_layers, trace.n_experts
     e1 = n_e + 1
     ex = _layer_major(trace.experts, n_e) if _ex is None else _ex
     counts = np.zeros((n_l, e1, e1), dtype=np.int64)
+    code = _pair_dtype(e1)
     for layer in range(n_l):
         c = np.zeros(e1 * e1, dtype=np.int64)
+        base = ex[layer].astype(code) * code(e1)
         for i in range(trace.k - 1):  # pairs of slots i < j, made symmetric below
-            c += np.bincount((ex[layer, i][None, :] * e1 + ex[layer, i + 1:]).ravel(), minlength=e1 * e1)
+            c += np.bincount((base[i][None, :] + ex[layer, i + 1:]).ravel(), minlength=e1 * e1)
         m = c.reshape(e1, e1)
         counts[layer] = m + m.T
         counts[layer][np.diag_indices(e1)] = np.bincount(ex[layer].ravel(), minlength=e1)

@@ -48,7 +48,7 @@ LayerMajor = npt.NDArray[np.int16]
 def _layer_major(experts: npt.NDArray[np.int16], n_experts: int) -> LayerMajor:
     """Expert ids as ``int16 [L, k, T]`` (contiguous per layer and slot, so that per-layer work stays
     in cache) with -1 mapped to ``n_experts`` (an extra "null" bin dropped after counting)."""
-    ex = np.ascontiguousarray(experts.transpose(1, 2, 0), dtype=np.int16)
+    ex = np.array(experts.transpose(1, 2, 0), dtype=np.int16, order="C", copy=True)  # never a view: edited below
     ex[ex < 0] = n_experts
     return ex
 

@@ -276,3 +276,10 @@ def test_moe_layer_ids_recorded_preset_or_columns(tiny: RoutingTrace) -> None:
     assert moe_layer_ids(ds_like) == list(range(1, 27))  # from the preset: layer 0 is dense
     other = RoutingTrace(meta={**tiny.meta, "model": "deepseek-v2-lite"}, **kw)  # 2 layers: not the preset's 26
     assert moe_layer_ids(other) == [0, 1]
+
+
+def test_statistics_leave_the_trace_untouched() -> None:
+    t = make_trace([[[-1, 2]]], [0], [0], 4)  # one token: the layer-major transpose is already contiguous
+    before = t.experts.copy()
+    trace_stats(t)
+    assert np.array_equal(t.experts, before)

@@ -361,16 +361,20 @@ class RoutingProcess:
         return init.calibrate(iterations=calibration_iterations, n_tokens=n_cal, seed=seed)
 
     # -------------------------------------------------------------- calibrate
-    def calibrate(self, *, iterations: int = 8, n_tokens: int = 16384, seed: int = 0) -> RoutingProcess:
+    def calibrate(self, *, iterations: int = 8, n_tokens: int = 16384, seed: int = 0,
+                  refine_passes: int = 4) -> RoutingProcess:
         """Adjust ``bias``, ``beta`` and ``copy_scale`` so that sampled traces match ``popularity``,
         ``mi_target`` and ``reuse_rate``.
 
         Layer by layer, on ``n_tokens`` tokens in requests of ``tokens_per_request``: the layer is
-        sampled ``iterations`` times with the same random numbers (upstream layers fixed), and
+        sampled ``iterations`` times with fresh random numbers (upstream layers fixed), and
         after each draw ``bias_l += 0.8 log(p / q)``, ``beta_{l-1} *= sqrt(MI_target / MI)``
         (bounded steps; ``gamma0`` likewise on the first layer's co-activation MI; the last three
         iterations adjust bias and reuse only) and ``copy_scale_l`` takes a Newton step on the reuse
-        rate. Returns a new
+        rate; the layer's bias is the Polyak average of its iterates over the second half of the
+        iterations. Then ``refine_passes`` whole-chain samples of ``n_tokens`` (fresh random numbers
+        each) correct every layer's bias by ``log(p / q) / (j + 1)`` (Robbins-Monro), so the bias
+        targets the population popularity, not the noise of one sample. Returns a new
         process; the achieved errors are recorded in ``meta["calibration"]``. Deterministic.
         """
         if iterations < 0 or n_tokens < 1:
@@ -390,10 +394,12 @@ class RoutingProcess:
         reuse_err = np.zeros(n_l)
         hp = np.flatnonzero(tokens.has_prev)
         prev: npt.NDArray[np.int16] | None = None
+        avg_from = iterations // 2  # Polyak averaging of the bias over the second half of the iterations
         for layer in range(n_l):
-            state = rng.bit_generator.state
+            bias_sum, n_avg = np.zeros(n_e), 0
             for it in range(iterations + 1):
-                rng.bit_generator.state = state
+                if it == iterations and n_avg:
+                    bias[layer] = bias_sum / n_avg
                 log_r = None if prev is None else _rs.log_factor(pmi[layer - 1], beta[layer - 1],
                                                                  self.popularity[layer - 1])
                 q_copy = self.overlap[layer] * scale[layer]
@@ -434,6 +440,9 @@ class RoutingProcess:
                     gamma = float(np.clip(max(gamma, 0.05) * np.clip(ratio, 0.5, 2.0), 0.0, _BETA_MAX))
                 bias[layer] += 0.8 * np.log(self.popularity[layer] / q)
                 bias[layer] -= bias[layer].mean()
+                if it >= avg_from:
+                    bias_sum += bias[layer]
+                    n_avg += 1
                 if prev is not None and it < iterations - 3:  # the last steps settle bias and reuse only
                     target = self.mi_target[layer - 1]
                     ratio = math.sqrt(target / mi) if mi > 1e-6 else 2.0
@@ -442,6 +451,19 @@ class RoutingProcess:
                 slope = max(float(mean_m[layer]) * (1.0 - chance), 1e-3)
                 scale[layer] = float(np.clip(scale[layer] + (self.reuse_rate[layer] - r_sim) / slope, 0.0, smax[layer]))
             prev = cur
+        # Whole-chain refinement: the bias above was fitted against one fixed upstream sample per
+        # layer, so it also absorbed that sample's noise. Fresh full-chain samples (new random
+        # numbers each pass) correct all layers at once with Robbins-Monro gains 1/(j+1), so the
+        # bias converges to the population target rather than to any single sample.
+        for j in range(refine_passes if iterations > 0 else 0):
+            cur_proc = replace(self, bias=bias.copy(), beta=beta, copy_scale=scale, gamma0=gamma)
+            drawn = cur_proc._sample_experts(lengths, rng)  # [n, L, k]
+            for layer in range(n_l):
+                load = np.bincount(drawn[:, layer].ravel(), minlength=n_e).astype(np.float64)
+                q = (load + 0.5) / (load.sum() + 0.5 * n_e)
+                load_err[layer] = float(np.max(np.abs(q / self.popularity[layer] - 1.0)))
+                bias[layer] += np.log(self.popularity[layer] / q) / (j + 1)
+                bias[layer] -= bias[layer].mean()
         errors = {"load_max_rel_error": float(load_err.max()),
                   "mi_abs_error_bits": float(mi_err.max()) if mi_err.size else 0.0,
                   "reuse_abs_error": float(reuse_err.max()), "first_layer_co_mi_abs_error_bits": co_err}
@@ -723,19 +745,25 @@ class RoutingProcess:
 
 # ---------------------------------------------------------------------- helpers
 def shrinkage_cv(trace: RoutingTrace, *, seed: int = 0, repeats: int = 4,
-                 grid: Sequence[float] = tuple(np.linspace(0.0, 1.0, 11))) -> float:
+                 grid: Sequence[float] = tuple(np.linspace(0.0, 1.0, 21))) -> float:
     """Popularity shrinkage ``lambda`` that best predicts unseen requests' load.
 
     ``repeats`` times, the requests are split at random into halves A and B (balanced by tokens:
     requests sorted by length are dealt in pairs); for each ``lambda`` in ``grid`` the JS distance
     between ``lambda p_A + (1 - lambda) / E`` and B's load (and vice versa), averaged over layers,
-    is accumulated; the ``lambda`` with the least mean distance wins. Half-size estimates are
-    noisier than the full trace's, so the choice errs towards shrinking more. A trace with fewer
-    than 4 requests is validated on contiguous blocks of its requests (8 blocks in all), which
-    shares prompts between the halves and so tends to shrink too little.
+    is accumulated; the ``lambda_h`` with the least mean distance wins. ``lambda_h`` is the best
+    weight for an estimate from *half* of the requests; the returned weight is for the full trace.
+    With between-request variation as noise (variance ``N`` for the full trace, ``2 N`` for a half)
+    and a signal of variance ``S`` (the population load's spread around uniform), the optimal
+    shrinkage is ``S / (S + noise)``, so ``S / N = 2 lambda_h / (1 - lambda_h)`` and the full-trace
+    weight is ``lambda = 2 lambda_h / (1 + lambda_h)`` (exact for squared error; the JS criterion is
+    locally quadratic). A trace with fewer than 4 requests is validated on contiguous blocks of its
+    requests (8 blocks in all), which shares prompts between the halves and so already tends to
+    shrink too little: there ``lambda_h`` is returned as is.
     """
     ids, inv = np.unique(trace.request, return_inverse=True)
-    if ids.size < 4:  # too few requests: validate on contiguous blocks of them instead
+    by_blocks = ids.size < 4
+    if by_blocks:  # too few requests: validate on contiguous blocks of them instead
         blocks = -(-8 // max(ids.size, 1))
         order = request_order_of(trace.request, trace.position)
         rank = np.empty(trace.n_tokens, dtype=np.int64)
@@ -767,7 +795,8 @@ def shrinkage_cv(trace: RoutingTrace, *, seed: int = 0, repeats: int = 4,
             px = x[ok] / x[ok].sum(axis=1, keepdims=True)
             for i, lam in enumerate(lams):
                 score[i] += float(np.nanmean(stats.js_distance(lam * px + (1 - lam) / n_e, y[ok])))
-    return float(lams[int(np.argmin(score))])
+    lam_h = float(lams[int(np.argmin(score))])
+    return lam_h if by_blocks else 2.0 * lam_h / (1.0 + lam_h)
 
 
 def request_order_of(request: npt.NDArray[np.int32], position: npt.NDArray[np.int32]) -> npt.NDArray[np.intp]:

@@ -58,3 +58,10 @@ def tiny_model(**changes: object) -> MoEModel:
     base = MoEModel(name="tiny-moe", n_layers=4, d_model=512, n_heads=8, n_kv_heads=4, head_dim=64,
                     expert_ffn_dim=1024, n_experts=8, top_k=2, vocab_size=1000, source="test")
     return base.with_(**changes) if changes else base
+
+
+def rows_stream(rows: list[npt.NDArray[np.int16]], prompt: int) -> ListStream:
+    """Requests ``0..len(rows)-1`` all arriving at t=0, request ``i`` routed by ``rows[i]``
+    (its first ``prompt`` rows are the prompt, the rest decode tokens)."""
+    reqs = [Req(i, 0.0, prompt, r.shape[0] - prompt) for i, r in enumerate(rows)]
+    return ListStream(reqs, rows)

@@ -6,10 +6,8 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from codesign.analytic import (
@@ -23,27 +21,9 @@ from codesign.mapping import BatchingSpec, CacheSpec, Mapping
 from codesign.policies.base import RoutingStats
 from codesign.simulate import simulate
 from hwmodels import CostModel, get_platform
+from tests.codesign.sim_helpers import rows_stream
 from workloads import RoutingTrace, get_model
 from workloads.importers import import_trace
-
-
-@dataclass(frozen=True)
-class _Req:
-    request_id: int
-    arrival_s: float
-    prompt_tokens: int
-    output_tokens: int
-
-
-class _Stream:
-    """Requests whose routing rows are given (all arrive at t = 0)."""
-
-    def __init__(self, rows: list[npt.NDArray[np.int16]], prompt: int) -> None:
-        self._rows = rows
-        self.requests = tuple(_Req(i, 0.0, prompt, r.shape[0] - prompt) for i, r in enumerate(rows))
-
-    def routing(self, req: Any) -> npt.NDArray[np.int16]:
-        return self._rows[req.request_id]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +81,7 @@ def test_zero_load_agrees_with_simulator(mixtral: RoutingTrace) -> None:
     rows = mixtral.select_requests([0]).experts[:100]
     assert (rows >= 0).all()
     mapping = Mapping(n_devices=1, cache=CacheSpec(policy="lru", expert_fraction=1.0))
-    res = simulate(model, platform, _Stream([rows], 20), mapping, cost_model=cost, train=mixtral)
+    res = simulate(model, platform, rows_stream([rows], 20), mapping, cost_model=cost, train=mixtral)
     ana = analytic_summary(model, platform, mapping, stats, batch_size=1, prompt_tokens=20, output_tokens=80,
                            cost_model=cost)
     assert ana["tpot_p50_s"] == pytest.approx(res["tpot_p50_s"], rel=0.02)
@@ -121,7 +101,7 @@ def test_static_offload_agrees_with_simulator(mixtral: RoutingTrace) -> None:
     stats = RoutingStats.from_trace(mixtral)
     rows = mixtral.select_requests([0]).experts[:100]
     mapping = Mapping(n_devices=1, cache=CacheSpec(policy="static", expert_fraction=0.25))
-    res = simulate(model, platform, _Stream([rows], 20), mapping, cost_model=cost, train=mixtral)
+    res = simulate(model, platform, rows_stream([rows], 20), mapping, cost_model=cost, train=mixtral)
     ana = analytic_summary(model, platform, mapping, stats, batch_size=1, prompt_tokens=20, output_tokens=80,
                            cost_model=cost)
     assert ana["tpot_p50_s"] == pytest.approx(res["tpot_p50_s"], rel=0.05)
@@ -129,7 +109,7 @@ def test_static_offload_agrees_with_simulator(mixtral: RoutingTrace) -> None:
     assert ana["energy_j_per_token"] == pytest.approx(res["energy_j_per_token"], rel=0.05)
     # CPU compute on a miss (Fiddler): the host computes the missing experts
     cpu_m = Mapping(n_devices=1, cache=CacheSpec(policy="static", expert_fraction=0.25), miss="cpu")
-    cpu_res = simulate(model, platform, _Stream([rows], 20), cpu_m, cost_model=cost, train=mixtral)
+    cpu_res = simulate(model, platform, rows_stream([rows], 20), cpu_m, cost_model=cost, train=mixtral)
     cpu_ana = analytic_summary(model, platform, cpu_m, stats, batch_size=1, prompt_tokens=20, output_tokens=80,
                                cost_model=cost)
     assert cpu_ana["tpot_p50_s"] == pytest.approx(cpu_res["tpot_p50_s"], rel=0.05)
@@ -137,7 +117,7 @@ def test_static_offload_agrees_with_simulator(mixtral: RoutingTrace) -> None:
     # Fiddler's per-expert rule with an LRU cache: the host wins for every miss here, so nothing new is
     # ever cached and the LRU cache behaves as the static starting set (the simulator agrees)
     fid = Mapping(n_devices=1, cache=CacheSpec(policy="lru", expert_fraction=0.25), miss="cost")
-    fid_res = simulate(model, platform, _Stream([rows], 20), fid, cost_model=cost, train=mixtral)
+    fid_res = simulate(model, platform, rows_stream([rows], 20), fid, cost_model=cost, train=mixtral)
     fid_ana = analytic_summary(model, platform, fid, stats, batch_size=1, prompt_tokens=20, output_tokens=80,
                                cost_model=cost)
     assert fid_ana["tpot_p50_s"] == pytest.approx(fid_res["tpot_p50_s"], rel=0.05)
@@ -187,7 +167,7 @@ def test_expert_parallel_agrees_with_simulator(shared_dir: Path, case: _Case) ->
     platform = get_platform("dgx-h100")
     cost = CostModel(platform)
     m = Mapping(n_devices=8, batching=BatchingSpec(max_batch=case.batch))
-    res = simulate(model, platform, _Stream(rows, 8), m, cost_model=cost, train=train)
+    res = simulate(model, platform, rows_stream(rows, 8), m, cost_model=cost, train=train)
     ana = analytic_summary(model, platform, m, RoutingStats.from_trace(train), batch_size=case.batch,
                            prompt_tokens=8, output_tokens=32, cost_model=cost)
     assert ana["tpot_p50_s"] == pytest.approx(res["tpot_p50_s"], rel=case.rel)
@@ -254,7 +234,7 @@ def test_lru_offload_batches_agree_with_simulator(mixtral: RoutingTrace) -> None
                 (reqs[i % 4][(i // 4) * 3:][:100] for i in range(batch))]
         m = Mapping(n_devices=1, cache=CacheSpec(policy="lru", expert_fraction=0.25, options={"per_layer": per_layer}),
                     batching=BatchingSpec(max_batch=batch))
-        res = simulate(model, platform, _Stream(rows, 20), m, cost_model=cost, train=mixtral)
+        res = simulate(model, platform, rows_stream(rows, 20), m, cost_model=cost, train=mixtral)
         ana = analytic_summary(model, platform, m, stats, batch_size=batch, prompt_tokens=20, output_tokens=80,
                                cost_model=cost)
         assert ana["tpot_p50_s"] == pytest.approx(res["tpot_p50_s"], rel=0.10)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from codesign.mapping import BatchingSpec, CacheSpec, Mapping
@@ -16,6 +13,7 @@ from codesign.policies.expertflow import ExpertFlowCache, ExpertFlowPrefetch, Ro
 from codesign.policies.registry import REGISTRIES
 from codesign.simulate import simulate
 from hwmodels import CostModel, get_platform
+from tests.codesign.sim_helpers import rows_stream
 from workloads import RoutingTrace, get_model
 from workloads.importers import import_trace
 
@@ -122,21 +120,6 @@ def test_prefetch_contract(deepseek: RoutingTrace) -> None:
     assert np.isin(layer6, truth).mean() > truth.size / 64
 
 
-@dataclass(frozen=True)
-class _Req:
-    request_id: int
-    arrival_s: float
-    prompt_tokens: int
-    output_tokens: int
-
-
-class _Stream:
-    def __init__(self, rows: list[npt.NDArray[np.int16]], prompt: int) -> None:
-        self._rows = rows
-        self.requests = tuple(_Req(i, 0.0, prompt, r.shape[0] - prompt) for i, r in enumerate(rows))
-
-    def routing(self, req: Any) -> npt.NDArray[np.int16]:
-        return self._rows[req.request_id]
 
 
 def test_expertflow_cache_in_the_simulator_beats_lru(deepseek: RoutingTrace) -> None:
@@ -152,6 +135,6 @@ def test_expertflow_cache_in_the_simulator_beats_lru(deepseek: RoutingTrace) -> 
     for policy in ("lru", "expertflow"):
         m = Mapping(n_devices=1, cache=CacheSpec(policy=policy, expert_fraction=0.25),
                     batching=BatchingSpec(max_batch=4))
-        res = simulate(model, platform, _Stream(rows, 4), m, cost_model=cost, train=train)
+        res = simulate(model, platform, rows_stream(rows, 4), m, cost_model=cost, train=train)
         hit[policy] = res["hit_rate"]["hbm"]
     assert hit["expertflow"] > hit["lru"]

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from codesign.mapping import BatchingSpec, Mapping
@@ -16,6 +13,7 @@ from codesign.policies.registry import REGISTRIES
 from codesign.policies.scheduling import SymbolicMoEScheduler, assigned_expert, request_signature
 from codesign.simulate import simulate
 from hwmodels import CostModel, get_platform
+from tests.codesign.sim_helpers import rows_stream
 from workloads import RoutingTrace, get_model
 from workloads.importers import import_trace
 
@@ -174,21 +172,6 @@ def test_signature_uses_only_known_rows() -> None:
         request_signature(st, lookahead="future")  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
-class _Req:
-    request_id: int
-    arrival_s: float
-    prompt_tokens: int
-    output_tokens: int
-
-
-class _Stream:
-    def __init__(self, rows: list[npt.NDArray[np.int16]], prompt: int) -> None:
-        self._rows = rows
-        self.requests = tuple(_Req(i, 0.0, prompt, r.shape[0] - prompt) for i, r in enumerate(rows))
-
-    def routing(self, req: Any) -> npt.NDArray[np.int16]:
-        return self._rows[req.request_id]
 
 
 def test_schedulers_in_the_simulator(deepseek: RoutingTrace) -> None:
@@ -202,7 +185,7 @@ def test_schedulers_in_the_simulator(deepseek: RoutingTrace) -> None:
     needed = {}
     for name in ("fifo", "expertflow", "symbolic-moe"):
         m = Mapping(n_devices=1, batching=BatchingSpec(scheduler=name, max_batch=48, max_tokens=12))
-        res = simulate(model, platform, _Stream(rows, 2), m, cost_model=cost)
+        res = simulate(model, platform, rows_stream(rows, 2), m, cost_model=cost)
         assert len(res.requests) == len(rows)
         assert (res.requests["output_tokens"] == 18).all()
         assert int(res.steps["prefill_tokens"].sum() + res.steps["decode_tokens"].sum()) == 20 * len(rows) - len(rows)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from codesign.mapping import CacheSpec, Mapping
@@ -21,25 +18,9 @@ from codesign.views import (
     write_html,
 )
 from hwmodels import CostModel, get_platform
+from tests.codesign.sim_helpers import rows_stream
 from workloads import RoutingTrace, get_model
 from workloads.importers import import_trace
-
-
-@dataclass(frozen=True)
-class _Req:
-    request_id: int
-    arrival_s: float
-    prompt_tokens: int
-    output_tokens: int
-
-
-class _Stream:
-    def __init__(self, rows: list[npt.NDArray[np.int16]], prompt: int) -> None:
-        self._rows = rows
-        self.requests = tuple(_Req(i, 0.0, prompt, r.shape[0] - prompt) for i, r in enumerate(rows))
-
-    def routing(self, req: Any) -> npt.NDArray[np.int16]:
-        return self._rows[req.request_id]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +31,7 @@ def offload_result(shared_dir: Path) -> Result:
     model = get_model("mixtral-8x7b")
     platform = get_platform("h100-pcie5-host")
     m = Mapping(n_devices=1, cache=CacheSpec(policy="lru", expert_fraction=0.25))
-    return simulate(model, platform, _Stream(rows, 4), m, cost_model=CostModel(platform), train=t,
+    return simulate(model, platform, rows_stream(rows, 4), m, cost_model=CostModel(platform), train=t,
                     record_events=True)
 
 
@@ -62,7 +43,7 @@ def ep_result(shared_dir: Path) -> Result:
             if r.shape[0] == 10][:4]
     model = get_model("deepseek-v2-lite")
     platform = get_platform("dgx-h100")
-    return simulate(model, platform, _Stream(rows, 4), Mapping(), cost_model=CostModel(platform),
+    return simulate(model, platform, rows_stream(rows, 4), Mapping(), cost_model=CostModel(platform),
                     record_events=True)
 
 

@@ -26,13 +26,6 @@ from workloads import RoutingTrace, get_model
 from workloads.importers import import_trace
 
 
-@pytest.fixture(scope="module")
-def mixtral(shared_dir: Path) -> RoutingTrace:
-    t = import_trace("mixtral-jsonl", shared_dir / "traces" / "mixtral-8x7b-instruct")
-    assert isinstance(t, RoutingTrace)
-    return t
-
-
 def test_expected_distinct_experts_matches_monte_carlo() -> None:
     rng = np.random.default_rng(0)
     n_e, k, batch = 16, 2, 8

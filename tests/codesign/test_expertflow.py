@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -15,21 +13,6 @@ from codesign.simulate import simulate
 from hwmodels import CostModel, get_platform
 from tests.codesign.sim_helpers import rows_stream
 from workloads import RoutingTrace, get_model
-from workloads.importers import import_trace
-
-
-@pytest.fixture(scope="module")
-def deepseek(shared_dir: Path) -> RoutingTrace:
-    t = import_trace("deepseek-csv", shared_dir / "traces" / "deepseek-v2-lite")
-    assert isinstance(t, RoutingTrace)
-    return t
-
-
-@pytest.fixture(scope="module")
-def mixtral(shared_dir: Path) -> RoutingTrace:
-    t = import_trace("mixtral-jsonl", shared_dir / "traces" / "mixtral-8x7b-instruct")
-    assert isinstance(t, RoutingTrace)
-    return t
 
 
 def test_held_out_accuracy_deepseek(deepseek: RoutingTrace) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -21,14 +19,6 @@ from codesign.policies.placement import (
 )
 from codesign.policies.registry import REGISTRIES, UnknownPolicyError
 from workloads import RoutingTrace, get_model
-from workloads.importers import import_trace
-
-
-@pytest.fixture(scope="module")
-def deepseek(shared_dir: Path) -> RoutingTrace:
-    trace = import_trace("deepseek-csv", shared_dir / "traces" / "deepseek-v2-lite")
-    assert isinstance(trace, RoutingTrace)
-    return trace
 
 
 def _tiny_trace() -> RoutingTrace:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -15,14 +13,6 @@ from codesign.simulate import simulate
 from hwmodels import CostModel, get_platform
 from tests.codesign.sim_helpers import rows_stream
 from workloads import RoutingTrace, get_model
-from workloads.importers import import_trace
-
-
-@pytest.fixture(scope="module")
-def deepseek(shared_dir: Path) -> RoutingTrace:
-    t = import_trace("deepseek-csv", shared_dir / "traces" / "deepseek-v2-lite")
-    assert isinstance(t, RoutingTrace)
-    return t
 
 
 def _decode_states(trace: RoutingTrace, n: int, prompt: int = 4) -> list[RequestState]:

@@ -21,13 +21,6 @@ from workloads.importers import UnknownFormatError, expand_paths
 
 # ----------------------------------------------------------------- real data
 @pytest.fixture(scope="module")
-def deepseek(shared_dir: Path) -> RoutingTrace:
-    t = import_trace("deepseek-csv", shared_dir / "traces" / "deepseek-v2-lite")
-    assert isinstance(t, RoutingTrace)
-    return t
-
-
-@pytest.fixture(scope="module")
 def mixtral_dir(shared_dir: Path) -> Path:
     return shared_dir / "traces" / "mixtral-8x7b-instruct"
 

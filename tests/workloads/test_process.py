@@ -10,23 +10,8 @@ import pytest
 
 from workloads import stats
 from workloads.fidelity import METRICS, compare, holdout_evaluation, split_requests, uniform_trace
-from workloads.importers import import_trace
 from workloads.process import ASSUMPTIONS, ProcessFormatError, RoutingProcess
 from workloads.trace import RoutingTrace
-
-
-@pytest.fixture(scope="module")
-def mixtral(shared_dir: Path) -> RoutingTrace:
-    t = import_trace("mixtral-jsonl", [shared_dir / "traces" / "mixtral-8x7b-instruct"])
-    assert isinstance(t, RoutingTrace)
-    return t
-
-
-@pytest.fixture(scope="module")
-def deepseek(shared_dir: Path) -> RoutingTrace:
-    t = import_trace("deepseek-csv", [shared_dir / "traces" / "deepseek-v2-lite"])
-    assert isinstance(t, RoutingTrace)
-    return t
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from workloads.defaults import default_process
-from workloads.importers import import_trace
 from workloads.requests import (
     LengthDist,
     ProcessRouting,
@@ -19,13 +18,6 @@ from workloads.requests import (
     TraceReplay,
 )
 from workloads.trace import RoutingTrace
-
-
-@pytest.fixture(scope="module")
-def mixtral(shared_dir: Path) -> RoutingTrace:
-    t = import_trace("mixtral-jsonl", [shared_dir / "traces" / "mixtral-8x7b-instruct"])
-    assert isinstance(t, RoutingTrace)
-    return t
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workloads.importers import import_trace
 from workloads.stats import (
     affinity,
     affinity_counts,
@@ -201,20 +199,6 @@ def test_against_brute_force(args: tuple[int, int, int, int, int, int, float]) -
 
 
 # ---------------------------------------------------------------- real traces
-@pytest.fixture(scope="module")
-def deepseek(shared_dir: Path) -> RoutingTrace:
-    t = import_trace("deepseek-csv", [shared_dir / "traces" / "deepseek-v2-lite"])
-    assert isinstance(t, RoutingTrace)
-    return t
-
-
-@pytest.fixture(scope="module")
-def mixtral(shared_dir: Path) -> RoutingTrace:
-    t = import_trace("mixtral-jsonl", [shared_dir / "traces" / "mixtral-8x7b-instruct"])
-    assert isinstance(t, RoutingTrace)
-    return t
-
-
 @pytest.mark.parametrize("name", ["deepseek", "mixtral"])
 def test_real_traces_sane(name: str, request: pytest.FixtureRequest) -> None:
     t: RoutingTrace = request.getfixturevalue(name)

@@ -42,8 +42,7 @@ def main() -> None:
         run_fidelity(platform, model, fidelity, rng, args.repeats)
 
 
-def run_fidelity(platform: Platform, model: MoEModel, fidelity: str, rng: np.random.Generator,
-                 repeats: int) -> None:
+def run_fidelity(platform: Platform, model: MoEModel, fidelity: str, rng: np.random.Generator, repeats: int) -> None:
     """Print the figures of one fidelity."""
     device = platform.accelerators[0]
     cm = CostModel(platform, fidelity=fidelity)  # type: ignore[arg-type]
@@ -54,8 +53,10 @@ def run_fidelity(platform: Platform, model: MoEModel, fidelity: str, rng: np.ran
             return cm.expert_ffn(device, model, tokens)
 
         t = best_of(vectorised, repeats)
-        print(f"{fidelity:>10} expert_ffn vectorised n={size:>9,}: {size / t / 1e6:8.2f} M evals/s "
-              f"({t * 1e3:8.3f} ms per call)")
+        print(
+            f"{fidelity:>10} expert_ffn vectorised n={size:>9,}: {size / t / 1e6:8.2f} M evals/s "
+            f"({t * 1e3:8.3f} ms per call)"
+        )
     counts = [int(c) for c in rng.integers(1, 1_000_000, size=2000)]
 
     def cold() -> None:  # a fresh CostModel each time: no memoised answer can help
@@ -65,8 +66,10 @@ def run_fidelity(platform: Platform, model: MoEModel, fidelity: str, rng: np.ran
 
     t_cold = best_of(cold, 3) / len(counts)
     t_warm = best_of(lambda: [cm.expert_ffn(device, model, 7) for _ in range(2000)], 3) / 2000
-    print(f"{fidelity:>10} expert_ffn scalar: {t_cold * 1e6:6.1f} us/call new token counts, "
-          f"{t_warm * 1e6:6.2f} us/call repeated (memo)")
+    print(
+        f"{fidelity:>10} expert_ffn scalar: {t_cold * 1e6:6.1f} us/call new token counts, "
+        f"{t_warm * 1e6:6.2f} us/call repeated (memo)"
+    )
     small = rng.integers(0, 64, size=8)
     t = best_of(lambda: [cm.expert_ffn(device, model, small) for _ in range(1000)], 3) / 1000
     print(f"{fidelity:>10} expert_ffn on an array of 8 experts: {t * 1e6:6.1f} us/call")
@@ -76,8 +79,8 @@ def run_fidelity(platform: Platform, model: MoEModel, fidelity: str, rng: np.ran
     if link is not None:
         sizes = rng.uniform(0, 1e9, size=100_000)
         t = best_of(lambda: cm.transfer(link, sizes), repeats)
-        print(f"{fidelity:>10} transfer vectorised n=100,000 over {link.name}: "
-              f"{sizes.size / t / 1e6:6.2f} M evals/s")
+        print(f"{fidelity:>10} transfer vectorised n=100,000 over {link.name}: {sizes.size / t / 1e6:6.2f} M evals/s")
+
 
 if __name__ == "__main__":
     main()

@@ -49,8 +49,11 @@ def main() -> None:
     times, ds = _time(lambda: import_trace("deepseek-csv", ds_dir), args.repeat)
     assert isinstance(ds, RoutingTrace)
     rows = ds.n_tokens * ds.n_moe_layers
-    _report("deepseek-csv (all files)", times,
-            f"{n_files} files, {ds.n_tokens} tokens, {rows / min(times) / 1e6:.2f} M rows/s")
+    _report(
+        "deepseek-csv (all files)",
+        times,
+        f"{n_files} files, {ds.n_tokens} tokens, {rows / min(times) / 1e6:.2f} M rows/s",
+    )
 
     mx_dir = traces / "mixtral-8x7b-instruct"
     times, mx = _time(lambda: import_trace("mixtral-jsonl", mx_dir), args.repeat)

@@ -42,28 +42,37 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=1_000_000)
     ap.add_argument("--stat-entries", type=int, default=10_000_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--stat-model", default="mixtral-8x7b",
-                    help="embedded process whose shape the statistics trace takes (e.g. deepseek-v2-lite: top-6)")
+    ap.add_argument(
+        "--stat-model",
+        default="mixtral-8x7b",
+        help="embedded process whose shape the statistics trace takes (e.g. deepseek-v2-lite: top-6)",
+    )
     args = ap.parse_args()
     cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
     print(f"cores available to this process: {sorted(cores)}; load average {os.getloadavg()}")
 
     mix = default_process("mixtral-8x7b")
     wall, cpu, _ = best(lambda: mix.sample(args.tokens, seed=0, tokens_per_request=256), args.repeat)
-    print(f"sample {args.tokens:,} tokens x {mix.n_moe_layers} layers (Mixtral, 8 experts, top-2): "
-          f"wall {wall:.2f} s, CPU {cpu:.2f} s")
+    print(
+        f"sample {args.tokens:,} tokens x {mix.n_moe_layers} layers (Mixtral, 8 experts, top-2): "
+        f"wall {wall:.2f} s, CPU {cpu:.2f} s"
+    )
 
     shape = mix if args.stat_model == "mixtral-8x7b" else default_process(args.stat_model)
     n_tok = max(1, args.stat_entries // shape.n_moe_layers)
     t = shape.sample(n_tok, seed=1, tokens_per_request=256)
     entries = t.n_tokens * t.n_moe_layers
-    print(f"statistics over {entries:,} token-layer entries ({t.n_tokens:,} tokens x {t.n_moe_layers} layers, "
-          f"{t.n_experts} experts, top-{t.top_k}):")
+    print(
+        f"statistics over {entries:,} token-layer entries ({t.n_tokens:,} tokens x {t.n_moe_layers} layers, "
+        f"{t.n_experts} experts, top-{t.top_k}):"
+    )
     total_w = total_c = 0.0
-    for name, fn in (("expert_load + load_skew", lambda: stats.load_skew(stats.expert_load(t))),
-                     ("affinity", lambda: stats.affinity(t)),
-                     ("temporal_reuse (rates + distances)", lambda: stats.temporal_reuse(t)),
-                     ("coactivation", lambda: stats.coactivation(t))):
+    for name, fn in (
+        ("expert_load + load_skew", lambda: stats.load_skew(stats.expert_load(t))),
+        ("affinity", lambda: stats.affinity(t)),
+        ("temporal_reuse (rates + distances)", lambda: stats.temporal_reuse(t)),
+        ("coactivation", lambda: stats.coactivation(t)),
+    ):
         wall, cpu, _ = best(fn, args.repeat)
         total_w += wall
         total_c += cpu
@@ -75,8 +84,10 @@ def main() -> None:
     ds = default_process("deepseek-v2-lite")
     n_ds = max(1, args.tokens // 10)
     wall, cpu, _ = best(lambda: ds.sample(n_ds, seed=0, tokens_per_request=256), args.repeat)
-    print(f"sample {n_ds:,} tokens x {ds.n_moe_layers} layers (DeepSeek-V2-Lite, 64 experts, top-6): "
-          f"wall {wall:.2f} s, CPU {cpu:.2f} s")
+    print(
+        f"sample {n_ds:,} tokens x {ds.n_moe_layers} layers (DeepSeek-V2-Lite, 64 experts, top-6): "
+        f"wall {wall:.2f} s, CPU {cpu:.2f} s"
+    )
 
 
 if __name__ == "__main__":

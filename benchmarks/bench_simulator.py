@@ -54,10 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     platform = get_platform("h100-pcie5-host")
     cost = CostModel(platform)
     routing = ProcessRouting(default_process("mixtral-8x7b"), seed=0)
-    drawn = RequestStream.closed(n_requests=args.batch, prompt_len=16, output_len=args.steps + 1,
-                                  routing=routing, seed=0)
-    mapping = Mapping(cache=CacheSpec(policy=args.policy, expert_fraction=0.25),
-                      batching=BatchingSpec(max_batch=args.batch, max_tokens=8192))
+    drawn = RequestStream.closed(
+        n_requests=args.batch, prompt_len=16, output_len=args.steps + 1, routing=routing, seed=0
+    )
+    mapping = Mapping(
+        cache=CacheSpec(policy=args.policy, expert_fraction=0.25),
+        batching=BatchingSpec(max_batch=args.batch, max_tokens=8192),
+    )
     # routing is drawn before the clock starts (it is the workload, not the simulator)
     stream = _Drawn(drawn)
     w0, c0 = time.perf_counter(), time.process_time()
@@ -73,18 +76,33 @@ def main(argv: list[str] | None = None) -> int:
     a0 = time.perf_counter()
     n_analytic = 100
     for _ in range(n_analytic):
-        analytic_summary(model, platform, mapping, stats, batch_size=args.batch, prompt_tokens=16,
-                         output_tokens=args.steps + 1, cost_model=cost)
+        analytic_summary(
+            model,
+            platform,
+            mapping,
+            stats,
+            batch_size=args.batch,
+            prompt_tokens=16,
+            output_tokens=args.steps + 1,
+            cost_model=cost,
+        )
     analytic_s = (time.perf_counter() - a0) / n_analytic
-    print(f"steps: {len(result.steps)} ({decode_steps} decode) at batch {args.batch}; "
-          f"token-layer routings: {routings:,}")
-    print(f"simulate: wall {wall:.2f} s, CPU {cpu:.2f} s; simpy events {events:,.0f} "
-          f"({events / cpu:,.0f} events per CPU second); {routings / cpu:,.0f} routings per CPU second")
+    print(
+        f"steps: {len(result.steps)} ({decode_steps} decode) at batch {args.batch}; token-layer routings: {routings:,}"
+    )
+    print(
+        f"simulate: wall {wall:.2f} s, CPU {cpu:.2f} s; simpy events {events:,.0f} "
+        f"({events / cpu:,.0f} events per CPU second); {routings / cpu:,.0f} routings per CPU second"
+    )
     print(f"peak RSS: {rss_mb:.0f} MB")
-    print(f"analytic model, same mapping: {1e3 * analytic_s:.2f} ms per evaluation "
-          f"({cpu / analytic_s:,.0f}x faster than the simulation)")
-    print(f"simulated: TPOT p50 {1e3 * s['tpot_p50_s']:.1f} ms, hit rate {s['hit_rate']}, "
-          f"throughput {s['throughput_tok_s']:.1f} tok/s")
+    print(
+        f"analytic model, same mapping: {1e3 * analytic_s:.2f} ms per evaluation "
+        f"({cpu / analytic_s:,.0f}x faster than the simulation)"
+    )
+    print(
+        f"simulated: TPOT p50 {1e3 * s['tpot_p50_s']:.1f} ms, hit rate {s['hit_rate']}, "
+        f"throughput {s['throughput_tok_s']:.1f} tok/s"
+    )
     if args.check and (cpu > 10.0 or rss_mb > 1024.0):
         print("TARGET MISSED (10 s CPU, 1 GB)")
         return 1

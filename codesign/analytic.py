@@ -62,8 +62,13 @@ if TYPE_CHECKING:
 FloatArray = npt.NDArray[np.float64]
 
 __all__ = [
-    "AnalyticStep", "analytic_step", "analytic_summary", "che_hit_rates", "che_step_hit_rates",
-    "expected_distinct_experts", "hit_probability",
+    "AnalyticStep",
+    "analytic_step",
+    "analytic_summary",
+    "che_hit_rates",
+    "che_step_hit_rates",
+    "expected_distinct_experts",
+    "hit_probability",
     "selection_probability",
 ]
 
@@ -128,22 +133,22 @@ def _expected_max_active(active: FloatArray, home: npt.NDArray[np.int64], n_dev:
     independent Bernoulli(``active[l, e]``)): exact, by convolving each device's distribution
     (vectorised over layers and devices; experts padded with activity 0)."""
     n_l, n_e = active.shape
-    order = np.argsort(home, axis=1, kind="stable")                       # experts grouped by device
+    order = np.argsort(home, axis=1, kind="stable")  # experts grouped by device
     dev_sorted = np.take_along_axis(home, order, axis=1)
     act_sorted = np.take_along_axis(active, order, axis=1)
-    counts = np.stack([np.bincount(home[layer], minlength=n_dev) for layer in range(n_l)])   # [L, D]
+    counts = np.stack([np.bincount(home[layer], minlength=n_dev) for layer in range(n_l)])  # [L, D]
     width = int(counts.max()) if counts.size else 0
     starts = np.concatenate([np.zeros((n_l, 1), dtype=np.int64), np.cumsum(counts, axis=1)[:, :-1]], axis=1)
-    slot = np.arange(n_e)[None, :] - np.take_along_axis(starts, dev_sorted, axis=1)          # rank within device
+    slot = np.arange(n_e)[None, :] - np.take_along_axis(starts, dev_sorted, axis=1)  # rank within device
     padded = np.zeros((n_l, n_dev, max(width, 1)))
     padded[np.repeat(np.arange(n_l), n_e), dev_sorted.ravel(), slot.ravel()] = act_sorted.ravel()
     pmf = np.zeros((n_l, n_dev, width + 1))
     pmf[:, :, 0] = 1.0
     for j in range(width):
-        a = padded[:, :, j:j + 1]
+        a = padded[:, :, j : j + 1]
         shifted = np.concatenate([np.zeros((n_l, n_dev, 1)), pmf[:, :, :-1]], axis=2)
         pmf = pmf * (1.0 - a) + shifted * a
-    prod = np.prod(np.cumsum(pmf, axis=2), axis=1)                         # P(max <= n), [L, width+1]
+    prod = np.prod(np.cumsum(pmf, axis=2), axis=1)  # P(max <= n), [L, width+1]
     return np.asarray(np.sum(1.0 - prod[:, :-1], axis=1), dtype=np.float64)
 
 
@@ -225,9 +230,15 @@ def _fetch_link(bound: BoundMapping, d: int) -> Link | None:
         return bound.platform.host_link
     dev = bound.devices[d]
     tier = dev.tier(bound.backing)
-    return Link(name=f"{dev.name}:{bound.backing}->{bound.cache_tier[d]}", bandwidth_Bps=tier.bandwidth_Bps,
-                latency_s=tier.latency_s, duplex=False, efficiency_points=(),
-                energy_J_per_byte=tier.energy_J_per_byte, source=f"tier {bound.backing!r} of {dev.name}: {tier.source}")
+    return Link(
+        name=f"{dev.name}:{bound.backing}->{bound.cache_tier[d]}",
+        bandwidth_Bps=tier.bandwidth_Bps,
+        latency_s=tier.latency_s,
+        duplex=False,
+        efficiency_points=(),
+        energy_J_per_byte=tier.energy_J_per_byte,
+        source=f"tier {bound.backing!r} of {dev.name}: {tier.source}",
+    )
 
 
 def _expert_cost(cost: CostModel, bound: BoundMapping, d: int, n_tokens: FloatArray) -> OpCost:
@@ -312,16 +323,25 @@ def _hits(model: str, active: FloatArray, capacity: int, *, protected: bool = Fa
     """Hit probabilities of keys with activities ``active`` in a cache of ``capacity`` slots."""
     if model == "popular":
         out = np.zeros_like(active)
-        out[np.argsort(-active, kind="stable")[:max(capacity, 0)]] = 1.0
+        out[np.argsort(-active, kind="stable")[: max(capacity, 0)]] = 1.0
         return out
     if model == "che-step":
         return che_step_hit_rates(active, max(capacity, 0), protected=protected)
     return che_hit_rates(active, max(capacity, 0))
 
 
-def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_tokens: int, prefill: bool,
-                  context_len: float = 0.0, prompt_lengths: npt.ArrayLike | None = None,
-                  hit: npt.ArrayLike | None = None, cache_model: str = "auto") -> AnalyticStep:
+def analytic_step(
+    cost: CostModel,
+    bound: BoundMapping,
+    p: npt.ArrayLike,
+    *,
+    n_tokens: int,
+    prefill: bool,
+    context_len: float = 0.0,
+    prompt_lengths: npt.ArrayLike | None = None,
+    hit: npt.ArrayLike | None = None,
+    cache_model: str = "auto",
+) -> AnalyticStep:
     """Expected cost of one step of ``n_tokens`` tokens on ``bound`` (see module docstring).
 
     ``p``: per-token selection probability ``[L, E]`` (`selection_probability`). ``prefill``: a
@@ -342,7 +362,7 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
     if hit is None:
         model_for_cache = cache_model
         if cache_model == "auto" and bound.offloaded and _misses_never_cached(cost, bound, per_active, act):
-            model_for_cache = "static"   # every miss is computed on the host: the cache never changes
+            model_for_cache = "static"  # every miss is computed on the host: the cache never changes
         h = hit_probability(bound, act, cache_model=model_for_cache)
     else:
         h = np.asarray(hit, dtype=np.float64)
@@ -385,10 +405,10 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
             dense_s[d], dense_J[d] = float(c.total_s), float(c.energy_J)
     # expert phase per device and layer
     experts_layer = np.zeros((n_l, n_dev))
-    hit_layer = np.zeros((n_l, n_dev))      # expected compute of resident experts per layer and device
-    hit_active = np.zeros((n_l, n_dev))     # expected number of resident active experts
+    hit_layer = np.zeros((n_l, n_dev))  # expected compute of resident experts per layer and device
+    hit_active = np.zeros((n_l, n_dev))  # expected number of resident active experts
     fetch_busy = np.zeros(n_dev)
-    busy = np.zeros(n_dev)                  # compute-stream busy seconds per device (for idle power)
+    busy = np.zeros(n_dev)  # compute-stream busy seconds per device (for idle power)
     host_busy = 0.0
     energy = 0.0
     misses_total = 0.0
@@ -418,7 +438,7 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
         hit_layer[:, d] = hit_c
         hit_active[:, d] = (a_d * h).sum(axis=1)
         link = _fetch_link(bound, d)
-        miss_w = a_d * (1.0 - h)                                   # expected misses per (layer, expert)
+        miss_w = a_d * (1.0 - h)  # expected misses per (layer, expert)
         t_f = e_f = 0.0
         if link is not None:
             f = cost.transfer(link, bpe)
@@ -451,9 +471,9 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
     if n_dev > 1 and bound.platform.peer_link is not None:
         unit = model.d_model * ACTIVATION_BYTES
         loads = np.stack([(pp * (bound.expert_home == d)).sum(axis=1) for d in range(n_dev)], axis=1)  # [L, D]
-        k_eff = pp.sum(axis=1)                                                                          # [L]
-        send = dev_tokens[None, :] * (k_eff[:, None] - loads)          # tokens on d to experts elsewhere
-        recv = loads * (n_tokens - dev_tokens[None, :])                 # assignments to d from elsewhere
+        k_eff = pp.sum(axis=1)  # [L]
+        send = dev_tokens[None, :] * (k_eff[:, None] - loads)  # tokens on d to experts elsewhere
+        recv = loads * (n_tokens - dev_tokens[None, :])  # assignments to d from elsewhere
         c1 = cost.all_to_all(bound.platform.peer_link, send.max(axis=1) * unit, n_dev)
         c2 = cost.all_to_all(bound.platform.peer_link, recv.max(axis=1) * unit, n_dev)
         a2a_s = float(np.sum(c1.total_s) + np.sum(c2.total_s))
@@ -466,8 +486,9 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
         # compute by the mean cost of an active expert times E[max_d N_d], N_d the number of active
         # resident experts of device d (independent Bernoulli activities, exact distribution)
         emax = _expected_max_active(act * h, bound.expert_home, n_dev)
-        mean_cost = np.where(hit_active.sum(axis=1) > 0,
-                             hit_layer.sum(axis=1) / np.maximum(hit_active.sum(axis=1), 1e-300), 0.0)
+        mean_cost = np.where(
+            hit_active.sum(axis=1) > 0, hit_layer.sum(axis=1) / np.maximum(hit_active.sum(axis=1), 1e-300), 0.0
+        )
         experts_l = experts_l + np.maximum(0.0, mean_cost * emax - hit_layer.max(axis=1))
     experts_s = float(experts_l.sum())
     step_s = attention_s + experts_s + a2a_s
@@ -480,17 +501,33 @@ def analytic_step(cost: CostModel, bound: BoundMapping, p: npt.ArrayLike, *, n_t
     n_access = float(act.sum())
     hit_rate = float((act * h).sum() / n_access) if n_access > 0 else 1.0
     return AnalyticStep(
-        n_tokens=int(n_tokens), step_s=step_s, attention_s=attention_s,
-        experts_s=experts_s, all_to_all_s=a2a_s, fetch_link_s=float(fetch_busy.max()),
-        distinct_experts=float(act.sum(axis=1).mean()), hit_rate=hit_rate, misses=misses_total,
-        bytes_fetched=bytes_fetched, energy_J=energy,
+        n_tokens=int(n_tokens),
+        step_s=step_s,
+        attention_s=attention_s,
+        experts_s=experts_s,
+        all_to_all_s=a2a_s,
+        fetch_link_s=float(fetch_busy.max()),
+        distinct_experts=float(act.sum(axis=1).mean()),
+        hit_rate=hit_rate,
+        misses=misses_total,
+        bytes_fetched=bytes_fetched,
+        energy_J=energy,
     )
 
 
-def analytic_summary(model: MoEModel, platform: Platform, mapping: Mapping, stats: RoutingStats, *,
-                     batch_size: int, prompt_tokens: int, output_tokens: int,
-                     cost_model: CostModel | None = None, cache_model: str = "auto",
-                     bound: BoundMapping | None = None) -> dict[str, Any]:
+def analytic_summary(
+    model: MoEModel,
+    platform: Platform,
+    mapping: Mapping,
+    stats: RoutingStats,
+    *,
+    batch_size: int,
+    prompt_tokens: int,
+    output_tokens: int,
+    cost_model: CostModel | None = None,
+    cache_model: str = "auto",
+    bound: BoundMapping | None = None,
+) -> dict[str, Any]:
     """Closed-form summary of serving a closed batch (``batch_size`` requests of ``prompt_tokens``
     + ``output_tokens`` arriving together), keys named as in ``Result.summary``:
     ``ttft_p50_s``, ``tpot_p50_s`` (= the expected decode step), ``throughput_tok_s``,
@@ -501,36 +538,55 @@ def analytic_summary(model: MoEModel, platform: Platform, mapping: Mapping, stat
     ``bound`` (optional) reuses an already bound mapping.
     """
     if batch_size <= 0 or prompt_tokens <= 0 or output_tokens <= 0:
-        raise ValueError(f"batch_size, prompt_tokens and output_tokens must be > 0, got {batch_size}, "
-                         f"{prompt_tokens}, {output_tokens}")
+        raise ValueError(
+            f"batch_size, prompt_tokens and output_tokens must be > 0, got {batch_size}, "
+            f"{prompt_tokens}, {output_tokens}"
+        )
     cost = cost_model if cost_model is not None else CostModel(platform)
     if bound is None:
         bound = mapping.bind(model, platform, stats=stats, min_kv_tokens=prompt_tokens + output_tokens - 1)
     p = selection_probability(stats)
     prompts = np.full(batch_size, float(prompt_tokens))
-    pre = analytic_step(cost, bound, p, n_tokens=batch_size * prompt_tokens, prefill=True, prompt_lengths=prompts,
-                        cache_model=cache_model)
+    pre = analytic_step(
+        cost,
+        bound,
+        p,
+        n_tokens=batch_size * prompt_tokens,
+        prefill=True,
+        prompt_lengths=prompts,
+        cache_model=cache_model,
+    )
     ctx = prompt_tokens + output_tokens / 2.0
-    dec = analytic_step(cost, bound, p, n_tokens=batch_size, prefill=False, context_len=ctx,
-                        cache_model=cache_model)
+    dec = analytic_step(cost, bound, p, n_tokens=batch_size, prefill=False, context_len=ctx, cache_model=cache_model)
     ttft = pre.step_s
     tpot = dec.step_s if output_tokens > 1 else float("nan")
     total_s = ttft + (output_tokens - 1) * dec.step_s
     out_tok = batch_size * output_tokens
     energy = pre.energy_J + (output_tokens - 1) * dec.energy_J
     n_access = pre.distinct_experts + (output_tokens - 1) * dec.distinct_experts
-    hit = ((pre.hit_rate * pre.distinct_experts + (output_tokens - 1) * dec.hit_rate * dec.distinct_experts)
-           / n_access if n_access > 0 else 1.0)
+    hit = (
+        (pre.hit_rate * pre.distinct_experts + (output_tokens - 1) * dec.hit_rate * dec.distinct_experts) / n_access
+        if n_access > 0
+        else 1.0
+    )
     tiers = sorted(set(bound.cache_tier))
     return {
-        "model": model.name, "platform": platform.name, "batch_size": batch_size,
-        "prompt_tokens": prompt_tokens, "output_tokens": output_tokens,
-        "ttft_p50_s": ttft, "tpot_p50_s": tpot, "tpot_mean_s": tpot,
-        "latency_p50_s": total_s, "step_mean_s": total_s / output_tokens,
+        "model": model.name,
+        "platform": platform.name,
+        "batch_size": batch_size,
+        "prompt_tokens": prompt_tokens,
+        "output_tokens": output_tokens,
+        "ttft_p50_s": ttft,
+        "tpot_p50_s": tpot,
+        "tpot_mean_s": tpot,
+        "latency_p50_s": total_s,
+        "step_mean_s": total_s / output_tokens,
         "throughput_tok_s": out_tok / total_s if total_s > 0 else math.nan,
         "hit_rate": dict.fromkeys(tiers, hit),
         "energy_j_per_token": energy / out_tok,
         "expected_distinct_experts": dec.distinct_experts,
-        "prefill": asdict(pre), "decode": asdict(dec),
-        "cache_model": cache_model, "source": "codesign.analytic (closed form, mean-field)",
+        "prefill": asdict(pre),
+        "decode": asdict(dec),
+        "cache_model": cache_model,
+        "source": "codesign.analytic (closed form, mean-field)",
     }

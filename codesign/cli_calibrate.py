@@ -40,44 +40,73 @@ def _positive_int(text: str) -> int:
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add ``calibrate`` with its three sub-commands."""
-    cal = sub.add_parser("calibrate", parents=parents, help="calibrate device models against real kernel runs",
-                         description="Measure kernels (run), import measured GPU tables (import-vidur), and check "
-                                     "a profile's predictions (validate).")
+    cal = sub.add_parser(
+        "calibrate",
+        parents=parents,
+        help="calibrate device models against real kernel runs",
+        description="Measure kernels (run), import measured GPU tables (import-vidur), and check "
+        "a profile's predictions (validate).",
+    )
     cal_sub = cal.add_subparsers(dest="calibrate_command", metavar="CALIBRATE_COMMAND")
     cal.set_defaults(func=lambda args: _help(cal))
 
-    run = cal_sub.add_parser("run", parents=parents, help="time real torch kernels here and fit a profile",
-                             description="GEMM sweeps over tokens per expert (1..4096) for expert-FFN shapes, a gated "
-                                         "expert FFN, grouped experts, memory bandwidth and (CUDA) host->device "
-                                         "copies; fits the efficiency curves and writes a CalibrationProfile JSON.")
+    run = cal_sub.add_parser(
+        "run",
+        parents=parents,
+        help="time real torch kernels here and fit a profile",
+        description="GEMM sweeps over tokens per expert (1..4096) for expert-FFN shapes, a gated "
+        "expert FFN, grouped experts, memory bandwidth and (CUDA) host->device "
+        "copies; fits the efficiency curves and writes a CalibrationProfile JSON.",
+    )
     run.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
     size = run.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true",
-                      help="short sweep (20-50 s on one core of the 2-core dev machine)")
-    size.add_argument("--sweep", choices=("quick", "full", "tiny"), default=None,
-                      help="sweep size (default full; tiny is for tests)")
-    run.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
-                     help="element type (default fp32 on cpu, bf16 on cuda)")
-    run.add_argument("--threads", type=_positive_int, default=None,
-                     help="torch threads (default 1 on the CPU, torch's choice on CUDA)")
+    size.add_argument(
+        "--quick", action="store_true", help="short sweep (20-50 s on one core of the 2-core dev machine)"
+    )
+    size.add_argument(
+        "--sweep", choices=("quick", "full", "tiny"), default=None, help="sweep size (default full; tiny is for tests)"
+    )
+    run.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "fp16"),
+        default=None,
+        help="element type (default fp32 on cpu, bf16 on cuda)",
+    )
+    run.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch threads (default 1 on the CPU, torch's choice on CUDA)",
+    )
     run.add_argument("--seed", type=int, default=0, help="seed of the random operands")
     run.add_argument("--name", default=None, help="profile name (default <kind>-<sweep>)")
     run.add_argument("--peak-tflops", type=float, default=None, help="reference peak TFLOP/s at the dtype")
     run.add_argument("--peak-memory-gbps", type=float, default=None, help="reference memory bandwidth, GB/s")
     run.add_argument("--link-gbps", type=float, default=None, help="reference host link bandwidth per direction")
-    run.add_argument("--clock", choices=("wall", "process"), default=None,
-                     help="CPU timer: the process CPU time (default with one thread: robust on machines shared "
-                          "with other work) or the wall clock (default with --threads > 1)")
-    run.add_argument("--force", action="store_true",
-                     help="write the profile even when its fit fails the sanity checks (quality 'absurd')")
+    run.add_argument(
+        "--clock",
+        choices=("wall", "process"),
+        default=None,
+        help="CPU timer: the process CPU time (default with one thread: robust on machines shared "
+        "with other work) or the wall clock (default with --threads > 1)",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="write the profile even when its fit fails the sanity checks (quality 'absurd')",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-o", "--output", required=True, help="profile JSON to write")
     run.set_defaults(func=_cmd_run)
 
-    imp = cal_sub.add_parser("import-vidur", parents=parents, help="fit a GPU profile to Vidur's measured tables",
-                             description="Read compute/<device>/*.csv of a Vidur profiling folder (times in ms), "
-                                         "derive the QKV, O, up and down GEMM shapes at every TP degree, fit, and "
-                                         "write a profile (held-out: TP 4 and every 5th token count).")
+    imp = cal_sub.add_parser(
+        "import-vidur",
+        parents=parents,
+        help="fit a GPU profile to Vidur's measured tables",
+        description="Read compute/<device>/*.csv of a Vidur profiling folder (times in ms), "
+        "derive the QKV, O, up and down GEMM shapes at every TP degree, fit, and "
+        "write a profile (held-out: TP 4 and every 5th token count).",
+    )
     imp.add_argument("path", help="Vidur folder (root, compute/, compute/<device>/) or one CSV")
     imp.add_argument("--device", default=None, help="which device's tables when several (e.g. a100, h100)")
     imp.add_argument("--name", default=None, help="profile name (default vidur-<device>)")
@@ -85,25 +114,40 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     imp.add_argument("-o", "--output", required=True, help="profile JSON to write")
     imp.set_defaults(func=_cmd_import)
 
-    val = cal_sub.add_parser("validate", parents=parents, help="predicted vs measured errors of a profile",
-                             description="Errors (MAPE, median, max, n, per op) on the profile's held-out shapes, "
-                                         "or with --against on every GEMM of another measured table; with --layer, "
-                                         "also a whole real torch MoE layer timed on this CPU (CPU profiles).")
+    val = cal_sub.add_parser(
+        "validate",
+        parents=parents,
+        help="predicted vs measured errors of a profile",
+        description="Errors (MAPE, median, max, n, per op) on the profile's held-out shapes, "
+        "or with --against on every GEMM of another measured table; with --layer, "
+        "also a whole real torch MoE layer timed on this CPU (CPU profiles).",
+    )
     val.add_argument("profile", help="profile JSON, or a shipped profile name (a100, h100)")
     val.add_argument("--against", default=None, help="another table: Vidur CSV or folder, or a profile JSON")
     val.add_argument("--device", default=None, help="device of --against when its folder holds several")
-    val.add_argument("--layer", default=None, metavar="TRACE",
-                     help="time a real MoE layer routed by this trace (Mixtral JSONL or DeepSeek CSV folder)")
-    val.add_argument("--layers", default="0,8,16,24,-1",
-                     help="which trace layers (indices into its sorted layers; default 0,8,16,24,-1)")
-    val.add_argument("--tokens", type=_positive_int, default=256,
-                     help="tokens per layer batch (default 256)")
+    val.add_argument(
+        "--layer",
+        default=None,
+        metavar="TRACE",
+        help="time a real MoE layer routed by this trace (Mixtral JSONL or DeepSeek CSV folder)",
+    )
+    val.add_argument(
+        "--layers",
+        default="0,8,16,24,-1",
+        help="which trace layers (indices into its sorted layers; default 0,8,16,24,-1)",
+    )
+    val.add_argument("--tokens", type=_positive_int, default=256, help="tokens per layer batch (default 256)")
     val.add_argument("--shape", default="1024x3584", help="d_model x d_ff of the layer's experts (default 1024x3584)")
-    val.add_argument("--threads", type=_positive_int, default=None,
-                     help="torch threads for the layer (default: the profile's)")
+    val.add_argument(
+        "--threads", type=_positive_int, default=None, help="torch threads for the layer (default: the profile's)"
+    )
     val.add_argument("--repeats", type=_positive_int, default=5, help="timed runs per layer (default 5)")
-    val.add_argument("--clock", choices=("wall", "process"), default=None,
-                     help="CPU timer for the layer (default: the one the profile was measured with)")
+    val.add_argument(
+        "--clock",
+        choices=("wall", "process"),
+        default=None,
+        help="CPU timer for the layer (default: the one the profile was measured with)",
+    )
     val.add_argument("--json", action="store_true", help="print one JSON object")
     val.set_defaults(func=_cmd_validate)
 
@@ -121,29 +165,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sweep = "quick" if args.quick else (args.sweep or "full")
     plan = {"quick": SweepPlan.quick, "full": SweepPlan.full, "tiny": SweepPlan.tiny}[sweep]()
     config = RunConfig(
-        device=args.device, plan=plan, dtype=args.dtype, threads=args.threads, seed=args.seed, name=args.name,
+        device=args.device,
+        plan=plan,
+        dtype=args.dtype,
+        threads=args.threads,
+        seed=args.seed,
+        name=args.name,
         peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None,
         peak_memory_Bps=args.peak_memory_gbps * 1e9 if args.peak_memory_gbps else None,
-        link_Bps=args.link_gbps * 1e9 if args.link_gbps else None, clock=args.clock,
+        link_Bps=args.link_gbps * 1e9 if args.link_gbps else None,
+        clock=args.clock,
     )
     profile = run_calibration(config, progress=not args.no_progress)
     quality = profile.quality
     for warning in quality_warnings(profile):
         print(f"WARNING: {warning}", file=sys.stderr)
     if quality.get("status") == "absurd":
-        hint = ("rerun on a quieter machine, with one thread and the process clock (the defaults: no --threads "
-                "or --clock flags), or pinned to a core (taskset -c 1)")
+        hint = (
+            "rerun on a quieter machine, with one thread and the process clock (the defaults: no --threads "
+            "or --clock flags), or pinned to a core (taskset -c 1)"
+        )
         if not args.force:
-            raise CalibrationError(f"{args.output}: not written: the fit failed its sanity checks (quality "
-                                   f"'absurd'; see the warnings above); {hint}; or pass --force to write it anyway")
+            raise CalibrationError(
+                f"{args.output}: not written: the fit failed its sanity checks (quality "
+                f"'absurd'; see the warnings above); {hint}; or pass --force to write it anyway"
+            )
         print(f"WARNING: writing {args.output} anyway (--force); its quality block says 'absurd'", file=sys.stderr)
     out = profile.save(args.output)
     report = validate_heldout(profile)
     fp = profile.fingerprint
-    print(f"wrote {out}: {len(profile.samples)} samples on {profile.device_name} ({profile.dtype}, "
-          f"{fp.get('torch_threads')} thread(s), clock {fp.get('clock')}, {fp.get('sweep_seconds')} s, "
-          f"1-min load average "
-          f"{fp.get('loadavg_start')} -> {fp.get('loadavg_end')})")
+    print(
+        f"wrote {out}: {len(profile.samples)} samples on {profile.device_name} ({profile.dtype}, "
+        f"{fp.get('torch_threads')} thread(s), clock {fp.get('clock')}, {fp.get('sweep_seconds')} s, "
+        f"1-min load average "
+        f"{fp.get('loadavg_start')} -> {fp.get('loadavg_end')})"
+    )
     _print_fit(profile)
     _print_quality(profile)
     print(report.format_text())
@@ -158,8 +214,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
     report = validate_heldout(profile)
     saved = profile.without_samples() if args.no_samples else profile
     out = saved.save(args.output)
-    print(f"wrote {out}: device {profile.device_name}, {len(profile.samples)} samples "
-          f"({sum(s.heldout for s in profile.samples)} held out)")
+    print(
+        f"wrote {out}: device {profile.device_name}, {len(profile.samples)} samples "
+        f"({sum(s.heldout for s in profile.samples)} held out)"
+    )
     for warning in quality_warnings(profile):
         print(f"WARNING: {warning}", file=sys.stderr)
     _print_fit(profile)
@@ -170,10 +228,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 def _print_fit(profile: Any) -> None:
     g = profile.gemm_fit
-    print(f"fit: GEMM t0 {g.t0_s * 1e6:.2f} us, compute efficiency {g.eff_compute:.3f} of "
-          f"{profile.peaks.flops / 1e12:.3g} TFLOP/s, operand bandwidth {g.bandwidth_Bps / 1e9:.1f} GB/s, "
-          f"sharpness {g.sharpness:.2f}, half occupancy {g.half_occupancy_elems:.3g} elements; "
-          f"memory efficiency {profile.memory():.3f} of {profile.peaks.memory_Bps / 1e9:.1f} GB/s")
+    print(
+        f"fit: GEMM t0 {g.t0_s * 1e6:.2f} us, compute efficiency {g.eff_compute:.3f} of "
+        f"{profile.peaks.flops / 1e12:.3g} TFLOP/s, operand bandwidth {g.bandwidth_Bps / 1e9:.1f} GB/s, "
+        f"sharpness {g.sharpness:.2f}, half occupancy {g.half_occupancy_elems:.3g} elements; "
+        f"memory efficiency {profile.memory():.3f} of {profile.peaks.memory_Bps / 1e9:.1f} GB/s"
+    )
     for key, fit in profile.copy_fits.items():
         print(f"fit: {key} host->device copy {fit.bandwidth_Bps / 1e9:.2f} GB/s + {fit.t0_s * 1e6:.1f} us")
 
@@ -221,8 +281,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         mismatch = device_mismatch(profile, against_device(args.against, device=args.device))
         if mismatch:
             warnings.append(mismatch)
-        report = validate_samples(profile, load_against_samples(args.against, device=args.device),
-                                  against=str(args.against))
+        report = validate_samples(
+            profile, load_against_samples(args.against, device=args.device), against=str(args.against)
+        )
     elif profile.samples:
         report = validate_heldout(profile)
     elif args.layer is None:
@@ -238,25 +299,42 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             layers = [int(v) for v in args.layers.split(",") if v.strip()]
             d_model, d_ff = (int(v) for v in args.shape.lower().split("x"))
         except ValueError as exc:
-            raise CalibrationError(f"--layers {args.layers!r} / --shape {args.shape!r}: expected e.g. "
-                                   "'0,8,16' and '1024x3584'") from exc
+            raise CalibrationError(
+                f"--layers {args.layers!r} / --shape {args.shape!r}: expected e.g. '0,8,16' and '1024x3584'"
+            ) from exc
         routings = read_trace_routing(args.layer, layers=layers, max_tokens=args.tokens)
         counts = sorted({int(r.experts.shape[0]) for r in routings})
         if counts[0] < args.tokens:
-            print(f"WARNING: --tokens {args.tokens}: the trace {args.layer} has only {counts[0]} tokens at some "
-                  "chosen layer; timing what it has", file=sys.stderr)
+            print(
+                f"WARNING: --tokens {args.tokens}: the trace {args.layer} has only {counts[0]} tokens at some "
+                "chosen layer; timing what it has",
+                file=sys.stderr,
+            )
         load_start = _loadavg()
-        stats, results = validate_moe_layer(profile, routings, d_model=d_model, d_ff=d_ff, repeats=args.repeats,
-                                            threads=args.threads, clock=args.clock)
+        stats, results = validate_moe_layer(
+            profile, routings, d_model=d_model, d_ff=d_ff, repeats=args.repeats, threads=args.threads, clock=args.clock
+        )
         load_end = _loadavg()
         layer_stats: ErrorStats = stats
         result["layer"] = {
-            **layer_stats.to_dict(), "d_model": d_model, "d_ff": d_ff,
-            "tokens": counts[0] if len(counts) == 1 else counts, "tokens_requested": args.tokens,
-            "loadavg_start": load_start, "loadavg_end": load_end,
-            "results": [{"source": r.source, "measured_s": r.measured_s, "predicted_s": r.predicted_s,
-                         "predicted_gemm_s": r.predicted_gemm_s, "pct_error": r.pct_error,
-                         "tokens_per_expert": list(r.tokens_per_expert)} for r in results],
+            **layer_stats.to_dict(),
+            "d_model": d_model,
+            "d_ff": d_ff,
+            "tokens": counts[0] if len(counts) == 1 else counts,
+            "tokens_requested": args.tokens,
+            "loadavg_start": load_start,
+            "loadavg_end": load_end,
+            "results": [
+                {
+                    "source": r.source,
+                    "measured_s": r.measured_s,
+                    "predicted_s": r.predicted_s,
+                    "predicted_gemm_s": r.predicted_gemm_s,
+                    "pct_error": r.pct_error,
+                    "tokens_per_expert": list(r.tokens_per_expert),
+                }
+                for r in results
+            ],
         }
     if args.json:
         print(json.dumps(result, indent=1))
@@ -265,11 +343,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(report.format_text())
     if args.layer:
         lay = result["layer"]
-        print(f"whole MoE layer (d_model {lay['d_model']}, d_ff {lay['d_ff']}, {lay['tokens']} tokens, "
-              f"routing {args.layer}):")
+        print(
+            f"whole MoE layer (d_model {lay['d_model']}, d_ff {lay['d_ff']}, {lay['tokens']} tokens, "
+            f"routing {args.layer}):"
+        )
         for r in lay["results"]:
-            print(f"  {r['source']}: measured {r['measured_s'] * 1e3:.2f} ms, predicted "
-                  f"{r['predicted_s'] * 1e3:.2f} ms ({r['pct_error']:+.1f}%)")
-        print(f"  layers n={lay['n']}: MAPE {lay['mape']:.2f}%, median {lay['median_abs_pct_error']:.2f}%, "
-              f"max {lay['max_abs_pct_error']:.2f}% (1-min load average {load_start} -> {load_end})")
+            print(
+                f"  {r['source']}: measured {r['measured_s'] * 1e3:.2f} ms, predicted "
+                f"{r['predicted_s'] * 1e3:.2f} ms ({r['pct_error']:+.1f}%)"
+            )
+        print(
+            f"  layers n={lay['n']}: MAPE {lay['mape']:.2f}%, median {lay['median_abs_pct_error']:.2f}%, "
+            f"max {lay['max_abs_pct_error']:.2f}% (1-min load average {load_start} -> {load_end})"
+        )
     return 0

@@ -26,10 +26,15 @@ class PresetsUnavailableError(RuntimeError):
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add the ``presets`` top-level command."""
-    p = sub.add_parser("presets", parents=parents, help="list built-in models, devices, platforms and policies",
-                       description="List the preset names with one line each (or one JSON object with --json).")
-    p.add_argument("category", nargs="?", default="models", choices=(*CATEGORIES, "all"),
-                   help="which presets (default: models)")
+    p = sub.add_parser(
+        "presets",
+        parents=parents,
+        help="list built-in models, devices, platforms and policies",
+        description="List the preset names with one line each (or one JSON object with --json).",
+    )
+    p.add_argument(
+        "category", nargs="?", default="models", choices=(*CATEGORIES, "all"), help="which presets (default: models)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_presets)
 
@@ -46,18 +51,26 @@ def models_info() -> dict[str, dict[str, Any]]:
     for name in model_preset_names():
         m = get_model(name)
         out[name] = {
-            "total_params": m.total_params, "active_params": m.active_params, "n_experts": m.n_experts,
-            "top_k": m.top_k, "n_shared_experts": m.n_shared_experts, "n_layers": m.n_layers,
-            "n_moe_layers": m.n_moe_layers, "bytes_per_expert": m.bytes_per_expert,
-            "bytes_per_weight": m.bytes_per_weight, "source": m.source,
+            "total_params": m.total_params,
+            "active_params": m.active_params,
+            "n_experts": m.n_experts,
+            "top_k": m.top_k,
+            "n_shared_experts": m.n_shared_experts,
+            "n_layers": m.n_layers,
+            "n_moe_layers": m.n_moe_layers,
+            "bytes_per_expert": m.bytes_per_expert,
+            "bytes_per_weight": m.bytes_per_weight,
+            "source": m.source,
         }
     return out
 
 
 def _model_line(name: str, d: dict[str, Any]) -> str:
     shared = f"+{d['n_shared_experts']} shared" if d["n_shared_experts"] else ""
-    return (f"{name:<20} total {_fmt_params(d['total_params']):>8}  active {_fmt_params(d['active_params']):>7}  "
-            f"experts {d['n_experts']:>3}{shared:<9} top-{d['top_k']:<2}  source: {d['source']}")
+    return (
+        f"{name:<20} total {_fmt_params(d['total_params']):>8}  active {_fmt_params(d['active_params']):>7}  "
+        f"experts {d['n_experts']:>3}{shared:<9} top-{d['top_k']:<2}  source: {d['source']}"
+    )
 
 
 def _import_hw(func_names: tuple[str, str], what: str) -> tuple[Callable[[], list[str]], Callable[[str], Any]]:
@@ -69,7 +82,8 @@ def _import_hw(func_names: tuple[str, str], what: str) -> tuple[Callable[[], lis
     get_fn = getattr(mod, func_names[1], None)
     if names_fn is None or get_fn is None:
         raise PresetsUnavailableError(
-            f"{what} presets unavailable: hwmodels does not provide {func_names[0]}() and {func_names[1]}() yet")
+            f"{what} presets unavailable: hwmodels does not provide {func_names[0]}() and {func_names[1]}() yet"
+        )
     return names_fn, get_fn
 
 
@@ -88,8 +102,11 @@ def _jsonable(value: Any) -> Any:
 
 def hw_info(category: str) -> dict[str, dict[str, Any]]:
     """name -> fields of each device, link or platform preset (``category``: devices, links, platforms)."""
-    funcs = {"devices": ("device_preset_names", "get_device"), "links": ("link_preset_names", "get_link"),
-             "platforms": ("platform_preset_names", "get_platform")}[category]
+    funcs = {
+        "devices": ("device_preset_names", "get_device"),
+        "links": ("link_preset_names", "get_link"),
+        "platforms": ("platform_preset_names", "get_platform"),
+    }[category]
     names_fn, get_fn = _import_hw(funcs, category[:-1])
     out: dict[str, dict[str, Any]] = {}
     for name in names_fn():
@@ -107,8 +124,10 @@ def _device_summary(d: dict[str, Any]) -> str:
         parts.append(f"{float(flops[dtype]) / 1e12:.0f} TFLOP/s {dtype}")
     for tier in d.get("tiers", []) or []:
         if isinstance(tier, dict) and "capacity_bytes" in tier:
-            parts.append(f"{tier.get('name')} {float(tier['capacity_bytes']) / 1e9:.4g} GB"
-                         + (f" @ {float(tier['bandwidth_Bps']) / 1e9:g} GB/s" if "bandwidth_Bps" in tier else ""))
+            parts.append(
+                f"{tier.get('name')} {float(tier['capacity_bytes']) / 1e9:.4g} GB"
+                + (f" @ {float(tier['bandwidth_Bps']) / 1e9:g} GB/s" if "bandwidth_Bps" in tier else "")
+            )
     if "tdp_W" in d:
         parts.append(f"TDP {float(d['tdp_W']):g} W")
     return "  ".join(p for p in parts if p)
@@ -119,8 +138,10 @@ def _hw_line(category: str, name: str, d: dict[str, Any]) -> str:
         text = _device_summary(d)
     elif category == "links":
         duplex = "duplex" if d.get("duplex") else "half duplex"
-        text = (f"{float(d.get('bandwidth_Bps', 0.0)) / 1e9:g} GB/s per direction  "
-                f"latency {float(d.get('latency_s', 0.0)) * 1e6:g} us  {duplex}")
+        text = (
+            f"{float(d.get('bandwidth_Bps', 0.0)) / 1e9:g} GB/s per direction  "
+            f"latency {float(d.get('latency_s', 0.0)) * 1e6:g} us  {duplex}"
+        )
     else:
         acc = d.get("accelerators", []) or []
         names = [a.get("name", "?") for a in acc if isinstance(a, dict)]

@@ -69,66 +69,136 @@ _TABLE: tuple[tuple[str, str, float, str], ...] = (
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add the ``simulate`` top-level command."""
     p = sub.add_parser(
-        "simulate", parents=parents, help="simulate serving a workload on a platform",
+        "simulate",
+        parents=parents,
+        help="simulate serving a workload on a platform",
         description="Simulate MoE inference: a request stream (trace replay or routing process) served by a "
-                    "model laid out on a platform by a mapping; prints the summary.")
-    p.add_argument("--model", required=True,
-                   help="model preset (codesign presets models) or a JSON file of MoEModel fields")
+        "model laid out on a platform by a mapping; prints the summary.",
+    )
+    p.add_argument(
+        "--model", required=True, help="model preset (codesign presets models) or a JSON file of MoEModel fields"
+    )
     p.add_argument("--platform", required=True, help="platform preset (codesign presets platforms)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--trace", type=Path, help="routing trace to replay (.npz, canonical format)")
-    src.add_argument("--process", default="default",
-                     help="fitted routing process to sample: PROCESS.json, or 'default' (the embedded "
-                          "workload of --model, the default) or 'default:MODEL'")
+    src.add_argument(
+        "--process",
+        default="default",
+        help="fitted routing process to sample: PROCESS.json, or 'default' (the embedded "
+        "workload of --model, the default) or 'default:MODEL'",
+    )
     p.add_argument("--cache", default="lru", help="cache policy (default lru; codesign presets policies)")
-    p.add_argument("--cache-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="cache policy option, repeatable (e.g. per_layer=true)")
+    p.add_argument(
+        "--cache-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="cache policy option, repeatable (e.g. per_layer=true)",
+    )
     p.add_argument("--prefetch", default="none", help="prefetch policy (default none)")
-    p.add_argument("--prefetch-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="prefetch policy option, repeatable (e.g. accuracy=0.9)")
+    p.add_argument(
+        "--prefetch-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="prefetch policy option, repeatable (e.g. accuracy=0.9)",
+    )
     p.add_argument("--miss", default="fetch", help="miss policy: fetch | cpu | cost (default fetch)")
-    p.add_argument("--miss-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="miss policy option, repeatable")
-    p.add_argument("--placement", default="round-robin",
-                   help="placement across devices (default round-robin; exflow and load-balanced train on "
-                        "routing: see --train-fraction)")
-    p.add_argument("--placement-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="placement option, repeatable (e.g. exflow method=sequential, time_limit_s=10)")
+    p.add_argument(
+        "--miss-option", action="append", default=[], metavar="KEY=VALUE", help="miss policy option, repeatable"
+    )
+    p.add_argument(
+        "--placement",
+        default="round-robin",
+        help="placement across devices (default round-robin; exflow and load-balanced train on "
+        "routing: see --train-fraction)",
+    )
+    p.add_argument(
+        "--placement-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="placement option, repeatable (e.g. exflow method=sequential, time_limit_s=10)",
+    )
     p.add_argument("--scheduler", default="fifo", help="token scheduler (default fifo)")
-    p.add_argument("--hbm-expert-fraction", type=float, default=1.0, metavar="F",
-                   help="fraction of each device's experts held in its HBM cache, in [0, 1] (default 1)")
+    p.add_argument(
+        "--hbm-expert-fraction",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="fraction of each device's experts held in its HBM cache, in [0, 1] (default 1)",
+    )
     p.add_argument("--near-tier", default=None, help="faster tier above the cache caching used experts (e.g. sram)")
     p.add_argument("--near-experts", type=int, default=None, help="slots of the near tier per device")
     p.add_argument("--near-policy", default="lru", help="replacement policy of the near tier (default lru)")
     p.add_argument("--devices", type=int, default=None, help="expert-parallel degree (default: all accelerators)")
-    p.add_argument("--ep-execution", default="classic", choices=("classic", "context-coherent"),
-                   help="expert-parallel execution: classic (dispatch + combine all-to-all per MoE layer, the "
-                        "default) or context-coherent (ExFlow: a token stays on its top-1 expert's device; one "
-                        "all-to-all per layer)")
+    p.add_argument(
+        "--ep-execution",
+        default="classic",
+        choices=("classic", "context-coherent"),
+        help="expert-parallel execution: classic (dispatch + combine all-to-all per MoE layer, the "
+        "default) or context-coherent (ExFlow: a token stays on its top-1 expert's device; one "
+        "all-to-all per layer)",
+    )
     p.add_argument("--backing", default="host", help="where offloaded experts live: host | a device tier (ddr)")
     p.add_argument("--batch", type=int, default=64, metavar="N", help="max requests per batch (default 64)")
     p.add_argument("--max-tokens", type=int, default=8192, help="token budget per step (default 8192)")
-    p.add_argument("--requests", type=int, default=None, metavar="N",
-                   help="number of requests (default: every request of --trace, every row of --arrival-trace "
-                        "with --arrivals replay, or 16 for a process)")
-    p.add_argument("--prompt-len", default=None, metavar="LEN",
-                   help="prompt tokens per request: N, uniform:A:B, splitwise (lengths of --arrival-trace) or "
-                        "splitwise:CSV (default 64; with --arrivals replay the CSV's)")
-    p.add_argument("--output-len", default=None, metavar="LEN",
-                   help="output tokens per request, same forms as --prompt-len (default 128; replay: the CSV's)")
-    p.add_argument("--arrivals", default=None, choices=("closed", "poisson", "bursty", "replay"),
-                   help="arrival process (default closed: all at t=0; poisson when --rate is given)")
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        metavar="N",
+        help="number of requests (default: every request of --trace, every row of --arrival-trace "
+        "with --arrivals replay, or 16 for a process)",
+    )
+    p.add_argument(
+        "--prompt-len",
+        default=None,
+        metavar="LEN",
+        help="prompt tokens per request: N, uniform:A:B, splitwise (lengths of --arrival-trace) or "
+        "splitwise:CSV (default 64; with --arrivals replay the CSV's)",
+    )
+    p.add_argument(
+        "--output-len",
+        default=None,
+        metavar="LEN",
+        help="output tokens per request, same forms as --prompt-len (default 128; replay: the CSV's)",
+    )
+    p.add_argument(
+        "--arrivals",
+        default=None,
+        choices=("closed", "poisson", "bursty", "replay"),
+        help="arrival process (default closed: all at t=0; poisson when --rate is given)",
+    )
     p.add_argument("--rate", type=float, default=None, help="mean arrivals per second (poisson, bursty)")
-    p.add_argument("--burstiness", type=float, default=None, metavar="CV",
-                   help="bursty: coefficient of variation of inter-arrival times (1 = Poisson, > 1 bursty)")
-    p.add_argument("--arrival-trace", type=Path, default=None, metavar="CSV",
-                   help="Splitwise-format CSV (arrived_at, num_prefill_tokens, num_decode_tokens), e.g. "
-                        "shared/workloads/splitwise_code.csv: arrivals for replay, lengths for 'splitwise'")
-    p.add_argument("--time-scale", type=float, default=1.0,
-                   help="replay: multiply the CSV's arrival times (0.5 = twice the load; default 1)")
-    p.add_argument("--train-fraction", type=float, default=0.0,
-                   help="share of the requests (by arrival) used only to fit policies, in [0, 1) (default 0; "
-                        "needed with --trace by policies that train)")
+    p.add_argument(
+        "--burstiness",
+        type=float,
+        default=None,
+        metavar="CV",
+        help="bursty: coefficient of variation of inter-arrival times (1 = Poisson, > 1 bursty)",
+    )
+    p.add_argument(
+        "--arrival-trace",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="Splitwise-format CSV (arrived_at, num_prefill_tokens, num_decode_tokens), e.g. "
+        "shared/workloads/splitwise_code.csv: arrivals for replay, lengths for 'splitwise'",
+    )
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="replay: multiply the CSV's arrival times (0.5 = twice the load; default 1)",
+    )
+    p.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.0,
+        help="share of the requests (by arrival) used only to fit policies, in [0, 1) (default 0; "
+        "needed with --trace by policies that train)",
+    )
     p.add_argument("--precision", default=None, help="weight precision override: bf16 | fp8 | int4 ...")
     p.add_argument("--fidelity", default="calibrated", choices=("calibrated", "roofline"), help="cost model fidelity")
     p.add_argument("--seed", type=int, default=0, help="seed of every policy and stream (default 0)")
@@ -160,8 +230,10 @@ def parse_length(spec: str | None, flag: str, csv_path: Path | None, default: in
     if kind == "splitwise":
         path = Path(rest) if rest else csv_path
         if path is None:
-            raise ValueError(f"{flag} splitwise draws from the lengths of --arrival-trace CSV; give --arrival-trace "
-                             "or use splitwise:CSV")
+            raise ValueError(
+                f"{flag} splitwise draws from the lengths of --arrival-trace CSV; give --arrival-trace "
+                "or use splitwise:CSV"
+            )
         if flag == "--prompt-len":
             return LengthDist.from_splitwise(path, "prompt", kind="empirical")
         return LengthDist.from_splitwise(path, "output", kind="empirical")
@@ -183,14 +255,22 @@ def build_stream(args: argparse.Namespace, model: Any) -> Any:
         from workloads.trace import RoutingTrace
 
         trace = RoutingTrace.load(args.trace)
-        _check_shape(f"--trace {args.trace}", "trace", trace.n_moe_layers, trace.n_experts, trace.k, model,
-                     check_k=False)
+        _check_shape(
+            f"--trace {args.trace}", "trace", trace.n_moe_layers, trace.n_experts, trace.k, model, check_k=False
+        )
         routing: Any = TraceReplay(trace)
         default_n = trace.n_requests
     else:
         process = _load_process(str(args.process), model.name)
-        _check_shape(f"--process {args.process}", "routing process", process.n_moe_layers, process.n_experts,
-                     process.top_k, model, check_k=True)
+        _check_shape(
+            f"--process {args.process}",
+            "routing process",
+            process.n_moe_layers,
+            process.n_experts,
+            process.top_k,
+            model,
+            check_k=True,
+        )
         routing = ProcessRouting(process, seed=args.seed)
         default_n = 16
     arrivals = args.arrivals or ("poisson" if args.rate is not None else "closed")
@@ -214,19 +294,29 @@ def build_stream(args: argparse.Namespace, model: Any) -> Any:
     output = parse_length(args.output_len, "--output-len", args.arrival_trace, 128)
     if arrivals == "replay":
         try:
-            stream = RequestStream.replay(args.arrival_trace, n_requests=args.requests, time_scale=args.time_scale,
-                                          routing=routing)
+            stream = RequestStream.replay(
+                args.arrival_trace, n_requests=args.requests, time_scale=args.time_scale, routing=routing
+            )
         except RequestFormatError:
             raise
         except ValueError as exc:  # e.g. more --requests than rows
             raise ValueError(f"--arrivals replay --arrival-trace {args.arrival_trace}: {exc}") from None
         if args.prompt_len is not None or args.output_len is not None:
-            stream = _relength(stream, prompt if args.prompt_len is not None else None,
-                               output if args.output_len is not None else None, args.seed)
+            stream = _relength(
+                stream,
+                prompt if args.prompt_len is not None else None,
+                output if args.output_len is not None else None,
+                args.seed,
+            )
         return stream
     n = args.requests if args.requests is not None else default_n
-    kwargs: dict[str, Any] = {"n_requests": n, "routing": routing, "seed": args.seed,
-                              "prompt_len": prompt, "output_len": output}
+    kwargs: dict[str, Any] = {
+        "n_requests": n,
+        "routing": routing,
+        "seed": args.seed,
+        "prompt_len": prompt,
+        "output_len": output,
+    }
     if arrivals == "poisson":
         return RequestStream.poisson(rate_per_s=args.rate, **kwargs)
     if arrivals == "bursty":
@@ -257,14 +347,17 @@ def _relength(stream: Any, prompt: Any, output: Any, seed: int) -> Any:
     return RequestStream(requests=reqs, routing_source=stream.routing_source)
 
 
-def _check_shape(where: str, what: str, n_layers: int, n_experts: int, top_k: int, model: Any, *,
-                 check_k: bool) -> None:
+def _check_shape(
+    where: str, what: str, n_layers: int, n_experts: int, top_k: int, model: Any, *, check_k: bool
+) -> None:
     """Raise naming ``where`` when the routing's MoE layers, experts (or top-k) differ from the model's."""
     bad = n_layers != model.n_moe_layers or n_experts != model.n_experts or (check_k and top_k != model.top_k)
     if bad:
-        raise ValueError(f"{where}: the {what} routes {n_layers} MoE layers x {n_experts} experts, top-{top_k}; "
-                         f"model {model.name!r} has {model.n_moe_layers} x {model.n_experts}, top-{model.top_k} "
-                         "(use a trace or process of this model)")
+        raise ValueError(
+            f"{where}: the {what} routes {n_layers} MoE layers x {n_experts} experts, top-{top_k}; "
+            f"model {model.name!r} has {model.n_moe_layers} x {model.n_experts}, top-{model.top_k} "
+            "(use a trace or process of this model)"
+        )
 
 
 def clip_to_kv(stream: Any, model: Any, platform: Any, mapping: Any, seed: int) -> Any:
@@ -280,8 +373,9 @@ def clip_to_kv(stream: Any, model: Any, platform: Any, mapping: Any, seed: int) 
     from workloads.requests import RequestStream
 
     try:
-        probe = mapping.with_(placement="round-robin", placement_options=(), initial="empty", pinned=(),
-                              resident=()).bind(model, platform, stats=None, min_kv_tokens=1, seed=seed)
+        probe = mapping.with_(
+            placement="round-robin", placement_options=(), initial="empty", pinned=(), resident=()
+        ).bind(model, platform, stats=None, min_kv_tokens=1, seed=seed)
     except MappingError:
         return stream
     cap = int(min(probe.kv_capacity_tokens))
@@ -298,9 +392,15 @@ def clip_to_kv(stream: Any, model: Any, platform: Any, mapping: Any, seed: int) 
         reqs.append(r)
     if not n_clip:
         return stream
-    log.warning("%d of %d requests exceed the KV capacity of %d tokens per request (prompt + output - 1) on %s "
-                "under this mapping; clipped them (output to at most %d, prompt to the rest)", n_clip, len(reqs),
-                cap, platform.name, max(1, cap // 2))
+    log.warning(
+        "%d of %d requests exceed the KV capacity of %d tokens per request (prompt + output - 1) on %s "
+        "under this mapping; clipped them (output to at most %d, prompt to the rest)",
+        n_clip,
+        len(reqs),
+        cap,
+        platform.name,
+        max(1, cap // 2),
+    )
     return RequestStream(requests=tuple(reqs), routing_source=stream.routing_source)
 
 
@@ -314,9 +414,11 @@ def _load_process(spec: str, model_name: str) -> Any:
         try:
             return default_process(model_name)
         except (KeyError, ValueError) as exc:
-            raise ValueError(f"--process default: no embedded workload for model {model_name!r} ({exc}); give "
-                             "--process PROCESS.json, --process default:MODEL (a preset of the same shape) or "
-                             "--trace") from None
+            raise ValueError(
+                f"--process default: no embedded workload for model {model_name!r} ({exc}); give "
+                "--process PROCESS.json, --process default:MODEL (a preset of the same shape) or "
+                "--trace"
+            ) from None
     if spec.startswith("default:"):
         return default_process(spec.split(":", 1)[1])
     return RoutingProcess.load(spec)
@@ -369,8 +471,12 @@ def policy_options(kind: str, name: str) -> list[str] | None:
         if "__init__" not in vars(klass) or klass is object:
             continue
         params = inspect.signature(vars(klass)["__init__"]).parameters.values()
-        names.update(prm.name for prm in params if prm.name not in _RESERVED[kind] and prm.kind in (
-            inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+        names.update(
+            prm.name
+            for prm in params
+            if prm.name not in _RESERVED[kind]
+            and prm.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        )
         if not any(prm.kind is inspect.Parameter.VAR_KEYWORD for prm in params):
             return sorted(names)
     return None
@@ -383,8 +489,10 @@ def check_options(kind: str, name: str, options: tuple[tuple[str, Any], ...], fl
         return
     for key, _ in options:
         if key not in valid:
-            raise ValueError(f"{flag} {key}: {kind} policy {name!r} has no option {key!r}; valid options: "
-                             f"{', '.join(valid) if valid else '(none)'}")
+            raise ValueError(
+                f"{flag} {key}: {kind} policy {name!r} has no option {key!r}; valid options: "
+                f"{', '.join(valid) if valid else '(none)'}"
+            )
 
 
 def build_mapping(args: argparse.Namespace) -> Any:
@@ -404,8 +512,10 @@ def build_mapping(args: argparse.Namespace) -> Any:
         raise ValueError("--prefetch-option given without --prefetch POLICY")
     miss_opts = parse_options(args.miss_option, "--miss-option")
     placement_opts = parse_options(args.placement_option, "--placement-option")
-    for kind, name, opts, flag in (("miss", args.miss, miss_opts, "--miss-option"),
-                                   ("placement", args.placement, placement_opts, "--placement-option")):
+    for kind, name, opts, flag in (
+        ("miss", args.miss, miss_opts, "--miss-option"),
+        ("placement", args.placement, placement_opts, "--placement-option"),
+    ):
         REGISTRIES[kind].get(name)
         check_options(kind, name, opts, flag)
     if not 0.0 <= args.train_fraction < 1.0:
@@ -417,11 +527,18 @@ def build_mapping(args: argparse.Namespace) -> Any:
             raise ValueError("--near-tier needs --near-experts N (slots per device)")
         near = CacheSpec(policy=args.near_policy, tier=args.near_tier, capacity_experts=args.near_experts)
     return Mapping(
-        n_devices=args.devices, placement=args.placement, backing=args.backing, near=near,
-        cache=CacheSpec(policy=args.cache, expert_fraction=args.hbm_expert_fraction,
-                        options=cache_opts),
-        prefetch=args.prefetch, prefetch_options=prefetch_opts, ep_execution=args.ep_execution,
-        miss=args.miss, miss_options=miss_opts, placement_options=placement_opts, train_fraction=args.train_fraction,
+        n_devices=args.devices,
+        placement=args.placement,
+        backing=args.backing,
+        near=near,
+        cache=CacheSpec(policy=args.cache, expert_fraction=args.hbm_expert_fraction, options=cache_opts),
+        prefetch=args.prefetch,
+        prefetch_options=prefetch_opts,
+        ep_execution=args.ep_execution,
+        miss=args.miss,
+        miss_options=miss_opts,
+        placement_options=placement_opts,
+        train_fraction=args.train_fraction,
         batching=BatchingSpec(scheduler=args.scheduler, max_batch=args.batch, max_tokens=args.max_tokens),
     )
 
@@ -456,8 +573,9 @@ def write_views(result: Any, out_dir: Path) -> dict[str, Path]:
 
     return {
         "timeline": views.write_html(views.plot_timeline(views.timeline_info(result)), out_dir / "timeline.html"),
-        "cost_breakdown": views.write_html(views.plot_cost_breakdown(views.cost_breakdown_info(result)),
-                                           out_dir / "cost_breakdown.html"),
+        "cost_breakdown": views.write_html(
+            views.plot_cost_breakdown(views.cost_breakdown_info(result)), out_dir / "cost_breakdown.html"
+        ),
     }
 
 
@@ -479,8 +597,9 @@ def load_model(spec: str) -> Any:
             if not path.is_file():
                 raise
     if not path.is_file():
-        raise ValueError(f"--model {spec}: no such file (expected a model preset name or a JSON file of MoEModel "
-                         "fields)")
+        raise ValueError(
+            f"--model {spec}: no such file (expected a model preset name or a JSON file of MoEModel fields)"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -493,8 +612,9 @@ def load_model(spec: str) -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"--model {path}: unknown field(s) {unknown}; valid fields: {', '.join(fields)}")
-    required = [n for n, f in fields.items()
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [
+        n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     missing = [n for n in required if n not in data]
     if missing:
         raise ValueError(f"--model {path}: missing required field(s) {missing}")
@@ -502,8 +622,9 @@ def load_model(spec: str) -> Any:
     for name, value in data.items():
         ann = str(fields[name].type)
         if ann == "AttentionKind" and value not in typing.get_args(AttentionKind):
-            raise ValueError(f"--model {path}: field {name} = {value!r}: expected one of "
-                             f"{list(typing.get_args(AttentionKind))}")
+            raise ValueError(
+                f"--model {path}: field {name} = {value!r}: expected one of {list(typing.get_args(AttentionKind))}"
+            )
         want = kinds.get(ann, (str,) if ann == "AttentionKind" else None)
         if want is None:
             continue
@@ -522,8 +643,10 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out}: exists and is not a directory; --out must be a directory (created "
-                         "if absent) to write the records, summary, config and views into")
+        raise ValueError(
+            f"--out {args.out}: exists and is not a directory; --out must be a directory (created "
+            "if absent) to write the records, summary, config and views into"
+        )
     if args.batch < 1 or args.max_tokens < 1:
         raise ValueError(f"--batch and --max-tokens must be >= 1, got {args.batch}, {args.max_tokens}")
     if args.devices is not None and args.devices < 1:
@@ -545,14 +668,23 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     stream = clip_to_kv(build_stream(args, model), model, platform, mapping, args.seed)
     cost = CostModel(platform, fidelity=args.fidelity)
     try:
-        result = simulate(model, platform, stream, mapping, cost_model=cost, seed=args.seed,
-                          record_events=args.out is not None,
-                          progress=not args.no_progress and not args.json and sys.stderr.isatty())
+        result = simulate(
+            model,
+            platform,
+            stream,
+            mapping,
+            cost_model=cost,
+            seed=args.seed,
+            record_events=args.out is not None,
+            progress=not args.no_progress and not args.json and sys.stderr.isatty(),
+        )
     except TrainingDataError as exc:
         verb = "needs" if len(exc.policies) == 1 else "need"
-        raise ValueError(f"{' and '.join(exc.policies)} {verb} training routing: with --trace, pass "
-                         "--train-fraction F (the first F of the trace's requests train the policies and are not "
-                         "served), or sample a routing process with --process") from None
+        raise ValueError(
+            f"{' and '.join(exc.policies)} {verb} training routing: with --trace, pass "
+            "--train-fraction F (the first F of the trace's requests train the policies and are not "
+            "served), or sample a routing process with --process"
+        ) from None
     summary = result.summary_json()
     if args.out is not None:
         paths = result.save(args.out)

@@ -31,30 +31,45 @@ log = logging.getLogger(__name__)
 
 def register_trace(trace_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add ``stats``, ``fit``, ``synth``, ``compare`` and ``holdout`` to ``codesign trace``."""
-    p = trace_sub.add_parser("stats", parents=parents, help="routing statistics of a trace",
-                             description="Per-layer expert load skew, inter-layer affinity, temporal reuse and "
-                                         "co-activation of a canonical .npz trace.")
+    p = trace_sub.add_parser(
+        "stats",
+        parents=parents,
+        help="routing statistics of a trace",
+        description="Per-layer expert load skew, inter-layer affinity, temporal reuse and "
+        "co-activation of a canonical .npz trace.",
+    )
     p.add_argument("trace", type=Path, metavar="TRACE.npz")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--full", action="store_true", help="with --json: include the affinity and co-activation matrices")
     p.add_argument("--max-distance", type=int, default=64, help="reuse-distance histogram range (tokens)")
     p.set_defaults(func=_cmd_stats)
 
-    f = trace_sub.add_parser("fit", parents=parents, help="fit a routing process to a trace",
-                             description="Fit a RoutingProcess (popularity, affinity, temporal reuse) to a trace "
-                                         "and write it as JSON.")
+    f = trace_sub.add_parser(
+        "fit",
+        parents=parents,
+        help="fit a routing process to a trace",
+        description="Fit a RoutingProcess (popularity, affinity, temporal reuse) to a trace and write it as JSON.",
+    )
     f.add_argument("trace", type=Path, metavar="TRACE.npz")
     f.add_argument("-o", "--output", type=Path, required=True, metavar="PROCESS.json")
     f.add_argument("--smoothing", type=float, default=1.0, help="add-s pseudo-count (default 1)")
-    f.add_argument("--shrinkage", type=float, default=None,
-                   help="popularity weight against uniform in [0, 1] (default: cross-validated)")
+    f.add_argument(
+        "--shrinkage",
+        type=float,
+        default=None,
+        help="popularity weight against uniform in [0, 1] (default: cross-validated)",
+    )
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--calibration-iterations", type=int, default=8)
     f.set_defaults(func=_cmd_fit)
 
-    s = trace_sub.add_parser("synth", parents=parents, help="sample a synthetic trace from a routing process",
-                             description="Sample a trace from PROCESS.json, or from the embedded default "
-                                         "workload with 'default' or 'default:MODEL'.")
+    s = trace_sub.add_parser(
+        "synth",
+        parents=parents,
+        help="sample a synthetic trace from a routing process",
+        description="Sample a trace from PROCESS.json, or from the embedded default "
+        "workload with 'default' or 'default:MODEL'.",
+    )
     s.add_argument("process", metavar="PROCESS", help="PROCESS.json, 'default' or 'default:MODEL'")
     s.add_argument("--tokens", type=int, required=True, help="tokens to sample")
     s.add_argument("--seed", type=int, default=0)
@@ -68,17 +83,25 @@ def register_trace(trace_sub: Any, parents: list[argparse.ArgumentParser]) -> No
     s.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.npz")
     s.set_defaults(func=_cmd_synth)
 
-    c = trace_sub.add_parser("compare", parents=parents, help="fidelity distances between two traces",
-                             description="Jensen-Shannon distances of load, affinity rows, co-activation and "
-                                         "reuse distances, and the reuse-rate error, between two traces.")
+    c = trace_sub.add_parser(
+        "compare",
+        parents=parents,
+        help="fidelity distances between two traces",
+        description="Jensen-Shannon distances of load, affinity rows, co-activation and "
+        "reuse distances, and the reuse-rate error, between two traces.",
+    )
     c.add_argument("a", type=Path, metavar="A.npz")
     c.add_argument("b", type=Path, metavar="B.npz")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_cmd_compare)
 
-    h = trace_sub.add_parser("holdout", parents=parents, help="hold-out fidelity of a process fitted to a trace",
-                             description="Fit on a share of the requests, sample, and compare with the held-out "
-                                         "requests beside uniform random and popularity-only baselines.")
+    h = trace_sub.add_parser(
+        "holdout",
+        parents=parents,
+        help="hold-out fidelity of a process fitted to a trace",
+        description="Fit on a share of the requests, sample, and compare with the held-out "
+        "requests beside uniform random and popularity-only baselines.",
+    )
     h.add_argument("trace", type=Path, metavar="TRACE.npz")
     h.add_argument("--train-fraction", type=float, default=0.5)
     h.add_argument("--seed", type=int, default=0)
@@ -99,24 +122,32 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st))
         return 0
-    print(f"{args.trace}: model {st['model']}, {st['tokens']} tokens, {st['requests']} requests, "
-          f"{st['moe_layers']} MoE layers, {st['n_experts']} experts, top-{st['top_k']}, "
-          f"null slots {_fmt(st['null_fraction'] or 0.0, 4)}")
+    print(
+        f"{args.trace}: model {st['model']}, {st['tokens']} tokens, {st['requests']} requests, "
+        f"{st['moe_layers']} MoE layers, {st['n_experts']} experts, top-{st['top_k']}, "
+        f"null slots {_fmt(st['null_fraction'] or 0.0, 4)}"
+    )
     print("col = MoE-layer column of the trace, layer = the model's layer number (moe_layer_ids)")
     load, aff, reuse, co = st["load"], st["affinity"], st["temporal_reuse"], st["coactivation"]
     ids = st["moe_layer_ids"]
-    print(f"{'col':>3} {'layer':>5} {'gini':>6} {'entropy':>7} {'max/mean':>8} {'reuse':>6} {'aff_top1':>8} "
-          f"{'aff_MI':>7} {'co_lift':>7}")
+    print(
+        f"{'col':>3} {'layer':>5} {'gini':>6} {'entropy':>7} {'max/mean':>8} {'reuse':>6} {'aff_top1':>8} "
+        f"{'aff_MI':>7} {'co_lift':>7}"
+    )
     for layer in range(st["moe_layers"]):
         a_top = aff.get("top1", [])[layer] if layer < len(aff.get("top1", [])) else None
         a_mi = aff.get("mutual_information_bits", [])[layer] if layer < len(aff.get("top1", [])) else None
-        print(f"{layer:3d} {ids[layer]:5d} {_fmt(load['gini'][layer]):>6} {_fmt(load['entropy'][layer]):>7} "
-              f"{_fmt(load['max_over_mean'][layer], 2):>8} {_fmt(reuse['rate'][layer]):>6} {_fmt(a_top):>8} "
-              f"{_fmt(a_mi):>7} {_fmt(co['max_lift'][layer], 2):>7}")
-    print(f"mean: gini {_fmt(load['mean_gini'])}, entropy {_fmt(load['mean_entropy'])}, "
-          f"max/mean {_fmt(load['mean_max_over_mean'], 2)}, reuse {_fmt(reuse['mean_rate'])}, "
-          f"affinity top-1 {_fmt(aff.get('mean_top1'))} (uniform {1 / st['n_experts']:.3f}), "
-          f"MI {_fmt(aff.get('mean_mutual_information_bits'))} bits")
+        print(
+            f"{layer:3d} {ids[layer]:5d} {_fmt(load['gini'][layer]):>6} {_fmt(load['entropy'][layer]):>7} "
+            f"{_fmt(load['max_over_mean'][layer], 2):>8} {_fmt(reuse['rate'][layer]):>6} {_fmt(a_top):>8} "
+            f"{_fmt(a_mi):>7} {_fmt(co['max_lift'][layer], 2):>7}"
+        )
+    print(
+        f"mean: gini {_fmt(load['mean_gini'])}, entropy {_fmt(load['mean_entropy'])}, "
+        f"max/mean {_fmt(load['mean_max_over_mean'], 2)}, reuse {_fmt(reuse['mean_rate'])}, "
+        f"affinity top-1 {_fmt(aff.get('mean_top1'))} (uniform {1 / st['n_experts']:.3f}), "
+        f"MI {_fmt(aff.get('mean_mutual_information_bits'))} bits"
+    )
     hist = reuse["reuse_distance"]
     total = sum(hist["counts"]) + hist["first_use"]
     if total:
@@ -128,12 +159,19 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     trace = RoutingTrace.load(args.trace)
-    proc = RoutingProcess.fit(trace, smoothing=args.smoothing, shrinkage=args.shrinkage, seed=args.seed,
-                              calibration_iterations=args.calibration_iterations)
+    proc = RoutingProcess.fit(
+        trace,
+        smoothing=args.smoothing,
+        shrinkage=args.shrinkage,
+        seed=args.seed,
+        calibration_iterations=args.calibration_iterations,
+    )
     proc.save(args.output)
     ach = proc.meta.get("calibration", {}).get("achieved", {})
-    print(f"wrote {args.output}: {proc!r}; calibration max errors: load {_fmt(ach.get('load_max_rel_error'))} "
-          f"(relative), MI {_fmt(ach.get('mi_abs_error_bits'))} bits, reuse {_fmt(ach.get('reuse_abs_error'))}")
+    print(
+        f"wrote {args.output}: {proc!r}; calibration max errors: load {_fmt(ach.get('load_max_rel_error'))} "
+        f"(relative), MI {_fmt(ach.get('mi_abs_error_bits'))} bits, reuse {_fmt(ach.get('reuse_abs_error'))}"
+    )
     return 0
 
 
@@ -156,8 +194,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.layers is not None:
         proc = proc.relayer(args.layers, seed=args.seed)
     phase = None if args.phase is None else (0 if args.phase == "prefill" else 1)
-    trace = proc.sample(args.tokens, seed=args.seed, n_requests=args.requests,
-                        tokens_per_request=args.tokens_per_request, phase=phase)
+    trace = proc.sample(
+        args.tokens, seed=args.seed, n_requests=args.requests, tokens_per_request=args.tokens_per_request, phase=phase
+    )
     trace.save(args.output)
     print(f"wrote {args.output}: {trace!r}")
     return 0
@@ -169,7 +208,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise TraceFormatError(
             f"{args.a} ({a.meta.get('model')}) has {a.n_moe_layers} MoE layers x {a.n_experts} experts but "
             f"{args.b} ({b.meta.get('model')}) has {b.n_moe_layers} x {b.n_experts}; expected two traces of the "
-            "same model shape")
+            "same model shape"
+        )
     rep = compare(a, b).to_dict()
     if args.json:
         print(json.dumps({"a": str(args.a), "b": str(args.b), **rep}))
@@ -184,18 +224,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_holdout(args: argparse.Namespace) -> int:
     trace = RoutingTrace.load(args.trace)
     if trace.n_requests < 2:
-        raise TraceFormatError(f"{args.trace}: {trace.n_requests} request(s); holdout splits by request and "
-                               "expected at least 2")
+        raise TraceFormatError(
+            f"{args.trace}: {trace.n_requests} request(s); holdout splits by request and expected at least 2"
+        )
     if not 0.0 < args.train_fraction < 1.0:
         raise ValueError(f"--train-fraction must be in (0, 1), got {args.train_fraction}")
     res = holdout_evaluation(trace, args.train_fraction, seed=args.seed)
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"{args.trace}: fit on {res['train_requests']} requests ({res['train_tokens']} tokens), compared with "
-          f"{res['heldout_requests']} held-out requests ({res['heldout_tokens']} tokens); lower is closer")
+    print(
+        f"{args.trace}: fit on {res['train_requests']} requests ({res['train_tokens']} tokens), compared with "
+        f"{res['heldout_requests']} held-out requests ({res['heldout_tokens']} tokens); lower is closer"
+    )
     print(f"  {'metric':18s} {'fitted':>8s} {'uniform':>8s} {'pop-only':>8s}")
     for m in METRICS:
-        print(f"  {m:18s} {_fmt(res['fitted'][m], 4):>8s} {_fmt(res['uniform'][m], 4):>8s} "
-              f"{_fmt(res['popularity_only'][m], 4):>8s}")
+        print(
+            f"  {m:18s} {_fmt(res['fitted'][m], 4):>8s} {_fmt(res['uniform'][m], 4):>8s} "
+            f"{_fmt(res['popularity_only'][m], 4):>8s}"
+        )
     return 0

@@ -23,48 +23,87 @@ log = logging.getLogger(__name__)
 
 #: Tiny presets of ``trace record --hf-config`` (kept here so that --help needs no torch import;
 #: a test checks it equals `workloads.tracer.TINY_PRESETS`).
-TINY_PRESET_NAMES = ("tiny-mixtral", "tiny-qwen2-moe", "tiny-olmoe", "tiny-deepseek-v2", "tiny-qwen3-moe",
-                     "tiny-gpt-oss")
+TINY_PRESET_NAMES = (
+    "tiny-mixtral",
+    "tiny-qwen2-moe",
+    "tiny-olmoe",
+    "tiny-deepseek-v2",
+    "tiny-qwen3-moe",
+    "tiny-gpt-oss",
+)
 
 
 def register_trace(trace_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add ``import`` and ``record`` to the ``codesign trace`` sub-parsers."""
     formats = "; ".join(f"{k}: {v}" for k, v in importer_descriptions().items())
     p = trace_sub.add_parser(
-        "import", parents=parents, help="import real routing data (Mixtral JSONL, DeepSeek CSV, OLMoE counts)",
-        description=f"Import routing data into the canonical format. Formats: {formats}.")
+        "import",
+        parents=parents,
+        help="import real routing data (Mixtral JSONL, DeepSeek CSV, OLMoE counts)",
+        description=f"Import routing data into the canonical format. Formats: {formats}.",
+    )
     p.add_argument("--format", "-f", required=True, choices=importer_names(), dest="fmt", help="input format")
     p.add_argument("src", nargs="+", metavar="SRC", help="input files or directories")
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file: .npz for traces, .json for aggregated counts (olmoe-counts)")
-    p.add_argument("--missing", choices=("mark", "drop"), default=None,
-                   help="mixtral-jsonl: keep tokens lacking layers marked -1 (mark, default) or drop them")
-    p.add_argument("--model", default=None,
-                   help="model preset the data must fit (trace formats), or counts.json model key "
-                        "(olmoe-counts: olmoe, olmoe-sft, olmoe-dpo, mistral)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output file: .npz for traces, .json for aggregated counts (olmoe-counts)",
+    )
+    p.add_argument(
+        "--missing",
+        choices=("mark", "drop"),
+        default=None,
+        help="mixtral-jsonl: keep tokens lacking layers marked -1 (mark, default) or drop them",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model preset the data must fit (trace formats), or counts.json model key "
+        "(olmoe-counts: olmoe, olmoe-sft, olmoe-dpo, mistral)",
+    )
     p.add_argument("--domain", default=None, help="olmoe-counts: a text domain or 'all' (default)")
     p.set_defaults(func=_cmd_import)
 
     r = trace_sub.add_parser(
-        "record", parents=parents, help="record the routing of a Hugging Face MoE model (forward hooks)",
+        "record",
+        parents=parents,
+        help="record the routing of a Hugging Face MoE model (forward hooks)",
         description="Run a Hugging Face MoE model offline and record its router decisions for the prompt "
-                    "(prefill) and for greedy generation (decode). Needs the extras: "
-                    "pip install moe-codesign[torch,hf].")
-    r.add_argument("--hf-config", required=True, metavar="CONFIG_OR_PRESET",
-                   help="config.json, a directory holding one, or a tiny preset (random weights): "
-                        + ", ".join(TINY_PRESET_NAMES))
-    r.add_argument("--hf-model", metavar="DIR", default=None,
-                   help="directory with local pretrained weights (from_pretrained, offline)")
+        "(prefill) and for greedy generation (decode). Needs the extras: "
+        "pip install moe-codesign[torch,hf].",
+    )
+    r.add_argument(
+        "--hf-config",
+        required=True,
+        metavar="CONFIG_OR_PRESET",
+        help="config.json, a directory holding one, or a tiny preset (random weights): " + ", ".join(TINY_PRESET_NAMES),
+    )
+    r.add_argument(
+        "--hf-model",
+        metavar="DIR",
+        default=None,
+        help="directory with local pretrained weights (from_pretrained, offline)",
+    )
     src = r.add_mutually_exclusive_group()
     src.add_argument("--prompt", default=None, help="prompt text (needs a tokenizer in --hf-model DIR)")
     src.add_argument("--prompt-ids", default=None, metavar="IDS", help="comma-separated token ids, e.g. 1,2,3")
-    r.add_argument("--prompt-len", type=int, default=16,
-                   help="length of the random prompt drawn from --seed when no prompt is given (default 16)")
+    r.add_argument(
+        "--prompt-len",
+        type=int,
+        default=16,
+        help="length of the random prompt drawn from --seed when no prompt is given (default 16)",
+    )
     r.add_argument("--max-new-tokens", type=int, default=8, help="decode tokens to generate (default 8)")
     r.add_argument("--seed", type=int, default=0, help="seed of random weights and random prompt ids")
     r.add_argument("--no-stop-at-eos", action="store_true", help="keep generating after an end-of-sequence token")
-    r.add_argument("--max-params", type=float, default=2e9,
-                   help="largest model built with random weights from a config (default 2e9 parameters)")
+    r.add_argument(
+        "--max-params",
+        type=float,
+        default=2e9,
+        help="largest model built with random weights from a config (default 2e9 parameters)",
+    )
     r.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="output trace (.npz)")
     r.set_defaults(func=_cmd_record)
 
@@ -74,11 +113,15 @@ def _summary(obj: RoutingTrace | AggregatedRoutingStats) -> str:
         extra = ""
         if "n_incomplete_tokens" in obj.meta:
             extra = f", incomplete_tokens={obj.meta['n_incomplete_tokens']} ({obj.meta.get('missing')})"
-        return (f"model={obj.meta.get('model')} tokens={obj.n_tokens} requests={obj.n_requests} "
-                f"moe_layers={obj.n_moe_layers} n_experts={obj.n_experts} top_k={obj.top_k} "
-                f"weights={'yes' if obj.weights is not None else 'no'}{extra}")
-    return (f"model={obj.model} ({obj.source_model}) domain={obj.domain} [{','.join(obj.domains)}] "
-            f"n_experts={obj.n_experts} top_k={obj.top_k} layers={obj.layers} pairs={obj.layer_pairs}")
+        return (
+            f"model={obj.meta.get('model')} tokens={obj.n_tokens} requests={obj.n_requests} "
+            f"moe_layers={obj.n_moe_layers} n_experts={obj.n_experts} top_k={obj.top_k} "
+            f"weights={'yes' if obj.weights is not None else 'no'}{extra}"
+        )
+    return (
+        f"model={obj.model} ({obj.source_model}) domain={obj.domain} [{','.join(obj.domains)}] "
+        f"n_experts={obj.n_experts} top_k={obj.top_k} layers={obj.layers} pairs={obj.layer_pairs}"
+    )
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
@@ -134,8 +177,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         raise ValueError(f"--prompt-len must be >= 1, got {args.prompt_len}")
     if args.prompt is not None and args.hf_model is None:
         raise ValueError("--prompt needs a tokenizer: give --hf-model DIR with tokenizer files, or use --prompt-ids")
-    model, name = tracer.load_model(args.hf_config, hf_model=args.hf_model, seed=args.seed,
-                                    max_params=args.max_params)
+    model, name = tracer.load_model(args.hf_config, hf_model=args.hf_model, seed=args.seed, max_params=args.max_params)
     if args.prompt is not None:
         inputs: Any = tracer.load_tokenizer(args.hf_model)
     elif args.prompt_ids is not None:
@@ -143,8 +185,12 @@ def _cmd_record(args: argparse.Namespace) -> int:
     else:
         inputs = tracer.random_prompt_ids(model, args.prompt_len, seed=args.seed)
     trace = tracer.record_routing(
-        model, inputs, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-        stop_at_eos=not args.no_stop_at_eos, model_name=name,
+        model,
+        inputs,
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        stop_at_eos=not args.no_stop_at_eos,
+        model_name=name,
     )
     trace.save(out)
     n_pre = int((trace.phase == 0).sum())

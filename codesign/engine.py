@@ -157,9 +157,15 @@ def _tier_link(device: Device, src: str, dst: str) -> Link:
     from hwmodels.devices import Link
 
     tier = device.tier(src)
-    return Link(name=f"{device.name}:{src}->{dst}", bandwidth_Bps=tier.bandwidth_Bps, latency_s=tier.latency_s,
-                duplex=False, efficiency_points=(), energy_J_per_byte=tier.energy_J_per_byte,
-                source=f"tier {src!r} of {device.name}: {tier.source}")
+    return Link(
+        name=f"{device.name}:{src}->{dst}",
+        bandwidth_Bps=tier.bandwidth_Bps,
+        latency_s=tier.latency_s,
+        duplex=False,
+        efficiency_points=(),
+        energy_J_per_byte=tier.energy_J_per_byte,
+        source=f"tier {src!r} of {device.name}: {tier.source}",
+    )
 
 
 class _Costs:
@@ -186,16 +192,21 @@ class _Costs:
             out = self.cost.expert_ffn(dev, self.model, counts, weights_tier=tier)
         return out
 
-    def group(self, d: int, layer_counts: npt.NDArray[np.int64], ready: npt.NDArray[np.int64],
-              comp_s: npt.NDArray[np.float64], comp_J: npt.NDArray[np.float64]) -> tuple[float, float]:
+    def group(
+        self,
+        d: int,
+        layer_counts: npt.NDArray[np.int64],
+        ready: npt.NDArray[np.int64],
+        comp_s: npt.NDArray[np.float64],
+        comp_J: npt.NDArray[np.float64],
+    ) -> tuple[float, float]:
         """Time and energy of the ``ready`` experts of one layer run back to back on device ``d``:
         the sum of their costs, or on an FPGA one `fpga_layer` (pipeline fill included)."""
         if ready.size == 0:
             return 0.0, 0.0
         dev = self.bound.devices[d]
         if dev.kind == "fpga":
-            c = self.cost.fpga_layer(dev, self.model, layer_counts[ready],
-                                     reorder=self.bound.mapping.fpga_reorder)
+            c = self.cost.fpga_layer(dev, self.model, layer_counts[ready], reorder=self.bound.mapping.fpga_reorder)
             return float(c.total_s), float(c.energy_J)
         return float(comp_s[ready].sum()), float(comp_J[ready].sum())
 
@@ -211,9 +222,18 @@ class Engine:
     future; ``record_access`` records each device's access sequence (for such a policy's next run).
     """
 
-    def __init__(self, bound: BoundMapping, cost: Any, *, seed: int = 0, record_events: bool = False,
-                 progress: bool = False, train: RoutingTrace | None = None,
-                 futures: Sequence[AccessSequence] | None = None, record_access: bool = False) -> None:
+    def __init__(
+        self,
+        bound: BoundMapping,
+        cost: Any,
+        *,
+        seed: int = 0,
+        record_events: bool = False,
+        progress: bool = False,
+        train: RoutingTrace | None = None,
+        futures: Sequence[AccessSequence] | None = None,
+        record_access: bool = False,
+    ) -> None:
         self.bound = bound
         self.model = bound.model
         self.platform = bound.platform
@@ -239,17 +259,27 @@ class Engine:
         cache_cls = REGISTRIES["cache"].get(m.cache.policy)
         self.caches: list[CachePolicy] = []
         for d in range(self.n_dev):
-            c: CachePolicy = cache_cls(capacity=bound.slots[d], n_layers=self.L, n_experts=self.E,
-                                       pinned=bound.pinned[d], seed=seed + d, **dict(m.cache.options))
+            c: CachePolicy = cache_cls(
+                capacity=bound.slots[d],
+                n_layers=self.L,
+                n_experts=self.E,
+                pinned=bound.pinned[d],
+                seed=seed + d,
+                **dict(m.cache.options),
+            )
             if c.needs_training:
                 if train is None:
-                    raise ValueError(f"cache policy {m.cache.policy!r} must be trained: set mapping "
-                                     "train_fraction > 0 or pass train=")
+                    raise ValueError(
+                        f"cache policy {m.cache.policy!r} must be trained: set mapping "
+                        "train_fraction > 0 or pass train="
+                    )
                 c.fit(train)
             if c.needs_future:
                 if futures is None or len(futures) != self.n_dev:
-                    raise ValueError(f"cache policy {m.cache.policy!r} needs the future access sequence "
-                                     "(simulate() records it in a first pass)")
+                    raise ValueError(
+                        f"cache policy {m.cache.policy!r} needs the future access sequence "
+                        "(simulate() records it in a first pass)"
+                    )
                 c.prepare(futures[d])
             c.warm(bound.initial[d])
             self.caches.append(c)
@@ -258,31 +288,43 @@ class Engine:
             near_cls = REGISTRIES["cache"].get(m.near.policy)
             self.near_caches = []
             for d in range(self.n_dev):
-                nc: CachePolicy = near_cls(capacity=bound.near_slots[d], n_layers=self.L, n_experts=self.E,
-                                           seed=seed + 1000 + d, **dict(m.near.options))
+                nc: CachePolicy = near_cls(
+                    capacity=bound.near_slots[d],
+                    n_layers=self.L,
+                    n_experts=self.E,
+                    seed=seed + 1000 + d,
+                    **dict(m.near.options),
+                )
                 if nc.needs_future:
                     raise ValueError(f"near tier: oracle cache policy {m.near.policy!r} is not supported there")
                 if nc.needs_training:
                     if train is None:
-                        raise ValueError(f"near cache policy {m.near.policy!r} must be trained: set mapping "
-                                         "train_fraction > 0 or pass train=")
+                        raise ValueError(
+                            f"near cache policy {m.near.policy!r} must be trained: set mapping "
+                            "train_fraction > 0 or pass train="
+                        )
                     nc.fit(train)
                 nc.warm(np.zeros((self.L, self.E), dtype=bool))
                 self.near_caches.append(nc)
         self.prefetcher: PrefetchPolicy | None = None
         if m.prefetch != "none":
             self.prefetcher = REGISTRIES["prefetch"].create(
-                m.prefetch, n_layers=self.L, n_experts=self.E, top_k=model.top_k, seed=seed,
-                **dict(m.prefetch_options))
+                m.prefetch, n_layers=self.L, n_experts=self.E, top_k=model.top_k, seed=seed, **dict(m.prefetch_options)
+            )
             if self.prefetcher.needs_training:
                 if train is None:
-                    raise ValueError(f"prefetch policy {m.prefetch!r} must be trained: set mapping "
-                                     "train_fraction > 0 or pass train=")
+                    raise ValueError(
+                        f"prefetch policy {m.prefetch!r} must be trained: set mapping train_fraction > 0 or pass train="
+                    )
                 self.prefetcher.fit(train)
         self.miss: MissPolicy = REGISTRIES["miss"].create(m.miss, seed=seed, **dict(m.miss_options))
         self.scheduler: TokenScheduler = REGISTRIES["scheduling"].create(
-            m.batching.scheduler, max_batch=m.batching.max_batch, max_tokens=m.batching.max_tokens, seed=seed,
-            **dict(m.batching.options))
+            m.batching.scheduler,
+            max_batch=m.batching.max_batch,
+            max_tokens=m.batching.max_tokens,
+            seed=seed,
+            **dict(m.batching.options),
+        )
         # simpy world
         self.env = _CountingEnvironment()
         env = self.env
@@ -395,8 +437,9 @@ class Engine:
         """Play ``requests`` (any order; sorted by arrival) to completion."""
         reqs = sorted(requests, key=lambda r: (r.arrival_s, r.request_id))
         total_out = int(sum(r.output_tokens for r in reqs))
-        self._bar = tqdm(total=total_out, disable=not self.progress, unit="tok", desc="simulate",
-                         mininterval=0.5, leave=False)
+        self._bar = tqdm(
+            total=total_out, disable=not self.progress, unit="tok", desc="simulate", mininterval=0.5, leave=False
+        )
         try:
             self.env.process(self._arrivals(reqs))
             server = self.env.process(self._serve())
@@ -410,8 +453,13 @@ class Engine:
         for r in reqs:
             if r.arrival_s > env.now:
                 yield env.timeout(r.arrival_s - env.now)
-            st = RequestState(request_id=r.request_id, arrival_s=r.arrival_s, prompt_tokens=r.prompt_tokens,
-                              output_tokens=r.output_tokens, routing=r.routing)
+            st = RequestState(
+                request_id=r.request_id,
+                arrival_s=r.arrival_s,
+                prompt_tokens=r.prompt_tokens,
+                output_tokens=r.output_tokens,
+                routing=r.routing,
+            )
             self.waiting.append(st)
             self.by_id[r.request_id] = st
             self._mark(+1)
@@ -439,7 +487,8 @@ class Engine:
                     raise RuntimeError(
                         f"scheduler {self.bound.mapping.batching.scheduler!r} returned an empty batch with "
                         f"{len(self.waiting)} waiting (e.g. {ids}) and {len(self.running)} running requests and "
-                        "no arrival to come (a request's KV cache may exceed the free KV memory)")
+                        "no arrival to come (a request's KV cache may exceed the free KV memory)"
+                    )
                 self._wake = env.event()
                 yield self._wake
                 continue
@@ -451,8 +500,9 @@ class Engine:
         if len(set(batch.request_ids)) != len(batch.request_ids):
             raise RuntimeError(f"scheduler {name!r} put a request twice in one batch: {batch.request_ids}")
         if batch.total_tokens > self.scheduler.max_tokens:
-            raise RuntimeError(f"scheduler {name!r} exceeded max_tokens: {batch.total_tokens} > "
-                               f"{self.scheduler.max_tokens}")
+            raise RuntimeError(
+                f"scheduler {name!r} exceeded max_tokens: {batch.total_tokens} > {self.scheduler.max_tokens}"
+            )
         running_ids = {r.request_id for r in self.running}
         waiting_ids = {r.request_id for r in self.waiting}
         plan: list[tuple[RequestState, int]] = []
@@ -487,8 +537,24 @@ class Engine:
         model = self.model
         n_dev, L, E = self.n_dev, self.L, self.E
         t0 = env.now
-        self._s = dict.fromkeys(("needed", "hits", "misses", "fetched", "cpu", "streamed", "prefetched",
-                                 "pf_late", "pf_on_time", "pf_wasted", "bytes_host", "bytes_peer", "energy"), 0.0)
+        self._s = dict.fromkeys(
+            (
+                "needed",
+                "hits",
+                "misses",
+                "fetched",
+                "cpu",
+                "streamed",
+                "prefetched",
+                "pf_late",
+                "pf_on_time",
+                "pf_wasted",
+                "bytes_host",
+                "bytes_peer",
+                "energy",
+            ),
+            0.0,
+        )
         # rows of the step and per-device token bookkeeping
         chunks = []
         tok_dev_parts = []
@@ -500,7 +566,7 @@ class Engine:
         for st, n in plan:
             d = self.req_device[st.request_id]
             r0 = st.next_row
-            chunks.append(st.routing[r0:r0 + n])
+            chunks.append(st.routing[r0 : r0 + n])
             tok_dev_parts.append(np.full(n, d, dtype=np.int64))
             plan_n.append(n)
             if st.in_prefill:
@@ -583,11 +649,13 @@ class Engine:
                 dense_s[d], dense_J[d] = float(c.total_s), float(c.energy_J)
         if cur is not None:
             attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J = self._coherent_costs(
-                cur, plan_n, plan_ctx)
+                cur, plan_n, plan_ctx
+            )
         else:
             attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J = (
                 np.broadcast_to(x, (L + 1, n_dev))
-                for x in (attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J))
+                for x in (attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J)
+            )
         # expert costs, per device, for every (layer, expert) at once
         exp_cost: list[OpCost] = []
         exp_s: list[npt.NDArray[np.float64]] = []
@@ -649,8 +717,14 @@ class Engine:
                     self.busy_s[d] += float(pre[d])
                     if self.events is not None:
                         self._event(d, "compute", "attention", start, start + float(a_s[d]), f"L{abs_layer}")
-                        self._event(d, "compute", "router" if is_moe else "dense", start + float(a_s[d]),
-                                    start + float(pre[d]), f"L{abs_layer}")
+                        self._event(
+                            d,
+                            "compute",
+                            "router" if is_moe else "dense",
+                            start + float(a_s[d]),
+                            start + float(pre[d]),
+                            f"L{abs_layer}",
+                        )
             energy += float(attn_J[pos].sum()) + float((router_J[pos] if is_moe else dense_J[pos]).sum())
             if not is_moe:
                 continue
@@ -665,26 +739,65 @@ class Engine:
                 for d in range(n_dev):
                     cnt = counts[lo:hi] if n_dev == 1 else np.where(self.home_flat[lo:hi] == d, counts[lo:hi], 0)
                     if sh_s[d] > 0 or cnt.any():
-                        longest = max(longest, self._moe_resident(d, layer, abs_layer, rows, cnt, exp_s[d][lo:hi],
-                                                                  exp_J[d][lo:hi], float(sh_s[d]),
-                                                                  float(sh_J[d])))
+                        longest = max(
+                            longest,
+                            self._moe_resident(
+                                d,
+                                layer,
+                                abs_layer,
+                                rows,
+                                cnt,
+                                exp_s[d][lo:hi],
+                                exp_J[d][lo:hi],
+                                float(sh_s[d]),
+                                float(sh_J[d]),
+                            ),
+                        )
                 if longest > 0:
                     yield env.timeout(longest)
                 if n_dev > 1:
                     yield from self._all_to_all(comb_s, f"{comb_label} L{abs_layer}")
             elif n_dev == 1:
-                yield from self._moe_device(0, layer, abs_layer, rows, counts[lo:hi], exp_s[0][lo:hi],
-                                            exp_J[0][lo:hi], exp_cost[0], float(sh_s[0]), float(sh_J[0]),
-                                            cpu_s, cpu_J, act_bytes[lo:hi])
+                yield from self._moe_device(
+                    0,
+                    layer,
+                    abs_layer,
+                    rows,
+                    counts[lo:hi],
+                    exp_s[0][lo:hi],
+                    exp_J[0][lo:hi],
+                    exp_cost[0],
+                    float(sh_s[0]),
+                    float(sh_J[0]),
+                    cpu_s,
+                    cpu_J,
+                    act_bytes[lo:hi],
+                )
             else:
                 procs = []
                 idle_devs = []
                 for d in range(n_dev):
                     cnt = np.where(self.home_flat[lo:hi] == d, counts[lo:hi], 0)
                     if cnt.any() or sh_s[d] > 0:
-                        procs.append(env.process(self._moe_device(
-                            d, layer, abs_layer, rows, cnt, exp_s[d][lo:hi], exp_J[d][lo:hi], exp_cost[d],
-                            float(sh_s[d]), float(sh_J[d]), cpu_s, cpu_J, act_bytes[lo:hi])))
+                        procs.append(
+                            env.process(
+                                self._moe_device(
+                                    d,
+                                    layer,
+                                    abs_layer,
+                                    rows,
+                                    cnt,
+                                    exp_s[d][lo:hi],
+                                    exp_J[d][lo:hi],
+                                    exp_cost[d],
+                                    float(sh_s[d]),
+                                    float(sh_J[d]),
+                                    cpu_s,
+                                    cpu_J,
+                                    act_bytes[lo:hi],
+                                )
+                            )
+                        )
                     else:
                         idle_devs.append(d)
                 if self.prefetcher is not None and idle_devs:
@@ -698,8 +811,9 @@ class Engine:
         self._s["energy"] += energy
         self._finish_step(plan, t0, n_prefill, n_decode, n_assign, cross, n_tok, k)
 
-    def _token_devices(self, rows: npt.NDArray[np.int16], valid: npt.NDArray[np.bool_],
-                       tok_dev: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    def _token_devices(
+        self, rows: npt.NDArray[np.int16], valid: npt.NDArray[np.bool_], tok_dev: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.int64]:
         """Context-coherent execution: ``[n_tok, L + 1]`` device of each token before MoE layer ``l``
         (column ``L``: after the last one). A token starts the step on its request's device; after
         MoE layer ``l`` it is on the home of its top-1 expert there (the first valid slot of its
@@ -716,8 +830,9 @@ class Engine:
             cur[:, layer + 1] = np.where(has[:, layer], top_home[:, layer], cur[:, layer])
         return cur
 
-    def _coherent_costs(self, cur: npt.NDArray[np.int64], plan_n: list[int], plan_ctx: list[int]
-                        ) -> tuple[npt.NDArray[np.float64], ...]:
+    def _coherent_costs(
+        self, cur: npt.NDArray[np.int64], plan_n: list[int], plan_ctx: list[int]
+    ) -> tuple[npt.NDArray[np.float64], ...]:
         """Per-position, per-device ``[L + 1, n_dev]`` time and energy of attention, router, shared
         experts and dense FFN when each token is processed on the device where it is (``cur``).
 
@@ -736,8 +851,7 @@ class Engine:
         n_on = np.bincount(flat, minlength=L1 * n_dev).reshape(L1, n_dev)
         dec_flat = flat[np.repeat(is_dec, L1)]
         n_dec = np.bincount(dec_flat, minlength=L1 * n_dev).reshape(L1, n_dev).astype(np.float64)
-        ctx_sum = np.bincount(dec_flat, weights=np.repeat(ctx[is_dec], L1),
-                              minlength=L1 * n_dev).reshape(L1, n_dev)
+        ctx_sum = np.bincount(dec_flat, weights=np.repeat(ctx[is_dec], L1), minlength=L1 * n_dev).reshape(L1, n_dev)
         mean_ctx = ctx_sum / np.maximum(n_dec, 1.0)
         pre_entries = np.flatnonzero(np.asarray(plan_ctx) == 0)
         pre_tok = ~is_dec
@@ -747,8 +861,10 @@ class Engine:
             chunk_of = np.searchsorted(pre_entries, entry[pre_tok])
             sizes = np.asarray(plan_n, dtype=np.float64)[pre_entries]
             idx = ((pos[pre_tok] * n_dev + cur[pre_tok]) * pre_entries.size + chunk_of[:, None]).ravel()
-            share = np.bincount(idx, minlength=L1 * n_dev * pre_entries.size).reshape(
-                L1, n_dev, pre_entries.size) / sizes[None, None, :]
+            share = (
+                np.bincount(idx, minlength=L1 * n_dev * pre_entries.size).reshape(L1, n_dev, pre_entries.size)
+                / sizes[None, None, :]
+            )
         out = [np.zeros((L1, n_dev)) for _ in range(8)]
         attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J = out
         for d, dev in enumerate(self.bound.devices):
@@ -784,9 +900,18 @@ class Engine:
             for d in range(self.n_dev):
                 self._event(d, "peer_link", "all_to_all", start, start + dt, label)
 
-    def _moe_resident(self, d: int, layer: int, abs_layer: int, rows: npt.NDArray[np.int16],
-                      cnt: npt.NDArray[np.int64], comp_s: npt.NDArray[np.float64], comp_J: npt.NDArray[np.float64],
-                      shared_s: float, shared_J: float) -> float:
+    def _moe_resident(
+        self,
+        d: int,
+        layer: int,
+        abs_layer: int,
+        rows: npt.NDArray[np.int16],
+        cnt: npt.NDArray[np.int64],
+        comp_s: npt.NDArray[np.float64],
+        comp_J: npt.NDArray[np.float64],
+        shared_s: float,
+        shared_J: float,
+    ) -> float:
         """One MoE layer on device ``d`` when every expert is resident (nothing offloaded): the
         same bookkeeping as `_moe_device` without a process; returns the device's busy time."""
         env = self.env
@@ -800,8 +925,10 @@ class Engine:
             cache.observe(layer, rows[:, layer, :], now)
             hits = cache.access(layer, ex, now)
             if not hits.all():
-                raise RuntimeError(f"device {d}: experts {ex[~hits].tolist()} of MoE layer {layer} are not resident "
-                                   "although the mapping offloads nothing (cache policy bug)")
+                raise RuntimeError(
+                    f"device {d}: experts {ex[~hits].tolist()} of MoE layer {layer} are not resident "
+                    "although the mapping offloads nothing (cache policy bug)"
+                )
             if self.record_access:
                 self._access_log[d].append(layer * self.E + ex)
             self.n_access += int(ex.size)
@@ -823,11 +950,22 @@ class Engine:
         self.energy_J += energy
         return first
 
-    def _moe_device(self, d: int, layer: int, abs_layer: int, rows: npt.NDArray[np.int16],
-                    cnt: npt.NDArray[np.int64], comp_s: npt.NDArray[np.float64], comp_J: npt.NDArray[np.float64],
-                    comp_cost: OpCost, shared_s: float, shared_J: float,
-                    cpu_s: npt.NDArray[np.float64] | None, cpu_J: npt.NDArray[np.float64] | None,
-                    act_bytes: npt.NDArray[np.float64]) -> ProcGen:
+    def _moe_device(
+        self,
+        d: int,
+        layer: int,
+        abs_layer: int,
+        rows: npt.NDArray[np.int16],
+        cnt: npt.NDArray[np.int64],
+        comp_s: npt.NDArray[np.float64],
+        comp_J: npt.NDArray[np.float64],
+        comp_cost: OpCost,
+        shared_s: float,
+        shared_J: float,
+        cpu_s: npt.NDArray[np.float64] | None,
+        cpu_J: npt.NDArray[np.float64] | None,
+        act_bytes: npt.NDArray[np.float64],
+    ) -> ProcGen:
         """One MoE layer on device ``d``: cache lookup, miss handling, fetches, compute.
 
         Demand fetches of the layer hold the device's copy engine once (priority over prefetches)
@@ -890,9 +1028,11 @@ class Engine:
                 streamed_mask = ~adm.admitted[order]
                 n_str = int(streamed_mask.sum())
                 if n_str and self.bound.mapping.staging_experts == 0:
-                    raise RuntimeError(f"device {d}: {n_str} fetched experts of MoE layer {layer} cannot be cached "
-                                       "(cache full of protected or pinned experts, or the policy refuses them) and "
-                                       "staging_experts=0; raise staging_experts")
+                    raise RuntimeError(
+                        f"device {d}: {n_str} fetched experts of MoE layer {layer} cannot be cached "
+                        "(cache full of protected or pinned experts, or the policy refuses them) and "
+                        "staging_experts=0; raise staging_experts"
+                    )
                 self.peak_staging[d] = max(self.peak_staging[d], min(n_str, self.bound.mapping.staging_experts))
                 s["fetched"] += fetch_ex.size
                 s["streamed"] += n_str
@@ -906,8 +1046,14 @@ class Engine:
                 staged_wait = n_str > self.bound.mapping.staging_experts
                 copy_res = self.copy[d]
 
-                def granted(ev: simpy.Event, req: Any = req, hold: float = hold, staged_wait: bool = staged_wait,
-                            copy_res: Any = copy_res, grant: list[float] = grant) -> None:
+                def granted(
+                    ev: simpy.Event,
+                    req: Any = req,
+                    hold: float = hold,
+                    staged_wait: bool = staged_wait,
+                    copy_res: Any = copy_res,
+                    grant: list[float] = grant,
+                ) -> None:
                     grant.append(env.now)
                     if not staged_wait:
                         self._release_later(copy_res, req, hold)
@@ -991,8 +1137,7 @@ class Engine:
         self._s["energy"] += energy
         self.energy_J += energy
 
-    def _near_split(self, d: int, layer: int, ex: npt.NDArray[np.int64]
-                    ) -> tuple[npt.NDArray[np.int64], float, float]:
+    def _near_split(self, d: int, layer: int, ex: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], float, float]:
         """Look ``ex`` up in device ``d``'s near tier; returns (experts left for the cache tier, time and
         energy of the near hits computed from the near tier). Promotions still in flight do not hit."""
         assert self.near_caches is not None
@@ -1040,8 +1185,7 @@ class Engine:
         self.energy_J += e_j
         self.env.process(self._near_copy_proc(d, layer, got, events))
 
-    def _near_copy_proc(self, d: int, layer: int, experts: npt.NDArray[np.int64],
-                        events: list[simpy.Event]) -> ProcGen:
+    def _near_copy_proc(self, d: int, layer: int, experts: npt.NDArray[np.int64], events: list[simpy.Event]) -> ProcGen:
         env = self.env
         inflight = self.near_inflight[d]
         with self.near_copy[d].request() as req:
@@ -1092,42 +1236,72 @@ class Engine:
 
     def _release_later(self, res: simpy.PriorityResource, req: Any, delay: float) -> None:
         """Release ``req`` of ``res`` after ``delay`` seconds (one timeout, no process)."""
+
         def release(_ev: simpy.Event) -> None:
             res.release(req)
 
         self.env.timeout(delay).callbacks.append(release)
 
-    def _decide(self, d: int, layer: int, miss_ex: npt.NDArray[np.int64], cnt: npt.NDArray[np.int64],
-                comp_cost: OpCost, comp_J: npt.NDArray[np.float64], cpu_s: npt.NDArray[np.float64] | None,
-                cpu_J: npt.NDArray[np.float64] | None) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    def _decide(
+        self,
+        d: int,
+        layer: int,
+        miss_ex: npt.NDArray[np.int64],
+        cnt: npt.NDArray[np.int64],
+        comp_cost: OpCost,
+        comp_J: npt.NDArray[np.float64],
+        cpu_s: npt.NDArray[np.float64] | None,
+        cpu_J: npt.NDArray[np.float64] | None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """Ask the miss policy; returns (experts to fetch, experts to compute on the CPU)."""
         E = self.E
         if self.fetch_link[d] is None:
-            raise RuntimeError(f"device {d}: expert ({layer}, {miss_ex[0]}) is not resident and there is no "
-                               "backing memory to fetch it from (the mapping offloads nothing)")
+            raise RuntimeError(
+                f"device {d}: expert ({layer}, {miss_ex[0]}) is not resident and there is no "
+                "backing memory to fetch it from (the mapping offloads nothing)"
+            )
         if cpu_s is None and self._fetch_only:
             return miss_ex, miss_ex[:0]
         n_miss = int(miss_ex.size)
         keys = layer * E + miss_ex
         fetch_cost = OpCost(
-            compute_s=_arr(comp_cost.compute_s, self.L * E)[keys], memory_s=_arr(comp_cost.memory_s, self.L * E)[keys],
-            comm_s=np.full(n_miss, self.fetch_s[d]), energy_J=comp_J[miss_ex] + self.fetch_J[d],
-            source="engine:fetch+compute")
+            compute_s=_arr(comp_cost.compute_s, self.L * E)[keys],
+            memory_s=_arr(comp_cost.memory_s, self.L * E)[keys],
+            comm_s=np.full(n_miss, self.fetch_s[d]),
+            energy_J=comp_J[miss_ex] + self.fetch_J[d],
+            source="engine:fetch+compute",
+        )
         cpu_cost = None
         if cpu_s is not None and cpu_J is not None:
-            cpu_cost = OpCost(compute_s=cpu_s[keys], memory_s=np.zeros(n_miss), comm_s=np.zeros(n_miss),
-                              energy_J=cpu_J[keys], source="engine:cpu_expert+activations")
+            cpu_cost = OpCost(
+                compute_s=cpu_s[keys],
+                memory_s=np.zeros(n_miss),
+                comm_s=np.zeros(n_miss),
+                energy_J=cpu_J[keys],
+                source="engine:cpu_expert+activations",
+            )
         mask = np.asarray(self.miss.decide(layer, miss_ex, cnt[miss_ex], fetch_cost, cpu_cost), dtype=bool)
         if mask.shape != miss_ex.shape:
-            raise RuntimeError(f"miss policy {self.bound.mapping.miss!r} returned a mask of shape {mask.shape}, "
-                               f"expected {miss_ex.shape}")
+            raise RuntimeError(
+                f"miss policy {self.bound.mapping.miss!r} returned a mask of shape {mask.shape}, "
+                f"expected {miss_ex.shape}"
+            )
         if cpu_cost is None and not mask.all():
-            raise RuntimeError(f"miss policy {self.bound.mapping.miss!r} chose CPU compute on a platform without "
-                               "a host")
+            raise RuntimeError(
+                f"miss policy {self.bound.mapping.miss!r} chose CPU compute on a platform without a host"
+            )
         return miss_ex[mask], miss_ex[~mask]
 
-    def _fetch(self, d: int, layer: int, experts: npt.NDArray[np.int64], arrivals: list[simpy.Event],
-               abs_layer: int, *, priority: int) -> ProcGen:
+    def _fetch(
+        self,
+        d: int,
+        layer: int,
+        experts: npt.NDArray[np.int64],
+        arrivals: list[simpy.Event],
+        abs_layer: int,
+        *,
+        priority: int,
+    ) -> ProcGen:
         env = self.env
         dt = self.fetch_s[d]
         inflight = self.inflight[d]
@@ -1143,8 +1317,9 @@ class Engine:
                 if inflight.get(layer * E + e) is ev:
                     del inflight[layer * E + e]
 
-    def _cpu(self, layer: int, experts: npt.NDArray[np.int64], times: npt.NDArray[np.float64],
-             abs_layer: int) -> ProcGen:
+    def _cpu(
+        self, layer: int, experts: npt.NDArray[np.int64], times: npt.NDArray[np.float64], abs_layer: int
+    ) -> ProcGen:
         env = self.env
         assert self.host_cpu is not None
         with self.host_cpu.request() as req:
@@ -1163,14 +1338,23 @@ class Engine:
             if self.fetch_link[d] is None:
                 continue
             cache = self.caches[d]
-            ctx = PrefetchContext(step=self.step_idx, layer=layer, routing=rows[:, layer, :], step_routing=rows,
-                                  recent_load=self._recent_load, resident=cache.resident, now=self.env.now)
+            ctx = PrefetchContext(
+                step=self.step_idx,
+                layer=layer,
+                routing=rows[:, layer, :],
+                step_routing=rows,
+                recent_load=self._recent_load,
+                resident=cache.resident,
+                now=self.env.now,
+            )
             pairs = np.asarray(self.prefetcher.prefetch(ctx), dtype=np.int64).reshape(-1, 2)
             if pairs.size == 0:
                 continue
             if pairs[:, 0].min() <= layer or pairs[:, 0].max() >= self.L:
-                raise RuntimeError(f"prefetch policy {self.bound.mapping.prefetch!r} returned layers outside "
-                                   f"({layer}, {self.L}): {np.unique(pairs[:, 0]).tolist()}")
+                raise RuntimeError(
+                    f"prefetch policy {self.bound.mapping.prefetch!r} returned layers outside "
+                    f"({layer}, {self.L}): {np.unique(pairs[:, 0]).tolist()}"
+                )
             fk = pairs[:, 0] * E + pairs[:, 1]
             mine = self.home_flat[fk] == d
             # every predicted expert is protected, the resident ones too: a prefetch must not evict
@@ -1206,11 +1390,21 @@ class Engine:
                 self._s["energy"] += e_j
                 self.energy_J += e_j
                 self.peak_resident[d] = max(self.peak_resident[d], cache.n_resident)
-                self.env.process(self._fetch(d, int(tgt), got, arrivals, int(self.model.moe_layers[int(tgt)]),
-                                             priority=1))
+                self.env.process(
+                    self._fetch(d, int(tgt), got, arrivals, int(self.model.moe_layers[int(tgt)]), priority=1)
+                )
 
-    def _finish_step(self, plan: list[tuple[RequestState, int]], t0: float, n_prefill: int, n_decode: int,
-                     n_assign: int, cross: int, n_tok: int, k: int) -> None:
+    def _finish_step(
+        self,
+        plan: list[tuple[RequestState, int]],
+        t0: float,
+        n_prefill: int,
+        n_decode: int,
+        n_assign: int,
+        cross: int,
+        n_tok: int,
+        k: int,
+    ) -> None:
         now = self.env.now
         emitted = 0
         done: list[RequestState] = []
@@ -1239,10 +1433,32 @@ class Engine:
             in_use += sum(r.context_tokens for r in done if self.req_device[r.request_id] == d)
             self.peak_kv_tokens[d] = max(self.peak_kv_tokens[d], in_use)
         s = self._s
-        self.step_rows.append((self.step_idx, t0, now, now - t0, len(plan), n_prefill, n_decode, s["needed"],
-                               s["hits"], s["misses"], s["fetched"], s["cpu"], s["streamed"], s["prefetched"],
-                               s["pf_late"], s["pf_on_time"], s["pf_wasted"], s["bytes_host"], s["bytes_peer"],
-                               cross, n_assign, s["energy"]))
+        self.step_rows.append(
+            (
+                self.step_idx,
+                t0,
+                now,
+                now - t0,
+                len(plan),
+                n_prefill,
+                n_decode,
+                s["needed"],
+                s["hits"],
+                s["misses"],
+                s["fetched"],
+                s["cpu"],
+                s["streamed"],
+                s["prefetched"],
+                s["pf_late"],
+                s["pf_on_time"],
+                s["pf_wasted"],
+                s["bytes_host"],
+                s["bytes_peer"],
+                cross,
+                n_assign,
+                s["energy"],
+            )
+        )
         self.step_idx += 1
         if emitted:
             self._bar.update(emitted)
@@ -1254,8 +1470,21 @@ class Engine:
         for r in sorted(self.finished, key=lambda x: x.request_id):
             ttft = r.first_token_s - r.arrival_s
             tpot = (r.finish_s - r.first_token_s) / (r.output_tokens - 1) if r.output_tokens > 1 else float("nan")
-            rows.append((r.request_id, r.arrival_s, r.admitted_s, r.first_token_s, r.finish_s, r.prompt_tokens,
-                         r.output_tokens, ttft, tpot, r.finish_s - r.arrival_s, self.req_device[r.request_id]))
+            rows.append(
+                (
+                    r.request_id,
+                    r.arrival_s,
+                    r.admitted_s,
+                    r.first_token_s,
+                    r.finish_s,
+                    r.prompt_tokens,
+                    r.output_tokens,
+                    ttft,
+                    tpot,
+                    r.finish_s - r.arrival_s,
+                    self.req_device[r.request_id],
+                )
+            )
         requests = pd.DataFrame(rows, columns=list(REQUEST_COLUMNS))
         steps = pd.DataFrame(self.step_rows, columns=list(STEP_COLUMNS))
         first = min((r.arrival_s for r in self.finished), default=0.0)
@@ -1263,8 +1492,7 @@ class Engine:
         makespan = max(last - first, 0.0)
         # OpCost energies include static power during each operation; the devices also draw their
         # static power while idle (waiting for a transfer, an arrival or the other devices)
-        idle = sum(dev.static_power_W * max(makespan - self.busy_s[d], 0.0)
-                   for d, dev in enumerate(self.bound.devices))
+        idle = sum(dev.static_power_W * max(makespan - self.busy_s[d], 0.0) for d, dev in enumerate(self.bound.devices))
         if self.platform.host is not None:
             idle += self.platform.host.static_power_W * max(makespan - self.host_busy_s, 0.0)
         energy = self.energy_J + idle
@@ -1276,15 +1504,22 @@ class Engine:
         peak: dict[str, float] = {}
         for d in range(self.n_dev):
             tier = self.bound.cache_tier[d]
-            b = (float(model.non_expert_bytes) + self.peak_resident[d] * self.bpe
-                 + self.peak_staging[d] * self.bpe + self.peak_kv_tokens[d] * float(model.kv_bytes_per_token))
+            b = (
+                float(model.non_expert_bytes)
+                + self.peak_resident[d] * self.bpe
+                + self.peak_staging[d] * self.bpe
+                + self.peak_kv_tokens[d] * float(model.kv_bytes_per_token)
+            )
             peak[tier] = max(peak.get(tier, 0.0), b)
         if self.near_caches is not None and self.bound.near_tier is not None:
             peak[self.bound.near_tier] = max(self.peak_near) * self.bpe
         if self.bound.offloaded:
             off = float(sum(h - s for h, s in zip(self.bound.homed, self.bound.slots, strict=True))) * self.bpe
-            back = (self.platform.host.weights_tier if self.bound.backing == "host" and self.platform.host
-                    else self.bound.backing)
+            back = (
+                self.platform.host.weights_tier
+                if self.bound.backing == "host" and self.platform.host
+                else self.bound.backing
+            )
             key = f"host_{back}" if self.bound.backing == "host" else back
             peak[key] = peak.get(key, 0.0) + off
         area = self._area
@@ -1297,22 +1532,41 @@ class Engine:
                 lens = np.array([a.size for a in log_d], dtype=np.int64)
                 starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64) if lens.size else lens
                 access.append(AccessSequence(keys=keys.astype(np.int64), call_starts=starts))
-        counters = {"accesses": float(self.n_access), "hits": float(self.n_hits),
-                    "assignments_device": float(self.assign_device), "assignments_cpu": float(self.assign_cpu),
-                    "sim_events": float(self.env.n_events), "idle_static_energy_J": idle,
-                    "device_busy_s": float(max(self.busy_s)), "host_busy_s": float(self.host_busy_s),
-                    "peak_resident_experts": float(max(self.peak_resident) if self.peak_resident else 0),
-                    "cache_slots": float(sum(self.bound.slots)),
-                    "prefetch_issued": float(self.n_pf_issued), "prefetch_on_time": float(self.n_pf_on_time),
-                    "prefetch_late": float(self.n_pf_late), "prefetch_wasted": float(self.n_pf_wasted),
-                    "prefetch_unused_at_end": float(sum(len(u) for u in self.pf_unused))}
-        return EngineOutput(requests=requests, steps=steps, events=self.events, makespan_s=makespan, hit_rate=hit,
-                            bytes_moved=dict(self.bytes), peak_memory_bytes=peak, energy_J=energy,
-                            mean_requests_in_system=mean_in_system, access=access, counters=counters)
+        counters = {
+            "accesses": float(self.n_access),
+            "hits": float(self.n_hits),
+            "assignments_device": float(self.assign_device),
+            "assignments_cpu": float(self.assign_cpu),
+            "sim_events": float(self.env.n_events),
+            "idle_static_energy_J": idle,
+            "device_busy_s": float(max(self.busy_s)),
+            "host_busy_s": float(self.host_busy_s),
+            "peak_resident_experts": float(max(self.peak_resident) if self.peak_resident else 0),
+            "cache_slots": float(sum(self.bound.slots)),
+            "prefetch_issued": float(self.n_pf_issued),
+            "prefetch_on_time": float(self.n_pf_on_time),
+            "prefetch_late": float(self.n_pf_late),
+            "prefetch_wasted": float(self.n_pf_wasted),
+            "prefetch_unused_at_end": float(sum(len(u) for u in self.pf_unused)),
+        }
+        return EngineOutput(
+            requests=requests,
+            steps=steps,
+            events=self.events,
+            makespan_s=makespan,
+            hit_rate=hit,
+            bytes_moved=dict(self.bytes),
+            peak_memory_bytes=peak,
+            energy_J=energy,
+            mean_requests_in_system=mean_in_system,
+            access=access,
+            counters=counters,
+        )
 
 
-def zero_load_step_s(cost: Any, bound: BoundMapping, routing_rows: npt.NDArray[np.int16], *,
-                     prefill: bool, context_len: int) -> float:
+def zero_load_step_s(
+    cost: Any, bound: BoundMapping, routing_rows: npt.NDArray[np.int16], *, prefill: bool, context_len: int
+) -> float:
     """Sum of the operation costs of one step on one device with every needed expert resident:
     ``sum over layers of attention + (router | dense FFN) + shared + sum of expert costs``.
 

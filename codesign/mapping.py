@@ -101,9 +101,11 @@ class CacheSpec:
     policy: str = field(default="lru", metadata={"help": "cache replacement policy (codesign presets policies)"})
     tier: str | None = field(default=None, metadata={"help": "device tier of the cache; None = weights_tier"})
     expert_fraction: float = field(
-        default=1.0, metadata={"help": "fraction of each device's homed experts that the cache holds, in [0, 1]"})
+        default=1.0, metadata={"help": "fraction of each device's homed experts that the cache holds, in [0, 1]"}
+    )
     capacity_experts: int | None = field(
-        default=None, metadata={"help": "cache slots per device; overrides expert_fraction when set"})
+        default=None, metadata={"help": "cache slots per device; overrides expert_fraction when set"}
+    )
     options: OptionsArg = field(default=(), metadata={"help": "keyword options of the policy"})
 
     def __post_init__(self) -> None:
@@ -137,44 +139,70 @@ class Mapping:
     """How a model is placed on a platform and served. All fields have defaults; see `bind`."""
 
     n_devices: int | None = field(
-        default=None, metadata={"help": "expert-parallel degree; None = all accelerators of the platform"})
+        default=None, metadata={"help": "expert-parallel degree; None = all accelerators of the platform"}
+    )
     placement: str = field(default="round-robin", metadata={"help": "placement policy across devices"})
     placement_options: OptionsArg = ()
     cache: CacheSpec = field(default_factory=CacheSpec)
     near: CacheSpec | None = field(
-        default=None, metadata={"help": "optional faster tier above the cache tier (e.g. an RDU's 'sram') that "
-                                        "caches experts promoted after use; compute reads them from it"})
+        default=None,
+        metadata={
+            "help": "optional faster tier above the cache tier (e.g. an RDU's 'sram') that "
+            "caches experts promoted after use; compute reads them from it"
+        },
+    )
     backing: str = field(
-        default="host", metadata={"help": "where offloaded experts live: 'host' (host memory over host_link) "
-                                          "or a slower tier of the device, e.g. 'ddr'"})
+        default="host",
+        metadata={
+            "help": "where offloaded experts live: 'host' (host memory over host_link) "
+            "or a slower tier of the device, e.g. 'ddr'"
+        },
+    )
     prefetch: str = field(default="none", metadata={"help": "prefetch policy"})
     prefetch_options: OptionsArg = ()
     miss: str = field(default="fetch", metadata={"help": "miss policy: fetch weights or compute on the CPU"})
     miss_options: OptionsArg = ()
     batching: BatchingSpec = field(default_factory=BatchingSpec)
     pinned: tuple[tuple[int, int], ...] = field(
-        default=(), metadata={"help": "(moe_layer, expert) pairs pinned in their home device's cache"})
+        default=(), metadata={"help": "(moe_layer, expert) pairs pinned in their home device's cache"}
+    )
     initial: InitialFill = field(
-        default="popular", metadata={"help": "starting cache contents: 'popular' (by training load; "
-                                             "'spread' without training data), 'spread', 'empty' or "
-                                             "'listed' (exactly `resident`)"})
+        default="popular",
+        metadata={
+            "help": "starting cache contents: 'popular' (by training load; "
+            "'spread' without training data), 'spread', 'empty' or "
+            "'listed' (exactly `resident`)"
+        },
+    )
     resident: tuple[tuple[int, int], ...] = field(
-        default=(), metadata={"help": "(moe_layer, expert) pairs cached at start when initial='listed'"})
+        default=(), metadata={"help": "(moe_layer, expert) pairs cached at start when initial='listed'"}
+    )
     staging_experts: int = field(
-        default=2, metadata={"help": "expert-sized staging buffers for uncached fetches (double buffer)"})
+        default=2, metadata={"help": "expert-sized staging buffers for uncached fetches (double buffer)"}
+    )
     kv_fraction: float = field(
-        default=1.0, metadata={"help": "share of the memory left after weights that the KV cache may use"})
+        default=1.0, metadata={"help": "share of the memory left after weights that the KV cache may use"}
+    )
     fpga_reorder: bool = field(
-        default=True, metadata={"help": "FPGA: expert-by-expert reordering (M3ViT/Edge-MoE) vs per-token"})
+        default=True, metadata={"help": "FPGA: expert-by-expert reordering (M3ViT/Edge-MoE) vs per-token"}
+    )
     train_fraction: float = field(
-        default=0.0, metadata={"help": "share of the requests (the first ones) used only to fit policies "
-                                       "(placement stats, popularity, predictors), never served"})
+        default=0.0,
+        metadata={
+            "help": "share of the requests (the first ones) used only to fit policies "
+            "(placement stats, popularity, predictors), never served"
+        },
+    )
     ep_execution: EpExecution = field(
-        default="classic", metadata={"help": "expert-parallel execution: 'classic' (each token returns to "
-                                             "its request's device after every MoE layer: dispatch + "
-                                             "combine all-to-all) or 'context-coherent' (ExFlow: the token "
-                                             "stays on the device of its top-1 expert; one all-to-all per "
-                                             "layer)"})
+        default="classic",
+        metadata={
+            "help": "expert-parallel execution: 'classic' (each token returns to "
+            "its request's device after every MoE layer: dispatch + "
+            "combine all-to-all) or 'context-coherent' (ExFlow: the token "
+            "stays on the device of its top-1 expert; one all-to-all per "
+            "layer)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.n_devices is not None:
@@ -191,8 +219,7 @@ class Mapping:
         if isinstance(self.near, dict):
             object.__setattr__(self, "near", CacheSpec(**self.near))
         if self.near is not None and (not isinstance(self.near, CacheSpec) or not self.near.tier):
-            raise MappingError("near must be a CacheSpec naming its tier (e.g. tier='sram'), got "
-                               f"{self.near!r}")
+            raise MappingError(f"near must be a CacheSpec naming its tier (e.g. tier='sram'), got {self.near!r}")
         if not isinstance(self.cache, CacheSpec):
             raise MappingError(f"cache must be a CacheSpec, got {type(self.cache).__name__}")
         if not isinstance(self.batching, BatchingSpec):
@@ -202,8 +229,11 @@ class Mapping:
         for name in ("pinned", "resident"):
             pairs: list[tuple[int, int]] = []
             for i, pair in enumerate(getattr(self, name)):
-                if (not isinstance(pair, tuple | list) or len(pair) != 2
-                        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair)):
+                if (
+                    not isinstance(pair, tuple | list)
+                    or len(pair) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair)
+                ):
                     raise MappingError(f"{name}[{i}] must be a (moe_layer, expert) pair of ints >= 0, got {pair!r}")
                 pairs.append((int(pair[0]), int(pair[1])))
             if len(set(pairs)) != len(pairs):
@@ -290,8 +320,15 @@ class Mapping:
         return Mapping(**d)
 
     # ---------------------------------------------------------------------------- bind
-    def bind(self, model: MoEModel, platform: Platform, *, stats: RoutingStats | None = None,
-             min_kv_tokens: int = 1, seed: int = 0) -> BoundMapping:
+    def bind(
+        self,
+        model: MoEModel,
+        platform: Platform,
+        *,
+        stats: RoutingStats | None = None,
+        min_kv_tokens: int = 1,
+        seed: int = 0,
+    ) -> BoundMapping:
         """Fit the mapping to ``model`` and ``platform`` (see module doc); `MappingError` with the
         numbers when it does not fit. ``stats`` (training routing statistics) feed placement and
         the ``popular`` initial fill; ``min_kv_tokens`` is the KV cache (tokens) that the largest
@@ -342,13 +379,15 @@ class BoundMapping:
 
 def _tier(device: Device, name: str, what: str) -> MemoryTier:
     if not device.has_tier(name):
-        raise MappingError(f"{what}: device {device.name!r} has no memory tier {name!r}; "
-                           f"tiers: {[t.name for t in device.tiers]}")
+        raise MappingError(
+            f"{what}: device {device.name!r} has no memory tier {name!r}; tiers: {[t.name for t in device.tiers]}"
+        )
     return device.tier(name)
 
 
-def _bind(m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats | None,
-          min_kv_tokens: int, seed: int) -> BoundMapping:
+def _bind(
+    m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats | None, min_kv_tokens: int, seed: int
+) -> BoundMapping:
     n_acc = platform.n_accelerators
     n_dev = m.n_devices if m.n_devices is not None else n_acc
     if n_dev > n_acc:
@@ -356,22 +395,25 @@ def _bind(m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats |
     devices = platform.accelerators[:n_dev]
     n_l, n_e = model.n_moe_layers, model.n_experts
     if stats is not None and (stats.n_layers != n_l or stats.n_experts != n_e):
-        raise MappingError(f"routing statistics are {stats.n_layers} layers x {stats.n_experts} experts; "
-                           f"model {model.name!r} has {n_l} x {n_e}")
+        raise MappingError(
+            f"routing statistics are {stats.n_layers} layers x {stats.n_experts} experts; "
+            f"model {model.name!r} has {n_l} x {n_e}"
+        )
     # placement
     if n_dev == 1:
         home = np.zeros((n_l, n_e), dtype=np.int64)
     else:
-        policy: PlacementPolicy = REGISTRIES["placement"].create(
-            m.placement, seed=seed, **dict(m.placement_options))
+        policy: PlacementPolicy = REGISTRIES["placement"].create(m.placement, seed=seed, **dict(m.placement_options))
         home = PlacementPolicy.check(policy.place(model, n_dev, stats), model, n_dev)
     homed = tuple(int((home == d).sum()) for d in range(n_dev))
     # pinned experts
     pinned = np.zeros((n_dev, n_l, n_e), dtype=bool)
     for layer, expert in m.pinned:
         if layer >= n_l or expert >= n_e:
-            raise MappingError(f"pinned expert ({layer}, {expert}) does not exist: model {model.name!r} has "
-                               f"{n_l} MoE layers x {n_e} experts")
+            raise MappingError(
+                f"pinned expert ({layer}, {expert}) does not exist: model {model.name!r} has "
+                f"{n_l} MoE layers x {n_e} experts"
+            )
         pinned[home[layer, expert], layer, expert] = True
     # cache slots
     bpe = float(model.bytes_per_expert)
@@ -383,9 +425,11 @@ def _bind(m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats |
             s = math.floor(m.cache.expert_fraction * homed[d] + 1e-9)
         n_pin = int(pinned[d].sum())
         if n_pin > s:
-            raise MappingError(f"device {d} ({devices[d].name}): {n_pin} pinned experts exceed its {s} cache slots "
-                               f"(cache.expert_fraction={m.cache.expert_fraction}, "
-                               f"capacity_experts={m.cache.capacity_experts})")
+            raise MappingError(
+                f"device {d} ({devices[d].name}): {n_pin} pinned experts exceed its {s} cache slots "
+                f"(cache.expert_fraction={m.cache.expert_fraction}, "
+                f"capacity_experts={m.cache.capacity_experts})"
+            )
         slots.append(s)
     offloaded = any(s < h for s, h in zip(slots, homed, strict=True))
     # backing memory for offloaded experts
@@ -396,12 +440,15 @@ def _bind(m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats |
                 raise MappingError(
                     f"{n_off} experts do not fit the device caches (cache.expert_fraction="
                     f"{m.cache.expert_fraction}) and platform {platform.name!r} has no host memory to offload "
-                    "them to; raise expert_fraction to 1 or use a platform with a host")
+                    "them to; raise expert_fraction to 1 or use a platform with a host"
+                )
             host_tier = platform.host.weights_memory
             need = n_off * bpe
             if need > host_tier.capacity_bytes:
-                raise MappingError(f"offloaded experts need {need / 1e9:.2f} GB of host {host_tier.name}; "
-                                   f"host {platform.host.name!r} has {host_tier.capacity_bytes / 1e9:.2f} GB")
+                raise MappingError(
+                    f"offloaded experts need {need / 1e9:.2f} GB of host {host_tier.name}; "
+                    f"host {platform.host.name!r} has {host_tier.capacity_bytes / 1e9:.2f} GB"
+                )
     tiers: list[str] = []
     memory: list[dict[str, float]] = []
     kv_cap: list[int] = []
@@ -416,16 +463,22 @@ def _bind(m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats |
                 raise MappingError(f"backing tier {m.backing!r} is the cache tier itself")
             off_bytes = (homed[d] - slots[d]) * bpe
             if off_bytes > back.capacity_bytes:
-                raise MappingError(f"device {d} ({dev.name}): offloaded experts need {off_bytes / 1e9:.2f} GB of "
-                                   f"{back.name}, which has {back.capacity_bytes / 1e9:.2f} GB")
+                raise MappingError(
+                    f"device {d} ({dev.name}): offloaded experts need {off_bytes / 1e9:.2f} GB of "
+                    f"{back.name}, which has {back.capacity_bytes / 1e9:.2f} GB"
+                )
         staging = m.staging_experts * bpe if slots[d] < homed[d] else 0.0
         weights = float(model.non_expert_bytes) + slots[d] * bpe + staging
         left = tier.capacity_bytes - weights
         kv_bytes = left * m.kv_fraction
         need_kv = min_kv_tokens * kvb
-        budget = {"capacity_bytes": tier.capacity_bytes, "non_expert_bytes": float(model.non_expert_bytes),
-                  "expert_cache_bytes": slots[d] * bpe, "staging_bytes": staging,
-                  "kv_cache_bytes": max(kv_bytes, 0.0)}
+        budget = {
+            "capacity_bytes": tier.capacity_bytes,
+            "non_expert_bytes": float(model.non_expert_bytes),
+            "expert_cache_bytes": slots[d] * bpe,
+            "staging_bytes": staging,
+            "kv_cache_bytes": max(kv_bytes, 0.0),
+        }
         memory.append(budget)
         if kv_bytes < need_kv:
             raise MappingError(
@@ -434,7 +487,8 @@ def _bind(m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats |
                 f"{bpe / 1e6:.1f} MB = {slots[d] * bpe / 1e9:.2f} GB + staging {staging / 1e9:.2f} GB leaves "
                 f"{left / 1e9:.2f} GB; the KV cache of the largest request ({min_kv_tokens} tokens x "
                 f"{kvb / 1e3:.1f} kB) needs {need_kv / 1e9:.3f} GB (kv_fraction={m.kv_fraction}). Lower "
-                "cache.expert_fraction, use more devices or a lower precision")
+                "cache.expert_fraction, use more devices or a lower precision"
+            )
         kv_cap.append(int(kv_bytes // kvb))
     # the near tier (faster, above the cache tier): experts only, checked against its capacity
     near_slots: list[int] = []
@@ -442,14 +496,18 @@ def _bind(m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats |
         assert m.near.tier is not None
         for d, dev in enumerate(devices):
             if dev.kind == "fpga":
-                raise MappingError(f"near: device {d} ({dev.name}) is an FPGA, whose on-chip buffering the cost "
-                                   "model already includes; a near tier is not supported there")
+                raise MappingError(
+                    f"near: device {d} ({dev.name}) is an FPGA, whose on-chip buffering the cost "
+                    "model already includes; a near tier is not supported there"
+                )
             near = _tier(dev, m.near.tier, "near.tier")
             if near.name == tiers[d]:
                 raise MappingError(f"near.tier {near.name!r} is the cache tier itself")
             if [t.name for t in dev.tiers].index(near.name) > [t.name for t in dev.tiers].index(tiers[d]):
-                raise MappingError(f"near.tier {near.name!r} is slower than the cache tier {tiers[d]!r} of "
-                                   f"{dev.name}; tiers fastest first: {[t.name for t in dev.tiers]}")
+                raise MappingError(
+                    f"near.tier {near.name!r} is slower than the cache tier {tiers[d]!r} of "
+                    f"{dev.name}; tiers fastest first: {[t.name for t in dev.tiers]}"
+                )
             if m.near.capacity_experts is not None:
                 ns = min(int(m.near.capacity_experts), homed[d])
             else:
@@ -457,7 +515,8 @@ def _bind(m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats |
             if ns * bpe > near.capacity_bytes:
                 raise MappingError(
                     f"near tier {near.name!r} of device {d} ({dev.name}) holds {near.capacity_bytes / 1e6:.1f} MB; "
-                    f"{ns} experts x {bpe / 1e6:.1f} MB = {ns * bpe / 1e6:.1f} MB do not fit")
+                    f"{ns} experts x {bpe / 1e6:.1f} MB = {ns * bpe / 1e6:.1f} MB do not fit"
+                )
             near_slots.append(ns)
             memory[d][f"near_{near.name}_bytes"] = ns * bpe
     # starting residents
@@ -465,13 +524,17 @@ def _bind(m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats |
     if m.initial == "listed":
         for layer, expert in m.resident:
             if layer >= n_l or expert >= n_e:
-                raise MappingError(f"resident expert ({layer}, {expert}) does not exist: model {model.name!r} has "
-                                   f"{n_l} MoE layers x {n_e} experts")
+                raise MappingError(
+                    f"resident expert ({layer}, {expert}) does not exist: model {model.name!r} has "
+                    f"{n_l} MoE layers x {n_e} experts"
+                )
             initial[home[layer, expert], layer, expert] = True
         for d in range(n_dev):
             if int(initial[d].sum()) > slots[d]:
-                raise MappingError(f"device {d} ({devices[d].name}): {int(initial[d].sum())} listed resident and "
-                                   f"pinned experts exceed its {slots[d]} cache slots")
+                raise MappingError(
+                    f"device {d} ({devices[d].name}): {int(initial[d].sum())} listed resident and "
+                    f"pinned experts exceed its {slots[d]} cache slots"
+                )
     elif m.initial != "empty":
         load = stats.load if (stats is not None and m.initial == "popular") else None
         for d in range(n_dev):
@@ -489,8 +552,20 @@ def _bind(m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats |
             chosen = flat[order[:free]]
             initial[d].ravel()[chosen] = True
     return BoundMapping(
-        mapping=m, model=model, platform=platform, devices=tuple(devices), cache_tier=tuple(tiers),
-        near_tier=m.near.tier if m.near is not None else None, near_slots=tuple(near_slots),
-        backing=m.backing, expert_home=home, slots=tuple(slots), homed=homed, initial=initial,
-        pinned=pinned, kv_capacity_tokens=tuple(kv_cap), offloaded=offloaded, memory=tuple(memory),
+        mapping=m,
+        model=model,
+        platform=platform,
+        devices=tuple(devices),
+        cache_tier=tuple(tiers),
+        near_tier=m.near.tier if m.near is not None else None,
+        near_slots=tuple(near_slots),
+        backing=m.backing,
+        expert_home=home,
+        slots=tuple(slots),
+        homed=homed,
+        initial=initial,
+        pinned=pinned,
+        kv_capacity_tokens=tuple(kv_cap),
+        offloaded=offloaded,
+        memory=tuple(memory),
     )

@@ -35,14 +35,41 @@ import pandas as pd
 __all__ = ["REQUEST_COLUMNS", "STEP_COLUMNS", "Event", "Result", "summarize"]
 
 REQUEST_COLUMNS: tuple[str, ...] = (
-    "request_id", "arrival_s", "admitted_s", "first_token_s", "finish_s", "prompt_tokens",
-    "output_tokens", "ttft_s", "tpot_s", "latency_s", "device",
+    "request_id",
+    "arrival_s",
+    "admitted_s",
+    "first_token_s",
+    "finish_s",
+    "prompt_tokens",
+    "output_tokens",
+    "ttft_s",
+    "tpot_s",
+    "latency_s",
+    "device",
 )
 STEP_COLUMNS: tuple[str, ...] = (
-    "step", "start_s", "end_s", "duration_s", "n_requests", "prefill_tokens", "decode_tokens",
-    "experts_needed", "hits", "misses", "fetched", "cpu_computed", "streamed", "prefetched",
-    "prefetch_late", "prefetch_on_time", "prefetch_wasted", "bytes_host", "bytes_peer", "cross_device",
-    "assignments", "energy_J",
+    "step",
+    "start_s",
+    "end_s",
+    "duration_s",
+    "n_requests",
+    "prefill_tokens",
+    "decode_tokens",
+    "experts_needed",
+    "hits",
+    "misses",
+    "fetched",
+    "cpu_computed",
+    "streamed",
+    "prefetched",
+    "prefetch_late",
+    "prefetch_on_time",
+    "prefetch_wasted",
+    "bytes_host",
+    "bytes_peer",
+    "cross_device",
+    "assignments",
+    "energy_J",
 )
 
 
@@ -68,9 +95,17 @@ def _mean(values: pd.Series) -> float:
 
 
 def summarize(
-    requests: pd.DataFrame, steps: pd.DataFrame, *, makespan_s: float, hit_rate: dict[str, float],
-    bytes_moved: dict[str, float], peak_memory_bytes: dict[str, float], energy_J: float,
-    cost_per_hour_usd: float, mean_requests_in_system: float, extra: dict[str, Any] | None = None,
+    requests: pd.DataFrame,
+    steps: pd.DataFrame,
+    *,
+    makespan_s: float,
+    hit_rate: dict[str, float],
+    bytes_moved: dict[str, float],
+    peak_memory_bytes: dict[str, float],
+    energy_J: float,
+    cost_per_hour_usd: float,
+    mean_requests_in_system: float,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The summary dict from the records and counters (see module doc for units).
 
@@ -86,8 +121,13 @@ def summarize(
     """
     out_tokens = float(requests["output_tokens"].sum()) if len(requests) else 0.0
     prompt_tokens = float(requests["prompt_tokens"].sum()) if len(requests) else 0.0
-    s: dict[str, Any] = {"n_requests": len(requests), "n_steps": len(steps), "output_tokens": out_tokens,
-                         "prompt_tokens": prompt_tokens, "makespan_s": makespan_s}
+    s: dict[str, Any] = {
+        "n_requests": len(requests),
+        "n_steps": len(steps),
+        "output_tokens": out_tokens,
+        "prompt_tokens": prompt_tokens,
+        "makespan_s": makespan_s,
+    }
     for col, key in (("ttft_s", "ttft"), ("tpot_s", "tpot"), ("latency_s", "latency")):
         series = requests[col] if len(requests) else pd.Series(dtype=float)
         for q in (50, 90, 99):
@@ -107,9 +147,15 @@ def summarize(
     assignments = float(steps["assignments"].sum()) if len(steps) else 0.0
     s["cross_device_share"] = float(steps["cross_device"].sum()) / assignments if assignments else 0.0
     s["mean_requests_in_system"] = mean_requests_in_system
-    pf = {name: float(steps[col].sum()) if len(steps) else 0.0
-          for name, col in (("issued", "prefetched"), ("on_time", "prefetch_on_time"), ("late", "prefetch_late"),
-                            ("wasted", "prefetch_wasted"))}
+    pf = {
+        name: float(steps[col].sum()) if len(steps) else 0.0
+        for name, col in (
+            ("issued", "prefetched"),
+            ("on_time", "prefetch_on_time"),
+            ("late", "prefetch_late"),
+            ("wasted", "prefetch_wasted"),
+        )
+    }
     pf["unused_at_end"] = pf["issued"] - pf["on_time"] - pf["late"] - pf["wasted"]
     s["prefetch"] = pf
     needed = float(steps["experts_needed"].sum()) if len(steps) else 0.0
@@ -163,8 +209,11 @@ class Result:
 
     def to_json(self, *, indent: int | None = None) -> str:
         """``{"summary": ..., "config": ..., "config_hash": ...}`` as strict JSON (NaN -> null)."""
-        return json.dumps(_jsonable({"summary": self.summary, "config": self.config,
-                                     "config_hash": self.config_hash}), indent=indent, allow_nan=False)
+        return json.dumps(
+            _jsonable({"summary": self.summary, "config": self.config, "config_hash": self.config_hash}),
+            indent=indent,
+            allow_nan=False,
+        )
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ``requests.csv``, ``steps.csv``, ``summary.json``, ``config.json`` and, when events
@@ -172,8 +221,10 @@ class Result:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {
-            "requests": out / "requests.csv", "steps": out / "steps.csv",
-            "summary": out / "summary.json", "config": out / "config.json",
+            "requests": out / "requests.csv",
+            "steps": out / "steps.csv",
+            "summary": out / "summary.json",
+            "config": out / "config.json",
         }
         self.requests.to_csv(paths["requests"], index=False)
         self.steps.to_csv(paths["steps"], index=False)

@@ -50,8 +50,14 @@ from workloads.trace import RoutingTrace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainingDataError", "policies_needing_training", "process_training_trace", "simulate",
-           "split_requests", "training_trace"]
+__all__ = [
+    "TrainingDataError",
+    "policies_needing_training",
+    "process_training_trace",
+    "simulate",
+    "split_requests",
+    "training_trace",
+]
 
 _MAX_ORACLE_PASSES = 3
 #: Tag mixed with the process seed for the separate training sample ("train" in ASCII).
@@ -99,8 +105,7 @@ def policies_needing_training(mapping: Mapping, model: Any, platform: Any = None
     return out
 
 
-def process_training_trace(source: Any, requests: list[Any], n_layers: int, n_experts: int,
-                           top_k: int) -> RoutingTrace:
+def process_training_trace(source: Any, requests: list[Any], n_layers: int, n_experts: int, top_k: int) -> RoutingTrace:
     """A training trace sampled from ``source`` (a `ProcessRouting`) independently of the served
     routing: one request per element of ``requests`` with the same prompt and output lengths (ids
     ``0..n-1``, arrival 0), sampled from the same process with the seed
@@ -109,10 +114,18 @@ def process_training_trace(source: Any, requests: list[Any], n_layers: int, n_ex
 
     seed = int(np.random.SeedSequence([int(source.seed), _TRAIN_SEED_TAG]).generate_state(1, np.uint32)[0])
     fresh = ProcessRouting(source.process, seed=seed)
-    reqs = tuple(Request(request_id=i, arrival_s=0.0, prompt_tokens=int(r.prompt_tokens),
-                         output_tokens=int(r.output_tokens)) for i, r in enumerate(requests))
-    return training_trace(RequestStream(requests=reqs, routing_source=fresh), list(reqs), n_layers, n_experts,
-                          top_k, source=f"separate sample of the routing process (seed {seed})")
+    reqs = tuple(
+        Request(request_id=i, arrival_s=0.0, prompt_tokens=int(r.prompt_tokens), output_tokens=int(r.output_tokens))
+        for i, r in enumerate(requests)
+    )
+    return training_trace(
+        RequestStream(requests=reqs, routing_source=fresh),
+        list(reqs),
+        n_layers,
+        n_experts,
+        top_k,
+        source=f"separate sample of the routing process (seed {seed})",
+    )
 
 
 class _Request(Protocol):
@@ -133,11 +146,14 @@ def _routing(stream: _Stream, req: _Request, n_layers: int, n_experts: int) -> n
     r = np.asarray(stream.routing(req))
     rows = int(req.prompt_tokens) + int(req.output_tokens)
     if r.ndim != 3 or r.shape[0] != rows or r.shape[1] != n_layers:
-        raise ValueError(f"request {req.request_id}: routing has shape {r.shape}, expected ({rows}, {n_layers}, k) "
-                         f"(prompt {req.prompt_tokens} + output {req.output_tokens} rows, {n_layers} MoE layers)")
+        raise ValueError(
+            f"request {req.request_id}: routing has shape {r.shape}, expected ({rows}, {n_layers}, k) "
+            f"(prompt {req.prompt_tokens} + output {req.output_tokens} rows, {n_layers} MoE layers)"
+        )
     if r.size and (r.min() < -1 or r.max() >= n_experts):
-        raise ValueError(f"request {req.request_id}: routing holds expert ids outside [-1, {n_experts}): "
-                         f"[{r.min()}, {r.max()}]")
+        raise ValueError(
+            f"request {req.request_id}: routing holds expert ids outside [-1, {n_experts}): [{r.min()}, {r.max()}]"
+        )
     return r.astype(np.int16, copy=False)
 
 
@@ -148,8 +164,15 @@ def split_requests(requests: tuple[Any, ...], train_fraction: float) -> tuple[li
     return reqs[:n_train], reqs[n_train:]
 
 
-def training_trace(stream: _Stream, requests: list[Any], n_layers: int, n_experts: int, top_k: int, *,
-                   source: str = "training split of the request stream") -> RoutingTrace:
+def training_trace(
+    stream: _Stream,
+    requests: list[Any],
+    n_layers: int,
+    n_experts: int,
+    top_k: int,
+    *,
+    source: str = "training split of the request stream",
+) -> RoutingTrace:
     """The routing of ``requests`` as one `RoutingTrace` (prefill rows phase 0, decode rows phase 1);
     ``source`` goes to its ``meta["source"]``."""
     parts, req_ids, pos, phase = [], [], [], []
@@ -160,10 +183,13 @@ def training_trace(stream: _Stream, requests: list[Any], n_layers: int, n_expert
         req_ids.append(np.full(n, int(r.request_id), dtype=np.int32))
         pos.append(np.arange(n, dtype=np.int32))
         phase.append((np.arange(n) >= int(r.prompt_tokens)).astype(np.uint8))
-    return RoutingTrace(experts=np.concatenate(parts), request=np.concatenate(req_ids),
-                        position=np.concatenate(pos), phase=np.concatenate(phase),
-                        meta={"n_experts": n_experts, "top_k": top_k, "source": source,
-                              "licence": "derived"})
+    return RoutingTrace(
+        experts=np.concatenate(parts),
+        request=np.concatenate(req_ids),
+        position=np.concatenate(pos),
+        phase=np.concatenate(phase),
+        meta={"n_experts": n_experts, "top_k": top_k, "source": source, "licence": "derived"},
+    )
 
 
 def _describe(obj: Any) -> Any:
@@ -187,9 +213,18 @@ def _plain(x: Any) -> Any:
     return str(x)
 
 
-def simulate(model: Any, platform: Any, stream: _Stream, mapping: Mapping, *, cost_model: Any = None,
-             seed: int = 0, record_events: bool = False, progress: bool = False,
-             train: RoutingTrace | None = None) -> Result:
+def simulate(
+    model: Any,
+    platform: Any,
+    stream: _Stream,
+    mapping: Mapping,
+    *,
+    cost_model: Any = None,
+    seed: int = 0,
+    record_events: bool = False,
+    progress: bool = False,
+    train: RoutingTrace | None = None,
+) -> Result:
     """Simulate serving ``stream`` with ``model`` on ``platform`` laid out by ``mapping``.
 
     ``cost_model`` defaults to ``hwmodels.CostModel(platform)`` (calibrated fidelity with the
@@ -209,8 +244,10 @@ def simulate(model: Any, platform: Any, stream: _Stream, mapping: Mapping, *, co
     n_l, n_e = model.n_moe_layers, model.n_experts
     train_reqs, serve_reqs = split_requests(tuple(stream.requests), mapping.train_fraction)
     if not serve_reqs:
-        raise ValueError(f"no request to serve: the stream has {len(stream.requests)} requests and "
-                         f"train_fraction={mapping.train_fraction}")
+        raise ValueError(
+            f"no request to serve: the stream has {len(stream.requests)} requests and "
+            f"train_fraction={mapping.train_fraction}"
+        )
     train_source: str | None = "given" if train is not None else None
     if train is None and train_reqs:
         train = training_trace(stream, train_reqs, n_l, n_e, model.top_k)
@@ -225,22 +262,37 @@ def simulate(model: Any, platform: Any, stream: _Stream, mapping: Mapping, *, co
                 raise TrainingDataError(
                     f"{' and '.join(needing)} need(s) training routing and none is available: the stream replays "
                     "a trace, which is split only on request; set mapping train_fraction > 0 or pass train=",
-                    needing)
+                    needing,
+                )
             train = process_training_trace(source, serve_reqs, n_l, n_e, model.top_k)
             train_source = "process-sample"
-            log.info("%s: trained on a separate sample of the routing process (%d tokens)", ", ".join(needing),
-                     train.n_tokens)
+            log.info(
+                "%s: trained on a separate sample of the routing process (%d tokens)",
+                ", ".join(needing),
+                train.n_tokens,
+            )
     if train is not None and (train.n_moe_layers != n_l or train.n_experts != n_e):
-        raise ValueError(f"training trace has {train.n_moe_layers} MoE layers x {train.n_experts} experts; model "
-                         f"{model.name!r} has {n_l} x {n_e}")
+        raise ValueError(
+            f"training trace has {train.n_moe_layers} MoE layers x {train.n_experts} experts; model "
+            f"{model.name!r} has {n_l} x {n_e}"
+        )
     stats = RoutingStats.from_trace(train) if train is not None else None
     sim_reqs = []
     for r in serve_reqs:
         if int(r.prompt_tokens) < 1 or int(r.output_tokens) < 1:
-            raise ValueError(f"request {r.request_id}: prompt_tokens and output_tokens must be >= 1, got "
-                             f"{r.prompt_tokens}, {r.output_tokens}")
-        sim_reqs.append(SimRequest(int(r.request_id), float(r.arrival_s), int(r.prompt_tokens),
-                                   int(r.output_tokens), _routing(stream, r, n_l, n_e)))
+            raise ValueError(
+                f"request {r.request_id}: prompt_tokens and output_tokens must be >= 1, got "
+                f"{r.prompt_tokens}, {r.output_tokens}"
+            )
+        sim_reqs.append(
+            SimRequest(
+                int(r.request_id),
+                float(r.arrival_s),
+                int(r.prompt_tokens),
+                int(r.output_tokens),
+                _routing(stream, r, n_l, n_e),
+            )
+        )
     min_kv = max(s.prompt_tokens + s.output_tokens - 1 for s in sim_reqs)
     try:
         bound = mapping.bind(model, platform, stats=stats, min_kv_tokens=min_kv, seed=seed)
@@ -250,16 +302,29 @@ def simulate(model: Any, platform: Any, stream: _Stream, mapping: Mapping, *, co
     oracle_exact: bool | None = None
     passes = 1
     if getattr(cache_cls, "needs_future", False):
-        rec_mapping = mapping.with_(cache=mapping.cache.__class__(
-            policy="lru", tier=mapping.cache.tier, expert_fraction=mapping.cache.expert_fraction,
-            capacity_experts=mapping.cache.capacity_experts))
+        rec_mapping = mapping.with_(
+            cache=mapping.cache.__class__(
+                policy="lru",
+                tier=mapping.cache.tier,
+                expert_fraction=mapping.cache.expert_fraction,
+                capacity_experts=mapping.cache.capacity_experts,
+            )
+        )
         rec_bound = rec_mapping.bind(model, platform, stats=stats, min_kv_tokens=min_kv, seed=seed)
         rec = Engine(rec_bound, cost_model, seed=seed, train=train, record_access=True).run(sim_reqs)
         futures: list[AccessSequence] = rec.access or []
         out: EngineOutput | None = None
         for _ in range(_MAX_ORACLE_PASSES):
-            eng = Engine(bound, cost_model, seed=seed, record_events=record_events, progress=progress, train=train,
-                         futures=futures, record_access=True)
+            eng = Engine(
+                bound,
+                cost_model,
+                seed=seed,
+                record_events=record_events,
+                progress=progress,
+                train=train,
+                futures=futures,
+                record_access=True,
+            )
             out = eng.run(sim_reqs)
             got = out.access or []
             oracle_exact = all(np.array_equal(a.keys, b.keys) for a, b in zip(got, futures, strict=True))
@@ -269,38 +334,71 @@ def simulate(model: Any, platform: Any, stream: _Stream, mapping: Mapping, *, co
             passes += 1
         assert out is not None
         if not oracle_exact:
-            log.warning("oracle cache: the access sequence still changed after %d passes; the result is an "
-                        "approximation of Belady", _MAX_ORACLE_PASSES)
+            log.warning(
+                "oracle cache: the access sequence still changed after %d passes; the result is an "
+                "approximation of Belady",
+                _MAX_ORACLE_PASSES,
+            )
     else:
-        out = Engine(bound, cost_model, seed=seed, record_events=record_events, progress=progress,
-                     train=train).run(sim_reqs)
+        out = Engine(bound, cost_model, seed=seed, record_events=record_events, progress=progress, train=train).run(
+            sim_reqs
+        )
     extra: dict[str, Any] = {
-        "oracle_exact": oracle_exact, "oracle_passes": passes if getattr(cache_cls, "needs_future", False) else 0,
-        "hits": out.counters["hits"], "accesses": out.counters["accesses"],
-        "assignments_device": out.counters["assignments_device"], "assignments_cpu": out.counters["assignments_cpu"],
-        "device_busy_s": out.counters["device_busy_s"], "host_busy_s": out.counters["host_busy_s"],
-        "sim_events": out.counters["sim_events"], "idle_static_energy_J": out.counters["idle_static_energy_J"],
-        "cache_slots": out.counters["cache_slots"], "peak_resident_experts": out.counters["peak_resident_experts"],
-        "offloaded": bound.offloaded, "n_devices": bound.n_devices, "train_requests": len(train_reqs),
-        "train_source": train_source, "train_tokens": train.n_tokens if train is not None else 0,
+        "oracle_exact": oracle_exact,
+        "oracle_passes": passes if getattr(cache_cls, "needs_future", False) else 0,
+        "hits": out.counters["hits"],
+        "accesses": out.counters["accesses"],
+        "assignments_device": out.counters["assignments_device"],
+        "assignments_cpu": out.counters["assignments_cpu"],
+        "device_busy_s": out.counters["device_busy_s"],
+        "host_busy_s": out.counters["host_busy_s"],
+        "sim_events": out.counters["sim_events"],
+        "idle_static_energy_J": out.counters["idle_static_energy_J"],
+        "cache_slots": out.counters["cache_slots"],
+        "peak_resident_experts": out.counters["peak_resident_experts"],
+        "offloaded": bound.offloaded,
+        "n_devices": bound.n_devices,
+        "train_requests": len(train_reqs),
+        "train_source": train_source,
+        "train_tokens": train.n_tokens if train is not None else 0,
         "kv_capacity_tokens": int(sum(bound.kv_capacity_tokens)),
     }
-    summary = summarize(out.requests, out.steps, makespan_s=out.makespan_s, hit_rate=out.hit_rate,
-                        bytes_moved=out.bytes_moved, peak_memory_bytes=out.peak_memory_bytes,
-                        energy_J=out.energy_J, cost_per_hour_usd=float(platform.cost_per_hour_usd),
-                        mean_requests_in_system=out.mean_requests_in_system, extra=extra)
+    summary = summarize(
+        out.requests,
+        out.steps,
+        makespan_s=out.makespan_s,
+        hit_rate=out.hit_rate,
+        bytes_moved=out.bytes_moved,
+        peak_memory_bytes=out.peak_memory_bytes,
+        energy_J=out.energy_J,
+        cost_per_hour_usd=float(platform.cost_per_hour_usd),
+        mean_requests_in_system=out.mean_requests_in_system,
+        extra=extra,
+    )
     digest = hashlib.sha256()
     for sr in sim_reqs:
         digest.update(np.asarray([sr.request_id, sr.prompt_tokens, sr.output_tokens], dtype=np.int64).tobytes())
         digest.update(np.float64(sr.arrival_s).tobytes())
         digest.update(np.ascontiguousarray(sr.routing).tobytes())
     config = {
-        "model": _describe(model), "platform": {"name": platform.name}, "mapping": mapping.to_dict(),
-        "seed": seed, "cost_model": {"type": type(cost_model).__name__,
-                                     "fidelity": getattr(cost_model, "fidelity", None)},
-        "workload": {"n_requests": len(stream.requests), "served": len(serve_reqs),
-                     "stream": type(stream).__name__, "digest": digest.hexdigest()[:16]},
+        "model": _describe(model),
+        "platform": {"name": platform.name},
+        "mapping": mapping.to_dict(),
+        "seed": seed,
+        "cost_model": {"type": type(cost_model).__name__, "fidelity": getattr(cost_model, "fidelity", None)},
+        "workload": {
+            "n_requests": len(stream.requests),
+            "served": len(serve_reqs),
+            "stream": type(stream).__name__,
+            "digest": digest.hexdigest()[:16],
+        },
     }
     config_hash = hashlib.sha256(json.dumps(_plain(config), sort_keys=True).encode()).hexdigest()[:16]
-    return Result(requests=out.requests, steps=out.steps, summary=summary, config=_plain(config),
-                  config_hash=config_hash, events=out.events)
+    return Result(
+        requests=out.requests,
+        steps=out.steps,
+        summary=summary,
+        config=_plain(config),
+        config_hash=config_hash,
+        events=out.events,
+    )

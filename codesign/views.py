@@ -23,15 +23,28 @@ from typing import Any
 import plotly.graph_objects as go
 
 __all__ = [
-    "KIND_COLOURS", "CostBreakdownInfo", "TimelineInfo", "cost_breakdown_info", "plot_cost_breakdown",
-    "plot_timeline", "timeline_info", "write_html",
+    "KIND_COLOURS",
+    "CostBreakdownInfo",
+    "TimelineInfo",
+    "cost_breakdown_info",
+    "plot_cost_breakdown",
+    "plot_timeline",
+    "timeline_info",
+    "write_html",
 ]
 
 #: Colour of each event kind (unknown kinds get grey).
 KIND_COLOURS: dict[str, str] = {
-    "attention": "#4C78A8", "router": "#9ECAE9", "dense": "#72B7B2", "shared": "#54A24B",
-    "experts": "#F58518", "expert": "#FFBF79", "fetch": "#E45756", "prefetch": "#FF9DA6",
-    "cpu_expert": "#B279A2", "all_to_all": "#EECA3B",
+    "attention": "#4C78A8",
+    "router": "#9ECAE9",
+    "dense": "#72B7B2",
+    "shared": "#54A24B",
+    "experts": "#F58518",
+    "expert": "#FFBF79",
+    "fetch": "#E45756",
+    "prefetch": "#FF9DA6",
+    "cpu_expert": "#B279A2",
+    "all_to_all": "#EECA3B",
 }
 _RESOURCE_ORDER = {"compute": 0, "copy": 1, "peer_link": 2, "cpu": 3}
 
@@ -46,13 +59,16 @@ def _events_of(source: Any) -> list[tuple[str, str, str, float, float, str]]:
     out: list[tuple[str, str, str, float, float, str]] = []
     for i, ev in enumerate(events):
         if len(ev) != 6:
-            raise ValueError(f"event {i} has {len(ev)} fields; expected "
-                             "(device, resource, kind, start_s, end_s, label)")
+            raise ValueError(
+                f"event {i} has {len(ev)} fields; expected (device, resource, kind, start_s, end_s, label)"
+            )
         dev, res, kind, start, end, label = ev
         start_f, end_f = float(start), float(end)
         if not (math.isfinite(start_f) and math.isfinite(end_f)) or end_f < start_f:
-            raise ValueError(f"event {i} ({dev}, {res}, {kind}) has start_s={start_f}, end_s={end_f}; "
-                             "expected finite times with end_s >= start_s")
+            raise ValueError(
+                f"event {i} ({dev}, {res}, {kind}) has start_s={start_f}, end_s={end_f}; "
+                "expected finite times with end_s >= start_s"
+            )
         out.append((str(dev), str(res), str(kind), start_f, end_f, str(label)))
     return out
 
@@ -107,8 +123,15 @@ def _merged_length(intervals: Iterable[tuple[float, float]]) -> float:
     return total
 
 
-def timeline_info(result: Any, *, start_s: float | None = None, end_s: float | None = None,
-                  steps: tuple[int, int] | None = None, max_events: int = 20_000, title: str = "") -> TimelineInfo:
+def timeline_info(
+    result: Any,
+    *,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    steps: tuple[int, int] | None = None,
+    max_events: int = 20_000,
+    title: str = "",
+) -> TimelineInfo:
     """Timeline data of ``result`` (a `Result` with events, or a sequence of event records),
     clipped to ``[start_s, end_s]`` (default: all), or to the simulator steps ``steps = (first,
     last)`` (inclusive, by the result's step records), and limited to the first ``max_events``
@@ -143,14 +166,33 @@ def timeline_info(result: Any, *, start_s: float | None = None, end_s: float | N
         lane = f"{dev} / {res}"
         lanes_set.add((dev, res))
         per_lane.setdefault(lane, []).append((s_c, e_c))
-        bars.append({"lane": lane, "device": dev, "resource": res, "kind": kind, "start_s": s_c, "end_s": e_c,
-                     "duration_s": e_c - s_c, "label": label})
+        bars.append(
+            {
+                "lane": lane,
+                "device": dev,
+                "resource": res,
+                "kind": kind,
+                "start_s": s_c,
+                "end_s": e_c,
+                "duration_s": e_c - s_c,
+                "label": label,
+            }
+        )
     lanes = [f"{d} / {r}" for d, r in sorted(lanes_set, key=_lane_key)]
     present = {b["kind"] for b in bars}
     kinds = [k for k in KIND_COLOURS if k in present] + sorted(present - set(KIND_COLOURS))
     busy = {lane: _merged_length(per_lane.get(lane, [])) for lane in lanes}
-    return TimelineInfo(bars=bars, lanes=lanes, kinds=kinds, t0_s=lo, t1_s=hi, busy_s=busy, n_events=n_events,
-                        truncated=n_events > len(kept), title=title)
+    return TimelineInfo(
+        bars=bars,
+        lanes=lanes,
+        kinds=kinds,
+        t0_s=lo,
+        t1_s=hi,
+        busy_s=busy,
+        n_events=n_events,
+        truncated=n_events > len(kept),
+        title=title,
+    )
 
 
 def plot_timeline(info: TimelineInfo) -> go.Figure:
@@ -158,19 +200,27 @@ def plot_timeline(info: TimelineInfo) -> go.Figure:
     fig = go.Figure()
     for kind in info.kinds:
         bars = [b for b in info.bars if b["kind"] == kind]
-        fig.add_trace(go.Bar(
-            name=kind, orientation="h", y=[b["lane"] for b in bars],
-            x=[b["duration_s"] * 1e3 for b in bars], base=[b["start_s"] * 1e3 for b in bars],
-            marker_color=KIND_COLOURS.get(kind, "#BAB0AC"),
-            customdata=[[b["label"], b["start_s"] * 1e3, b["end_s"] * 1e3] for b in bars],
-            hovertemplate="%{y}<br>" + kind + " %{customdata[0]}<br>%{customdata[1]:.4f} - %{customdata[2]:.4f} ms"
-                          "<extra></extra>",
-        ))
+        fig.add_trace(
+            go.Bar(
+                name=kind,
+                orientation="h",
+                y=[b["lane"] for b in bars],
+                x=[b["duration_s"] * 1e3 for b in bars],
+                base=[b["start_s"] * 1e3 for b in bars],
+                marker_color=KIND_COLOURS.get(kind, "#BAB0AC"),
+                customdata=[[b["label"], b["start_s"] * 1e3, b["end_s"] * 1e3] for b in bars],
+                hovertemplate="%{y}<br>" + kind + " %{customdata[0]}<br>%{customdata[1]:.4f} - %{customdata[2]:.4f} ms"
+                "<extra></extra>",
+            )
+        )
     title = info.title or "Timeline"
     if info.truncated:
         title += f" (first {len(info.bars)} of {info.n_events} events)"
     fig.update_layout(
-        title=title, barmode="overlay", xaxis_title="time (ms)", legend_title="operation",
+        title=title,
+        barmode="overlay",
+        xaxis_title="time (ms)",
+        legend_title="operation",
         yaxis={"categoryorder": "array", "categoryarray": list(reversed(info.lanes))},
         height=max(300, 40 * len(info.lanes) + 150),
     )
@@ -222,11 +272,16 @@ def cost_breakdown_info(result: Any, *, title: str = "") -> CostBreakdownInfo:
         return float(v) if isinstance(v, int | float) and v is not None else float("nan")
 
     return CostBreakdownInfo(
-        seconds=seconds, share={k: (totals[k] / grand if grand > 0 else 0.0) for k in kinds}, kinds=kinds,
-        devices=devices, makespan_s=num("makespan_s"), energy_J=num("energy_J"),
+        seconds=seconds,
+        share={k: (totals[k] / grand if grand > 0 else 0.0) for k in kinds},
+        kinds=kinds,
+        devices=devices,
+        makespan_s=num("makespan_s"),
+        energy_J=num("energy_J"),
         energy_j_per_token=num("energy_j_per_token"),
         bytes_moved={str(k): float(v) for k, v in (summary.get("bytes_moved") or {}).items()},
-        hit_rate={str(k): float(v) for k, v in (summary.get("hit_rate") or {}).items()}, title=title,
+        hit_rate={str(k): float(v) for k, v in (summary.get("hit_rate") or {}).items()},
+        title=title,
     )
 
 
@@ -234,12 +289,16 @@ def plot_cost_breakdown(info: CostBreakdownInfo) -> go.Figure:
     """Stacked bars: busy seconds per device, split by operation kind."""
     fig = go.Figure()
     for kind in info.kinds:
-        fig.add_trace(go.Bar(
-            name=kind, x=info.devices, y=[info.seconds.get(d, {}).get(kind, 0.0) for d in info.devices],
-            marker_color=KIND_COLOURS.get(kind, "#BAB0AC"),
-            hovertemplate="%{x}<br>" + kind + ": %{y:.4g} s (" + f"{100 * info.share[kind]:.1f}" + "% of busy time)"
-                          "<extra></extra>",
-        ))
+        fig.add_trace(
+            go.Bar(
+                name=kind,
+                x=info.devices,
+                y=[info.seconds.get(d, {}).get(kind, 0.0) for d in info.devices],
+                marker_color=KIND_COLOURS.get(kind, "#BAB0AC"),
+                hovertemplate="%{x}<br>" + kind + ": %{y:.4g} s (" + f"{100 * info.share[kind]:.1f}" + "% of busy time)"
+                "<extra></extra>",
+            )
+        )
     parts = [info.title or "Cost breakdown"]
     if math.isfinite(info.makespan_s):
         parts.append(f"makespan {info.makespan_s:.4g} s")
@@ -247,8 +306,7 @@ def plot_cost_breakdown(info: CostBreakdownInfo) -> go.Figure:
         parts.append(f"{info.energy_j_per_token:.3g} J/token")
     if info.bytes_moved:
         parts.append(", ".join(f"{k}: {v / 1e9:.3g} GB" for k, v in sorted(info.bytes_moved.items())))
-    fig.update_layout(title=" · ".join(parts), barmode="stack", yaxis_title="busy time (s)",
-                      legend_title="operation")
+    fig.update_layout(title=" · ".join(parts), barmode="stack", yaxis_title="busy time (s)", legend_title="operation")
     return fig
 
 

@@ -102,41 +102,69 @@ class SweepPlan:
     @property
     def heldout_rule(self) -> str:
         """How held-out samples are chosen, in words."""
-        return (f"held out: GEMM shapes (d_model, d_ff) {list(self.heldout_shapes)}, and every "
-                f"{self.heldout_every}th token count of the other shapes; ffn, grouped samples are "
-                "never fitted")
+        return (
+            f"held out: GEMM shapes (d_model, d_ff) {list(self.heldout_shapes)}, and every "
+            f"{self.heldout_every}th token count of the other shapes; ffn, grouped samples are "
+            "never fitted"
+        )
 
     @staticmethod
     def quick() -> SweepPlan:
         """The ``--quick`` sweep: under a minute on one core of this machine's CPU when it is idle."""
         return SweepPlan(
-            name="quick", expert_shapes=((512, 1408), (1024, 2816)), heldout_shapes=((768, 2048),),
-            tokens=log_tokens(1, 4096, 13), heldout_every=4, ffn_shape=(1024, 3584),
-            ffn_tokens=(1, 8, 64, 256, 1024), grouped_tokens=((64, 3, 17, 0, 200, 31, 9, 120), (16,) * 8),
-            act_tokens=(1, 16, 128, 1024, 4096), stream_bytes=tuple(2**i for i in range(25, 29)),
-            copy_bytes=tuple(2**i for i in range(12, 27, 2)), warmup=1, repeats=4,
+            name="quick",
+            expert_shapes=((512, 1408), (1024, 2816)),
+            heldout_shapes=((768, 2048),),
+            tokens=log_tokens(1, 4096, 13),
+            heldout_every=4,
+            ffn_shape=(1024, 3584),
+            ffn_tokens=(1, 8, 64, 256, 1024),
+            grouped_tokens=((64, 3, 17, 0, 200, 31, 9, 120), (16,) * 8),
+            act_tokens=(1, 16, 128, 1024, 4096),
+            stream_bytes=tuple(2**i for i in range(25, 29)),
+            copy_bytes=tuple(2**i for i in range(12, 27, 2)),
+            warmup=1,
+            repeats=4,
         )
 
     @staticmethod
     def full() -> SweepPlan:
         """The full sweep: more shapes, token counts and repeats (several minutes on one CPU core)."""
         return SweepPlan(
-            name="full", expert_shapes=((512, 1408), (1024, 2816), (1536, 4096), (2048, 5632), (1024, 1024)),
-            heldout_shapes=((768, 2048), (2048, 1408)), tokens=log_tokens(1, 4096, 25), heldout_every=4,
-            ffn_shape=(1024, 3584), ffn_tokens=(1, 4, 16, 64, 256, 1024, 4096),
+            name="full",
+            expert_shapes=((512, 1408), (1024, 2816), (1536, 4096), (2048, 5632), (1024, 1024)),
+            heldout_shapes=((768, 2048), (2048, 1408)),
+            tokens=log_tokens(1, 4096, 25),
+            heldout_every=4,
+            ffn_shape=(1024, 3584),
+            ffn_tokens=(1, 4, 16, 64, 256, 1024, 4096),
             grouped_tokens=((64, 3, 17, 0, 200, 31, 9, 120), (16,) * 8, (512, 1, 1, 1, 2, 0, 0, 5)),
-            act_tokens=(1, 4, 16, 64, 256, 1024, 4096), stream_bytes=tuple(2**i for i in range(25, 31)),
-            copy_bytes=tuple(2**i for i in range(10, 31)), warmup=1, repeats=7,
+            act_tokens=(1, 4, 16, 64, 256, 1024, 4096),
+            stream_bytes=tuple(2**i for i in range(25, 31)),
+            copy_bytes=tuple(2**i for i in range(10, 31)),
+            warmup=1,
+            repeats=7,
         )
 
     @staticmethod
     def tiny() -> SweepPlan:
         """A seconds-long sweep for tests (small shapes, few repeats)."""
         return SweepPlan(
-            name="tiny", expert_shapes=((64, 176), (128, 352)), heldout_shapes=((96, 256),),
-            tokens=log_tokens(1, 256, 8), heldout_every=4, ffn_shape=(128, 448), ffn_tokens=(1, 32),
-            grouped_tokens=((8, 0, 3, 20),), act_tokens=(1, 64), stream_bytes=(2**20, 2**22),
-            copy_bytes=(2**12, 2**16, 2**20), warmup=1, repeats=3, min_time_s=5e-4, cold_bytes=2**20,
+            name="tiny",
+            expert_shapes=((64, 176), (128, 352)),
+            heldout_shapes=((96, 256),),
+            tokens=log_tokens(1, 256, 8),
+            heldout_every=4,
+            ffn_shape=(128, 448),
+            ffn_tokens=(1, 32),
+            grouped_tokens=((8, 0, 3, 20),),
+            act_tokens=(1, 64),
+            stream_bytes=(2**20, 2**22),
+            copy_bytes=(2**12, 2**16, 2**20),
+            warmup=1,
+            repeats=3,
+            min_time_s=5e-4,
+            cold_bytes=2**20,
         )
 
     def n_kernels(self, *, with_copies: bool) -> int:
@@ -176,8 +204,15 @@ class CpuTimer:
     with one compute thread (several threads may idle legitimately), so callers enable it only then.
     """
 
-    def __init__(self, *, check_threads: int | None = None, min_busy: float = 0.95, max_retries: int = 5,
-                 retry_budget_s: float = 0.25, clock: str = "wall") -> None:
+    def __init__(
+        self,
+        *,
+        check_threads: int | None = None,
+        min_busy: float = 0.95,
+        max_retries: int = 5,
+        retry_budget_s: float = 0.25,
+        clock: str = "wall",
+    ) -> None:
         if clock not in CPU_CLOCKS:
             raise CalibrationError(f"clock must be one of {CPU_CLOCKS}, got {clock!r}")
         self.clock = clock
@@ -244,9 +279,9 @@ class CudaEventTimer:
 class KernelBackend(Protocol):
     """Builds kernels on one device. Each method returns a zero-argument callable running it once."""
 
-    device_kind: str            # "cpu" or "gpu"
+    device_kind: str  # "cpu" or "gpu"
     dtype: str
-    supports_copies: bool       # host->device copies exist (a GPU)
+    supports_copies: bool  # host->device copies exist (a GPU)
 
     def gemm_family(self, ms: Sequence[int], k: int, n: int, cold_bytes: int) -> list[Kernel]: ...
     def ffn(self, m: int, d: int, f: int, cold_bytes: int) -> Kernel: ...
@@ -268,15 +303,17 @@ def run_sweep(backend: KernelBackend, plan: SweepPlan, *, progress: bool = False
     timer = backend.timer()
     out: list[Sample] = []
     families = list(_families(backend, plan))
-    bar = tqdm(total=sum(len(f[0]) for f in families), desc=f"calibrate {plan.name}", unit="kernel",
-               disable=not progress)
+    bar = tqdm(
+        total=sum(len(f[0]) for f in families), desc=f"calibrate {plan.name}", unit="kernel", disable=not progress
+    )
     try:
         for members, build in families:
             kind, op, shape, _ = members[0]
             bar.set_postfix_str(f"{kind}:{op} {_short(shape)}", refresh=False)
             kernels = build()
-            inners = [calibrate_inner(kernel, timer, warmup=plan.warmup, min_time_s=plan.min_time_s)
-                      for kernel in kernels]
+            inners = [
+                calibrate_inner(kernel, timer, warmup=plan.warmup, min_time_s=plan.min_time_s) for kernel in kernels
+            ]
             times: list[list[float]] = [[] for _ in kernels]
             for _ in range(plan.repeats):
                 for i, kernel in enumerate(kernels):
@@ -284,8 +321,9 @@ def run_sweep(backend: KernelBackend, plan: SweepPlan, *, progress: bool = False
             del kernels
             for (kind, op, shape, heldout), ts in zip(members, times, strict=True):
                 med, mad, kept = robust_median(ts)
-                out.append(Sample(kind=kind, op=op, shape=shape, time_s=med, repeats=kept, spread_s=mad,
-                                  heldout=heldout))
+                out.append(
+                    Sample(kind=kind, op=op, shape=shape, time_s=med, repeats=kept, spread_s=mad, heldout=heldout)
+                )
             bar.update(len(members))
     finally:
         bar.close()
@@ -320,31 +358,44 @@ def _single(kind: str, op: str, shape: dict[str, Any], heldout: bool, build: Cal
 
 
 def _families(backend: KernelBackend, plan: SweepPlan) -> Iterator[Family]:
-    held_m = set(plan.tokens[plan.heldout_every - 1::plan.heldout_every])
+    held_m = set(plan.tokens[plan.heldout_every - 1 :: plan.heldout_every])
     for d, f in (*plan.expert_shapes, *plan.heldout_shapes):
         shape_held = (d, f) in plan.heldout_shapes
         for op, k, n in (("up", d, f), ("down", f, d)):
-            members: list[Member] = [("gemm", op, {"m": m, "k": k, "n": n}, shape_held or m in held_m)
-                                     for m in plan.tokens]
+            members: list[Member] = [
+                ("gemm", op, {"m": m, "k": k, "n": n}, shape_held or m in held_m) for m in plan.tokens
+            ]
             yield members, partial(backend.gemm_family, plan.tokens, k, n, plan.cold_bytes)
     d, f = plan.ffn_shape
     for m in plan.ffn_tokens:
-        yield _single("ffn", "gated", {"m": m, "d": d, "f": f, "gated": True}, True,
-                      partial(backend.ffn, m, d, f, plan.cold_bytes))
+        yield _single(
+            "ffn",
+            "gated",
+            {"m": m, "d": d, "f": f, "gated": True},
+            True,
+            partial(backend.ffn, m, d, f, plan.cold_bytes),
+        )
     for tokens in plan.grouped_tokens:
-        yield _single("grouped", "gated", {"tokens": list(tokens), "d": d, "f": f, "gated": True}, True,
-                      partial(backend.grouped, tokens, d, f))
+        yield _single(
+            "grouped",
+            "gated",
+            {"tokens": list(tokens), "d": d, "f": f, "gated": True},
+            True,
+            partial(backend.grouped, tokens, d, f),
+        )
     b = DTYPE_BYTES[backend.dtype]
     for m in plan.act_tokens:
-        yield _single("memory", "act", {"n_bytes": int(3 * m * f * b), "m": m, "f": f}, False,
-                      partial(backend.act, m, f))
+        yield _single(
+            "memory", "act", {"n_bytes": int(3 * m * f * b), "m": m, "f": f}, False, partial(backend.act, m, f)
+        )
     for n_bytes in plan.stream_bytes:
         yield _single("memory", "stream", {"n_bytes": 2 * n_bytes}, False, partial(backend.stream, n_bytes))
     if backend.supports_copies:
         for pinned in (True, False):
             for n_bytes in plan.copy_bytes:
-                yield _single("copy", "h2d", {"n_bytes": n_bytes, "pinned": pinned}, False,
-                              partial(backend.h2d, n_bytes, pinned))
+                yield _single(
+                    "copy", "h2d", {"n_bytes": n_bytes, "pinned": pinned}, False, partial(backend.h2d, n_bytes, pinned)
+                )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,8 +419,16 @@ class TorchBackend:
     seeded generator on the host); timings do not depend on their values.
     """
 
-    def __init__(self, device: str, *, dtype: str | None = None, threads: int | None = None, seed: int = 0,
-                 clock: str = "wall", torch: Any = None) -> None:
+    def __init__(
+        self,
+        device: str,
+        *,
+        dtype: str | None = None,
+        threads: int | None = None,
+        seed: int = 0,
+        clock: str = "wall",
+        torch: Any = None,
+    ) -> None:
         if device not in ("cpu", "cuda"):
             raise CalibrationError(f"--device must be 'cpu' or 'cuda', got {device!r}")
         self._torch = torch if torch is not None else import_torch()
@@ -380,8 +439,9 @@ class TorchBackend:
         self.dtype = dtype or ("bf16" if device == "cuda" else "fp32")
         if self.dtype not in DTYPE_BYTES:
             raise CalibrationError(f"--dtype must be one of {sorted(DTYPE_BYTES)}, got {self.dtype!r}")
-        self._tdtype = {"fp32": self._torch.float32, "bf16": self._torch.bfloat16,
-                        "fp16": self._torch.float16}[self.dtype]
+        self._tdtype = {"fp32": self._torch.float32, "bf16": self._torch.bfloat16, "fp16": self._torch.float16}[
+            self.dtype
+        ]
         self.supports_copies = device == "cuda"
         self._previous_threads = int(self._torch.get_num_threads())
         if threads is not None:
@@ -393,8 +453,9 @@ class TorchBackend:
             raise CalibrationError(f"--clock must be one of {CPU_CLOCKS}, got {clock!r}")
         if clock == "process" and (device != "cpu" or int(self._torch.get_num_threads()) != 1):
             self.close()
-            raise CalibrationError("--clock process needs --device cpu and --threads 1 (process CPU time sums "
-                                   "all threads)")
+            raise CalibrationError(
+                "--clock process needs --device cpu and --threads 1 (process CPU time sums all threads)"
+            )
         self.clock = clock
 
     def close(self) -> None:
@@ -610,9 +671,12 @@ def cpu_peaks(fp: Mapping[str, Any], threads: int, dtype: str) -> Peaks:
         per_cycle, what = 8.0, "SSE 8 FLOP/cycle/core (assumption)"
     mhz = fp.get("cpu_mhz") or 2600.0
     flops = threads * per_cycle * float(mhz) * 1e6
-    return Peaks(flops=flops,
-                 flops_source=f"[D] {threads} thread(s) x {what} x {float(mhz):.0f} MHz (/proc/cpuinfo)",
-                 memory_Bps=1.0, memory_source="placeholder, replaced by the measured copy bandwidth")
+    return Peaks(
+        flops=flops,
+        flops_source=f"[D] {threads} thread(s) x {what} x {float(mhz):.0f} MHz (/proc/cpuinfo)",
+        memory_Bps=1.0,
+        memory_source="placeholder, replaced by the measured copy bandwidth",
+    )
 
 
 def resolve_cpu_timing(device: str, threads: int | None, clock: str | None) -> tuple[int | None, str]:
@@ -649,7 +713,7 @@ class RunConfig:
 
     device: str = "cpu"
     quick: bool = False
-    plan: SweepPlan | None = None     # overrides quick/full
+    plan: SweepPlan | None = None  # overrides quick/full
     dtype: str | None = None
     threads: int | None = None
     seed: int = 0
@@ -657,7 +721,7 @@ class RunConfig:
     peak_flops: float | None = None
     peak_memory_Bps: float | None = None
     link_Bps: float | None = None
-    clock: str | None = None          # CPU only: "wall" or "process" (see CPU_CLOCKS); None: default
+    clock: str | None = None  # CPU only: "wall" or "process" (see CPU_CLOCKS); None: default
     extra_fingerprint: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -673,8 +737,11 @@ def run_calibration(config: RunConfig, *, progress: bool = False, backend: Any =
     """
     plan = config.plan or (SweepPlan.quick() if config.quick else SweepPlan.full())
     threads, clock = resolve_cpu_timing(config.device, config.threads, config.clock)
-    be = backend if backend is not None else TorchBackend(config.device, dtype=config.dtype, threads=threads,
-                                                          seed=config.seed, clock=clock)
+    be = (
+        backend
+        if backend is not None
+        else TorchBackend(config.device, dtype=config.dtype, threads=threads, seed=config.seed, clock=clock)
+    )
     try:
         fp = dict(be.fingerprint())
         fp.update(config.extra_fingerprint)
@@ -690,11 +757,18 @@ def run_calibration(config: RunConfig, *, progress: bool = False, backend: Any =
     peaks = _peaks_for(be, fp, config, samples)
     device_name = be.device_name()
     return fit_profile(
-        name=config.name or f"{be.device_kind}-{plan.name}", device_name=device_name, device_kind=be.device_kind,
-        dtype=be.dtype, dtype_bytes=DTYPE_BYTES[be.dtype], peaks=peaks, samples=samples, fingerprint=fp,
+        name=config.name or f"{be.device_kind}-{plan.name}",
+        device_name=device_name,
+        device_kind=be.device_kind,
+        dtype=be.dtype,
+        dtype_bytes=DTYPE_BYTES[be.dtype],
+        peaks=peaks,
+        samples=samples,
+        fingerprint=fp,
         torch_version=str(fp.get("torch_version", "")),
         source=f"codesign calibrate run --device {config.device} ({plan.name} sweep) on {device_name}",
-        created_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), heldout_rule=plan.heldout_rule,
+        created_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        heldout_rule=plan.heldout_rule,
     )
 
 
@@ -735,13 +809,18 @@ def _peaks_for(be: Any, fp: Mapping[str, Any], config: RunConfig, samples: Seque
     best_link = max((s.shape["n_bytes"] / s.time_s for s in copies), default=0.0)
     if be.device_kind == "cpu":
         nominal = cpu_peaks(fp, int(fp.get("torch_threads", 1)), be.dtype)
-        flops, flops_src = (config.peak_flops, "given (--peak-tflops)") if config.peak_flops else (
-            nominal.flops, nominal.flops_source)
-        mem, mem_src = (config.peak_memory_Bps, "given (--peak-memory-gbps)") if config.peak_memory_Bps else (
-            best_bw, "measured: best tensor-copy bandwidth of this run (no datasheet value for this machine)")
+        flops, flops_src = (
+            (config.peak_flops, "given (--peak-tflops)") if config.peak_flops else (nominal.flops, nominal.flops_source)
+        )
+        mem, mem_src = (
+            (config.peak_memory_Bps, "given (--peak-memory-gbps)")
+            if config.peak_memory_Bps
+            else (best_bw, "measured: best tensor-copy bandwidth of this run (no datasheet value for this machine)")
+        )
         if mem <= 0:
-            raise CalibrationError(f"sweep {fp.get('sweep')!r} measured no memory bandwidth (no stream sizes); "
-                                   "pass --peak-memory-gbps")
+            raise CalibrationError(
+                f"sweep {fp.get('sweep')!r} measured no memory bandwidth (no stream sizes); pass --peak-memory-gbps"
+            )
         link, link_src = 0.0, "none (CPU)"
     else:
         name = str(fp.get("gpu_name", "")).lower()
@@ -751,8 +830,9 @@ def _peaks_for(be: Any, fp: Mapping[str, Any], config: RunConfig, samples: Seque
         elif known:
             flops, flops_src = known[0], known[2]
         else:
-            raise CalibrationError(f"GPU {name!r} has no known datasheet peak; pass --peak-tflops and "
-                                   "--peak-memory-gbps")
+            raise CalibrationError(
+                f"GPU {name!r} has no known datasheet peak; pass --peak-tflops and --peak-memory-gbps"
+            )
         if config.peak_memory_Bps:
             mem, mem_src = config.peak_memory_Bps, "given (--peak-memory-gbps)"
         elif known:
@@ -774,5 +854,6 @@ def _peaks_for(be: Any, fp: Mapping[str, Any], config: RunConfig, samples: Seque
         mem, mem_src = best_bw, f"measured maximum (above the reference: {mem_src})"
     if best_link > link > 0:
         link, link_src = best_link, f"measured maximum (above the reference: {link_src})"
-    return Peaks(flops=flops, flops_source=flops_src, memory_Bps=mem, memory_source=mem_src, link_Bps=link,
-                 link_source=link_src)
+    return Peaks(
+        flops=flops, flops_source=flops_src, memory_Bps=mem, memory_source=mem_src, link_Bps=link, link_source=link_src
+    )

@@ -51,11 +51,11 @@ FORMAT_VERSION = 1
 
 #: Required shape keys of each sample kind (``time_s`` is the median measured time, seconds).
 SAMPLE_KINDS: dict[str, tuple[str, ...]] = {
-    "gemm": ("m", "k", "n"),            # (m x k) @ (k x n)
-    "ffn": ("m", "d", "f"),             # one gated expert FFN: m tokens, d_model d, hidden f
-    "grouped": ("tokens", "d", "f"),    # several gated experts, tokens[i] routed to expert i
-    "memory": ("n_bytes",),             # a memory-bound kernel moving n_bytes (read + write)
-    "copy": ("n_bytes", "pinned"),      # a host -> device copy of n_bytes
+    "gemm": ("m", "k", "n"),  # (m x k) @ (k x n)
+    "ffn": ("m", "d", "f"),  # one gated expert FFN: m tokens, d_model d, hidden f
+    "grouped": ("tokens", "d", "f"),  # several gated experts, tokens[i] routed to expert i
+    "memory": ("n_bytes",),  # a memory-bound kernel moving n_bytes (read + write)
+    "copy": ("n_bytes", "pinned"),  # a host -> device copy of n_bytes
 }
 
 #: Ops of memory samples that get their own fit: a plain streaming kernel (copy, add) and the
@@ -105,13 +105,22 @@ class Sample:
         if missing:
             raise CalibrationError(f"{self.kind} sample {self.op!r}: shape lacks {missing} (has {sorted(self.shape)})")
         if not (isinstance(self.time_s, int | float) and math.isfinite(self.time_s) and self.time_s > 0):
-            raise CalibrationError(f"{self.kind} sample {self.op!r}: time_s must be a positive finite number, "
-                                   f"got {self.time_s!r}")
+            raise CalibrationError(
+                f"{self.kind} sample {self.op!r}: time_s must be a positive finite number, got {self.time_s!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"kind": self.kind, "op": self.op, "shape": dict(self.shape), "time_s": self.time_s,
-                "repeats": self.repeats, "spread_s": self.spread_s, "heldout": self.heldout, "tag": self.tag}
+        return {
+            "kind": self.kind,
+            "op": self.op,
+            "shape": dict(self.shape),
+            "time_s": self.time_s,
+            "repeats": self.repeats,
+            "spread_s": self.spread_s,
+            "heldout": self.heldout,
+            "tag": self.tag,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,14 +133,25 @@ class GemmFit:
     sharpness: float
     half_occupancy_elems: float
 
-    def predict_s(self, m: npt.ArrayLike, k: npt.ArrayLike, n: npt.ArrayLike, *, peak_flops: float,
-                  dtype_bytes: float) -> FloatArray:
+    def predict_s(
+        self, m: npt.ArrayLike, k: npt.ArrayLike, n: npt.ArrayLike, *, peak_flops: float, dtype_bytes: float
+    ) -> FloatArray:
         """Predicted seconds of ``(m x k) @ (k x n)`` GEMMs (broadcast over array arguments)."""
         mf = np.asarray(m, dtype=np.float64)
         kf = np.asarray(k, dtype=np.float64)
         nf = np.asarray(n, dtype=np.float64)
-        return _gemm_time(mf, kf, nf, self.t0_s, self.eff_compute, self.bandwidth_Bps, self.sharpness,
-                          self.half_occupancy_elems, peak_flops, dtype_bytes)
+        return _gemm_time(
+            mf,
+            kf,
+            nf,
+            self.t0_s,
+            self.eff_compute,
+            self.bandwidth_Bps,
+            self.sharpness,
+            self.half_occupancy_elems,
+            peak_flops,
+            dtype_bytes,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,8 +166,18 @@ class LinearFit:
         return self.t0_s + np.asarray(n_bytes, dtype=np.float64) / self.bandwidth_Bps
 
 
-def _gemm_time(m: FloatArray, k: FloatArray, n: FloatArray, t0: float, ec: float, bw: float, p: float,
-               s_half: float, peak: float, b: float) -> FloatArray:
+def _gemm_time(
+    m: FloatArray,
+    k: FloatArray,
+    n: FloatArray,
+    t0: float,
+    ec: float,
+    bw: float,
+    p: float,
+    s_half: float,
+    peak: float,
+    b: float,
+) -> FloatArray:
     m = np.maximum(m, 1.0)
     flops = 2.0 * m * k * n
     occ = (m * n) / (m * n + s_half)
@@ -168,8 +198,16 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def fit_gemm(m: npt.ArrayLike, k: npt.ArrayLike, n: npt.ArrayLike, time_s: npt.ArrayLike, *, peak_flops: float,
-             dtype_bytes: float, f_scale: float = 0.05) -> GemmFit:
+def fit_gemm(
+    m: npt.ArrayLike,
+    k: npt.ArrayLike,
+    n: npt.ArrayLike,
+    time_s: npt.ArrayLike,
+    *,
+    peak_flops: float,
+    dtype_bytes: float,
+    f_scale: float = 0.05,
+) -> GemmFit:
     """Fit :class:`GemmFit` to measured GEMM times (seconds), robustly in log space.
 
     ``f_scale`` is the log-residual beyond which the soft-L1 loss grows linearly (0.05 ~ 5%), so
@@ -194,8 +232,13 @@ def fit_gemm(m: npt.ArrayLike, k: npt.ArrayLike, n: npt.ArrayLike, time_s: npt.A
     s_guess = float(np.median(mf * nf))
 
     def unpack(x: FloatArray) -> tuple[float, float, float, float, float]:
-        return (t_min * math.exp(x[0]), _sigmoid(x[1]), bw_guess * math.exp(x[2]), 1.0 + math.exp(x[3]),
-                s_guess * math.exp(x[4]))
+        return (
+            t_min * math.exp(x[0]),
+            _sigmoid(x[1]),
+            bw_guess * math.exp(x[2]),
+            1.0 + math.exp(x[3]),
+            s_guess * math.exp(x[4]),
+        )
 
     def residuals(x: FloatArray) -> FloatArray:
         t0, ec, bw, p, sh = unpack(x)
@@ -207,8 +250,14 @@ def fit_gemm(m: npt.ArrayLike, k: npt.ArrayLike, n: npt.ArrayLike, time_s: npt.A
         for p0 in (0.0, 1.5):
             for s_f in (-3.0, 0.0):
                 x0 = np.array([math.log(t0_frac), math.log(ec_guess / (1 - ec_guess)), 0.0, p0, s_f])
-                res = least_squares(residuals, x0, loss="soft_l1", f_scale=f_scale, max_nfev=2000,
-                                    bounds=(np.array([-30, -12, -8, -6, -25.0]), np.array([3, 12, 8, 6, 12.0])))
+                res = least_squares(
+                    residuals,
+                    x0,
+                    loss="soft_l1",
+                    f_scale=f_scale,
+                    max_nfev=2000,
+                    bounds=(np.array([-30, -12, -8, -6, -25.0]), np.array([3, 12, 8, 6, 12.0])),
+                )
                 if best is None or res.cost < best.cost:
                     best = res
     assert best is not None
@@ -232,8 +281,13 @@ def fit_linear(n_bytes: npt.ArrayLike, time_s: npt.ArrayLike, *, f_scale: float 
 
     best = None
     for t0_frac in (0.5, 0.01):
-        res = least_squares(residuals, np.array([math.log(t0_frac), 0.0]), loss="soft_l1", f_scale=f_scale,
-                            bounds=(np.array([-30.0, -8.0]), np.array([3.0, 8.0])))
+        res = least_squares(
+            residuals,
+            np.array([math.log(t0_frac), 0.0]),
+            loss="soft_l1",
+            f_scale=f_scale,
+            bounds=(np.array([-30.0, -8.0]), np.array([3.0, 8.0])),
+        )
         if best is None or res.cost < best.cost:
             best = res
     assert best is not None
@@ -294,7 +348,7 @@ class CalibrationProfile:
     peaks: Peaks
     gemm_fit: GemmFit
     memory_fits: Mapping[str, LinearFit] = field(default_factory=dict)  # keys "stream", "act"
-    copy_fits: Mapping[str, LinearFit] = field(default_factory=dict)   # keys "pinned", "pageable"
+    copy_fits: Mapping[str, LinearFit] = field(default_factory=dict)  # keys "pinned", "pageable"
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
     torch_version: str = ""
     source: str = ""
@@ -373,8 +427,11 @@ class CalibrationProfile:
         mf = np.asarray(m, dtype=np.float64)
         n_up = 2 if gated else 1
         elem_bytes = (3.0 if gated else 2.0) * mf * f * self.dtype_bytes
-        t = (n_up * self.predict_gemm_s(mf, d, f) + self.predict_gemm_s(mf, f, d)
-             + self.predict_memory_s(np.maximum(elem_bytes, 1.0), "act"))
+        t = (
+            n_up * self.predict_gemm_s(mf, d, f)
+            + self.predict_gemm_s(mf, f, d)
+            + self.predict_memory_s(np.maximum(elem_bytes, 1.0), "act")
+        )
         return np.where(mf > 0, t, 0.0)
 
     def predict_grouped_s(self, tokens: Sequence[int] | npt.ArrayLike, d: int, f: int, *, gated: bool = True) -> float:
@@ -410,10 +467,16 @@ class CalibrationProfile:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (with format tag and version)."""
         return {
-            "format": FORMAT_TAG, "version": FORMAT_VERSION,
-            "name": self.name, "device_name": self.device_name, "device_kind": self.device_kind,
-            "dtype": self.dtype, "dtype_bytes": self.dtype_bytes,
-            "source": self.source, "created_utc": self.created_utc, "torch_version": self.torch_version,
+            "format": FORMAT_TAG,
+            "version": FORMAT_VERSION,
+            "name": self.name,
+            "device_name": self.device_name,
+            "device_kind": self.device_kind,
+            "dtype": self.dtype,
+            "dtype_bytes": self.dtype_bytes,
+            "source": self.source,
+            "created_utc": self.created_utc,
+            "torch_version": self.torch_version,
             "fingerprint": dict(self.fingerprint),
             "peaks": vars(self.peaks).copy(),
             "fit": {
@@ -446,19 +509,24 @@ class CalibrationProfile:
         except OSError as exc:
             raise CalibrationError(f"{p}: cannot read calibration profile: {exc.strerror or exc}") from exc
         if raw.startswith(b"PK\x03\x04"):
-            raise CalibrationError(f"{p}: not a calibration profile JSON (a zip/.npz archive, e.g. a routing "
-                                   "trace); expected the JSON written by 'codesign calibrate run|import-vidur'")
+            raise CalibrationError(
+                f"{p}: not a calibration profile JSON (a zip/.npz archive, e.g. a routing "
+                "trace); expected the JSON written by 'codesign calibrate run|import-vidur'"
+            )
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise CalibrationError(f"{p}: not a calibration profile JSON (binary data: byte {raw[exc.start]:#04x} "
-                                   f"at offset {exc.start} is not UTF-8 text); expected the JSON written by "
-                                   "'codesign calibrate run|import-vidur'") from exc
+            raise CalibrationError(
+                f"{p}: not a calibration profile JSON (binary data: byte {raw[exc.start]:#04x} "
+                f"at offset {exc.start} is not UTF-8 text); expected the JSON written by "
+                "'codesign calibrate run|import-vidur'"
+            ) from exc
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise CalibrationError(f"{p}: line {exc.lineno}: not valid JSON ({exc.msg}); not a calibration "
-                                   "profile JSON") from exc
+            raise CalibrationError(
+                f"{p}: line {exc.lineno}: not valid JSON ({exc.msg}); not a calibration profile JSON"
+            ) from exc
         return _profile_from_dict(data, str(p))
 
 
@@ -489,20 +557,25 @@ def _profile_from_dict(data: Any, where: str) -> CalibrationProfile:
     if not isinstance(data, Mapping):
         raise CalibrationError(f"{where}: expected a JSON object at top level, got {type(data).__name__}")
     if data.get("format") != FORMAT_TAG:
-        raise CalibrationError(f"{where}: field 'format' must be {FORMAT_TAG!r}, got {data.get('format')!r} "
-                               "(not a calibration profile)")
+        raise CalibrationError(
+            f"{where}: field 'format' must be {FORMAT_TAG!r}, got {data.get('format')!r} (not a calibration profile)"
+        )
     version = data.get("version")
     if version != FORMAT_VERSION:
-        raise CalibrationError(f"{where}: unsupported profile version {version!r}; this code reads version "
-                               f"{FORMAT_VERSION}")
+        raise CalibrationError(
+            f"{where}: unsupported profile version {version!r}; this code reads version {FORMAT_VERSION}"
+        )
     peaks_d = _need(data, "peaks", where, dict)
     pw = f"{where}: peaks"
     try:
-        peaks = Peaks(flops=_positive(peaks_d, "flops", pw), flops_source=str(peaks_d.get("flops_source", "")),
-                      memory_Bps=_positive(peaks_d, "memory_Bps", pw),
-                      memory_source=str(peaks_d.get("memory_source", "")),
-                      link_Bps=_positive(peaks_d, "link_Bps", pw, allow_zero=True) if "link_Bps" in peaks_d else 0.0,
-                      link_source=str(peaks_d.get("link_source", "")))
+        peaks = Peaks(
+            flops=_positive(peaks_d, "flops", pw),
+            flops_source=str(peaks_d.get("flops_source", "")),
+            memory_Bps=_positive(peaks_d, "memory_Bps", pw),
+            memory_source=str(peaks_d.get("memory_source", "")),
+            link_Bps=_positive(peaks_d, "link_Bps", pw, allow_zero=True) if "link_Bps" in peaks_d else 0.0,
+            link_source=str(peaks_d.get("link_source", "")),
+        )
     except CalibrationError as exc:
         raise CalibrationError(str(exc) if str(exc).startswith(where) else f"{pw}: {exc}") from exc
     fit_d = _need(data, "fit", where, dict)
@@ -514,9 +587,13 @@ def _profile_from_dict(data: Any, where: str) -> CalibrationProfile:
     sharp = _positive(g, "sharpness", gw)
     if sharp < 1.0:
         raise CalibrationError(f"{gw}: field 'sharpness' must be >= 1, got {sharp}")
-    gemm_fit = GemmFit(t0_s=_positive(g, "t0_s", gw, allow_zero=True), eff_compute=eff,
-                       bandwidth_Bps=_positive(g, "bandwidth_Bps", gw), sharpness=sharp,
-                       half_occupancy_elems=_positive(g, "half_occupancy_elems", gw, allow_zero=True))
+    gemm_fit = GemmFit(
+        t0_s=_positive(g, "t0_s", gw, allow_zero=True),
+        eff_compute=eff,
+        bandwidth_Bps=_positive(g, "bandwidth_Bps", gw),
+        sharpness=sharp,
+        half_occupancy_elems=_positive(g, "half_occupancy_elems", gw, allow_zero=True),
+    )
     memory_d = fit_d.get("memory") or {}
     if not isinstance(memory_d, dict):
         raise CalibrationError(f"{where}: field 'fit.memory' must be an object, got {memory_d!r}")
@@ -546,11 +623,18 @@ def _profile_from_dict(data: Any, where: str) -> CalibrationProfile:
         if not isinstance(raw, dict):
             raise CalibrationError(f"{sw}: expected an object, got {raw!r}")
         try:
-            samples.append(Sample(kind=str(_need(raw, "kind", sw, str)), op=str(raw.get("op", "")),
-                                  shape=dict(_need(raw, "shape", sw, dict)),
-                                  time_s=_need(raw, "time_s", sw, (int, float)),
-                                  repeats=int(raw.get("repeats", 1)), spread_s=float(raw.get("spread_s", 0.0)),
-                                  heldout=bool(raw.get("heldout", False)), tag=str(raw.get("tag", ""))))
+            samples.append(
+                Sample(
+                    kind=str(_need(raw, "kind", sw, str)),
+                    op=str(raw.get("op", "")),
+                    shape=dict(_need(raw, "shape", sw, dict)),
+                    time_s=_need(raw, "time_s", sw, (int, float)),
+                    repeats=int(raw.get("repeats", 1)),
+                    spread_s=float(raw.get("spread_s", 0.0)),
+                    heldout=bool(raw.get("heldout", False)),
+                    tag=str(raw.get("tag", "")),
+                )
+            )
         except CalibrationError as exc:
             raise CalibrationError(str(exc) if str(exc).startswith(sw) else f"{sw}: {exc}") from exc
     fingerprint = data.get("fingerprint", {})
@@ -563,23 +647,46 @@ def _profile_from_dict(data: Any, where: str) -> CalibrationProfile:
     if kind not in ("cpu", "gpu"):
         raise CalibrationError(f"{where}: field 'device_kind' must be 'cpu' or 'gpu', got {kind!r}")
     return CalibrationProfile(
-        name=str(_need(data, "name", where, str)), device_name=str(_need(data, "device_name", where, str)),
-        device_kind=kind, dtype=str(_need(data, "dtype", where, str)),
-        dtype_bytes=_positive(data, "dtype_bytes", where), peaks=peaks, gemm_fit=gemm_fit, memory_fits=memory_fits,
-        copy_fits=copy_fits, fingerprint=fingerprint, torch_version=str(data.get("torch_version", "")),
-        source=str(data.get("source", "")), created_utc=str(data.get("created_utc", "")),
-        heldout_rule=str(data.get("heldout_rule", "")), samples=tuple(samples), quality=quality,
+        name=str(_need(data, "name", where, str)),
+        device_name=str(_need(data, "device_name", where, str)),
+        device_kind=kind,
+        dtype=str(_need(data, "dtype", where, str)),
+        dtype_bytes=_positive(data, "dtype_bytes", where),
+        peaks=peaks,
+        gemm_fit=gemm_fit,
+        memory_fits=memory_fits,
+        copy_fits=copy_fits,
+        fingerprint=fingerprint,
+        torch_version=str(data.get("torch_version", "")),
+        source=str(data.get("source", "")),
+        created_utc=str(data.get("created_utc", "")),
+        heldout_rule=str(data.get("heldout_rule", "")),
+        samples=tuple(samples),
+        quality=quality,
     )
 
 
 def _linear_from(d: Mapping[str, Any], where: str) -> LinearFit:
-    return LinearFit(t0_s=_positive(d, "t0_s", where, allow_zero=True),
-                     bandwidth_Bps=_positive(d, "bandwidth_Bps", where))
+    return LinearFit(
+        t0_s=_positive(d, "t0_s", where, allow_zero=True), bandwidth_Bps=_positive(d, "bandwidth_Bps", where)
+    )
 
 
-def fit_profile(*, name: str, device_name: str, device_kind: str, dtype: str, dtype_bytes: float, peaks: Peaks,
-                samples: Iterable[Sample], fingerprint: Mapping[str, Any] | None = None, torch_version: str = "",
-                source: str = "", created_utc: str = "", heldout_rule: str = "") -> CalibrationProfile:
+def fit_profile(
+    *,
+    name: str,
+    device_name: str,
+    device_kind: str,
+    dtype: str,
+    dtype_bytes: float,
+    peaks: Peaks,
+    samples: Iterable[Sample],
+    fingerprint: Mapping[str, Any] | None = None,
+    torch_version: str = "",
+    source: str = "",
+    created_utc: str = "",
+    heldout_rule: str = "",
+) -> CalibrationProfile:
     """Fit every model the samples allow (GEMM required; memory and copies when measured).
 
     Only samples with ``heldout == False`` are fitted. Raises :class:`CalibrationError` when there
@@ -590,8 +697,14 @@ def fit_profile(*, name: str, device_name: str, device_kind: str, dtype: str, dt
     gemms = [s for s in fit_set if s.kind == "gemm"]
     if not gemms:
         raise CalibrationError(f"profile {name!r}: no GEMM samples to fit (of {len(all_samples)} samples)")
-    gemm_fit = fit_gemm([s.shape["m"] for s in gemms], [s.shape["k"] for s in gemms], [s.shape["n"] for s in gemms],
-                        [s.time_s for s in gemms], peak_flops=peaks.flops, dtype_bytes=dtype_bytes)
+    gemm_fit = fit_gemm(
+        [s.shape["m"] for s in gemms],
+        [s.shape["k"] for s in gemms],
+        [s.shape["n"] for s in gemms],
+        [s.time_s for s in gemms],
+        peak_flops=peaks.flops,
+        dtype_bytes=dtype_bytes,
+    )
     memory_fits: dict[str, LinearFit] = {}
     for op in MEMORY_OPS:
         mems = [s for s in fit_set if s.kind == "memory" and s.op == op]
@@ -603,10 +716,21 @@ def fit_profile(*, name: str, device_name: str, device_kind: str, dtype: str, dt
         if len(copies) >= 2:
             copy_fits[key] = fit_linear([s.shape["n_bytes"] for s in copies], [s.time_s for s in copies])
     profile = CalibrationProfile(
-        name=name, device_name=device_name, device_kind=device_kind, dtype=dtype, dtype_bytes=dtype_bytes,
-        peaks=peaks, gemm_fit=gemm_fit, memory_fits=memory_fits, copy_fits=copy_fits,
-        fingerprint=dict(fingerprint or {}), torch_version=torch_version, source=source, created_utc=created_utc,
-        heldout_rule=heldout_rule, samples=all_samples,
+        name=name,
+        device_name=device_name,
+        device_kind=device_kind,
+        dtype=dtype,
+        dtype_bytes=dtype_bytes,
+        peaks=peaks,
+        gemm_fit=gemm_fit,
+        memory_fits=memory_fits,
+        copy_fits=copy_fits,
+        fingerprint=dict(fingerprint or {}),
+        torch_version=torch_version,
+        source=source,
+        created_utc=created_utc,
+        heldout_rule=heldout_rule,
+        samples=all_samples,
     )
     return replace(profile, quality=assess_fit(profile))
 
@@ -624,8 +748,13 @@ ABSURD_MEDIAN_PCT = 50.0
 T0_TOLERANCE = 1.5
 
 
-def assess_fit(profile: CalibrationProfile, *, suspect_median_pct: float = SUSPECT_MEDIAN_PCT,
-               absurd_median_pct: float = ABSURD_MEDIAN_PCT, t0_tolerance: float = T0_TOLERANCE) -> dict[str, Any]:
+def assess_fit(
+    profile: CalibrationProfile,
+    *,
+    suspect_median_pct: float = SUSPECT_MEDIAN_PCT,
+    absurd_median_pct: float = ABSURD_MEDIAN_PCT,
+    t0_tolerance: float = T0_TOLERANCE,
+) -> dict[str, Any]:
     """Sanity checks of a fitted profile against its own GEMM samples: the ``quality`` block.
 
     Returns ``{"status": "ok" | "suspect" | "absurd" | "unchecked", "problems": [str, ...],
@@ -640,12 +769,21 @@ def assess_fit(profile: CalibrationProfile, *, suspect_median_pct: float = SUSPE
     GEMM samples (a shipped profile).
     """
     gemms = [s for s in profile.samples if s.kind == "gemm"]
-    thresholds = {"suspect_median_pct": suspect_median_pct, "absurd_median_pct": absurd_median_pct,
-                  "t0_tolerance": t0_tolerance}
+    thresholds = {
+        "suspect_median_pct": suspect_median_pct,
+        "absurd_median_pct": absurd_median_pct,
+        "t0_tolerance": t0_tolerance,
+    }
     t0 = profile.gemm_fit.t0_s
-    out: dict[str, Any] = {"status": "unchecked", "problems": [], "gemm_t0_s": t0, "min_gemm_time_s": None,
-                           "heldout_gemm_median_abs_pct_error": None, "fit_gemm_median_abs_pct_error": None,
-                           "thresholds": thresholds}
+    out: dict[str, Any] = {
+        "status": "unchecked",
+        "problems": [],
+        "gemm_t0_s": t0,
+        "min_gemm_time_s": None,
+        "heldout_gemm_median_abs_pct_error": None,
+        "fit_gemm_median_abs_pct_error": None,
+        "thresholds": thresholds,
+    }
     if not gemms:
         return out
     problems: list[str] = []
@@ -654,8 +792,10 @@ def assess_fit(profile: CalibrationProfile, *, suspect_median_pct: float = SUSPE
     out["min_gemm_time_s"] = t_min
     if t0 > t0_tolerance * t_min:
         severe = True
-        problems.append(f"GEMM t0 {t0 * 1e6:.2f} us exceeds the fastest measured GEMM ({t_min * 1e6:.2f} us) "
-                        f"by more than {t0_tolerance:g}x: the timings are inconsistent (disturbed by other work?)")
+        problems.append(
+            f"GEMM t0 {t0 * 1e6:.2f} us exceeds the fastest measured GEMM ({t_min * 1e6:.2f} us) "
+            f"by more than {t0_tolerance:g}x: the timings are inconsistent (disturbed by other work?)"
+        )
     held = [s for s in gemms if s.heldout]
     fitted = [s for s in gemms if not s.heldout]
     for label, subset in (("held-out", held), ("fitted", fitted)):
@@ -667,8 +807,9 @@ def assess_fit(profile: CalibrationProfile, *, suspect_median_pct: float = SUSPE
         out["heldout_gemm_median_abs_pct_error" if label == "held-out" else "fit_gemm_median_abs_pct_error"] = med
         if med > suspect_median_pct:
             severe = severe or med > absurd_median_pct
-            problems.append(f"{label} GEMM median error {med:.1f}% above {suspect_median_pct:g}% "
-                            f"({len(subset)} samples)")
+            problems.append(
+                f"{label} GEMM median error {med:.1f}% above {suspect_median_pct:g}% ({len(subset)} samples)"
+            )
     out["problems"] = problems
     out["status"] = "absurd" if severe else ("suspect" if problems else "ok")
     return out

@@ -113,26 +113,47 @@ class GemmCurve:
 
 #: Default curves per device kind (labelled assumptions; a calibration replaces them).
 DEFAULT_CURVES: dict[str, GemmCurve] = {
-    "gpu": GemmCurve(e_max=0.706, m_half=78.6, memory_eff=0.898, launch_overhead_s=7.0e-6,
-                     source="fitted (soft-L1 in log space) to measured gate/up + act + down times of the Vidur "
-                            "A100 and H100 llama-2-7b-mlp tables at TP 1 and 4 (shared/calibration/vidur-a100-h100, "
-                            "[P measurement], MIT); held-out TP 2 and 8: median error 4.0-6.5% "
-                            "(tests/hwmodels/test_costs.py)"),
-    "cpu": GemmCurve(e_max=0.50, m_half=8.0, memory_eff=0.75, launch_overhead_s=2e-6,
-                     source="assumption: CPU AMX/AVX-512 GEMM reaches ~50% of peak; ~75% of DDR peak in "
-                            "STREAM-like kernels; ~2 us per parallel-region fork/join"),
-    "rdu": GemmCurve(e_max=0.70, m_half=32.0, memory_eff=0.85, launch_overhead_s=5e-6,
-                     source="assumption: RDU dataflow pipeline reaches ~70% of peak; ~85% of HBM/DDR peak; "
-                            "~5 us per graph section switch"),
-    "fpga": GemmCurve(e_max=0.90, m_half=1.0, memory_eff=0.80, launch_overhead_s=1e-6,
-                      source="assumption: HLS DSP array ~90% busy once its pipeline is full; ~80% of DDR/HBM "
-                             "peak over AXI bursts; ~1 us per kernel start"),
+    "gpu": GemmCurve(
+        e_max=0.706,
+        m_half=78.6,
+        memory_eff=0.898,
+        launch_overhead_s=7.0e-6,
+        source="fitted (soft-L1 in log space) to measured gate/up + act + down times of the Vidur "
+        "A100 and H100 llama-2-7b-mlp tables at TP 1 and 4 (shared/calibration/vidur-a100-h100, "
+        "[P measurement], MIT); held-out TP 2 and 8: median error 4.0-6.5% "
+        "(tests/hwmodels/test_costs.py)",
+    ),
+    "cpu": GemmCurve(
+        e_max=0.50,
+        m_half=8.0,
+        memory_eff=0.75,
+        launch_overhead_s=2e-6,
+        source="assumption: CPU AMX/AVX-512 GEMM reaches ~50% of peak; ~75% of DDR peak in "
+        "STREAM-like kernels; ~2 us per parallel-region fork/join",
+    ),
+    "rdu": GemmCurve(
+        e_max=0.70,
+        m_half=32.0,
+        memory_eff=0.85,
+        launch_overhead_s=5e-6,
+        source="assumption: RDU dataflow pipeline reaches ~70% of peak; ~85% of HBM/DDR peak; "
+        "~5 us per graph section switch",
+    ),
+    "fpga": GemmCurve(
+        e_max=0.90,
+        m_half=1.0,
+        memory_eff=0.80,
+        launch_overhead_s=1e-6,
+        source="assumption: HLS DSP array ~90% busy once its pipeline is full; ~80% of DDR/HBM "
+        "peak over AXI bursts; ~1 us per kernel start",
+    ),
 }
 
 #: Pageable copies without measured points run at this fraction of the pinned rate.
 PAGEABLE_FACTOR = 0.5
-PAGEABLE_FACTOR_SOURCE = ("[S] rapidsai/dask-cuda PR #98: 'transfers at 5-6 GB/s, and 11-12 GB/s with' pinned "
-                          "(hardware-and-papers.md s.1.2)")
+PAGEABLE_FACTOR_SOURCE = (
+    "[S] rapidsai/dask-cuda PR #98: 'transfers at 5-6 GB/s, and 11-12 GB/s with' pinned (hardware-and-papers.md s.1.2)"
+)
 #: Bound on memoised scalar answers per CostModel.
 _MEMO_MAX = 65536
 #: Efficiency of a link without measured points (assumption).
@@ -224,10 +245,12 @@ class DefaultEfficiency:
         self.launch_overhead_s = self.curve.launch_overhead_s
         self.link = link
         self.name = f"default-{kind}" + (f"+{link.name}" if link is not None else "")
-        self._pinned = LinkCurve(link, link.efficiency_points) if link is not None and link.efficiency_points \
+        self._pinned = LinkCurve(link, link.efficiency_points) if link is not None and link.efficiency_points else None
+        self._pageable = (
+            LinkCurve(link, link.pageable_efficiency_points)
+            if link is not None and link.pageable_efficiency_points
             else None
-        self._pageable = LinkCurve(link, link.pageable_efficiency_points) \
-            if link is not None and link.pageable_efficiency_points else None
+        )
 
     def gemm(self, m: ArrayLike, k: int, n: int) -> Any:
         """``e_max * m / (m + m_half)``, with ``m < 1`` read as 1 (no FLOPs are spent at m = 0); a float
@@ -282,8 +305,10 @@ def _out(x: Any) -> Any:
 def _check_eff(eff: Any, who: str, what: str) -> Any:
     e = np.asarray(eff, dtype=np.float64)
     if e.size and not (np.all(e > 0) and np.all(e <= 1.0 + 1e-9)):
-        raise ValueError(f"efficiency model {who!r}: {what} efficiency must be in (0, 1], got "
-                         f"min {float(e.min()):.4g}, max {float(e.max()):.4g}")
+        raise ValueError(
+            f"efficiency model {who!r}: {what} efficiency must be in (0, 1], got "
+            f"min {float(e.min()):.4g}, max {float(e.max()):.4g}"
+        )
     return np.minimum(e, 1.0) if e.ndim else min(float(e), 1.0)
 
 
@@ -348,8 +373,13 @@ class CostModel:
     questions element-wise in numpy; both give the same numbers (tests pin it).
     """
 
-    def __init__(self, platform: Platform, *, fidelity: Fidelity = "calibrated",
-                 profiles: Mapping[str, EfficiencyModel] | None = None) -> None:
+    def __init__(
+        self,
+        platform: Platform,
+        *,
+        fidelity: Fidelity = "calibrated",
+        profiles: Mapping[str, EfficiencyModel] | None = None,
+    ) -> None:
         if fidelity not in ("roofline", "calibrated"):
             raise ValueError(f"fidelity must be 'roofline' or 'calibrated', got {fidelity!r}")
         self.platform = platform
@@ -357,8 +387,10 @@ class CostModel:
         self.profiles: dict[str, EfficiencyModel] = dict(profiles or {})
         for key, prof in self.profiles.items():
             if not all(hasattr(prof, a) for a in ("gemm", "memory", "copy", "name")):
-                raise TypeError(f"profile {key!r} ({type(prof).__name__}) does not implement EfficiencyModel "
-                                "(gemm, memory, copy, name)")
+                raise TypeError(
+                    f"profile {key!r} ({type(prof).__name__}) does not implement EfficiencyModel "
+                    "(gemm, memory, copy, name)"
+                )
         self._defaults: dict[tuple[str, str], DefaultEfficiency] = {}
         self._ctx_cache: dict[tuple[int, str, str, str], tuple[Device, _Ctx]] = {}
 
@@ -438,21 +470,38 @@ class CostModel:
         a_tier = device.tier(act_tier)
         peak = device.flops(dtype)
         if eff is None:
-            ctx = _Ctx(eff=None, peak=peak, e_flop=device.energy_J_per_flop[dtype], static_W=device.static_power_W,
-                       w_bw=w_tier.bandwidth_Bps, w_e=w_tier.energy_J_per_byte, a_bw=a_tier.bandwidth_Bps,
-                       a_e=a_tier.energy_J_per_byte, overhead_s=0.0, gemm_ratio=1.0, trusted=True,
-                       tag="roofline")
+            ctx = _Ctx(
+                eff=None,
+                peak=peak,
+                e_flop=device.energy_J_per_flop[dtype],
+                static_W=device.static_power_W,
+                w_bw=w_tier.bandwidth_Bps,
+                w_e=w_tier.energy_J_per_byte,
+                a_bw=a_tier.bandwidth_Bps,
+                a_e=a_tier.energy_J_per_byte,
+                overhead_s=0.0,
+                gemm_ratio=1.0,
+                trusted=True,
+                tag="roofline",
+            )
         else:
-            ctx = _Ctx(eff=eff, peak=peak, e_flop=device.energy_J_per_flop[dtype], static_W=device.static_power_W,
-                       w_bw=w_tier.bandwidth_Bps * self._mem_eff(eff, w_tier.bandwidth_Bps,
-                                                                 measured_tier=weights_tier == device.weights_tier),
-                       w_e=w_tier.energy_J_per_byte,
-                       a_bw=a_tier.bandwidth_Bps * self._mem_eff(eff, a_tier.bandwidth_Bps,
-                                                                 measured_tier=act_tier == device.weights_tier),
-                       a_e=a_tier.energy_J_per_byte, overhead_s=self._overhead(eff),
-                       gemm_ratio=self._peak_ratio(eff, "flops", peak), trusted=isinstance(eff, DefaultEfficiency),
-                       tag=f"calibrated:{eff.name}",
-                       curve=eff.curve if type(eff) is DefaultEfficiency else None)
+            ctx = _Ctx(
+                eff=eff,
+                peak=peak,
+                e_flop=device.energy_J_per_flop[dtype],
+                static_W=device.static_power_W,
+                w_bw=w_tier.bandwidth_Bps
+                * self._mem_eff(eff, w_tier.bandwidth_Bps, measured_tier=weights_tier == device.weights_tier),
+                w_e=w_tier.energy_J_per_byte,
+                a_bw=a_tier.bandwidth_Bps
+                * self._mem_eff(eff, a_tier.bandwidth_Bps, measured_tier=act_tier == device.weights_tier),
+                a_e=a_tier.energy_J_per_byte,
+                overhead_s=self._overhead(eff),
+                gemm_ratio=self._peak_ratio(eff, "flops", peak),
+                trusted=isinstance(eff, DefaultEfficiency),
+                tag=f"calibrated:{eff.name}",
+                curve=eff.curve if type(eff) is DefaultEfficiency else None,
+            )
         self._ctx_cache[key] = (device, ctx)
         return ctx
 
@@ -466,9 +515,22 @@ class CostModel:
             e = np.minimum(e * ctx.gemm_ratio, 1.0)
         return e
 
-    def _op(self, device: Device, *, op: str, rows: FloatArray, gemms: tuple[_Gemm, ...],
-            extra_flops: Any, weight_bytes: float, weights_tier: str,
-            act_bytes: Any, act_tier: str, n_kernels: int, dtype: str, label: str = "") -> OpCost:
+    def _op(
+        self,
+        device: Device,
+        *,
+        op: str,
+        rows: FloatArray,
+        gemms: tuple[_Gemm, ...],
+        extra_flops: Any,
+        weight_bytes: float,
+        weights_tier: str,
+        act_bytes: Any,
+        act_tier: str,
+        n_kernels: int,
+        dtype: str,
+        label: str = "",
+    ) -> OpCost:
         """Cost of an op made of GEMMs over ``rows`` tokens plus ``extra_flops`` (score FLOPs).
 
         ``weight_bytes`` are read from ``weights_tier`` and ``act_bytes`` moved in ``act_tier``;
@@ -523,10 +585,10 @@ class CostModel:
         if scalar:
             compute, memory = float(compute), float(memory)
             total = max(compute, memory)
-            energy = (ctx.static_W * total + ctx.e_flop * float(total_flops) + w_bytes * ctx.w_e
-                      + a_bytes * ctx.a_e)
-            return OpCost(compute_s=compute, memory_s=memory, comm_s=0.0, energy_J=float(energy),
-                          source=f"{ctx.tag}:{op}{label}")
+            energy = ctx.static_W * total + ctx.e_flop * float(total_flops) + w_bytes * ctx.w_e + a_bytes * ctx.a_e
+            return OpCost(
+                compute_s=compute, memory_s=memory, comm_s=0.0, energy_J=float(energy), source=f"{ctx.tag}:{op}{label}"
+            )
         compute = np.asarray(compute, dtype=np.float64)
         memory = np.asarray(memory, dtype=np.float64)
         if compute.shape != rows.shape:
@@ -535,8 +597,13 @@ class CostModel:
             memory = np.broadcast_to(memory, rows.shape).copy()
         total = np.maximum(compute, memory)
         energy = ctx.static_W * total + ctx.e_flop * total_flops + w_bytes * ctx.w_e + a_bytes * ctx.a_e
-        return OpCost(compute_s=compute, memory_s=memory, comm_s=np.zeros(rows.shape),
-                      energy_J=np.asarray(energy, dtype=np.float64), source=f"{ctx.tag}:{op}{label}")
+        return OpCost(
+            compute_s=compute,
+            memory_s=memory,
+            comm_s=np.zeros(rows.shape),
+            energy_J=np.asarray(energy, dtype=np.float64),
+            source=f"{ctx.tag}:{op}{label}",
+        )
 
     @staticmethod
     def _act_tier(device: Device) -> str:
@@ -555,8 +622,9 @@ class CostModel:
         return rows * ACTIVATION_BYTES * (2.0 * model.d_model + 2.0 * width)
 
     # ---------------------------------------------------------------- expert FFNs
-    def expert_ffn(self, device: Device, model: MoEModel, n_tokens: ArrayLike, *,
-                   weights_tier: str | None = None) -> OpCost:
+    def expert_ffn(
+        self, device: Device, model: MoEModel, n_tokens: ArrayLike, *, weights_tier: str | None = None
+    ) -> OpCost:
         """One routed expert on ``n_tokens`` tokens; weights read once from ``weights_tier``
         (default ``device.weights_tier``). Vectorised over ``n_tokens``; zero tokens cost zero."""
         if isinstance(n_tokens, int | float | np.integer | np.floating):
@@ -566,17 +634,26 @@ class CostModel:
                 return hit[1]
         rows = _counts(n_tokens, "n_tokens")
         tier = weights_tier or device.weights_tier
-        cost = self._op(device, op="expert_ffn", rows=rows, gemms=self._ffn_gemms(model, model.expert_ffn_dim),
-                        extra_flops=0.0, weight_bytes=model.bytes_per_expert, weights_tier=tier,
-                        act_bytes=self._ffn_act_bytes(model, rows, model.expert_ffn_dim),
-                        act_tier=self._act_tier(device), n_kernels=3,
-                        dtype=_dtype_for(device, model.bytes_per_weight))
+        cost = self._op(
+            device,
+            op="expert_ffn",
+            rows=rows,
+            gemms=self._ffn_gemms(model, model.expert_ffn_dim),
+            extra_flops=0.0,
+            weight_bytes=model.bytes_per_expert,
+            weights_tier=tier,
+            act_bytes=self._ffn_act_bytes(model, rows, model.expert_ffn_dim),
+            act_tier=self._act_tier(device),
+            n_kernels=3,
+            dtype=_dtype_for(device, model.bytes_per_weight),
+        )
         if rows.ndim == 0:
             self._remember(("expert_ffn", id(device), id(model), float(rows), weights_tier), device, cost, model)
         return cost
 
-    def experts_grouped(self, device: Device, model: MoEModel, tokens_per_expert: ArrayLike, *,
-                        weights_tier: str | None = None) -> OpCost:
+    def experts_grouped(
+        self, device: Device, model: MoEModel, tokens_per_expert: ArrayLike, *, weights_tier: str | None = None
+    ) -> OpCost:
         """Several experts in one grouped call (one launch): ``tokens_per_expert`` is 1-D, one entry per
         expert (zeros allowed: such experts read no weights). Returns a scalar `OpCost`."""
         rows = _counts(tokens_per_expert, "tokens_per_expert").ravel()
@@ -588,11 +665,19 @@ class CostModel:
         if n_active == 0:
             return OpCost(compute_s=0.0, memory_s=0.0, comm_s=0.0, energy_J=0.0, source=source)
         if ctx.eff is not None and ctx.curve is None:  # a calibration profile: element-wise efficiencies
-            per = self._op(device, op="experts_grouped", rows=rows,
-                           gemms=self._ffn_gemms(model, model.expert_ffn_dim), extra_flops=0.0,
-                           weight_bytes=model.bytes_per_expert, weights_tier=tier,
-                           act_bytes=self._ffn_act_bytes(model, rows, model.expert_ffn_dim),
-                           act_tier=self._act_tier(device), n_kernels=0, dtype=dtype)
+            per = self._op(
+                device,
+                op="experts_grouped",
+                rows=rows,
+                gemms=self._ffn_gemms(model, model.expert_ffn_dim),
+                extra_flops=0.0,
+                weight_bytes=model.bytes_per_expert,
+                weights_tier=tier,
+                act_bytes=self._ffn_act_bytes(model, rows, model.expert_ffn_dim),
+                act_tier=self._act_tier(device),
+                n_kernels=0,
+                dtype=dtype,
+            )
             compute = float(np.sum(per.compute_s))
         else:
             total_rows = float(np.sum(rows))
@@ -611,7 +696,7 @@ class CostModel:
         overhead = 3 * ctx.overhead_s  # one grouped launch of each of the three kernels
         compute += overhead
         memory += overhead
-        energy = (ctx.static_W * max(compute, memory) + ctx.e_flop * flops + w_bytes * ctx.w_e + a_bytes * ctx.a_e)
+        energy = ctx.static_W * max(compute, memory) + ctx.e_flop * flops + w_bytes * ctx.w_e + a_bytes * ctx.a_e
         return OpCost(compute_s=compute, memory_s=memory, comm_s=0.0, energy_J=energy, source=source)
 
     def shared_experts(self, device: Device, model: MoEModel, n_tokens: ArrayLike) -> OpCost:
@@ -622,20 +707,38 @@ class CostModel:
         if width == 0:
             rows = np.zeros_like(rows)
             width = 1
-        return self._op(device, op="shared_experts", rows=rows, gemms=self._ffn_gemms(model, width),
-                        extra_flops=0.0, weight_bytes=model.bytes_shared_experts, weights_tier=device.weights_tier,
-                        act_bytes=self._ffn_act_bytes(model, rows, width), act_tier=self._act_tier(device),
-                        n_kernels=3, dtype=_dtype_for(device, model.bytes_per_weight))
+        return self._op(
+            device,
+            op="shared_experts",
+            rows=rows,
+            gemms=self._ffn_gemms(model, width),
+            extra_flops=0.0,
+            weight_bytes=model.bytes_shared_experts,
+            weights_tier=device.weights_tier,
+            act_bytes=self._ffn_act_bytes(model, rows, width),
+            act_tier=self._act_tier(device),
+            n_kernels=3,
+            dtype=_dtype_for(device, model.bytes_per_weight),
+        )
 
     def router(self, device: Device, model: MoEModel, n_tokens: ArrayLike) -> OpCost:
         """The router (gate GEMM ``d_model x n_experts`` and top-k) of one MoE layer on ``n_tokens``."""
         rows = _counts(n_tokens, "n_tokens")
         e = model.n_experts
         act = rows * (ACTIVATION_BYTES * model.d_model + 4.0 * e)  # fp32 logits
-        return self._op(device, op="router", rows=rows, gemms=(_Gemm(2.0 * model.d_model * e, model.d_model, e),),
-                        extra_flops=0.0, weight_bytes=model.router_params * model.bytes_per_weight,
-                        weights_tier=device.weights_tier, act_bytes=act, act_tier=self._act_tier(device),
-                        n_kernels=2, dtype=_dtype_for(device, model.bytes_per_weight))
+        return self._op(
+            device,
+            op="router",
+            rows=rows,
+            gemms=(_Gemm(2.0 * model.d_model * e, model.d_model, e),),
+            extra_flops=0.0,
+            weight_bytes=model.router_params * model.bytes_per_weight,
+            weights_tier=device.weights_tier,
+            act_bytes=act,
+            act_tier=self._act_tier(device),
+            n_kernels=2,
+            dtype=_dtype_for(device, model.bytes_per_weight),
+        )
 
     def cpu_expert(self, host: Device, model: MoEModel, n_tokens: ArrayLike) -> OpCost:
         """An expert computed on the host CPU (Fiddler), weights in the host's DRAM."""
@@ -649,8 +752,10 @@ class CostModel:
         if device.kind != "rdu":
             raise ValueError(f"rdu_expert needs an RDU device, got {device.name!r} of kind {device.kind!r}")
         if not device.has_tier(weights_tier):
-            raise ValueError(f"rdu_expert: weights_tier {weights_tier!r} is not a tier of {device.name!r}; "
-                             f"tiers: {[t.name for t in device.tiers]}")
+            raise ValueError(
+                f"rdu_expert: weights_tier {weights_tier!r} is not a tier of {device.name!r}; "
+                f"tiers: {[t.name for t in device.tiers]}"
+            )
         return self.expert_ffn(device, model, n_tokens, weights_tier=weights_tier)
 
     # ---------------------------------------------------------------- attention
@@ -677,14 +782,24 @@ class CostModel:
         act = rows * (4.0 * ACTIVATION_BYTES * model.d_model + kv)
         label = "[MLA approx: decompressed heads]" if model.attention == "mla" else ""
         d = model.d_model
-        return self._op(device, op="attention_prefill", rows=rows,
-                        gemms=(_Gemm(proj, d, max(1, int(model.params_attention // d))),), extra_flops=extra,
-                        weight_bytes=model.params_attention * model.bytes_per_weight,
-                        weights_tier=device.weights_tier, act_bytes=act, act_tier=self._act_tier(device),
-                        n_kernels=4, dtype=_dtype_for(device, model.bytes_per_weight), label=label)
+        return self._op(
+            device,
+            op="attention_prefill",
+            rows=rows,
+            gemms=(_Gemm(proj, d, max(1, int(model.params_attention // d))),),
+            extra_flops=extra,
+            weight_bytes=model.params_attention * model.bytes_per_weight,
+            weights_tier=device.weights_tier,
+            act_bytes=act,
+            act_tier=self._act_tier(device),
+            n_kernels=4,
+            dtype=_dtype_for(device, model.bytes_per_weight),
+            label=label,
+        )
 
-    def attention_decode(self, device: Device, model: MoEModel, batch_size: ArrayLike,
-                         context_len: ArrayLike) -> OpCost:
+    def attention_decode(
+        self, device: Device, model: MoEModel, batch_size: ArrayLike, context_len: ArrayLike
+    ) -> OpCost:
         """Self-attention of one layer for ``batch_size`` decode tokens whose KV caches hold
         ``context_len`` tokens on average: projections, ``batch x context`` query-key pairs, and the
         whole KV cache read. MLA uses the absorbed form (scores over the compressed latent; labelled)."""
@@ -705,11 +820,20 @@ class CostModel:
         extra = score * b * c
         act = np.where(b > 0, b * (4.0 * ACTIVATION_BYTES * model.d_model) + b * c * kv, 0.0)
         d = model.d_model
-        return self._op(device, op="attention_decode", rows=b,
-                        gemms=(_Gemm(proj, d, max(1, int(model.params_attention // d))),), extra_flops=extra,
-                        weight_bytes=model.params_attention * model.bytes_per_weight,
-                        weights_tier=device.weights_tier, act_bytes=act, act_tier=device.weights_tier,
-                        n_kernels=4, dtype=_dtype_for(device, model.bytes_per_weight), label=label)
+        return self._op(
+            device,
+            op="attention_decode",
+            rows=b,
+            gemms=(_Gemm(proj, d, max(1, int(model.params_attention // d))),),
+            extra_flops=extra,
+            weight_bytes=model.params_attention * model.bytes_per_weight,
+            weights_tier=device.weights_tier,
+            act_bytes=act,
+            act_tier=device.weights_tier,
+            n_kernels=4,
+            dtype=_dtype_for(device, model.bytes_per_weight),
+            label=label,
+        )
 
     # ---------------------------------------------------------------- links
     def _copy_eff(self, link: Link, sizes: FloatArray, pinned: bool) -> tuple[Any, str]:
@@ -764,8 +888,13 @@ class CostModel:
     @staticmethod
     def _link_cost(comm: FloatArray, moved_bytes: FloatArray, link: Link, tag: str, op: str) -> OpCost:
         zero = np.zeros_like(comm)
-        return OpCost(compute_s=_out(zero), memory_s=_out(zero), comm_s=_out(comm),
-                      energy_J=_out(moved_bytes * link.energy_J_per_byte), source=f"{tag}:{op}")
+        return OpCost(
+            compute_s=_out(zero),
+            memory_s=_out(zero),
+            comm_s=_out(comm),
+            energy_J=_out(moved_bytes * link.energy_J_per_byte),
+            source=f"{tag}:{op}",
+        )
 
     def transfer(self, link: Link, n_bytes: ArrayLike, *, pinned: bool = True) -> OpCost:
         """A copy of ``n_bytes`` over ``link``: latency plus size-dependent efficiency (``comm_s``).
@@ -832,13 +961,21 @@ class CostModel:
         a, b = device.tier(src), device.tier(dst)
         slow = a if a.bandwidth_Bps <= b.bandwidth_Bps else b
         eff = self.efficiency_for(device)
-        rate = slow.bandwidth_Bps * (self._mem_eff(eff, slow.bandwidth_Bps, measured_tier=slow.name
-                                                   == device.weights_tier) if eff is not None else 1.0)
+        rate = slow.bandwidth_Bps * (
+            self._mem_eff(eff, slow.bandwidth_Bps, measured_tier=slow.name == device.weights_tier)
+            if eff is not None
+            else 1.0
+        )
         t = np.where(n > 0, slow.latency_s + n / rate, 0.0)
         energy = n * (a.energy_J_per_byte + b.energy_J_per_byte) + device.static_power_W * t
         zero = np.zeros_like(n)
-        return OpCost(compute_s=_out(zero), memory_s=_out(zero), comm_s=_out(t), energy_J=_out(energy),
-                      source=self._tag(eff, f"tier_copy[{src}->{dst}]"))
+        return OpCost(
+            compute_s=_out(zero),
+            memory_s=_out(zero),
+            comm_s=_out(t),
+            energy_J=_out(energy),
+            source=self._tag(eff, f"tier_copy[{src}->{dst}]"),
+        )
 
     # ---------------------------------------------------------------- FPGA
     def fpga_expert(self, device: Device, model: MoEModel, n_tokens: ArrayLike, *, reorder: bool) -> OpCost:
@@ -870,11 +1007,20 @@ class CostModel:
         total = np.maximum(compute, memory)
         onchip = device.tiers[0]
         act = rows * ACTIVATION_BYTES * 2.0 * (model.d_model + model.expert_ffn_dim)
-        energy = (device.static_power_W * total + device.energy_J_per_flop[dtype] * flops
-                  + traffic * tier.energy_J_per_byte + (traffic + act) * onchip.energy_J_per_byte)
+        energy = (
+            device.static_power_W * total
+            + device.energy_J_per_flop[dtype] * flops
+            + traffic * tier.energy_J_per_byte
+            + (traffic + act) * onchip.energy_J_per_byte
+        )
         label = "reordered" if reorder else "per-token"
-        return OpCost(compute_s=_out(compute), memory_s=_out(memory), comm_s=_out(np.zeros_like(rows)),
-                      energy_J=_out(energy), source=self._tag(eff, f"fpga_expert[{label}]"))
+        return OpCost(
+            compute_s=_out(compute),
+            memory_s=_out(memory),
+            comm_s=_out(np.zeros_like(rows)),
+            energy_J=_out(energy),
+            source=self._tag(eff, f"fpga_expert[{label}]"),
+        )
 
     def fpga_first_load_s(self, device: Device, model: MoEModel) -> float:
         """Pipeline fill of the double buffer: one buffer half (or the whole expert if smaller) loaded
@@ -899,8 +1045,13 @@ class CostModel:
         # comm_s carries the fill plus the part of the per-expert overlap that max(sum, sum) hides
         comm = fill + steady - max(compute, memory)
         energy = float(np.sum(per.energy_J)) + device.static_power_W * fill
-        return OpCost(compute_s=compute, memory_s=memory, comm_s=comm, energy_J=energy,
-                      source=per.source.replace("fpga_expert", "fpga_layer") + "(comm_s=pipeline fill)")
+        return OpCost(
+            compute_s=compute,
+            memory_s=memory,
+            comm_s=comm,
+            energy_J=energy,
+            source=per.source.replace("fpga_expert", "fpga_layer") + "(comm_s=pipeline fill)",
+        )
 
 
 def offchip_bytes(device: Device, model: MoEModel, n_tokens: ArrayLike, *, reorder: bool) -> FloatArray | float:

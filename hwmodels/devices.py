@@ -318,8 +318,10 @@ class Link:
                 _check_positive(owner, f"{attr}[{i}] bytes", n_bytes)
                 _check_positive(owner, f"{attr}[{i}] achieved_Bps", rate)
                 if rate > self.bandwidth_Bps * (1 + 1e-9):
-                    raise ValueError(f"{owner}: {attr}[{i}] achieved {rate:.4g} B/s exceeds the peak "
-                                     f"bandwidth_Bps {self.bandwidth_Bps:.4g}")
+                    raise ValueError(
+                        f"{owner}: {attr}[{i}] achieved {rate:.4g} B/s exceeds the peak "
+                        f"bandwidth_Bps {self.bandwidth_Bps:.4g}"
+                    )
             sizes = [b for b, _ in points]
             if sizes != sorted(sizes) or len(set(sizes)) != len(sizes):
                 raise ValueError(f"{owner}: {attr} must be strictly ascending in bytes, got sizes {sizes}")
@@ -396,10 +398,8 @@ def _build_units() -> dict[str, dict[str, float]]:
         "time": {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9},
         "flops": flops,
         "power": {"W": 1.0, "kW": 1e3, "mW": 1e-3},
-        "energy_per_byte": {"J/B": 1.0, "nJ/B": 1e-9, "pJ/B": 1e-12, "pJ/bit": 8e-12, "fJ/bit": 8e-15,
-                            "nJ/bit": 8e-9},
-        "energy_per_flop": {"J/FLOP": 1.0, "nJ/FLOP": 1e-9, "pJ/FLOP": 1e-12, "fJ/FLOP": 1e-15,
-                            "pJ/OP": 1e-12},
+        "energy_per_byte": {"J/B": 1.0, "nJ/B": 1e-9, "pJ/B": 1e-12, "pJ/bit": 8e-12, "fJ/bit": 8e-15, "nJ/bit": 8e-9},
+        "energy_per_flop": {"J/FLOP": 1.0, "nJ/FLOP": 1e-9, "pJ/FLOP": 1e-12, "fJ/FLOP": 1e-15, "pJ/OP": 1e-12},
         "frequency": {"Hz": 1.0, "kHz": 1e3, "MHz": 1e6, "GHz": 1e9},
         "count": {"": 1.0, "count": 1.0},
         "usd_per_hour": {"USD/h": 1.0, "$/h": 1.0},
@@ -428,8 +428,9 @@ def parse_quantity(value: object, unit: str | None, dimension: str, *, where: st
     elif isinstance(value, str):
         match = _NUMBER_UNIT.match(value.replace("_", "").replace(",", ""))
         if match is None:
-            raise PresetError(f"{where}: cannot parse {value!r}; expected '<number> <unit>', e.g. "
-                              f"'{_example(dimension)}'")
+            raise PresetError(
+                f"{where}: cannot parse {value!r}; expected '<number> <unit>', e.g. '{_example(dimension)}'"
+            )
         number = float(match.group(1))
         unit_text = match.group(2)
         if unit is not None and unit_text and unit_text != unit:
@@ -448,9 +449,18 @@ def parse_quantity(value: object, unit: str | None, dimension: str, *, where: st
 
 
 def _example(dimension: str) -> str:
-    return {"bytes": "80 GiB", "bandwidth": "3350 GB/s", "time": "5 us", "flops": "989 TFLOP/s",
-            "power": "700 W", "energy_per_byte": "4 pJ/bit", "energy_per_flop": "0.3 pJ/FLOP",
-            "frequency": "200 MHz", "count": "1728", "usd_per_hour": "2.5 USD/h"}[dimension]
+    return {
+        "bytes": "80 GiB",
+        "bandwidth": "3350 GB/s",
+        "time": "5 us",
+        "flops": "989 TFLOP/s",
+        "power": "700 W",
+        "energy_per_byte": "4 pJ/bit",
+        "energy_per_flop": "0.3 pJ/FLOP",
+        "frequency": "200 MHz",
+        "count": "1728",
+        "usd_per_hour": "2.5 USD/h",
+    }[dimension]
 
 
 @dataclass
@@ -483,23 +493,34 @@ class _Reader:
             raise PresetError(f"{self.where(key)}: expected a string, got {value!r}")
         return value
 
-    def quantity(self, doc: Mapping[str, Any], key: str, dimension: str, *, required: bool = True,
-                 default: float | None = None, positive: bool = True) -> float:
+    def quantity(
+        self,
+        doc: Mapping[str, Any],
+        key: str,
+        dimension: str,
+        *,
+        required: bool = True,
+        default: float | None = None,
+        positive: bool = True,
+    ) -> float:
         """Read the quantity ``key`` (dotted path for messages; last part looked up in ``doc``)."""
         raw = doc.get(key.rsplit(".", 1)[-1])
         where = self.where(key)
         if raw is None:
             if required:
-                raise PresetError(f"{where}: missing; write {{ value = \"{_example(dimension)}\", source = \"...\" }}")
+                raise PresetError(f'{where}: missing; write {{ value = "{_example(dimension)}", source = "..." }}')
             assert default is not None
             return default
         if not isinstance(raw, Mapping):
-            raise PresetError(f"{where}: every number needs a source; write {{ value = {raw!r}, "
-                              "source = \"...\" }} (or assumption = true with a note)")
+            raise PresetError(
+                f"{where}: every number needs a source; write {{ value = {raw!r}, "
+                'source = "..." }} (or assumption = true with a note)'
+            )
         unknown = set(raw) - {"value", "unit", "source", "assumption", "note", "alternatives"}
         if unknown:
-            raise PresetError(f"{where}: unknown keys {sorted(unknown)}; allowed: value, unit, source, "
-                              "assumption, note, alternatives")
+            raise PresetError(
+                f"{where}: unknown keys {sorted(unknown)}; allowed: value, unit, source, assumption, note, alternatives"
+            )
         if "value" not in raw:
             raise PresetError(f"{where}: missing 'value'")
         assumption = raw.get("assumption", False)
@@ -524,7 +545,7 @@ class _Reader:
         for i, alt in enumerate(alternatives):
             if not isinstance(alt, Mapping) or "value" not in alt or not alt.get("source"):
                 alt_where = self.where(f"{key}.alternatives[{i}]")
-                raise PresetError(f"{alt_where}: expected {{ value = ..., source = \"...\" }}")
+                raise PresetError(f'{alt_where}: expected {{ value = ..., source = "..." }}')
             parse_quantity(alt["value"], alt.get("unit"), dimension, where=self.where(f"{key}.alternatives[{i}]"))
         label = source or "assumption"
         if raw.get("note"):
@@ -550,8 +571,19 @@ def _check_keys(doc: Mapping[str, Any], allowed: set[str], where: str) -> None:
 
 
 # --------------------------------------------------------------------------- device files
-_DEVICE_KEYS = {"name", "kind", "weights_tier", "source", "notes", "tdp", "static_power", "peak_flops",
-                "energy_per_flop", "tier", "fpga"}
+_DEVICE_KEYS = {
+    "name",
+    "kind",
+    "weights_tier",
+    "source",
+    "notes",
+    "tdp",
+    "static_power",
+    "peak_flops",
+    "energy_per_flop",
+    "tier",
+    "fpga",
+}
 _TIER_KEYS = {"name", "capacity", "bandwidth", "latency", "energy_per_byte", "source"}
 _FPGA_KEYS = {"dsp_count", "clock", "macs_per_dsp_per_cycle", "on_chip_buffer"}
 
@@ -635,10 +667,19 @@ def _load_device(path_text: str, mtime_ns: int = 0, size: int = 0) -> Device:
         energy = r.quantity(raw, f"{key}.energy_per_byte", "energy_per_byte", positive=False)
         mine = r.provenance[start:]
         tier_source = r.text(raw, f"{key}.source", required=False) or "; ".join(
-            f"{f.rsplit('.', 1)[-1]}: {s}" for f, s, _ in mine)
-        tiers.append(MemoryTier(name=tname, capacity_bytes=capacity, bandwidth_Bps=bandwidth, latency_s=latency,
-                                energy_J_per_byte=energy, source=tier_source,
-                                assumption=any(a for _, _, a in mine)))
+            f"{f.rsplit('.', 1)[-1]}: {s}" for f, s, _ in mine
+        )
+        tiers.append(
+            MemoryTier(
+                name=tname,
+                capacity_bytes=capacity,
+                bandwidth_Bps=bandwidth,
+                latency_s=latency,
+                energy_J_per_byte=energy,
+                source=tier_source,
+                assumption=any(a for _, _, a in mine),
+            )
+        )
     names = [t.name for t in tiers]
     if len(set(names)) != len(names):
         raise PresetError(f"{r.where('tier')}: duplicate tier names {names}")
@@ -651,7 +692,7 @@ def _load_device(path_text: str, mtime_ns: int = 0, size: int = 0) -> Device:
     fpga_values: dict[str, Any] = {}
     fpga = r.table(doc, "fpga", required=kind == "fpga")
     if fpga is not None and kind != "fpga":
-        raise PresetError(f"{r.where('fpga')}: an [fpga] table is only valid for kind = \"fpga\"")
+        raise PresetError(f'{r.where("fpga")}: an [fpga] table is only valid for kind = "fpga"')
     peak: dict[str, float] = {}
     energy_flop: dict[str, float] = {}
     if fpga is not None:
@@ -666,8 +707,10 @@ def _load_device(path_text: str, mtime_ns: int = 0, size: int = 0) -> Device:
             "on_chip_buffer_bytes": r.quantity(fpga, "fpga.on_chip_buffer", "bytes"),
         }
         if "peak_flops" in doc:
-            raise PresetError(f"{r.where('peak_flops')}: an FPGA's peak is derived from [fpga] "
-                              "(dsp_count x macs_per_dsp_per_cycle x clock x 2); remove [peak_flops]")
+            raise PresetError(
+                f"{r.where('peak_flops')}: an FPGA's peak is derived from [fpga] "
+                "(dsp_count x macs_per_dsp_per_cycle x clock x 2); remove [peak_flops]"
+            )
         dsp_peak = fpga_values["dsp_count"] * fpga_values["macs_per_dsp_per_cycle"] * fpga_values["clock_Hz"] * 2
         peak = {"fp16": dsp_peak, "bf16": dsp_peak}
     else:
@@ -689,16 +732,36 @@ def _load_device(path_text: str, mtime_ns: int = 0, size: int = 0) -> Device:
         if dtype not in energy_flop:
             raise PresetError(f"{r.where('energy_per_flop.' + dtype)}: missing (peak_flops lists {dtype!r})")
     try:
-        return Device(name=name, kind=kind, peak_flops=peak, tiers=tuple(tiers), weights_tier=weights_tier,
-                      static_power_W=static, energy_J_per_flop=energy_flop, tdp_W=tdp, source=source,
-                      notes=r.text(doc, "notes", required=False), provenance=tuple(r.provenance), **fpga_values)
+        return Device(
+            name=name,
+            kind=kind,
+            peak_flops=peak,
+            tiers=tuple(tiers),
+            weights_tier=weights_tier,
+            static_power_W=static,
+            energy_J_per_flop=energy_flop,
+            tdp_W=tdp,
+            source=source,
+            notes=r.text(doc, "notes", required=False),
+            provenance=tuple(r.provenance),
+            **fpga_values,
+        )
     except ValueError as exc:
         raise PresetError(f"{path}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- link files
-_LINK_KEYS = {"name", "source", "notes", "bandwidth", "latency", "duplex", "energy_per_byte", "efficiency_points",
-              "pageable_efficiency_points"}
+_LINK_KEYS = {
+    "name",
+    "source",
+    "notes",
+    "bandwidth",
+    "latency",
+    "duplex",
+    "energy_per_byte",
+    "efficiency_points",
+    "pageable_efficiency_points",
+}
 
 
 def load_link_file(path: str | Path) -> Link:
@@ -754,8 +817,9 @@ def _load_link(path_text: str, mtime_ns: int = 0, size: int = 0) -> Link:
             if n_bytes <= 0 or rate <= 0:
                 raise PresetError(f"{where}: bytes and achieved must be > 0")
             if rate > bandwidth * (1 + 1e-9):
-                raise PresetError(f"{r.where(f'{key}[{i}].achieved')}: {rate:.4g} B/s exceeds the peak "
-                                  f"bandwidth {bandwidth:.4g} B/s")
+                raise PresetError(
+                    f"{r.where(f'{key}[{i}].achieved')}: {rate:.4g} B/s exceeds the peak bandwidth {bandwidth:.4g} B/s"
+                )
             r.provenance.append((f"{key}[{i}]", str(item.get("source", "assumption")), bool(assumption)))
             parsed.append((n_bytes, rate))
         sizes = [b for b, _ in parsed]
@@ -763,11 +827,18 @@ def _load_link(path_text: str, mtime_ns: int = 0, size: int = 0) -> Link:
             raise PresetError(f"{r.where(key)}: points must be strictly ascending in bytes, got {sizes}")
         points[key] = tuple(parsed)
     try:
-        return Link(name=name, bandwidth_Bps=bandwidth, latency_s=latency, duplex=duplex,
-                    efficiency_points=points["efficiency_points"], energy_J_per_byte=energy,
-                    source=r.text(doc, "source"), notes=r.text(doc, "notes", required=False),
-                    pageable_efficiency_points=points["pageable_efficiency_points"],
-                    provenance=tuple(r.provenance))
+        return Link(
+            name=name,
+            bandwidth_Bps=bandwidth,
+            latency_s=latency,
+            duplex=duplex,
+            efficiency_points=points["efficiency_points"],
+            energy_J_per_byte=energy,
+            source=r.text(doc, "source"),
+            notes=r.text(doc, "notes", required=False),
+            pageable_efficiency_points=points["pageable_efficiency_points"],
+            provenance=tuple(r.provenance),
+        )
     except ValueError as exc:
         raise PresetError(f"{path}: {exc}") from None
 
@@ -820,16 +891,19 @@ def _load_platform(path_text: str, mtime_ns: int = 0, size: int = 0) -> Platform
     count = acc.get("count", 1)
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise PresetError(f"{r.where('accelerator.count')}: expected a positive integer, got {count!r}")
-    device = _resolve(r.text(acc, "accelerator.device"), path.parent, load_device_file, get_device,
-                      r.where("accelerator.device"))
+    device = _resolve(
+        r.text(acc, "accelerator.device"), path.parent, load_device_file, get_device, r.where("accelerator.device")
+    )
     host = host_link = peer_link = None
     host_table = r.table(doc, "host", required=False)
     if host_table is not None:
         _check_keys(host_table, {"device", "link"}, r.where("host"))
-        host = _resolve(r.text(host_table, "host.device"), path.parent, load_device_file, get_device,
-                        r.where("host.device"))
-        host_link = _resolve(r.text(host_table, "host.link"), path.parent, load_link_file, get_link,
-                             r.where("host.link"))
+        host = _resolve(
+            r.text(host_table, "host.device"), path.parent, load_device_file, get_device, r.where("host.device")
+        )
+        host_link = _resolve(
+            r.text(host_table, "host.link"), path.parent, load_link_file, get_link, r.where("host.link")
+        )
     peer = r.table(doc, "peer", required=False)
     if peer is not None:
         _check_keys(peer, {"link"}, r.where("peer"))
@@ -838,9 +912,17 @@ def _load_platform(path_text: str, mtime_ns: int = 0, size: int = 0) -> Platform
         raise PresetError(f"{r.where('peer')}: missing; {count} accelerators need a [peer] link")
     cost = r.quantity(doc, "cost_per_hour", "usd_per_hour", positive=False)
     try:
-        return Platform(name=name, accelerators=(device,) * count, host=host, host_link=host_link,
-                        peer_link=peer_link, cost_per_hour_usd=cost, source=r.text(doc, "source"),
-                        notes=r.text(doc, "notes", required=False), provenance=tuple(r.provenance))
+        return Platform(
+            name=name,
+            accelerators=(device,) * count,
+            host=host,
+            host_link=host_link,
+            peer_link=peer_link,
+            cost_per_hour_usd=cost,
+            source=r.text(doc, "source"),
+            notes=r.text(doc, "notes", required=False),
+            provenance=tuple(r.provenance),
+        )
     except ValueError as exc:
         raise PresetError(f"{path}: {exc}") from None
 

@@ -49,7 +49,9 @@ class OpCost:
     def scalar(self) -> OpCost:
         """The same cost summed over its elements (for an array-valued cost)."""
         return OpCost(
-            compute_s=float(np.sum(self.compute_s)), memory_s=float(np.sum(self.memory_s)),
-            comm_s=float(np.sum(self.comm_s)), energy_J=float(np.sum(self.energy_J)),
+            compute_s=float(np.sum(self.compute_s)),
+            memory_s=float(np.sum(self.memory_s)),
+            comm_s=float(np.sum(self.comm_s)),
+            energy_J=float(np.sum(self.energy_J)),
             source=self.source,
         )

@@ -50,19 +50,34 @@ class ErrorStats:
         if p.size != m.size:
             raise ValueError(f"predicted has {p.size} values, measured {m.size}")
         if p.size == 0:
-            return ErrorStats(n=0, mape=math.nan, median_abs_pct_error=math.nan, max_abs_pct_error=math.nan,
-                              mean_signed_pct_error=math.nan)
+            return ErrorStats(
+                n=0,
+                mape=math.nan,
+                median_abs_pct_error=math.nan,
+                max_abs_pct_error=math.nan,
+                mean_signed_pct_error=math.nan,
+            )
         if np.any(m <= 0):
             raise ValueError("measured times must be > 0")
         signed = 100.0 * (p - m) / m
         err = np.abs(signed)
-        return ErrorStats(n=int(p.size), mape=float(err.mean()), median_abs_pct_error=float(np.median(err)),
-                          max_abs_pct_error=float(err.max()), mean_signed_pct_error=float(signed.mean()))
+        return ErrorStats(
+            n=int(p.size),
+            mape=float(err.mean()),
+            median_abs_pct_error=float(np.median(err)),
+            max_abs_pct_error=float(err.max()),
+            mean_signed_pct_error=float(signed.mean()),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"n": self.n, "mape": self.mape, "median_abs_pct_error": self.median_abs_pct_error,
-                "max_abs_pct_error": self.max_abs_pct_error, "mean_signed_pct_error": self.mean_signed_pct_error}
+        return {
+            "n": self.n,
+            "mape": self.mape,
+            "median_abs_pct_error": self.median_abs_pct_error,
+            "max_abs_pct_error": self.max_abs_pct_error,
+            "mean_signed_pct_error": self.mean_signed_pct_error,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,22 +102,33 @@ class ValidationReport:
 
     def to_dict(self) -> dict[str, Any]:
         """One JSON object: ``mape``, ``max_abs_pct_error``, ``median_abs_pct_error``, ``n``, ``per_op``..."""
-        return {"profile": self.profile, "against": self.against, **self.overall.to_dict(),
-                "per_op": {op: stats.to_dict() for op, stats in self.per_op.items()}, **dict(self.extra)}
+        return {
+            "profile": self.profile,
+            "against": self.against,
+            **self.overall.to_dict(),
+            "per_op": {op: stats.to_dict() for op, stats in self.per_op.items()},
+            **dict(self.extra),
+        }
 
     def format_text(self) -> str:
         """A human-readable table."""
-        lines = [f"profile {self.profile} vs {self.against}",
-                 f"{'op':<24}{'n':>6}{'MAPE %':>10}{'median %':>10}{'max %':>10}{'bias %':>10}"]
+        lines = [
+            f"profile {self.profile} vs {self.against}",
+            f"{'op':<24}{'n':>6}{'MAPE %':>10}{'median %':>10}{'max %':>10}{'bias %':>10}",
+        ]
         rows = [*self.per_op.items(), ("ALL (gemm+ffn+grouped)", self.overall)]
         for op, s in rows:
-            lines.append(f"{op:<24}{s.n:>6}{s.mape:>10.2f}{s.median_abs_pct_error:>10.2f}"
-                         f"{s.max_abs_pct_error:>10.2f}{s.mean_signed_pct_error:>+10.2f}")
+            lines.append(
+                f"{op:<24}{s.n:>6}{s.mape:>10.2f}{s.median_abs_pct_error:>10.2f}"
+                f"{s.max_abs_pct_error:>10.2f}{s.mean_signed_pct_error:>+10.2f}"
+            )
         every = self.extra.get("all_kinds")
         if isinstance(every, dict) and every.get("n", 0) != self.overall.n:
-            lines.append(f"{'all kinds (incl. memory)':<24}{every['n']:>6}{every['mape']:>10.2f}"
-                         f"{every['median_abs_pct_error']:>10.2f}{every['max_abs_pct_error']:>10.2f}"
-                         f"{every['mean_signed_pct_error']:>+10.2f}")
+            lines.append(
+                f"{'all kinds (incl. memory)':<24}{every['n']:>6}{every['mape']:>10.2f}"
+                f"{every['median_abs_pct_error']:>10.2f}{every['max_abs_pct_error']:>10.2f}"
+                f"{every['mean_signed_pct_error']:>+10.2f}"
+            )
         for key, value in self.extra.items():
             if not isinstance(value, dict | list):
                 lines.append(f"{key}: {value}")
@@ -114,8 +140,9 @@ class ValidationReport:
 HEADLINE_KINDS = ("gemm", "ffn", "grouped")
 
 
-def validate_samples(profile: CalibrationProfile, samples: Iterable[Sample], *, against: str,
-                     group_by: str = "kind_op") -> ValidationReport:
+def validate_samples(
+    profile: CalibrationProfile, samples: Iterable[Sample], *, against: str, group_by: str = "kind_op"
+) -> ValidationReport:
     """Predict every sample and compare; ``group_by`` ``"kind_op"`` (``gemm:up``) or ``"kind_op_tag"``.
 
     ``overall`` covers the :data:`HEADLINE_KINDS` samples (all samples when there are none of
@@ -146,24 +173,28 @@ def validate_samples(profile: CalibrationProfile, samples: Iterable[Sample], *, 
     per_op = {key: ErrorStats.of(p, m) for key, (p, m) in sorted(groups.items())}
     all_stats = ErrorStats.of(*every)
     overall = ErrorStats.of(*head) if head[0] else all_stats
-    return ValidationReport(profile=profile.name, against=against, overall=overall, per_op=per_op,
-                            extra={"all_kinds": all_stats.to_dict()})
+    return ValidationReport(
+        profile=profile.name, against=against, overall=overall, per_op=per_op, extra={"all_kinds": all_stats.to_dict()}
+    )
 
 
 def validate_heldout(profile: CalibrationProfile) -> ValidationReport:
     """Errors on the profile's own held-out samples (those not used for fitting)."""
     held = [s for s in profile.samples if s.heldout]
     if not held:
-        raise CalibrationError(f"profile {profile.name!r} has no held-out samples (a shipped profile keeps none); "
-                               "use --against with a measured table")
+        raise CalibrationError(
+            f"profile {profile.name!r} has no held-out samples (a shipped profile keeps none); "
+            "use --against with a measured table"
+        )
     report = validate_samples(profile, held, against=f"held-out samples ({profile.heldout_rule or 'as marked'})")
     fit_set = [s for s in profile.samples if not s.heldout and s.kind == "gemm"]
     extra: dict[str, Any] = dict(report.extra)
     if fit_set:
         fit_report = validate_samples(profile, fit_set, against="fit")
         extra["fit_gemm_median_abs_pct_error"] = fit_report.overall.median_abs_pct_error
-    return ValidationReport(profile=report.profile, against=report.against, overall=report.overall,
-                            per_op=report.per_op, extra=extra)
+    return ValidationReport(
+        profile=report.profile, against=report.against, overall=report.overall, per_op=report.per_op, extra=extra
+    )
 
 
 def load_against(path: str | Path, *, device: str | None = None) -> list[Sample]:
@@ -199,8 +230,10 @@ def device_mismatch(profile: CalibrationProfile, table_device: str) -> str | Non
     mine, theirs = profile.device_name.strip().lower(), table_device.strip().lower()
     if not mine or not theirs or mine in theirs or theirs in mine:
         return None
-    return (f"profile {profile.name!r} was calibrated on {profile.device_name!r} but the table was measured on "
-            f"{table_device!r}: the errors compare different devices, not the profile's accuracy")
+    return (
+        f"profile {profile.name!r} was calibrated on {profile.device_name!r} but the table was measured on "
+        f"{table_device!r}: the errors compare different devices, not the profile's accuracy"
+    )
 
 
 def quality_warnings(profile: CalibrationProfile) -> list[str]:
@@ -210,7 +243,8 @@ def quality_warnings(profile: CalibrationProfile) -> list[str]:
         return []
     problems = profile.quality.get("problems") or []
     return [f"profile {profile.name!r} fit is {status}: {problem}" for problem in problems] or [
-        f"profile {profile.name!r} fit is {status}"]
+        f"profile {profile.name!r} fit is {status}"
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,8 +267,9 @@ class LayerRouting:
         return np.bincount(ids, minlength=self.n_experts).astype(np.int64)
 
 
-def read_trace_routing(path: str | Path, *, layers: Sequence[int] | None = None,
-                       max_tokens: int | None = None) -> list[LayerRouting]:
+def read_trace_routing(
+    path: str | Path, *, layers: Sequence[int] | None = None, max_tokens: int | None = None
+) -> list[LayerRouting]:
     """Per-layer routing from a real trace: Mixtral JSONL (file or folder) or DeepSeek CSV folder.
 
     Mixtral (``*_routing.jsonl``): tokens are (problem, token_idx) pairs in file order, weights are
@@ -271,10 +306,13 @@ def read_trace_routing(path: str | Path, *, layers: Sequence[int] | None = None,
         experts = np.full((len(rows), k), -1, dtype=np.int64)
         weights = np.zeros((len(rows), k), dtype=np.float32)
         for i, (ids, ws) in enumerate(rows):
-            experts[i, :len(ids)] = ids
-            weights[i, :len(ws)] = ws
-        out.append(LayerRouting(experts=experts, weights=weights, n_experts=n_experts,
-                                source=f"{p} layer {layer} ({len(rows)} tokens)"))
+            experts[i, : len(ids)] = ids
+            weights[i, : len(ws)] = ws
+        out.append(
+            LayerRouting(
+                experts=experts, weights=weights, n_experts=n_experts, source=f"{p} layer {layer} ({len(rows)} tokens)"
+            )
+        )
     return out
 
 
@@ -334,8 +372,9 @@ class LayerResult:
         return 100.0 * (self.predicted_s - self.measured_s) / self.measured_s
 
 
-def predict_moe_layer_s(profile: CalibrationProfile, tokens_per_expert: npt.ArrayLike, *, d_model: int,
-                        d_ff: int) -> tuple[float, float]:
+def predict_moe_layer_s(
+    profile: CalibrationProfile, tokens_per_expert: npt.ArrayLike, *, d_model: int, d_ff: int
+) -> tuple[float, float]:
     """Profile prediction of one MoE layer: ``(total_s, gemm_only_s)``.
 
     Sum over experts with tokens of the gated FFN (3 GEMMs + ``silu * mul``), plus three
@@ -353,15 +392,24 @@ def predict_moe_layer_s(profile: CalibrationProfile, tokens_per_expert: npt.Arra
     # activation-sized elementwise kernels: the "act" fit, measured over the same sizes (tens of KB
     # up), not the "stream" fit of large copies, whose per-call t0 is not identified at small sizes
     md = tpe * d_model * b
-    gather = profile.predict_memory_s(2.0 * md, "act")        # index_select: read and write m x d
-    weigh = profile.predict_memory_s(2.0 * md, "act")         # y * gate weight: read and write m x d
-    scatter = profile.predict_memory_s(3.0 * md, "act")       # index_add_: read y, read+write m output rows
+    gather = profile.predict_memory_s(2.0 * md, "act")  # index_select: read and write m x d
+    weigh = profile.predict_memory_s(2.0 * md, "act")  # y * gate weight: read and write m x d
+    scatter = profile.predict_memory_s(3.0 * md, "act")  # index_add_: read y, read+write m output rows
     return ffn + float(np.sum(gather) + np.sum(weigh) + np.sum(scatter)), gemm
 
 
-def validate_moe_layer(profile: CalibrationProfile, routings: Sequence[LayerRouting], *, d_model: int = 1024,
-                       d_ff: int = 3584, repeats: int = 5, warmup: int = 1, threads: int | None = None,
-                       seed: int = 0, clock: str | None = None) -> tuple[ErrorStats, list[LayerResult]]:
+def validate_moe_layer(
+    profile: CalibrationProfile,
+    routings: Sequence[LayerRouting],
+    *,
+    d_model: int = 1024,
+    d_ff: int = 3584,
+    repeats: int = 5,
+    warmup: int = 1,
+    threads: int | None = None,
+    seed: int = 0,
+    clock: str | None = None,
+) -> tuple[ErrorStats, list[LayerResult]]:
     """Time a real torch MoE layer per routing on the CPU and compare with the profile's prediction.
 
     The default shape keeps Mixtral-8x7B's ratio d_ff / d_model = 14336 / 4096 = 3.5 at a quarter
@@ -375,13 +423,16 @@ def validate_moe_layer(profile: CalibrationProfile, routings: Sequence[LayerRout
     :class:`hwmodels.calibrate_run.CpuTimer`.
     """
     if profile.device_kind != "cpu":
-        raise CalibrationError(f"profile {profile.name!r} is a {profile.device_kind} profile; the whole-layer "
-                               "validation runs on this CPU and needs a CPU profile")
+        raise CalibrationError(
+            f"profile {profile.name!r} is a {profile.device_kind} profile; the whole-layer "
+            "validation runs on this CPU and needs a CPU profile"
+        )
     if not routings:
         raise CalibrationError("validate_moe_layer: no layer routings given")
     if repeats < 1 or warmup < 0:
-        raise CalibrationError(f"validate_moe_layer: repeats (--repeats) must be >= 1 and warmup >= 0, got "
-                               f"{repeats}, {warmup}")
+        raise CalibrationError(
+            f"validate_moe_layer: repeats (--repeats) must be >= 1 and warmup >= 0, got {repeats}, {warmup}"
+        )
     from hwmodels.calibrate_run import CpuTimer, import_torch  # torch-using sibling, imported on use
 
     torch = import_torch()
@@ -445,8 +496,15 @@ def validate_moe_layer(profile: CalibrationProfile, routings: Sequence[LayerRout
             measured = robust_median(ts)[0]
             tpe = routing.tokens_per_expert()
             pred, pred_gemm = predict_moe_layer_s(profile, tpe, d_model=d_model, d_ff=d_ff)
-            results.append(LayerResult(source=routing.source, measured_s=measured, predicted_s=pred,
-                                       predicted_gemm_s=pred_gemm, tokens_per_expert=tuple(int(t) for t in tpe)))
+            results.append(
+                LayerResult(
+                    source=routing.source,
+                    measured_s=measured,
+                    predicted_s=pred,
+                    predicted_gemm_s=pred_gemm,
+                    tokens_per_expert=tuple(int(t) for t in tpe),
+                )
+            )
             log.info("layer %s: measured %.3f ms, predicted %.3f ms", routing.source, measured * 1e3, pred * 1e3)
     finally:
         torch.set_num_threads(old_threads)

@@ -46,7 +46,7 @@ VIDUR_PEAKS: dict[str, Peaks] = {
     "a100": Peaks(
         flops=312e12,
         flops_source="A100-80GB SXM4 dense BF16/FP16 tensor 312 TFLOP/s [S] glennklockwood A100 page "
-                     "(reference/hardware-and-papers.md 1.1)",
+        "(reference/hardware-and-papers.md 1.1)",
         memory_Bps=2039e9,
         memory_source="A100 SXM 80GB HBM2e 2,039 GB/s [S] thundercompute A100 table (1.1)",
         link_Bps=32e9,
@@ -62,13 +62,22 @@ VIDUR_PEAKS: dict[str, Peaks] = {
     ),
 }
 
-HELDOUT_RULE = ("held out: every row with TP degree 4, and every 5th distinct num_tokens (sorted, "
-                "starting with the 3rd) of the other TP degrees")
+HELDOUT_RULE = (
+    "held out: every row with TP degree 4, and every 5th distinct num_tokens (sorted, "
+    "starting with the 3rd) of the other TP degrees"
+)
 
 _GEMM_OPS = {"qkv": "attn_pre_proj", "o": "attn_post_proj", "up": "mlp_up_proj", "down": "mlp_down_proj"}
 _MEM_OPS = {"mlp_act": "mlp_act", "add": "add"}
-_SHAPE_KEYS = ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "use_gated_mlp", "num_tokens",
-               "num_tensor_parallel_workers")
+_SHAPE_KEYS = (
+    "n_head",
+    "n_kv_head",
+    "n_embd",
+    "n_expanded_embd",
+    "use_gated_mlp",
+    "num_tokens",
+    "num_tensor_parallel_workers",
+)
 DTYPE_BYTES = 2.0
 
 
@@ -137,13 +146,20 @@ def read_vidur_table(path: str | Path) -> list[VidurRow]:
             gated_raw = (row.get("use_gated_mlp") or "").strip().lower()
             if gated_raw not in ("true", "false", "1", "0"):
                 raise CalibrationError(f"{where}: field 'use_gated_mlp' must be True or False, got {gated_raw!r}")
-            rows.append(VidurRow(
-                file=str(p), line=line, n_head=_int_field(row, "n_head", where),
-                n_kv_head=_int_field(row, "n_kv_head", where), n_embd=_int_field(row, "n_embd", where),
-                n_expanded_embd=_int_field(row, "n_expanded_embd", where), gated=gated_raw in ("true", "1"),
-                num_tokens=_int_field(row, "num_tokens", where),
-                tp=_int_field(row, "num_tensor_parallel_workers", where), times_s=times,
-            ))
+            rows.append(
+                VidurRow(
+                    file=str(p),
+                    line=line,
+                    n_head=_int_field(row, "n_head", where),
+                    n_kv_head=_int_field(row, "n_kv_head", where),
+                    n_embd=_int_field(row, "n_embd", where),
+                    n_expanded_embd=_int_field(row, "n_expanded_embd", where),
+                    gated=gated_raw in ("true", "1"),
+                    num_tokens=_int_field(row, "num_tokens", where),
+                    tp=_int_field(row, "num_tensor_parallel_workers", where),
+                    times_s=times,
+                )
+            )
     if not rows:
         raise CalibrationError(f"{p}: Vidur table has no data rows")
     return rows
@@ -168,11 +184,21 @@ def row_samples(row: VidurRow) -> Iterator[Sample]:
         yield Sample(kind="gemm", op=op, shape={"m": m, "k": k, "n": n}, time_s=row.times_s[op], tag=tag)
     if "mlp_act" in row.times_s:
         elems = (3 if row.gated else 2) * row.num_tokens * f // t
-        yield Sample(kind="memory", op="act", shape={"n_bytes": int(elems * DTYPE_BYTES)},
-                     time_s=row.times_s["mlp_act"], tag=f"{tag} mlp_act")
+        yield Sample(
+            kind="memory",
+            op="act",
+            shape={"n_bytes": int(elems * DTYPE_BYTES)},
+            time_s=row.times_s["mlp_act"],
+            tag=f"{tag} mlp_act",
+        )
     if "add" in row.times_s:
-        yield Sample(kind="memory", op="stream", shape={"n_bytes": int(3 * row.num_tokens * e * DTYPE_BYTES)},
-                     time_s=row.times_s["add"], tag=f"{tag} add")
+        yield Sample(
+            kind="memory",
+            op="stream",
+            shape={"n_bytes": int(3 * row.num_tokens * e * DTYPE_BYTES)},
+            time_s=row.times_s["add"],
+            tag=f"{tag} add",
+        )
 
 
 def table_samples(rows: list[VidurRow], *, split: bool = True) -> list[Sample]:
@@ -183,8 +209,16 @@ def table_samples(rows: list[VidurRow], *, split: bool = True) -> list[Sample]:
     for row in rows:
         held = split and (row.tp == 4 or row.num_tokens in held_tokens)
         for sample in row_samples(row):
-            out.append(Sample(kind=sample.kind, op=sample.op, shape=sample.shape, time_s=sample.time_s,
-                              heldout=held, tag=sample.tag))
+            out.append(
+                Sample(
+                    kind=sample.kind,
+                    op=sample.op,
+                    shape=sample.shape,
+                    time_s=sample.time_s,
+                    heldout=held,
+                    tag=sample.tag,
+                )
+            )
     return out
 
 
@@ -216,8 +250,9 @@ def find_tables(path: str | Path, device: str | None = None) -> tuple[str, list[
     return device.lower(), sorted((root / device.lower()).glob("*.csv"))
 
 
-def import_vidur(path: str | Path, *, device: str | None = None, name: str | None = None,
-                 peaks: Peaks | None = None) -> CalibrationProfile:
+def import_vidur(
+    path: str | Path, *, device: str | None = None, name: str | None = None, peaks: Peaks | None = None
+) -> CalibrationProfile:
     """Build a fitted GPU profile from Vidur tables (see :func:`find_tables` for ``path``).
 
     The device name of the data (``"a100"``, ``"h100"``) is kept as ``device_name``; reference
@@ -226,20 +261,29 @@ def import_vidur(path: str | Path, *, device: str | None = None, name: str | Non
     device_name, files = find_tables(path, device)
     if peaks is None:
         if device_name not in VIDUR_PEAKS:
-            raise CalibrationError(f"no reference peaks known for device {device_name!r} (known: "
-                                   f"{sorted(VIDUR_PEAKS)}); pass peaks explicitly")
+            raise CalibrationError(
+                f"no reference peaks known for device {device_name!r} (known: "
+                f"{sorted(VIDUR_PEAKS)}); pass peaks explicitly"
+            )
         peaks = VIDUR_PEAKS[device_name]
     samples: list[Sample] = []
     for file in files:
         samples.extend(table_samples(read_vidur_table(file)))
     log.info("vidur import: %d samples from %d file(s) for %s", len(samples), len(files), device_name)
     return fit_profile(
-        name=name or f"vidur-{device_name}", device_name=device_name, device_kind="gpu", dtype="fp16",
-        dtype_bytes=DTYPE_BYTES, peaks=peaks, samples=samples,
+        name=name or f"vidur-{device_name}",
+        device_name=device_name,
+        device_kind="gpu",
+        dtype="fp16",
+        dtype_bytes=DTYPE_BYTES,
+        peaks=peaks,
+        samples=samples,
         fingerprint={"device": device_name, "tables": [f.name for f in files], "measured_by": "Vidur (CUDA events)"},
-        source=("fitted by moe-codesign (codesign calibrate import-vidur; soft-L1 in log space) to Vidur's measured "
-                "profiling tables [P measurement] (github.com/microsoft/vidur 7d47513 data/profiling, MIT): "
-                + ", ".join(f"{f.parent.name}/{f.name}" for f in files)),
+        source=(
+            "fitted by moe-codesign (codesign calibrate import-vidur; soft-L1 in log space) to Vidur's measured "
+            "profiling tables [P measurement] (github.com/microsoft/vidur 7d47513 data/profiling, MIT): "
+            + ", ".join(f"{f.parent.name}/{f.name}" for f in files)
+        ),
         heldout_rule=HELDOUT_RULE,
     )
 
@@ -253,8 +297,12 @@ def against_samples(path: str | Path, device: str | None = None) -> list[Sample]
     return out
 
 
-def link_efficiency_points(path: str | Path, *, collective: str = "send_recv", num_workers: int = 2,
-                           ) -> tuple[tuple[float, float], ...]:
+def link_efficiency_points(
+    path: str | Path,
+    *,
+    collective: str = "send_recv",
+    num_workers: int = 2,
+) -> tuple[tuple[float, float], ...]:
     """(bytes, achieved bytes/s) pairs from a Vidur network CSV (NCCL, times in ms), sorted by size.
 
     Uses the rows of ``collective`` with ``num_workers`` ranks inside one node; the median time per

@@ -27,6 +27,18 @@ from workloads.process import ProcessFormatError, RoutingProcess  # noqa: E402
 from workloads.requests import LengthDist, ProcessRouting, Request, RequestStream, RoutingSource, TraceReplay  # noqa: E402
 from workloads.stats import trace_stats  # noqa: E402
 
-__all__ += ["FidelityReport", "LengthDist", "ProcessFormatError", "ProcessRouting", "Request", "RequestStream",
-            "RoutingProcess", "RoutingSource", "TraceReplay", "compare", "default_process", "holdout_evaluation",
-            "trace_stats"]
+__all__ += [
+    "FidelityReport",
+    "LengthDist",
+    "ProcessFormatError",
+    "ProcessRouting",
+    "Request",
+    "RequestStream",
+    "RoutingProcess",
+    "RoutingSource",
+    "TraceReplay",
+    "compare",
+    "default_process",
+    "holdout_evaluation",
+    "trace_stats",
+]

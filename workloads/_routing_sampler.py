@@ -84,8 +84,15 @@ class LayerModel:
         return int(self.log_base.size)
 
     @classmethod
-    def build(cls, log_base: npt.ArrayLike, log_r: npt.ArrayLike | None, copy_dist: npt.ArrayLike,
-              k: int, *, co_log: npt.ArrayLike | None = None) -> LayerModel:
+    def build(
+        cls,
+        log_base: npt.ArrayLike,
+        log_r: npt.ArrayLike | None,
+        copy_dist: npt.ArrayLike,
+        k: int,
+        *,
+        co_log: npt.ArrayLike | None = None,
+    ) -> LayerModel:
         """``co_log[E, E]`` (first layer only, where ``log_r`` is None): log-weight added to every
         expert for each expert already picked by the token at this layer (within-layer coherence)."""
         lb = np.asarray(log_base, dtype=np.float32)
@@ -126,11 +133,29 @@ class LayerModel:
             cum /= cum[:, -1:]
             acc_flat, alias_flat = None, None
             cdf_rows = (cum + np.arange(prob.shape[0])[:, None]).ravel()
-            return cls(k=k, log_base=lb, log_r=lr, copy_cdf=cdf, co_log=co, lut=lut.astype(np.int32),
-                       w_flat=w.astype(np.float32).ravel(), cdf_rows=cdf_rows, outcomes=outcomes.T.astype(np.int16))
-        return cls(k=k, log_base=lb, log_r=lr, copy_cdf=cdf, co_log=co, lut=lut.astype(np.int32),
-                   w_flat=w.astype(np.float32).ravel(), acc_flat=acc_flat,
-                   alias_flat=alias_flat, outcomes=outcomes.T.astype(np.int16))
+            return cls(
+                k=k,
+                log_base=lb,
+                log_r=lr,
+                copy_cdf=cdf,
+                co_log=co,
+                lut=lut.astype(np.int32),
+                w_flat=w.astype(np.float32).ravel(),
+                cdf_rows=cdf_rows,
+                outcomes=outcomes.T.astype(np.int16),
+            )
+        return cls(
+            k=k,
+            log_base=lb,
+            log_r=lr,
+            copy_cdf=cdf,
+            co_log=co,
+            lut=lut.astype(np.int32),
+            w_flat=w.astype(np.float32).ravel(),
+            acc_flat=acc_flat,
+            alias_flat=alias_flat,
+            outcomes=outcomes.T.astype(np.int16),
+        )
 
 
 def sample_layer(model: LayerModel, prev: I16 | None, rng: np.random.Generator, tokens: Tokens) -> I16:
@@ -184,8 +209,7 @@ def alias_tables(prob: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float32]
     return accept.astype(np.float32), alias
 
 
-def _table_fresh(model: LayerModel, prev: I16 | None, rng: np.random.Generator,
-                 n: int) -> tuple[I16, WeightAt]:
+def _table_fresh(model: LayerModel, prev: I16 | None, rng: np.random.Generator, n: int) -> tuple[I16, WeightAt]:
     """Ranked draws ``[k, n]`` from the layer's alias tables over ordered outcomes (k <= 2).
 
     One float32 uniform per token: its integer part (times the outcome count) picks an alias
@@ -230,8 +254,9 @@ def _table_fresh(model: LayerModel, prev: I16 | None, rng: np.random.Generator,
     return fresh, weight_at
 
 
-def _wide_fresh(prev: I16 | None, log_base: F32, log_r: F32 | None, k: int, rng: np.random.Generator,
-                n: int) -> tuple[I16, WeightAt]:
+def _wide_fresh(
+    prev: I16 | None, log_base: F32, log_r: F32 | None, k: int, rng: np.random.Generator, n: int
+) -> tuple[I16, WeightAt]:
     """Gumbel-top-k in exponential form: the k smallest ``Exp(1) / w`` per token, found by sorting
     the keys with the expert index packed into their low mantissa bits (positive float32 keys sort
     like their int32 bit patterns; ``ceil(log2 E)`` bits of precision are given up)."""
@@ -272,8 +297,7 @@ def _wide_fresh(prev: I16 | None, log_base: F32, log_r: F32 | None, k: int, rng:
     return fresh, weight_at
 
 
-def _coherent_first(log_base: F32, co_log: F32, k: int, rng: np.random.Generator,
-                    n: int) -> tuple[I16, WeightAt]:
+def _coherent_first(log_base: F32, co_log: F32, k: int, rng: np.random.Generator, n: int) -> tuple[I16, WeightAt]:
     """First-layer draws with within-layer coherence: k sequential Gumbel-argmax picks, each pick
     adding its ``co_log`` row to the remaining experts' log-weights (the Gumbel noise of an expert
     is drawn once, so this approximates sequential Plackett-Luce; calibration absorbs the bias)."""
@@ -306,8 +330,9 @@ def _coherent_first(log_base: F32, co_log: F32, k: int, rng: np.random.Generator
 
 
 # ------------------------------------------------------------------ temporal reuse
-def apply_copies(fresh: I16, weight_at: WeightAt, m: npt.NDArray[np.intp], idx: npt.NDArray[np.intp],
-                 rng: np.random.Generator) -> I16:
+def apply_copies(
+    fresh: I16, weight_at: WeightAt, m: npt.NDArray[np.intp], idx: npt.NDArray[np.intp], rng: np.random.Generator
+) -> I16:
     """Final experts ``[k, n]`` of one layer from the ranked fresh draws ``fresh [k, n]``.
 
     Tokens with ``m == k`` copy the previous token's whole set (a forward fill of "copy from"
@@ -363,8 +388,9 @@ def apply_copies(fresh: I16, weight_at: WeightAt, m: npt.NDArray[np.intp], idx: 
     return vals[:, src]
 
 
-def _apply_copies_k2(fresh: I16, weight_at: WeightAt, part: npt.NDArray[np.intp], src: npt.NDArray[np.intp],
-                     rng: np.random.Generator) -> I16:
+def _apply_copies_k2(
+    fresh: I16, weight_at: WeightAt, part: npt.NDArray[np.intp], src: npt.NDArray[np.intp], rng: np.random.Generator
+) -> I16:
     """`apply_copies` for k = 2 (every partial token copies one expert), with lean array ops."""
     n = fresh.shape[1]
     v0, v1 = fresh[0].copy(), fresh[1].copy()
@@ -399,8 +425,7 @@ def _apply_copies_k2(fresh: I16, weight_at: WeightAt, part: npt.NDArray[np.intp]
     return out
 
 
-def log_factor(pmi: npt.NDArray[np.float64], beta: float, pop_prev: npt.NDArray[np.float64],
-               clip: float = 20.0) -> F32:
+def log_factor(pmi: npt.NDArray[np.float64], beta: float, pop_prev: npt.NDArray[np.float64], clip: float = 20.0) -> F32:
     """``[E_prev, E_next]`` log of ``exp(beta * PMI)``, each next-expert column scaled so that its
     mean under the previous layer's popularity is 1 (the factor reshapes the conditionals without
     moving the marginal much, which keeps ``bias`` and ``beta`` nearly decoupled)."""

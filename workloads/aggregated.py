@@ -84,12 +84,17 @@ class AggregatedRoutingStats:
             raise ValueError(f"AggregatedRoutingStats: top_k must be in [1, {self.n_experts}], got {self.top_k!r}")
         n = self.n_experts
         object.__setattr__(self, "load", {int(k): _freeze(v, (n,), f"load[{k}]") for k, v in self.load.items()})
-        object.__setattr__(self, "load_top1",
-                           {int(k): _freeze(v, (n,), f"load_top1[{k}]") for k, v in self.load_top1.items()})
-        object.__setattr__(self, "pairs", {(int(a), int(b)): _freeze(v, (n, n), f"pairs[{a},{b}]")
-                                           for (a, b), v in self.pairs.items()})
-        object.__setattr__(self, "pairs_top1", {(int(a), int(b)): _freeze(v, (n, n), f"pairs_top1[{a},{b}]")
-                                                for (a, b), v in self.pairs_top1.items()})
+        object.__setattr__(
+            self, "load_top1", {int(k): _freeze(v, (n,), f"load_top1[{k}]") for k, v in self.load_top1.items()}
+        )
+        object.__setattr__(
+            self, "pairs", {(int(a), int(b)): _freeze(v, (n, n), f"pairs[{a},{b}]") for (a, b), v in self.pairs.items()}
+        )
+        object.__setattr__(
+            self,
+            "pairs_top1",
+            {(int(a), int(b)): _freeze(v, (n, n), f"pairs_top1[{a},{b}]") for (a, b), v in self.pairs_top1.items()},
+        )
         object.__setattr__(self, "domains", tuple(self.domains))
 
     # ---------------------------------------------------------------- access
@@ -107,16 +112,18 @@ class AggregatedRoutingStats:
         table = self.load_top1 if top1 else self.load
         if layer not in table:
             kind = "load_top1" if top1 else "load"
-            raise KeyError(f"{self.model}/{self.domain}: no {kind} counts for layer {layer}; "
-                           f"available: {sorted(table)}")
+            raise KeyError(
+                f"{self.model}/{self.domain}: no {kind} counts for layer {layer}; available: {sorted(table)}"
+            )
         return table[layer]
 
     def _pairs(self, la: int, lb: int, top1: bool) -> IntArray:
         table = self.pairs_top1 if top1 else self.pairs
         if (la, lb) not in table:
             kind = "pairs_top1" if top1 else "pairs"
-            raise KeyError(f"{self.model}/{self.domain}: no {kind} counts for layers ({la}, {lb}); "
-                           f"available: {sorted(table)}")
+            raise KeyError(
+                f"{self.model}/{self.domain}: no {kind} counts for layers ({la}, {lb}); available: {sorted(table)}"
+            )
         return table[(la, lb)]
 
     def tokens(self, layer: int) -> int:
@@ -158,10 +165,16 @@ class AggregatedRoutingStats:
     def to_json_dict(self) -> dict[str, Any]:
         """A JSON-able dict in the version-1 format (see module docstring)."""
         return {
-            "format": FORMAT_NAME, "version": FORMAT_VERSION,
-            "model": self.model, "n_experts": self.n_experts, "top_k": self.top_k,
-            "domain": self.domain, "domains": list(self.domains), "source_model": self.source_model,
-            "source": self.source, "licence": self.licence,
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "model": self.model,
+            "n_experts": self.n_experts,
+            "top_k": self.top_k,
+            "domain": self.domain,
+            "domains": list(self.domains),
+            "source_model": self.source_model,
+            "source": self.source,
+            "licence": self.licence,
             "load": {str(k): v.tolist() for k, v in sorted(self.load.items())},
             "load_top1": {str(k): v.tolist() for k, v in sorted(self.load_top1.items())},
             "pairs": {f"{a},{b}": v.tolist() for (a, b), v in sorted(self.pairs.items())},
@@ -197,9 +210,13 @@ class AggregatedRoutingStats:
 
         try:
             return cls(
-                model=str(d["model"]), n_experts=int(d["n_experts"]), top_k=int(d["top_k"]),
-                domain=str(d["domain"]), domains=tuple(str(x) for x in d.get("domains", [])),
-                source_model=str(d.get("source_model", "")), source=str(d.get("source", "")),
+                model=str(d["model"]),
+                n_experts=int(d["n_experts"]),
+                top_k=int(d["top_k"]),
+                domain=str(d["domain"]),
+                domains=tuple(str(x) for x in d.get("domains", [])),
+                source_model=str(d.get("source_model", "")),
+                source=str(d.get("source", "")),
                 licence=str(d.get("licence", "")),
                 load={layer_key(k, "load"): v for k, v in d["load"].items()},
                 load_top1={layer_key(k, "load_top1"): v for k, v in d.get("load_top1", {}).items()},
@@ -241,16 +258,27 @@ class AggregatedRoutingStats:
 
     def equals(self, other: AggregatedRoutingStats) -> bool:
         """Exact equality of every field and array (used by round-trip tests)."""
+
         def same(a: Mapping[Any, IntArray], b: Mapping[Any, IntArray]) -> bool:
             return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
-        return (self.model == other.model and self.n_experts == other.n_experts and self.top_k == other.top_k
-                and self.domain == other.domain and self.domains == other.domains
-                and self.source_model == other.source_model and self.source == other.source
-                and self.licence == other.licence and same(self.load, other.load)
-                and same(self.load_top1, other.load_top1) and same(self.pairs, other.pairs)
-                and same(self.pairs_top1, other.pairs_top1))
+        return (
+            self.model == other.model
+            and self.n_experts == other.n_experts
+            and self.top_k == other.top_k
+            and self.domain == other.domain
+            and self.domains == other.domains
+            and self.source_model == other.source_model
+            and self.source == other.source
+            and self.licence == other.licence
+            and same(self.load, other.load)
+            and same(self.load_top1, other.load_top1)
+            and same(self.pairs, other.pairs)
+            and same(self.pairs_top1, other.pairs_top1)
+        )
 
     def __repr__(self) -> str:
-        return (f"AggregatedRoutingStats(model={self.model!r}, domain={self.domain!r}, n_experts={self.n_experts}, "
-                f"top_k={self.top_k}, layers={self.layers}, pairs={self.layer_pairs})")
+        return (
+            f"AggregatedRoutingStats(model={self.model!r}, domain={self.domain!r}, n_experts={self.n_experts}, "
+            f"top_k={self.top_k}, layers={self.layers}, pairs={self.layer_pairs})"
+        )

@@ -42,8 +42,10 @@ def load_default_data() -> dict[str, Any]:
     try:
         text = (resources.files("workloads") / "data" / DATA_NAME).read_text(encoding="utf-8")
     except (FileNotFoundError, ModuleNotFoundError) as exc:
-        raise ProcessFormatError(f"embedded default workload workloads/data/{DATA_NAME} is missing "
-                                 f"(regenerate it with studies/default_workload/build.py): {exc}") from exc
+        raise ProcessFormatError(
+            f"embedded default workload workloads/data/{DATA_NAME} is missing "
+            f"(regenerate it with studies/default_workload/build.py): {exc}"
+        ) from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -76,25 +78,31 @@ def default_process(model: str = "mixtral-8x7b", *, seed: int = 0) -> RoutingPro
         return RoutingProcess.from_dict(procs[model], where=f"{DATA_NAME}:{model}")
     spec = get_model(model)
     shapes = {name: (int(p["n_experts"]), int(p["top_k"])) for name, p in procs.items()}
-    nearest = min(sorted(shapes), key=lambda n: abs(math.log(spec.n_experts / shapes[n][0]))
-                  + abs(math.log(spec.top_k / shapes[n][1])))
+    nearest = min(
+        sorted(shapes),
+        key=lambda n: abs(math.log(spec.n_experts / shapes[n][0])) + abs(math.log(spec.top_k / shapes[n][1])),
+    )
     proc = RoutingProcess.from_dict(procs[nearest], where=f"{DATA_NAME}:{nearest}")
     # enough calibration tokens to estimate E x E pair statistics (sparse for many experts, top-1)
     n_cal = int(np.clip(2 * spec.n_experts**2 // spec.top_k, 4096, 16384))
     if (proc.n_experts, proc.top_k) != (spec.n_experts, spec.top_k):
-        proc = proc.retarget(spec.n_experts, spec.top_k, calibration_iterations=6, calibration_tokens=n_cal,
-                             seed=seed)
+        proc = proc.retarget(spec.n_experts, spec.top_k, calibration_iterations=6, calibration_tokens=n_cal, seed=seed)
     if proc.n_moe_layers != spec.n_moe_layers:
         proc = proc.relayer(spec.n_moe_layers, calibration_iterations=5, calibration_tokens=n_cal, seed=seed)
     meta = dict(proc.meta)
     meta["model"] = model
-    meta["derived_from"] = {"model": nearest, "n_experts": shapes[nearest][0], "top_k": shapes[nearest][1],
-                            "how": "retarget(n_experts, top_k) and relayer(n_moe_layers) of the embedded process"}
+    meta["derived_from"] = {
+        "model": nearest,
+        "n_experts": shapes[nearest][0],
+        "top_k": shapes[nearest][1],
+        "how": "retarget(n_experts, top_k) and relayer(n_moe_layers) of the embedded process",
+    }
     return dataclasses.replace(proc, meta=meta)
 
 
-def process_from_counts(counts: AggregatedRoutingStats, base: RoutingProcess, *, n_layers: int,
-                        seed: int = 0, model: str | None = None) -> RoutingProcess:
+def process_from_counts(
+    counts: AggregatedRoutingStats, base: RoutingProcess, *, n_layers: int, seed: int = 0, model: str | None = None
+) -> RoutingProcess:
     """A process for a model known only by aggregated counts (e.g. OLMoE's published counts).
 
     Popularity comes from ``counts.load`` (add-one smoothed; a layer without counts takes the
@@ -126,25 +134,42 @@ def process_from_counts(counts: AggregatedRoutingStats, base: RoutingProcess, *,
     perm = np.empty((n_layers, n_e), dtype=np.int64)  # counted expert o plays shaped expert perm[l, o]
     for layer in range(n_layers):
         perm[layer, np.argsort(-pop[layer], kind="stable")] = np.argsort(-shaped.popularity[layer], kind="stable")
-    aff = np.stack([shaped.affinity[t][np.ix_(perm[t], perm[t + 1])] for t in range(n_layers - 1)]) \
-        if n_layers > 1 else np.zeros((0, n_e, n_e))
+    aff = (
+        np.stack([shaped.affinity[t][np.ix_(perm[t], perm[t + 1])] for t in range(n_layers - 1)])
+        if n_layers > 1
+        else np.zeros((0, n_e, n_e))
+    )
     base_name = base.meta.get("model")
     meta = {
-        "model": model or counts.model, "source": counts.source, "licence": counts.licence,
+        "model": model or counts.model,
+        "source": counts.source,
+        "licence": counts.licence,
         "composed_from": {
             "popularity": f"aggregated expert counts of {counts.model} ({counts.domain}), measured at layers "
-                          f"{measured}; layer l uses the nearest measured layer {src}",
+            f"{measured}; layer l uses the nearest measured layer {src}",
             "affinity_reuse_overlap": f"{base_name} fitted process (with its first-layer co-activation) retargeted "
-                                      f"to {n_e} experts top-{k}, {how}, experts matched by popularity rank "
-                                      "(assumption: the counts have no per-token data)",
+            f"to {n_e} experts top-{k}, {how}, experts matched by popularity rank "
+            "(assumption: the counts have no per-token data)",
         },
     }
     co = np.asarray(shaped.coact0)[np.ix_(perm[0], perm[0])]
-    proc = RoutingProcess(popularity=pop, affinity=aff, bias=np.zeros_like(pop), beta=shaped.beta,
-                          reuse_rate=shaped.reuse_rate, overlap=shaped.overlap, copy_scale=shaped.copy_scale,
-                          mi_target=shaped.mi_target, top_k=k, phase=shaped.phase,
-                          tokens_per_request=shaped.tokens_per_request, meta=meta,
-                          coact0=co, gamma0=shaped.gamma0, co_mi_target0=shaped.co_mi_target0)
+    proc = RoutingProcess(
+        popularity=pop,
+        affinity=aff,
+        bias=np.zeros_like(pop),
+        beta=shaped.beta,
+        reuse_rate=shaped.reuse_rate,
+        overlap=shaped.overlap,
+        copy_scale=shaped.copy_scale,
+        mi_target=shaped.mi_target,
+        top_k=k,
+        phase=shaped.phase,
+        tokens_per_request=shaped.tokens_per_request,
+        meta=meta,
+        coact0=co,
+        gamma0=shaped.gamma0,
+        co_mi_target0=shaped.co_mi_target0,
+    )
     return proc.calibrate(seed=seed)
 
 

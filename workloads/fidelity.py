@@ -65,7 +65,8 @@ def _check_compatible(a: RoutingTrace, b: RoutingTrace) -> None:
     if a.n_moe_layers != b.n_moe_layers or a.n_experts != b.n_experts:
         raise ValueError(
             f"compare: traces differ in shape: {a.meta.get('source')!r} has {a.n_moe_layers} MoE layers x "
-            f"{a.n_experts} experts, {b.meta.get('source')!r} has {b.n_moe_layers} x {b.n_experts}")
+            f"{a.n_experts} experts, {b.meta.get('source')!r} has {b.n_moe_layers} x {b.n_experts}"
+        )
 
 
 def compare(a: RoutingTrace, b: RoutingTrace, *, max_distance: int = stats.DEFAULT_MAX_DISTANCE) -> FidelityReport:
@@ -79,8 +80,9 @@ def compare(a: RoutingTrace, b: RoutingTrace, *, max_distance: int = stats.DEFAU
         wa = ca.sum(axis=2) / np.maximum(ca.sum(axis=(1, 2))[:, None], 1.0)
         wb = cb.sum(axis=2) / np.maximum(cb.sum(axis=(1, 2))[:, None], 1.0)
         w = np.where(np.isfinite(js), 0.5 * (wa + wb), 0.0)
-        per_pair = np.where(w.sum(axis=1) > 0, (np.nan_to_num(js) * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-300),
-                            np.nan)
+        per_pair = np.where(
+            w.sum(axis=1) > 0, (np.nan_to_num(js) * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-300), np.nan
+        )
         affinity_js = _nanmean(per_pair)
     else:
         affinity_js = math.nan
@@ -95,12 +97,14 @@ def compare(a: RoutingTrace, b: RoutingTrace, *, max_distance: int = stats.DEFAU
     ha = np.append(ra.distance_hist.sum(axis=0), ra.first_use.sum()).astype(float)
     hb = np.append(rb.distance_hist.sum(axis=0), rb.first_use.sum()).astype(float)
     return FidelityReport(
-        load_js=_nanmean(load_js), affinity_js=affinity_js,
+        load_js=_nanmean(load_js),
+        affinity_js=affinity_js,
         reuse_error=abs(ra.mean_rate - rb.mean_rate),
         reuse_layer_mae=float(np.mean(np.abs(ra.rate[both] - rb.rate[both]))) if both.any() else math.nan,
         coactivation_js=_nanmean(co_js),
         reuse_distance_js=float(_js_rows(ha[None, :], hb[None, :])[0]),
-        reuse_rate_a=ra.mean_rate, reuse_rate_b=rb.mean_rate,
+        reuse_rate_a=ra.mean_rate,
+        reuse_rate_b=rb.mean_rate,
     )
 
 
@@ -112,8 +116,13 @@ def uniform_trace(like: RoutingTrace, seed: int | None = 0) -> RoutingTrace:
     keys = rng.random((n * n_l, n_e), dtype=np.float32)
     top = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < n_e else np.argsort(keys, axis=1)
     meta = {**like.meta, "source": f"uniform-random like {like.meta.get('source')!r}, seed={seed}", "synthetic": True}
-    return RoutingTrace(experts=top.reshape(n, n_l, k).astype(np.int16), request=like.request.copy(),
-                        position=like.position.copy(), phase=like.phase.copy(), meta=meta)
+    return RoutingTrace(
+        experts=top.reshape(n, n_l, k).astype(np.int16),
+        request=like.request.copy(),
+        position=like.position.copy(),
+        phase=like.phase.copy(),
+        meta=meta,
+    )
 
 
 def popularity_trace(like: RoutingTrace, popularity: FloatArray, seed: int | None = 0) -> RoutingTrace:
@@ -125,12 +134,18 @@ def popularity_trace(like: RoutingTrace, popularity: FloatArray, seed: int | Non
     keys = np.log(rng.random((n, n_l, n_e)) + 1e-300) / np.exp(logp)[None, :, :]
     top = np.argsort(-keys, axis=2)[:, :, :k]
     meta = {**like.meta, "source": f"popularity-only like {like.meta.get('source')!r}, seed={seed}", "synthetic": True}
-    return RoutingTrace(experts=top.astype(np.int16), request=like.request.copy(), position=like.position.copy(),
-                        phase=like.phase.copy(), meta=meta)
+    return RoutingTrace(
+        experts=top.astype(np.int16),
+        request=like.request.copy(),
+        position=like.position.copy(),
+        phase=like.phase.copy(),
+        meta=meta,
+    )
 
 
-def split_requests(trace: RoutingTrace, train_fraction: float, seed: int | None = 0
-                   ) -> tuple[RoutingTrace, RoutingTrace]:
+def split_requests(
+    trace: RoutingTrace, train_fraction: float, seed: int | None = 0
+) -> tuple[RoutingTrace, RoutingTrace]:
     """Random split of the trace's requests: ``(train, held_out)``; each side gets >= 1 request."""
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
@@ -143,8 +158,9 @@ def split_requests(trace: RoutingTrace, train_fraction: float, seed: int | None 
     return trace.select_requests(np.sort(perm[:n_train])), trace.select_requests(np.sort(perm[n_train:]))
 
 
-def holdout_evaluation(trace: RoutingTrace, train_fraction: float = 0.5, seed: int = 0, *,
-                       synth_factor: int = 4, **fit_kwargs: Any) -> dict[str, Any]:
+def holdout_evaluation(
+    trace: RoutingTrace, train_fraction: float = 0.5, seed: int = 0, *, synth_factor: int = 4, **fit_kwargs: Any
+) -> dict[str, Any]:
     """Fit on ``train_fraction`` of the requests, compare samples with the held-out rest.
 
     The synthetic traces (fitted process, uniform, popularity-only) have ``synth_factor`` times the
@@ -169,12 +185,19 @@ def holdout_evaluation(trace: RoutingTrace, train_fraction: float = 0.5, seed: i
     fd, ud = fitted.to_dict(), uniform.to_dict()
     closer = {m: (fd[m] is not None and ud[m] is not None and fd[m] < ud[m]) for m in METRICS}  # type: ignore[operator]
     return {
-        "model": trace.meta.get("model"), "train_fraction": train_fraction, "seed": seed,
-        "train_tokens": train.n_tokens, "heldout_tokens": held.n_tokens,
-        "train_requests": train.n_requests, "heldout_requests": held.n_requests,
+        "model": trace.meta.get("model"),
+        "train_fraction": train_fraction,
+        "seed": seed,
+        "train_tokens": train.n_tokens,
+        "heldout_tokens": held.n_tokens,
+        "train_requests": train.n_requests,
+        "heldout_requests": held.n_requests,
         "synthetic_tokens": synth.n_tokens,
         "popularity_shrinkage": proc.meta.get("fitted_from", {}).get("popularity_shrinkage"),
-        "fitted": fd, "uniform": ud, "popularity_only": popular.to_dict(), "fitted_closer": closer,
+        "fitted": fd,
+        "uniform": ud,
+        "popularity_only": popular.to_dict(),
+        "fitted_closer": closer,
     }
 
 

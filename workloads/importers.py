@@ -55,10 +55,14 @@ Imported = RoutingTrace | AggregatedRoutingStats
 ImporterFunc = Callable[..., Imported]
 
 #: Licences of the real data, from ``shared/traces/README.md`` (section "Provenance and licences").
-LICENCE_MIXTRAL = ("no licence stated (research reference data); github.com/Mario928/speculative-moe "
-                   "commit 216e26eb86ee, routing_data_collected/")
-LICENCE_DEEPSEEK = ("no licence stated (research reference data); github.com/ngavhane/moe-beyond "
-                    "commit 4dca2eacb7bc, expert_activation_scripts/training_data_eamc/")
+LICENCE_MIXTRAL = (
+    "no licence stated (research reference data); github.com/Mario928/speculative-moe "
+    "commit 216e26eb86ee, routing_data_collected/"
+)
+LICENCE_DEEPSEEK = (
+    "no licence stated (research reference data); github.com/ngavhane/moe-beyond "
+    "commit 4dca2eacb7bc, expert_activation_scripts/training_data_eamc/"
+)
 LICENCE_OLMOE = "Apache-2.0; github.com/allenai/OLMoE commit 357454f4f647, scripts/routing_output/"
 
 _PICKLE_MAGIC = b"\x80"
@@ -142,8 +146,9 @@ def import_trace(fmt: str, paths: PathArg | Sequence[PathArg], **options: Any) -
     valid = importer_options(fmt)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise TypeError(f"format {fmt} takes no option {', '.join(map(repr, unknown))}; "
-                        f"its options: {', '.join(valid) or '(none)'}")
+        raise TypeError(
+            f"format {fmt} takes no option {', '.join(map(repr, unknown))}; its options: {', '.join(valid) or '(none)'}"
+        )
     files = expand_paths(fmt, paths)
     return entry.func(files, **options)
 
@@ -164,13 +169,14 @@ def _read_text(path: Path) -> str:
     if data[:1] == _PICKLE_MAGIC:
         raise TraceFormatError(
             f"{path}: looks like a Python pickle (first byte 0x80); pickles are never loaded "
-            "(they can run code): convert it to JSON/CSV/.npz first")
+            "(they can run code): convert it to JSON/CSV/.npz first"
+        )
     if not data.strip():
         raise TraceFormatError(f"{path}: file is empty")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
+        line = data[: exc.start].count(b"\n") + 1
         raise TraceFormatError(f"{path}: line {line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
@@ -214,10 +220,12 @@ def _int_field(obj: dict[str, Any], key: str, where: str) -> int:
 
 
 # ------------------------------------------------------------ mixtral-jsonl
-@_register("mixtral-jsonl", "Mixtral-8x7B-Instruct decode routing, *_routing.jsonl (speculative-moe)",
-           "*_routing.jsonl")
-def import_mixtral_jsonl(files: Sequence[Path], *, missing: str = "mark", model: str = "mixtral-8x7b",
-                         n_layers: int | None = None) -> RoutingTrace:
+@_register(
+    "mixtral-jsonl", "Mixtral-8x7B-Instruct decode routing, *_routing.jsonl (speculative-moe)", "*_routing.jsonl"
+)
+def import_mixtral_jsonl(
+    files: Sequence[Path], *, missing: str = "mark", model: str = "mixtral-8x7b", n_layers: int | None = None
+) -> RoutingTrace:
     """Mixtral JSONL routing files -> decode `RoutingTrace` with gate weights.
 
     ``missing``: "mark" keeps tokens lacking layers (-1 ids, NaN-free 0 weights there), "drop"
@@ -241,8 +249,10 @@ def import_mixtral_jsonl(files: Sequence[Path], *, missing: str = "mark", model:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise TraceFormatError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); "
-                                       "expected one JSON object per line (truncated file?)") from exc
+                raise TraceFormatError(
+                    f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); "
+                    "expected one JSON object per line (truncated file?)"
+                ) from exc
             if not isinstance(obj, dict):
                 raise TraceFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
             dataset = obj.get("dataset")
@@ -257,24 +267,32 @@ def import_mixtral_jsonl(files: Sequence[Path], *, missing: str = "mark", model:
                 raise TraceFormatError(f"{where}: token_idx {tok} is negative")
             experts = obj.get("experts")
             probs = obj.get("gating_probs")
-            if (not isinstance(experts, list) or len(experts) != top_k
-                    or not all(isinstance(e, int) and not isinstance(e, bool) for e in experts)):
+            if (
+                not isinstance(experts, list)
+                or len(experts) != top_k
+                or not all(isinstance(e, int) and not isinstance(e, bool) for e in experts)
+            ):
                 raise TraceFormatError(f"{where}: field 'experts' is {experts!r}, expected {top_k} integer ids")
             bad = [e for e in experts if not 0 <= e < n_experts]
             if bad:
                 raise TraceFormatError(f"{where}: expert id {bad[0]} outside [0, {n_experts}) for {name}")
             if len(set(experts)) != len(experts):
                 raise TraceFormatError(f"{where}: field 'experts' {experts!r} repeats an expert")
-            if (not isinstance(probs, list) or len(probs) != top_k
-                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in probs)):
+            if (
+                not isinstance(probs, list)
+                or len(probs) != top_k
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in probs)
+            ):
                 raise TraceFormatError(f"{where}: field 'gating_probs' is {probs!r}, expected {top_k} numbers")
             if not all(0.0 <= float(x) <= 1.0 for x in probs):
                 raise TraceFormatError(f"{where}: field 'gating_probs' {probs!r} not in [0, 1]")
             rid = req_ids.setdefault((dataset, pid), len(req_ids))
             cell = cells.setdefault((rid, tok), {})
             if layer in cell:
-                raise TraceFormatError(f"{where}: duplicate row for ({dataset!r}, problem {pid}, token {tok}, "
-                                       f"layer {layer}); first seen at {first_line[(rid, tok, layer)]}")
+                raise TraceFormatError(
+                    f"{where}: duplicate row for ({dataset!r}, problem {pid}, token {tok}, "
+                    f"layer {layer}); first seen at {first_line[(rid, tok, layer)]}"
+                )
             cell[layer] = (experts, [float(x) for x in probs])
             first_line[(rid, tok, layer)] = where
     keys = sorted(cells)
@@ -283,7 +301,8 @@ def import_mixtral_jsonl(files: Sequence[Path], *, missing: str = "mark", model:
     if n and max(seen_layers) < n_layers - 1:
         raise TraceFormatError(
             f"{_source_of(files)}: layers seen are 0..{max(seen_layers)} but {name} has {n_layers} MoE layers; "
-            "the layer count disagrees (data of another model? choose the model preset the data come from)")
+            "the layer count disagrees (data of another model? choose the model preset the data come from)"
+        )
     ex = np.full((n, n_layers, top_k), -1, dtype=np.int16)
     w = np.zeros((n, n_layers, top_k), dtype=np.float32)
     request = np.empty(n, dtype=np.int32)
@@ -301,28 +320,51 @@ def import_mixtral_jsonl(files: Sequence[Path], *, missing: str = "mark", model:
         if len(cell) != n_layers:
             complete[i] = False
             ds, pid = inv_req[rid]
-            incomplete.append({"request": rid, "dataset": ds, "problem_id": pid, "token_idx": tok,
-                               "missing_layers": n_layers - len(cell),
-                               "missing_layer_ids": sorted(set(range(n_layers)) - set(cell))})
+            incomplete.append(
+                {
+                    "request": rid,
+                    "dataset": ds,
+                    "problem_id": pid,
+                    "token_idx": tok,
+                    "missing_layers": n_layers - len(cell),
+                    "missing_layer_ids": sorted(set(range(n_layers)) - set(cell)),
+                }
+            )
     if incomplete:
-        desc = "; ".join(f"{d['dataset']}/{d['problem_id']} token {d['token_idx']} lacks layers "
-                         f"{_ranges(d['missing_layer_ids'])} ({d['missing_layers']} of {n_layers})"
-                         for d in incomplete)
-        log.warning("%d of %d Mixtral tokens lack some layers (%s): %s", len(incomplete), n,
-                    "kept, marked -1" if missing == "mark" else "dropped", desc)
+        desc = "; ".join(
+            f"{d['dataset']}/{d['problem_id']} token {d['token_idx']} lacks layers "
+            f"{_ranges(d['missing_layer_ids'])} ({d['missing_layers']} of {n_layers})"
+            for d in incomplete
+        )
+        log.warning(
+            "%d of %d Mixtral tokens lack some layers (%s): %s",
+            len(incomplete),
+            n,
+            "kept, marked -1" if missing == "mark" else "dropped",
+            desc,
+        )
     preset_ids = list(get_model(model).moe_layers)
     layer_ids = preset_ids if len(preset_ids) == n_layers else list(range(n_layers))
     meta: dict[str, Any] = {
-        "model": name, "n_experts": n_experts, "top_k": top_k, "format": "mixtral-jsonl",
+        "model": name,
+        "n_experts": n_experts,
+        "top_k": top_k,
+        "format": "mixtral-jsonl",
         "moe_layer_ids": layer_ids,
-        "source": _source_of(files), "files": [f.name for f in files], "licence": LICENCE_MIXTRAL,
+        "source": _source_of(files),
+        "files": [f.name for f in files],
+        "licence": LICENCE_MIXTRAL,
         "requests": {str(v): {"dataset": k[0], "problem_id": k[1]} for k, v in req_ids.items()},
-        "expert_order": "highest gate first", "weights": "renormalised top-k gate probabilities",
+        "expert_order": "highest gate first",
+        "weights": "renormalised top-k gate probabilities",
         "position": "decode step index (token_idx); prompt length not recorded",
-        "missing": missing, "incomplete_tokens": incomplete, "n_incomplete_tokens": len(incomplete),
+        "missing": missing,
+        "incomplete_tokens": incomplete,
+        "n_incomplete_tokens": len(incomplete),
     }
-    trace = RoutingTrace(experts=ex, request=request, position=position,
-                         phase=np.full(n, DECODE, dtype=np.uint8), meta=meta, weights=w)
+    trace = RoutingTrace(
+        experts=ex, request=request, position=position, phase=np.full(n, DECODE, dtype=np.uint8), meta=meta, weights=w
+    )
     if missing == "drop" and incomplete:
         trace = trace.select(complete)
     return trace
@@ -339,8 +381,9 @@ def _parse_ds_file(path: Path, n_layers: int, n_experts: int, top_k: int) -> tup
     try:
         rows = list(reader)
     except csv.Error as exc:
-        raise TraceFormatError(f"{path}: line {reader.line_num}: malformed CSV ({exc}); "
-                               "expected 4 fields per row (truncated file?)") from exc
+        raise TraceFormatError(
+            f"{path}: line {reader.line_num}: malformed CSV ({exc}); expected 4 fields per row (truncated file?)"
+        ) from exc
     if not rows or rows[0] != _DS_HEADER:
         got = rows[0] if rows else None
         raise TraceFormatError(f"{path}: line 1: header {got!r}, expected {_DS_HEADER!r}")
@@ -375,28 +418,30 @@ def _parse_ds_file(path: Path, n_layers: int, n_experts: int, top_k: int) -> tup
         raise TraceFormatError(
             f"{path}: {n_rows} rows is not a multiple of {n_layers} layers (rows per layer: "
             f"{dict(enumerate(counts.tolist(), start=1))}); expected every layer 1..{n_layers} to have the "
-            "same tokens (truncated file or a layer count that disagrees?)")
+            "same tokens (truncated file or a layer count that disagrees?)"
+        )
     n_tok = n_rows // n_layers
     expected = np.repeat(np.arange(1, n_layers + 1), n_tok)
     if not np.array_equal(layer_ids, expected):
         i = int(np.nonzero(layer_ids != expected)[0][0])
         raise TraceFormatError(
             f"{path}: line {i + 2}: Layer ID {layer_ids[i]}, expected {expected[i]} (rows grouped by layer "
-            f"1..{n_layers}, {n_tok} tokens each)")
+            f"1..{n_layers}, {n_tok} tokens each)"
+        )
     tokens = [r[2] for r in body[:n_tok]]
     for layer in range(1, n_layers):
-        chunk = body[layer * n_tok:(layer + 1) * n_tok]
+        chunk = body[layer * n_tok : (layer + 1) * n_tok]
         for j, r in enumerate(chunk):
             if r[2] != tokens[j]:
                 raise TraceFormatError(
                     f"{path}: line {layer * n_tok + j + 2}: token {r[2]!r} at layer {layer + 1} position {j}, "
-                    f"expected {tokens[j]!r} as at layer 1")
+                    f"expected {tokens[j]!r} as at layer 1"
+                )
     experts = ids.reshape(n_layers, n_tok, top_k).transpose(1, 0, 2).astype(np.int16)
     return np.ascontiguousarray(experts), tokens
 
 
-def _raise_first_bad_ds_row(path: Path, body: list[list[str]], n_layers: int, n_experts: int,
-                            top_k: int) -> NoReturn:
+def _raise_first_bad_ds_row(path: Path, body: list[list[str]], n_layers: int, n_experts: int, top_k: int) -> NoReturn:
     """Find the first malformed row and raise a `TraceFormatError` naming its line (always raises)."""
     for i, r in enumerate(body):
         where = f"{path}: line {i + 2}"
@@ -419,8 +464,7 @@ def _raise_first_bad_ds_row(path: Path, body: list[list[str]], n_layers: int, n_
         try:
             ids = [int(x) for x in parts]
         except ValueError:
-            raise TraceFormatError(
-                f"{where}: Activated Expert IDs {r[3]!r}, expected {top_k} integers") from None
+            raise TraceFormatError(f"{where}: Activated Expert IDs {r[3]!r}, expected {top_k} integers") from None
         if len(ids) != top_k:
             raise TraceFormatError(f"{where}: Activated Expert IDs {r[3]!r} has {len(ids)} ids, expected {top_k}")
         bad = [e for e in ids if not 0 <= e < n_experts]
@@ -432,16 +476,20 @@ def _raise_first_bad_ds_row(path: Path, body: list[list[str]], n_layers: int, n_
 def _prompt_number(path: Path) -> int:
     stem = path.name
     if stem.startswith("prompt_") and stem.endswith("_data.csv"):
-        num = stem[len("prompt_"):-len("_data.csv")]
+        num = stem[len("prompt_") : -len("_data.csv")]
         if num.isdigit():
             return int(num)
     raise TraceFormatError(f"{path}: file name does not match prompt_NNNN_data.csv (the request id comes from it)")
 
 
-@_register("deepseek-csv", "DeepSeek-V2-Lite prefill routing, prompt_NNNN_data.csv per request (moe-beyond)",
-           "prompt_*_data.csv")
-def import_deepseek_csv(files: Sequence[Path], *, model: str = "deepseek-v2-lite",
-                        keep_tokens: bool = False, progress: bool = False) -> RoutingTrace:
+@_register(
+    "deepseek-csv",
+    "DeepSeek-V2-Lite prefill routing, prompt_NNNN_data.csv per request (moe-beyond)",
+    "prompt_*_data.csv",
+)
+def import_deepseek_csv(
+    files: Sequence[Path], *, model: str = "deepseek-v2-lite", keep_tokens: bool = False, progress: bool = False
+) -> RoutingTrace:
     """DeepSeek CSVs -> prefill `RoutingTrace` (no weights), one request per file.
 
     ``keep_tokens`` stores the token pieces in ``meta["tokens"]`` (one list per request).
@@ -456,6 +504,7 @@ def import_deepseek_csv(files: Sequence[Path], *, model: str = "deepseek-v2-lite
     it: Iterable[Path] = files
     if progress:
         from tqdm import tqdm
+
         it = tqdm(files, desc="deepseek-csv", unit="file")
     for path in it:
         rid = _prompt_number(path)
@@ -470,16 +519,26 @@ def import_deepseek_csv(files: Sequence[Path], *, model: str = "deepseek-v2-lite
             token_lists[str(rid)] = tokens
     experts = np.concatenate(parts)
     meta: dict[str, Any] = {
-        "model": name, "n_experts": n_experts, "top_k": top_k, "format": "deepseek-csv",
-        "source": _source_of(files), "files": [f.name for f in files], "licence": LICENCE_DEEPSEEK,
+        "model": name,
+        "n_experts": n_experts,
+        "top_k": top_k,
+        "format": "deepseek-csv",
+        "source": _source_of(files),
+        "files": [f.name for f in files],
+        "licence": LICENCE_DEEPSEEK,
         "expert_order": "file order (not score order); no gate weights recorded",
         "moe_layer_ids": list(range(1, n_layers + 1)),  # column c = CSV Layer ID c+1 (layer 0 is dense)
         "shared_experts": "2 shared experts always on, not logged",
     }
     if keep_tokens:
         meta["tokens"] = token_lists
-    return RoutingTrace(experts=experts, request=np.concatenate(reqs), position=np.concatenate(pos),
-                        phase=np.full(experts.shape[0], PREFILL, dtype=np.uint8), meta=meta)
+    return RoutingTrace(
+        experts=experts,
+        request=np.concatenate(reqs),
+        position=np.concatenate(pos),
+        phase=np.full(experts.shape[0], PREFILL, dtype=np.uint8),
+        meta=meta,
+    )
 
 
 # ------------------------------------------------------------- olmoe-counts
@@ -487,8 +546,12 @@ def import_deepseek_csv(files: Sequence[Path], *, model: str = "deepseek-v2-lite
 OLMOE_COUNT_LAYERS = (0, 7, 15)
 OLMOE_COUNT_PAIRS = ((0, 7), (7, 15))
 #: counts.json model key -> model preset.
-OLMOE_COUNT_MODELS = {"olmoe": "olmoe-1b-7b", "olmoe-sft": "olmoe-1b-7b", "olmoe-dpo": "olmoe-1b-7b",
-                      "mistral": "mixtral-8x7b"}
+OLMOE_COUNT_MODELS = {
+    "olmoe": "olmoe-1b-7b",
+    "olmoe-sft": "olmoe-1b-7b",
+    "olmoe-dpo": "olmoe-1b-7b",
+    "mistral": "mixtral-8x7b",
+}
 _KINDS = ("expert_counts", "expert_counts_top1", "expert_counts_crosslayer", "expert_counts_crosslayer_top1")
 
 
@@ -497,8 +560,11 @@ def _count_vector(entries: Any, n_experts: int, where: str) -> np.ndarray:
         raise TraceFormatError(f"{where}: expected a list of [expert_id, count], got {type(entries).__name__}")
     out = np.zeros(n_experts, dtype=np.int64)
     for j, item in enumerate(entries):
-        if (not isinstance(item, list) or len(item) != 2
-                or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)):
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)
+        ):
             raise TraceFormatError(f"{where}[{j}]: {item!r}, expected [expert_id, count] integers")
         e, c = item
         if not 0 <= e < n_experts:
@@ -514,8 +580,13 @@ def _count_matrix(entries: Any, n_experts: int, where: str) -> np.ndarray:
         raise TraceFormatError(f"{where}: expected a list of [[a, b], count], got {type(entries).__name__}")
     out = np.zeros((n_experts, n_experts), dtype=np.int64)
     for j, item in enumerate(entries):
-        ok = (isinstance(item, list) and len(item) == 2 and isinstance(item[0], list) and len(item[0]) == 2
-              and all(isinstance(x, int) and not isinstance(x, bool) for x in [*item[0], item[1]]))
+        ok = (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], list)
+            and len(item[0]) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in [*item[0], item[1]])
+        )
         if not ok:
             raise TraceFormatError(f"{where}[{j}]: {item!r}, expected [[expert_a, expert_b], count] integers")
         (a, b), c = item
@@ -527,8 +598,9 @@ def _count_matrix(entries: Any, n_experts: int, where: str) -> np.ndarray:
     return out
 
 
-@_register("olmoe-counts", "OLMoE / Mixtral aggregated expert counts, counts.json (allenai/OLMoE) -> stats",
-           "counts.json")
+@_register(
+    "olmoe-counts", "OLMoE / Mixtral aggregated expert counts, counts.json (allenai/OLMoE) -> stats", "counts.json"
+)
 def import_olmoe_counts(files: Sequence[Path], *, model: str = "olmoe", domain: str = "all") -> AggregatedRoutingStats:
     """``counts.json`` -> `AggregatedRoutingStats` of ``model`` (a counts.json key: olmoe, olmoe-sft,
     olmoe-dpo, mistral) on ``domain`` ("all" sums the domains that every kind of count present for
@@ -552,8 +624,10 @@ def import_olmoe_counts(files: Sequence[Path], *, model: str = "olmoe", domain: 
     preset = get_model(OLMOE_COUNT_MODELS[model])
     kinds = data[model]
     if not isinstance(kinds, dict) or "expert_counts" not in kinds:
-        raise TraceFormatError(f"{path}: {model}: expected kinds {list(_KINDS)}, got "
-                               f"{sorted(kinds) if isinstance(kinds, dict) else type(kinds).__name__}")
+        raise TraceFormatError(
+            f"{path}: {model}: expected kinds {list(_KINDS)}, got "
+            f"{sorted(kinds) if isinstance(kinds, dict) else type(kinds).__name__}"
+        )
     unknown = set(kinds) - set(_KINDS)
     if unknown:
         raise TraceFormatError(f"{path}: {model}: unknown kind(s) {sorted(unknown)}; expected {list(_KINDS)}")
@@ -582,8 +656,11 @@ def import_olmoe_counts(files: Sequence[Path], *, model: str = "olmoe", domain: 
         is_pair = "crosslayer" in kind
         keys: tuple[Any, ...] = OLMOE_COUNT_PAIRS if is_pair else OLMOE_COUNT_LAYERS
         targets: dict[str, dict[Any, np.ndarray]] = {
-            "expert_counts": load, "expert_counts_top1": load_top1,
-            "expert_counts_crosslayer": pairs, "expert_counts_crosslayer_top1": pairs_top1}
+            "expert_counts": load,
+            "expert_counts_top1": load_top1,
+            "expert_counts_crosslayer": pairs,
+            "expert_counts_crosslayer_top1": pairs_top1,
+        }
         target = targets[kind]
         for d in domains:
             entries = by_domain[d]
@@ -592,11 +669,19 @@ def import_olmoe_counts(files: Sequence[Path], *, model: str = "olmoe", domain: 
                 got = len(entries) if isinstance(entries, list) else type(entries).__name__
                 raise TraceFormatError(f"{where}: {got} entries, expected {len(keys)} (for {list(keys)})")
             for key, ent in zip(keys, entries, strict=True):
-                arr = (_count_matrix(ent, n, f"{where}[{key}]") if is_pair
-                       else _count_vector(ent, n, f"{where}[{key}]"))
+                arr = _count_matrix(ent, n, f"{where}[{key}]") if is_pair else _count_vector(ent, n, f"{where}[{key}]")
                 target[key] = target[key] + arr if key in target else arr
     return AggregatedRoutingStats(
-        model=preset.name, n_experts=n, top_k=preset.top_k, domain=domain, domains=domains,
-        load=load, load_top1=load_top1, pairs=pairs, pairs_top1=pairs_top1,
-        source_model=model, source=str(path), licence=LICENCE_OLMOE,
+        model=preset.name,
+        n_experts=n,
+        top_k=preset.top_k,
+        domain=domain,
+        domains=domains,
+        load=load,
+        load_top1=load_top1,
+        pairs=pairs,
+        pairs_top1=pairs_top1,
+        source_model=model,
+        source=str(path),
+        licence=LICENCE_OLMOE,
     )

@@ -71,8 +71,18 @@ class MoEModel:
     notes: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        positive = ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "expert_ffn_dim",
-                    "n_experts", "top_k", "moe_layer_step", "vocab_size")
+        positive = (
+            "n_layers",
+            "d_model",
+            "n_heads",
+            "n_kv_heads",
+            "head_dim",
+            "expert_ffn_dim",
+            "n_experts",
+            "top_k",
+            "moe_layer_step",
+            "vocab_size",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -82,8 +92,10 @@ class MoEModel:
         if self.n_kv_heads > self.n_heads:
             raise ValueError(f"MoEModel {self.name!r}: n_kv_heads={self.n_kv_heads} > n_heads={self.n_heads}")
         if not 0 <= self.first_dense_layers <= self.n_layers:
-            raise ValueError(f"MoEModel {self.name!r}: first_dense_layers={self.first_dense_layers} "
-                             f"must be in [0, n_layers={self.n_layers}]")
+            raise ValueError(
+                f"MoEModel {self.name!r}: first_dense_layers={self.first_dense_layers} "
+                f"must be in [0, n_layers={self.n_layers}]"
+            )
         if (self.first_dense_layers > 0 or self.moe_layer_step > 1) and self.dense_ffn_dim <= 0:
             raise ValueError(f"MoEModel {self.name!r}: has dense layers, so dense_ffn_dim must be > 0")
         if self.n_shared_experts < 0 or (self.n_shared_experts > 0 and self.shared_ffn_dim <= 0):
@@ -100,7 +112,8 @@ class MoEModel:
     def moe_layers(self) -> tuple[int, ...]:
         """Indices of the MoE layers (ascending)."""
         return tuple(
-            i for i in range(self.first_dense_layers, self.n_layers)
+            i
+            for i in range(self.first_dense_layers, self.n_layers)
             if (i - self.first_dense_layers) % self.moe_layer_step == self.moe_layer_offset
         )
 
@@ -202,8 +215,9 @@ class MoEModel:
 
     def _params(self, experts_per_layer: int) -> int:
         attn = self.n_layers * self.params_attention + self.n_cross_attention_layers * self.params_attention
-        moe = self.n_moe_layers * (experts_per_layer * self.params_per_expert
-                                   + self.params_shared_experts + self.router_params)
+        moe = self.n_moe_layers * (
+            experts_per_layer * self.params_per_expert + self.params_shared_experts + self.router_params
+        )
         dense = self.n_dense_layers * self.params_dense_ffn
         return self.params_embedding + attn + moe + dense
 
@@ -224,8 +238,7 @@ class MoEModel:
     @property
     def non_expert_bytes(self) -> float:
         """Bytes of everything except the routed experts (attention, shared, router, dense, embeddings)."""
-        return (self.total_params - self.n_moe_layers * self.n_experts * self.params_per_expert) \
-            * self.bytes_per_weight
+        return (self.total_params - self.n_moe_layers * self.n_experts * self.params_per_expert) * self.bytes_per_weight
 
     @property
     def granularity(self) -> float:
@@ -251,63 +264,162 @@ _PRESETS: dict[str, MoEModel] = {
     m.name: m
     for m in [
         MoEModel(
-            name="mixtral-8x7b", n_layers=32, d_model=4096, n_heads=32, n_kv_heads=8, head_dim=128,
-            expert_ffn_dim=14336, n_experts=8, top_k=2, vocab_size=32000,
+            name="mixtral-8x7b",
+            n_layers=32,
+            d_model=4096,
+            n_heads=32,
+            n_kv_heads=8,
+            head_dim=128,
+            expert_ffn_dim=14336,
+            n_experts=8,
+            top_k=2,
+            vocab_size=32000,
             source=f"HF mistralai/Mixtral-8x7B-Instruct-v0.1 config.json rev eba9230 ({_REF})",
         ),
         MoEModel(
-            name="mixtral-8x22b", n_layers=56, d_model=6144, n_heads=48, n_kv_heads=8, head_dim=128,
-            expert_ffn_dim=16384, n_experts=8, top_k=2, vocab_size=32000,
+            name="mixtral-8x22b",
+            n_layers=56,
+            d_model=6144,
+            n_heads=48,
+            n_kv_heads=8,
+            head_dim=128,
+            expert_ffn_dim=16384,
+            n_experts=8,
+            top_k=2,
+            vocab_size=32000,
             source=f"HF mistral-community/Mixtral-8x22B-v0.1 config.json ({_REF})",
         ),
         MoEModel(
-            name="deepseek-v2-lite", n_layers=27, d_model=2048, n_heads=16, n_kv_heads=16,
-            head_dim=128, expert_ffn_dim=1408, n_experts=64, top_k=6, first_dense_layers=1,
-            dense_ffn_dim=10944, n_shared_experts=2, shared_ffn_dim=1408, vocab_size=102400,
-            attention="mla", kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+            name="deepseek-v2-lite",
+            n_layers=27,
+            d_model=2048,
+            n_heads=16,
+            n_kv_heads=16,
+            head_dim=128,
+            expert_ffn_dim=1408,
+            n_experts=64,
+            top_k=6,
+            first_dense_layers=1,
+            dense_ffn_dim=10944,
+            n_shared_experts=2,
+            shared_ffn_dim=1408,
+            vocab_size=102400,
+            attention="mla",
+            kv_lora_rank=512,
+            qk_nope_head_dim=128,
+            qk_rope_head_dim=64,
             v_head_dim=128,
             source=f"deepseek-ai/DeepSeek-V3 inference/configs/config_16B.json ({_REF})",
         ),
         MoEModel(
-            name="deepseek-v3", n_layers=61, d_model=7168, n_heads=128, n_kv_heads=128,
-            head_dim=128, expert_ffn_dim=2048, n_experts=256, top_k=8, first_dense_layers=3,
-            dense_ffn_dim=18432, n_shared_experts=1, shared_ffn_dim=2048, vocab_size=129280,
-            attention="mla", q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
-            qk_rope_head_dim=64, v_head_dim=128, bytes_per_weight=1.0,
+            name="deepseek-v3",
+            n_layers=61,
+            d_model=7168,
+            n_heads=128,
+            n_kv_heads=128,
+            head_dim=128,
+            expert_ffn_dim=2048,
+            n_experts=256,
+            top_k=8,
+            first_dense_layers=3,
+            dense_ffn_dim=18432,
+            n_shared_experts=1,
+            shared_ffn_dim=2048,
+            vocab_size=129280,
+            attention="mla",
+            q_lora_rank=1536,
+            kv_lora_rank=512,
+            qk_nope_head_dim=128,
+            qk_rope_head_dim=64,
+            v_head_dim=128,
+            bytes_per_weight=1.0,
             source=f"deepseek-ai/DeepSeek-V3 inference/configs/config_671B.json, fp8 checkpoint ({_REF})",
         ),
         MoEModel(
-            name="qwen1.5-moe-a2.7b", n_layers=24, d_model=2048, n_heads=16, n_kv_heads=16,
-            head_dim=128, expert_ffn_dim=1408, n_experts=60, top_k=4, n_shared_experts=1,
-            shared_ffn_dim=5632, vocab_size=151936,
+            name="qwen1.5-moe-a2.7b",
+            n_layers=24,
+            d_model=2048,
+            n_heads=16,
+            n_kv_heads=16,
+            head_dim=128,
+            expert_ffn_dim=1408,
+            n_experts=60,
+            top_k=4,
+            n_shared_experts=1,
+            shared_ffn_dim=5632,
+            vocab_size=151936,
             source=f"configs derived from Qwen/Qwen1.5-MoE-A2.7B [S] ({_REF})",
         ),
         MoEModel(
-            name="qwen3-30b-a3b", n_layers=48, d_model=2048, n_heads=32, n_kv_heads=4, head_dim=128,
-            expert_ffn_dim=768, n_experts=128, top_k=8, vocab_size=151936,
+            name="qwen3-30b-a3b",
+            n_layers=48,
+            d_model=2048,
+            n_heads=32,
+            n_kv_heads=4,
+            head_dim=128,
+            expert_ffn_dim=768,
+            n_experts=128,
+            top_k=8,
+            vocab_size=151936,
             source=f"Qwen3-Coder-30B-A3B family configs; MindSpeed-RL qwen3_30b_a3b.yaml [S] ({_REF})",
         ),
         MoEModel(
-            name="olmoe-1b-7b", n_layers=16, d_model=2048, n_heads=16, n_kv_heads=16, head_dim=128,
-            expert_ffn_dim=1024, n_experts=64, top_k=8, vocab_size=50304,
+            name="olmoe-1b-7b",
+            n_layers=16,
+            d_model=2048,
+            n_heads=16,
+            n_kv_heads=16,
+            head_dim=128,
+            expert_ffn_dim=1024,
+            n_experts=64,
+            top_k=8,
+            vocab_size=50304,
             source=f"HF allenai/OLMoE-1B-7B-0924 config.json rev c1b31da ({_REF})",
         ),
         MoEModel(
-            name="gpt-oss-20b", n_layers=24, d_model=2880, n_heads=64, n_kv_heads=8, head_dim=64,
-            expert_ffn_dim=2880, n_experts=32, top_k=4, vocab_size=201088,
+            name="gpt-oss-20b",
+            n_layers=24,
+            d_model=2880,
+            n_heads=64,
+            n_kv_heads=8,
+            head_dim=64,
+            expert_ffn_dim=2880,
+            n_experts=32,
+            top_k=4,
+            vocab_size=201088,
             source=f"NVIDIA Megatron-Bridge GPT-OSS doc; HF gpt-oss-20b config copies [S] ({_REF})",
             notes="alternating sliding-window (128) and full attention is not modelled",
         ),
         MoEModel(
-            name="gpt-oss-120b", n_layers=36, d_model=2880, n_heads=64, n_kv_heads=8, head_dim=64,
-            expert_ffn_dim=2880, n_experts=128, top_k=4, vocab_size=201088,
+            name="gpt-oss-120b",
+            n_layers=36,
+            d_model=2880,
+            n_heads=64,
+            n_kv_heads=8,
+            head_dim=64,
+            expert_ffn_dim=2880,
+            n_experts=128,
+            top_k=4,
+            vocab_size=201088,
             source=f"openai/gpt-oss-120b original/config.json copy; Megatron-Bridge doc [S] ({_REF})",
             notes="alternating sliding-window (128) and full attention is not modelled",
         ),
         MoEModel(
-            name="switch-base-128", n_layers=24, d_model=768, n_heads=12, n_kv_heads=12, head_dim=64,
-            expert_ffn_dim=3072, n_experts=128, top_k=1, gated=False, moe_layer_step=2,
-            moe_layer_offset=1, dense_ffn_dim=3072, vocab_size=32128, tie_embeddings=True,
+            name="switch-base-128",
+            n_layers=24,
+            d_model=768,
+            n_heads=12,
+            n_kv_heads=12,
+            head_dim=64,
+            expert_ffn_dim=3072,
+            n_experts=128,
+            top_k=1,
+            gated=False,
+            moe_layer_step=2,
+            moe_layer_offset=1,
+            dense_ffn_dim=3072,
+            vocab_size=32128,
+            tie_embeddings=True,
             n_cross_attention_layers=12,
             source=f"google/switch-base-{{32,64,256}} sibling configs, encoder_sparse_step 2 ({_REF})",
             notes="12 encoder + 12 decoder layers flattened; decoder cross-attention counted",
@@ -316,9 +428,12 @@ _PRESETS: dict[str, MoEModel] = {
 }
 
 _ALIASES = {
-    "mixtral": "mixtral-8x7b", "mixtral-8x7b-instruct": "mixtral-8x7b",
-    "deepseek-v2-lite-chat": "deepseek-v2-lite", "olmoe": "olmoe-1b-7b",
-    "qwen1.5-moe": "qwen1.5-moe-a2.7b", "switch-base": "switch-base-128",
+    "mixtral": "mixtral-8x7b",
+    "mixtral-8x7b-instruct": "mixtral-8x7b",
+    "deepseek-v2-lite-chat": "deepseek-v2-lite",
+    "olmoe": "olmoe-1b-7b",
+    "qwen1.5-moe": "qwen1.5-moe-a2.7b",
+    "switch-base": "switch-base-128",
 }
 
 
@@ -337,6 +452,4 @@ def get_model(name: str) -> MoEModel:
     try:
         return _PRESETS[key]
     except KeyError:
-        raise UnknownPresetError(
-            f"unknown model preset {name!r}; valid: {', '.join(model_preset_names())}"
-        ) from None
+        raise UnknownPresetError(f"unknown model preset {name!r}; valid: {', '.join(model_preset_names())}") from None

@@ -127,7 +127,8 @@ def _check_distribution(name: str, a: FloatArray, where: str, tol: float = 1e-3)
     if a.size and np.max(np.abs(s - 1.0)) > tol:
         bad = [int(i) for i in np.argwhere(np.abs(s[..., 0] - 1.0) > tol)[0]]
         raise ProcessFormatError(
-            f"{where}: {name} row {bad} sums to {float(s[tuple(bad)][0]):.6f}, expected 1 (+-{tol})")
+            f"{where}: {name} row {bad} sums to {float(s[tuple(bad)][0]):.6f}, expected 1 (+-{tol})"
+        )
     out = a / s if a.size and np.max(np.abs(s - 1.0)) > 1e-12 else a  # idempotent: exact round trips
     out.setflags(write=False)
     return out
@@ -194,7 +195,8 @@ class RoutingProcess:
         if pop.max() > (1.0 / k) * (1 + 1e-3):
             bad = [int(i) for i in np.argwhere(pop > (1.0 / k) * (1 + 1e-3))[0]]
             raise ProcessFormatError(
-                f"{where}: popularity{bad} = {pop[tuple(bad)]:.4f} exceeds 1/top_k = {1.0 / k:.4f}")
+                f"{where}: popularity{bad} = {pop[tuple(bad)]:.4f} exceeds 1/top_k = {1.0 / k:.4f}"
+            )
         aff = _as_float("affinity", self.affinity, (n_l - 1, n_e, n_e), where)
         aff = _check_distribution("affinity", aff, where)
         if aff.size and aff.min() <= 0:  # smoothed fits are > 0; float16 files may round tiny ones to 0
@@ -202,7 +204,9 @@ class RoutingProcess:
             aff = aff / aff.sum(axis=-1, keepdims=True)
         overlap = _check_distribution("overlap", _as_float("overlap", self.overlap, (n_l, k + 1), where), where)
         arrays = {
-            "popularity": pop, "affinity": aff, "overlap": overlap,
+            "popularity": pop,
+            "affinity": aff,
+            "overlap": overlap,
             "bias": _as_float("bias", self.bias, (n_l, n_e), where),
             "beta": _as_float("beta", self.beta, (n_l - 1,), where),
             "reuse_rate": _as_float("reuse_rate", self.reuse_rate, (n_l,), where),
@@ -218,8 +222,9 @@ class RoutingProcess:
         smax = self._copy_scale_max(overlap)
         if np.any(arrays["copy_scale"] > smax + 1e-9):
             at = int(np.argmax(arrays["copy_scale"] - smax))
-            raise ProcessFormatError(f"{where}: copy_scale[{at}] = {arrays['copy_scale'][at]} exceeds "
-                                     f"1/(1 - overlap[{at}, 0]) = {smax[at]}")
+            raise ProcessFormatError(
+                f"{where}: copy_scale[{at}] = {arrays['copy_scale'][at]} exceeds 1/(1 - overlap[{at}, 0]) = {smax[at]}"
+            )
         for name, arr in arrays.items():
             object.__setattr__(self, name, arr)
         object.__setattr__(self, "meta", dict(self.meta))
@@ -248,8 +253,10 @@ class RoutingProcess:
         return int(self.popularity.shape[1])
 
     def __repr__(self) -> str:
-        return (f"RoutingProcess(model={self.meta.get('model')!r}, moe_layers={self.n_moe_layers}, "
-                f"n_experts={self.n_experts}, top_k={self.top_k})")
+        return (
+            f"RoutingProcess(model={self.meta.get('model')!r}, moe_layers={self.n_moe_layers}, "
+            f"n_experts={self.n_experts}, top_k={self.top_k})"
+        )
 
     @staticmethod
     def _copy_scale_max(overlap: FloatArray) -> FloatArray:
@@ -291,8 +298,16 @@ class RoutingProcess:
 
     # -------------------------------------------------------------------- fit
     @classmethod
-    def fit(cls, trace: RoutingTrace, *, smoothing: float = 1.0, shrinkage: float | None = None,
-            calibration_iterations: int = 8, calibration_tokens: int | None = None, seed: int = 0) -> RoutingProcess:
+    def fit(
+        cls,
+        trace: RoutingTrace,
+        *,
+        smoothing: float = 1.0,
+        shrinkage: float | None = None,
+        calibration_iterations: int = 8,
+        calibration_tokens: int | None = None,
+        seed: int = 0,
+    ) -> RoutingProcess:
         """Fit popularity, affinity and temporal reuse to ``trace``, then calibrate by simulation.
 
         ``smoothing`` is an add-``smoothing`` pseudo-count per expert (popularity) and per affinity
@@ -344,25 +359,41 @@ class RoutingProcess:
         phase = DECODE if (trace.phase == DECODE).sum() * 2 >= trace.n_tokens else 0
         n_cal = calibration_tokens or 8192
         meta = {
-            "model": trace.meta.get("model"), "source": trace.meta.get("source"),
+            "model": trace.meta.get("model"),
+            "source": trace.meta.get("source"),
             "licence": trace.meta.get("licence"),
-            "fitted_from": {"tokens": trace.n_tokens, "requests": trace.n_requests,
-                            "source": trace.meta.get("source"), "smoothing": smoothing,
-                            "popularity_shrinkage": lam},
+            "fitted_from": {
+                "tokens": trace.n_tokens,
+                "requests": trace.n_requests,
+                "source": trace.meta.get("source"),
+                "smoothing": smoothing,
+                "popularity_shrinkage": lam,
+            },
             "calibration": {"tokens": n_cal, "iterations": calibration_iterations, "seed": seed},
         }
         init = cls(
-            popularity=pop, affinity=aff, bias=np.zeros_like(pop), beta=np.full(pop.shape[0] - 1, 0.7),
-            reuse_rate=np.clip(rate, 0.0, 1.0), overlap=overlap,
-            copy_scale=np.minimum(0.8, cls._copy_scale_max(overlap)), mi_target=mi,
-            top_k=k, phase=phase, tokens_per_request=tpr, meta=meta,
-            coact0=coact0, gamma0=0.5 if co_mi > 0 else 0.0, co_mi_target0=co_mi,
+            popularity=pop,
+            affinity=aff,
+            bias=np.zeros_like(pop),
+            beta=np.full(pop.shape[0] - 1, 0.7),
+            reuse_rate=np.clip(rate, 0.0, 1.0),
+            overlap=overlap,
+            copy_scale=np.minimum(0.8, cls._copy_scale_max(overlap)),
+            mi_target=mi,
+            top_k=k,
+            phase=phase,
+            tokens_per_request=tpr,
+            meta=meta,
+            coact0=coact0,
+            gamma0=0.5 if co_mi > 0 else 0.0,
+            co_mi_target0=co_mi,
         )
         return init.calibrate(iterations=calibration_iterations, n_tokens=n_cal, seed=seed)
 
     # -------------------------------------------------------------- calibrate
-    def calibrate(self, *, iterations: int = 8, n_tokens: int = 16384, seed: int = 0,
-                  refine_passes: int = 4) -> RoutingProcess:
+    def calibrate(
+        self, *, iterations: int = 8, n_tokens: int = 16384, seed: int = 0, refine_passes: int = 4
+    ) -> RoutingProcess:
         """Adjust ``bias``, ``beta`` and ``copy_scale`` so that sampled traces match ``popularity``,
         ``mi_target`` and ``reuse_rate``.
 
@@ -400,13 +431,20 @@ class RoutingProcess:
             for it in range(iterations + 1):
                 if it == iterations and n_avg:
                     bias[layer] = bias_sum / n_avg
-                log_r = None if prev is None else _rs.log_factor(pmi[layer - 1], beta[layer - 1],
-                                                                 self.popularity[layer - 1])
+                log_r = (
+                    None
+                    if prev is None
+                    else _rs.log_factor(pmi[layer - 1], beta[layer - 1], self.popularity[layer - 1])
+                )
                 q_copy = self.overlap[layer] * scale[layer]
                 q_copy[0] = max(0.0, 1.0 - q_copy[1:].sum())
-                model = _rs.LayerModel.build(np.log(self.popularity[layer]) + bias[layer], log_r,
-                                             q_copy / q_copy.sum(), k,
-                                             co_log=self._co_log(gamma) if layer == 0 else None)
+                model = _rs.LayerModel.build(
+                    np.log(self.popularity[layer]) + bias[layer],
+                    log_r,
+                    q_copy / q_copy.sum(),
+                    k,
+                    co_log=self._co_log(gamma) if layer == 0 else None,
+                )
                 cur = _rs.sample_layer(model, prev, rng, tokens)
                 load = np.bincount(cur.ravel(), minlength=n_e).astype(np.float64)
                 q = (load + 0.5) / (load.sum() + 0.5 * n_e)
@@ -464,19 +502,34 @@ class RoutingProcess:
                 load_err[layer] = float(np.max(np.abs(q / self.popularity[layer] - 1.0)))
                 bias[layer] += np.log(self.popularity[layer] / q) / (j + 1)
                 bias[layer] -= bias[layer].mean()
-        errors = {"load_max_rel_error": float(load_err.max()),
-                  "mi_abs_error_bits": float(mi_err.max()) if mi_err.size else 0.0,
-                  "reuse_abs_error": float(reuse_err.max()), "first_layer_co_mi_abs_error_bits": co_err}
+        errors = {
+            "load_max_rel_error": float(load_err.max()),
+            "mi_abs_error_bits": float(mi_err.max()) if mi_err.size else 0.0,
+            "reuse_abs_error": float(reuse_err.max()),
+            "first_layer_co_mi_abs_error_bits": co_err,
+        }
         log.debug("calibration: %s", errors)
         meta = dict(self.meta)
-        meta["calibration"] = {**dict(meta.get("calibration") or {}), "tokens": n_tokens,
-                               "iterations": iterations, "seed": seed, "achieved": errors}
+        meta["calibration"] = {
+            **dict(meta.get("calibration") or {}),
+            "tokens": n_tokens,
+            "iterations": iterations,
+            "seed": seed,
+            "achieved": errors,
+        }
         return replace(self, bias=bias, beta=beta, copy_scale=scale, gamma0=gamma, meta=meta)
 
     # ----------------------------------------------------------------- sample
-    def sample(self, n_tokens: int, seed: int | None = 0, *, n_requests: int | None = None,
-               tokens_per_request: int | None = None, request_lengths: Sequence[int] | None = None,
-               phase: int | None = None) -> RoutingTrace:
+    def sample(
+        self,
+        n_tokens: int,
+        seed: int | None = 0,
+        *,
+        n_requests: int | None = None,
+        tokens_per_request: int | None = None,
+        request_lengths: Sequence[int] | None = None,
+        phase: int | None = None,
+    ) -> RoutingTrace:
         """A synthetic `RoutingTrace` of ``n_tokens`` tokens (vectorised, deterministic under ``seed``).
 
         Requests: give at most one of ``n_requests`` (tokens split as evenly as possible),
@@ -492,11 +545,17 @@ class RoutingProcess:
         ph = self.phase if phase is None else phase
         if ph not in (0, 1):
             raise ValueError(f"sample: phase must be 0 or 1, got {ph!r}")
-        meta = {"model": self.meta.get("model"), "n_experts": self.n_experts, "top_k": self.top_k,
-                "source": f"RoutingProcess({self.meta.get('model')}) seed={seed}",
-                "licence": self.meta.get("licence"), "synthetic": True}
-        return RoutingTrace(experts=experts, request=req, position=pos,
-                            phase=np.full(n_tokens, ph, dtype=np.uint8), meta=meta)
+        meta = {
+            "model": self.meta.get("model"),
+            "n_experts": self.n_experts,
+            "top_k": self.top_k,
+            "source": f"RoutingProcess({self.meta.get('model')}) seed={seed}",
+            "licence": self.meta.get("licence"),
+            "synthetic": True,
+        }
+        return RoutingTrace(
+            experts=experts, request=req, position=pos, phase=np.full(n_tokens, ph, dtype=np.uint8), meta=meta
+        )
 
     def sample_experts(self, lengths: Sequence[int] | npt.ArrayLike, rng: np.random.Generator) -> npt.NDArray[np.int16]:
         """Experts ``int16 [sum(lengths), L, k]`` for consecutive requests of the given lengths."""
@@ -513,9 +572,13 @@ class RoutingProcess:
         models = [
             _rs.LayerModel.build(
                 log_base[layer],
-                None if layer == 0 else _rs.log_factor(pmi[layer - 1], float(self.beta[layer - 1]),
-                                                       self.popularity[layer - 1]),
-                dist[layer], self.top_k, co_log=self._co_log(self.gamma0) if layer == 0 else None)
+                None
+                if layer == 0
+                else _rs.log_factor(pmi[layer - 1], float(self.beta[layer - 1]), self.popularity[layer - 1]),
+                dist[layer],
+                self.top_k,
+                co_log=self._co_log(self.gamma0) if layer == 0 else None,
+            )
             for layer in range(self.n_moe_layers)
         ]
         object.__setattr__(self, "_layer_cache", models)
@@ -534,8 +597,15 @@ class RoutingProcess:
         return np.ascontiguousarray(buf.transpose(2, 0, 1))
 
     # -------------------------------------------------------------- retarget
-    def retarget(self, n_experts: int, top_k: int, *, calibration_iterations: int = 6,
-                 calibration_tokens: int = 8192, seed: int = 0) -> RoutingProcess:
+    def retarget(
+        self,
+        n_experts: int,
+        top_k: int,
+        *,
+        calibration_iterations: int = 6,
+        calibration_tokens: int = 8192,
+        seed: int = 0,
+    ) -> RoutingProcess:
         """This process mapped to ``n_experts`` experts and top-``top_k`` routing.
 
         Assumption (also in `ASSUMPTIONS`): experts of each layer are ordered by popularity on a
@@ -549,8 +619,9 @@ class RoutingProcess:
         is recalibrated by simulation.
         """
         if not isinstance(n_experts, int) or not isinstance(top_k, int) or not 1 <= top_k <= n_experts:
-            raise ValueError(f"retarget: need ints 1 <= top_k <= n_experts, got n_experts={n_experts!r}, "
-                             f"top_k={top_k!r}")
+            raise ValueError(
+                f"retarget: need ints 1 <= top_k <= n_experts, got n_experts={n_experts!r}, top_k={top_k!r}"
+            )
         n_l, e_old, k_old = self.n_moe_layers, self.n_experts, self.top_k
         maps = [_rank_map(self.popularity[layer], n_experts) for layer in range(n_l)]
         pop = np.stack([self.popularity[layer] @ maps[layer] for layer in range(n_l)])
@@ -582,20 +653,34 @@ class RoutingProcess:
             keep_co = float(stats.mutual_information(co_new)) / max(float(stats.mutual_information(co_old)), 1e-12)
             co_mi = self.co_mi_target0 * min(1.0, keep_co)
         meta = dict(self.meta)
-        meta["retargeted_from"] = {"model": self.meta.get("model"), "n_experts": e_old, "top_k": k_old,
-                                   "assumption": "rank-axis split/merge of popularity and affinity; reuse rate kept"}
+        meta["retargeted_from"] = {
+            "model": self.meta.get("model"),
+            "n_experts": e_old,
+            "top_k": k_old,
+            "assumption": "rank-axis split/merge of popularity and affinity; reuse rate kept",
+        }
         new = RoutingProcess(
-            popularity=pop, affinity=aff, bias=np.zeros_like(pop),
+            popularity=pop,
+            affinity=aff,
+            bias=np.zeros_like(pop),
             beta=np.full(n_l - 1, float(np.mean(self.beta)) if n_l > 1 else 0.0),
-            reuse_rate=self.reuse_rate, overlap=overlap,
+            reuse_rate=self.reuse_rate,
+            overlap=overlap,
             copy_scale=np.minimum(np.asarray(self.copy_scale), self._copy_scale_max(overlap)),
-            mi_target=mi, top_k=top_k, phase=self.phase, tokens_per_request=self.tokens_per_request, meta=meta,
-            coact0=co_new, gamma0=self.gamma0 if co_mi > 0 else 0.0, co_mi_target0=co_mi,
+            mi_target=mi,
+            top_k=top_k,
+            phase=self.phase,
+            tokens_per_request=self.tokens_per_request,
+            meta=meta,
+            coact0=co_new,
+            gamma0=self.gamma0 if co_mi > 0 else 0.0,
+            co_mi_target0=co_mi,
         )
         return new.calibrate(iterations=calibration_iterations, n_tokens=calibration_tokens, seed=seed)
 
-    def relayer(self, n_layers: int, *, calibration_iterations: int = 6, calibration_tokens: int = 8192,
-                seed: int = 0) -> RoutingProcess:
+    def relayer(
+        self, n_layers: int, *, calibration_iterations: int = 6, calibration_tokens: int = 8192, seed: int = 0
+    ) -> RoutingProcess:
         """This process stretched or compressed to ``n_layers`` MoE layers.
 
         Assumption (also in `ASSUMPTIONS`): new layer ``i`` is old layer ``s(i) = round(i (L-1) /
@@ -642,13 +727,27 @@ class RoutingProcess:
         aff = np.maximum(aff, 1e-12)
         aff /= aff.sum(axis=2, keepdims=True)
         meta = dict(self.meta)
-        meta["relayered_from"] = {"moe_layers": n_l, "layer_map": src.tolist(),
-                                  "assumption": "nearest relative depth; chained affinities keep expert labels"}
+        meta["relayered_from"] = {
+            "moe_layers": n_l,
+            "layer_map": src.tolist(),
+            "assumption": "nearest relative depth; chained affinities keep expert labels",
+        }
         new = RoutingProcess(
-            popularity=self.popularity[src], affinity=aff, bias=self.bias[src], beta=beta,
-            reuse_rate=self.reuse_rate[src], overlap=self.overlap[src], copy_scale=self.copy_scale[src],
-            mi_target=mi, top_k=self.top_k, phase=self.phase, tokens_per_request=self.tokens_per_request,
-            meta=meta, coact0=self.coact0, gamma0=self.gamma0, co_mi_target0=self.co_mi_target0,
+            popularity=self.popularity[src],
+            affinity=aff,
+            bias=self.bias[src],
+            beta=beta,
+            reuse_rate=self.reuse_rate[src],
+            overlap=self.overlap[src],
+            copy_scale=self.copy_scale[src],
+            mi_target=mi,
+            top_k=self.top_k,
+            phase=self.phase,
+            tokens_per_request=self.tokens_per_request,
+            meta=meta,
+            coact0=self.coact0,
+            gamma0=self.gamma0,
+            co_mi_target0=self.co_mi_target0,
         )
         return new.calibrate(iterations=calibration_iterations, n_tokens=calibration_tokens, seed=seed)
 
@@ -663,12 +762,22 @@ class RoutingProcess:
         meta["window_of"] = {"moe_layers": n_l, "start": start, "stop": stop}
         keep_co = start == 0
         return RoutingProcess(
-            popularity=self.popularity[start:stop], affinity=self.affinity[start:stop - 1],
-            bias=self.bias[start:stop], beta=self.beta[start:stop - 1], reuse_rate=self.reuse_rate[start:stop],
-            overlap=self.overlap[start:stop], copy_scale=self.copy_scale[start:stop],
-            mi_target=self.mi_target[start:stop - 1], top_k=self.top_k, phase=self.phase,
-            tokens_per_request=self.tokens_per_request, meta=meta, coact0=self.coact0 if keep_co else None,
-            gamma0=self.gamma0 if keep_co else 0.0, co_mi_target0=self.co_mi_target0 if keep_co else 0.0)
+            popularity=self.popularity[start:stop],
+            affinity=self.affinity[start : stop - 1],
+            bias=self.bias[start:stop],
+            beta=self.beta[start : stop - 1],
+            reuse_rate=self.reuse_rate[start:stop],
+            overlap=self.overlap[start:stop],
+            copy_scale=self.copy_scale[start:stop],
+            mi_target=self.mi_target[start : stop - 1],
+            top_k=self.top_k,
+            phase=self.phase,
+            tokens_per_request=self.tokens_per_request,
+            meta=meta,
+            coact0=self.coact0 if keep_co else None,
+            gamma0=self.gamma0 if keep_co else 0.0,
+            co_mi_target0=self.co_mi_target0 if keep_co else 0.0,
+        )
 
     # ------------------------------------------------------------------- JSON
     def to_dict(self, *, precision: str = "float64") -> dict[str, Any]:
@@ -677,14 +786,28 @@ class RoutingProcess:
         affinity at that precision and the other arrays at float32."""
         if precision not in ("float64", "float32", "float16"):
             raise ValueError(f"to_dict: precision must be float64, float32 or float16, got {precision!r}")
-        arrays = {name: _encode(getattr(self, name), precision if name == "affinity" else
-                                "float64" if precision == "float64" else "float32") for name in _ARRAY_NAMES}
+        arrays = {
+            name: _encode(
+                getattr(self, name),
+                precision if name == "affinity" else "float64" if precision == "float64" else "float32",
+            )
+            for name in _ARRAY_NAMES
+        }
         arrays["coact0"] = _encode(np.asarray(self.coact0), precision)
-        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "n_experts": self.n_experts,
-                "top_k": self.top_k, "n_moe_layers": self.n_moe_layers, "phase": self.phase,
-                "gamma0": self.gamma0, "co_mi_target0": self.co_mi_target0,
-                "tokens_per_request": self.tokens_per_request, "assumptions": ASSUMPTIONS,
-                "meta": _jsonable(self.meta), "arrays": arrays}
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "n_experts": self.n_experts,
+            "top_k": self.top_k,
+            "n_moe_layers": self.n_moe_layers,
+            "phase": self.phase,
+            "gamma0": self.gamma0,
+            "co_mi_target0": self.co_mi_target0,
+            "tokens_per_request": self.tokens_per_request,
+            "assumptions": ASSUMPTIONS,
+            "meta": _jsonable(self.meta),
+            "arrays": arrays,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, where: str = "<dict>") -> RoutingProcess:
@@ -709,10 +832,16 @@ class RoutingProcess:
             arrays[name] = _decode(arrays_in[name], f"{where}: arrays.{name}")
         coact0 = _decode(arrays_in["coact0"], f"{where}: arrays.coact0") if "coact0" in arrays_in else None
         try:
-            proc = cls(**arrays, top_k=int(d["top_k"]), phase=int(d.get("phase", DECODE)),
-                       coact0=coact0, gamma0=float(d.get("gamma0", 0.0)),
-                       co_mi_target0=float(d.get("co_mi_target0", 0.0)),
-                       tokens_per_request=int(d.get("tokens_per_request", 256)), meta=dict(d.get("meta") or {}))
+            proc = cls(
+                **arrays,
+                top_k=int(d["top_k"]),
+                phase=int(d.get("phase", DECODE)),
+                coact0=coact0,
+                gamma0=float(d.get("gamma0", 0.0)),
+                co_mi_target0=float(d.get("co_mi_target0", 0.0)),
+                tokens_per_request=int(d.get("tokens_per_request", 256)),
+                meta=dict(d.get("meta") or {}),
+            )
         except ProcessFormatError as exc:
             raise ProcessFormatError(f"{where}: {exc}") from exc
         except (TypeError, ValueError) as exc:
@@ -744,8 +873,9 @@ class RoutingProcess:
 
 
 # ---------------------------------------------------------------------- helpers
-def shrinkage_cv(trace: RoutingTrace, *, seed: int = 0, repeats: int = 4,
-                 grid: Sequence[float] = tuple(np.linspace(0.0, 1.0, 21))) -> float:
+def shrinkage_cv(
+    trace: RoutingTrace, *, seed: int = 0, repeats: int = 4, grid: Sequence[float] = tuple(np.linspace(0.0, 1.0, 21))
+) -> float:
     """Popularity shrinkage ``lambda`` that best predicts unseen requests' load.
 
     ``repeats`` times, the requests are split at random into halves A and B (balanced by tokens:
@@ -804,8 +934,9 @@ def request_order_of(request: npt.NDArray[np.int32], position: npt.NDArray[np.in
     return np.lexsort((position.astype(np.int64), request.astype(np.int64)))
 
 
-def _load_per_request(experts: npt.NDArray[np.int16], inv: npt.NDArray[np.intp], n_req: int,
-                      n_e: int) -> npt.NDArray[np.int64]:
+def _load_per_request(
+    experts: npt.NDArray[np.int16], inv: npt.NDArray[np.intp], n_req: int, n_e: int
+) -> npt.NDArray[np.int64]:
     n_l = experts.shape[1]
     e1 = n_e + 1
     ex = experts.astype(np.int64)
@@ -815,8 +946,9 @@ def _load_per_request(experts: npt.NDArray[np.int16], inv: npt.NDArray[np.intp],
     return counts[:, :, :n_e]
 
 
-def _request_lengths(n_tokens: int, n_requests: int | None, tokens_per_request: int | None,
-                     request_lengths: Sequence[int] | None) -> npt.NDArray[np.int64]:
+def _request_lengths(
+    n_tokens: int, n_requests: int | None, tokens_per_request: int | None, request_lengths: Sequence[int] | None
+) -> npt.NDArray[np.int64]:
     if not isinstance(n_tokens, int | np.integer) or n_tokens < 0:
         raise ValueError(f"sample: n_tokens must be an int >= 0, got {n_tokens!r}")
     given = [x is not None for x in (n_requests, tokens_per_request, request_lengths)]
@@ -825,8 +957,9 @@ def _request_lengths(n_tokens: int, n_requests: int | None, tokens_per_request: 
     if request_lengths is not None:
         lengths = np.asarray(request_lengths, dtype=np.int64)
         if lengths.ndim != 1 or (lengths.size and lengths.min() < 0) or int(lengths.sum()) != n_tokens:
-            raise ValueError(f"sample: request_lengths must be >= 0 and sum to n_tokens={n_tokens}, "
-                             f"got sum {int(lengths.sum())}")
+            raise ValueError(
+                f"sample: request_lengths must be >= 0 and sum to n_tokens={n_tokens}, got sum {int(lengths.sum())}"
+            )
         return lengths
     if tokens_per_request is not None:
         if tokens_per_request < 1:
@@ -888,8 +1021,9 @@ def _rank_map(pop: FloatArray, n_new: int) -> FloatArray:
     lo_old, hi_old = rank / n_old, (rank + 1) / n_old
     j = np.arange(n_new)
     lo_new, hi_new = j / n_new, (j + 1) / n_new
-    overlap = np.clip(np.minimum(hi_old[:, None], hi_new[None, :]) - np.maximum(lo_old[:, None], lo_new[None, :]),
-                      0.0, None)
+    overlap = np.clip(
+        np.minimum(hi_old[:, None], hi_new[None, :]) - np.maximum(lo_old[:, None], lo_new[None, :]), 0.0, None
+    )
     return np.asarray(overlap * n_old, dtype=np.float64)
 
 
@@ -897,8 +1031,11 @@ def _encode(a: FloatArray, precision: str) -> Any:
     if precision == "float64":
         return np.asarray(a).tolist()
     raw = np.ascontiguousarray(a, dtype=np.dtype(precision).newbyteorder("<")).tobytes()
-    return {"dtype": precision, "shape": list(a.shape),
-            "zlib_base64": base64.b64encode(zlib.compress(raw, 9)).decode("ascii")}
+    return {
+        "dtype": precision,
+        "shape": list(a.shape),
+        "zlib_base64": base64.b64encode(zlib.compress(raw, 9)).decode("ascii"),
+    }
 
 
 def _decode(v: Any, where: str) -> FloatArray:

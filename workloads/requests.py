@@ -58,8 +58,10 @@ class Request:
         if not math.isfinite(self.arrival_s) or self.arrival_s < 0:
             raise ValueError(f"Request {self.request_id}: arrival_s must be finite and >= 0, got {self.arrival_s}")
         if self.prompt_tokens < 1 or self.output_tokens < 1:
-            raise ValueError(f"Request {self.request_id}: prompt_tokens and output_tokens must be >= 1, got "
-                             f"{self.prompt_tokens}, {self.output_tokens}")
+            raise ValueError(
+                f"Request {self.request_id}: prompt_tokens and output_tokens must be >= 1, got "
+                f"{self.prompt_tokens}, {self.output_tokens}"
+            )
 
     @property
     def total_tokens(self) -> int:
@@ -146,8 +148,12 @@ class TraceReplay(RoutingSource):
         r = request.request_id % self._starts.size
         start, length, n_pre = int(self._starts[r]), int(self._lengths[r]), int(self._n_prefill[r])
         if n_pre:
-            rows = np.concatenate([start + np.arange(request.prompt_tokens) % n_pre,
-                                   start + n_pre + np.arange(request.output_tokens) % (length - n_pre)])
+            rows = np.concatenate(
+                [
+                    start + np.arange(request.prompt_tokens) % n_pre,
+                    start + n_pre + np.arange(request.output_tokens) % (length - n_pre),
+                ]
+            )
         else:
             rows = start + np.arange(request.total_tokens) % length
         return self._experts[rows]
@@ -252,8 +258,12 @@ class LengthDist:
         return cls("empirical", (), tuple(int(v) for v in np.asarray(values).ravel()))
 
     @classmethod
-    def from_splitwise(cls, csv_path: str | os.PathLike[str], column: Literal["prompt", "output"],
-                       kind: Literal["lognormal", "empirical"] = "lognormal") -> LengthDist:
+    def from_splitwise(
+        cls,
+        csv_path: str | os.PathLike[str],
+        column: Literal["prompt", "output"],
+        kind: Literal["lognormal", "empirical"] = "lognormal",
+    ) -> LengthDist:
         """Prompt or output lengths of a Splitwise CSV: a lognormal fitted by the mean and standard
         deviation of ``log(length)`` (clipped to the observed maximum), or the empirical values."""
         arr = _read_splitwise(Path(csv_path))
@@ -330,20 +340,35 @@ class RequestStream:
         return sum(r.total_tokens for r in self.requests)
 
     @staticmethod
-    def _build(arrivals: npt.NDArray[np.float64], prompt: npt.NDArray[np.int64], output: npt.NDArray[np.int64],
-               routing: RoutingSource) -> RequestStream:
-        reqs = tuple(Request(request_id=i, arrival_s=float(a), prompt_tokens=int(p), output_tokens=int(o))
-                     for i, (a, p, o) in enumerate(zip(arrivals, prompt, output, strict=True)))
+    def _build(
+        arrivals: npt.NDArray[np.float64],
+        prompt: npt.NDArray[np.int64],
+        output: npt.NDArray[np.int64],
+        routing: RoutingSource,
+    ) -> RequestStream:
+        reqs = tuple(
+            Request(request_id=i, arrival_s=float(a), prompt_tokens=int(p), output_tokens=int(o))
+            for i, (a, p, o) in enumerate(zip(arrivals, prompt, output, strict=True))
+        )
         return RequestStream(requests=reqs, routing_source=routing)
 
     @staticmethod
-    def _lengths(n: int, prompt_len: Length, output_len: Length,
-                 rng: np.random.Generator) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    def _lengths(
+        n: int, prompt_len: Length, output_len: Length, rng: np.random.Generator
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         return _as_dist(prompt_len, "prompt_len").sample(n, rng), _as_dist(output_len, "output_len").sample(n, rng)
 
     @classmethod
-    def poisson(cls, *, rate_per_s: float, n_requests: int, prompt_len: Length, output_len: Length,
-                routing: RoutingSource, seed: int = 0) -> RequestStream:
+    def poisson(
+        cls,
+        *,
+        rate_per_s: float,
+        n_requests: int,
+        prompt_len: Length,
+        output_len: Length,
+        routing: RoutingSource,
+        seed: int = 0,
+    ) -> RequestStream:
         """Poisson arrivals at ``rate_per_s`` (first arrival one inter-arrival time after t = 0)."""
         _check_n(n_requests)
         if not rate_per_s > 0 or not math.isfinite(rate_per_s):
@@ -353,8 +378,17 @@ class RequestStream:
         return cls._build(arrivals, *cls._lengths(n_requests, prompt_len, output_len, rng), routing)
 
     @classmethod
-    def bursty(cls, *, mean_rate_per_s: float, burstiness: float, n_requests: int, prompt_len: Length,
-               output_len: Length, routing: RoutingSource, seed: int = 0) -> RequestStream:
+    def bursty(
+        cls,
+        *,
+        mean_rate_per_s: float,
+        burstiness: float,
+        n_requests: int,
+        prompt_len: Length,
+        output_len: Length,
+        routing: RoutingSource,
+        seed: int = 0,
+    ) -> RequestStream:
         """Gamma-renewal arrivals: inter-arrival times ~ Gamma(shape = 1/c^2, scale = c^2 / rate)
         with ``c = burstiness`` their coefficient of variation (1 gives Poisson)."""
         _check_n(n_requests)
@@ -368,9 +402,19 @@ class RequestStream:
         return cls._build(np.cumsum(gaps), *cls._lengths(n_requests, prompt_len, output_len, rng), routing)
 
     @classmethod
-    def onoff(cls, *, rate_on_per_s: float, rate_off_per_s: float, mean_on_s: float, mean_off_s: float,
-              n_requests: int, prompt_len: Length, output_len: Length, routing: RoutingSource,
-              seed: int = 0) -> RequestStream:
+    def onoff(
+        cls,
+        *,
+        rate_on_per_s: float,
+        rate_off_per_s: float,
+        mean_on_s: float,
+        mean_off_s: float,
+        n_requests: int,
+        prompt_len: Length,
+        output_len: Length,
+        routing: RoutingSource,
+        seed: int = 0,
+    ) -> RequestStream:
         """On/off Markov-modulated Poisson arrivals (a two-state MMPP): exponential "on" periods
         (mean ``mean_on_s``) with Poisson arrivals at ``rate_on_per_s`` alternate with "off" periods
         (mean ``mean_off_s``) at ``rate_off_per_s`` (may be 0); the stream starts in an "on" period.
@@ -396,17 +440,26 @@ class RequestStream:
         return cls._build(arrivals, *cls._lengths(n_requests, prompt_len, output_len, rng), routing)
 
     @classmethod
-    def closed(cls, *, n_requests: int, prompt_len: Length, output_len: Length, routing: RoutingSource,
-               seed: int = 0) -> RequestStream:
+    def closed(
+        cls, *, n_requests: int, prompt_len: Length, output_len: Length, routing: RoutingSource, seed: int = 0
+    ) -> RequestStream:
         """All requests at t = 0 (an offline batch)."""
         _check_n(n_requests)
         rng = np.random.default_rng(seed)
         return cls._build(np.zeros(n_requests), *cls._lengths(n_requests, prompt_len, output_len, rng), routing)
 
     @classmethod
-    def replay(cls, csv_path: str | os.PathLike[str], *, n_requests: int | None = None, time_scale: float = 1.0,
-               max_prompt: int | None = None, max_output: int | None = None, routing: RoutingSource,
-               seed: int = 0) -> RequestStream:
+    def replay(
+        cls,
+        csv_path: str | os.PathLike[str],
+        *,
+        n_requests: int | None = None,
+        time_scale: float = 1.0,
+        max_prompt: int | None = None,
+        max_output: int | None = None,
+        routing: RoutingSource,
+        seed: int = 0,
+    ) -> RequestStream:
         """Arrivals and lengths of a Splitwise-format CSV (header ``arrived_at, num_prefill_tokens,
         num_decode_tokens``), the first ``n_requests`` rows (all if None), arrival times shifted to
         start at 0 and multiplied by ``time_scale`` (0.5 = twice the load), lengths clipped to
@@ -470,17 +523,22 @@ def _read_splitwise(path: Path) -> npt.NDArray[np.float64]:
                         v = float(text)
                     except ValueError:
                         raise RequestFormatError(
-                            f"{path}, line {line}: field {name} = {text!r} is not a number") from None
+                            f"{path}, line {line}: field {name} = {text!r} is not a number"
+                        ) from None
                     if not math.isfinite(v) or v < 0:
                         raise RequestFormatError(
-                            f"{path}, line {line}: field {name} = {text!r} must be finite and >= 0")
+                            f"{path}, line {line}: field {name} = {text!r} must be finite and >= 0"
+                        )
                     if name != "arrived_at" and (v != int(v) or v < 1):
                         raise RequestFormatError(
-                            f"{path}, line {line}: field {name} = {text!r} must be an integer >= 1")
+                            f"{path}, line {line}: field {name} = {text!r} must be an integer >= 1"
+                        )
                     vals.append(v)
                 if vals[0] < last:
-                    raise RequestFormatError(f"{path}, line {line}: arrived_at {vals[0]} is earlier than the previous "
-                                             f"row's {last} (arrivals must be sorted)")
+                    raise RequestFormatError(
+                        f"{path}, line {line}: arrived_at {vals[0]} is earlier than the previous "
+                        f"row's {last} (arrivals must be sorted)"
+                    )
                 last = vals[0]
                 rows.append((vals[0], vals[1], vals[2]))
     except UnicodeDecodeError as exc:
@@ -490,5 +548,12 @@ def _read_splitwise(path: Path) -> npt.NDArray[np.float64]:
     return np.asarray(rows, dtype=np.float64)
 
 
-__all__ = ["LengthDist", "ProcessRouting", "Request", "RequestFormatError", "RequestStream", "RoutingSource",
-           "TraceReplay"]
+__all__ = [
+    "LengthDist",
+    "ProcessRouting",
+    "Request",
+    "RequestFormatError",
+    "RequestStream",
+    "RoutingSource",
+    "TraceReplay",
+]

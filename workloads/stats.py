@@ -63,8 +63,11 @@ def expert_load(trace: RoutingTrace, *, _ex: LayerMajor | None = None) -> IntArr
     """Load ``[moe_layers, n_experts]`` int64: tokens that chose each expert at each layer."""
     n_l, n_e = trace.n_moe_layers, trace.n_experts
     ex = _layer_major(trace.experts, n_e) if _ex is None else _ex
-    counts = np.stack([np.bincount(ex[layer].ravel(), minlength=n_e + 1) for layer in range(n_l)]) if n_l else \
-        np.zeros((0, n_e + 1), dtype=np.int64)
+    counts = (
+        np.stack([np.bincount(ex[layer].ravel(), minlength=n_e + 1) for layer in range(n_l)])
+        if n_l
+        else np.zeros((0, n_e + 1), dtype=np.int64)
+    )
     return counts[:, :n_e].astype(np.int64)
 
 
@@ -238,16 +241,19 @@ class TemporalReuse:
     def to_dict(self) -> dict[str, Any]:
         hist = self.distance_hist.sum(axis=0)
         return {
-            "rate": _floats(self.rate), "mean_rate": _float(self.mean_rate),
+            "rate": _floats(self.rate),
+            "mean_rate": _float(self.mean_rate),
             "reuse_distance": {
                 "distances": [*range(1, self.max_distance + 1), f">{self.max_distance}"],
-                "counts": [int(v) for v in hist], "first_use": int(self.first_use.sum()),
+                "counts": [int(v) for v in hist],
+                "first_use": int(self.first_use.sum()),
             },
         }
 
 
-def temporal_reuse(trace: RoutingTrace, *, max_distance: int = DEFAULT_MAX_DISTANCE,
-                   distances: bool = True) -> TemporalReuse:
+def temporal_reuse(
+    trace: RoutingTrace, *, max_distance: int = DEFAULT_MAX_DISTANCE, distances: bool = True
+) -> TemporalReuse:
     """Reuse of experts across consecutive tokens of a request, per layer (module docstring).
 
     With ``distances=False`` the reuse-distance histogram is skipped (left all zero), which is
@@ -295,7 +301,7 @@ def temporal_reuse(trace: RoutingTrace, *, max_distance: int = DEFAULT_MAX_DISTA
         # is fastest on uint8; the null run sorts first and is skipped.
         keys = (lay.ravel() + 1).astype(key_dtype)
         cnt = np.bincount(keys, minlength=n_e + 1)
-        srt = np.argsort(keys, kind="stable")[cnt[0]:]  # keeps token order inside each expert's run
+        srt = np.argsort(keys, kind="stable")[cnt[0] :]  # keeps token order inside each expert's run
         n_uses = srt.size
         if not n_uses:
             continue
@@ -308,8 +314,12 @@ def temporal_reuse(trace: RoutingTrace, *, max_distance: int = DEFAULT_MAX_DISTA
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = np.where(slots > 0, reused / np.maximum(slots, 1), np.nan)
     return TemporalReuse(
-        rate=rate.astype(np.float64), reused=reused, slots=slots,
-        overlap_hist=overlap, distance_hist=dist, first_use=first,
+        rate=rate.astype(np.float64),
+        reused=reused,
+        slots=slots,
+        overlap_hist=overlap,
+        distance_hist=dist,
+        first_use=first,
     )
 
 
@@ -324,7 +334,7 @@ def coactivation(trace: RoutingTrace, *, _ex: LayerMajor | None = None) -> IntAr
         c = np.zeros(e1 * e1, dtype=np.int64)
         base = ex[layer].astype(code) * code(e1)
         for i in range(trace.k - 1):  # pairs of slots i < j, made symmetric below
-            c += np.bincount((base[i][None, :] + ex[layer, i + 1:]).ravel(), minlength=e1 * e1)
+            c += np.bincount((base[i][None, :] + ex[layer, i + 1 :]).ravel(), minlength=e1 * e1)
         m = c.reshape(e1, e1)
         counts[layer] = m + m.T
         counts[layer][np.diag_indices(e1)] = np.bincount(ex[layer].ravel(), minlength=e1)
@@ -382,8 +392,7 @@ def moe_layer_ids(trace: RoutingTrace) -> list[int]:
     return list(range(trace.n_moe_layers))
 
 
-def trace_stats(trace: RoutingTrace, *, full: bool = False,
-                max_distance: int = DEFAULT_MAX_DISTANCE) -> dict[str, Any]:
+def trace_stats(trace: RoutingTrace, *, full: bool = False, max_distance: int = DEFAULT_MAX_DISTANCE) -> dict[str, Any]:
     """A JSON-able summary: shape keys (``tokens``, ``moe_layers``, ``n_experts``, ``top_k``,
     ``requests``, ``k``, ``null_fraction``), ``moe_layer_ids`` (the model's layer number of each
     column, `moe_layer_ids`; per-layer lists below are indexed by column), ``load`` (counts
@@ -401,14 +410,22 @@ def trace_stats(trace: RoutingTrace, *, full: bool = False,
     n_slots = trace.experts.size
     out: dict[str, Any] = {
         "model": trace.meta.get("model"),
-        "tokens": trace.n_tokens, "moe_layers": trace.n_moe_layers, "n_experts": trace.n_experts,
-        "top_k": trace.top_k, "k": trace.k, "requests": trace.n_requests,
+        "tokens": trace.n_tokens,
+        "moe_layers": trace.n_moe_layers,
+        "n_experts": trace.n_experts,
+        "top_k": trace.top_k,
+        "k": trace.k,
+        "requests": trace.n_requests,
         "moe_layer_ids": moe_layer_ids(trace),
         "null_fraction": _float(float((trace.experts < 0).sum() / n_slots) if n_slots else math.nan),
         "phase_counts": {"prefill": int((trace.phase == 0).sum()), "decode": int((trace.phase == 1).sum())},
-        "load": {"counts": load.tolist(), **skew.to_dict(),
-                 "mean_gini": _nanmean(skew.gini), "mean_entropy": _nanmean(skew.entropy),
-                 "mean_max_over_mean": _nanmean(skew.max_over_mean)},
+        "load": {
+            "counts": load.tolist(),
+            **skew.to_dict(),
+            "mean_gini": _nanmean(skew.gini),
+            "mean_entropy": _nanmean(skew.entropy),
+            "mean_max_over_mean": _nanmean(skew.max_over_mean),
+        },
         "affinity": affinity_summary(aff_c) if aff_c.shape[0] else {},
         "temporal_reuse": reuse.to_dict(),
         "coactivation": coactivation_summary(co),

@@ -82,8 +82,10 @@ def _check_distinct(experts: npt.NDArray[np.int16], where: str) -> None:
         row = experts[tok, layer]
         vals, counts = np.unique(row[row >= 0], return_counts=True)
         raise _fail(
-            where, f"token {tok}, layer {layer} lists expert {int(vals[counts > 1][0])} more than once "
-            f"(experts {row.tolist()}); expected distinct experts per token and layer (-1 for none)")
+            where,
+            f"token {tok}, layer {layer} lists expert {int(vals[counts > 1][0])} more than once "
+            f"(experts {row.tolist()}); expected distinct experts per token and layer (-1 for none)",
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,8 +122,7 @@ class RoutingTrace:
         if e.size and (e.min() < -1 or e.max() >= n_exp):
             bad = np.argwhere((e < -1) | (e >= n_exp))[0]
             raise _fail(
-                where, f"expert id {int(e[tuple(bad)])} at token {bad[0]}, layer {bad[1]} is outside "
-                f"[-1, {n_exp})"
+                where, f"expert id {int(e[tuple(bad)])} at token {bad[0]}, layer {bad[1]} is outside [-1, {n_exp})"
             )
         object.__setattr__(self, "experts", e.astype(np.int16, copy=False))
         _check_distinct(self.experts, where)
@@ -137,12 +138,20 @@ class RoutingTrace:
                 raise _fail(where, f"weights shape {w.shape} != experts shape {e.shape}")
             object.__setattr__(self, "weights", w)
         ids = self.meta.get("moe_layer_ids")
-        if ids is not None and not isinstance(ids, str) and (
-                not isinstance(ids, (list, tuple)) or len(ids) != e.shape[1]
-                or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+        if (
+            ids is not None
+            and not isinstance(ids, str)
+            and (
+                not isinstance(ids, (list, tuple))
+                or len(ids) != e.shape[1]
+                or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+            )
+        ):
             raise _fail(
-                where, f"meta 'moe_layer_ids' is {ids!r}, expected {e.shape[1]} integers (the model's layer "
-                "number of each MoE-layer column)")
+                where,
+                f"meta 'moe_layer_ids' is {ids!r}, expected {e.shape[1]} integers (the model's layer "
+                "number of each MoE-layer column)",
+            )
 
     # ------------------------------------------------------------- shape info
     @property
@@ -174,17 +183,22 @@ class RoutingTrace:
         return self.n_tokens
 
     def __repr__(self) -> str:
-        return (f"RoutingTrace(model={self.meta.get('model')!r}, tokens={self.n_tokens}, "
-                f"moe_layers={self.n_moe_layers}, n_experts={self.n_experts}, top_k={self.top_k}, "
-                f"requests={self.n_requests})")
+        return (
+            f"RoutingTrace(model={self.meta.get('model')!r}, tokens={self.n_tokens}, "
+            f"moe_layers={self.n_moe_layers}, n_experts={self.n_experts}, top_k={self.top_k}, "
+            f"requests={self.n_requests})"
+        )
 
     # ------------------------------------------------------------- selection
     def select(self, rows: npt.ArrayLike) -> RoutingTrace:
         """A new trace of the given token rows (boolean mask or indices), meta copied."""
         idx = np.asarray(rows)
         return RoutingTrace(
-            experts=self.experts[idx], request=self.request[idx], position=self.position[idx],
-            phase=self.phase[idx], meta=dict(self.meta),
+            experts=self.experts[idx],
+            request=self.request[idx],
+            position=self.position[idx],
+            phase=self.phase[idx],
+            meta=dict(self.meta),
             weights=None if self.weights is None else self.weights[idx],
         )
 
@@ -213,22 +227,27 @@ class RoutingTrace:
     def equals(self, other: RoutingTrace) -> bool:
         """Exact equality of arrays and meta (used by round-trip tests)."""
         same_w = (self.weights is None and other.weights is None) or (
-            self.weights is not None and other.weights is not None
-            and np.array_equal(self.weights, other.weights)
+            self.weights is not None and other.weights is not None and np.array_equal(self.weights, other.weights)
         )
-        return (np.array_equal(self.experts, other.experts)
-                and np.array_equal(self.request, other.request)
-                and np.array_equal(self.position, other.position)
-                and np.array_equal(self.phase, other.phase)
-                and same_w and self.meta == other.meta)
+        return (
+            np.array_equal(self.experts, other.experts)
+            and np.array_equal(self.request, other.request)
+            and np.array_equal(self.position, other.position)
+            and np.array_equal(self.phase, other.phase)
+            and same_w
+            and self.meta == other.meta
+        )
 
     # ------------------------------------------------------------------- I/O
     def save(self, path: str | os.PathLike[str], *, compress: bool = True) -> Path:
         """Write the canonical ``.npz`` (format version `FORMAT_VERSION`); returns the path."""
         p = Path(path)
         arrays: dict[str, Any] = {
-            "experts": self.experts, "request": self.request, "position": self.position,
-            "phase": self.phase, "meta_json": np.array(json.dumps(self.meta, sort_keys=True)),
+            "experts": self.experts,
+            "request": self.request,
+            "position": self.position,
+            "phase": self.phase,
+            "meta_json": np.array(json.dumps(self.meta, sort_keys=True)),
             "format_version": np.array(FORMAT_VERSION),
         }
         if self.weights is not None:
@@ -266,8 +285,9 @@ class RoutingTrace:
                 files = set(z.files)
                 missing = {"experts", "request", "position", "phase", "meta_json", "format_version"} - files
                 if missing:
-                    raise TraceFormatError(f"{p}: not a routing trace .npz, missing arrays {sorted(missing)}; "
-                                           f"{expected}")
+                    raise TraceFormatError(
+                        f"{p}: not a routing trace .npz, missing arrays {sorted(missing)}; {expected}"
+                    )
                 key = "format_version"
                 fv = z["format_version"]
                 if fv.shape != () or not np.issubdtype(fv.dtype, np.integer):
@@ -276,7 +296,8 @@ class RoutingTrace:
                 if version > FORMAT_VERSION:
                     raise TraceFormatError(
                         f"{p}: format_version {version} is newer than this reader ({FORMAT_VERSION}); "
-                        "upgrade moe-codesign")
+                        "upgrade moe-codesign"
+                    )
                 key = "meta_json"
                 meta_text = z["meta_json"]
                 data: dict[str, Any] = {}
@@ -290,15 +311,18 @@ class RoutingTrace:
             if "pickle" in str(exc):
                 raise TraceFormatError(
                     f"{p}: array {key!r} holds Python objects (pickled data), which are never loaded; "
-                    f"this is not a .npz routing trace ({expected})") from exc
+                    f"this is not a .npz routing trace ({expected})"
+                ) from exc
             raise TraceFormatError(f"{p}: array {key!r} is unreadable ({exc}); {expected}") from exc
         except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
             raise TraceFormatError(
-                f"{p}: damaged or truncated .npz, array {key!r} cannot be read ({_exc_name(exc)}: {exc}); "
-                f"{expected}") from exc
+                f"{p}: damaged or truncated .npz, array {key!r} cannot be read ({_exc_name(exc)}: {exc}); {expected}"
+            ) from exc
         if meta_text.shape != () or meta_text.dtype.kind != "U":
-            raise TraceFormatError(f"{p}: meta_json is a {meta_text.dtype} array of shape {meta_text.shape}, "
-                                   "expected a 0-d unicode string holding a JSON object")
+            raise TraceFormatError(
+                f"{p}: meta_json is a {meta_text.dtype} array of shape {meta_text.shape}, "
+                "expected a 0-d unicode string holding a JSON object"
+            )
         try:
             meta = json.loads(str(meta_text))
         except json.JSONDecodeError as exc:

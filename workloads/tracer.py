@@ -47,8 +47,14 @@ log = logging.getLogger(__name__)
 _EXTRA_HINT = "install the extras: pip install moe-codesign[torch,hf]"
 
 #: Tiny preset names for ``--hf-config`` -> family of `tiny_config`.
-TINY_PRESETS = {"tiny-mixtral": "mixtral", "tiny-qwen2-moe": "qwen2-moe", "tiny-olmoe": "olmoe",
-                "tiny-deepseek-v2": "deepseek-v2", "tiny-qwen3-moe": "qwen3-moe", "tiny-gpt-oss": "gpt-oss"}
+TINY_PRESETS = {
+    "tiny-mixtral": "mixtral",
+    "tiny-qwen2-moe": "qwen2-moe",
+    "tiny-olmoe": "olmoe",
+    "tiny-deepseek-v2": "deepseek-v2",
+    "tiny-qwen3-moe": "qwen3-moe",
+    "tiny-gpt-oss": "gpt-oss",
+}
 TINY_FAMILIES = tuple(TINY_PRESETS.values())
 
 
@@ -83,33 +89,85 @@ def tiny_config(family: str) -> Any:
     the real 0.02) keeps random router scores from being near-ties.
     """
     tf = _transformers()
-    common: dict[str, Any] = dict(vocab_size=512, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                  max_position_embeddings=512, initializer_range=0.1, tie_word_embeddings=False)
+    common: dict[str, Any] = dict(
+        vocab_size=512,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        initializer_range=0.1,
+        tie_word_embeddings=False,
+    )
     if family == "mixtral":
-        return tf.MixtralConfig(**common, intermediate_size=128, num_key_value_heads=2, num_local_experts=8,
-                                num_experts_per_tok=2)
+        return tf.MixtralConfig(
+            **common, intermediate_size=128, num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2
+        )
     if family == "qwen2-moe":
-        return tf.Qwen2MoeConfig(**common, intermediate_size=128, moe_intermediate_size=32,
-                                 shared_expert_intermediate_size=64, num_key_value_heads=4, num_experts=60,
-                                 num_experts_per_tok=4, norm_topk_prob=False, decoder_sparse_step=1,
-                                 mlp_only_layers=[])
+        return tf.Qwen2MoeConfig(
+            **common,
+            intermediate_size=128,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=64,
+            num_key_value_heads=4,
+            num_experts=60,
+            num_experts_per_tok=4,
+            norm_topk_prob=False,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+        )
     if family == "olmoe":
-        return tf.OlmoeConfig(**common, intermediate_size=32, num_key_value_heads=4, num_experts=64,
-                              num_experts_per_tok=8, norm_topk_prob=False, pad_token_id=1, eos_token_id=2)
+        return tf.OlmoeConfig(
+            **common,
+            intermediate_size=32,
+            num_key_value_heads=4,
+            num_experts=64,
+            num_experts_per_tok=8,
+            norm_topk_prob=False,
+            pad_token_id=1,
+            eos_token_id=2,
+        )
     if family == "deepseek-v2":
-        return tf.DeepseekV2Config(**common, intermediate_size=128, moe_intermediate_size=32, num_key_value_heads=4,
-                                   n_routed_experts=64, num_experts_per_tok=6, n_shared_experts=2,
-                                   first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=None,
-                                   qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, topk_method="greedy",
-                                   norm_topk_prob=False, routed_scaling_factor=1.0)
+        return tf.DeepseekV2Config(
+            **common,
+            intermediate_size=128,
+            moe_intermediate_size=32,
+            num_key_value_heads=4,
+            n_routed_experts=64,
+            num_experts_per_tok=6,
+            n_shared_experts=2,
+            first_k_dense_replace=1,
+            kv_lora_rank=16,
+            q_lora_rank=None,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            topk_method="greedy",
+            norm_topk_prob=False,
+            routed_scaling_factor=1.0,
+        )
     if family == "qwen3-moe":
-        return tf.Qwen3MoeConfig(**common, intermediate_size=128, moe_intermediate_size=32, num_key_value_heads=2,
-                                 head_dim=16, num_experts=128, num_experts_per_tok=8, norm_topk_prob=True)
+        return tf.Qwen3MoeConfig(
+            **common,
+            intermediate_size=128,
+            moe_intermediate_size=32,
+            num_key_value_heads=2,
+            head_dim=16,
+            num_experts=128,
+            num_experts_per_tok=8,
+            norm_topk_prob=True,
+        )
     if family == "gpt-oss":
-        return tf.GptOssConfig(**common, intermediate_size=32, num_key_value_heads=2, head_dim=16,
-                               num_local_experts=32, num_experts_per_tok=4, sliding_window=8,
-                               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+        return tf.GptOssConfig(
+            **common,
+            intermediate_size=32,
+            num_key_value_heads=2,
+            head_dim=16,
+            num_local_experts=32,
+            num_experts_per_tok=4,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        )
     raise ValueError(f"unknown tiny model family {family!r}; valid: {', '.join(TINY_FAMILIES)}")
 
 
@@ -141,7 +199,8 @@ def build_model_from_config(config: Any, seed: int = 0, *, max_params: float = D
         raise ValueError(
             f"config {getattr(config, 'model_type', '?')} has {n / 1e9:.1f}B parameters (> {max_params / 1e9:g}B "
             f"allowed for random weights, {4 * n / 1e9:.0f} GB in float32); use a tiny preset, load real weights "
-            "with --hf-model, or raise max_params")
+            "with --hf-model, or raise max_params"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = tf.AutoModelForCausalLM.from_config(config)
@@ -154,8 +213,9 @@ def build_tiny_model(family: str, seed: int = 0) -> Any:
     return build_model_from_config(tiny_config(family), seed)
 
 
-def load_model(config_or_preset: str, *, hf_model: str | None = None, seed: int = 0,
-               max_params: float = DEFAULT_MAX_RANDOM_PARAMS) -> tuple[Any, str]:
+def load_model(
+    config_or_preset: str, *, hf_model: str | None = None, seed: int = 0, max_params: float = DEFAULT_MAX_RANDOM_PARAMS
+) -> tuple[Any, str]:
     """(model, name) for ``codesign trace record``; never touches the network.
 
     ``config_or_preset``: a tiny preset (``tiny-mixtral``, ``tiny-qwen2-moe``, ``tiny-olmoe``), a
@@ -179,7 +239,8 @@ def load_model(config_or_preset: str, *, hf_model: str | None = None, seed: int 
     if not p.is_file():
         raise FileNotFoundError(
             f"--hf-config {config_or_preset}: neither a tiny preset ({', '.join(TINY_PRESETS)}) nor a config.json "
-            "file or directory")
+            "file or directory"
+        )
     try:
         with open(p, encoding="utf-8") as fh:
             raw = json.load(fh)
@@ -201,12 +262,15 @@ def _config_from_dict(tf: Any, raw: dict[str, Any], path: Path) -> Any:
     model_type = raw["model_type"]
     known = getattr(tf, "CONFIG_MAPPING", None)
     if not isinstance(model_type, str) or (known is not None and model_type not in known):
-        raise ValueError(f"{path}: field 'model_type' is {model_type!r}, which this transformers "
-                         f"({getattr(tf, '__version__', '?')}) does not know; expected a model type such as "
-                         "'mixtral', 'qwen2_moe', 'olmoe', 'deepseek_v2', 'qwen3_moe', 'gpt_oss'")
+        raise ValueError(
+            f"{path}: field 'model_type' is {model_type!r}, which this transformers "
+            f"({getattr(tf, '__version__', '?')}) does not know; expected a model type such as "
+            "'mixtral', 'qwen2_moe', 'olmoe', 'deepseek_v2', 'qwen3_moe', 'gpt_oss'"
+        )
     strict_errors: tuple[type[BaseException], ...] = (TypeError, ValueError)
     try:
         from huggingface_hub.errors import StrictDataclassError
+
         strict_errors = (*strict_errors, StrictDataclassError)
     except ImportError:  # older huggingface_hub without strict dataclasses
         pass
@@ -250,8 +314,10 @@ def find_routers(model: Any) -> list[tuple[str, Any]]:
                 found.append((f"{name}.{attr}" if name else attr, child))
                 break
     if not found:
-        raise ValueError(f"{type(model).__name__}: no MoE router found (no module with 'experts' and a "
-                         "'gate'/'router' child); is this a Mixture-of-Experts model?")
+        raise ValueError(
+            f"{type(model).__name__}: no MoE router found (no module with 'experts' and a "
+            "'gate'/'router' child); is this a Mixture-of-Experts model?"
+        )
 
     return sorted(found, key=lambda item: (_layer_index(item[0]), item[0]))
 
@@ -277,8 +343,10 @@ def routing_shape(model: Any) -> tuple[int, int]:
     n = _config_get(cfg, "num_local_experts", "num_experts", "n_routed_experts")
     k = _config_get(cfg, "num_experts_per_tok", "num_selected_experts", "moe_topk", "experts_per_token")
     if n is None or k is None:
-        raise ValueError(f"{type(model).__name__}: config gives no expert count / top-k "
-                         "(num_local_experts|num_experts|n_routed_experts, num_experts_per_tok)")
+        raise ValueError(
+            f"{type(model).__name__}: config gives no expert count / top-k "
+            "(num_local_experts|num_experts|n_routed_experts, num_experts_per_tok)"
+        )
     return int(n), int(k)
 
 
@@ -355,14 +423,16 @@ class _RouterRecorder:
             w = torch.gather(w, -1, order)
             idx = torch.gather(idx, -1, order)
         elif logits is not None:
-            self.weights_from.add("softmax-top-k of router logits"
-                                  + (", renormalised" if self.renormalise else ""))
-            w, idx = topk_from_logits(logits.detach().reshape(-1, self.n_experts), self.top_k,
-                                      renormalise=self.renormalise)
+            self.weights_from.add("softmax-top-k of router logits" + (", renormalised" if self.renormalise else ""))
+            w, idx = topk_from_logits(
+                logits.detach().reshape(-1, self.n_experts), self.top_k, renormalise=self.renormalise
+            )
         else:
-            raise ValueError(f"router output not understood: expected logits [..., {self.n_experts}] or "
-                             f"(logits, weights [..., {self.top_k}], indices [..., {self.top_k}]), got "
-                             f"{[getattr(t, 'shape', type(t).__name__) for t in tensors]}")
+            raise ValueError(
+                f"router output not understood: expected logits [..., {self.n_experts}] or "
+                f"(logits, weights [..., {self.top_k}], indices [..., {self.top_k}]), got "
+                f"{[getattr(t, 'shape', type(t).__name__) for t in tensors]}"
+            )
         return idx.cpu().numpy().astype(np.int16), w.cpu().numpy().astype(np.float32)
 
     def take(self, n_rows: int, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -371,8 +441,9 @@ class _RouterRecorder:
         w = np.empty((n_rows, len(self.routers), self.top_k), dtype=np.float32)
         for j, calls in enumerate(self.calls):
             if len(calls) != 1:
-                raise RuntimeError(f"{what}: router {self.routers[j][0]} ran {len(calls)} times in one forward, "
-                                   "expected once")
+                raise RuntimeError(
+                    f"{what}: router {self.routers[j][0]} ran {len(calls)} times in one forward, expected once"
+                )
             e, ww = calls[0]
             if e.shape[0] != n_rows:
                 raise RuntimeError(f"{what}: router {self.routers[j][0]} saw {e.shape[0]} tokens, expected {n_rows}")
@@ -484,18 +555,27 @@ def record_routing(
     cfg = getattr(model.config, "text_config", None) or model.config
     meta: dict[str, Any] = {
         "model": model_name or str(getattr(model.config, "_name_or_path", "") or cfg.model_type),
-        "model_type": str(cfg.model_type), "n_experts": n_experts, "top_k": top_k,
+        "model_type": str(cfg.model_type),
+        "n_experts": n_experts,
+        "top_k": top_k,
         "source": f"recorded with moe-codesign tracer (transformers {tf_version}, torch {torch.__version__})",
         "licence": "generated locally; the licence of the model's weights applies",
-        "routers": [name for name, _ in routers], "moe_layer_ids": [_layer_index(name) for name, _ in routers],
+        "routers": [name for name, _ in routers],
+        "moe_layer_ids": [_layer_index(name) for name, _ in routers],
         "weights_from": weights_from,
         "expert_order": "highest gate first",
         "prompt_ids": {str(first_request + i): p for i, p in enumerate(prompts)},
         "generated_ids": generated,
         "position": "prefill 0..P-1, decode P.. (the i-th generated token fed back)",
     }
-    return RoutingTrace(experts=np.concatenate(rows_e), request=np.concatenate(req), position=np.concatenate(pos),
-                        phase=np.concatenate(phase), meta=meta, weights=np.concatenate(rows_w))
+    return RoutingTrace(
+        experts=np.concatenate(rows_e),
+        request=np.concatenate(req),
+        position=np.concatenate(pos),
+        phase=np.concatenate(phase),
+        meta=meta,
+        weights=np.concatenate(rows_w),
+    )
 
 
 def _cache_kwarg(model: Any) -> str:

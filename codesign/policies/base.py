@@ -146,6 +146,7 @@ class Admission:
 _NO_VICTIMS: IntArray = np.zeros((0, 2), dtype=np.int64)
 _NO_VICTIMS.setflags(write=False)
 
+
 class CachePolicy(ABC):
     """Replacement policy of one cache: one memory tier of one device holding expert weights.
 
@@ -194,8 +195,14 @@ class CachePolicy(ABC):
     needs_training: ClassVar[bool] = False
 
     def __init__(
-        self, *, capacity: int, n_layers: int, n_experts: int,
-        pinned: npt.ArrayLike | None = None, seed: int = 0, per_layer: bool = False,
+        self,
+        *,
+        capacity: int,
+        n_layers: int,
+        n_experts: int,
+        pinned: npt.ArrayLike | None = None,
+        seed: int = 0,
+        per_layer: bool = False,
     ) -> None:
         if not isinstance(capacity, int | np.integer) or capacity < 0:
             raise ValueError(f"cache capacity must be an int >= 0 expert slots, got {capacity!r}")
@@ -213,8 +220,9 @@ class CachePolicy(ABC):
                 raise ValueError(f"pinned must have shape ({n_layers}, {n_experts}), got {p.shape}")
             self.pinned = p.copy()
         if int(self.pinned.sum()) > self.capacity:
-            raise ValueError(f"{int(self.pinned.sum())} pinned experts exceed the cache capacity of "
-                             f"{self.capacity} slots")
+            raise ValueError(
+                f"{int(self.pinned.sum())} pinned experts exceed the cache capacity of {self.capacity} slots"
+            )
         self.per_layer = bool(per_layer)
         self.layer_capacity = np.full(n_layers, self.capacity // n_layers, dtype=np.int64)
         self.layer_capacity[: self.capacity % n_layers] += 1
@@ -222,8 +230,10 @@ class CachePolicy(ABC):
             over = np.flatnonzero(self.pinned.sum(axis=1) > self.layer_capacity)
             if over.size:
                 layer = int(over[0])
-                raise ValueError(f"per-layer cache: {int(self.pinned[layer].sum())} pinned experts of layer {layer} "
-                                 f"exceed its {int(self.layer_capacity[layer])} slots")
+                raise ValueError(
+                    f"per-layer cache: {int(self.pinned[layer].sum())} pinned experts of layer {layer} "
+                    f"exceed its {int(self.layer_capacity[layer])} slots"
+                )
         self.resident: BoolArray = self.pinned.copy()
         self._n_resident = int(self.resident.sum())
         self._filters = type(self)._admission_filter is not CachePolicy._admission_filter
@@ -250,8 +260,7 @@ class CachePolicy(ABC):
         pinned ones) before the run; more than ``capacity`` is an error naming the numbers."""
         init = np.asarray(initial, dtype=bool)
         if init.shape != (self.n_layers, self.n_experts):
-            raise ValueError(f"initial residents must have shape ({self.n_layers}, {self.n_experts}), "
-                             f"got {init.shape}")
+            raise ValueError(f"initial residents must have shape ({self.n_layers}, {self.n_experts}), got {init.shape}")
         new = init | self.pinned
         if self.per_layer:  # keep the pinned, then the lowest expert ids, up to each layer's share
             for layer in np.flatnonzero(new.sum(axis=1) > self.layer_capacity).tolist():
@@ -278,8 +287,13 @@ class CachePolicy(ABC):
         return hits
 
     def admit(
-        self, layer: int, experts: npt.NDArray[np.integer], now: float, *,
-        protect: npt.NDArray[np.integer] | None = None, prefetch: bool = False,
+        self,
+        layer: int,
+        experts: npt.NDArray[np.integer],
+        now: float,
+        *,
+        protect: npt.NDArray[np.integer] | None = None,
+        prefetch: bool = False,
         protect_keys: npt.NDArray[np.integer] | None = None,
     ) -> Admission:
         """Make ``experts`` (priority order) of ``layer`` resident, evicting as the policy chooses.
@@ -300,8 +314,9 @@ class CachePolicy(ABC):
         if new_idx.size:
             need = int(new_idx.size) - self._free_for(layer)
             if need > 0:
-                victims = self._evict(need, now, layer=layer, protect=protect, incoming=ex[new_idx],
-                                      protect_keys=protect_keys)
+                victims = self._evict(
+                    need, now, layer=layer, protect=protect, incoming=ex[new_idx], protect_keys=protect_keys
+                )
             n_admit = min(int(new_idx.size), self._free_for(layer))
             take = new_idx[:n_admit]
             self.resident[layer, ex[take]] = True
@@ -317,16 +332,31 @@ class CachePolicy(ABC):
             return int(self.layer_capacity[layer]) - int(np.count_nonzero(self.resident[layer]))
         return self.capacity - self._n_resident
 
-    def evict(self, n: int, now: float, *, layer: int = -1,
-              protect: npt.NDArray[np.integer] | None = None,
-              protect_keys: npt.NDArray[np.integer] | None = None) -> IntArray:
+    def evict(
+        self,
+        n: int,
+        now: float,
+        *,
+        layer: int = -1,
+        protect: npt.NDArray[np.integer] | None = None,
+        protect_keys: npt.NDArray[np.integer] | None = None,
+    ) -> IntArray:
         """Evict up to ``n`` experts chosen by the policy (never pinned or protected ones); return
         them as ``[m, 2]`` (layer, expert), ``m <= n``."""
-        return self._evict(n, now, layer=layer, protect=protect, incoming=np.zeros(0, dtype=np.int64),
-                           protect_keys=protect_keys)
+        return self._evict(
+            n, now, layer=layer, protect=protect, incoming=np.zeros(0, dtype=np.int64), protect_keys=protect_keys
+        )
 
-    def _evict(self, n: int, now: float, *, layer: int, protect: npt.NDArray[np.integer] | None,
-               incoming: IntArray, protect_keys: npt.NDArray[np.integer] | None = None) -> IntArray:
+    def _evict(
+        self,
+        n: int,
+        now: float,
+        *,
+        layer: int,
+        protect: npt.NDArray[np.integer] | None,
+        incoming: IntArray,
+        protect_keys: npt.NDArray[np.integer] | None = None,
+    ) -> IntArray:
         candidates = self.resident & ~self.pinned
         if self.per_layer and layer >= 0 and incoming.size:  # room is made within the layer's share
             keep = candidates[layer].copy()
@@ -355,8 +385,7 @@ class CachePolicy(ABC):
         """Record that ``experts`` of ``layer`` were used at ``now`` (``hits``: which were resident)."""
 
     @abstractmethod
-    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int,
-                        incoming: IntArray) -> IntArray:
+    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int, incoming: IntArray) -> IntArray:
         """Return exactly ``n`` distinct flat keys whose ``candidates[l, e]`` is True (the evictable
         residents, ``n <= candidates.sum()``), best victim first. ``layer`` / ``incoming`` name the
         experts that are being admitted (``layer == -1`` for a plain `evict`)."""
@@ -460,8 +489,7 @@ class MissPolicy(ABC):
         self.rng = np.random.default_rng(seed)
 
     @abstractmethod
-    def decide(self, layer: int, experts: IntArray, n_tokens: IntArray, fetch: OpCost,
-               cpu: OpCost | None) -> BoolArray:
+    def decide(self, layer: int, experts: IntArray, n_tokens: IntArray, fetch: OpCost, cpu: OpCost | None) -> BoolArray:
         """True = fetch weights, False = compute on the host CPU (see class doc)."""
 
 
@@ -495,14 +523,15 @@ class PlacementPolicy(ABC):
         if h.shape != shape:
             raise ValueError(f"placement must have shape {shape}, got {h.shape}")
         if h.size and (h.min() < 0 or h.max() >= n_devices):
-            raise ValueError(f"placement device ids must be in [0, {n_devices}), got range "
-                             f"[{h.min()}, {h.max()}]")
+            raise ValueError(f"placement device ids must be in [0, {n_devices}), got range [{h.min()}, {h.max()}]")
         cap = -(-model.n_experts // n_devices)
         for layer in range(shape[0]):
             counts = np.bincount(h[layer].astype(np.int64), minlength=n_devices)
             if counts.max() > cap:
-                raise ValueError(f"placement puts {counts.max()} experts of MoE layer {layer} on device "
-                                 f"{int(counts.argmax())}; at most {cap} allowed")
+                raise ValueError(
+                    f"placement puts {counts.max()} experts of MoE layer {layer} on device "
+                    f"{int(counts.argmax())}; at most {cap} allowed"
+                )
         return h.astype(np.int64)
 
 
@@ -605,8 +634,9 @@ class TokenScheduler(ABC):
         self.rng = np.random.default_rng(seed)
 
     @abstractmethod
-    def schedule(self, now: float, waiting: Sequence[RequestState], running: Sequence[RequestState],
-                 kv_free_tokens: int) -> Batch:
+    def schedule(
+        self, now: float, waiting: Sequence[RequestState], running: Sequence[RequestState], kv_free_tokens: int
+    ) -> Batch:
         """The next step's batch (see class doc)."""
 
 

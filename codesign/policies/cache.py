@@ -42,8 +42,7 @@ class LRUCache(CachePolicy):
         self._tick += 1.0
         self._last[layer * self.n_experts + experts] = self._tick
 
-    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int,
-                        incoming: IntArray) -> IntArray:
+    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int, incoming: IntArray) -> IntArray:
         return _lowest(n, candidates, self._last)
 
 
@@ -65,13 +64,11 @@ class LFUCache(CachePolicy):
         self._tick += 1.0
         self._last[keys] = self._tick
 
-    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int,
-                        incoming: IntArray) -> IntArray:
+    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int, incoming: IntArray) -> IntArray:
         return _lowest(n, candidates, self._last, self._count)
 
 
-@REGISTRIES["cache"].register(
-    "static", "static pinning (Fiddler): the starting residents stay, nothing else is cached")
+@REGISTRIES["cache"].register("static", "static pinning (Fiddler): the starting residents stay, nothing else is cached")
 class StaticCache(CachePolicy):
     """Fiddler-style static placement: the experts made resident by `warm` (the mapping's start
     set, by default the most popular experts of the training data) and the pinned ones stay; a
@@ -84,8 +81,7 @@ class StaticCache(CachePolicy):
     def _admission_filter(self, layer: int, experts: IntArray, now: float, prefetch: bool) -> BoolArray:
         return np.zeros(experts.shape, dtype=bool)
 
-    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int,
-                        incoming: IntArray) -> IntArray:
+    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int, incoming: IntArray) -> IntArray:
         return _lowest(n, candidates, np.zeros(candidates.size))
 
 
@@ -125,7 +121,7 @@ class BeladyCache(CachePolicy):
         self._keys, self._next_pos = keys, nxt
         sorted_keys = keys[order]
         bounds = np.searchsorted(sorted_keys, np.arange(size + 1))
-        self._positions = [order[bounds[k]:bounds[k + 1]] for k in range(size)]  # ascending positions
+        self._positions = [order[bounds[k] : bounds[k + 1]] for k in range(size)]  # ascending positions
         first = np.full(size, np.inf)
         for k in range(size):
             if self._positions[k].size:
@@ -148,8 +144,7 @@ class BeladyCache(CachePolicy):
             i = int(np.searchsorted(pos, end))
             self._next[key] = float(pos[i]) if i < pos.size else np.inf
 
-    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int,
-                        incoming: IntArray) -> IntArray:
+    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int, incoming: IntArray) -> IntArray:
         flat = np.flatnonzero(candidates.ravel())
         order = np.lexsort((flat, -self._next[flat]))
         return flat[order[:n]].astype(np.int64)

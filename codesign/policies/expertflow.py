@@ -65,22 +65,39 @@ class RoutingPathPredictor:
     ``alpha``: add-alpha smoothing of the tables; ``prior``: weight of the popularity prior.
     """
 
-    def __init__(self, *, n_layers: int, n_experts: int, horizon: int, context: int,
-                 cond: dict[int, FloatArray], popularity: FloatArray,
-                 decay: float, prior: float) -> None:
+    def __init__(
+        self,
+        *,
+        n_layers: int,
+        n_experts: int,
+        horizon: int,
+        context: int,
+        cond: dict[int, FloatArray],
+        popularity: FloatArray,
+        decay: float,
+        prior: float,
+    ) -> None:
         self.n_layers = n_layers
         self.n_experts = n_experts
         self.horizon = horizon
         self.context = context
-        self._cond = cond          # distance h -> float64[n_layers - h, E, E], rows sum to 1
+        self._cond = cond  # distance h -> float64[n_layers - h, E, E], rows sum to 1
         self.popularity = popularity  # float64[n_layers, E], rows sum to 1
         self.decay = decay
         self.prior = prior
 
     # ------------------------------------------------------------------ fit
     @classmethod
-    def fit(cls, trace: RoutingTrace, *, horizon: int = 2, context: int = 2, decay: float = 0.5,
-            alpha: float = 0.1, prior: float = 0.05) -> RoutingPathPredictor:
+    def fit(
+        cls,
+        trace: RoutingTrace,
+        *,
+        horizon: int = 2,
+        context: int = 2,
+        decay: float = 0.5,
+        alpha: float = 0.1,
+        prior: float = 0.05,
+    ) -> RoutingPathPredictor:
         """Count the tables on ``trace`` (all its tokens are training data)."""
         if horizon < 1 or context < 1:
             raise ValueError(f"horizon and context must be >= 1, got horizon={horizon}, context={context}")
@@ -106,8 +123,16 @@ class RoutingPathPredictor:
             tab += alpha
             tab /= np.maximum(tab.sum(axis=2, keepdims=True), 1e-300)
             cond[h] = tab
-        return cls(n_layers=n_l, n_experts=n_exp, horizon=horizon, context=context, cond=cond,
-                   popularity=pop, decay=decay, prior=prior)
+        return cls(
+            n_layers=n_l,
+            n_experts=n_exp,
+            horizon=horizon,
+            context=context,
+            cond=cond,
+            popularity=pop,
+            decay=decay,
+            prior=prior,
+        )
 
     # -------------------------------------------------------------- predict
     def scores(self, known: npt.ArrayLike, layer: int, target: int) -> FloatArray:
@@ -121,8 +146,7 @@ class RoutingPathPredictor:
         if kn.ndim != 3 or kn.shape[1] <= layer:
             raise ValueError(f"known must be [tokens, >= layer+1={layer + 1}, k], got shape {kn.shape}")
         if not (0 <= layer < target < self.n_layers):
-            raise ValueError(f"need 0 <= layer < target < n_layers={self.n_layers}; got layer={layer}, "
-                             f"target={target}")
+            raise ValueError(f"need 0 <= layer < target < n_layers={self.n_layers}; got layer={layer}, target={target}")
         n_tok = kn.shape[0]
         out = np.tile(self.prior * self.popularity[target], (n_tok, 1))
         for c in range(self.context):
@@ -131,9 +155,9 @@ class RoutingPathPredictor:
             if src < 0 or h not in self._cond:
                 break
             ids = kn[:, src, :]
-            tab = self._cond[h][src]                                   # [E, E]
-            rows = tab[np.maximum(ids, 0)] * (ids >= 0)[:, :, None]    # [T, k, E]
-            out += (self.decay ** c) * rows.sum(axis=1)
+            tab = self._cond[h][src]  # [E, E]
+            rows = tab[np.maximum(ids, 0)] * (ids >= 0)[:, :, None]  # [T, k, E]
+            out += (self.decay**c) * rows.sum(axis=1)
         return out
 
     def predict(self, known: npt.ArrayLike, layer: int, target: int, k: int) -> IntArray:
@@ -167,8 +191,10 @@ class RoutingPathPredictor:
         """Recall@k on ``trace`` (held-out tokens) for distances ``1..horizon``, and the
         popularity baseline's (see `PredictionAccuracy`)."""
         if trace.n_moe_layers != self.n_layers or trace.n_experts != self.n_experts:
-            raise ValueError(f"trace has {trace.n_moe_layers} layers x {trace.n_experts} experts; the predictor "
-                             f"was fitted on {self.n_layers} x {self.n_experts}")
+            raise ValueError(
+                f"trace has {trace.n_moe_layers} layers x {trace.n_experts} experts; the predictor "
+                f"was fitted on {self.n_layers} x {self.n_experts}"
+            )
         e = trace.experts.astype(np.int64)
         k = e.shape[2]
         recall, base, counts = [], [], []
@@ -217,7 +243,8 @@ def _prob_any_popularity(pop: FloatArray, k: int, n_tokens: int) -> FloatArray:
 
 
 @REGISTRIES["cache"].register(
-    "expertflow", "ExpertFlow predictive cache: evict the expert least likely needed soon (routing-path predictor)")
+    "expertflow", "ExpertFlow predictive cache: evict the expert least likely needed soon (routing-path predictor)"
+)
 class ExpertFlowCache(CachePolicy):
     """Predictive replacement driven by a `RoutingPathPredictor` trained on part of a trace.
 
@@ -237,11 +264,22 @@ class ExpertFlowCache(CachePolicy):
 
     needs_training = True
 
-    def __init__(self, *, capacity: int, n_layers: int, n_experts: int, pinned: npt.ArrayLike | None = None,
-                 seed: int = 0, per_layer: bool = False, horizon: int = 2, context: int = 2,
-                 discount: float = 0.9) -> None:
-        super().__init__(capacity=capacity, n_layers=n_layers, n_experts=n_experts, pinned=pinned, seed=seed,
-                         per_layer=per_layer)
+    def __init__(
+        self,
+        *,
+        capacity: int,
+        n_layers: int,
+        n_experts: int,
+        pinned: npt.ArrayLike | None = None,
+        seed: int = 0,
+        per_layer: bool = False,
+        horizon: int = 2,
+        context: int = 2,
+        discount: float = 0.9,
+    ) -> None:
+        super().__init__(
+            capacity=capacity, n_layers=n_layers, n_experts=n_experts, pinned=pinned, seed=seed, per_layer=per_layer
+        )
         if not 0 < discount <= 1:
             raise ValueError(f"discount must be in (0, 1], got {discount}")
         self.horizon = int(horizon)
@@ -253,13 +291,15 @@ class ExpertFlowCache(CachePolicy):
         self._rows: dict[int, npt.NDArray[np.int64]] = {}
         self._cur = -1
         self._used = np.zeros((n_layers, n_experts), dtype=bool)
-        self._scores: FloatArray | None = None   # keep-scores of the current layer (recomputed after observe)
+        self._scores: FloatArray | None = None  # keep-scores of the current layer (recomputed after observe)
         self._pop_any: dict[tuple[int, int], FloatArray] = {}
 
     def fit(self, trace: RoutingTrace) -> None:
         if trace.n_moe_layers != self.n_layers or trace.n_experts != self.n_experts:
-            raise ValueError(f"expertflow cache: training trace has {trace.n_moe_layers} layers x {trace.n_experts} "
-                             f"experts, the cache was built for {self.n_layers} x {self.n_experts}")
+            raise ValueError(
+                f"expertflow cache: training trace has {trace.n_moe_layers} layers x {trace.n_experts} "
+                f"experts, the cache was built for {self.n_layers} x {self.n_experts}"
+            )
         self.predictor = RoutingPathPredictor.fit(trace, horizon=self.horizon, context=self.context)
 
     def observe(self, layer: int, routing_rows: npt.NDArray[np.integer], now: float) -> None:
@@ -267,7 +307,7 @@ class ExpertFlowCache(CachePolicy):
         if rows.ndim != 2:
             raise ValueError(f"routing rows must be [n_tokens, k], got shape {rows.shape}")
         if layer <= self._cur or any(r.shape[0] != rows.shape[0] for r in self._rows.values()):
-            self._rows = {}          # a new step
+            self._rows = {}  # a new step
             self._used[:] = False
         self._rows[layer] = rows
         self._cur = layer
@@ -307,20 +347,20 @@ class ExpertFlowCache(CachePolicy):
             for target in range(cur + 1, min(cur + self.horizon, self.n_layers - 1) + 1):
                 score[target] = pred.prob_any(known, cur, target)
         dist = (np.arange(self.n_layers) - max(cur, 0)) % self.n_layers
-        self._scores = score * (self.discount ** dist)[:, None]
+        self._scores = score * (self.discount**dist)[:, None]
         return self._scores
 
-    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int,
-                        incoming: IntArray) -> IntArray:
+    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int, incoming: IntArray) -> IntArray:
         keys = np.flatnonzero(candidates.ravel())
         score = self.keep_scores().ravel()[keys]
         recency = self.last_use.ravel()[keys]
-        order = np.lexsort((keys, recency, score))   # lowest score, then least recent, then key
+        order = np.lexsort((keys, recency, score))  # lowest score, then least recent, then key
         return keys[order[:n]].astype(np.int64)
 
 
 @REGISTRIES["prefetch"].register(
-    "expertflow", "ExpertFlow: prefetch the experts the routing-path predictor expects in the next layers")
+    "expertflow", "ExpertFlow: prefetch the experts the routing-path predictor expects in the next layers"
+)
 class ExpertFlowPrefetch(PrefetchPolicy):
     """Prefetch, at layer ``l``, the experts of layers ``l+1 .. l+horizon`` that the predictor gives
     a probability of use ``>= threshold`` for the step's tokens (from their routing at layers
@@ -329,8 +369,18 @@ class ExpertFlowPrefetch(PrefetchPolicy):
 
     needs_training = True
 
-    def __init__(self, *, n_layers: int, n_experts: int, top_k: int, seed: int = 0, horizon: int = 1,
-                 context: int = 2, threshold: float = 0.5, max_per_layer: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        n_layers: int,
+        n_experts: int,
+        top_k: int,
+        seed: int = 0,
+        horizon: int = 1,
+        context: int = 2,
+        threshold: float = 0.5,
+        max_per_layer: int | None = None,
+    ) -> None:
         super().__init__(n_layers=n_layers, n_experts=n_experts, top_k=top_k, seed=seed)
         if not 0 < threshold <= 1:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -344,8 +394,10 @@ class ExpertFlowPrefetch(PrefetchPolicy):
 
     def fit(self, trace: RoutingTrace) -> None:
         if trace.n_moe_layers != self.n_layers or trace.n_experts != self.n_experts:
-            raise ValueError(f"expertflow prefetch: training trace has {trace.n_moe_layers} layers x "
-                             f"{trace.n_experts} experts, the policy was built for {self.n_layers} x {self.n_experts}")
+            raise ValueError(
+                f"expertflow prefetch: training trace has {trace.n_moe_layers} layers x "
+                f"{trace.n_experts} experts, the policy was built for {self.n_layers} x {self.n_experts}"
+            )
         self.predictor = RoutingPathPredictor.fit(trace, horizon=self.horizon, context=self.context)
 
     def prefetch(self, ctx: PrefetchContext) -> IntArray:
@@ -366,5 +418,4 @@ class ExpertFlowPrefetch(PrefetchPolicy):
         return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.int64)
 
 
-__all__ = ["ExpertFlowCache", "ExpertFlowPrefetch", "PredictionAccuracy", "RoutingPathPredictor",
-           "split_by_request"]
+__all__ = ["ExpertFlowCache", "ExpertFlowPrefetch", "PredictionAccuracy", "RoutingPathPredictor", "split_by_request"]

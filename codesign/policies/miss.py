@@ -15,8 +15,7 @@ __all__ = ["CheapestMiss", "CpuMiss", "FetchMiss"]
 class FetchMiss(MissPolicy):
     """Always fetch (the weights then go to the cache or a staging buffer)."""
 
-    def decide(self, layer: int, experts: IntArray, n_tokens: IntArray, fetch: OpCost,
-               cpu: OpCost | None) -> BoolArray:
+    def decide(self, layer: int, experts: IntArray, n_tokens: IntArray, fetch: OpCost, cpu: OpCost | None) -> BoolArray:
         return np.ones(np.shape(experts), dtype=bool)
 
 
@@ -24,21 +23,18 @@ class FetchMiss(MissPolicy):
 class CpuMiss(MissPolicy):
     """Always compute on the host CPU where a host exists."""
 
-    def decide(self, layer: int, experts: IntArray, n_tokens: IntArray, fetch: OpCost,
-               cpu: OpCost | None) -> BoolArray:
+    def decide(self, layer: int, experts: IntArray, n_tokens: IntArray, fetch: OpCost, cpu: OpCost | None) -> BoolArray:
         return np.full(np.shape(experts), cpu is None, dtype=bool)
 
 
-@REGISTRIES["miss"].register(
-    "cost", "Fiddler: per expert, fetch or compute on the CPU, whichever costs less time")
+@REGISTRIES["miss"].register("cost", "Fiddler: per expert, fetch or compute on the CPU, whichever costs less time")
 class CheapestMiss(MissPolicy):
     """Fiddler's rule (Kamahori et al. 2024, "[P] Fiddler" in hardware-and-papers.md): for each
     missing expert compare the time to fetch its weights and compute it on the device with the time
     to compute it on the CPU where the weights already are, and take the smaller (ties: fetch).
     Queueing on the link and on the CPU is not part of the comparison (as in the paper)."""
 
-    def decide(self, layer: int, experts: IntArray, n_tokens: IntArray, fetch: OpCost,
-               cpu: OpCost | None) -> BoolArray:
+    def decide(self, layer: int, experts: IntArray, n_tokens: IntArray, fetch: OpCost, cpu: OpCost | None) -> BoolArray:
         if cpu is None:
             return np.ones(np.shape(experts), dtype=bool)
         return np.asarray(np.asarray(fetch.total_s) <= np.asarray(cpu.total_s), dtype=bool).reshape(np.shape(experts))

@@ -109,11 +109,14 @@ def affinity_weights(load: npt.ArrayLike, conditional: npt.ArrayLike) -> FloatAr
 def _check_home(expert_home: npt.ArrayLike, n_layers: int, n_experts: int) -> IntArray:
     home = np.asarray(expert_home)
     if home.shape != (n_layers, n_experts):
-        raise ValueError(f"expert_home must have shape (moe_layers={n_layers}, n_experts={n_experts}), "
-                         f"got {home.shape}")
+        raise ValueError(
+            f"expert_home must have shape (moe_layers={n_layers}, n_experts={n_experts}), got {home.shape}"
+        )
     if not np.issubdtype(home.dtype, np.integer) or (home.size and home.min() < 0):
-        raise ValueError(f"expert_home must hold non-negative device indices, got dtype {home.dtype}, "
-                         f"min {home.min() if home.size else None}")
+        raise ValueError(
+            f"expert_home must hold non-negative device indices, got dtype {home.dtype}, "
+            f"min {home.min() if home.size else None}"
+        )
     return home.astype(np.int64)
 
 
@@ -142,26 +145,28 @@ def cross_device_stats(trace: RoutingTrace, expert_home: npt.ArrayLike) -> Cross
     cross_t = total_t = cross_a = total_a = 0
     for layer in range(trace.n_moe_layers - 1):
         a, b = e[:, layer, :], e[:, layer + 1, :]
-        da = np.where(a >= 0, home[layer][np.maximum(a, 0)], -1)        # [T, k]
-        db = np.where(b >= 0, home[layer + 1][np.maximum(b, 0)], -2)    # [T, k]
+        da = np.where(a >= 0, home[layer][np.maximum(a, 0)], -1)  # [T, k]
+        db = np.where(b >= 0, home[layer + 1][np.maximum(b, 0)], -2)  # [T, k]
         pair_valid = (da[:, :, None] >= 0) & (db[:, None, :] >= 0)
         total_t += int(pair_valid.sum())
         cross_t += int((pair_valid & (da[:, :, None] != db[:, None, :])).sum())
         b_valid = b >= 0
         has_prev: npt.NDArray[np.bool_] = np.any(da >= 0, axis=1)
-        local = np.any(db[:, :, None] == da[:, None, :], axis=2)        # [T, k]
+        local = np.any(db[:, :, None] == da[:, None, :], axis=2)  # [T, k]
         counted = b_valid & has_prev[:, None]
         total_a += int(counted.sum())
         cross_a += int((counted & ~local).sum())
     return CrossDeviceShare(
         transition=cross_t / total_t if total_t else 0.0,
         assignment=cross_a / total_a if total_a else 0.0,
-        n_transitions=total_t, n_assignments=total_a,
+        n_transitions=total_t,
+        n_assignments=total_a,
     )
 
 
-def cross_device_share(trace: RoutingTrace, expert_home: npt.ArrayLike,
-                       *, kind: Literal["transition", "assignment"] = "transition") -> float:
+def cross_device_share(
+    trace: RoutingTrace, expert_home: npt.ArrayLike, *, kind: Literal["transition", "assignment"] = "transition"
+) -> float:
     """Share of routing that crosses devices under ``expert_home`` (``float`` in [0, 1]).
 
     ``kind="transition"`` (default): share of consecutive-layer token-expert transitions whose
@@ -270,8 +275,9 @@ def _solve_joint(w: FloatArray, n_devices: int, time_limit_s: float) -> tuple[In
     def xi(layer: int, e: int, d: int) -> int:
         return (layer * n_exp + e) * n_devices + d
 
-    pairs = [(layer, i, j) for layer in range(n_trans) for i in range(n_exp) for j in range(n_exp)
-             if w[layer, i, j] > 0]
+    pairs = [
+        (layer, i, j) for layer in range(n_trans) for i in range(n_exp) for j in range(n_exp) if w[layer, i, j] > 0
+    ]
     n_y = len(pairs) * n_devices
     n_var = n_x + n_y
     c = np.zeros(n_var)
@@ -323,22 +329,27 @@ def _solve_joint(w: FloatArray, n_devices: int, time_limit_s: float) -> tuple[In
     for e in range(min(n_exp, n_devices)):
         for d in range(e + 1, n_devices):
             upper[xi(0, e, d)] = 0.0
-    res = milp(c, constraints=LinearConstraint(a, lb, ub), integrality=integrality,
-               bounds=Bounds(lower, upper), options={"time_limit": time_limit_s, "disp": False})
+    res = milp(
+        c,
+        constraints=LinearConstraint(a, lb, ub),
+        integrality=integrality,
+        bounds=Bounds(lower, upper),
+        options={"time_limit": time_limit_s, "disp": False},
+    )
     if res.x is None:
         raise RuntimeError(f"ExFlow joint MILP found no feasible placement: {res.message}")
     xs = np.asarray(res.x[:n_x]).reshape(n_layers, n_exp, n_devices)
     return np.argmax(xs, axis=2).astype(np.int64), bool(res.status == 0)
 
 
-def _assign_layer(score: FloatArray, lo: int, hi: int, load: FloatArray | None = None,
-                  load_cap: float | None = None) -> IntArray:
+def _assign_layer(
+    score: FloatArray, lo: int, hi: int, load: FloatArray | None = None, load_cap: float | None = None
+) -> IntArray:
     """Exact assignment of E experts to D devices maximising ``sum score[e, home[e]]`` under the
     count capacity ``lo..hi`` and, when given, ``sum_e load[e] [home[e] == d] <= load_cap``."""
     n_exp, n_dev = score.shape
     n_var = n_exp * n_dev
-    rows = np.concatenate([np.repeat(np.arange(n_exp), n_dev),
-                           n_exp + np.tile(np.arange(n_dev), n_exp)])
+    rows = np.concatenate([np.repeat(np.arange(n_exp), n_dev), n_exp + np.tile(np.arange(n_dev), n_exp)])
     cols = np.concatenate([np.arange(n_var), np.arange(n_var)])
     vals = np.ones(2 * n_var)
     lb = np.concatenate([np.ones(n_exp), np.full(n_dev, lo)])
@@ -352,12 +363,18 @@ def _assign_layer(score: FloatArray, lo: int, hi: int, load: FloatArray | None =
         ub = np.concatenate([ub, np.full(n_dev, load_cap)])
         n_rows += n_dev
     a = sp.csr_array((vals, (rows, cols)), shape=(n_rows, n_var))
-    res = milp(-score.ravel(), constraints=LinearConstraint(a, lb, ub), integrality=np.ones(n_var),
-               bounds=Bounds(0, 1), options={"disp": False})
+    res = milp(
+        -score.ravel(),
+        constraints=LinearConstraint(a, lb, ub),
+        integrality=np.ones(n_var),
+        bounds=Bounds(0, 1),
+        options={"disp": False},
+    )
     if res.x is None:
         extra = f" and load cap {load_cap:.4g}" if load_cap is not None else ""
-        raise RuntimeError(f"ExFlow layer assignment infeasible under capacity {lo}..{hi}{extra}: {res.message}; "
-                           "raise load_slack")
+        raise RuntimeError(
+            f"ExFlow layer assignment infeasible under capacity {lo}..{hi}{extra}: {res.message}; raise load_slack"
+        )
     return np.argmax(np.asarray(res.x).reshape(n_exp, n_dev), axis=1).astype(np.int64)
 
 
@@ -367,8 +384,14 @@ def _onehot(home: IntArray, n_devices: int) -> FloatArray:
     return out
 
 
-def _solve_sequential(w: FloatArray, n_devices: int, first: IntArray, max_sweeps: int,
-                      load: FloatArray | None = None, load_slack: float | None = None) -> tuple[IntArray, int]:
+def _solve_sequential(
+    w: FloatArray,
+    n_devices: int,
+    first: IntArray,
+    max_sweeps: int,
+    load: FloatArray | None = None,
+    load_slack: float | None = None,
+) -> tuple[IntArray, int]:
     n_trans, n_exp, _ = w.shape
     n_layers = n_trans + 1
     lo, hi = _capacity_bounds(n_exp, n_devices)
@@ -383,7 +406,7 @@ def _solve_sequential(w: FloatArray, n_devices: int, first: IntArray, max_sweeps
     if load is not None and load_slack is not None:  # the first layer too must respect the load cap
         home[0] = _assign_layer(np.zeros((n_exp, n_devices)) + _onehot(first, n_devices), lo, hi, *cap(0))
     for layer in range(1, n_layers):  # forward pass, each layer conditioned on the previous one
-        score = w[layer - 1].T @ _onehot(home[layer - 1], n_devices)   # [E_next, D]
+        score = w[layer - 1].T @ _onehot(home[layer - 1], n_devices)  # [E_next, D]
         home[layer] = _assign_layer(score, lo, hi, *cap(layer))
     best = placement_objective(w, home)
     sweeps = 0
@@ -404,11 +427,16 @@ def _solve_sequential(w: FloatArray, n_devices: int, first: IntArray, max_sweeps
     return home, sweeps
 
 
-def exflow_placement(weights: npt.ArrayLike, n_devices: int, *,
-                     load: npt.ArrayLike | None = None,
-                     method: Literal["auto", "joint", "sequential"] = "auto",
-                     time_limit_s: float = 30.0, max_sweeps: int = 20,
-                     load_slack: float | None = None) -> ExflowSolution:
+def exflow_placement(
+    weights: npt.ArrayLike,
+    n_devices: int,
+    *,
+    load: npt.ArrayLike | None = None,
+    method: Literal["auto", "joint", "sequential"] = "auto",
+    time_limit_s: float = 30.0,
+    max_sweeps: int = 20,
+    load_slack: float | None = None,
+) -> ExflowSolution:
     """ExFlow placement maximising expected co-located layer transitions (see module docstring).
 
     ``weights``: ``[moe_layers-1, E, E]`` expected transition counts (e.g. `transition_counts`, or
@@ -444,8 +472,11 @@ def exflow_placement(weights: npt.ArrayLike, n_devices: int, *,
     use: str = method if method != "auto" else ("joint" if n_prod <= JOINT_MAX_PRODUCT_VARS else "sequential")
     t0 = time.perf_counter()
     if n_trans == 0 or n_devices == 1:
-        home = (round_robin_placement(n_layers, n_exp, n_devices) if load is None
-                else load_balanced_placement(load, n_devices))
+        home = (
+            round_robin_placement(n_layers, n_exp, n_devices)
+            if load is None
+            else load_balanced_placement(load, n_devices)
+        )
         optimal, sweeps, use = True, 0, "trivial"
     else:
         sweeps = 0
@@ -466,11 +497,26 @@ def exflow_placement(weights: npt.ArrayLike, n_devices: int, *,
                 home, use = seq_home, "sequential"
     solve_s = time.perf_counter() - t0
     value = placement_objective(w, home)
-    log.info("exflow placement: method=%s, %d layers x %d experts x %d devices, co-located %.4g of %.4g "
-             "(%.1f%%), %.2f s", use, n_layers, n_exp, n_devices, value, float(w.sum()),
-             100 * value / max(float(w.sum()), 1e-300), solve_s)
-    return ExflowSolution(expert_home=home, colocated=value, total=float(w.sum()), method=use,
-                          optimal=optimal, sweeps=sweeps, solve_s=solve_s)
+    log.info(
+        "exflow placement: method=%s, %d layers x %d experts x %d devices, co-located %.4g of %.4g (%.1f%%), %.2f s",
+        use,
+        n_layers,
+        n_exp,
+        n_devices,
+        value,
+        float(w.sum()),
+        100 * value / max(float(w.sum()), 1e-300),
+        solve_s,
+    )
+    return ExflowSolution(
+        expert_home=home,
+        colocated=value,
+        total=float(w.sum()),
+        method=use,
+        optimal=optimal,
+        sweeps=sweeps,
+        solve_s=solve_s,
+    )
 
 
 def brute_force_placement(weights: npt.ArrayLike, n_devices: int) -> tuple[IntArray, float]:
@@ -506,8 +552,10 @@ def _require_stats(name: str, model: MoEModel, stats: RoutingStats | None) -> Ro
     if stats is None:
         raise ValueError(f"placement policy {name!r} needs routing statistics (a training trace); none were given")
     if stats.load.shape != (model.n_moe_layers, model.n_experts):
-        raise ValueError(f"placement policy {name!r}: routing stats are {stats.load.shape} (layers, experts) but "
-                         f"model {model.name!r} has ({model.n_moe_layers}, {model.n_experts})")
+        raise ValueError(
+            f"placement policy {name!r}: routing stats are {stats.load.shape} (layers, experts) but "
+            f"model {model.name!r} has ({model.n_moe_layers}, {model.n_experts})"
+        )
     return stats
 
 
@@ -520,8 +568,7 @@ class RoundRobinPlacement(PlacementPolicy):
         return self.check(home, model, n_devices)
 
 
-@REGISTRIES["placement"].register("load-balanced",
-                                  "greedy bin packing of per-layer expert load across devices")
+@REGISTRIES["placement"].register("load-balanced", "greedy bin packing of per-layer expert load across devices")
 class LoadBalancedPlacement(PlacementPolicy):
     """Per layer, heaviest expert first onto the least-loaded device with room (`load_balanced_placement`)."""
 
@@ -531,7 +578,8 @@ class LoadBalancedPlacement(PlacementPolicy):
 
 
 @REGISTRIES["placement"].register(
-    "exflow", "ExFlow: integer program (scipy milp) maximising same-device consecutive-layer expert pairs")
+    "exflow", "ExFlow: integer program (scipy milp) maximising same-device consecutive-layer expert pairs"
+)
 class ExflowPlacement(PlacementPolicy):
     """ExFlow affinity placement (`exflow_placement` on the stats' joint affinity counts).
 
@@ -542,8 +590,15 @@ class ExflowPlacement(PlacementPolicy):
     (method, objective, solve time) is kept in ``self.solution`` for reporting.
     """
 
-    def __init__(self, *, seed: int = 0, method: Literal["auto", "joint", "sequential"] = "auto",
-                 time_limit_s: float = 30.0, max_sweeps: int = 20, load_slack: float = -1.0) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        method: Literal["auto", "joint", "sequential"] = "auto",
+        time_limit_s: float = 30.0,
+        max_sweeps: int = 20,
+        load_slack: float = -1.0,
+    ) -> None:
         super().__init__(seed=seed)
         self.load_slack = None if load_slack < 0 else float(load_slack)
         self.method: Literal["auto", "joint", "sequential"] = method
@@ -555,9 +610,15 @@ class ExflowPlacement(PlacementPolicy):
         st = _require_stats("exflow", model, stats)
         if n_devices == 1:
             return np.zeros((model.n_moe_layers, model.n_experts), dtype=np.int64)
-        self.solution = exflow_placement(st.affinity, n_devices, load=st.load, method=self.method,
-                                         time_limit_s=self.time_limit_s, max_sweeps=self.max_sweeps,
-                                         load_slack=self.load_slack)
+        self.solution = exflow_placement(
+            st.affinity,
+            n_devices,
+            load=st.load,
+            method=self.method,
+            time_limit_s=self.time_limit_s,
+            max_sweeps=self.max_sweeps,
+            load_slack=self.load_slack,
+        )
         return self.check(self.solution.expert_home, model, n_devices)
 
 

@@ -34,7 +34,8 @@ class NoPrefetch(PrefetchPolicy):
 
 
 @REGISTRIES["prefetch"].register(
-    "pregate", "next-layer pre-gating (Read-ME, Pre-gated MoE): layer l+1's experts fetched during layer l")
+    "pregate", "next-layer pre-gating (Read-ME, Pre-gated MoE): layer l+1's experts fetched during layer l"
+)
 class PregatePrefetch(PrefetchPolicy):
     """Pre-gating: a pre-gate (Pre-gated MoE, Hwang et al. ISCA 2024) or a router decoupled from the
     backbone (Read-ME, Cai et al. NeurIPS 2024; "[P]" rows of hardware-and-papers.md s.4) knows
@@ -71,7 +72,8 @@ class PregatePrefetch(PrefetchPolicy):
 
 
 @REGISTRIES["prefetch"].register(
-    "affinity", "affinity lookahead (ExFlow/MoE-Infinity style): likely experts of layer l+1 from P(e'|e)")
+    "affinity", "affinity lookahead (ExFlow/MoE-Infinity style): likely experts of layer l+1 from P(e'|e)"
+)
 class AffinityPrefetch(PrefetchPolicy):
     """Predicts the experts of layer ``l + 1`` from the experts the step's tokens use at layer
     ``l`` and the inter-layer affinity ``P(e_{l+1} | e_l)`` fitted on a training trace
@@ -96,8 +98,10 @@ class AffinityPrefetch(PrefetchPolicy):
     def fit(self, trace: RoutingTrace) -> None:
         stats = RoutingStats.from_trace(trace)
         if stats.n_layers != self.n_layers or stats.n_experts != self.n_experts:
-            raise ValueError(f"affinity prefetch: training trace has {stats.n_layers} layers x "
-                             f"{stats.n_experts} experts, the model {self.n_layers} x {self.n_experts}")
+            raise ValueError(
+                f"affinity prefetch: training trace has {stats.n_layers} layers x "
+                f"{stats.n_experts} experts, the model {self.n_layers} x {self.n_experts}"
+            )
         self.fit_stats(stats)
 
     def fit_stats(self, stats: RoutingStats) -> None:

@@ -53,7 +53,7 @@ def request_signature(req: RequestState, *, lookahead: Lookahead = "previous") -
     else:
         raise ValueError(f"lookahead must be 'previous' or 'oracle', got {lookahead!r}")
     row = min(max(row, 0), n_rows - 1)
-    r = req.routing[row].astype(np.int64)          # [n_layers, k]
+    r = req.routing[row].astype(np.int64)  # [n_layers, k]
     layers = np.broadcast_to(np.arange(r.shape[0])[:, None], r.shape)
     keys = (layers << 20) + r
     return np.unique(keys[r >= 0])
@@ -75,8 +75,15 @@ class _ExpertAwareScheduler(TokenScheduler):
     #: When every candidate fits in one step, take them all in FIFO order (no regrouping needed).
     shortcut_when_all_fit = True
 
-    def __init__(self, *, max_batch: int, max_tokens: int, seed: int = 0,
-                 lookahead: Lookahead = "previous", prefill_chunk: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_batch: int,
+        max_tokens: int,
+        seed: int = 0,
+        lookahead: Lookahead = "previous",
+        prefill_chunk: int | None = None,
+    ) -> None:
         super().__init__(max_batch=max_batch, max_tokens=max_tokens, seed=seed)
         if lookahead not in ("previous", "oracle"):
             raise ValueError(f"lookahead must be 'previous' or 'oracle', got {lookahead!r}")
@@ -85,7 +92,7 @@ class _ExpertAwareScheduler(TokenScheduler):
         self.lookahead: Lookahead = lookahead
         self.prefill_chunk = prefill_chunk
         self.steps = 0
-        self.distinct_experts_history: list[int] = []   # distinct (layer, expert) pairs per batch (signatures)
+        self.distinct_experts_history: list[int] = []  # distinct (layer, expert) pairs per batch (signatures)
 
     def _tokens_for(self, req: RequestState) -> int:
         if req.in_prefill:
@@ -97,15 +104,17 @@ class _ExpertAwareScheduler(TokenScheduler):
         """Return candidates in the order they should be tried (subclasses)."""
         raise NotImplementedError
 
-    def schedule(self, now: float, waiting: Sequence[RequestState], running: Sequence[RequestState],
-                 kv_free_tokens: int) -> Batch:
+    def schedule(
+        self, now: float, waiting: Sequence[RequestState], running: Sequence[RequestState], kv_free_tokens: int
+    ) -> Batch:
         """The next batch (contract in `TokenScheduler`); candidates are tried in `_order`, and in
         FIFO order when that yields nothing (so a runnable request always runs: no deadlock)."""
         cands: list[tuple[RequestState, bool]] = [(r, False) for r in running if not r.done]
         cands += [(r, True) for r in waiting]
         fifo = sorted(cands, key=lambda c: (c[1], c[0].arrival_s, c[0].request_id))
-        fits_all = (sum(self._tokens_for(r) for r, _ in cands) <= self.max_tokens
-                    and len(waiting) <= self.max_batch - len(running))
+        fits_all = sum(self._tokens_for(r) for r, _ in cands) <= self.max_tokens and len(
+            waiting
+        ) <= self.max_batch - len(running)
         use_fifo = fits_all and self.shortcut_when_all_fit
         ids, toks, union = self._fill(fifo if use_fifo else self._order(cands), len(running), kv_free_tokens)
         if not ids and cands:
@@ -115,8 +124,9 @@ class _ExpertAwareScheduler(TokenScheduler):
         self._after(ids)
         return Batch(request_ids=tuple(ids), n_tokens=tuple(toks))
 
-    def _fill(self, ordered: list[tuple[RequestState, bool]], n_running: int,
-              kv_free_tokens: int) -> tuple[list[int], list[int], set[int]]:
+    def _fill(
+        self, ordered: list[tuple[RequestState, bool]], n_running: int, kv_free_tokens: int
+    ) -> tuple[list[int], list[int], set[int]]:
         ids: list[int] = []
         toks: list[int] = []
         budget = self.max_tokens
@@ -145,15 +155,25 @@ class _ExpertAwareScheduler(TokenScheduler):
 
 
 @REGISTRIES["scheduling"].register(
-    "expertflow", "ExpertFlow: regroup tokens across batches to cut distinct activated experts per step")
+    "expertflow", "ExpertFlow: regroup tokens across batches to cut distinct activated experts per step"
+)
 class ExpertFlowScheduler(_ExpertAwareScheduler):
     """Greedy regrouping (module docstring). Options: ``lookahead`` ("previous" | "oracle"),
     ``max_skips`` (a request passed over this many steps in a row is taken first), ``prefill_chunk``."""
 
-    def __init__(self, *, max_batch: int, max_tokens: int, seed: int = 0, lookahead: Lookahead = "previous",
-                 max_skips: int = 8, prefill_chunk: int | None = None) -> None:
-        super().__init__(max_batch=max_batch, max_tokens=max_tokens, seed=seed, lookahead=lookahead,
-                         prefill_chunk=prefill_chunk)
+    def __init__(
+        self,
+        *,
+        max_batch: int,
+        max_tokens: int,
+        seed: int = 0,
+        lookahead: Lookahead = "previous",
+        max_skips: int = 8,
+        prefill_chunk: int | None = None,
+    ) -> None:
+        super().__init__(
+            max_batch=max_batch, max_tokens=max_tokens, seed=seed, lookahead=lookahead, prefill_chunk=prefill_chunk
+        )
         if max_skips < 0:
             raise ValueError(f"max_skips must be >= 0, got {max_skips}")
         self.max_skips = int(max_skips)
@@ -164,8 +184,10 @@ class ExpertFlowScheduler(_ExpertAwareScheduler):
             return []
         # oldest first: by admission for running, by arrival for waiting (running before waiting)
         base = sorted(candidates, key=lambda c: (c[1], c[0].arrival_s, c[0].request_id))
-        starving = sorted((c for c in base if self._skips.get(c[0].request_id, 0) >= self.max_skips),
-                          key=lambda c: -self._skips.get(c[0].request_id, 0))   # most skipped first (stable)
+        starving = sorted(
+            (c for c in base if self._skips.get(c[0].request_id, 0) >= self.max_skips),
+            key=lambda c: -self._skips.get(c[0].request_id, 0),
+        )  # most skipped first (stable)
         rest = [c for c in base if self._skips.get(c[0].request_id, 0) < self.max_skips]
         ordered = list(starving)
         union: set[int] = set()
@@ -199,8 +221,9 @@ class ExpertFlowScheduler(_ExpertAwareScheduler):
             if rid in chosen_set:
                 del self._skips[rid]
 
-    def schedule(self, now: float, waiting: Sequence[RequestState], running: Sequence[RequestState],
-                 kv_free_tokens: int) -> Batch:
+    def schedule(
+        self, now: float, waiting: Sequence[RequestState], running: Sequence[RequestState], kv_free_tokens: int
+    ) -> Batch:
         batch = super().schedule(now, waiting, running, kv_free_tokens)
         chosen = set(batch.request_ids)
         for r in running:  # running requests left out were skipped this step
@@ -210,17 +233,26 @@ class ExpertFlowScheduler(_ExpertAwareScheduler):
 
 
 @REGISTRIES["scheduling"].register(
-    "symbolic-moe", "Symbolic-MoE: serve requests grouped by their assigned expert, one group at a time")
+    "symbolic-moe", "Symbolic-MoE: serve requests grouped by their assigned expert, one group at a time"
+)
 class SymbolicMoEScheduler(_ExpertAwareScheduler):
     """One group (assigned expert) at a time (module docstring). ``current_group`` is the group
     being served; ``group_switches`` counts switches (each one loads a new expert set)."""
 
     shortcut_when_all_fit = False
 
-    def __init__(self, *, max_batch: int, max_tokens: int, seed: int = 0, lookahead: Lookahead = "previous",
-                 prefill_chunk: int | None = None) -> None:
-        super().__init__(max_batch=max_batch, max_tokens=max_tokens, seed=seed, lookahead=lookahead,
-                         prefill_chunk=prefill_chunk)
+    def __init__(
+        self,
+        *,
+        max_batch: int,
+        max_tokens: int,
+        seed: int = 0,
+        lookahead: Lookahead = "previous",
+        prefill_chunk: int | None = None,
+    ) -> None:
+        super().__init__(
+            max_batch=max_batch, max_tokens=max_tokens, seed=seed, lookahead=lookahead, prefill_chunk=prefill_chunk
+        )
         self.current_group: int | None = None
         self.group_switches = 0
 
@@ -231,9 +263,11 @@ class SymbolicMoEScheduler(_ExpertAwareScheduler):
         for c in sorted(candidates, key=lambda c: (c[1], c[0].arrival_s, c[0].request_id)):
             groups.setdefault(assigned_expert(c[0]), []).append(c)
         if self.current_group not in groups:
+
             def rank(g: int) -> tuple[int, float, int]:
                 oldest = min(groups[g], key=lambda c: (c[0].arrival_s, c[0].request_id))[0]
                 return (-len(groups[g]), oldest.arrival_s, oldest.request_id)
+
             new = min(groups, key=rank)
             if self.current_group is not None:
                 self.group_switches += 1

@@ -21,8 +21,9 @@ class FifoScheduler(TokenScheduler):
     blocking is kept (a waiting request that does not fit stops admission), as FIFO implies.
     """
 
-    def schedule(self, now: float, waiting: Sequence[RequestState], running: Sequence[RequestState],
-                 kv_free_tokens: int) -> Batch:
+    def schedule(
+        self, now: float, waiting: Sequence[RequestState], running: Sequence[RequestState], kv_free_tokens: int
+    ) -> Batch:
         ids: list[int] = []
         toks: list[int] = []
         budget = self.max_tokens

@@ -46,7 +46,7 @@ def _relative(x: Any, root: str) -> Any:
     if isinstance(x, list):
         return [_relative(v, root) for v in x]
     if isinstance(x, str) and x.startswith(root):
-        return "shared" + x[len(root):]
+        return "shared" + x[len(root) :]
     return x
 
 
@@ -84,23 +84,34 @@ def main(argv: list[str] | None = None) -> int:
     procs = {name: dataclasses.replace(p, meta=_relative(p.meta, root)) for name, p in procs.items()}
 
     data = {
-        "format": FORMAT_NAME, "version": FORMAT_VERSION,
-        "generated_by": "studies/default_workload/build.py", "seed": args.seed,
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "generated_by": "studies/default_workload/build.py",
+        "seed": args.seed,
         "provenance": {
             name: {k: p.meta.get(k) for k in ("source", "licence", "fitted_from", "composed_from", "calibration")}
             for name, p in procs.items()
         },
-        "fidelity": {name: {"train_fraction": f["train_fraction"], "heldout_tokens": f["heldout_tokens"],
-                            "fitted": f["fitted"], "uniform": f["uniform"], "popularity_only": f["popularity_only"]}
-                     for name, f in fidelity.items()},
+        "fidelity": {
+            name: {
+                "train_fraction": f["train_fraction"],
+                "heldout_tokens": f["heldout_tokens"],
+                "fitted": f["fitted"],
+                "uniform": f["uniform"],
+                "popularity_only": f["popularity_only"],
+            }
+            for name, f in fidelity.items()
+        },
         "processes": {name: p.to_dict(precision="float16") for name, p in procs.items()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, separators=(",", ":"), sort_keys=True) + "\n", encoding="utf-8")
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")
     for name, f in fidelity.items():
-        print(f"\n{name}: hold-out fidelity (fit on {f['train_requests']} requests, compare with "
-              f"{f['heldout_requests']} held-out requests = {f['heldout_tokens']} tokens); lower is closer")
+        print(
+            f"\n{name}: hold-out fidelity (fit on {f['train_requests']} requests, compare with "
+            f"{f['heldout_requests']} held-out requests = {f['heldout_tokens']} tokens); lower is closer"
+        )
         print(f"  {'metric':18s} {'fitted':>8s} {'uniform':>8s} {'pop-only':>8s}")
         for m in ("load_js", "affinity_js", "reuse_error", "coactivation_js", "reuse_distance_js"):
             vals = [f[s][m] for s in ("fitted", "uniform", "popularity_only")]

@@ -31,8 +31,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def evaluate(trace: RoutingTrace, seeds: list[int]) -> dict[str, Any]:
     runs = [holdout_evaluation(trace, 0.5, seed=s) for s in seeds]
-    out: dict[str, Any] = {"seeds": seeds, "heldout_tokens": [r["heldout_tokens"] for r in runs],
-                           "popularity_shrinkage": [r["popularity_shrinkage"] for r in runs]}
+    out: dict[str, Any] = {
+        "seeds": seeds,
+        "heldout_tokens": [r["heldout_tokens"] for r in runs],
+        "popularity_shrinkage": [r["popularity_shrinkage"] for r in runs],
+    }
     for m in METRICS:
         row: dict[str, Any] = {}
         for side in ("fitted", "uniform", "popularity_only"):
@@ -62,15 +65,19 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.process_time()
         res = evaluate(trace, list(range(args.seeds)))
         result[name] = res
-        print(f"\n{name}: {args.seeds} splits by request (half/half), {np.mean(res['heldout_tokens']):.0f} held-out "
-              f"tokens on average, {time.process_time() - t0:.0f} s CPU; mean [min, max], lower is closer")
+        print(
+            f"\n{name}: {args.seeds} splits by request (half/half), {np.mean(res['heldout_tokens']):.0f} held-out "
+            f"tokens on average, {time.process_time() - t0:.0f} s CPU; mean [min, max], lower is closer"
+        )
         print(f"  {'metric':18s} {'fitted':>24s} {'uniform':>24s} {'fitted/uniform':>15s} {'closer':>7s}")
         for m in METRICS:
             r = res[m]
             f, u = r["fitted"], r["uniform"]
-            print(f"  {m:18s} {f['mean']:.4f} [{f['min']:.4f}, {f['max']:.4f}] "
-                  f"{u['mean']:.4f} [{u['min']:.4f}, {u['max']:.4f}] {r['fitted_over_uniform']['mean']:15.2f} "
-                  f"{r['fitted_closer_in']:>3d}/{args.seeds}")
+            print(
+                f"  {m:18s} {f['mean']:.4f} [{f['min']:.4f}, {f['max']:.4f}] "
+                f"{u['mean']:.4f} [{u['min']:.4f}, {u['max']:.4f}] {r['fitted_over_uniform']['mean']:15.2f} "
+                f"{r['fitted_closer_in']:>3d}/{args.seeds}"
+            )
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0

@@ -45,8 +45,13 @@ HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("MOE_CODESIGN_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 
 POLICIES: tuple[tuple[str, str, tuple[tuple[str, float], ...]], ...] = (
-    ("lru", "none", ()), ("lfu", "none", ()), ("expertflow", "none", ()), ("belady", "none", ()),
-    ("lru", "pregate", ()), ("lru", "affinity", ()), ("lru", "expertflow", ()),
+    ("lru", "none", ()),
+    ("lfu", "none", ()),
+    ("expertflow", "none", ()),
+    ("belady", "none", ()),
+    ("lru", "pregate", ()),
+    ("lru", "affinity", ()),
+    ("lru", "expertflow", ()),
     ("lru", "expertflow", (("threshold", 0.9),)),
 )
 
@@ -82,9 +87,14 @@ def run(shared: Path = SHARED, seed: int = 0) -> dict[str, Any]:
     for name, trace in (("deepseek-v2-lite", ds), ("mixtral-8x7b", mx)):
         train, test = split_by_request(trace, 0.5)
         acc = RoutingPathPredictor.fit(train, horizon=3, context=2).evaluate(test)
-        accuracy[name] = {"recall_at_k": list(acc.recall), "popularity_recall_at_k": list(acc.baseline_recall),
-                          "predictions": list(acc.n_predictions), "k": trace.k,
-                          "train_tokens": train.n_tokens, "test_tokens": test.n_tokens}
+        accuracy[name] = {
+            "recall_at_k": list(acc.recall),
+            "popularity_recall_at_k": list(acc.baseline_recall),
+            "predictions": list(acc.n_predictions),
+            "k": trace.k,
+            "train_tokens": train.n_tokens,
+            "test_tokens": test.n_tokens,
+        }
     ids = np.unique(ds.request)
     train = ds.select_requests(ids[:100])
     rows = [r for r in (ds.select_requests([i]).experts[:24] for i in ids[100:140]) if r.shape[0] == 24][:16]
@@ -93,26 +103,52 @@ def run(shared: Path = SHARED, seed: int = 0) -> dict[str, Any]:
     cost = CostModel(platform)
     offload: dict[str, Any] = {}
     for cache, prefetch, opts in POLICIES:
-        m = Mapping(n_devices=1, cache=CacheSpec(policy=cache, expert_fraction=0.25), prefetch=prefetch,
-                    prefetch_options=opts, batching=BatchingSpec(max_batch=4))
+        m = Mapping(
+            n_devices=1,
+            cache=CacheSpec(policy=cache, expert_fraction=0.25),
+            prefetch=prefetch,
+            prefetch_options=opts,
+            batching=BatchingSpec(max_batch=4),
+        )
         r = simulate(model, platform, Replay(rows, 4), m, cost_model=cost, train=train, seed=seed)
         key = f"{cache}+{prefetch}" + "".join(f"[{k}={v}]" for k, v in opts)
-        offload[key] = {"hit_rate": r["hit_rate"]["hbm"], "tpot_p50_s": r["tpot_p50_s"],
-                        "pcie_bytes": sum(r["bytes_moved"].values()), "config_hash": r.config_hash}
+        offload[key] = {
+            "hit_rate": r["hit_rate"]["hbm"],
+            "tpot_p50_s": r["tpot_p50_s"],
+            "pcie_bytes": sum(r["bytes_moved"].values()),
+            "config_hash": r.config_hash,
+        }
     rows20 = [r for r in (ds.select_requests([i]).experts[:20] for i in ids) if r.shape[0] == 20][:48]
     scheduling: dict[str, Any] = {}
     for frac in (1.0, 0.25):
         for sched in ("fifo", "expertflow", "symbolic-moe"):
-            m = Mapping(n_devices=1, cache=CacheSpec(policy="lfu", expert_fraction=frac),
-                        batching=BatchingSpec(scheduler=sched, max_batch=48, max_tokens=12))
+            m = Mapping(
+                n_devices=1,
+                cache=CacheSpec(policy="lfu", expert_fraction=frac),
+                batching=BatchingSpec(scheduler=sched, max_batch=48, max_tokens=12),
+            )
             r = simulate(model, platform, Replay(rows20, 2), m, cost_model=cost, seed=seed)
             scheduling[f"{sched}@hbm{frac:g}"] = {
-                "expert_loads": float(r.steps["experts_needed"].sum()), "tpot_p50_s": r["tpot_p50_s"],
-                "throughput_tok_s": r["throughput_tok_s"], "hit_rate": r["hit_rate"]["hbm"],
-                "pcie_bytes": sum(r["bytes_moved"].values()), "config_hash": r.config_hash}
-    return {"accuracy": accuracy, "offload": offload, "scheduling": scheduling,
-            "setting": {"offload_model": model.name, "platform": platform.name, "hbm_expert_fraction": 0.25,
-                        "requests": len(rows), "batch": 4, "seed": seed}}
+                "expert_loads": float(r.steps["experts_needed"].sum()),
+                "tpot_p50_s": r["tpot_p50_s"],
+                "throughput_tok_s": r["throughput_tok_s"],
+                "hit_rate": r["hit_rate"]["hbm"],
+                "pcie_bytes": sum(r["bytes_moved"].values()),
+                "config_hash": r.config_hash,
+            }
+    return {
+        "accuracy": accuracy,
+        "offload": offload,
+        "scheduling": scheduling,
+        "setting": {
+            "offload_model": model.name,
+            "platform": platform.name,
+            "hbm_expert_fraction": 0.25,
+            "requests": len(rows),
+            "batch": 4,
+            "seed": seed,
+        },
+    }
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -123,12 +159,15 @@ def table(summary: dict[str, Any]) -> str:
         rows.append(f"  {name:<18} k={a['k']}: {rec}   (popularity {base})")
     rows.append(f"{'cache+prefetch':<36} {'hit %':>6} {'TPOT ms':>8} {'PCIe GB':>8}")
     for key, r in summary["offload"].items():
-        rows.append(f"{key:<36} {100 * r['hit_rate']:>6.1f} {1e3 * r['tpot_p50_s']:>8.1f} "
-                    f"{r['pcie_bytes'] / 1e9:>8.1f}")
+        rows.append(
+            f"{key:<36} {100 * r['hit_rate']:>6.1f} {1e3 * r['tpot_p50_s']:>8.1f} {r['pcie_bytes'] / 1e9:>8.1f}"
+        )
     rows.append(f"{'scheduler@HBM share':<26} {'expert loads':>12} {'TPOT ms':>8} {'tok/s':>7} {'PCIe GB':>8}")
     for key, r in summary["scheduling"].items():
-        rows.append(f"{key:<26} {r['expert_loads']:>12.0f} {1e3 * r['tpot_p50_s']:>8.1f} "
-                    f"{r['throughput_tok_s']:>7.1f} {r['pcie_bytes'] / 1e9:>8.1f}")
+        rows.append(
+            f"{key:<26} {r['expert_loads']:>12.0f} {1e3 * r['tpot_p50_s']:>8.1f} "
+            f"{r['throughput_tok_s']:>7.1f} {r['pcie_bytes'] / 1e9:>8.1f}"
+        )
     return "\n".join(rows)
 
 

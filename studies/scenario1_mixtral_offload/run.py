@@ -48,9 +48,22 @@ from workloads.trace import RoutingTrace
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("MOE_CODESIGN_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-KEYS = ("tpot_p50_s", "tpot_p99_s", "ttft_p50_s", "throughput_tok_s", "hit_rate", "bytes_moved",
-        "energy_j_per_token", "cost_per_million_tokens_usd", "peak_memory_bytes", "oracle_exact",
-        "assignments_cpu", "assignments_device", "prefetch", "late_prefetch_share")
+KEYS = (
+    "tpot_p50_s",
+    "tpot_p99_s",
+    "ttft_p50_s",
+    "throughput_tok_s",
+    "hit_rate",
+    "bytes_moved",
+    "energy_j_per_token",
+    "cost_per_million_tokens_usd",
+    "peak_memory_bytes",
+    "oracle_exact",
+    "assignments_cpu",
+    "assignments_device",
+    "prefetch",
+    "late_prefetch_share",
+)
 
 
 def configurations(batch: int) -> dict[str, Mapping]:
@@ -60,16 +73,16 @@ def configurations(batch: int) -> dict[str, Mapping]:
     return {
         "all-hbm": Mapping(batching=b),
         "quarter-lru": Mapping(cache=CacheSpec(policy="lru", expert_fraction=q), batching=b),
-        "quarter-lru-per-layer": Mapping(cache=CacheSpec(policy="lru", expert_fraction=q,
-                                                         options={"per_layer": True}), batching=b),
+        "quarter-lru-per-layer": Mapping(
+            cache=CacheSpec(policy="lru", expert_fraction=q, options={"per_layer": True}), batching=b
+        ),
         "quarter-lfu": Mapping(cache=CacheSpec(policy="lfu", expert_fraction=q), batching=b),
         "quarter-belady": Mapping(cache=CacheSpec(policy="belady", expert_fraction=q), batching=b),
-        "quarter-lru-pregate": Mapping(cache=CacheSpec(policy="lru", expert_fraction=q), prefetch="pregate",
-                                       batching=b),
-        "quarter-cpu-on-miss": Mapping(cache=CacheSpec(policy="static", expert_fraction=q), miss="cpu",
-                                       batching=b),
-        "quarter-fiddler-cost": Mapping(cache=CacheSpec(policy="lru", expert_fraction=q), miss="cost",
-                                        batching=b),
+        "quarter-lru-pregate": Mapping(
+            cache=CacheSpec(policy="lru", expert_fraction=q), prefetch="pregate", batching=b
+        ),
+        "quarter-cpu-on-miss": Mapping(cache=CacheSpec(policy="static", expert_fraction=q), miss="cpu", batching=b),
+        "quarter-fiddler-cost": Mapping(cache=CacheSpec(policy="lru", expert_fraction=q), miss="cost", batching=b),
     }
 
 
@@ -80,16 +93,25 @@ def load_trace(shared: Path = SHARED) -> RoutingTrace:
     return trace
 
 
-def run_scenario(*, n_requests: int = 4, batch: int = 4, prompt_len: int = 16, output_len: int = 64,
-                 seed: int = 0, shared: Path = SHARED, configs: list[str] | None = None) -> dict[str, Any]:
+def run_scenario(
+    *,
+    n_requests: int = 4,
+    batch: int = 4,
+    prompt_len: int = 16,
+    output_len: int = 64,
+    seed: int = 0,
+    shared: Path = SHARED,
+    configs: list[str] | None = None,
+) -> dict[str, Any]:
     """Run every configuration; returns ``{"setting": ..., "results": {name: summary subset}}``."""
     trace = load_trace(shared)
     platform = get_platform("h100-pcie5-host")
     bf16 = get_model("mixtral-8x7b")
     model = bf16.with_precision("fp8")
     cost = CostModel(platform)
-    stream = RequestStream.closed(n_requests=n_requests, prompt_len=prompt_len, output_len=output_len,
-                                  routing=TraceReplay(trace), seed=seed)
+    stream = RequestStream.closed(
+        n_requests=n_requests, prompt_len=prompt_len, output_len=output_len, routing=TraceReplay(trace), seed=seed
+    )
     try:
         Mapping().bind(bf16, platform, min_kv_tokens=prompt_len + output_len)
         bf16_note = "fits"
@@ -103,23 +125,35 @@ def run_scenario(*, n_requests: int = 4, batch: int = 4, prompt_len: int = 16, o
         s = r.summary_json()
         results[name] = {k: s.get(k) for k in KEYS} | {"config_hash": r.config_hash}
     return {
-        "setting": {"model": "mixtral-8x7b (fp8 weights)", "platform": platform.name, "n_requests": n_requests,
-                    "batch": batch, "prompt_len": prompt_len, "output_len": output_len, "seed": seed,
-                    "trace": "shared/traces/mixtral-8x7b-instruct (real, 585 decode tokens)",
-                    "hbm_expert_fraction_offloaded": 0.25, "bf16_all_in_hbm": bf16_note},
+        "setting": {
+            "model": "mixtral-8x7b (fp8 weights)",
+            "platform": platform.name,
+            "n_requests": n_requests,
+            "batch": batch,
+            "prompt_len": prompt_len,
+            "output_len": output_len,
+            "seed": seed,
+            "trace": "shared/traces/mixtral-8x7b-instruct (real, 585 decode tokens)",
+            "hbm_expert_fraction_offloaded": 0.25,
+            "bf16_all_in_hbm": bf16_note,
+        },
         "results": results,
     }
 
 
 def table(summary: dict[str, Any]) -> str:
-    rows = [f"{'config':<22} {'TPOT p50 ms':>11} {'TTFT p50 ms':>11} {'tok/s':>8} {'hit %':>6} {'late %':>6} "
-            f"{'PCIe GB':>8} {'J/tok':>7}"]
+    rows = [
+        f"{'config':<22} {'TPOT p50 ms':>11} {'TTFT p50 ms':>11} {'tok/s':>8} {'hit %':>6} {'late %':>6} "
+        f"{'PCIe GB':>8} {'J/tok':>7}"
+    ]
     for name, s in summary["results"].items():
         hit = next(iter(s["hit_rate"].values())) if s["hit_rate"] else float("nan")
         gb = sum(s["bytes_moved"].values()) / 1e9
-        rows.append(f"{name:<22} {1e3 * s['tpot_p50_s']:>11.2f} {1e3 * s['ttft_p50_s']:>11.2f} "
-                    f"{s['throughput_tok_s']:>8.1f} {100 * hit:>6.1f} {100 * s['late_prefetch_share']:>6.1f} "
-                    f"{gb:>8.2f} {s['energy_j_per_token']:>7.3f}")
+        rows.append(
+            f"{name:<22} {1e3 * s['tpot_p50_s']:>11.2f} {1e3 * s['ttft_p50_s']:>11.2f} "
+            f"{s['throughput_tok_s']:>8.1f} {100 * hit:>6.1f} {100 * s['late_prefetch_share']:>6.1f} "
+            f"{gb:>8.2f} {s['energy_j_per_token']:>7.3f}"
+        )
     return "\n".join(rows)
 
 
@@ -134,8 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shared", type=Path, default=SHARED)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    summary = run_scenario(n_requests=args.requests, batch=args.batch, prompt_len=args.prompt_len,
-                           output_len=args.output_len, seed=args.seed, shared=args.shared)
+    summary = run_scenario(
+        n_requests=args.requests,
+        batch=args.batch,
+        prompt_len=args.prompt_len,
+        output_len=args.output_len,
+        seed=args.seed,
+        shared=args.shared,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     sys.stdout.write(table(summary) + "\n")

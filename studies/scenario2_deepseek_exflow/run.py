@@ -118,9 +118,19 @@ def load_trace(shared: Path = SHARED) -> RoutingTrace:
     return trace
 
 
-def _play(platform: Platform, *, trace: RoutingTrace, train: RoutingTrace, test: RoutingTrace,
-          stats: RoutingStats, stream: PromptReplay, batch: int, seed: int, out: Path | None,
-          tag: str) -> dict[str, Any]:
+def _play(
+    platform: Platform,
+    *,
+    trace: RoutingTrace,
+    train: RoutingTrace,
+    test: RoutingTrace,
+    stats: RoutingStats,
+    stream: PromptReplay,
+    batch: int,
+    seed: int,
+    out: Path | None,
+    tag: str,
+) -> dict[str, Any]:
     """Every placement on one platform (see module docstring); results by placement name."""
     model = get_model("deepseek-v2-lite")
     cost = CostModel(platform)
@@ -134,16 +144,20 @@ def _play(platform: Platform, *, trace: RoutingTrace, train: RoutingTrace, test:
         home = policy.place(model, n_dev, stats)
         routing = cross_device_stats(test, home)
         entry: dict[str, Any] = {
-            "transition_cross_share": routing.transition, "assignment_cross_share": routing.assignment,
+            "transition_cross_share": routing.transition,
+            "assignment_cross_share": routing.assignment,
             "held_out_tokens": test.n_tokens,
         }
         if isinstance(policy, ExflowPlacement) and policy.solution is not None:
             sol = policy.solution
-            entry |= {"solve_method": sol.method, "solve_s": sol.solve_s, "sweeps": sol.sweeps,
-                      "train_expected_cross_share": sol.expected_cross_share}
+            entry |= {
+                "solve_method": sol.method,
+                "solve_s": sol.solve_s,
+                "sweeps": sol.sweeps,
+                "train_expected_cross_share": sol.expected_cross_share,
+            }
         mapping = Mapping(placement=name, batching=BatchingSpec(max_batch=batch, max_tokens=8192))
-        res = simulate(model, platform, stream, mapping, cost_model=cost, seed=seed, train=train,
-                       record_events=True)
+        res = simulate(model, platform, stream, mapping, cost_model=cost, seed=seed, train=train, record_events=True)
         n_steps = len(res.steps)
         tokens = res.steps["prefill_tokens"] + res.steps["decode_tokens"]
         n_tok_per_step = float(tokens.mean())
@@ -156,11 +170,16 @@ def _play(platform: Platform, *, trace: RoutingTrace, train: RoutingTrace, test:
         cc_per_step = float(cc.total_s) * model.n_moe_layers
         busy = cost_breakdown_info(res)
         entry |= {
-            "sim_step_mean_s": step_mean, "sim_all_to_all_per_step_s": a2a_per_step,
-            "sim_cross_device_share": res["cross_device_share"], "sim_ttft_p50_s": res["ttft_p50_s"],
-            "sim_tpot_p50_s": res["tpot_p50_s"], "sim_throughput_tok_s": res["throughput_tok_s"],
-            "sim_energy_j_per_token": res["energy_j_per_token"], "sim_steps": n_steps,
-            "sim_tokens_per_step": n_tok_per_step, "busy_share": busy.share,
+            "sim_step_mean_s": step_mean,
+            "sim_all_to_all_per_step_s": a2a_per_step,
+            "sim_cross_device_share": res["cross_device_share"],
+            "sim_ttft_p50_s": res["ttft_p50_s"],
+            "sim_tpot_p50_s": res["tpot_p50_s"],
+            "sim_throughput_tok_s": res["throughput_tok_s"],
+            "sim_energy_j_per_token": res["energy_j_per_token"],
+            "sim_steps": n_steps,
+            "sim_tokens_per_step": n_tok_per_step,
+            "busy_share": busy.share,
             "cc_all_to_all_per_step_s": cc_per_step,
             "cc_step_mean_s": step_mean - a2a_per_step + cc_per_step,
             "config_hash": res.config_hash,
@@ -169,22 +188,26 @@ def _play(platform: Platform, *, trace: RoutingTrace, train: RoutingTrace, test:
         # on the GPU of its top-1 expert of the previous MoE layer; one dispatch all-to-all per layer
         # plus the other experts' partial outputs sent to the token's next GPU
         cc_map = mapping.with_(ep_execution="context-coherent")
-        cc_res = simulate(model, platform, stream, cc_map, cost_model=cost, seed=seed, train=train,
-                          record_events=True)
+        cc_res = simulate(model, platform, stream, cc_map, cost_model=cost, seed=seed, train=train, record_events=True)
         entry |= {
             "engine_cc_step_mean_s": float(cc_res.steps["duration_s"].mean()),
             "engine_cc_all_to_all_per_step_s": _all_to_all_per_step(cc_res),
             "engine_cc_cross_device_share": cc_res["cross_device_share"],
             "engine_cc_peer_bytes": float(cc_res["bytes_moved"].get(peer.name, 0.0)),
-            "engine_cc_ttft_p50_s": cc_res["ttft_p50_s"], "engine_cc_tpot_p50_s": cc_res["tpot_p50_s"],
-            "engine_cc_throughput_tok_s": cc_res["throughput_tok_s"], "engine_cc_steps": len(cc_res.steps),
+            "engine_cc_ttft_p50_s": cc_res["ttft_p50_s"],
+            "engine_cc_tpot_p50_s": cc_res["tpot_p50_s"],
+            "engine_cc_throughput_tok_s": cc_res["throughput_tok_s"],
+            "engine_cc_steps": len(cc_res.steps),
             "sim_peer_bytes": float(res["bytes_moved"].get(peer.name, 0.0)),
             "engine_cc_config_hash": cc_res.config_hash,
         }
         results[name] = entry
         if out is not None:
-            info = timeline_info(res, steps=(0, min(1, n_steps - 1)),
-                                 title=f"DeepSeek-V2-Lite on {platform.name}, {name} placement (first steps)")
+            info = timeline_info(
+                res,
+                steps=(0, min(1, n_steps - 1)),
+                title=f"DeepSeek-V2-Lite on {platform.name}, {name} placement (first steps)",
+            )
             write_html(plot_timeline(info), out / f"timeline_{tag}{name}.html")
     return results
 
@@ -208,10 +231,10 @@ def _compare(results: dict[str, Any], prefix: str = "") -> dict[str, float]:
         f"{prefix}cc_step_speedup_vs_cc_round_robin": rr["cc_step_mean_s"] / ex["cc_step_mean_s"],
         f"{prefix}sim_step_ratio_exflow_over_round_robin": ex["sim_step_mean_s"] / rr["sim_step_mean_s"],
         f"{prefix}sim_all_to_all_share_round_robin": rr["sim_all_to_all_per_step_s"] / rr["sim_step_mean_s"],
-        f"{prefix}engine_cc_cross_reduction": 1 - ex["engine_cc_cross_device_share"]
-        / rr["engine_cc_cross_device_share"],
-        f"{prefix}engine_cc_all_to_all_reduction": 1 - ex["engine_cc_all_to_all_per_step_s"]
-        / rr["engine_cc_all_to_all_per_step_s"],
+        f"{prefix}engine_cc_cross_reduction": 1
+        - ex["engine_cc_cross_device_share"] / rr["engine_cc_cross_device_share"],
+        f"{prefix}engine_cc_all_to_all_reduction": 1
+        - ex["engine_cc_all_to_all_per_step_s"] / rr["engine_cc_all_to_all_per_step_s"],
         f"{prefix}engine_cc_step_speedup_vs_sim_round_robin": rr["sim_step_mean_s"] / ex["engine_cc_step_mean_s"],
         f"{prefix}engine_cc_step_speedup_vs_engine_cc_round_robin": rr["engine_cc_step_mean_s"]
         / ex["engine_cc_step_mean_s"],
@@ -222,34 +245,63 @@ def pcie_platform() -> Platform:
     """The DGX H100 with its NVLink fabric replaced by PCIe Gen5 x16 (8 H100s without NVLink, as in
     PCIe servers; a topology assumption, the link's numbers are the ``pcie-gen5-x16`` preset's)."""
     base = get_platform("dgx-h100")
-    return dataclasses.replace(base, name="8xh100-pcie5-fabric", peer_link=get_link("pcie-gen5-x16"),
-                               source=base.source + "; peer link replaced by pcie-gen5-x16 (assumption)")
+    return dataclasses.replace(
+        base,
+        name="8xh100-pcie5-fabric",
+        peer_link=get_link("pcie-gen5-x16"),
+        source=base.source + "; peer link replaced by pcie-gen5-x16 (assumption)",
+    )
 
 
-def run_scenario(*, n_requests: int = 100, batch: int = 64, seed: int = 0, shared: Path = SHARED,
-                 out: Path | None = None, pcie: bool = True) -> dict[str, Any]:
+def run_scenario(
+    *,
+    n_requests: int = 100,
+    batch: int = 64,
+    seed: int = 0,
+    shared: Path = SHARED,
+    out: Path | None = None,
+    pcie: bool = True,
+) -> dict[str, Any]:
     """Run the scenario; returns the summary dict (see module docstring). ``pcie`` adds the variant
     with a PCIe Gen5 peer fabric instead of NVLink (``results_pcie``, ``pcie_*`` comparison keys)."""
     trace = load_trace(shared)
     ids = np.unique(trace.request)
-    train_ids, test_ids = ids[: ids.size // 2], ids[ids.size // 2:]
+    train_ids, test_ids = ids[: ids.size // 2], ids[ids.size // 2 :]
     train = trace.select_requests(train_ids)
     test = trace.select_requests(test_ids)
     stats = RoutingStats.from_trace(train)
     platform = get_platform("dgx-h100")
     stream = PromptReplay(trace, test_ids[:n_requests])
-    kw: dict[str, Any] = {"trace": trace, "train": train, "test": test, "stats": stats, "stream": stream,
-                          "batch": batch, "seed": seed, "out": out}
+    kw: dict[str, Any] = {
+        "trace": trace,
+        "train": train,
+        "test": test,
+        "stats": stats,
+        "stream": stream,
+        "batch": batch,
+        "seed": seed,
+        "out": out,
+    }
     results = _play(platform, tag="", **kw)
     comparison = _compare(results)
     summary: dict[str, Any] = {
-        "setting": {"model": "deepseek-v2-lite", "platform": platform.name, "n_devices": platform.n_accelerators,
-                    "seed": seed, "trace": "shared/traces/deepseek-v2-lite (real, 200 prompts, prefill routing)",
-                    "train_prompts": int(train_ids.size), "held_out_prompts": int(test_ids.size),
-                    "served_requests": len(stream.requests), "decode_tokens_per_request": DECODE_TOKENS,
-                    "batch": batch},
-        "paper": {"source": "ExFlow, Yao et al., IPDPS 2024, arXiv 2401.08383 ([P] hardware-and-papers.md s.4)",
-                  "cross_gpu_routing_latency_reduction": "up to 67%", "throughput": "up to 2.2x vs DeepSpeed-MoE"},
+        "setting": {
+            "model": "deepseek-v2-lite",
+            "platform": platform.name,
+            "n_devices": platform.n_accelerators,
+            "seed": seed,
+            "trace": "shared/traces/deepseek-v2-lite (real, 200 prompts, prefill routing)",
+            "train_prompts": int(train_ids.size),
+            "held_out_prompts": int(test_ids.size),
+            "served_requests": len(stream.requests),
+            "decode_tokens_per_request": DECODE_TOKENS,
+            "batch": batch,
+        },
+        "paper": {
+            "source": "ExFlow, Yao et al., IPDPS 2024, arXiv 2401.08383 ([P] hardware-and-papers.md s.4)",
+            "cross_gpu_routing_latency_reduction": "up to 67%",
+            "throughput": "up to 2.2x vs DeepSpeed-MoE",
+        },
         "results": results,
         "comparison": comparison,
     }
@@ -269,26 +321,35 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def _table(results: dict[str, Any], comp: dict[str, float], prefix: str, title: str) -> str:
-    rows = [title, f"{'placement':<14} {'trans x%':>8} {'assign x%':>9} {'sim step ms':>11} {'sim a2a ms':>10} "
-            f"{'CC a2a ms':>9} {'CC step ms':>10} {'eng x%':>6} {'eng CC x%':>9} {'eng CC a2a':>10} "
-            f"{'eng CC step':>11} {'solve s':>7}"]
+    rows = [
+        title,
+        f"{'placement':<14} {'trans x%':>8} {'assign x%':>9} {'sim step ms':>11} {'sim a2a ms':>10} "
+        f"{'CC a2a ms':>9} {'CC step ms':>10} {'eng x%':>6} {'eng CC x%':>9} {'eng CC a2a':>10} "
+        f"{'eng CC step':>11} {'solve s':>7}",
+    ]
     for name, r in results.items():
-        rows.append(f"{name:<14} {100 * r['transition_cross_share']:>8.1f} {100 * r['assignment_cross_share']:>9.1f} "
-                    f"{1e3 * r['sim_step_mean_s']:>11.3f} {1e3 * r['sim_all_to_all_per_step_s']:>10.3f} "
-                    f"{1e3 * r['cc_all_to_all_per_step_s']:>9.3f} {1e3 * r['cc_step_mean_s']:>10.3f} "
-                    f"{100 * r['sim_cross_device_share']:>6.1f} {100 * r['engine_cc_cross_device_share']:>9.1f} "
-                    f"{1e3 * r['engine_cc_all_to_all_per_step_s']:>10.3f} {1e3 * r['engine_cc_step_mean_s']:>11.3f} "
-                    f"{r.get('solve_s', 0.0):>7.2f}")
-    rows.append(f"ExFlow vs round-robin: assignment cross-device share "
-                f"-{100 * comp[prefix + 'assignment_cross_reduction']:.1f}%, context-coherent all-to-all "
-                f"-{100 * comp[prefix + 'cc_all_to_all_reduction']:.1f}%, step speedup "
-                f"{comp[prefix + 'cc_step_speedup_vs_sim_round_robin']:.2f}x over classic EP round-robin "
-                f"(all-to-all = {100 * comp[prefix + 'sim_all_to_all_share_round_robin']:.0f}% of a classic step)")
-    rows.append(f"engine, context-coherent EP: ExFlow vs round-robin cross-device share "
-                f"-{100 * comp[prefix + 'engine_cc_cross_reduction']:.1f}%, all-to-all "
-                f"-{100 * comp[prefix + 'engine_cc_all_to_all_reduction']:.1f}%, step speedup "
-                f"{comp[prefix + 'engine_cc_step_speedup_vs_engine_cc_round_robin']:.2f}x (both context-coherent), "
-                f"{comp[prefix + 'engine_cc_step_speedup_vs_sim_round_robin']:.2f}x over classic EP round-robin")
+        rows.append(
+            f"{name:<14} {100 * r['transition_cross_share']:>8.1f} {100 * r['assignment_cross_share']:>9.1f} "
+            f"{1e3 * r['sim_step_mean_s']:>11.3f} {1e3 * r['sim_all_to_all_per_step_s']:>10.3f} "
+            f"{1e3 * r['cc_all_to_all_per_step_s']:>9.3f} {1e3 * r['cc_step_mean_s']:>10.3f} "
+            f"{100 * r['sim_cross_device_share']:>6.1f} {100 * r['engine_cc_cross_device_share']:>9.1f} "
+            f"{1e3 * r['engine_cc_all_to_all_per_step_s']:>10.3f} {1e3 * r['engine_cc_step_mean_s']:>11.3f} "
+            f"{r.get('solve_s', 0.0):>7.2f}"
+        )
+    rows.append(
+        f"ExFlow vs round-robin: assignment cross-device share "
+        f"-{100 * comp[prefix + 'assignment_cross_reduction']:.1f}%, context-coherent all-to-all "
+        f"-{100 * comp[prefix + 'cc_all_to_all_reduction']:.1f}%, step speedup "
+        f"{comp[prefix + 'cc_step_speedup_vs_sim_round_robin']:.2f}x over classic EP round-robin "
+        f"(all-to-all = {100 * comp[prefix + 'sim_all_to_all_share_round_robin']:.0f}% of a classic step)"
+    )
+    rows.append(
+        f"engine, context-coherent EP: ExFlow vs round-robin cross-device share "
+        f"-{100 * comp[prefix + 'engine_cc_cross_reduction']:.1f}%, all-to-all "
+        f"-{100 * comp[prefix + 'engine_cc_all_to_all_reduction']:.1f}%, step speedup "
+        f"{comp[prefix + 'engine_cc_step_speedup_vs_engine_cc_round_robin']:.2f}x (both context-coherent), "
+        f"{comp[prefix + 'engine_cc_step_speedup_vs_sim_round_robin']:.2f}x over classic EP round-robin"
+    )
     return "\n".join(rows)
 
 
@@ -303,8 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = run_scenario(n_requests=args.requests, batch=args.batch, seed=args.seed, shared=args.shared,
-                           out=args.out if args.timelines else None)
+    summary = run_scenario(
+        n_requests=args.requests,
+        batch=args.batch,
+        seed=args.seed,
+        shared=args.shared,
+        out=args.out if args.timelines else None,
+    )
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     sys.stdout.write(table(summary) + "\n")
     return 0

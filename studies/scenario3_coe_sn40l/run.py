@@ -77,11 +77,21 @@ PROMPT = 512
 OUTPUT = 20
 
 COE_SHARD = MoEModel(
-    name="coe-150x-llama2-7b-tp8-shard", n_layers=32, d_model=4096, n_heads=1, n_kv_heads=1, head_dim=128,
-    expert_ffn_dim=round(LLAMA2_7B_PARAMS / TP / 32 / (3 * 4096)), n_experts=N_EXPERTS, top_k=1, gated=True,
-    vocab_size=1, tie_embeddings=True, bytes_per_weight=2.0,
+    name="coe-150x-llama2-7b-tp8-shard",
+    n_layers=32,
+    d_model=4096,
+    n_heads=1,
+    n_kv_heads=1,
+    head_dim=128,
+    expert_ffn_dim=round(LLAMA2_7B_PARAMS / TP / 32 / (3 * 4096)),
+    n_experts=N_EXPERTS,
+    top_k=1,
+    gated=True,
+    vocab_size=1,
+    tie_embeddings=True,
+    bytes_per_weight=2.0,
     source="Composition of Experts of 150 Llama-2-7B-sized experts (SN40L paper [P] s.2.2), TP-8 shard; all 7B "
-           "weights folded into the per-layer experts; one attention head per shard (see scenario 3 docstring)",
+    "weights folded into the per-layer experts; one attention head per shard (see scenario 3 docstring)",
 )
 
 
@@ -105,7 +115,7 @@ class CoEStream:
         else:
             raise ValueError(f"popularity must be 'zipf' or 'uniform', got {popularity!r}")
         pop /= pop.sum()
-        perm = rng.permutation(N_EXPERTS)                    # which expert id is the k-th most popular
+        perm = rng.permutation(N_EXPERTS)  # which expert id is the k-th most popular
         self.experts = perm[rng.choice(N_EXPERTS, size=n_requests, p=pop)]
         arrivals = np.cumsum(rng.exponential(1.0 / rate_per_s, size=n_requests))
         self.requests = tuple(Request(i, float(arrivals[i]), PROMPT, OUTPUT) for i in range(n_requests))
@@ -124,8 +134,15 @@ def switching_times(sn_cost: CostModel, dgx_cost: CostModel) -> dict[str, Any]:
     """Model switching time on each machine (seconds), by `CostModel.transfer` (see docstring)."""
     sn = sn_cost.platform.accelerators[0]
     ddr = sn.tier("ddr")
-    ddr_link = Link(name="sn40l:ddr->hbm", bandwidth_Bps=ddr.bandwidth_Bps, latency_s=ddr.latency_s, duplex=False,
-                    efficiency_points=(), energy_J_per_byte=ddr.energy_J_per_byte, source=ddr.source)
+    ddr_link = Link(
+        name="sn40l:ddr->hbm",
+        bandwidth_Bps=ddr.bandwidth_Bps,
+        latency_s=ddr.latency_s,
+        duplex=False,
+        efficiency_points=(),
+        energy_J_per_byte=ddr.energy_J_per_byte,
+        source=ddr.source,
+    )
     b = shard_bytes()
     t_sn = float(sn_cost.transfer(ddr_link, b).total_s)
     host_link = dgx_cost.platform.host_link
@@ -133,15 +150,26 @@ def switching_times(sn_cost: CostModel, dgx_cost: CostModel) -> dict[str, Any]:
         raise ValueError("dgx-h100 preset has no host link")
     t_dgx = float(dgx_cost.transfer(host_link, b).total_s)
     # the paper's setting: the whole 7B expert over one 64 GB/s host-to-GPU path per DGX H100 node [S]
-    paper_link = Link(name="dgx-h100-node-host-64GBps", bandwidth_Bps=64e9, latency_s=host_link.latency_s, duplex=True,
-                      efficiency_points=(), energy_J_per_byte=host_link.energy_J_per_byte,
-                      source="[S] hardware-and-papers.md s.1.2: 'DGX H100 64 GB/s' as restated from the SN40L paper")
+    paper_link = Link(
+        name="dgx-h100-node-host-64GBps",
+        bandwidth_Bps=64e9,
+        latency_s=host_link.latency_s,
+        duplex=True,
+        efficiency_points=(),
+        energy_J_per_byte=host_link.energy_J_per_byte,
+        source="[S] hardware-and-papers.md s.1.2: 'DGX H100 64 GB/s' as restated from the SN40L paper",
+    )
     t_paper = float(dgx_cost.transfer(paper_link, b * TP).total_s)
     return {
-        "expert_bytes": b * TP, "shard_bytes": b,
-        "sn40l_s": t_sn, "dgx_h100_s": t_dgx, "speedup": t_dgx / t_sn,
-        "sn40l_node_rate_Bps": b * TP / t_sn, "dgx_h100_node_rate_Bps": b * TP / t_dgx,
-        "dgx_h100_paper_setting_s": t_paper, "speedup_paper_setting": t_paper / t_sn,
+        "expert_bytes": b * TP,
+        "shard_bytes": b,
+        "sn40l_s": t_sn,
+        "dgx_h100_s": t_dgx,
+        "speedup": t_dgx / t_sn,
+        "sn40l_node_rate_Bps": b * TP / t_sn,
+        "dgx_h100_node_rate_Bps": b * TP / t_dgx,
+        "dgx_h100_paper_setting_s": t_paper,
+        "speedup_paper_setting": t_paper / t_sn,
     }
 
 
@@ -169,17 +197,24 @@ def tp_all_reduce_per_token_s(cost: CostModel, n_tokens: int) -> float:
     return 2 * COE_SHARD.n_layers * float(c.total_s)
 
 
-def run_scenario(*, n_requests: int = 200, rate_per_s: float = 4.0, seed: int = 0,
-                 sram_policy: str = "lru") -> dict[str, Any]:
+def run_scenario(
+    *, n_requests: int = 200, rate_per_s: float = 4.0, seed: int = 0, sram_policy: str = "lru"
+) -> dict[str, Any]:
     """All runs of the study (see module doc); ``sram_policy`` is the SN40L SRAM tier's replacement
     policy (a registered cache policy that needs no future)."""
     platforms = {"sn40l": get_platform("sn40l-node"), "dgx-h100": get_platform("dgx-h100")}
     costs = {k: CostModel(p) for k, p in platforms.items()}
     switch = switching_times(costs["sn40l"], costs["dgx-h100"])
-    streams = {"zipf": CoEStream(n_requests, rate_per_s, seed, "zipf"),
-               "uniform": CoEStream(n_requests, rate_per_s, seed, "uniform")}
-    runs = [(pop, sched) for pop in ("zipf", "uniform") for sched in ("fifo", "symbolic-moe")
-            if pop == "zipf" or sched == "fifo"]
+    streams = {
+        "zipf": CoEStream(n_requests, rate_per_s, seed, "zipf"),
+        "uniform": CoEStream(n_requests, rate_per_s, seed, "uniform"),
+    }
+    runs = [
+        (pop, sched)
+        for pop in ("zipf", "uniform")
+        for sched in ("fifo", "symbolic-moe")
+        if pop == "zipf" or sched == "fifo"
+    ]
     results: dict[str, Any] = {}
     for name, platform in platforms.items():
         slots, n_models = _slots(name, costs[name])
@@ -195,9 +230,14 @@ def run_scenario(*, n_requests: int = 200, rate_per_s: float = 4.0, seed: int = 
         ar_prefill = tp_all_reduce_per_token_s(costs[name], PROMPT)
         for pop, sched in runs:
             stream = streams[pop]
-            mapping = Mapping(n_devices=1, backing=backing, initial="empty", near=near,
-                              cache=CacheSpec(policy="lru", capacity_experts=slots),
-                              batching=BatchingSpec(scheduler=sched, max_batch=8, max_tokens=4096))
+            mapping = Mapping(
+                n_devices=1,
+                backing=backing,
+                initial="empty",
+                near=near,
+                cache=CacheSpec(policy="lru", capacity_experts=slots),
+                batching=BatchingSpec(scheduler=sched, max_batch=8, max_tokens=4096),
+            )
             res = simulate(COE_SHARD, platform, stream, mapping, cost_model=costs[name], seed=seed)
             req = res.requests
             key = f"{name}/{sched}" if pop == "zipf" else f"{name}/{sched}/uniform"
@@ -205,33 +245,50 @@ def run_scenario(*, n_requests: int = 200, rate_per_s: float = 4.0, seed: int = 
             switched = moved.get(fetch_link, 0.0) / shard_bytes()
             to_sram = moved.get(sram_link, 0.0)
             results[key] = {
-                "resident_experts": n_models, "cache_slots": slots, "sram_slots": n_sram,
+                "resident_experts": n_models,
+                "cache_slots": slots,
+                "sram_slots": n_sram,
                 "sram_policy": sram_policy if near is not None else None,
-                "experts_switched_in": switched, "steps": len(res.steps),
+                "experts_switched_in": switched,
+                "steps": len(res.steps),
                 "hbm_to_sram_bytes": to_sram,
                 "hbm_to_sram_per_step_shards": to_sram / len(res.steps) / shard_bytes() if len(res.steps) else 0.0,
                 "peak_memory_bytes": res["peak_memory_bytes"],
-                "latency_mean_s": float(req["latency_s"].mean()), "latency_p50_s": res["latency_p50_s"],
-                "latency_p99_s": res["latency_p99_s"], "ttft_p50_s": res["ttft_p50_s"],
-                "tpot_p50_s": res["tpot_p50_s"], "throughput_tok_s": res["throughput_tok_s"],
-                "hit_rate": res["hit_rate"], "bytes_moved": res["bytes_moved"],
+                "latency_mean_s": float(req["latency_s"].mean()),
+                "latency_p50_s": res["latency_p50_s"],
+                "latency_p99_s": res["latency_p99_s"],
+                "ttft_p50_s": res["ttft_p50_s"],
+                "tpot_p50_s": res["tpot_p50_s"],
+                "throughput_tok_s": res["throughput_tok_s"],
+                "hit_rate": res["hit_rate"],
+                "bytes_moved": res["bytes_moved"],
                 "energy_j_per_token": res["energy_j_per_token"],
-                "tp_all_reduce_per_decode_step_s": ar_decode, "tp_all_reduce_per_prefill_s": ar_prefill,
+                "tp_all_reduce_per_decode_step_s": ar_decode,
+                "tp_all_reduce_per_prefill_s": ar_prefill,
                 # composition: the request's own steps' all-reduces added to its latency (no queueing)
                 "latency_mean_with_tp_s": float(req["latency_s"].mean()) + ar_prefill + (OUTPUT - 1) * ar_decode,
                 "config_hash": res.config_hash,
             }
     sn, dgx = results["sn40l/fifo"], results["dgx-h100/fifo"]
     return {
-        "setting": {"experts": N_EXPERTS, "expert": "Llama-2-7B-sized (6.74e9 weights, bf16)", "tensor_parallel": TP,
-                    "requests": n_requests, "rate_per_s": rate_per_s, "prompt_tokens": PROMPT,
-                    "output_tokens": OUTPUT,
-                    "popularity": "Zipf(1) over the 150 experts (assumption); 'uniform' rows: uniform",
-                    "seed": seed, "model": COE_SHARD.name},
-        "paper": {"source": "SN40L, Prabhakar et al., arXiv 2405.07518 ([P] hardware-and-papers.md s.2.2)",
-                  "switching_speedup": "15x (vs DGX H100) to 31x (vs DGX A100)",
-                  "overall_speedup": "3.7x (vs DGX H100) to 6.6x (vs DGX A100)",
-                  "hot_chips_switching": "0.01 s for llama3.1 8B [S]"},
+        "setting": {
+            "experts": N_EXPERTS,
+            "expert": "Llama-2-7B-sized (6.74e9 weights, bf16)",
+            "tensor_parallel": TP,
+            "requests": n_requests,
+            "rate_per_s": rate_per_s,
+            "prompt_tokens": PROMPT,
+            "output_tokens": OUTPUT,
+            "popularity": "Zipf(1) over the 150 experts (assumption); 'uniform' rows: uniform",
+            "seed": seed,
+            "model": COE_SHARD.name,
+        },
+        "paper": {
+            "source": "SN40L, Prabhakar et al., arXiv 2405.07518 ([P] hardware-and-papers.md s.2.2)",
+            "switching_speedup": "15x (vs DGX H100) to 31x (vs DGX A100)",
+            "overall_speedup": "3.7x (vs DGX H100) to 6.6x (vs DGX A100)",
+            "hot_chips_switching": "0.01 s for llama3.1 8B [S]",
+        },
         "switching": switch,
         "results": results,
         "comparison": {
@@ -254,25 +311,31 @@ def run_scenario(*, n_requests: int = 200, rate_per_s: float = 4.0, seed: int = 
 
 def table(summary: dict[str, Any]) -> str:
     sw = summary["switching"]
-    rows = [f"model switch (7B expert, {sw['expert_bytes'] / 1e9:.2f} GB): SN40L {1e3 * sw['sn40l_s']:.2f} ms "
-            f"({sw['sn40l_node_rate_Bps'] / 1e12:.2f} TB/s), DGX H100 {1e3 * sw['dgx_h100_s']:.2f} ms "
-            f"({sw['dgx_h100_node_rate_Bps'] / 1e9:.0f} GB/s): {sw['speedup']:.1f}x; paper setting (64 GB/s node): "
-            f"{1e3 * sw['dgx_h100_paper_setting_s']:.0f} ms, {sw['speedup_paper_setting']:.1f}x",
-            f"{'machine/scheduler':<30} {'in HBM':>6} {'HBM hit %':>9} {'SRAM hit %':>10} {'switches':>8} "
-            f"{'HBM->SRAM shards/step':>21} {'lat mean s':>10} {'lat p50 s':>9} "
-            f"{'lat p99 s':>9} {'TTFT p50':>8} {'TPOT ms':>7} {'J/tok':>6}"]
+    rows = [
+        f"model switch (7B expert, {sw['expert_bytes'] / 1e9:.2f} GB): SN40L {1e3 * sw['sn40l_s']:.2f} ms "
+        f"({sw['sn40l_node_rate_Bps'] / 1e12:.2f} TB/s), DGX H100 {1e3 * sw['dgx_h100_s']:.2f} ms "
+        f"({sw['dgx_h100_node_rate_Bps'] / 1e9:.0f} GB/s): {sw['speedup']:.1f}x; paper setting (64 GB/s node): "
+        f"{1e3 * sw['dgx_h100_paper_setting_s']:.0f} ms, {sw['speedup_paper_setting']:.1f}x",
+        f"{'machine/scheduler':<30} {'in HBM':>6} {'HBM hit %':>9} {'SRAM hit %':>10} {'switches':>8} "
+        f"{'HBM->SRAM shards/step':>21} {'lat mean s':>10} {'lat p50 s':>9} "
+        f"{'lat p99 s':>9} {'TTFT p50':>8} {'TPOT ms':>7} {'J/tok':>6}",
+    ]
     for name, r in summary["results"].items():
         hit = r["hit_rate"]
         sram = f"{100 * hit['sram']:.1f}" if "sram" in hit else "-"
-        rows.append(f"{name:<30} {r['resident_experts']:>6} {100 * hit['hbm']:>9.1f} {sram:>10} "
-                    f"{r['experts_switched_in']:>8.0f} {r['hbm_to_sram_per_step_shards']:>21.2f} "
-                    f"{r['latency_mean_s']:>10.3f} "
-                    f"{r['latency_p50_s']:>9.3f} {r['latency_p99_s']:>9.3f} {r['ttft_p50_s']:>8.3f} "
-                    f"{1e3 * r['tpot_p50_s']:>7.2f} {r['energy_j_per_token']:>6.2f}")
+        rows.append(
+            f"{name:<30} {r['resident_experts']:>6} {100 * hit['hbm']:>9.1f} {sram:>10} "
+            f"{r['experts_switched_in']:>8.0f} {r['hbm_to_sram_per_step_shards']:>21.2f} "
+            f"{r['latency_mean_s']:>10.3f} "
+            f"{r['latency_p50_s']:>9.3f} {r['latency_p99_s']:>9.3f} {r['ttft_p50_s']:>8.3f} "
+            f"{1e3 * r['tpot_p50_s']:>7.2f} {r['energy_j_per_token']:>6.2f}"
+        )
     c = summary["comparison"]
-    rows.append(f"SN40L vs DGX H100 (FIFO): mean request latency {c['latency_mean_speedup_fifo']:.2f}x, "
-                f"p50 {c['latency_p50_speedup_fifo']:.2f}x; uniform popularity "
-                f"{c['latency_mean_speedup_uniform']:.2f}x (paper: 3.7x overall)")
+    rows.append(
+        f"SN40L vs DGX H100 (FIFO): mean request latency {c['latency_mean_speedup_fifo']:.2f}x, "
+        f"p50 {c['latency_p50_speedup_fifo']:.2f}x; uniform popularity "
+        f"{c['latency_mean_speedup_uniform']:.2f}x (paper: 3.7x overall)"
+    )
     return "\n".join(rows)
 
 
@@ -285,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sram-policy", default="lru", help="replacement policy of the SN40L SRAM tier (default lru)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    summary = run_scenario(n_requests=args.requests, rate_per_s=args.rate, seed=args.seed,
-                           sram_policy=args.sram_policy)
+    summary = run_scenario(n_requests=args.requests, rate_per_s=args.rate, seed=args.seed, sram_policy=args.sram_policy)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     sys.stdout.write(table(summary) + "\n")

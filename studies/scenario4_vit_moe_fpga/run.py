@@ -56,11 +56,25 @@ HERE = Path(__file__).resolve().parent
 TOKENS_PER_IMAGE = 129
 
 VIT_MOE = MoEModel(
-    name="vit-moe-edge", n_layers=12, d_model=192, n_heads=3, n_kv_heads=3, head_dim=64, expert_ffn_dim=384,
-    n_experts=16, top_k=2, gated=False, moe_layer_step=2, moe_layer_offset=1, dense_ffn_dim=768,
-    vocab_size=768, tie_embeddings=True, bytes_per_weight=2.0, kv_bytes_per_elem=2.0,
+    name="vit-moe-edge",
+    n_layers=12,
+    d_model=192,
+    n_heads=3,
+    n_kv_heads=3,
+    head_dim=64,
+    expert_ffn_dim=384,
+    n_experts=16,
+    top_k=2,
+    gated=False,
+    moe_layer_step=2,
+    moe_layer_offset=1,
+    dense_ffn_dim=768,
+    vocab_size=768,
+    tie_embeddings=True,
+    bytes_per_weight=2.0,
+    kv_bytes_per_elem=2.0,
     source="Edge-MoE include/model.hpp / M3ViT ([P] hardware-and-papers.md s.3.2); every-other-layer MoE, "
-           "2-matrix experts and vocab_size=768 (patch embedding) are assumptions",
+    "2-matrix experts and vocab_size=768 (patch embedding) are assumptions",
 )
 
 
@@ -79,7 +93,7 @@ class ImageStream:
     def __init__(self, model: MoEModel, n_images: int, seed: int) -> None:
         rng = np.random.default_rng(seed)
         n_l, n_e, k = model.n_moe_layers, model.n_experts, model.top_k
-        pop = rng.dirichlet(np.ones(n_e), size=n_l)                      # [L, E]
+        pop = rng.dirichlet(np.ones(n_e), size=n_l)  # [L, E]
         self._rows: list[npt.NDArray[np.int16]] = []
         for _ in range(n_images):
             g = rng.gumbel(size=(TOKENS_PER_IMAGE + 1, n_l, n_e)) + np.log(pop)[None]
@@ -114,7 +128,7 @@ def run_scenario(*, n_images: int = 16, seed: int = 0) -> dict[str, Any]:
         res = simulate(model, platform, stream, mapping, cost_model=cost, seed=seed)
         n_img = len(res.requests)
         results[name] = {
-            "step_mean_s": float(res.steps["duration_s"].mean()),   # one image per step: its latency
+            "step_mean_s": float(res.steps["duration_s"].mean()),  # one image per step: its latency
             "images_per_s": n_img / res["makespan_s"],
             "energy_per_image_J": res["energy_J"] / n_img,
             "expert_traffic_per_image_bytes": expert_traffic_bytes(cost, model, stream, reorder=reorder),
@@ -123,15 +137,24 @@ def run_scenario(*, n_images: int = 16, seed: int = 0) -> dict[str, Any]:
     r, p = results["reorder"], results["per-token"]
     expert_bytes = model.bytes_per_expert
     return {
-        "setting": {"model": model.name, "platform": platform.name, "images": n_images, "seed": seed,
-                    "tokens_per_image": TOKENS_PER_IMAGE, "bytes_per_expert": expert_bytes,
-                    "layer_experts_bytes": model.n_experts * expert_bytes,
-                    "on_chip_buffer_bytes": platform.accelerators[0].on_chip_buffer_bytes,
-                    "routing": "synthetic (Dirichlet(1) popularity per layer, seeded); no real ViT-MoE trace"},
-        "paper": {"source": "M3ViT (NeurIPS 2022) and Edge-MoE (ICCAD 2023), [P] hardware-and-papers.md s.3.2",
-                  "m3vit_memory_reduction": "2.4x", "m3vit_energy_efficiency": "up to 9.23x vs a comparable FPGA "
-                  "baseline", "edge_moe_energy_efficiency": "2.24x vs GPU, 4.90x vs CPU",
-                  "absolute_latency_energy": "NR"},
+        "setting": {
+            "model": model.name,
+            "platform": platform.name,
+            "images": n_images,
+            "seed": seed,
+            "tokens_per_image": TOKENS_PER_IMAGE,
+            "bytes_per_expert": expert_bytes,
+            "layer_experts_bytes": model.n_experts * expert_bytes,
+            "on_chip_buffer_bytes": platform.accelerators[0].on_chip_buffer_bytes,
+            "routing": "synthetic (Dirichlet(1) popularity per layer, seeded); no real ViT-MoE trace",
+        },
+        "paper": {
+            "source": "M3ViT (NeurIPS 2022) and Edge-MoE (ICCAD 2023), [P] hardware-and-papers.md s.3.2",
+            "m3vit_memory_reduction": "2.4x",
+            "m3vit_energy_efficiency": "up to 9.23x vs a comparable FPGA baseline",
+            "edge_moe_energy_efficiency": "2.24x vs GPU, 4.90x vs CPU",
+            "absolute_latency_energy": "NR",
+        },
         "results": results,
         "comparison": {
             "latency_speedup": p["step_mean_s"] / r["step_mean_s"],
@@ -144,11 +167,15 @@ def run_scenario(*, n_images: int = 16, seed: int = 0) -> dict[str, Any]:
 def table(summary: dict[str, Any]) -> str:
     rows = [f"{'execution':<10} {'ms/image':>9} {'img/s':>8} {'expert MB/img':>13} {'mJ/image':>9}"]
     for name, r in summary["results"].items():
-        rows.append(f"{name:<10} {1e3 * r['step_mean_s']:>9.3f} {r['images_per_s']:>8.1f} "
-                    f"{r['expert_traffic_per_image_bytes'] / 1e6:>13.2f} {1e3 * r['energy_per_image_J']:>9.3f}")
+        rows.append(
+            f"{name:<10} {1e3 * r['step_mean_s']:>9.3f} {r['images_per_s']:>8.1f} "
+            f"{r['expert_traffic_per_image_bytes'] / 1e6:>13.2f} {1e3 * r['energy_per_image_J']:>9.3f}"
+        )
     c = summary["comparison"]
-    rows.append(f"reorder vs per-token: latency {c['latency_speedup']:.2f}x, off-chip expert traffic "
-                f"{c['traffic_reduction']:.1f}x less, energy efficiency {c['energy_efficiency_gain']:.2f}x")
+    rows.append(
+        f"reorder vs per-token: latency {c['latency_speedup']:.2f}x, off-chip expert traffic "
+        f"{c['traffic_reduction']:.1f}x less, energy efficiency {c['energy_efficiency_gain']:.2f}x"
+    )
     return "\n".join(rows)
 
 

@@ -34,12 +34,26 @@ from workloads.trace import RoutingTrace
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("MOE_CODESIGN_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-KEYS = ("tpot_p50_s", "ttft_p50_s", "throughput_tok_s", "energy_j_per_token", "cost_per_million_tokens_usd",
-        "hit_rate", "bytes_moved", "peak_memory_bytes")
+KEYS = (
+    "tpot_p50_s",
+    "ttft_p50_s",
+    "throughput_tok_s",
+    "energy_j_per_token",
+    "cost_per_million_tokens_usd",
+    "hit_rate",
+    "bytes_moved",
+    "peak_memory_bytes",
+)
 
 
-def run_scenario(*, batches: tuple[int, ...] = (1, 8), prompt_len: int = 32, output_len: int = 64, seed: int = 0,
-                 shared: Path = SHARED) -> dict[str, Any]:
+def run_scenario(
+    *,
+    batches: tuple[int, ...] = (1, 8),
+    prompt_len: int = 32,
+    output_len: int = 64,
+    seed: int = 0,
+    shared: Path = SHARED,
+) -> dict[str, Any]:
     """Every (model, platform, batch) cell; returns ``{"setting": ..., "results": {key: summary subset}}``."""
     trace = import_trace("mixtral-jsonl", shared / "traces" / "mixtral-8x7b-instruct")
     if not isinstance(trace, RoutingTrace):
@@ -53,29 +67,42 @@ def run_scenario(*, batches: tuple[int, ...] = (1, 8), prompt_len: int = 32, out
     results: dict[str, Any] = {}
     for mname, (model, routing) in workloads.items():
         for batch in batches:
-            stream = RequestStream.closed(n_requests=batch, prompt_len=prompt_len, output_len=output_len,
-                                          routing=routing, seed=seed)
+            stream = RequestStream.closed(
+                n_requests=batch, prompt_len=prompt_len, output_len=output_len, routing=routing, seed=seed
+            )
             b = BatchingSpec(max_batch=batch)
             cells = {
                 "cpu-server": (cpu, Mapping(batching=b)),
                 "h100-offload-lru": (gpu, Mapping(cache=CacheSpec(expert_fraction=0.25), batching=b)),
-                "h100-offload-fiddler": (gpu, Mapping(cache=CacheSpec(policy="static", expert_fraction=0.25),
-                                                      miss="cost", batching=b)),
+                "h100-offload-fiddler": (
+                    gpu,
+                    Mapping(cache=CacheSpec(policy="static", expert_fraction=0.25), miss="cost", batching=b),
+                ),
             }
             for cname, (platform, mapping) in cells.items():
                 r = simulate(model, platform, stream, mapping, cost_model=CostModel(platform), seed=seed)
                 s = r.summary_json()
                 results[f"{mname}/{cname}/batch{batch}"] = {k: s.get(k) for k in KEYS} | {"config_hash": r.config_hash}
-    return {"setting": {"prompt_len": prompt_len, "output_len": output_len, "batches": list(batches), "seed": seed,
-                        "cpu_platform": cpu.name, "gpu_platform": gpu.name},
-            "results": results}
+    return {
+        "setting": {
+            "prompt_len": prompt_len,
+            "output_len": output_len,
+            "batches": list(batches),
+            "seed": seed,
+            "cpu_platform": cpu.name,
+            "gpu_platform": gpu.name,
+        },
+        "results": results,
+    }
 
 
 def table(summary: dict[str, Any]) -> str:
     rows = [f"{'model/platform/batch':<44} {'TPOT p50 ms':>11} {'tok/s':>8} {'J/tok':>8} {'$/1M tok':>9}"]
     for key, s in summary["results"].items():
-        rows.append(f"{key:<44} {1e3 * s['tpot_p50_s']:>11.2f} {s['throughput_tok_s']:>8.1f} "
-                    f"{s['energy_j_per_token']:>8.3f} {s['cost_per_million_tokens_usd']:>9.2f}")
+        rows.append(
+            f"{key:<44} {1e3 * s['tpot_p50_s']:>11.2f} {s['throughput_tok_s']:>8.1f} "
+            f"{s['energy_j_per_token']:>8.3f} {s['cost_per_million_tokens_usd']:>9.2f}"
+        )
     return "\n".join(rows)
 
 

@@ -34,8 +34,16 @@ class ListStream:
         return self._routing[request.request_id]
 
 
-def random_stream(model: MoEModel, n: int, prompt: int, output: int, *, seed: int = 0,
-                  rate_per_s: float | None = None, zipf: float = 0.0) -> ListStream:
+def random_stream(
+    model: MoEModel,
+    n: int,
+    prompt: int,
+    output: int,
+    *,
+    seed: int = 0,
+    rate_per_s: float | None = None,
+    zipf: float = 0.0,
+) -> ListStream:
     """``n`` requests with routing drawn per token (distinct top-k; popularity ~ rank^-zipf) and
     Poisson arrivals at ``rate_per_s`` (all at t=0 when None)."""
     rng = np.random.default_rng(seed)
@@ -55,8 +63,19 @@ def random_stream(model: MoEModel, n: int, prompt: int, output: int, *, seed: in
 
 def tiny_model(**changes: object) -> MoEModel:
     """A small Mixtral-shaped model (4 MoE layers, 8 experts, top-2) for fast engine tests."""
-    base = MoEModel(name="tiny-moe", n_layers=4, d_model=512, n_heads=8, n_kv_heads=4, head_dim=64,
-                    expert_ffn_dim=1024, n_experts=8, top_k=2, vocab_size=1000, source="test")
+    base = MoEModel(
+        name="tiny-moe",
+        n_layers=4,
+        d_model=512,
+        n_heads=8,
+        n_kv_heads=4,
+        head_dim=64,
+        expert_ffn_dim=1024,
+        n_experts=8,
+        top_k=2,
+        vocab_size=1000,
+        source="test",
+    )
     return base.with_(**changes) if changes else base
 
 

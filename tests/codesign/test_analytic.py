@@ -75,8 +75,9 @@ def test_zero_load_agrees_with_simulator(mixtral: RoutingTrace) -> None:
     assert (rows >= 0).all()
     mapping = Mapping(n_devices=1, cache=CacheSpec(policy="lru", expert_fraction=1.0))
     res = simulate(model, platform, rows_stream([rows], 20), mapping, cost_model=cost, train=mixtral)
-    ana = analytic_summary(model, platform, mapping, stats, batch_size=1, prompt_tokens=20, output_tokens=80,
-                           cost_model=cost)
+    ana = analytic_summary(
+        model, platform, mapping, stats, batch_size=1, prompt_tokens=20, output_tokens=80, cost_model=cost
+    )
     assert ana["tpot_p50_s"] == pytest.approx(res["tpot_p50_s"], rel=0.02)
     assert ana["ttft_p50_s"] == pytest.approx(res["ttft_p50_s"], rel=0.05)
     assert ana["hit_rate"]["hbm"] == 1.0 == res["hit_rate"]["hbm"]
@@ -95,29 +96,33 @@ def test_static_offload_agrees_with_simulator(mixtral: RoutingTrace) -> None:
     rows = mixtral.select_requests([0]).experts[:100]
     mapping = Mapping(n_devices=1, cache=CacheSpec(policy="static", expert_fraction=0.25))
     res = simulate(model, platform, rows_stream([rows], 20), mapping, cost_model=cost, train=mixtral)
-    ana = analytic_summary(model, platform, mapping, stats, batch_size=1, prompt_tokens=20, output_tokens=80,
-                           cost_model=cost)
+    ana = analytic_summary(
+        model, platform, mapping, stats, batch_size=1, prompt_tokens=20, output_tokens=80, cost_model=cost
+    )
     assert ana["tpot_p50_s"] == pytest.approx(res["tpot_p50_s"], rel=0.05)
     assert ana["hit_rate"]["hbm"] == pytest.approx(res["hit_rate"]["hbm"], abs=0.05)
     assert ana["energy_j_per_token"] == pytest.approx(res["energy_j_per_token"], rel=0.05)
     # CPU compute on a miss (Fiddler): the host computes the missing experts
     cpu_m = Mapping(n_devices=1, cache=CacheSpec(policy="static", expert_fraction=0.25), miss="cpu")
     cpu_res = simulate(model, platform, rows_stream([rows], 20), cpu_m, cost_model=cost, train=mixtral)
-    cpu_ana = analytic_summary(model, platform, cpu_m, stats, batch_size=1, prompt_tokens=20, output_tokens=80,
-                               cost_model=cost)
+    cpu_ana = analytic_summary(
+        model, platform, cpu_m, stats, batch_size=1, prompt_tokens=20, output_tokens=80, cost_model=cost
+    )
     assert cpu_ana["tpot_p50_s"] == pytest.approx(cpu_res["tpot_p50_s"], rel=0.05)
     assert cpu_ana["tpot_p50_s"] < ana["tpot_p50_s"]
     # Fiddler's per-expert rule with an LRU cache: the host wins for every miss here, so nothing new is
     # ever cached and the LRU cache behaves as the static starting set (the simulator agrees)
     fid = Mapping(n_devices=1, cache=CacheSpec(policy="lru", expert_fraction=0.25), miss="cost")
     fid_res = simulate(model, platform, rows_stream([rows], 20), fid, cost_model=cost, train=mixtral)
-    fid_ana = analytic_summary(model, platform, fid, stats, batch_size=1, prompt_tokens=20, output_tokens=80,
-                               cost_model=cost)
+    fid_ana = analytic_summary(
+        model, platform, fid, stats, batch_size=1, prompt_tokens=20, output_tokens=80, cost_model=cost
+    )
     assert fid_ana["tpot_p50_s"] == pytest.approx(fid_res["tpot_p50_s"], rel=0.05)
     assert fid_ana["hit_rate"]["hbm"] == pytest.approx(fid_res["hit_rate"]["hbm"], abs=0.05)
     # offloading costs: slower than all-in-HBM by more than 10x on PCIe
-    full = analytic_summary(model, platform, Mapping(n_devices=1), stats, batch_size=1, prompt_tokens=20,
-                            output_tokens=80, cost_model=cost)
+    full = analytic_summary(
+        model, platform, Mapping(n_devices=1), stats, batch_size=1, prompt_tokens=20, output_tokens=80, cost_model=cost
+    )
     assert ana["tpot_p50_s"] > 10 * full["tpot_p50_s"]
 
 
@@ -128,16 +133,45 @@ def test_monotone_and_errors(mixtral: RoutingTrace) -> None:
     stats = RoutingStats.from_trace(mixtral)
     p = selection_probability(stats)
     assert p.shape == (32, 8) and np.allclose(p.sum(axis=1), 2.0, atol=0.05)
-    tpots = [analytic_summary(model, platform, Mapping(n_devices=1, cache=CacheSpec(expert_fraction=f)), stats,
-                              batch_size=8, prompt_tokens=16, output_tokens=16, cost_model=cost)["tpot_p50_s"]
-             for f in (0.25, 0.5, 1.0)]
-    assert tpots[0] >= tpots[1] >= tpots[2]          # more cache never slower
-    thr = [analytic_summary(model, platform, Mapping(n_devices=1), stats, batch_size=b, prompt_tokens=16,
-                            output_tokens=16, cost_model=cost)["throughput_tok_s"] for b in (1, 8, 32)]
-    assert thr[0] < thr[1] < thr[2]                  # batching raises throughput when experts are resident
+    tpots = [
+        analytic_summary(
+            model,
+            platform,
+            Mapping(n_devices=1, cache=CacheSpec(expert_fraction=f)),
+            stats,
+            batch_size=8,
+            prompt_tokens=16,
+            output_tokens=16,
+            cost_model=cost,
+        )["tpot_p50_s"]
+        for f in (0.25, 0.5, 1.0)
+    ]
+    assert tpots[0] >= tpots[1] >= tpots[2]  # more cache never slower
+    thr = [
+        analytic_summary(
+            model,
+            platform,
+            Mapping(n_devices=1),
+            stats,
+            batch_size=b,
+            prompt_tokens=16,
+            output_tokens=16,
+            cost_model=cost,
+        )["throughput_tok_s"]
+        for b in (1, 8, 32)
+    ]
+    assert thr[0] < thr[1] < thr[2]  # batching raises throughput when experts are resident
     with pytest.raises(ValueError, match="batch_size"):
-        analytic_summary(model, platform, Mapping(n_devices=1), stats, batch_size=0, prompt_tokens=1,
-                         output_tokens=1, cost_model=cost)
+        analytic_summary(
+            model,
+            platform,
+            Mapping(n_devices=1),
+            stats,
+            batch_size=0,
+            prompt_tokens=1,
+            output_tokens=1,
+            cost_model=cost,
+        )
 
 
 @dataclass(frozen=True)
@@ -155,14 +189,22 @@ def test_expert_parallel_agrees_with_simulator(shared_dir: Path, case: _Case) ->
     assert isinstance(t, RoutingTrace)
     ids = np.unique(t.request)
     train = t.select_requests(ids[:100])
-    rows = [r for r in (t.select_requests([i]).experts[:40] for i in ids[100:]) if r.shape[0] == 40][:case.batch]
+    rows = [r for r in (t.select_requests([i]).experts[:40] for i in ids[100:]) if r.shape[0] == 40][: case.batch]
     model = get_model("deepseek-v2-lite")
     platform = get_platform("dgx-h100")
     cost = CostModel(platform)
     m = Mapping(n_devices=8, batching=BatchingSpec(max_batch=case.batch))
     res = simulate(model, platform, rows_stream(rows, 8), m, cost_model=cost, train=train)
-    ana = analytic_summary(model, platform, m, RoutingStats.from_trace(train), batch_size=case.batch,
-                           prompt_tokens=8, output_tokens=32, cost_model=cost)
+    ana = analytic_summary(
+        model,
+        platform,
+        m,
+        RoutingStats.from_trace(train),
+        batch_size=case.batch,
+        prompt_tokens=8,
+        output_tokens=32,
+        cost_model=cost,
+    )
     assert ana["tpot_p50_s"] == pytest.approx(res["tpot_p50_s"], rel=case.rel)
     assert ana["ttft_p50_s"] == pytest.approx(res["ttft_p50_s"], rel=case.rel)
     assert ana["decode"]["all_to_all_s"] > 0
@@ -206,10 +248,10 @@ def test_stepwise_che_matches_cyclic_lru() -> None:
                         lru.popitem(last=False)
                     lru[k] = None
         est = float((act * che_step_hit_rates(act, cap)).sum() / act.sum())
-        assert est == pytest.approx(hits / uses, abs=0.03), cap      # measured: 0.000/0.563/0.928 vs 0.000/0.541/0.924
-        if cap == 20:   # below the cliff the continuous-time Che is far off (0.32 instead of 0)
+        assert est == pytest.approx(hits / uses, abs=0.03), cap  # measured: 0.000/0.563/0.928 vs 0.000/0.541/0.924
+        if cap == 20:  # below the cliff the continuous-time Che is far off (0.32 instead of 0)
             assert float((act * che_hit_rates(act, cap)).sum() / act.sum()) > 0.2
-    assert np.all(che_step_hit_rates(np.full(10, 0.9), 5) == 0.0)       # one step needs 9 > 5 slots
+    assert np.all(che_step_hit_rates(np.full(10, 0.9), 5) == 0.0)  # one step needs 9 > 5 slots
     assert np.all(che_step_hit_rates(np.full(10, 0.9), 10) == 1.0)
 
 
@@ -223,13 +265,18 @@ def test_lru_offload_batches_agree_with_simulator(mixtral: RoutingTrace) -> None
     stats = RoutingStats.from_trace(mixtral)
     reqs = [mixtral.select_requests([i]).experts for i in range(4)]
     for batch, per_layer in ((4, False), (16, False), (4, True), (16, True)):
-        rows = [np.where(r < 0, 0, r).astype(np.int16) for r in
-                (reqs[i % 4][(i // 4) * 3:][:100] for i in range(batch))]
-        m = Mapping(n_devices=1, cache=CacheSpec(policy="lru", expert_fraction=0.25, options={"per_layer": per_layer}),
-                    batching=BatchingSpec(max_batch=batch))
+        rows = [
+            np.where(r < 0, 0, r).astype(np.int16) for r in (reqs[i % 4][(i // 4) * 3 :][:100] for i in range(batch))
+        ]
+        m = Mapping(
+            n_devices=1,
+            cache=CacheSpec(policy="lru", expert_fraction=0.25, options={"per_layer": per_layer}),
+            batching=BatchingSpec(max_batch=batch),
+        )
         res = simulate(model, platform, rows_stream(rows, 20), m, cost_model=cost, train=mixtral)
-        ana = analytic_summary(model, platform, m, stats, batch_size=batch, prompt_tokens=20, output_tokens=80,
-                               cost_model=cost)
+        ana = analytic_summary(
+            model, platform, m, stats, batch_size=batch, prompt_tokens=20, output_tokens=80, cost_model=cost
+        )
         assert ana["tpot_p50_s"] == pytest.approx(res["tpot_p50_s"], rel=0.10)
         assert ana["hit_rate"]["hbm"] == pytest.approx(res["hit_rate"]["hbm"], abs=0.05)
 
@@ -237,9 +284,9 @@ def test_lru_offload_batches_agree_with_simulator(mixtral: RoutingTrace) -> None
 def test_fpga_agrees_with_simulator() -> None:
     """The ViT-MoE of scenario 4 on a ZCU104, reordered and per-token: the image latency and energy
     of the closed form agree with the simulator within 2 % (synthetic routing, seeded)."""
-    spec = importlib.util.spec_from_file_location("study_s4_for_analytic",
-                                                  Path(__file__).resolve().parents[2] / "studies"
-                                                  / "scenario4_vit_moe_fpga" / "run.py")
+    spec = importlib.util.spec_from_file_location(
+        "study_s4_for_analytic", Path(__file__).resolve().parents[2] / "studies" / "scenario4_vit_moe_fpga" / "run.py"
+    )
     assert spec is not None and spec.loader is not None
     s4 = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = s4
@@ -253,7 +300,8 @@ def test_fpga_agrees_with_simulator() -> None:
     for reorder in (True, False):
         m = Mapping(n_devices=1, fpga_reorder=reorder, batching=BatchingSpec(max_batch=1, max_tokens=4096))
         res = simulate(model, platform, stream, m, cost_model=cost)
-        ana = analytic_summary(model, platform, m, stats, batch_size=1, prompt_tokens=129, output_tokens=1,
-                               cost_model=cost)
+        ana = analytic_summary(
+            model, platform, m, stats, batch_size=1, prompt_tokens=129, output_tokens=1, cost_model=cost
+        )
         assert ana["ttft_p50_s"] == pytest.approx(float(res.steps["duration_s"].mean()), rel=0.02)
         assert ana["energy_j_per_token"] == pytest.approx(res["energy_J"] / len(res.requests), rel=0.02)

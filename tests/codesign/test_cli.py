@@ -24,7 +24,9 @@ def test_subcommands_registered() -> None:
 def test_error_is_one_line_without_traceback() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "codesign.cli", "trace", "stats", "/nonexistent/trace.npz"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode != 0
     assert "error:" in proc.stderr
@@ -35,7 +37,9 @@ def test_error_is_one_line_without_traceback() -> None:
 def test_debug_shows_traceback() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "codesign.cli", "--debug", "trace", "stats", "/nonexistent/trace.npz"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr

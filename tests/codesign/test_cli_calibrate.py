@@ -15,8 +15,11 @@ from hwmodels.calibration import CalibrationProfile, GemmFit, Peaks, Sample, fit
 
 def test_subcommands_registered() -> None:
     parser = build_parser()
-    for argv in (["calibrate", "run", "-o", "x.json"], ["calibrate", "import-vidur", "d", "-o", "x.json"],
-                 ["calibrate", "validate", "p.json"]):
+    for argv in (
+        ["calibrate", "run", "-o", "x.json"],
+        ["calibrate", "import-vidur", "d", "-o", "x.json"],
+        ["calibrate", "validate", "p.json"],
+    ):
         args = parser.parse_args(argv)
         assert callable(args.func)
     args = parser.parse_args(["calibrate", "run", "--quick", "--device", "cuda", "-o", "x.json"])
@@ -64,15 +67,50 @@ def test_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_run_tiny_and_validate_layer(tmp_path: Path, shared_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cpu.json"
-    assert main(["calibrate", "run", "--device", "cpu", "--sweep", "tiny", "--threads", "1", "--no-progress",
-                 "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "run",
+                "--device",
+                "cpu",
+                "--sweep",
+                "tiny",
+                "--threads",
+                "1",
+                "--no-progress",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "wrote" in text and "MAPE" in text
     prof = CalibrationProfile.load(out)
     assert prof.fingerprint["sweep"] == "tiny" and prof.device_kind == "cpu"
     trace = shared_dir / "traces" / "mixtral-8x7b-instruct"
-    assert main(["calibrate", "validate", str(out), "--layer", str(trace), "--layers", "0,5", "--tokens", "32",
-                 "--shape", "128x448", "--repeats", "3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "validate",
+                str(out),
+                "--layer",
+                str(trace),
+                "--layers",
+                "0,5",
+                "--tokens",
+                "32",
+                "--shape",
+                "128x448",
+                "--repeats",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["layer"]["n"] == 2 and data["layer"]["d_model"] == 128
     assert data["layer"]["tokens"] == 32 and data["warnings"] == []
@@ -89,15 +127,29 @@ def _disturbed_profile() -> CalibrationProfile:
         for m in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
             t = float(true.predict_s(m, k, n, peak_flops=100e9, dtype_bytes=4.0))
             held = m in (8, 512)
-            samples.append(Sample(kind="gemm", op="up", shape={"m": m, "k": k, "n": n}, heldout=held,
-                                  time_s=t + (4.6e-3 if m > 1 and not held else 0.0)))
-    return fit_profile(name="busy", device_name="test-cpu", device_kind="cpu", dtype="fp32", dtype_bytes=4.0,
-                       peaks=Peaks(flops=100e9, flops_source="test", memory_Bps=25e9, memory_source="test"),
-                       samples=samples)
+            samples.append(
+                Sample(
+                    kind="gemm",
+                    op="up",
+                    shape={"m": m, "k": k, "n": n},
+                    heldout=held,
+                    time_s=t + (4.6e-3 if m > 1 and not held else 0.0),
+                )
+            )
+    return fit_profile(
+        name="busy",
+        device_name="test-cpu",
+        device_kind="cpu",
+        dtype="fp32",
+        dtype_bytes=4.0,
+        peaks=Peaks(flops=100e9, flops_source="test", memory_Bps=25e9, memory_source="test"),
+        samples=samples,
+    )
 
 
-def test_run_refuses_an_absurd_fit_unless_forced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_refuses_an_absurd_fit_unless_forced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     seen: list[RunConfig] = []
 
     def fake_run(config: RunConfig, progress: bool = False) -> CalibrationProfile:
@@ -121,8 +173,9 @@ def test_run_refuses_an_absurd_fit_unless_forced(tmp_path: Path, monkeypatch: py
     assert seen[-1].threads == 2 and seen[-1].clock == "wall"
 
 
-def test_validate_warns_when_profile_and_table_devices_differ(shared_dir: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_warns_when_profile_and_table_devices_differ(
+    shared_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     table = shared_dir / "calibration" / "vidur-a100-h100" / "compute" / "h100" / "llama-2-7b-mlp.csv"
     assert main(["calibrate", "validate", "a100", "--against", str(table), "--json"]) == 0
     captured = capsys.readouterr()

@@ -21,18 +21,52 @@ def trace_npz(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return trace.save(tmp_path_factory.mktemp("trace") / "mixtral.npz")
 
 
-BASE = ["simulate", "--model", "mixtral-8x7b", "--platform", "h100-pcie5-host", "--precision", "fp8",
-        "--requests", "2", "--prompt-len", "4", "--output-len", "6", "--no-progress"]
+BASE = [
+    "simulate",
+    "--model",
+    "mixtral-8x7b",
+    "--platform",
+    "h100-pcie5-host",
+    "--precision",
+    "fp8",
+    "--requests",
+    "2",
+    "--prompt-len",
+    "4",
+    "--output-len",
+    "6",
+    "--no-progress",
+]
 
 
 def test_json_has_the_issue_keys(trace_npz: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main([*BASE, "--trace", str(trace_npz), "--hbm-expert-fraction", "0.25", "--cache", "lfu",
-               "--prefetch", "pregate", "--json"])
+    rc = main(
+        [
+            *BASE,
+            "--trace",
+            str(trace_npz),
+            "--hbm-expert-fraction",
+            "0.25",
+            "--cache",
+            "lfu",
+            "--prefetch",
+            "pregate",
+            "--json",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     data = json.loads(out)
-    for key in ("tpot_p50_s", "tpot_p99_s", "ttft_p50_s", "throughput_tok_s", "hit_rate", "bytes_moved",
-                "energy_j_per_token", "config_hash"):
+    for key in (
+        "tpot_p50_s",
+        "tpot_p99_s",
+        "ttft_p50_s",
+        "throughput_tok_s",
+        "hit_rate",
+        "bytes_moved",
+        "energy_j_per_token",
+        "config_hash",
+    ):
         assert key in data, key
     assert set(data["hit_rate"]) == {"hbm"} and data["bytes_moved"]["pcie-gen5-x16"] > 0
     assert data["n_requests"] == 2 and data["output_tokens"] == 12
@@ -40,14 +74,22 @@ def test_json_has_the_issue_keys(trace_npz: Path, capsys: pytest.CaptureFixture[
 
 def test_table_and_out_dir(trace_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_dir = tmp_path / "run"
-    rc = main([*BASE, "--trace", str(trace_npz), "--hbm-expert-fraction", "0.25", "--miss", "cost",
-               "--out", str(out_dir)])
+    rc = main(
+        [*BASE, "--trace", str(trace_npz), "--hbm-expert-fraction", "0.25", "--miss", "cost", "--out", str(out_dir)]
+    )
     text = capsys.readouterr().out
     assert rc == 0
     assert "TPOT p50" in text and "hit rate hbm" in text and "bytes over pcie-gen5-x16" in text
     names = {p.name for p in out_dir.iterdir()}
-    assert {"requests.csv", "steps.csv", "summary.json", "config.json", "events.csv", "timeline.html",
-            "cost_breakdown.html"} <= names
+    assert {
+        "requests.csv",
+        "steps.csv",
+        "summary.json",
+        "config.json",
+        "events.csv",
+        "timeline.html",
+        "cost_breakdown.html",
+    } <= names
     cfg = json.loads((out_dir / "config.json").read_text())
     assert cfg["config"]["mapping"]["miss"] == "cost"
     assert "<html" in (out_dir / "timeline.html").read_text()[:2000].lower()
@@ -62,12 +104,15 @@ def test_process_stream(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert rc == 0 and data["n_requests"] == 2
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--cache", "arc"], "unknown cache policy 'arc'; valid:"),
-    (["--hbm-expert-fraction", "1.5"], "expert_fraction must be in [0, 1]"),
-    (["--hbm-expert-fraction", "1.0", "--precision", "bf16"], "mapping does not fit device 0"),
-    (["--platform", "tpu"], "unknown platform"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--cache", "arc"], "unknown cache policy 'arc'; valid:"),
+        (["--hbm-expert-fraction", "1.5"], "expert_fraction must be in [0, 1]"),
+        (["--hbm-expert-fraction", "1.0", "--precision", "bf16"], "mapping does not fit device 0"),
+        (["--platform", "tpu"], "unknown platform"),
+    ],
+)
 def test_clean_errors(trace_npz: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:
     rc = main([*BASE, "--trace", str(trace_npz), *extra])
     err = capsys.readouterr().err
@@ -76,8 +121,22 @@ def test_clean_errors(trace_npz: Path, capsys: pytest.CaptureFixture[str], extra
 
 
 def test_policy_options(trace_npz: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main([*BASE, "--trace", str(trace_npz), "--hbm-expert-fraction", "0.25", "--cache-option", "per_layer=true",
-               "--prefetch", "pregate", "--prefetch-option", "accuracy=0.5", "--json"])
+    rc = main(
+        [
+            *BASE,
+            "--trace",
+            str(trace_npz),
+            "--hbm-expert-fraction",
+            "0.25",
+            "--cache-option",
+            "per_layer=true",
+            "--prefetch",
+            "pregate",
+            "--prefetch-option",
+            "accuracy=0.5",
+            "--json",
+        ]
+    )
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
     assert data["cache_slots"] == 64
@@ -89,8 +148,26 @@ def test_near_tier_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     from workloads.defaults import default_process
 
     proc = default_process("deepseek-v2-lite").save(tmp_path / "ds.json")
-    args = ["simulate", "--model", "deepseek-v2-lite", "--platform", "sn40l-node", "--devices", "1", "--process",
-            str(proc), "--requests", "1", "--batch", "1", "--prompt-len", "2", "--output-len", "8", "--no-progress"]
+    args = [
+        "simulate",
+        "--model",
+        "deepseek-v2-lite",
+        "--platform",
+        "sn40l-node",
+        "--devices",
+        "1",
+        "--process",
+        str(proc),
+        "--requests",
+        "1",
+        "--batch",
+        "1",
+        "--prompt-len",
+        "2",
+        "--output-len",
+        "8",
+        "--no-progress",
+    ]
     assert main([*args, "--near-tier", "sram", "--near-experts", "24", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert set(data["hit_rate"]) == {"hbm", "sram"} and "sn40l:hbm->sram" in data["bytes_moved"]
@@ -119,17 +196,34 @@ def test_unknown_default_model_is_named(capsys: pytest.CaptureFixture[str]) -> N
 
 
 # ------------------------------------------------------------------ training data (defect #2)
-DS = ["simulate", "--model", "deepseek-v2-lite", "--platform", "dgx-h100", "--requests", "2", "--prompt-len", "4",
-      "--output-len", "4", "--no-progress", "--json"]
+DS = [
+    "simulate",
+    "--model",
+    "deepseek-v2-lite",
+    "--platform",
+    "dgx-h100",
+    "--requests",
+    "2",
+    "--prompt-len",
+    "4",
+    "--output-len",
+    "4",
+    "--no-progress",
+    "--json",
+]
 
 
-@pytest.mark.parametrize("extra, source", [
-    (["--placement", "exflow"], "process-sample"),
-    (["--prefetch", "affinity"], "process-sample"),
-    ([], None),
-])
-def test_process_trains_on_a_separate_sample(extra: list[str], source: str | None,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "extra, source",
+    [
+        (["--placement", "exflow"], "process-sample"),
+        (["--prefetch", "affinity"], "process-sample"),
+        ([], None),
+    ],
+)
+def test_process_trains_on_a_separate_sample(
+    extra: list[str], source: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc = main([*DS, "--process", "default", *extra])
     data = json.loads(capsys.readouterr().out)
     if source:  # the table says where the training routing came from
@@ -142,9 +236,26 @@ def test_process_trains_on_a_separate_sample(extra: list[str], source: str | Non
 
 
 def test_trace_needs_train_fraction_named(trace_npz: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["simulate", "--model", "mixtral-8x7b", "--platform", "dgx-h100", "--precision", "fp8", "--trace",
-            str(trace_npz), "--requests", "4", "--prompt-len", "4", "--output-len", "6", "--no-progress",
-            "--placement", "exflow"]
+    args = [
+        "simulate",
+        "--model",
+        "mixtral-8x7b",
+        "--platform",
+        "dgx-h100",
+        "--precision",
+        "fp8",
+        "--trace",
+        str(trace_npz),
+        "--requests",
+        "4",
+        "--prompt-len",
+        "4",
+        "--output-len",
+        "6",
+        "--no-progress",
+        "--placement",
+        "exflow",
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "placement 'exflow' needs training routing" in err and "--train-fraction" in err
@@ -271,10 +382,12 @@ def test_length_specs(shared_dir: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert {r.prompt_tokens for r in sw} <= set(data[:, 1].astype(int).tolist())
     assert {r.output_tokens for r in sw} <= set(data[:, 2].astype(int).tolist())
     assert max(r.prompt_tokens for r in sw) > 1000  # real long prompts, not a default
-    for spec, message in (("uniform:9:3", "--prompt-len 'uniform:9:3': expected uniform:A:B"),
-                          ("0", "--prompt-len '0': expected an integer >= 1"),
-                          ("lots", "--prompt-len 'lots': expected an integer >= 1, uniform:A:B or splitwise"),
-                          ("splitwise", "--prompt-len splitwise draws from the lengths of --arrival-trace")):
+    for spec, message in (
+        ("uniform:9:3", "--prompt-len 'uniform:9:3': expected uniform:A:B"),
+        ("0", "--prompt-len '0': expected an integer >= 1"),
+        ("lots", "--prompt-len 'lots': expected an integer >= 1, uniform:A:B or splitwise"),
+        ("splitwise", "--prompt-len splitwise draws from the lengths of --arrival-trace"),
+    ):
         assert main([*base, "--prompt-len", spec, "--no-progress"]) == 1
         assert message in capsys.readouterr().err
 
@@ -283,26 +396,46 @@ def test_arrival_flag_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     bad_csv = tmp_path / "arrivals.csv"
     bad_csv.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,12,3\n0.5,x,4\n")
     for extra, message in (
-            (["--arrivals", "poisson"], "--arrivals poisson needs --rate"),
-            (["--arrivals", "bursty", "--rate", "2"], "--arrivals bursty needs --burstiness"),
-            (["--arrivals", "replay"], "--arrivals replay needs --arrival-trace"),
-            (["--rate", "-1"], "--rate must be a finite number of requests per second > 0, got -1.0"),
-            (["--arrivals", "bursty", "--rate", "2", "--burstiness", "0"], "--burstiness (coefficient of variation)"),
-            (["--rate", "2", "--burstiness", "2"], "--burstiness is only used with --arrivals bursty"),
-            (["--model", str(tmp_path / "none.json")], "none.json: no such file"),
-            (["--arrivals", "replay", "--arrival-trace", str(bad_csv)],
-             "arrivals.csv, line 3: field num_prefill_tokens = 'x' is not a number")):
+        (["--arrivals", "poisson"], "--arrivals poisson needs --rate"),
+        (["--arrivals", "bursty", "--rate", "2"], "--arrivals bursty needs --burstiness"),
+        (["--arrivals", "replay"], "--arrivals replay needs --arrival-trace"),
+        (["--rate", "-1"], "--rate must be a finite number of requests per second > 0, got -1.0"),
+        (["--arrivals", "bursty", "--rate", "2", "--burstiness", "0"], "--burstiness (coefficient of variation)"),
+        (["--rate", "2", "--burstiness", "2"], "--burstiness is only used with --arrivals bursty"),
+        (["--model", str(tmp_path / "none.json")], "none.json: no such file"),
+        (
+            ["--arrivals", "replay", "--arrival-trace", str(bad_csv)],
+            "arrivals.csv, line 3: field num_prefill_tokens = 'x' is not a number",
+        ),
+    ):
         assert main([*BASE, *extra]) == 1
         assert message in capsys.readouterr().err
 
 
-def test_lengths_clipped_to_kv_capacity(shared_dir: Path, capsys: pytest.CaptureFixture[str],
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_lengths_clipped_to_kv_capacity(
+    shared_dir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     """Splitwise prompts (up to 7.4k tokens) on a mapping that leaves ~2.5k KV tokens per device."""
     csv = shared_dir / "workloads" / "splitwise_code.csv"
-    args = ["simulate", "--model", "mixtral-8x7b", "--platform", "h100-pcie5-host", "--hbm-expert-fraction", "0.84",
-            "--arrivals", "replay", "--arrival-trace", str(csv), "--requests", "8", "--output-len", "4",
-            "--no-progress", "--json"]
+    args = [
+        "simulate",
+        "--model",
+        "mixtral-8x7b",
+        "--platform",
+        "h100-pcie5-host",
+        "--hbm-expert-fraction",
+        "0.84",
+        "--arrivals",
+        "replay",
+        "--arrival-trace",
+        str(csv),
+        "--requests",
+        "8",
+        "--output-len",
+        "4",
+        "--no-progress",
+        "--json",
+    ]
     with caplog.at_level("WARNING"):
         rc = main(args)
     data = json.loads(capsys.readouterr().out)
@@ -314,8 +447,25 @@ def test_lengths_clipped_to_kv_capacity(shared_dir: Path, capsys: pytest.Capture
 
 
 def test_ep_execution_flag(trace_npz: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["simulate", "--model", "mixtral-8x7b", "--platform", "dgx-h100", "--precision", "fp8", "--trace",
-            str(trace_npz), "--requests", "2", "--prompt-len", "4", "--output-len", "6", "--no-progress", "--json"]
+    args = [
+        "simulate",
+        "--model",
+        "mixtral-8x7b",
+        "--platform",
+        "dgx-h100",
+        "--precision",
+        "fp8",
+        "--trace",
+        str(trace_npz),
+        "--requests",
+        "2",
+        "--prompt-len",
+        "4",
+        "--output-len",
+        "6",
+        "--no-progress",
+        "--json",
+    ]
     outs = {}
     for mode in ("classic", "context-coherent"):
         assert main([*args, "--ep-execution", mode]) == 0

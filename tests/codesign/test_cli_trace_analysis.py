@@ -34,7 +34,12 @@ def test_stats_json_and_table(mixtral_npz: Path, capsys: pytest.CaptureFixture[s
     assert main(["trace", "stats", str(mixtral_npz), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert {k: doc[k] for k in ("tokens", "moe_layers", "n_experts", "top_k", "requests")} == {
-        "tokens": 585, "moe_layers": 32, "n_experts": 8, "top_k": 2, "requests": 4}
+        "tokens": 585,
+        "moe_layers": 32,
+        "n_experts": 8,
+        "top_k": 2,
+        "requests": 4,
+    }
     for key in ("load", "affinity", "temporal_reuse", "coactivation"):
         assert key in doc
     assert len(doc["load"]["gini"]) == 32 and len(doc["affinity"]["top1"]) == 31
@@ -48,8 +53,9 @@ def test_fit_synth_compare(mixtral_npz: Path, tmp_path: Path, capsys: pytest.Cap
     assert main(["trace", "fit", str(mixtral_npz), "-o", str(proc)]) == 0
     assert RoutingProcess.load(proc).n_experts == 8
     syn = tmp_path / "s.npz"
-    assert main(["trace", "synth", str(proc), "--tokens", "2000", "--seed", "3", "--requests", "4",
-                 "-o", str(syn)]) == 0
+    assert (
+        main(["trace", "synth", str(proc), "--tokens", "2000", "--seed", "3", "--requests", "4", "-o", str(syn)]) == 0
+    )
     t = RoutingTrace.load(syn)
     assert t.experts.shape == (2000, 32, 2) and t.n_requests == 4
     capsys.readouterr()
@@ -57,15 +63,38 @@ def test_fit_synth_compare(mixtral_npz: Path, tmp_path: Path, capsys: pytest.Cap
     rep = json.loads(capsys.readouterr().out)
     assert 0 < rep["load_js"] < 0.5 and rep["reuse_error"] < 0.1
     same = tmp_path / "s2.npz"
-    assert main(["trace", "synth", str(proc), "--tokens", "2000", "--seed", "3", "--requests", "4",
-                 "-o", str(same)]) == 0
+    assert (
+        main(["trace", "synth", str(proc), "--tokens", "2000", "--seed", "3", "--requests", "4", "-o", str(same)]) == 0
+    )
     assert RoutingTrace.load(same).equals(t)  # deterministic under the seed
 
 
 def test_synth_default_retarget_relayer(tmp_path: Path) -> None:
     out = tmp_path / "r.npz"
-    assert main(["trace", "synth", "default:mixtral-8x7b", "--tokens", "500", "--seed", "1", "--n-experts", "16",
-                 "--top-k", "4", "--layers", "8", "--phase", "prefill", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "trace",
+                "synth",
+                "default:mixtral-8x7b",
+                "--tokens",
+                "500",
+                "--seed",
+                "1",
+                "--n-experts",
+                "16",
+                "--top-k",
+                "4",
+                "--layers",
+                "8",
+                "--phase",
+                "prefill",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     t = RoutingTrace.load(out)
     assert t.experts.shape == (500, 8, 4) and t.n_experts == 16 and np.all(t.phase == 0)
     assert main(["trace", "synth", "default", "--tokens", "10", "-o", str(tmp_path / "d.npz")]) == 0
@@ -99,8 +128,9 @@ def deepseek_npz(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return t.save(tmp_path_factory.mktemp("cli") / "ds.npz")
 
 
-def test_stats_names_the_models_layer_ids(deepseek_npz: Path, mixtral_npz: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_stats_names_the_models_layer_ids(
+    deepseek_npz: Path, mixtral_npz: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["trace", "stats", str(deepseek_npz), "--json"]) == 0
     st = json.loads(capsys.readouterr().out)
     assert st["moe_layer_ids"] == list(range(1, 27))  # DeepSeek-V2-Lite: layer 0 is dense, as in the CSV Layer IDs
@@ -112,12 +142,15 @@ def test_stats_names_the_models_layer_ids(deepseek_npz: Path, mixtral_npz: Path,
     assert json.loads(capsys.readouterr().out)["moe_layer_ids"] == list(range(32))
 
 
-def test_compare_shape_mismatch_names_the_paths_given(deepseek_npz: Path, mixtral_npz: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_shape_mismatch_names_the_paths_given(
+    deepseek_npz: Path, mixtral_npz: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["trace", "compare", str(deepseek_npz), str(mixtral_npz)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {deepseek_npz} (deepseek-v2-lite) has 26 MoE layers x 64 experts but "
-                          f"{mixtral_npz} (mixtral-8x7b) has 32 x 8")
+    assert err.startswith(
+        f"error: {deepseek_npz} (deepseek-v2-lite) has 26 MoE layers x 64 experts but "
+        f"{mixtral_npz} (mixtral-8x7b) has 32 x 8"
+    )
     assert "/traces/" not in err and "\n" not in err
 
 

@@ -26,8 +26,18 @@ def test_import_deepseek(shared_dir: Path, tmp_path: Path, capsys: pytest.Captur
 def test_import_mixtral_files_drop(shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = shared_dir / "traces/mixtral-8x7b-instruct"
     out = tmp_path / "mx.npz"
-    argv = ["trace", "import", "-f", "mixtral-jsonl", str(d / "gsm8k_2_routing.jsonl"),
-            str(d / "humaneval_2_routing.jsonl"), "-o", str(out), "--missing", "drop"]
+    argv = [
+        "trace",
+        "import",
+        "-f",
+        "mixtral-jsonl",
+        str(d / "gsm8k_2_routing.jsonl"),
+        str(d / "humaneval_2_routing.jsonl"),
+        "-o",
+        str(out),
+        "--missing",
+        "drop",
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "tokens=577" in captured.out and "incomplete_tokens=8 (drop)" in captured.out
@@ -38,8 +48,7 @@ def test_import_mixtral_files_drop(shared_dir: Path, tmp_path: Path, capsys: pyt
 def test_import_olmoe_counts(shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "mixtral_counts.json"
     src = shared_dir / "traces/olmoe-mixtral-routing-stats/counts.json"
-    argv = ["trace", "import", "-f", "olmoe-counts", str(src), "-o", str(out), "--model", "mistral",
-            "--domain", "c4"]
+    argv = ["trace", "import", "-f", "olmoe-counts", str(src), "-o", str(out), "--model", "mistral", "--domain", "c4"]
     assert main(argv) == 0
     assert "domain=c4" in capsys.readouterr().out
     s = AggregatedRoutingStats.load_json(out)
@@ -56,13 +65,14 @@ def _err(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_import_errors(shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     counts = str(shared_dir / "traces/olmoe-mixtral-routing-stats/counts.json")
-    assert ".json output" in _err(["trace", "import", "-f", "olmoe-counts", counts, "-o", str(tmp_path / "a.npz")],
-                                   capsys)
+    assert ".json output" in _err(
+        ["trace", "import", "-f", "olmoe-counts", counts, "-o", str(tmp_path / "a.npz")], capsys
+    )
     ds = str(shared_dir / "traces/deepseek-v2-lite/prompt_1001_data.csv")
-    assert ".npz output" in _err(["trace", "import", "-f", "deepseek-csv", ds, "-o", str(tmp_path / "a.json")],
-                                 capsys)
+    assert ".npz output" in _err(["trace", "import", "-f", "deepseek-csv", ds, "-o", str(tmp_path / "a.json")], capsys)
     assert "--missing applies to mixtral-jsonl" in _err(
-        ["trace", "import", "-f", "deepseek-csv", ds, "-o", str(tmp_path / "a.npz"), "--missing", "drop"], capsys)
+        ["trace", "import", "-f", "deepseek-csv", ds, "-o", str(tmp_path / "a.npz"), "--missing", "drop"], capsys
+    )
     bad = tmp_path / "prompt_0005_data.csv"
     bad.write_text('Layer ID,Batch Number,Token,Activated Expert IDs\n1,0,hi,"[1, 2, 3]"\n', encoding="utf-8")
     err = _err(["trace", "import", "-f", "deepseek-csv", str(bad), "-o", str(tmp_path / "b.npz")], capsys)
@@ -80,8 +90,21 @@ def test_import_unknown_format_is_usage_error(tmp_path: Path, capsys: pytest.Cap
 
 def test_record_tiny_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "rec.npz"
-    argv = ["trace", "record", "--hf-config", "tiny-qwen2-moe", "--prompt-ids", "4,5,6,7",
-            "--max-new-tokens", "3", "--no-stop-at-eos", "--seed", "2", "-o", str(out)]
+    argv = [
+        "trace",
+        "record",
+        "--hf-config",
+        "tiny-qwen2-moe",
+        "--prompt-ids",
+        "4,5,6,7",
+        "--max-new-tokens",
+        "3",
+        "--no-stop-at-eos",
+        "--seed",
+        "2",
+        "-o",
+        str(out),
+    ]
     assert main(argv) == 0
     assert "prefill=4 decode=3" in capsys.readouterr().out
     t = RoutingTrace.load(out)
@@ -92,8 +115,23 @@ def test_record_tiny_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main([*argv[:-1], str(out2)]) == 0
     assert RoutingTrace.load(out2).equals(t)
     out3 = tmp_path / "rec3.npz"
-    assert main(["trace", "record", "--hf-config", "tiny-mixtral", "--prompt-len", "5", "--max-new-tokens", "0",
-                 "-o", str(out3)]) == 0
+    assert (
+        main(
+            [
+                "trace",
+                "record",
+                "--hf-config",
+                "tiny-mixtral",
+                "--prompt-len",
+                "5",
+                "--max-new-tokens",
+                "0",
+                "-o",
+                str(out3),
+            ]
+        )
+        == 0
+    )
     assert RoutingTrace.load(out3).n_tokens == 5
 
 
@@ -109,8 +147,21 @@ def test_record_local_model_with_tokenizer(tmp_path: Path, capsys: pytest.Captur
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>").save_pretrained(model_dir)
     out = tmp_path / "local.npz"
-    argv = ["trace", "record", "--hf-config", str(model_dir), "--hf-model", str(model_dir),
-            "--prompt", "hello moe world", "--max-new-tokens", "2", "--no-stop-at-eos", "-o", str(out)]
+    argv = [
+        "trace",
+        "record",
+        "--hf-config",
+        str(model_dir),
+        "--hf-model",
+        str(model_dir),
+        "--prompt",
+        "hello moe world",
+        "--max-new-tokens",
+        "2",
+        "--no-stop-at-eos",
+        "-o",
+        str(out),
+    ]
     assert main(argv) == 0
     t = RoutingTrace.load(out)
     assert t.meta["prompt_ids"] == {"0": [1, 2, 3]}
@@ -125,18 +176,22 @@ def test_record_local_model_with_tokenizer(tmp_path: Path, capsys: pytest.Captur
 def test_record_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = str(tmp_path / "r.npz")
     assert "neither a tiny preset" in _err(["trace", "record", "--hf-config", "tiny-gpt", "-o", out], capsys)
-    assert "item 1 is 'x'" in _err(["trace", "record", "--hf-config", "tiny-mixtral", "--prompt-ids", "3,x",
-                                    "-o", out], capsys)
-    assert "needs a tokenizer" in _err(["trace", "record", "--hf-config", "tiny-mixtral", "--prompt", "hi",
-                                        "-o", out], capsys)
+    assert "item 1 is 'x'" in _err(
+        ["trace", "record", "--hf-config", "tiny-mixtral", "--prompt-ids", "3,x", "-o", out], capsys
+    )
+    assert "needs a tokenizer" in _err(
+        ["trace", "record", "--hf-config", "tiny-mixtral", "--prompt", "hi", "-o", out], capsys
+    )
     assert ".npz output" in _err(["trace", "record", "--hf-config", "tiny-mixtral", "-o", out + ".json"], capsys)
     from workloads.tracer import tiny_config
 
     tiny_config("mixtral").save_pretrained(tmp_path / "cfg")
-    assert "parameters (> 1e-06B allowed" in _err(["trace", "record", "--hf-config", str(tmp_path / "cfg"),
-                                                   "--max-params", "1000", "-o", out], capsys)
-    assert "outside [0, 512)" in _err(["trace", "record", "--hf-config", "tiny-mixtral", "--prompt-ids", "9999",
-                                       "-o", out], capsys)
+    assert "parameters (> 1e-06B allowed" in _err(
+        ["trace", "record", "--hf-config", str(tmp_path / "cfg"), "--max-params", "1000", "-o", out], capsys
+    )
+    assert "outside [0, 512)" in _err(
+        ["trace", "record", "--hf-config", "tiny-mixtral", "--prompt-ids", "9999", "-o", out], capsys
+    )
 
 
 def test_record_bad_config_is_one_line_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -151,8 +206,9 @@ def test_record_bad_config_is_one_line_naming_the_file(tmp_path: Path, capsys: p
     assert err.startswith(f"error: {cfg}: field 'model_type' is 'no-such-type'") and err.count("\n") == 1
 
 
-def test_import_layer_count_error_has_no_python_keyword_hint(shared_dir: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_layer_count_error_has_no_python_keyword_hint(
+    shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = shared_dir / "traces/mixtral-8x7b-instruct/gsm8k_2_routing.jsonl"
     few = tmp_path / "few_routing.jsonl"
     lines = [ln for ln in src.read_text().splitlines() if json.loads(ln)["layer"] == 0][:40]

@@ -84,8 +84,9 @@ def _prefetch_accounting(r: Result) -> None:
 def test_on_time_prefetch_raises_hit_rate(h100) -> None:
     """With a host link 1000x faster than PCIe Gen5 (hypothetical), a pre-gated expert arrives
     before its layer: on-time prefetches are hits and the hit rate rises."""
-    fast = dataclasses.replace(h100, host_link=dataclasses.replace(
-        h100.host_link, bandwidth_Bps=64e12, latency_s=0.0, efficiency_points=()))
+    fast = dataclasses.replace(
+        h100, host_link=dataclasses.replace(h100.host_link, bandwidth_Bps=64e12, latency_s=0.0, efficiency_points=())
+    )
     model = tiny_model()
     stream = random_stream(model, 2, 2, 20, seed=3)
     base = Mapping(cache=CacheSpec(expert_fraction=0.5))
@@ -139,8 +140,18 @@ def test_rdu_ddr_to_hbm_tier() -> None:
 
 
 def test_fpga_reordering_beats_per_token() -> None:
-    vit = tiny_model(name="vit-moe", n_layers=12, d_model=192, n_heads=3, n_kv_heads=3, head_dim=64,
-                     expert_ffn_dim=384, n_experts=16, top_k=2, gated=False)
+    vit = tiny_model(
+        name="vit-moe",
+        n_layers=12,
+        d_model=192,
+        n_heads=3,
+        n_kv_heads=3,
+        head_dim=64,
+        expert_ffn_dim=384,
+        n_experts=16,
+        top_k=2,
+        gated=False,
+    )
     board = get_platform("zcu104-board")
     stream = random_stream(vit, 1, 197, 1, seed=6)
     fast = simulate(vit, board, stream, Mapping(fpga_reorder=True), seed=0)
@@ -159,8 +170,10 @@ class _Greedy(TokenScheduler):
 
     def schedule(self, now, waiting, running, kv_free_tokens):
         reqs = list(running) + list(waiting)
-        return Batch(request_ids=tuple(r.request_id for r in reqs),
-                     n_tokens=tuple(r.remaining_prompt if r.in_prefill else 2 for r in reqs))
+        return Batch(
+            request_ids=tuple(r.request_id for r in reqs),
+            n_tokens=tuple(r.remaining_prompt if r.in_prefill else 2 for r in reqs),
+        )
 
 
 def test_scheduler_contract_is_enforced(h100) -> None:
@@ -169,8 +182,10 @@ def test_scheduler_contract_is_enforced(h100) -> None:
     bound = Mapping().bind(model, h100)
     eng = Engine(bound, CostModel(h100))
     eng.scheduler = _Greedy(max_batch=8, max_tokens=64)
-    reqs = [SimRequest(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens, stream.routing(r))
-            for r in stream.requests]
+    reqs = [
+        SimRequest(r.request_id, r.arrival_s, r.prompt_tokens, r.output_tokens, stream.routing(r))
+        for r in stream.requests
+    ]
     with pytest.raises(RuntimeError, match=r"gave request 0 2 tokens; expected 1\.\.1"):
         eng.run(reqs)
 
@@ -227,8 +242,9 @@ def test_near_tier_sram_on_rdu() -> None:
 
 
 # ------------------------------------------------------------------ expert-parallel execution modes
-def _expected_cross(stream: ListStream, model: MoEModel, home: npt.NDArray[np.int64], req_device: dict[int, int],
-                    *, coherent: bool) -> tuple[int, int]:
+def _expected_cross(
+    stream: ListStream, model: MoEModel, home: npt.NDArray[np.int64], req_device: dict[int, int], *, coherent: bool
+) -> tuple[int, int]:
     """Independent count of (dispatch crossings, gathered partial outputs) over the served rows:
     classic: expert's home != the request's device; context-coherent: the token starts on its
     request's device and moves to the home of its first valid expert after each MoE layer."""
@@ -309,8 +325,12 @@ def test_context_coherent_share_depends_on_placement(shared_dir: Path) -> None:
     executions: tuple[EpExecution, ...] = ("classic", "context-coherent")
     for execution in executions:
         for placement in ("round-robin", "exflow"):
-            m = Mapping(placement=placement, placement_options={"method": "sequential"} if placement == "exflow"
-                        else {}, ep_execution=execution, batching=BatchingSpec(max_batch=8))
+            m = Mapping(
+                placement=placement,
+                placement_options={"method": "sequential"} if placement == "exflow" else {},
+                ep_execution=execution,
+                batching=BatchingSpec(max_batch=8),
+            )
             r = simulate(model, dgx, stream, m, seed=0, train=train)
             share[execution, placement] = r.summary["cross_device_share"]
     # classic: placement-independent, about 7/8 (measured 0.872 / 0.878)

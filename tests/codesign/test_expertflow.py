@@ -49,15 +49,22 @@ def test_predictor_shapes_and_errors(deepseek: RoutingTrace) -> None:
     with pytest.raises(ValueError, match="horizon and context"):
         RoutingPathPredictor.fit(deepseek, horizon=0)
     with pytest.raises(ValueError, match="layers x"):
-        pred.evaluate(RoutingTrace(experts=np.zeros((2, 3, 1), dtype=np.int16), request=np.zeros(2, dtype=np.int32),
-                                   position=np.arange(2, dtype=np.int32), phase=np.zeros(2, dtype=np.uint8),
-                                   meta={"n_experts": 4, "top_k": 1}))
+        pred.evaluate(
+            RoutingTrace(
+                experts=np.zeros((2, 3, 1), dtype=np.int16),
+                request=np.zeros(2, dtype=np.int32),
+                position=np.arange(2, dtype=np.int32),
+                phase=np.zeros(2, dtype=np.uint8),
+                meta={"n_experts": 4, "top_k": 1},
+            )
+        )
 
 
 def test_cache_contract(deepseek: RoutingTrace) -> None:
     rng = np.random.default_rng(0)
-    cache = REGISTRIES["cache"].create("expertflow", capacity=40, n_layers=26, n_experts=64,
-                                       pinned=np.eye(26, 64, dtype=bool), seed=0)
+    cache = REGISTRIES["cache"].create(
+        "expertflow", capacity=40, n_layers=26, n_experts=64, pinned=np.eye(26, 64, dtype=bool), seed=0
+    )
     assert isinstance(cache, ExpertFlowCache) and cache.needs_training
     untrained = ExpertFlowCache(capacity=2, n_layers=26, n_experts=64)
     untrained.warm(np.eye(26, 64, dtype=bool)[:, :64] & (np.arange(26)[:, None] < 2))
@@ -75,7 +82,7 @@ def test_cache_contract(deepseek: RoutingTrace) -> None:
             assert hits.shape == need.shape
             adm = cache.admit(layer, need[~hits], float(step), protect=need)
             assert cache.n_resident <= 40
-            assert cache.resident[np.eye(26, 64, dtype=bool)].all()          # pinned stay
+            assert cache.resident[np.eye(26, 64, dtype=bool)].all()  # pinned stay
             if adm.victims.size:
                 assert not np.isin(adm.victims[adm.victims[:, 0] == layer, 1], need).any()  # protected
     # keep-scores favour the predicted next layer
@@ -90,8 +97,15 @@ def test_prefetch_contract(deepseek: RoutingTrace) -> None:
     rows = deepseek.experts[5000:5008]
     resident = np.zeros((26, 64), dtype=bool)
     resident[6, :8] = True
-    ctx = PrefetchContext(step=0, layer=5, routing=rows[:, 5, :], step_routing=rows,
-                          recent_load=np.zeros((26, 64)), resident=resident, now=0.0)
+    ctx = PrefetchContext(
+        step=0,
+        layer=5,
+        routing=rows[:, 5, :],
+        step_routing=rows,
+        recent_load=np.zeros((26, 64)),
+        resident=resident,
+        now=0.0,
+    )
     pairs = pf.prefetch(ctx)
     assert pairs.ndim == 2 and pairs.shape[1] == 2 and pairs.shape[0] > 0
     assert set(np.unique(pairs[:, 0]).tolist()) <= {6, 7}
@@ -101,8 +115,6 @@ def test_prefetch_contract(deepseek: RoutingTrace) -> None:
     layer6 = pairs[pairs[:, 0] == 6, 1]
     truth = np.unique(rows[:, 6, :])
     assert np.isin(layer6, truth).mean() > truth.size / 64
-
-
 
 
 def test_expertflow_cache_in_the_simulator_beats_lru(deepseek: RoutingTrace) -> None:
@@ -116,8 +128,9 @@ def test_expertflow_cache_in_the_simulator_beats_lru(deepseek: RoutingTrace) -> 
     cost = CostModel(platform)
     hit = {}
     for policy in ("lru", "expertflow"):
-        m = Mapping(n_devices=1, cache=CacheSpec(policy=policy, expert_fraction=0.25),
-                    batching=BatchingSpec(max_batch=4))
+        m = Mapping(
+            n_devices=1, cache=CacheSpec(policy=policy, expert_fraction=0.25), batching=BatchingSpec(max_batch=4)
+        )
         res = simulate(model, platform, rows_stream(rows, 4), m, cost_model=cost, train=train)
         hit[policy] = res["hit_rate"]["hbm"]
     assert hit["expertflow"] > hit["lru"]

@@ -59,8 +59,12 @@ def test_assignments_tokens_bytes_energy_conserved(h100, miss: str, prefetch: st
     model = tiny_model()
     stream = random_stream(model, 10, 5, 6, seed=21, rate_per_s=2000.0)
     stream._routing[3][2, 1, 1] = -1  # a dropped slot is not an assignment
-    m = Mapping(cache=CacheSpec(expert_fraction=0.25), miss=miss, prefetch=prefetch,
-                batching=BatchingSpec(max_batch=4, max_tokens=12))
+    m = Mapping(
+        cache=CacheSpec(expert_fraction=0.25),
+        miss=miss,
+        prefetch=prefetch,
+        batching=BatchingSpec(max_batch=4, max_tokens=12),
+    )
     r = simulate(model, h100, stream, m, seed=0)
     s, steps = r.summary, r.steps
     expected = _served_assignments(stream)
@@ -85,14 +89,23 @@ def test_assignments_tokens_bytes_energy_conserved(h100, miss: str, prefetch: st
 
 
 @settings(max_examples=12, deadline=None)
-@given(policy=st.sampled_from(["lru", "lfu", "static", "belady"]), slots=st.integers(1, 32),
-       prefetch=st.sampled_from(["none", "pregate"]), seed=st.integers(0, 3))
+@given(
+    policy=st.sampled_from(["lru", "lfu", "static", "belady"]),
+    slots=st.integers(1, 32),
+    prefetch=st.sampled_from(["none", "pregate"]),
+    seed=st.integers(0, 3),
+)
 def test_capacity_never_exceeded(policy: str, slots: int, prefetch: str, seed: int) -> None:
     model = tiny_model()
     plat = get_platform("h100-pcie5-host")
     stream = random_stream(model, 3, 3, 4, seed=seed)
-    r = simulate(model, plat, stream, Mapping(cache=CacheSpec(policy=policy, capacity_experts=slots),
-                                              prefetch=prefetch), seed=seed)
+    r = simulate(
+        model,
+        plat,
+        stream,
+        Mapping(cache=CacheSpec(policy=policy, capacity_experts=slots), prefetch=prefetch),
+        seed=seed,
+    )
     s = r.summary
     assert s["peak_resident_experts"] <= s["cache_slots"] == slots
     assert s["peak_memory_bytes"]["hbm"] <= plat.accelerators[0].tier("hbm").capacity_bytes
@@ -108,18 +121,21 @@ def test_capacity_holds_when_kv_is_full(h100) -> None:
 
 
 def test_zero_load_step_equals_sum_of_op_costs(h100) -> None:
-    for model in (tiny_model(), tiny_model(first_dense_layers=1, dense_ffn_dim=2048, n_layers=5,
-                                           n_shared_experts=1, shared_ffn_dim=512)):
+    for model in (
+        tiny_model(),
+        tiny_model(first_dense_layers=1, dense_ffn_dim=2048, n_layers=5, n_shared_experts=1, shared_ffn_dim=512),
+    ):
         stream = random_stream(model, 1, 9, 4, seed=13)
         cost = CostModel(h100)
         r = simulate(model, h100, stream, Mapping(), cost_model=cost)
         bound = Mapping().bind(model, h100)
         rows = stream.routing(stream.requests[0])
         steps = r.steps.duration_s.to_numpy()
-        assert steps[0] == pytest.approx(zero_load_step_s(cost, bound, rows[:9], prefill=True, context_len=0),
-                                         rel=1e-12)
+        assert steps[0] == pytest.approx(
+            zero_load_step_s(cost, bound, rows[:9], prefill=True, context_len=0), rel=1e-12
+        )
         for j in range(1, 4):
-            z = zero_load_step_s(cost, bound, rows[9 + j - 1:9 + j], prefill=False, context_len=9 + j)
+            z = zero_load_step_s(cost, bound, rows[9 + j - 1 : 9 + j], prefill=False, context_len=9 + j)
             assert steps[j] == pytest.approx(z, rel=1e-12)
 
 
@@ -140,8 +156,7 @@ def test_zero_load_with_offloading_but_all_hits_equals_sum_of_op_costs(h100) -> 
     bound = m.bind(model, h100)
     steps = r.steps.duration_s.to_numpy()
     assert steps[0] == pytest.approx(zero_load_step_s(cost, bound, rows[:6], prefill=True, context_len=0), rel=1e-12)
-    assert steps[1] == pytest.approx(zero_load_step_s(cost, bound, rows[6:7], prefill=False, context_len=7),
-                                     rel=1e-12)
+    assert steps[1] == pytest.approx(zero_load_step_s(cost, bound, rows[6:7], prefill=False, context_len=7), rel=1e-12)
 
 
 def test_belady_hit_rate_bounds_online_policies(h100, mixtral_trace: RoutingTrace) -> None:
@@ -180,8 +195,11 @@ def test_more_bandwidth_never_makes_lru_slower(h100, mixtral_trace: RoutingTrace
     link = h100.host_link
     times = []
     for scale in (0.5, 1.0, 2.0, 4.0):
-        fast = dataclasses.replace(link, bandwidth_Bps=link.bandwidth_Bps * scale,
-                                   efficiency_points=tuple((b, r * scale) for b, r in link.efficiency_points))
+        fast = dataclasses.replace(
+            link,
+            bandwidth_Bps=link.bandwidth_Bps * scale,
+            efficiency_points=tuple((b, r * scale) for b, r in link.efficiency_points),
+        )
         plat = dataclasses.replace(h100, host_link=fast)
         r = simulate(model, plat, stream, Mapping(cache=CacheSpec(expert_fraction=0.25)))
         times.append(r.summary["makespan_s"])
@@ -235,17 +253,29 @@ def test_bad_mappings_and_unknown_policies_are_clear(h100) -> None:
 
 
 @settings(max_examples=10, deadline=None)
-@given(cache=st.sampled_from(REGISTRIES["cache"].names()), prefetch=st.sampled_from(REGISTRIES["prefetch"].names()),
-       miss=st.sampled_from(REGISTRIES["miss"].names()), fraction=st.sampled_from([0.25, 0.5, 1.0]),
-       n_devices=st.sampled_from([1, 2, 8]), scheduler=st.sampled_from(REGISTRIES["scheduling"].names()))
-def test_any_policy_combination_conserves_work(cache: str, prefetch: str, miss: str, fraction: float,
-                                               n_devices: int, scheduler: str) -> None:
+@given(
+    cache=st.sampled_from(REGISTRIES["cache"].names()),
+    prefetch=st.sampled_from(REGISTRIES["prefetch"].names()),
+    miss=st.sampled_from(REGISTRIES["miss"].names()),
+    fraction=st.sampled_from([0.25, 0.5, 1.0]),
+    n_devices=st.sampled_from([1, 2, 8]),
+    scheduler=st.sampled_from(REGISTRIES["scheduling"].names()),
+)
+def test_any_policy_combination_conserves_work(
+    cache: str, prefetch: str, miss: str, fraction: float, n_devices: int, scheduler: str
+) -> None:
     """Every registered policy of every kind, on 1-8 devices with or without offloading: every
     assignment computed once, all requests served, capacity held."""
     model = tiny_model(n_experts=16)
     stream = random_stream(model, 10, 3, 5, seed=1, rate_per_s=3000.0, zipf=1.0)
-    m = Mapping(n_devices=n_devices, cache=CacheSpec(policy=cache, expert_fraction=fraction), prefetch=prefetch,
-                miss=miss, train_fraction=0.3, batching=BatchingSpec(scheduler=scheduler, max_batch=4, max_tokens=16))
+    m = Mapping(
+        n_devices=n_devices,
+        cache=CacheSpec(policy=cache, expert_fraction=fraction),
+        prefetch=prefetch,
+        miss=miss,
+        train_fraction=0.3,
+        batching=BatchingSpec(scheduler=scheduler, max_batch=4, max_tokens=16),
+    )
     r = simulate(model, get_platform("dgx-h100"), stream, m, seed=0)
     s = r.summary
     served = ListStream(list(stream.requests[3:]), [stream.routing(q) for q in stream.requests[3:]])

@@ -25,8 +25,13 @@ def h100_host():
 
 
 def test_defaults_and_round_trip() -> None:
-    m = Mapping(cache=CacheSpec(policy="lfu", expert_fraction=0.25, options={}), prefetch="pregate",
-                prefetch_options={"accuracy": 0.9}, pinned=((1, 2), (0, 3)), batching=BatchingSpec(max_batch=8))
+    m = Mapping(
+        cache=CacheSpec(policy="lfu", expert_fraction=0.25, options={}),
+        prefetch="pregate",
+        prefetch_options={"accuracy": 0.9},
+        pinned=((1, 2), (0, 3)),
+        batching=BatchingSpec(max_batch=8),
+    )
     again = Mapping.from_json(m.to_json())
     assert again == m
     assert again.config_hash == m.config_hash
@@ -51,21 +56,24 @@ def test_ep_execution_round_trip() -> None:
     assert again == m and again.ep_execution == "context-coherent"
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"cache": CacheSpec(policy="lru")} | {"n_devices": 0}, "n_devices must be an int > 0"),
-    ({"kv_fraction": 1.5}, "kv_fraction must be in"),
-    ({"kv_fraction": 0.0}, "kv_fraction must be > 0"),
-    ({"train_fraction": 1.0}, "train_fraction must be < 1"),
-    ({"pinned": ((0, -1),)}, r"pinned\[0\]"),
-    ({"pinned": ((0, 1), (0, 1))}, "twice"),
-    ({"initial": "random"}, "initial must be"),
-    ({"resident": ((0, 1),)}, "set initial='listed'"),
-    ({"initial": "listed", "resident": ((0, 1), (0, 1))}, "resident lists an expert twice"),
-    ({"staging_experts": -1}, "staging_experts"),
-    ({"prefetch_options": {"bad key": 1}}, "identifier"),
-    ({"miss_options": {"x": [1]}}, "bool, int, float or str"),
-    ({"ep_execution": "coherent"}, "ep_execution must be 'classic' or 'context-coherent', got 'coherent'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"cache": CacheSpec(policy="lru")} | {"n_devices": 0}, "n_devices must be an int > 0"),
+        ({"kv_fraction": 1.5}, "kv_fraction must be in"),
+        ({"kv_fraction": 0.0}, "kv_fraction must be > 0"),
+        ({"train_fraction": 1.0}, "train_fraction must be < 1"),
+        ({"pinned": ((0, -1),)}, r"pinned\[0\]"),
+        ({"pinned": ((0, 1), (0, 1))}, "twice"),
+        ({"initial": "random"}, "initial must be"),
+        ({"resident": ((0, 1),)}, "set initial='listed'"),
+        ({"initial": "listed", "resident": ((0, 1), (0, 1))}, "resident lists an expert twice"),
+        ({"staging_experts": -1}, "staging_experts"),
+        ({"prefetch_options": {"bad key": 1}}, "identifier"),
+        ({"miss_options": {"x": [1]}}, "bool, int, float or str"),
+        ({"ep_execution": "coherent"}, "ep_execution must be 'classic' or 'context-coherent', got 'coherent'"),
+    ],
+)
 def test_bad_arguments(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(MappingError, match=match):
         Mapping(**kwargs)  # type: ignore[arg-type]
@@ -78,9 +86,14 @@ def test_bad_cache_and_batching() -> None:
         BatchingSpec(max_batch=0)
 
 
-@pytest.mark.parametrize("field, value, kind", [
-    ("prefetch", "magic", "prefetch"), ("miss", "gpu", "miss"), ("placement", "random", "placement"),
-])
+@pytest.mark.parametrize(
+    "field, value, kind",
+    [
+        ("prefetch", "magic", "prefetch"),
+        ("miss", "gpu", "miss"),
+        ("placement", "random", "placement"),
+    ],
+)
 def test_unknown_policy_lists_valid(field: str, value: str, kind: str) -> None:
     with pytest.raises(UnknownPolicyError, match=f"unknown {kind} policy {value!r}; valid: .+"):
         Mapping(**{field: value})  # type: ignore[arg-type]

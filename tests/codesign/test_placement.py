@@ -23,18 +23,21 @@ from workloads import RoutingTrace, get_model
 
 def _tiny_trace() -> RoutingTrace:
     # 3 tokens, 2 layers, top-2, 4 experts
-    experts = np.array([[[0, 1], [2, 3]],
-                        [[0, 2], [0, 1]],
-                        [[3, -1], [3, 2]]], dtype=np.int16)
-    return RoutingTrace(experts=experts, request=np.zeros(3, dtype=np.int32), position=np.arange(3, dtype=np.int32),
-                        phase=np.zeros(3, dtype=np.uint8), meta={"n_experts": 4, "top_k": 2})
+    experts = np.array([[[0, 1], [2, 3]], [[0, 2], [0, 1]], [[3, -1], [3, 2]]], dtype=np.int16)
+    return RoutingTrace(
+        experts=experts,
+        request=np.zeros(3, dtype=np.int32),
+        position=np.arange(3, dtype=np.int32),
+        phase=np.zeros(3, dtype=np.uint8),
+        meta={"n_experts": 4, "top_k": 2},
+    )
 
 
 def test_counts_and_share_by_hand() -> None:
     t = _tiny_trace()
     w = transition_counts(t)
     assert w.shape == (1, 4, 4)
-    assert w.sum() == 4 + 4 + 2           # k x k pairs, the -1 slot skipped
+    assert w.sum() == 4 + 4 + 2  # k x k pairs, the -1 slot skipped
     assert w[0, 0, 2] == 1 and w[0, 0, 0] == 1 and w[0, 3, 3] == 1
     np.testing.assert_array_equal(expert_load(t), [[2, 1, 1, 1], [1, 1, 2, 2]])
     home = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
@@ -64,8 +67,8 @@ def test_joint_milp_is_optimal_vs_brute_force(n_layers: int, n_experts: int, n_d
     assert sol.colocated == pytest.approx(best, rel=1e-6)
     assert placement_objective(w, sol.expert_home) == pytest.approx(best, rel=1e-6)
     seq = exflow_placement(w, n_devices, method="sequential")
-    assert seq.colocated <= best + 1e-9            # a heuristic never beats the optimum
-    assert seq.colocated >= 0.8 * best             # ... and comes close on these instances
+    assert seq.colocated <= best + 1e-9  # a heuristic never beats the optimum
+    assert seq.colocated >= 0.8 * best  # ... and comes close on these instances
 
 
 @pytest.mark.parametrize("n_experts,n_devices", [(8, 2), (10, 4), (64, 8)])
@@ -76,9 +79,11 @@ def test_capacity_respected(n_experts: int, n_devices: int) -> None:
     w = rng.integers(0, 5, size=(n_layers - 1, n_experts, n_experts)).astype(float)
     hi = -(-n_experts // n_devices)
     lo = n_experts // n_devices
-    for home in (round_robin_placement(n_layers, n_experts, n_devices),
-                 load_balanced_placement(load, n_devices),
-                 exflow_placement(w, n_devices, load=load).expert_home):
+    for home in (
+        round_robin_placement(n_layers, n_experts, n_devices),
+        load_balanced_placement(load, n_devices),
+        exflow_placement(w, n_devices, load=load).expert_home,
+    ):
         assert home.shape == (n_layers, n_experts)
         for layer in range(n_layers):
             counts = np.bincount(home[layer], minlength=n_devices)
@@ -103,7 +108,7 @@ def test_registered_policies_and_errors() -> None:
 def test_exflow_beats_round_robin_on_held_out_deepseek(deepseek: RoutingTrace) -> None:
     ids = np.unique(deepseek.request)
     train = deepseek.select_requests(ids[: ids.size // 2])
-    test = deepseek.select_requests(ids[ids.size // 2:])
+    test = deepseek.select_requests(ids[ids.size // 2 :])
     model = get_model("deepseek-v2-lite")
     stats = RoutingStats.from_trace(train)
     np.testing.assert_array_equal(stats.affinity, transition_counts(train))
@@ -145,9 +150,9 @@ def test_load_slack_caps_the_per_device_load() -> None:
     for layer in range(n_layers):
         per = np.bincount(capped.expert_home[layer], weights=load[layer], minlength=n_dev)
         assert per.max() <= 1.1 * load[layer].sum() / n_dev + 1e-9
-    assert capped.colocated <= free.colocated * 1.05    # the cap costs affinity (or nothing)
+    assert capped.colocated <= free.colocated * 1.05  # the cap costs affinity (or nothing)
     skewed = load.copy()
-    skewed[:, 0] = load.sum(axis=1)                      # one expert heavier than a device's share
+    skewed[:, 0] = load.sum(axis=1)  # one expert heavier than a device's share
     with pytest.raises(RuntimeError, match="raise load_slack"):
         exflow_placement(w, n_dev, load=skewed, load_slack=0.1)
     with pytest.raises(ValueError, match="needs the per-layer load"):

@@ -19,9 +19,13 @@ def _train_trace(seed: int = 0) -> RoutingTrace:
     rng = np.random.default_rng(seed)
     n = 200
     experts = np.stack([np.stack([rng.permutation(E)[:2] for _ in range(L)]) for _ in range(n)]).astype(np.int16)
-    return RoutingTrace(experts=experts, request=np.repeat(np.arange(4), n // 4).astype(np.int32),
-                        position=np.tile(np.arange(n // 4), 4).astype(np.int32), phase=np.ones(n, np.uint8),
-                        meta={"n_experts": E, "top_k": 2, "source": "test"})
+    return RoutingTrace(
+        experts=experts,
+        request=np.repeat(np.arange(4), n // 4).astype(np.int32),
+        position=np.tile(np.arange(n // 4), 4).astype(np.int32),
+        phase=np.ones(n, np.uint8),
+        meta={"n_experts": E, "top_k": 2, "source": "test"},
+    )
 
 
 def _calls(seq: list[tuple[int, list[int]]]) -> AccessSequence:
@@ -30,10 +34,12 @@ def _calls(seq: list[tuple[int, list[int]]]) -> AccessSequence:
     return AccessSequence(keys=keys, call_starts=np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64))
 
 
-def _make(name: str, capacity: int, seq: list[tuple[int, list[int]]], pinned: np.ndarray | None = None,
-          seed: int = 0) -> CachePolicy:
-    cache: CachePolicy = REGISTRIES["cache"].create(name, capacity=capacity, n_layers=L, n_experts=E,
-                                                    pinned=pinned, seed=seed)
+def _make(
+    name: str, capacity: int, seq: list[tuple[int, list[int]]], pinned: np.ndarray | None = None, seed: int = 0
+) -> CachePolicy:
+    cache: CachePolicy = REGISTRIES["cache"].create(
+        name, capacity=capacity, n_layers=L, n_experts=E, pinned=pinned, seed=seed
+    )
     if cache.needs_training:
         cache.fit(_train_trace())
     if cache.needs_future:
@@ -63,8 +69,9 @@ def _play(cache: CachePolicy, seq: list[tuple[int, list[int]]]) -> tuple[int, li
     return hits, log
 
 
-access_seqs = st.lists(st.tuples(st.integers(0, L - 1), st.lists(st.integers(0, E - 1), min_size=1, max_size=3)),
-                       min_size=1, max_size=40)
+access_seqs = st.lists(
+    st.tuples(st.integers(0, L - 1), st.lists(st.integers(0, E - 1), min_size=1, max_size=3)), min_size=1, max_size=40
+)
 
 
 @pytest.mark.parametrize("name", REGISTRIES["cache"].names())

@@ -38,8 +38,16 @@ def test_scenario1_bf16_all_in_hbm_is_refused_with_numbers(scenario1: dict[str, 
 
 def test_scenario1_orderings(scenario1: dict[str, Any]) -> None:
     r = scenario1["results"]
-    assert set(r) == {"all-hbm", "quarter-lru", "quarter-lru-per-layer", "quarter-lfu", "quarter-belady",
-                      "quarter-lru-pregate", "quarter-cpu-on-miss", "quarter-fiddler-cost"}
+    assert set(r) == {
+        "all-hbm",
+        "quarter-lru",
+        "quarter-lru-per-layer",
+        "quarter-lfu",
+        "quarter-belady",
+        "quarter-lru-pregate",
+        "quarter-cpu-on-miss",
+        "quarter-fiddler-cost",
+    }
     hit = {k: v["hit_rate"]["hbm"] for k, v in r.items()}
     tpot = {k: v["tpot_p50_s"] for k, v in r.items()}
     assert hit["all-hbm"] == 1.0 and r["all-hbm"]["bytes_moved"] == {}
@@ -64,8 +72,22 @@ def test_scenario1_orderings(scenario1: dict[str, Any]) -> None:
 
 def test_scenario1_main_writes_summary(shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mod = _load("scenario1_mixtral_offload")
-    rc = mod.main(["--out", str(tmp_path), "--requests", "2", "--batch", "2", "--prompt-len", "2",
-                   "--output-len", "4", "--shared", str(shared_dir)])
+    rc = mod.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--requests",
+            "2",
+            "--batch",
+            "2",
+            "--prompt-len",
+            "2",
+            "--output-len",
+            "4",
+            "--shared",
+            str(shared_dir),
+        ]
+    )
     assert rc == 0
     data = json.loads((tmp_path / "summary.json").read_text())
     assert data["setting"]["n_requests"] == 2 and len(data["results"]) == 8

@@ -50,7 +50,7 @@ def test_scenario2_exflow_vs_round_robin(shared_dir: Path, tmp_path: Path) -> No
     assert abs(rr["engine_cc_cross_device_share"] - rr["sim_cross_device_share"]) < 0.03
     for r in res.values():
         assert r["engine_cc_step_mean_s"] > r["engine_cc_all_to_all_per_step_s"] > 0
-        assert r["engine_cc_config_hash"] != r["config_hash"]              # a different mapping was played
+        assert r["engine_cc_config_hash"] != r["config_hash"]  # a different mapping was played
     assert "engine, context-coherent EP" in s2.table(summary)
     assert (tmp_path / "timeline_exflow.html").stat().st_size > 100_000
     assert "2.2x" in summary["paper"]["throughput"]
@@ -61,19 +61,19 @@ def test_scenario3_coe_switching_and_latency() -> None:
     s3 = _load("scenario3_coe_sn40l")
     summary = s3.run_scenario(n_requests=24, rate_per_s=4.0, seed=0)
     sw = summary["switching"]
-    assert sw["expert_bytes"] == pytest.approx(2 * 6.738e9, rel=0.01)      # a whole 7B bf16 expert
-    assert 0.005 < sw["sn40l_s"] < 0.02                                     # Hot Chips: "0.01s for llama3.1 8B"
-    assert 3.0 < sw["speedup"] < 8.0                                        # ours: per-GPU PCIe links in parallel
-    assert sw["speedup_paper_setting"] > 15.0                               # the paper's 64 GB/s node setting
+    assert sw["expert_bytes"] == pytest.approx(2 * 6.738e9, rel=0.01)  # a whole 7B bf16 expert
+    assert 0.005 < sw["sn40l_s"] < 0.02  # Hot Chips: "0.01s for llama3.1 8B"
+    assert 3.0 < sw["speedup"] < 8.0  # ours: per-GPU PCIe links in parallel
+    assert sw["speedup_paper_setting"] > 15.0  # the paper's 64 GB/s node setting
     res = summary["results"]
     for machine in ("sn40l", "dgx-h100"):
         assert res[f"{machine}/fifo"]["resident_experts"] >= 30
-        assert res[f"{machine}/fifo"]["bytes_moved"]                         # experts were switched in
+        assert res[f"{machine}/fifo"]["bytes_moved"]  # experts were switched in
     assert summary["comparison"]["latency_mean_speedup_fifo"] > 1.0
     assert "paper: 3.7x" in s3.table(summary)
     # three tiers on the SN40L: DDR -> HBM (switches) -> SRAM (the engine's near tier)
-    sram_cap = 520 * 2**20                                                  # [P] "520 MiB of on-chip PMU SRAM"
-    shard = s3.shard_bytes() / 32                                           # one layer's piece of the shard
+    sram_cap = 520 * 2**20  # [P] "520 MiB of on-chip PMU SRAM"
+    shard = s3.shard_bytes() / 32  # one layer's piece of the shard
     for key, r in res.items():
         if key.startswith("sn40l"):
             assert set(r["hit_rate"]) == {"hbm", "sram"}

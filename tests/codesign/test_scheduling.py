@@ -20,14 +20,23 @@ def _decode_states(trace: RoutingTrace, n: int, prompt: int = 4) -> list[Request
     out = []
     for j, rid in enumerate(ids):
         rows = trace.select_requests([rid]).experts
-        st = RequestState(request_id=j, arrival_s=float(j), prompt_tokens=prompt, output_tokens=rows.shape[0] - prompt,
-                          routing=rows, prefilled=prompt, generated=1, admitted_s=0.0)
+        st = RequestState(
+            request_id=j,
+            arrival_s=float(j),
+            prompt_tokens=prompt,
+            output_tokens=rows.shape[0] - prompt,
+            routing=rows,
+            prefilled=prompt,
+            generated=1,
+            admitted_s=0.0,
+        )
         out.append(st)
     return out
 
 
-def _check_contract(sched: TokenScheduler, batch: Batch, waiting: list[RequestState], running: list[RequestState],
-                    kv_free: int) -> None:
+def _check_contract(
+    sched: TokenScheduler, batch: Batch, waiting: list[RequestState], running: list[RequestState], kv_free: int
+) -> None:
     ids = list(batch.request_ids)
     assert len(set(ids)) == len(ids)
     by = {r.request_id: r for r in [*waiting, *running]}
@@ -46,14 +55,22 @@ def test_contract_on_random_states(name: str, deepseek: RoutingTrace) -> None:
     rng = np.random.default_rng(3)
     states = _decode_states(deepseek, 40)
     for trial in range(20):
-        sched = REGISTRIES["scheduling"].create(name, max_batch=int(rng.integers(4, 32)),
-                                                max_tokens=int(rng.integers(1, 64)), seed=trial)
+        sched = REGISTRIES["scheduling"].create(
+            name, max_batch=int(rng.integers(4, 32)), max_tokens=int(rng.integers(1, 64)), seed=trial
+        )
         n_run = int(rng.integers(0, min(sched.max_batch, 20) + 1))
         running = states[:n_run]
         waiting = []
-        for r in states[n_run: n_run + int(rng.integers(0, 15))]:
-            waiting.append(RequestState(request_id=r.request_id, arrival_s=r.arrival_s, prompt_tokens=r.prompt_tokens,
-                                        output_tokens=r.output_tokens, routing=r.routing))
+        for r in states[n_run : n_run + int(rng.integers(0, 15))]:
+            waiting.append(
+                RequestState(
+                    request_id=r.request_id,
+                    arrival_s=r.arrival_s,
+                    prompt_tokens=r.prompt_tokens,
+                    output_tokens=r.output_tokens,
+                    routing=r.routing,
+                )
+            )
         kv_free = int(rng.integers(0, 400))
         batch = sched.schedule(0.0, waiting, running, kv_free)
         _check_contract(sched, batch, waiting, running, kv_free)
@@ -129,7 +146,7 @@ def test_symbolic_moe_serves_one_group_at_a_time() -> None:
         batch = sched.schedule(0.0, waiting, running, 10_000)
         _check_contract(sched, batch, waiting, running, 10_000)
         chosen = {assigned_expert(s) for s in [*waiting, *running] if s.request_id in batch.request_ids}
-        assert len(chosen) == 1                    # one group per batch
+        assert len(chosen) == 1  # one group per batch
         groups_seen.append(chosen.pop())
         for rid, n in zip(batch.request_ids, batch.n_tokens, strict=True):
             st = next(s for s in [*waiting, *running] if s.request_id == rid)
@@ -152,16 +169,14 @@ def test_symbolic_moe_serves_one_group_at_a_time() -> None:
 
 def test_signature_uses_only_known_rows() -> None:
     st = _coe_state(0, 5)
-    st.routing[3:] = 7             # the future (decode rows) differs from the prompt
-    assert request_signature(st).tolist() == [5, (1 << 20) + 5]                 # nothing processed: first row
+    st.routing[3:] = 7  # the future (decode rows) differs from the prompt
+    assert request_signature(st).tolist() == [5, (1 << 20) + 5]  # nothing processed: first row
     st.prefilled = 3
     st.generated = 1
-    assert request_signature(st).tolist() == [5, (1 << 20) + 5]                 # previous row: the last prompt row
+    assert request_signature(st).tolist() == [5, (1 << 20) + 5]  # previous row: the last prompt row
     assert request_signature(st, lookahead="oracle").tolist() == [7, (1 << 20) + 7]
     with pytest.raises(ValueError, match="lookahead"):
         request_signature(st, lookahead="future")  # type: ignore[arg-type]
-
-
 
 
 def test_schedulers_in_the_simulator(deepseek: RoutingTrace) -> None:
@@ -179,5 +194,5 @@ def test_schedulers_in_the_simulator(deepseek: RoutingTrace) -> None:
         assert len(res.requests) == len(rows)
         assert (res.requests["output_tokens"] == 18).all()
         assert int(res.steps["prefill_tokens"].sum() + res.steps["decode_tokens"].sum()) == 20 * len(rows) - len(rows)
-        needed[name] = float(res.steps["experts_needed"].sum())   # expert loads over the whole run
+        needed[name] = float(res.steps["experts_needed"].sum())  # expert loads over the whole run
     assert needed["expertflow"] < 0.97 * needed["fifo"]

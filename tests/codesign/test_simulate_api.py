@@ -39,7 +39,8 @@ def test_policies_needing_training(model: MoEModel) -> None:
     # one accelerator: nothing to place, so exflow needs nothing there
     assert policies_needing_training(_mapping(placement="exflow"), model, get_platform("h100-pcie5-host")) == []
     assert policies_needing_training(_mapping(placement="exflow"), model, get_platform("dgx-h100")) == [
-        "placement 'exflow'"]
+        "placement 'exflow'"
+    ]
 
 
 def test_process_stream_trains_on_a_separate_sample(model: MoEModel) -> None:

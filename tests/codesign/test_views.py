@@ -31,20 +31,21 @@ def offload_result(shared_dir: Path) -> Result:
     model = get_model("mixtral-8x7b")
     platform = get_platform("h100-pcie5-host")
     m = Mapping(n_devices=1, cache=CacheSpec(policy="lru", expert_fraction=0.25))
-    return simulate(model, platform, rows_stream(rows, 4), m, cost_model=CostModel(platform), train=t,
-                    record_events=True)
+    return simulate(
+        model, platform, rows_stream(rows, 4), m, cost_model=CostModel(platform), train=t, record_events=True
+    )
 
 
 @pytest.fixture(scope="module")
 def ep_result(shared_dir: Path) -> Result:
     t = import_trace("deepseek-csv", shared_dir / "traces" / "deepseek-v2-lite")
     assert isinstance(t, RoutingTrace)
-    rows = [r for r in (t.select_requests([i]).experts[:10] for i in np.unique(t.request)[:12])
-            if r.shape[0] == 10][:4]
+    rows = [r for r in (t.select_requests([i]).experts[:10] for i in np.unique(t.request)[:12]) if r.shape[0] == 10][:4]
     model = get_model("deepseek-v2-lite")
     platform = get_platform("dgx-h100")
-    return simulate(model, platform, rows_stream(rows, 4), Mapping(), cost_model=CostModel(platform),
-                    record_events=True)
+    return simulate(
+        model, platform, rows_stream(rows, 4), Mapping(), cost_model=CostModel(platform), record_events=True
+    )
 
 
 def test_timeline_data_of_an_offload_run(offload_result: Result) -> None:
@@ -53,7 +54,7 @@ def test_timeline_data_of_an_offload_run(offload_result: Result) -> None:
     assert events is not None and info.n_events == len(events) and not info.truncated
     assert info.lanes == ["0:h100-sxm / compute", "0:h100-sxm / copy"]
     assert {"attention", "router", "fetch"} <= set(info.kinds)
-    assert info.kinds.index("attention") < info.kinds.index("fetch")     # fixed legend order
+    assert info.kinds.index("attention") < info.kinds.index("fetch")  # fixed legend order
     # every bar lies in the window, and busy time per lane never exceeds the window
     assert all(info.t0_s <= b["start_s"] <= b["end_s"] <= info.t1_s for b in info.bars)
     for lane, busy in info.busy_s.items():
@@ -103,7 +104,8 @@ def test_cost_breakdown_matches_events_and_summary(offload_result: Result) -> No
     ev = offload_result.events_frame()
     for kind in cb.kinds:
         assert sum(per.get(kind, 0.0) for per in cb.seconds.values()) == pytest.approx(
-            float((ev.end_s - ev.start_s)[ev.kind == kind].sum()))
+            float((ev.end_s - ev.start_s)[ev.kind == kind].sum())
+        )
     assert cb.makespan_s == pytest.approx(offload_result["makespan_s"])
     assert cb.bytes_moved == pytest.approx(offload_result["bytes_moved"])
     assert cb.energy_j_per_token > 0
@@ -115,17 +117,29 @@ def test_cost_breakdown_matches_events_and_summary(offload_result: Result) -> No
 
 def test_errors_and_html(tmp_path: Path, offload_result: Result) -> None:
     with pytest.raises(ValueError, match="record_events=True"):
-        timeline_info(Result(requests=offload_result.requests, steps=offload_result.steps,
-                             summary=offload_result.summary, config={}, config_hash="x", events=None))
+        timeline_info(
+            Result(
+                requests=offload_result.requests,
+                steps=offload_result.steps,
+                summary=offload_result.summary,
+                config={},
+                config_hash="x",
+                events=None,
+            )
+        )
     with pytest.raises(ValueError, match="end_s >= start_s"):
         timeline_info([Event("0:x", "compute", "attention", 2.0, 1.0, "bad")])
     with pytest.raises(ValueError, match="fields"):
         timeline_info([("0:x", "compute", 1.0)])
-    info = timeline_info([Event("0:x", "compute", "attention", 0.0, 1.0, "a"),
-                          Event("0:x", "compute", "attention", 0.5, 1.5, "b"),
-                          Event("host", "cpu", "cpu_expert", 0.2, 0.4, "c")])
+    info = timeline_info(
+        [
+            Event("0:x", "compute", "attention", 0.0, 1.0, "a"),
+            Event("0:x", "compute", "attention", 0.5, 1.5, "b"),
+            Event("host", "cpu", "cpu_expert", 0.2, 0.4, "c"),
+        ]
+    )
     assert info.busy_s == {"0:x / compute": pytest.approx(1.5), "host / cpu": pytest.approx(0.2)}
     assert info.lanes == ["0:x / compute", "host / cpu"]
     path = write_html(plot_timeline(timeline_info(offload_result)), tmp_path / "sub" / "timeline.html")
     text = path.read_text()
-    assert "<html>" in text[:200] and "plotly" in text and len(text) > 1_000_000   # plotly.js inline
+    assert "<html>" in text[:200] and "plotly" in text and len(text) > 1_000_000  # plotly.js inline

@@ -63,8 +63,11 @@ def test_real_cpu_calibration_tiny(cpu_profile: Any) -> None:
 
 def test_tiny_sweep_measures_growth_with_tokens(cpu_profile: Any) -> None:
     """More tokens take longer (the measurements are real, not constants)."""
-    up = sorted((s.shape["m"], s.time_s) for s in cpu_profile.samples
-                if s.kind == "gemm" and s.op == "up" and s.shape["k"] == 128)
+    up = sorted(
+        (s.shape["m"], s.time_s)
+        for s in cpu_profile.samples
+        if s.kind == "gemm" and s.op == "up" and s.shape["k"] == 128
+    )
     assert up[-1][1] > 3 * up[0][1]
 
 
@@ -106,8 +109,9 @@ class FakeEvent:
 
 def test_cuda_event_timer_uses_events_and_ms() -> None:
     clock = [0.0]
-    fake_torch = SimpleNamespace(cuda=SimpleNamespace(Event=lambda enable_timing=False: FakeEvent(clock,
-                                                                                                   enable_timing)))
+    fake_torch = SimpleNamespace(
+        cuda=SimpleNamespace(Event=lambda enable_timing=False: FakeEvent(clock, enable_timing))
+    )
 
     def kernel() -> None:
         clock[0] += 0.25  # 0.25 ms of GPU time per call
@@ -117,8 +121,8 @@ def test_cuda_event_timer_uses_events_and_ms() -> None:
 
 def test_cpu_timer_retries_descheduled_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
     """A measurement during which the process got little CPU time is retried, then kept."""
-    wall = iter([0, 1000, 2000, 3000, 4000, 5000])          # 1000 ns wall per measurement
-    cpu = iter([0, 300, 1000, 2000, 2000, 2990])            # 300 ns, 1000 ns, 990 ns of CPU
+    wall = iter([0, 1000, 2000, 3000, 4000, 5000])  # 1000 ns wall per measurement
+    cpu = iter([0, 300, 1000, 2000, 2000, 2990])  # 300 ns, 1000 ns, 990 ns of CPU
     monkeypatch.setattr("time.perf_counter_ns", lambda: next(wall))
     monkeypatch.setattr("time.process_time_ns", lambda: next(cpu))
     timer = CpuTimer(check_threads=1, min_busy=0.95)
@@ -199,8 +203,13 @@ class FakeGpuBackend:
         return FakeClockTimer()
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"gpu_name": "NVIDIA A100-SXM4-80GB", "cuda_version": "12.4", "pcie_gen": 4, "pcie_width": 16,
-                "torch_version": "fake"}
+        return {
+            "gpu_name": "NVIDIA A100-SXM4-80GB",
+            "cuda_version": "12.4",
+            "pcie_gen": 4,
+            "pcie_width": 16,
+            "torch_version": "fake",
+        }
 
     def device_name(self) -> str:
         return "NVIDIA A100-SXM4-80GB"
@@ -235,8 +244,9 @@ def test_unknown_gpu_needs_given_peaks() -> None:
     plan = SweepPlan.tiny()
     with pytest.raises(CalibrationError, match="--peak-tflops"):
         run_calibration(RunConfig(device="cuda", plan=plan), backend=Unknown())
-    prof = run_calibration(RunConfig(device="cuda", plan=plan, peak_flops=400e12, peak_memory_Bps=3e12),
-                           backend=Unknown())
+    prof = run_calibration(
+        RunConfig(device="cuda", plan=plan, peak_flops=400e12, peak_memory_Bps=3e12), backend=Unknown()
+    )
     assert prof.peaks.flops == 400e12 and "assumption" in prof.peaks.link_source
 
 
@@ -249,12 +259,27 @@ def test_sweep_interleaves_repeats_within_a_family() -> None:
                 def run() -> float:
                     order.append(m)
                     return 1e-3
+
                 return run
+
             return [make(m) for m in ms]
 
-    plan = SweepPlan(name="t", expert_shapes=((8, 8),), heldout_shapes=(), tokens=(1, 2), heldout_every=2,
-                     ffn_shape=(8, 8), ffn_tokens=(), grouped_tokens=(), act_tokens=(), stream_bytes=(),
-                     copy_bytes=(), warmup=1, repeats=3, min_time_s=0.0)
+    plan = SweepPlan(
+        name="t",
+        expert_shapes=((8, 8),),
+        heldout_shapes=(),
+        tokens=(1, 2),
+        heldout_every=2,
+        ffn_shape=(8, 8),
+        ffn_tokens=(),
+        grouped_tokens=(),
+        act_tokens=(),
+        stream_bytes=(),
+        copy_bytes=(),
+        warmup=1,
+        repeats=3,
+        min_time_s=0.0,
+    )
     samples = run_sweep(Recording(), plan)
     assert len(samples) == 4
     up = order[: len(order) // 2]
@@ -290,10 +315,14 @@ def test_cpu_fingerprint_and_nominal_peak() -> None:
 
 def test_gpu_fingerprint_with_fake_torch() -> None:
     props = SimpleNamespace(total_memory=80 * 2**30, multi_processor_count=132)
-    fake = SimpleNamespace(cuda=SimpleNamespace(get_device_properties=lambda i: props,
-                                                get_device_name=lambda i: "NVIDIA H100 80GB HBM3",
-                                                get_device_capability=lambda i: (9, 0)),
-                           version=SimpleNamespace(cuda="12.4"))
+    fake = SimpleNamespace(
+        cuda=SimpleNamespace(
+            get_device_properties=lambda i: props,
+            get_device_name=lambda i: "NVIDIA H100 80GB HBM3",
+            get_device_capability=lambda i: (9, 0),
+        ),
+        version=SimpleNamespace(cuda="12.4"),
+    )
     fp = gpu_fingerprint(fake)
     assert fp["gpu_name"] == "NVIDIA H100 80GB HBM3" and fp["gpu_capability"] == "9.0"
     assert fp["gpu_sms"] == 132 and fp["cuda_version"] == "12.4"
@@ -315,8 +344,20 @@ def test_log_tokens_and_plans() -> None:
     assert min(quick.tokens) == 1 and max(quick.tokens) == 4096
     assert quick.n_kernels(with_copies=True) > quick.n_kernels(with_copies=False)
     with pytest.raises(CalibrationError, match="repeats"):
-        SweepPlan(name="bad", expert_shapes=(), heldout_shapes=(), tokens=(1,), heldout_every=2, ffn_shape=(1, 1),
-                  ffn_tokens=(), grouped_tokens=(), act_tokens=(), stream_bytes=(), copy_bytes=(), repeats=0)
+        SweepPlan(
+            name="bad",
+            expert_shapes=(),
+            heldout_shapes=(),
+            tokens=(1,),
+            heldout_every=2,
+            ffn_shape=(1, 1),
+            ffn_tokens=(),
+            grouped_tokens=(),
+            act_tokens=(),
+            stream_bytes=(),
+            copy_bytes=(),
+            repeats=0,
+        )
 
 
 def test_module_does_not_import_torch_at_import_time() -> None:
@@ -325,15 +366,15 @@ def test_module_does_not_import_torch_at_import_time() -> None:
     assert out.strip() == "False"
 
 
-
 # ------------------------------------------------------------------------------------ CUDA backend on a fake torch
 
 
 class FakeTensor:
     """Records what the CUDA backend asks torch to do (device, pinned host memory, async copies)."""
 
-    def __init__(self, log: list[tuple[Any, ...]], shape: tuple[int, ...], device: str = "cpu",
-                 pinned: bool = False) -> None:
+    def __init__(
+        self, log: list[tuple[Any, ...]], shape: tuple[int, ...], device: str = "cpu", pinned: bool = False
+    ) -> None:
         self.log, self.shape, self.device, self.pinned = log, shape, device, pinned
 
     def to(self, device: str = "cpu", dtype: Any = None) -> FakeTensor:
@@ -355,8 +396,9 @@ class FakeTensor:
 
 
 def make_fake_torch(log: list[tuple[Any, ...]]) -> SimpleNamespace:
-    def tensor(*shape: int, device: str = "cpu", dtype: Any = None, pin_memory: bool = False,
-               generator: Any = None) -> FakeTensor:
+    def tensor(
+        *shape: int, device: str = "cpu", dtype: Any = None, pin_memory: bool = False, generator: Any = None
+    ) -> FakeTensor:
         if pin_memory:
             log.append(("pinned_alloc", shape))
         return FakeTensor(log, tuple(shape), device, pin_memory)
@@ -370,13 +412,25 @@ def make_fake_torch(log: list[tuple[Any, ...]]) -> SimpleNamespace:
             return self
 
     return SimpleNamespace(
-        float32="f32", bfloat16="bf16", float16="f16", uint8="u8", __version__="fake",
-        cuda=SimpleNamespace(is_available=lambda: True, synchronize=lambda: log.append(("sync",)),
-                             Event=lambda enable_timing=False: FakeEvent([0.0], enable_timing)),
-        Generator=Gen, randn=tensor, empty=tensor, ones=tensor,
-        empty_like=lambda t: FakeTensor(log, t.shape, t.device), matmul=matmul,
+        float32="f32",
+        bfloat16="bf16",
+        float16="f16",
+        uint8="u8",
+        __version__="fake",
+        cuda=SimpleNamespace(
+            is_available=lambda: True,
+            synchronize=lambda: log.append(("sync",)),
+            Event=lambda enable_timing=False: FakeEvent([0.0], enable_timing),
+        ),
+        Generator=Gen,
+        randn=tensor,
+        empty=tensor,
+        ones=tensor,
+        empty_like=lambda t: FakeTensor(log, t.shape, t.device),
+        matmul=matmul,
         nn=SimpleNamespace(functional=SimpleNamespace(silu=lambda t: t)),
-        set_num_threads=lambda n: None, get_num_threads=lambda: 1,
+        set_num_threads=lambda n: None,
+        get_num_threads=lambda: 1,
     )
 
 
@@ -391,9 +445,9 @@ def test_cuda_backend_builds_device_kernels_and_async_pinned_copies() -> None:
     assert log[-1] == ("matmul", "cuda", "cuda", True)
     be.h2d(4096, pinned=True)()
     assert ("pinned_alloc", (4096,)) in log
-    assert log[-1] == ("copy", "cpu", True, "cuda", True)        # pinned host -> device, asynchronous
+    assert log[-1] == ("copy", "cpu", True, "cuda", True)  # pinned host -> device, asynchronous
     be.h2d(4096, pinned=False)()
-    assert log[-1] == ("copy", "cpu", False, "cuda", False)      # pageable host -> device
+    assert log[-1] == ("copy", "cpu", False, "cuda", False)  # pageable host -> device
     be.stream(1 << 20)()
     assert log[-1][0] == "copy" and log[-1][1] == "cuda" and log[-1][3] == "cuda"
     be.ffn(4, 64, 128, cold_bytes=1)()
@@ -440,10 +494,21 @@ def test_run_calibration_restores_torch_threads() -> None:
     import torch
 
     before = torch.get_num_threads()
-    plan = SweepPlan(name="t", expert_shapes=((16, 32),), heldout_shapes=(), tokens=(1, 2, 4, 8, 16, 32),
-                     heldout_every=9,
-                     ffn_shape=(16, 32), ffn_tokens=(), grouped_tokens=(), act_tokens=(), stream_bytes=(),
-                     copy_bytes=(), repeats=1, min_time_s=1e-5)
+    plan = SweepPlan(
+        name="t",
+        expert_shapes=((16, 32),),
+        heldout_shapes=(),
+        tokens=(1, 2, 4, 8, 16, 32),
+        heldout_every=9,
+        ffn_shape=(16, 32),
+        ffn_tokens=(),
+        grouped_tokens=(),
+        act_tokens=(),
+        stream_bytes=(),
+        copy_bytes=(),
+        repeats=1,
+        min_time_s=1e-5,
+    )
     with pytest.raises(CalibrationError, match="no memory bandwidth"):
         run_calibration(RunConfig(device="cpu", plan=plan, threads=1))
     assert torch.get_num_threads() == before
@@ -453,10 +518,10 @@ def test_run_calibration_restores_torch_threads() -> None:
 
 def test_cpu_runs_default_to_one_thread_and_the_process_clock() -> None:
     assert resolve_cpu_timing("cpu", None, None) == (1, "process")
-    assert resolve_cpu_timing("cpu", 2, None) == (2, "wall")          # several threads: wall clock only
-    assert resolve_cpu_timing("cpu", None, "wall") == (1, "wall")      # the flags override
+    assert resolve_cpu_timing("cpu", 2, None) == (2, "wall")  # several threads: wall clock only
+    assert resolve_cpu_timing("cpu", None, "wall") == (1, "wall")  # the flags override
     assert resolve_cpu_timing("cpu", 1, "process") == (1, "process")
-    assert resolve_cpu_timing("cuda", None, None) == (None, "wall")    # GPU: torch's threads, CUDA events
+    assert resolve_cpu_timing("cuda", None, None) == (None, "wall")  # GPU: torch's threads, CUDA events
 
 
 def test_run_calibration_uses_the_cpu_defaults() -> None:

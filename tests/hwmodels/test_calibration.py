@@ -42,8 +42,7 @@ def synthetic(noise: float = 0.02, outliers: int = 4, seed: int = 0) -> list[Sam
     for k, n in SHAPES:
         for m in TOKENS:
             t = float(TRUE.predict_s(m, k, n, peak_flops=PEAK, dtype_bytes=B)) * math.exp(rng.normal(0, noise))
-            out.append(Sample(kind="gemm", op="up", shape={"m": m, "k": k, "n": n}, time_s=t,
-                              heldout=(m in (8, 512))))
+            out.append(Sample(kind="gemm", op="up", shape={"m": m, "k": k, "n": n}, time_s=t, heldout=(m in (8, 512))))
     for i in rng.choice(len(out), size=outliers, replace=False):
         s = out[int(i)]
         out[int(i)] = Sample(kind=s.kind, op=s.op, shape=s.shape, time_s=3.0 * s.time_s, heldout=s.heldout)
@@ -53,10 +52,17 @@ def synthetic(noise: float = 0.02, outliers: int = 4, seed: int = 0) -> list[Sam
 
 
 def make_profile(samples: list[Sample] | None = None) -> CalibrationProfile:
-    return fit_profile(name="synthetic", device_name="test-cpu", device_kind="cpu", dtype="fp32", dtype_bytes=B,
-                       peaks=Peaks(flops=PEAK, flops_source="test", memory_Bps=25e9, memory_source="test"),
-                       samples=synthetic() if samples is None else samples, fingerprint={"cpu_model": "test"},
-                       heldout_rule="m in (8, 512)")
+    return fit_profile(
+        name="synthetic",
+        device_name="test-cpu",
+        device_kind="cpu",
+        dtype="fp32",
+        dtype_bytes=B,
+        peaks=Peaks(flops=PEAK, flops_source="test", memory_Bps=25e9, memory_source="test"),
+        samples=synthetic() if samples is None else samples,
+        fingerprint={"cpu_model": "test"},
+        heldout_rule="m in (8, 512)",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +85,12 @@ def test_fit_recovers_known_gemm_parameters(profile: CalibrationProfile) -> None
 def test_least_squares_without_robust_loss_would_be_pulled_by_outliers() -> None:
     """The outliers are real: a fit with a huge f_scale (plain least squares) is further off."""
     samples = [s for s in synthetic(outliers=12) if s.kind == "gemm"]
-    args = ([s.shape["m"] for s in samples], [s.shape["k"] for s in samples], [s.shape["n"] for s in samples],
-            [s.time_s for s in samples])
+    args = (
+        [s.shape["m"] for s in samples],
+        [s.shape["k"] for s in samples],
+        [s.shape["n"] for s in samples],
+        [s.time_s for s in samples],
+    )
     robust = fit_gemm(*args, peak_flops=PEAK, dtype_bytes=B)
     plain = fit_gemm(*args, peak_flops=PEAK, dtype_bytes=B, f_scale=1e3)
     assert abs(robust.eff_compute - TRUE.eff_compute) < abs(plain.eff_compute - TRUE.eff_compute)
@@ -116,11 +126,18 @@ def test_copy_efficiency_from_fit() -> None:
     samples = synthetic()
     for is_pinned, bw in ((True, 24e9), (False, 12e9)):
         for nb in (2**12, 2**16, 2**20, 2**24, 2**28):
-            samples.append(Sample(kind="copy", op="h2d", shape={"n_bytes": nb, "pinned": is_pinned},
-                                  time_s=10e-6 + nb / bw))
-    prof = fit_profile(name="gpu", device_name="fake", device_kind="gpu", dtype="bf16", dtype_bytes=2,
-                       peaks=Peaks(flops=PEAK, flops_source="t", memory_Bps=1e12, memory_source="t", link_Bps=32e9,
-                                   link_source="t"), samples=samples)
+            samples.append(
+                Sample(kind="copy", op="h2d", shape={"n_bytes": nb, "pinned": is_pinned}, time_s=10e-6 + nb / bw)
+            )
+    prof = fit_profile(
+        name="gpu",
+        device_name="fake",
+        device_kind="gpu",
+        dtype="bf16",
+        dtype_bytes=2,
+        peaks=Peaks(flops=PEAK, flops_source="t", memory_Bps=1e12, memory_source="t", link_Bps=32e9, link_source="t"),
+        samples=samples,
+    )
     sizes = np.array([1e3, 1e6, 1e9])
     pinned = prof.copy(sizes, pinned=True)
     pageable = prof.copy(sizes, pinned=False)
@@ -145,21 +162,25 @@ def _write(tmp_path: Path, data: object) -> Path:
     return p
 
 
-@pytest.mark.parametrize(("mutate", "message"), [
-    (lambda d: d.pop("peaks"), "missing field 'peaks'"),
-    (lambda d: d.update(version=99), "unsupported profile version 99"),
-    (lambda d: d.update(format="other"), "field 'format'"),
-    (lambda d: d["peaks"].update(flops=-1.0), "peaks: field 'flops' must be > 0"),
-    (lambda d: d["fit"]["gemm"].update(eff_compute=1.5), "fit.gemm: field 'eff_compute' must be in (0, 1]"),
-    (lambda d: d["fit"]["gemm"].update(sharpness="x"), "fit.gemm: field 'sharpness' must be int or float"),
-    (lambda d: d["samples"][3].update(kind="warp"), "samples[3]: sample kind 'warp' unknown"),
-    (lambda d: d["samples"][2]["shape"].pop("k"), "samples[2]: gemm sample 'up': shape lacks ['k']"),
-    (lambda d: d["samples"][1].update(time_s=0), "samples[1]: gemm sample 'up': time_s must be a positive"),
-    (lambda d: d.update(device_kind="tpu"), "field 'device_kind' must be 'cpu' or 'gpu'"),
-    (lambda d: d["fit"]["memory"].update(dram={"t0_s": 0, "bandwidth_Bps": 1}), "fit.memory key 'dram' unknown"),
-])
-def test_bad_files_name_file_and_field(tmp_path: Path, profile: CalibrationProfile, mutate: object,
-                                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.pop("peaks"), "missing field 'peaks'"),
+        (lambda d: d.update(version=99), "unsupported profile version 99"),
+        (lambda d: d.update(format="other"), "field 'format'"),
+        (lambda d: d["peaks"].update(flops=-1.0), "peaks: field 'flops' must be > 0"),
+        (lambda d: d["fit"]["gemm"].update(eff_compute=1.5), "fit.gemm: field 'eff_compute' must be in (0, 1]"),
+        (lambda d: d["fit"]["gemm"].update(sharpness="x"), "fit.gemm: field 'sharpness' must be int or float"),
+        (lambda d: d["samples"][3].update(kind="warp"), "samples[3]: sample kind 'warp' unknown"),
+        (lambda d: d["samples"][2]["shape"].pop("k"), "samples[2]: gemm sample 'up': shape lacks ['k']"),
+        (lambda d: d["samples"][1].update(time_s=0), "samples[1]: gemm sample 'up': time_s must be a positive"),
+        (lambda d: d.update(device_kind="tpu"), "field 'device_kind' must be 'cpu' or 'gpu'"),
+        (lambda d: d["fit"]["memory"].update(dram={"t0_s": 0, "bandwidth_Bps": 1}), "fit.memory key 'dram' unknown"),
+    ],
+)
+def test_bad_files_name_file_and_field(
+    tmp_path: Path, profile: CalibrationProfile, mutate: object, message: str
+) -> None:
     data = profile.to_dict()
     mutate(data)  # type: ignore[operator]
     path = _write(tmp_path, data)
@@ -203,8 +224,9 @@ def test_shipped_profiles_load_and_keep_the_device_name() -> None:
         assert prof.samples == ()
         eff = prof.gemm(np.array([1, 64, 4096]), 4096, 14336)
         assert np.all((eff > 0) & (eff <= 1)) and np.all(np.diff(eff) > 0)
-    assert load_default_profile("h100").predict_gemm_s(4096, 4096, 14336) < load_default_profile(
-        "a100").predict_gemm_s(4096, 4096, 14336)
+    assert load_default_profile("h100").predict_gemm_s(4096, 4096, 14336) < load_default_profile("a100").predict_gemm_s(
+        4096, 4096, 14336
+    )
     with pytest.raises(CalibrationError, match="valid"):
         load_default_profile("v100")
 
@@ -244,8 +266,10 @@ def test_shipped_profiles_plug_into_the_cost_model() -> None:
 def test_fit_with_huge_spurious_t0_is_flagged_absurd() -> None:
     """Timings disturbed as on a busy machine (4.6 ms added to every fitted GEMM but the m = 1 ones)
     make the robust fit put t0 near 4.6 ms, far above the fastest measured GEMM: flagged."""
-    bad = [replace(s, time_s=s.time_s + 4.6e-3) if s.kind == "gemm" and not s.heldout and s.shape["m"] > 1 else s
-           for s in synthetic()]
+    bad = [
+        replace(s, time_s=s.time_s + 4.6e-3) if s.kind == "gemm" and not s.heldout and s.shape["m"] > 1 else s
+        for s in synthetic()
+    ]
     prof = make_profile(bad)
     q = prof.quality
     assert prof.gemm_fit.t0_s > 3e-3 and q["status"] == "absurd"

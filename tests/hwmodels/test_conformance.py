@@ -39,8 +39,19 @@ from workloads import MoEModel, get_model
 TOKENS = np.array([0, 1, 2, 3, 5, 8, 16, 31, 64, 100, 128, 257, 512, 1000, 2048, 4096, 8192])
 BYTES = np.concatenate([[0.0], np.logspace(0, 11, 60)])
 MODELS = (get_model("mixtral-8x7b"), get_model("deepseek-v2-lite"), get_model("switch-base-128"))
-VIT = MoEModel(name="vit-moe", n_layers=12, d_model=192, n_heads=3, n_kv_heads=3, head_dim=64, expert_ffn_dim=384,
-               n_experts=16, top_k=2, gated=False, vocab_size=1000)
+VIT = MoEModel(
+    name="vit-moe",
+    n_layers=12,
+    d_model=192,
+    n_heads=3,
+    n_kv_heads=3,
+    head_dim=64,
+    expert_ffn_dim=384,
+    n_experts=16,
+    top_k=2,
+    gated=False,
+    vocab_size=1000,
+)
 
 
 class FakeEfficiency:
@@ -70,8 +81,15 @@ SETUPS = ["roofline", "calibrated-default", "calibrated-fake", *(f"profile:{n}" 
 
 
 def _platform_for(device: Device) -> Platform:
-    return Platform(name=f"conformance-{device.name}", accelerators=(device,), host=None, host_link=None,
-                    peer_link=None, cost_per_hour_usd=1.0, source="test")
+    return Platform(
+        name=f"conformance-{device.name}",
+        accelerators=(device,),
+        host=None,
+        host_link=None,
+        peer_link=None,
+        cost_per_hour_usd=1.0,
+        source="test",
+    )
 
 
 def make_cost_model(setup: str, device: Device) -> CostModel:
@@ -106,14 +124,16 @@ def device_ops(device: Device) -> dict[str, Op]:
     for tier in device.tiers:
         ops[f"expert_ffn@{tier.name}"] = lambda cm, d, n, t=tier.name: cm.expert_ffn(d, MODELS[0], n, weights_tier=t)
         if tier.name != device.weights_tier:
-            ops[f"tier_copy:{tier.name}->{device.weights_tier}"] = (
-                lambda cm, d, n, t=tier.name: cm.tier_copy(d, t, d.weights_tier, n * 1e5))
+            ops[f"tier_copy:{tier.name}->{device.weights_tier}"] = lambda cm, d, n, t=tier.name: cm.tier_copy(
+                d, t, d.weights_tier, n * 1e5
+            )
     if device.kind == "cpu":
         ops["cpu_expert"] = lambda cm, d, n: cm.cpu_expert(d, MODELS[0], n)
     if device.kind == "rdu":
         for tier in device.tiers:
-            ops[f"rdu_expert@{tier.name}"] = lambda cm, d, n, t=tier.name: cm.rdu_expert(d, MODELS[0], n,
-                                                                                          weights_tier=t)
+            ops[f"rdu_expert@{tier.name}"] = lambda cm, d, n, t=tier.name: cm.rdu_expert(
+                d, MODELS[0], n, weights_tier=t
+            )
     if device.kind == "fpga":
         for reorder in (True, False):
             ops[f"fpga_expert/{reorder}"] = lambda cm, d, n, r=reorder: cm.fpga_expert(d, VIT, n, reorder=r)
@@ -135,18 +155,29 @@ def _stack(costs: list[OpCost], shape: tuple[int, ...]) -> OpCost:
     def field(name: str) -> Any:
         return np.array([getattr(c, name) for c in costs], dtype=np.float64).reshape(shape)
 
-    return OpCost(compute_s=field("compute_s"), memory_s=field("memory_s"), comm_s=field("comm_s"),
-                  energy_J=field("energy_J"), source=costs[0].source)
+    return OpCost(
+        compute_s=field("compute_s"),
+        memory_s=field("memory_s"),
+        comm_s=field("comm_s"),
+        energy_J=field("energy_J"),
+        source=costs[0].source,
+    )
 
 
 def faster(device: Device) -> Device:
     """The same device with twice the FLOP/s (or DSPs) and twice every tier's bandwidth."""
     tiers = tuple(dataclasses.replace(t, bandwidth_Bps=2 * t.bandwidth_Bps) for t in device.tiers)
     if device.kind == "fpga":
-        return dataclasses.replace(device, name=device.name + "-2x", tiers=tiers, dsp_count=2 * device.dsp_count,
-                                   peak_flops={k: 2 * v for k, v in device.peak_flops.items()})
-    return dataclasses.replace(device, name=device.name + "-2x", tiers=tiers,
-                               peak_flops={k: 2 * v for k, v in device.peak_flops.items()})
+        return dataclasses.replace(
+            device,
+            name=device.name + "-2x",
+            tiers=tiers,
+            dsp_count=2 * device.dsp_count,
+            peak_flops={k: 2 * v for k, v in device.peak_flops.items()},
+        )
+    return dataclasses.replace(
+        device, name=device.name + "-2x", tiers=tiers, peak_flops={k: 2 * v for k, v in device.peak_flops.items()}
+    )
 
 
 FIELDS = ("compute_s", "memory_s", "comm_s", "energy_J")
@@ -230,8 +261,15 @@ LINK_SETUPS = ["roofline", "calibrated-default", "calibrated-fake"]
 
 def link_cost_model(setup: str, link: Link) -> CostModel:
     dev = get_device("h100-sxm")
-    plat = Platform(name="conformance-link", accelerators=(dev, dev), host=get_device("spr-2s"), host_link=link,
-                    peer_link=link, cost_per_hour_usd=1.0, source="test")
+    plat = Platform(
+        name="conformance-link",
+        accelerators=(dev, dev),
+        host=get_device("spr-2s"),
+        host_link=link,
+        peer_link=link,
+        cost_per_hour_usd=1.0,
+        source="test",
+    )
     if setup == "roofline":
         return CostModel(plat, fidelity="roofline")
     if setup == "calibrated-fake":
@@ -272,16 +310,20 @@ class TestLinkConformance:
             assert np.all(t >= np.asarray(op(roof, link, BYTES).total_s) * (1 - 1e-12)), name
 
     def test_faster_link_never_slower(self, link: Link, link_setup: str) -> None:
-        fast = dataclasses.replace(link, name=link.name + "-2x", bandwidth_Bps=2 * link.bandwidth_Bps,
-                                   efficiency_points=tuple((b, 2 * r) for b, r in link.efficiency_points),
-                                   pageable_efficiency_points=tuple((b, 2 * r)
-                                                                    for b, r in link.pageable_efficiency_points))
+        fast = dataclasses.replace(
+            link,
+            name=link.name + "-2x",
+            bandwidth_Bps=2 * link.bandwidth_Bps,
+            efficiency_points=tuple((b, 2 * r) for b, r in link.efficiency_points),
+            pageable_efficiency_points=tuple((b, 2 * r) for b, r in link.pageable_efficiency_points),
+        )
         cm, cm_fast = link_cost_model(link_setup, link), link_cost_model(link_setup, fast)
         if link_setup == "calibrated-fake":
             cm_fast = CostModel(cm_fast.platform, profiles={fast.name: FakeEfficiency()})
         for name, op in link_ops().items():
-            assert np.all(np.asarray(op(cm_fast, fast, BYTES).total_s) <= np.asarray(op(cm, link, BYTES).total_s)
-                          * (1 + 1e-12)), name
+            assert np.all(
+                np.asarray(op(cm_fast, fast, BYTES).total_s) <= np.asarray(op(cm, link, BYTES).total_s) * (1 + 1e-12)
+            ), name
 
     def test_picklable(self, link: Link, link_setup: str) -> None:
         cm = link_cost_model(link_setup, link)
@@ -290,8 +332,11 @@ class TestLinkConformance:
 
 
 @settings(max_examples=60, deadline=None)
-@given(sizes=st.lists(st.floats(min_value=0.0, max_value=1e12, allow_nan=False), min_size=2, max_size=30),
-       name=st.sampled_from(link_preset_names()), pinned=st.booleans())
+@given(
+    sizes=st.lists(st.floats(min_value=0.0, max_value=1e12, allow_nan=False), min_size=2, max_size=30),
+    name=st.sampled_from(link_preset_names()),
+    pinned=st.booleans(),
+)
 def test_transfer_monotone_property(sizes: list[float], name: str, pinned: bool) -> None:
     link = get_link(name)
     cm = link_cost_model("calibrated-default", link)
@@ -303,8 +348,11 @@ def test_transfer_monotone_property(sizes: list[float], name: str, pinned: bool)
 
 
 @settings(max_examples=60, deadline=None)
-@given(tokens=st.lists(st.integers(min_value=0, max_value=200_000), min_size=2, max_size=30),
-       name=st.sampled_from(device_preset_names()), model=st.sampled_from([m.name for m in MODELS]))
+@given(
+    tokens=st.lists(st.integers(min_value=0, max_value=200_000), min_size=2, max_size=30),
+    name=st.sampled_from(device_preset_names()),
+    model=st.sampled_from([m.name for m in MODELS]),
+)
 def test_expert_ffn_monotone_property(tokens: list[int], name: str, model: str) -> None:
     dev = get_device(name)
     cm = CostModel(_platform_for(dev))
@@ -322,5 +370,7 @@ def test_newer_gpus_are_never_slower() -> None:
         for setup in ("roofline", "calibrated-default"):
             cm_f, cm_s = make_cost_model(setup, fast), make_cost_model(setup, slow)
             for name, op in device_ops(slow).items():
-                assert np.all(np.asarray(op(cm_f, fast, TOKENS).total_s)
-                              <= np.asarray(op(cm_s, slow, TOKENS).total_s) * (1 + 1e-12)), (fast_name, name)
+                assert np.all(
+                    np.asarray(op(cm_f, fast, TOKENS).total_s)
+                    <= np.asarray(op(cm_s, slow, TOKENS).total_s) * (1 + 1e-12)
+                ), (fast_name, name)

@@ -16,9 +16,20 @@ from hwmodels.costs import ACTIVATION_BYTES, LinkCurve
 from workloads import MoEModel, get_model
 
 MIXTRAL = get_model("mixtral-8x7b")
-VIT_MOE = MoEModel(name="vit-moe-edge", n_layers=12, d_model=192, n_heads=3, n_kv_heads=3, head_dim=64,
-                   expert_ffn_dim=384, n_experts=16, top_k=2, gated=False, vocab_size=1000,
-                   source="Edge-MoE include/model.hpp (hardware-and-papers.md s.3.2)")
+VIT_MOE = MoEModel(
+    name="vit-moe-edge",
+    n_layers=12,
+    d_model=192,
+    n_heads=3,
+    n_kv_heads=3,
+    head_dim=64,
+    expert_ffn_dim=384,
+    n_experts=16,
+    top_k=2,
+    gated=False,
+    vocab_size=1000,
+    source="Edge-MoE include/model.hpp (hardware-and-papers.md s.3.2)",
+)
 
 
 def h100() -> tuple[CostModel, CostModel]:
@@ -320,8 +331,17 @@ def test_expert_ffn_against_vidur_measurements(shared_dir: Path, gpu: str, platf
     roof, cal = CostModel(plat, fidelity="roofline"), CostModel(plat)
     for tp, group in df.groupby("num_tensor_parallel_workers"):
         degree = int(str(tp))
-        model = MoEModel(name=f"llama2-7b-mlp-tp{degree}", n_layers=1, d_model=4096, n_heads=32, n_kv_heads=32,
-                         head_dim=128, expert_ffn_dim=11008 // degree, n_experts=1, top_k=1)
+        model = MoEModel(
+            name=f"llama2-7b-mlp-tp{degree}",
+            n_layers=1,
+            d_model=4096,
+            n_heads=32,
+            n_kv_heads=32,
+            head_dim=128,
+            expert_ffn_dim=11008 // degree,
+            n_experts=1,
+            top_k=1,
+        )
         tokens = group["num_tokens"].to_numpy()
         measured = group["t_s"].to_numpy()
         assert np.all(roof.expert_ffn(dev, model, tokens).total_s <= measured)
@@ -378,8 +398,11 @@ def test_copy_efficiency_sources_in_order() -> None:
     assert "link-curve" in fallback.source
     # the accelerator's profile is not used for other links (an NVLink between GPUs)
     nv = get_link("nvlink4")
-    assert CostModel(plat, profiles={"h100-sxm": Measured()}).transfer(nv, n).source.startswith(
-        "calibrated:link-curve:nvlink4")
+    assert (
+        CostModel(plat, profiles={"h100-sxm": Measured()})
+        .transfer(nv, n)
+        .source.startswith("calibrated:link-curve:nvlink4")
+    )
     by_link = CostModel(plat, profiles={"nvlink4": Measured()}).transfer(nv, n)
     assert by_link.source == "calibrated:measured:transfer"
 

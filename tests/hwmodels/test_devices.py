@@ -25,11 +25,13 @@ from hwmodels import (
 
 
 def test_required_presets_exist() -> None:
-    assert {"a100-80gb", "h100-sxm", "h200", "spr-2s", "epyc-9004-2s", "sn40l", "zcu104",
-            "alveo-u280"} <= set(device_preset_names())
+    assert {"a100-80gb", "h100-sxm", "h200", "spr-2s", "epyc-9004-2s", "sn40l", "zcu104", "alveo-u280"} <= set(
+        device_preset_names()
+    )
     assert {"pcie-gen4-x16", "pcie-gen5-x16", "nvlink3", "nvlink4"} <= set(link_preset_names())
-    assert {"h100-pcie5-host", "dgx-h100", "dgx-a100", "sn40l-node", "zcu104-board",
-            "cpu-server"} <= set(platform_preset_names())
+    assert {"h100-pcie5-host", "dgx-h100", "dgx-a100", "sn40l-node", "zcu104-board", "cpu-server"} <= set(
+        platform_preset_names()
+    )
 
 
 @pytest.mark.parametrize("name", device_preset_names())
@@ -144,11 +146,20 @@ def test_dataclasses_are_frozen_keyword_only_hashable_picklable() -> None:
 
 
 def test_constructor_validation() -> None:
-    tier = MemoryTier(name="hbm", capacity_bytes=1e9, bandwidth_Bps=1e12, latency_s=0.0, energy_J_per_byte=0.0,
-                      source="t")
+    tier = MemoryTier(
+        name="hbm", capacity_bytes=1e9, bandwidth_Bps=1e12, latency_s=0.0, energy_J_per_byte=0.0, source="t"
+    )
     base: dict[str, Any] = {
-        "name": "x", "kind": "gpu", "peak_flops": {"bf16": 1e12}, "tiers": (tier,), "weights_tier": "hbm",
-        "static_power_W": 1.0, "energy_J_per_flop": {"bf16": 1e-12}, "tdp_W": 10.0, "source": "t"}
+        "name": "x",
+        "kind": "gpu",
+        "peak_flops": {"bf16": 1e12},
+        "tiers": (tier,),
+        "weights_tier": "hbm",
+        "static_power_W": 1.0,
+        "energy_J_per_flop": {"bf16": 1e-12},
+        "tdp_W": 10.0,
+        "source": "t",
+    }
     Device(**base)
     bad: list[tuple[dict[str, Any], str]] = [
         ({"kind": "tpu"}, "kind"),
@@ -169,12 +180,27 @@ def test_constructor_validation() -> None:
     with pytest.raises(ValueError, match="slower"):
         Device(**{**base, "tiers": (slow_top, tier)})
     with pytest.raises(ValueError, match="exceeds the peak"):
-        Link(name="l", bandwidth_Bps=1e9, latency_s=0.0, duplex=True, efficiency_points=((1e6, 2e9),),
-             energy_J_per_byte=0.0, source="t")
+        Link(
+            name="l",
+            bandwidth_Bps=1e9,
+            latency_s=0.0,
+            duplex=True,
+            efficiency_points=((1e6, 2e9),),
+            energy_J_per_byte=0.0,
+            source="t",
+        )
     dev = Device(**base)
     with pytest.raises(ValueError, match="peer_link"):
-        Platform(name="p", accelerators=(dev, dev), host=None, host_link=None, peer_link=None,
-                 cost_per_hour_usd=1.0, source="t")
+        Platform(
+            name="p",
+            accelerators=(dev, dev),
+            host=None,
+            host_link=None,
+            peer_link=None,
+            cost_per_hour_usd=1.0,
+            source="t",
+        )
     with pytest.raises(ValueError, match="host_link"):
-        Platform(name="p", accelerators=(dev,), host=dev, host_link=None, peer_link=None,
-                 cost_per_hour_usd=1.0, source="t")
+        Platform(
+            name="p", accelerators=(dev,), host=dev, host_link=None, peer_link=None, cost_per_hour_usd=1.0, source="t"
+        )

@@ -99,8 +99,9 @@ def test_negative_bandwidth(tmp_path: Path) -> None:
 
 def test_unknown_unit(tmp_path: Path) -> None:
     text = GOOD_DEVICE.replace('"3000 GB/s"', '"3000 GB/fortnight"')
-    msg = expect_error(load_device_file, write(tmp_path, "d.toml", text), "tier[1] (hbm).bandwidth",
-                       "unknown unit 'GB/fortnight'")
+    msg = expect_error(
+        load_device_file, write(tmp_path, "d.toml", text), "tier[1] (hbm).bandwidth", "unknown unit 'GB/fortnight'"
+    )
     assert "GB/s" in msg  # lists the valid units
 
 
@@ -138,7 +139,7 @@ def test_weights_tier_not_a_tier(tmp_path: Path) -> None:
 
 def test_unknown_kind_and_dtype_and_key(tmp_path: Path) -> None:
     expect_error(load_device_file, write(tmp_path, "a.toml", GOOD_DEVICE.replace('"gpu"', '"tpu"')), "'kind'", "tpu")
-    bad_dtype = GOOD_DEVICE.replace("bf16 = { value = \"500 TFLOP/s\"", "bf12 = { value = \"500 TFLOP/s\"")
+    bad_dtype = GOOD_DEVICE.replace('bf16 = { value = "500 TFLOP/s"', 'bf12 = { value = "500 TFLOP/s"')
     expect_error(load_device_file, write(tmp_path, "b.toml", bad_dtype), "peak_flops.bf12", "unknown dtype")
     extra = GOOD_DEVICE.replace('source = "test"\n', 'source = "test"\ncolour = "green"\n', 1)
     expect_error(load_device_file, write(tmp_path, "c.toml", extra), "colour")
@@ -214,14 +215,28 @@ def test_get_device_accepts_a_path(tmp_path: Path) -> None:
     assert get_device(str(path)).name == "my-gpu"
 
 
-@pytest.mark.parametrize(("text", "dimension", "expected"), [
-    ("80 GiB", "bytes", 80 * 2**30), ("40 MB", "bytes", 40e6), ("11 Mb", "bytes", 11e6 / 8),
-    ("3350 GB/s", "bandwidth", 3350e9), ("64 Gb/s", "bandwidth", 8e9), ("1.5 TiB/s", "bandwidth", 1.5 * 2**40),
-    ("5 us", "time", 5e-6), ("200 ns", "time", 2e-7), ("989 TFLOP/s", "flops", 989e12),
-    ("1979 TOPS", "flops", 1979e12), ("4 pJ/bit", "energy_per_byte", 32e-12), ("700 W", "power", 700.0),
-    ("0.3 pJ/FLOP", "energy_per_flop", 0.3e-12), ("225 MHz", "frequency", 225e6), ("1_728", "count", 1728),
-    ("2.5 USD/h", "usd_per_hour", 2.5), ("1e3 B", "bytes", 1000.0),
-])
+@pytest.mark.parametrize(
+    ("text", "dimension", "expected"),
+    [
+        ("80 GiB", "bytes", 80 * 2**30),
+        ("40 MB", "bytes", 40e6),
+        ("11 Mb", "bytes", 11e6 / 8),
+        ("3350 GB/s", "bandwidth", 3350e9),
+        ("64 Gb/s", "bandwidth", 8e9),
+        ("1.5 TiB/s", "bandwidth", 1.5 * 2**40),
+        ("5 us", "time", 5e-6),
+        ("200 ns", "time", 2e-7),
+        ("989 TFLOP/s", "flops", 989e12),
+        ("1979 TOPS", "flops", 1979e12),
+        ("4 pJ/bit", "energy_per_byte", 32e-12),
+        ("700 W", "power", 700.0),
+        ("0.3 pJ/FLOP", "energy_per_flop", 0.3e-12),
+        ("225 MHz", "frequency", 225e6),
+        ("1_728", "count", 1728),
+        ("2.5 USD/h", "usd_per_hour", 2.5),
+        ("1e3 B", "bytes", 1000.0),
+    ],
+)
 def test_parse_quantity_units(text: str, dimension: str, expected: float) -> None:
     assert parse_quantity(text, None, dimension, where="f") == pytest.approx(expected)
 
@@ -242,17 +257,20 @@ VALUE = re.compile(r'value = ("[^"]*"|[-0-9.e]+)')
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(index=st.integers(min_value=0, max_value=30),
-       replacement=st.one_of(
-           st.text(alphabet="0123456789.-e GBMKTiWHzsnupJ/FLOPbit", max_size=12).map(lambda t: f'"{t}"'),
-           st.floats(allow_nan=False, allow_infinity=False, width=32).map(repr),
-           st.sampled_from(['"-1 GB/s"', '"0 W"', '"1e400 B"', '"nan GB/s"', '"inf W"', "true", "[]", "{}"])))
+@given(
+    index=st.integers(min_value=0, max_value=30),
+    replacement=st.one_of(
+        st.text(alphabet="0123456789.-e GBMKTiWHzsnupJ/FLOPbit", max_size=12).map(lambda t: f'"{t}"'),
+        st.floats(allow_nan=False, allow_infinity=False, width=32).map(repr),
+        st.sampled_from(['"-1 GB/s"', '"0 W"', '"1e400 B"', '"nan GB/s"', '"inf W"', "true", "[]", "{}"]),
+    ),
+)
 def test_any_corrupted_value_gives_a_preset_error(tmp_path: Path, index: int, replacement: str) -> None:
     """Fuzz: replacing any quantity's value with junk either still loads (a valid quantity) or raises
     `PresetError` naming the file, never another exception."""
     matches = list(VALUE.finditer(GOOD_DEVICE))
     m = matches[index % len(matches)]
-    text = GOOD_DEVICE[:m.start(1)] + replacement + GOOD_DEVICE[m.end(1):]
+    text = GOOD_DEVICE[: m.start(1)] + replacement + GOOD_DEVICE[m.end(1) :]
     path = write(tmp_path, f"fuzz-{abs(hash(text))}.toml", text)
     try:
         dev = load_device_file(path)

@@ -40,10 +40,18 @@ def test_error_stats_on_known_numbers() -> None:
 def test_validate_samples_groups_per_op_and_skips_uncalibrated_copies() -> None:
     prof = load_default_profile("a100")
     samples = [
-        Sample(kind="gemm", op="up", shape={"m": 64, "k": 4096, "n": 22016},
-               time_s=float(prof.predict_gemm_s(64, 4096, 22016)) * 1.1),
-        Sample(kind="gemm", op="down", shape={"m": 64, "k": 11008, "n": 4096},
-               time_s=float(prof.predict_gemm_s(64, 11008, 4096)) / 1.25),
+        Sample(
+            kind="gemm",
+            op="up",
+            shape={"m": 64, "k": 4096, "n": 22016},
+            time_s=float(prof.predict_gemm_s(64, 4096, 22016)) * 1.1,
+        ),
+        Sample(
+            kind="gemm",
+            op="down",
+            shape={"m": 64, "k": 11008, "n": 4096},
+            time_s=float(prof.predict_gemm_s(64, 11008, 4096)) / 1.25,
+        ),
         Sample(kind="copy", op="h2d", shape={"n_bytes": 10**6, "pinned": True}, time_s=1e-4),
     ]
     report = validate_samples(prof, samples, against="test")
@@ -85,8 +93,9 @@ def test_read_deepseek_routing(shared_dir: Path) -> None:
 
 def test_malformed_trace_names_file_and_line(tmp_path: Path) -> None:
     bad = tmp_path / "x_routing.jsonl"
-    bad.write_text('{"layer": 0, "experts": [1, 2], "gating_probs": [0.5, 0.5]}\n{"layer": 0, "experts": [1]\n',
-                   encoding="utf-8")
+    bad.write_text(
+        '{"layer": 0, "experts": [1, 2], "gating_probs": [0.5, 0.5]}\n{"layer": 0, "experts": [1]\n', encoding="utf-8"
+    )
     with pytest.raises(CalibrationError, match=r"x_routing\.jsonl:2: malformed Mixtral routing record"):
         read_trace_routing(bad)
     with pytest.raises(CalibrationError, match="no Mixtral"):
@@ -95,10 +104,22 @@ def test_malformed_trace_names_file_and_line(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_cpu_profile() -> CalibrationProfile:
-    plan = SweepPlan(name="layer-test", expert_shapes=((256, 896), (128, 448)), heldout_shapes=(),
-                     tokens=(1, 4, 16, 64, 128), heldout_every=4, ffn_shape=(256, 896), ffn_tokens=(16,),
-                     grouped_tokens=(), act_tokens=(1, 16, 128), stream_bytes=(2**22, 2**24), copy_bytes=(),
-                     repeats=3, min_time_s=5e-4, cold_bytes=2**22)
+    plan = SweepPlan(
+        name="layer-test",
+        expert_shapes=((256, 896), (128, 448)),
+        heldout_shapes=(),
+        tokens=(1, 4, 16, 64, 128),
+        heldout_every=4,
+        ffn_shape=(256, 896),
+        ffn_tokens=(16,),
+        grouped_tokens=(),
+        act_tokens=(1, 16, 128),
+        stream_bytes=(2**22, 2**24),
+        copy_bytes=(),
+        repeats=3,
+        min_time_s=5e-4,
+        cold_bytes=2**22,
+    )
     return run_calibration(RunConfig(device="cpu", plan=plan, threads=1, name="layer-test"))
 
 
@@ -113,8 +134,9 @@ def test_whole_moe_layer_runs_and_reports_error(shared_dir: Path, tiny_cpu_profi
     # a sanity bound, not the accuracy target (reported by the CLI): the prediction is the right magnitude
     assert stats.max_abs_pct_error < 300
     # the process-CPU-time clock (for shared machines) times the same layers
-    cpu_stats, cpu_results = validate_moe_layer(tiny_cpu_profile, routings[:1], d_model=256, d_ff=896, repeats=2,
-                                                threads=1, clock="process")
+    cpu_stats, cpu_results = validate_moe_layer(
+        tiny_cpu_profile, routings[:1], d_model=256, d_ff=896, repeats=2, threads=1, clock="process"
+    )
     assert cpu_stats.n == 1 and cpu_results[0].measured_s > 0
     with pytest.raises(CalibrationError, match="one thread"):
         validate_moe_layer(tiny_cpu_profile, routings[:1], d_model=256, d_ff=896, threads=2, clock="process")
@@ -123,15 +145,15 @@ def test_whole_moe_layer_runs_and_reports_error(shared_dir: Path, tiny_cpu_profi
 def test_layer_prediction_grows_with_load(tiny_cpu_profile: CalibrationProfile) -> None:
     balanced, _ = predict_moe_layer_s(tiny_cpu_profile, [12] * 8, d_model=256, d_ff=896)
     heavy, _ = predict_moe_layer_s(tiny_cpu_profile, [24] * 8, d_model=256, d_ff=896)
-    skewed, _ = predict_moe_layer_s(tiny_cpu_profile, [96, 0, 0, 0, 0, 0, 0, 0],
-                                    d_model=256, d_ff=896)
+    skewed, _ = predict_moe_layer_s(tiny_cpu_profile, [96, 0, 0, 0, 0, 0, 0, 0], d_model=256, d_ff=896)
     assert heavy > balanced
     assert skewed < balanced  # one expert's weights streamed instead of eight
 
 
 def test_layer_validation_needs_a_cpu_profile() -> None:
-    routing = LayerRouting(experts=np.zeros((4, 1), dtype=np.int64), weights=np.ones((4, 1), dtype=np.float32),
-                           n_experts=2, source="test")
+    routing = LayerRouting(
+        experts=np.zeros((4, 1), dtype=np.int64), weights=np.ones((4, 1), dtype=np.float32), n_experts=2, source="test"
+    )
     with pytest.raises(CalibrationError, match="needs a CPU profile"):
         validate_moe_layer(load_default_profile("h100"), [routing])
 

@@ -35,8 +35,13 @@ def test_rows_parsed_with_ms_to_s(vidur: Path) -> None:
     assert len(rows) == 1044
     first = rows[0]
     # first data row: num_tokens 4096, TP 1, mlp_up_proj median 3.3655 ms
-    assert (first.num_tokens, first.tp, first.n_embd, first.n_expanded_embd, first.gated) == (4096, 1, 4096, 11008,
-                                                                                             True)
+    assert (first.num_tokens, first.tp, first.n_embd, first.n_expanded_embd, first.gated) == (
+        4096,
+        1,
+        4096,
+        11008,
+        True,
+    )
     assert first.times_s["up"] == pytest.approx(3.3655e-3)
     assert sorted({r.tp for r in rows}) == [1, 2, 4, 8]
 
@@ -45,8 +50,12 @@ def test_derived_gemm_shapes(vidur: Path) -> None:
     rows = read_vidur_table(vidur / "compute" / "h100" / "llama-2-7b-mlp.csv")
     row = next(r for r in rows if r.tp == 2 and r.num_tokens == 64)
     shapes = {s.op: (s.shape["m"], s.shape["k"], s.shape["n"]) for s in row_samples(row) if s.kind == "gemm"}
-    assert shapes == {"qkv": (64, 4096, 3 * 4096 // 2), "o": (64, 2048, 4096), "up": (64, 4096, 11008),
-                      "down": (64, 5504, 4096)}
+    assert shapes == {
+        "qkv": (64, 4096, 3 * 4096 // 2),
+        "o": (64, 2048, 4096),
+        "up": (64, 4096, 11008),
+        "down": (64, 5504, 4096),
+    }
     mem = {s.op: s.shape["n_bytes"] for s in row_samples(row) if s.kind == "memory"}
     assert mem == {"act": 3 * 64 * 5504 * 2, "stream": 3 * 64 * 4096 * 2}
 
@@ -71,8 +80,9 @@ def test_heldout_median_error_within_10_percent(profiles: dict[str, CalibrationP
     for op in gemm_ops:
         assert report.per_op[op].median_abs_pct_error <= 10.0, (device, op, report.per_op[op])
         assert report.per_op[op].n == 417
-    gemm_err = np.median([abs(prof.predict_sample_s(s) / s.time_s - 1) for s in prof.samples
-                          if s.heldout and s.kind == "gemm"])
+    gemm_err = np.median(
+        [abs(prof.predict_sample_s(s) / s.time_s - 1) for s in prof.samples if s.heldout and s.kind == "gemm"]
+    )
     assert gemm_err <= 0.10
     assert report.overall.median_abs_pct_error <= 10.0
 

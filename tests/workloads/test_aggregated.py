@@ -19,11 +19,18 @@ def _a(x: list[int] | list[list[int]]) -> npt.NDArray[np.int64]:
 
 def _stats() -> AggregatedRoutingStats:
     return AggregatedRoutingStats(
-        model="toy", n_experts=3, top_k=2, domain="all", domains=("a", "b"),
-        load={0: _a([4, 2, 2]), 5: _a([0, 4, 4])}, load_top1={0: _a([3, 1, 0]), 5: _a([0, 2, 2])},
+        model="toy",
+        n_experts=3,
+        top_k=2,
+        domain="all",
+        domains=("a", "b"),
+        load={0: _a([4, 2, 2]), 5: _a([0, 4, 4])},
+        load_top1={0: _a([3, 1, 0]), 5: _a([0, 2, 2])},
         pairs={(0, 5): _a([[0, 2, 2], [0, 1, 1], [0, 1, 1]])},
         pairs_top1={(0, 5): _a([[0, 1, 2], [0, 1, 0], [0, 0, 0]])},
-        source_model="toy-src", source="unit test", licence="none",
+        source_model="toy-src",
+        source="unit test",
+        licence="none",
     )
 
 

@@ -34,13 +34,16 @@ def test_data_file_small_and_self_described() -> None:
 def test_loads_without_shared(tmp_path: Path) -> None:
     """A fresh interpreter with no ../shared reachable (cwd elsewhere, the shared path pointed at
     nothing) gets the default processes and samples from them."""
-    code = ("from workloads.defaults import default_process\n"
-            "for m in ('mixtral-8x7b', 'deepseek-v2-lite', 'olmoe-1b-7b'):\n"
-            "    t = default_process(m).sample(50, seed=1)\n"
-            "    print(m, t.experts.shape)\n")
+    code = (
+        "from workloads.defaults import default_process\n"
+        "for m in ('mixtral-8x7b', 'deepseek-v2-lite', 'olmoe-1b-7b'):\n"
+        "    t = default_process(m).sample(50, seed=1)\n"
+        "    print(m, t.experts.shape)\n"
+    )
     env = {**os.environ, "MOE_CODESIGN_SHARED": str(tmp_path / "nowhere")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True, timeout=120
+    )
     assert "mixtral-8x7b (50, 32, 2)" in out.stdout and "olmoe-1b-7b (50, 16, 8)" in out.stdout
 
 
@@ -55,8 +58,10 @@ def test_fitted_shapes_match_presets(model: str) -> None:
 
 def test_embedded_matches_real_traces(shared_dir: Path) -> None:
     """The shipped numbers are those of the real traces (regeneration check)."""
-    for model, fmt, folder in (("deepseek-v2-lite", "deepseek-csv", "deepseek-v2-lite"),
-                               ("mixtral-8x7b", "mixtral-jsonl", "mixtral-8x7b-instruct")):
+    for model, fmt, folder in (
+        ("deepseek-v2-lite", "deepseek-csv", "deepseek-v2-lite"),
+        ("mixtral-8x7b", "mixtral-jsonl", "mixtral-8x7b-instruct"),
+    ):
         trace = import_trace(fmt, [shared_dir / "traces" / folder])
         assert isinstance(trace, RoutingTrace)
         p = default_process(model)

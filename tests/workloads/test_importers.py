@@ -82,8 +82,9 @@ def test_mixtral_mark_reports_incomplete_tokens(mixtral_dir: Path, caplog: pytes
     assert (t.phase == 1).all()
     assert t.meta["n_incomplete_tokens"] == 8
     assert "8 of 585" in caplog.text and "gsm8k/0 token 167" in caplog.text
-    incomplete = {(d["dataset"], d["problem_id"], d["token_idx"]): d["missing_layers"]
-                  for d in t.meta["incomplete_tokens"]}
+    incomplete = {
+        (d["dataset"], d["problem_id"], d["token_idx"]): d["missing_layers"] for d in t.meta["incomplete_tokens"]
+    }
     assert incomplete[("humaneval", 1, 254)] == 20
     # missing layers are marked -1 in both slots, nowhere else
     missing_slots = int((t.experts == -1).sum())
@@ -138,8 +139,9 @@ def test_olmoe_counts_all(shared_dir: Path) -> None:
 
 
 def test_olmoe_counts_mixtral_domain(shared_dir: Path) -> None:
-    s = import_trace("olmoe-counts", shared_dir / "traces/olmoe-mixtral-routing-stats/counts.json",
-                     model="mistral", domain="github")
+    s = import_trace(
+        "olmoe-counts", shared_dir / "traces/olmoe-mixtral-routing-stats/counts.json", model="mistral", domain="github"
+    )
     assert isinstance(s, AggregatedRoutingStats)
     assert s.model == "mixtral-8x7b" and s.top_k == 2 and s.domains == ("github",)
     assert 200_000 < s.tokens(0) < 220_000  # README: about 209k tokens per domain
@@ -155,8 +157,18 @@ def test_olmoe_counts_errors(shared_dir: Path) -> None:
 
 # ---------------------------------------------------------- malformed input
 def _mixtral_rows(tokens: int = 2, layers: int = 32) -> list[dict[str, Any]]:
-    return [{"dataset": "gsm8k", "problem_id": 0, "layer": layer, "experts": [1, 2],
-             "gating_probs": [0.7, 0.3], "token_idx": t} for t in range(tokens) for layer in range(layers)]
+    return [
+        {
+            "dataset": "gsm8k",
+            "problem_id": 0,
+            "layer": layer,
+            "experts": [1, 2],
+            "gating_probs": [0.7, 0.3],
+            "token_idx": t,
+        }
+        for t in range(tokens)
+        for layer in range(layers)
+    ]
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -389,8 +401,9 @@ def test_olmoe_counts_malformed(tmp_path: Path) -> None:
 # ------------------------------------------------------------ property-based
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    tokens=st.lists(st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"),
-                            max_size=6), min_size=1, max_size=5),
+    tokens=st.lists(
+        st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=6), min_size=1, max_size=5
+    ),
     seed=st.integers(0, 2**31),
     rid=st.integers(0, 99999),
 )

@@ -139,9 +139,13 @@ def test_relayer(mix_proc: RoutingProcess) -> None:
 
 
 def test_fit_rejects_empty() -> None:
-    t = RoutingTrace(experts=-np.ones((3, 2, 2), dtype=np.int16), request=np.zeros(3, dtype=np.int32),
-                     position=np.arange(3, dtype=np.int32), phase=np.zeros(3, dtype=np.uint8),
-                     meta={"n_experts": 4, "top_k": 2, "source": "empty"})
+    t = RoutingTrace(
+        experts=-np.ones((3, 2, 2), dtype=np.int16),
+        request=np.zeros(3, dtype=np.int32),
+        position=np.arange(3, dtype=np.int32),
+        phase=np.zeros(3, dtype=np.uint8),
+        meta={"n_experts": 4, "top_k": 2, "source": "empty"},
+    )
     with pytest.raises(ValueError, match="no routed expert"):
         RoutingProcess.fit(t)
 
@@ -200,9 +204,13 @@ def test_shrinkage_cv_extrapolates_half_to_full(deepseek: RoutingTrace) -> None:
     pop = rng.dirichlet(np.full(16, 0.5))
     n = 40 * 64
     ex = np.stack([np.stack([rng.choice(16, 2, replace=False, p=pop) for _ in range(2)]) for _ in range(n)])
-    iid = RoutingTrace(experts=ex.astype(np.int16), request=np.repeat(np.arange(40), 64).astype(np.int32),
-                       position=np.tile(np.arange(64), 40).astype(np.int32), phase=np.ones(n, dtype=np.uint8),
-                       meta={"n_experts": 16, "top_k": 2})
+    iid = RoutingTrace(
+        experts=ex.astype(np.int16),
+        request=np.repeat(np.arange(40), 64).astype(np.int32),
+        position=np.tile(np.arange(64), 40).astype(np.int32),
+        phase=np.ones(n, dtype=np.uint8),
+        meta={"n_experts": 16, "top_k": 2},
+    )
     assert shrinkage_cv(iid, seed=0) >= 0.9
 
 

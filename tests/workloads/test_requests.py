@@ -37,8 +37,7 @@ def gaps(stream: RequestStream) -> np.ndarray:
 
 def test_poisson_rate_within_confidence(proc_routing: ProcessRouting) -> None:
     rate, n = 5.0, 20_000
-    s = RequestStream.poisson(rate_per_s=rate, n_requests=n, prompt_len=8, output_len=4, routing=proc_routing,
-                              seed=11)
+    s = RequestStream.poisson(rate_per_s=rate, n_requests=n, prompt_len=8, output_len=4, routing=proc_routing, seed=11)
     g = gaps(s)
     # mean gap 1/rate with standard error (1/rate)/sqrt(n): 4 sigma bounds
     assert abs(g.mean() - 1 / rate) < 4 * (1 / rate) / np.sqrt(n)
@@ -52,19 +51,30 @@ def test_poisson_rate_within_confidence(proc_routing: ProcessRouting) -> None:
 
 
 def test_bursty_cv_and_rate(proc_routing: ProcessRouting) -> None:
-    s = RequestStream.bursty(mean_rate_per_s=2.0, burstiness=3.0, n_requests=40_000, prompt_len=4, output_len=2,
-                             routing=proc_routing, seed=2)
+    s = RequestStream.bursty(
+        mean_rate_per_s=2.0, burstiness=3.0, n_requests=40_000, prompt_len=4, output_len=2, routing=proc_routing, seed=2
+    )
     g = gaps(s)
     assert g.mean() == pytest.approx(0.5, rel=0.05)
     assert g.std() / g.mean() == pytest.approx(3.0, rel=0.1)
     with pytest.raises(ValueError, match="burstiness"):
-        RequestStream.bursty(mean_rate_per_s=1, burstiness=0, n_requests=3, prompt_len=1, output_len=1,
-                             routing=proc_routing)
+        RequestStream.bursty(
+            mean_rate_per_s=1, burstiness=0, n_requests=3, prompt_len=1, output_len=1, routing=proc_routing
+        )
 
 
 def test_onoff_mmpp_rate_and_burstiness(proc_routing: ProcessRouting) -> None:
-    s = RequestStream.onoff(rate_on_per_s=20.0, rate_off_per_s=1.0, mean_on_s=2.0, mean_off_s=8.0, n_requests=40_000,
-                            prompt_len=4, output_len=2, routing=proc_routing, seed=5)
+    s = RequestStream.onoff(
+        rate_on_per_s=20.0,
+        rate_off_per_s=1.0,
+        mean_on_s=2.0,
+        mean_off_s=8.0,
+        n_requests=40_000,
+        prompt_len=4,
+        output_len=2,
+        routing=proc_routing,
+        seed=5,
+    )
     t = np.array([r.arrival_s for r in s.requests])
     assert np.all(np.diff(t) >= 0)
     expected = (20.0 * 2.0 + 1.0 * 8.0) / 10.0  # 4.8 requests/s in the long run
@@ -74,8 +84,9 @@ def test_onoff_mmpp_rate_and_burstiness(proc_routing: ProcessRouting) -> None:
 
 
 def test_closed_and_lengths(proc_routing: ProcessRouting) -> None:
-    s = RequestStream.closed(n_requests=50, prompt_len=LengthDist.uniform(3, 9), output_len=7, routing=proc_routing,
-                             seed=0)
+    s = RequestStream.closed(
+        n_requests=50, prompt_len=LengthDist.uniform(3, 9), output_len=7, routing=proc_routing, seed=0
+    )
     assert all(r.arrival_s == 0.0 for r in s.requests)
     p = np.array([r.prompt_tokens for r in s.requests])
     assert p.min() >= 3 and p.max() <= 9 and len(set(p)) > 3
@@ -94,23 +105,27 @@ def test_replay_reproduces_real_arrivals(splitwise: Path, proc_routing: ProcessR
         assert r.arrival_s == pytest.approx(float(row["arrived_at"]) - t0)
         assert r.prompt_tokens == int(row["num_prefill_tokens"])
         assert r.output_tokens == int(row["num_decode_tokens"])
-    fast = RequestStream.replay(splitwise, n_requests=100, time_scale=0.5, max_prompt=512, max_output=16,
-                                routing=proc_routing)
+    fast = RequestStream.replay(
+        splitwise, n_requests=100, time_scale=0.5, max_prompt=512, max_output=16, routing=proc_routing
+    )
     assert len(fast) == 100
     assert fast.requests[-1].arrival_s == pytest.approx(0.5 * s.requests[99].arrival_s)
     assert max(r.prompt_tokens for r in fast.requests) == 512
     assert max(r.output_tokens for r in fast.requests) <= 16
 
 
-@pytest.mark.parametrize(("body", "match"), [
-    ("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,10,2\n0.5,abc,3\n", r"line 3: field num_prefill_tokens"),
-    ("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,10,2\n1.0,10\n", r"line 3: 2 fields, expected 3"),
-    ("arrived_at,num_prefill_tokens,num_decode_tokens\n1.0,10,2\n0.5,10,3\n", r"line 3: arrived_at 0.5 is earlier"),
-    ("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,10,0\n", r"line 2: field num_decode_tokens = '0'"),
-    ("arrived_at,num_prefill_tokens,num_decode_tokens\n-1,10,2\n", r"line 2: field arrived_at"),
-    ("arrived_at,num_prefill_tokens\n0.0,10\n", r"line 1: header lacks column\(s\) \['num_decode_tokens'\]"),
-    ("arrived_at,num_prefill_tokens,num_decode_tokens\n", r"no request rows"),
-])
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,10,2\n0.5,abc,3\n", r"line 3: field num_prefill_tokens"),
+        ("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,10,2\n1.0,10\n", r"line 3: 2 fields, expected 3"),
+        ("arrived_at,num_prefill_tokens,num_decode_tokens\n1.0,10,2\n0.5,10,3\n", r"line 3: arrived_at 0.5 is earlier"),
+        ("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,10,0\n", r"line 2: field num_decode_tokens = '0'"),
+        ("arrived_at,num_prefill_tokens,num_decode_tokens\n-1,10,2\n", r"line 2: field arrived_at"),
+        ("arrived_at,num_prefill_tokens\n0.0,10\n", r"line 1: header lacks column\(s\) \['num_decode_tokens'\]"),
+        ("arrived_at,num_prefill_tokens,num_decode_tokens\n", r"no request rows"),
+    ],
+)
 def test_replay_malformed_csv(tmp_path: Path, proc_routing: ProcessRouting, body: str, match: str) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(body)
@@ -130,8 +145,9 @@ def test_lognormal_lengths_fitted_to_splitwise(splitwise: Path) -> None:
 
 
 def test_process_routing_rows_deterministic(proc_routing: ProcessRouting) -> None:
-    s = RequestStream.poisson(rate_per_s=1.0, n_requests=4, prompt_len=LengthDist.uniform(5, 30), output_len=9,
-                              routing=proc_routing, seed=0)
+    s = RequestStream.poisson(
+        rate_per_s=1.0, n_requests=4, prompt_len=LengthDist.uniform(5, 30), output_len=9, routing=proc_routing, seed=0
+    )
     first = [s.routing(r) for r in s.requests]
     for r, rows in zip(s.requests, first, strict=True):
         assert rows.shape == (r.prompt_tokens + r.output_tokens, 32, 2) and rows.dtype == np.int16
@@ -152,7 +168,7 @@ def test_trace_replay_cycles(mixtral: RoutingTrace) -> None:
     assert rows.shape == (lengths[1] + 10, 32, 2)
     recorded = mixtral.experts[mixtral.request == 1][np.argsort(mixtral.position[mixtral.request == 1])]
     assert np.array_equal(rows[: lengths[1]], recorded)
-    assert np.array_equal(rows[lengths[1]:], recorded[:10])  # continues cyclically
+    assert np.array_equal(rows[lengths[1] :], recorded[:10])  # continues cyclically
 
 
 def test_trace_replay_maps_phases() -> None:
@@ -162,8 +178,13 @@ def test_trace_replay_maps_phases() -> None:
     ex[:, :, 1] = 7
     phase = np.array([0, 0, 0, 1, 1, 1, 1], dtype=np.uint8)
     perm = np.array([4, 0, 6, 2, 1, 5, 3])  # stored out of order
-    t = RoutingTrace(experts=ex[perm], request=np.zeros(7, dtype=np.int32), position=np.arange(7, dtype=np.int32)[perm],
-                     phase=phase[perm], meta={"n_experts": 8, "top_k": 2, "source": "toy"})
+    t = RoutingTrace(
+        experts=ex[perm],
+        request=np.zeros(7, dtype=np.int32),
+        position=np.arange(7, dtype=np.int32)[perm],
+        phase=phase[perm],
+        meta={"n_experts": 8, "top_k": 2, "source": "toy"},
+    )
     rows = TraceReplay(t).routing(Request(request_id=0, arrival_s=0.0, prompt_tokens=5, output_tokens=6))
     assert rows[:, 0, 0].tolist() == [0, 1, 2, 0, 1, 3, 4, 5, 6, 3, 4]  # prefill 0-2, decode 3-6
 

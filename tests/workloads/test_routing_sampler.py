@@ -109,10 +109,17 @@ def test_paths_sample_valid_sets(n_e: int, k: int) -> None:
     pop = rng.dirichlet(np.full(n_e, 2.0), size=n_l)
     pop = np.minimum(pop, 0.9 / k)
     pop /= pop.sum(axis=1, keepdims=True)
-    proc = RoutingProcess(popularity=pop, affinity=np.broadcast_to(pop[1:, None, :], (n_l - 1, n_e, n_e)),
-                          bias=np.zeros((n_l, n_e)), beta=np.zeros(n_l - 1), reuse_rate=np.zeros(n_l),
-                          overlap=np.tile(np.eye(1, k + 1), (n_l, 1)), copy_scale=np.zeros(n_l),
-                          mi_target=np.zeros(n_l - 1), top_k=k)
+    proc = RoutingProcess(
+        popularity=pop,
+        affinity=np.broadcast_to(pop[1:, None, :], (n_l - 1, n_e, n_e)),
+        bias=np.zeros((n_l, n_e)),
+        beta=np.zeros(n_l - 1),
+        reuse_rate=np.zeros(n_l),
+        overlap=np.tile(np.eye(1, k + 1), (n_l, 1)),
+        copy_scale=np.zeros(n_l),
+        mi_target=np.zeros(n_l - 1),
+        top_k=k,
+    )
     proc = proc.calibrate(iterations=4, n_tokens=20_000)
     t = proc.sample(20_000, seed=3, tokens_per_request=20)
     e = np.sort(t.experts, axis=2)

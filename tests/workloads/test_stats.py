@@ -28,18 +28,22 @@ from workloads.trace import RoutingTrace
 
 def make_trace(experts: list | np.ndarray, request: list[int], position: list[int], n_experts: int) -> RoutingTrace:
     e = np.asarray(experts, dtype=np.int16)
-    return RoutingTrace(experts=e, request=np.asarray(request), position=np.asarray(position),
-                        phase=np.ones(e.shape[0], dtype=np.uint8),
-                        meta={"model": "toy", "n_experts": n_experts, "top_k": e.shape[2], "source": "test"})
+    return RoutingTrace(
+        experts=e,
+        request=np.asarray(request),
+        position=np.asarray(position),
+        phase=np.ones(e.shape[0], dtype=np.uint8),
+        meta={"model": "toy", "n_experts": n_experts, "top_k": e.shape[2], "source": "test"},
+    )
 
 
 @pytest.fixture
 def tiny() -> RoutingTrace:
     """E=4, k=2, 2 layers; request 0 has tokens 0, 1; request 1 has token 0. Rows shuffled."""
     rows = [
-        ([[3, 0], [0, 1]], 1, 0),   # request 1, token 0
+        ([[3, 0], [0, 1]], 1, 0),  # request 1, token 0
         ([[1, 2], [2, -1]], 0, 1),  # request 0, token 1 (one slot empty at layer 1)
-        ([[0, 1], [2, 3]], 0, 0),   # request 0, token 0
+        ([[0, 1], [2, 3]], 0, 0),  # request 0, token 0
     ]
     return make_trace([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], 4)
 
@@ -136,8 +140,15 @@ def random_trace(seed: int, n: int, n_l: int, k: int, n_e: int, n_req: int, null
     return make_trace(ex[perm], req[perm].tolist(), pos[perm].tolist(), n_e)
 
 
-shapes = st.tuples(st.integers(0, 10_000), st.integers(1, 60), st.integers(1, 5), st.integers(1, 3),
-                   st.integers(3, 9), st.integers(1, 6), st.sampled_from([0.0, 0.1, 0.5]))
+shapes = st.tuples(
+    st.integers(0, 10_000),
+    st.integers(1, 60),
+    st.integers(1, 5),
+    st.integers(1, 3),
+    st.integers(3, 9),
+    st.integers(1, 6),
+    st.sampled_from([0.0, 0.1, 0.5]),
+)
 
 
 @settings(max_examples=40, deadline=None)
@@ -248,15 +259,27 @@ def test_js_distance_matches_scipy_and_handles_edges() -> None:
 
 def test_moe_layer_ids_recorded_preset_or_columns(tiny: RoutingTrace) -> None:
     assert moe_layer_ids(tiny) == [0, 1]  # unknown model "toy": column indices
-    kw: dict[str, Any] = {"experts": tiny.experts, "request": tiny.request, "position": tiny.position,
-                          "phase": tiny.phase}
+    kw: dict[str, Any] = {
+        "experts": tiny.experts,
+        "request": tiny.request,
+        "position": tiny.position,
+        "phase": tiny.phase,
+    }
     rec = RoutingTrace(meta={**tiny.meta, "moe_layer_ids": [5, 9]}, **kw)
     assert moe_layer_ids(rec) == [5, 9] and trace_stats(rec)["moe_layer_ids"] == [5, 9]
     n = 3
-    ds_like = RoutingTrace(experts=np.tile(np.arange(6, dtype=np.int16), (n, 26, 1)), request=np.zeros(n, np.int32),
-                           position=np.arange(n, dtype=np.int32), phase=np.zeros(n, np.uint8),
-                           meta={"model": "deepseek-v2-lite", "n_experts": 64, "top_k": 6,
-                                 "moe_layer_ids": "column c = Layer ID c+1 (layer 0 is dense)"})  # older files
+    ds_like = RoutingTrace(
+        experts=np.tile(np.arange(6, dtype=np.int16), (n, 26, 1)),
+        request=np.zeros(n, np.int32),
+        position=np.arange(n, dtype=np.int32),
+        phase=np.zeros(n, np.uint8),
+        meta={
+            "model": "deepseek-v2-lite",
+            "n_experts": 64,
+            "top_k": 6,
+            "moe_layer_ids": "column c = Layer ID c+1 (layer 0 is dense)",
+        },
+    )  # older files
     assert moe_layer_ids(ds_like) == list(range(1, 27))  # from the preset: layer 0 is dense
     other = RoutingTrace(meta={**tiny.meta, "model": "deepseek-v2-lite"}, **kw)  # 2 layers: not the preset's 26
     assert moe_layer_ids(other) == [0, 1]

@@ -35,17 +35,20 @@ def traces(draw: st.DrawFn) -> RoutingTrace:
         if tokens:
             weights.flat[0] = draw(st.floats(width=32, allow_nan=False))
     meta = {
-        "n_experts": n_experts, "top_k": k,
+        "n_experts": n_experts,
+        "top_k": k,
         "model": draw(st.text(max_size=20)),
         "source": draw(st.text(max_size=30)),
-        "licence": "test", "extra": draw(st.lists(st.integers(-5, 5), max_size=4)),
+        "licence": "test",
+        "extra": draw(st.lists(st.integers(-5, 5), max_size=4)),
     }
     return RoutingTrace(
         experts=experts,
         request=rng.integers(0, 5, size=tokens).astype(np.int32),
         position=rng.integers(0, 1000, size=tokens).astype(np.int32),
         phase=rng.integers(0, 2, size=tokens).astype(np.uint8),
-        meta=meta, weights=weights,
+        meta=meta,
+        weights=weights,
     )
 
 
@@ -63,8 +66,10 @@ def test_npz_round_trip_is_lossless(tmp_path: Path, trace: RoutingTrace, compres
 
 def _small() -> RoutingTrace:
     return RoutingTrace(
-        experts=np.array([[[0, 1]], [[2, -1]]], dtype=np.int16), request=np.array([0, 0]),
-        position=np.array([0, 1]), phase=np.array([PREFILL, DECODE]),
+        experts=np.array([[[0, 1]], [[2, -1]]], dtype=np.int16),
+        request=np.array([0, 0]),
+        position=np.array([0, 1]),
+        phase=np.array([PREFILL, DECODE]),
         meta={"n_experts": 4, "top_k": 2, "model": "x", "source": "unit", "licence": "test"},
         weights=np.array([[[0.6, 0.4]], [[1.0, 0.0]]], dtype=np.float32),
     )
@@ -72,8 +77,9 @@ def _small() -> RoutingTrace:
 
 def test_equals_detects_differences() -> None:
     a = _small()
-    b = RoutingTrace(experts=a.experts.copy(), request=a.request, position=a.position, phase=a.phase,
-                     meta=dict(a.meta), weights=None)
+    b = RoutingTrace(
+        experts=a.experts.copy(), request=a.request, position=a.position, phase=a.phase, meta=dict(a.meta), weights=None
+    )
     assert a.equals(a) and not a.equals(b)
 
 
@@ -103,8 +109,15 @@ def test_pickle_file_is_refused(tmp_path: Path) -> None:
 def test_pickled_object_array_inside_npz_is_refused(tmp_path: Path) -> None:
     t = _small()
     path = tmp_path / "obj.npz"
-    np.savez(path, experts=np.array([object()], dtype=object), request=t.request, position=t.position,
-             phase=t.phase, meta_json=np.array(json.dumps(t.meta)), format_version=np.array(1))
+    np.savez(
+        path,
+        experts=np.array([object()], dtype=object),
+        request=t.request,
+        position=t.position,
+        phase=t.phase,
+        meta_json=np.array(json.dumps(t.meta)),
+        format_version=np.array(1),
+    )
     with pytest.raises(TraceFormatError, match=r"obj\.npz"):
         RoutingTrace.load(path)
 
@@ -114,8 +127,15 @@ def test_out_of_range_expert_ids(tmp_path: Path) -> None:
     path = tmp_path / "range.npz"
     bad = t.experts.copy()
     bad[1, 0, 0] = 4  # n_experts is 4: ids must be < 4
-    np.savez(path, experts=bad, request=t.request, position=t.position, phase=t.phase,
-             meta_json=np.array(json.dumps(t.meta)), format_version=np.array(1))
+    np.savez(
+        path,
+        experts=bad,
+        request=t.request,
+        position=t.position,
+        phase=t.phase,
+        meta_json=np.array(json.dumps(t.meta)),
+        format_version=np.array(1),
+    )
     with pytest.raises(TraceFormatError, match=r"range\.npz.*expert id 4 at token 1, layer 0.*\[-1, 4\)"):
         RoutingTrace.load(path)
 
@@ -123,8 +143,15 @@ def test_out_of_range_expert_ids(tmp_path: Path) -> None:
 def test_bad_meta_json(tmp_path: Path) -> None:
     t = _small()
     path = tmp_path / "meta.npz"
-    np.savez(path, experts=t.experts, request=t.request, position=t.position, phase=t.phase,
-             meta_json=np.array("{not json"), format_version=np.array(1))
+    np.savez(
+        path,
+        experts=t.experts,
+        request=t.request,
+        position=t.position,
+        phase=t.phase,
+        meta_json=np.array("{not json"),
+        format_version=np.array(1),
+    )
     with pytest.raises(TraceFormatError, match=r"meta\.npz"):
         RoutingTrace.load(path)
 
@@ -132,8 +159,15 @@ def test_bad_meta_json(tmp_path: Path) -> None:
 def test_newer_format_version(tmp_path: Path) -> None:
     t = _small()
     path = tmp_path / "new.npz"
-    np.savez(path, experts=t.experts, request=t.request, position=t.position, phase=t.phase,
-             meta_json=np.array(json.dumps(t.meta)), format_version=np.array(99))
+    np.savez(
+        path,
+        experts=t.experts,
+        request=t.request,
+        position=t.position,
+        phase=t.phase,
+        meta_json=np.array(json.dumps(t.meta)),
+        format_version=np.array(99),
+    )
     with pytest.raises(TraceFormatError, match="format_version 99"):
         RoutingTrace.load(path)
 
@@ -156,13 +190,20 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_construction_checks() -> None:
     t = _small()
     with pytest.raises(TraceFormatError, match="3-D"):
-        RoutingTrace(experts=np.zeros((2, 2), np.int16), request=t.request, position=t.position,
-                     phase=t.phase, meta=t.meta)
+        RoutingTrace(
+            experts=np.zeros((2, 2), np.int16), request=t.request, position=t.position, phase=t.phase, meta=t.meta
+        )
     with pytest.raises(TraceFormatError, match="request must have shape"):
         RoutingTrace(experts=t.experts, request=np.zeros(3, np.int32), position=t.position, phase=t.phase, meta=t.meta)
     with pytest.raises(TraceFormatError, match="weights shape"):
-        RoutingTrace(experts=t.experts, request=t.request, position=t.position, phase=t.phase, meta=t.meta,
-                     weights=np.zeros((2, 1, 3), np.float32))
+        RoutingTrace(
+            experts=t.experts,
+            request=t.request,
+            position=t.position,
+            phase=t.phase,
+            meta=t.meta,
+            weights=np.zeros((2, 1, 3), np.float32),
+        )
     with pytest.raises(TraceFormatError, match="n_experts"):
         RoutingTrace(experts=t.experts, request=t.request, position=t.position, phase=t.phase, meta={"top_k": 2})
 
@@ -196,8 +237,11 @@ def test_duplicate_check_finds_the_first_bad_cell(k: int) -> None:
     ex[:, :, -1] = -1
     ex[7, 2, -2] = -1  # two -1 in a cell: fine
     meta = {"n_experts": n_e, "top_k": k, "source": "gen"}
-    cols: dict[str, Any] = {"request": np.zeros(n, np.int32), "position": np.arange(n, dtype=np.int32),
-                            "phase": np.zeros(n, np.uint8)}
+    cols: dict[str, Any] = {
+        "request": np.zeros(n, np.int32),
+        "position": np.arange(n, dtype=np.int32),
+        "phase": np.zeros(n, np.uint8),
+    }
     RoutingTrace(experts=ex, meta=meta, **cols)
     ex[31, 3, 1] = ex[31, 3, 0]
     ex[40, 0, 1] = ex[40, 0, 0]
@@ -211,8 +255,15 @@ def test_load_error_names_the_path_given_not_the_recorded_source(tmp_path: Path)
     bad = t.experts.copy()
     bad[0, 0] = [1, 1]
     meta = {**t.meta, "source": "/somewhere/else/original-folder"}
-    np.savez(path, experts=bad, request=t.request, position=t.position, phase=t.phase,
-             meta_json=np.array(json.dumps(meta)), format_version=np.array(1))
+    np.savez(
+        path,
+        experts=bad,
+        request=t.request,
+        position=t.position,
+        phase=t.phase,
+        meta_json=np.array(json.dumps(meta)),
+        format_version=np.array(1),
+    )
     with pytest.raises(TraceFormatError) as info:
         RoutingTrace.load(path)
     msg = str(info.value)
@@ -240,8 +291,15 @@ def test_json_file_is_not_a_trace_and_no_allow_pickle_hint(tmp_path: Path) -> No
 def test_object_array_message_never_suggests_allow_pickle(tmp_path: Path) -> None:
     t = _small()
     path = tmp_path / "obj.npz"
-    np.savez(path, experts=np.array([object()], dtype=object), request=t.request, position=t.position,
-             phase=t.phase, meta_json=np.array(json.dumps(t.meta)), format_version=np.array(1))
+    np.savez(
+        path,
+        experts=np.array([object()], dtype=object),
+        request=t.request,
+        position=t.position,
+        phase=t.phase,
+        meta_json=np.array(json.dumps(t.meta)),
+        format_version=np.array(1),
+    )
     with pytest.raises(TraceFormatError) as info:
         RoutingTrace.load(path)
     msg = str(info.value)
@@ -253,8 +311,13 @@ def test_corrupt_compressed_data_names_the_file(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     n = 2000
     ex = np.argsort(rng.random((n, 4, 16)), axis=2)[:, :, :2].astype(np.int16)
-    t = RoutingTrace(experts=ex, request=np.zeros(n, np.int32), position=np.arange(n, dtype=np.int32),
-                     phase=np.zeros(n, np.uint8), meta={"n_experts": 16, "top_k": 2})
+    t = RoutingTrace(
+        experts=ex,
+        request=np.zeros(n, np.int32),
+        position=np.arange(n, dtype=np.int32),
+        phase=np.zeros(n, np.uint8),
+        meta={"n_experts": 16, "top_k": 2},
+    )
     path = t.save(tmp_path / "t.npz")
     data = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as z:

@@ -72,9 +72,10 @@ def test_shape_phases_positions(recorded: tuple[str, Any, RoutingTrace]) -> None
 def test_generation_matches_model_generate(recorded: tuple[str, Any, RoutingTrace]) -> None:
     _, model, t = recorded
     for rid, prompt in enumerate(PROMPTS):
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=NEW, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)
-        assert out[0, len(prompt):].tolist() == t.meta["generated_ids"][str(rid)]
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
+        assert out[0, len(prompt) :].tolist() == t.meta["generated_ids"][str(rid)]
         assert t.meta["prompt_ids"][str(rid)] == prompt
 
 
@@ -116,8 +117,14 @@ def test_routers_found_by_structure() -> None:
 def test_not_moe_model() -> None:
     import transformers
 
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=2)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     dense = build_model_from_config(cfg, seed=0)
     with pytest.raises(ValueError, match="no MoE router"):
         record_routing(dense, [1, 2, 3])
@@ -211,9 +218,11 @@ def test_torch_and_transformers_are_imported_lazily() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, workloads, workloads.importers, workloads.aggregated, workloads.tracer, "
-            "codesign.cli_trace_io, codesign.cli_presets; "
-            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys, workloads, workloads.importers, workloads.aggregated, workloads.tracer, "
+        "codesign.cli_trace_io, codesign.cli_presets; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
 

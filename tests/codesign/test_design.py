@@ -77,14 +77,14 @@ def test_malformed_design_files_name_the_part(tmp_path):
     with pytest.raises(DesignError, match="unknown key"):
         Design.from_dict({**d, "mapp": {}})
     bad_model = {**d, "model": {**d["model"], "n_experts": 0}}
-    with pytest.raises(DesignError, match="design.model"):
+    with pytest.raises(DesignError, match=r"design\.model"):
         Design.from_dict(bad_model)
-    with pytest.raises(DesignError, match="workload.n_requests"):
+    with pytest.raises(DesignError, match=r"workload\.n_requests"):
         Design.from_dict({**d, "workload": {"n_requests": 0}})
     with pytest.raises(DesignError, match="cannot read"):
         Design.load(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(DesignError, match="bad.json: not valid JSON"):
+    with pytest.raises(DesignError, match=r"bad\.json: not valid JSON"):
         Design.load(tmp_path / "bad.json")
 
 
@@ -143,8 +143,8 @@ def test_a_varied_model_gets_retargeted_routing_and_the_cache_reuses_it():
 
 
 def test_unknown_profile_and_routing_are_named():
-    with pytest.raises(DesignError, match="workload.routing"):
+    with pytest.raises(DesignError, match=r"workload\.routing"):
         WorkloadSpec(routing="magic")
     d = Design.from_presets("mixtral-8x7b", "dgx-h100", cost=CostSpec(profile="no-such-gpu"))
-    with pytest.raises(DesignError, match="cost.profile 'no-such-gpu'"):
+    with pytest.raises(DesignError, match=r"cost\.profile 'no-such-gpu'"):
         _ = d.content_hash

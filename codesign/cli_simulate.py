@@ -76,9 +76,17 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "model laid out on a platform by a mapping; prints the summary.",
     )
     p.add_argument(
-        "--model", required=True, help="model preset (codesign presets models) or a JSON file of MoEModel fields"
+        "--design",
+        type=Path,
+        default=None,
+        metavar="DESIGN.json",
+        help="replay a design file (written by codesign search/explore): model, platform, mapping, workload and "
+        "cost all come from it; --out, --json, --no-progress still apply",
     )
-    p.add_argument("--platform", required=True, help="platform preset (codesign presets platforms)")
+    p.add_argument(
+        "--model", default=None, help="model preset (codesign presets models) or a JSON file of MoEModel fields"
+    )
+    p.add_argument("--platform", default=None, help="platform preset (codesign presets platforms)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--trace", type=Path, help="routing trace to replay (.npz, canonical format)")
     src.add_argument(
@@ -655,10 +663,48 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--time-scale must be > 0, got {args.time_scale}")
 
 
+def _cmd_design(args: argparse.Namespace) -> int:
+    """``simulate --design F``: replay a design file through `codesign.design.simulate_design`."""
+    from codesign.design import Design, EvalCache, simulate_design
+
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out}: exists and is not a directory")
+    design = Design.load(args.design)
+    log.info("design %s: %s", design.content_hash, design.describe())
+    result = simulate_design(
+        design,
+        cache=EvalCache(),
+        progress=not args.no_progress and not args.json and sys.stderr.isatty(),
+        record_events=args.out is not None,
+    )
+    summary = result.summary_json()
+    summary["design_hash"] = design.content_hash
+    if args.out is not None:
+        paths = result.save(args.out)
+        paths.update(write_views(result, args.out))
+        log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    if args.json:
+        print(json.dumps(summary, allow_nan=False))
+    else:
+        print(f"design {design.content_hash}: {design.describe()}")
+        print(summary_table(summary))
+        if args.out is not None:
+            print(f"{'written to':<26} {args.out}")
+    return 0
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from codesign.simulate import TrainingDataError, simulate
     from hwmodels import CostModel, get_platform
 
+    if args.design is not None:
+        given = [f for f, v in (("--model", args.model), ("--platform", args.platform), ("--trace", args.trace)) if v]
+        if given:
+            raise ValueError(f"--design replays a whole design; drop {', '.join(given)} (they come from the file)")
+        return _cmd_design(args)
+    if args.model is None or args.platform is None:
+        missing = [f for f, v in (("--model", args.model), ("--platform", args.platform)) if v is None]
+        raise ValueError(f"{' and '.join(missing)} required (or --design DESIGN.json)")
     _check_args(args)
     model = load_model(args.model)
     if args.precision:

@@ -45,6 +45,7 @@ import numpy.typing as npt
 
 from codesign.policies import REGISTRIES
 from codesign.policies.base import PlacementPolicy, RoutingStats
+from hwmodels.execution import EXECUTIONS
 
 if TYPE_CHECKING:
     from hwmodels.devices import Device, MemoryTier, Platform
@@ -203,10 +204,19 @@ class Mapping:
             "layer)"
         },
     )
+    execution: str = field(
+        default="auto",
+        metadata={
+            "help": "kernel execution (hwmodels.execution presets: grouped-eager, grouped-graph, "
+            "grouped-graph-fused, per-expert-eager, per-expert-graph); 'auto' = each device kind's default"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.n_devices is not None:
             _positive_int(self.n_devices, "n_devices")
+        if self.execution != "auto" and self.execution not in EXECUTIONS:
+            raise MappingError(f"execution must be 'auto' or one of {sorted(EXECUTIONS)}, got {self.execution!r}")
         _check_policy("placement", self.placement, "placement")
         _check_policy("prefetch", self.prefetch, "prefetch")
         _check_policy("miss", self.miss, "miss")

@@ -49,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hwmodels.devices import Device, Link, Platform
+from hwmodels.execution import KernelExecution, resolve_execution
 from hwmodels.opcost import OpCost
 from workloads.model import MoEModel
 
@@ -379,6 +380,7 @@ class CostModel:
         *,
         fidelity: Fidelity = "calibrated",
         profiles: Mapping[str, EfficiencyModel] | None = None,
+        execution: str | KernelExecution | None = None,
     ) -> None:
         if fidelity not in ("roofline", "calibrated"):
             raise ValueError(f"fidelity must be 'roofline' or 'calibrated', got {fidelity!r}")
@@ -391,6 +393,10 @@ class CostModel:
                     f"profile {key!r} ({type(prof).__name__}) does not implement EfficiencyModel "
                     "(gemm, memory, copy, name)"
                 )
+        if execution is not None and execution != "auto":
+            resolve_execution(execution, "gpu")  # an unknown preset name fails here, before any work
+        self.execution: str | KernelExecution | None = execution
+        self._exec_cache: dict[str, KernelExecution] = {}
         self._defaults: dict[tuple[str, str], DefaultEfficiency] = {}
         self._ctx_cache: dict[tuple[int, str, str, str], tuple[Device, _Ctx]] = {}
 
@@ -409,7 +415,27 @@ class CostModel:
         self._memo[key] = (owner, cost, other)
 
     def __repr__(self) -> str:
-        return f"CostModel({self.platform.name!r}, fidelity={self.fidelity!r}, profiles={sorted(self.profiles)})"
+        return (
+            f"CostModel({self.platform.name!r}, fidelity={self.fidelity!r}, profiles={sorted(self.profiles)}, "
+            f"execution={self.execution!r})"
+        )
+
+    def with_execution(self, execution: str | KernelExecution | None) -> CostModel:
+        """The same cost model (platform, fidelity, profiles) with another kernel execution (a
+        `hwmodels.execution` preset name, ``"auto"``/None for each device kind's default, or a
+        `KernelExecution`); ``self`` when it is already that one."""
+        if execution == self.execution:
+            return self
+        return CostModel(self.platform, fidelity=self.fidelity, profiles=self.profiles, execution=execution)
+
+    def execution_for(self, device: Device) -> KernelExecution:
+        """The `KernelExecution` this cost model applies to ``device`` (by its kind when ``"auto"``)."""
+        if isinstance(self.execution, KernelExecution):
+            return self.execution
+        hit = self._exec_cache.get(device.kind)
+        if hit is None:
+            hit = self._exec_cache[device.kind] = resolve_execution(self.execution, device.kind)
+        return hit
 
     # ---------------------------------------------------------------- efficiency lookup
     def _default(self, kind: str, link: Link | None = None) -> DefaultEfficiency:
@@ -496,7 +522,7 @@ class CostModel:
                 a_bw=a_tier.bandwidth_Bps
                 * self._mem_eff(eff, a_tier.bandwidth_Bps, measured_tier=act_tier == device.weights_tier),
                 a_e=a_tier.energy_J_per_byte,
-                overhead_s=self._overhead(eff),
+                overhead_s=self.execution_for(device).kernel_overhead_s(self._overhead(eff)),
                 gemm_ratio=self._peak_ratio(eff, "flops", peak),
                 trusted=isinstance(eff, DefaultEfficiency),
                 tag=f"calibrated:{eff.name}",
@@ -538,6 +564,7 @@ class CostModel:
         path for the simulator's one-off questions), arrays element-wise.
         """
         ctx = self._context(device, weights_tier, act_tier, dtype)
+        n_kernels = self.execution_for(device).kernels(op, n_kernels)
         scalar = rows.ndim == 0
         if scalar:
             r = float(rows)
@@ -652,18 +679,43 @@ class CostModel:
         return cost
 
     def experts_grouped(
-        self, device: Device, model: MoEModel, tokens_per_expert: ArrayLike, *, weights_tier: str | None = None
+        self,
+        device: Device,
+        model: MoEModel,
+        tokens_per_expert: ArrayLike,
+        *,
+        weights_tier: str | None = None,
+        active: ArrayLike | None = None,
     ) -> OpCost:
-        """Several experts in one grouped call (one launch): ``tokens_per_expert`` is 1-D, one entry per
-        expert (zeros allowed: such experts read no weights). Returns a scalar `OpCost`."""
-        rows = _counts(tokens_per_expert, "tokens_per_expert").ravel()
+        """Several experts in one grouped call (one launch of each kernel for the group).
+
+        ``tokens_per_expert`` is ``[..., E]``: one entry per expert along the last axis (zeros
+        allowed: such experts read no weights); the result has the leading shape (a float `OpCost`
+        for 1-D input). Each active expert's weights are read once; its GEMM efficiency is that of
+        its own row count (a ragged grouped GEMM); the kernels' launch overhead is paid once per
+        group with any active expert (the count of kernels follows the device's `KernelExecution`).
+
+        ``active`` (same shape, in [0, 1]; default ``tokens > 0``) makes it an expectation for the
+        analytic model: expert ``e`` is in the group with probability ``active[..., e]`` and then
+        has ``tokens_per_expert[..., e]`` tokens; the launches are paid with probability
+        ``1 - prod(1 - active)``. (Assumption of that expectation: ``max(E[compute], E[memory])``
+        stands for ``E[max(compute, memory)]``.)
+        """
+        rows = _counts(tokens_per_expert, "tokens_per_expert")
+        if rows.ndim == 0:
+            rows = rows.reshape(1)
+        if active is None:
+            w = (rows > 0).astype(np.float64)
+            p_any = (np.count_nonzero(rows, axis=-1) > 0).astype(np.float64)
+        else:
+            w = np.broadcast_to(np.clip(np.asarray(active, dtype=np.float64), 0.0, 1.0), rows.shape)
+            w = np.where(rows > 0, w, 0.0)
+            p_any = 1.0 - np.prod(1.0 - w, axis=-1)
         tier = weights_tier or device.weights_tier
         dtype = _dtype_for(device, model.bytes_per_weight)
         ctx = self._context(device, tier, self._act_tier(device), dtype)
         source = f"{ctx.tag}:experts_grouped"
-        n_active = int(np.count_nonzero(rows))
-        if n_active == 0:
-            return OpCost(compute_s=0.0, memory_s=0.0, comm_s=0.0, energy_J=0.0, source=source)
+        flops_per_row = float(model.expert_flops_per_token)
         if ctx.eff is not None and ctx.curve is None:  # a calibration profile: element-wise efficiencies
             per = self._op(
                 device,
@@ -678,26 +730,34 @@ class CostModel:
                 n_kernels=0,
                 dtype=dtype,
             )
-            compute = float(np.sum(per.compute_s))
+            compute = np.sum(w * np.asarray(per.compute_s), axis=-1)
+        elif ctx.curve is None:
+            compute = np.sum(w * rows, axis=-1) * flops_per_row / ctx.peak
         else:
-            total_rows = float(np.sum(rows))
-            flops_per_row = float(model.expert_flops_per_token)
-            if ctx.curve is None:
-                compute = total_rows * flops_per_row / ctx.peak
-            else:
-                c = ctx.curve
-                mm = np.maximum(rows, 1.0)
-                compute = flops_per_row * float(np.sum(rows * (mm + c.m_half) / mm)) / (ctx.peak * c.e_max)
-        total_rows = float(np.sum(rows))
-        flops = total_rows * float(model.expert_flops_per_token)
-        w_bytes = n_active * model.bytes_per_expert
+            c = ctx.curve
+            mm = np.maximum(rows, 1.0)
+            compute = flops_per_row * np.sum(w * rows * (mm + c.m_half) / mm, axis=-1) / (ctx.peak * c.e_max)
+        total_rows = np.sum(w * rows, axis=-1)
+        flops = total_rows * flops_per_row
+        w_bytes = np.sum(w, axis=-1) * model.bytes_per_expert
         a_bytes = total_rows * ACTIVATION_BYTES * (2.0 * model.d_model + 2.0 * model.expert_ffn_dim)
         memory = w_bytes / ctx.w_bw + a_bytes / ctx.a_bw
-        overhead = 3 * ctx.overhead_s  # one grouped launch of each of the three kernels
-        compute += overhead
-        memory += overhead
-        energy = ctx.static_W * max(compute, memory) + ctx.e_flop * flops + w_bytes * ctx.w_e + a_bytes * ctx.a_e
-        return OpCost(compute_s=compute, memory_s=memory, comm_s=0.0, energy_J=energy, source=source)
+        kernels = self.execution_for(device).kernels("experts_grouped", 3)
+        overhead = kernels * ctx.overhead_s * p_any  # one grouped launch of each kernel
+        compute = compute + overhead
+        memory = memory + overhead
+        energy = ctx.static_W * np.maximum(compute, memory) + ctx.e_flop * flops + w_bytes * ctx.w_e + a_bytes * ctx.a_e
+        if np.ndim(tokens_per_expert) <= 1:
+            return OpCost(
+                compute_s=float(compute), memory_s=float(memory), comm_s=0.0, energy_J=float(energy), source=source
+            )
+        return OpCost(
+            compute_s=np.asarray(compute, dtype=np.float64),
+            memory_s=np.asarray(memory, dtype=np.float64),
+            comm_s=np.zeros(np.shape(compute)),
+            energy_J=np.asarray(energy, dtype=np.float64),
+            source=source,
+        )
 
     def shared_experts(self, device: Device, model: MoEModel, n_tokens: ArrayLike) -> OpCost:
         """All shared experts of one MoE layer on ``n_tokens`` tokens, as one fused FFN of width

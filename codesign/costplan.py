@@ -1,0 +1,275 @@
+"""`StepCostPlan`: every cost of a step, asked of `hwmodels` once, for the engine and the analytic model.
+
+A plan is built once per bound mapping (``StepCostPlan(cost_model, bound)``) and is pure: it holds
+no simulation state, only the cost model (with the mapping's kernel execution applied), the bound
+mapping and derived constants (the fetch and near-tier copy costs of one expert). For a step's
+routing, given as arrays, it answers per device (and per layer, vectorised) with `OpCost` arrays:
+
+- `attention_prefill`, `attention_decode`, `router`, `shared`, `dense`: the per-token ops;
+- `experts` (per expert, as if run alone), `layer_experts` (a device's active experts of each
+  layer run together, ``[L, E] -> [L]``, optionally as an expectation over activities) and
+  `group` (the engine's call for one layer's ready experts): the device kind's registered
+  `hwmodels.execution.ExpertStrategy` decides how experts run (grouped GEMM or per expert on
+  GPUs, CPUs and RDUs; a double-buffered stream with one pipeline fill per layer on FPGAs);
+- `fetch` (one expert's weights over the device's fetch path), `cpu_experts` (experts computed
+  on the host with their activations over the host link both ways), `all_to_all`.
+
+`zero_load_step_s` is the sum of these costs for one request on one device with every needed
+expert resident: what the simpy engine must reproduce at zero load (a test pins the equality).
+The analytic model (`codesign.analytic`) computes its expectations with the same plan, so
+nothing computes a cost twice. The plan holds no hardware number: every number is a `CostModel`
+answer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from hwmodels.costs import ACTIVATION_BYTES, CostModel
+from hwmodels.devices import Link
+from hwmodels.execution import ExpertStrategy, KernelExecution, expert_strategy
+from hwmodels.opcost import OpCost
+
+if TYPE_CHECKING:
+    from codesign.mapping import BoundMapping
+    from hwmodels.devices import Device
+    from workloads.model import MoEModel
+
+__all__ = ["StepCostPlan", "tier_link", "zero_load_step_s"]
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def tier_link(device: Device, src: str, dst: str) -> Link:
+    """A copy path between two tiers of one device, described by the source tier's own numbers
+    (bandwidth, latency, energy per byte); no number is invented here."""
+    tier = device.tier(src)
+    return Link(
+        name=f"{device.name}:{src}->{dst}",
+        bandwidth_Bps=tier.bandwidth_Bps,
+        latency_s=tier.latency_s,
+        duplex=False,
+        efficiency_points=(),
+        energy_J_per_byte=tier.energy_J_per_byte,
+        source=f"tier {src!r} of {device.name}: {tier.source}",
+    )
+
+
+def _zero(shape: tuple[int, ...] = ()) -> OpCost:
+    if not shape:
+        return OpCost(compute_s=0.0, memory_s=0.0, comm_s=0.0, energy_J=0.0, source="none")
+    z = np.zeros(shape)
+    return OpCost(compute_s=z, memory_s=z.copy(), comm_s=z.copy(), energy_J=z.copy(), source="none")
+
+
+class StepCostPlan:
+    """The costs of a step's operations on a bound mapping (see the module docstring).
+
+    ``cost``: the platform's `CostModel`; when the mapping names a kernel execution
+    (``Mapping.execution`` other than ``"auto"``) the plan uses ``cost.with_execution(...)``,
+    else the cost model's own (``"auto"``: each device kind's default). Devices are indexed as in
+    ``bound.devices``. Token-count arguments are non-negative numbers or arrays; zero tokens cost
+    zero. Methods return `OpCost` (floats for scalar input, arrays of the input's shape).
+    """
+
+    def __init__(self, cost: CostModel, bound: BoundMapping) -> None:
+        spec = getattr(bound.mapping, "execution", "auto")
+        self.cost: CostModel = cost if spec in (None, "auto") else cost.with_execution(spec)
+        self.bound = bound
+        self.model: MoEModel = bound.model
+        m = self.model
+        self.dense_model: MoEModel | None = m.with_(expert_ffn_dim=m.dense_ffn_dim) if m.n_dense_layers > 0 else None
+        self.devices = bound.devices
+        self.n_devices = len(bound.devices)
+        self.strategies: tuple[ExpertStrategy, ...] = tuple(expert_strategy(dev.kind) for dev in bound.devices)
+        self.executions: tuple[KernelExecution, ...] = tuple(self.cost.execution_for(dev) for dev in bound.devices)
+        self.fpga_reorder = bool(bound.mapping.fpga_reorder)
+        bpe = float(m.bytes_per_expert)
+        self.bytes_per_expert = bpe
+        links: list[Link | None] = []
+        fetch: list[OpCost] = []
+        for d, dev in enumerate(bound.devices):
+            link: Link | None
+            if not bound.offloaded:
+                link = None
+            elif bound.backing == "host":
+                link = bound.platform.host_link
+            else:
+                link = tier_link(dev, bound.backing, bound.cache_tier[d])
+            links.append(link)
+            fetch.append(self.cost.transfer(link, bpe) if link is not None else _zero())
+        self.fetch_links: tuple[Link | None, ...] = tuple(links)
+        self._fetch = tuple(fetch)
+        self.near_links: tuple[Link, ...] = ()
+        self._near_copy: tuple[OpCost, ...] = ()
+        if bound.near_tier is not None:
+            self.near_links = tuple(
+                tier_link(dev, bound.cache_tier[d], bound.near_tier) for d, dev in enumerate(bound.devices)
+            )
+            self._near_copy = tuple(self.cost.transfer(nl, bpe) for nl in self.near_links)
+
+    def __repr__(self) -> str:
+        names = [e.name for e in self.executions]
+        return f"StepCostPlan({self.bound.platform.name!r}, {self.model.name!r}, executions={names})"
+
+    # ------------------------------------------------------------------ per-token ops
+    def attention_prefill(self, d: int, prompt_lengths: npt.ArrayLike) -> OpCost:
+        """Attention of one layer over each prefill chunk of ``prompt_lengths`` tokens on device ``d``."""
+        return self.cost.attention_prefill(self.devices[d], self.model, np.asarray(prompt_lengths, dtype=np.float64))
+
+    def attention_decode(self, d: int, n_decode: npt.ArrayLike, context_len: npt.ArrayLike) -> OpCost:
+        """Attention of one layer for ``n_decode`` decode tokens at mean context ``context_len`` on ``d``."""
+        return self.cost.attention_decode(self.devices[d], self.model, n_decode, context_len)
+
+    def router(self, d: int, n_tokens: npt.ArrayLike) -> OpCost:
+        """The router of one MoE layer on ``n_tokens`` tokens on device ``d``."""
+        return self.cost.router(self.devices[d], self.model, n_tokens)
+
+    def shared(self, d: int, n_tokens: npt.ArrayLike) -> OpCost:
+        """The shared experts of one MoE layer (zero for a model without them)."""
+        return self.cost.shared_experts(self.devices[d], self.model, n_tokens)
+
+    def dense(self, d: int, n_tokens: npt.ArrayLike) -> OpCost:
+        """The FFN of one dense layer (zero for a model without dense layers)."""
+        if self.dense_model is None:
+            return _zero(np.shape(n_tokens))
+        return self.cost.expert_ffn(self.devices[d], self.dense_model, n_tokens)
+
+    # ------------------------------------------------------------------ experts
+    def experts(self, d: int, counts: npt.ArrayLike, tier: str | None = None) -> OpCost:
+        """Per-expert costs on device ``d`` (each expert as if run alone on its ``counts`` tokens) with
+        weights read from ``tier`` (default: the device's cache tier). Same shape as ``counts``."""
+        return self.strategies[d].per_expert(
+            self.cost,
+            self.devices[d],
+            self.model,
+            counts,
+            weights_tier=tier or self.bound.cache_tier[d],
+            execution=self.executions[d],
+            fpga_reorder=self.fpga_reorder,
+        )
+
+    def layer_experts(
+        self, d: int, counts: npt.ArrayLike, *, tier: str | None = None, active: npt.ArrayLike | None = None
+    ) -> OpCost:
+        """The experts of device ``d`` with tokens in ``counts`` (``[..., E]``) run together, one group per
+        leading index (``[L, E] -> [L]``), as the device kind's strategy and the kernel execution run
+        them. ``active`` (same shape) makes it an expectation (see `ExpertStrategy.layer`)."""
+        return self.strategies[d].layer(
+            self.cost,
+            self.devices[d],
+            self.model,
+            counts,
+            weights_tier=tier or self.bound.cache_tier[d],
+            execution=self.executions[d],
+            fpga_reorder=self.fpga_reorder,
+            active=active,
+        )
+
+    def serial_experts(self, d: int) -> bool:
+        """True when device ``d`` runs its experts one after the other (per-expert kernels, not an
+        FPGA stream): a group's time is then the sum of the experts' own costs."""
+        return self.executions[d].experts == "per-expert" and self.devices[d].kind != "fpga"
+
+    def group(
+        self,
+        d: int,
+        layer_counts: npt.NDArray[np.int64],
+        ready: npt.NDArray[np.int64],
+        comp_s: npt.NDArray[np.float64],
+        comp_J: npt.NDArray[np.float64],
+    ) -> tuple[float, float]:
+        """Time and energy of the ``ready`` experts of one layer run together on device ``d``.
+
+        ``layer_counts``: tokens per expert of the layer (``[E]``); ``comp_s``/``comp_J``: the
+        per-expert costs from `experts` (used as they are when the device runs experts one by
+        one). Grouped execution: one `layer_experts` call over the ready experts; FPGA: one
+        double-buffered stream with its pipeline fill."""
+        if ready.size == 0:
+            return 0.0, 0.0
+        if self.serial_experts(d):
+            return float(comp_s[ready].sum()), float(comp_J[ready].sum())
+        c = self.layer_experts(d, np.asarray(layer_counts)[ready])
+        return float(c.total_s), float(c.energy_J)
+
+    # ------------------------------------------------------------------ transfers and host
+    def fetch(self, d: int) -> OpCost:
+        """One expert's weights over device ``d``'s fetch path (zero when nothing is offloaded)."""
+        return self._fetch[d]
+
+    def near_copy(self, d: int) -> OpCost:
+        """One expert's weights copied from the cache tier to the near tier of device ``d``."""
+        if not self._near_copy:
+            raise ValueError("the mapping has no near tier")
+        return self._near_copy[d]
+
+    def cpu_experts(self, counts: npt.ArrayLike) -> OpCost | None:
+        """Experts computed on the host CPU on ``counts`` tokens each, with their activations sent
+        over the host link and back (``cpu_expert + 2 x transfer``); None without a host."""
+        platform = self.bound.platform
+        if platform.host is None or platform.host_link is None:
+            return None
+        n = np.asarray(counts, dtype=np.float64)
+        cc = self.cost.cpu_expert(platform.host, self.model, n)
+        tr = self.cost.transfer(platform.host_link, n * (self.model.d_model * ACTIVATION_BYTES))
+        return OpCost(
+            compute_s=cc.compute_s,
+            memory_s=cc.memory_s,
+            comm_s=np.add(cc.comm_s, 2.0 * np.asarray(tr.total_s))
+            if n.ndim
+            else float(cc.comm_s) + 2.0 * float(tr.total_s),
+            energy_J=np.add(cc.energy_J, 2.0 * np.asarray(tr.energy_J))
+            if n.ndim
+            else float(cc.energy_J) + 2.0 * float(tr.energy_J),
+            source=f"{cc.source}+2x{tr.source}",
+        )
+
+    def all_to_all(self, bytes_per_device: npt.ArrayLike) -> OpCost:
+        """An all-to-all of ``bytes_per_device`` (the busiest device's bytes) over the peer link."""
+        peer = self.bound.platform.peer_link
+        if peer is None or self.n_devices < 2:
+            return _zero(np.shape(bytes_per_device))
+        return self.cost.all_to_all(peer, bytes_per_device, self.n_devices)
+
+    # ------------------------------------------------------------------ zero load
+    def zero_load_step_s(self, routing_rows: npt.NDArray[np.int16], *, prefill: bool, context_len: int) -> float:
+        """Sum of the operation costs of one step on one device with every needed expert resident:
+        ``sum over MoE layers of attention + router + shared + the layer's experts`` plus ``dense
+        layers x (attention + dense FFN)``.
+
+        ``routing_rows`` (int16 ``[n_tokens, n_moe_layers, k]``, -1 = no expert) are the step's rows
+        of a single request: a prefill of ``n_tokens`` tokens (``prefill=True``) or ``n_tokens``
+        decode tokens at ``context_len`` tokens of context."""
+        if self.n_devices != 1:
+            raise ValueError("zero_load_step_s models a single device")
+        rows = np.asarray(routing_rows)
+        model = self.model
+        if rows.ndim != 3 or rows.shape[1] != model.n_moe_layers:
+            raise ValueError(f"routing_rows must be [n_tokens, {model.n_moe_layers}, k], got shape {tuple(rows.shape)}")
+        n = int(rows.shape[0])
+        if prefill:
+            attn = float(np.sum(self.attention_prefill(0, [n]).total_s))
+        else:
+            attn = float(self.attention_decode(0, n, float(context_len)).total_s)
+        router = float(self.router(0, n).total_s)
+        shared = float(self.shared(0, n).total_s) if model.n_shared_experts else 0.0
+        dense = float(self.dense(0, n).total_s)
+        L, E = model.n_moe_layers, model.n_experts
+        valid = rows >= 0
+        keys = (np.arange(L, dtype=np.int64)[None, :, None] * E + rows)[valid]
+        counts = np.bincount(keys, minlength=L * E).reshape(L, E)
+        if self.serial_experts(0):
+            experts = float(np.sum(np.asarray(self.experts(0, counts).total_s) * (counts > 0)))
+        else:
+            experts = float(np.sum(self.layer_experts(0, counts).total_s))
+        return L * (attn + router + shared) + experts + model.n_dense_layers * (attn + dense)
+
+
+def zero_load_step_s(
+    cost: CostModel, bound: BoundMapping, routing_rows: npt.NDArray[np.int16], *, prefill: bool, context_len: int
+) -> float:
+    """`StepCostPlan.zero_load_step_s` of a plan built for ``(cost, bound)`` (the engine's old signature)."""
+    return StepCostPlan(cost, bound).zero_load_step_s(routing_rows, prefill=prefill, context_len=context_len)

@@ -549,7 +549,7 @@ def routing_process(design: Design, cache: EvalCache | None = None) -> RoutingPr
 
     if cache is None:
         return make()
-    return cache.get_or_make(key, make)  # type: ignore[no-any-return]
+    return cache.get_or_make(key, make)
 
 
 def request_stream(design: Design, cache: EvalCache | None = None) -> RequestStream:
@@ -696,7 +696,7 @@ def _sim_metrics(design: Design, result: Result, cost: CostModel, wall_s: float)
         "all_to_all": a2a,
         "host_cpu": float(s.get("host_busy_s", 0.0)),
     }
-    extra = {
+    extra: dict[str, Any] = {
         k: s[k]
         for k in ("makespan_s", "n_steps", "output_tokens", "step_mean_s", "cross_device_share", "late_prefetch_share")
         if k in s

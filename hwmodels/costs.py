@@ -162,9 +162,11 @@ LINK_DEFAULT_EFF = 0.80
 
 
 class LinkCurve:
-    """Size-dependent copy efficiency of a link, interpolated from measured ``(bytes, achieved_Bps)``.
+    """Size-dependent copy efficiency of a link, interpolated from measured ``(bytes, efficiency)``
+    points (``Link.efficiency_points``: achieved / peak), read at the link's own ``bandwidth_Bps``
+    (``achieved_i = efficiency_i x bandwidth_Bps``), so a faster link of the same kind is faster.
 
-    The measured copy times ``t_i = bytes_i / achieved_i`` (made non-decreasing) are interpolated
+    The copy times ``t_i = bytes_i / achieved_i`` (made non-decreasing) are interpolated
     log-log between points; below the first point the time rises linearly from the link latency,
     above the last one it continues at the last achieved rate; the time never drops below
     ``latency + bytes / peak``. The efficiency is then ``(bytes / peak) / (t - latency)``, in
@@ -177,14 +179,15 @@ class LinkCurve:
         if not points:
             raise ValueError(f"link {link.name!r}: no efficiency points to interpolate")
         sizes = np.array([p[0] for p in points], dtype=np.float64)
-        times = np.maximum.accumulate(sizes / np.array([p[1] for p in points], dtype=np.float64))
+        rates = np.array([p[1] for p in points], dtype=np.float64) * self.peak_Bps
+        times = np.maximum.accumulate(sizes / rates)
         self._log_n = np.log(sizes)
         self._log_t = np.log(times)
         self._log_n_list = [float(x) for x in self._log_n]
         self._log_t_list = [float(x) for x in self._log_t]
         self._n0, self._t0 = float(sizes[0]), float(times[0])
         self._n1, self._t1 = float(sizes[-1]), float(times[-1])
-        self._rate_last = float(points[-1][1])
+        self._rate_last = float(rates[-1])
 
     def time_s(self, n_bytes: FloatArray) -> FloatArray:
         """Copy time of ``n_bytes`` (> 0) including the latency."""
@@ -397,7 +400,7 @@ class CostModel:
             resolve_execution(execution, "gpu")  # an unknown preset name fails here, before any work
         self.execution: str | KernelExecution | None = execution
         self._exec_cache: dict[str, KernelExecution] = {}
-        self._defaults: dict[tuple[str, str], DefaultEfficiency] = {}
+        self._defaults: dict[tuple[str, Link | None], DefaultEfficiency] = {}
         self._ctx_cache: dict[tuple[int, str, str, str], tuple[Device, _Ctx]] = {}
 
         self._memo: dict[tuple[Any, ...], tuple[Any, OpCost, Any]] = {}
@@ -439,7 +442,7 @@ class CostModel:
 
     # ---------------------------------------------------------------- efficiency lookup
     def _default(self, kind: str, link: Link | None = None) -> DefaultEfficiency:
-        key = (kind, link.name if link is not None else "")
+        key = (kind, link)
         eff = self._defaults.get(key)
         if eff is None:
             eff = self._defaults[key] = DefaultEfficiency(kind, link)
@@ -920,7 +923,7 @@ class CostModel:
         return default.copy(sizes, pinned=pinned), default.name
 
     def _link_default(self, link: Link) -> DefaultEfficiency:
-        key = ("gpu", "link:" + link.name)
+        key = ("link", link)  # the link itself (frozen, hashable): two links of one name differ by their numbers
         eff = self._defaults.get(key)
         if eff is None:
             eff = self._defaults[key] = DefaultEfficiency("gpu", link)

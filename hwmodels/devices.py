@@ -27,7 +27,7 @@ import itertools
 import math
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -45,6 +45,7 @@ __all__ = [
     "UnknownHardwareError",
     "check_tier_order",
     "device_preset_names",
+    "efficiencies_from_rates",
     "get_device",
     "get_link",
     "get_platform",
@@ -289,9 +290,13 @@ def check_tier_order(tiers: tuple[MemoryTier, ...], owner: str) -> None:
 class Link:
     """A point-to-point link (host PCIe, NVLink, RDU peer link).
 
-    ``bandwidth_Bps`` is the peak per direction; ``efficiency_points`` measured ``(bytes,
-    achieved_Bps)`` pairs of pinned-memory copies (ascending in bytes, may be empty);
-    ``pageable_efficiency_points`` the same for pageable host memory (may be empty).
+    ``bandwidth_Bps`` is the peak per direction. ``efficiency_points`` are measured pinned-memory
+    copies as ``(bytes, efficiency)`` pairs, ``efficiency = achieved / bandwidth_Bps`` in (0, 1]
+    (ascending in bytes, may be empty); ``pageable_efficiency_points`` the same for pageable host
+    memory. Storing efficiencies, not rates, makes a change of ``bandwidth_Bps`` scale the measured
+    curve (a hardware sweep of the bandwidth moves the copy times); `achieved_points` gives the
+    rates back. Preset files list achieved rates (readable, as measured) and `load_link_file`
+    converts them; `efficiencies_from_rates` converts measured ``(bytes, achieved_Bps)`` pairs.
     ``energy_J_per_byte`` is the dynamic energy of moving a byte over the link.
     """
 
@@ -312,19 +317,46 @@ class Link:
         _check_positive(owner, "latency_s", self.latency_s, allow_zero=True)
         _check_positive(owner, "energy_J_per_byte", self.energy_J_per_byte, allow_zero=True)
         for attr in ("efficiency_points", "pageable_efficiency_points"):
-            points = tuple((float(b), float(r)) for b, r in getattr(self, attr))
+            points = tuple((float(b), float(e)) for b, e in getattr(self, attr))
             object.__setattr__(self, attr, points)
-            for i, (n_bytes, rate) in enumerate(points):
+            for i, (n_bytes, eff) in enumerate(points):
                 _check_positive(owner, f"{attr}[{i}] bytes", n_bytes)
-                _check_positive(owner, f"{attr}[{i}] achieved_Bps", rate)
-                if rate > self.bandwidth_Bps * (1 + 1e-9):
+                _check_positive(owner, f"{attr}[{i}] efficiency", eff)
+                if eff > 1 + 1e-9:
                     raise ValueError(
-                        f"{owner}: {attr}[{i}] achieved {rate:.4g} B/s exceeds the peak "
-                        f"bandwidth_Bps {self.bandwidth_Bps:.4g}"
+                        f"{owner}: {attr}[{i}] efficiency {eff:.4g} exceeds the peak (must be achieved / "
+                        "bandwidth_Bps in (0, 1]; convert measured rates with efficiencies_from_rates)"
                     )
             sizes = [b for b, _ in points]
             if sizes != sorted(sizes) or len(set(sizes)) != len(sizes):
                 raise ValueError(f"{owner}: {attr} must be strictly ascending in bytes, got sizes {sizes}")
+
+    @property
+    def achieved_points(self) -> tuple[tuple[float, float], ...]:
+        """``efficiency_points`` as ``(bytes, achieved_Bps)`` at this link's ``bandwidth_Bps``."""
+        return tuple((b, e * self.bandwidth_Bps) for b, e in self.efficiency_points)
+
+    @property
+    def pageable_achieved_points(self) -> tuple[tuple[float, float], ...]:
+        """``pageable_efficiency_points`` as ``(bytes, achieved_Bps)`` at this link's ``bandwidth_Bps``."""
+        return tuple((b, e * self.bandwidth_Bps) for b, e in self.pageable_efficiency_points)
+
+
+def efficiencies_from_rates(
+    points: Sequence[tuple[float, float]], peak_Bps: float, *, where: str = "points"
+) -> tuple[tuple[float, float], ...]:
+    """Measured ``(bytes, achieved_Bps)`` pairs as ``(bytes, achieved / peak_Bps)`` for
+    ``Link.efficiency_points``; a rate above the peak is an error naming ``where`` and the index."""
+    if not (peak_Bps > 0 and math.isfinite(peak_Bps)):
+        raise ValueError(f"{where}: peak_Bps must be finite and > 0, got {peak_Bps!r}")
+    out: list[tuple[float, float]] = []
+    for i, (n_bytes, rate) in enumerate(points):
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"{where}[{i}]: achieved rate must be finite and > 0, got {rate!r}")
+        if rate > peak_Bps * (1 + 1e-9):
+            raise ValueError(f"{where}[{i}]: achieved {rate:.4g} B/s exceeds the peak bandwidth {peak_Bps:.4g} B/s")
+        out.append((float(n_bytes), min(float(rate) / peak_Bps, 1.0)))
+    return tuple(out)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -775,10 +807,13 @@ def load_link_file(path: str | Path) -> Link:
         bandwidth = { value = "32 GB/s", source = "..." }      # peak per direction
         latency = { value = "10 us", assumption = true, source = "..." }
         energy_per_byte = { value = "5 pJ/bit", assumption = true, source = "..." }
-        efficiency_points = [   # measured pinned copies: size and achieved rate
+        efficiency_points = [   # measured pinned copies: size and achieved rate (or efficiency = 0.56)
           { bytes = "1 MB", achieved = "18.0 GB/s", source = "..." },
         ]
         pageable_efficiency_points = [ ... ]   # optional, same form
+
+    Achieved rates are stored as efficiencies (achieved / bandwidth): a link derived with another
+    ``bandwidth_Bps`` keeps the measured curve's shape at the new peak.
     """
     return _load_link(*_cache_key(path))
 
@@ -806,22 +841,30 @@ def _load_link(path_text: str, mtime_ns: int = 0, size: int = 0) -> Link:
             where = r.where(f"{key}[{i}]")
             if not isinstance(item, Mapping):
                 raise PresetError(f"{where}: expected {{ bytes = ..., achieved = ..., source = ... }}")
-            _check_keys(item, {"bytes", "achieved", "source", "assumption", "note"}, where)
+            _check_keys(item, {"bytes", "achieved", "efficiency", "source", "assumption", "note"}, where)
             assumption = item.get("assumption", False)
             if not item.get("source") and assumption is not True:
                 raise PresetError(f"{where}: missing 'source' (or assumption = true)")
-            if "bytes" not in item or "achieved" not in item:
-                raise PresetError(f"{where}: needs both 'bytes' and 'achieved'")
+            if "bytes" not in item or ("achieved" in item) == ("efficiency" in item):
+                raise PresetError(f"{where}: needs 'bytes' and exactly one of 'achieved' (a rate) or 'efficiency'")
             n_bytes = parse_quantity(item["bytes"], None, "bytes", where=r.where(f"{key}[{i}].bytes"))
-            rate = parse_quantity(item["achieved"], None, "bandwidth", where=r.where(f"{key}[{i}].achieved"))
-            if n_bytes <= 0 or rate <= 0:
+            if "achieved" in item:
+                rate = parse_quantity(item["achieved"], None, "bandwidth", where=r.where(f"{key}[{i}].achieved"))
+                if rate > bandwidth * (1 + 1e-9):
+                    raise PresetError(
+                        f"{r.where(f'{key}[{i}].achieved')}: {rate:.4g} B/s exceeds the peak bandwidth "
+                        f"{bandwidth:.4g} B/s"
+                    )
+                eff = rate / bandwidth  # stored relative to the peak: a bandwidth change scales it
+            else:
+                eff = item["efficiency"]
+                if isinstance(eff, bool) or not isinstance(eff, int | float) or not 0 < eff <= 1:
+                    raise PresetError(f"{r.where(f'{key}[{i}].efficiency')}: expected a number in (0, 1], got {eff!r}")
+                eff = float(eff)
+            if n_bytes <= 0 or eff <= 0:
                 raise PresetError(f"{where}: bytes and achieved must be > 0")
-            if rate > bandwidth * (1 + 1e-9):
-                raise PresetError(
-                    f"{r.where(f'{key}[{i}].achieved')}: {rate:.4g} B/s exceeds the peak bandwidth {bandwidth:.4g} B/s"
-                )
             r.provenance.append((f"{key}[{i}]", str(item.get("source", "assumption")), bool(assumption)))
-            parsed.append((n_bytes, rate))
+            parsed.append((n_bytes, min(eff, 1.0)))
         sizes = [b for b, _ in parsed]
         if sizes != sorted(sizes) or len(set(sizes)) != len(sizes):
             raise PresetError(f"{r.where(key)}: points must be strictly ascending in bytes, got {sizes}")

@@ -306,7 +306,8 @@ def link_efficiency_points(
     """(bytes, achieved bytes/s) pairs from a Vidur network CSV (NCCL, times in ms), sorted by size.
 
     Uses the rows of ``collective`` with ``num_workers`` ranks inside one node; the median time per
-    size is taken over ranks. Suitable for ``Link.efficiency_points`` of a peer link.
+    size is taken over ranks. ``hwmodels.devices.efficiencies_from_rates(points, peak)`` turns them into
+    ``Link.efficiency_points`` (achieved / peak) of a peer link.
     """
     p = Path(path)
     try:

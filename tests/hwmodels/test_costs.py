@@ -142,9 +142,9 @@ def test_transfer_roofline_and_measured_points() -> None:
     assert cal.transfer(g5, n, pinned=False).comm_s > cal.transfer(g5, n).comm_s
     g4 = get_link("pcie-gen4-x16")
     cm4 = CostModel(get_platform("dgx-a100"))
-    for size, rate in g4.efficiency_points:
+    for size, rate in g4.achieved_points:
         assert cm4.transfer(g4, size).comm_s == pytest.approx(size / rate, rel=1e-6)
-    for size, rate in g4.pageable_efficiency_points:
+    for size, rate in g4.pageable_achieved_points:
         assert cm4.transfer(g4, size, pinned=False).comm_s == pytest.approx(size / rate, rel=1e-6)
     assert cal.transfer(g5, 1e6).energy_J == pytest.approx(1e6 * 5e-12 * 8)
     assert cal.transfer(g5, [1e3, 1e6]).source.startswith("calibrated:link-curve:pcie-gen5-x16")

@@ -77,7 +77,8 @@ def test_good_files_load(tmp_path: Path) -> None:
     assert dev.flops("bf16") == 500e12
     assert "static_power" in dev.assumptions and "tdp" not in dev.assumptions
     link = load_link_file(write(tmp_path, "link.toml", GOOD_LINK))
-    assert link.efficiency_points == ((1e6, 20e9), (1e9, 40e9))
+    assert link.efficiency_points == ((1e6, pytest.approx(0.4)), (1e9, pytest.approx(0.8)))  # achieved / 50 GB/s
+    assert link.achieved_points == ((1e6, pytest.approx(20e9)), (1e9, pytest.approx(40e9)))
 
 
 def test_missing_field(tmp_path: Path) -> None:
@@ -167,6 +168,19 @@ def test_link_points_above_peak_or_unsorted(tmp_path: Path) -> None:
     expect_error(load_link_file, write(tmp_path, "c.toml", nosource), "efficiency_points[0]", "source")
     noduplex = GOOD_LINK.replace("duplex = true\n", "")
     expect_error(load_link_file, write(tmp_path, "d.toml", noduplex), "'duplex'")
+    both = GOOD_LINK.replace('achieved = "20 GB/s",', 'achieved = "20 GB/s", efficiency = 0.4,')
+    expect_error(load_link_file, write(tmp_path, "e.toml", both), "efficiency_points[0]", "exactly one of")
+    over = GOOD_LINK.replace('achieved = "20 GB/s"', "efficiency = 1.5")
+    expect_error(load_link_file, write(tmp_path, "f.toml", over), "efficiency_points[0].efficiency", "(0, 1]")
+
+
+def test_link_points_may_be_given_as_efficiencies(tmp_path: Path) -> None:
+    """A point given as an efficiency loads as the same link as the achieved rate it stands for."""
+    as_eff = GOOD_LINK.replace('achieved = "20 GB/s"', "efficiency = 0.4")
+    a = load_link_file(write(tmp_path, "a.toml", GOOD_LINK))
+    b = load_link_file(write(tmp_path, "b.toml", as_eff))
+    assert b.efficiency_points[0] == (1e6, 0.4)
+    assert [e for _, e in b.efficiency_points] == pytest.approx([e for _, e in a.efficiency_points])
 
 
 def test_fpga_needs_fpga_table(tmp_path: Path) -> None:

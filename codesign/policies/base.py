@@ -506,7 +506,12 @@ class PlacementPolicy(ABC):
     ``[0, n_devices)``: the device that holds (homes) each expert. Contract: every expert has
     exactly one home; each device homes at most ``ceil(n_experts / n_devices)`` experts of each
     layer (balanced memory); deterministic under the seed; ``n_devices == 1`` gives all zeros.
+
+    Class flag ``needs_stats``: True when ``place`` needs routing statistics (with ``stats=None``
+    it raises); the simulator then supplies training routing (`codesign.simulate`).
     """
+
+    needs_stats: ClassVar[bool] = False
 
     def __init__(self, *, seed: int = 0) -> None:
         self.rng = np.random.default_rng(seed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +14,15 @@ from codesign.result import Event, Result
 from codesign.simulate import simulate
 from codesign.views import (
     cost_breakdown_info,
+    pack_events,
     plot_cost_breakdown,
     plot_timeline,
+    plot_utilisation,
     timeline_info,
+    unpack_events,
+    utilisation_info,
     write_html,
+    write_timeline_html,
 )
 from hwmodels import CostModel, get_platform
 from tests.codesign.sim_helpers import rows_stream
@@ -143,3 +150,87 @@ def test_errors_and_html(tmp_path: Path, offload_result: Result) -> None:
     path = write_html(plot_timeline(timeline_info(offload_result)), tmp_path / "sub" / "timeline.html")
     text = path.read_text()
     assert "<html>" in text[:200] and "plotly" in text and len(text) > 1_000_000  # plotly.js inline
+
+
+# ------------------------------------------------------------------------ aggregated timeline
+def test_utilisation_by_hand_and_the_parallel_note() -> None:
+    evs = [
+        Event("0:x", "compute", "attention", 0.0, 1.0, "a"),
+        Event("0:x", "compute", "experts", 0.5, 1.5, "b"),  # overlaps the first: merged
+        Event("0:x", "copy", "fetch", 0.2, 0.4, "c"),
+    ]
+    info = utilisation_info(evs, bins=4, start_s=0.0, end_s=2.0)
+    assert info.lanes == ["0:x / compute", "0:x / copy"]
+    assert info.edges_s == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0])
+    assert info.utilisation[0] == pytest.approx([1.0, 1.0, 1.0, 0.0])
+    assert info.utilisation[1] == pytest.approx([0.4, 0.0, 0.0, 0.0])
+    assert info.dominant[0] == ["attention", "attention", "experts", ""]
+    assert info.busy_s == pytest.approx({"0:x / compute": 1.5, "0:x / copy": 0.2})
+    assert info.stacked_busy_s == pytest.approx(1.7) and info.parallel_note == ""
+    both = utilisation_info([*evs, Event("host", "cpu", "cpu_expert", 0.0, 2.0, "d")], bins=4)
+    assert both.stacked_busy_s == pytest.approx(3.7)
+    assert "exceeds" in both.parallel_note and "parallel" in both.parallel_note and "3 lanes" in both.parallel_note
+    with pytest.raises(ValueError, match="bins"):
+        utilisation_info(evs, bins=0)
+
+
+def test_utilisation_of_a_real_run_adds_up(offload_result: Result) -> None:
+    info = utilisation_info(offload_result, bins=97)
+    window = info.t1_s - info.t0_s
+    width = window / 97
+    gantt = timeline_info(offload_result)
+    for lane, row in zip(info.lanes, info.utilisation, strict=True):
+        assert all(0.0 <= u <= 1.0 for u in row)
+        assert sum(row) * width == pytest.approx(info.busy_s[lane], rel=1e-9)
+        assert info.busy_s[lane] == pytest.approx(gantt.busy_s[lane]) and info.busy_s[lane] <= window
+    makespan = offload_result["makespan_s"]
+    assert info.t1_s <= makespan + 1e-12
+    assert (info.stacked_busy_s > window) == bool(info.parallel_note)
+    fig = plot_utilisation(info)
+    assert len(fig.data) == 1 + len(info.kinds) and len(fig.data[0].z) == len(info.lanes)
+
+
+def test_pack_events_round_trip(offload_result: Result) -> None:
+    info = utilisation_info(offload_result)
+    packed = pack_events(offload_result, info.lanes, info.kinds)
+    back = unpack_events(packed)
+    orig = sorted(((f"{e[0]} / {e[1]}", e[2], e[3], e[4]) for e in offload_result.events or []), key=lambda r: r[2:])
+    assert packed["n"] == len(orig) == len(back)
+    tol = packed["tick_s"] + 1e-12  # start and duration each rounded to the tick
+    for (la, ka, sa, ea), (lb, kb, sb, eb) in zip(orig, back, strict=True):
+        assert la == lb and ka == kb and abs(sa - sb) <= tol and abs(ea - eb) <= tol
+    assert pack_events(offload_result, info.lanes, info.kinds) == packed  # same run, same bytes
+
+
+def _long_run(n: int, seed: int = 0) -> list[Event]:
+    """A synthetic event log shaped like an 8-device run (compute, copies and all-to-all per
+    step), ``n`` events: what a long run would record without simulating one."""
+    rng = np.random.default_rng(seed)
+    evs: list[Event] = []
+    t = 0.0
+    kinds = ("attention", "router", "experts", "shared")
+    while len(evs) < n:
+        for d in range(8):
+            dur = float(rng.uniform(2e-5, 3e-4))
+            evs.append(Event(f"{d}:h100-sxm", "compute", kinds[int(rng.integers(4))], t, t + dur, "L3"))
+            if rng.random() < 0.3:
+                evs.append(Event(f"{d}:h100-sxm", "copy", "fetch", t + dur / 2, t + 3 * dur, "e5"))
+            if rng.random() < 0.2:
+                evs.append(Event(f"{d}:h100-sxm", "peer_link", "all_to_all", t + dur, t + 1.2 * dur, "a2a"))
+        t += 3e-4
+    return evs[:n]
+
+
+def test_timeline_of_a_100k_event_run_stays_small(tmp_path: Path) -> None:
+    evs = _long_run(100_000)
+    path = write_timeline_html(evs, tmp_path / "run" / "timeline.html", plotlyjs="directory")
+    assert (tmp_path / "run" / "plotly.min.js").is_file()
+    size = path.stat().st_size
+    assert size < 1_000_000, size  # aggregated utilisation + every event packed, plotly.js beside it
+    text = path.read_text()
+    packed = json.loads(re.search(r'id="timeline-events">(.*?)</script>', text, re.S).group(1))  # type: ignore[union-attr]
+    assert packed["n"] == 100_000
+    cb = write_html(plot_cost_breakdown(cost_breakdown_info(evs)), tmp_path / "run" / "cost.html", plotlyjs="directory")
+    assert cb.stat().st_size < 100_000
+    with pytest.raises(ValueError, match="plotlyjs"):
+        write_timeline_html(evs[:10], tmp_path / "x.html", plotlyjs="cdn")

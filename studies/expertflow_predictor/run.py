@@ -22,8 +22,6 @@ Run: ``python studies/expertflow_predictor/run.py [--out DIR]`` (seeded; about 4
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import sys
@@ -41,6 +39,10 @@ from hwmodels import CostModel, get_platform
 from workloads import RoutingTrace, get_model
 from workloads.importers import import_trace
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _study import finish, start, study_parser
+
+log = logging.getLogger("studies.expertflow_predictor")
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("MOE_CODESIGN_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 
@@ -80,11 +82,14 @@ def _trace(fmt: str, folder: str, shared: Path) -> RoutingTrace:
     return t
 
 
-def run(shared: Path = SHARED, seed: int = 0) -> dict[str, Any]:
+def run(shared: Path = SHARED, seed: int = 0, *, reduced: bool = False) -> dict[str, Any]:
+    """The study; ``reduced`` keeps only the Mixtral predictor accuracy and 4 / 12 replayed requests."""
     ds = _trace("deepseek-csv", "deepseek-v2-lite", shared)
     mx = _trace("mixtral-jsonl", "mixtral-8x7b-instruct", shared)
     accuracy: dict[str, Any] = {}
-    for name, trace in (("deepseek-v2-lite", ds), ("mixtral-8x7b", mx)):
+    traces = (("mixtral-8x7b", mx),) if reduced else (("deepseek-v2-lite", ds), ("mixtral-8x7b", mx))
+    for name, trace in traces:
+        log.info("predictor accuracy on %s", name)
         train, test = split_by_request(trace, 0.5)
         acc = RoutingPathPredictor.fit(train, horizon=3, context=2).evaluate(test)
         accuracy[name] = {
@@ -97,7 +102,9 @@ def run(shared: Path = SHARED, seed: int = 0) -> dict[str, Any]:
         }
     ids = np.unique(ds.request)
     train = ds.select_requests(ids[:100])
-    rows = [r for r in (ds.select_requests([i]).experts[:24] for i in ids[100:140]) if r.shape[0] == 24][:16]
+    rows = [r for r in (ds.select_requests([i]).experts[:24] for i in ids[100:140]) if r.shape[0] == 24][
+        : 4 if reduced else 16
+    ]
     model = get_model("deepseek-v2-lite")
     platform = get_platform("h100-pcie5-host")
     cost = CostModel(platform)
@@ -110,6 +117,7 @@ def run(shared: Path = SHARED, seed: int = 0) -> dict[str, Any]:
             prefetch_options=opts,
             batching=BatchingSpec(max_batch=4),
         )
+        log.info("offload %s+%s", cache, prefetch)
         r = simulate(model, platform, Replay(rows, 4), m, cost_model=cost, train=train, seed=seed)
         key = f"{cache}+{prefetch}" + "".join(f"[{k}={v}]" for k, v in opts)
         offload[key] = {
@@ -118,7 +126,9 @@ def run(shared: Path = SHARED, seed: int = 0) -> dict[str, Any]:
             "pcie_bytes": sum(r["bytes_moved"].values()),
             "config_hash": r.config_hash,
         }
-    rows20 = [r for r in (ds.select_requests([i]).experts[:20] for i in ids) if r.shape[0] == 20][:48]
+    rows20 = [r for r in (ds.select_requests([i]).experts[:20] for i in ids) if r.shape[0] == 20][
+        : 12 if reduced else 48
+    ]
     scheduling: dict[str, Any] = {}
     for frac in (1.0, 0.25):
         for sched in ("fifo", "expertflow", "symbolic-moe"):
@@ -172,17 +182,12 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap = study_parser("expertflow_predictor", __doc__)
     ap.add_argument("--shared", type=Path, default=SHARED)
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR)
-    summary = run(args.shared, args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    sys.stdout.write(table(summary) + "\n")
-    return 0
+    start(args)
+    summary = run(args.shared, args.seed, reduced=args.reduced)
+    return finish(args, summary, table(summary))
 
 
 if __name__ == "__main__":

@@ -30,9 +30,6 @@ the comparison is qualitative: which policy wins and by roughly how much.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -45,6 +42,9 @@ from workloads import get_model
 from workloads.importers import import_trace
 from workloads.requests import RequestStream, TraceReplay
 from workloads.trace import RoutingTrace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _study import finish, start, study_parser
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("MOE_CODESIGN_SHARED", Path(__file__).resolve().parents[3] / "shared"))
@@ -158,29 +158,25 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=HERE / "results")
-    ap.add_argument("--requests", type=int, default=4)
+    ap = study_parser("scenario1_mixtral_offload", __doc__)
+    ap.add_argument("--requests", type=int, default=None, help="requests (default 4; --reduced 2)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--prompt-len", type=int, default=16)
-    ap.add_argument("--output-len", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--output-len", type=int, default=None, help="output tokens (default 64; --reduced 8)")
     ap.add_argument("--shared", type=Path, default=SHARED)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    start(args)
     summary = run_scenario(
-        n_requests=args.requests,
+        n_requests=args.requests or (2 if args.reduced else 4),
         batch=args.batch,
         prompt_len=args.prompt_len,
-        output_len=args.output_len,
+        output_len=args.output_len or (8 if args.reduced else 64),
         seed=args.seed,
         shared=args.shared,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    sys.stdout.write(table(summary) + "\n")
-    sys.stdout.write(f"bf16, all experts in HBM: {summary['setting']['bf16_all_in_hbm']}\n")
-    return 0
+    return finish(
+        args, summary, table(summary) + f"\nbf16, all experts in HBM: {summary['setting']['bf16_all_in_hbm']}"
+    )
 
 
 if __name__ == "__main__":

@@ -54,10 +54,7 @@ placement) into ``--out`` (default ``results/`` beside this file) and prints a t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -76,6 +73,9 @@ from codesign.views import cost_breakdown_info, plot_timeline, timeline_info, wr
 from hwmodels import ACTIVATION_BYTES, CostModel, Platform, get_link, get_platform
 from workloads import RoutingTrace, get_model
 from workloads.importers import import_trace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _study import finish, start, study_parser
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("MOE_CODESIGN_SHARED", Path(__file__).resolve().parents[3] / "shared"))
@@ -354,26 +354,21 @@ def _table(results: dict[str, Any], comp: dict[str, float], prefix: str, title: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--out", type=Path, default=HERE / "results")
-    ap.add_argument("--requests", type=int, default=100)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = study_parser("scenario2_deepseek_exflow", __doc__)
+    ap.add_argument("--requests", type=int, default=None, help="requests (default 100; --reduced 8)")
+    ap.add_argument("--batch", type=int, default=None, help="max batch (default 64; --reduced 8)")
     ap.add_argument("--shared", type=Path, default=SHARED)
-    ap.add_argument("--timelines", action="store_true", help="also write timeline_<placement>.html (5 MB each)")
+    ap.add_argument("--timelines", action="store_true", help="also write timeline_<placement>.html")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    args.out.mkdir(parents=True, exist_ok=True)
+    start(args)
     summary = run_scenario(
-        n_requests=args.requests,
-        batch=args.batch,
+        n_requests=args.requests or (8 if args.reduced else 100),
+        batch=args.batch or (8 if args.reduced else 64),
         seed=args.seed,
         shared=args.shared,
         out=args.out if args.timelines else None,
     )
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    sys.stdout.write(table(summary) + "\n")
-    return 0
+    return finish(args, summary, table(summary))
 
 
 if __name__ == "__main__":

@@ -53,9 +53,6 @@ Run: ``python studies/scenario3_coe_sn40l/run.py [--out DIR] [--requests N] [--r
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +65,9 @@ from codesign.mapping import BatchingSpec, CacheSpec, Mapping
 from codesign.simulate import simulate
 from hwmodels import ACTIVATION_BYTES, CostModel, Link, get_platform
 from workloads import MoEModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _study import finish, start, study_parser
 
 HERE = Path(__file__).resolve().parent
 N_EXPERTS = 150
@@ -340,19 +340,19 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--out", type=Path, default=HERE / "results")
-    ap.add_argument("--requests", type=int, default=200)
+    ap = study_parser("scenario3_coe_sn40l", __doc__)
+    ap.add_argument("--requests", type=int, default=None, help="requests (default 200; --reduced 12)")
     ap.add_argument("--rate", type=float, default=4.0)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sram-policy", default="lru", help="replacement policy of the SN40L SRAM tier (default lru)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    summary = run_scenario(n_requests=args.requests, rate_per_s=args.rate, seed=args.seed, sram_policy=args.sram_policy)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    sys.stdout.write(table(summary) + "\n")
-    return 0
+    start(args)
+    summary = run_scenario(
+        n_requests=args.requests or (12 if args.reduced else 200),
+        rate_per_s=args.rate,
+        seed=args.seed,
+        sram_policy=args.sram_policy,
+    )
+    return finish(args, summary, table(summary))
 
 
 if __name__ == "__main__":

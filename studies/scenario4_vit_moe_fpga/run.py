@@ -36,9 +36,6 @@ Run: ``python studies/scenario4_vit_moe_fpga/run.py [--out DIR] [--images N] [--
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +48,9 @@ from codesign.mapping import BatchingSpec, Mapping
 from codesign.simulate import simulate
 from hwmodels import CostModel, get_platform, offchip_bytes
 from workloads import MoEModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _study import finish, start, study_parser
 
 HERE = Path(__file__).resolve().parent
 TOKENS_PER_IMAGE = 129
@@ -180,17 +180,12 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--out", type=Path, default=HERE / "results")
-    ap.add_argument("--images", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = study_parser("scenario4_vit_moe_fpga", __doc__)
+    ap.add_argument("--images", type=int, default=None, help="images (default 16; --reduced 2)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    summary = run_scenario(n_images=args.images, seed=args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    sys.stdout.write(table(summary) + "\n")
-    return 0
+    start(args)
+    summary = run_scenario(n_images=args.images or (2 if args.reduced else 16), seed=args.seed)
+    return finish(args, summary, table(summary))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,6 @@ table (TPOT, throughput, energy per token, cost per million tokens). Seeded; tak
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -31,6 +28,9 @@ from workloads.defaults import default_process
 from workloads.importers import import_trace
 from workloads.requests import ProcessRouting, RequestStream, TraceReplay
 from workloads.trace import RoutingTrace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _study import finish, start, study_parser
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("MOE_CODESIGN_SHARED", Path(__file__).resolve().parents[3] / "shared"))
@@ -107,17 +107,15 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=HERE / "results")
-    ap.add_argument("--seed", type=int, default=0)
+    ap = study_parser("scenario5_cpu_only", __doc__)
     ap.add_argument("--shared", type=Path, default=SHARED)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    summary = run_scenario(seed=args.seed, shared=args.shared)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    sys.stdout.write(table(summary) + "\n")
-    return 0
+    start(args)
+    if args.reduced:
+        summary = run_scenario(batches=(1,), output_len=8, seed=args.seed, shared=args.shared)
+    else:
+        summary = run_scenario(seed=args.seed, shared=args.shared)
+    return finish(args, summary, table(summary))
 
 
 if __name__ == "__main__":

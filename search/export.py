@@ -1,0 +1,94 @@
+"""The Pareto set of a study as files: a CSV (one row per design) and one design JSON per design.
+
+``OUT/pareto.csv`` has the trial number, the design hash, the objectives (column names with units),
+the fidelity of the values, the knobs that define the design (model shape, precision, platform,
+mapping) and the design file. ``OUT/pareto/<hash>.json`` is `codesign.design.Design.to_json`,
+which ``codesign simulate --design FILE`` replays. `pareto_rows` gives the same rows to print.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import FrozenTrial
+
+from search.objectives import get_objective
+
+__all__ = ["ROW_KNOBS", "pareto_rows", "write_pareto"]
+
+#: Design fields shown per Pareto design: column name -> path in `Design.to_dict()`.
+ROW_KNOBS: dict[str, tuple[str, ...]] = {
+    "model": ("workload", "base_model"),
+    "experts": ("model", "n_experts"),
+    "top_k": ("model", "top_k"),
+    "expert_ffn": ("model", "expert_ffn_dim"),
+    "shared": ("model", "n_shared_experts"),
+    "bytes_per_weight": ("model", "bytes_per_weight"),
+    "platform": ("platform", "name"),
+    "devices": ("mapping", "n_devices"),
+    "fast_share": ("mapping", "cache", "expert_fraction"),
+    "cache": ("mapping", "cache", "policy"),
+    "prefetch": ("mapping", "prefetch"),
+    "miss": ("mapping", "miss"),
+    "placement": ("mapping", "placement"),
+    "ep": ("mapping", "ep_execution"),
+    "max_batch": ("mapping", "batching", "max_batch"),
+}
+
+
+def _get(d: Any, path: Sequence[str]) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def pareto_rows(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[dict[str, Any]]:
+    """One dict per trial: ``trial``, ``design_hash``, ``<objective> [unit]`` values, ``fidelity``,
+    ``granularity_G`` (Krajewski G of the model) and the `ROW_KNOBS`."""
+    from codesign.design import Design
+
+    rows = []
+    for t in trials:
+        design = t.user_attrs.get("design") or {}
+        row: dict[str, Any] = {"trial": t.number, "design_hash": t.user_attrs.get("design_hash", "")}
+        for name, value in zip(objectives, t.values or (), strict=False):
+            row[f"{name} [{get_objective(name).unit}]"] = value
+        row["fidelity"] = t.user_attrs.get("fidelity", "")
+        for col, path in ROW_KNOBS.items():
+            row[col] = _get(design, path)
+        row["granularity_G"] = round(Design.from_dict(design).model.granularity, 3) if design else None
+        rows.append(row)
+    return rows
+
+
+def write_pareto(trials: Sequence[FrozenTrial], objectives: Sequence[str], out_dir: Path) -> tuple[Path, list[Path]]:
+    """Write ``OUT/pareto.csv`` and ``OUT/pareto/<hash>.json`` (module doc); returns their paths.
+    Design files of an earlier export that left the front are removed."""
+    from codesign.design import Design
+
+    out_dir = Path(out_dir)
+    folder = out_dir / "pareto"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = pareto_rows(trials, objectives)
+    files: list[Path] = []
+    for t, row in zip(trials, rows, strict=True):
+        path = folder / f"{row['design_hash']}.json"
+        Design.from_dict(t.user_attrs["design"]).save(path)
+        row["design_file"] = str(path)
+        files.append(path)
+    keep = {p.resolve() for p in files}
+    for old in folder.glob("*.json"):
+        if old.resolve() not in keep:
+            old.unlink()
+    csv_path = out_dir / "pareto.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as fh:
+        cols = list(rows[0]) if rows else ["trial", "design_hash", *objectives, "design_file"]
+        writer = csv.DictWriter(fh, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+    return csv_path, files

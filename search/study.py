@@ -1,0 +1,553 @@
+"""Running a search: an Optuna study over a `SearchSpace`, evaluated through `codesign.design`.
+
+    from search import SearchConfig, run_search, load_space
+    outcome = run_search(SearchConfig(space=load_space(), out_dir=Path("codesign-out"), n_trials=50))
+    outcome.pareto          # feasible non-dominated trials at the top fidelity
+
+Each trial (`TrialEvaluator`):
+
+1. the space builds a `Candidate` from the trial's suggestions; its routing process (retargeted
+   when the experts or top-k changed) comes from the `RoutingCache` in ``OUT/cache/processes``;
+2. the quality proxy scores the model (`search.quality`);
+3. multi-fidelity (``fidelity = "multi"``): the analytic model screens the design when it can
+   (`codesign.design.analytic_reasons` empty); the simulator confirms it when it is *promising*:
+   its analytic objectives, made ``confirm_margin`` better (the analytic model's error allowance),
+   are not dominated by any feasible simulator-confirmed trial so far and it could meet the SLOs;
+   designs the analytic model cannot model go to the simulator directly. The trial reports the
+   simulator's values when it ran, else the analytic ones; ``user_attrs["fidelity"]`` says which,
+   ``user_attrs["metrics"]`` holds both (``{"analytic": ..., "sim": ...}``, `Metrics.to_dict`);
+4. constraints (``user_attrs["constraints"]``, read by the samplers' ``constraints_func``;
+   Optuna stores them in ``system_attrs["constraints"]``): ``fits`` (-1 fits, +1 the mapping does
+   not fit: `MappingError`, message in ``user_attrs["infeasible"]``) and one relative violation
+   per SLO. A design that does not fit was never evaluated, so its system objectives are
+   placeholders (`PLACEHOLDER` in the objective's worst direction, finite): Optuna's constrained
+   samplers rank infeasible trials by their violation only (constrained domination in NSGA-II,
+   feasible-first splitting in TPE), never by these values, and the Pareto set, CSV and report
+   use feasible trials only. The quality objective is always the real value.
+
+Storage: ``sqlite:///OUT/study.db`` by default (a study resumes by name), or any Optuna storage
+URL (PostgreSQL for workers on several machines: Optuna's own distributed mode). ``jobs > 1``
+starts that many worker processes on the same storage, each with its own sampler seeded
+``seed + worker``. Reproducibility: with ``jobs = 1`` the same seed gives the same trials in a
+fresh process (samplers seeded; evaluation deterministic). A trial left RUNNING by a killed worker
+on this machine is marked FAIL at the next start (its process no longer exists); completed trials
+are committed as they finish, so a SIGKILL loses only the trial in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.objectives import Objective, get_objective
+from search.quality import QUALITY_LAWS, QualityLaw
+from search.routing import RoutingCache
+from search.space import Candidate, SearchSpace, _parse, params_chooser, suggest_with
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PLACEHOLDER",
+    "SearchConfig",
+    "SearchOutcome",
+    "TrialEvaluator",
+    "candidate_design",
+    "constraints_of",
+    "dominates",
+    "make_sampler",
+    "pareto_trials",
+    "run_search",
+    "storage_url",
+    "top_fidelity",
+]
+
+#: Finite stand-in for the system objectives of a design that does not fit (module doc, item 4).
+PLACEHOLDER = 1e12
+#: Trials between reloads of the confirmed set from the storage (`TrialEvaluator.promising`).
+REFRESH_EVERY = 10
+DB_NAME = "study.db"
+
+
+# ------------------------------------------------------------------------------------- config
+@dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    """What `run_search` runs: ``n_trials`` new trials of ``space`` into ``study_name`` at
+    ``storage`` (``None`` = ``sqlite:///out_dir/study.db``) with ``jobs`` worker processes."""
+
+    space: SearchSpace
+    out_dir: Path
+    n_trials: int
+    seed: int = 0
+    jobs: int = 1
+    storage: str | None = None
+    study_name: str = "codesign"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 0:
+            raise ValueError(f"n_trials must be an int >= 0, got {self.n_trials!r}")
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ValueError(f"jobs must be an int >= 1, got {self.jobs!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+        if not self.study_name:
+            raise ValueError("study_name must not be empty")
+
+
+def storage_url(config: SearchConfig) -> str:
+    """The storage URL of ``config`` (the SQLite file in the output folder by default)."""
+    if config.storage:
+        return config.storage
+    return f"sqlite:///{(Path(config.out_dir) / DB_NAME).resolve()}"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Write-ahead log, synced at checkpoints: a commit costs no fsync, and a committed trial
+    survives the process being killed (it is in the WAL file); only an OS crash may lose the
+    last commits."""
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith("sqlite"):
+        from sqlalchemy import event
+
+        # wait for a lock held by another worker instead of failing at once
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+        event.listen(storage.engine, "connect", _sqlite_pragmas)
+        storage.engine.dispose()  # connections opened before the listener reconnect with it
+        return storage
+    if url.endswith(".log") or url.startswith("journal:"):
+        path = url.removeprefix("journal:")
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+    return optuna.storages.RDBStorage(url)
+
+
+def constraints_of(trial: FrozenTrial) -> list[float]:
+    """The samplers' ``constraints_func``: the trial's constraint values (<= 0 satisfied)."""
+    named = trial.user_attrs.get("constraints")
+    if not isinstance(named, dict):
+        return [1.0]  # a trial that never recorded its constraints (crashed) counts as infeasible
+    return [float(v) for v in named.values()]
+
+
+def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    """The space's sampler, seeded, with `constraints_of` as its constraints function."""
+    with warnings.catch_warnings():
+        # Optuna 5 deprecates constraints_func for Trial.set_constraint; the function form works
+        # on every Optuna this package supports (>= 3.6) and stores system_attrs["constraints"]
+        warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        if space.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(
+                population_size=space.population_size, seed=seed, constraints_func=constraints_of
+            )
+        if space.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints_of, multivariate=True)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def top_fidelity(space: SearchSpace) -> str | None:
+    """The fidelity whose values the Pareto set trusts: the simulator, or any (``None``) in an
+    analytic-only space (whose designs the closed form cannot model were simulated)."""
+    return None if space.fidelity == "analytic" else "sim"
+
+
+def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
+    """Whether ``a`` Pareto-dominates ``b`` (no worse everywhere, better somewhere)."""
+    better = False
+    for x, y, d in zip(a, b, directions, strict=True):
+        if d == "maximize":
+            x, y = -x, -y
+        if x > y:
+            return False
+        if x < y:
+            better = True
+    return better
+
+
+# ----------------------------------------------------------------------------------- designs
+def candidate_design(cand: Candidate, routing: RoutingCache) -> Any:
+    """The `codesign.design.Design` of a candidate: routing ``"default"`` for the base model's own
+    shape, else ``"process:PATH"`` of the cached retargeted process."""
+    from codesign.design import CostSpec, Design, WorkloadSpec
+
+    base, n_e, k = cand.routing_shape
+    if routing.is_base_shape(base, n_e, k):
+        source = "default"
+    else:
+        source = f"process:{routing.path(base, n_e, k)}"
+    return Design(
+        model=cand.model,
+        platform=cand.platform,
+        mapping=cand.mapping(),
+        workload=WorkloadSpec(routing=source, **cand.workload_kw),
+        cost=CostSpec(fidelity=cand.cost_fidelity),  # type: ignore[arg-type]
+    )
+
+
+class TrialEvaluator:
+    """The objective function of a study (module doc). One instance per worker process: it holds
+    the routing cache, the evaluation cache (`codesign.design.EvalCache`) and a memo of metrics by
+    design hash (NSGA-II proposes the same design more than once)."""
+
+    def __init__(self, space: SearchSpace, out_dir: Path) -> None:
+        from codesign.design import EvalCache
+
+        self.space = space
+        self.objectives: list[Objective] = [get_objective(n) for n in space.objectives]
+        self.directions = [o.direction for o in self.objectives]
+        self.law: QualityLaw = QUALITY_LAWS.create(space.quality_law)
+        w = space.workload
+        self.routing = RoutingCache(
+            folder=Path(out_dir) / "cache" / "processes",
+            calibration_iterations=int(w["routing_calibration_iterations"]),
+            calibration_tokens=int(w["routing_calibration_tokens"]),
+            seed=int(w["seed"]),
+        )
+        self.cache = EvalCache(max_entries=256)
+        self._memo: dict[tuple[str, str], dict[str, Any] | str] = {}
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._confirmed: list[list[float]] | None = None
+        self._since_refresh = 0
+
+    # -------------------------------------------------------------- evaluation
+    def _evaluate(self, design: Any, design_hash: str, fidelity: str) -> dict[str, Any] | str:
+        """``Metrics.to_dict()``, or the `MappingError` message when the design does not fit."""
+        from codesign.design import evaluate
+        from codesign.mapping import MappingError
+
+        key = (design_hash, fidelity)
+        if key not in self._memo:
+            try:
+                self._memo[key] = evaluate(design, fidelity, cache=self.cache).to_dict()  # type: ignore[arg-type]
+            except MappingError as exc:
+                self._memo[key] = str(exc)
+        return self._memo[key]
+
+    def values(self, metrics: dict[str, Any], quality: float, *, optimism: float = 0.0) -> list[float]:
+        """Objective values; ``optimism`` makes the system ones that much better (screening)."""
+        out = []
+        for o in self.objectives:
+            v = o.value(metrics, quality)
+            if o.metric is not None and optimism:
+                v = v * (1.0 - optimism) if o.direction == "minimize" else v * (1.0 + optimism)
+            out.append(v)
+        return out
+
+    def slo_violations(self, metrics: dict[str, Any], *, optimism: float = 0.0) -> dict[str, float]:
+        out = {}
+        for slo in self.space.slos:
+            scaled = dict(metrics)
+            scaled[slo.metric] = float(metrics[slo.metric]) * (1.0 - optimism)
+            out[slo.name] = slo.violation(scaled)
+        return out
+
+    def _refresh_confirmed(self, study: optuna.Study) -> None:
+        """Reload the values of the study's feasible simulator-confirmed trials (all workers')."""
+        self._confirmed = [
+            list(t.values)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("fidelity") == "sim" and t.values is not None and all(c <= 0 for c in constraints_of(t))
+        ]
+        self._since_refresh = 0
+
+    def promising(self, study: optuna.Study, screened: list[float], slo: dict[str, float]) -> bool:
+        """Whether a screened design deserves the simulator (module doc, item 3). The confirmed
+        set is this worker's own plus the study's, reloaded every `REFRESH_EVERY` trials (with one
+        worker: always exactly the study's)."""
+        if any(v > 0 for v in slo.values()):
+            return False
+        if self._confirmed is None or self._since_refresh >= REFRESH_EVERY:
+            self._refresh_confirmed(study)
+        assert self._confirmed is not None
+        return not any(dominates(f, screened, self.directions) for f in self._confirmed)
+
+    def placeholder_values(self, quality: float) -> list[float]:
+        return [
+            quality if o.metric is None else (PLACEHOLDER if o.direction == "minimize" else 0.0)
+            for o in self.objectives
+        ]
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        self._since_refresh += 1
+        trial.set_user_attr("worker", self.worker)
+        cand = self.space.build(suggest_with(trial))
+        design = candidate_design(cand, self.routing)
+        design_hash = design.content_hash
+        quality = self.law.loss(cand.model, cand.training_tokens)
+        trial.set_user_attr("design_hash", design_hash)
+        trial.set_user_attr("design", design.to_dict())
+        trial.set_user_attr("quality", {"law": self.law.name, "loss": quality})
+        n_dev = int(cand.mapping_kw["n_devices"])
+        if n_dev > cand.model.n_experts:
+            return self._infeasible(
+                trial, f"n_devices={n_dev} exceeds the model's {cand.model.n_experts} experts per layer", quality
+            )
+        metrics: dict[str, Any] = {}
+        screen_reasons: list[str] = []
+        fidelity = self.space.fidelity
+        if fidelity in ("multi", "analytic"):
+            from codesign.design import analytic_reasons
+
+            screen_reasons = analytic_reasons(design)
+            if not screen_reasons:
+                res = self._evaluate(design, design_hash, "analytic")
+                if isinstance(res, str):
+                    return self._infeasible(trial, res, quality)
+                metrics["analytic"] = res
+            else:
+                trial.set_user_attr("analytic_unsupported", screen_reasons)
+        run_sim = "analytic" not in metrics  # sim-only spaces, and designs the closed form cannot model
+        if fidelity == "multi" and not run_sim:
+            m = self.space.confirm_margin
+            screened = self.values(metrics["analytic"], quality, optimism=m)
+            run_sim = self.promising(trial.study, screened, self.slo_violations(metrics["analytic"], optimism=m))
+        if run_sim:
+            res = self._evaluate(design, design_hash, "sim")
+            if isinstance(res, str):
+                return self._infeasible(trial, res, quality)
+            metrics["sim"] = res
+        used = "sim" if "sim" in metrics else "analytic"
+        trial.set_user_attr("metrics", metrics)
+        trial.set_user_attr("fidelity", used)
+        constraints = {"fits": -1.0, **self.slo_violations(metrics[used])}
+        trial.set_user_attr("constraints", constraints)
+        values = self.values(metrics[used], quality)
+        if used == "sim" and self._confirmed is not None and all(c <= 0 for c in constraints.values()):
+            self._confirmed.append(values)
+        return values
+
+    def _infeasible(self, trial: optuna.Trial, message: str, quality: float) -> list[float]:
+        trial.set_user_attr("infeasible", message)
+        trial.set_user_attr("fidelity", "none")
+        trial.set_user_attr("metrics", {})
+        trial.set_user_attr("constraints", {"fits": 1.0, **{s.name: 0.0 for s in self.space.slos}})
+        return self.placeholder_values(quality)
+
+
+# ------------------------------------------------------------------------------------ running
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What a search left: the study, its Pareto trials at the top fidelity, counts by state."""
+
+    study: optuna.Study
+    pareto: list[FrozenTrial]
+    counts: dict[str, int]
+    new_trials: int
+    wall_s: float
+    storage: str
+    failures: list[str] = field(default_factory=list)
+
+
+def pareto_trials(study: optuna.Study, fidelity: str | None = "sim") -> list[FrozenTrial]:
+    """Feasible completed trials whose values come from ``fidelity`` (any evaluated one when
+    ``None``) and that no other such trial dominates, sorted by the first objective (one trial per
+    design hash)."""
+    directions = ["maximize" if d == optuna.study.StudyDirection.MAXIMIZE else "minimize" for d in study.directions]
+    pool: dict[str, FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        got = t.user_attrs.get("fidelity")
+        if (got != fidelity if fidelity is not None else got not in ("sim", "analytic")) or t.values is None:
+            continue
+        if any(c > 0 for c in constraints_of(t)) or not all(math.isfinite(v) for v in t.values):
+            continue
+        pool.setdefault(str(t.user_attrs.get("design_hash", t.number)), t)
+    trials = list(pool.values())
+    front = [t for t in trials if not any(dominates(o.values, t.values, directions) for o in trials if o is not t)]
+    sign = -1.0 if directions[0] == "maximize" else 1.0
+    return sorted(front, key=lambda t: (sign * t.values[0], t.number))
+
+
+def _fail_orphans(study: optuna.Study) -> int:
+    """Mark FAIL the RUNNING trials of dead worker processes of this machine; returns how many."""
+    host = socket.gethostname()
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(t.user_attrs.get("worker", ""))
+        h, _, pid = worker.rpartition(":")
+        if h != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _study(config: SearchConfig, url: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    directions = [get_objective(n).direction for n in config.space.objectives]
+    study = optuna.create_study(
+        storage=_storage(url),
+        sampler=sampler,
+        study_name=config.study_name,
+        directions=directions,
+        load_if_exists=True,
+    )
+    if [d.name.lower() for d in study.directions] != directions:
+        raise ValueError(
+            f"study {config.study_name!r} at {url} has directions {[d.name.lower() for d in study.directions]}, "
+            f"but the space's objectives {list(config.space.objectives)} need {directions}; use another --study name"
+        )
+    names = list(config.space.objectives)
+    if study.metric_names is None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
+    elif list(study.metric_names) != names:
+        raise ValueError(
+            f"study {config.study_name!r} at {url} optimises {study.metric_names}, not {names}; "
+            "use another --study name"
+        )
+    return study
+
+
+_CATCH = (ValueError, ArithmeticError)
+
+
+def _worker(raw: dict[str, Any], source: str, out_dir: str, url: str, name: str, seed: int, target: int) -> None:
+    """One worker process of a ``jobs > 1`` search (spawned): runs trials until the study holds
+    ``target`` finished trials."""
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    space = _parse(raw, source)
+    config = SearchConfig(space=space, out_dir=Path(out_dir), n_trials=0, seed=seed, storage=url, study_name=name)
+    study = _study(config, url, make_sampler(space, seed))
+    evaluator = TrialEvaluator(space, Path(out_dir))
+    stop = optuna.study.MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED))
+    study.optimize(evaluator, callbacks=[stop], catch=_CATCH, gc_after_trial=False)
+
+
+def run_search(config: SearchConfig, *, on_trial: Callable[[int, int], None] | None = None) -> SearchOutcome:
+    """Run ``config.n_trials`` new trials (module doc) and return the outcome.
+
+    ``on_trial(done, total)`` is called as trials finish (a progress bar); with ``progress`` and
+    no ``on_trial`` a tqdm bar is drawn on stderr."""
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    url = storage_url(config)
+    space = config.space
+    sampler = make_sampler(space, config.seed)
+    study = _study(config, url, sampler)
+    orphans = _fail_orphans(study)
+    if orphans:
+        log.warning("marked %d trials of killed workers as failed", orphans)
+    finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+    before = len(study.get_trials(deepcopy=False, states=finished))
+    target = before + config.n_trials
+    bar = None
+    if on_trial is None and config.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.n_trials, desc="search", unit="trial")
+
+        def on_trial(done: int, total: int) -> None:
+            assert bar is not None
+            bar.n = done
+            bar.refresh()
+
+    t0 = time.perf_counter()
+    optuna_level = logging.getLogger("optuna").level
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    try:
+        if config.jobs == 1:
+            evaluator = TrialEvaluator(space, out_dir)
+
+            def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+                if on_trial is not None:
+                    on_trial(len(study.get_trials(deepcopy=False, states=finished)) - before, config.n_trials)
+
+            study.optimize(evaluator, n_trials=config.n_trials, callbacks=[callback], catch=_CATCH)
+        else:
+            _run_workers(config, url, target, before, on_trial)
+    finally:
+        logging.getLogger("optuna").setLevel(optuna_level)
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    failures = [
+        f"trial {t.number}: {t.system_attrs.get('fail_reason', 'unknown')}".splitlines()[0]
+        for t in trials
+        if t.state == TrialState.FAIL
+    ]
+    return SearchOutcome(
+        study=study,
+        pareto=pareto_trials(study, top_fidelity(space)),
+        counts=counts,
+        new_trials=len(study.get_trials(deepcopy=False, states=finished)) - before,
+        wall_s=wall,
+        storage=url,
+        failures=failures,
+    )
+
+
+def _run_workers(
+    config: SearchConfig, url: str, target: int, before: int, on_trial: Callable[[int, int], None] | None
+) -> None:
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(
+                config.space.raw,
+                config.space.source,
+                str(config.out_dir),
+                url,
+                config.study_name,
+                config.seed + i,
+                target,
+            ),
+        )
+        for i in range(config.jobs)
+    ]
+    for p in procs:
+        p.start()
+    watcher = optuna.load_study(study_name=config.study_name, storage=_storage(url))
+    finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+    try:
+        while any(p.is_alive() for p in procs):
+            if on_trial is not None:
+                on_trial(len(watcher.get_trials(deepcopy=False, states=finished)) - before, config.n_trials)
+            for p in procs:
+                p.join(timeout=0.5 / len(procs))
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+    bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
+    if bad:
+        raise RuntimeError(f"{len(bad)} of {len(procs)} search workers failed (exit codes {bad}); see the log above")
+    if on_trial is not None:
+        on_trial(len(watcher.get_trials(deepcopy=False, states=finished)) - before, config.n_trials)
+
+
+def replay_candidate(space: SearchSpace, params: dict[str, Any]) -> Candidate:
+    """The candidate of a trial's parameters (``trial.params``) in ``space``."""
+    return space.build(params_chooser(params))

@@ -169,6 +169,11 @@ class StepCostPlan:
             active=active,
         )
 
+    def group_fixed_s(self, d: int) -> float:
+        """Seconds a group of device ``d``'s experts pays once when any expert is active (grouped
+        launches, an FPGA pipeline fill; 0 when experts run one by one)."""
+        return self.strategies[d].group_fixed_s(self.cost, self.devices[d], self.model, execution=self.executions[d])
+
     def serial_experts(self, d: int) -> bool:
         """True when device ``d`` runs its experts one after the other (per-expert kernels, not an
         FPGA stream): a group's time is then the sum of the experts' own costs."""

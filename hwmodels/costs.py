@@ -487,6 +487,15 @@ class CostModel:
         value = getattr(eff, "launch_overhead_s", 0.0)
         return float(value) if isinstance(value, int | float) and math.isfinite(value) and value > 0 else 0.0
 
+    def launch_s(self, device: Device, op: str, unfused_kernels: int) -> float:
+        """Serial launch overhead (seconds) of one call of ``op`` on ``device``: its kernel count under
+        the device's `KernelExecution` times the per-kernel overhead (0 at roofline)."""
+        eff = self.efficiency_for(device)
+        if eff is None:
+            return 0.0
+        exe = self.execution_for(device)
+        return exe.kernels(op, unfused_kernels) * exe.kernel_overhead_s(self._overhead(eff))
+
     # ---------------------------------------------------------------- generic GEMM-shaped op
     def _context(self, device: Device, weights_tier: str, act_tier: str, dtype: str) -> _Ctx:
         """Constants of (device, tiers, dtype) at this fidelity, cached per instance."""

@@ -224,6 +224,11 @@ class ExpertStrategy(ABC):
     kinds: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
+    def group_fixed_s(self, cost: CostModel, device: Device, model: MoEModel, *, execution: KernelExecution) -> float:
+        """Seconds a group with at least one active expert pays once, whatever its size (kernel
+        launches of a grouped call, an FPGA's pipeline fill; 0 when every expert pays its own)."""
+
+    @abstractmethod
     def per_expert(
         self,
         cost: CostModel,
@@ -282,6 +287,11 @@ class GemmExperts(ExpertStrategy):
 
     kinds = ("gpu", "cpu", "rdu")
 
+    def group_fixed_s(self, cost: CostModel, device: Device, model: MoEModel, *, execution: KernelExecution) -> float:
+        if execution.experts != "grouped":
+            return 0.0
+        return cost.launch_s(device, "experts_grouped", 3)
+
     def per_expert(
         self,
         cost: CostModel,
@@ -325,6 +335,9 @@ class FpgaExperts(ExpertStrategy):
     ``comm_s``); the kernel execution mode does not apply (one streaming kernel)."""
 
     kinds = ("fpga",)
+
+    def group_fixed_s(self, cost: CostModel, device: Device, model: MoEModel, *, execution: KernelExecution) -> float:
+        return cost.fpga_first_load_s(device, model)
 
     def per_expert(
         self,

@@ -1,9 +1,12 @@
 """A closed-form (analytic) model of the same mapping the simulator plays.
 
 Given a model, a platform, a `Mapping` and routing statistics, it computes the *expected* step
-time of a prefill step and of a decode step with the same `hwmodels.CostModel` calls the engine
-makes, without simulating anything: microseconds instead of seconds, so the search can prune
-designs with it, and tests can cross-check the simulator with it.
+time of a prefill step and of a decode step from the same `codesign.costplan.StepCostPlan` the
+engine asks (every operation cost comes from it: nothing is computed twice), without simulating
+anything: microseconds instead of seconds, so the search can prune designs with it, and tests can
+cross-check the simulator with it. `supports` lists what it cannot model (a cache policy without a
+closed form, prefetching, a near tier, context-coherent expert parallelism, LRU reuse at batch 1,
+...): `codesign.design.evaluate` refuses such designs instead of answering wrongly.
 
 Closed forms (``L`` MoE layers, ``E`` experts, ``k`` top-k, a step of ``B`` tokens):
 
@@ -18,7 +21,9 @@ Closed forms (``L`` MoE layers, ``E`` experts, ``k`` top-k, a step of ``B`` toke
   reuse gap ``j`` (whole steps) is at most ``T``, ``sum_i (1 - (1 - a_i)^T) = C``; nothing hits
   when one step alone needs more than ``C`` experts (LRU's cyclic-scan cliff). The classic
   continuous-time Che (Che, Tung, Wang 2002; independent references) is `che_hit_rates`;
-- per MoE layer and device (as the engine plays it): ``first = shared + sum_hit a * c(B p / a)``;
+- per MoE layer and device (as the engine plays it): ``first = shared + G``, ``G`` the expected
+  cost of the resident active experts run together (`StepCostPlan.layer_experts` with activity
+  ``a h``: one grouped call on GPUs by default, ``sum_hit a * c(B p / a)`` per expert);
   with several devices the layer waits for the slowest: its resident-expert compute is the mean
   cost of an active expert times ``E[max_d N_d]``, the expected largest number of active experts
   on one device (exact for independent activities: each ``N_d`` is a Poisson-binomial sum);
@@ -41,6 +46,7 @@ simulator the tests and the README report.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,19 +55,21 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import brentq
 
+from codesign.costplan import StepCostPlan
 from codesign.mapping import BoundMapping, Mapping
 from codesign.policies.base import RoutingStats
 from hwmodels.costs import ACTIVATION_BYTES, CostModel
-from hwmodels.devices import Link
-from hwmodels.opcost import OpCost
+from hwmodels.execution import EXPERT_STRATEGIES
 
 if TYPE_CHECKING:
     from hwmodels.devices import Platform
     from workloads.model import MoEModel
 
 FloatArray = npt.NDArray[np.float64]
+log = logging.getLogger(__name__)
 
 __all__ = [
+    "MODELLED_CACHE_POLICIES",
     "AnalyticStep",
     "analytic_step",
     "analytic_summary",
@@ -70,6 +78,7 @@ __all__ = [
     "expected_distinct_experts",
     "hit_probability",
     "selection_probability",
+    "supports",
 ]
 
 #: Cache policies whose residents never change (the starting set is the resident set).
@@ -222,36 +231,6 @@ class AnalyticStep:
     energy_J: float
 
 
-def _fetch_link(bound: BoundMapping, d: int) -> Link | None:
-    """The link that offloaded experts of device ``d`` come over (as the engine builds it)."""
-    if not bound.offloaded:
-        return None
-    if bound.backing == "host":
-        return bound.platform.host_link
-    dev = bound.devices[d]
-    tier = dev.tier(bound.backing)
-    return Link(
-        name=f"{dev.name}:{bound.backing}->{bound.cache_tier[d]}",
-        bandwidth_Bps=tier.bandwidth_Bps,
-        latency_s=tier.latency_s,
-        duplex=False,
-        efficiency_points=(),
-        energy_J_per_byte=tier.energy_J_per_byte,
-        source=f"tier {bound.backing!r} of {dev.name}: {tier.source}",
-    )
-
-
-def _expert_cost(cost: CostModel, bound: BoundMapping, d: int, n_tokens: FloatArray) -> OpCost:
-    dev = bound.devices[d]
-    model = bound.model
-    tier = bound.cache_tier[d]
-    if dev.kind == "fpga":
-        return cost.fpga_expert(dev, model, n_tokens, reorder=bound.mapping.fpga_reorder)
-    if dev.kind == "rdu":
-        return cost.rdu_expert(dev, model, n_tokens, weights_tier=tier)
-    return cost.expert_ffn(dev, model, n_tokens, weights_tier=tier)
-
-
 def hit_probability(bound: BoundMapping, active: FloatArray, *, cache_model: str = "auto") -> FloatArray:
     """Hit probability ``[L, E]`` of each expert on its home device (see module docstring).
 
@@ -294,25 +273,24 @@ def hit_probability(bound: BoundMapping, active: FloatArray, *, cache_model: str
     return h
 
 
-def _misses_never_cached(cost: CostModel, bound: BoundMapping, per_active: FloatArray, act: FloatArray) -> bool:
+def _misses_never_cached(plan: StepCostPlan, per_active: FloatArray, act: FloatArray) -> bool:
     """True when the miss policy sends every active expert's miss to the host CPU (``miss="cpu"``,
-    or ``"cost"`` where the host is faster than fetch + compute for all of them): nothing new is
-    then ever admitted, and the starting residents are the cache."""
-    platform = bound.platform
-    if bound.mapping.miss not in ("cpu", "cost") or platform.host is None or platform.host_link is None:
+    or ``"cost"`` for all of them: the host is faster than fetch + compute): nothing new is then
+    ever admitted, and the starting residents are the cache."""
+    bound = plan.bound
+    if bound.mapping.miss not in ("cpu", "cost"):
+        return False
+    cpu = plan.cpu_experts(per_active)
+    if cpu is None:
         return False
     if bound.mapping.miss == "cpu":
         return True
-    model = bound.model
-    cc = cost.cpu_expert(platform.host, model, per_active)
-    tr = cost.transfer(platform.host_link, per_active * model.d_model * ACTIVATION_BYTES)
-    cpu_s = np.asarray(cc.total_s) + 2.0 * np.asarray(tr.total_s)
+    cpu_s = np.asarray(cpu.total_s)
     for d in range(bound.n_devices):
-        link = _fetch_link(bound, d)
-        if link is None:
+        if plan.fetch_links[d] is None:
             continue
-        t_f = float(cost.transfer(link, float(model.bytes_per_expert)).total_s)
-        c_s = np.asarray(_expert_cost(cost, bound, d, per_active).total_s, dtype=np.float64)
+        t_f = float(plan.fetch(d).total_s)
+        c_s = np.asarray(plan.experts(d, per_active).total_s, dtype=np.float64)
         mine = (bound.expert_home == d) & (act > 0)
         if np.any(cpu_s[mine] >= t_f + c_s[mine]):
             return False
@@ -330,8 +308,104 @@ def _hits(model: str, active: FloatArray, capacity: int, *, protected: bool = Fa
     return che_hit_rates(active, max(capacity, 0))
 
 
+#: Cache policies the closed form has a model for (`hit_probability`): Che in steps (lru), the
+#: popular set (lfu), the starting set (static).
+MODELLED_CACHE_POLICIES = frozenset({"lru", "lfu", "static"})
+#: Cache policy options the closed form honours.
+MODELLED_CACHE_OPTIONS = frozenset({"per_layer"})
+#: Miss policies it models: fetch (serial over the fetch link), cpu, cost (Fiddler's rule).
+MODELLED_MISS_POLICIES = frozenset({"fetch", "cpu", "cost"})
+#: Token schedulers it models (a closed batch served in arrival order).
+MODELLED_SCHEDULERS = frozenset({"fifo"})
+
+
+def _may_offload(mapping: Mapping, model: MoEModel, n_devices: int) -> bool:
+    """Whether ``mapping`` leaves experts out of the device caches (without binding it: a cache
+    below every homed expert, by fraction or by slots)."""
+    c = mapping.cache
+    if c.capacity_experts is not None:
+        return c.capacity_experts * n_devices < model.n_moe_layers * model.n_experts
+    return float(c.expert_fraction) < 1.0
+
+
+def supports(design_or_bound: Any, *, batch_size: int | None = None) -> list[str]:
+    """Why the closed form cannot model a design (empty list: it can), one sentence per reason.
+
+    ``design_or_bound``: a `codesign.design.Design` or a `BoundMapping` (anything with
+    ``mapping``, ``model`` and ``platform``). ``batch_size``: the decode batch (default: a design's
+    ``min(workload.n_requests, batching.max_batch)``, a bound mapping's ``batching.max_batch``).
+    Workload-level limits (open arrivals, trace replay) are checked by
+    `codesign.design.analytic_reasons`, which adds these.
+
+    Refused, instead of answered wrongly: a cache policy other than `MODELLED_CACHE_POLICIES`
+    when experts are offloaded (it used to be treated as LRU: Belady 75% slower than simulated on
+    Mixtral fp8, 25% cached, batch 1), unknown cache options, any prefetch policy (prefetching is
+    not modelled), a miss or scheduling policy it has no model for, a near tier, context-coherent
+    expert parallelism (only the classic dispatch + combine is modelled), a device kind without a
+    registered expert strategy, and an LRU-type cache at batch 1 (consecutive tokens of one
+    request reuse experts; the closed form assumes routing independent across steps and
+    underestimates the hits: Mixtral fp8, 25% cached, LRU: 0.25 vs 0.33 simulated, TPOT +11%).
+    """
+    mapping = getattr(design_or_bound, "mapping", None)
+    model = getattr(design_or_bound, "model", None)
+    platform = getattr(design_or_bound, "platform", None)
+    if not isinstance(mapping, Mapping) or model is None or platform is None:
+        raise TypeError(
+            "supports() needs a Design or a BoundMapping (mapping, model, platform), "
+            f"got {type(design_or_bound).__name__}"
+        )
+    reasons: list[str] = []
+    n_dev = mapping.n_devices or platform.n_accelerators
+    if isinstance(design_or_bound, BoundMapping):
+        offloaded = design_or_bound.offloaded
+        n_dev = design_or_bound.n_devices
+        devices = design_or_bound.devices
+    else:
+        offloaded = _may_offload(mapping, model, n_dev)
+        devices = platform.accelerators[:n_dev]
+    if batch_size is None:
+        batch_size = mapping.batching.max_batch
+        workload = getattr(design_or_bound, "workload", None)
+        n_requests = getattr(workload, "n_requests", None)
+        if isinstance(n_requests, int):
+            batch_size = min(batch_size, n_requests)
+    cache = mapping.cache
+    if offloaded:
+        if cache.policy not in MODELLED_CACHE_POLICIES:
+            reasons.append(
+                f"cache policy {cache.policy!r}: the closed form models only {sorted(MODELLED_CACHE_POLICIES)} "
+                "(another policy would be answered as LRU)"
+            )
+        unknown = sorted(k for k in dict(cache.options) if k not in MODELLED_CACHE_OPTIONS)
+        if unknown:
+            reasons.append(f"cache options {unknown}: not modelled (only {sorted(MODELLED_CACHE_OPTIONS)})")
+        if mapping.prefetch != "none":
+            reasons.append(f"prefetch {mapping.prefetch!r}: prefetching is not modelled (misses are fetched on demand)")
+        if cache.policy == "lru" and batch_size <= 1:
+            reasons.append(
+                "LRU cache at batch 1: consecutive tokens reuse experts, the closed form assumes routing "
+                "independent across steps (it underestimates the hits)"
+            )
+        if mapping.miss not in MODELLED_MISS_POLICIES:
+            reasons.append(f"miss policy {mapping.miss!r}: not modelled (only {sorted(MODELLED_MISS_POLICIES)})")
+    if mapping.near is not None:
+        reasons.append(f"near tier {mapping.near.tier!r}: promotion into a near tier is not modelled")
+    if mapping.ep_execution != "classic" and n_dev > 1:
+        reasons.append(
+            f"ep_execution {mapping.ep_execution!r}: only classic expert parallelism (dispatch + combine) is modelled"
+        )
+    if mapping.batching.scheduler not in MODELLED_SCHEDULERS:
+        reasons.append(
+            f"token scheduler {mapping.batching.scheduler!r}: the closed form serves a closed batch in arrival order"
+        )
+    for kind in sorted({dev.kind for dev in devices}):
+        if kind not in EXPERT_STRATEGIES:
+            reasons.append(f"device kind {kind!r}: no registered expert-execution strategy")
+    return reasons
+
+
 def analytic_step(
-    cost: CostModel,
+    cost: CostModel | StepCostPlan,
     bound: BoundMapping,
     p: npt.ArrayLike,
     *,
@@ -344,11 +418,16 @@ def analytic_step(
 ) -> AnalyticStep:
     """Expected cost of one step of ``n_tokens`` tokens on ``bound`` (see module docstring).
 
-    ``p``: per-token selection probability ``[L, E]`` (`selection_probability`). ``prefill``: a
-    prefill step (attention over ``prompt_lengths``, default one prompt of ``n_tokens``) or a
-    decode step of ``n_tokens`` requests at mean ``context_len``. ``hit``: hit probabilities
-    ``[L, E]`` (default `hit_probability` of the step's own access probabilities).
+    ``cost``: a `CostModel` (a `StepCostPlan` is built from it) or a plan for ``bound``; every
+    operation cost comes from the plan, as in the engine. ``p``: per-token selection probability
+    ``[L, E]`` (`selection_probability`). ``prefill``: a prefill step (attention over
+    ``prompt_lengths``, default one prompt of ``n_tokens``) or a decode step of ``n_tokens``
+    requests at mean ``context_len``. ``hit``: hit probabilities ``[L, E]`` (default
+    `hit_probability` of the step's own access probabilities). It does not check `supports`.
     """
+    plan = cost if isinstance(cost, StepCostPlan) else StepCostPlan(cost, bound)
+    if plan.bound is not bound:
+        raise ValueError("the StepCostPlan was built for another bound mapping")
     model = bound.model
     n_l, n_e = model.n_moe_layers, model.n_experts
     pp = np.asarray(p, dtype=np.float64)
@@ -361,7 +440,7 @@ def analytic_step(
     per_active = np.where(act > 0, n_tokens * pp / np.maximum(act, 1e-300), 0.0)
     if hit is None:
         model_for_cache = cache_model
-        if cache_model == "auto" and bound.offloaded and _misses_never_cached(cost, bound, per_active, act):
+        if cache_model == "auto" and bound.offloaded and _misses_never_cached(plan, per_active, act):
             model_for_cache = "static"  # every miss is computed on the host: the cache never changes
         h = hit_probability(bound, act, cache_model=model_for_cache)
     else:
@@ -386,71 +465,62 @@ def analytic_step(
     shared_J = np.zeros(n_dev)
     router_s = np.zeros(n_dev)
     router_J = np.zeros(n_dev)
-    for d, dev in enumerate(bound.devices):
+    for d in range(n_dev):
         t = dev_tokens[d]
         if t <= 0:
             continue
-        if prefill:
-            c = cost.attention_prefill(dev, model, dev_prompts[d])
-        else:
-            c = cost.attention_decode(dev, model, t, float(context_len))
+        c = plan.attention_prefill(d, dev_prompts[d]) if prefill else plan.attention_decode(d, t, float(context_len))
         pre_s[d], pre_J[d] = float(np.sum(c.total_s)), float(np.sum(c.energy_J))
-        c = cost.router(dev, model, t)
+        c = plan.router(d, t)
         router_s[d], router_J[d] = float(c.total_s), float(c.energy_J)
         if model.n_shared_experts:
-            c = cost.shared_experts(dev, model, t)
+            c = plan.shared(d, t)
             shared_s[d], shared_J[d] = float(c.total_s), float(c.energy_J)
         if model.n_dense_layers:
-            c = cost.expert_ffn(dev, model.with_(expert_ffn_dim=model.dense_ffn_dim), t)
+            c = plan.dense(d, t)
             dense_s[d], dense_J[d] = float(c.total_s), float(c.energy_J)
     # expert phase per device and layer
     experts_layer = np.zeros((n_l, n_dev))
     hit_layer = np.zeros((n_l, n_dev))  # expected compute of resident experts per layer and device
     hit_active = np.zeros((n_l, n_dev))  # expected number of resident active experts
+    hit_fixed = np.zeros((n_l, n_dev))  # expected once-per-group part of hit_layer (launches, fill)
+    fixed_s = np.zeros(n_dev)
     fetch_busy = np.zeros(n_dev)
     busy = np.zeros(n_dev)  # compute-stream busy seconds per device (for idle power)
     host_busy = 0.0
     energy = 0.0
     misses_total = 0.0
     bytes_fetched = 0.0
-    host = bound.platform.host
     miss_policy = bound.mapping.miss
-    use_cpu = miss_policy in ("cpu", "cost") and host is not None and bound.platform.host_link is not None
-    bpe = float(model.bytes_per_expert)
+    cpu = plan.cpu_experts(per_active) if miss_policy in ("cpu", "cost") else None
+    bpe = plan.bytes_per_expert
     for d in range(n_dev):
         mine = bound.expert_home == d
-        c = _expert_cost(cost, bound, d, per_active)
+        c = plan.experts(d, per_active)  # each expert alone: fetched experts run as they arrive
         c_s = np.asarray(c.total_s, dtype=np.float64) * mine
         c_j = np.asarray(c.energy_J, dtype=np.float64) * mine
         a_d = act * mine
-        hit_c = (a_d * h * c_s).sum(axis=1)
+        # the resident (hit) experts of a layer run together, as the device kind's strategy runs them
+        group = plan.layer_experts(d, per_active * mine, active=a_d * h)
+        hit_c = np.asarray(group.total_s, dtype=np.float64)
+        energy += float(np.sum(group.energy_J))
         miss_n = (a_d * (1.0 - h)).sum(axis=1)
-        energy += float((a_d * h * c_j).sum())
         misses_total += float(miss_n.sum())
-        if bound.devices[d].kind == "fpga":
-            # fpga_layer: one double-buffer fill per layer with work (probability any expert is active)
-            any_active = 1.0 - np.prod(1.0 - a_d * h, axis=1)
-            fill = any_active * cost.fpga_first_load_s(bound.devices[d], model)
-            hit_c = hit_c + fill
-            energy += float(fill.sum()) * bound.devices[d].static_power_W
+        fixed_s[d] = plan.group_fixed_s(d)
+        hit_fixed[:, d] = fixed_s[d] * (1.0 - np.prod(1.0 - a_d * h, axis=1))
         first = shared_s[d] + hit_c
         busy[d] += float(hit_c.sum())
         hit_layer[:, d] = hit_c
         hit_active[:, d] = (a_d * h).sum(axis=1)
-        link = _fetch_link(bound, d)
+        has_link = plan.fetch_links[d] is not None
         miss_w = a_d * (1.0 - h)  # expected misses per (layer, expert)
-        t_f = e_f = 0.0
-        if link is not None:
-            f = cost.transfer(link, bpe)
-            t_f, e_f = float(f.total_s), float(f.energy_J)
+        f = plan.fetch(d)
+        t_f, e_f = float(f.total_s), float(f.energy_J)
         cpu_mask = np.zeros_like(miss_w, dtype=bool)
         cpu_s = cpu_j = np.zeros_like(miss_w)
-        if use_cpu and host is not None and bound.platform.host_link is not None:
-            cc = cost.cpu_expert(host, model, per_active)
-            act_b = per_active * model.d_model * ACTIVATION_BYTES
-            tr = cost.transfer(bound.platform.host_link, act_b)
-            cpu_s = np.asarray(cc.total_s) + 2.0 * np.asarray(tr.total_s)
-            cpu_j = np.asarray(cc.energy_J) + 2.0 * np.asarray(tr.energy_J)
+        if cpu is not None:
+            cpu_s = np.asarray(cpu.total_s, dtype=np.float64)
+            cpu_j = np.asarray(cpu.energy_J, dtype=np.float64)
             # "cpu": every miss on the host; "cost" (Fiddler): where the host is faster than fetch + compute
             cpu_mask = np.ones_like(cpu_mask) if miss_policy == "cpu" else cpu_s < t_f + c_s
         w_f = np.where(cpu_mask, 0.0, miss_w)
@@ -459,13 +529,13 @@ def analytic_step(
         c_f = (w_f * c_s).sum(axis=1)
         cpu_layer = (w_c * cpu_s).sum(axis=1)
         last = np.where(n_f > 0, c_f / np.maximum(n_f, 1e-300), 0.0)
-        fetch_path = np.where(n_f > 0, n_f * t_f + np.minimum(last, c_f), 0.0) if link is not None else 0.0
+        fetch_path = np.where(n_f > 0, n_f * t_f + np.minimum(last, c_f), 0.0) if has_link else 0.0
         experts_layer[:, d] = np.maximum(np.maximum(first + c_f, fetch_path), cpu_layer)
         fetch_busy[d] = float(n_f.sum()) * t_f
         busy[d] += float(c_f.sum())
         host_busy += float(cpu_layer.sum())
         energy += float((w_f * c_j).sum()) + float(n_f.sum()) * e_f + float((w_c * cpu_j).sum())
-        bytes_fetched += float(n_f.sum()) * bpe if link is not None else 0.0
+        bytes_fetched += float(n_f.sum()) * bpe if has_link else 0.0
     # all-to-all (expected cross-device assignments of the busiest device)
     a2a_s = 0.0
     if n_dev > 1 and bound.platform.peer_link is not None:
@@ -474,28 +544,32 @@ def analytic_step(
         k_eff = pp.sum(axis=1)  # [L]
         send = dev_tokens[None, :] * (k_eff[:, None] - loads)  # tokens on d to experts elsewhere
         recv = loads * (n_tokens - dev_tokens[None, :])  # assignments to d from elsewhere
-        c1 = cost.all_to_all(bound.platform.peer_link, send.max(axis=1) * unit, n_dev)
-        c2 = cost.all_to_all(bound.platform.peer_link, recv.max(axis=1) * unit, n_dev)
+        c1 = plan.all_to_all(send.max(axis=1) * unit)
+        c2 = plan.all_to_all(recv.max(axis=1) * unit)
         a2a_s = float(np.sum(c1.total_s) + np.sum(c2.total_s))
         energy += float(np.sum(c1.energy_J) + np.sum(c2.energy_J))
     attention_s = n_l * float((pre_s + router_s).max()) + model.n_dense_layers * float((pre_s + dense_s).max())
     energy += n_l * float((pre_J + router_J + shared_J).sum()) + model.n_dense_layers * float((pre_J + dense_J).sum())
     experts_l = experts_layer.max(axis=1)
     if n_dev > 1:
-        # the layer waits for its slowest device: replace the largest *expected* resident-expert
-        # compute by the mean cost of an active expert times E[max_d N_d], N_d the number of active
-        # resident experts of device d (independent Bernoulli activities, exact distribution)
+        # the layer waits for its slowest device: a device's resident group costs a fixed part F (once
+        # when any expert is active: grouped launches, a pipeline fill; 0 per expert) plus a marginal
+        # cost per active expert; replace the largest *expected* group by F P(any) + marginal x
+        # E[max_d N_d], N_d the number of active resident experts of device d (independent
+        # Bernoulli activities, exact distribution)
         emax = _expected_max_active(act * h, bound.expert_home, n_dev)
-        mean_cost = np.where(
-            hit_active.sum(axis=1) > 0, hit_layer.sum(axis=1) / np.maximum(hit_active.sum(axis=1), 1e-300), 0.0
-        )
-        experts_l = experts_l + np.maximum(0.0, mean_cost * emax - hit_layer.max(axis=1))
+        n_act = hit_active.sum(axis=1)
+        marginal = np.where(n_act > 0, (hit_layer - hit_fixed).sum(axis=1) / np.maximum(n_act, 1e-300), 0.0)
+        p_any = 1.0 - np.prod(1.0 - act * h, axis=1)
+        slowest = float(fixed_s.max()) * p_any + marginal * emax
+        experts_l = experts_l + np.maximum(0.0, slowest - hit_layer.max(axis=1))
     experts_s = float(experts_l.sum())
     step_s = attention_s + experts_s + a2a_s
     # static power while idle (as the engine counts it): every accelerator and the host draw their
     # static power over the part of the step they are not computing
     busy += n_l * (pre_s + router_s + shared_s) + model.n_dense_layers * (pre_s + dense_s)
     energy += sum(dev.static_power_W * max(step_s - float(busy[d]), 0.0) for d, dev in enumerate(bound.devices))
+    host = bound.platform.host
     if host is not None:
         energy += host.static_power_W * max(step_s - host_busy, 0.0)
     n_access = float(act.sum())
@@ -545,10 +619,14 @@ def analytic_summary(
     cost = cost_model if cost_model is not None else CostModel(platform)
     if bound is None:
         bound = mapping.bind(model, platform, stats=stats, min_kv_tokens=prompt_tokens + output_tokens - 1)
+    unsupported = supports(bound, batch_size=batch_size)
+    if unsupported:
+        log.warning("analytic model of an unsupported mapping (an estimate at best): %s", "; ".join(unsupported))
+    plan = StepCostPlan(cost, bound)
     p = selection_probability(stats)
     prompts = np.full(batch_size, float(prompt_tokens))
     pre = analytic_step(
-        cost,
+        plan,
         bound,
         p,
         n_tokens=batch_size * prompt_tokens,
@@ -557,7 +635,7 @@ def analytic_summary(
         cache_model=cache_model,
     )
     ctx = prompt_tokens + output_tokens / 2.0
-    dec = analytic_step(cost, bound, p, n_tokens=batch_size, prefill=False, context_len=ctx, cache_model=cache_model)
+    dec = analytic_step(plan, bound, p, n_tokens=batch_size, prefill=False, context_len=ctx, cache_model=cache_model)
     ttft = pre.step_s
     tpot = dec.step_s if output_tokens > 1 else float("nan")
     total_s = ttft + (output_tokens - 1) * dec.step_s
@@ -588,5 +666,6 @@ def analytic_summary(
         "prefill": asdict(pre),
         "decode": asdict(dec),
         "cache_model": cache_model,
+        "unsupported": unsupported,
         "source": "codesign.analytic (closed form, mean-field)",
     }

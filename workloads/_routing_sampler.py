@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -38,11 +38,13 @@ WeightAt = Callable[[npt.NDArray[np.intp], I16], F32]
 
 @dataclass(frozen=True)
 class Tokens:
-    """Token layout shared by all layers: ``has_prev[n]`` (a predecessor in the same request)."""
+    """Token layout shared by all layers: ``has_prev[n]`` (a predecessor in the same request) and
+    ``pos[n]`` (index inside the request: how many predecessors a token has)."""
 
     n: int
     has_prev: npt.NDArray[np.bool_]
     idx: npt.NDArray[np.intp]
+    pos: npt.NDArray[np.int64]
 
     @classmethod
     def from_lengths(cls, lengths: npt.NDArray[np.int64]) -> Tokens:
@@ -50,7 +52,8 @@ class Tokens:
         has_prev = np.ones(n, dtype=bool)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         has_prev[starts[lengths > 0]] = False
-        return cls(n=n, has_prev=has_prev, idx=np.arange(n))
+        pos = np.arange(n, dtype=np.int64) - np.repeat(starts, lengths)
+        return cls(n=n, has_prev=has_prev, idx=np.arange(n), pos=pos)
 
 
 def use_table(n_experts: int, k: int) -> bool:
@@ -63,7 +66,8 @@ class LayerModel:
 
     ``log_base[E]``: log-weights of the layer (popularity + bias); ``log_r[E_prev, E_next]``: log
     affinity factor added per previous expert (None at the first layer); ``copy_cdf[k+1]``: CDF of
-    the number of experts copied from the previous token of the same request. For the table path,
+    the number of experts copied from an earlier token of the same request; ``lag_cdf[D]``: CDF of
+    how many tokens back that token is (``[1.0]``: always the previous one). For the table path,
     the per-previous-set weights and alias tables over ordered outcomes are precomputed.
     """
 
@@ -78,6 +82,7 @@ class LayerModel:
     alias_flat: npt.NDArray[np.int32] | None = None
     outcomes: I16 | None = None
     cdf_rows: npt.NDArray[np.float64] | None = None
+    lag_cdf: npt.NDArray[np.float32] = field(default_factory=lambda: np.ones(1, dtype=np.float32))
 
     @property
     def n_experts(self) -> int:
@@ -92,9 +97,32 @@ class LayerModel:
         k: int,
         *,
         co_log: npt.ArrayLike | None = None,
+        lag_dist: npt.ArrayLike | None = None,
     ) -> LayerModel:
         """``co_log[E, E]`` (first layer only, where ``log_r`` is None): log-weight added to every
-        expert for each expert already picked by the token at this layer (within-layer coherence)."""
+        expert for each expert already picked by the token at this layer (within-layer coherence).
+        ``lag_dist[D]``: probability that a copying token copies from the token ``d = 1..D`` back
+        (None: always ``d = 1``)."""
+        model = cls._build(log_base, log_r, copy_dist, k, co_log=co_log)
+        if lag_dist is None:
+            return model
+        lag = np.asarray(lag_dist, dtype=np.float64)
+        if lag.ndim != 1 or lag.size < 1 or lag.min() < 0 or lag.sum() <= 0:
+            raise ValueError(f"LayerModel.build: lag_dist must be a non-empty distribution, got {lag}")
+        cdf = np.cumsum(lag / lag.sum()).astype(np.float32)
+        cdf[-1] = 1.0
+        return replace(model, lag_cdf=cdf)
+
+    @classmethod
+    def _build(
+        cls,
+        log_base: npt.ArrayLike,
+        log_r: npt.ArrayLike | None,
+        copy_dist: npt.ArrayLike,
+        k: int,
+        *,
+        co_log: npt.ArrayLike | None = None,
+    ) -> LayerModel:
         lb = np.asarray(log_base, dtype=np.float32)
         lr = None if log_r is None else np.asarray(log_r, dtype=np.float32)
         co = None if co_log is None or lr is not None else np.asarray(co_log, dtype=np.float32)
@@ -172,7 +200,14 @@ def sample_layer(model: LayerModel, prev: I16 | None, rng: np.random.Generator, 
     for c in model.copy_cdf[:-1]:
         m += u >= c
     m[~tokens.has_prev] = 0
-    return apply_copies(fresh, weight_at, m, tokens.idx, rng)
+    lag = None
+    if model.lag_cdf.size > 1:  # no extra random numbers for lag-1-only models (reproducible)
+        u = rng.random(tokens.n, dtype=np.float32)
+        lag = np.ones(tokens.n, dtype=np.intp)
+        for c in model.lag_cdf[:-1]:
+            lag += u >= c
+        np.minimum(lag, np.maximum(tokens.pos, 1), out=lag)  # a token copies from within its request
+    return apply_copies(fresh, weight_at, m, tokens.idx, rng, lag=lag)
 
 
 # ------------------------------------------------------------------ fresh draws
@@ -331,36 +366,55 @@ def _coherent_first(log_base: F32, co_log: F32, k: int, rng: np.random.Generator
 
 # ------------------------------------------------------------------ temporal reuse
 def apply_copies(
-    fresh: I16, weight_at: WeightAt, m: npt.NDArray[np.intp], idx: npt.NDArray[np.intp], rng: np.random.Generator
+    fresh: I16,
+    weight_at: WeightAt,
+    m: npt.NDArray[np.intp],
+    idx: npt.NDArray[np.intp],
+    rng: np.random.Generator,
+    *,
+    lag: npt.NDArray[np.intp] | None = None,
 ) -> I16:
     """Final experts ``[k, n]`` of one layer from the ranked fresh draws ``fresh [k, n]``.
 
-    Tokens with ``m == k`` copy the previous token's whole set (a forward fill of "copy from"
-    indices); ``0 < m < k`` copy ``m`` of the previous token's experts, drawn without replacement
-    with probability proportional to the token's own weights (so reuse follows the token's affinity
-    path), and fill the rest with their best ranked fresh draws not among them; ``m == 0`` keep
-    ``fresh``. Chains of partially copying tokens are resolved exactly: passes recompute only the
-    tokens whose predecessor changed in the previous pass, until nothing changes (the random
-    numbers of each token are fixed, so the result equals the sequential one).
+    A token with ``m > 0`` copies from its source, the token ``lag`` positions earlier (``lag``
+    None: 1; the caller guarantees the source is in the same request). ``m == k``: the source's
+    whole final set; ``0 < m < k``: ``m`` of the source's experts, drawn without replacement with
+    probability proportional to the token's own weights (so reuse follows the token's affinity
+    path), the rest its best ranked fresh draws not among them; ``m == 0``: ``fresh``.
+
+    Resolution equals the sequential rule: whole copies point to their source, and pointer jumping
+    finds each one's root (a token that does not copy wholly); partially copying tokens are
+    recomputed in passes, each pass only for those whose root changed in the previous pass, until
+    nothing changes (the random numbers of each token are fixed, so the result is exact).
     """
-    k, n = fresh.shape
+    k = fresh.shape[0]
+    parent = idx.copy() if lag is None else idx - lag
+    if lag is None:
+        parent -= 1
+    copying = m > 0
     full = m >= k
-    src = idx.copy()
-    src[full] = 0
-    np.maximum.accumulate(src, out=src)
-    part = np.flatnonzero((m > 0) & (m < k))
+    ptr = np.where(full, parent, idx)
+    while True:  # pointer jumping: each whole copy points to its root (a token not copying wholly)
+        nxt = ptr[ptr]
+        if np.array_equal(nxt, ptr):
+            break
+        ptr = nxt
+    part = np.flatnonzero(copying & ~full)
     if part.size == 0:
-        return fresh[:, src]
-    if k == 2:
-        return _apply_copies_k2(fresh, weight_at, part, src, rng)
+        return fresh[:, ptr]
+    root = ptr[parent[part]]  # the token whose final value each partial token reads
+    if k == 2:  # the k = 2 path draws its noise as -log1p(-u) (kept for reproducible streams)
+        noise = -np.log1p(-rng.random((2, part.size), dtype=np.float32))
+    else:
+        noise = -np.log(rng.random((k, part.size), dtype=np.float32) + np.float32(1e-12))
     vals = fresh.copy()
-    noise = -np.log(rng.random((k, part.size), dtype=np.float32) + np.float32(1e-12))
+    by_root = np.argsort(root, kind="stable")  # partial tokens grouped by the token they read
+    root_sorted = root[by_root]
     pos = np.arange(part.size)  # positions (into part) of the active tokens
-    inv = np.full(n, -1, dtype=np.intp)  # token -> position of the partial token that reads it
-    inv[src[part - 1]] = pos  # injective: each non-full token feeds at most one partial token
+    cols_all = np.arange(part.size)
     while pos.size:
         tok = part[pos]
-        prev_all = vals[:, src[tok - 1]]  # tokens read are final unless they change this pass
+        prev_all = vals[:, root[pos]]
         cand = fresh[:, tok]
         keys = noise[:, pos] / weight_at(tok, prev_all)
         if k == 2:  # m == 1: keep the preferred one, fill with the best fresh one that differs
@@ -369,60 +423,31 @@ def apply_copies(
         else:
             mp = m[tok]
             order = np.argsort(keys, axis=0)
-            prev = np.take_along_axis(prev_all, order, axis=0)  # previous set, preferred first
+            prev = np.take_along_axis(prev_all, order, axis=0)  # source set, preferred first
             copy_mask = np.arange(k)[:, None] < mp[None, :]
             new = prev.copy()
             dup = np.zeros(cand.shape, dtype=bool)
             for j in range(k - 1):  # copied experts sit in slots 0..m-1 (m <= k-1)
                 dup |= (cand == prev[j]) & copy_mask[j]
             filled = mp.copy()
-            cols = np.arange(tok.size)
+            cols = cols_all[: tok.size]
             for j in range(k):  # the best ranked candidates not copied fill slots m, m+1, ...
                 ok = ~dup[j] & (filled < k)
                 new[filled[ok], cols[ok]] = cand[j, ok]
                 filled += ok
         changed = np.any(new != vals[:, tok], axis=0)
         vals[:, tok] = new
-        pos = inv[tok[changed]]
-        pos = pos[pos >= 0]
-    return vals[:, src]
-
-
-def _apply_copies_k2(
-    fresh: I16, weight_at: WeightAt, part: npt.NDArray[np.intp], src: npt.NDArray[np.intp], rng: np.random.Generator
-) -> I16:
-    """`apply_copies` for k = 2 (every partial token copies one expert), with lean array ops."""
-    n = fresh.shape[1]
-    v0, v1 = fresh[0].copy(), fresh[1].copy()
-    f0, f1 = fresh[0], fresh[1]
-    n_p = part.size
-    noise = rng.random((2, n_p), dtype=np.float32)
-    noise = -np.log1p(-noise)  # Exp(1)
-    pos = np.arange(n_p)
-    dep = src[part - 1]
-    inv = np.full(n, -1, dtype=np.intp)
-    inv[dep] = pos
-    while pos.size:
-        tok = part[pos]
-        d = dep[pos]
-        p0, p1 = v0[d], v1[d]
-        w = weight_at(tok, np.stack([p0, p1]))
-        keep0 = noise[0, pos] * w[1] <= noise[1, pos] * w[0]  # Exp0 / w0 <= Exp1 / w1
-        c = p1.copy()
-        c[keep0] = p0[keep0]
-        a, b = f0[tok], f1[tok]
-        f = a.copy()
-        same = a == c
-        f[same] = b[same]
-        changed = (c != v0[tok]) | (f != v1[tok])
-        v0[tok] = c
-        v1[tok] = f
-        nxt = inv[tok[changed]]
-        pos = nxt[nxt >= 0]
-    out = np.empty((2, n), dtype=np.int16)
-    out[0] = v0[src]
-    out[1] = v1[src]
-    return out
+        moved = tok[changed]
+        if not moved.size:
+            break
+        lo = np.searchsorted(root_sorted, moved, side="left")
+        hi = np.searchsorted(root_sorted, moved, side="right")
+        cnt = hi - lo
+        if not cnt.sum():
+            break
+        starts = np.repeat(lo - np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt)
+        pos = by_root[starts + np.arange(int(cnt.sum()))]
+    return vals[:, ptr]
 
 
 def log_factor(pmi: npt.NDArray[np.float64], beta: float, pop_prev: npt.NDArray[np.float64], clip: float = 20.0) -> F32:

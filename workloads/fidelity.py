@@ -12,12 +12,18 @@ shape (same ``moe_layers`` and ``n_experts``):
   difference per layer;
 - ``coactivation_js``: JS distance between the within-layer co-activation pair distributions
   (off-diagonal), mean over layers;
-- ``reuse_distance_js``: JS distance between the pooled reuse-distance histograms.
+- ``reuse_distance_js``: JS distance between the pooled reuse-distance histograms;
+- ``lru_hit_25_error``, ``lru_hit_50_error``: absolute difference of the LRU hit rate (per-layer
+  cache of 25% / 50% of the experts, cold at each request start, mean over layers; see
+  `workloads.stats.lru_hit_rate`) — what an offloaded expert cache would see. The two traces'
+  rates themselves are ``lru_hit_25_a`` etc.
 
 `holdout_evaluation` splits a real trace by requests, fits a `RoutingProcess` on one part, samples
 as many tokens as the held-out part (same request lengths) and compares fitted-vs-held-out with
 uniform-random-vs-held-out (and popularity-only-vs-held-out, which keeps each layer's popularity
-but no affinity nor reuse).
+but no affinity nor reuse). It also reports the LRU hit rates of the training part against the
+held-out part (``train_vs_heldout``): how much two sets of real requests differ, the noise floor
+under which no model of the population can be judged.
 """
 
 from __future__ import annotations
@@ -36,7 +42,16 @@ from workloads.trace import RoutingTrace
 FloatArray = npt.NDArray[np.float64]
 
 #: Statistics reported by `compare`, lower is closer.
-METRICS = ("load_js", "affinity_js", "reuse_error", "reuse_layer_mae", "coactivation_js", "reuse_distance_js")
+METRICS = (
+    "load_js",
+    "affinity_js",
+    "reuse_error",
+    "reuse_layer_mae",
+    "coactivation_js",
+    "reuse_distance_js",
+    "lru_hit_25_error",
+    "lru_hit_50_error",
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,12 @@ class FidelityReport:
     reuse_distance_js: float
     reuse_rate_a: float
     reuse_rate_b: float
+    lru_hit_25_error: float = math.nan
+    lru_hit_50_error: float = math.nan
+    lru_hit_25_a: float = math.nan
+    lru_hit_25_b: float = math.nan
+    lru_hit_50_a: float = math.nan
+    lru_hit_50_b: float = math.nan
 
     def to_dict(self) -> dict[str, float | None]:
         return {k: (None if not math.isfinite(v) else float(v)) for k, v in asdict(self).items()}
@@ -94,6 +115,8 @@ def compare(a: RoutingTrace, b: RoutingTrace, *, max_distance: int = stats.DEFAU
     n_e = a.n_experts
     off = ~np.eye(n_e, dtype=bool)
     co_js = _js_rows(co_a[:, off], co_b[:, off])
+    lru_a = _lru(a)
+    lru_b = _lru(b)
     ha = np.append(ra.distance_hist.sum(axis=0), ra.first_use.sum()).astype(float)
     hb = np.append(rb.distance_hist.sum(axis=0), rb.first_use.sum()).astype(float)
     return FidelityReport(
@@ -105,7 +128,19 @@ def compare(a: RoutingTrace, b: RoutingTrace, *, max_distance: int = stats.DEFAU
         reuse_distance_js=float(_js_rows(ha[None, :], hb[None, :])[0]),
         reuse_rate_a=ra.mean_rate,
         reuse_rate_b=rb.mean_rate,
+        lru_hit_25_error=abs(lru_a[0] - lru_b[0]),
+        lru_hit_50_error=abs(lru_a[1] - lru_b[1]),
+        lru_hit_25_a=lru_a[0],
+        lru_hit_25_b=lru_b[0],
+        lru_hit_50_a=lru_a[1],
+        lru_hit_50_b=lru_b[1],
     )
+
+
+def _lru(trace: RoutingTrace) -> tuple[float, float]:
+    """Mean over layers of the LRU hit rate at 25% and 50% of the experts cached."""
+    rates = stats.lru_hit_rate(trace, (0.25, 0.5))
+    return _nanmean(rates[0]), _nanmean(rates[1])
 
 
 def uniform_trace(like: RoutingTrace, seed: int | None = 0) -> RoutingTrace:
@@ -168,7 +203,8 @@ def holdout_evaluation(
     does not mask the difference between the models; ``synth_factor=1`` samples the held-out size.
 
     Returns ``{"train_tokens", "heldout_tokens", "train_requests", "heldout_requests",
-    "fitted": {...}, "uniform": {...}, "popularity_only": {...}, "fitted_closer": {metric: bool}}``
+    "fitted": {...}, "uniform": {...}, "popularity_only": {...}, "fitted_closer": {metric: bool},
+    "train_vs_heldout": {LRU hit rates of the training part and their distance to the held-out's}}``
     where each inner dict is a `FidelityReport` against the held-out part. The synthetic traces
     copy the held-out request lengths.
     """
@@ -183,6 +219,7 @@ def holdout_evaluation(
     uniform = compare(uniform_trace(synth, seed=seed + 2), held_sorted)
     popular = compare(popularity_trace(synth, proc.popularity, seed=seed + 3), held_sorted)
     fd, ud = fitted.to_dict(), uniform.to_dict()
+    lru_train = _lru(train)
     closer = {m: (fd[m] is not None and ud[m] is not None and fd[m] < ud[m]) for m in METRICS}  # type: ignore[operator]
     return {
         "model": trace.meta.get("model"),
@@ -198,6 +235,12 @@ def holdout_evaluation(
         "uniform": ud,
         "popularity_only": popular.to_dict(),
         "fitted_closer": closer,
+        "train_vs_heldout": {
+            "lru_hit_25_train": lru_train[0],
+            "lru_hit_50_train": lru_train[1],
+            "lru_hit_25_error": abs(lru_train[0] - fitted.lru_hit_25_b),
+            "lru_hit_50_error": abs(lru_train[1] - fitted.lru_hit_50_b),
+        },
     }
 
 

@@ -6,8 +6,9 @@ What it learns from a trace (``L`` MoE layers, ``E`` experts, top-``k``):
 - inter-layer affinity ``A_l[a, b] = P(e_{l+1} = b | e_l = a)`` over all ``k x k`` pairs (as in
   ExFlow), smoothed towards the next layer's popularity;
 - temporal locality: per layer, the share of a token's experts that the previous token of the same
-  request also used (``reuse_rate``) and the distribution of how many of its ``k`` experts a token
-  reuses (``overlap``).
+  request also used (``reuse_rate``), the distribution of how many of its ``k`` experts a token
+  reuses (``overlap``), and the share it shares with the token ``d`` back for ``d = 1..D``
+  (``lag_target``, the lag overlap of `workloads.stats.lag_overlap`; ``D`` = ``max_lag`` of `fit`).
 
 How it samples (vectorised over tokens, one pass per layer, deterministic under a seed):
 
@@ -19,15 +20,17 @@ How it samples (vectorised over tokens, one pass per layer, deterministic under 
    ``gamma0 * PMI`` of the first layer's within-layer co-activation to the remaining experts, so
    that sets are coherent (real first-layer sets are: a pairwise affinity cannot be reached from
    incoherent random sets).
-2. *Temporal reuse*: a token with a predecessor in its request copies ``m`` of the previous token's
-   experts at that layer, ``m ~ copy_dist_l`` (``m = k``: the whole set, by a forward fill of "copy
-   from previous" indices; ``0 < m < k``: ``m`` of the previous token's experts chosen in proportion
-   to the token's own weights, plus its best-ranked fresh experts not among them, resolved exactly
-   by passes over the tokens whose predecessor changed); the other tokens keep their fresh draw.
+2. *Temporal reuse at several lags*: a token with a predecessor in its request copies ``m`` experts
+   of an earlier token of the request at that layer, ``m ~ copy_dist_l``, from the token ``d`` back
+   with probability ``lag_weights[l, d-1]`` (a reuse-distance distribution; ``d`` is capped at the
+   token's position). ``m = k``: the source's whole set; ``0 < m < k``: ``m`` of the source's
+   experts chosen in proportion to the token's own weights, plus its best-ranked fresh experts not
+   among them (resolved exactly, see `workloads._routing_sampler.apply_copies`); the other tokens
+   keep their fresh draw.
 3. ``bias`` (load per expert), ``beta`` (strength of affinity, matched on the mutual information
-   between consecutive layers), ``gamma0`` and ``copy_scale`` (reuse rate) are calibrated by
-   simulation, layer by layer with common random numbers, so that sampled traces reproduce the
-   fitted statistics.
+   between consecutive layers), ``gamma0``, ``copy_scale`` and ``lag_weights`` (the per-lag copy
+   rates, matched on the lag overlap at ``d = 1..D``) are calibrated by simulation, layer by layer
+   with common random numbers, so that sampled traces reproduce the fitted statistics.
 
 `retarget` and `relayer` map a fitted process to another expert count / top-k / depth; their
 assumptions are stated in `ASSUMPTIONS` (saved in every JSON file) and in their docstrings.
@@ -38,10 +41,12 @@ JSON format (version 1)::
      "n_moe_layers": L, "phase": 0|1, "tokens_per_request": int, "gamma0": float,
      "co_mi_target0": float, "assumptions": "...", "meta": {...provenance...},
      "arrays": {"popularity": ..., "affinity": ..., "bias": ..., "beta": ..., "reuse_rate": ...,
-                "overlap": ..., "copy_scale": ..., "mi_target": ..., "coact0": ...}}
+                "overlap": ..., "copy_scale": ..., "mi_target": ..., "coact0": ...,
+                "lag_weights": ..., "lag_target": ...}}
 
 (``coact0``, ``gamma0`` and ``co_mi_target0`` are optional on reading: absent means no
-first-layer co-activation.)
+first-layer co-activation; ``lag_weights [L, D]`` and ``lag_target [L, D]`` are optional: absent
+means copies from the previous token only, as written by earlier versions.)
 
 An array is a nested list, or ``{"dtype": "float16"|"float32"|"float64", "shape": [...],
 "zlib_base64": "..."}`` (little-endian bytes, zlib, base64) for compact files.
@@ -80,9 +85,10 @@ ASSUMPTIONS = (
     "layer only (later layers inherit set coherence through the affinity); a first-order inter-layer dependence "
     "(a token's experts at layer l+1 depend only on its experts at layer l, through the pointwise "
     "mutual information of the fitted affinity P(e_{l+1}|e_l), each previous expert adding its "
-    "evidence with a calibrated strength beta); and first-order temporal reuse (a token copies m of "
-    "the previous token's experts at the same layer, m drawn from the fitted overlap distribution). "
-    "Longer-range dependences (across several layers or tokens, on token content) are not modelled. "
+    "evidence with a calibrated strength beta); and temporal reuse at lags 1..D (a token copies m of "
+    "the experts of the token d back at the same layer, m drawn from the fitted overlap distribution, d "
+    "from a per-layer lag distribution calibrated on the overlap with the token d back). "
+    "Longer-range dependences (across several layers, beyond D tokens, on token content) are not modelled. "
     "retarget(n_experts, top_k): experts are ordered by popularity at each layer and placed on a "
     "[0, 1] rank axis, each old expert owning an equal slice; a new expert owns an equal slice of the "
     "same axis and inherits the popularity and affinity mass of the old slices it overlaps. With "
@@ -147,7 +153,11 @@ class RoutingProcess:
     - ``overlap[L, k+1]``: observed distribution of reused-expert counts (rows sum to 1);
     - ``copy_scale[L]`` in ``[0, 1/(1-overlap[:, 0])]``: calibrated; ``copy_dist = copy_scale *
       overlap`` for ``m >= 1``, the rest at ``m = 0``;
-    - ``mi_target[L-1]``: target mutual information (bits) between consecutive layers.
+    - ``mi_target[L-1]``: target mutual information (bits) between consecutive layers;
+    - ``lag_weights[L, D]`` (rows sum to 1): given that a token copies, the probability that it
+      copies from the token ``d = 1..D`` back (None: ``[[1]] * L``, the previous token only);
+    - ``lag_target[L, D]`` in [0, 1] or nan (not measured): target overlap with the token ``d`` back
+      (None: ``reuse_rate`` at ``d = 1``).
 
     ``tokens_per_request`` is the typical request length (used for calibration), ``phase`` the phase
     written into sampled traces, ``meta`` provenance (model, source, licence, fit figures).
@@ -174,6 +184,8 @@ class RoutingProcess:
     coact0: FloatArray | None = None
     gamma0: float = 0.0
     co_mi_target0: float = 0.0
+    lag_weights: FloatArray | None = None
+    lag_target: FloatArray | None = None
 
     def __post_init__(self) -> None:
         where = f"RoutingProcess({self.meta.get('model', '?')})"
@@ -242,6 +254,23 @@ class RoutingProcess:
             if not math.isfinite(v) or v < 0:
                 raise ProcessFormatError(f"{where}: {name} must be finite and >= 0, got {v}")
             object.__setattr__(self, name, v)
+        lw_in = np.ones((n_l, 1)) if self.lag_weights is None else np.asarray(self.lag_weights, dtype=np.float64)
+        if lw_in.ndim != 2 or lw_in.shape[0] != n_l or lw_in.shape[1] < 1:
+            raise ProcessFormatError(f"{where}: lag_weights must be [layers={n_l}, lags >= 1], got {lw_in.shape}")
+        n_lag = lw_in.shape[1]
+        lw = _check_distribution("lag_weights", _as_float("lag_weights", lw_in, (n_l, n_lag), where), where)
+        object.__setattr__(self, "lag_weights", lw)
+        if self.lag_target is None:
+            lt = np.full((n_l, n_lag), np.nan)
+            lt[:, 0] = arrays["reuse_rate"]
+        else:
+            lt = np.array(self.lag_target, dtype=np.float64)
+            if lt.shape != (n_l, n_lag):
+                raise ProcessFormatError(f"{where}: lag_target has shape {lt.shape}, expected {(n_l, n_lag)}")
+            if np.any(np.isinf(lt)) or np.nanmin(np.append(lt, 0.0)) < 0 or np.nanmax(np.append(lt, 0.0)) > 1:
+                raise ProcessFormatError(f"{where}: lag_target must be in [0, 1] (nan = not measured)")
+        lt.setflags(write=False)
+        object.__setattr__(self, "lag_target", lt)
 
     # ------------------------------------------------------------------ shape
     @property
@@ -251,6 +280,11 @@ class RoutingProcess:
     @property
     def n_experts(self) -> int:
         return int(self.popularity.shape[1])
+
+    @property
+    def max_lag(self) -> int:
+        """``D``: how many tokens back a token may copy from."""
+        return int(np.asarray(self.lag_weights).shape[1])
 
     def __repr__(self) -> str:
         return (
@@ -307,8 +341,13 @@ class RoutingProcess:
         calibration_iterations: int = 8,
         calibration_tokens: int | None = None,
         seed: int = 0,
+        max_lag: int = 4,
     ) -> RoutingProcess:
         """Fit popularity, affinity and temporal reuse to ``trace``, then calibrate by simulation.
+
+        ``max_lag`` (``D`` >= 1) is how many tokens back a token may copy experts from; the copy
+        rate per lag is calibrated on the trace's overlap with the token ``d`` back (``d <= D``;
+        lags that no request of the trace is long enough to show are not copied from).
 
         ``smoothing`` is an add-``smoothing`` pseudo-count per expert (popularity) and per affinity
         cell (distributed like the next layer's popularity). ``shrinkage`` is the weight ``lambda``
@@ -321,6 +360,8 @@ class RoutingProcess:
         """
         if smoothing <= 0:
             raise ValueError(f"RoutingProcess.fit: smoothing must be > 0, got {smoothing}")
+        if isinstance(max_lag, bool) or not isinstance(max_lag, int) or max_lag < 1:
+            raise ValueError(f"RoutingProcess.fit: max_lag must be an int >= 1, got {max_lag!r}")
         if trace.n_tokens == 0 or not np.any(trace.experts >= 0):
             raise ValueError(f"RoutingProcess.fit: trace {trace.meta.get('source', '')!r} has no routed expert")
         k = trace.top_k
@@ -343,6 +384,13 @@ class RoutingProcess:
             oh = np.concatenate([oh[:, :k], oh[:, k:].sum(axis=1, keepdims=True)], axis=1)
         oh = np.where(oh.sum(axis=1, keepdims=True) > 0, oh, np.eye(1, k + 1))
         overlap = oh / oh.sum(axis=1, keepdims=True)
+        lag_target = stats.lag_overlap(trace, max_lag)
+        lag_target[:, 0] = np.clip(rate, 0.0, 1.0)
+        # start: copy rate per lag in proportion to the overlap above chance (calibration refines it)
+        chance = k * (pop**2).sum(axis=1, keepdims=True)
+        excess = np.where(np.isfinite(lag_target), np.maximum(lag_target - chance, 0.0), 0.0)
+        excess[:, 0] = np.maximum(excess[:, 0], 1e-3)
+        lag_weights = excess / excess.sum(axis=1, keepdims=True)
         mi = _mi_corrected(joint, trace.n_tokens * k)
         co_raw = stats.coactivation(trace)[0].astype(np.float64)
         np.fill_diagonal(co_raw, 0.0)
@@ -371,6 +419,7 @@ class RoutingProcess:
             },
             "calibration": {"tokens": n_cal, "iterations": calibration_iterations, "seed": seed},
         }
+        meta["fitted_from"]["max_lag"] = max_lag
         init = cls(
             popularity=pop,
             affinity=aff,
@@ -387,6 +436,8 @@ class RoutingProcess:
             coact0=coact0,
             gamma0=0.5 if co_mi > 0 else 0.0,
             co_mi_target0=co_mi,
+            lag_weights=lag_weights,
+            lag_target=lag_target,
         )
         return init.calibrate(iterations=calibration_iterations, n_tokens=n_cal, seed=seed)
 
@@ -394,15 +445,17 @@ class RoutingProcess:
     def calibrate(
         self, *, iterations: int = 8, n_tokens: int = 16384, seed: int = 0, refine_passes: int = 4
     ) -> RoutingProcess:
-        """Adjust ``bias``, ``beta`` and ``copy_scale`` so that sampled traces match ``popularity``,
-        ``mi_target`` and ``reuse_rate``.
+        """Adjust ``bias``, ``beta``, ``copy_scale`` and ``lag_weights`` so that sampled traces match
+        ``popularity``, ``mi_target``, ``reuse_rate`` and ``lag_target``.
 
         Layer by layer, on ``n_tokens`` tokens in requests of ``tokens_per_request``: the layer is
         sampled ``iterations`` times with fresh random numbers (upstream layers fixed), and
         after each draw ``bias_l += 0.8 log(p / q)``, ``beta_{l-1} *= sqrt(MI_target / MI)``
         (bounded steps; ``gamma0`` likewise on the first layer's co-activation MI; the last three
-        iterations adjust bias and reuse only) and ``copy_scale_l`` takes a Newton step on the reuse
-        rate; the layer's bias is the Polyak average of its iterates over the second half of the
+        iterations adjust bias and reuse only) and the per-lag copy rates ``copy_scale_l *
+        lag_weights[l, d]`` each take a Newton step on the overlap with the token ``d`` back (their
+        sum capped at the largest valid ``copy_scale``; ``d = 1`` alone is the reuse rate); the
+        layer's bias is the Polyak average of its iterates over the second half of the
         iterations. Then ``refine_passes`` whole-chain samples of ``n_tokens`` (fresh random numbers
         each) correct every layer's bias by ``log(p / q) / (j + 1)`` (Robbins-Monro), so the bias
         targets the population popularity, not the noise of one sample. Returns a new
@@ -415,6 +468,10 @@ class RoutingProcess:
         tokens = _rs.Tokens.from_lengths(lengths)
         rng = np.random.default_rng(seed)
         bias, beta, scale = self.bias.copy(), self.beta.copy(), self.copy_scale.copy()
+        lag_w = np.array(self.lag_weights, dtype=np.float64)
+        lag_t = np.asarray(self.lag_target)
+        n_lag = lag_w.shape[1]
+        lag_err = np.zeros(n_l)
         gamma = self.gamma0
         co_err = 0.0
         smax = self._copy_scale_max(self.overlap)
@@ -444,6 +501,7 @@ class RoutingProcess:
                     q_copy / q_copy.sum(),
                     k,
                     co_log=self._co_log(gamma) if layer == 0 else None,
+                    lag_dist=lag_w[layer] if n_lag > 1 else None,
                 )
                 cur = _rs.sample_layer(model, prev, rng, tokens)
                 load = np.bincount(cur.ravel(), minlength=n_e).astype(np.float64)
@@ -454,6 +512,10 @@ class RoutingProcess:
                     match |= cur[:, hp] == cur[j, hp - 1]
                 r_sim = float(match.mean()) if hp.size else 0.0
                 reuse_err[layer] = abs(r_sim - self.reuse_rate[layer])
+                ov_sim = _lag_overlap_sim(cur, tokens.pos, n_lag) if n_lag > 1 else np.array([r_sim])
+                ov_sim[0] = r_sim
+                measured = np.isfinite(lag_t[layer]) & np.isfinite(ov_sim)
+                lag_err[layer] = float(np.max(np.abs(ov_sim - lag_t[layer])[measured], initial=0.0))
                 mi = 0.0
                 if prev is not None:
                     joint = np.zeros(n_e * n_e)
@@ -487,14 +549,33 @@ class RoutingProcess:
                     beta[layer - 1] = float(np.clip(beta[layer - 1] * np.clip(ratio, 0.5, 2.0), 0.0, _BETA_MAX))
                 chance = k * float((q**2).sum())
                 slope = max(float(mean_m[layer]) * (1.0 - chance), 1e-3)
-                scale[layer] = float(np.clip(scale[layer] + (self.reuse_rate[layer] - r_sim) / slope, 0.0, smax[layer]))
+                if n_lag == 1:
+                    scale[layer] = float(
+                        np.clip(scale[layer] + (self.reuse_rate[layer] - r_sim) / slope, 0.0, smax[layer])
+                    )
+                else:  # a Newton step per lag on its copy rate; lags without a target are not copied from
+                    per_lag = scale[layer] * lag_w[layer]
+                    step = np.where(measured, (lag_t[layer] - np.where(measured, ov_sim, 0.0)) / slope, -per_lag)
+                    # the previous token (d = 1) takes full steps; longer lags, which also move each
+                    # other through chains of copies, take half steps and stay fixed in the last steps
+                    step[1:] *= 0.5 if it < iterations - 3 else 0.0
+                    per_lag = np.maximum(per_lag + step, 0.0)
+                    total = float(per_lag.sum())
+                    if total > smax[layer]:  # over the cap: the longer lags give way first
+                        rest = max(float(smax[layer]) - per_lag[0], 0.0)
+                        per_lag[0] = min(per_lag[0], float(smax[layer]))
+                        tail = float(per_lag[1:].sum())
+                        per_lag[1:] *= rest / tail if tail > 0 else 0.0
+                        total = float(per_lag.sum())
+                    scale[layer] = total
+                    lag_w[layer] = per_lag / total if total > 0 else np.eye(1, n_lag)[0]
             prev = cur
         # Whole-chain refinement: the bias above was fitted against one fixed upstream sample per
         # layer, so it also absorbed that sample's noise. Fresh full-chain samples (new random
         # numbers each pass) correct all layers at once with Robbins-Monro gains 1/(j+1), so the
         # bias converges to the population target rather than to any single sample.
         for j in range(refine_passes if iterations > 0 else 0):
-            cur_proc = replace(self, bias=bias.copy(), beta=beta, copy_scale=scale, gamma0=gamma)
+            cur_proc = replace(self, bias=bias.copy(), beta=beta, copy_scale=scale, gamma0=gamma, lag_weights=lag_w)
             drawn = cur_proc._sample_experts(lengths, rng)  # [n, L, k]
             for layer in range(n_l):
                 load = np.bincount(drawn[:, layer].ravel(), minlength=n_e).astype(np.float64)
@@ -507,6 +588,7 @@ class RoutingProcess:
             "mi_abs_error_bits": float(mi_err.max()) if mi_err.size else 0.0,
             "reuse_abs_error": float(reuse_err.max()),
             "first_layer_co_mi_abs_error_bits": co_err,
+            "lag_overlap_abs_error": float(lag_err.max()),
         }
         log.debug("calibration: %s", errors)
         meta = dict(self.meta)
@@ -517,7 +599,7 @@ class RoutingProcess:
             "seed": seed,
             "achieved": errors,
         }
-        return replace(self, bias=bias, beta=beta, copy_scale=scale, gamma0=gamma, meta=meta)
+        return replace(self, bias=bias, beta=beta, copy_scale=scale, gamma0=gamma, lag_weights=lag_w, meta=meta)
 
     # ----------------------------------------------------------------- sample
     def sample(
@@ -578,6 +660,7 @@ class RoutingProcess:
                 dist[layer],
                 self.top_k,
                 co_log=self._co_log(self.gamma0) if layer == 0 else None,
+                lag_dist=self.lag_weights[layer] if self.max_lag > 1 else None,
             )
             for layer in range(self.n_moe_layers)
         ]
@@ -675,6 +758,8 @@ class RoutingProcess:
             coact0=co_new,
             gamma0=self.gamma0 if co_mi > 0 else 0.0,
             co_mi_target0=co_mi,
+            lag_weights=self.lag_weights,
+            lag_target=self.lag_target,
         )
         return new.calibrate(iterations=calibration_iterations, n_tokens=calibration_tokens, seed=seed)
 
@@ -748,6 +833,8 @@ class RoutingProcess:
             coact0=self.coact0,
             gamma0=self.gamma0,
             co_mi_target0=self.co_mi_target0,
+            lag_weights=np.asarray(self.lag_weights)[src],
+            lag_target=np.asarray(self.lag_target)[src],
         )
         return new.calibrate(iterations=calibration_iterations, n_tokens=calibration_tokens, seed=seed)
 
@@ -777,6 +864,8 @@ class RoutingProcess:
             coact0=self.coact0 if keep_co else None,
             gamma0=self.gamma0 if keep_co else 0.0,
             co_mi_target0=self.co_mi_target0 if keep_co else 0.0,
+            lag_weights=np.asarray(self.lag_weights)[start:stop],
+            lag_target=np.asarray(self.lag_target)[start:stop],
         )
 
     # ------------------------------------------------------------------- JSON
@@ -794,6 +883,15 @@ class RoutingProcess:
             for name in _ARRAY_NAMES
         }
         arrays["coact0"] = _encode(np.asarray(self.coact0), precision)
+        if self.max_lag > 1:  # lag-1-only processes keep the earlier file layout
+            small = "float64" if precision == "float64" else "float32"
+            arrays["lag_weights"] = _encode(np.asarray(self.lag_weights), small)
+            lt = np.asarray(self.lag_target)
+            arrays["lag_target"] = (
+                [[None if not math.isfinite(v) else float(v) for v in row] for row in lt.tolist()]
+                if precision == "float64"
+                else _encode(lt, "float32")
+            )
         return {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -831,6 +929,11 @@ class RoutingProcess:
                 raise ProcessFormatError(f"{where}: arrays lacks {name!r}")
             arrays[name] = _decode(arrays_in[name], f"{where}: arrays.{name}")
         coact0 = _decode(arrays_in["coact0"], f"{where}: arrays.coact0") if "coact0" in arrays_in else None
+        lags = {
+            name: _decode(_nan_for_null(arrays_in[name]), f"{where}: arrays.{name}")
+            for name in ("lag_weights", "lag_target")
+            if name in arrays_in
+        }
         try:
             proc = cls(
                 **arrays,
@@ -841,6 +944,7 @@ class RoutingProcess:
                 co_mi_target0=float(d.get("co_mi_target0", 0.0)),
                 tokens_per_request=int(d.get("tokens_per_request", 256)),
                 meta=dict(d.get("meta") or {}),
+                **lags,
             )
         except ProcessFormatError as exc:
             raise ProcessFormatError(f"{where}: {exc}") from exc
@@ -1056,6 +1160,30 @@ def _decode(v: Any, where: str) -> FloatArray:
         return np.asarray(v, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ProcessFormatError(f"{where}: not a numeric array ({exc})") from exc
+
+
+def _nan_for_null(v: Any) -> Any:
+    """Nested lists with JSON ``null`` (a statistic that was not measured) turned into nan."""
+    if isinstance(v, list):
+        return [_nan_for_null(x) for x in v]
+    return math.nan if v is None else v
+
+
+def _lag_overlap_sim(cur: npt.NDArray[np.int16], pos: npt.NDArray[np.int64], n_lag: int) -> FloatArray:
+    """Overlap with the token ``d = 1..n_lag`` back of sampled experts ``cur [k, n]`` (tokens in
+    request order, ``pos`` their index in the request); nan where no token has ``d`` predecessors."""
+    k, n = cur.shape
+    out = np.full(n_lag, np.nan)
+    for d in range(1, min(n_lag, n - 1) + 1):
+        ok = pos[d:] >= d
+        if not ok.any():
+            continue
+        a, b = cur[:, d:][:, ok], cur[:, :-d][:, ok]
+        match = np.zeros(a.shape, dtype=bool)
+        for j in range(k):
+            match |= a == b[j]
+        out[d - 1] = float(match.mean())
+    return out
 
 
 def _jsonable(x: Any) -> Any:

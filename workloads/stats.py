@@ -19,6 +19,14 @@ Definitions (``L`` MoE layers, ``E`` experts, ``k`` slots per token and layer):
   token has no previous token and is not counted); the reuse-distance histogram counts, for each
   use of an expert at a layer, how many tokens back (within the request) that expert was last used
   at that layer (first uses are counted apart).
+- lag overlap ``[L, D]`` (`lag_overlap`): for ``d = 1..D``, the share of a token's experts that the
+  token ``d`` positions earlier in the same request also used at that layer (tokens with fewer than
+  ``d`` predecessors are not counted; ``d = 1`` is the temporal reuse rate).
+- LRU hit rate (`lru_hit_rate`): per layer, a cache of ``C`` experts, cold at the start of each
+  request, updated token by token in least-recently-used order: a token's experts are looked up
+  against the cache as it was after the previous token (the router picks all ``k`` before any is
+  loaded), then become the most recent (ties inside a token are broken by slot order). A use hits
+  when its expert is among the ``C`` most recently used; the rate is hits / uses of the layer.
 - co-activation ``[L, E, E]``: ``C[l, a, b]`` = tokens that chose both ``a`` and ``b`` at layer
   ``l``; the diagonal ``C[l, a, a]`` is the load of ``a``.
 """
@@ -323,6 +331,94 @@ def temporal_reuse(
     )
 
 
+def lag_overlap(trace: RoutingTrace, max_lag: int) -> FloatArray:
+    """``[L, max_lag]`` lag overlap (module docstring): column ``d-1`` is the share of the valid
+    expert slots of tokens with at least ``d`` predecessors in their request whose expert the
+    token ``d`` back also used at that layer (``nan`` where no token has ``d`` predecessors)."""
+    if max_lag < 1:
+        raise ValueError(f"lag_overlap: max_lag must be >= 1, got {max_lag}")
+    order = request_order(trace)
+    ex = np.ascontiguousarray(trace.experts[order].transpose(1, 0, 2))  # [L, T, k]
+    pos = _position_in_request(trace.request[order])
+    n_l, k = trace.n_moe_layers, trace.k
+    out = np.full((n_l, max_lag), np.nan)
+    for layer in range(n_l):
+        lay = ex[layer]
+        valid_all = lay >= 0
+        for d in range(1, min(max_lag, lay.shape[0] - 1) + 1):
+            cur, back = lay[d:], lay[:-d]  # token t and token t - d (same request where pos >= d)
+            match = cur == back[:, 0:1]
+            for j in range(1, k):
+                match |= cur == back[:, j : j + 1]
+            valid = valid_all[d:] & (pos[d:, None] >= d)
+            slots = int(valid.sum())
+            if slots:
+                out[layer, d - 1] = float((match & valid).sum()) / slots
+    return out
+
+
+def _position_in_request(req: npt.NDArray[np.int32]) -> IntArray:
+    """Index of each token inside its run of equal request ids (rows already in request order)."""
+    n = req.size
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    start = np.ones(n, dtype=bool)
+    start[1:] = req[1:] != req[:-1]
+    first = np.maximum.accumulate(np.where(start, np.arange(n), 0))
+    return np.arange(n, dtype=np.int64) - first
+
+
+#: Cache sizes (share of a layer's experts) of the LRU statistic reported by `trace_stats` and fidelity.
+LRU_FRACTIONS = (0.25, 0.5)
+
+
+def lru_hit_rate(trace: RoutingTrace, fractions: tuple[float, ...] = LRU_FRACTIONS) -> FloatArray:
+    """``[len(fractions), L]`` LRU hit rate per layer (module docstring) for caches of
+    ``max(k, round(f * E))`` experts per layer. ``nan`` where a layer has no routed expert.
+
+    Vectorised: a use hits when fewer than ``C`` experts were used (at that layer, in that request)
+    more recently than its own last use; the per-token last-use stamps ``[T, E]`` are a running
+    maximum, compared in chunks of tokens (memory ``O(chunk * k * E)``).
+    """
+    for f in fractions:
+        if not 0.0 < f <= 1.0:
+            raise ValueError(f"lru_hit_rate: cache fractions must be in (0, 1], got {f}")
+    n_l, k, n_e, n = trace.n_moe_layers, trace.k, trace.n_experts, trace.n_tokens
+    caps = np.array([max(k, round(f * n_e)) for f in fractions], dtype=np.int64)
+    out = np.full((len(fractions), n_l), np.nan)
+    if n == 0:
+        return out
+    order = request_order(trace)
+    ex = np.ascontiguousarray(trace.experts[order].transpose(1, 0, 2)).astype(np.int64)  # [L, T, k]
+    req = trace.request[order]
+    start = np.ones(n, dtype=bool)
+    start[1:] = req[1:] != req[:-1]
+    first_stamp = (np.maximum.accumulate(np.where(start, np.arange(n), 0)) * k).astype(np.int64)  # request start
+    chunk = max(1, (1 << 22) // max(k * n_e, 1))
+    for layer in range(n_l):
+        lay = ex[layer]
+        ok = lay >= 0
+        if not ok.any():
+            continue
+        stamp = np.full((n, n_e), -1, dtype=np.int32 if n * k < 2**31 else np.int64)
+        tt, ss = np.nonzero(ok)
+        stamp[tt, lay[tt, ss]] = tt * k + ss
+        np.maximum.accumulate(stamp, axis=0, out=stamp)  # last use up to and including each token
+        hits = np.zeros(caps.size, dtype=np.int64)
+        for lo in range(1, n, chunk):
+            hi = min(n, lo + chunk)
+            before = stamp[lo - 1 : hi - 1]  # state after the previous token
+            before = np.where(before >= first_stamp[lo:hi, None], before, -1)  # cold at each request start
+            cur = lay[lo:hi]
+            mine = np.take_along_axis(before, np.maximum(cur, 0), axis=1)  # [c, k]
+            seen = (mine >= 0) & (cur >= 0)
+            rank = (before[:, None, :] > mine[:, :, None]).sum(axis=2)  # experts used more recently
+            for i, c in enumerate(caps):
+                hits[i] += int((seen & (rank < c)).sum())
+        out[:, layer] = hits / int(ok.sum())
+    return out
+
+
 def coactivation(trace: RoutingTrace, *, _ex: LayerMajor | None = None) -> IntArray:
     """Co-activation counts ``[L, E, E]``: tokens choosing both a and b at a layer; diagonal = load."""
     n_l, n_e = trace.n_moe_layers, trace.n_experts
@@ -397,7 +493,8 @@ def trace_stats(trace: RoutingTrace, *, full: bool = False, max_distance: int = 
     ``requests``, ``k``, ``null_fraction``), ``moe_layer_ids`` (the model's layer number of each
     column, `moe_layer_ids`; per-layer lists below are indexed by column), ``load`` (counts
     ``[L][E]`` and skew per layer),
-    ``affinity`` (concentration per layer pair), ``temporal_reuse`` and ``coactivation`` summaries.
+    ``affinity`` (concentration per layer pair), ``temporal_reuse``, ``lru_hit_rate`` (per layer and
+    mean, at the `LRU_FRACTIONS` cache sizes) and ``coactivation`` summaries.
     With ``full=True`` the affinity ``[L-1][E][E]`` and co-activation ``[L][E][E]`` matrices too.
     """
     ex = _layer_major(trace.experts, trace.n_experts)  # shared by the counts below
@@ -407,6 +504,7 @@ def trace_stats(trace: RoutingTrace, *, full: bool = False, max_distance: int = 
     co = coactivation(trace, _ex=ex)
     del ex
     reuse = temporal_reuse(trace, max_distance=max_distance)
+    lru = lru_hit_rate(trace, LRU_FRACTIONS)
     n_slots = trace.experts.size
     out: dict[str, Any] = {
         "model": trace.meta.get("model"),
@@ -428,6 +526,12 @@ def trace_stats(trace: RoutingTrace, *, full: bool = False, max_distance: int = 
         },
         "affinity": affinity_summary(aff_c) if aff_c.shape[0] else {},
         "temporal_reuse": reuse.to_dict(),
+        "lru_hit_rate": {
+            "cache_fraction": list(LRU_FRACTIONS),
+            "cache_experts": [max(trace.k, round(f * trace.n_experts)) for f in LRU_FRACTIONS],
+            "per_layer": [_floats(row) for row in lru],
+            "mean": [_nanmean(row) for row in lru],
+        },
         "coactivation": coactivation_summary(co),
     }
     aff = out["affinity"]

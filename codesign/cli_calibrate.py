@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from codesign import cli_checks as checks
+
 
 def _positive_int(text: str) -> int:
     """argparse ``type`` for integers >= 1 (argparse prefixes its errors with ``argument <flag>:``)."""
@@ -162,6 +164,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from hwmodels.calibration import CalibrationError
     from hwmodels.validate import quality_warnings, validate_heldout
 
+    checks.output_file(args.output, "-o", suffixes=(".json",), what="the calibration profile")
+    checks.seed(args.seed)
+    if args.device == "cpu":
+        checks.threads(args.threads)
+    for flag, value in (
+        ("--peak-tflops", args.peak_tflops),
+        ("--peak-memory-gbps", args.peak_memory_gbps),
+        ("--link-gbps", args.link_gbps),
+    ):
+        checks.float_range(value, flag, low=0.0, high=1e9, low_open=True)
     sweep = "quick" if args.quick else (args.sweep or "full")
     plan = {"quick": SweepPlan.quick, "full": SweepPlan.full, "tiny": SweepPlan.tiny}[sweep]()
     config = RunConfig(
@@ -210,6 +222,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from hwmodels.validate import quality_warnings, validate_heldout
     from hwmodels.vidur_import import import_vidur
 
+    checks.output_file(args.output, "-o", suffixes=(".json",), what="the calibration profile")
+    checks.input_path(args.path, "PATH", what="a Vidur profiling folder or CSV", folder_ok=True)
     profile = import_vidur(args.path, device=args.device, name=args.name)
     report = validate_heldout(profile)
     saved = profile.without_samples() if args.no_samples else profile
@@ -261,6 +275,27 @@ def _load_profile(spec: str) -> Any:
     raise CalibrationError(f"{spec}: no such profile file, and not a shipped profile ({default_profile_names()})")
 
 
+def _parse_layer_flags(layers_text: str, shape_text: str) -> tuple[list[int], int, int]:
+    """``--layers`` (comma-separated integers) and ``--shape`` (``D_MODELxD_FF``, both >= 1)."""
+    from hwmodels.calibration import CalibrationError
+
+    try:
+        layers = [int(v) for v in layers_text.split(",") if v.strip()]
+    except ValueError:
+        raise CalibrationError(
+            f"--layers {layers_text!r}: expected comma-separated layer indices, e.g. '0,8,16'"
+        ) from None
+    if not layers:
+        raise CalibrationError(f"--layers {layers_text!r}: expected at least one layer index, e.g. '0,8,16'")
+    try:
+        d_model, d_ff = (int(v) for v in shape_text.lower().split("x"))
+    except ValueError:
+        raise CalibrationError(f"--shape {shape_text!r}: expected D_MODELxD_FF, e.g. '1024x3584'") from None
+    if d_model < 1 or d_ff < 1:
+        raise CalibrationError(f"--shape {shape_text!r}: expected positive sizes, e.g. '1024x3584'")
+    return layers, d_model, d_ff
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from hwmodels.calibration import CalibrationError
     from hwmodels.validate import (
@@ -275,6 +310,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     )
     from hwmodels.validate import load_against as load_against_samples
 
+    checks.threads(args.threads)
+    if args.against:
+        checks.input_path(args.against, "--against", what="a Vidur CSV or folder, or a profile JSON", folder_ok=True)
+    if args.layer:
+        checks.input_path(args.layer, "--layer", what="a Mixtral JSONL or DeepSeek CSV trace folder", folder_ok=True)
+        _parse_layer_flags(args.layers, args.shape)
     profile = _load_profile(args.profile)
     warnings = quality_warnings(profile)
     if args.against:
@@ -295,13 +336,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"WARNING: {warning}", file=sys.stderr)
     result["warnings"] = warnings
     if args.layer:
-        try:
-            layers = [int(v) for v in args.layers.split(",") if v.strip()]
-            d_model, d_ff = (int(v) for v in args.shape.lower().split("x"))
-        except ValueError as exc:
-            raise CalibrationError(
-                f"--layers {args.layers!r} / --shape {args.shape!r}: expected e.g. '0,8,16' and '1024x3584'"
-            ) from exc
+        layers, d_model, d_ff = _parse_layer_flags(args.layers, args.shape)
         routings = read_trace_routing(args.layer, layers=layers, max_tokens=args.tokens)
         counts = sorted({int(r.experts.shape[0]) for r in routings})
         if counts[0] < args.tokens:

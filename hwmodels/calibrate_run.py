@@ -754,16 +754,44 @@ def run_calibration(config: RunConfig, *, progress: bool = False, backend: Any =
             be.close()
     fp["sweep"] = plan.name
     fp["sweep_seconds"] = round(time.perf_counter() - started, 2)
-    peaks = _peaks_for(be, fp, config, samples)
-    device_name = be.device_name()
-    return fit_profile(
-        name=config.name or f"{be.device_kind}-{plan.name}",
-        device_name=device_name,
+    return profile_from_samples(
+        samples,
+        config=config,
+        plan=plan,
+        fingerprint=fp,
         device_kind=be.device_kind,
         dtype=be.dtype,
-        dtype_bytes=DTYPE_BYTES[be.dtype],
+        device_name=be.device_name(),
+    )
+
+
+def profile_from_samples(
+    samples: Sequence[Sample],
+    *,
+    config: RunConfig,
+    plan: SweepPlan,
+    fingerprint: Mapping[str, Any],
+    device_kind: str,
+    dtype: str,
+    device_name: str,
+) -> CalibrationProfile:
+    """The fit half of :func:`run_calibration`: reference peaks and a :class:`CalibrationProfile`
+    from measured ``samples`` (times in seconds) of ``plan`` run on ``device_name``.
+
+    Pure (no timing, no torch): tests check the fit logic on recorded or synthetic samples with it,
+    so that no test depends on how busy its machine is. ``fingerprint`` is copied into the profile
+    (``torch_threads`` sets the nominal CPU peak); ``config`` supplies given peaks and the name.
+    """
+    fp = dict(fingerprint)
+    peaks = _peaks_for(device_kind, dtype, fp, config, samples)
+    return fit_profile(
+        name=config.name or f"{device_kind}-{plan.name}",
+        device_name=device_name,
+        device_kind=device_kind,
+        dtype=dtype,
+        dtype_bytes=DTYPE_BYTES[dtype],
         peaks=peaks,
-        samples=samples,
+        samples=list(samples),
         fingerprint=fp,
         torch_version=str(fp.get("torch_version", "")),
         source=f"codesign calibrate run --device {config.device} ({plan.name} sweep) on {device_name}",
@@ -800,15 +828,17 @@ def known_gpu_peaks(name: str) -> tuple[float, float, str] | None:
     return None
 
 
-def _peaks_for(be: Any, fp: Mapping[str, Any], config: RunConfig, samples: Sequence[Sample]) -> Peaks:
+def _peaks_for(
+    device_kind: str, dtype: str, fp: Mapping[str, Any], config: RunConfig, samples: Sequence[Sample]
+) -> Peaks:
     gemms = [s for s in samples if s.kind == "gemm"]
     best_flops = max((2.0 * s.shape["m"] * s.shape["k"] * s.shape["n"] / s.time_s for s in gemms), default=0.0)
     streams = [s for s in samples if s.kind == "memory" and s.op == "stream"]
     best_bw = max((s.shape["n_bytes"] / s.time_s for s in streams), default=0.0)
     copies = [s for s in samples if s.kind == "copy"]
     best_link = max((s.shape["n_bytes"] / s.time_s for s in copies), default=0.0)
-    if be.device_kind == "cpu":
-        nominal = cpu_peaks(fp, int(fp.get("torch_threads", 1)), be.dtype)
+    if device_kind == "cpu":
+        nominal = cpu_peaks(fp, int(fp.get("torch_threads", 1)), dtype)
         flops, flops_src = (
             (config.peak_flops, "given (--peak-tflops)") if config.peak_flops else (nominal.flops, nominal.flops_source)
         )

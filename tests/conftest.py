@@ -1,4 +1,9 @@
-"""Shared fixtures: where the real data of ``../shared`` lies."""
+"""Shared fixtures: where the real data of ``../shared`` lies, and a recorded CPU calibration.
+
+The tests need the real data folder (traces, calibration tables): ``../shared`` beside the checkout,
+or ``$MOE_CODESIGN_SHARED``. Without it the session stops at collection with one line saying so and
+where it looked (instead of an error in every test that reads it).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from hwmodels.calibrate_run import RunConfig, SweepPlan, profile_from_samples
+from hwmodels.calibration import CalibrationProfile
 from workloads.importers import import_trace
 from workloads.trace import RoutingTrace
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: A real tiny CPU calibration sweep (``SweepPlan.tiny()``, one thread, process CPU clock) recorded
+#: on the 2-core dev machine (AMD EPYC, 1-min load average 15 from other work; fit quality "ok") by
+#: ``python benchmarks/bench_calibrate.py --record PATH``.
+RECORDED_CPU_TINY = REPO / "tests" / "hwmodels" / "data" / "cpu_tiny_recorded.json"
 
 
 def shared_path() -> Path:
@@ -18,12 +30,48 @@ def shared_path() -> Path:
     return Path(os.environ.get("MOE_CODESIGN_SHARED", REPO.parent / "shared"))
 
 
+def missing_shared_message(path: Path) -> str | None:
+    """The one-line reason the tests cannot run without ``path`` (None when it holds ``traces/``)."""
+    if (path / "traces").is_dir():
+        return None
+    return (
+        f"the tests need the real data folder ../shared (traces, calibration tables); looked at {path} "
+        "and found no traces/ there: put it beside the checkout or set MOE_CODESIGN_SHARED=/path/to/shared"
+    )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop before collection, in one line, when the real data folder is missing."""
+    message = missing_shared_message(shared_path().resolve())
+    if message is not None:
+        pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     path = shared_path()
-    if not (path / "traces").is_dir():
-        raise RuntimeError(f"real data folder not found at {path}; set MOE_CODESIGN_SHARED")
+    message = missing_shared_message(path)
+    if message is not None:
+        raise RuntimeError(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def recorded_cpu_profile() -> CalibrationProfile:
+    """The profile fitted, here and now, to the recorded samples of a real tiny CPU sweep.
+
+    The timings are fixed data, so the fit (and every check on it) is the same on any machine under
+    any load; real-kernel runs are in ``benchmarks/bench_calibrate.py``."""
+    rec = CalibrationProfile.load(RECORDED_CPU_TINY)
+    return profile_from_samples(
+        rec.samples,
+        config=RunConfig(device="cpu", plan=SweepPlan.tiny(), threads=1, name="cpu-tiny"),
+        plan=SweepPlan.tiny(),
+        fingerprint=rec.fingerprint,
+        device_kind=rec.device_kind,
+        dtype=rec.dtype,
+        device_name=rec.device_name,
+    )
 
 
 @pytest.fixture(scope="session")

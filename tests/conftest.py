@@ -8,6 +8,7 @@ where it looked (instead of an error in every test that reads it).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,11 +41,22 @@ def missing_shared_message(path: Path) -> str | None:
     )
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Stop before collection, in one line, when the real data folder is missing."""
+def pytest_configure(config: pytest.Config) -> None:
+    """Stop before collection, in one line (``ERROR: ...``, exit status 4), when the real data
+    folder is missing."""
     message = missing_shared_message(shared_path().resolve())
     if message is not None:
-        pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)
+        raise pytest.UsageError(message)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def workload_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Derived default workloads are cached in a folder of this test session (``$MOE_CODESIGN_CACHE_DIR``,
+    inherited by subprocesses), never in the user's cache."""
+    path = tmp_path_factory.mktemp("moe-codesign-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOE_CODESIGN_CACHE_DIR", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

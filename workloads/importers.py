@@ -24,6 +24,29 @@ formats below and returns a `RoutingTrace` or, for aggregated counts, an
     `AggregatedRoutingStats` (options ``model`` = olmoe | olmoe-sft | olmoe-dpo | mistral and
     ``domain`` = a domain name or "all", the sum over the domains every kind of count has).
 
+``table``
+    The generic tabular format, for any model: one row per (token, layer) in CSV (``*.csv``), JSON
+    Lines (``*.jsonl``) or Parquet (``*.parquet``, needs ``pyarrow``). Columns:
+
+    - ``request`` (int): request id; ``position`` (int >= 0): the token's index in its request;
+    - ``phase`` (optional): ``prefill``/``decode`` or 0/1 (default ``decode``);
+    - ``layer`` (int): the model's decoder-layer number;
+    - ``experts``: the token's expert ids at that layer (JSON list ``[3, 7]``; in CSV also
+      ``"3 7"`` or ``"3;7"``); empty / ``null`` for a dense layer (a layer that is null in every
+      row, or absent, is not an MoE layer; an MoE layer missing for some token is -1 there);
+    - ``weights`` (optional): the gate weights in the same order, finite and >= 0.
+
+    Options: ``model`` (a preset: its ``n_experts``/``top_k``) or ``n_experts`` and ``top_k``
+    (``top_k`` defaults to the most ids in a row). Requests are numbered as given.
+
+Plug-ins: a module registers more formats with ``@register_importer(name, description, pattern)``
+on a function ``(files: Sequence[Path], *, option=default, ...) -> RoutingTrace`` when it is
+imported. `load_plugin` imports one by module name; `load_entry_point_plugins` imports every
+module advertised in the entry point group ``moe_codesign.importers`` (in a plug-in's
+``pyproject.toml``: ``[project.entry-points."moe_codesign.importers"] mine = "my_pkg.importers"``);
+importing this module loads the entry points once. A plug-in that fails to import raises
+`PluginError` naming it; a name registered twice is an error. The registry only grows.
+
 Every error is a `TraceFormatError` naming the file, the line (where there is one) and what was
 expected. Fields are parsed as data (``json``, ``csv``, ``int``); nothing is ever ``eval``-ed or
 unpickled: a file starting with the pickle protocol byte 0x80 is refused.
@@ -32,13 +55,17 @@ unpickled: a file starting with the pickle protocol byte 0x80 is refused.
 from __future__ import annotations
 
 import csv
+import importlib
 import inspect
 import io
 import json
 import logging
+import math
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -66,20 +93,33 @@ LICENCE_DEEPSEEK = (
 LICENCE_OLMOE = "Apache-2.0; github.com/allenai/OLMoE commit 357454f4f647, scripts/routing_output/"
 
 _PICKLE_MAGIC = b"\x80"
+_TABLE_GLOBS = "*.csv|*.jsonl|*.ndjson|*.parquet"
 
 
 @dataclass(frozen=True)
 class _Entry:
     func: ImporterFunc
     description: str
-    pattern: str  # glob used for directories
+    pattern: str  # globs used for directories, separated by "|"
 
 
 _IMPORTERS: dict[str, _Entry] = {}
 
+#: The entry-point group that plug-in distributions advertise their importer modules in.
+ENTRY_POINT_GROUP = "moe_codesign.importers"
 
-def _register(name: str, description: str, pattern: str) -> Callable[[ImporterFunc], ImporterFunc]:
-    """Register an importer (module import time only; the table is never mutated afterwards)."""
+
+class PluginError(ImportError):
+    """An importer plug-in module could not be imported (the message names it and the cause)."""
+
+
+def register_importer(name: str, description: str, pattern: str) -> Callable[[ImporterFunc], ImporterFunc]:
+    """Decorator registering ``func(files, *, options...) -> RoutingTrace | AggregatedRoutingStats``
+    as format ``name`` (``pattern``: the glob(s), ``"|"``-separated, that pick its files in a
+    directory). Called when a module is imported (this one's or a plug-in's); a duplicate name,
+    or a name that is not ``[a-z0-9][a-z0-9._-]*``, is a ValueError."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
+        raise ValueError(f"importer name {name!r}: expected lower-case letters, digits, '.', '_' or '-'")
 
     def deco(func: ImporterFunc) -> ImporterFunc:
         if name in _IMPORTERS:
@@ -88,6 +128,35 @@ def _register(name: str, description: str, pattern: str) -> Callable[[ImporterFu
         return func
 
     return deco
+
+
+_register = register_importer
+
+
+def load_plugin(module_name: str) -> list[str]:
+    """Import the plug-in module ``module_name`` (its import registers its formats) and return the
+    names it added. Importing the same module again adds nothing (Python caches modules). Raises
+    `PluginError` naming the module when it cannot be imported."""
+    if not isinstance(module_name, str) or not module_name.strip():
+        raise PluginError(f"importer plug-in module name must be a non-empty string, got {module_name!r}")
+    before = set(_IMPORTERS)
+    try:
+        importlib.import_module(module_name.strip())
+    except ImportError as exc:
+        raise PluginError(f"importer plug-in {module_name!r} cannot be imported: {exc}") from exc
+    return sorted(set(_IMPORTERS) - before)
+
+
+def load_entry_point_plugins(entry_points: Iterable[metadata.EntryPoint] | None = None) -> list[str]:
+    """Import every module advertised in `ENTRY_POINT_GROUP` (or the given ``entry_points``) and
+    return the format names added. A module that fails to import raises `PluginError`."""
+    eps = metadata.entry_points(group=ENTRY_POINT_GROUP) if entry_points is None else entry_points
+    added: list[str] = []
+    for ep in sorted(eps, key=lambda e: e.name):
+        added += load_plugin(ep.module)
+    if added:
+        log.info("importer plug-ins from entry points: %s", ", ".join(added))
+    return added
 
 
 def importer_names() -> list[str]:
@@ -116,7 +185,7 @@ def expand_paths(fmt: str, paths: PathArg | Sequence[PathArg]) -> list[Path]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(p.glob(entry.pattern))
+            found = sorted({f for pat in entry.pattern.split("|") for f in p.glob(pat)})
             if not found:
                 raise TraceFormatError(f"{p}: directory has no file matching {entry.pattern!r} (format {fmt})")
             out.extend(found)
@@ -685,3 +754,247 @@ def import_olmoe_counts(files: Sequence[Path], *, model: str = "olmoe", domain: 
         source=str(path),
         licence=LICENCE_OLMOE,
     )
+
+
+# -------------------------------------------------------------------- table
+_TABLE_COLUMNS = ("request", "position", "phase", "layer", "experts", "weights")
+_PHASES = {"prefill": PREFILL, "decode": DECODE, "0": PREFILL, "1": DECODE}
+
+
+@_register(
+    "table", "generic table: request, position, phase, layer, experts, weights (CSV/JSONL/Parquet)", _TABLE_GLOBS
+)
+def import_table(
+    files: Sequence[Path], *, model: str | None = None, n_experts: int | None = None, top_k: int | None = None
+) -> RoutingTrace:
+    """Generic tabular routing (module docstring, ``table``) -> `RoutingTrace`.
+
+    Give ``model`` (a preset) or ``n_experts`` (and optionally ``top_k``). Rows are read from every
+    file in order; a (request, position, layer) seen twice, ids outside ``[0, n_experts)``, repeated
+    ids, more than ``top_k`` ids, weights that are not finite and >= 0 or do not match the ids, and
+    files with no row are `TraceFormatError` naming the file and line (row for Parquet).
+    """
+    if model is not None and (n_experts is not None or top_k is not None):
+        raise ValueError("table: give model, or n_experts (and top_k), not both")
+    name = None
+    moe_ids_preset: list[int] | None = None
+    if model is not None:
+        name, n_experts, top_k, _ = _model_meta(model)
+        moe_ids_preset = list(get_model(model).moe_layers)
+    if n_experts is None:
+        raise ValueError("table: give model=PRESET or n_experts=E (the expert ids must fit)")
+    if isinstance(n_experts, bool) or not isinstance(n_experts, int) or not 1 <= n_experts <= 32767:
+        raise ValueError(f"table: n_experts must be an int in [1, 32767], got {n_experts!r}")
+    rows: list[tuple[int, int, int, int, list[int] | None, list[float] | None, str]] = []
+    for path in files:
+        before = len(rows)
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            _table_csv(path, rows)
+        elif suffix in (".jsonl", ".ndjson"):
+            _table_jsonl(path, rows)
+        elif suffix == ".parquet":
+            _table_parquet(path, rows)
+        else:
+            raise TraceFormatError(
+                f"{path}: table files must end in .csv, .jsonl or .parquet, got {suffix or 'none'!r}"
+            )
+        if len(rows) == before:
+            raise TraceFormatError(f"{path}: no data rows; expected one row per (token, layer)")
+    moe_layers = sorted({r[3] for r in rows if r[4] is not None})
+    if not moe_layers:
+        raise TraceFormatError(f"{_source_of(files)}: every row has null experts (all layers dense); no routing")
+    k_max = max(len(r[4]) for r in rows if r[4] is not None)
+    k = k_max if top_k is None else int(top_k)
+    if k_max > k:
+        bad = next(r for r in rows if r[4] is not None and len(r[4]) > k)
+        raise TraceFormatError(f"{bad[6]}: {len(bad[4] or [])} expert ids, more than top_k={k}")
+    col = {layer: i for i, layer in enumerate(moe_layers)}
+    tokens = sorted({(r[0], r[1]) for r in rows})
+    tok_idx = {t: i for i, t in enumerate(tokens)}
+    n = len(tokens)
+    ex = np.full((n, len(moe_layers), k), -1, dtype=np.int16)
+    has_w = any(r[5] is not None for r in rows)
+    w = np.zeros(ex.shape, dtype=np.float32) if has_w else None
+    phase = np.full(n, -1, dtype=np.int16)
+    seen: dict[tuple[int, int, int], str] = {}
+    for req, pos, ph, layer, ids, wts, where in rows:
+        key = (req, pos, layer)
+        if key in seen:
+            raise TraceFormatError(
+                f"{where}: duplicate row for request {req}, position {pos}, layer {layer}; first at {seen[key]}"
+            )
+        seen[key] = where
+        i = tok_idx[(req, pos)]
+        if phase[i] >= 0 and phase[i] != ph:
+            raise TraceFormatError(
+                f"{where}: request {req}, position {pos} has phase {ph} here and {phase[i]} in another row"
+            )
+        phase[i] = ph
+        if ids is None:
+            continue
+        if any(not 0 <= e < n_experts for e in ids):
+            bad_id = next(e for e in ids if not 0 <= e < n_experts)
+            raise TraceFormatError(f"{where}: expert id {bad_id} outside [0, {n_experts})")
+        if len(set(ids)) != len(ids):
+            raise TraceFormatError(f"{where}: experts {ids} repeat an expert; expected distinct ids")
+        ex[i, col[layer], : len(ids)] = ids
+        if wts is not None:
+            if len(wts) != len(ids):
+                raise TraceFormatError(f"{where}: {len(wts)} weights for {len(ids)} expert ids")
+            assert w is not None
+            w[i, col[layer], : len(ids)] = wts
+    missing = int((ex[:, :, 0] < 0).sum())
+    if missing:
+        log.warning("table: %d (token, MoE layer) cells have no row; marked -1 (no expert)", missing)
+    meta: dict[str, Any] = {
+        "model": name or "custom",
+        "n_experts": n_experts,
+        "top_k": k,
+        "format": "table",
+        "moe_layer_ids": moe_layers,
+        "source": _source_of(files),
+        "files": [f.name for f in files],
+        "licence": "as stated by the data's author (not recorded in the table)",
+    }
+    if moe_ids_preset is not None and moe_ids_preset != moe_layers:
+        log.warning(
+            "table: MoE layers %s differ from the %s preset's %s", _ranges(moe_layers), name, _ranges(moe_ids_preset)
+        )
+    return RoutingTrace(
+        experts=ex,
+        request=np.array([t[0] for t in tokens], dtype=np.int32),
+        position=np.array([t[1] for t in tokens], dtype=np.int32),
+        phase=phase.astype(np.uint8),
+        meta=meta,
+        weights=w,
+    )
+
+
+def _table_int(v: Any, field: str, where: str, *, low: int) -> int:
+    if isinstance(v, str) and re.fullmatch(r"\s*-?\d+\s*", v):
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int | np.integer):
+        raise TraceFormatError(f"{where}: {field} is {v!r}, expected an integer")
+    if v < low or v > 2**31 - 1:
+        raise TraceFormatError(f"{where}: {field} is {v}, expected an integer >= {low}")
+    return int(v)
+
+
+def _table_list(v: Any, field: str, where: str, *, numbers: bool) -> list[Any] | None:
+    """A list cell: a list, a JSON list text, or ids separated by spaces / commas / semicolons;
+    None, "" and "null" are null. ``numbers``: floats (weights), else integers (ids)."""
+    if v is None or (isinstance(v, float) and math.isnan(v) and not numbers):
+        return None
+    if isinstance(v, str):
+        text = v.strip()
+        if text in ("", "null", "None"):
+            return None
+        if text.startswith("["):
+            try:
+                v = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise TraceFormatError(f"{where}: {field} {text!r} is not a JSON list ({exc.msg})") from exc
+        else:
+            v = [x for x in re.split(r"[\s,;]+", text) if x]
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    if v is None:
+        return None
+    if not isinstance(v, list):
+        raise TraceFormatError(f"{where}: {field} is {v!r}, expected a list")
+    out: list[Any] = []
+    for x in v:
+        try:
+            if numbers:
+                if isinstance(x, bool):
+                    raise ValueError
+                out.append(float(x))
+            else:
+                if isinstance(x, bool) or (isinstance(x, float) and not x.is_integer()):
+                    raise ValueError
+                out.append(int(x))
+        except (TypeError, ValueError):
+            raise TraceFormatError(
+                f"{where}: {field} holds {x!r}, expected {'numbers' if numbers else 'integer expert ids'}"
+            ) from None
+    if numbers:
+        bad = [x for x in out if not math.isfinite(x) or x < 0]
+        if bad:
+            raise TraceFormatError(f"{where}: gate weight {bad[0]} in {field}; expected finite weights >= 0")
+    return out
+
+
+def _table_row(
+    obj: dict[str, Any], where: str, rows: list[tuple[int, int, int, int, list[int] | None, list[float] | None, str]]
+) -> None:
+    for c in ("request", "position", "layer"):
+        if c not in obj:
+            raise TraceFormatError(f"{where}: missing column {c!r}; expected columns {', '.join(_TABLE_COLUMNS)}")
+    ph_raw = obj.get("phase")
+    ph_key = "decode" if ph_raw is None or ph_raw == "" else str(ph_raw).strip().lower()
+    if ph_key not in _PHASES:
+        raise TraceFormatError(f"{where}: phase is {ph_raw!r}, expected prefill, decode, 0 or 1")
+    ids = _table_list(obj.get("experts"), "experts", where, numbers=False)
+    wts = _table_list(obj.get("weights"), "weights", where, numbers=True)
+    if ids is None and wts is not None:
+        raise TraceFormatError(f"{where}: weights without experts")
+    rows.append(
+        (
+            _table_int(obj["request"], "request", where, low=0),
+            _table_int(obj["position"], "position", where, low=0),
+            _PHASES[ph_key],
+            _table_int(obj["layer"], "layer", where, low=0),
+            ids,
+            wts,
+            where,
+        )
+    )
+
+
+def _table_csv(path: Path, rows: list[tuple[int, int, int, int, list[int] | None, list[float] | None, str]]) -> None:
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), strict=True)
+    try:
+        header = reader.fieldnames or []
+        if "experts" not in header:
+            raise TraceFormatError(
+                f"{path}: line 1: header {header} lacks 'experts'; expected columns {', '.join(_TABLE_COLUMNS)}"
+            )
+        for obj in reader:
+            _table_row(obj, f"{path}: line {reader.line_num}", rows)
+    except csv.Error as exc:
+        raise TraceFormatError(f"{path}: line {reader.line_num}: bad CSV ({exc})") from exc
+
+
+def _table_jsonl(path: Path, rows: list[tuple[int, int, int, int, list[int] | None, list[float] | None, str]]) -> None:
+    for lineno, line in enumerate(io.StringIO(_read_text(path)), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TraceFormatError(f"{where}: invalid JSON ({exc.msg}); expected one JSON object per line") from exc
+        if not isinstance(obj, dict):
+            raise TraceFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        _table_row(obj, where, rows)
+
+
+def _table_parquet(
+    path: Path, rows: list[tuple[int, int, int, int, list[int] | None, list[float] | None, str]]
+) -> None:
+    try:
+        import pyarrow.parquet as pq  # optional dependency, imported only for Parquet files
+    except ImportError:
+        raise TraceFormatError(
+            f"{path}: reading Parquet needs pyarrow (pip install pyarrow); or convert the table to CSV or JSONL"
+        ) from None
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:
+        raise TraceFormatError(f"{path}: not a readable Parquet file ({exc})") from exc
+    for i, obj in enumerate(table.to_pylist()):
+        _table_row(obj, f"{path}: row {i + 1}", rows)
+
+
+load_entry_point_plugins()

@@ -94,7 +94,9 @@ class RoutingTrace:
 
     Invariants checked at construction: ``experts`` is 3-D int16 with values in
     ``[-1, n_experts)``; per-token arrays have ``tokens`` rows; ``weights`` (if any) has the same
-    shape as ``experts``; ``meta`` has ``n_experts`` and ``top_k``.
+    shape as ``experts`` and is finite and >= 0 (no NaN, inf or negative gate weight); ``meta`` has
+    ``n_experts`` and ``top_k``. A trace may hold 0 tokens (an empty selection); `load` refuses a
+    0-token file, naming it.
     """
 
     experts: npt.NDArray[np.int16]
@@ -136,6 +138,14 @@ class RoutingTrace:
             w = np.asarray(self.weights, dtype=np.float32)
             if w.shape != e.shape:
                 raise _fail(where, f"weights shape {w.shape} != experts shape {e.shape}")
+            bad_w = ~np.isfinite(w) | (w < 0)
+            if bad_w.any():
+                tok, layer, slot = (int(i) for i in np.argwhere(bad_w)[0])
+                raise _fail(
+                    where,
+                    f"gate weight {float(w[tok, layer, slot])} at token {tok}, layer {layer}, slot {slot} "
+                    f"({int(bad_w.sum())} such); expected finite weights >= 0",
+                )
             object.__setattr__(self, "weights", w)
         ids = self.meta.get("moe_layer_ids")
         if (
@@ -278,6 +288,13 @@ class RoutingTrace:
         except OSError as exc:
             raise TraceFormatError(f"{p}: cannot read ({exc.strerror})") from exc
         if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+            if _is_aggregated(p):
+                raise TraceFormatError(
+                    f"{p}: aggregated routing counts (per-layer expert load and layer-pair counts, no per-token "
+                    "routing): they shape the embedded default workload of a model known only by counts "
+                    "(workloads.defaults.process_from_counts, e.g. default:olmoe-1b-7b); commands that read "
+                    f"TRACE.npz need per-token routing; {expected}"
+                )
             raise TraceFormatError(f"{p}: not a .npz routing trace ({_describe_head(head)}); {expected}")
         key = "(archive index)"
         try:
@@ -331,9 +348,22 @@ class RoutingTrace:
             raise TraceFormatError(f"{p}: meta_json holds a {type(meta).__name__}, expected a JSON object")
         meta.setdefault("source", str(p))
         try:
-            return cls(meta=meta, weights=weights, **data)
+            trace = cls(meta=meta, weights=weights, **data)
         except TraceFormatError as exc:
             raise TraceFormatError(f"{p}: {exc.detail}", exc.detail) from exc
+        if trace.n_tokens == 0:
+            raise TraceFormatError(f"{p}: the trace holds 0 tokens; expected a routing trace with at least one token")
+        return trace
+
+
+def _is_aggregated(path: Path) -> bool:
+    """Whether ``path`` is an `AggregatedRoutingStats` JSON file (its format name near the start)."""
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(4096)
+    except OSError:
+        return False
+    return b'"moe-codesign/aggregated-routing-stats"' in start
 
 
 def _describe_head(head: bytes) -> str:

@@ -41,6 +41,7 @@ __all__ = [
     "plot_cost_breakdown",
     "plot_timeline",
     "plot_utilisation",
+    "timeline_fragment",
     "timeline_info",
     "unpack_events",
     "utilisation_info",
@@ -635,6 +636,24 @@ decode().then(function(d){E=d;
 """
 
 
+def timeline_fragment(result: Any, *, div_id: str = "timeline", bins: int = 400, title: str = "") -> str:
+    """The aggregated timeline of ``result`` as an HTML fragment for a page that already loads
+    plotly.js: the figure's div, the packed events and the zoom script (see `write_timeline_html`)."""
+    import json
+
+    import plotly.io as pio
+
+    events = _Checked(_events_of(result))  # validated once for both
+    info = utilisation_info(events, bins=bins, title=title)
+    packed = pack_events(events, info.lanes, info.kinds)
+    div = pio.to_html(
+        plot_utilisation(info), full_html=False, include_plotlyjs=False, div_id=div_id, config={"responsive": True}
+    )
+    data = json.dumps(packed, separators=(",", ":")).replace("</", "<\\/")
+    script = _ZOOM_JS % {"id": div_id, "bins": bins, "detail": DETAIL_EVENTS}
+    return f'{div}<script type="application/json" id="{div_id}-events">{data}</script><script>{script}</script>'
+
+
 def write_timeline_html(
     result: Any, path: str | Path, *, bins: int = 400, title: str = "", plotlyjs: str = "inline"
 ) -> Path:
@@ -646,36 +665,24 @@ def write_timeline_html(
     ``plotlyjs``: ``"inline"`` (the page stands alone, +4.8 MB) or ``"directory"`` (the page
     loads ``plotly.min.js`` from its own folder, written there once, so that several views of one
     run share it)."""
-    import json
+    import html
 
-    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
 
     if plotlyjs not in ("inline", "directory"):
         raise ValueError(f"plotlyjs must be 'inline' or 'directory', got {plotlyjs!r}")
-    events = _Checked(_events_of(result))  # validated once for both
-    info = utilisation_info(events, bins=bins, title=title)
-    packed = pack_events(events, info.lanes, info.kinds)
-    fig = plot_utilisation(info)
+    body = timeline_fragment(result, bins=bins, title=title)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    div = pio.to_html(
-        fig,
-        full_html=False,
-        include_plotlyjs=True if plotlyjs == "inline" else "directory",
-        div_id="timeline",
-        config={"responsive": True},
-    )
-    if plotlyjs == "directory" and not (p.parent / "plotly.min.js").is_file():
-        from plotly.offline import get_plotlyjs
-
-        (p.parent / "plotly.min.js").write_text(get_plotlyjs(), encoding="utf-8")
-    data = json.dumps(packed, separators=(",", ":")).replace("</", "<\\/")
-    script = _ZOOM_JS % {"id": "timeline", "bins": bins, "detail": DETAIL_EVENTS}
+    if plotlyjs == "directory":
+        if not (p.parent / "plotly.min.js").is_file():
+            (p.parent / "plotly.min.js").write_text(get_plotlyjs(), encoding="utf-8")
+        head = '<script src="plotly.min.js"></script>'
+    else:
+        head = f'<script type="text/javascript">{get_plotlyjs()}</script>'
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{title or 'Timeline'}</title></head><body>{div}"
-        f'<script type="application/json" id="timeline-events">{data}</script>'
-        f"<script>{script}</script></body></html>"
+        f"<title>{html.escape(title or 'Timeline')}</title>{head}</head><body>{body}</body></html>"
     )
     p.write_text(page, encoding="utf-8")
     return p

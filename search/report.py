@@ -11,8 +11,10 @@ folder, or a storage URL). What the report reads from each trial (the contract w
 - ``trial.user_attrs["metrics"]``: ``{fidelity: Metrics.to_dict()}`` (``"analytic"``, ``"sim"``);
   each with ``breakdown_s`` (busy seconds per category) and ``bottleneck``;
 - feasibility: ``trial.system_attrs["constraints"]`` (what Optuna stores from a sampler's
-  ``constraints_func``): feasible iff every value is <= 0; a trial without it is feasible.
-  ``trial.user_attrs["constraints"]`` (name -> value), when present, is shown beside the design.
+  ``constraints_func``), else ``trial.user_attrs["constraints"]`` (name -> value, what the search
+  records): feasible iff every value is <= 0 (a trial with neither is feasible);
+- ``trial.user_attrs["infeasible"]``: the reason a design was never evaluated (it does not fit);
+  its objective values are placeholders, so it is counted but not drawn.
 
 Only completed trials are drawn; failed, pruned and running trials are counted.
 """
@@ -69,6 +71,8 @@ class TrialRecord:
     design: dict[str, Any]
     design_hash: str
     metrics: dict[str, dict[str, Any]]
+    evaluated: bool = True
+    infeasible_reason: str = ""
 
     def best_metrics(self) -> tuple[str, dict[str, Any]] | None:
         """``(fidelity, metrics)`` of the most trusted fidelity recorded (None when none)."""
@@ -130,7 +134,7 @@ def find_storage(out_dir: str | Path) -> str:
 def open_study(storage: str, study_name: str | None = None) -> optuna.Study:
     """Load a study from ``storage`` (an Optuna storage URL). ``study_name`` may be omitted when
     the storage holds exactly one study; otherwise the error lists the names."""
-    summaries = optuna.get_all_study_summaries(storage=storage, include_best_trial=False)
+    summaries = optuna.get_all_study_summaries(storage=_storage(storage), include_best_trial=False)
     names = [s.study_name for s in summaries]
     if study_name is None:
         if len(names) != 1:
@@ -139,7 +143,16 @@ def open_study(storage: str, study_name: str | None = None) -> optuna.Study:
         study_name = names[0]
     elif study_name not in names:
         raise ValueError(f"{storage}: no study named {study_name!r}; studies: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=study_name, storage=storage)
+    return optuna.load_study(study_name=study_name, storage=_storage(storage))
+
+
+def _storage(url: str) -> str | optuna.storages.BaseStorage:
+    """A storage URL as Optuna takes it; ``journal:PATH`` / ``*.log``: a journal file."""
+    if url.endswith(".log") or url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    return url
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
@@ -163,7 +176,12 @@ def _record(t: FrozenTrial, n_obj: int) -> TrialRecord:
         constraints = {str(k): float(v) for k, v in named.items()}
     elif isinstance(raw, Sequence):
         constraints = {f"c{i}": float(v) for i, v in enumerate(raw)}
-    feasible = all(float(v) <= 0 for v in raw) if isinstance(raw, Sequence) else True
+    if isinstance(raw, Sequence):
+        feasible = all(float(v) <= 0 for v in raw)
+    else:
+        feasible = all(v <= 0 for v in constraints.values())
+    reason = t.user_attrs.get("infeasible")
+    feasible = feasible and not reason
     metrics = {str(k): v for k, v in _as_dict(t.user_attrs.get("metrics")).items() if isinstance(v, dict)}
     return TrialRecord(
         number=t.number,
@@ -174,6 +192,8 @@ def _record(t: FrozenTrial, n_obj: int) -> TrialRecord:
         design=_as_dict(t.user_attrs.get("design")),
         design_hash=str(t.user_attrs.get("design_hash") or f"trial-{t.number}"),
         metrics=metrics,
+        evaluated=not reason,
+        infeasible_reason=str(reason or ""),
     )
 
 

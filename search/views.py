@@ -47,6 +47,7 @@ from search.report import (
     TrialRecord,
     design_panel_html,
     load_study_data,
+    open_study,
     pack_designs,
     page_html,
     study_data,
@@ -63,6 +64,7 @@ __all__ = [
     "bottleneck_info",
     "choose_design",
     "design_cost_info",
+    "design_timeline",
     "hypervolume_info",
     "importance_info",
     "parallel_info",
@@ -133,7 +135,8 @@ def _non_dominated(losses: np.ndarray) -> np.ndarray:
 class ParetoInfo:
     """What the Pareto-front figure draws.
 
-    ``points``: one dict per completed trial with ``number``, ``hash``, ``values`` (objectives in
+    ``points``: one dict per evaluated completed trial (a design that never ran, because it does
+    not fit, has placeholder objectives and is left out) with ``number``, ``hash``, ``values`` (objectives in
     study order), ``feasible``, ``front`` (non-dominated among the feasible trials) and ``hover``
     (the text shown on hover: for a front point, hash, objectives, constraints and every field of
     the design; else hash, objectives and knobs). ``front``: indices into ``points`` of the front
@@ -185,9 +188,12 @@ def pareto_info(data: StudyData, *, axes: tuple[int, int] = (0, 1)) -> ParetoInf
             "hover": _hover(t, data, t.number in front_numbers),
         }
         for t in data.trials
+        if t.evaluated
     ]
     front = sorted((i for i, p in enumerate(points) if p["front"]), key=lambda i: points[i]["values"][axes[0]])
     colour = next((i for i in range(k) if i not in axes), None)
+    by_number = {t.number: t for t in data.trials if t.design}
+    skipped = len(data.trials) - len(points)
     return ParetoInfo(
         objective_names=list(data.objective_names),
         directions=list(data.directions),
@@ -195,8 +201,11 @@ def pareto_info(data: StudyData, *, axes: tuple[int, int] = (0, 1)) -> ParetoInf
         colour=colour,
         points=points,
         front=front,
-        designs={data.trials[i].design_hash: data.trials[i].design for i in front if data.trials[i].design},
-        title=f"Pareto front ({len(front)} of {len(feas)} feasible designs; {len(points)} completed trials)",
+        designs={
+            points[i]["hash"]: by_number[points[i]["number"]].design for i in front if points[i]["number"] in by_number
+        },
+        title=f"Pareto front ({len(front)} of {len(feas)} feasible designs; {len(points)} evaluated trials"
+        + (f"; {len(data.trials) - len(points)} never evaluated (do not fit), not drawn)" if skipped else ")"),
     )
 
 
@@ -594,7 +603,19 @@ def plot_design_cost(info: DesignCostInfo) -> go.Figure:
 
 
 # ------------------------------------------------------------------------------------ report
-TimelineFn = Callable[[dict[str, Any]], go.Figure]
+#: A design dict -> the HTML fragment of its timeline (for a page that already loads plotly.js).
+TimelineFn = Callable[[dict[str, Any]], str]
+
+
+def design_timeline(design: dict[str, Any]) -> str:
+    """The aggregated timeline (`codesign.views.timeline_fragment`) of ``design`` re-simulated
+    with events (`codesign.design.simulate_design`): seconds of simulation for a default workload."""
+    from codesign.design import Design, simulate_design
+    from codesign.views import timeline_fragment
+
+    d = Design.from_dict(design)
+    result = simulate_design(d, record_events=True)
+    return timeline_fragment(result, div_id="timeline", title=f"Design {d.content_hash}")
 
 
 def _fig_div(fig: go.Figure, div_id: str) -> str:
@@ -612,7 +633,7 @@ def write_report(
     storage: str | None = None,
     design_hash: str | None = None,
     path: str | Path | None = None,
-    timeline: TimelineFn | None = None,
+    timeline: TimelineFn | None = design_timeline,
     study: optuna.Study | None = None,
 ) -> Path:
     """Write the study's report as one standalone HTML file and return its path.
@@ -621,14 +642,14 @@ def write_report(
     Optuna storage URL, is given); ``study_name``: needed only when the storage holds several
     studies; ``design_hash``: the design detailed (default: best feasible by the first objective);
     ``path``: where to write (default ``out_dir/report.html``); ``timeline``: a function from a
-    design dict to its timeline figure (for instance `codesign.views` on a re-simulation with
-    events); without it the timeline section says so. ``study``: an open study to report instead
-    of reading one from storage (e.g. in-memory). Bad input (missing folder or study, unknown hash)
-    raises a one-line ValueError before anything is drawn.
+    design dict to its timeline's HTML fragment (default `design_timeline`: a re-simulation of the
+    chosen design with events); None leaves the timeline out and the page says so. ``study``: an
+    open study to report instead of reading one from storage (e.g. in-memory). Bad input (missing
+    folder or study, unknown hash) raises a one-line ValueError before anything is drawn.
     """
     if study is None:
         data = load_study_data(out_dir, storage=storage, study_name=study_name)
-        study = optuna.load_study(study_name=data.study_name, storage=data.storage)
+        study = open_study(data.storage, data.study_name)
     else:
         data = study_data(study, storage=storage or type(study._storage).__name__)
     chosen = choose_design(data, design_hash)
@@ -654,7 +675,8 @@ def write_report(
             _fig_div(plot_hypervolume(hv), "hypervolume") if hv.numbers else _note("no feasible trial"),
         )
     )
-    front = [data.trials[i] for i in pinfo.front]  # points are in data.trials order
+    numbers = {pinfo.points[i]["number"] for i in pinfo.front}
+    front = [t for t in data.trials if t.number in numbers]
     rows = bottleneck_info(front).rows
     table = "".join(f"<li><code>{html.escape(r['line'])}</code></li>" for r in rows)
     sections.append(("What dominates each Pareto design", f"<ul>{table}</ul>" if rows else _note("no Pareto design")))
@@ -666,9 +688,10 @@ def write_report(
         body = _note(f"design {chosen.design_hash}, trial {chosen.number} ({how}); pass --design HASH for another")
         body += _fig_div(plot_design_cost(cinfo), "cost") if cinfo.seconds else _note("no busy-time breakdown recorded")
         if timeline is not None and chosen.design:
-            body += _fig_div(timeline(chosen.design), "timeline")
+            body += timeline(chosen.design)
         else:
-            body += _note("timeline: not drawn (no timeline function given or no design recorded)")
+            why = "no design recorded in the trial" if timeline is not None else "left out (--no-timeline)"
+            body += _note(f"timeline: not drawn ({why})")
         body += "<pre>" + html.escape(json.dumps(chosen.design, indent=1)) + "</pre>"
         sections.append((f"Chosen design {chosen.design_hash}", body))
     counts = ", ".join(f"{v} {k.lower()}" for k, v in data.counts.items() if v)

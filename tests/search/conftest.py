@@ -63,7 +63,10 @@ def _design(
             placement=params.get("placement", "round-robin"),
             batching=BatchingSpec(max_batch=params["batch"]),
         )
-        base = memo.setdefault(("base", params["platform"]), Design.from_presets(platform=params["platform"]))
+        base = memo.setdefault(
+            ("base", params["platform"]),
+            Design.from_presets(platform=params["platform"], n_requests=2, prompt_tokens=32, output_tokens=8),
+        )
         design = base.with_(mapping=mapping)
         memo[key] = (design.to_dict(), design.content_hash)
     ddict, h = memo[key]
@@ -116,6 +119,23 @@ def synthetic_trials(
             for fid in (("analytic", "sim") if number % 3 == 0 else ("analytic",))
         }
         slo = tpot / 70.0 - 1.0  # feasible iff TPOT p99 <= 70 ms
+        if number % 10 == 7:  # does not fit: never evaluated, placeholder objectives (as the search records)
+            trials.append(
+                optuna.trial.create_trial(
+                    params=params,
+                    distributions=_distributions(params),
+                    values=[1e12, 1e12, quality],
+                    user_attrs={
+                        "design": json.dumps(ddict) if design_as_text else ddict,
+                        "design_hash": design_hash,
+                        "metrics": {},
+                        "infeasible": "mapping does not fit device 0 (h100-sxm) hbm",
+                        "constraints": {"fits": 1.0, "tpot_slo": 0.0},
+                    },
+                    system_attrs={"constraints": [1.0, 0.0]},
+                )
+            )
+            continue
         trials.append(
             optuna.trial.create_trial(
                 params=params,
@@ -125,7 +145,7 @@ def synthetic_trials(
                     "design": json.dumps(ddict) if design_as_text else ddict,
                     "design_hash": design_hash,
                     "metrics": metrics,
-                    "constraints": {"fits_memory": -1.0, "tpot_slo": slo},
+                    "constraints": {"fits": -1.0, "tpot_slo": slo},
                 },
                 system_attrs={"constraints": [-1.0, slo]},
             )

@@ -63,6 +63,8 @@ def test_study_data_reads_what_the_search_records(small_study_dir: Path) -> None
     assert Design.from_dict(t.design).content_hash == t.design_hash  # the whole design round-trips
     assert set(t.metrics) <= {"analytic", "sim"} and t.best_metrics() is not None
     assert t.feasible == (t.constraints["tpot_slo"] <= 0)
+    unfit = next(t for t in data.trials if not t.evaluated)
+    assert not unfit.feasible and "does not fit" in unfit.infeasible_reason
     assert find_storage(small_study_dir).endswith("study.db")
     assert data.by_hash(t.design_hash).number == t.number
 
@@ -71,7 +73,8 @@ def test_pareto_front_is_exactly_the_non_dominated_feasible_set(small_study_dir:
     data = load_study_data(small_study_dir)
     info = pareto_info(data)
     pts = info.points
-    assert [p["number"] for p in pts] == [t.number for t in data.trials]
+    assert [p["number"] for p in pts] == [t.number for t in data.trials if t.evaluated]
+    assert any(not t.evaluated for t in data.trials) and "never evaluated" in info.title
     front = [pts[i] for i in info.front]
     assert front and all(p["feasible"] for p in front)
 
@@ -150,6 +153,9 @@ def test_bottleneck_lines_and_chosen_design_cost(small_study_dir: Path) -> None:
     assert best.values[0] == min(t.values[0] for t in data.feasible)
     info = bottleneck_info(data.trials)
     for t, row in zip(data.trials, info.rows, strict=True):
+        if not t.metrics:
+            assert row["bottleneck"] is None and "no busy-time breakdown" in row["line"]
+            continue
         fid, m = t.best_metrics() or ("", {})
         assert row["fidelity"] == fid == ("sim" if "sim" in t.metrics else "analytic")
         assert row["bottleneck"] == max(m["breakdown_s"], key=m["breakdown_s"].get)
@@ -172,11 +178,12 @@ def test_report_file_and_errors(small_study_dir: Path, tmp_path: Path) -> None:
     assert path == out / "report.html"
     text = path.read_text()
     assert text.count(get_plotlyjs()[:200]) == 1  # plotly.js inline, once
-    for div in ("pareto", "parallel", "importance", "hypervolume", "cost"):
+    for div in ("pareto", "parallel", "importance", "hypervolume", "cost", "timeline"):
         assert f'id="{div}"' in text
     data = load_study_data(out)
     best = choose_design(data)
     assert best is not None and f"Chosen design {best.design_hash}" in text
+    assert 'id="timeline-events"' in text and f"Design {best.design_hash}" in text  # re-simulated with events
     packed = json.loads(re.search(r'id="design-data">(.*?)</script>', text, re.S).group(1))  # type: ignore[union-attr]
     assert packed["initial"] == best.design_hash and best.design_hash in packed["designs"]
     with pytest.raises(ValueError, match="not in study"):
@@ -191,14 +198,14 @@ def test_report_file_and_errors(small_study_dir: Path, tmp_path: Path) -> None:
     new_study(storage, "second")
     with pytest.raises(ValueError, match=r"2 studies .*name one with --study"):
         write_report(out)
-    empty = write_report(out, study_name="second", path=tmp_path / "empty.html").read_text()
+    empty = write_report(out, study_name="second", path=tmp_path / "empty.html", timeline=None).read_text()
     assert "no feasible trial" in empty
 
 
 def test_report_of_a_1000_trial_study_stays_small(tmp_path: Path) -> None:
     study = new_study(None)
     study.add_trials(synthetic_trials(1000, seed=1))
-    path = write_report(tmp_path, study=study)
+    path = write_report(tmp_path, study=study, timeline=None)  # the timeline's size is tested in codesign
     size = path.stat().st_size
     data_bytes = size - len(get_plotlyjs())
     # figures, hover text and packed Pareto designs: well under the 4.8 MB of plotly.js itself

@@ -338,8 +338,8 @@ def supports(design_or_bound: Any, *, batch_size: int | None = None) -> list[str
     `codesign.design.analytic_reasons`, which adds these.
 
     Refused, instead of answered wrongly: a cache policy other than `MODELLED_CACHE_POLICIES`
-    when experts are offloaded (it used to be treated as LRU: Belady 75% slower than simulated on
-    Mixtral fp8, 25% cached, batch 1), unknown cache options, any prefetch policy (prefetching is
+    when experts are offloaded (it used to be answered as LRU: Belady on Mixtral fp8, 25% cached,
+    batch 1: 75% above the simulated TPOT), unknown cache options, any prefetch policy (prefetching is
     not modelled), a miss or scheduling policy it has no model for, a near tier, context-coherent
     expert parallelism (only the classic dispatch + combine is modelled), a device kind without a
     registered expert strategy, and an LRU-type cache at batch 1 (consecutive tokens of one

@@ -76,8 +76,8 @@ class StepCostPlan:
     """
 
     def __init__(self, cost: CostModel, bound: BoundMapping) -> None:
-        spec = getattr(bound.mapping, "execution", "auto")
-        self.cost: CostModel = cost if spec in (None, "auto") else cost.with_execution(spec)
+        spec = bound.mapping.execution
+        self.cost: CostModel = cost if spec == "auto" else cost.with_execution(spec)
         self.bound = bound
         self.model: MoEModel = bound.model
         m = self.model
@@ -213,22 +213,21 @@ class StepCostPlan:
 
     def cpu_experts(self, counts: npt.ArrayLike) -> OpCost | None:
         """Experts computed on the host CPU on ``counts`` tokens each, with their activations sent
-        over the host link and back (``cpu_expert + 2 x transfer``); None without a host."""
+        over the host link and back (``cpu_expert + 2 x transfer``, the transfers in ``comm_s``);
+        None without a host."""
         platform = self.bound.platform
         if platform.host is None or platform.host_link is None:
             return None
         n = np.asarray(counts, dtype=np.float64)
         cc = self.cost.cpu_expert(platform.host, self.model, n)
         tr = self.cost.transfer(platform.host_link, n * (self.model.d_model * ACTIVATION_BYTES))
+        comm = np.add(cc.comm_s, 2.0 * np.asarray(tr.total_s))
+        energy = np.add(cc.energy_J, 2.0 * np.asarray(tr.energy_J))
         return OpCost(
             compute_s=cc.compute_s,
             memory_s=cc.memory_s,
-            comm_s=np.add(cc.comm_s, 2.0 * np.asarray(tr.total_s))
-            if n.ndim
-            else float(cc.comm_s) + 2.0 * float(tr.total_s),
-            energy_J=np.add(cc.energy_J, 2.0 * np.asarray(tr.energy_J))
-            if n.ndim
-            else float(cc.energy_J) + 2.0 * float(tr.energy_J),
+            comm_s=float(comm) if n.ndim == 0 else comm,
+            energy_J=float(energy) if n.ndim == 0 else energy,
             source=f"{cc.source}+2x{tr.source}",
         )
 

@@ -720,7 +720,10 @@ class CostModel:
             w = (rows > 0).astype(np.float64)
             p_any = (np.count_nonzero(rows, axis=-1) > 0).astype(np.float64)
         else:
-            w = np.broadcast_to(np.clip(np.asarray(active, dtype=np.float64), 0.0, 1.0), rows.shape)
+            a = _counts(active, "active")
+            if a.size and float(a.max()) > 1.0 + 1e-12:
+                raise ValueError(f"active must be probabilities in [0, 1], got max {float(a.max())!r}")
+            w = np.broadcast_to(np.minimum(a, 1.0), rows.shape)
             w = np.where(rows > 0, w, 0.0)
             p_any = 1.0 - np.prod(1.0 - w, axis=-1)
         tier = weights_tier or device.weights_tier

@@ -28,7 +28,9 @@ per layer). Every strategy answers in seconds and joules through `hwmodels.costs
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
@@ -137,49 +139,53 @@ def _preset(name: str, experts: ExpertMode, launch: LaunchMode, fused: bool, sou
     return KernelExecution(name=name, experts=experts, launch=launch, fused=fused, source=source)
 
 
-#: Named execution presets (frozen; the registry itself is read-only by convention).
-EXECUTIONS: dict[str, KernelExecution] = {
-    e.name: e
-    for e in (
-        _preset(
-            "grouped-eager",
-            "grouped",
-            "eager",
-            False,
-            "grouped MoE GEMM (vLLM fused_moe, Megablocks) with eager launches: the GPU default",
-        ),
-        _preset(
-            "grouped-graph",
-            "grouped",
-            "graph",
-            False,
-            "grouped MoE GEMM replayed from a CUDA graph (vLLM/SGLang decode)",
-        ),
-        _preset(
-            "grouped-graph-fused",
-            "grouped",
-            "graph",
-            True,
-            "grouped MoE GEMM, CUDA graph, fused epilogues (" + FUSED_KERNELS_SOURCE + ")",
-        ),
-        _preset(
-            "per-expert-eager",
-            "per-expert",
-            "eager",
-            False,
-            "one set of kernels per expert, eager (HF transformers loop): the default off GPUs",
-        ),
-        _preset("per-expert-graph", "per-expert", "graph", False, "one set of kernels per expert in a CUDA graph"),
-    )
-}
+#: Named execution presets (read-only).
+EXECUTIONS: Mapping[str, KernelExecution] = MappingProxyType(
+    {
+        e.name: e
+        for e in (
+            _preset(
+                "grouped-eager",
+                "grouped",
+                "eager",
+                False,
+                "grouped MoE GEMM (vLLM fused_moe, Megablocks) with eager launches: the GPU default",
+            ),
+            _preset(
+                "grouped-graph",
+                "grouped",
+                "graph",
+                False,
+                "grouped MoE GEMM replayed from a CUDA graph (vLLM/SGLang decode)",
+            ),
+            _preset(
+                "grouped-graph-fused",
+                "grouped",
+                "graph",
+                True,
+                "grouped MoE GEMM, CUDA graph, fused epilogues (" + FUSED_KERNELS_SOURCE + ")",
+            ),
+            _preset(
+                "per-expert-eager",
+                "per-expert",
+                "eager",
+                False,
+                "one set of kernels per expert, eager (HF transformers loop): the default off GPUs",
+            ),
+            _preset("per-expert-graph", "per-expert", "graph", False, "one set of kernels per expert in a CUDA graph"),
+        )
+    }
+)
 
-#: The execution each device kind gets for ``execution="auto"``.
-DEFAULT_EXECUTION: dict[str, str] = {
-    "gpu": "grouped-eager",
-    "cpu": "per-expert-eager",
-    "rdu": "per-expert-eager",
-    "fpga": "per-expert-eager",
-}
+#: The execution each device kind gets for ``execution="auto"`` (read-only).
+DEFAULT_EXECUTION: Mapping[str, str] = MappingProxyType(
+    {
+        "gpu": "grouped-eager",
+        "cpu": "per-expert-eager",
+        "rdu": "per-expert-eager",
+        "fpga": "per-expert-eager",
+    }
+)
 
 
 def get_execution(name: str) -> KernelExecution:

@@ -1,0 +1,83 @@
+"""``codesign search`` / ``codesign explore``: cheap checks first, outputs, the printed table;
+``--verify-top`` machinery on a tiny design."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from codesign.cli import build_parser, main
+from codesign.design import CostSpec, Design, WorkloadSpec
+from codesign.mapping import Mapping
+from hwmodels import get_platform
+from hwmodels.calibration import CalibrationProfile
+from search.verify import decode_tokens_per_expert, verify_designs
+from tests.conftest import RECORDED_CPU_TINY
+from tests.search.search_helpers import write_space
+from workloads.model import get_model
+
+
+def test_search_and_explore_are_registered() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["explore"])
+    assert args.trials == 200 and args.out == "codesign-out" and args.space is None
+    args = parser.parse_args(["search", "--trials", "3", "--jobs", "2", "--study", "s", "--verify-top", "2"])
+    assert (args.trials, args.jobs, args.study, args.verify_top) == (3, 2, "s", 2)
+
+
+def test_bad_space_fails_fast_naming_file_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\ngranularity = 0\n", encoding="utf-8")
+    assert main(["search", "--space", str(bad), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad}:model.granularity: expected a number > 0") and "\n" not in err
+    assert not (tmp_path / "o" / "study.db").exists()
+
+
+def test_unwritable_out_and_bad_storage_fail_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    assert main(["search", "--out", str(blocker / "sub"), "--no-progress"]) == 1
+    assert "not a writable folder" in capsys.readouterr().err
+    assert main(["search", "--out", str(tmp_path / "o"), "--storage", "not a url", "--no-progress"]) == 1
+    assert "not a storage URL" in capsys.readouterr().err
+    assert main(["search", "--trials", "-1", "--no-progress"]) == 1
+    assert "--trials must be >= 0" in capsys.readouterr().err
+
+
+def test_search_writes_study_csv_designs_and_prints_the_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = write_space(tmp_path, fidelity="multi")
+    out = tmp_path / "out"
+    flags = ["--space", str(space), "--out", str(out), "--no-progress", "--no-report"]
+    assert main(["search", "--trials", "4", *flags]) == 0
+    text = capsys.readouterr().out
+    assert "4 trials in" in text and "Pareto set (" in text and "codesign simulate --design" in text
+    rows = list(csv.DictReader((out / "pareto.csv").open(encoding="utf-8")))
+    assert rows and all(Path(r["design_file"]).is_file() for r in rows)
+    assert all(r["design_hash"] in text for r in rows)
+    assert (out / "study.db").is_file()
+    # the same study resumes by name: 2 more trials
+    assert main(["search", "--trials", "2", *flags]) == 0
+    assert "6 complete" in capsys.readouterr().out
+
+
+def test_verify_measures_each_design_kernel_beside_both_predictions() -> None:
+    small = get_model("mixtral-8x7b").with_(name="tiny", d_model=64, expert_ffn_dim=176, n_layers=2)
+    design = Design(
+        model=small,
+        platform=get_platform("h100-pcie5-host"),
+        mapping=Mapping(),
+        workload=WorkloadSpec(n_requests=4, prompt_tokens=8, output_tokens=2),
+        cost=CostSpec(),
+    )
+    assert decode_tokens_per_expert(design) == 1  # 4 x top-2 / 8 experts
+    profile = CalibrationProfile.load(RECORDED_CPU_TINY)
+    (check,) = verify_designs([("h", design)], profile=profile, repeats=3, min_time_s=1e-3)
+    assert (check.design_hash, check.d_model, check.d_ff, check.tokens) == ("h", 64, 176, 1)
+    assert check.accelerator == "h100-sxm" and check.profile == "cpu-tiny-recorded"
+    assert check.measured_s > 0 and check.predicted_local_s > 0 and check.predicted_design_s > 0
+    assert check.predicted_local_s == pytest.approx(float(profile.predict_ffn_s(1, 64, 176)))

@@ -15,7 +15,13 @@ from importlib import import_module
 
 #: Modules that contribute sub-commands. Each has ``register(subparsers, parents)`` for top-level
 #: commands, or ``register_trace(trace_subparsers, parents)`` for ``codesign trace ...``.
-_TOP_MODULES = ("codesign.cli_presets", "codesign.cli_calibrate", "codesign.cli_simulate", "codesign.cli_search")
+_TOP_MODULES = (
+    "codesign.cli_presets",
+    "codesign.cli_calibrate",
+    "codesign.cli_simulate",
+    "codesign.cli_search",
+    "codesign.cli_view",
+)
 _TRACE_MODULES = ("codesign.cli_trace_io", "codesign.cli_trace_analysis")
 
 Handler = Callable[[argparse.Namespace], int]

@@ -211,3 +211,16 @@ def test_report_of_a_1000_trial_study_stays_small(tmp_path: Path) -> None:
     # figures, hover text and packed Pareto designs: well under the 4.8 MB of plotly.js itself
     assert data_bytes < 1_500_000, data_bytes
     assert size < 6_500_000, size
+
+
+def test_codesign_view_command(small_study_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from codesign.cli import main
+
+    out = tmp_path / "view.html"
+    assert main(["view", str(small_study_dir), "--no-timeline", "--out", str(out)]) == 0
+    assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
+    assert "timeline: not drawn (left out (--no-timeline))" in out.read_text()
+    assert main(["view", str(tmp_path / "missing")]) == 1
+    assert "OUT_DIR" in capsys.readouterr().err
+    assert main(["view", str(small_study_dir), "--no-timeline", "--design", "feedbeef"]) == 1
+    assert "not in study" in capsys.readouterr().err

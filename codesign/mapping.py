@@ -44,7 +44,9 @@ import numpy as np
 import numpy.typing as npt
 
 from codesign.policies import REGISTRIES
-from codesign.policies.base import PlacementPolicy, RoutingStats
+from codesign.policies.base import RoutingStats
+from codesign.policies.placement import PlacedLayout, PlacementMemo, run_placement
+from codesign.policies.registry import UnknownOptionError, check_options
 from hwmodels.execution import EXECUTIONS
 
 if TYPE_CHECKING:
@@ -83,10 +85,38 @@ def _options(value: Any, where: str) -> Options:
     return tuple(sorted(out))
 
 
-def _check_policy(kind: str, name: str, where: str) -> None:
+def _check_policy(kind: str, name: str, where: str, options: Options = ()) -> None:
+    """The policy exists (`UnknownPolicyError` lists the valid names) and takes ``options`` (the
+    constructor's keyword parameters; `MappingError` lists the valid ones)."""
     REGISTRIES[kind].get(name)  # raises UnknownPolicyError listing the valid names
     if not name:
         raise MappingError(f"{where}: empty policy name")
+    try:
+        check_options(kind, name, (k for k, _ in options), f"{where} options")
+    except UnknownOptionError as exc:
+        raise MappingError(str(exc)) from None
+
+
+def _layout(value: Any) -> tuple[tuple[int, ...], ...] | None:
+    """Normalise a precomputed expert-to-device layout (nested sequence or array) to a tuple of
+    equal-length tuples of ints >= 0; None stays None."""
+    if value is None:
+        return None
+    arr = np.asarray(value)
+    if arr.ndim != 2 or arr.size == 0:
+        raise MappingError(
+            f"expert_home must be a non-empty [moe_layers][n_experts] table of device ids, got shape {arr.shape}"
+        )
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or _integral(arr)):
+        raise MappingError(f"expert_home must hold integer device ids, got dtype {arr.dtype}")
+    if arr.min() < 0:
+        bad = np.argwhere(arr < 0)[0]
+        raise MappingError(f"expert_home[{bad[0]}][{bad[1]}] = {arr[tuple(bad)]} is not a device id (must be >= 0)")
+    return tuple(tuple(int(v) for v in row) for row in arr.astype(np.int64))
+
+
+def _integral(arr: npt.NDArray[Any]) -> bool:
+    return bool(np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))
 
 
 def _positive_int(value: Any, where: str, *, allow_zero: bool = False) -> None:
@@ -110,13 +140,13 @@ class CacheSpec:
     options: OptionsArg = field(default=(), metadata={"help": "keyword options of the policy"})
 
     def __post_init__(self) -> None:
-        _check_policy("cache", self.policy, "cache.policy")
+        object.__setattr__(self, "options", _options(self.options, "cache.options"))
+        _check_policy("cache", self.policy, "cache.policy", self.options)
         f = self.expert_fraction
         if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 <= float(f) <= 1.0:
             raise MappingError(f"cache.expert_fraction must be in [0, 1], got {f!r}")
         if self.capacity_experts is not None:
             _positive_int(self.capacity_experts, "cache.capacity_experts", allow_zero=True)
-        object.__setattr__(self, "options", _options(self.options, "cache.options"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,10 +159,10 @@ class BatchingSpec:
     options: OptionsArg = ()
 
     def __post_init__(self) -> None:
-        _check_policy("scheduling", self.scheduler, "batching.scheduler")
+        object.__setattr__(self, "options", _options(self.options, "batching.options"))
+        _check_policy("scheduling", self.scheduler, "batching.scheduler", self.options)
         _positive_int(self.max_batch, "batching.max_batch")
         _positive_int(self.max_tokens, "batching.max_tokens")
-        object.__setattr__(self, "options", _options(self.options, "batching.options"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,6 +224,14 @@ class Mapping:
             "(placement stats, popularity, predictors), never served"
         },
     )
+    expert_home: tuple[tuple[int, ...], ...] | None = field(
+        default=None,
+        metadata={
+            "help": "precomputed expert-to-device layout, [moe_layer][expert] -> device id (e.g. a placement "
+            "computed once and reused); None = run the placement policy at bind. When given, the "
+            "placement policy is not run (`placement` then only records where the layout came from)"
+        },
+    )
     ep_execution: EpExecution = field(
         default="classic",
         metadata={
@@ -217,11 +255,12 @@ class Mapping:
             _positive_int(self.n_devices, "n_devices")
         if self.execution != "auto" and self.execution not in EXECUTIONS:
             raise MappingError(f"execution must be 'auto' or one of {sorted(EXECUTIONS)}, got {self.execution!r}")
-        _check_policy("placement", self.placement, "placement")
-        _check_policy("prefetch", self.prefetch, "prefetch")
-        _check_policy("miss", self.miss, "miss")
         for name in ("placement_options", "prefetch_options", "miss_options"):
             object.__setattr__(self, name, _options(getattr(self, name), name))
+        _check_policy("placement", self.placement, "placement", self.placement_options)
+        _check_policy("prefetch", self.prefetch, "prefetch", self.prefetch_options)
+        _check_policy("miss", self.miss, "miss", self.miss_options)
+        object.__setattr__(self, "expert_home", _layout(self.expert_home))
         if isinstance(self.cache, dict):
             object.__setattr__(self, "cache", CacheSpec(**self.cache))
         if isinstance(self.batching, dict):
@@ -304,6 +343,8 @@ class Mapping:
         for name in ("pinned", "resident"):
             if name in kw:
                 kw[name] = tuple(tuple(p) if isinstance(p, list) else p for p in kw[name])
+        if kw.get("expert_home") is not None and not isinstance(kw["expert_home"], list | tuple):
+            raise MappingError(f"mapping.expert_home must be a list of lists, got {type(kw['expert_home']).__name__}")
         return cls(**kw)
 
     def to_json(self) -> str:
@@ -338,12 +379,34 @@ class Mapping:
         stats: RoutingStats | None = None,
         min_kv_tokens: int = 1,
         seed: int = 0,
+        placements: PlacementMemo | None = None,
     ) -> BoundMapping:
         """Fit the mapping to ``model`` and ``platform`` (see module doc); `MappingError` with the
         numbers when it does not fit. ``stats`` (training routing statistics) feed placement and
         the ``popular`` initial fill; ``min_kv_tokens`` is the KV cache (tokens) that the largest
-        request needs, which must fit on one device."""
-        return _bind(self, model, platform, stats, int(min_kv_tokens), seed)
+        request needs, which must fit on one device. The layout is ``expert_home`` when the
+        mapping has one (checked: one row per MoE layer, one device id in ``[0, n_devices)`` per
+        expert, so every expert is homed exactly once), else the placement policy's, through
+        ``placements`` (a `PlacementMemo`: computed once per inputs) when given."""
+        return _bind(self, model, platform, stats, int(min_kv_tokens), seed, placements)
+
+    def placed(
+        self,
+        model: MoEModel,
+        platform: Platform,
+        *,
+        stats: RoutingStats | None = None,
+        seed: int = 0,
+        placements: PlacementMemo | None = None,
+    ) -> Mapping:
+        """A copy whose ``expert_home`` is the placement policy's layout for ``model`` on
+        ``platform`` (``n_devices`` of its accelerators): place once, then reuse the mapping in
+        many runs without placing again. Returns ``self`` when it already has a layout."""
+        if self.expert_home is not None:
+            return self
+        n_dev = _n_devices(self, platform)
+        layout = _placement(self, model, n_dev, stats, seed, placements)
+        return self.with_(expert_home=layout.expert_home)
 
 
 def _known(d: dict[str, Any], cls: type, where: str) -> None:
@@ -362,7 +425,8 @@ class BoundMapping:
     ``pinned`` bool ``[n_devices, n_moe_layers, n_experts]``. ``slots[d]`` expert slots of device
     ``d``'s cache; ``kv_capacity_tokens[d]`` KV tokens it can hold. ``offloaded`` is True when some
     expert is not resident at start (then fetches come from ``backing``). ``memory`` has the
-    byte budget per device (for errors and the Result).
+    byte budget per device (for errors and the Result). ``placement``: where the layout came from
+    (computed, memo, disk or given) with the policy's report.
     """
 
     mapping: Mapping
@@ -381,6 +445,7 @@ class BoundMapping:
     kv_capacity_tokens: tuple[int, ...]
     offloaded: bool
     memory: tuple[dict[str, float], ...]
+    placement: PlacedLayout | None = None
 
     @property
     def n_devices(self) -> int:
@@ -395,26 +460,70 @@ def _tier(device: Device, name: str, what: str) -> MemoryTier:
     return device.tier(name)
 
 
-def _bind(
-    m: Mapping, model: MoEModel, platform: Platform, stats: RoutingStats | None, min_kv_tokens: int, seed: int
-) -> BoundMapping:
+def _n_devices(m: Mapping, platform: Platform) -> int:
     n_acc = platform.n_accelerators
     n_dev = m.n_devices if m.n_devices is not None else n_acc
     if n_dev > n_acc:
         raise MappingError(f"n_devices={n_dev} exceeds the {n_acc} accelerators of platform {platform.name!r}")
-    devices = platform.accelerators[:n_dev]
+    return n_dev
+
+
+def _given_layout(m: Mapping, model: MoEModel, n_dev: int) -> PlacedLayout:
+    """The mapping's own ``expert_home`` checked against the model and the device count."""
+    assert m.expert_home is not None
+    home = np.asarray(m.expert_home, dtype=np.int64)
+    n_l, n_e = model.n_moe_layers, model.n_experts
+    if home.shape != (n_l, n_e):
+        raise MappingError(
+            f"expert_home has {home.shape[0]} rows of {home.shape[1]} device ids; model {model.name!r} "
+            f"needs {n_l} (MoE layers) x {n_e} (experts): every expert homed exactly once"
+        )
+    if home.max() >= n_dev:
+        bad = np.argwhere(home >= n_dev)[0]
+        raise MappingError(
+            f"expert_home[{bad[0]}][{bad[1]}] = {home[tuple(bad)]} is not a device of this mapping: "
+            f"device ids must be in [0, {n_dev})"
+        )
+    home.setflags(write=False)
+    return PlacedLayout(expert_home=home, source="given")
+
+
+def _placement(
+    m: Mapping,
+    model: MoEModel,
+    n_dev: int,
+    stats: RoutingStats | None,
+    seed: int,
+    placements: PlacementMemo | None,
+) -> PlacedLayout:
     n_l, n_e = model.n_moe_layers, model.n_experts
     if stats is not None and (stats.n_layers != n_l or stats.n_experts != n_e):
         raise MappingError(
             f"routing statistics are {stats.n_layers} layers x {stats.n_experts} experts; "
             f"model {model.name!r} has {n_l} x {n_e}"
         )
-    # placement
-    if n_dev == 1:
-        home = np.zeros((n_l, n_e), dtype=np.int64)
-    else:
-        policy: PlacementPolicy = REGISTRIES["placement"].create(m.placement, seed=seed, **dict(m.placement_options))
-        home = PlacementPolicy.check(policy.place(model, n_dev, stats), model, n_dev)
+    if m.expert_home is not None:
+        return _given_layout(m, model, n_dev)
+    options = dict(m.placement_options)
+    if placements is not None:
+        return placements.place(m.placement, options, model, n_dev, stats, seed=seed)
+    return run_placement(m.placement, options, model, n_dev, stats, seed=seed)
+
+
+def _bind(
+    m: Mapping,
+    model: MoEModel,
+    platform: Platform,
+    stats: RoutingStats | None,
+    min_kv_tokens: int,
+    seed: int,
+    placements: PlacementMemo | None = None,
+) -> BoundMapping:
+    n_dev = _n_devices(m, platform)
+    devices = platform.accelerators[:n_dev]
+    n_l, n_e = model.n_moe_layers, model.n_experts
+    layout = _placement(m, model, n_dev, stats, seed, placements)
+    home = layout.expert_home
     homed = tuple(int((home == d).sum()) for d in range(n_dev))
     # pinned experts
     pinned = np.zeros((n_dev, n_l, n_e), dtype=bool)
@@ -578,4 +687,5 @@ def _bind(
         kv_capacity_tokens=tuple(kv_cap),
         offloaded=offloaded,
         memory=tuple(memory),
+        placement=layout,
     )

@@ -93,6 +93,12 @@ class RoutingSource(ABC):
     @abstractmethod
     def routing(self, request: Request) -> I16: ...
 
+    def routing_batch(self, requests: Sequence[Request]) -> list[I16]:
+        """The routing of several requests (same rows as ``routing``, one array per request in the
+        given order). The default calls ``routing`` per request; a source that samples overrides
+        it to draw all of them at once (`ProcessRouting.routing_batch`)."""
+        return [self.routing(r) for r in requests]
+
 
 class TraceReplay(RoutingSource):
     """Replays a recorded `RoutingTrace`.
@@ -162,11 +168,21 @@ class TraceReplay(RoutingSource):
         return f"TraceReplay({self._trace!r})"
 
 
+#: Tag mixed with the source seed for a batched draw ("batch" in ASCII).
+_BATCH_SEED_TAG = 0x6261746368
+
+
 class ProcessRouting(RoutingSource):
     """Samples each request's routing from a `RoutingProcess`.
 
-    Request ``i`` is one request of ``prompt + output`` tokens sampled with
+    ``routing(request)``: request ``i`` alone, ``prompt + output`` tokens sampled with
     ``np.random.default_rng([seed, i])``, so it depends only on (seed, request id).
+    ``routing_batch(requests)``: all the requests in one vectorised draw (each request still a
+    sequence of its own: the first token of each starts the process afresh), with
+    ``np.random.default_rng([seed, 0x6261746368])``: deterministic for the seed and the list of
+    request lengths, and an order of magnitude faster than one draw per request
+    (`benchmarks/bench_placement.py`), but not equal to the one-at-a-time rows. A `RequestStream`
+    serves its requests from one batched draw.
     """
 
     def __init__(self, process: RoutingProcess, *, seed: int = 0) -> None:
@@ -198,6 +214,15 @@ class ProcessRouting(RoutingSource):
             raise ValueError(f"ProcessRouting: request_id must be >= 0, got {request.request_id}")
         rng = np.random.default_rng([self._seed, request.request_id])
         return self._process.sample_experts([request.total_tokens], rng)
+
+    def routing_batch(self, requests: Sequence[Request]) -> list[I16]:
+        if not requests:
+            return []
+        lengths = np.asarray([r.total_tokens for r in requests], dtype=np.int64)
+        rng = np.random.default_rng([self._seed, _BATCH_SEED_TAG])
+        rows = self._process.sample_experts(lengths, rng)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        return [rows[a : a + n] for a, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
 
     def __repr__(self) -> str:
         return f"ProcessRouting({self._process!r}, seed={self._seed})"
@@ -311,10 +336,17 @@ def _as_dist(x: Length, name: str) -> LengthDist:
 # ---------------------------------------------------------------------- streams
 @dataclass(frozen=True)
 class RequestStream:
-    """Requests (sorted by arrival, ids ``0..n-1``) and the source of their routing."""
+    """Requests (sorted by arrival, ids ``0..n-1``) and the source of their routing.
+
+    Routing is drawn for all the stream's requests at once, on first use, with the source's
+    ``routing_batch`` (for a `ProcessRouting`: one vectorised draw; for a replay: per request) and
+    kept on the instance, so ``routing(request)`` is the same array for the same request in any
+    call order, and ``simulate`` and any other reader see the same rows. Arrays are read-only.
+    """
 
     requests: tuple[Request, ...]
     routing_source: RoutingSource
+    _drawn: dict[int, I16] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ids = [r.request_id for r in self.requests]
@@ -322,8 +354,23 @@ class RequestStream:
             raise ValueError("RequestStream: request ids must be unique")
 
     def routing(self, request: Request) -> I16:
-        """The request's routing rows (delegates to the `RoutingSource`)."""
+        """The request's routing rows, ``int16 [prompt + output, moe_layers, k]`` (read-only): from
+        the stream's batched draw when ``request`` is one of its requests, else from the source."""
+        if not self._drawn and self.requests:
+            self.routings()
+        rows = self._drawn.get(request.request_id)
+        if rows is not None and rows.shape[0] == request.total_tokens:
+            return rows
         return self.routing_source.routing(request)
+
+    def routings(self) -> tuple[I16, ...]:
+        """Every request's routing rows in ``requests`` order, drawn in one batch on first call."""
+        if not self._drawn and self.requests:
+            for r, rows in zip(self.requests, self.routing_source.routing_batch(self.requests), strict=True):
+                arr = np.asarray(rows)
+                arr.setflags(write=False)
+                self._drawn[r.request_id] = arr
+        return tuple(self._drawn[r.request_id] for r in self.requests)
 
     def __len__(self) -> int:
         return len(self.requests)

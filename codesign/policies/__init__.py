@@ -2,7 +2,9 @@
 
 Importing this package imports every policy module so that the registries are complete: cache
 (`cache`, `expertflow`), prefetch (`prefetch`), miss (`miss`), placement (`placement`) and
-scheduling (`scheduling_fifo`, `scheduling`). The ABCs and their contracts are in `base`.
+scheduling (`scheduling_fifo`, `scheduling`), then the plug-in modules advertised in the entry-point
+group ``moe_codesign.policies`` (`registry.load_entry_point_plugins`). The ABCs and their contracts
+are in `base`.
 """
 
 from codesign.policies import cache, expertflow, miss, placement, prefetch, scheduling, scheduling_fifo
@@ -19,9 +21,25 @@ from codesign.policies.base import (
     RoutingStats,
     TokenScheduler,
 )
-from codesign.policies.registry import KINDS, REGISTRIES, Registry, UnknownPolicyError
+from codesign.policies.registry import (
+    ENTRY_POINT_GROUP,
+    KINDS,
+    REGISTRIES,
+    PluginError,
+    Registry,
+    UnknownOptionError,
+    UnknownPolicyError,
+    check_options,
+    load_entry_point_plugins,
+    load_plugin,
+    policy_flag,
+    policy_options,
+)
+
+load_entry_point_plugins()
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "KINDS",
     "REGISTRIES",
     "AccessSequence",
@@ -30,18 +48,25 @@ __all__ = [
     "CachePolicy",
     "MissPolicy",
     "PlacementPolicy",
+    "PluginError",
     "PrefetchContext",
     "PrefetchPolicy",
     "Registry",
     "RequestState",
     "RoutingStats",
     "TokenScheduler",
+    "UnknownOptionError",
     "UnknownPolicyError",
     "cache",
+    "check_options",
     "expertflow",
     "list_policies",
+    "load_entry_point_plugins",
+    "load_plugin",
     "miss",
     "placement",
+    "policy_flag",
+    "policy_options",
     "prefetch",
     "scheduling",
     "scheduling_fifo",

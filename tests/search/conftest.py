@@ -124,7 +124,7 @@ def synthetic_trials(
                 optuna.trial.create_trial(
                     params=params,
                     distributions=_distributions(params),
-                    values=[1e12, 1e12, quality],
+                    values=[1e12, 1e12, float(quality)],
                     user_attrs={
                         "design": json.dumps(ddict) if design_as_text else ddict,
                         "design_hash": design_hash,
@@ -140,7 +140,7 @@ def synthetic_trials(
             optuna.trial.create_trial(
                 params=params,
                 distributions=_distributions(params),
-                values=[tpot, energy, quality],
+                values=[float(tpot), float(energy), float(quality)],
                 user_attrs={
                     "design": json.dumps(ddict) if design_as_text else ddict,
                     "design_hash": design_hash,

@@ -33,8 +33,8 @@ expected: policy options are checked against the policy's constructor (the valid
 ``--json`` prints one JSON object (the summary: ``tpot_p50_s``, ``tpot_p99_s``, ``ttft_p50_s``,
 ``throughput_tok_s``, ``hit_rate`` per tier, ``bytes_moved`` per link, ``energy_j_per_token`` ...,
 plus ``config_hash``); ``--out DIR`` writes ``requests.csv``, ``steps.csv``, ``summary.json``,
-``config.json``, ``events.csv``, ``timeline.html`` and ``cost_breakdown.html`` (events are recorded
-for the timeline).
+``config.json``, ``events.csv``, ``timeline.html`` and ``cost_breakdown.html`` with the
+``plotly.min.js`` they share (events are recorded for the timeline).
 """
 
 from __future__ import annotations
@@ -49,10 +49,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: Rows of the printed summary table: (key, label, scale, unit).
+#: Rows of the printed summary table: (key, label, scale, unit); unit "" marks a count.
 _TABLE: tuple[tuple[str, str, float, str], ...] = (
     ("n_requests", "requests", 1.0, ""),
     ("output_tokens", "output tokens", 1.0, ""),
+    ("n_steps", "simulator steps", 1.0, ""),
     ("makespan_s", "makespan", 1.0, "s"),
     ("ttft_p50_s", "TTFT p50", 1e3, "ms"),
     ("ttft_p99_s", "TTFT p99", 1e3, "ms"),
@@ -551,39 +552,156 @@ def build_mapping(args: argparse.Namespace) -> Any:
     )
 
 
+def _fixed(x: float) -> str:
+    """A number in plain decimal notation (never scientific), digits by magnitude."""
+    ax = abs(x)
+    if ax >= 1000:
+        return f"{x:,.0f}"
+    if ax >= 100:
+        return f"{x:.1f}"
+    if ax >= 1:
+        return f"{x:.2f}"
+    if ax >= 0.001 or ax == 0:
+        return f"{x:.4f}".rstrip("0").rstrip(".") if ax else "0"
+    return f"{x:.7f}"
+
+
 def _fmt(value: Any, scale: float, unit: str) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
-    if isinstance(value, int) and scale == 1.0:
-        return f"{value}{(' ' + unit) if unit else ''}"
-    return f"{float(value) * scale:.4g}{(' ' + unit) if unit else ''}"
+    if not unit:  # a count
+        return f"{round(float(value) * scale):,}"
+    return f"{_fixed(float(value) * scale)} {unit}"
 
 
-def summary_table(summary: dict[str, Any]) -> str:
-    """The human-readable summary (one figure per line)."""
-    lines = [f"{label:<26} {_fmt(summary.get(key), scale, unit)}" for key, label, scale, unit in _TABLE]
+def _lengths(values: Any) -> str:
+    vals = [int(v) for v in values]
+    if not vals:
+        return "-"
+    lo, hi = min(vals), max(vals)
+    if lo == hi:
+        return f"{lo:,}"
+    return f"{lo:,}-{hi:,} (mean {sum(vals) / len(vals):,.1f})"
+
+
+def _what_ran(config: dict[str, Any], requests: Any, platform: Any) -> list[str]:
+    """The rows saying what was simulated: model and precision, platform, workload, mapping."""
+    from workloads.model import PRECISION_BYTES
+
+    m = config.get("model", {})
+    mp = config.get("mapping", {})
+    bpw = float(m.get("bytes_per_weight", 0.0))
+    precision = "/".join(k for k, v in PRECISION_BYTES.items() if v == bpw) or "custom"
+    n_dev = mp.get("n_devices") or (getattr(platform, "n_accelerators", None) if platform is not None else None)
+    plat = config.get("platform", {}).get("name", "-")
+    rows = [
+        (
+            "model",
+            f"{m.get('name', '-')} ({m.get('n_experts', '?')} experts, top-{m.get('top_k', '?')}, "
+            f"{m.get('n_layers', '?')} layers)",
+        ),
+        ("precision", f"{precision} ({bpw:g} B/weight, KV {float(m.get('kv_bytes_per_elem', 0.0)):g} B/element)"),
+        ("platform", f"{plat} x {n_dev}" if n_dev else str(plat)),
+    ]
+    if requests is not None and len(requests):
+        rows.append(("prompt tokens / request", _lengths(requests["prompt_tokens"])))
+        rows.append(("output tokens / request", _lengths(requests["output_tokens"])))
+    batching = mp.get("batching") or {}
+    if batching:
+        rows.append(
+            (
+                "batch",
+                f"up to {_fmt(batching.get('max_batch'), 1.0, '')} requests, "
+                f"{_fmt(batching.get('max_tokens'), 1.0, '')} tokens/step ({batching.get('scheduler', '?')})",
+            )
+        )
+    cache = mp.get("cache") or {}
+    if cache:
+        frac = cache.get("expert_fraction")
+        size = (
+            f"{100 * float(frac):.0f}% of experts" if frac is not None else f"{cache.get('capacity_experts')} experts"
+        )
+        rows.append(("expert cache", f"{cache.get('policy', '?')}, {size} resident (backing {mp.get('backing', '?')})"))
+    policies = [f"{k} {mp[k]}" for k in ("miss", "prefetch", "placement", "ep_execution", "execution") if k in mp]
+    if policies:
+        rows.append(("policies", ", ".join(policies)))
+    return [f"{label:<26} {text}" for label, text in rows]
+
+
+def _what_dominated(summary: dict[str, Any], platform: Any) -> list[str]:
+    """Where the time went: experts computed on the host CPU, and the busy time of the busiest
+    accelerator, the host CPU and the host link (PCIe: bytes moved / link bandwidth, an estimate
+    that ignores per-copy latency), each as a share of the makespan."""
+    lines: list[str] = []
+    dev, cpu = summary.get("assignments_device"), summary.get("assignments_cpu")
+    if isinstance(dev, int | float) and isinstance(cpu, int | float) and dev + cpu > 0:
+        lines.append(
+            f"{'experts computed on CPU':<26} {100 * cpu / (dev + cpu):.1f} % "
+            f"({round(cpu):,} of {round(dev + cpu):,} token-expert assignments)"
+        )
+    makespan = summary.get("makespan_s")
+    span = float(makespan) if isinstance(makespan, int | float) and makespan and math.isfinite(makespan) else None
+    busy: list[tuple[str, float]] = []
+    if isinstance(summary.get("device_busy_s"), int | float):
+        busy.append(("busiest accelerator busy", float(summary["device_busy_s"])))
+    if isinstance(summary.get("host_busy_s"), int | float):
+        busy.append(("host CPU busy", float(summary["host_busy_s"])))
+    link = getattr(platform, "host_link", None) if platform is not None else None
+    moved = (summary.get("bytes_moved") or {}).get(getattr(link, "name", None)) if link is not None else None
+    if link is not None and isinstance(moved, int | float):
+        busy.append(("PCIe busy (bytes/peak BW)", float(moved) / float(link.bandwidth_Bps)))
+    for label, seconds in busy:
+        share = f" ({100 * seconds / span:.1f} % of makespan)" if span else ""
+        lines.append(f"{label:<26} {_fixed(seconds)} s{share}")
+    if busy and max(s for _, s in busy) > 0:
+        top, seconds = max(busy, key=lambda b: b[1])
+        lines.append(f"{'dominated by':<26} {top.split(' busy')[0]} ({_fixed(seconds)} s busy)")
+    if span and sum(s for _, s in busy) > span:
+        lines.append(
+            f"{'':<26} (busy times overlap: the accelerator, the host CPU and the PCIe link run in parallel, "
+            "so they add up to more than the makespan)"
+        )
+    return lines
+
+
+def summary_table(summary: dict[str, Any], result: Any = None, platform: Any = None) -> str:
+    """The human-readable summary: what was simulated (from ``result``'s config and requests,
+    when given), the figures (counts with thousands separators, times in plain decimals, never
+    scientific notation), and what dominated (CPU-computed experts; accelerator, host CPU and
+    PCIe busy time, the last from ``platform``'s host link)."""
+    lines: list[str] = []
+    if result is not None:
+        lines += _what_ran(getattr(result, "config", {}) or {}, getattr(result, "requests", None), platform)
+    lines += [f"{label:<26} {_fmt(summary.get(key), scale, unit)}" for key, label, scale, unit in _TABLE]
     for tier, rate in sorted(summary.get("hit_rate", {}).items()):
         lines.append(f"{'hit rate ' + tier:<26} {100 * rate:.1f} %")
     for link, b in sorted(summary.get("bytes_moved", {}).items()):
-        lines.append(f"{'bytes over ' + link:<26} {b / 1e9:.3f} GB")
+        lines.append(f"{'bytes over ' + link:<26} {b / 1e9:,.3f} GB")
     for tier, b in sorted(summary.get("peak_memory_bytes", {}).items()):
-        lines.append(f"{'peak memory ' + tier:<26} {b / 1e9:.3f} GB")
+        lines.append(f"{'peak memory ' + tier:<26} {b / 1e9:,.3f} GB")
+    lines += _what_dominated(summary, platform)
     if summary.get("train_source"):
-        lines.append(f"{'training routing':<26} {summary['train_source']} ({summary.get('train_tokens', 0)} tokens)")
+        lines.append(
+            f"{'training routing':<26} {summary['train_source']} ({round(summary.get('train_tokens', 0)):,} tokens)"
+        )
     lines.append(f"{'config hash':<26} {summary.get('config_hash', '-')}")
     return "\n".join(lines)
 
 
 def write_views(result: Any, out_dir: Path) -> dict[str, Path]:
-    """``timeline.html`` (Gantt of compute, transfers and all-to-all per device) and
-    ``cost_breakdown.html`` through `codesign.views`."""
+    """``timeline.html`` (utilisation of compute, transfers and all-to-all per device over time;
+    zoom for the events: `codesign.views.write_timeline_html`) and ``cost_breakdown.html``, sharing
+    one ``plotly.min.js`` written beside them (the pages stay small and open offline)."""
     from codesign import views
 
     return {
-        "timeline": views.write_html(views.plot_timeline(views.timeline_info(result)), out_dir / "timeline.html"),
+        "timeline": views.write_timeline_html(result, out_dir / "timeline.html", plotlyjs="directory"),
         "cost_breakdown": views.write_html(
-            views.plot_cost_breakdown(views.cost_breakdown_info(result)), out_dir / "cost_breakdown.html"
+            views.plot_cost_breakdown(views.cost_breakdown_info(result)),
+            out_dir / "cost_breakdown.html",
+            plotlyjs="directory",
         ),
+        "plotly": out_dir / "plotly.min.js",
     }
 
 
@@ -687,7 +805,7 @@ def _cmd_design(args: argparse.Namespace) -> int:
         print(json.dumps(summary, allow_nan=False))
     else:
         print(f"design {design.content_hash}: {design.describe()}")
-        print(summary_table(summary))
+        print(summary_table(summary, result, design.platform))
         if args.out is not None:
             print(f"{'written to':<26} {args.out}")
     return 0
@@ -739,7 +857,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, allow_nan=False))
     else:
-        print(summary_table(summary))
+        print(summary_table(summary, result, platform))
         if args.out is not None:
             print(f"{'written to':<26} {args.out}")
     return 0

@@ -127,3 +127,34 @@ def test_paths_sample_valid_sets(n_e: int, k: int) -> None:
     load = np.stack([np.bincount(t.experts[:, layer].ravel(), minlength=n_e) for layer in range(n_l)])
     share = load / load.sum(axis=1, keepdims=True)
     assert np.abs(share - pop).max() < 0.02
+
+
+def test_apply_copies_with_lags_matches_sequential_reference() -> None:
+    """Copies from the token ``lag`` back (whole sets through chains, partial sets in passes) equal
+    the token-by-token rule."""
+    rng = np.random.default_rng(5)
+    k, n_e, n = 3, 9, 3000
+    fresh = np.stack([rng.permutation(n_e)[:k] for _ in range(n)], axis=1).astype(np.int16)
+    weight = rng.random((n, n_e)).astype(np.float32) + 0.05
+    m = rng.integers(0, k + 1, n)
+    lag = np.minimum(rng.integers(1, 6, n), np.maximum(np.arange(n), 1))
+    m[0] = 0
+    part = np.flatnonzero((m > 0) & (m < k))
+    noise = -np.log(np.random.default_rng(99).random((k, part.size), dtype=np.float32) + np.float32(1e-12))
+
+    def weight_at(tok: np.ndarray, experts: np.ndarray) -> np.ndarray:
+        return weight[tok[None, :], experts]
+
+    got = rs.apply_copies(fresh, weight_at, m, np.arange(n), np.random.default_rng(99), lag=lag)
+    want = fresh.copy()
+    pos_of = {int(t): i for i, t in enumerate(part)}
+    for t in range(n):
+        src = want[:, t - lag[t]]
+        if m[t] >= k:
+            want[:, t] = src
+        elif m[t] > 0:
+            pref = src[np.argsort(noise[:, pos_of[t]] / weight[t, src], kind="stable")]
+            kept = list(pref[: m[t]])
+            kept += [c for c in fresh[:, t] if c not in kept][: k - len(kept)]
+            want[:, t] = kept
+    np.testing.assert_array_equal(got, want)

@@ -70,6 +70,27 @@ def _missing(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+class _ProgressHandler(logging.Handler):
+    """Writes progress lines (`workloads.progress`) as they are to the current ``sys.stderr``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # a logging handler must not raise
+            self.handleError(record)
+
+
+def _show_progress() -> None:
+    """Show the INFO lines of the progress logger on stderr (long steps say what they do), once."""
+    from workloads.progress import PROGRESS_LOGGER
+
+    logger = logging.getLogger(PROGRESS_LOGGER)
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _ProgressHandler) for h in logger.handlers):
+        logger.addHandler(_ProgressHandler())
+    logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     parser = build_parser()
@@ -78,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else (logging.INFO if args.verbose else logging.WARNING),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    _show_progress()
     func: Handler | None = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

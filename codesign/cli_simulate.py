@@ -40,6 +40,7 @@ plus ``config_hash``); ``--out DIR`` writes ``requests.csv``, ``steps.csv``, ``s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -255,6 +256,31 @@ def parse_length(spec: str | None, flag: str, csv_path: Path | None, default: in
     return n
 
 
+def check_stream_args(args: argparse.Namespace) -> tuple[str, Any, Any]:
+    """The arrival and length flags checked (cheap: nothing is sampled or derived); returns the
+    arrival process and the prompt and output length specs (`parse_length`)."""
+    arrivals = args.arrivals or ("poisson" if args.rate is not None else "closed")
+    if arrivals in ("poisson", "bursty") and args.rate is None:
+        raise ValueError(f"--arrivals {arrivals} needs --rate (mean requests per second)")
+    if arrivals in ("closed", "replay") and args.rate is not None:
+        raise ValueError(f"--rate is not used with --arrivals {arrivals}")
+    if arrivals == "bursty" and args.burstiness is None:
+        raise ValueError("--arrivals bursty needs --burstiness CV (coefficient of variation of inter-arrival times)")
+    if arrivals != "bursty" and args.burstiness is not None:
+        raise ValueError(f"--burstiness is only used with --arrivals bursty (got --arrivals {arrivals})")
+    if arrivals == "replay" and args.arrival_trace is None:
+        raise ValueError("--arrivals replay needs --arrival-trace CSV (Splitwise format)")
+    if args.rate is not None and not (args.rate > 0 and math.isfinite(args.rate)):
+        raise ValueError(f"--rate must be a finite number of requests per second > 0, got {args.rate}")
+    if args.burstiness is not None and not (args.burstiness > 0 and math.isfinite(args.burstiness)):
+        raise ValueError(f"--burstiness (coefficient of variation) must be finite and > 0, got {args.burstiness}")
+    if args.requests is not None and args.requests <= 0:
+        raise ValueError(f"--requests must be > 0, got {args.requests}")
+    prompt = parse_length(args.prompt_len, "--prompt-len", args.arrival_trace, 64)
+    output = parse_length(args.output_len, "--output-len", args.arrival_trace, 128)
+    return arrivals, prompt, output
+
+
 def build_stream(args: argparse.Namespace, model: Any) -> Any:
     """The `RequestStream` the arguments describe (routing source, arrivals, lengths), checked
     against ``model`` (layers, experts, top-k) before any request is built."""
@@ -282,25 +308,7 @@ def build_stream(args: argparse.Namespace, model: Any) -> Any:
         )
         routing = ProcessRouting(process, seed=args.seed)
         default_n = 16
-    arrivals = args.arrivals or ("poisson" if args.rate is not None else "closed")
-    if arrivals in ("poisson", "bursty") and args.rate is None:
-        raise ValueError(f"--arrivals {arrivals} needs --rate (mean requests per second)")
-    if arrivals in ("closed", "replay") and args.rate is not None:
-        raise ValueError(f"--rate is not used with --arrivals {arrivals}")
-    if arrivals == "bursty" and args.burstiness is None:
-        raise ValueError("--arrivals bursty needs --burstiness CV (coefficient of variation of inter-arrival times)")
-    if arrivals != "bursty" and args.burstiness is not None:
-        raise ValueError(f"--burstiness is only used with --arrivals bursty (got --arrivals {arrivals})")
-    if arrivals == "replay" and args.arrival_trace is None:
-        raise ValueError("--arrivals replay needs --arrival-trace CSV (Splitwise format)")
-    if args.rate is not None and not (args.rate > 0 and math.isfinite(args.rate)):
-        raise ValueError(f"--rate must be a finite number of requests per second > 0, got {args.rate}")
-    if args.burstiness is not None and not (args.burstiness > 0 and math.isfinite(args.burstiness)):
-        raise ValueError(f"--burstiness (coefficient of variation) must be finite and > 0, got {args.burstiness}")
-    if args.requests is not None and args.requests <= 0:
-        raise ValueError(f"--requests must be > 0, got {args.requests}")
-    prompt = parse_length(args.prompt_len, "--prompt-len", args.arrival_trace, 64)
-    output = parse_length(args.output_len, "--output-len", args.arrival_trace, 128)
+    arrivals, prompt, output = check_stream_args(args)
     if arrivals == "replay":
         try:
             stream = RequestStream.replay(
@@ -793,6 +801,79 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--devices must be >= 1, got {args.devices}")
     if not args.time_scale > 0:
         raise ValueError(f"--time-scale must be > 0, got {args.time_scale}")
+    _check_more_args(args)
+
+
+#: Estimated memory per simulated request (bytes): the request stream measured ~360 B per request
+#: (tracemalloc, closed stream of a routing process); the rest is an assumption for the per-request
+#: records of the result.
+REQUEST_BYTES = 1024.0
+#: A memory tier above this capacity (bytes; 1 EB) is a unit typo, not a machine (assumption: the
+#: largest memory systems are petabytes).
+MAX_TIER_BYTES = 1e18
+
+
+def _check_more_args(args: argparse.Namespace) -> None:
+    """The checks of `_check_args` that need `codesign.cli_checks`: ranges of fractions and counts,
+    input files that must exist, the output folder, and the memory a request count needs."""
+    from codesign import cli_checks as checks
+
+    checks.float_range(args.hbm_expert_fraction, "--hbm-expert-fraction", low=0.0, high=1.0)
+    checks.float_range(args.train_fraction, "--train-fraction", low=0.0, high=1.0, high_open=True)
+    checks.float_range(args.time_scale, "--time-scale", low=0.0, high=1e12, low_open=True)
+    checks.int_range(args.near_experts, "--near-experts", low=1, why=" (slots of the near tier per device)")
+    if args.out is not None:
+        checks.output_dir(args.out, "--out")
+    if args.trace is not None:
+        checks.input_path(args.trace, "--trace", what="a routing trace .npz (codesign trace import|synth|record)")
+    process = str(getattr(args, "process", "default") or "default")
+    if args.trace is None and not process.startswith("default"):
+        checks.input_path(process, "--process", what="a routing process .json, 'default' or 'default:MODEL'")
+    if args.arrival_trace is not None:
+        checks.input_path(args.arrival_trace, "--arrival-trace", what="a Splitwise-format CSV")
+    if args.requests is not None and args.requests > 0:
+        checks.fits_in_memory(REQUEST_BYTES * args.requests, f"simulating {args.requests} requests", "--requests")
+
+
+def check_platform(platform: Any, flag: str) -> None:
+    """Refuse a platform whose memory capacities cannot be real (a unit typo in its file)."""
+    for dev in platform.devices:
+        for tier in dev.tiers:
+            if not tier.capacity_bytes <= MAX_TIER_BYTES:
+                raise ValueError(
+                    f"{flag}: device {dev.name!r} tier {tier.name!r} has capacity {tier.capacity_bytes:.3g} B, "
+                    f"beyond any real memory (> {MAX_TIER_BYTES:.0e} B); check the units in its file"
+                )
+
+
+def check_fits(model: Any, platform: Any, mapping: Any, seed: int) -> None:
+    """Bind the mapping once with round-robin placement and no routing statistics (memory does not
+    depend on which experts are homed where) and raise its `MappingError` now, before a routing
+    process is derived or a stream built, when the model cannot be laid out at all."""
+    from codesign.mapping import MappingError
+
+    probe = mapping.with_(placement="round-robin", placement_options=(), initial="empty", pinned=(), resident=())
+    try:
+        probe.bind(model, platform, stats=None, min_kv_tokens=1, seed=seed)
+    except MappingError as exc:
+        raise MappingError(f"--model {model.name} on --platform {platform.name}: {user_flags(str(exc))}") from None
+
+
+#: Internal mapping field names in library messages -> the flag a command-line user types.
+_FLAG_NAMES = (
+    ("cache.expert_fraction", "--hbm-expert-fraction"),
+    ("batching.max_tokens", "--max-tokens"),
+    ("batching.max_batch", "--batch"),
+    ("n_devices", "--devices"),
+    ("near.capacity_experts", "--near-experts"),
+)
+
+
+def user_flags(message: str) -> str:
+    """``message`` with the mapping's internal field names replaced by their command-line flags."""
+    for internal, flag in _FLAG_NAMES:
+        message = message.replace(internal, flag)
+    return message
 
 
 def _cmd_design(args: argparse.Namespace) -> int:
@@ -828,6 +909,7 @@ def _cmd_design(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from codesign.simulate import TrainingDataError, simulate
     from hwmodels import CostModel, get_platform
+    from workloads.progress import stage
 
     if args.design is not None:
         given = [f for f, v in (("--model", args.model), ("--platform", args.platform), ("--trace", args.trace)) if v]
@@ -842,20 +924,27 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.precision:
         model = model.with_precision(args.precision)
     platform = get_platform(args.platform)
+    check_platform(platform, f"--platform {args.platform}")
     mapping = build_mapping(args)
+    check_stream_args(args)
+    check_fits(model, platform, mapping, args.seed)
     stream = clip_to_kv(build_stream(args, model), model, platform, mapping, args.seed)
     cost = CostModel(platform, fidelity=args.fidelity)
+    bar = not args.no_progress and not args.json and sys.stderr.isatty()
+    # off a terminal (CI logs, pipes) the run logs a start and an end line instead of the bar
+    lines = stage(f"simulating {len(stream.requests)} requests of {model.name} on {platform.name}", tty=False)
     try:
-        result = simulate(
-            model,
-            platform,
-            stream,
-            mapping,
-            cost_model=cost,
-            seed=args.seed,
-            record_events=args.out is not None,
-            progress=not args.no_progress and not args.json and sys.stderr.isatty(),
-        )
+        with lines if not bar and not args.no_progress else contextlib.nullcontext():
+            result = simulate(
+                model,
+                platform,
+                stream,
+                mapping,
+                cost_model=cost,
+                seed=args.seed,
+                record_events=args.out is not None,
+                progress=bar,
+            )
     except TrainingDataError as exc:
         verb = "needs" if len(exc.policies) == 1 else "need"
         raise ValueError(

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
-from pathlib import Path
 from typing import Any
 
+from codesign import cli_checks as checks
 from workloads.aggregated import AggregatedRoutingStats
 from workloads.importers import import_trace, importer_descriptions, importer_names
 from workloads.trace import RoutingTrace
@@ -136,7 +137,16 @@ def _cmd_import(args: argparse.Namespace) -> int:
         if args.fmt != "olmoe-counts":
             raise ValueError(f"--domain applies to olmoe-counts only, not {args.fmt}")
         options["domain"] = args.domain
-    out = Path(args.output)
+    # aggregated counts are JSON, traces .npz: checked with the other cheap checks, before importing
+    counts = args.fmt == "olmoe-counts"
+    out = checks.output_file(
+        args.output,
+        "-o",
+        suffixes=(".json",) if counts else (".npz",),
+        what=f"the {'aggregated counts' if counts else 'trace'} ({args.fmt})",
+    )
+    for src in args.src:
+        checks.input_path(src, "SRC", what=f"{args.fmt} input files or a folder of them", folder_ok=True)
     obj = import_trace(args.fmt, args.src, **options)
     if isinstance(obj, AggregatedRoutingStats):
         if out.suffix != ".json":
@@ -168,9 +178,11 @@ def _cmd_record(args: argparse.Namespace) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from workloads import tracer
 
-    out = Path(args.output)
-    if out.suffix != ".npz":
-        raise ValueError(f"{out}: traces are written as .npz; give a .npz output")
+    out = checks.output_file(args.output, "-o", suffixes=(".npz",), what="the recorded trace")
+    checks.seed(args.seed)
+    checks.float_range(args.max_params, "--max-params", low=0.0, high=math.inf, low_open=True, high_open=True)
+    if args.hf_model is not None:
+        checks.input_path(args.hf_model, "--hf-model", what="a folder of local pretrained weights", folder_ok=True)
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.prompt_len < 1:

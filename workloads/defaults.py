@@ -15,14 +15,28 @@ measured when they were built:
 the nearest fitted process (by expert count and top-k) retargeted and relayered to the preset's
 shape, labelled in ``meta["derived_from"]`` (see `RoutingProcess.retarget` for the assumption).
 Nothing here reads ``../shared``: the package runs without it.
+
+Deriving takes seconds to minutes (DeepSeek-V3's 256 experts x 58 layers: ~2 min on the 2-core dev
+machine), so derived processes are cached on disk, exactly (float64), in `cache_dir` (``$MOE_CODESIGN_CACHE_DIR``,
+else ``$XDG_CACHE_HOME/moe-codesign``, else ``~/.cache/moe-codesign``; ``MOE_CODESIGN_CACHE_DIR=off``
+disables the cache), under a key hashing everything the result depends on: the embedded data file,
+the source of the derivation code (this module, `workloads.process`, `workloads._routing_sampler`),
+the target shape and the seed. A changed input is a new key; an unreadable entry is derived again.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
+import logging
 import math
+import os
+import tempfile
+import zlib
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,22 +44,37 @@ import numpy as np
 from workloads.aggregated import AggregatedRoutingStats
 from workloads.model import get_model
 from workloads.process import ProcessFormatError, RoutingProcess
+from workloads.progress import stage
+
+log = logging.getLogger(__name__)
 
 DATA_NAME = "default_routing.json"
 FORMAT_NAME = "moe-codesign/default-workload"
 FORMAT_VERSION = 1
 
+#: Environment variable relocating the cache of derived default workloads (``off`` disables it).
+CACHE_ENV = "MOE_CODESIGN_CACHE_DIR"
+#: Sources whose content keys the cache of derived processes (the derivation code).
+_DERIVATION_SOURCES = ("defaults.py", "process.py", "_routing_sampler.py")
 
-def load_default_data() -> dict[str, Any]:
-    """The parsed data file (``{"format", "version", "processes": {model: process}, "provenance",
-    "fidelity", ...}``); raises `ProcessFormatError` if it is missing or malformed."""
+
+def _data_text() -> str:
     try:
-        text = (resources.files("workloads") / "data" / DATA_NAME).read_text(encoding="utf-8")
+        return (resources.files("workloads") / "data" / DATA_NAME).read_text(encoding="utf-8")
     except (FileNotFoundError, ModuleNotFoundError) as exc:
         raise ProcessFormatError(
             f"embedded default workload workloads/data/{DATA_NAME} is missing "
             f"(regenerate it with studies/default_workload/build.py): {exc}"
         ) from exc
+
+
+def load_default_data() -> dict[str, Any]:
+    """The parsed data file (``{"format", "version", "processes": {model: process}, "provenance",
+    "fidelity", ...}``); raises `ProcessFormatError` if it is missing or malformed."""
+    return _parse_data(_data_text())
+
+
+def _parse_data(text: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -64,15 +93,28 @@ def fitted_models() -> list[str]:
     return sorted(load_default_data()["processes"])
 
 
+def cache_dir() -> Path | None:
+    """Where derived default workloads are cached: ``$MOE_CODESIGN_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/moe-codesign``, else ``~/.cache/moe-codesign``; None when the variable is
+    ``off`` (or empty)."""
+    env = os.environ.get(CACHE_ENV)
+    if env is not None:
+        return None if env.strip().lower() in ("", "off", "none", "0") else Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "moe-codesign"
+
+
 def default_process(model: str = "mixtral-8x7b", *, seed: int = 0) -> RoutingProcess:
     """The embedded routing process of ``model`` (a fitted one, or derived for other presets).
 
     For a preset without its own process: the fitted process nearest in ``|log(E/E0)| +
     |log(k/k0)|`` is retargeted to the preset's experts and top-k and relayered to its MoE layer
-    count (recalibrated with ``seed``; this takes a few seconds for large expert counts).
-    Raises `workloads.UnknownPresetError` (listing the names) for an unknown model.
+    count (recalibrated with ``seed``; seconds to minutes for large expert counts, shown as
+    progress, and cached on disk: see the module docstring, so later calls load it in well under
+    a second). Raises `workloads.UnknownPresetError` (listing the names) for an unknown model.
     """
-    data = load_default_data()
+    text = _data_text()
+    data = _parse_data(text)
     procs = data["processes"]
     if model in procs:
         return RoutingProcess.from_dict(procs[model], where=f"{DATA_NAME}:{model}")
@@ -82,7 +124,34 @@ def default_process(model: str = "mixtral-8x7b", *, seed: int = 0) -> RoutingPro
         sorted(shapes),
         key=lambda n: abs(math.log(spec.n_experts / shapes[n][0])) + abs(math.log(spec.top_k / shapes[n][1])),
     )
-    proc = RoutingProcess.from_dict(procs[nearest], where=f"{DATA_NAME}:{nearest}")
+    target = {"model": model, "n_experts": spec.n_experts, "top_k": spec.top_k, "n_moe_layers": spec.n_moe_layers}
+    key = _derivation_key(text, {**target, "nearest": nearest, "seed": seed})
+    folder = cache_dir()
+    cached = folder / "default-workload" / f"{model}-{key[:20]}.json" if folder is not None else None
+    if cached is not None and cached.is_file():
+        try:
+            proc = _read_cached(cached)
+        except (OSError, ValueError) as exc:  # ProcessFormatError is a ValueError
+            log.warning("cached default workload %s unreadable (%s); deriving it again", cached, exc)
+        else:
+            log.debug("default workload of %s from the cache %s", model, cached)
+            return proc
+    where = f"; cached in {cached.parent} afterwards" if cached is not None else ""
+    desc = (
+        f"deriving the default workload of {model} ({spec.n_experts} experts, top-{spec.top_k}, "
+        f"{spec.n_moe_layers} MoE layers) from {nearest}'s fitted process (once{where})"
+    )
+    with stage(desc):
+        proc = _derive(RoutingProcess.from_dict(procs[nearest], where=f"{DATA_NAME}:{nearest}"), model, nearest, seed)
+    if cached is not None:
+        _write_cached(proc, cached)
+    return proc
+
+
+def _derive(proc: RoutingProcess, model: str, nearest: str, seed: int) -> RoutingProcess:
+    """``proc`` (the fitted process ``nearest``) retargeted and relayered to preset ``model``."""
+    spec = get_model(model)
+    n_e0, k0 = proc.n_experts, proc.top_k
     # enough calibration tokens to estimate E x E pair statistics (sparse for many experts, top-1)
     n_cal = int(np.clip(2 * spec.n_experts**2 // spec.top_k, 4096, 16384))
     if (proc.n_experts, proc.top_k) != (spec.n_experts, spec.top_k):
@@ -93,11 +162,65 @@ def default_process(model: str = "mixtral-8x7b", *, seed: int = 0) -> RoutingPro
     meta["model"] = model
     meta["derived_from"] = {
         "model": nearest,
-        "n_experts": shapes[nearest][0],
-        "top_k": shapes[nearest][1],
+        "n_experts": n_e0,
+        "top_k": k0,
         "how": "retarget(n_experts, top_k) and relayer(n_moe_layers) of the embedded process",
     }
     return dataclasses.replace(proc, meta=meta)
+
+
+def _derivation_key(data_text: str, target: dict[str, Any]) -> str:
+    """SHA-256 (hex) of everything a derived process depends on: the data file, the derivation
+    code's source and ``target`` (shape, source model, seed)."""
+    h = hashlib.sha256()
+    h.update(data_text.encode("utf-8"))
+    here = Path(__file__).resolve().parent
+    for name in _DERIVATION_SOURCES:
+        try:
+            h.update((here / name).read_bytes())
+        except OSError:  # not installed as files: the package version stands for the code
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                h.update(version("moe-codesign").encode())
+            except PackageNotFoundError:
+                h.update(b"unknown")
+    h.update(json.dumps(target, sort_keys=True).encode("utf-8"))
+    return h.hexdigest()
+
+
+def _encode_exact(a: Any) -> dict[str, Any]:
+    """A float64 array as the process format's compact encoding (exact, unlike float32/16)."""
+    arr = np.ascontiguousarray(a, dtype="<f8")
+    return {
+        "dtype": "float64",
+        "shape": list(arr.shape),
+        "zlib_base64": base64.b64encode(zlib.compress(arr.tobytes(), 1)).decode("ascii"),
+    }
+
+
+def _write_cached(proc: RoutingProcess, path: Path) -> None:
+    """Write ``proc`` to the cache file ``path`` atomically; a cache that cannot be written is
+    logged and skipped (the result is returned all the same)."""
+    d = proc.to_dict(precision="float32")
+    d["arrays"] = {name: _encode_exact(getattr(proc, name)) for name in d["arrays"]}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(d, separators=(",", ":")))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        log.warning("could not cache the derived default workload in %s (%s); set %s", path, exc, CACHE_ENV)
+
+
+def _read_cached(path: Path) -> RoutingProcess:
+    """A process written by `_write_cached` (raises `ProcessFormatError` or `OSError`)."""
+    return RoutingProcess.load(path)
 
 
 def process_from_counts(
@@ -173,4 +296,4 @@ def process_from_counts(
     return proc.calibrate(seed=seed)
 
 
-__all__ = ["default_process", "fitted_models", "load_default_data", "process_from_counts"]
+__all__ = ["CACHE_ENV", "cache_dir", "default_process", "fitted_models", "load_default_data", "process_from_counts"]

@@ -108,7 +108,7 @@ def test_process_stream(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     "extra, message",
     [
         (["--cache", "arc"], "unknown cache policy 'arc'; valid:"),
-        (["--hbm-expert-fraction", "1.5"], "expert_fraction must be in [0, 1]"),
+        (["--hbm-expert-fraction", "1.5"], "--hbm-expert-fraction 1.5: expected a finite number in [0, 1]"),
         (["--hbm-expert-fraction", "1.0", "--precision", "bf16"], "mapping does not fit device 0"),
         (["--platform", "tpu"], "unknown platform"),
     ],

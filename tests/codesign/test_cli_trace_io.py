@@ -65,11 +65,13 @@ def _err(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_import_errors(shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     counts = str(shared_dir / "traces/olmoe-mixtral-routing-stats/counts.json")
-    assert ".json output" in _err(
+    assert "a.npz: expected a path ending in .json" in _err(
         ["trace", "import", "-f", "olmoe-counts", counts, "-o", str(tmp_path / "a.npz")], capsys
     )
     ds = str(shared_dir / "traces/deepseek-v2-lite/prompt_1001_data.csv")
-    assert ".npz output" in _err(["trace", "import", "-f", "deepseek-csv", ds, "-o", str(tmp_path / "a.json")], capsys)
+    assert "a.json: expected a path ending in .npz" in _err(
+        ["trace", "import", "-f", "deepseek-csv", ds, "-o", str(tmp_path / "a.json")], capsys
+    )
     assert "--missing applies to mixtral-jsonl" in _err(
         ["trace", "import", "-f", "deepseek-csv", ds, "-o", str(tmp_path / "a.npz"), "--missing", "drop"], capsys
     )
@@ -182,7 +184,9 @@ def test_record_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "needs a tokenizer" in _err(
         ["trace", "record", "--hf-config", "tiny-mixtral", "--prompt", "hi", "-o", out], capsys
     )
-    assert ".npz output" in _err(["trace", "record", "--hf-config", "tiny-mixtral", "-o", out + ".json"], capsys)
+    assert "r.npz.json: expected a path ending in .npz" in _err(
+        ["trace", "record", "--hf-config", "tiny-mixtral", "-o", out + ".json"], capsys
+    )
     from workloads.tracer import tiny_config
 
     tiny_config("mixtral").save_pretrained(tmp_path / "cfg")

@@ -13,7 +13,8 @@
    Then NSGA-II, TPE and random sampling run with budgets of ``--budgets`` x 432 evaluations
    (``--seeds`` seeds each, in-memory studies), and the share of the exhaustive hypervolume their
    feasible fronts reach is printed per budget (mean and min over seeds). Hypervolume: objectives
-   normalised to [0, 1] by the exhaustive feasible set's range, reference point 1.1 in each.
+   normalised to [0, 1] between the exhaustive front's ideal and nadir points, reference point 1.1
+   in each (points beyond it count nothing).
 """
 
 from __future__ import annotations
@@ -104,7 +105,11 @@ def recovery(budgets: list[float], seeds: int, out: Path) -> None:
     feasible = [t for t in study.trials if all(c <= 0 for c in t.user_attrs["constraints"].values())]
     pts = np.array([t.values for t in feasible])
     print(f"exhaustive: {n} designs, {len(feasible)} feasible, evaluated in {time.perf_counter() - t0:.1f} s")
-    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    front = _front(pts)
+    # normalise by the exhaustive front's box (ideal to nadir): a reference point beyond the whole
+    # feasible set would make most of the volume trivially dominated (random search then recovers
+    # 98 % with 5 % of the evaluations and the figure says nothing)
+    lo, hi = front.min(axis=0), front.max(axis=0)
     span = np.where(hi > lo, hi - lo, 1.0)
     ref = np.full(pts.shape[1], 1.1)
 
@@ -116,7 +121,7 @@ def recovery(budgets: list[float], seeds: int, out: Path) -> None:
         return float(compute_hypervolume(_front(p), ref)) if len(p) else 0.0
 
     full = hv(pts.tolist())
-    print(f"exhaustive front: {len(_front((pts - lo) / span))} designs, hypervolume {full:.4f}")
+    print(f"exhaustive front: {len(front)} designs, hypervolume {full:.4f} (front box normalised, reference 1.1)")
     for sampler_name in ("nsga2", "tpe", "random"):
         sp = load_space("enum.toml", text=ENUM_SPACE.replace("[study]", f'[study]\nsampler = "{sampler_name}"'))
         for frac in budgets:

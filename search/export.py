@@ -49,7 +49,8 @@ def _get(d: Any, path: Sequence[str]) -> Any:
 
 def pareto_rows(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[dict[str, Any]]:
     """One dict per trial: ``trial``, ``design_hash``, ``<objective> [unit]`` values, ``fidelity``,
-    ``granularity_G`` (Krajewski G of the model) and the `ROW_KNOBS`."""
+    the `ROW_KNOBS` (None where a knob does not apply: placement and EP execution on one device,
+    cache policies when every expert is resident) and ``granularity_G`` (Krajewski G of the model)."""
     from codesign.design import Design
 
     rows = []
@@ -61,6 +62,11 @@ def pareto_rows(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> lis
         row["fidelity"] = t.user_attrs.get("fidelity", "")
         for col, path in ROW_KNOBS.items():
             row[col] = _get(design, path)
+        # knobs that do not apply to this design are left empty (the space did not ask them)
+        if (row["devices"] or 1) <= 1:
+            row["placement"] = row["ep"] = None
+        if row["fast_share"] is not None and row["fast_share"] >= 1.0:
+            row["cache"] = row["prefetch"] = row["miss"] = None
         row["granularity_G"] = round(Design.from_dict(design).model.granularity, 3) if design else None
         rows.append(row)
     return rows

@@ -75,6 +75,8 @@ __all__ = [
 
 #: Finite stand-in for the system objectives of a design that does not fit (module doc, item 4).
 PLACEHOLDER = 1e12
+#: Tokens of routing sampled to place experts across devices (`TrialEvaluator.placed`).
+PLACEMENT_TOKENS = 4096
 #: Trials between reloads of the confirmed set from the storage (`TrialEvaluator.promising`).
 REFRESH_EVERY = 10
 DB_NAME = "study.db"
@@ -158,7 +160,8 @@ def make_sampler(space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
                 population_size=space.population_size, seed=seed, constraints_func=constraints_of
             )
         if space.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints_of, multivariate=True)
+            # group: conditional knobs are sampled jointly with the knobs they appear with
+            return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints_of, multivariate=True, group=True)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -221,12 +224,36 @@ class TrialEvaluator:
             seed=int(w["seed"]),
         )
         self.cache = EvalCache(max_entries=256)
+        from codesign.policies.placement import PlacementMemo
+
+        self.placements = PlacementMemo(maxsize=64, directory=Path(out_dir) / "cache" / "placements")
+        self._stats: dict[tuple[str, int, int], Any] = {}
         self._memo: dict[tuple[str, str], dict[str, Any] | str] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._confirmed: list[list[float]] | None = None
         self._since_refresh = 0
 
     # -------------------------------------------------------------- evaluation
+    def placed(self, design: Any, cand: Candidate) -> Any:
+        """``design`` with its expert-to-device layout computed once (`Mapping.placed` through the
+        `PlacementMemo` in ``OUT/cache/placements``, keyed by policy, devices, model and the digest
+        of the routing statistics): the layout is part of the design (``mapping.expert_home``), so
+        both fidelities and every replay of the design file use the same one. Statistics: a
+        sample of `PLACEMENT_TOKENS` tokens of the design's routing process (seeded by the
+        workload seed), computed once per model shape."""
+        from codesign.policies.base import RoutingStats
+
+        shape = cand.routing_shape
+        if shape not in self._stats:
+            proc = self.routing.process(*shape)
+            seed = int(self.space.workload["seed"])
+            self._stats[shape] = RoutingStats.from_trace(proc.sample(PLACEMENT_TOKENS, seed=seed))
+        stats = self._stats[shape]
+        mapping = design.mapping.placed(
+            design.model, design.platform, stats=stats, seed=design.workload.seed, placements=self.placements
+        )
+        return design.with_(mapping=mapping)
+
     def _evaluate(self, design: Any, design_hash: str, fidelity: str) -> dict[str, Any] | str:
         """``Metrics.to_dict()``, or the `MappingError` message when the design does not fit."""
         from codesign.design import evaluate
@@ -299,6 +326,11 @@ class TrialEvaluator:
             return self._infeasible(
                 trial, f"n_devices={n_dev} exceeds the model's {cand.model.n_experts} experts per layer", quality
             )
+        if n_dev > 1:
+            design = self.placed(design, cand)
+            design_hash = design.content_hash
+            trial.set_user_attr("design_hash", design_hash)
+            trial.set_user_attr("design", design.to_dict())
         metrics: dict[str, Any] = {}
         screen_reasons: list[str] = []
         fidelity = self.space.fidelity

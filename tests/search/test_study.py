@@ -18,7 +18,15 @@ from optuna.trial import TrialState
 from codesign.design import Design, evaluate
 from search.export import write_pareto
 from search.space import load_space
-from search.study import SearchConfig, TrialEvaluator, constraints_of, dominates, pareto_trials, run_search
+from search.study import (
+    SearchConfig,
+    TrialEvaluator,
+    candidate_design,
+    constraints_of,
+    dominates,
+    pareto_trials,
+    run_search,
+)
 from tests.search.search_helpers import tiny_space, tiny_space_text, write_space
 
 REPO = Path(__file__).resolve().parents[2]
@@ -175,3 +183,24 @@ def test_two_workers_on_one_postgresql_study_lose_nothing(tmp_path: Path, postgr
     assert all(t.values is not None and len(t.user_attrs["design_hash"]) == 16 for t in trials)
     assert outcome.new_trials == len(trials)
     assert outcome.storage == postgres_url
+
+
+def test_placements_and_retargeted_processes_are_cached_on_disk_by_content(tmp_path: Path) -> None:
+    text = tiny_space_text().replace(
+        'preset = ["h100-pcie5-host"]', 'preset = ["dgx-h100"]\n[platform.dgx-h100]\ndevices = [2]'
+    )
+    text = text.replace("granularity = 1", "granularity = 2")  # 16 experts, top-4: a retargeted process
+    text += 'placement = "load-balanced"\nep_execution = "classic"\n'
+    space = load_space("placed.toml", text=text)
+    cand = next(iter(space.enumerate()))
+    first = TrialEvaluator(space, tmp_path)
+    design = first.placed(candidate_design(cand, first.routing), cand)
+    assert design.workload.routing.startswith("process:") and Path(design.workload.routing[8:]).is_file()
+    home = design.mapping.expert_home
+    assert home is not None and len(home) == cand.model.n_moe_layers and {d for row in home for d in row} == {0, 1}
+    assert first.placements.misses == 1 and len(list((tmp_path / "cache" / "placements").glob("*.npz"))) == 1
+    second = TrialEvaluator(space, tmp_path)  # a fresh process's view: the files answer
+    again = second.placed(candidate_design(cand, second.routing), cand)
+    assert again.content_hash == design.content_hash
+    assert (second.placements.hits, second.placements.misses) == (1, 0)  # read from the file, not placed again
+    assert len(list((tmp_path / "cache" / "processes").glob("*.json"))) == 1

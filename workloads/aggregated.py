@@ -161,6 +161,38 @@ class AggregatedRoutingStats:
             out = np.where(rows > 0, c / np.where(rows > 0, rows, 1.0), np.nan)
         return out
 
+    def summary(self) -> dict[str, Any]:
+        """JSON-able statistics of the counts (what ``codesign trace stats`` prints for a counts
+        file): shape keys, and per measured layer the tokens counted and the load skew (Gini,
+        normalised entropy, max / mean, as in `workloads.stats.load_skew`), per layer pair the
+        mutual information (bits) and mean top-1 conditional share of the rank-aligned pairs."""
+        from workloads import stats  # stats imports the trace module only; kept local for import order
+
+        layers = self.layers
+        skew = stats.load_skew(np.stack([self.load[la] for la in layers])) if layers else None
+        pair_list = self.layer_pairs
+        joints = np.stack([self.pairs[pr].astype(np.float64) for pr in pair_list]) if pair_list else None
+        top1: list[float | None] = []
+        for pr in pair_list:
+            cond = self.conditional(*pr)
+            w = self.pairs[pr].sum(axis=1).astype(np.float64)
+            ok = np.isfinite(cond).all(axis=1) & (w > 0)
+            top1.append(float((cond[ok].max(axis=1) * w[ok]).sum() / w[ok].sum()) if ok.any() else None)
+        return {
+            "model": self.model,
+            "n_experts": self.n_experts,
+            "top_k": self.top_k,
+            "domain": self.domain,
+            "domains": list(self.domains),
+            "source": self.source,
+            "layers": layers,
+            "tokens": [self.tokens(la) for la in layers],
+            "load": {} if skew is None else skew.to_dict(),
+            "layer_pairs": [list(pr) for pr in pair_list],
+            "pair_mutual_information_bits": [] if joints is None else stats.mutual_information(joints).tolist(),
+            "pair_top1_conditional": top1,
+        }
+
     # ------------------------------------------------------------------ JSON
     def to_json_dict(self) -> dict[str, Any]:
         """A JSON-able dict in the version-1 format (see module docstring)."""
@@ -282,3 +314,28 @@ class AggregatedRoutingStats:
             f"AggregatedRoutingStats(model={self.model!r}, domain={self.domain!r}, n_experts={self.n_experts}, "
             f"top_k={self.top_k}, layers={self.layers}, pairs={self.layer_pairs})"
         )
+
+
+def process_from_aggregated(counts: AggregatedRoutingStats, *, seed: int = 0) -> Any:
+    """A `workloads.process.RoutingProcess` for the counted model: per-layer popularity from the
+    counts (nearest measured layer for the others), inter-layer affinity and temporal reuse from
+    the embedded default workload of the same model preset, matched by popularity rank
+    (`workloads.defaults.process_from_counts`, which states the assumption). Raises
+    `workloads.UnknownPresetError` when ``counts.model`` is no preset."""
+    from workloads.defaults import default_process, process_from_counts  # defaults imports this module
+    from workloads.model import get_model
+
+    spec = get_model(counts.model)
+    base = default_process(spec.name, seed=seed)
+    return process_from_counts(counts, base, n_layers=spec.n_moe_layers, seed=seed, model=spec.name)
+
+
+def looks_like_counts(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a readable file whose start names the `AggregatedRoutingStats` format
+    (as `AggregatedRoutingStats.save` writes it); False for anything else, including no file."""
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(4096)
+    except OSError:
+        return False
+    return f'"{FORMAT_NAME}"'.encode() in start

@@ -292,8 +292,8 @@ class RoutingTrace:
                 raise TraceFormatError(
                     f"{p}: aggregated routing counts (per-layer expert load and layer-pair counts, no per-token "
                     "routing): they shape the embedded default workload of a model known only by counts "
-                    "(workloads.defaults.process_from_counts, e.g. default:olmoe-1b-7b); commands that read "
-                    f"TRACE.npz need per-token routing; {expected}"
+                    "(workloads.defaults.process_from_counts, e.g. default:olmoe-1b-7b); `codesign trace stats` "
+                    f"and `trace fit` read them, other commands need per-token routing: {expected}"
                 )
             raise TraceFormatError(f"{p}: not a .npz routing trace ({_describe_head(head)}); {expected}")
         key = "(archive index)"

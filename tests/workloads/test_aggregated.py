@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from workloads import AggregatedRoutingStats, TraceFormatError, import_trace
+from workloads import AggregatedRoutingStats, RoutingTrace, TraceFormatError, import_trace
 
 
 def _a(x: list[int] | list[list[int]]) -> npt.NDArray[np.int64]:
@@ -125,3 +125,25 @@ def test_real_counts_round_trip_and_skew(shared_dir: Path, tmp_path: Path) -> No
     assert isinstance(sft, AggregatedRoutingStats)
     assert sft.domains == ("tulu",) and sft.pairs == {} and sft.load_top1 == {}
     assert sft.tokens(0) * 8 == int(sft.load[0].sum())
+
+
+def test_counts_summary_and_process_usable_by_stats_and_fit(shared_dir: Path, tmp_path: Path) -> None:
+    """The counts feed `trace stats` (summary) and `trace fit` (a process whose popularity is the
+    counted load); a counts file given where a per-token trace is needed says what it is for."""
+    from workloads.aggregated import looks_like_counts, process_from_aggregated
+
+    counts = import_trace(
+        "olmoe-counts", shared_dir / "traces" / "olmoe-mixtral-routing-stats" / "counts.json", model="mistral"
+    )
+    assert isinstance(counts, AggregatedRoutingStats)
+    path = counts.save(tmp_path / "mixtral_counts.json")
+    assert looks_like_counts(path) and not looks_like_counts(tmp_path / "none.json")
+    st = counts.summary()
+    assert st["layers"] == [0, 7, 15] and st["layer_pairs"] == [[0, 7], [7, 15]]
+    assert all(0.0 < g < 1.0 for g in st["load"]["gini"]) and all(mi > 0 for mi in st["pair_mutual_information_bits"])
+    proc = process_from_aggregated(counts, seed=0)
+    assert (proc.n_moe_layers, proc.n_experts, proc.top_k) == (32, 8, 2)
+    want = (counts.load[7] + 1.0) / (counts.load[7].sum() + 8)  # add-one smoothed counted load
+    np.testing.assert_allclose(proc.popularity[7], want, rtol=1e-9)
+    with pytest.raises(TraceFormatError, match=r"mixtral_counts\.json: aggregated routing counts .*trace fit"):
+        RoutingTrace.load(path)

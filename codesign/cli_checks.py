@@ -64,7 +64,7 @@ def input_path(path: str | os.PathLike[str], flag: str, *, what: str, folder_ok:
     p = Path(path)
     label = f"{flag} {p}" if flag else str(p)
     if not p.exists():
-        raise BadInputError(f"{label}: no such file; expected {what}")
+        raise BadInputError(f"{label}: no such {'file or folder' if folder_ok else 'file'}; expected {what}")
     if p.is_dir() and not folder_ok:
         raise BadInputError(f"{label}: is a directory; expected {what}")
     return p

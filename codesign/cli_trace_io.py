@@ -189,11 +189,12 @@ def _cmd_record(args: argparse.Namespace) -> int:
         raise ValueError(f"--prompt-len must be >= 1, got {args.prompt_len}")
     if args.prompt is not None and args.hf_model is None:
         raise ValueError("--prompt needs a tokenizer: give --hf-model DIR with tokenizer files, or use --prompt-ids")
+    ids = _parse_ids(args.prompt_ids) if args.prompt_ids is not None else None  # before loading a model
     model, name = tracer.load_model(args.hf_config, hf_model=args.hf_model, seed=args.seed, max_params=args.max_params)
     if args.prompt is not None:
         inputs: Any = tracer.load_tokenizer(args.hf_model)
-    elif args.prompt_ids is not None:
-        inputs = _parse_ids(args.prompt_ids)
+    elif ids is not None:
+        inputs = ids
     else:
         inputs = tracer.random_prompt_ids(model, args.prompt_len, seed=args.seed)
     trace = tracer.record_routing(

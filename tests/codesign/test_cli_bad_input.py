@@ -123,6 +123,19 @@ def test_import_and_record_paths_checked_first(tmp_path: Path, capsys: pytest.Ca
     )
     assert err.startswith("--seed -2: expected a non-negative integer seed")
 
+    err = _error(
+        ["trace", "record", "--hf-config", "tiny-mixtral", "--hf-model", str(tmp_path / "w"), "-o", "r.npz"], capsys
+    )
+    assert err.startswith(f"--hf-model {tmp_path / 'w'}: no such file or folder")
+
+
+def test_record_prompt_ids_parsed_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("workloads.tracer.load_model", _tripwire("loading a Hugging Face model"))
+    argv = ["trace", "record", "--hf-config", "tiny-mixtral", "--prompt-ids", "4,x", "-o", str(tmp_path / "r.npz")]
+    assert _error(argv, capsys).startswith("--prompt-ids item 1 is 'x', expected a non-negative integer")
+
 
 @pytest.mark.usefixtures("no_expensive_work")
 def test_calibrate_flags_checked_before_the_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

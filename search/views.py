@@ -30,6 +30,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from search.report import (
 
 __all__ = [
     "CATEGORY_LABELS",
+    "LOG_AXIS_SPAN",
     "BottleneckInfo",
     "DesignCostInfo",
     "HypervolumeInfo",
@@ -94,6 +96,8 @@ _CATEGORY_COLOURS = {
     "all_to_all": "#EECA3B",
     "host_cpu": "#B279A2",
 }
+#: An objective whose drawn values are all > 0 and span more than this factor gets a log axis.
+LOG_AXIS_SPAN = 100.0
 #: Fewer feasible completed trials than this and importance is not computed (an assumption: the
 #: best 10 % of a handful of trials is one or two points, and their knobs rank noise).
 MIN_TRIALS_FOR_IMPORTANCE = 10
@@ -142,7 +146,9 @@ class ParetoInfo:
     the design; else hash, objectives and knobs). ``front``: indices into ``points`` of the front
     sorted by the x objective. ``axes``: the objective indices on x and y; ``colour``: the one
     coloured (None with two objectives). ``designs``: hash -> whole design of each front point
-    (the page shows it under the plot when the point is hovered).
+    (the page shows it under the plot when the point is hovered). ``log_axes``: whether x and y
+    are drawn on a log scale (all values > 0 spanning more than `LOG_AXIS_SPAN`, so that a few
+    poor designs do not squash the front into a corner).
     """
 
     objective_names: list[str]
@@ -152,6 +158,7 @@ class ParetoInfo:
     points: list[dict[str, Any]]
     front: list[int]
     designs: dict[str, dict[str, Any]]
+    log_axes: tuple[bool, bool] = (False, False)
     title: str = "Pareto front"
 
 
@@ -192,6 +199,11 @@ def pareto_info(data: StudyData, *, axes: tuple[int, int] = (0, 1)) -> ParetoInf
     ]
     front = sorted((i for i, p in enumerate(points) if p["front"]), key=lambda i: points[i]["values"][axes[0]])
     colour = next((i for i in range(k) if i not in axes), None)
+
+    def log_axis(i: int) -> bool:
+        vals = [p["values"][i] for p in points if math.isfinite(p["values"][i])]
+        return bool(vals) and min(vals) > 0 and max(vals) / min(vals) > LOG_AXIS_SPAN
+
     by_number = {t.number: t for t in data.trials if t.design}
     skipped = len(data.trials) - len(points)
     return ParetoInfo(
@@ -201,6 +213,7 @@ def pareto_info(data: StudyData, *, axes: tuple[int, int] = (0, 1)) -> ParetoInf
         colour=colour,
         points=points,
         front=front,
+        log_axes=(log_axis(axes[0]), log_axis(axes[1])),
         designs={
             points[i]["hash"]: by_number[points[i]["number"]].design for i in front if points[i]["number"] in by_number
         },
@@ -258,8 +271,14 @@ def plot_pareto(info: ParetoInfo) -> go.Figure:
     arrows = {"minimize": "lower is better", "maximize": "higher is better"}
     fig.update_layout(
         title=info.title,
-        xaxis_title=f"{info.objective_names[x_i]} ({arrows[info.directions[x_i]]})",
-        yaxis_title=f"{info.objective_names[y_i]} ({arrows[info.directions[y_i]]})",
+        xaxis={
+            "title": f"{info.objective_names[x_i]} ({arrows[info.directions[x_i]]})",
+            "type": "log" if info.log_axes[0] else "linear",
+        },
+        yaxis={
+            "title": f"{info.objective_names[y_i]} ({arrows[info.directions[y_i]]})",
+            "type": "log" if info.log_axes[1] else "linear",
+        },
         hoverlabel={"align": "left", "font": {"size": 11}},
         legend={"orientation": "h", "y": -0.15},
         height=620,

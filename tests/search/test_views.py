@@ -86,6 +86,9 @@ def test_pareto_front_is_exactly_the_non_dominated_feasible_set(small_study_dir:
         assert p["front"] == (p["feasible"] and not beaten), p["number"]
     xs = [p["values"][0] for p in front]
     assert xs == sorted(xs) and info.axes == (0, 1) and info.colour == 2
+    assert info.log_axes == (False, False)  # TPOT spans ~20x, energy ~4x here
+    wide = pareto_info(study_data(_study_of([[1, 5], [1000, 1], [30, 2]], ["minimize", "minimize"])))
+    assert wide.log_axes == (True, False) and plot_pareto(wide).layout.xaxis.type == "log"
     # hover: hash and objectives; the whole design of a front point is packed for the panel
     assert all(p["hash"] in p["hover"] and "tpot_p99_ms" in p["hover"] for p in pts)
     packed = pack_designs(info.designs)

@@ -21,6 +21,7 @@ from hwmodels.devices import (
     PresetError,
     UnknownHardwareError,
     device_preset_names,
+    efficiencies_from_rates,
     get_device,
     get_link,
     get_platform,
@@ -30,19 +31,23 @@ from hwmodels.devices import (
     load_platform_file,
     platform_preset_names,
 )
+from hwmodels.execution import EXECUTIONS, ExpertStrategy, KernelExecution, expert_strategy, get_execution
 from hwmodels.opcost import OpCost
 
 __all__ = [
     "ACTIVATION_BYTES",
     "DEVICE_KINDS",
     "DTYPES",
+    "EXECUTIONS",
     "CostModel",
     "DefaultEfficiency",
     "Device",
     "EfficiencyModel",
+    "ExpertStrategy",
     "Fidelity",
     "FrozenMap",
     "GemmCurve",
+    "KernelExecution",
     "Link",
     "LinkCurve",
     "MemoryTier",
@@ -51,7 +56,10 @@ __all__ = [
     "PresetError",
     "UnknownHardwareError",
     "device_preset_names",
+    "efficiencies_from_rates",
+    "expert_strategy",
     "get_device",
+    "get_execution",
     "get_link",
     "get_platform",
     "link_preset_names",

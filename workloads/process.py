@@ -614,7 +614,8 @@ class RoutingProcess:
     ) -> RoutingTrace:
         """A synthetic `RoutingTrace` of ``n_tokens`` tokens (vectorised, deterministic under ``seed``).
 
-        Requests: give at most one of ``n_requests`` (tokens split as evenly as possible),
+        Requests: give at most one of ``n_requests`` (tokens split as evenly as possible, at most
+        ``n_tokens`` requests: more is a ValueError),
         ``tokens_per_request`` (the last request takes the remainder) or ``request_lengths`` (must sum
         to ``n_tokens``); none means one request. ``phase`` defaults to the fitted trace's phase.
         """
@@ -1073,7 +1074,8 @@ def _request_lengths(
     r = 1 if n_requests is None else n_requests
     if r < 1:
         raise ValueError(f"sample: n_requests must be >= 1, got {r}")
-    r = min(r, max(n_tokens, 1))
+    if r > max(n_tokens, 1):
+        raise ValueError(f"sample: n_requests={r} exceeds n_tokens={n_tokens}; each request needs at least one token")
     base, rest = divmod(n_tokens, r)
     return np.array([base + 1] * rest + [base] * (r - rest), dtype=np.int64)
 

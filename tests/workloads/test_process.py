@@ -66,6 +66,8 @@ def test_sample_errors(mix_proc: RoutingProcess) -> None:
         mix_proc.sample(10, n_requests=2, tokens_per_request=5)
     with pytest.raises(ValueError, match="sum to n_tokens"):
         mix_proc.sample(10, request_lengths=[3, 3])
+    with pytest.raises(ValueError, match="n_requests=100 exceeds n_tokens=10"):
+        mix_proc.sample(10, n_requests=100)
     assert mix_proc.sample(0).n_tokens == 0
 
 

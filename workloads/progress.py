@@ -11,6 +11,7 @@ stderr by default; a library user sees them after ``logging.basicConfig(level=lo
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -27,10 +28,13 @@ log = logging.getLogger(PROGRESS_LOGGER)
 
 
 def _is_tty(stream: TextIO) -> bool:
+    """A terminal with a width (a pseudo-terminal of width 0 would show an empty bar: log instead)."""
     isatty = getattr(stream, "isatty", None)
     try:
-        return bool(isatty and isatty())
-    except ValueError:  # a closed stream
+        if not (isatty and isatty()):
+            return False
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (ValueError, OSError, AttributeError):  # a closed or unusual stream
         return False
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from codesign.analytic import analytic_summary, supports
-from codesign.mapping import BatchingSpec, CacheSpec, Mapping
+from codesign.mapping import BatchingSpec, BoundMapping, CacheSpec, Mapping
 from codesign.policies.base import RoutingStats
 from hwmodels import CostModel, get_platform
 from workloads import RoutingTrace, get_model
@@ -13,18 +15,22 @@ from workloads import RoutingTrace, get_model
 OFFLOAD = CacheSpec(policy="lru", expert_fraction=0.25)
 
 
+Binder = Callable[[Mapping], BoundMapping]
+
+
 @pytest.fixture(scope="module")
-def bind_mixtral():  # type: ignore[no-untyped-def]
+def bind_mixtral() -> Binder:
+    """Binds a mapping of Mixtral-8x7B (fp8) on one H100 with a host."""
     model = get_model("mixtral-8x7b").with_precision("fp8")
     platform = get_platform("h100-pcie5-host")
 
-    def bind(mapping: Mapping):  # type: ignore[no-untyped-def]
+    def bind(mapping: Mapping) -> BoundMapping:
         return mapping.bind(model, platform, min_kv_tokens=64)
 
     return bind
 
 
-def test_modelled_designs_have_no_reason(bind_mixtral) -> None:  # type: ignore[no-untyped-def]
+def test_modelled_designs_have_no_reason(bind_mixtral: Binder) -> None:
     for m in (
         Mapping(cache=OFFLOAD, batching=BatchingSpec(max_batch=8)),
         Mapping(cache=CacheSpec(policy="lfu", expert_fraction=0.25), batching=BatchingSpec(max_batch=1)),
@@ -46,7 +52,7 @@ def test_modelled_designs_have_no_reason(bind_mixtral) -> None:  # type: ignore[
         (Mapping(cache=OFFLOAD, batching=BatchingSpec(scheduler="expertflow")), "token scheduler 'expertflow'"),
     ],
 )
-def test_unsupported_mappings_are_refused_with_reasons(bind_mixtral, mapping: Mapping, fragment: str) -> None:  # type: ignore[no-untyped-def]
+def test_unsupported_mappings_are_refused_with_reasons(bind_mixtral: Binder, mapping: Mapping, fragment: str) -> None:
     reasons = supports(bind_mixtral(mapping))
     assert any(fragment in r for r in reasons), reasons
 
@@ -81,3 +87,19 @@ def test_summary_reports_what_it_did_not_model(mixtral: RoutingTrace) -> None:
         cost_model=CostModel(platform),
     )
     assert any("cache policy 'belady'" in r for r in out["unsupported"])
+
+
+def test_evaluate_refuses_an_unmodelled_policy_with_reasons() -> None:
+    """The one door: `evaluate(design, "analytic")` raises with the reasons instead of answering."""
+    from codesign.design import Design, UnsupportedDesignError, evaluate
+
+    design = Design.from_presets(
+        model="mixtral-8x7b",
+        platform="h100-pcie5-host",
+        mapping=Mapping(cache=CacheSpec(policy="belady", expert_fraction=0.25), prefetch="pregate"),
+    )
+    with pytest.raises(UnsupportedDesignError) as info:
+        evaluate(design, "analytic")
+    reasons = info.value.reasons
+    assert any("cache policy 'belady'" in r for r in reasons) and any("prefetch 'pregate'" in r for r in reasons)
+    assert supports(design) and set(supports(design)) <= set(reasons)

@@ -416,10 +416,10 @@ class RoutingProcess:
                 "source": trace.meta.get("source"),
                 "smoothing": smoothing,
                 "popularity_shrinkage": lam,
+                "max_lag": max_lag,
             },
             "calibration": {"tokens": n_cal, "iterations": calibration_iterations, "seed": seed},
         }
-        meta["fitted_from"]["max_lag"] = max_lag
         init = cls(
             popularity=pop,
             affinity=aff,
@@ -661,7 +661,7 @@ class RoutingProcess:
                 dist[layer],
                 self.top_k,
                 co_log=self._co_log(self.gamma0) if layer == 0 else None,
-                lag_dist=self.lag_weights[layer] if self.max_lag > 1 else None,
+                lag_dist=np.asarray(self.lag_weights)[layer] if self.max_lag > 1 else None,
             )
             for layer in range(self.n_moe_layers)
         ]

@@ -416,13 +416,13 @@ def apply_copies(
         tok = part[pos]
         prev_all = vals[:, root[pos]]
         cand = fresh[:, tok]
-        keys = noise[:, pos] / weight_at(tok, prev_all)
-        if k == 2:  # m == 1: keep the preferred one, fill with the best fresh one that differs
-            c = np.where(keys[0] <= keys[1], prev_all[0], prev_all[1])
+        w = weight_at(tok, prev_all)
+        if k == 2:  # m == 1: keep the preferred one (Exp0 / w0 <= Exp1 / w1), fill with the best fresh one
+            c = np.where(noise[0, pos] * w[1] <= noise[1, pos] * w[0], prev_all[0], prev_all[1])
             new = np.stack([c, np.where(cand[0] != c, cand[0], cand[1])])
         else:
             mp = m[tok]
-            order = np.argsort(keys, axis=0)
+            order = np.argsort(noise[:, pos] / w, axis=0)
             prev = np.take_along_axis(prev_all, order, axis=0)  # source set, preferred first
             copy_mask = np.arange(k)[:, None] < mp[None, :]
             new = prev.copy()

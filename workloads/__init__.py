@@ -16,9 +16,9 @@ __all__ = [
 
 # helper A: importers of real routing data and aggregated statistics
 from workloads.aggregated import AggregatedRoutingStats
-from workloads.importers import import_trace, importer_names
+from workloads.importers import import_trace, importer_names, register_importer
 
-__all__ += ["AggregatedRoutingStats", "import_trace", "importer_names"]
+__all__ += ["AggregatedRoutingStats", "import_trace", "importer_names", "register_importer"]
 
 # helper B: routing statistics, the fitted routing process, fidelity, defaults, request streams
 from workloads.defaults import default_process  # noqa: E402

@@ -96,8 +96,7 @@ PLUGIN = '''
 """Llama-4-Maverick-style routing: one JSON per request, steps x layers -> expert ids, null = dense."""
 import json
 import numpy as np
-from workloads import RoutingTrace
-from workloads.importers import register_importer
+from workloads import RoutingTrace, register_importer
 
 @register_importer("NAME", "per-request JSON: steps x layers -> ids", "*.json")
 def read(files, *, n_experts=128, top_k=1):

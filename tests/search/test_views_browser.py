@@ -3,8 +3,8 @@ by ``.ci/services.sh``) renders the report, and a screenshot shows that every pl
 
 How: a copy of the report gets a few lines of script that write, once the page has loaded, each
 plot's bounding box and SVG count into the page; ``--dump-dom`` reads them back; a screenshot of
-the same window size is cut at those boxes and each box must hold a drawing (non-white pixels and
-several colours), not an empty frame. The timeline's zoom script is checked in the same run: the
+the same window size is cut at those boxes and each box must hold a drawing (data marks: saturated
+pixels, which an empty plot of greys lacks). The timeline's zoom script is checked in the same run: the
 page opens zoomed by its ``#zoom=A,B`` address (a narrow window: the events are drawn), then the
 probe zooms out (the utilisation is re-binned) and resets (the whole run).
 """
@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -36,6 +37,9 @@ CHROMIUM_FLAGS = (
     "--virtual-time-budget=15000",
 )
 WIDTH = 1400
+#: Saturated pixels a drawn plot shows at least (measured: Pareto front of 24 trials ~900, parallel
+#: coordinates ~4,000, bars and heatmaps > 20,000; the page header's text and toolbar ~100).
+MIN_MARK_PIXELS = 400
 PLOTS = ("pareto", "parallel", "importance", "hypervolume", "cost", "timeline")
 
 _PROBE = """<script>
@@ -76,12 +80,12 @@ def _run(args: list[str], profile: Path) -> subprocess.CompletedProcess[bytes]:
     return proc
 
 
-def _probe(page: Path, profile: Path, height: int, fragment: str = "") -> dict[str, dict[str, object]]:
+def _probe(page: Path, profile: Path, height: int, fragment: str = "") -> dict[str, Any]:
     dom = _run([f"--window-size={WIDTH},{height}", "--dump-dom", page.as_uri() + fragment], profile).stdout.decode()
     m = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert m is not None, "the page's load handler never ran (script error?)"
     raw = m.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-    probe: dict[str, dict[str, object]] = json.loads(raw)
+    probe: dict[str, Any] = json.loads(raw)
     return probe
 
 
@@ -111,25 +115,25 @@ def test_report_draws_in_headless_chromium(small_study_dir: Path, tmp_path: Path
     for name in PLOTS:
         assert name in probe, f"plot {name} missing from the page"
         box = probe[name]
-        assert box["svg"] and int(box["svg"]) >= 1 and float(box["w"]) > 300 and float(box["h"]) > 200, (name, box)  # type: ignore[arg-type]
-    assert int(probe["parallel"]["gl"]) >= 1  # type: ignore[call-overload]  # parallel coordinates draw with WebGL
+        assert box["svg"] and int(box["svg"]) >= 1 and float(box["w"]) > 300 and float(box["h"]) > 200, (name, box)
+    assert int(probe["parallel"]["gl"]) >= 1  # parallel coordinates draw with WebGL
     assert '"model"' in str(probe["__panel"])  # the design panel shows the chosen design's JSON
     view = str(probe["timeline"]["view"])
     assert view.startswith("events:") and 0 < int(view.split(":")[1]) <= DETAIL_EVENTS, view
     assert str(probe["__wide"]).startswith("bins:4500"), probe["__wide"]  # 1.5 s of 6000 events: re-binned
     assert str(probe["__reset"]).startswith("bins:6000"), probe["__reset"]  # double click: the whole run
 
-    bottom = int(max(float(b["y"]) + float(b["h"]) for k, b in probe.items() if k in PLOTS)) + 20  # type: ignore[arg-type]
+    bottom = int(max(float(b["y"]) + float(b["h"]) for k, b in probe.items() if k in PLOTS)) + 20
     shot = tmp_path / "shot.png"
     _run([f"--window-size={WIDTH},{bottom}", f"--screenshot={shot}", page.as_uri()], profile)
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert pixels.shape[:2] == (bottom, WIDTH)
     for name in PLOTS:
         b = probe[name]
-        x0, y0 = int(float(b["x"])), int(float(b["y"]))  # type: ignore[arg-type]
-        x1, y1 = x0 + int(float(b["w"])), y0 + int(float(b["h"]))  # type: ignore[arg-type]
-        region = pixels[y0:y1, x0:x1].reshape(-1, 3)
-        non_white = float(np.mean(region.min(axis=1) < 235))
-        colours = len(np.unique(region // 32, axis=0))  # coarse colour bins
-        assert non_white > 0.05, (name, non_white)  # an empty plot is white with thin axes (< 5 %)
-        assert colours >= 6, (name, colours)
+        x0, y0 = int(float(b["x"])), int(float(b["y"]))
+        w, h = int(float(b["w"])), int(float(b["h"]))
+        # the left 85 % of the box (colour bars and legends sit on the right): data marks are drawn in
+        # saturated colours, while an empty plot holds only greys (background, grid, text, toolbar)
+        region = pixels[y0 : y0 + h, x0 : x0 + int(0.85 * w)].reshape(-1, 3)
+        saturated = int(np.sum(region.max(axis=1) - region.min(axis=1) >= 60))
+        assert saturated >= MIN_MARK_PIXELS, (name, saturated)

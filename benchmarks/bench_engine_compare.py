@@ -1,0 +1,441 @@
+"""Old engine vs current engine, side by side in one run, plus a vectorised numpy "floor".
+
+Each engine runs in its own subprocess whose ``PYTHONPATH`` points at its source tree (the old one
+is a git worktree outside the repo, e.g. ``git worktree add /work/old-engine 725c1c8``), so the two
+never share an import; the child checks that ``codesign`` really came from the tree it was given.
+Both are driven only through the public API that both have: ``codesign.simulate.simulate``, the
+model/platform presets, ``Mapping``/``CacheSpec``/``BatchingSpec`` and ``workloads.requests.Request``.
+
+Routing is drawn ONCE, before any clock starts, by a subprocess of the current tree (the package's
+default routing process of each model, ``ProcessRouting(seed=0)``) and saved to an ``.npz``; every
+engine replays exactly the same rows, so the cases are the same work for both.
+
+Cases (sized so that the whole run takes a few minutes on 2 cores):
+
+* ``mixtral-b1``   Mixtral-8x7B on ``h100-pcie5-host``, LRU over 25 % of the experts, the rest
+  fetched from host DRAM (as benchmarks/bench_simulator.py), 1 request, prompt 16, 1,000 decode steps.
+* ``mixtral-b64``  the same platform and mapping, 64 requests together, prompt 16, 300 decode steps.
+* ``dsv3-ep8-rr``  DeepSeek-V3 (fp8) on ``dgx-h100`` (8 x H100-SXM), expert parallel with
+  ``round-robin`` placement; 671 B parameters do not fit in 8 x 80 GB, so 75 % of each GPU's
+  experts are resident (LRU) and the rest are fetched from host DRAM; 8 requests, prompt 16,
+  8 decode steps.
+* ``poisson-1000`` 1,000 Poisson requests (5 req/s; prompt uniform 16..64, output uniform 4..16)
+  to Mixtral-8x7B on ``h100-pcie5-host`` (LRU 25 %), max batch 32.
+
+Per case and engine: simulated steps, ms of CPU per simulated step, token-layers per CPU second
+(tokens processed x MoE layers), peak RSS of the child (``resource.getrusage``, before and after the
+simulate call), and the old/new speed-up. CPU time (``time.process_time``) is the figure of merit
+because a shared 2-core machine makes wall time noisy; wall time is reported as well.
+
+The floor: one vectorised numpy pass over the same trace (no engine, no simpy): every token's
+experts, layer by layer, in arrival order, through an LRU of the same capacity per device, computed
+exactly from LRU stack distances (an access hits when fewer than ``capacity`` distinct keys were
+touched since its previous access; the distinct count is obtained with an inversion count done by
+radix levels, all in numpy). It yields a batch-1 hit rate and a memory-roofline TPOT
+(``(non-expert bytes + layers x top_k x expert bytes) / HBM bandwidth + misses per token x expert
+bytes / host-link bandwidth``, an estimate, not the engine's cost model); those are comparable to
+the engine only for ``mixtral-b1`` (printed there), while its run time is the floor for every case.
+
+    python benchmarks/bench_engine_compare.py --old /work/old-engine [--json out.json] [--cases a,b]
+
+Not a test: prints a markdown table (and writes JSON with ``--json``) and exits 0; exit 1 if an
+engine failed on a case (the table shows the last line of its error; the other cases still run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case: what is simulated (see the module docstring)."""
+
+    name: str
+    model: str
+    platform: str
+    expert_fraction: float
+    placement: str
+    max_batch: int
+    n_requests: int
+    prompt: tuple[int, int]  # inclusive range (low == high: fixed)
+    output: tuple[int, int]
+    rate_per_s: float  # 0: all requests at t = 0
+
+
+CASES: dict[str, Case] = {
+    c.name: c
+    for c in (
+        Case("mixtral-b1", "mixtral-8x7b", "h100-pcie5-host", 0.25, "round-robin", 1, 1, (16, 16), (1001, 1001), 0.0),
+        Case("mixtral-b64", "mixtral-8x7b", "h100-pcie5-host", 0.25, "round-robin", 64, 64, (16, 16), (301, 301), 0.0),
+        Case("dsv3-ep8-rr", "deepseek-v3", "dgx-h100", 0.75, "round-robin", 8, 8, (16, 16), (9, 9), 0.0),
+        Case("poisson-1000", "mixtral-8x7b", "h100-pcie5-host", 0.25, "round-robin", 32, 1000, (16, 64), (4, 16), 5.0),
+    )
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# child: draw the routing once (current tree)
+
+
+def _draw(case: Case, out: Path) -> None:
+    """Draw the case's requests and routing with the current tree and save them to ``out`` (npz)."""
+    from workloads.defaults import default_process
+    from workloads.requests import LengthDist, ProcessRouting, RequestStream
+
+    routing = ProcessRouting(default_process(case.model), seed=0)
+    lo_p, hi_p = case.prompt
+    lo_o, hi_o = case.output
+    prompt = LengthDist.fixed(lo_p) if lo_p == hi_p else LengthDist.uniform(lo_p, hi_p)
+    output = LengthDist.fixed(lo_o) if lo_o == hi_o else LengthDist.uniform(lo_o, hi_o)
+    if case.rate_per_s > 0:
+        stream = RequestStream.poisson(
+            rate_per_s=case.rate_per_s,
+            n_requests=case.n_requests,
+            prompt_len=prompt,
+            output_len=output,
+            routing=routing,
+            seed=0,
+        )
+    else:
+        stream = RequestStream.closed(
+            n_requests=case.n_requests, prompt_len=prompt, output_len=output, routing=routing, seed=0
+        )
+    reqs = stream.requests
+    rows = [np.asarray(stream.routing(r), dtype=np.int16) for r in reqs]
+    np.savez(
+        out,
+        arrival_s=np.array([r.arrival_s for r in reqs], dtype=np.float64),
+        prompt=np.array([r.prompt_tokens for r in reqs], dtype=np.int64),
+        output=np.array([r.output_tokens for r in reqs], dtype=np.int64),
+        routing=np.concatenate(rows),
+    )
+
+
+class _Replay:
+    """A request stream (``.requests``, ``.routing(request)``) replaying rows loaded from an npz."""
+
+    def __init__(self, path: Path) -> None:
+        from workloads.requests import Request
+
+        d = np.load(path)
+        self._rows: dict[int, npt.NDArray[np.int16]] = {}
+        reqs = []
+        start = 0
+        for i, (a, p, o) in enumerate(zip(d["arrival_s"], d["prompt"], d["output"], strict=True)):
+            n = int(p) + int(o)
+            self._rows[i] = d["routing"][start : start + n]
+            start += n
+            reqs.append(Request(request_id=i, arrival_s=float(a), prompt_tokens=int(p), output_tokens=int(o)))
+        self.requests = tuple(reqs)
+
+    def routing(self, request: Any) -> npt.NDArray[np.int16]:
+        return self._rows[int(request.request_id)]
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
+
+
+def _hit_rate(value: Any) -> float:
+    """The summary's hit rate as one number: a float, or the first tier of a ``{tier: rate}`` dict
+    (the cache tier, e.g. ``"hbm"``; the old engine reports one rate per tier)."""
+    if isinstance(value, dict):
+        return float(next(iter(value.values()))) if value else float("nan")
+    return float("nan") if value is None else float(value)
+
+
+def _simulate(case: Case, trace: Path, tree: Path) -> dict[str, Any]:
+    """Run one engine (the ``codesign`` importable from ``tree``) on the case; figures as a dict."""
+    import codesign
+
+    origin = Path(codesign.__file__).resolve()
+    if tree.resolve() not in origin.parents:
+        raise RuntimeError(f"codesign imported from {origin}, not from {tree} (PYTHONPATH not honoured)")
+    from codesign.mapping import BatchingSpec, CacheSpec, Mapping
+    from codesign.simulate import simulate
+    from hwmodels import get_platform
+    from workloads import get_model
+
+    model = get_model(case.model)
+    platform = get_platform(case.platform)
+    stream = _Replay(trace)
+    mapping = Mapping(
+        placement=case.placement,
+        cache=CacheSpec(policy="lru", expert_fraction=case.expert_fraction),
+        batching=BatchingSpec(max_batch=case.max_batch, max_tokens=8192),
+    )
+    rss0 = _rss_mb()
+    w0, c0 = time.perf_counter(), time.process_time()
+    result = simulate(model, platform, stream, mapping, seed=0)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    steps = result.steps
+    tokens = int(np.asarray(steps.prefill_tokens).sum() + np.asarray(steps.decode_tokens).sum())
+    s = result.summary
+    return {
+        "tree": str(tree),
+        "steps": len(steps),
+        "decode_steps": int((np.asarray(steps.decode_tokens) > 0).sum()),
+        "tokens": tokens,
+        "token_layers": tokens * int(model.n_moe_layers),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "rss_before_mb": rss0,
+        "rss_peak_mb": _rss_mb(),
+        "tpot_p50_s": float(s.get("tpot_p50_s", float("nan"))),
+        "ttft_p50_s": float(s.get("ttft_p50_s", float("nan"))),
+        "hit_rate": _hit_rate(s.get("hit_rate")),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# the numpy floor
+
+
+def _smaller_to_left(r: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """For a permutation ``r`` of ``0..n-1``: ``out[a] = #{b < a : r[b] < r[a]}``, by radix levels
+    (at level t, an element with bit t set counts the earlier elements that share its higher bits
+    and have bit t clear), vectorised: O(n log^2 n) numpy work, no Python loop over elements."""
+    n = r.size
+    out = np.zeros(n, dtype=np.int64)
+    if n < 2:
+        return out
+    for t in range(int(n - 1).bit_length()):
+        high = r >> (t + 1)
+        bit = (r >> t) & 1
+        idx = np.argsort(high, kind="stable")  # groups by high bits, time order inside a group
+        h = high[idx]
+        zero = (bit[idx] == 0).astype(np.int64)
+        cs = np.cumsum(zero)
+        starts = np.flatnonzero(np.r_[True, h[1:] != h[:-1]])
+        group_base = np.repeat(np.r_[0, cs[starts[1:] - 1]], np.diff(np.r_[starts, n]))
+        before = cs - zero - group_base
+        out[idx] += np.where(zero == 0, before, 0)
+    return out
+
+
+def lru_hits(keys: npt.NDArray[np.int64], capacity: int) -> npt.NDArray[np.bool_]:
+    """Whether each access of ``keys`` (in order) hits an LRU cache of ``capacity`` keys started
+    empty: exact, from stack distances. ``d(i) = (i - p(i) - 1) - #{m : p(i) < p(m), m < i}`` with
+    ``p`` the previous access to the same key (the subtracted term counts repeats nested inside the
+    window), and a hit is ``p(i) >= 0 and d(i) < capacity``."""
+    n = keys.size
+    order = np.argsort(keys, kind="stable")
+    prev = np.full(n, -1, dtype=np.int64)
+    same = keys[order[1:]] == keys[order[:-1]]
+    prev[order[1:][same]] = order[:-1][same]
+    has = np.flatnonzero(prev >= 0)  # in time order
+    q = prev[has]
+    rank = np.empty(q.size, dtype=np.int64)
+    rank[np.argsort(q, kind="stable")] = np.arange(q.size)
+    smaller = _smaller_to_left(rank)
+    nested = np.arange(q.size) - smaller  # earlier repeats whose previous access is later than q
+    dist = (has - q - 1) - nested
+    hits = np.zeros(n, dtype=bool)
+    hits[has] = dist < capacity
+    return hits
+
+
+def _floor_child(case: Case, trace: Path) -> dict[str, Any]:
+    """The numpy pass (timed) plus its batch-1 hit rate and roofline TPOT, from presets of the
+    current tree (only stable attributes: expert bytes, non-expert bytes, HBM and host-link peak)."""
+    from hwmodels import get_platform
+    from workloads import get_model
+
+    model = get_model(case.model)
+    platform = get_platform(case.platform)
+    d = np.load(trace)
+    routing = np.asarray(d["routing"], dtype=np.int64)  # (rows, layers, k), requests concatenated
+    prompt, output = d["prompt"], d["output"]
+    n_dev = int(platform.n_accelerators)
+    n_l, n_e = int(model.n_moe_layers), int(model.n_experts)
+    per_dev_keys = n_l * ((n_e + n_dev - 1) // n_dev)
+    capacity = round(case.expert_fraction * per_dev_keys)
+    c0 = time.process_time()
+    rows, layers, _ = routing.shape
+    decode_row = np.ones(rows, dtype=bool)
+    start = 0
+    for p, o in zip(prompt, output, strict=True):
+        decode_row[start : start + int(p)] = False
+        start += int(p) + int(o)
+    experts = routing.reshape(-1)
+    layer = np.broadcast_to(np.arange(layers)[None, :, None], routing.shape).reshape(-1)
+    valid = experts >= 0
+    keys = (layer * n_e + experts)[valid]
+    device = (experts % n_dev)[valid]  # round-robin home (one device: all 0)
+    is_decode = np.broadcast_to(decode_row[:, None, None], routing.shape).reshape(-1)[valid]
+    hits = np.zeros(keys.size, dtype=bool)
+    for dev in range(n_dev):
+        sel = np.flatnonzero(device == dev)
+        if sel.size:
+            hits[sel] = lru_hits(keys[sel], capacity)
+    dec_acc = int(is_decode.sum())
+    hit_rate = float(hits[is_decode].mean()) if dec_acc else float("nan")
+    misses_per_token = float((~hits[is_decode]).sum()) / max(1, int(decode_row.sum()))
+    dev0 = platform.accelerators[0]
+    hbm = float(dev0.weights_memory.bandwidth_Bps)
+    link = float(platform.host_link.bandwidth_Bps) if platform.host_link is not None else float("inf")
+    weights = float(model.non_expert_bytes) + n_l * int(model.top_k) * float(model.bytes_per_expert)
+    tpot = weights / hbm / n_dev + misses_per_token / n_dev * float(model.bytes_per_expert) / link
+    cpu = time.process_time() - c0
+    return {"cpu_s": cpu, "accesses": int(keys.size), "hit_rate": hit_rate, "tpot_s": tpot, "capacity": capacity}
+
+
+# ----------------------------------------------------------------------------------------------
+# parent
+
+
+def _run_child(tree: Path, args: list[str], timeout_s: float) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(tree) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+        out = Path(fh.name)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), *args, "--child-out", str(out)],
+            env=env,
+            cwd=str(tree),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"child {args} in {tree} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        return dict(json.loads(out.read_text()))
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def _fmt(x: float, nd: int = 2) -> str:
+    if x != x:  # nan
+        return "-"
+    return f"{x:,.{nd}f}"
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| case | engine | steps | token-layers | CPU s | ms/step | token-layers/s | peak RSS MB | "
+        "speed-up (old/new) | x floor | TPOT p50 ms | hit rate |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for r in rows:
+        for eng in ("old", "new"):
+            e = r.get(eng)
+            if e is None:
+                continue
+            if "error" in e:
+                lines.append(f"| {r['case']} | {eng} | failed: {e['error'][:160]} |" + " |" * 10)
+                continue
+            ms = 1e3 * e["cpu_s"] / max(1, e["steps"])
+            tls = e["token_layers"] / e["cpu_s"] if e["cpu_s"] > 0 else float("nan")
+            speed = r.get("speedup", float("nan")) if eng == "new" else float("nan")
+            xf = e["cpu_s"] / r["floor"]["cpu_s"] if r.get("floor") and r["floor"]["cpu_s"] > 0 else float("nan")
+            lines.append(
+                f"| {r['case']} | {eng} | {e['steps']:,} | {e['token_layers']:,} | {_fmt(e['cpu_s'])} | "
+                f"{_fmt(ms, 3)} | {_fmt(tls, 0)} | {_fmt(e['rss_peak_mb'], 0)} | {_fmt(speed, 1)} | "
+                f"{_fmt(xf, 0)} | {_fmt(1e3 * e['tpot_p50_s'], 2)} | {_fmt(e['hit_rate'], 3)} |"
+            )
+        f = r.get("floor")
+        if f:
+            est = r["case"] == "mixtral-b1"
+            lines.append(
+                f"| {r['case']} | numpy floor | - | {f['accesses']:,} accesses | {_fmt(f['cpu_s'], 3)} | - | - | - | - "
+                f"| 1 | {_fmt(1e3 * f['tpot_s'], 2) if est else '(b1 only)'} | "
+                f"{_fmt(f['hit_rate'], 3) if est else '(b1 only)'} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="old vs new simulator engine, side by side")
+    ap.add_argument("--old", type=Path, help="source tree of the old engine (a git worktree)")
+    ap.add_argument(
+        "--new",
+        type=Path,
+        default=REPO,
+        help="source tree of the new engine (default: this repo; a worktree of a commit avoids half-done edits)",
+    )
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    ap.add_argument("--json", type=Path, help="write the figures as JSON here")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per child (default 1800)")
+    ap.add_argument("--child", choices=("draw", "sim", "floor"), help=argparse.SUPPRESS)
+    ap.add_argument("--case", help=argparse.SUPPRESS)
+    ap.add_argument("--trace", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child:
+        case = CASES[args.case]
+        if args.child == "draw":
+            _draw(case, args.trace)
+            out: dict[str, Any] = {"ok": True}
+        elif args.child == "sim":
+            out = _simulate(case, args.trace, Path.cwd())
+        else:
+            out = _floor_child(case, args.trace)
+        args.child_out.write_text(json.dumps(out))
+        return 0
+
+    if args.old is None:
+        ap.error("--old PATH is required (e.g. `git worktree add /work/old-engine 725c1c8`)")
+    names = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        ap.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+    for label, tree in (("--old", args.old), ("--new", args.new)):
+        if not (tree / "codesign" / "simulate.py").is_file():
+            ap.error(f"{label} {tree}: no codesign/simulate.py there")
+    old, new = args.old.resolve(), args.new.resolve()
+    rows: list[dict[str, Any]] = []
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        for name in names:
+            trace = Path(tmp) / f"{name}.npz"
+            t0 = time.perf_counter()
+            _run_child(new, ["--child", "draw", "--case", name, "--trace", str(trace)], args.timeout)
+            print(f"[{name}] routing drawn in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            row: dict[str, Any] = {"case": name, "spec": CASES[name].__dict__}
+            for label, tree in (("old", old), ("new", new)):
+                t0 = time.perf_counter()
+                try:
+                    row[label] = _run_child(
+                        tree, ["--child", "sim", "--case", name, "--trace", str(trace)], args.timeout
+                    )
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:  # one engine failing is a figure too
+                    row[label] = {"error": str(exc).strip().splitlines()[-1]}
+                    failed = True
+                print(f"[{name}] {label} engine done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            row["floor"] = _run_child(new, ["--child", "floor", "--case", name, "--trace", str(trace)], args.timeout)
+            o, n = row["old"], row["new"]
+            if "error" not in o and "error" not in n:
+                ms_old = o["cpu_s"] / max(1, o["steps"])
+                ms_new = n["cpu_s"] / max(1, n["steps"])
+                row["speedup"] = ms_old / ms_new if ms_new > 0 else float("nan")
+            rows.append(row)
+    head = subprocess.run(["git", "-C", str(new), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    print(f"old: {old}; new: {new} (HEAD {head.stdout.strip() or '?'}, plus uncommitted edits if any)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (CPU time is the figure of merit)\n")
+    print(_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"old": str(old), "new": str(new), "cases": rows}, indent=1))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

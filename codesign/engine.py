@@ -74,14 +74,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import simpy
+from simpy.core import NORMAL
 from tqdm import tqdm
 
+from codesign._engine_fast import ArithmeticStep, StepInputs
+from codesign.costplan import StepCostPlan, zero_load_step_s
 from codesign.mapping import BoundMapping
 from codesign.policies import REGISTRIES
 from codesign.policies.base import (
@@ -94,13 +98,13 @@ from codesign.policies.base import (
     RequestState,
     TokenScheduler,
 )
-from codesign.result import REQUEST_COLUMNS, STEP_COLUMNS, Event
+from codesign.records import RequestRecord, StepCounters, StepRecord, records_frame
+from codesign.result import Event
 from hwmodels.costs import ACTIVATION_BYTES
 from hwmodels.opcost import OpCost
 
 if TYPE_CHECKING:
-    from hwmodels.devices import Device, Link
-    from workloads.model import MoEModel
+    from hwmodels.devices import Link
     from workloads.trace import RoutingTrace
 
 log = logging.getLogger(__name__)
@@ -150,65 +154,18 @@ class _CountingEnvironment(simpy.Environment):
         self.n_events += 1
         super().schedule(event, priority, delay)
 
-
-def _tier_link(device: Device, src: str, dst: str) -> Link:
-    """A copy path between two tiers of one device, described by the slower (source) tier's own
-    numbers (bandwidth, latency, energy per byte); no number is invented here."""
-    from hwmodels.devices import Link
-
-    tier = device.tier(src)
-    return Link(
-        name=f"{device.name}:{src}->{dst}",
-        bandwidth_Bps=tier.bandwidth_Bps,
-        latency_s=tier.latency_s,
-        duplex=False,
-        efficiency_points=(),
-        energy_J_per_byte=tier.energy_J_per_byte,
-        source=f"tier {src!r} of {device.name}: {tier.source}",
-    )
-
-
-class _Costs:
-    """Per-device cost adapters: picks the right CostModel op for the device kind."""
-
-    def __init__(self, cost: Any, bound: BoundMapping) -> None:
-        self.cost = cost
-        self.bound = bound
-        self.model = bound.model
-        m = self.model
-        self.dense_model: MoEModel | None = None
-        if m.n_dense_layers > 0:
-            self.dense_model = m.with_(expert_ffn_dim=m.dense_ffn_dim)
-
-    def experts(self, d: int, counts: npt.NDArray[np.int64], tier: str | None = None) -> OpCost:
-        """Per-expert costs on device ``d`` with weights read from ``tier`` (default: its cache tier)."""
-        dev = self.bound.devices[d]
-        tier = tier or self.bound.cache_tier[d]
-        if dev.kind == "fpga":
-            out: OpCost = self.cost.fpga_expert(dev, self.model, counts, reorder=self.bound.mapping.fpga_reorder)
-        elif dev.kind == "rdu":
-            out = self.cost.rdu_expert(dev, self.model, counts, weights_tier=tier)
-        else:
-            out = self.cost.expert_ffn(dev, self.model, counts, weights_tier=tier)
-        return out
-
-    def group(
-        self,
-        d: int,
-        layer_counts: npt.NDArray[np.int64],
-        ready: npt.NDArray[np.int64],
-        comp_s: npt.NDArray[np.float64],
-        comp_J: npt.NDArray[np.float64],
-    ) -> tuple[float, float]:
-        """Time and energy of the ``ready`` experts of one layer run back to back on device ``d``:
-        the sum of their costs, or on an FPGA one `fpga_layer` (pipeline fill included)."""
-        if ready.size == 0:
-            return 0.0, 0.0
-        dev = self.bound.devices[d]
-        if dev.kind == "fpga":
-            c = self.cost.fpga_layer(dev, self.model, layer_counts[ready], reorder=self.bound.mapping.fpga_reorder)
-            return float(c.total_s), float(c.energy_J)
-        return float(comp_s[ready].sum()), float(comp_J[ready].sum())
+    def timeout_at(self, when: float) -> simpy.Event:
+        """An event that fires at the absolute time ``when`` (>= now): a `Timeout` whose end time is
+        exactly ``when`` (``now + (when - now)`` can differ from ``when`` in the last bit, and the
+        arithmetic step path computes its end time exactly as the process path advances ``now``)."""
+        if when < self.now:
+            raise ValueError(f"timeout_at({when!r}) is before now ({self.now!r})")
+        ev = simpy.Event(self)
+        ev._ok = True
+        ev._value = None
+        self.n_events += 1
+        heappush(self._queue, (when, NORMAL, next(self._eid), ev))
+        return ev
 
 
 def _arr(x: Any, n: int) -> npt.NDArray[np.float64]:
@@ -233,12 +190,13 @@ class Engine:
         train: RoutingTrace | None = None,
         futures: Sequence[AccessSequence] | None = None,
         record_access: bool = False,
+        fast: bool = True,
     ) -> None:
         self.bound = bound
         self.model = bound.model
         self.platform = bound.platform
         self.cost = cost
-        self.costs = _Costs(cost, bound)
+        self.plan = StepCostPlan(cost, bound)
         self.seed = seed
         self.record_events = record_events
         self.progress = progress
@@ -333,28 +291,13 @@ class Engine:
         host = self.platform.host
         self.host_cpu = simpy.Resource(env, 1) if host is not None else None
         self.fabric = simpy.Resource(env, 1) if self.n_dev > 1 else None
-        # fetch paths
+        # fetch paths (costs of one expert's copy, from the plan)
+        plan = self.plan
         bpe = float(model.bytes_per_expert)
         self.bpe = bpe
-        self.fetch_link: list[Link | None] = []
-        self.fetch_s: list[float] = []
-        self.fetch_J: list[float] = []
-        for d, dev in enumerate(bound.devices):
-            link: Link | None
-            if not bound.offloaded:
-                link = None
-            elif bound.backing == "host":
-                link = self.platform.host_link
-            else:
-                link = _tier_link(dev, bound.backing, bound.cache_tier[d])
-            self.fetch_link.append(link)
-            if link is None:
-                self.fetch_s.append(0.0)
-                self.fetch_J.append(0.0)
-            else:
-                fc = cost.transfer(link, bpe)
-                self.fetch_s.append(float(fc.total_s))
-                self.fetch_J.append(float(fc.energy_J))
+        self.fetch_link: list[Link | None] = list(plan.fetch_links)
+        self.fetch_s: list[float] = [float(plan.fetch(d).total_s) for d in range(self.n_dev)]
+        self.fetch_J: list[float] = [float(plan.fetch(d).energy_J) for d in range(self.n_dev)]
         self.cpu_possible = host is not None and self.platform.host_link is not None and bound.offloaded
         self._fetch_only = m.miss == "fetch"
         self.near_link: list[Link] = []
@@ -363,10 +306,9 @@ class Engine:
         self.near_copy = [simpy.Resource(env, 1) for _ in range(self.n_dev)] if self.near_caches else []
         self.near_inflight: list[dict[int, simpy.Event]] = [{} for _ in range(self.n_dev)]
         if self.near_caches is not None and bound.near_tier is not None:
-            for d, dev in enumerate(bound.devices):
-                nl = _tier_link(dev, bound.cache_tier[d], bound.near_tier)
-                nc_cost = cost.transfer(nl, bpe)
-                self.near_link.append(nl)
+            self.near_link = list(plan.near_links)
+            for d in range(self.n_dev):
+                nc_cost = plan.near_copy(d)
                 self.near_copy_s.append(float(nc_cost.total_s))
                 self.near_copy_J.append(float(nc_cost.energy_J))
         self.n_near_access = 0
@@ -411,11 +353,38 @@ class Engine:
         self._in_system = 0
         self.record_access = record_access
         self._access_log: list[list[npt.NDArray[np.int64]]] = [[] for _ in range(self.n_dev)]
-        self.step_rows: list[tuple[float, ...]] = []
+        self.step_records: list[StepRecord] = []
         self.step_idx = 0
         self._recent_load = np.zeros((self.L, self.E))
-        # per-step scratch counters
-        self._s: dict[str, float] = {}
+        # counters of the step being played
+        self._c = StepCounters()
+        self._layer_base = np.arange(self.L, dtype=np.int64) * self.E
+        # devices with equal specs share per-token cost answers (memoised per step shape)
+        self._dev_key = [bound.devices.index(dev) for dev in bound.devices]
+        self._dev_cost_memo: dict[tuple[Any, ...], tuple[float, ...]] = {}  # see _device_costs
+        if not bound.offloaded:
+            for d, cache in enumerate(self.caches):
+                missing = (bound.expert_home == d) & ~cache.resident
+                if missing.any():
+                    layer, expert = (int(x[0]) for x in np.nonzero(missing))
+                    raise RuntimeError(
+                        f"device {d}: expert ({layer}, {expert}) is homed there but not resident although "
+                        "the mapping offloads nothing (cache policy bug)"
+                    )
+        self.fast: ArithmeticStep | None = None
+        if fast and self._arithmetic_ok():
+            self.fast = ArithmeticStep(self)
+
+    def _arithmetic_ok(self) -> bool:
+        """True when nothing in a step contends across time, so a step's times follow from its costs
+        by arithmetic (`ArithmeticStep`): no prefetches (transfers that outlive their layer), no host
+        CPU path, no near tier (background promotions), no event log, and caches whose decisions do
+        not read the time (`CachePolicy.time_independent`) when anything is offloaded."""
+        if self.prefetcher is not None or self.near_caches is not None or self.events is not None:
+            return False
+        if self.cpu_possible and not self._fetch_only:
+            return False
+        return not self.bound.offloaded or all(type(c).time_independent for c in self.caches)
 
     # ------------------------------------------------------------------ helpers
     def _event(self, d: int, resource: str, kind: str, start: float, end: float, label: str) -> None:
@@ -532,30 +501,9 @@ class Engine:
         return plan
 
     # ------------------------------------------------------------------------- one step
-    def _step(self, plan: list[tuple[RequestState, int]]) -> ProcGen:
-        env = self.env
-        model = self.model
+    def _prepare(self, plan: list[tuple[RequestState, int]]) -> StepInputs:
+        """Everything about a step that does not depend on time, as arrays (see `StepInputs`)."""
         n_dev, L, E = self.n_dev, self.L, self.E
-        t0 = env.now
-        self._s = dict.fromkeys(
-            (
-                "needed",
-                "hits",
-                "misses",
-                "fetched",
-                "cpu",
-                "streamed",
-                "prefetched",
-                "pf_late",
-                "pf_on_time",
-                "pf_wasted",
-                "bytes_host",
-                "bytes_peer",
-                "energy",
-            ),
-            0.0,
-        )
-        # rows of the step and per-device token bookkeeping
         chunks = []
         tok_dev_parts = []
         prefill_n: list[list[int]] = [[] for _ in range(n_dev)]
@@ -563,37 +511,40 @@ class Engine:
         plan_n: list[int] = []  # tokens of each plan entry
         plan_ctx: list[int] = []  # context of a decode entry, 0 for a prefill chunk
         n_prefill = n_decode = 0
+        req_device = self.req_device
         for st, n in plan:
-            d = self.req_device[st.request_id]
+            d = req_device[st.request_id]
             r0 = st.next_row
             chunks.append(st.routing[r0 : r0 + n])
-            tok_dev_parts.append(np.full(n, d, dtype=np.int64))
+            if n_dev > 1:
+                tok_dev_parts.append(np.full(n, d, dtype=np.int64))
             plan_n.append(n)
-            if st.in_prefill:
+            if st.prefilled < st.prompt_tokens:
                 prefill_n[d].append(n)
                 plan_ctx.append(0)
                 n_prefill += n
             else:
-                dec_ctx[d].append(st.prompt_tokens + st.generated)
-                plan_ctx.append(st.prompt_tokens + st.generated)
+                ctx = st.prompt_tokens + st.generated
+                dec_ctx[d].append(ctx)
+                plan_ctx.append(ctx)
                 n_decode += 1
         rows = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
         tok_dev = np.concatenate(tok_dev_parts) if n_dev > 1 else None
-        n_tok = rows.shape[0]
         k = rows.shape[2]
         # vectorised routing: counts per (layer, expert), cross-device assignments
         valid = rows >= 0
-        keys = (np.arange(L, dtype=np.int64)[None, :, None] * E + rows)[valid]
-        counts = np.bincount(keys, minlength=L * E).astype(np.int64)
+        keys = (self._layer_base[None, :, None] + rows)[valid]
+        counts = np.bincount(keys, minlength=L * E)
         n_assign = int(keys.size)
         cross = 0
         n_gather = 0
-        send_dev = np.zeros((L, max(n_dev, 1)))
-        recv_dev = np.zeros((L, max(n_dev, 1)))
-        gather_dev = np.zeros((L, max(n_dev, 1)))
         coherent = self.coherent and n_dev > 1
         cur: npt.NDArray[np.int64] | None = None  # [n_tok, L + 1] device of each token before MoE layer l
+        send_dev = recv_dev = gather_dev = None
         if n_dev > 1 and tok_dev is not None:
+            send_dev = np.zeros((L, n_dev))
+            recv_dev = np.zeros((L, n_dev))
+            gather_dev = np.zeros((L, n_dev))
             if coherent:
                 cur = self._token_devices(rows, valid, tok_dev)
                 src = np.broadcast_to(cur[:, :L, None], rows.shape)[valid]
@@ -614,55 +565,126 @@ class Engine:
                 g = not_top & (dst != nxt)
                 n_gather = int(g.sum())
                 np.add.at(gather_dev, (layer_of[g], dst[g]), 1.0)
-        self._recent_load *= 0.5
-        self._recent_load += counts.reshape(L, E)
+        if self.prefetcher is not None:
+            self._recent_load *= 0.5
+            self._recent_load += counts.reshape(L, E)
         # per-device layer costs, one row per token position (before MoE layer 0..L): identical rows
         # in classic execution, where every token stays on its request's device
-        attn_s = np.zeros(n_dev)
-        attn_J = np.zeros(n_dev)
-        router_s = np.zeros(n_dev)
-        router_J = np.zeros(n_dev)
-        shared_s = np.zeros(n_dev)
-        shared_J = np.zeros(n_dev)
-        dense_s = np.zeros(n_dev)
-        dense_J = np.zeros(n_dev)
-        dev_tokens = [sum(prefill_n[d]) + len(dec_ctx[d]) for d in range(n_dev)]
-        cm = self.cost
-        for d, dev in enumerate(self.bound.devices):
-            if dev_tokens[d] == 0:
-                continue
-            if prefill_n[d]:
-                c = cm.attention_prefill(dev, model, np.asarray(prefill_n[d], dtype=np.int64))
-                attn_s[d] += float(np.sum(c.total_s))
-                attn_J[d] += float(np.sum(c.energy_J))
-            if dec_ctx[d]:
-                c = cm.attention_decode(dev, model, len(dec_ctx[d]), float(np.mean(dec_ctx[d])))
-                attn_s[d] += float(c.total_s)
-                attn_J[d] += float(c.energy_J)
-            c = cm.router(dev, model, dev_tokens[d])
-            router_s[d], router_J[d] = float(c.total_s), float(c.energy_J)
-            if model.n_shared_experts > 0:
-                c = cm.shared_experts(dev, model, dev_tokens[d])
-                shared_s[d], shared_J[d] = float(c.total_s), float(c.energy_J)
-            if self.costs.dense_model is not None:
-                c = cm.expert_ffn(dev, self.costs.dense_model, dev_tokens[d])
-                dense_s[d], dense_J[d] = float(c.total_s), float(c.energy_J)
         if cur is not None:
-            attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J = self._coherent_costs(
-                cur, plan_n, plan_ctx
-            )
+            per_pos = self._coherent_costs(cur, plan_n, plan_ctx)
         else:
-            attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J = (
-                np.broadcast_to(x, (L + 1, n_dev))
-                for x in (attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J)
-            )
+            per_pos = tuple(np.broadcast_to(x, (L + 1, n_dev)) for x in self._device_costs(prefill_n, dec_ctx))
+        attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J = per_pos
+        a2a: list[tuple[float, float, float, float]] = []
+        bytes_peer = 0.0
+        if n_dev > 1 and send_dev is not None and recv_dev is not None and gather_dev is not None:
+            unit = self.model.d_model * ACTIVATION_BYTES
+            send_max = send_dev.max(axis=1) * unit
+            recv_max = recv_dev.max(axis=1) * unit
+            c1 = self.plan.all_to_all(send_max)
+            # classic: the combine sends the dispatched tokens back; context-coherent: only the other
+            # experts' partial outputs travel, to the token's next device (none for top-1 routing)
+            c2 = self.plan.all_to_all(gather_dev.max(axis=1) * unit if coherent else recv_max)
+            s1, j1 = _arr(c1.total_s, L).tolist(), _arr(c1.energy_J, L).tolist()
+            s2, j2 = _arr(c2.total_s, L).tolist(), _arr(c2.energy_J, L).tolist()
+            a2a = list(zip(s1, j1, s2, j2, strict=True))
+            bytes_peer = (cross + n_gather) * unit if coherent else 2.0 * cross * unit
+        return StepInputs(
+            rows=rows,
+            counts=counts,
+            n_prefill=n_prefill,
+            n_decode=n_decode,
+            n_assign=n_assign,
+            cross=cross,
+            attn_s=attn_s,
+            attn_J=attn_J,
+            router_s=router_s,
+            router_J=router_J,
+            shared_s=shared_s,
+            shared_J=shared_J,
+            dense_s=dense_s,
+            dense_J=dense_J,
+            a2a=a2a,
+            bytes_peer=bytes_peer,
+        )
+
+    def _device_costs(self, prefill_n: list[list[int]], dec_ctx: list[list[int]]) -> list[npt.NDArray[np.float64]]:
+        """Classic execution: per device ``[n_dev]`` time and energy of one layer's attention, router,
+        shared experts and dense FFN for the tokens of the requests it holds. Answers are memoised by
+        (device spec, token shape): devices with equal specs and repeated batch shapes ask once."""
+        n_dev = self.n_dev
+        plan = self.plan
+        out = [np.zeros(n_dev) for _ in range(8)]
+        memo = self._dev_cost_memo
+        if len(memo) > 8192:
+            memo.clear()
+        has_shared = self.model.n_shared_experts > 0
+        has_dense = plan.dense_model is not None
+        for d in range(n_dev):
+            n_tok = sum(prefill_n[d]) + len(dec_ctx[d])
+            if n_tok == 0:
+                continue
+            dk = self._dev_key[d]
+            akey = ("attn", dk, tuple(prefill_n[d]), len(dec_ctx[d]), sum(dec_ctx[d]))
+            attn = memo.get(akey)
+            if attn is None:
+                a_s = a_j = 0.0
+                if prefill_n[d]:
+                    c = plan.attention_prefill(d, np.asarray(prefill_n[d], dtype=np.int64))
+                    a_s += float(np.sum(c.total_s))
+                    a_j += float(np.sum(c.energy_J))
+                if dec_ctx[d]:
+                    c = plan.attention_decode(d, len(dec_ctx[d]), float(np.mean(dec_ctx[d])))
+                    a_s += float(c.total_s)
+                    a_j += float(c.energy_J)
+                attn = memo[akey] = (a_s, a_j)
+            tkey = ("tok", dk, n_tok)
+            tok = memo.get(tkey)
+            if tok is None:
+                vals = [0.0] * 6
+                c = plan.router(d, n_tok)
+                vals[0], vals[1] = float(c.total_s), float(c.energy_J)
+                if has_shared:
+                    c = plan.shared(d, n_tok)
+                    vals[2], vals[3] = float(c.total_s), float(c.energy_J)
+                if has_dense:
+                    c = plan.dense(d, n_tok)
+                    vals[4], vals[5] = float(c.total_s), float(c.energy_J)
+                tok = memo[tkey] = tuple(vals)
+            for i, v in enumerate(attn + tok):
+                out[i][d] = v
+        return out
+
+    def _step(self, plan: list[tuple[RequestState, int]]) -> ProcGen:
+        """Play one step: the arithmetic path when nothing in it contends across time, else the simpy
+        path (`_step_general`); both end with `_finish_step`."""
+        t0 = self.env.now
+        self._c = StepCounters()
+        inputs = self._prepare(plan)
+        if self.fast is not None:
+            end = self.fast.play(inputs, t0)
+            if end > t0:
+                yield self.env.timeout_at(end)
+        else:
+            yield from self._step_general(inputs)
+        self._finish_step(plan, t0, inputs)
+
+    def _step_general(self, si: StepInputs) -> ProcGen:
+        """The step with simpy processes per layer and device (prefetches, CPU path, near tier, events)."""
+        env = self.env
+        model = self.model
+        n_dev, L, E = self.n_dev, self.L, self.E
+        rows, counts = si.rows, si.counts
+        attn_s, attn_J, router_s, router_J = si.attn_s, si.attn_J, si.router_s, si.router_J
+        shared_s, shared_J, dense_s, dense_J = si.shared_s, si.shared_J, si.dense_s, si.dense_J
+        coherent = self.coherent and n_dev > 1
         # expert costs, per device, for every (layer, expert) at once
         exp_cost: list[OpCost] = []
         exp_s: list[npt.NDArray[np.float64]] = []
         exp_J: list[npt.NDArray[np.float64]] = []
         for d in range(n_dev):
             cnt = counts if n_dev == 1 else np.where(self.home_flat == d, counts, 0)
-            c = self.costs.experts(d, cnt)
+            c = self.plan.experts(d, cnt)
             exp_cost.append(c)
             exp_s.append(_arr(c.total_s, L * E))
             exp_J.append(_arr(c.energy_J, L * E))
@@ -670,34 +692,20 @@ class Engine:
             self._near_s, self._near_J = [], []
             for d in range(n_dev):
                 cnt = counts if n_dev == 1 else np.where(self.home_flat == d, counts, 0)
-                c = self.costs.experts(d, cnt, tier=self.bound.near_tier)
+                c = self.plan.experts(d, cnt, tier=self.bound.near_tier)
                 self._near_s.append(_arr(c.total_s, L * E))
                 self._near_J.append(_arr(c.energy_J, L * E))
         cpu_s = cpu_J = None
         act_bytes = (counts * (model.d_model * ACTIVATION_BYTES)).astype(np.float64)
         if self.cpu_possible and self.bound.mapping.miss != "fetch":
-            host = self.platform.host
-            cc = cm.cpu_expert(host, model, counts)
-            tr = cm.transfer(self.platform.host_link, act_bytes)
-            cpu_s = _arr(cc.total_s, L * E) + 2.0 * _arr(tr.total_s, L * E)
-            cpu_J = _arr(cc.energy_J, L * E) + 2.0 * _arr(tr.energy_J, L * E)
-            self._cpu_cost = (cc, tr)
-        a2a: list[tuple[float, float, float, float]] = []
+            cc = self.plan.cpu_experts(counts)
+            if cc is not None:
+                cpu_s = _arr(cc.total_s, L * E)
+                cpu_J = _arr(cc.energy_J, L * E)
+        a2a = si.a2a
         if n_dev > 1:
-            unit = model.d_model * ACTIVATION_BYTES
-            send_max = send_dev.max(axis=1) * unit
-            recv_max = recv_dev.max(axis=1) * unit
-            peer = self.platform.peer_link
-            c1 = cm.all_to_all(peer, send_max, n_dev)
-            # classic: the combine sends the dispatched tokens back; context-coherent: only the other
-            # experts' partial outputs travel, to the token's next device (none for top-1 routing)
-            c2 = cm.all_to_all(peer, gather_dev.max(axis=1) * unit if coherent else recv_max, n_dev)
-            s1, j1 = _arr(c1.total_s, L), _arr(c1.energy_J, L)
-            s2, j2 = _arr(c2.total_s, L), _arr(c2.energy_J, L)
-            a2a = [(float(s1[i]), float(j1[i]), float(s2[i]), float(j2[i])) for i in range(L)]
-            tot_peer = (cross + n_gather) * unit if coherent else 2.0 * cross * unit
-            self._add_bytes(peer, tot_peer)
-            self._s["bytes_peer"] += tot_peer
+            self._add_bytes(self.platform.peer_link, si.bytes_peer)
+            self._c.bytes_peer += si.bytes_peer
         # compute streams held for the whole step
         holds = [self.compute[d].request() for d in range(n_dev)]
         yield env.all_of(holds) if n_dev > 1 else holds[0]
@@ -808,8 +816,7 @@ class Engine:
         for d in range(n_dev):
             self.compute[d].release(holds[d])
         self.energy_J += energy
-        self._s["energy"] += energy
-        self._finish_step(plan, t0, n_prefill, n_decode, n_assign, cross, n_tok, k)
+        self._c.energy += energy
 
     def _token_devices(
         self, rows: npt.NDArray[np.int16], valid: npt.NDArray[np.bool_], tok_dev: npt.NDArray[np.int64]
@@ -841,7 +848,7 @@ class Engine:
         tokens of the chunk's ``attention_prefill`` cost (assumption: the chunk's attention work
         splits evenly per query token; the attention weights are not re-read per device)."""
         L1, n_dev = self.L + 1, self.n_dev
-        model, cm = self.model, self.cost
+        plan = self.plan
         n_entries = len(plan_n)
         entry = np.repeat(np.arange(n_entries), plan_n)  # plan entry of each token
         ctx = np.asarray(plan_ctx, dtype=np.float64)[entry]
@@ -867,24 +874,24 @@ class Engine:
             )
         out = [np.zeros((L1, n_dev)) for _ in range(8)]
         attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J = out
-        for d, dev in enumerate(self.bound.devices):
+        for d in range(n_dev):
             on = n_on[:, d]
             if not on.any():
                 continue
             if pre_entries.size:
-                c = cm.attention_prefill(dev, model, np.asarray(plan_n, dtype=np.int64)[pre_entries])
+                c = plan.attention_prefill(d, np.asarray(plan_n, dtype=np.int64)[pre_entries])
                 attn_s[:, d] += share[:, d, :] @ _arr(c.total_s, pre_entries.size)
                 attn_J[:, d] += share[:, d, :] @ _arr(c.energy_J, pre_entries.size)
             if is_dec.any():
                 nd = n_dec[:, d]
-                c = cm.attention_decode(dev, model, nd.astype(np.int64), np.where(nd > 0, mean_ctx[:, d], 0.0))
+                c = plan.attention_decode(d, nd.astype(np.int64), np.where(nd > 0, mean_ctx[:, d], 0.0))
                 attn_s[:, d] += np.where(nd > 0, _arr(c.total_s, L1), 0.0)
                 attn_J[:, d] += np.where(nd > 0, _arr(c.energy_J, L1), 0.0)
-            ops = [(router_s, router_J, cm.router(dev, model, on))]
-            if model.n_shared_experts > 0:
-                ops.append((shared_s, shared_J, cm.shared_experts(dev, model, on)))
-            if self.costs.dense_model is not None:
-                ops.append((dense_s, dense_J, cm.expert_ffn(dev, self.costs.dense_model, on)))
+            ops = [(router_s, router_J, plan.router(d, on))]
+            if self.model.n_shared_experts > 0:
+                ops.append((shared_s, shared_J, plan.shared(d, on)))
+            if self.plan.dense_model is not None:
+                ops.append((dense_s, dense_J, plan.dense(d, on)))
             for t_out, j_out, c in ops:
                 t_out[:, d] = np.where(on > 0, _arr(c.total_s, L1), 0.0)
                 j_out[:, d] = np.where(on > 0, _arr(c.energy_J, L1), 0.0)
@@ -933,10 +940,10 @@ class Engine:
                 self._access_log[d].append(layer * self.E + ex)
             self.n_access += int(ex.size)
             self.n_hits += int(ex.size)
-            self._s["needed"] += ex.size
-            self._s["hits"] += ex.size
+            self._c.needed += ex.size
+            self._c.hits += ex.size
         self.assign_device += int(cnt[ex_all].sum())
-        g_s, g_J = self.costs.group(d, cnt, ex, comp_s, comp_J)
+        g_s, g_J = self.plan.group(d, cnt, ex, comp_s, comp_J)
         first = shared_s + g_s + near_s
         energy = shared_J + g_J + near_J
         if self.near_caches is not None and ex.size:
@@ -946,7 +953,7 @@ class Engine:
             if shared_s > 0:
                 self._event(d, "compute", "shared", now, now + shared_s, f"L{abs_layer}")
             self._event(d, "compute", "experts", now + shared_s, now + first, f"L{abs_layer} {ex.size} experts")
-        self._s["energy"] += energy
+        self._c.energy += energy
         self.energy_J += energy
         return first
 
@@ -998,7 +1005,7 @@ class Engine:
             hits = cache.access(layer, ex, now)
             if self.record_access:
                 self._access_log[d].append(layer * E + ex)
-            s = self._s
+            s = self._c
             ready = ex[hits]
             # an expert admitted by a prefetch whose copy is still in flight is not a hit: it is a
             # late prefetch (the layer waits for its arrival below)
@@ -1011,13 +1018,13 @@ class Engine:
             n_hit = int(ready.size)
             self.n_access += int(ex.size)
             self.n_hits += n_hit
-            s["needed"] += ex.size
-            s["hits"] += n_hit
+            s.needed += ex.size
+            s.hits += n_hit
             if self.pf_unused[d]:
                 self._resolve_prefetches(d, layer, ex, hits)
             miss_ex = ex[~hits]
             if miss_ex.size:
-                s["misses"] += miss_ex.size
+                s.misses += miss_ex.size
                 fetch_ex, cpu_ex = self._decide(d, layer, miss_ex, cnt, comp_cost, comp_J, cpu_s, cpu_J)
             if fetch_ex.size:
                 prot = np.fromiter(inflight.keys(), dtype=np.int64, count=len(inflight)) if inflight else None
@@ -1034,11 +1041,11 @@ class Engine:
                         "staging_experts=0; raise staging_experts"
                     )
                 self.peak_staging[d] = max(self.peak_staging[d], min(n_str, self.bound.mapping.staging_experts))
-                s["fetched"] += fetch_ex.size
-                s["streamed"] += n_str
+                s.fetched += fetch_ex.size
+                s.streamed += n_str
                 nbytes = self.bpe * fetch_ex.size
                 self._add_bytes(self.fetch_link[d], nbytes)
-                s["bytes_host"] += nbytes
+                s.bytes_host += nbytes
                 energy += self.fetch_J[d] * fetch_ex.size
                 self.peak_resident[d] = max(self.peak_resident[d], cache.n_resident)
                 req = self.copy[d].request(priority=0)
@@ -1060,10 +1067,10 @@ class Engine:
 
                 req.callbacks.append(granted)
             if cpu_ex.size and cpu_s is not None and cpu_J is not None:
-                s["cpu"] += cpu_ex.size
+                s.cpu += cpu_ex.size
                 ab = float(act_bytes[cpu_ex].sum()) * 2.0
                 self._add_bytes(self.platform.host_link, ab)
-                s["bytes_host"] += ab
+                s.bytes_host += ab
                 energy += float(cpu_J[layer * E + cpu_ex].sum())
                 cpu_done = env.process(self._cpu(layer, cpu_ex, cpu_s[layer * E + cpu_ex], abs_layer))
         # prefetches are decided after the router and queued behind this layer's demand fetches
@@ -1074,7 +1081,7 @@ class Engine:
             self.assign_cpu += int(cnt[cpu_ex].sum())
             self.assign_device += int(cnt[ex_all].sum()) - int(cnt[cpu_ex].sum())
         # device compute: shared + resident experts, then pending prefetches, then the fetched chain
-        g_s, g_J = self.costs.group(d, cnt, ready, comp_s, comp_J)
+        g_s, g_J = self.plan.group(d, cnt, ready, comp_s, comp_J)
         first = shared_s + g_s + near_s
         energy += g_J
         if first > 0:
@@ -1134,7 +1141,7 @@ class Engine:
             used = np.setdiff1d(ex, cpu_ex, assume_unique=True)
             if used.size:
                 self._promote(d, layer, used, ex_all)
-        self._s["energy"] += energy
+        self._c.energy += energy
         self.energy_J += energy
 
     def _near_split(self, d: int, layer: int, ex: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], float, float]:
@@ -1151,8 +1158,8 @@ class Engine:
         self.n_near_access += int(ex.size)
         n_hit = int(hits.sum())
         self.n_near_hits += n_hit
-        self._s["needed"] += n_hit
-        self._s["hits"] += n_hit
+        self._c.needed += n_hit
+        self._c.hits += n_hit
         if n_hit == 0:
             return ex, 0.0, 0.0
         keys = layer * self.E + ex[hits]
@@ -1181,7 +1188,7 @@ class Engine:
         nbytes = self.bpe * got.size
         self._add_bytes(self.near_link[d], nbytes)
         e_j = self.near_copy_J[d] * got.size
-        self._s["energy"] += e_j
+        self._c.energy += e_j
         self.energy_J += e_j
         self.env.process(self._near_copy_proc(d, layer, got, events))
 
@@ -1211,7 +1218,7 @@ class Engine:
             if key in unused:
                 unused.discard(key)
                 self.n_pf_wasted += 1
-                self._s["pf_wasted"] += 1
+                self._c.pf_wasted += 1
 
     def _resolve_prefetches(self, d: int, layer: int, ex: npt.NDArray[np.int64], hits: npt.NDArray[np.bool_]) -> None:
         """First use of prefetched experts among ``ex`` (accessed at MoE ``layer`` on device ``d``;
@@ -1226,13 +1233,13 @@ class Engine:
             unused.discard(key)
             if not h:
                 self.n_pf_wasted += 1
-                self._s["pf_wasted"] += 1
+                self._c.pf_wasted += 1
             elif key in inflight:
                 self.n_pf_late += 1
-                self._s["pf_late"] += 1
+                self._c.pf_late += 1
             else:
                 self.n_pf_on_time += 1
-                self._s["pf_on_time"] += 1
+                self._c.pf_on_time += 1
 
     def _release_later(self, res: simpy.PriorityResource, req: Any, delay: float) -> None:
         """Release ``req`` of ``res`` after ``delay`` seconds (one timeout, no process)."""
@@ -1382,29 +1389,20 @@ class Engine:
                     inflight[int(tgt) * E + e] = ev
                     unused.add(int(tgt) * E + e)
                 self.n_pf_issued += int(got.size)
-                self._s["prefetched"] += got.size
+                self._c.prefetched += got.size
                 nbytes = self.bpe * got.size
                 self._add_bytes(self.fetch_link[d], nbytes)
-                self._s["bytes_host"] += nbytes
+                self._c.bytes_host += nbytes
                 e_j = self.fetch_J[d] * got.size
-                self._s["energy"] += e_j
+                self._c.energy += e_j
                 self.energy_J += e_j
                 self.peak_resident[d] = max(self.peak_resident[d], cache.n_resident)
                 self.env.process(
                     self._fetch(d, int(tgt), got, arrivals, int(self.model.moe_layers[int(tgt)]), priority=1)
                 )
 
-    def _finish_step(
-        self,
-        plan: list[tuple[RequestState, int]],
-        t0: float,
-        n_prefill: int,
-        n_decode: int,
-        n_assign: int,
-        cross: int,
-        n_tok: int,
-        k: int,
-    ) -> None:
+    def _finish_step(self, plan: list[tuple[RequestState, int]], t0: float, si: StepInputs) -> None:
+        """Advance the requests of the finished step, retire the done ones, write the `StepRecord`."""
         now = self.env.now
         emitted = 0
         done: list[RequestState] = []
@@ -1428,35 +1426,24 @@ class Engine:
                 self.kv_used[self.req_device[r.request_id]] -= r.kv_tokens_max
                 self._mark(-1)
             self.finished.extend(done)
-        for d in range(self.n_dev):
-            in_use = sum(r.context_tokens for r in self.running if self.req_device[r.request_id] == d)
-            in_use += sum(r.context_tokens for r in done if self.req_device[r.request_id] == d)
-            self.peak_kv_tokens[d] = max(self.peak_kv_tokens[d], in_use)
-        s = self._s
-        self.step_rows.append(
-            (
-                self.step_idx,
-                t0,
-                now,
-                now - t0,
-                len(plan),
-                n_prefill,
-                n_decode,
-                s["needed"],
-                s["hits"],
-                s["misses"],
-                s["fetched"],
-                s["cpu"],
-                s["streamed"],
-                s["prefetched"],
-                s["pf_late"],
-                s["pf_on_time"],
-                s["pf_wasted"],
-                s["bytes_host"],
-                s["bytes_peer"],
-                cross,
-                n_assign,
-                s["energy"],
+        in_use = [0] * self.n_dev
+        req_device = self.req_device
+        for r in self.running:
+            in_use[req_device[r.request_id]] += r.context_tokens
+        for r in done:
+            in_use[req_device[r.request_id]] += r.context_tokens
+        self.peak_kv_tokens = [max(a, b) for a, b in zip(self.peak_kv_tokens, in_use, strict=True)]
+        self.step_records.append(
+            StepRecord.of(
+                step=self.step_idx,
+                start_s=t0,
+                end_s=now,
+                n_requests=len(plan),
+                prefill_tokens=si.n_prefill,
+                decode_tokens=si.n_decode,
+                counters=self._c,
+                cross_device=si.cross,
+                assignments=si.n_assign,
             )
         )
         self.step_idx += 1
@@ -1466,27 +1453,26 @@ class Engine:
     # --------------------------------------------------------------------------- output
     def _output(self) -> EngineOutput:
         self._mark(0)
-        rows = []
+        records = []
         for r in sorted(self.finished, key=lambda x: x.request_id):
-            ttft = r.first_token_s - r.arrival_s
             tpot = (r.finish_s - r.first_token_s) / (r.output_tokens - 1) if r.output_tokens > 1 else float("nan")
-            rows.append(
-                (
-                    r.request_id,
-                    r.arrival_s,
-                    r.admitted_s,
-                    r.first_token_s,
-                    r.finish_s,
-                    r.prompt_tokens,
-                    r.output_tokens,
-                    ttft,
-                    tpot,
-                    r.finish_s - r.arrival_s,
-                    self.req_device[r.request_id],
+            records.append(
+                RequestRecord(
+                    request_id=r.request_id,
+                    arrival_s=r.arrival_s,
+                    admitted_s=r.admitted_s,
+                    first_token_s=r.first_token_s,
+                    finish_s=r.finish_s,
+                    prompt_tokens=r.prompt_tokens,
+                    output_tokens=r.output_tokens,
+                    ttft_s=r.first_token_s - r.arrival_s,
+                    tpot_s=tpot,
+                    latency_s=r.finish_s - r.arrival_s,
+                    device=self.req_device[r.request_id],
                 )
             )
-        requests = pd.DataFrame(rows, columns=list(REQUEST_COLUMNS))
-        steps = pd.DataFrame(self.step_rows, columns=list(STEP_COLUMNS))
+        requests = records_frame(records, RequestRecord)
+        steps = records_frame(self.step_records, StepRecord)
         first = min((r.arrival_s for r in self.finished), default=0.0)
         last = max((r.finish_s for r in self.finished), default=0.0)
         makespan = max(last - first, 0.0)
@@ -1562,44 +1548,3 @@ class Engine:
             access=access,
             counters=counters,
         )
-
-
-def zero_load_step_s(
-    cost: Any, bound: BoundMapping, routing_rows: npt.NDArray[np.int16], *, prefill: bool, context_len: int
-) -> float:
-    """Sum of the operation costs of one step on one device with every needed expert resident:
-    ``sum over layers of attention + (router | dense FFN) + shared + sum of expert costs``.
-
-    ``routing_rows`` (int16 ``[n_tokens, n_moe_layers, k]``) are the step's rows of a single
-    request: a prefill of ``n_tokens`` tokens (``prefill=True``) or ``n_tokens`` decode tokens at
-    ``context_len`` tokens of context. Independent of the simpy engine (for cross-checks).
-    """
-    if bound.n_devices != 1:
-        raise ValueError("zero_load_step_s models a single device")
-    model = bound.model
-    dev = bound.devices[0]
-    n = int(routing_rows.shape[0])
-    if prefill:
-        attn = float(np.sum(cost.attention_prefill(dev, model, np.asarray([n])).total_s))
-    else:
-        attn = float(cost.attention_decode(dev, model, n, float(context_len)).total_s)
-    router = float(cost.router(dev, model, n).total_s)
-    shared = float(cost.shared_experts(dev, model, n).total_s) if model.n_shared_experts else 0.0
-    dense = 0.0
-    if model.n_dense_layers:
-        dense = float(cost.expert_ffn(dev, model.with_(expert_ffn_dim=model.dense_ffn_dim), n).total_s)
-    total = 0.0
-    costs = _Costs(cost, bound)
-    n_e = model.n_experts
-    for layer in range(model.n_moe_layers):
-        col = routing_rows[:, layer, :].ravel()
-        cnt = np.bincount(col[col >= 0].astype(np.int64), minlength=n_e).astype(np.int64)
-        ready = np.flatnonzero(cnt).astype(np.int64)
-        if bound.devices[0].kind == "fpga":
-            experts = float(cost.fpga_layer(dev, model, cnt[ready], reorder=bound.mapping.fpga_reorder).total_s)
-        else:
-            per = [float(_arr(costs.experts(0, np.asarray([c], dtype=np.int64)).total_s, 1)[0]) for c in cnt[ready]]
-            experts = float(sum(per))
-        total += attn + router + shared + experts
-    total += model.n_dense_layers * (attn + dense)
-    return total

@@ -21,9 +21,9 @@ Conventions shared by every policy
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,7 @@ __all__ = [
     "Admission",
     "Batch",
     "CachePolicy",
+    "IncrementalCachePolicy",
     "MissPolicy",
     "PlacementPolicy",
     "PrefetchContext",
@@ -193,6 +194,9 @@ class CachePolicy(ABC):
     needs_future: ClassVar[bool] = False
     #: True for policies that must be trained with `fit` on part of a trace before the run.
     needs_training: ClassVar[bool] = False
+    #: True for policies whose decisions never read the ``now`` arguments: the engine may then take
+    #: a step's cache decisions before it knows when each layer starts (it passes the step's start).
+    time_independent: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -234,7 +238,10 @@ class CachePolicy(ABC):
                     f"per-layer cache: {int(self.pinned[layer].sum())} pinned experts of layer {layer} "
                     f"exceed its {int(self.layer_capacity[layer])} slots"
                 )
-        self.resident: BoolArray = self.pinned.copy()
+        # residency lives in one byte buffer: ``resident`` is a numpy view of it, ``_res`` the same
+        # bytes for O(1) reads and writes from Python (flat key ``layer * n_experts + expert``)
+        self._res = bytearray(self.pinned.astype(np.uint8).tobytes())
+        self.resident: BoolArray = np.frombuffer(self._res, dtype=bool).reshape(n_layers, n_experts)
         self._n_resident = int(self.resident.sum())
         self._filters = type(self)._admission_filter is not CachePolicy._admission_filter
         self.n_accessed = 0  # keys passed to access() so far (the oracle cursor)
@@ -270,7 +277,7 @@ class CachePolicy(ABC):
         n = int(new.sum())
         if n > self.capacity:
             raise ValueError(f"{n} initial resident experts exceed the cache capacity of {self.capacity} slots")
-        self.resident = new
+        self.resident[...] = new
         self._n_resident = n
         self._on_warm(new)
 
@@ -325,6 +332,33 @@ class CachePolicy(ABC):
             if take.size:
                 self._on_admit(layer, ex[take], now, prefetch)
         return Admission(admitted=admitted, victims=victims)
+
+    def access_list(self, layer: int, experts: list[int], now: float) -> list[bool]:
+        """`access` with Python lists (the engine's per-layer call): the same effect and answer."""
+        return self.access(layer, np.asarray(experts, dtype=np.int64), now).tolist()  # type: ignore[no-any-return]
+
+    def admit_list(
+        self,
+        layer: int,
+        experts: list[int],
+        now: float,
+        *,
+        protect: list[int] | None = None,
+        prefetch: bool = False,
+        protect_keys: Collection[int] | None = None,
+    ) -> tuple[list[bool], list[int]]:
+        """`admit` with Python lists: the same effect; returns (admitted flags in the order of
+        ``experts``, victims as flat keys in eviction order)."""
+        adm = self.admit(
+            layer,
+            np.asarray(experts, dtype=np.int64),
+            now,
+            protect=None if protect is None else np.asarray(protect, dtype=np.int64),
+            prefetch=prefetch,
+            protect_keys=None if protect_keys is None else np.fromiter(protect_keys, dtype=np.int64),
+        )
+        v = adm.victims
+        return adm.admitted.tolist(), (v[:, 0] * self.n_experts + v[:, 1]).tolist()
 
     def _free_for(self, layer: int) -> int:
         """Free slots an admission to ``layer`` may use (its own share when ``per_layer``)."""
@@ -647,3 +681,183 @@ class TokenScheduler(ABC):
 
 #: Alias kept for readers of the issue text ("placement", "scheduling" kinds).
 SchedulingPolicy = TokenScheduler
+
+
+# ------------------------------------------------------------------------- incremental caches
+class IncrementalCachePolicy(CachePolicy):
+    """A `CachePolicy` whose bookkeeping is incremental: O(1) or O(log n) work per expert touched,
+    no scan over all keys. A subclass keeps its own victim order (an ordered dict, a heap with lazy
+    deletion) up to date through four hooks on flat keys, and picks victims from it:
+
+    - `_touch` (an `access`: the used experts, which were resident), `_inserted` (experts became
+      resident, sorted keys), `_removed` (experts were evicted), `_rebuild` (after `warm`);
+    - `_pick(n, only_layer, excluded)`: up to ``n`` distinct evictable residents (resident, not
+      pinned, not in ``excluded``; of layer ``only_layer`` when >= 0), best victim first.
+
+    The public API and its guarantees are those of `CachePolicy`; the list methods (`access_list`,
+    `admit_list`) are the native ones and the array methods wrap them, so both give the same answers.
+    The generic `_on_access` / `_choose_victims` hooks are implemented with the same order (for
+    callers that use them directly).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pinned_flat: bytes = self.pinned.astype(np.uint8).tobytes()
+        self._layer_cap: list[int] = self.layer_capacity.tolist()
+        self._layer_n: list[int] = self.resident.sum(axis=1).tolist()
+
+    # ------------------------------------------------------------------ hooks
+    @abstractmethod
+    def _touch(self, layer: int, experts: list[int], hits: list[bool]) -> None:
+        """``experts`` (ascending) of ``layer`` were used; ``hits[i]``: ``experts[i]`` was resident."""
+
+    @abstractmethod
+    def _inserted(self, keys: list[int], prefetch: bool) -> None:
+        """Flat ``keys`` (ascending) became resident (none is pinned)."""
+
+    @abstractmethod
+    def _removed(self, keys: list[int]) -> None:
+        """Flat ``keys`` were evicted."""
+
+    @abstractmethod
+    def _rebuild(self) -> None:
+        """The residents were set by `warm`: rebuild the victim order from ``resident``."""
+
+    @abstractmethod
+    def _pick(self, n: int, only_layer: int, excluded: set[int]) -> list[int]:
+        """Up to ``n`` distinct evictable residents, best victim first (see class doc)."""
+
+    def _evictable(self) -> list[int]:
+        """Flat keys of the evictable residents (resident and not pinned), ascending."""
+        return np.flatnonzero((self.resident & ~self.pinned).ravel()).tolist()  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ native list API
+    def access_list(self, layer: int, experts: list[int], now: float) -> list[bool]:
+        res = self._res
+        base = layer * self.n_experts
+        hits = [res[base + e] == 1 for e in experts]
+        self._touch(layer, experts, hits)
+        self.n_accessed += len(experts)
+        return hits
+
+    def admit_list(
+        self,
+        layer: int,
+        experts: list[int],
+        now: float,
+        *,
+        protect: list[int] | None = None,
+        prefetch: bool = False,
+        protect_keys: Collection[int] | None = None,
+    ) -> tuple[list[bool], list[int]]:
+        res = self._res
+        base = layer * self.n_experts
+        admitted = [res[base + e] == 1 for e in experts]
+        new = [i for i, a in enumerate(admitted) if not a]
+        if new and self._filters:
+            ok = np.asarray(
+                self._admission_filter(layer, np.asarray([experts[i] for i in new], dtype=np.int64), now, prefetch),
+                dtype=bool,
+            ).tolist()
+            new = [i for i, o in zip(new, ok, strict=True) if o]
+        victims: list[int] = []
+        if new:
+            need = len(new) - self._free_for(layer)
+            if need > 0:
+                excluded = {base + e for e in protect} if protect is not None else set()
+                if protect_keys is not None:
+                    excluded.update(protect_keys)
+                victims = self._evict_keys(need, layer if self.per_layer else -1, excluded)
+            take = new[: min(len(new), self._free_for(layer))]
+            if take:
+                keys = sorted(base + experts[i] for i in take)
+                for k in keys:
+                    res[k] = 1
+                for i in take:
+                    admitted[i] = True
+                self._n_resident += len(take)
+                self._layer_n[layer] += len(take)
+                self._inserted(keys, prefetch)
+        return admitted, victims
+
+    def _evict_keys(self, n: int, only_layer: int, excluded: set[int]) -> list[int]:
+        keys = self._pick(n, only_layer, excluded)[:n]
+        res = self._res
+        pinned = self._pinned_flat
+        E = self.n_experts
+        layer_n = self._layer_n
+        for k in keys:
+            if res[k] != 1 or pinned[k] or k in excluded or (only_layer >= 0 and k // E != only_layer):
+                raise RuntimeError(f"{type(self).__name__} chose victims that are not evictable residents: {keys}")
+            res[k] = 0  # a key chosen twice fails the residency check the second time
+            layer_n[k // E] -= 1
+        self._n_resident -= len(keys)
+        if keys:
+            self._removed(keys)
+        return keys
+
+    # ------------------------------------------------------------------ array API (wrappers)
+    def access(self, layer: int, experts: npt.NDArray[np.integer], now: float) -> BoolArray:
+        return np.asarray(self.access_list(layer, np.asarray(experts, dtype=np.int64).tolist(), now), dtype=bool)
+
+    def admit(
+        self,
+        layer: int,
+        experts: npt.NDArray[np.integer],
+        now: float,
+        *,
+        protect: npt.NDArray[np.integer] | None = None,
+        prefetch: bool = False,
+        protect_keys: npt.NDArray[np.integer] | None = None,
+    ) -> Admission:
+        admitted, victims = self.admit_list(
+            layer,
+            np.asarray(experts, dtype=np.int64).tolist(),
+            now,
+            protect=None if protect is None else np.asarray(protect, dtype=np.int64).tolist(),
+            prefetch=prefetch,
+            protect_keys=None if protect_keys is None else np.asarray(protect_keys, dtype=np.int64).tolist(),
+        )
+        return Admission(admitted=np.asarray(admitted, dtype=bool), victims=self._pairs(victims))
+
+    def evict(
+        self,
+        n: int,
+        now: float,
+        *,
+        layer: int = -1,
+        protect: npt.NDArray[np.integer] | None = None,
+        protect_keys: npt.NDArray[np.integer] | None = None,
+    ) -> IntArray:
+        excluded: set[int] = set()
+        if protect is not None and layer >= 0:
+            excluded.update((layer * self.n_experts + np.asarray(protect, dtype=np.int64)).tolist())
+        if protect_keys is not None:
+            excluded.update(np.asarray(protect_keys, dtype=np.int64).tolist())
+        if n <= 0:
+            return _NO_VICTIMS
+        return self._pairs(self._evict_keys(n, -1, excluded))
+
+    def _pairs(self, keys: list[int]) -> IntArray:
+        if not keys:
+            return _NO_VICTIMS
+        k = np.asarray(keys, dtype=np.int64)
+        return np.column_stack((k // self.n_experts, k % self.n_experts))
+
+    def _free_for(self, layer: int) -> int:
+        if self.per_layer:
+            return self._layer_cap[layer] - self._layer_n[layer]
+        return self.capacity - self._n_resident
+
+    def _on_warm(self, resident: BoolArray) -> None:
+        self._layer_n = self.resident.sum(axis=1).tolist()
+        self._rebuild()
+
+    # ------------------------------------------------------------------ generic hooks, same order
+    def _on_access(self, layer: int, experts: IntArray, hits: BoolArray, now: float) -> None:
+        self._touch(layer, experts.tolist(), hits.tolist())
+
+    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int, incoming: IntArray) -> IntArray:
+        allowed = np.flatnonzero(candidates.ravel()).tolist()
+        excluded = set(self._evictable()) - set(allowed)
+        return np.asarray(self._pick(n, -1, excluded)[:n], dtype=np.int64)

@@ -1,17 +1,24 @@
 """Cache replacement policies for expert weights: LRU, LFU, static pinning (Fiddler) and Belady.
 
-All of them derive from `CachePolicy` (see its contract). State is vectorised per flat key
-``layer * n_experts + expert``; victim choice is one ``np.lexsort`` over the evictable residents,
-so a policy costs a few microseconds per step and layer. Ties are broken by the flat key
-(deterministic, no randomness needed).
+All of them derive from `CachePolicy` (see its contract). LRU, LFU and Belady are incremental
+(`IncrementalCachePolicy`): LRU keeps an ordered dict of the evictable residents, LFU and Belady a
+heap with lazy deletion, so a use or an eviction costs O(1) or O(log n), never a scan over every
+key. Ties are broken by the flat key ``layer * n_experts + expert`` (deterministic, no randomness
+needed). Static never admits (a victim, on a plain `evict`, is the lowest evictable key).
 """
 
 from __future__ import annotations
 
+import heapq
+from abc import abstractmethod
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
-from codesign.policies.base import AccessSequence, BoolArray, CachePolicy, IntArray
+from codesign.policies.base import AccessSequence, BoolArray, CachePolicy, IncrementalCachePolicy, IntArray
 from codesign.policies.registry import REGISTRIES
 
 __all__ = ["BeladyCache", "LFUCache", "LRUCache", "StaticCache"]
@@ -25,47 +32,170 @@ def _lowest(n: int, candidates: BoolArray, *keys: npt.NDArray[np.float64]) -> In
 
 
 @REGISTRIES["cache"].register("lru", "least recently used expert is evicted")
-class LRUCache(CachePolicy):
+class LRUCache(IncrementalCachePolicy):
     """Least recently used. A use is an `access` (hit or miss) or an admission; residents set by
-    `warm` count as never used (evicted first, lowest key first)."""
+    `warm` count as never used (evicted first, lowest key first); ties (experts used in the same
+    call) go to the lowest key.
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._last = np.full(self.n_layers * self.n_experts, -1.0)
-        self._tick = 0.0
+    Incremental: an ordered dict of the evictable residents in victim order (per layer when
+    ``per_layer``), least recent first; a use moves a key to the end, O(1)."""
 
-    def _on_access(self, layer: int, experts: IntArray, hits: BoolArray, now: float) -> None:
-        self._tick += 1.0
-        self._last[layer * self.n_experts + experts] = self._tick
+    time_independent = True
 
-    def _on_admit(self, layer: int, experts: IntArray, now: float, prefetch: bool) -> None:
-        self._tick += 1.0
-        self._last[layer * self.n_experts + experts] = self._tick
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._tick = 0
+        n_orders = self.n_layers if self.per_layer else 1
+        # key -> tick of its last use; iteration order = (tick, key) ascending
+        self._orders: list[OrderedDict[int, int]] = [OrderedDict() for _ in range(n_orders)]
+        self._rebuild()
 
-    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int, incoming: IntArray) -> IntArray:
-        return _lowest(n, candidates, self._last)
+    def _order(self, key: int) -> OrderedDict[int, int]:
+        return self._orders[key // self.n_experts if self.per_layer else 0]
+
+    def _rebuild(self) -> None:
+        for od in self._orders:
+            od.clear()
+        for k in self._evictable():
+            self._order(k)[k] = -1
+
+    def _touch(self, layer: int, experts: list[int], hits: list[bool]) -> None:
+        self._tick += 1
+        tick = self._tick
+        od = self._orders[layer if self.per_layer else 0]
+        base = layer * self.n_experts
+        for e in sorted(experts):
+            k = base + e
+            if k in od:
+                od[k] = tick
+                od.move_to_end(k)
+
+    def _inserted(self, keys: list[int], prefetch: bool) -> None:
+        self._tick += 1
+        tick = self._tick
+        for k in keys:
+            self._order(k)[k] = tick
+
+    def _removed(self, keys: list[int]) -> None:
+        for k in keys:
+            del self._order(k)[k]
+
+    def _pick(self, n: int, only_layer: int, excluded: set[int]) -> list[int]:
+        if not self.per_layer:
+            items: Iterable[int] = self._orders[0]
+        elif only_layer >= 0:
+            items = self._orders[only_layer]
+        else:  # a plain evict over per-layer orders: merge them by (tick, key)
+            items = (k for _, k in heapq.merge(*(((t, k) for k, t in od.items()) for od in self._orders)))
+        out: list[int] = []
+        if n <= 0:
+            return out
+        for k in items:
+            if k in excluded:
+                continue
+            out.append(k)
+            if len(out) == n:
+                break
+        return out
+
+
+class _HeapCache(IncrementalCachePolicy):
+    """Victims from a min-heap of ``(priority..., key)`` entries with lazy deletion: an entry is
+    current when `_entry` of its key gives the same tuple and the key is an evictable resident;
+    stale entries are dropped when popped, and the heap is rebuilt when it grows past twice the
+    residents. One heap per layer when ``per_layer``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._heaps: list[list[tuple[float, ...]]] = [[] for _ in range(self.n_layers if self.per_layer else 1)]
+
+    @abstractmethod
+    def _entry(self, key: int) -> tuple[float, ...]:
+        """The key's current heap entry (its priority, then the key itself; lowest = best victim)."""
+
+    def _heap(self, key: int) -> list[tuple[float, ...]]:
+        return self._heaps[key // self.n_experts if self.per_layer else 0]
+
+    def _push(self, key: int) -> None:
+        heap = self._heap(key)
+        heapq.heappush(heap, self._entry(key))
+        if len(heap) > 2 * self._n_resident + 64:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        for h in self._heaps:
+            h.clear()
+        for k in self._evictable():
+            self._heap(k).append(self._entry(k))
+        for h in self._heaps:
+            heapq.heapify(h)
+
+    def _inserted(self, keys: list[int], prefetch: bool) -> None:
+        for k in keys:
+            self._push(k)
+
+    def _removed(self, keys: list[int]) -> None:
+        return None  # entries go stale; dropped when popped
+
+    def _current(self, entry: tuple[float, ...]) -> bool:
+        k = int(entry[-1])
+        return self._res[k] == 1 and not self._pinned_flat[k] and self._entry(k) == entry
+
+    def _pick(self, n: int, only_layer: int, excluded: set[int]) -> list[int]:
+        out: list[int] = []
+        if n <= 0:
+            return out
+        if self.per_layer and only_layer < 0:  # a plain evict over per-layer heaps (rare): sort them
+            entries = sorted(self._entry(k) for k in self._evictable() if k not in excluded)
+            return [int(e[-1]) for e in entries[:n]]
+        heap = self._heaps[only_layer if self.per_layer else 0]
+        kept: list[tuple[float, ...]] = []
+        chosen: set[int] = set()
+        while heap and len(out) < n:
+            entry = heapq.heappop(heap)
+            if not self._current(entry):
+                continue
+            k = int(entry[-1])
+            if k in chosen:
+                continue
+            kept.append(entry)
+            if k in excluded:
+                continue
+            out.append(k)
+            chosen.add(k)
+        for entry in kept:
+            heapq.heappush(heap, entry)
+        return out
 
 
 @REGISTRIES["cache"].register("lfu", "least frequently used expert is evicted (ties: least recent)")
-class LFUCache(CachePolicy):
+class LFUCache(_HeapCache):
     """Least frequently used, with "perfect" counts (uses are counted whether or not the expert was
-    resident; they survive eviction). Ties go to the least recently used."""
+    resident; they survive eviction). Ties go to the least recently used, then the lowest key.
+    Incremental: a heap of ``(count, last use, key)`` with lazy deletion."""
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        size = self.n_layers * self.n_experts
-        self._count = np.zeros(size)
-        self._last = np.full(size, -1.0)
-        self._tick = 0.0
+    time_independent = True
 
-    def _on_access(self, layer: int, experts: IntArray, hits: BoolArray, now: float) -> None:
-        keys = layer * self.n_experts + experts
-        self._count[keys] += 1.0
-        self._tick += 1.0
-        self._last[keys] = self._tick
+    def __init__(self, **kwargs: Any) -> None:
+        size = int(kwargs["n_layers"]) * int(kwargs["n_experts"])  # type: ignore[call-overload]
+        self._count = [0] * size
+        self._last = [-1] * size
+        self._tick = 0
+        super().__init__(**kwargs)
 
-    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int, incoming: IntArray) -> IntArray:
-        return _lowest(n, candidates, self._last, self._count)
+    def _entry(self, key: int) -> tuple[float, ...]:
+        return (self._count[key], self._last[key], key)
+
+    def _touch(self, layer: int, experts: list[int], hits: list[bool]) -> None:
+        self._tick += 1
+        base = layer * self.n_experts
+        count, last = self._count, self._last
+        for e, h in zip(experts, hits, strict=True):
+            k = base + e
+            count[k] += 1
+            last[k] = self._tick
+            if h and not self._pinned_flat[k]:
+                self._push(k)
 
 
 @REGISTRIES["cache"].register("static", "static pinning (Fiddler): the starting residents stay, nothing else is cached")
@@ -74,6 +204,8 @@ class StaticCache(CachePolicy):
     set, by default the most popular experts of the training data) and the pinned ones stay; a
     missing expert is never cached (it is streamed through a staging buffer or computed on the
     CPU, as the miss policy decides)."""
+
+    time_independent = True
 
     def _on_access(self, layer: int, experts: IntArray, hits: BoolArray, now: float) -> None:
         return None
@@ -86,9 +218,10 @@ class StaticCache(CachePolicy):
 
 
 @REGISTRIES["cache"].register("belady", "Belady/MIN oracle: evicts the expert used farthest in the future")
-class BeladyCache(CachePolicy):
+class BeladyCache(_HeapCache):
     """Belady's MIN: evict the resident whose next use lies farthest in the future (upper bound of
-    the hit rate for a demand-fetching cache). Needs `prepare` with the future `AccessSequence`.
+    the hit rate for a demand-fetching cache), ties to the lowest key. Needs `prepare` with the
+    future `AccessSequence`. Incremental: a heap of ``(-next use, key)`` with lazy deletion.
 
     ``exact`` stays True while the accesses match the prepared sequence; on a divergence (the run
     differs from the recording) the policy looks up each key's next occurrence after the current
@@ -96,16 +229,20 @@ class BeladyCache(CachePolicy):
     """
 
     needs_future = True
+    time_independent = True
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        size = self.n_layers * self.n_experts
-        self._next = np.full(size, np.inf)  # next use (position in the sequence) of each key
-        self._keys: IntArray = np.zeros(0, dtype=np.int64)
-        self._next_pos: npt.NDArray[np.float64] = np.zeros(0)
+    def __init__(self, **kwargs: Any) -> None:
+        size = int(kwargs["n_layers"]) * int(kwargs["n_experts"])  # type: ignore[call-overload]
+        self._next: list[float] = [float("inf")] * size  # next use (position in the sequence) of each key
+        self._keys: list[int] = []
+        self._next_pos: list[float] = []
         self._positions: list[IntArray] = []
         self.exact = True
         self.prepared = False
+        super().__init__(**kwargs)
+
+    def _entry(self, key: int) -> tuple[float, ...]:
+        return (-self._next[key], key)
 
     def prepare(self, future: AccessSequence) -> None:
         keys = np.asarray(future.keys, dtype=np.int64)
@@ -118,33 +255,34 @@ class BeladyCache(CachePolicy):
         nxt = np.full(n, np.inf)
         same = keys[order[1:]] == keys[order[:-1]]
         nxt[order[:-1][same]] = order[1:][same]
-        self._keys, self._next_pos = keys, nxt
+        self._keys, self._next_pos = keys.tolist(), nxt.tolist()
         sorted_keys = keys[order]
         bounds = np.searchsorted(sorted_keys, np.arange(size + 1))
         self._positions = [order[bounds[k] : bounds[k + 1]] for k in range(size)]  # ascending positions
         first = np.full(size, np.inf)
-        for k in range(size):
-            if self._positions[k].size:
-                first[k] = self._positions[k][0]
-        self._next = first
+        has = bounds[1:] > bounds[:-1]
+        first[has] = order[bounds[:-1][has]]
+        self._next = first.tolist()
         self.prepared = True
+        self._rebuild()
 
-    def _on_access(self, layer: int, experts: IntArray, hits: BoolArray, now: float) -> None:
+    def _touch(self, layer: int, experts: list[int], hits: list[bool]) -> None:
         if not self.prepared:
             raise RuntimeError("BeladyCache.access called before prepare(future)")
-        keys = layer * self.n_experts + experts
+        base = layer * self.n_experts
+        keys = [base + e for e in experts]
         start = self.n_accessed
-        end = start + keys.size
-        if end <= self._keys.size and np.array_equal(self._keys[start:end], keys):
-            self._next[keys] = self._next_pos[start:end]
-            return
-        self.exact = False
-        for key in keys.tolist():
-            pos = self._positions[key]
-            i = int(np.searchsorted(pos, end))
-            self._next[key] = float(pos[i]) if i < pos.size else np.inf
-
-    def _choose_victims(self, n: int, candidates: BoolArray, now: float, layer: int, incoming: IntArray) -> IntArray:
-        flat = np.flatnonzero(candidates.ravel())
-        order = np.lexsort((flat, -self._next[flat]))
-        return flat[order[:n]].astype(np.int64)
+        end = start + len(keys)
+        nxt = self._next
+        if end <= len(self._keys) and self._keys[start:end] == keys:
+            for k, p in zip(keys, self._next_pos[start:end], strict=True):
+                nxt[k] = p
+        else:
+            self.exact = False
+            for k in keys:
+                pos = self._positions[k]
+                i = int(np.searchsorted(pos, end))
+                nxt[k] = float(pos[i]) if i < pos.size else float("inf")
+        for k, h in zip(keys, hits, strict=True):
+            if h and not self._pinned_flat[k]:
+                self._push(k)

@@ -263,6 +263,7 @@ class ExpertFlowCache(CachePolicy):
     """
 
     needs_training = True
+    time_independent = True
 
     def __init__(
         self,

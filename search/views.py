@@ -707,7 +707,11 @@ def write_report(
         body = _note(f"design {chosen.design_hash}, trial {chosen.number} ({how}); pass --design HASH for another")
         body += _fig_div(plot_design_cost(cinfo), "cost") if cinfo.seconds else _note("no busy-time breakdown recorded")
         if timeline is not None and chosen.design:
-            body += timeline(chosen.design)
+            try:
+                body += timeline(chosen.design)
+            except ValueError as exc:  # the design's own errors (does not fit, malformed): said on the page
+                log.warning("timeline of design %s not drawn: %s", chosen.design_hash, exc)
+                body += _note(f"timeline: not drawn ({exc})")
         else:
             why = "no design recorded in the trial" if timeline is not None else "left out (--no-timeline)"
             body += _note(f"timeline: not drawn ({why})")

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import optuna
@@ -36,7 +37,9 @@ from tests.search.conftest import OBJECTIVES, new_study, synthetic_trials
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _study_of(values: list[list[float]], directions: list[str], feasible: list[bool] | None = None) -> optuna.Study:
+def _study_of(
+    values: list[list[float]], directions: list[Literal["minimize", "maximize"]], feasible: list[bool] | None = None
+) -> optuna.Study:
     study = optuna.create_study(directions=directions)
     feasible = feasible or [True] * len(values)
     study.add_trials(
@@ -201,6 +204,12 @@ def test_report_file_and_errors(small_study_dir: Path, tmp_path: Path) -> None:
     new_study(storage, "second")
     with pytest.raises(ValueError, match=r"2 studies .*name one with --study"):
         write_report(out)
+
+    def refuse(design: dict[str, object]) -> str:
+        raise ValueError("mapping does not fit device 0")
+
+    refused = write_report(out, study_name="synthetic", path=tmp_path / "refused.html", timeline=refuse).read_text()
+    assert "timeline: not drawn (mapping does not fit device 0)" in refused
     empty = write_report(out, study_name="second", path=tmp_path / "empty.html", timeline=None).read_text()
     assert "no feasible trial" in empty
 

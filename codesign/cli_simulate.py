@@ -150,6 +150,12 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "default) or context-coherent (ExFlow: a token stays on its top-1 expert's device; one "
         "all-to-all per layer)",
     )
+    p.add_argument(
+        "--execution",
+        default="auto",
+        help="kernel execution model: auto (grouped-eager on GPUs, per-expert elsewhere), grouped-eager, "
+        "grouped-graph, grouped-graph-fused, per-expert-eager, per-expert-graph (hwmodels.execution)",
+    )
     p.add_argument("--backing", default="host", help="where offloaded experts live: host | a device tier (ddr)")
     p.add_argument("--batch", type=int, default=64, metavar="N", help="max requests per batch (default 64)")
     p.add_argument("--max-tokens", type=int, default=8192, help="token budget per step (default 8192)")
@@ -538,6 +544,10 @@ def build_mapping(args: argparse.Namespace) -> Any:
     if not 0.0 <= args.train_fraction < 1.0:
         raise ValueError(f"--train-fraction must be in [0, 1), got {args.train_fraction}")
 
+    from hwmodels import EXECUTIONS
+
+    if args.execution != "auto" and args.execution not in EXECUTIONS:
+        raise ValueError(f"--execution {args.execution!r}: expected auto or one of {', '.join(EXECUTIONS)}")
     near = None
     if args.near_tier is not None:
         if args.near_experts is None:
@@ -552,6 +562,7 @@ def build_mapping(args: argparse.Namespace) -> Any:
         prefetch=args.prefetch,
         prefetch_options=prefetch_opts,
         ep_execution=args.ep_execution,
+        execution=args.execution,
         miss=args.miss,
         miss_options=miss_opts,
         placement_options=placement_opts,

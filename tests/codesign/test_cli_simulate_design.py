@@ -28,3 +28,15 @@ def test_design_with_model_flags_or_a_missing_file_is_one_error_line(tmp_path, c
     assert len(err) == 1 and "none.json" in err[0]
     assert main(["simulate", "--platform", "dgx-h100"]) != 0
     assert "--model required" in capsys.readouterr().err
+
+
+def test_execution_flag_reaches_the_mapping_and_bad_values_name_the_flag(capsys):
+    args = ["simulate", "--model", "deepseek-v2-lite", "--platform", "dgx-h100", "--requests", "2"]
+    args += ["--output-len", "3", "--prompt-len", "8", "--json", "--no-progress"]
+    assert main([*args, "--execution", "grouped-graph"]) == 0
+    graph = json.loads(capsys.readouterr().out)["tpot_p50_s"]
+    assert main([*args, "--execution", "per-expert-eager"]) == 0
+    eager = json.loads(capsys.readouterr().out)["tpot_p50_s"]
+    assert graph < eager
+    assert main([*args, "--execution", "magic"]) != 0
+    assert "--execution 'magic'" in capsys.readouterr().err

@@ -390,7 +390,7 @@ class SearchOutcome:
 def pareto_trials(study: optuna.Study, fidelity: str | None = "sim") -> list[FrozenTrial]:
     """Feasible completed trials whose values come from ``fidelity`` (any evaluated one when
     ``None``) and that no other such trial dominates, sorted by the first objective (one trial per
-    design hash)."""
+    design hash, and per objective vector: of designs that tie exactly, the first trial)."""
     directions = ["maximize" if d == optuna.study.StudyDirection.MAXIMIZE else "minimize" for d in study.directions]
     pool: dict[str, FrozenTrial] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -402,6 +402,11 @@ def pareto_trials(study: optuna.Study, fidelity: str | None = "sim") -> list[Fro
         pool.setdefault(str(t.user_attrs.get("design_hash", t.number)), t)
     trials = list(pool.values())
     front = [t for t in trials if not any(dominates(o.values, t.values, directions) for o in trials if o is not t)]
+    # designs whose knobs differ only where it does not change the answer tie exactly: keep the first
+    first: dict[tuple[float, ...], FrozenTrial] = {}
+    for t in sorted(front, key=lambda t: t.number):
+        first.setdefault(tuple(t.values), t)
+    front = list(first.values())
     sign = -1.0 if directions[0] == "maximize" else 1.0
     return sorted(front, key=lambda t: (sign * t.values[0], t.number))
 

@@ -43,8 +43,9 @@ import numpy.typing as npt
 
 from codesign.engine import Engine, EngineOutput, SimRequest
 from codesign.mapping import Mapping, MappingError
-from codesign.policies import REGISTRIES
+from codesign.policies import policy_flag
 from codesign.policies.base import AccessSequence, RoutingStats
+from codesign.policies.placement import PlacementMemo
 from codesign.result import Result, summarize
 from workloads.trace import RoutingTrace
 
@@ -73,34 +74,34 @@ class TrainingDataError(ValueError):
         self.policies = policies
 
 
-def _placement_needs_stats(mapping: Mapping, model: Any) -> bool:
-    """Whether the mapping's placement policy needs routing statistics: it is asked to place the
-    model on one device without statistics (cheap), and a `ValueError` means it needs them (the
-    `PlacementPolicy` contract: a policy that needs statistics raises a clear error without them)."""
-    policy = REGISTRIES["placement"].create(mapping.placement, seed=0, **dict(mapping.placement_options))
-    try:
-        policy.place(model, 1, None)
-    except ValueError:
-        return True
-    return False
+def _placement_needs_stats(mapping: Mapping) -> bool:
+    """Whether the mapping's placement needs routing statistics: the policy's class flag
+    ``needs_stats`` (`PlacementPolicy`), False when the mapping carries its own ``expert_home``."""
+    if mapping.expert_home is not None:
+        return False
+    return policy_flag("placement", mapping.placement, "needs_stats")
 
 
 def policies_needing_training(mapping: Mapping, model: Any, platform: Any = None) -> list[str]:
     """The policies of ``mapping`` that need training routing, as ``"<kind> '<name>'"`` strings
-    (empty when none does). The placement counts only with more than one device (``n_devices``,
-    else the accelerators of ``platform`` when given; one device needs no placement). The
-    ``popular`` initial fill is not listed: without statistics it falls back to ``spread``."""
+    (empty when none does), read from their class flags (``needs_stats`` of a placement,
+    ``needs_training`` of a cache or prefetch policy). The placement counts only with more than
+    one device (``n_devices``, else the accelerators of ``platform`` when given; one device needs
+    no placement) and when the mapping has no ``expert_home`` of its own. The ``popular`` initial
+    fill is not listed: without statistics it falls back to ``spread``. ``model`` is unused (kept
+    for callers)."""
+    del model
     out: list[str] = []
     n_dev = mapping.n_devices
     if n_dev is None and platform is not None:
         n_dev = int(platform.n_accelerators)
-    if (n_dev is None or n_dev > 1) and _placement_needs_stats(mapping, model):
+    if (n_dev is None or n_dev > 1) and _placement_needs_stats(mapping):
         out.append(f"placement {mapping.placement!r}")
-    if getattr(REGISTRIES["cache"].get(mapping.cache.policy), "needs_training", False):
+    if policy_flag("cache", mapping.cache.policy, "needs_training"):
         out.append(f"cache policy {mapping.cache.policy!r}")
-    if mapping.near is not None and getattr(REGISTRIES["cache"].get(mapping.near.policy), "needs_training", False):
+    if mapping.near is not None and policy_flag("cache", mapping.near.policy, "needs_training"):
         out.append(f"near cache policy {mapping.near.policy!r}")
-    if mapping.prefetch != "none" and getattr(REGISTRIES["prefetch"].get(mapping.prefetch), "needs_training", False):
+    if mapping.prefetch != "none" and policy_flag("prefetch", mapping.prefetch, "needs_training"):
         out.append(f"prefetch policy {mapping.prefetch!r}")
     return out
 
@@ -192,6 +193,20 @@ def training_trace(
     )
 
 
+def _platform_numbers(platform: Any) -> Any:
+    """Every number of the platform that changes a cost (devices, tiers, links and their measured
+    points, price), without sources and notes: what `config_hash` hashes, so two platforms that
+    differ in one number hash differently (`hwmodels.serialize.hardware_numbers`)."""
+    from hwmodels.devices import Platform
+    from hwmodels.serialize import hardware_numbers, platform_to_dict
+
+    if isinstance(platform, Platform):
+        return hardware_numbers(platform_to_dict(platform))
+    if is_dataclass(platform) and not isinstance(platform, type):
+        return hardware_numbers(_plain(asdict(platform)))
+    return {"name": getattr(platform, "name", type(platform).__name__)}
+
+
 def _describe(obj: Any) -> Any:
     if is_dataclass(obj) and not isinstance(obj, type):
         try:
@@ -224,13 +239,19 @@ def simulate(
     record_events: bool = False,
     progress: bool = False,
     train: RoutingTrace | None = None,
+    placements: PlacementMemo | None = None,
 ) -> Result:
     """Simulate serving ``stream`` with ``model`` on ``platform`` laid out by ``mapping``.
 
     ``cost_model`` defaults to ``hwmodels.CostModel(platform)`` (calibrated fidelity with the
     package's default efficiency curves). ``seed`` seeds every policy. ``train`` (a routing trace)
     replaces the training split of the stream; without either, a process stream trains on a
-    separate sample of its process (module doc). Returns a `Result`; deterministic for a seed.
+    separate sample of its process (module doc). ``placements`` (a `PlacementMemo`) computes the
+    placement once per (routing statistics, devices, policy and options, model) and reuses it in
+    later calls given the same memo (a mapping with its own ``expert_home`` skips placement);
+    ``summary["placement_source"]`` says whether it was computed, found in the memo or given (its
+    wall time, not deterministic, is logged, never put in the result). Returns a `Result`; deterministic
+    for a seed.
     Raises `MappingError` when the mapping does not fit, `UnknownPolicyError` for unknown policy
     names (both list the valid choices or the numbers) and `TrainingDataError` when policies need
     training data that is absent.
@@ -295,13 +316,15 @@ def simulate(
         )
     min_kv = max(s.prompt_tokens + s.output_tokens - 1 for s in sim_reqs)
     try:
-        bound = mapping.bind(model, platform, stats=stats, min_kv_tokens=min_kv, seed=seed)
+        bound = mapping.bind(model, platform, stats=stats, min_kv_tokens=min_kv, seed=seed, placements=placements)
     except MappingError:
         raise
-    cache_cls = REGISTRIES["cache"].get(mapping.cache.policy)
+    if bound.placement is not None and bound.placement.source == "computed":
+        log.info("placement %r computed in %.3f s", mapping.placement, bound.placement.solve_s)
     oracle_exact: bool | None = None
     passes = 1
-    if getattr(cache_cls, "needs_future", False):
+    needs_future = policy_flag("cache", mapping.cache.policy, "needs_future")
+    if needs_future:
         rec_mapping = mapping.with_(
             cache=mapping.cache.__class__(
                 policy="lru",
@@ -310,7 +333,9 @@ def simulate(
                 capacity_experts=mapping.cache.capacity_experts,
             )
         )
-        rec_bound = rec_mapping.bind(model, platform, stats=stats, min_kv_tokens=min_kv, seed=seed)
+        rec_bound = rec_mapping.with_(expert_home=bound.expert_home).bind(
+            model, platform, stats=stats, min_kv_tokens=min_kv, seed=seed
+        )
         rec = Engine(rec_bound, cost_model, seed=seed, train=train, record_access=True).run(sim_reqs)
         futures: list[AccessSequence] = rec.access or []
         out: EngineOutput | None = None
@@ -345,7 +370,7 @@ def simulate(
         )
     extra: dict[str, Any] = {
         "oracle_exact": oracle_exact,
-        "oracle_passes": passes if getattr(cache_cls, "needs_future", False) else 0,
+        "oracle_passes": passes if needs_future else 0,
         "hits": out.counters["hits"],
         "accesses": out.counters["accesses"],
         "assignments_device": out.counters["assignments_device"],
@@ -362,6 +387,7 @@ def simulate(
         "train_source": train_source,
         "train_tokens": train.n_tokens if train is not None else 0,
         "kv_capacity_tokens": int(sum(bound.kv_capacity_tokens)),
+        "placement_source": bound.placement.source if bound.placement is not None else None,
     }
     summary = summarize(
         out.requests,
@@ -382,7 +408,7 @@ def simulate(
         digest.update(np.ascontiguousarray(sr.routing).tobytes())
     config = {
         "model": _describe(model),
-        "platform": {"name": platform.name},
+        "platform": _platform_numbers(platform),
         "mapping": mapping.to_dict(),
         "seed": seed,
         "cost_model": {"type": type(cost_model).__name__, "fidelity": getattr(cost_model, "fidelity", None)},

@@ -122,7 +122,7 @@ def suggest_with(trial: Any) -> Chooser:
         if knob.fixed:
             return knob.choices[0]
         if knob.choices:
-            return trial.suggest_categorical(knob.name, list(knob.choices))  # type: ignore[no-any-return]
+            return trial.suggest_categorical(knob.name, list(knob.choices))
         assert knob.low is not None and knob.high is not None
         if knob.integer:
             return int(
@@ -592,7 +592,7 @@ def _parse(data: dict[str, Any], source: str) -> SearchSpace:
         rate is None or isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0
     ):
         raise ctx.error("workload.rate_per_s", "a rate > 0 (requests/s) with poisson arrivals", rate)
-    workload["rate_per_s"] = None if wl["arrivals"] == "closed" else float(rate)  # type: ignore[arg-type]
+    workload["rate_per_s"] = None if wl["arrivals"] == "closed" else float(rate)
     d = wl["training_tokens"]
     if isinstance(d, bool) or not isinstance(d, int | float) or not math.isfinite(d) or d <= 0:
         raise ctx.error("workload.training_tokens", "a number of tokens > 0", d)

@@ -135,8 +135,9 @@ def _storage(url: str) -> optuna.storages.BaseStorage:
         storage.engine.dispose()  # connections opened before the listener reconnect with it
         return storage
     if url.endswith(".log") or url.startswith("journal:"):
-        path = url.removeprefix("journal:")
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     return optuna.storages.RDBStorage(url)
 
 

@@ -130,6 +130,22 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         metavar="KEY=VALUE",
         help="placement option, repeatable (e.g. exflow method=sequential, time_limit_s=10)",
     )
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a policy plug-in module first (its policies register by name), repeatable; "
+        "modules of the 'moe_codesign.policies' entry-point group load by themselves",
+    )
+    p.add_argument(
+        "--placement-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep computed placements in DIR and reuse them in later runs with the same routing "
+        "statistics, devices, policy, options and model",
+    )
     p.add_argument("--scheduler", default="fifo", help="token scheduler (default fifo)")
     p.add_argument(
         "--hbm-expert-fraction",
@@ -917,11 +933,34 @@ def _cmd_design(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_plugins(modules: list[str]) -> None:
+    """Import each ``--plugin`` module (one-line error naming it when it cannot be imported)."""
+    from codesign.policies import PluginError, load_plugin
+
+    for module in modules:
+        try:
+            load_plugin(module)
+        except PluginError as exc:
+            raise ValueError(f"--plugin {module}: {exc}") from None
+
+
+def _placement_memo(directory: Path | None) -> Any:
+    """A `PlacementMemo` keeping placements in ``--placement-cache DIR`` (None without the flag)."""
+    if directory is None:
+        return None
+    from codesign.policies.placement import PlacementMemo
+
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"--placement-cache {directory}: exists and is not a directory")
+    return PlacementMemo(directory=directory)
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from codesign.simulate import TrainingDataError, simulate
     from hwmodels import CostModel, get_platform
     from workloads.progress import stage
 
+    _load_plugins(args.plugin)
     if args.design is not None:
         given = [f for f, v in (("--model", args.model), ("--platform", args.platform), ("--trace", args.trace)) if v]
         if given:
@@ -931,6 +970,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         missing = [f for f, v in (("--model", args.model), ("--platform", args.platform)) if v is None]
         raise ValueError(f"{' and '.join(missing)} required (or --design DESIGN.json)")
     _check_args(args)
+    memo = _placement_memo(args.placement_cache)
     model = load_model(args.model)
     if args.precision:
         model = model.with_precision(args.precision)
@@ -955,6 +995,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 record_events=args.out is not None,
                 progress=bar,
+                placements=memo,
             )
     except TrainingDataError as exc:
         verb = "needs" if len(exc.policies) == 1 else "need"

@@ -54,10 +54,12 @@ class StepInputs:
     ``layer * E + expert`` (int64 ``[L * E]``); ``n_assign``: token-expert assignments; ``cross``:
     those dispatched off the token's device. ``attn_s`` ... ``dense_J``: per token position (before
     MoE layer ``0 .. L``) and device, ``[L + 1, n_dev]``, seconds and joules of one layer's attention,
-    router, shared experts and dense FFN. ``a2a[l]``: (dispatch s, dispatch J, combine s, combine J)
+    router, shared experts and dense FFN; ``per_position`` False when every row is the same (classic
+    execution: tokens stay on their request's device). ``a2a[l]``: (dispatch s, dispatch J, combine s, combine J)
     of MoE layer ``l`` (empty on one device); ``bytes_peer``: bytes over the peer link this step.
     """
 
+    per_position: bool
     rows: npt.NDArray[np.int16]
     counts: npt.NDArray[np.int64]
     n_prefill: int
@@ -91,7 +93,9 @@ class ArithmeticStep:
         self.n_layers = model.n_layers
         self.moe_index: list[int] = list(eng.moe_index)
         self.position = np.asarray(eng.position, dtype=np.int64)
-        self.is_moe = np.asarray([i >= 0 for i in self.moe_index], dtype=bool)
+        self.is_moe_list = [i >= 0 for i in self.moe_index]
+        self.group_starts = np.arange(eng.L * eng.n_dev + 1, dtype=np.int64) * eng.E
+        self.is_moe = np.asarray(self.is_moe_list, dtype=bool)
         self.home_masks: list[npt.NDArray[np.bool_]] | None = None
         if eng.n_dev > 1:
             self.home_masks = [eng.home_flat == d for d in range(eng.n_dev)]
@@ -107,15 +111,33 @@ class ArithmeticStep:
 
     def _pre(self, si: StepInputs) -> tuple[list[float], float]:
         """Attention + router (MoE layer) or dense FFN (dense layer) per model layer: the longest
-        device's time of each layer, and the energy of all; adds each device's busy time."""
-        pos = self.position
-        moe = self.is_moe[:, None]
-        pre = si.attn_s[pos] + np.where(moe, si.router_s[pos], si.dense_s[pos])  # [n_layers, n_dev]
-        pre_J = si.attn_J[pos] + np.where(moe, si.router_J[pos], si.dense_J[pos])
+        device's time of each layer, and the energy of all; adds each device's busy time, layer by
+        layer (the simpy path's order of float additions)."""
         busy = self.eng.busy_s
-        for d, b in enumerate(pre.sum(axis=0).tolist()):
-            busy[d] += b
-        return pre.max(axis=1).tolist(), float(pre_J.sum())
+        if si.per_position:
+            pos = self.position
+            moe = self.is_moe[:, None]
+            pre = si.attn_s[pos] + np.where(moe, si.router_s[pos], si.dense_s[pos])  # [n_layers, n_dev]
+            pre_J = si.attn_J[pos] + np.where(moe, si.router_J[pos], si.dense_J[pos])
+            rows: list[list[float]] = pre.tolist()
+            for row in rows:
+                for d, b in enumerate(row):
+                    busy[d] += b
+            return pre.max(axis=1).tolist(), float(pre_J.sum())
+        moe_pre = (si.attn_s[0] + si.router_s[0]).tolist()
+        dense_pre = (si.attn_s[0] + si.dense_s[0]).tolist()
+        moe_max, dense_max = max(moe_pre), max(dense_pre)
+        a_j = float(si.attn_J[0].sum())
+        n_moe = self.L
+        n_dense = self.n_layers - n_moe
+        energy = n_moe * (a_j + float(si.router_J[0].sum())) + n_dense * (a_j + float(si.dense_J[0].sum()))
+        pre_max = []
+        for m in self.is_moe_list:
+            row = moe_pre if m else dense_pre
+            for d, b in enumerate(row):
+                busy[d] += b
+            pre_max.append(moe_max if m else dense_max)
+        return pre_max, energy
 
     def play(self, si: StepInputs, t0: float) -> float:
         """Play the step that starts at ``t0``; returns its end time (simulated seconds)."""
@@ -201,64 +223,66 @@ class ArithmeticStep:
         counts = si.counts
         c_step = eng._c
         staging = eng.bound.mapping.staging_experts
-        # needed experts per (layer, device), ascending: one pass over the step's nonzero keys
+        # needed experts per (layer, device), ascending: group id (layer * n_dev + d) * E + expert
         nz = np.flatnonzero(counts)
-        nz_keys: list[int] = nz.tolist()
-        nz_dev: list[int] = eng.home_flat[nz].tolist() if n_dev > 1 else [0] * len(nz_keys)
+        if n_dev > 1:
+            nz = np.sort((nz // E * n_dev + eng.home_flat[nz]) * E + nz % E)
+        bounds: list[int] = np.searchsorted(nz, self.group_starts).tolist()
+        grp: list[int] = nz.tolist()
         # ---- pass A
         ready: list[list[int]] = [[] for _ in range(n_dev)]  # hit keys per device
         fetches: dict[tuple[int, int], tuple[list[int], int]] = {}  # (layer, d) -> (keys, n cached)
         energy = 0.0
         n_needed = n_hit_all = 0
-        i, n_nz = 0, len(nz_keys)
+        n_fetched = [0] * n_dev
         exp_cost: dict[int, OpCost] = {}
-        while i < n_nz:
-            layer = nz_keys[i] // E
+        for g in range(L * n_dev):
+            lo, hi = bounds[g], bounds[g + 1]
+            if lo == hi:
+                continue
+            layer, d = divmod(g, n_dev)
             base = layer * E
-            by_dev: list[list[int]] = [[] for _ in range(n_dev)]
-            while i < n_nz and nz_keys[i] < base + E:
-                by_dev[nz_dev[i]].append(nz_keys[i] - base)
-                i += 1
-            for d in range(n_dev):
-                ex = by_dev[d]
-                if not ex:
-                    continue
-                cache = eng.caches[d]
-                if self.observes[d]:
-                    cache.observe(layer, si.rows[:, layer, :], t0)
-                hits = cache.access_list(layer, ex, t0)
-                if eng.record_access:
-                    eng._access_log[d].append(np.asarray(ex, dtype=np.int64) + base)
-                n_hit = sum(hits)
-                n_needed += len(ex)
-                n_hit_all += n_hit
-                if n_hit:
-                    ready[d].extend(base + e for e, h in zip(ex, hits, strict=True) if h)
-                if n_hit == len(ex):
-                    continue
-                miss = [e for e, h in zip(ex, hits, strict=True) if not h]
-                c_step.misses += len(miss)
-                fetch_ex = self._decide(d, layer, miss, counts, exp_cost)
-                admitted, _victims = cache.admit_list(layer, fetch_ex, t0, protect=ex)
-                cached = [e for e, a in zip(fetch_ex, admitted, strict=True) if a]
-                streamed = [e for e, a in zip(fetch_ex, admitted, strict=True) if not a]
-                n_str = len(streamed)
-                if n_str and staging == 0:
-                    raise RuntimeError(
-                        f"device {d}: {n_str} fetched experts of MoE layer {layer} cannot be cached "
-                        "(cache full of protected or pinned experts, or the policy refuses them) and "
-                        "staging_experts=0; raise staging_experts"
-                    )
-                eng.peak_staging[d] = max(eng.peak_staging[d], min(n_str, staging))
-                n_f = len(fetch_ex)
-                c_step.fetched += n_f
-                c_step.streamed += n_str
+            gb = g * E
+            ex = [k - gb for k in grp[lo:hi]]
+            cache = eng.caches[d]
+            if self.observes[d]:
+                cache.observe(layer, si.rows[:, layer, :], t0)
+            hits = cache.access_list(layer, ex, t0)
+            if eng.record_access:
+                eng._access_log[d].append(np.asarray(ex, dtype=np.int64) + base)
+            n_hit = sum(hits)
+            n_needed += len(ex)
+            n_hit_all += n_hit
+            if n_hit:
+                ready[d].extend(base + e for e, h in zip(ex, hits, strict=True) if h)
+            if n_hit == len(ex):
+                continue
+            miss = [e for e, h in zip(ex, hits, strict=True) if not h]
+            c_step.misses += len(miss)
+            fetch_ex = self._decide(d, layer, miss, counts, exp_cost)
+            admitted, _victims = cache.admit_list(layer, fetch_ex, t0, protect=ex)
+            cached = [e for e, a in zip(fetch_ex, admitted, strict=True) if a]
+            streamed = [e for e, a in zip(fetch_ex, admitted, strict=True) if not a]
+            n_str = len(streamed)
+            if n_str and staging == 0:
+                raise RuntimeError(
+                    f"device {d}: {n_str} fetched experts of MoE layer {layer} cannot be cached "
+                    "(cache full of protected or pinned experts, or the policy refuses them) and "
+                    "staging_experts=0; raise staging_experts"
+                )
+            eng.peak_staging[d] = max(eng.peak_staging[d], min(n_str, staging))
+            n_f = len(fetch_ex)
+            c_step.fetched += n_f
+            c_step.streamed += n_str
+            n_fetched[d] += n_f
+            eng.peak_resident[d] = max(eng.peak_resident[d], cache.n_resident)
+            fetches[(layer, d)] = ([base + e for e in cached + streamed], len(cached))
+        for d, n_f in enumerate(n_fetched):
+            if n_f:
                 nbytes = eng.bpe * n_f
                 eng._add_bytes(eng.fetch_link[d], nbytes)
                 c_step.bytes_host += nbytes
                 energy += eng.fetch_J[d] * n_f
-                eng.peak_resident[d] = max(eng.peak_resident[d], cache.n_resident)
-                fetches[(layer, d)] = ([base + e for e in cached + streamed], len(cached))
         eng.n_access += n_needed
         eng.n_hits += n_hit_all
         eng.assign_device += si.n_assign

@@ -573,7 +573,7 @@ class Engine:
         if cur is not None:
             per_pos = self._coherent_costs(cur, plan_n, plan_ctx)
         else:
-            per_pos = tuple(np.broadcast_to(x, (L + 1, n_dev)) for x in self._device_costs(prefill_n, dec_ctx))
+            per_pos = tuple(np.broadcast_to(self._device_costs(prefill_n, dec_ctx)[:, None, :], (8, L + 1, n_dev)))
         attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J = per_pos
         a2a: list[tuple[float, float, float, float]] = []
         bytes_peer = 0.0
@@ -590,6 +590,7 @@ class Engine:
             a2a = list(zip(s1, j1, s2, j2, strict=True))
             bytes_peer = (cross + n_gather) * unit if coherent else 2.0 * cross * unit
         return StepInputs(
+            per_position=cur is not None,
             rows=rows,
             counts=counts,
             n_prefill=n_prefill,
@@ -608,13 +609,14 @@ class Engine:
             bytes_peer=bytes_peer,
         )
 
-    def _device_costs(self, prefill_n: list[list[int]], dec_ctx: list[list[int]]) -> list[npt.NDArray[np.float64]]:
-        """Classic execution: per device ``[n_dev]`` time and energy of one layer's attention, router,
-        shared experts and dense FFN for the tokens of the requests it holds. Answers are memoised by
-        (device spec, token shape): devices with equal specs and repeated batch shapes ask once."""
+    def _device_costs(self, prefill_n: list[list[int]], dec_ctx: list[list[int]]) -> npt.NDArray[np.float64]:
+        """Classic execution: ``[8, n_dev]`` time and energy per device of one layer's attention, router,
+        shared experts and dense FFN (rows in that order, seconds then joules of each) for the tokens
+        of the requests it holds. Answers are memoised by (device spec, token shape): devices with
+        equal specs and repeated batch shapes ask the plan once."""
         n_dev = self.n_dev
         plan = self.plan
-        out = [np.zeros(n_dev) for _ in range(8)]
+        out = [[0.0] * n_dev for _ in range(8)]
         memo = self._dev_cost_memo
         if len(memo) > 8192:
             memo.clear()
@@ -653,7 +655,7 @@ class Engine:
                 tok = memo[tkey] = tuple(vals)
             for i, v in enumerate(attn + tok):
                 out[i][d] = v
-        return out
+        return np.array(out)
 
     def _step(self, plan: list[tuple[RequestState, int]]) -> ProcGen:
         """Play one step: the arithmetic path when nothing in it contends across time, else the simpy

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 
 import pandas as pd
 
-__all__ = ["RequestRecord", "StepCounters", "StepRecord", "records_frame"]
+__all__ = ["RequestRecord", "StepCounters", "StepRecord", "field_names", "records_frame"]
 
 
 @dataclass(slots=True)

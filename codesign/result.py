@@ -32,45 +32,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from codesign.records import RequestRecord, StepRecord, field_names
+
 __all__ = ["REQUEST_COLUMNS", "STEP_COLUMNS", "Event", "Result", "summarize"]
 
-REQUEST_COLUMNS: tuple[str, ...] = (
-    "request_id",
-    "arrival_s",
-    "admitted_s",
-    "first_token_s",
-    "finish_s",
-    "prompt_tokens",
-    "output_tokens",
-    "ttft_s",
-    "tpot_s",
-    "latency_s",
-    "device",
-)
-STEP_COLUMNS: tuple[str, ...] = (
-    "step",
-    "start_s",
-    "end_s",
-    "duration_s",
-    "n_requests",
-    "prefill_tokens",
-    "decode_tokens",
-    "experts_needed",
-    "hits",
-    "misses",
-    "fetched",
-    "cpu_computed",
-    "streamed",
-    "prefetched",
-    "prefetch_late",
-    "prefetch_on_time",
-    "prefetch_wasted",
-    "bytes_host",
-    "bytes_peer",
-    "cross_device",
-    "assignments",
-    "energy_J",
-)
+#: Columns of `Result.requests`: the fields of `codesign.records.RequestRecord`, in order.
+REQUEST_COLUMNS: tuple[str, ...] = field_names(RequestRecord)
+#: Columns of `Result.steps`: the fields of `codesign.records.StepRecord`, in order.
+STEP_COLUMNS: tuple[str, ...] = field_names(StepRecord)
 
 
 class Event(NamedTuple):

@@ -770,7 +770,7 @@ class IncrementalCachePolicy(CachePolicy):
                 victims = self._evict_keys(need, layer if self.per_layer else -1, excluded)
             take = new[: min(len(new), self._free_for(layer))]
             if take:
-                keys = sorted(base + experts[i] for i in take)
+                keys = sorted([base + experts[i] for i in take])
                 for k in keys:
                     res[k] = 1
                 for i in take:

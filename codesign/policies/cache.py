@@ -73,10 +73,20 @@ class LRUCache(IncrementalCachePolicy):
     def _inserted(self, keys: list[int], prefetch: bool) -> None:
         self._tick += 1
         tick = self._tick
+        if not self.per_layer:
+            od = self._orders[0]
+            for k in keys:
+                od[k] = tick
+            return
         for k in keys:
             self._order(k)[k] = tick
 
     def _removed(self, keys: list[int]) -> None:
+        if not self.per_layer:
+            od = self._orders[0]
+            for k in keys:
+                del od[k]
+            return
         for k in keys:
             del self._order(k)[k]
 

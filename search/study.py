@@ -488,6 +488,8 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int, int], None] | N
     url = storage_url(config)
     space = config.space
     sampler = make_sampler(space, config.seed)
+    optuna_level = logging.getLogger("optuna").level
+    logging.getLogger("optuna").setLevel(logging.WARNING)  # our progress bar instead of a line per trial
     study = _study(config, url, sampler)
     orphans = _fail_orphans(study)
     if orphans:
@@ -507,8 +509,6 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int, int], None] | N
             bar.refresh()
 
     t0 = time.perf_counter()
-    optuna_level = logging.getLogger("optuna").level
-    logging.getLogger("optuna").setLevel(logging.WARNING)
     try:
         if config.jobs == 1:
             evaluator = TrialEvaluator(space, out_dir)

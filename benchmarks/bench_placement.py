@@ -90,7 +90,7 @@ def main() -> None:
         calls["milp"] += 1
         return real_milp(*a, **k)
 
-    placement_mod.milp = counting_milp  # type: ignore[assignment]
+    placement_mod.milp = counting_milp
     with tempfile.TemporaryDirectory() as tmp:
         memo = PlacementMemo(directory=tmp)
         w1, c1, b1 = timed(lambda: mapping.bind(model, platform, stats=stats, placements=memo))
@@ -98,7 +98,7 @@ def main() -> None:
         w3, _, b3 = timed(lambda: mapping.bind(model, platform, stats=stats, placements=PlacementMemo(directory=tmp)))
         placed = mapping.placed(model, platform, stats=stats, placements=memo)
         w4, _, b4 = timed(lambda: placed.bind(model, platform))
-    placement_mod.milp = real_milp  # type: ignore[assignment]
+    placement_mod.milp = real_milp
     assert all(np.array_equal(b1.expert_home, b.expert_home) for b in (b2, b3, b4))
     out["placement"] = {
         "first_bind_wall_s": w1,

@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -60,6 +61,9 @@ OptionValue = bool | int | float | str
 Options = tuple[tuple[str, OptionValue], ...]
 #: What an options field accepts: sorted pairs (stored form) or a dict (normalised at construction).
 OptionsArg = Options | dict[str, OptionValue]
+#: A precomputed layout: stored as a tuple of per-layer tuples of device ids; nested lists or an
+#: integer array are accepted at construction (normalised).
+LayoutArg = tuple[tuple[int, ...], ...] | Sequence[Sequence[int]] | npt.NDArray[np.integer[Any]]
 InitialFill = Literal["popular", "spread", "empty", "listed"]
 EpExecution = Literal["classic", "context-coherent"]
 
@@ -85,14 +89,14 @@ def _options(value: Any, where: str) -> Options:
     return tuple(sorted(out))
 
 
-def _check_policy(kind: str, name: str, where: str, options: Options = ()) -> None:
+def _check_policy(kind: str, name: str, where: str, options: OptionsArg = ()) -> None:
     """The policy exists (`UnknownPolicyError` lists the valid names) and takes ``options`` (the
     constructor's keyword parameters; `MappingError` lists the valid ones)."""
     REGISTRIES[kind].get(name)  # raises UnknownPolicyError listing the valid names
     if not name:
         raise MappingError(f"{where}: empty policy name")
     try:
-        check_options(kind, name, (k for k, _ in options), f"{where} options")
+        check_options(kind, name, (k for k, _ in _options(options, where)), f"{where} options")
     except UnknownOptionError as exc:
         raise MappingError(str(exc)) from None
 
@@ -224,7 +228,7 @@ class Mapping:
             "(placement stats, popularity, predictors), never served"
         },
     )
-    expert_home: tuple[tuple[int, ...], ...] | None = field(
+    expert_home: LayoutArg | None = field(
         default=None,
         metadata={
             "help": "precomputed expert-to-device layout, [moe_layer][expert] -> device id (e.g. a placement "

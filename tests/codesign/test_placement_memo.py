@@ -189,9 +189,9 @@ def test_layout_checked_when_built_and_when_bound() -> None:
     with pytest.raises(MappingError, match=r"expert_home\[1\]\[3\] = -1"):
         Mapping(expert_home=[[0] * 8, [0, 0, 0, -1, 0, 0, 0, 0]])
     with pytest.raises(MappingError, match="integer device ids"):
-        Mapping(expert_home=[[0.5] * 8])
+        Mapping(expert_home=[[0.5] * 8])  # type: ignore[list-item]
     with pytest.raises(MappingError, match="table of device ids"):
-        Mapping(expert_home=[0, 1, 0])
+        Mapping(expert_home=[0, 1, 0])  # type: ignore[list-item]
     with pytest.raises(MappingError, match="every expert homed exactly once"):
         Mapping(n_devices=2, expert_home=good[:3]).bind(model, plat)
     with pytest.raises(MappingError, match="every expert homed exactly once"):

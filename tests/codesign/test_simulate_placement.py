@@ -50,6 +50,7 @@ def test_config_hash_sees_every_platform_number(setup: tuple) -> None:
     m = Mapping(n_devices=1)
     base = simulate(model, plat, stream, m, seed=0)
     assert base.config["platform"]["accelerators"][0]["tiers"]
+    assert plat.host_link is not None
     faster_link = dataclasses.replace(
         plat, host_link=dataclasses.replace(plat.host_link, bandwidth_Bps=plat.host_link.bandwidth_Bps * 10)
     )

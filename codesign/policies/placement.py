@@ -489,15 +489,19 @@ def _cancel_cycles(
         v = last
         for _it in range(n_nodes):  # walk back into the cycle
             v = int(pred[v])
+            if v < 0:  # no cycle on this pred chain: let the exact assignment answer
+                return home, False
         cycle = [v]
         u = int(pred[v])
-        while u != v:
+        while u != v and u >= 0 and len(cycle) <= n_nodes:
             cycle.append(u)
             u = int(pred[u])
+        if u != v:
+            return home, False
         cycle.reverse()  # edges cycle[i] -> cycle[i+1]
         total = sum(gain[cycle[i], cycle[(i + 1) % len(cycle)]] for i in range(len(cycle)))
-        if not total > tol:  # numerical noise only
-            return home, True
+        if not total > tol:  # not an improving cycle: let the exact assignment answer
+            return home, False
         moves = [
             (int(arg[a, b]), b)
             for a, b in ((cycle[i], cycle[(i + 1) % len(cycle)]) for i in range(len(cycle)))

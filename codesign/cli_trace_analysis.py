@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from codesign import cli_checks as checks
+from workloads.aggregated import AggregatedRoutingStats, looks_like_counts, process_from_aggregated
 from workloads.defaults import default_process
 from workloads.fidelity import METRICS, compare, holdout_evaluation
 from workloads.process import RoutingProcess
@@ -135,6 +136,8 @@ def _load_trace(path: Path) -> RoutingTrace:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     checks.int_range(args.max_distance, "--max-distance", low=1, why=" (reuse distances in tokens)")
+    if looks_like_counts(args.trace):  # aggregated counts (e.g. OLMoE's): their own summary
+        return _stats_counts(args)
     trace = _load_trace(args.trace)
     st = trace_stats(trace, full=args.full, max_distance=args.max_distance)
     if args.json:
@@ -180,12 +183,43 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats_counts(args: argparse.Namespace) -> int:
+    """``trace stats COUNTS.json``: the summary of aggregated counts (`AggregatedRoutingStats.summary`)."""
+    st = AggregatedRoutingStats.load_json(args.trace).summary()
+    if args.json:
+        print(json.dumps(st))
+        return 0
+    print(
+        f"{args.trace}: aggregated counts of {st['model']} ({st['domain']}), {st['n_experts']} experts, "
+        f"top-{st['top_k']}; no per-token routing (no reuse or LRU statistics)"
+    )
+    print(f"{'layer':>5} {'tokens':>10} {'gini':>6} {'entropy':>7} {'max/mean':>8}")
+    for i, layer in enumerate(st["layers"]):
+        load = st["load"]
+        print(
+            f"{layer:5d} {st['tokens'][i]:10d} {_fmt(load['gini'][i]):>6} {_fmt(load['entropy'][i]):>7} "
+            f"{_fmt(load['max_over_mean'][i], 2):>8}"
+        )
+    for pr, mi, t1 in zip(
+        st["layer_pairs"], st["pair_mutual_information_bits"], st["pair_top1_conditional"], strict=True
+    ):
+        print(f"layers {pr[0]} -> {pr[1]}: MI {_fmt(mi)} bits, top-1 conditional {_fmt(t1)} (rank-aligned pairs)")
+    return 0
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     checks.seed(args.seed)
     checks.float_range(args.smoothing, "--smoothing", low=0.0, high=math.inf, low_open=True, high_open=True)
     checks.float_range(args.shrinkage, "--shrinkage", low=0.0, high=1.0)
     checks.int_range(args.calibration_iterations, "--calibration-iterations", low=0)
     checks.output_file(args.output, "-o", suffixes=(".json",), what="the routing process")
+    if looks_like_counts(args.trace):  # popularity from the counts, the rest from the model's default
+        counts = AggregatedRoutingStats.load_json(args.trace)
+        with stage(f"composing a routing process for {counts.model} from the counts in {args.trace}"):
+            proc = process_from_aggregated(counts, seed=args.seed)
+        proc.save(args.output)
+        print(f"wrote {args.output}: {proc!r}; {proc.meta['composed_from']['popularity']}")
+        return 0
     trace = _load_trace(args.trace)
     desc = (
         f"fitting a routing process to {args.trace} ({trace.n_tokens} tokens, {trace.n_moe_layers} MoE layers, "

@@ -13,11 +13,18 @@ import argparse
 import logging
 import math
 import os
+import sys
 from typing import Any
 
 from codesign import cli_checks as checks
 from workloads.aggregated import AggregatedRoutingStats
-from workloads.importers import import_trace, importer_descriptions, importer_names
+from workloads.importers import (
+    import_trace,
+    importer_descriptions,
+    importer_names,
+    importer_options,
+    load_plugin,
+)
 from workloads.trace import RoutingTrace
 
 log = logging.getLogger(__name__)
@@ -43,7 +50,22 @@ def register_trace(trace_sub: Any, parents: list[argparse.ArgumentParser]) -> No
         help="import real routing data (Mixtral JSONL, DeepSeek CSV, OLMoE counts)",
         description=f"Import routing data into the canonical format. Formats: {formats}.",
     )
-    p.add_argument("--format", "-f", required=True, choices=importer_names(), dest="fmt", help="input format")
+    p.add_argument(
+        "--format",
+        "-f",
+        required=True,
+        dest="fmt",
+        help=f"input format: {', '.join(importer_names())}, or one that a --plugin module registers",
+    )
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this Python module first (an importer plug-in registering more formats); repeatable",
+    )
+    p.add_argument("--n-experts", type=int, default=None, help="table: experts per MoE layer (instead of --model)")
+    p.add_argument("--top-k", type=int, default=None, help="table: slots per token and layer (default: most ids seen)")
     p.add_argument("src", nargs="+", metavar="SRC", help="input files or directories")
     p.add_argument(
         "-o",
@@ -126,7 +148,22 @@ def _summary(obj: RoutingTrace | AggregatedRoutingStats) -> str:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    for module in args.plugin:
+        load_plugin(module)
+    if args.fmt not in importer_names():  # a usage error, as argparse's choices would give (plug-ins load first)
+        print(
+            f"codesign trace import: error: argument --format/-f: invalid choice: {args.fmt!r} "
+            f"(choose from {', '.join(importer_names())}, or load a plug-in with --plugin MODULE)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     options: dict[str, Any] = {}
+    for flag, key in (("--n-experts", "n_experts"), ("--top-k", "top_k")):
+        value = getattr(args, key)
+        if value is not None:
+            if key not in importer_options(args.fmt):
+                raise ValueError(f"{flag} applies to formats taking {key} (table), not {args.fmt}")
+            options[key] = value
     if args.missing is not None:
         if args.fmt != "mixtral-jsonl":
             raise ValueError(f"--missing applies to mixtral-jsonl only, not {args.fmt}")

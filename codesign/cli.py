@@ -21,6 +21,7 @@ _TOP_MODULES = (
     "codesign.cli_simulate",
     "codesign.cli_search",
     "codesign.cli_view",
+    "codesign.cli_validate",
 )
 _TRACE_MODULES = ("codesign.cli_trace_io", "codesign.cli_trace_analysis")
 

@@ -236,6 +236,7 @@ class ArithmeticStep:
         n_needed = n_hit_all = 0
         n_fetched = [0] * n_dev
         exp_cost: dict[int, OpCost] = {}
+        fetch_only = eng._fetch_only and all(link is not None for link in eng.fetch_link)
         for g in range(L * n_dev):
             lo, hi = bounds[g], bounds[g + 1]
             if lo == hi:
@@ -259,7 +260,7 @@ class ArithmeticStep:
                 continue
             miss = [e for e, h in zip(ex, hits, strict=True) if not h]
             c_step.misses += len(miss)
-            fetch_ex = self._decide(d, layer, miss, counts, exp_cost)
+            fetch_ex = miss if fetch_only else self._decide(d, layer, miss, counts, exp_cost)
             admitted, _victims = cache.admit_list(layer, fetch_ex, t0, protect=ex)
             cached = [e for e, a in zip(fetch_ex, admitted, strict=True) if a]
             streamed = [e for e, a in zip(fetch_ex, admitted, strict=True) if not a]
@@ -306,8 +307,9 @@ class ArithmeticStep:
         if fetches:
             max_count = int(counts.max())
             cnt_list: list[int] = counts.tolist()
+            tables = [self._expert_table(d, max_count) for d in range(n_dev)]
             for item, (keys, _n_cached) in fetches.items():
-                t_tab, j_tab = self._expert_table(item[1], max_count)
+                t_tab, j_tab = tables[item[1]]
                 cs = [cnt_list[k] for k in keys]
                 comp[item] = [t_tab[c] for c in cs]
                 for c in cs:

@@ -1,4 +1,4 @@
-"""The simpy engine: plays requests on a `BoundMapping` with costs from `hwmodels.CostModel`.
+"""The simpy engine: plays requests on a `BoundMapping` with costs from a `StepCostPlan`.
 
 The kernel knows time, not hardware: every ``yield env.timeout(t)`` uses a time that a
 `CostModel` call returned. Links (copy engines), compute streams, the host CPU and the peer fabric
@@ -19,8 +19,8 @@ What one step does (continuous batching, one step at a time):
    the layer waits for its arrival; each prefetch is resolved once as on time, late or wasted, i.e.
    evicted unused); each miss goes to the miss policy (fetch the
    weights over the device's copy engine, or compute on the host CPU); the device's compute
-   stream runs the shared experts and the resident experts (sum of ``expert_ffn`` per expert,
-   or ``rdu_expert`` / ``fpga_expert`` on those devices), then each fetched expert as soon as
+   stream runs the shared experts and the resident experts (one group: `StepCostPlan.group`,
+   as the device kind's expert strategy runs them), then each fetched expert as soon as
    its weights arrive; the CPU computes its experts in parallel (``cpu_expert`` plus the
    activations over the host link both ways); then the all-to-all combine. With a *near* tier
    (``Mapping.near``, e.g. an RDU's SRAM above HBM) an expert found there is computed with its
@@ -54,10 +54,20 @@ Hence at zero load with every expert resident, a step's latency is exactly the s
 of ``attention + router (or dense FFN) + shared + sum of expert costs`` (`zero_load_step_s`
 computes that sum independently; a test pins the equality).
 
-Granularity: simpy events per step x layer x device (a layer's demand fetches are one link hold
-and one compute chain; prefetches one transfer each); all per-token work is
-vectorised numpy on the step's routing rows (one ``bincount`` per step for every layer), and the
-cost model is asked for arrays of token counts once per step and device.
+Costs: every operation's cost comes from one `codesign.costplan.StepCostPlan` (the same plan
+the analytic model and `zero_load_step_s` use): the resident experts of a layer on a device run
+as one group (grouped GEMM or per expert, as the mapping's kernel execution says; an FPGA stream),
+a fetched expert alone when its weights arrive.
+
+Granularity: the step is the unit of work. `_prepare` evaluates what a step needs as arrays (one
+``bincount`` over its routing rows, per-token costs per device, memoised for devices with equal
+specs). When nothing in the step contends across time (no prefetch, no host CPU path, no near
+tier, no event log; caches whose decisions do not read the time), `codesign._engine_fast.
+ArithmeticStep` computes the whole step (cache decisions layer by layer, then costs vectorised over
+layers and devices, then the times) and the engine waits once; otherwise `_step_general` plays it
+with simpy events per layer and device (a layer's demand fetches are one link hold and one compute
+chain; prefetches one transfer each). Both give the same results (a test pins it). Steps and
+requests are written as typed records (`codesign.records`).
 
 Assumptions (labelled): activations are `hwmodels.costs.ACTIVATION_BYTES` per element (bf16) for
 the all-to-all and the CPU path; the LM head and embeddings are not costed; chunked prefill attends
@@ -1408,8 +1418,8 @@ class Engine:
         now = self.env.now
         emitted = 0
         done: list[RequestState] = []
-        for st, n in plan:
-            if st.in_prefill:
+        for st, n in plan:  # RequestState's properties inlined (in_prefill, done): a hot loop
+            if st.prefilled < st.prompt_tokens:
                 st.prefilled += n
                 if st.prefilled == st.prompt_tokens:
                     st.generated = 1
@@ -1418,7 +1428,7 @@ class Engine:
             else:
                 st.generated += 1
                 emitted += 1
-            if st.done:
+            if st.generated >= st.output_tokens:
                 st.finish_s = now
                 done.append(st)
         if done:
@@ -1430,10 +1440,10 @@ class Engine:
             self.finished.extend(done)
         in_use = [0] * self.n_dev
         req_device = self.req_device
-        for r in self.running:
-            in_use[req_device[r.request_id]] += r.context_tokens
+        for r in self.running:  # context_tokens inlined
+            in_use[req_device[r.request_id]] += r.prefilled + max(r.generated - 1, 0)
         for r in done:
-            in_use[req_device[r.request_id]] += r.context_tokens
+            in_use[req_device[r.request_id]] += r.prefilled + max(r.generated - 1, 0)
         self.peak_kv_tokens = [max(a, b) for a, b in zip(self.peak_kv_tokens, in_use, strict=True)]
         self.step_records.append(
             StepRecord.of(

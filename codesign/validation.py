@@ -346,7 +346,7 @@ def _run_collective(case: Case) -> CaseResult:
     )
     values = {}
     for fid in ("calibrated", "roofline"):
-        cost = CostModel(platform, fidelity=fid)  # type: ignore[arg-type]
+        cost = CostModel(platform, fidelity=fid)
         values[fid] = float(getattr(cost, op)(link, n_bytes, n_dev).total_s)
     sim = values["calibrated"]
     return CaseResult(
@@ -542,7 +542,7 @@ def write_html(results: list[CaseResult], path: str | Path) -> Path:
         1,
     )
     for bound in (-20, 20):
-        fig.add_hline(y=bound, line_dash="dot", line_color="grey", row=1, col=1)  # type: ignore[arg-type]
+        fig.add_hline(y=bound, line_dash="dot", line_color="grey", row=1, col=1)
     shares = []
     for r in results:
         total = sum(r.breakdown_s.values())

@@ -18,7 +18,8 @@ Cases (sized so that the whole run takes a few minutes on 2 cores):
 * ``dsv3-ep8-rr``  DeepSeek-V3 (fp8) on ``dgx-h100`` (8 x H100-SXM), expert parallel with
   ``round-robin`` placement; 671 B parameters do not fit in 8 x 80 GB, so 75 % of each GPU's
   experts are resident (LRU) and the rest are fetched from host DRAM; 8 requests, prompt 16,
-  8 decode steps.
+  8 decode steps. Its routing is a numpy stand-in (`_SkewedRouting`: Zipf(0.8) popularity per
+  layer, Gumbel-top-8), because deriving DeepSeek-V3's default routing process takes many minutes.
 * ``poisson-1000`` 1,000 Poisson requests (5 req/s; prompt uniform 16..64, output uniform 4..16)
   to Mixtral-8x7B on ``h100-pcie5-host`` (LRU 25 %), max batch 32.
 
@@ -76,6 +77,7 @@ class Case:
     prompt: tuple[int, int]  # inclusive range (low == high: fixed)
     output: tuple[int, int]
     rate_per_s: float  # 0: all requests at t = 0
+    synthetic_routing: bool = False  # True: `_SkewedRouting` instead of the model's default process
 
 
 CASES: dict[str, Case] = {
@@ -83,7 +85,7 @@ CASES: dict[str, Case] = {
     for c in (
         Case("mixtral-b1", "mixtral-8x7b", "h100-pcie5-host", 0.25, "round-robin", 1, 1, (16, 16), (1001, 1001), 0.0),
         Case("mixtral-b64", "mixtral-8x7b", "h100-pcie5-host", 0.25, "round-robin", 64, 64, (16, 16), (301, 301), 0.0),
-        Case("dsv3-ep8-rr", "deepseek-v3", "dgx-h100", 0.75, "round-robin", 8, 8, (16, 16), (9, 9), 0.0),
+        Case("dsv3-ep8-rr", "deepseek-v3", "dgx-h100", 0.75, "round-robin", 8, 8, (16, 16), (9, 9), 0.0, True),
         Case("poisson-1000", "mixtral-8x7b", "h100-pcie5-host", 0.25, "round-robin", 32, 1000, (16, 64), (4, 16), 5.0),
     )
 }
@@ -95,29 +97,42 @@ CASES: dict[str, Case] = {
 
 def _draw(case: Case, out: Path) -> None:
     """Draw the case's requests and routing with the current tree and save them to ``out`` (npz)."""
-    from workloads.defaults import default_process
-    from workloads.requests import LengthDist, ProcessRouting, RequestStream
+    from workloads.requests import LengthDist, ProcessRouting, Request, RequestStream
 
-    routing = ProcessRouting(default_process(case.model), seed=0)
     lo_p, hi_p = case.prompt
     lo_o, hi_o = case.output
-    prompt = LengthDist.fixed(lo_p) if lo_p == hi_p else LengthDist.uniform(lo_p, hi_p)
-    output = LengthDist.fixed(lo_o) if lo_o == hi_o else LengthDist.uniform(lo_o, hi_o)
-    if case.rate_per_s > 0:
-        stream = RequestStream.poisson(
-            rate_per_s=case.rate_per_s,
-            n_requests=case.n_requests,
-            prompt_len=prompt,
-            output_len=output,
-            routing=routing,
-            seed=0,
+    stream: Any
+    if case.synthetic_routing:
+        if case.rate_per_s > 0 or lo_p != hi_p or lo_o != hi_o:
+            raise ValueError(f"case {case.name}: synthetic routing is for closed fixed-length cases only")
+        reqs_ = tuple(
+            Request(request_id=i, arrival_s=0.0, prompt_tokens=lo_p, output_tokens=lo_o) for i in range(case.n_requests)
         )
+        skewed = _SkewedRouting(case.model)
+        rows_ = [skewed.routing(r) for r in reqs_]
     else:
-        stream = RequestStream.closed(
-            n_requests=case.n_requests, prompt_len=prompt, output_len=output, routing=routing, seed=0
-        )
-    reqs = stream.requests
-    rows = [np.asarray(stream.routing(r), dtype=np.int16) for r in reqs]
+        from workloads.defaults import default_process
+
+        routing = ProcessRouting(default_process(case.model), seed=0)
+        prompt = LengthDist.fixed(lo_p) if lo_p == hi_p else LengthDist.uniform(lo_p, hi_p)
+        output = LengthDist.fixed(lo_o) if lo_o == hi_o else LengthDist.uniform(lo_o, hi_o)
+        if case.rate_per_s > 0:
+            stream = RequestStream.poisson(
+                rate_per_s=case.rate_per_s,
+                n_requests=case.n_requests,
+                prompt_len=prompt,
+                output_len=output,
+                routing=routing,
+                seed=0,
+            )
+        else:
+            stream = RequestStream.closed(
+                n_requests=case.n_requests, prompt_len=prompt, output_len=output, routing=routing, seed=0
+            )
+        reqs_ = tuple(stream.requests)
+        rows_ = [stream.routing(r) for r in reqs_]
+    reqs = reqs_
+    rows = [np.asarray(r, dtype=np.int16) for r in rows_]
     np.savez(
         out,
         arrival_s=np.array([r.arrival_s for r in reqs], dtype=np.float64),
@@ -125,6 +140,29 @@ def _draw(case: Case, out: Path) -> None:
         output=np.array([r.output_tokens for r in reqs], dtype=np.int64),
         routing=np.concatenate(rows),
     )
+
+
+class _SkewedRouting:
+    """A routing source drawn directly with numpy (for models whose default routing process must
+    first be derived, minutes of set-up): per MoE layer a fixed Zipf(0.8) expert popularity under a
+    random permutation, each token's top-k drawn without replacement by Gumbel-top-k. Deterministic
+    per request id (seed 0). A stand-in of realistic skew, not a fitted process."""
+
+    def __init__(self, model_name: str) -> None:
+        from workloads import get_model
+
+        model = get_model(model_name)
+        self.n_moe_layers, self.n_experts, self.top_k = int(model.n_moe_layers), int(model.n_experts), int(model.top_k)
+        rng = np.random.default_rng(0)
+        ranks = np.argsort(rng.random((self.n_moe_layers, self.n_experts)), axis=1)
+        self._logp = -0.8 * np.log1p(ranks.astype(np.float64))
+
+    def routing(self, request: Any) -> npt.NDArray[np.int16]:
+        rows = int(request.prompt_tokens) + int(request.output_tokens)
+        rng = np.random.default_rng([0, int(request.request_id)])
+        scores = self._logp[None, :, :] + rng.gumbel(size=(rows, self.n_moe_layers, self.n_experts))
+        top = np.argpartition(-scores, self.top_k - 1, axis=2)[:, :, : self.top_k]
+        return top.astype(np.int16)
 
 
 class _Replay:
@@ -428,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                 ms_new = n["cpu_s"] / max(1, n["steps"])
                 row["speedup"] = ms_old / ms_new if ms_new > 0 else float("nan")
             rows.append(row)
+            if args.json:  # after every case, so a long run killed half-way keeps what it measured
+                args.json.write_text(json.dumps({"old": str(old), "new": str(new), "cases": rows}, indent=1))
     head = subprocess.run(["git", "-C", str(new), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     print(f"old: {old}; new: {new} (HEAD {head.stdout.strip() or '?'}, plus uncommitted edits if any)")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (CPU time is the figure of merit)\n")

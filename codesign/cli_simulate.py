@@ -877,11 +877,11 @@ def check_fits(model: Any, platform: Any, mapping: Any, seed: int) -> None:
     """Bind the mapping once with round-robin placement and no routing statistics (memory does not
     depend on which experts are homed where) and raise its `MappingError` now, before a routing
     process is derived or a stream built, when the model cannot be laid out at all."""
+    from codesign.design import check_fits as fits
     from codesign.mapping import MappingError
 
-    probe = mapping.with_(placement="round-robin", placement_options=(), initial="empty", pinned=(), resident=())
     try:
-        probe.bind(model, platform, stats=None, min_kv_tokens=1, seed=seed)
+        fits(model, platform, mapping, seed=seed)
     except MappingError as exc:
         raise MappingError(f"--model {model.name} on --platform {platform.name}: {user_flags(str(exc))}") from None
 

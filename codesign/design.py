@@ -83,6 +83,7 @@ __all__ = [
     "UnsupportedDesignError",
     "WorkloadSpec",
     "analytic_reasons",
+    "check_fits",
     "cost_model",
     "evaluate",
     "request_stream",
@@ -636,6 +637,16 @@ def _stats_for(design: Design, cache: EvalCache | None) -> Any:
     return make() if cache is None else cache.get_or_make(key, make)
 
 
+def check_fits(model: MoEModel, platform: Platform, mapping: Mapping, *, min_kv_tokens: int = 1, seed: int = 0) -> None:
+    """Raise the `MappingError` of a mapping that cannot be laid out at all, cheaply: it is bound
+    once with round-robin placement, no routing statistics and an empty cache start (memory does
+    not depend on which experts are homed where), before any routing process is derived."""
+    probe = mapping.with_(placement="round-robin", placement_options=(), initial="empty", pinned=(), resident=())
+    if getattr(probe, "expert_home", None) is not None:
+        probe = probe.with_(expert_home=None)
+    probe.bind(model, platform, stats=None, min_kv_tokens=min_kv_tokens, seed=seed)
+
+
 def _typical_expert_split(design: Design, cost: CostModel, tokens_per_expert: float) -> float:
     """Share of a typical expert kernel's roofline time that is compute (rest: memory)."""
     dev = design.platform.accelerators[0]
@@ -777,6 +788,8 @@ def evaluate(
     if fidelity not in ("analytic", "sim"):
         raise ValueError(f"fidelity must be 'analytic' or 'sim', got {fidelity!r}")
     t0 = time.perf_counter()
+    w = design.workload
+    check_fits(design.model, design.platform, design.mapping, min_kv_tokens=w.prompt_tokens + w.output_tokens - 1)
     cost = cost_model(design)
     if fidelity == "analytic":
         reasons = analytic_reasons(design)
@@ -821,6 +834,9 @@ def simulate_design(
 ) -> Result:
     """The full simulator `Result` of a design (records, summary, events) for views and replays."""
     from codesign.simulate import simulate
+
+    w = design.workload
+    check_fits(design.model, design.platform, design.mapping, min_kv_tokens=w.prompt_tokens + w.output_tokens - 1)
 
     return simulate(
         design.model,

@@ -116,7 +116,13 @@ def test_ten_times_the_host_link_bandwidth_speeds_up_an_offload_bound_design(cac
 
 def test_analytic_refuses_what_it_cannot_model_with_reasons(cache):
     d = Design.from_presets(
-        "mixtral-8x7b", "h100-pcie5-host", n_requests=4, arrivals="poisson", rate_per_s=2.0, output_tokens=4
+        "mixtral-8x7b",
+        "h100-pcie5-host",
+        mapping=OFFLOAD,
+        n_requests=4,
+        arrivals="poisson",
+        rate_per_s=2.0,
+        output_tokens=4,
     )
     with pytest.raises(UnsupportedDesignError) as info:
         evaluate(d, "analytic", cache=cache)

@@ -308,12 +308,12 @@ class ArithmeticStep:
             max_count = int(counts.max())
             cnt_list: list[int] = counts.tolist()
             tables = [self._expert_table(d, max_count) for d in range(n_dev)]
-            for item, (keys, _n_cached) in fetches.items():
+            for item, (fkeys, _n_cached) in fetches.items():
                 t_tab, j_tab = tables[item[1]]
-                cs = [cnt_list[k] for k in keys]
-                comp[item] = [t_tab[c] for c in cs]
-                for c in cs:
-                    energy += j_tab[c]
+                cs = [cnt_list[k] for k in fkeys]
+                comp[item] = [t_tab[n] for n in cs]
+                for n in cs:
+                    energy += j_tab[n]
         shared = si.shared_s[:L].tolist()
         # ---- pass B: times
         a2a = si.a2a

@@ -335,7 +335,7 @@ class CachePolicy(ABC):
 
     def access_list(self, layer: int, experts: list[int], now: float) -> list[bool]:
         """`access` with Python lists (the engine's per-layer call): the same effect and answer."""
-        return self.access(layer, np.asarray(experts, dtype=np.int64), now).tolist()  # type: ignore[no-any-return]
+        return self.access(layer, np.asarray(experts, dtype=np.int64), now).tolist()
 
     def admit_list(
         self,
@@ -729,7 +729,7 @@ class IncrementalCachePolicy(CachePolicy):
 
     def _evictable(self) -> list[int]:
         """Flat keys of the evictable residents (resident and not pinned), ascending."""
-        return np.flatnonzero((self.resident & ~self.pinned).ravel()).tolist()  # type: ignore[no-any-return]
+        return np.flatnonzero((self.resident & ~self.pinned).ravel()).tolist()
 
     # ------------------------------------------------------------------ native list API
     def access_list(self, layer: int, experts: list[int], now: float) -> list[bool]:

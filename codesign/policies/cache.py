@@ -187,7 +187,7 @@ class LFUCache(_HeapCache):
     time_independent = True
 
     def __init__(self, **kwargs: Any) -> None:
-        size = int(kwargs["n_layers"]) * int(kwargs["n_experts"])  # type: ignore[call-overload]
+        size = int(kwargs["n_layers"]) * int(kwargs["n_experts"])
         self._count = [0] * size
         self._last = [-1] * size
         self._tick = 0
@@ -242,7 +242,7 @@ class BeladyCache(_HeapCache):
     time_independent = True
 
     def __init__(self, **kwargs: Any) -> None:
-        size = int(kwargs["n_layers"]) * int(kwargs["n_experts"])  # type: ignore[call-overload]
+        size = int(kwargs["n_layers"]) * int(kwargs["n_experts"])
         self._next: list[float] = [float("inf")] * size  # next use (position in the sequence) of each key
         self._keys: list[int] = []
         self._next_pos: list[float] = []

@@ -16,7 +16,7 @@ import pytest
 
 import codesign._engine_fast as fast_mod
 from codesign.engine import Engine
-from codesign.mapping import BatchingSpec, CacheSpec, Mapping
+from codesign.mapping import BatchingSpec, CacheSpec, EpExecution, Mapping
 from codesign.result import Result
 from codesign.simulate import simulate
 from hwmodels import get_platform
@@ -76,7 +76,7 @@ def test_offloaded_one_device(monkeypatch: pytest.MonkeyPatch, policy: str, opti
 
 @pytest.mark.parametrize("ep", ["classic", "context-coherent"])
 @pytest.mark.parametrize("fraction", [1.0, 0.5])
-def test_several_devices(monkeypatch: pytest.MonkeyPatch, ep: str, fraction: float) -> None:
+def test_several_devices(monkeypatch: pytest.MonkeyPatch, ep: EpExecution, fraction: float) -> None:
     model = tiny_model(n_shared_experts=1, shared_ffn_dim=512, first_dense_layers=1, n_layers=5, dense_ffn_dim=2048)
     dgx = get_platform("dgx-h100")
     stream = random_stream(model, 8, 4, 5, seed=5, rate_per_s=200.0)

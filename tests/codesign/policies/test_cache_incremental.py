@@ -69,7 +69,7 @@ class _Reference:
         else:
             nxt = np.array([self._next_use(int(k)) for k in flat])
             order = np.lexsort((flat, -nxt))
-        return flat[order[:n]].tolist()  # type: ignore[no-any-return]
+        return flat[order[:n]].tolist()
 
     def evict(self, n: int, layer: int, restrict: bool, protect: list[int], protect_keys: list[int]) -> list[int]:
         cand = self.resident & ~self.pinned

@@ -917,8 +917,14 @@ def _cmd_design(args: argparse.Namespace) -> int:
         progress=not args.no_progress and not args.json and sys.stderr.isatty(),
         record_events=args.out is not None,
     )
+    return _emit(args, result, design.platform, design=design)
+
+
+def _emit(args: argparse.Namespace, result: Any, platform: Any, *, design: Any = None) -> int:
+    """Write ``--out`` (records, summary, views) and print the summary (``--json`` or the table)."""
     summary = result.summary_json()
-    summary["design_hash"] = design.content_hash
+    if design is not None:
+        summary["design_hash"] = design.content_hash
     if args.out is not None:
         paths = result.save(args.out)
         paths.update(write_views(result, args.out))
@@ -926,8 +932,9 @@ def _cmd_design(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, allow_nan=False))
     else:
-        print(f"design {design.content_hash}: {design.describe()}")
-        print(summary_table(summary, result, design.platform))
+        if design is not None:
+            print(f"design {design.content_hash}: {design.describe()}")
+        print(summary_table(summary, result, platform))
         if args.out is not None:
             print(f"{'written to':<26} {args.out}")
     return 0
@@ -1004,15 +1011,4 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             "--train-fraction F (the first F of the trace's requests train the policies and are not "
             "served), or sample a routing process with --process"
         ) from None
-    summary = result.summary_json()
-    if args.out is not None:
-        paths = result.save(args.out)
-        paths.update(write_views(result, args.out))
-        log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
-    if args.json:
-        print(json.dumps(summary, allow_nan=False))
-    else:
-        print(summary_table(summary, result, platform))
-        if args.out is not None:
-            print(f"{'written to':<26} {args.out}")
-    return 0
+    return _emit(args, result, platform)

@@ -17,8 +17,9 @@ of weights do not fit one 80 GB H100, which `Mapping.bind` refuses with the numb
 summary records that message).
 
 Run: ``python studies/scenario1_mixtral_offload/run.py [--out DIR] [--requests N] [--batch B]``;
-writes ``summary.json`` (one entry per configuration) into ``--out`` (default: ``results/`` beside
-this file) and prints a table. Seeded; takes a few seconds.
+writes ``summary.json`` (one entry per configuration) into ``--out`` (default ``runs/scenario1_mixtral_offload/``
+under the current directory, see ``studies/_study.py``; the committed figures are in ``results/`` beside this
+file) and prints a table. Seeded; takes a few seconds.
 
 Paper numbers to compare with ([P] rows of shared/reference/hardware-and-papers.md s.4):
 Fiddler runs uncompressed Mixtral-8x7B on a 24 GB GPU at "over 3 tokens per second" and is

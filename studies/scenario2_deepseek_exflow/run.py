@@ -49,7 +49,8 @@ with 8 to 64 experts (hardware NR). The README beside this file states ours besi
 
 Run: ``python studies/scenario2_deepseek_exflow/run.py [--out DIR] [--requests N] [--seed S] [--timelines]``;
 writes ``summary.json`` (and with ``--timelines`` a Plotly timeline of the first steps per
-placement) into ``--out`` (default ``results/`` beside this file) and prints a table.
+placement) into ``--out`` (default ``runs/scenario2_deepseek_exflow/`` under the current directory, see
+``studies/_study.py``; the committed figures are in ``results/`` beside this file) and prints a table.
 """
 
 from __future__ import annotations

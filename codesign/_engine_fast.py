@@ -219,7 +219,6 @@ class ArithmeticStep:
         """Demand fetches only: pass A (cache decisions, layer order), pass B (costs, then times)."""
         eng = self.eng
         L, E, n_dev = self.L, self.E, self.n_dev
-        plan = eng.plan
         counts = si.counts
         c_step = eng._c
         staging = eng.bound.mapping.staging_experts
@@ -230,7 +229,8 @@ class ArithmeticStep:
         bounds: list[int] = np.searchsorted(nz, self.group_starts).tolist()
         grp: list[int] = nz.tolist()
         # ---- pass A
-        ready: list[list[int]] = [[] for _ in range(n_dev)]  # hit keys per device
+        cnt_list: list[int] = counts.tolist()
+        ready: dict[tuple[int, int], list[int]] = {}  # (layer, d) -> token counts of its hits, expert order
         fetches: dict[tuple[int, int], tuple[list[int], int]] = {}  # (layer, d) -> (keys, n cached)
         energy = 0.0
         n_needed = n_hit_all = 0
@@ -255,7 +255,7 @@ class ArithmeticStep:
             n_needed += len(ex)
             n_hit_all += n_hit
             if n_hit:
-                ready[d].extend(base + e for e, h in zip(ex, hits, strict=True) if h)
+                ready[(layer, d)] = [cnt_list[base + e] for e, h in zip(ex, hits, strict=True) if h]
             if n_hit == len(ex):
                 continue
             miss = [e for e, h in zip(ex, hits, strict=True) if not h]
@@ -292,21 +292,9 @@ class ArithmeticStep:
         # ---- pass B: costs
         pre_max, e_pre = self._pre(si)
         energy += e_pre + self._a2a_energy(si) + float(np.sum(si.shared_J[:L]))
-        g_s: list[list[float]] = []
-        for d in range(n_dev):
-            if not ready[d]:
-                g_s.append([0.0] * L)
-                continue
-            keys = np.asarray(ready[d], dtype=np.int64)
-            cnt = np.zeros(L * E, dtype=np.int64)
-            cnt[keys] = counts[keys]
-            c = plan.layer_experts(d, cnt.reshape(L, E))
-            g_s.append(np.broadcast_to(np.asarray(c.total_s, dtype=np.float64), (L,)).tolist())
-            energy += float(np.sum(c.energy_J))
         comp: dict[tuple[int, int], list[float]] = {}
         if fetches:
             max_count = int(counts.max())
-            cnt_list: list[int] = counts.tolist()
             tables = [self._expert_table(d, max_count) for d in range(n_dev)]
             for item, (fkeys, _n_cached) in fetches.items():
                 t_tab, j_tab = tables[item[1]]
@@ -320,6 +308,7 @@ class ArithmeticStep:
         multi = n_dev > 1
         busy = eng.busy_s
         fetch_s = eng.fetch_s
+        group_cost = eng._group_cost
         now = t0
         for abs_layer, layer in enumerate(self.moe_index):
             dt = pre_max[abs_layer]
@@ -334,12 +323,14 @@ class ArithmeticStep:
             start = now
             sh = shared[layer]
             for d in range(n_dev):
-                first = sh[d] + g_s[d][layer]
+                item = (layer, d)
+                g_t, g_j = group_cost(d, ready[item]) if item in ready else (0.0, 0.0)
+                energy += g_j
+                first = sh[d] + g_t
                 end = start
                 if first > 0:
                     end = start + first
                     busy[d] += first
-                item = (layer, d)
                 if item in fetches:
                     end = self._chain(d, fetches[item][1], comp[item], start, end, fetch_s[d], staging)
                 if end > now:

@@ -372,6 +372,7 @@ class Engine:
         # devices with equal specs share per-token cost answers (memoised per step shape)
         self._dev_key = [bound.devices.index(dev) for dev in bound.devices]
         self._dev_cost_memo: dict[tuple[Any, ...], tuple[float, ...]] = {}  # see _device_costs
+        self._group_memo: dict[tuple[Any, ...], tuple[float, float]] = {}  # see _group_cost
         if not bound.offloaded:
             for d, cache in enumerate(self.caches):
                 missing = (bound.expert_home == d) & ~cache.resident
@@ -384,6 +385,35 @@ class Engine:
         self.fast: ArithmeticStep | None = None
         if fast and self._arithmetic_ok():
             self.fast = ArithmeticStep(self)
+
+    def _group_cost(self, d: int, counts: list[int]) -> tuple[float, float]:
+        """Seconds and joules of one layer's ready experts on device ``d`` run as a group (demand-
+        fetching mappings; both step paths ask here). ``counts``: their tokens, in expert order.
+
+        The plan's group cost depends on the experts' token counts only (experts of a model are
+        alike), so answers are memoised by the sorted counts and computed on them (a canonical
+        order: the sum is the same whatever the order, to the last bit only in that order). An
+        FPGA streams experts in the given order, so its groups are asked as they are."""
+        if not counts:
+            return 0.0, 0.0
+        plan = self.plan
+        if self.bound.devices[d].kind == "fpga":
+            c = plan.layer_experts(d, np.asarray(counts, dtype=np.int64))
+            return float(c.total_s), float(c.energy_J)
+        key = (self._dev_key[d], self.bound.cache_tier[d], tuple(sorted(counts)))
+        hit = self._group_memo.get(key)
+        if hit is None:
+            arr = np.asarray(key[2], dtype=np.int64)
+            if plan.serial_experts(d):
+                per = plan.experts(d, arr)
+                hit = (float(np.sum(per.total_s)), float(np.sum(per.energy_J)))
+            else:
+                c = plan.layer_experts(d, arr)
+                hit = (float(c.total_s), float(c.energy_J))
+            if len(self._group_memo) > 65536:
+                self._group_memo.clear()
+            self._group_memo[key] = hit
+        return hit
 
     def _arithmetic_ok(self) -> bool:
         """True when nothing in a step contends across time, so a step's times follow from its costs
@@ -1093,7 +1123,7 @@ class Engine:
             self.assign_cpu += int(cnt[cpu_ex].sum())
             self.assign_device += int(cnt[ex_all].sum()) - int(cnt[cpu_ex].sum())
         # device compute: shared + resident experts, then pending prefetches, then the fetched chain
-        g_s, g_J = self.plan.group(d, cnt, ready, comp_s, comp_J)
+        g_s, g_J = self._group_cost(d, cnt[ready].tolist())
         first = shared_s + g_s + near_s
         energy += g_J
         if first > 0:

@@ -224,17 +224,27 @@ def _read_cached(path: Path) -> RoutingProcess:
 
 
 def process_from_counts(
-    counts: AggregatedRoutingStats, base: RoutingProcess, *, n_layers: int, seed: int = 0, model: str | None = None
+    counts: AggregatedRoutingStats,
+    base: RoutingProcess,
+    *,
+    n_layers: int,
+    seed: int = 0,
+    model: str | None = None,
+    calibration_tokens: int = 16384,
+    calibration_iterations: int = 8,
 ) -> RoutingProcess:
     """A process for a model known only by aggregated counts (e.g. OLMoE's published counts).
 
     Popularity comes from ``counts.load`` (add-one smoothed; a layer without counts takes the
-    nearest measured layer). Inter-layer affinity, temporal reuse, overlap and first-layer
-    co-activation come from ``base`` (a process fitted to per-token data of a similar model),
+    nearest measured layer). Inter-layer affinity, temporal reuse (the reuse rate, the overlap
+    distribution and the reuse at lags ``1..base.max_lag``: ``lag_weights``, ``lag_target``) and
+    first-layer co-activation come from ``base`` (a process fitted to per-token data of a similar model),
     retargeted to the counts' experts and top-k, cut to its first ``n_layers`` layers (or relayered
     when it has fewer), and matched to the counted model's experts by popularity rank: at each
     layer the expert of rank r takes the role of ``base``'s expert of rank r. That matching is the
-    assumption (aggregated counts carry no per-token data); it is recorded in ``meta``.
+    assumption (aggregated counts carry no per-token data); it is recorded in ``meta``. The result
+    is calibrated (``calibration_iterations`` per layer) on ``calibration_tokens`` sampled tokens
+    (the retargeting on at most 8,192), seeded by ``seed``.
     """
     n_e, k = counts.n_experts, counts.top_k
     measured = sorted(counts.load)
@@ -245,7 +255,17 @@ def process_from_counts(
     src = [min(measured, key=lambda m: (abs(m - layer), m)) for layer in range(n_layers)]
     load = np.stack([counts.load[s].astype(np.float64) for s in src])
     pop = (load + 1.0) / (load.sum(axis=1, keepdims=True) + n_e)
-    shaped = base if (base.n_experts, base.top_k) == (n_e, k) else base.retarget(n_e, k, seed=seed)
+    shaped = (
+        base
+        if (base.n_experts, base.top_k) == (n_e, k)
+        else base.retarget(
+            n_e,
+            k,
+            calibration_iterations=min(6, calibration_iterations),
+            calibration_tokens=min(calibration_tokens, 8192),
+            seed=seed,
+        )
+    )
     # consecutive real layers keep the set coherence that carries the affinity; relayer() chains
     # transitions and weakens it, so cut a window when the base is deep enough
     if shaped.n_moe_layers >= n_layers:
@@ -270,7 +290,8 @@ def process_from_counts(
         "composed_from": {
             "popularity": f"aggregated expert counts of {counts.model} ({counts.domain}), measured at layers "
             f"{measured}; layer l uses the nearest measured layer {src}",
-            "affinity_reuse_overlap": f"{base_name} fitted process (with its first-layer co-activation) retargeted "
+            "affinity_reuse_overlap": f"{base_name} fitted process (with its first-layer co-activation and its "
+            f"reuse at lags 1..{shaped.max_lag}) retargeted "
             f"to {n_e} experts top-{k}, {how}, experts matched by popularity rank "
             "(assumption: the counts have no per-token data)",
         },
@@ -292,8 +313,10 @@ def process_from_counts(
         coact0=co,
         gamma0=shaped.gamma0,
         co_mi_target0=shaped.co_mi_target0,
+        lag_weights=shaped.lag_weights,
+        lag_target=shaped.lag_target,
     )
-    return proc.calibrate(seed=seed)
+    return proc.calibrate(iterations=calibration_iterations, n_tokens=calibration_tokens, seed=seed)
 
 
 __all__ = ["CACHE_ENV", "cache_dir", "default_process", "fitted_models", "load_default_data", "process_from_counts"]

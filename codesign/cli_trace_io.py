@@ -170,6 +170,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
         options["missing"] = args.missing
     if args.model is not None:
         options["model"] = args.model
+    if args.fmt == "table" and args.model is None and args.n_experts is None:
+        raise ValueError("-f table needs --model PRESET or --n-experts E (the expert ids must fit; --top-k optional)")
+    if args.fmt == "table" and args.model is not None and (args.n_experts is not None or args.top_k is not None):
+        raise ValueError("-f table: give --model PRESET, or --n-experts E (and --top-k K), not both")
     if args.domain is not None:
         if args.fmt != "olmoe-counts":
             raise ValueError(f"--domain applies to olmoe-counts only, not {args.fmt}")

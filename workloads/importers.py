@@ -28,7 +28,9 @@ formats below and returns a `RoutingTrace` or, for aggregated counts, an
     The generic tabular format, for any model: one row per (token, layer) in CSV (``*.csv``), JSON
     Lines (``*.jsonl``) or Parquet (``*.parquet``, needs ``pyarrow``). Columns:
 
-    - ``request`` (int): request id; ``position`` (int >= 0): the token's index in its request;
+    - ``request`` (int): request id; ``position`` (int >= 0): the token's index in its request
+      (a request's positions must be consecutive: a gap is an error naming the file, line and
+      request, since a replay would join tokens that were not adjacent; they may start above 0);
     - ``phase`` (optional): ``prefill``/``decode`` or 0/1 (default ``decode``);
     - ``layer`` (int): the model's decoder-layer number;
     - ``experts``: the token's expert ids at that layer (JSON list ``[3, 7]``; in CSV also
@@ -58,6 +60,7 @@ import csv
 import importlib
 import inspect
 import io
+import itertools
 import json
 import logging
 import math
@@ -771,8 +774,9 @@ def import_table(
 
     Give ``model`` (a preset) or ``n_experts`` (and optionally ``top_k``). Rows are read from every
     file in order; a (request, position, layer) seen twice, ids outside ``[0, n_experts)``, repeated
-    ids, more than ``top_k`` ids, weights that are not finite and >= 0 or do not match the ids, and
-    files with no row are `TraceFormatError` naming the file and line (row for Parquet).
+    ids, more than ``top_k`` ids, weights that are not finite and >= 0 or do not match the ids, a
+    request whose positions skip a number, and files with no row are `TraceFormatError` naming the
+    file and line (row for Parquet).
     """
     if model is not None and (n_experts is not None or top_k is not None):
         raise ValueError("table: give model, or n_experts (and top_k), not both")
@@ -811,6 +815,7 @@ def import_table(
         raise TraceFormatError(f"{bad[6]}: {len(bad[4] or [])} expert ids, more than top_k={k}")
     col = {layer: i for i, layer in enumerate(moe_layers)}
     tokens = sorted({(r[0], r[1]) for r in rows})
+    _check_position_gaps(tokens, rows)
     tok_idx = {t: i for i, t in enumerate(tokens)}
     n = len(tokens)
     ex = np.full((n, len(moe_layers), k), -1, dtype=np.int16)
@@ -923,6 +928,24 @@ def _table_list(v: Any, field: str, where: str, *, numbers: bool) -> list[Any] |
         if bad:
             raise TraceFormatError(f"{where}: gate weight {bad[0]} in {field}; expected finite weights >= 0")
     return out
+
+
+def _check_position_gaps(
+    tokens: list[tuple[int, int]], rows: list[tuple[int, int, int, int, list[int] | None, list[float] | None, str]]
+) -> None:
+    """Raise `TraceFormatError` naming the file, line and request when a request's positions skip a
+    number (``tokens``: sorted distinct (request, position) pairs). A replay plays a request's tokens
+    in position order, so a gap would silently join tokens that were not adjacent (and distort
+    reuse distances); a first position above 0 is allowed (e.g. decode steps numbered after an
+    unrecorded prompt)."""
+    for (r0, p0), (r1, p1) in itertools.pairwise(tokens):
+        if r0 == r1 and p1 != p0 + 1:
+            where = next(row[6] for row in rows if row[0] == r1 and row[1] == p1)
+            raise TraceFormatError(
+                f"{where}: request {r1} jumps from position {p0} to {p1} (positions {p0 + 1}..{p1 - 1} "
+                "missing); a request's positions must be consecutive (give every token a row, with null "
+                "experts for a dense layer)"
+            )
 
 
 def _table_row(

@@ -571,7 +571,7 @@ def request_stream(design: Design, cache: EvalCache | None = None) -> RequestStr
                 f"workload.routing: trace {path} has {trace.n_moe_layers} MoE layers x {trace.n_experts} experts; "
                 f"model {m.name!r} has {m.n_moe_layers} x {m.n_experts}"
             )
-        source: Any = TraceReplay(trace)
+        source: Any = TraceReplay(trace, cycle=True)  # designs replay a trace cyclically (a warning says so)
     else:
         source = ProcessRouting(routing_process(design, cache), seed=w.seed)
     if w.arrivals == "poisson":

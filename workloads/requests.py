@@ -23,6 +23,7 @@ Lengths are an int (fixed) or a `LengthDist` (fixed, uniform, lognormal, or empi
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 from abc import ABC, abstractmethod
@@ -39,6 +40,8 @@ from workloads.stats import request_order
 from workloads.trace import RoutingTrace
 
 I16 = npt.NDArray[np.int16]
+
+log = logging.getLogger(__name__)
 
 
 class RequestFormatError(ValueError):
@@ -100,22 +103,52 @@ class RoutingSource(ABC):
         return [self.routing(r) for r in requests]
 
 
+class TraceReplayExhaustedError(ValueError):
+    """A replay asked for more requests than the trace holds (past the offset) without ``cycle``."""
+
+
+PhaseRows = Literal["sequential", "aligned"]
+
+
 class TraceReplay(RoutingSource):
     """Replays a recorded `RoutingTrace`.
 
-    Request ``i`` takes the tokens of recorded request number ``i mod R`` (recorded requests in
-    ascending id order, tokens by position). When it needs more tokens than that request recorded,
-    it continues cyclically through the same request's tokens (token ``j`` is recorded token
-    ``j mod length``). If the recorded request has both prefill and decode tokens (a traced
-    prompt and its generation), the prompt rows cycle through its prefill tokens and the output
-    rows through its decode tokens; otherwise both cycle through all its tokens, whatever their
-    phase: a prefill-only trace (DeepSeek prompts) also drives decode steps, a decode-only trace
-    (Mixtral) also drives prefill. Missing layers (``-1``) are passed through.
+    Which recorded request a stream request takes: recorded requests in ascending id order (or, with
+    ``shuffle_seed``, in the order of ``np.random.default_rng(shuffle_seed).permutation``); stream
+    request ``i`` takes recorded request number ``offset + i`` of that order. A stream request past
+    the last recorded one raises `TraceReplayExhaustedError` naming the numbers, unless
+    ``cycle=True``: then it takes number ``(offset + i) mod R`` (``R`` recorded requests), so two
+    requests share the same routing, and ``routing_batch`` logs a warning giving the counts. Never
+    silent: cycling must be asked for.
+
+    Which rows: tokens of the recorded request by position. When a stream request needs more tokens
+    than that request recorded, it continues cyclically through the same request's tokens (token
+    ``j`` is recorded token ``j mod length``). If the recorded request has both prefill and decode
+    tokens (a traced prompt and its generation), the prompt rows cycle through its prefill tokens
+    and the output rows through its decode tokens. Otherwise (one phase only) both phases draw on
+    all its tokens: with ``phase_rows="sequential"`` (the default) the prompt rows are tokens
+    ``0 .. prompt-1`` and the output rows continue from token ``prompt`` (all cyclically); with
+    ``phase_rows="aligned"`` both the prompt rows and the output rows start at the request's first
+    token, so a decode-only trace (Mixtral) replays its recorded decode sequence as the output rows
+    exactly, and its prompt rows approximate prefill routing by the same decode routing. A
+    prefill-only trace (DeepSeek prompts) gives the same rows either way when the prompt length is
+    the recorded one. Missing layers (``-1``) are passed through. `recorded_lengths` gives a
+    stream request's recorded prompt and output lengths.
     """
 
-    def __init__(self, trace: RoutingTrace) -> None:
+    def __init__(
+        self,
+        trace: RoutingTrace,
+        *,
+        cycle: bool = False,
+        offset: int = 0,
+        shuffle_seed: int | None = None,
+        phase_rows: PhaseRows = "sequential",
+    ) -> None:
         if trace.n_tokens == 0:
             raise ValueError(f"TraceReplay: trace {trace.meta.get('source')!r} has no tokens")
+        if phase_rows not in ("sequential", "aligned"):
+            raise ValueError(f"TraceReplay: phase_rows must be 'sequential' or 'aligned', got {phase_rows!r}")
         self._trace = trace
         order = request_order(trace)
         req = trace.request[order]
@@ -128,7 +161,21 @@ class TraceReplay(RoutingSource):
         self._starts = starts
         self._lengths = np.diff(np.r_[starts, req.size])
         n_pre = np.add.reduceat((phase == 0).astype(np.int64), starts)
+        self._n_prefill_recorded = n_pre
         self._n_prefill = np.where((n_pre > 0) & (n_pre < self._lengths), n_pre, 0)  # 0: not split by phase
+        n_rec = int(starts.size)
+        if isinstance(offset, bool) or not isinstance(offset, int | np.integer) or not 0 <= offset < n_rec:
+            raise ValueError(
+                f"TraceReplay: offset must be an int in [0, {n_rec}) (the trace's requests), got {offset!r}"
+            )
+        self._cycle = bool(cycle)
+        self._offset = int(offset)
+        self._shuffle_seed = None if shuffle_seed is None else int(shuffle_seed)
+        self._phase_rows: PhaseRows = phase_rows
+        if shuffle_seed is None:
+            self._order = np.arange(n_rec)
+        else:
+            self._order = np.random.default_rng(int(shuffle_seed)).permutation(n_rec)
 
     @property
     def trace(self) -> RoutingTrace:
@@ -150,8 +197,40 @@ class TraceReplay(RoutingSource):
     def n_recorded_requests(self) -> int:
         return int(self._starts.size)
 
+    @property
+    def n_available(self) -> int:
+        """Stream requests served before the trace runs out: recorded requests past ``offset``."""
+        return self.n_recorded_requests - self._offset
+
+    @property
+    def cycle(self) -> bool:
+        return self._cycle
+
+    def recorded_index(self, request_id: int) -> int:
+        """The recorded request (0-based, in ascending recorded id order) that stream request
+        ``request_id`` replays; raises `TraceReplayExhaustedError` past the trace without ``cycle``."""
+        if request_id < 0:
+            raise ValueError(f"TraceReplay: request_id must be >= 0, got {request_id}")
+        slot = self._offset + int(request_id)
+        n_rec = self.n_recorded_requests
+        if slot >= n_rec and not self._cycle:
+            raise TraceReplayExhaustedError(
+                f"TraceReplay: request {request_id} needs recorded request {slot + 1} but the trace holds "
+                f"{n_rec} (offset {self._offset}: {self.n_available} available); ask for at most "
+                f"{self.n_available} requests, a smaller offset, or cycle=True to reuse recorded requests"
+            )
+        return int(self._order[slot % n_rec])
+
+    def recorded_lengths(self, request_id: int) -> tuple[int | None, int | None]:
+        """(prompt, output) token counts recorded for the request that stream request ``request_id``
+        replays: its prefill and decode tokens; None for a phase it recorded no token of (e.g. the
+        prompt of a decode-only trace)."""
+        r = self.recorded_index(request_id)
+        pre, length = int(self._n_prefill_recorded[r]), int(self._lengths[r])
+        return (pre or None, (length - pre) or None)
+
     def routing(self, request: Request) -> I16:
-        r = request.request_id % self._starts.size
+        r = self.recorded_index(request.request_id)
         start, length, n_pre = int(self._starts[r]), int(self._lengths[r]), int(self._n_prefill[r])
         if n_pre:
             rows = np.concatenate(
@@ -160,12 +239,33 @@ class TraceReplay(RoutingSource):
                     start + n_pre + np.arange(request.output_tokens) % (length - n_pre),
                 ]
             )
+        elif self._phase_rows == "aligned":
+            rows = start + np.concatenate(
+                [np.arange(request.prompt_tokens) % length, np.arange(request.output_tokens) % length]
+            )
         else:
             rows = start + np.arange(request.total_tokens) % length
         return self._experts[rows]
 
+    def routing_batch(self, requests: Sequence[Request]) -> list[I16]:
+        """As `RoutingSource.routing_batch`; with ``cycle``, logs a warning giving the counts when
+        some requests reuse a recorded request's routing."""
+        if self._cycle and requests:
+            slots = self._offset + max(r.request_id for r in requests) + 1
+            if slots > self.n_recorded_requests:
+                log.warning(
+                    "trace replay: %d requests from a trace of %d recorded requests (offset %d): recorded "
+                    "requests are reused (cycling), so up to %d requests share another's routing",
+                    len(requests),
+                    self.n_recorded_requests,
+                    self._offset,
+                    max(0, len(requests) - self.n_available),
+                )
+        return [self.routing(r) for r in requests]
+
     def __repr__(self) -> str:
-        return f"TraceReplay({self._trace!r})"
+        opts = f", cycle={self._cycle}, offset={self._offset}, shuffle_seed={self._shuffle_seed}"
+        return f"TraceReplay({self._trace!r}{opts}, phase_rows={self._phase_rows!r})"
 
 
 #: Tag mixed with the source seed for a batched draw ("batch" in ASCII).
@@ -603,4 +703,5 @@ __all__ = [
     "RequestStream",
     "RoutingSource",
     "TraceReplay",
+    "TraceReplayExhaustedError",
 ]

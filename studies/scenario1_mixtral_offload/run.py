@@ -9,9 +9,10 @@ cheapest-of-fetch-or-CPU rule); and LRU with the slots split evenly over the lay
 as Mixtral-offloading's per-layer expert caches).
 
 Workload: the real trace (`shared/traces/mixtral-8x7b-instruct`, 4 requests, 585 decode tokens,
-recorded from Mixtral-8x7B-Instruct served in FP8 by vLLM) replayed by `TraceReplay`: request i
-takes the recorded tokens of request i mod 4 (prompt rows are the first recorded tokens: the
-trace has decode tokens only, so prompt routing is approximated by decode routing; stated).
+recorded from Mixtral-8x7B-Instruct served in FP8 by vLLM) replayed by `TraceReplay` with
+``cycle=True``: request i takes the recorded tokens of request i mod 4 (more than 4 requests reuse
+them, with a warning; prompt rows are the first recorded tokens: the trace has decode tokens only,
+so prompt routing is approximated by decode routing; stated).
 All requests arrive at t = 0 (an offline batch). Weights in FP8 (as recorded; in BF16 the 93 GB
 of weights do not fit one 80 GB H100, which `Mapping.bind` refuses with the numbers: the
 summary records that message).
@@ -111,7 +112,11 @@ def run_scenario(
     model = bf16.with_precision("fp8")
     cost = CostModel(platform)
     stream = RequestStream.closed(
-        n_requests=n_requests, prompt_len=prompt_len, output_len=output_len, routing=TraceReplay(trace), seed=seed
+        n_requests=n_requests,
+        prompt_len=prompt_len,
+        output_len=output_len,
+        routing=TraceReplay(trace, cycle=True),
+        seed=seed,
     )
     try:
         Mapping().bind(bf16, platform, min_kv_tokens=prompt_len + output_len)

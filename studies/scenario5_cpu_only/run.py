@@ -61,7 +61,7 @@ def run_scenario(
     cpu = get_platform("cpu-server")
     gpu = get_platform("h100-pcie5-host")
     workloads = {
-        "mixtral-8x7b": (get_model("mixtral-8x7b"), TraceReplay(trace)),
+        "mixtral-8x7b": (get_model("mixtral-8x7b"), TraceReplay(trace, cycle=True)),
         "olmoe-1b-7b": (get_model("olmoe-1b-7b"), ProcessRouting(default_process("olmoe-1b-7b"), seed=seed)),
     }
     results: dict[str, Any] = {}

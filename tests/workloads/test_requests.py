@@ -160,7 +160,7 @@ def test_process_routing_rows_deterministic(proc_routing: ProcessRouting) -> Non
 
 
 def test_trace_replay_cycles(mixtral: RoutingTrace) -> None:
-    src = TraceReplay(mixtral)
+    src = TraceReplay(mixtral, cycle=True)
     assert (src.n_moe_layers, src.n_experts, src.top_k, src.n_recorded_requests) == (32, 8, 2, 4)
     lengths = np.bincount(mixtral.request)
     req = Request(request_id=5, arrival_s=0.0, prompt_tokens=int(lengths[1]), output_tokens=10)  # 5 mod 4 = 1

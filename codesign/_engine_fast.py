@@ -407,7 +407,7 @@ class ArithmeticStep:
         lo = layer * self.E
         comp_J = np.broadcast_to(np.asarray(per.energy_J, dtype=np.float64), (self.L * self.E,))
         cnt = counts[lo : lo + self.E]
-        fetch_ex, cpu_ex = eng._decide(d, layer, miss_ex, cnt, per, comp_J[lo : lo + self.E], None, None)
+        fetch_ex, cpu_ex = eng.simpy_step._decide(d, layer, miss_ex, cnt, per, comp_J[lo : lo + self.E], None, None)
         if cpu_ex.size:
             raise RuntimeError(f"miss policy {eng.bound.mapping.miss!r} chose CPU compute on a platform without a host")
         return fetch_ex.tolist()

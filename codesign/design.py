@@ -465,13 +465,21 @@ class EvalCache:
 
     Bounded (``max_entries``, least recently used dropped). One instance per search or study; not
     shared between processes. Without one, `evaluate` derives everything afresh.
+
+    ``directory`` (optional) also persists derived routing processes (`process`) there as JSON
+    (`RoutingProcess.save`, float64, so a reloaded process equals the derived one exactly), one
+    file per content key (``<sha256 of the key, 24 hex>.json``). Writes are atomic (temporary file
+    + rename), so several worker processes may share the folder; an unreadable file is derived
+    again (and rewritten). The folder is an implementation detail: designs never name it.
     """
 
-    def __init__(self, max_entries: int = 64) -> None:
+    def __init__(self, max_entries: int = 64, directory: str | Path | None = None) -> None:
         self.max_entries = int(max_entries)
+        self.directory = None if directory is None else Path(directory)
         self._items: OrderedDict[str, Any] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self.disk_hits = 0
 
     def get_or_make(self, key: str, make: Any) -> Any:
         """The value stored under ``key``, made by ``make()`` on a miss."""
@@ -485,6 +493,51 @@ class EvalCache:
         while len(self._items) > self.max_entries:
             self._items.popitem(last=False)
         return value
+
+    def file_for(self, key: str) -> Path | None:
+        """The file a process stored under ``key`` lives in (``None`` without a directory)."""
+        if self.directory is None:
+            return None
+        return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+    def process(self, key: str, make: Any) -> RoutingProcess:
+        """The routing process under content key ``key``: from memory, the directory, or ``make()``
+        (then written to the directory). ``key`` must identify the process's content (base
+        process content, target shape, derivation settings, seed)."""
+        path = self.file_for(key)
+
+        def load_or_make() -> RoutingProcess:
+            from workloads.process import ProcessFormatError, RoutingProcess
+
+            if path is not None and path.is_file():
+                try:
+                    proc = RoutingProcess.load(path)
+                    self.disk_hits += 1
+                    return proc
+                except (ProcessFormatError, ValueError, KeyError, TypeError, OSError) as exc:
+                    log.warning("process cache: %s unreadable (%s); deriving it again", path, exc)
+            proc = make()
+            if path is not None:
+                self._write(proc, path)
+            return proc
+
+        return self.get_or_make(key, load_or_make)
+
+    @staticmethod
+    def _write(proc: RoutingProcess, path: Path) -> None:
+        """Write ``proc`` to ``path`` atomically (temporary file in the same folder + rename)."""
+        import os
+        import tempfile
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+        os.close(fd)
+        try:
+            proc.save(tmp, precision="float64")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def _base_model_name(design: Design) -> str:
@@ -512,6 +565,19 @@ def _base_model_name(design: Design) -> str:
     )
 
 
+#: Tag of how `routing_process` derives a process (retarget / relayer with their default budgets):
+#: part of every cache key, so a change of the derivation never reuses a stale cached file.
+_DERIVE_VERSION = "retarget-default-v1"
+
+
+def _embedded_process_digest(name: str) -> str:
+    """SHA-256 (24 hex) of the embedded fitted process ``name`` (its canonical JSON)."""
+    from workloads.defaults import load_default_data
+
+    d = load_default_data()["processes"][name]
+    return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:24]
+
+
 def routing_process(design: Design, cache: EvalCache | None = None) -> RoutingProcess:
     """The routing process a ``"default"`` or ``"process:"`` workload samples, shaped to the model
     (re-targeted to its experts / top-k, re-layered to its MoE layers; memoised in ``cache``)."""
@@ -522,7 +588,9 @@ def routing_process(design: Design, cache: EvalCache | None = None) -> RoutingPr
     kind, _, path = design.workload.routing.partition(":")
     seed = design.workload.seed
     if kind == "process":
-        base_key = f"file:{Path(path).resolve()}"
+        p_file = Path(path)
+        digest = hashlib.sha256(p_file.read_bytes()).hexdigest()[:24] if p_file.is_file() else "missing"
+        base_key = f"file:{p_file.resolve()}|sha256={digest}"
 
         def load_base() -> RoutingProcess:
             p = Path(path)
@@ -531,12 +599,12 @@ def routing_process(design: Design, cache: EvalCache | None = None) -> RoutingPr
             return RoutingProcess.load(p)
     else:
         name = _base_model_name(design)
-        base_key = f"default:{name}"
+        base_key = f"default:{name}|sha256={_embedded_process_digest(name)}"
 
         def load_base() -> RoutingProcess:
             return default_process(name, seed=0)
 
-    key = f"{base_key}|E={m.n_experts}|k={m.top_k}|L={m.n_moe_layers}|seed={seed}"
+    key = f"{base_key}|E={m.n_experts}|k={m.top_k}|L={m.n_moe_layers}|seed={seed}|derive={_DERIVE_VERSION}"
 
     def make() -> RoutingProcess:
         proc = load_base()
@@ -550,7 +618,7 @@ def routing_process(design: Design, cache: EvalCache | None = None) -> RoutingPr
 
     if cache is None:
         return make()
-    return cache.get_or_make(key, make)
+    return cache.process(key, make)
 
 
 def request_stream(design: Design, cache: EvalCache | None = None) -> RequestStream:

@@ -5,7 +5,7 @@
 
 `search.space` (the TOML space), `search.objectives` (objective and SLO registries),
 `search.quality` (the quality proxy: Krajewski et al. 2024, fitted at expansion rate 64),
-`search.routing` (retargeted routing processes cached by content hash), `search.study` (the
+`search.study` (the
 multi-fidelity study), `search.export` (Pareto CSV and design files), `search.verify` (the best
 designs' kernels on the local torch device), `search.views` / `search.report` (the HTML report).
 """

@@ -19,8 +19,9 @@ Sections:
 - ``[workload]``: ``base_model`` (a knob over the embedded default workloads), the closed or
   Poisson request stream (``n_requests``, ``prompt_tokens``, ``output_tokens``, ``arrivals``,
   ``rate_per_s``, ``seed``), ``training_tokens`` (``D`` of the quality law; an assumption: every
-  candidate is trained on the same number of tokens) and the budget of the routing-process
-  recalibration after retargeting (``routing_calibration_iterations``, ``..._tokens``).
+  candidate is trained on the same number of tokens). A candidate's routing process is derived
+  by `codesign.design.routing_process` (its fixed recalibration budget), so a saved design
+  replays exactly; ``routing_calibration_*`` keys of older space files are refused.
 - ``[model]`` (relative to the base model): ``experts_scale`` (routed experts x this, width kept),
   ``top_k_scale``, ``granularity`` (split factor ``s``: experts and top-k x ``s``, expert width /
   ``s``, so the active parameters are unchanged; the model's Krajewski granularity
@@ -388,8 +389,6 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "rate_per_s",
         "seed",
         "training_tokens",
-        "routing_calibration_iterations",
-        "routing_calibration_tokens",
     ),
     "model": ("experts_scale", "top_k_scale", "granularity", "shared_experts", "weight_precision", "kv_precision"),
     "platform": ("preset",),
@@ -448,6 +447,13 @@ def _check_keys(ctx: _Ctx, data: Mapping[str, Any]) -> None:
                     if sub not in _PLATFORM_KEYS:
                         raise ctx.error(f"platform.{key}.{sub}", f"one of {list(_PLATFORM_KEYS)}", sub)
                 continue
+            if section == "workload" and key.startswith("routing_calibration_"):
+                raise ctx.error(
+                    f"workload.{key}",
+                    "absent (a design's routing process is derived by codesign.design.routing_process with its "
+                    "own fixed budget, so saved designs replay exactly)",
+                    item,
+                )
             if key not in _SECTIONS[section]:
                 raise ctx.error(f"{section}.{key}", f"a key among {list(_SECTIONS[section])}", key)
 
@@ -575,15 +581,11 @@ def _parse(data: dict[str, Any], source: str) -> SearchSpace:
         slos.append(SloConstraint(metric=metric, limit=float(limit)))
     # workload
     workload: dict[str, Any] = {}
-    for key in ("n_requests", "prompt_tokens", "output_tokens", "seed", "routing_calibration_tokens"):
+    for key in ("n_requests", "prompt_tokens", "output_tokens", "seed"):
         v = wl[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "seed" else 1):
             raise ctx.error(f"workload.{key}", f"an int {'>= 0' if key == 'seed' else '>= 1'}", v)
         workload[key] = v
-    it = wl["routing_calibration_iterations"]
-    if isinstance(it, bool) or not isinstance(it, int) or it < 0:
-        raise ctx.error("workload.routing_calibration_iterations", "an int >= 0", it)
-    workload["routing_calibration_iterations"] = it
     if wl["arrivals"] not in ("closed", "poisson"):
         raise ctx.error("workload.arrivals", "'closed' or 'poisson'", wl["arrivals"])
     workload["arrivals"] = wl["arrivals"]

@@ -6,8 +6,12 @@
 
 Each trial (`TrialEvaluator`):
 
-1. the space builds a `Candidate` from the trial's suggestions; its routing process (retargeted
-   when the experts or top-k changed) comes from the `RoutingCache` in ``OUT/cache/processes``;
+1. the space builds a `Candidate` from the trial's suggestions; its design names its routing by
+   content (``routing = "default"`` with ``base_model``), never by a path, so a saved design
+   replays from any folder with the same hash. `codesign.design.routing_process` derives the
+   process (retargeted when the experts or top-k changed, relayered to the MoE layers); the
+   search's `EvalCache` keeps derived processes in ``OUT/cache/processes`` (an implementation
+   detail, keyed by content);
 2. the quality proxy scores the model (`search.quality`);
 3. multi-fidelity (``fidelity = "multi"``): the analytic model screens the design when it can
    (`codesign.design.analytic_reasons` empty); the simulator confirms it when it is *promising*:
@@ -53,7 +57,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.objectives import Objective, get_objective
 from search.quality import QUALITY_LAWS, QualityLaw
-from search.routing import RoutingCache
 from search.space import Candidate, SearchSpace, _parse, params_chooser, suggest_with
 
 log = logging.getLogger(__name__)
@@ -186,16 +189,13 @@ def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str])
 
 
 # ----------------------------------------------------------------------------------- designs
-def candidate_design(cand: Candidate, routing: RoutingCache) -> Any:
-    """The `codesign.design.Design` of a candidate: routing ``"default"`` for the base model's own
-    shape, else ``"process:PATH"`` of the cached retargeted process."""
+def candidate_design(cand: Candidate) -> Any:
+    """The `codesign.design.Design` of a candidate: routing ``"default"`` with the candidate's
+    ``base_model`` (`codesign.design.routing_process` retargets the base model's embedded process
+    to the model's shape deterministically from the workload seed), so the design holds no path."""
     from codesign.design import CostSpec, Design, WorkloadSpec
 
-    base, n_e, k = cand.routing_shape
-    if routing.is_base_shape(base, n_e, k):
-        source = "default"
-    else:
-        source = f"process:{routing.path(base, n_e, k)}"
+    source = "default"
     return Design(
         model=cand.model,
         platform=cand.platform,
@@ -207,7 +207,8 @@ def candidate_design(cand: Candidate, routing: RoutingCache) -> Any:
 
 class TrialEvaluator:
     """The objective function of a study (module doc). One instance per worker process: it holds
-    the routing cache, the evaluation cache (`codesign.design.EvalCache`) and a memo of metrics by
+    the evaluation cache (`codesign.design.EvalCache`, derived routing processes persisted in
+    ``OUT/cache/processes``), the placement memo and a memo of metrics by
     design hash (NSGA-II proposes the same design more than once)."""
 
     def __init__(self, space: SearchSpace, out_dir: Path) -> None:
@@ -217,18 +218,11 @@ class TrialEvaluator:
         self.objectives: list[Objective] = [get_objective(n) for n in space.objectives]
         self.directions = [o.direction for o in self.objectives]
         self.law: QualityLaw = QUALITY_LAWS.create(space.quality_law)
-        w = space.workload
-        self.routing = RoutingCache(
-            folder=Path(out_dir) / "cache" / "processes",
-            calibration_iterations=int(w["routing_calibration_iterations"]),
-            calibration_tokens=int(w["routing_calibration_tokens"]),
-            seed=int(w["seed"]),
-        )
-        self.cache = EvalCache(max_entries=256)
+        self.cache = EvalCache(max_entries=256, directory=Path(out_dir) / "cache" / "processes")
         from codesign.policies.placement import PlacementMemo
 
         self.placements = PlacementMemo(maxsize=64, directory=Path(out_dir) / "cache" / "placements")
-        self._stats: dict[tuple[str, int, int], Any] = {}
+        self._stats: dict[tuple[str, int, int, int], Any] = {}
         self._memo: dict[tuple[str, str], dict[str, Any] | str] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._confirmed: list[list[float]] | None = None
@@ -240,13 +234,15 @@ class TrialEvaluator:
         `PlacementMemo` in ``OUT/cache/placements``, keyed by policy, devices, model and the digest
         of the routing statistics): the layout is part of the design (``mapping.expert_home``), so
         both fidelities and every replay of the design file use the same one. Statistics: a
-        sample of `PLACEMENT_TOKENS` tokens of the design's routing process (seeded by the
-        workload seed), computed once per model shape."""
+        sample of `PLACEMENT_TOKENS` tokens of the design's routing process
+        (`codesign.design.routing_process`, seeded by the workload seed), computed once per model
+        shape."""
+        from codesign.design import routing_process
         from codesign.policies.base import RoutingStats
 
-        shape = cand.routing_shape
+        shape = (cand.base_model, cand.model.n_experts, cand.model.top_k, cand.model.n_moe_layers)
         if shape not in self._stats:
-            proc = self.routing.process(*shape)
+            proc = routing_process(design, self.cache)
             seed = int(self.space.workload["seed"])
             self._stats[shape] = RoutingStats.from_trace(proc.sample(PLACEMENT_TOKENS, seed=seed))
         stats = self._stats[shape]
@@ -316,7 +312,7 @@ class TrialEvaluator:
         self._since_refresh += 1
         trial.set_user_attr("worker", self.worker)
         cand = self.space.build(suggest_with(trial))
-        design = candidate_design(cand, self.routing)
+        design = candidate_design(cand)
         design_hash = design.content_hash
         quality = self.law.loss(cand.model, cand.training_tokens)
         trial.set_user_attr("design_hash", design_hash)

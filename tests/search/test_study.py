@@ -194,13 +194,14 @@ def test_placements_and_retargeted_processes_are_cached_on_disk_by_content(tmp_p
     space = load_space("placed.toml", text=text)
     cand = next(iter(space.enumerate()))
     first = TrialEvaluator(space, tmp_path)
-    design = first.placed(candidate_design(cand, first.routing), cand)
-    assert design.workload.routing.startswith("process:") and Path(design.workload.routing[8:]).is_file()
+    design = first.placed(candidate_design(cand), cand)
+    assert (design.workload.routing, design.workload.base_model) == ("default", "mixtral-8x7b")  # no path
     home = design.mapping.expert_home
     assert home is not None and len(home) == cand.model.n_moe_layers and {d for row in home for d in row} == {0, 1}
     assert first.placements.misses == 1 and len(list((tmp_path / "cache" / "placements").glob("*.npz"))) == 1
     second = TrialEvaluator(space, tmp_path)  # a fresh process's view: the files answer
-    again = second.placed(candidate_design(cand, second.routing), cand)
+    again = second.placed(candidate_design(cand), cand)
     assert again.content_hash == design.content_hash
     assert (second.placements.hits, second.placements.misses) == (1, 0)  # read from the file, not placed again
     assert len(list((tmp_path / "cache" / "processes").glob("*.json"))) == 1
+    assert second.cache.disk_hits == 1  # the retargeted process came from its file, not derived again

@@ -20,12 +20,15 @@ import argparse
 import importlib.util
 import logging
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 EXPLORE_TRIALS = 200
+#: Width (characters) the ``constant: ...`` line below the Pareto table wraps at.
+TABLE_WIDTH = 160
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -157,8 +160,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     for line in outcome.failures[:5]:
         print(f"  failed: {line}")
     rows = pareto_rows(outcome.pareto, space.objectives)
-    print(f"\nPareto set ({len(rows)} feasible designs confirmed by the simulator):")
-    print(_table(rows))
+    print(f"\n{_pareto_title(rows)}:")
+    print(_table(rows, fixed=("design_hash", *(c for c in rows[0] if c.endswith("]")), "fidelity") if rows else ()))
     report = None
     if not args.no_report:
         report = _write_report(out, args)
@@ -195,15 +198,40 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width text table of the Pareto rows (design file column left out)."""
+def _pareto_title(rows: list[dict[str, Any]]) -> str:
+    """The table's title, truthful about fidelity: how many rows the simulator evaluated and how
+    many carry the analytic model's values only."""
+    n_sim = sum(1 for r in rows if r.get("fidelity") == "sim")
+    n_analytic = len(rows) - n_sim
+    noun = "design" if len(rows) == 1 else "designs"
     if not rows:
-        return "  (none: no feasible design was confirmed; relax the SLOs or run more trials)"
+        return "Pareto set (no feasible design)"
+    if n_analytic == 0:
+        return f"Pareto set ({len(rows)} feasible {noun}, all evaluated by the simulator)"
+    if n_sim == 0:
+        return f"Pareto set ({len(rows)} feasible {noun}, analytic model only: none confirmed by the simulator)"
+    return (
+        f"Pareto set ({len(rows)} feasible {noun}: {n_sim} evaluated by the simulator, {n_analytic} by the analytic "
+        "model only; see the fidelity column)"
+    )
+
+
+def _table(rows: list[dict[str, Any]], fixed: tuple[str, ...] = ()) -> str:
+    """A fixed-width text table of the Pareto rows: the ``fixed`` columns (objectives, hash,
+    fidelity) and the knobs that differ among the rows; knobs constant across the rows go to one
+    ``constant: name=value, ...`` line below (trial number and design file left out)."""
+    if not rows:
+        return "  (none: no feasible design was found; relax the SLOs or run more trials)"
     cols = [c for c in rows[0] if c not in ("design_file", "trial")]
-    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    varying = [c for c in cols if c in fixed or len({_fmt(r.get(c)) for r in rows}) > 1]
+    constant = [c for c in cols if c not in varying]
+    cells = [[_fmt(r.get(c)) for c in varying] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(varying)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(varying, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    if constant:
+        text = "constant: " + ", ".join(f"{c}={_fmt(rows[0].get(c))}" for c in constant)
+        lines.append(textwrap.fill(text, width=TABLE_WIDTH, subsequent_indent=" " * 10, break_long_words=False))
     return "\n".join(lines)
 
 

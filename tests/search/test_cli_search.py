@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from codesign.cli import build_parser, main
+from codesign.cli_search import _pareto_title, _table
 from codesign.design import CostSpec, Design, WorkloadSpec
 from codesign.mapping import Mapping
 from hwmodels import get_platform
@@ -81,3 +82,56 @@ def test_verify_measures_each_design_kernel_beside_both_predictions() -> None:
     assert check.accelerator == "h100-sxm" and check.profile == "cpu-tiny-recorded"
     assert check.measured_s > 0 and check.predicted_local_s > 0 and check.predicted_design_s > 0
     assert check.predicted_local_s == pytest.approx(float(profile.predict_ffn_s(1, 64, 176)))
+
+
+def test_pareto_title_says_which_fidelity_the_rows_have() -> None:
+    sim, analytic = {"fidelity": "sim"}, {"fidelity": "analytic"}
+    assert _pareto_title([sim, sim]) == "Pareto set (2 feasible designs, all evaluated by the simulator)"
+    only = _pareto_title([analytic])
+    assert "analytic model only" in only and "none confirmed by the simulator" in only
+    assert "1 evaluated by the simulator, 2 by the analytic model only" in _pareto_title([sim, analytic, analytic])
+    assert _pareto_title([]) == "Pareto set (no feasible design)"
+
+
+def test_pareto_table_keeps_objectives_and_the_knobs_that_differ() -> None:
+    rows = [
+        {
+            "trial": i,
+            "design_hash": f"{i:016x}",
+            "tpot_p99 [ms]": 10.0 + i,
+            "cost_per_mtok [$]": 5.0 - i,
+            "fidelity": "sim",
+            "model": "mixtral-8x7b",
+            "experts": 8,
+            "platform": "h100-pcie5-host",
+            "fast_share": 0.5 + 0.25 * i,
+            "cache": "lru" if i else None,
+            "placement": None,
+            "design_file": f"/somewhere/{i}.json",
+        }
+        for i in range(3)
+    ]
+    text = _table(rows, fixed=("design_hash", "tpot_p99 [ms]", "cost_per_mtok [$]", "fidelity"))
+    header, *body, constant = text.splitlines()
+    assert header.split() == [
+        "design_hash", "tpot_p99", "[ms]", "cost_per_mtok", "[$]", "fidelity", "fast_share", "cache"
+    ]  # fmt: skip
+    assert len(body) == 3 and body[0].split()[-1] == "-"  # no cache policy on the first design
+    assert constant == "constant: model=mixtral-8x7b, experts=8, platform=h100-pcie5-host, placement=-"
+    assert "/somewhere" not in text
+
+
+def test_analytic_search_title_and_table_are_truthful_and_fit_160_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = write_space(tmp_path, fidelity="analytic")
+    out = tmp_path / "out"
+    flags = ["--space", str(space), "--out", str(out), "--no-progress", "--no-report"]
+    assert main(["search", "--trials", "6", *flags]) == 0
+    text = capsys.readouterr().out
+    rows = list(csv.DictReader((out / "pareto.csv").open(encoding="utf-8")))
+    assert rows and {r["fidelity"] for r in rows} == {"analytic"}
+    assert "analytic model only: none confirmed by the simulator" in text
+    table = text.split("Pareto set (", 1)[1].split("\nwrote ", 1)[0]
+    assert max(len(line) for line in table.splitlines()) <= 160
+    assert "\nconstant: " in table and "platform=h100-pcie5-host" in table  # one platform in the tiny space

@@ -179,6 +179,13 @@ class Engine:
 
     ``futures`` (one `AccessSequence` per device) is required when the cache policy needs the
     future; ``record_access`` records each device's access sequence (for such a policy's next run).
+    ``fast=False`` plays every step with simpy processes (`SimpyStep`) even where the arithmetic
+    path (`ArithmeticStep`, chosen by `_arithmetic_ok`) would give the same results: for cross-checks.
+
+    Pieces: this class owns the run's state (caches, policies, simpy resources, counters) and plays
+    arrivals, batching and steps; `_prepare` turns a step's batch into `StepInputs`; `ArithmeticStep`
+    (`codesign._engine_fast`) or `SimpyStep` (`codesign._engine_simpy`) plays the step's layers;
+    `_finish_step` writes its `StepRecord`; `_output` builds the `EngineOutput`.
     """
 
     def __init__(

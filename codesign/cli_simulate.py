@@ -16,7 +16,20 @@ model before the run. Arrivals (``--arrivals``): ``closed`` (all at t = 0, the d
 times and lengths of a Splitwise-format CSV, ``--arrival-trace``, times multiplied by
 ``--time-scale``). Lengths (``--prompt-len``, ``--output-len``): an int, ``uniform:A:B``
 (inclusive), or ``splitwise`` (drawn from the lengths of ``--arrival-trace``) / ``splitwise:CSV``;
-with ``replay`` they default to the CSV's lengths. Requests whose KV cache (prompt + output - 1
+with ``replay`` they default to the CSV's lengths.
+
+Trace replay (``--trace``): request ``i`` replays recorded request ``--trace-offset + i`` (in
+recorded id order, or shuffled with ``--trace-shuffle``, seeded by ``--seed``); by default every
+request past the offset is simulated once. Asking for more requests than the trace holds past the
+offset is an error naming the numbers and the flags, unless ``--trace-cycle`` (recorded requests are
+then reused, so two requests share routing, and a warning gives the counts). Lengths with
+``--trace``: each request's own recorded prompt (prefill tokens) and output (decode tokens) unless
+``--prompt-len`` / ``--output-len`` is given (with ``--arrivals replay``, the CSV's). A phase the
+trace did not record takes the flag's default (64 prompt, 128 output tokens): a decode-only trace
+(Mixtral) has no recorded prompt, and its prompt rows replay the request's first recorded decode
+tokens (prompt routing approximated by decode routing, as before); its output rows are the recorded
+decode tokens in order (`workloads.requests.TraceReplay` with ``phase_rows="aligned"``). The table
+says where the lengths came from. Requests whose KV cache (prompt + output - 1
 tokens) exceeds what one device can hold under the mapping are clipped to it, with a warning that
 gives the numbers.
 
@@ -90,12 +103,35 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--platform", default=None, help="platform preset (codesign presets platforms)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--trace", type=Path, help="routing trace to replay (.npz, canonical format)")
+    src.add_argument(
+        "--trace",
+        type=Path,
+        help="routing trace to replay (.npz, canonical format); each request keeps its recorded prompt/output "
+        "lengths unless --prompt-len/--output-len are given",
+    )
     src.add_argument(
         "--process",
         default="default",
         help="fitted routing process to sample: PROCESS.json, or 'default' (the embedded "
         "workload of --model, the default) or 'default:MODEL'",
+    )
+    p.add_argument(
+        "--trace-offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--trace: start at recorded request N (0-based, default 0)",
+    )
+    p.add_argument(
+        "--trace-shuffle",
+        action="store_true",
+        help="--trace: replay the recorded requests in a shuffled order (seeded by --seed)",
+    )
+    p.add_argument(
+        "--trace-cycle",
+        action="store_true",
+        help="--trace: reuse recorded requests when --requests exceeds what the trace holds (requests then "
+        "share routing; a warning gives the counts); without it that is an error",
     )
     p.add_argument("--cache", default="lru", help="cache policy (default lru; codesign presets policies)")
     p.add_argument(
@@ -180,21 +216,23 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="number of requests (default: every request of --trace, every row of --arrival-trace "
-        "with --arrivals replay, or 16 for a process)",
+        help="number of requests (default: every request of --trace past --trace-offset, every row of "
+        "--arrival-trace with --arrivals replay, or 16 for a process)",
     )
     p.add_argument(
         "--prompt-len",
         default=None,
         metavar="LEN",
         help="prompt tokens per request: N, uniform:A:B, splitwise (lengths of --arrival-trace) or "
-        "splitwise:CSV (default 64; with --arrivals replay the CSV's)",
+        "splitwise:CSV (default: with --trace each request's recorded prompt, with --arrivals replay the "
+        "CSV's, else 64)",
     )
     p.add_argument(
         "--output-len",
         default=None,
         metavar="LEN",
-        help="output tokens per request, same forms as --prompt-len (default 128; replay: the CSV's)",
+        help="output tokens per request, same forms as --prompt-len (default: with --trace each request's "
+        "recorded output, with --arrivals replay the CSV's, else 128)",
     )
     p.add_argument(
         "--arrivals",
@@ -298,6 +336,21 @@ def check_stream_args(args: argparse.Namespace) -> tuple[str, Any, Any]:
         raise ValueError(f"--burstiness (coefficient of variation) must be finite and > 0, got {args.burstiness}")
     if args.requests is not None and args.requests <= 0:
         raise ValueError(f"--requests must be > 0, got {args.requests}")
+    offset = getattr(args, "trace_offset", 0)
+    if getattr(args, "trace", None) is None:
+        given = [
+            flag
+            for flag, on in (
+                ("--trace-offset", offset != 0),
+                ("--trace-shuffle", getattr(args, "trace_shuffle", False)),
+                ("--trace-cycle", getattr(args, "trace_cycle", False)),
+            )
+            if on
+        ]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to --trace replay only (no --trace given)")
+    elif offset < 0:
+        raise ValueError(f"--trace-offset must be a non-negative recorded request number, got {offset}")
     prompt = parse_length(args.prompt_len, "--prompt-len", args.arrival_trace, 64)
     output = parse_length(args.output_len, "--output-len", args.arrival_trace, 128)
     return arrivals, prompt, output
@@ -305,9 +358,23 @@ def check_stream_args(args: argparse.Namespace) -> tuple[str, Any, Any]:
 
 def build_stream(args: argparse.Namespace, model: Any) -> Any:
     """The `RequestStream` the arguments describe (routing source, arrivals, lengths), checked
-    against ``model`` (layers, experts, top-k) before any request is built."""
+    against ``model`` (layers, experts, top-k) before any request is built (`build_stream_described`
+    without the description)."""
+    return build_stream_described(args, model)[0]
+
+
+def build_stream_described(args: argparse.Namespace, model: Any) -> tuple[Any, dict[str, str]]:
+    """The `RequestStream` the arguments describe and where its lengths came from
+    (``{"prompt": ..., "output": ...}``, e.g. ``"recorded in --trace"``, ``"--prompt-len 16"``).
+
+    With ``--trace``: replay per `workloads.requests.TraceReplay` (``--trace-offset``,
+    ``--trace-shuffle`` seeded by ``--seed``, ``--trace-cycle``; ``phase_rows="aligned"``), more
+    requests than the trace holds past the offset refused without ``--trace-cycle``, and each
+    request's recorded prompt / output lengths used where the trace has them and the flag is not
+    given (module docstring)."""
     from workloads.requests import ProcessRouting, RequestFormatError, RequestStream, TraceReplay
 
+    replay: Any = None
     if args.trace is not None:
         from workloads.trace import RoutingTrace
 
@@ -315,8 +382,21 @@ def build_stream(args: argparse.Namespace, model: Any) -> Any:
         _check_shape(
             f"--trace {args.trace}", "trace", trace.n_moe_layers, trace.n_experts, trace.k, model, check_k=False
         )
-        routing: Any = TraceReplay(trace)
-        default_n = trace.n_requests
+        offset = int(getattr(args, "trace_offset", 0))
+        n_rec = TraceReplay(trace).n_recorded_requests
+        if offset >= n_rec:
+            raise ValueError(
+                f"--trace-offset {offset}: --trace {args.trace} holds {n_rec} requests (offsets 0..{n_rec - 1})"
+            )
+        replay = TraceReplay(
+            trace,
+            cycle=bool(getattr(args, "trace_cycle", False)),
+            offset=offset,
+            shuffle_seed=args.seed if getattr(args, "trace_shuffle", False) else None,
+            phase_rows="aligned",
+        )
+        routing: Any = replay
+        default_n = replay.n_available
     else:
         process = _load_process(str(args.process), model.name)
         _check_shape(
@@ -347,8 +427,14 @@ def build_stream(args: argparse.Namespace, model: Any) -> Any:
                 output if args.output_len is not None else None,
                 args.seed,
             )
-        return stream
+        _check_trace_count(args, replay, len(stream.requests))
+        csv_source = f"--arrival-trace {args.arrival_trace}"
+        return stream, {
+            "prompt": f"--prompt-len {args.prompt_len}" if args.prompt_len is not None else csv_source,
+            "output": f"--output-len {args.output_len}" if args.output_len is not None else csv_source,
+        }
     n = args.requests if args.requests is not None else default_n
+    _check_trace_count(args, replay, n)
     kwargs: dict[str, Any] = {
         "n_requests": n,
         "routing": routing,
@@ -357,10 +443,64 @@ def build_stream(args: argparse.Namespace, model: Any) -> Any:
         "output_len": output,
     }
     if arrivals == "poisson":
-        return RequestStream.poisson(rate_per_s=args.rate, **kwargs)
-    if arrivals == "bursty":
-        return RequestStream.bursty(mean_rate_per_s=args.rate, burstiness=args.burstiness, **kwargs)
-    return RequestStream.closed(**kwargs)
+        stream = RequestStream.poisson(rate_per_s=args.rate, **kwargs)
+    elif arrivals == "bursty":
+        stream = RequestStream.bursty(mean_rate_per_s=args.rate, burstiness=args.burstiness, **kwargs)
+    else:
+        stream = RequestStream.closed(**kwargs)
+    sources = {
+        "prompt": f"--prompt-len {args.prompt_len}" if args.prompt_len is not None else "--prompt-len default 64",
+        "output": f"--output-len {args.output_len}" if args.output_len is not None else "--output-len default 128",
+    }
+    if replay is None or (args.prompt_len is not None and args.output_len is not None):
+        return stream, sources
+    return _recorded_lengths(stream, replay, args, sources)
+
+
+def _check_trace_count(args: argparse.Namespace, replay: Any, n: int) -> None:
+    """Refuse ``n`` requests when the trace holds fewer past ``--trace-offset`` and ``--trace-cycle``
+    was not given (one line naming the numbers and the flags)."""
+    if replay is None or replay.cycle or n <= replay.n_available:
+        return
+    offset = int(getattr(args, "trace_offset", 0))
+    past = f" ({replay.n_available} past --trace-offset {offset})" if offset else ""
+    asked = f"--requests {n}" if args.requests is not None else f"{n} requests (one per --arrival-trace row)"
+    earlier = ", start earlier (--trace-offset)" if offset else ""
+    raise ValueError(
+        f"{asked}: --trace {args.trace} holds {replay.n_recorded_requests} requests{past}; ask for at most "
+        f"{replay.n_available} (--requests){earlier}, or pass --trace-cycle to reuse recorded requests (two "
+        "requests then share routing)"
+    )
+
+
+def _recorded_lengths(
+    stream: Any, replay: Any, args: argparse.Namespace, sources: dict[str, str]
+) -> tuple[Any, dict[str, str]]:
+    """``stream`` with each request's prompt (output) length set to the one recorded in the trace
+    for the request it replays, where the trace recorded that phase and ``--prompt-len``
+    (``--output-len``) was not given; ``sources`` updated to say so."""
+    from dataclasses import replace
+
+    from workloads.requests import RequestStream
+
+    reqs, used = [], {"prompt": 0, "output": 0}
+    for r in stream.requests:
+        rec_p, rec_o = replay.recorded_lengths(r.request_id)
+        p = rec_p if rec_p is not None and args.prompt_len is None else r.prompt_tokens
+        o = rec_o if rec_o is not None and args.output_len is None else r.output_tokens
+        used["prompt"] += rec_p is not None and args.prompt_len is None
+        used["output"] += rec_o is not None and args.output_len is None
+        reqs.append(replace(r, prompt_tokens=int(p), output_tokens=int(o)))
+    n = len(reqs)
+    for phase, what in (("prompt", "prefill"), ("output", "decode")):
+        if used[phase] == n:
+            sources[phase] = f"each request's recorded {what} tokens, --trace"
+        elif used[phase]:
+            sources[phase] = f"recorded in --trace for {used[phase]} of {n} requests, else {sources[phase]}"
+        if used[phase] < n and (args.prompt_len if phase == "prompt" else args.output_len) is None:
+            other = "decode" if phase == "prompt" else "prefill"
+            sources[phase] += f"; the trace records no {what} tokens: {phase} rows replay the recorded {other} tokens"
+    return RequestStream(requests=tuple(reqs), routing_source=stream.routing_source), sources
 
 
 def _relength(stream: Any, prompt: Any, output: Any, seed: int) -> Any:
@@ -619,8 +759,10 @@ def _lengths(values: Any) -> str:
     return f"{lo:,}-{hi:,} (mean {sum(vals) / len(vals):,.1f})"
 
 
-def _what_ran(config: dict[str, Any], requests: Any, platform: Any) -> list[str]:
-    """The rows saying what was simulated: model and precision, platform, workload, mapping."""
+def _what_ran(config: dict[str, Any], requests: Any, platform: Any, sources: dict[str, Any] | None = None) -> list[str]:
+    """The rows saying what was simulated: model and precision, platform, workload (lengths, and
+    where they came from when ``sources`` names it: ``{"prompt": ..., "output": ...}``), mapping."""
+    src = sources or {}
     from workloads.model import PRECISION_BYTES
 
     m = config.get("model", {})
@@ -639,8 +781,9 @@ def _what_ran(config: dict[str, Any], requests: Any, platform: Any) -> list[str]
         ("platform", f"{plat} x {n_dev}" if n_dev else str(plat)),
     ]
     if requests is not None and len(requests):
-        rows.append(("prompt tokens / request", _lengths(requests["prompt_tokens"])))
-        rows.append(("output tokens / request", _lengths(requests["output_tokens"])))
+        for phase in ("prompt", "output"):
+            text = _lengths(requests[f"{phase}_tokens"])
+            rows.append((f"{phase} tokens / request", f"{text} ({src[phase]})" if src.get(phase) else text))
     batching = mp.get("batching") or {}
     if batching:
         rows.append(
@@ -720,7 +863,8 @@ def summary_table(summary: dict[str, Any], result: Any = None, platform: Any = N
     PCIe busy time, the last from ``result``'s events or ``platform``'s host link)."""
     lines: list[str] = []
     if result is not None:
-        lines += _what_ran(getattr(result, "config", {}) or {}, getattr(result, "requests", None), platform)
+        sources = {"prompt": summary.get("prompt_len_source"), "output": summary.get("output_len_source")}
+        lines += _what_ran(getattr(result, "config", {}) or {}, getattr(result, "requests", None), platform, sources)
     lines += [f"{label:<26} {_fmt(summary.get(key), scale, unit)}" for key, label, scale, unit in _TABLE]
     for tier, rate in sorted(summary.get("hit_rate", {}).items()):
         lines.append(f"{'hit rate ' + tier:<26} {100 * rate:.1f} %")
@@ -920,11 +1064,22 @@ def _cmd_design(args: argparse.Namespace) -> int:
     return _emit(args, result, design.platform, design=design)
 
 
-def _emit(args: argparse.Namespace, result: Any, platform: Any, *, design: Any = None) -> int:
-    """Write ``--out`` (records, summary, views) and print the summary (``--json`` or the table)."""
+def _emit(
+    args: argparse.Namespace,
+    result: Any,
+    platform: Any,
+    *,
+    design: Any = None,
+    sources: dict[str, str] | None = None,
+) -> int:
+    """Write ``--out`` (records, summary, views) and print the summary (``--json`` or the table);
+    ``sources`` (where the prompt and output lengths came from) go into the summary as
+    ``prompt_len_source`` / ``output_len_source``."""
     summary = result.summary_json()
     if design is not None:
         summary["design_hash"] = design.content_hash
+    if sources:
+        summary["prompt_len_source"], summary["output_len_source"] = sources["prompt"], sources["output"]
     if args.out is not None:
         paths = result.save(args.out)
         paths.update(write_views(result, args.out))
@@ -986,7 +1141,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     mapping = build_mapping(args)
     check_stream_args(args)
     check_fits(model, platform, mapping, args.seed)
-    stream = clip_to_kv(build_stream(args, model), model, platform, mapping, args.seed)
+    stream, sources = build_stream_described(args, model)
+    stream = clip_to_kv(stream, model, platform, mapping, args.seed)
     cost = CostModel(platform, fidelity=args.fidelity)
     bar = not args.no_progress and not args.json and sys.stderr.isatty()
     # off a terminal (CI logs, pipes) the run logs a start and an end line instead of the bar
@@ -1011,4 +1167,4 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             "--train-fraction F (the first F of the trace's requests train the policies and are not "
             "served), or sample a routing process with --process"
         ) from None
-    return _emit(args, result, platform)
+    return _emit(args, result, platform, sources=sources)

@@ -176,12 +176,13 @@ class _Replay:
         from workloads.requests import Request
 
         d = np.load(path)
+        routing = d["routing"]  # once: every d[...] access re-reads the whole array from the npz
         self._rows: dict[int, npt.NDArray[np.int16]] = {}
         reqs = []
         start = 0
         for i, (a, p, o) in enumerate(zip(d["arrival_s"], d["prompt"], d["output"], strict=True)):
             n = int(p) + int(o)
-            self._rows[i] = d["routing"][start : start + n]
+            self._rows[i] = routing[start : start + n]
             start += n
             reqs.append(Request(request_id=i, arrival_s=float(a), prompt_tokens=int(p), output_tokens=int(o)))
         self.requests = tuple(reqs)

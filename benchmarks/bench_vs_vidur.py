@@ -175,7 +175,7 @@ def run_vidur(
         f"--{rf}_prediction_max_tokens_per_request", str(args.max_model_len),
         f"--{rf}_prediction_max_prefill_chunk_size", str(args.max_model_len),
         "--metrics_config_output_dir", str(tmp / "vidur-out"),
-        "--metrics_config_cache_dir", str(tmp / "vidur-cache"),
+        "--metrics_config_cache_dir", str(args.vidur_cache or tmp / "vidur-cache"),
         "--no-metrics_config_store_plots",
         "--no-metrics_config_enable_chrome_trace",
     ]  # fmt: skip
@@ -279,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch (both simulators)")
     ap.add_argument("--max-model-len", type=int, default=4096)
+    ap.add_argument(
+        "--vidur-cache",
+        type=Path,
+        help="keep Vidur's trained predictors here between runs (default: a temporary directory, so set-up is timed)",
+    )
     ap.add_argument("--timeout", type=float, default=3600.0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)

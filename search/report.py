@@ -60,7 +60,8 @@ class TrialRecord:
     knobs; ``feasible``: every constraint <= 0; ``constraints``: the constraint values by name
     (``c0``, ``c1`` ... when only Optuna's list is known); ``design``: the whole design as a dict
     (empty when the trial recorded none); ``design_hash``: its content hash (``trial-N`` when the
-    trial recorded none); ``metrics``: fidelity -> metrics dict.
+    trial recorded none); ``metrics``: fidelity -> metrics dict; ``fidelity``: whose values the
+    objectives are (``user_attrs["fidelity"]``: ``"sim"`` or ``"analytic"``; empty if not recorded).
     """
 
     number: int
@@ -73,6 +74,7 @@ class TrialRecord:
     metrics: dict[str, dict[str, Any]]
     evaluated: bool = True
     infeasible_reason: str = ""
+    fidelity: str = ""
 
     def best_metrics(self) -> tuple[str, dict[str, Any]] | None:
         """``(fidelity, metrics)`` of the most trusted fidelity recorded (None when none)."""
@@ -87,7 +89,10 @@ class TrialRecord:
 @dataclass(frozen=True)
 class StudyData:
     """A study reduced to what the views draw: completed trials in trial order, with the counts of
-    the others (``counts``: state name -> number of trials, every state)."""
+    the others (``counts``: state name -> number of trials, every state). ``pareto_fidelity``: the
+    fidelity the search's Pareto set trusts (study attribute ``pareto_fidelity``: ``"sim"``, or
+    ``"any"`` for an analytic-only space); None when the study did not record it (then every
+    feasible trial is eligible)."""
 
     study_name: str
     objective_names: list[str]
@@ -95,6 +100,7 @@ class StudyData:
     trials: list[TrialRecord]
     counts: dict[str, int] = field(default_factory=dict)
     storage: str = ""
+    pareto_fidelity: str | None = None
 
     @property
     def feasible(self) -> list[TrialRecord]:
@@ -194,6 +200,7 @@ def _record(t: FrozenTrial, n_obj: int) -> TrialRecord:
         metrics=metrics,
         evaluated=not reason,
         infeasible_reason=str(reason or ""),
+        fidelity=str(t.user_attrs.get("fidelity") or ""),
     )
 
 
@@ -214,6 +221,7 @@ def study_data(study: optuna.Study, *, storage: str = "") -> StudyData:
         trials=done,
         counts=counts,
         storage=storage,
+        pareto_fidelity=study.user_attrs.get("pareto_fidelity"),
     )
 
 

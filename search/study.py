@@ -70,6 +70,7 @@ __all__ = [
     "constraints_of",
     "dominates",
     "make_sampler",
+    "pareto_front",
     "pareto_trials",
     "run_search",
     "storage_url",
@@ -83,6 +84,8 @@ PLACEMENT_TOKENS = 4096
 #: Trials between reloads of the confirmed set from the storage (`TrialEvaluator.promising`).
 REFRESH_EVERY = 10
 DB_NAME = "study.db"
+#: Study user attribute: the fidelity the Pareto set trusts (`top_fidelity`; ``"any"`` for None).
+PARETO_FIDELITY_ATTR = "pareto_fidelity"
 
 
 # ------------------------------------------------------------------------------------- config
@@ -384,28 +387,42 @@ class SearchOutcome:
     failures: list[str] = field(default_factory=list)
 
 
+def pareto_front(
+    entries: Sequence[tuple[int, str, Sequence[float]]], directions: Sequence[str]
+) -> list[tuple[int, str, Sequence[float]]]:
+    """The Pareto set of ``(trial number, design hash, objective values)`` entries (the eligible
+    trials: feasible, finite, at the trusted fidelity), sorted by the first objective then trial
+    number. One entry per design hash (its first trial), and of designs that tie exactly on every
+    objective, the first trial. `pareto_trials` and the report (`search.views`) both use it."""
+    pool: dict[str, tuple[int, str, Sequence[float]]] = {}
+    for e in sorted(entries, key=lambda e: e[0]):
+        pool.setdefault(e[1], e)
+    items = list(pool.values())
+    front = [e for e in items if not any(dominates(o[2], e[2], directions) for o in items if o is not e)]
+    # designs whose knobs differ only where it does not change the answer tie exactly: keep the first
+    first: dict[tuple[float, ...], tuple[int, str, Sequence[float]]] = {}
+    for e in sorted(front, key=lambda e: e[0]):
+        first.setdefault(tuple(e[2]), e)
+    sign = -1.0 if directions[0] == "maximize" else 1.0
+    return sorted(first.values(), key=lambda e: (sign * e[2][0], e[0]))
+
+
 def pareto_trials(study: optuna.Study, fidelity: str | None = "sim") -> list[FrozenTrial]:
     """Feasible completed trials whose values come from ``fidelity`` (any evaluated one when
     ``None``) and that no other such trial dominates, sorted by the first objective (one trial per
-    design hash, and per objective vector: of designs that tie exactly, the first trial)."""
+    design hash, and per objective vector: of designs that tie exactly, the first trial;
+    `pareto_front`)."""
     directions = ["maximize" if d == optuna.study.StudyDirection.MAXIMIZE else "minimize" for d in study.directions]
-    pool: dict[str, FrozenTrial] = {}
+    eligible: dict[int, FrozenTrial] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         got = t.user_attrs.get("fidelity")
         if (got != fidelity if fidelity is not None else got not in ("sim", "analytic")) or t.values is None:
             continue
         if any(c > 0 for c in constraints_of(t)) or not all(math.isfinite(v) for v in t.values):
             continue
-        pool.setdefault(str(t.user_attrs.get("design_hash", t.number)), t)
-    trials = list(pool.values())
-    front = [t for t in trials if not any(dominates(o.values, t.values, directions) for o in trials if o is not t)]
-    # designs whose knobs differ only where it does not change the answer tie exactly: keep the first
-    first: dict[tuple[float, ...], FrozenTrial] = {}
-    for t in sorted(front, key=lambda t: t.number):
-        first.setdefault(tuple(t.values), t)
-    front = list(first.values())
-    sign = -1.0 if directions[0] == "maximize" else 1.0
-    return sorted(front, key=lambda t: (sign * t.values[0], t.number))
+        eligible[t.number] = t
+    entries = [(n, str(t.user_attrs.get("design_hash", n)), list(t.values)) for n, t in eligible.items()]
+    return [eligible[n] for n, _, _ in pareto_front(entries, directions)]
 
 
 def _fail_orphans(study: optuna.Study) -> int:
@@ -487,6 +504,8 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int, int], None] | N
     optuna_level = logging.getLogger("optuna").level
     logging.getLogger("optuna").setLevel(logging.WARNING)  # our progress bar instead of a line per trial
     study = _study(config, url, sampler)
+    # what the report needs to draw the same Pareto set as `pareto_trials` (search.views)
+    study.set_user_attr(PARETO_FIDELITY_ATTR, top_fidelity(space) or "any")
     orphans = _fail_orphans(study)
     if orphans:
         log.warning("marked %d trials of killed workers as failed", orphans)

@@ -71,6 +71,7 @@ __all__ = [
     "importance_info",
     "parallel_info",
     "pareto_info",
+    "pareto_records",
     "plot_design_cost",
     "plot_hypervolume",
     "plot_importance",
@@ -175,16 +176,33 @@ def _hover(t: TrialRecord, data: StudyData, whole: bool) -> str:
     return "<br>".join(lines)
 
 
+def pareto_records(data: StudyData) -> list[TrialRecord]:
+    """The Pareto set the search reports (`search.study.pareto_trials`, same rules through
+    `search.study.pareto_front`): feasible trials with finite objectives at the study's trusted
+    fidelity (``data.pareto_fidelity``; every fidelity when ``"any"`` or not recorded), one trial
+    per design hash, exact ties to the first trial; sorted by the first objective."""
+    from search.study import pareto_front
+
+    fid = data.pareto_fidelity
+    eligible = {
+        t.number: t
+        for t in data.feasible
+        if fid is None or (t.fidelity in ("sim", "analytic") if fid == "any" else t.fidelity == fid)
+    }
+    entries = [(n, t.design_hash, list(t.values)) for n, t in eligible.items()]
+    return [eligible[n] for n, _, _ in pareto_front(entries, data.directions)]
+
+
 def pareto_info(data: StudyData, *, axes: tuple[int, int] = (0, 1)) -> ParetoInfo:
-    """The Pareto front of ``data``'s feasible trials (over all objectives), drawn on ``axes``."""
+    """The Pareto front of ``data`` (`pareto_records`: the search's own Pareto set, one point per
+    design), drawn on ``axes`` among every evaluated trial."""
     k = len(data.directions)
     if k == 1:
         axes = (0, 0)
     elif not (0 <= axes[0] < k and 0 <= axes[1] < k and axes[0] != axes[1]):
         raise ValueError(f"axes={axes}: expected two different objective indices in 0..{k - 1}")
     feas = data.feasible
-    mask = _non_dominated(_losses(data, feas)) if feas else np.zeros(0, dtype=bool)
-    front_numbers = {t.number for t, m in zip(feas, mask, strict=True) if m}
+    front_numbers = {t.number for t in pareto_records(data)}
     points: list[dict[str, Any]] = [
         {
             "number": t.number,
@@ -206,6 +224,8 @@ def pareto_info(data: StudyData, *, axes: tuple[int, int] = (0, 1)) -> ParetoInf
 
     by_number = {t.number: t for t in data.trials if t.design}
     skipped = len(data.trials) - len(points)
+    n_designs = len({t.design_hash for t in feas})
+    trusted = "" if data.pareto_fidelity in (None, "any") else f" at fidelity {data.pareto_fidelity}"
     return ParetoInfo(
         objective_names=list(data.objective_names),
         directions=list(data.directions),
@@ -217,8 +237,9 @@ def pareto_info(data: StudyData, *, axes: tuple[int, int] = (0, 1)) -> ParetoInf
         designs={
             points[i]["hash"]: by_number[points[i]["number"]].design for i in front if points[i]["number"] in by_number
         },
-        title=f"Pareto front ({len(front)} of {len(feas)} feasible designs; {len(points)} evaluated trials"
-        + (f"; {len(data.trials) - len(points)} never evaluated (do not fit), not drawn)" if skipped else ")"),
+        title=f"Pareto front ({len(front)} designs{trusted}, of {n_designs} feasible designs in {len(feas)} "
+        f"feasible trials; {len(points)} evaluated trials"
+        + (f"; {skipped} never evaluated (do not fit), not drawn)" if skipped else ")"),
     )
 
 
@@ -694,9 +715,7 @@ def write_report(
             _fig_div(plot_hypervolume(hv), "hypervolume") if hv.numbers else _note("no feasible trial"),
         )
     )
-    numbers = {pinfo.points[i]["number"] for i in pinfo.front}
-    front = [t for t in data.trials if t.number in numbers]
-    rows = bottleneck_info(front).rows
+    rows = bottleneck_info(pareto_records(data)).rows
     table = "".join(f"<li><code>{html.escape(r['line'])}</code></li>" for r in rows)
     sections.append(("What dominates each Pareto design", f"<ul>{table}</ul>" if rows else _note("no Pareto design")))
     if chosen is None:

@@ -17,6 +17,7 @@ from plotly.offline import get_plotlyjs
 
 from codesign.design import Design
 from search.report import find_storage, load_study_data, pack_designs, study_data, unpack_design
+from search.study import PARETO_FIDELITY_ATTR, pareto_trials
 from search.views import (
     bottleneck_info,
     choose_design,
@@ -25,6 +26,7 @@ from search.views import (
     importance_info,
     parallel_info,
     pareto_info,
+    pareto_records,
     plot_design_cost,
     plot_hypervolume,
     plot_importance,
@@ -84,9 +86,14 @@ def test_pareto_front_is_exactly_the_non_dominated_feasible_set(small_study_dir:
     def dominates(a: list[float], b: list[float]) -> bool:  # all objectives minimised here
         return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
+    # the search's rule (search.study.pareto_front): the first feasible trial of each design hash,
+    # non-dominated among those, exact ties to the first trial
+    pool = [p for p in pts if p["feasible"] and p["number"] == min(q["number"] for q in pts if q["hash"] == p["hash"])]
     for p in pts:
-        beaten = any(dominates(q["values"], p["values"]) for q in pts if q["feasible"])
-        assert p["front"] == (p["feasible"] and not beaten), p["number"]
+        beaten = any(dominates(q["values"], p["values"]) for q in pool)
+        tie = any(q["values"] == p["values"] and q["number"] < p["number"] for q in pool)
+        assert p["front"] == (p in pool and not beaten and not tie), p["number"]
+    assert len({p["hash"] for p in front}) == len(front)
     xs = [p["values"][0] for p in front]
     assert xs == sorted(xs) and info.axes == (0, 1) and info.colour == 2
     assert info.log_axes == (False, False)  # TPOT spans ~20x, energy ~4x here
@@ -236,3 +243,38 @@ def test_codesign_view_command(small_study_dir: Path, tmp_path: Path, capsys: py
     assert "OUT_DIR" in capsys.readouterr().err
     assert main(["view", str(small_study_dir), "--no-timeline", "--design", "feedbeef"]) == 1
     assert "not in study" in capsys.readouterr().err
+
+
+def test_report_pareto_set_is_the_searchs_one_design_per_hash_at_the_trusted_fidelity() -> None:
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    rows = [  # (values, hash, fidelity)
+        ([1.0, 5.0], "a", "sim"),
+        ([1.0, 5.0], "a", "sim"),  # the same design again (NSGA-II re-proposes): one point
+        ([2.0, 3.0], "b", "sim"),
+        ([2.0, 3.0], "c", "sim"),  # an exact tie with another design: the first trial kept
+        ([0.5, 0.5], "d", "analytic"),  # better, but analytic only: not in a sim-trusted front
+        ([3.0, 1.0], "e", "sim"),
+    ]
+    study.add_trials(
+        [
+            optuna.trial.create_trial(
+                params={"x": float(i)},
+                distributions={"x": FloatDistribution(0, 100)},
+                values=v,
+                user_attrs={"design_hash": h, "fidelity": fid, "constraints": {"fits": -1.0}},
+                system_attrs={"constraints": [-1.0]},
+            )
+            for i, (v, h, fid) in enumerate(rows)
+        ]
+    )
+    study.set_user_attr(PARETO_FIDELITY_ATTR, "sim")
+    expected = [t.number for t in pareto_trials(study, "sim")]
+    assert expected == [0, 2, 5]
+    data = study_data(study)
+    assert [t.number for t in pareto_records(data)] == expected
+    info = pareto_info(data)
+    assert [info.points[i]["number"] for i in info.front] == expected
+    assert info.title.startswith("Pareto front (3 designs at fidelity sim, of 5 feasible designs in 6 feasible trials")
+    assert [r["number"] for r in bottleneck_info(pareto_records(data)).rows] == expected
+    study.set_user_attr(PARETO_FIDELITY_ATTR, "any")  # an analytic-only space: every fidelity counts
+    assert [t.number for t in pareto_records(study_data(study))] == [t.number for t in pareto_trials(study, None)]

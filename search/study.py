@@ -66,6 +66,7 @@ __all__ = [
     "SearchConfig",
     "SearchOutcome",
     "TrialEvaluator",
+    "TrialProgress",
     "candidate_design",
     "constraints_of",
     "dominates",
@@ -491,11 +492,49 @@ def _worker(raw: dict[str, Any], source: str, out_dir: str, url: str, name: str,
     study.optimize(evaluator, callbacks=[stop], catch=_CATCH, gc_after_trial=False)
 
 
+class TrialProgress:
+    """Progress of ``total`` trials: a tqdm bar on stderr when it is a terminal (``tty`` None
+    decides, True / False force), else an INFO line on the ``moe_codesign.progress`` logger
+    (`workloads.progress`) every ``every`` finished trials (default: a tenth of ``total``, at least
+    1) and at the last one, so a log file gets no carriage-return bars."""
+
+    def __init__(self, total: int, *, tty: bool | None = None, every: int | None = None) -> None:
+        import sys
+
+        from workloads.progress import PROGRESS_LOGGER, _is_tty
+
+        self.total = int(total)
+        self.every = max(1, int(every) if every is not None else math.ceil(self.total / 10))
+        self._log = logging.getLogger(PROGRESS_LOGGER)
+        self._t0 = time.monotonic()
+        self._logged = 0
+        self._bar: Any = None
+        if _is_tty(sys.stderr) if tty is None else tty:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, desc="search", unit="trial", file=sys.stderr)
+
+    def update(self, done: int, total: int) -> None:
+        """``done`` of ``total`` trials have finished."""
+        if self._bar is not None:
+            self._bar.n = done
+            self._bar.refresh()
+            return
+        if done >= total or done - self._logged >= self.every:
+            self._logged = done
+            pct = 100 * done / max(total, 1)
+            self._log.info("search: %d/%d trials (%.0f%%), %.0f s", done, total, pct, time.monotonic() - self._t0)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 def run_search(config: SearchConfig, *, on_trial: Callable[[int, int], None] | None = None) -> SearchOutcome:
     """Run ``config.n_trials`` new trials (module doc) and return the outcome.
 
     ``on_trial(done, total)`` is called as trials finish (a progress bar); with ``progress`` and
-    no ``on_trial`` a tqdm bar is drawn on stderr."""
+    no ``on_trial`` a `TrialProgress` shows it (a tqdm bar on a terminal, log lines elsewhere)."""
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(config)
@@ -514,14 +553,8 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int, int], None] | N
     target = before + config.n_trials
     bar = None
     if on_trial is None and config.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.n_trials, desc="search", unit="trial")
-
-        def on_trial(done: int, total: int) -> None:
-            assert bar is not None
-            bar.n = done
-            bar.refresh()
+        bar = TrialProgress(config.n_trials)
+        on_trial = bar.update
 
     t0 = time.perf_counter()
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -21,6 +22,7 @@ from search.space import load_space
 from search.study import (
     SearchConfig,
     TrialEvaluator,
+    TrialProgress,
     candidate_design,
     constraints_of,
     dominates,
@@ -28,6 +30,7 @@ from search.study import (
     run_search,
 )
 from tests.search.search_helpers import tiny_space, tiny_space_text, write_space
+from workloads.progress import PROGRESS_LOGGER
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -205,3 +208,28 @@ def test_placements_and_retargeted_processes_are_cached_on_disk_by_content(tmp_p
     assert (second.placements.hits, second.placements.misses) == (1, 0)  # read from the file, not placed again
     assert len(list((tmp_path / "cache" / "processes").glob("*.json"))) == 1
     assert second.cache.disk_hits == 1  # the retargeted process came from its file, not derived again
+
+
+def test_progress_off_a_terminal_is_log_lines_every_tenth_not_carriage_return_bars(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):
+        progress = TrialProgress(25, tty=False)
+        for done in range(1, 26):
+            progress.update(done, 25)
+        progress.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == PROGRESS_LOGGER]
+    assert progress.every == 3 and len(lines) == 9  # trials 3, 6, ..., 24 and the last one
+    assert lines[0].startswith("search: 3/25 trials (12%)") and lines[-1].startswith("search: 25/25 trials (100%)")
+    err = capsys.readouterr().err
+    assert "\r" not in err and "%|" not in err
+
+
+def test_search_progress_to_a_pipe_has_no_carriage_returns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from codesign.cli import main
+
+    space = tmp_path / "space.toml"
+    space.write_text(tiny_space_text("analytic"), encoding="utf-8")
+    assert main(["search", "--space", str(space), "--trials", "3", "--out", str(tmp_path / "o"), "--no-report"]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "\r" not in captured.out

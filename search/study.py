@@ -74,6 +74,7 @@ __all__ = [
     "pareto_front",
     "pareto_trials",
     "run_search",
+    "space_terms",
     "storage_url",
     "top_fidelity",
 ]
@@ -82,6 +83,8 @@ __all__ = [
 PLACEHOLDER = 1e12
 #: Tokens of routing sampled to place experts across devices (`TrialEvaluator.placed`).
 PLACEMENT_TOKENS = 4096
+#: The failure reason of a trial whose worker process died while it ran (`_fail_orphans`).
+ORPHAN_REASON = "worker stopped before the trial finished (killed?)"
 #: Trials between reloads of the confirmed set from the storage (`TrialEvaluator.promising`).
 REFRESH_EVERY = 10
 DB_NAME = "study.db"
@@ -193,6 +196,25 @@ def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str])
 
 
 # ----------------------------------------------------------------------------------- designs
+#: `codesign.mapping` words -> the space's knob names, for infeasibility messages (`space_terms`).
+_SPACE_TERMS: tuple[tuple[str, str], ...] = (
+    (r"\b(?:cache\.)?expert_fraction\b", "mapping.fast_tier_share"),
+    (r"\buse more devices\b", "use more devices (platform.<preset>.devices)"),
+    (r"\ba lower precision\b", "a lower precision (model.weight_precision)"),
+)
+
+
+def space_terms(message: str) -> str:
+    """A `codesign.mapping.MappingError` message in the search space's words: the knobs it tells
+    the user to change are named as the space file names them (``cache.expert_fraction`` is the
+    space's ``mapping.fast_tier_share``, the same number)."""
+    import re
+
+    for pattern, repl in _SPACE_TERMS:
+        message = re.sub(pattern, repl, message)
+    return message
+
+
 def candidate_design(cand: Candidate) -> Any:
     """The `codesign.design.Design` of a candidate: routing ``"default"`` with the candidate's
     ``base_model`` (`codesign.design.routing_process` retargets the base model's embedded process
@@ -367,7 +389,7 @@ class TrialEvaluator:
         return values
 
     def _infeasible(self, trial: optuna.Trial, message: str, quality: float) -> list[float]:
-        trial.set_user_attr("infeasible", message)
+        trial.set_user_attr("infeasible", space_terms(message))
         trial.set_user_attr("fidelity", "none")
         trial.set_user_attr("metrics", {})
         trial.set_user_attr("constraints", {"fits": 1.0, **{s.name: 0.0 for s in self.space.slos}})
@@ -435,6 +457,7 @@ def _fail_orphans(study: optuna.Study) -> int:
         h, _, pid = worker.rpartition(":")
         if h != host or not pid.isdigit() or _alive(int(pid)):
             continue
+        study._storage.set_trial_system_attr(t._trial_id, "fail_reason", ORPHAN_REASON)
         study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         n += 1
     return n
@@ -578,7 +601,7 @@ def run_search(config: SearchConfig, *, on_trial: Callable[[int, int], None] | N
     for t in trials:
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
     failures = [
-        f"trial {t.number}: {t.system_attrs.get('fail_reason', 'unknown')}".splitlines()[0]
+        f"trial {t.number}: {t.system_attrs.get('fail_reason') or ORPHAN_REASON}".splitlines()[0]
         for t in trials
         if t.state == TrialState.FAIL
     ]

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from codesign.design import Design, evaluate
 from search.export import write_pareto
 from search.space import load_space
 from search.study import (
+    ORPHAN_REASON,
     SearchConfig,
     TrialEvaluator,
     TrialProgress,
@@ -28,6 +30,7 @@ from search.study import (
     dominates,
     pareto_trials,
     run_search,
+    space_terms,
 )
 from tests.search.search_helpers import tiny_space, tiny_space_text, write_space
 from workloads.progress import PROGRESS_LOGGER
@@ -54,6 +57,7 @@ def test_search_records_both_fidelities_and_exports_replayable_designs(tmp_path:
         assert all(map(lambda v: abs(v) < 1e13, t.values))  # finite, never infinities
         if a["fidelity"] == "none":
             assert a["constraints"]["fits"] == 1.0 and "does not fit" in a["infeasible"]
+            assert "expert_fraction" not in a["infeasible"]  # named as the space names the knob
             continue
         assert a["constraints"]["fits"] == -1.0
         assert "analytic" in a["metrics"]  # every design of this space is analytically modelled
@@ -233,3 +237,28 @@ def test_search_progress_to_a_pipe_has_no_carriage_returns(tmp_path: Path, capsy
     assert main(["search", "--space", str(space), "--trials", "3", "--out", str(tmp_path / "o"), "--no-report"]) == 0
     captured = capsys.readouterr()
     assert "\r" not in captured.err and "\r" not in captured.out
+
+
+def test_infeasible_messages_name_the_space_knobs() -> None:
+    msg = (
+        "mapping does not fit device 0 (H100) hbm: ... (kv_fraction=0.9). Lower cache.expert_fraction, "
+        "use more devices or a lower precision"
+    )
+    assert space_terms(msg).endswith(
+        "Lower mapping.fast_tier_share, use more devices (platform.<preset>.devices) or a lower precision "
+        "(model.weight_precision)"
+    )
+    assert "raise mapping.fast_tier_share to 1" in space_terms("...; raise expert_fraction to 1 or use a platform")
+
+
+def test_a_killed_workers_orphan_trial_fails_with_a_reason(tmp_path: Path) -> None:
+    space = tiny_space("analytic")
+    study = _run(space, tmp_path, 1, seed=0).study
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that no longer runs
+    orphan = study.ask()
+    orphan.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    outcome = _run(space, tmp_path, 0, seed=0)
+    (failed,) = [t for t in outcome.study.get_trials() if t.number == orphan.number]
+    assert failed.state == TrialState.FAIL and failed.system_attrs["fail_reason"] == ORPHAN_REASON
+    assert outcome.failures == [f"trial {orphan.number}: worker stopped before the trial finished (killed?)"]

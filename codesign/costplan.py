@@ -138,6 +138,12 @@ class StepCostPlan:
             return _zero(np.shape(n_tokens))
         return self.cost.expert_ffn(self.devices[d], self.dense_model, n_tokens)
 
+    def lm_head(self, d: int, n_sequences: npt.ArrayLike) -> OpCost:
+        """The LM head and sampling for ``n_sequences`` token-emitting sequences on device ``d``
+        (`hwmodels.costs.CostModel.lm_head`). Not yet charged by the engine or the analytic model,
+        nor counted in `zero_load_step_s`: adding it there is the next step (issue 8)."""
+        return self.cost.lm_head(self.devices[d], self.model, n_sequences)
+
     # ------------------------------------------------------------------ experts
     def experts(self, d: int, counts: npt.ArrayLike, tier: str | None = None) -> OpCost:
         """Per-expert costs on device ``d`` (each expert as if run alone on its ``counts`` tokens) with

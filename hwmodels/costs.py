@@ -815,6 +815,33 @@ class CostModel:
             dtype=_dtype_for(device, model.bytes_per_weight),
         )
 
+    def lm_head(self, device: Device, model: MoEModel, n_sequences: ArrayLike) -> OpCost:
+        """The LM head and sampling of one step for ``n_sequences`` sequences that emit a token.
+
+        The final hidden row of each sequence (``d_model``) times the unembedding
+        (``d_model x vocab_size``, weights read once per step from ``device.weights_tier`` at
+        ``model.bytes_per_weight``), then the sampler (argmax / softmax / top-k) over fp32 logits,
+        which are written once and read back: memory-bound, so its FLOPs are neglected and only its
+        bytes are charged. Two kernels (GEMM, sampling). Only sequences that emit a token need it
+        (decode tokens and the last chunk of a prompt). Vectorised; zero sequences cost zero.
+        """
+        rows = _counts(n_sequences, "n_sequences")
+        d, v = model.d_model, model.vocab_size
+        act = rows * (ACTIVATION_BYTES * d + 2.0 * 4.0 * v)  # hidden rows in; fp32 logits written + read
+        return self._op(
+            device,
+            op="lm_head",
+            rows=rows,
+            gemms=(_Gemm(2.0 * d * v, d, v),),
+            extra_flops=0.0,
+            weight_bytes=float(d * v) * model.bytes_per_weight,
+            weights_tier=device.weights_tier,
+            act_bytes=act,
+            act_tier=self._act_tier(device),
+            n_kernels=2,
+            dtype=_dtype_for(device, model.bytes_per_weight),
+        )
+
     def cpu_expert(self, host: Device, model: MoEModel, n_tokens: ArrayLike) -> OpCost:
         """An expert computed on the host CPU (Fiddler), weights in the host's DRAM."""
         if host.kind != "cpu":

@@ -83,3 +83,14 @@ def test_bad_output_is_refused_before_the_build(tmp_path, capsys):
         build.main(["--out", str(tmp_path), "--shared", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err
     assert "--out" in err and "not writable" in err
+
+
+def test_shipped_data_file_is_in_the_canonical_form_build_writes():
+    build = _load()
+    text = PACKAGE_DATA.read_text(encoding="utf-8")
+    data = json.loads(text)
+    assert text == build.render(data), "workloads/data/default_routing.json is not what build.py writes"
+    assert "/work/" not in text and "/home/" not in text
+    assert data["build"]["reduced"] is False
+    for name in ("mixtral-8x7b", "deepseek-v2-lite", "olmoe-1b-7b"):
+        assert data["provenance"][name]["source"].startswith("shared/traces/")

@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 EXPLORE_TRIALS = 200
 #: Width (characters) the ``constant: ...`` line below the Pareto table wraps at.
 TABLE_WIDTH = 160
+#: Shorter headers of the printed Pareto table (``pareto.csv`` keeps the full column names).
+SHORT_HEADS: dict[str, str] = {
+    "bytes_per_weight": "B/weight",
+    "expert_ffn": "ffn",
+    "devices": "dev",
+    "max_batch": "batch",
+    "granularity_G": "G",
+    "cost_per_mtok [$/Mtok]": "cost [$/Mtok]",  # the unit says it: per million tokens
+}
 
 
 def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -225,12 +234,15 @@ def _table(rows: list[dict[str, Any]], fixed: tuple[str, ...] = ()) -> str:
     cols = [c for c in rows[0] if c not in ("design_file", "trial")]
     varying = [c for c in cols if c in fixed or len({_fmt(r.get(c)) for r in rows}) > 1]
     constant = [c for c in cols if c not in varying]
+    if "granularity_G" in varying and "expert_ffn" in varying:  # G = the model's d_ff / expert_ffn: implied
+        varying.remove("granularity_G")
+    heads = [SHORT_HEADS.get(c, c) for c in varying]
     cells = [[_fmt(r.get(c)) for c in varying] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(varying)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(varying, widths, strict=True)).rstrip()]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     if constant:
-        text = "constant: " + ", ".join(f"{c}={_fmt(rows[0].get(c))}" for c in constant)
+        text = "constant: " + ", ".join(f"{SHORT_HEADS.get(c, c)}={_fmt(rows[0].get(c))}" for c in constant)
         lines.append(textwrap.fill(text, width=TABLE_WIDTH, subsequent_indent=" " * 10, break_long_words=False))
     return "\n".join(lines)
 

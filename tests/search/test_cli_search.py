@@ -135,3 +135,14 @@ def test_analytic_search_title_and_table_are_truthful_and_fit_160_columns(
     table = text.split("Pareto set (", 1)[1].split("\nwrote ", 1)[0]
     assert max(len(line) for line in table.splitlines()) <= 160
     assert "\nconstant: " in table and "platform=h100-pcie5-host" in table  # one platform in the tiny space
+
+
+def test_pareto_table_uses_short_knob_headers_and_leaves_out_implied_granularity() -> None:
+    rows = [
+        {"design_hash": f"h{i}", "cost_per_mtok [$/Mtok]": 1.0 + i, "fidelity": "sim", "expert_ffn": 7168 * (i + 1)}
+        | {"granularity_G": 2.0 / (i + 1), "bytes_per_weight": 1 + i, "max_batch": 4}
+        for i in range(2)
+    ]
+    header, *_, constant = _table(rows, fixed=("design_hash", "cost_per_mtok [$/Mtok]", "fidelity")).splitlines()
+    assert header.split() == ["design_hash", "cost", "[$/Mtok]", "fidelity", "ffn", "B/weight"]
+    assert constant == "constant: batch=4"

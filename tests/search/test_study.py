@@ -215,14 +215,24 @@ def test_placements_and_retargeted_processes_are_cached_on_disk_by_content(tmp_p
 
 
 def test_progress_off_a_terminal_is_log_lines_every_tenth_not_carriage_return_bars(
-    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(PROGRESS_LOGGER)  # its own handler: the CLI may have stopped propagation
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
         progress = TrialProgress(25, tty=False)
         for done in range(1, 26):
             progress.update(done, 25)
         progress.close()
-    lines = [r.getMessage() for r in caplog.records if r.name == PROGRESS_LOGGER]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    lines = [r.getMessage() for r in records]
     assert progress.every == 3 and len(lines) == 9  # trials 3, 6, ..., 24 and the last one
     assert lines[0].startswith("search: 3/25 trials (12%)") and lines[-1].startswith("search: 25/25 trials (100%)")
     err = capsys.readouterr().err

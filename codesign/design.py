@@ -567,7 +567,7 @@ def _base_model_name(design: Design) -> str:
 
 #: Tag of how `routing_process` derives a process (retarget / relayer with their default budgets):
 #: part of every cache key, so a change of the derivation never reuses a stale cached file.
-_DERIVE_VERSION = "retarget-default-v1"
+_DERIVE_VERSION = "retarget-default-v2-cal3x4096"
 
 
 def _embedded_process_digest(name: str) -> str:
@@ -576,6 +576,14 @@ def _embedded_process_digest(name: str) -> str:
 
     d = load_default_data()["processes"][name]
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:24]
+
+
+#: Recalibration budget of a re-targeted / re-layered process (iterations x sampled tokens). An
+#: assumption traded for speed: the presets' `default_process` uses 6 x 4096-16384; 3 x 4096 keeps
+#: the re-targeted popularity and affinity targets within the sampling noise of a 4096-token
+#: calibration sample while a search derives a new shape in seconds.
+_CALIBRATION_ITERATIONS = 3
+_CALIBRATION_TOKENS = 4096
 
 
 def routing_process(design: Design, cache: EvalCache | None = None) -> RoutingProcess:
@@ -610,10 +618,21 @@ def routing_process(design: Design, cache: EvalCache | None = None) -> RoutingPr
         proc = load_base()
         if (proc.n_experts, proc.top_k) != (m.n_experts, m.top_k):
             log.info("re-targeting the routing process to %d experts, top-%d", m.n_experts, m.top_k)
-            proc = proc.retarget(m.n_experts, m.top_k, seed=seed)
+            proc = proc.retarget(
+                m.n_experts,
+                m.top_k,
+                calibration_iterations=_CALIBRATION_ITERATIONS,
+                calibration_tokens=_CALIBRATION_TOKENS,
+                seed=seed,
+            )
         if proc.n_moe_layers != m.n_moe_layers:
             log.info("re-layering the routing process to %d MoE layers", m.n_moe_layers)
-            proc = proc.relayer(m.n_moe_layers, seed=seed)
+            proc = proc.relayer(
+                m.n_moe_layers,
+                calibration_iterations=_CALIBRATION_ITERATIONS,
+                calibration_tokens=_CALIBRATION_TOKENS,
+                seed=seed,
+            )
         return proc
 
     if cache is None:

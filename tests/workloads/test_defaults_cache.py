@@ -113,32 +113,50 @@ def test_cache_round_trip_is_exact(tmp_path: Path) -> None:
     np.testing.assert_array_equal(a.experts, b.experts)
 
 
+class _Records(logging.Handler):
+    """Collects the progress logger's records itself: whether other handlers (pytest's, the CLI's)
+    are attached or propagation is on depends on the tests that ran before."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def progress_records(monkeypatch: pytest.MonkeyPatch) -> list[logging.LogRecord]:
+    logger = logging.getLogger(PROGRESS_LOGGER)
+    handler = _Records()
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    logger.addHandler(handler)
+    yield handler.records
+    logger.removeHandler(handler)
+
+
 def test_derivation_shows_progress(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, counted_derive: list[str], caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    counted_derive: list[str],
+    progress_records: list[logging.LogRecord],
 ) -> None:
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
-    logger = logging.getLogger(PROGRESS_LOGGER)
-    monkeypatch.setattr(logger, "propagate", True)  # the CLI may have routed it to its own handler
     monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
-    with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):
-        default_process("gpt-oss-20b")
-        default_process("gpt-oss-20b")
-    lines = [r.getMessage() for r in caplog.records if r.name == PROGRESS_LOGGER]
+    default_process("gpt-oss-20b")
+    default_process("gpt-oss-20b")
+    lines = [r.getMessage() for r in progress_records]
     assert len(lines) == 2  # start and end of the one derivation; the cached call is silent
     assert lines[0].startswith("deriving the default workload of gpt-oss-20b (32 experts, top-4, 24 MoE layers)")
     assert str(tmp_path) in lines[0] and "done in" in lines[1]
 
 
-def test_stage_forms(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
-    logger = logging.getLogger(PROGRESS_LOGGER)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(logger, "propagate", True)
-        with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):
-            with pytest.raises(RuntimeError), stage("failing step", tty=False):
-                raise RuntimeError("boom")
-            with stage("logged step", tty=False):
-                pass
-    messages: list[Any] = [r.getMessage() for r in caplog.records if r.name == PROGRESS_LOGGER]
+def test_stage_forms(capsys: pytest.CaptureFixture[str], progress_records: list[logging.LogRecord]) -> None:
+    with pytest.raises(RuntimeError), stage("failing step", tty=False):
+        raise RuntimeError("boom")
+    with stage("logged step", tty=False):
+        pass
+    messages: list[Any] = [r.getMessage() for r in progress_records]
     assert messages[0] == "failing step ..." and messages[1].startswith("failing step: failed after")
     assert messages[2] == "logged step ..." and messages[3].startswith("logged step: done in")
     with stage("terminal step", tty=True, refresh_s=0.01):

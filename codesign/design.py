@@ -18,8 +18,10 @@ package version. Two designs that differ in one platform number hash differently
 `evaluate(design, fidelity)` returns `Metrics`, the same typed record for both fidelities:
 
 - ``"sim"``: the discrete-event simulator (`codesign.simulate.simulate`) on the workload spec.
-- ``"analytic"``: the closed-form model (`codesign.analytic`) of a closed batch of
-  ``n_requests`` requests of ``prompt_tokens + output_tokens``; TPOT p99 is its expected decode
+- ``"analytic"``: the closed-form model (`codesign.analytic`) of one closed batch of
+  ``min(n_requests, max_batch)`` requests of ``prompt_tokens + output_tokens`` (more requests than
+  the batch cap are taken to run in such batches one after another, so the per-batch figures
+  stand); TPOT p99 is its expected decode
   step (the closed form has no spread). It refuses, with `UnsupportedDesignError` and the
   reasons, every design it cannot model (`analytic_reasons`); it never answers silently.
 
@@ -885,7 +887,6 @@ def evaluate(
         from codesign.analytic import analytic_summary
 
         stats = _stats_for(design, cache)
-        w = design.workload
         summary = analytic_summary(
             design.model,
             design.platform,
@@ -896,42 +897,33 @@ def evaluate(
             output_tokens=w.output_tokens,
             cost_model=cost,
         )
-        if w.n_requests > design.mapping.batching.max_batch:
-            # several closed batches run one after another: throughput is that of one batch
-            log.debug("analytic: %d requests in batches of %d", w.n_requests, design.mapping.batching.max_batch)
         return _analytic_metrics(design, summary, cost, time.perf_counter() - t0)
-    from codesign.simulate import simulate
-
-    stream = request_stream(design, cache)
-    result = simulate(
-        design.model,
-        design.platform,
-        stream,
-        design.mapping,
-        cost_model=cost,
-        seed=design.workload.seed,
-        progress=progress,
-        record_events=record_events,
-    )
+    result = _simulate(design, cost, cache=cache, progress=progress, record_events=record_events)
     return _sim_metrics(design, result, cost, time.perf_counter() - t0)
 
 
-def simulate_design(
-    design: Design, *, cache: EvalCache | None = None, progress: bool = False, record_events: bool = False
+def _simulate(
+    design: Design, cost: CostModel, *, cache: EvalCache | None, progress: bool, record_events: bool
 ) -> Result:
-    """The full simulator `Result` of a design (records, summary, events) for views and replays."""
+    """The simulator run of a design whose fit was checked, with its cost model."""
     from codesign.simulate import simulate
-
-    w = design.workload
-    check_fits(design.model, design.platform, design.mapping, min_kv_tokens=w.prompt_tokens + w.output_tokens - 1)
 
     return simulate(
         design.model,
         design.platform,
         request_stream(design, cache),
         design.mapping,
-        cost_model=cost_model(design),
+        cost_model=cost,
         seed=design.workload.seed,
         progress=progress,
         record_events=record_events,
     )
+
+
+def simulate_design(
+    design: Design, *, cache: EvalCache | None = None, progress: bool = False, record_events: bool = False
+) -> Result:
+    """The full simulator `Result` of a design (records, summary, events) for views and replays."""
+    w = design.workload
+    check_fits(design.model, design.platform, design.mapping, min_kv_tokens=w.prompt_tokens + w.output_tokens - 1)
+    return _simulate(design, cost_model(design), cache=cache, progress=progress, record_events=record_events)

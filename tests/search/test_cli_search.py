@@ -146,3 +146,21 @@ def test_pareto_table_uses_short_knob_headers_and_leaves_out_implied_granularity
     header, *_, constant = _table(rows, fixed=("design_hash", "cost_per_mtok [$/Mtok]", "fidelity")).splitlines()
     assert header.split() == ["design_hash", "cost", "[$/Mtok]", "fidelity", "ffn", "B/weight"]
     assert constant == "constant: batch=4"
+
+
+def test_explore_runs_the_embedded_default_space_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's first command, shortened to a few trials: default space, both embedded
+    workloads, no ../shared (MOE_CODESIGN_SHARED points nowhere), outputs written."""
+    monkeypatch.setenv("MOE_CODESIGN_SHARED", str(tmp_path / "no-shared"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["explore", "--trials", "4", "--no-progress", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "4 trials in" in out and "codesign simulate --design codesign-out/pareto/" in out
+    rows = list(csv.DictReader((tmp_path / "codesign-out" / "pareto.csv").open()))
+    assert rows, "explore wrote an empty Pareto set"
+    for row in rows:
+        design = Design.load(tmp_path / "codesign-out" / "pareto" / f"{row['design_hash']}.json")
+        assert design.content_hash == row["design_hash"]
+    assert (tmp_path / "codesign-out" / "study.db").is_file()

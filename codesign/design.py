@@ -62,6 +62,7 @@ import numpy as np
 
 from codesign.mapping import Mapping, MappingError
 from hwmodels.serialize import hardware_numbers, platform_from_dict, platform_to_dict
+from hwmodels.stacks import resolve_stack, stack_numbers
 from workloads.model import MoEModel
 
 if TYPE_CHECKING:
@@ -380,6 +381,8 @@ class Design:
             "model": model,
             "platform": hardware_numbers(platform_to_dict(self.platform)),
             "mapping": self.mapping.to_dict(),
+            # the serving stack's numbers, not only its name (a preset file edited changes the hash)
+            "stack": stack_numbers(resolve_stack(self.mapping.stack)),
             "workload": asdict(self.workload),
             "cost": asdict(self.cost),
             "profile_fingerprint": profile_fp,

@@ -49,6 +49,7 @@ from codesign.policies.base import RoutingStats
 from codesign.policies.placement import PlacedLayout, PlacementMemo, run_placement
 from codesign.policies.registry import UnknownOptionError, check_options
 from hwmodels.execution import EXECUTIONS
+from hwmodels.stacks import ServingStack, StackError, resolve_stack, stack_from_dict
 
 if TYPE_CHECKING:
     from hwmodels.devices import Device, MemoryTier, Platform
@@ -66,6 +67,7 @@ OptionsArg = Options | dict[str, OptionValue]
 LayoutArg = tuple[tuple[int, ...], ...] | Sequence[Sequence[int]] | npt.NDArray[np.integer[Any]]
 InitialFill = Literal["popular", "spread", "empty", "listed"]
 EpExecution = Literal["classic", "context-coherent"]
+Eviction = Literal["discard", "copy-back"]
 
 
 class MappingError(ValueError):
@@ -142,10 +144,20 @@ class CacheSpec:
         default=None, metadata={"help": "cache slots per device; overrides expert_fraction when set"}
     )
     options: OptionsArg = field(default=(), metadata={"help": "keyword options of the policy"})
+    eviction: Eviction = field(
+        default="discard",
+        metadata={
+            "help": "what a fetch that evicts a resident expert does with the victim: 'discard' (the backing "
+            "tier keeps a copy) or 'copy-back' (the victim is first copied back to the backing tier over "
+            "the same link and stream, as Mixtral-offloading's swap does)"
+        },
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", _options(self.options, "cache.options"))
         _check_policy("cache", self.policy, "cache.policy", self.options)
+        if self.eviction not in ("discard", "copy-back"):
+            raise MappingError(f"cache.eviction must be 'discard' or 'copy-back', got {self.eviction!r}")
         f = self.expert_fraction
         if isinstance(f, bool) or not isinstance(f, int | float) or not 0.0 <= float(f) <= 1.0:
             raise MappingError(f"cache.expert_fraction must be in [0, 1], got {f!r}")
@@ -254,9 +266,46 @@ class Mapping:
         },
     )
 
+    stack: str | ServingStack = field(
+        default="none",
+        metadata={
+            "help": "serving stack (hwmodels presets stacks: none, trt-llm, vllm, llama.cpp, hf-eager, "
+            "deepspeed-zero3; or a .toml path, or an inline stack object): the LM head, MoE permute and "
+            "host CPU time it charges per step; 'none' charges nothing"
+        },
+    )
+    offload_non_expert: bool = field(
+        default=False,
+        metadata={
+            "help": "stream the non-expert weights (attention, router, shared experts, dense FFNs) of every "
+            "layer from the backing tier each step instead of keeping them resident (ZeRO-3 offload_param); "
+            "embeddings and the LM head stay resident"
+        },
+    )
+    fetch_whole_layer: bool = field(
+        default=False,
+        metadata={
+            "help": "fetch every offloaded expert of an MoE layer each step whatever the routing (ZeRO-3 "
+            "gathers all parameters of a module); needs offloaded experts"
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.n_devices is not None:
             _positive_int(self.n_devices, "n_devices")
+        if isinstance(self.stack, dict):
+            try:
+                object.__setattr__(self, "stack", stack_from_dict(self.stack, where="mapping.stack"))
+            except StackError as exc:
+                raise MappingError(str(exc)) from None
+        if not isinstance(self.stack, ServingStack):
+            try:
+                resolve_stack(self.stack)
+            except StackError as exc:
+                raise MappingError(f"mapping.stack: {exc}") from None
+        for name in ("offload_non_expert", "fetch_whole_layer"):
+            if not isinstance(getattr(self, name), bool):
+                raise MappingError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.execution != "auto" and self.execution not in EXECUTIONS:
             raise MappingError(f"execution must be 'auto' or one of {sorted(EXECUTIONS)}, got {self.execution!r}")
         for name in ("placement_options", "prefetch_options", "miss_options"):

@@ -1,0 +1,105 @@
+"""Serving-stack presets: loading, one-line errors, JSON round trip, the CPU-time formula."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hwmodels.stacks import (
+    ServingStack,
+    StackError,
+    get_stack,
+    resolve_stack,
+    stack_from_dict,
+    stack_numbers,
+    stack_preset_names,
+    stack_to_dict,
+)
+
+REQUIRED = {"none", "trt-llm", "vllm", "llama.cpp", "hf-eager", "deepspeed-zero3"}
+
+
+def test_presets_load_and_every_number_has_a_source() -> None:
+    assert set(stack_preset_names()) >= REQUIRED
+    for name in stack_preset_names():
+        s = get_stack(name)
+        assert s.name == name
+        assert {p.field for p in s.params} == {"per_step_s", "per_layer_s", "per_sequence_s", "cpu_overlap"}
+        for p in s.params:
+            assert p.source.strip()
+            assert not (p.free and p.fitted_on), f"{name}.{p.field}: free and fitted at once"
+            if p.free:
+                assert "free" in p.source
+    assert not get_stack("none").charges_anything
+    assert get_stack("trt-llm").lm_head and get_stack("trt-llm").moe_permute
+
+
+def test_unknown_name_lists_the_valid_ones() -> None:
+    with pytest.raises(StackError, match=r"unknown serving stack .nope.; valid: .*trt-llm"):
+        get_stack("nope")
+
+
+def _write(tmp: Path, body: str) -> Path:
+    p = tmp / "s.toml"
+    p.write_text('name = "s"\nsource = "test"\n' + body)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('per_step = { value = "1 ms" }', "per_step.*missing 'source'"),
+        ('per_step = "1 ms"', "per_step.*every number needs a source"),
+        ('per_step = { value = "-1 ms", source = "x" }', "per_step.*>= 0"),
+        ('per_step = { value = "1 GB", source = "x" }', "per_step"),
+        ('cpu_overlap = { value = 1.5, source = "x" }', "cpu_overlap.*fraction"),
+        ('per_layer = { value = "1 us", source = "x", fitted_on = ["one"] }', "one case only"),
+        ('per_layer = { value = "1 us", source = "x", colour = 1 }', "unknown keys"),
+        ("speed = 3", "unknown fields"),
+        ('lm_head = "yes"', "lm_head.*true or false"),
+    ],
+)
+def test_bad_files_name_the_field(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(StackError, match=message):
+        get_stack(str(_write(tmp_path, body)))
+
+
+def test_file_units_and_fitted_on(tmp_path: Path) -> None:
+    p = _write(
+        tmp_path,
+        'per_step = { value = "2 ms", source = "fit", fitted_on = ["a", "b"] }\n'
+        'per_layer = { value = 30, unit = "us", source = "[P] x" }\n'
+        'cpu_overlap = { value = 0.5, source = "[P] y" }\nlm_head = true\n',
+    )
+    s = get_stack(str(p))
+    assert s.per_step_s == pytest.approx(2e-3)
+    assert s.per_layer_s == pytest.approx(30e-6)
+    assert s.per_sequence_s == 0.0
+    assert s.cpu_overlap == 0.5
+    prm = s.param("per_step_s")
+    assert prm is not None and prm.fitted_on == ("a", "b")
+
+
+def test_round_trip_and_numbers() -> None:
+    s = get_stack("hf-eager")
+    again = stack_from_dict(stack_to_dict(s))
+    assert again == s
+    assert resolve_stack(stack_to_dict(s)) == s
+    assert stack_numbers(s) == stack_numbers(again)
+    t = ServingStack(name="hf-eager", per_layer_s=1e-4, lm_head=True, moe_permute=True)
+    assert stack_numbers(t) != stack_numbers(s)
+    with pytest.raises(StackError, match="unknown field"):
+        stack_from_dict({"name": "x", "per_token_s": 1.0})
+
+
+def test_cpu_and_exposed_time() -> None:
+    s = ServingStack(name="x", per_step_s=1e-3, per_layer_s=1e-4, per_sequence_s=1e-5, cpu_overlap=0.0)
+    cpu = s.cpu_s(32, 4)
+    assert cpu == pytest.approx(1e-3 + 32e-4 + 4e-5)
+    assert s.exposed_s(cpu, 0.01) == pytest.approx(cpu)  # serial: all of it adds
+    full = ServingStack(name="y", per_step_s=1e-3, cpu_overlap=1.0)
+    assert full.exposed_s(1e-3, 5e-3) == 0.0  # hidden behind a longer GPU step
+    assert full.exposed_s(1e-3, 4e-4) == pytest.approx(6e-4)  # only as far as the GPU is busy: max(cpu, gpu)
+    with pytest.raises(StackError, match="cpu_overlap"):
+        ServingStack(name="z", cpu_overlap=2.0)

@@ -89,8 +89,10 @@ __all__ = [
     "check_fits",
     "cost_model",
     "evaluate",
+    "length_dist",
     "request_stream",
     "routing_process",
+    "sim_metrics",
     "simulate_design",
 ]
 
@@ -142,6 +144,16 @@ class WorkloadSpec:
     prompt_tokens: int = field(default=128, metadata={"help": "prompt tokens per request"})
     output_tokens: int = field(default=32, metadata={"help": "output tokens per request"})
     seed: int = field(default=0, metadata={"help": "seed of the arrivals, lengths and routing draw"})
+    prompt_dist: str | None = field(
+        default=None,
+        metadata={
+            "help": "prompt length spread around the mean prompt_tokens: 'lognormal:sigma=S[,min=A][,max=B]' or "
+            "'uniform:low=A,high=B' (see length_dist); None = every prompt has prompt_tokens"
+        },
+    )
+    output_dist: str | None = field(
+        default=None, metadata={"help": "output length spread around the mean output_tokens (as prompt_dist)"}
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.routing, str) or not self.routing.startswith(_ROUTING_KINDS):
@@ -162,6 +174,82 @@ class WorkloadSpec:
             r = self.rate_per_s
             if r is None or isinstance(r, bool) or not isinstance(r, int | float) or not (r > 0 and math.isfinite(r)):
                 raise DesignError(f"workload.rate_per_s must be a finite number > 0 with poisson arrivals, got {r!r}")
+        length_dist(self.prompt_dist, self.prompt_tokens, "workload.prompt_dist")
+        length_dist(self.output_dist, self.output_tokens, "workload.output_dist")
+
+
+def _clipped_lognormal_mean(mu: float, sigma: float, low: float, high: float) -> float:
+    """E[clip(X, low, high)] for log X ~ N(mu, sigma^2) (closed form)."""
+    if sigma == 0.0:
+        return min(max(math.exp(mu), low), high)
+
+    def cdf(x: float) -> float:
+        return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+    a, b = (math.log(low) - mu) / sigma, (math.log(high) - mu) / sigma
+    body = math.exp(mu + 0.5 * sigma * sigma) * (cdf(b - sigma) - cdf(a - sigma))
+    return low * cdf(a) + body + high * (1.0 - cdf(b))
+
+
+def length_dist(spec: str | None, mean: int, where: str) -> Any:
+    """The `workloads.requests.LengthDist` of a workload length spec whose mean is ``mean`` tokens.
+
+    ``None`` gives the int ``mean`` (every request that length). ``"lognormal:sigma=S[,min=A][,max=B]"``
+    is a log-normal of log-standard-deviation ``S``, rounded and clipped to ``[A, B]`` (defaults 1 and
+    unbounded), whose ``mu`` is solved (bisection on the closed form) so that the *clipped* mean is
+    ``mean``. ``"uniform:low=A,high=B"`` is uniform on the integers ``A..B``, whose midpoint must be
+    ``mean`` (within half a token). The analytic model uses ``mean``; the simulator draws lengths.
+    Raises `DesignError` naming ``where`` on a malformed spec or one whose mean cannot be ``mean``.
+    """
+    if spec is None:
+        return mean
+    from workloads.requests import LengthDist
+
+    if not isinstance(spec, str) or ":" not in spec:
+        raise DesignError(
+            f"{where} must be 'lognormal:sigma=S[,min=A][,max=B]' or 'uniform:low=A,high=B', got {spec!r}"
+        )
+    kind, _, rest = spec.partition(":")
+    params: dict[str, float] = {}
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, eq, val = item.partition("=")
+        try:
+            params[key.strip()] = float(val) if eq else float("nan")
+        except ValueError:
+            raise DesignError(f"{where}: {item!r} is not key=number") from None
+    allowed = {"lognormal": ({"sigma"}, {"min", "max"}), "uniform": ({"low", "high"}, set())}
+    if kind not in allowed:
+        raise DesignError(f"{where}: kind {kind!r} is not 'lognormal' or 'uniform'")
+    need, optional = allowed[kind]
+    if not need <= set(params) or not set(params) <= need | optional:
+        raise DesignError(
+            f"{where}: {kind} takes {sorted(need)} and optionally {sorted(optional)}, got {sorted(params)}"
+        )
+    if not all(math.isfinite(v) for v in params.values()):
+        raise DesignError(f"{where}: every parameter must be a finite number, got {params}")
+    if kind == "uniform":
+        low, high = params["low"], params["high"]
+        if not (low == int(low) and high == int(high) and 1 <= low <= high):
+            raise DesignError(f"{where}: need integers 1 <= low <= high, got {low}, {high}")
+        if abs(0.5 * (low + high) - mean) > 0.5:
+            raise DesignError(f"{where}: the midpoint {0.5 * (low + high):g} must be the mean length {mean}")
+        return LengthDist.uniform(int(low), int(high))
+    sigma = params["sigma"]
+    lo = params.get("min", 1.0)
+    hi = params.get("max", math.inf)
+    if not (sigma >= 0 and lo == int(lo) and lo >= 1 and (hi == math.inf or (hi == int(hi) and hi >= lo))):
+        raise DesignError(f"{where}: need sigma >= 0 and integers 1 <= min <= max, got {params}")
+    if not lo <= mean <= hi or (lo == hi and mean != lo):
+        raise DesignError(f"{where}: the mean length {mean} must lie in [min, max] = [{lo:g}, {hi:g}]")
+    a, b = math.log(lo) - 10.0 * sigma - 1.0, math.log(min(hi, 1e12)) + 1.0
+    for _ in range(200):  # the clipped mean rises monotonically with mu
+        mid = 0.5 * (a + b)
+        if _clipped_lognormal_mean(mid, sigma, lo, min(hi, 1e300)) < mean:
+            a = mid
+        else:
+            b = mid
+    mu = 0.5 * (a + b)
+    return LengthDist("lognormal", (mu, sigma), minimum=int(lo), maximum=None if hi == math.inf else int(hi))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -666,18 +754,20 @@ def request_stream(design: Design, cache: EvalCache | None = None) -> RequestStr
         source: Any = TraceReplay(trace, cycle=True)  # designs replay a trace cyclically (a warning says so)
     else:
         source = ProcessRouting(routing_process(design, cache), seed=w.seed)
+    prompt_len = length_dist(w.prompt_dist, w.prompt_tokens, "workload.prompt_dist")
+    output_len = length_dist(w.output_dist, w.output_tokens, "workload.output_dist")
     if w.arrivals == "poisson":
         assert w.rate_per_s is not None
         return RequestStream.poisson(
             rate_per_s=float(w.rate_per_s),
             n_requests=w.n_requests,
-            prompt_len=w.prompt_tokens,
-            output_len=w.output_tokens,
+            prompt_len=prompt_len,
+            output_len=output_len,
             routing=source,
             seed=w.seed,
         )
     return RequestStream.closed(
-        n_requests=w.n_requests, prompt_len=w.prompt_tokens, output_len=w.output_tokens, routing=source, seed=w.seed
+        n_requests=w.n_requests, prompt_len=prompt_len, output_len=output_len, routing=source, seed=w.seed
     )
 
 
@@ -921,6 +1011,12 @@ def _simulate(
         progress=progress,
         record_events=record_events,
     )
+
+
+def sim_metrics(design: Design, result: Result) -> Metrics:
+    """The `Metrics` of a simulator `Result` of ``design`` (what ``evaluate(design, "sim")`` returns
+    for that run); for callers that need the records as well as the metrics (``wall_s`` is 0)."""
+    return _sim_metrics(design, result, cost_model(design), 0.0)
 
 
 def simulate_design(

@@ -216,6 +216,9 @@ class AnalyticStep:
     ``bytes_fetched``: expected bytes over the fetch links; ``energy_J``: expected energy: the
     operations' `OpCost.energy_J` plus, as the engine counts it, the static power of every
     accelerator and of the host over the part of the step each one is not computing.
+    ``lm_head_s`` and ``host_cpu_s``: the serving stack's step tail (`StepCostPlan.step_tail`: the
+    LM head + sampling of the emitting sequences, the exposed host CPU time), included in
+    ``step_s``; ``host_cpu_total_s`` the host CPU time of the stack, hidden part included.
     """
 
     n_tokens: int
@@ -229,6 +232,9 @@ class AnalyticStep:
     misses: float
     bytes_fetched: float
     energy_J: float
+    lm_head_s: float = 0.0
+    host_cpu_s: float = 0.0
+    host_cpu_total_s: float = 0.0
 
 
 def hit_probability(bound: BoundMapping, active: FloatArray, *, cache_model: str = "auto") -> FloatArray:
@@ -390,6 +396,10 @@ def supports(design_or_bound: Any, *, batch_size: int | None = None) -> list[str
             reasons.append(f"miss policy {mapping.miss!r}: not modelled (only {sorted(MODELLED_MISS_POLICIES)})")
     if mapping.near is not None:
         reasons.append(f"near tier {mapping.near.tier!r}: promotion into a near tier is not modelled")
+    if mapping.offload_non_expert:
+        reasons.append("offload_non_expert: streaming the non-expert weights per layer is not modelled in closed form")
+    if mapping.fetch_whole_layer:
+        reasons.append("fetch_whole_layer: fetching every expert of a layer is not modelled in closed form")
     if mapping.ep_execution != "classic" and n_dev > 1:
         reasons.append(
             f"ep_execution {mapping.ep_execution!r}: only classic expert parallelism (dispatch + combine) is modelled"
@@ -472,7 +482,8 @@ def analytic_step(
         c = plan.attention_prefill(d, dev_prompts[d]) if prefill else plan.attention_decode(d, t, float(context_len))
         pre_s[d], pre_J[d] = float(np.sum(c.total_s)), float(np.sum(c.energy_J))
         c = plan.router(d, t)
-        router_s[d], router_J[d] = float(c.total_s), float(c.energy_J)
+        pm = plan.moe_permute(d, t)  # the stack's MoE permute/unpermute, charged with the router as the engine does
+        router_s[d], router_J[d] = float(c.total_s) + float(pm.total_s), float(c.energy_J) + float(pm.energy_J)
         if model.n_shared_experts:
             c = plan.shared(d, t)
             shared_s[d], shared_J[d] = float(c.total_s), float(c.energy_J)
@@ -515,7 +526,10 @@ def analytic_step(
         has_link = plan.fetch_links[d] is not None
         miss_w = a_d * (1.0 - h)  # expected misses per (layer, expert)
         f = plan.fetch(d)
-        t_f, e_f = float(f.total_s), float(f.energy_J)
+        # copy-back eviction: a fetch into a full cache first copies its victim back over the same
+        # link (steady state: the cache is full, every cached fetch evicts; streamed fetches do not)
+        swap = 2.0 if bound.mapping.cache.eviction == "copy-back" and bound.slots[d] > 0 else 1.0
+        t_f, e_f = swap * float(f.total_s), swap * float(f.energy_J)
         cpu_mask = np.zeros_like(miss_w, dtype=bool)
         cpu_s = cpu_j = np.zeros_like(miss_w)
         if cpu is not None:
@@ -535,7 +549,7 @@ def analytic_step(
         busy[d] += float(c_f.sum())
         host_busy += float(cpu_layer.sum())
         energy += float((w_f * c_j).sum()) + float(n_f.sum()) * e_f + float((w_c * cpu_j).sum())
-        bytes_fetched += float(n_f.sum()) * bpe if has_link else 0.0
+        bytes_fetched += swap * float(n_f.sum()) * bpe if has_link else 0.0
     # all-to-all (expected cross-device assignments of the busiest device)
     a2a_s = 0.0
     if n_dev > 1 and bound.platform.peer_link is not None:
@@ -565,6 +579,14 @@ def analytic_step(
         experts_l = experts_l + np.maximum(0.0, slowest - hit_layer.max(axis=1))
     experts_s = float(experts_l.sum())
     step_s = attention_s + experts_s + a2a_s
+    # the serving stack's tail: LM head of the emitting sequences (every decode token; every prompt
+    # of a prefill step, which is taken whole) and the exposed host CPU time
+    emitting = [float(len(dev_prompts[d])) if prefill else float(dev_tokens[d]) for d in range(n_dev)]
+    lm_s, lm_J, cpu_exposed, cpu_total = plan.step_tail(emitting, step_s)
+    step_s += lm_s + cpu_exposed
+    energy += lm_J
+    busy += np.where(np.asarray(emitting) > 0, lm_s, 0.0)
+    host_busy += cpu_total
     # static power while idle (as the engine counts it): every accelerator and the host draw their
     # static power over the part of the step they are not computing
     busy += n_l * (pre_s + router_s + shared_s) + model.n_dense_layers * (pre_s + dense_s)
@@ -572,6 +594,7 @@ def analytic_step(
     host = bound.platform.host
     if host is not None:
         energy += host.static_power_W * max(step_s - host_busy, 0.0)
+        energy += host.static_power_W * cpu_total  # the stack's CPU time, booked as the engine does
     n_access = float(act.sum())
     hit_rate = float((act * h).sum() / n_access) if n_access > 0 else 1.0
     return AnalyticStep(
@@ -586,6 +609,9 @@ def analytic_step(
         misses=misses_total,
         bytes_fetched=bytes_fetched,
         energy_J=energy,
+        lm_head_s=lm_s,
+        host_cpu_s=cpu_exposed,
+        host_cpu_total_s=cpu_total,
     )
 
 

@@ -14,6 +14,13 @@ routing, given as arrays, it answers per device (and per layer, vectorised) with
 - `fetch` (one expert's weights over the device's fetch path), `cpu_experts` (experts computed
   on the host with their activations over the host link both ways), `all_to_all`.
 
+The serving stack (`hwmodels.stacks.ServingStack`, named by ``Mapping.stack``) adds the per-step
+tail and the MoE permute: `moe_permute` (the token permute before and unpermute after each MoE
+layer's experts, charged with the router), `lm_head` (LM head + sampling per token-emitting
+sequence) and `host_cpu_s` / `step_tail` (the framework's host CPU time per step, the part not
+hidden behind the device: `ServingStack.exposed_s`). With ``Mapping.offload_non_expert`` the
+non-expert weights of every layer stream from the backing tier each step (`non_expert_fetch`).
+
 `zero_load_step_s` is the sum of these costs for one request on one device with every needed
 expert resident: what the simpy engine must reproduce at zero load (a test pins the equality).
 The analytic model (`codesign.analytic`) computes its expectations with the same plan, so
@@ -32,13 +39,14 @@ from hwmodels.costs import ACTIVATION_BYTES, CostModel
 from hwmodels.devices import Link
 from hwmodels.execution import ExpertStrategy, KernelExecution, expert_strategy
 from hwmodels.opcost import OpCost
+from hwmodels.stacks import ServingStack, resolve_stack
 
 if TYPE_CHECKING:
     from codesign.mapping import BoundMapping
     from hwmodels.devices import Device
     from workloads.model import MoEModel
 
-__all__ = ["StepCostPlan", "tier_link", "zero_load_step_s"]
+__all__ = ["StepCostPlan", "non_expert_layer_bytes", "tier_link", "zero_load_step_s"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -56,6 +64,22 @@ def tier_link(device: Device, src: str, dst: str) -> Link:
         energy_J_per_byte=tier.energy_J_per_byte,
         source=f"tier {src!r} of {device.name}: {tier.source}",
     )
+
+
+def non_expert_layer_bytes(model: MoEModel) -> tuple[float, float]:
+    """Bytes of one MoE layer's non-expert weights (attention + router + shared experts) and of one
+    dense layer's (attention + dense FFN), each component at its own precision where the model has
+    per-component precisions (``weight_bytes_of``), else at ``bytes_per_weight``. Embeddings and
+    the LM head belong to no layer."""
+    wb = getattr(model, "weight_bytes_of", None)
+
+    def per(component: str) -> float:
+        return float(wb(component)) if wb is not None else float(model.bytes_per_weight)
+
+    attn = model.params_attention * per("attention")
+    moe = attn + model.router_params * per("dense") + model.params_shared_experts * per("shared")
+    dense = attn + model.params_dense_ffn * per("dense")
+    return float(moe), float(dense)
 
 
 def _zero(shape: tuple[int, ...] = ()) -> OpCost:
@@ -103,6 +127,28 @@ class StepCostPlan:
             fetch.append(self.cost.transfer(link, bpe) if link is not None else _zero())
         self.fetch_links: tuple[Link | None, ...] = tuple(links)
         self._fetch = tuple(fetch)
+        self.stack: ServingStack = resolve_stack(bound.mapping.stack)
+        # non-expert weights streamed per layer (ZeRO-3 offload_param): over the backing tier's path
+        self.stream_links: tuple[Link | None, ...] = ()
+        self._stream: tuple[tuple[OpCost, OpCost], ...] = ()
+        if bound.mapping.offload_non_expert:
+            moe_b, dense_b = non_expert_layer_bytes(m)
+            stream_links: list[Link | None] = []
+            stream: list[tuple[OpCost, OpCost]] = []
+            for d, dev in enumerate(bound.devices):
+                sl = (
+                    bound.platform.host_link
+                    if bound.backing == "host"
+                    else tier_link(dev, bound.backing, bound.cache_tier[d])
+                )
+                stream_links.append(sl)
+                stream.append(
+                    (self.cost.transfer(sl, moe_b), self.cost.transfer(sl, dense_b))
+                    if sl is not None
+                    else (_zero(), _zero())
+                )
+            self.stream_links = tuple(stream_links)
+            self._stream = tuple(stream)
         self.near_links: tuple[Link, ...] = ()
         self._near_copy: tuple[OpCost, ...] = ()
         if bound.near_tier is not None:
@@ -140,9 +186,68 @@ class StepCostPlan:
 
     def lm_head(self, d: int, n_sequences: npt.ArrayLike) -> OpCost:
         """The LM head and sampling for ``n_sequences`` token-emitting sequences on device ``d``
-        (`hwmodels.costs.CostModel.lm_head`). Not yet charged by the engine or the analytic model,
-        nor counted in `zero_load_step_s`: adding it there is the next step (issue 8)."""
+        (`hwmodels.costs.CostModel.lm_head`), whatever the stack (`step_tail` charges it when the
+        stack says ``lm_head``)."""
         return self.cost.lm_head(self.devices[d], self.model, n_sequences)
+
+    def moe_permute(self, d: int, n_tokens: npt.ArrayLike) -> OpCost:
+        """The token permute before and the unpermute (weighted sum) after one MoE layer's experts on
+        ``n_tokens`` tokens on device ``d``; zero unless the stack charges it (``moe_permute``).
+
+        Memory-bound copies of the token activations in the device's activation tier: the permute
+        reads each token's hidden row once and writes ``top_k`` copies, the unpermute reads the
+        ``top_k`` expert outputs and writes one row, so ``(2 top_k + 2) x d_model x
+        ACTIVATION_BYTES`` bytes per token, moved at the tier's copy rate (`CostModel.tier_copy`,
+        reported here as ``memory_s``), plus the launch overhead of three kernels
+        (`CostModel.launch_s`: the index sort / align, the permute, the unpermute; vLLM
+        ``moe_align_block_size`` + gather and ``moe_sum``, TRT-LLM ``expandInputRows`` and
+        ``finalizeMoeRouting``). The top-k itself is in `router`. Zero tokens cost zero."""
+        n = np.asarray(n_tokens, dtype=np.float64)
+        if not self.stack.moe_permute:
+            return _zero(n.shape)
+        dev = self.devices[d]
+        m = self.model
+        tier = dev.tiers[0].name if dev.kind in ("rdu", "fpga") else dev.weights_tier
+        moved = n * ((2.0 * m.top_k + 2.0) * m.d_model * ACTIVATION_BYTES)
+        c = self.cost.tier_copy(dev, tier, tier, moved)
+        launch = np.where(n > 0, self.cost.launch_s(dev, "moe_permute", 3), 0.0)
+        t = np.asarray(c.comm_s) + launch
+        energy = np.asarray(c.energy_J) + dev.static_power_W * launch
+        if n.ndim == 0:
+            return OpCost(compute_s=0.0, memory_s=float(t), comm_s=0.0, energy_J=float(energy), source="moe_permute")
+        z = np.zeros(n.shape)
+        return OpCost(compute_s=z, memory_s=t, comm_s=z.copy(), energy_J=energy, source="moe_permute")
+
+    def host_cpu_s(self, n_emitting: float) -> float:
+        """Host/framework CPU seconds of one step with ``n_emitting`` token-emitting sequences
+        (`ServingStack.cpu_s` over the model's decoder layers)."""
+        return self.stack.cpu_s(self.model.n_layers, n_emitting)
+
+    def step_tail(self, emitting: npt.ArrayLike, device_s: float) -> tuple[float, float, float, float]:
+        """What a step pays after its layers: ``(lm_head_s, lm_head_J, exposed_cpu_s, cpu_s)``.
+
+        ``emitting[d]``: token-emitting sequences on device ``d`` (decode tokens and prompts whose
+        last chunk is in the step); ``device_s``: the step's time so far (its layers). The LM head
+        + sampling runs on the devices in parallel (the step waits for the longest; energy summed),
+        only when the stack charges it; the stack's host CPU time ``cpu_s`` adds ``exposed_cpu_s =
+        stack.exposed_s(cpu_s, device_s + lm_head_s)`` to the step."""
+        em = np.asarray(emitting, dtype=np.float64).reshape(-1)
+        lm_s = lm_J = 0.0
+        if self.stack.lm_head:
+            for d in np.flatnonzero(em > 0).tolist():
+                c = self.lm_head(d, float(em[d]))
+                lm_s = max(lm_s, float(c.total_s))
+                lm_J += float(c.energy_J)
+        cpu = self.host_cpu_s(float(em.sum()))
+        return lm_s, lm_J, self.stack.exposed_s(cpu, device_s + lm_s), cpu
+
+    def non_expert_fetch(self, d: int, *, moe: bool) -> OpCost:
+        """One layer's non-expert weights (attention + router + shared experts of an MoE layer,
+        attention + FFN of a dense one: `non_expert_layer_bytes`) over device ``d``'s backing path
+        when ``Mapping.offload_non_expert`` streams them; zero otherwise."""
+        if not self._stream:
+            return _zero()
+        return self._stream[d][0 if moe else 1]
 
     # ------------------------------------------------------------------ experts
     def experts(self, d: int, counts: npt.ArrayLike, tier: str | None = None) -> OpCost:
@@ -247,8 +352,10 @@ class StepCostPlan:
     # ------------------------------------------------------------------ zero load
     def zero_load_step_s(self, routing_rows: npt.NDArray[np.int16], *, prefill: bool, context_len: int) -> float:
         """Sum of the operation costs of one step on one device with every needed expert resident:
-        ``sum over MoE layers of attention + router + shared + the layer's experts`` plus ``dense
-        layers x (attention + dense FFN)``.
+        ``sum over MoE layers of attention + router (+ the stack's MoE permute) + shared + the layer's
+        experts`` plus ``dense layers x (attention + dense FFN)``, then the step's tail (`step_tail`:
+        the LM head of the one emitting sequence, the stack's exposed host CPU time). A prefill is
+        the whole prompt, so it emits the first token.
 
         ``routing_rows`` (int16 ``[n_tokens, n_moe_layers, k]``, -1 = no expert) are the step's rows
         of a single request: a prefill of ``n_tokens`` tokens (``prefill=True``) or ``n_tokens``
@@ -264,7 +371,7 @@ class StepCostPlan:
             attn = float(np.sum(self.attention_prefill(0, [n]).total_s))
         else:
             attn = float(self.attention_decode(0, n, float(context_len)).total_s)
-        router = float(self.router(0, n).total_s)
+        router = float(self.router(0, n).total_s) + float(self.moe_permute(0, n).total_s)
         shared = float(self.shared(0, n).total_s) if model.n_shared_experts else 0.0
         dense = float(self.dense(0, n).total_s)
         L, E = model.n_moe_layers, model.n_experts
@@ -275,7 +382,9 @@ class StepCostPlan:
             experts = float(np.sum(np.asarray(self.experts(0, counts).total_s) * (counts > 0)))
         else:
             experts = float(np.sum(self.layer_experts(0, counts).total_s))
-        return L * (attn + router + shared) + experts + model.n_dense_layers * (attn + dense)
+        layers = L * (attn + router + shared) + experts + model.n_dense_layers * (attn + dense)
+        lm_s, _, exposed, _ = self.step_tail([1.0], layers)
+        return layers + lm_s + exposed
 
 
 def zero_load_step_s(

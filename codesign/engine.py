@@ -382,6 +382,7 @@ class Engine:
                         "the mapping offloads nothing (cache policy bug)"
                     )
         self.simpy_step = SimpyStep(self)
+        self._tail_on = self.plan.stack.charges_anything  # issue 8: see _step_tail
         self.fast: ArithmeticStep | None = None
         if fast and self._arithmetic_ok():
             self.fast = ArithmeticStep(self)
@@ -685,7 +686,8 @@ class Engine:
             if tok is None:
                 vals = [0.0] * 6
                 c = plan.router(d, n_tok)
-                vals[0], vals[1] = float(c.total_s), float(c.energy_J)
+                pm = plan.moe_permute(d, n_tok)  # issue 8: the stack's MoE permute/unpermute, with the router
+                vals[0], vals[1] = float(c.total_s) + float(pm.total_s), float(c.energy_J) + float(pm.energy_J)
                 if has_shared:
                     c = plan.shared(d, n_tok)
                     vals[2], vals[3] = float(c.total_s), float(c.energy_J)
@@ -705,11 +707,38 @@ class Engine:
         inputs = self._prepare(plan)
         if self.fast is not None:
             end = self.fast.play(inputs, t0)
+            if self._tail_on:  # issue 8: LM head + the stack's host CPU time after the layers
+                end += self._step_tail(plan, end - t0)
             if end > t0:
                 yield self.env.timeout_at(end)
         else:
             yield from self.simpy_step.step(inputs)
+            if self._tail_on:  # issue 8: as above
+                tail = self._step_tail(plan, self.env.now - t0)
+                if tail > 0:
+                    yield self.env.timeout(tail)
         self._finish_step(plan, t0, inputs)
+
+    def _step_tail(self, plan: list[tuple[RequestState, int]], layers_s: float) -> float:
+        """Issue 8: seconds the step pays after its layers (``layers_s``): the LM head + sampling of
+        its token-emitting sequences (decode tokens, prompts whose last chunk is in the step) on
+        their devices, then the serving stack's exposed host CPU time (`StepCostPlan.step_tail`).
+        Books the LM head as device busy time and energy, the CPU time as host busy time (with the
+        host's static power as its energy)."""
+        emitting = [0.0] * self.n_dev
+        for st, n in plan:
+            if st.prefilled >= st.prompt_tokens or st.prefilled + n >= st.prompt_tokens:
+                emitting[self.req_device[st.request_id]] += 1.0
+        lm_s, lm_J, exposed, cpu = self.plan.step_tail(emitting, layers_s)
+        for d, e in enumerate(emitting):
+            if e > 0:
+                self.busy_s[d] += lm_s
+        host = self.platform.host
+        cpu_J = cpu * host.static_power_W if host is not None else 0.0
+        self.host_busy_s += cpu
+        self.energy_J += lm_J + cpu_J
+        self._c.energy += lm_J + cpu_J
+        return lm_s + exposed
 
     def _token_devices(
         self, rows: npt.NDArray[np.int16], valid: npt.NDArray[np.bool_], tok_dev: npt.NDArray[np.int64]
@@ -788,6 +817,9 @@ class Engine:
             for t_out, j_out, c in ops:
                 t_out[:, d] = np.where(on > 0, _arr(c.total_s, L1), 0.0)
                 j_out[:, d] = np.where(on > 0, _arr(c.energy_J, L1), 0.0)
+            pm = plan.moe_permute(d, on)  # issue 8: the stack's MoE permute/unpermute, with the router
+            router_s[:, d] += np.where(on > 0, _arr(pm.total_s, L1), 0.0)
+            router_J[:, d] += np.where(on > 0, _arr(pm.energy_J, L1), 0.0)
         return tuple(out)
 
     def _finish_step(self, plan: list[tuple[RequestState, int]], t0: float, si: StepInputs) -> None:

@@ -27,8 +27,12 @@ Conventions and assumptions (labelled): activations are bf16 (`ACTIVATION_BYTES`
 FFN reads its weights once per call and its input/output activations and the intermediate
 activation once each (a fused gate/up kernel); serial per-kernel overheads of the default curves
 are added to both ``compute_s`` and ``memory_s`` so that ``total_s`` includes them exactly once.
-The compute dtype follows the weights (`_dtype_for`: fp8 weights use fp8 where the device has it,
-4-bit weights are upcast to bf16). FPGA ops put their pipeline fill (an off-chip load, not a link)
+Each op reads its own component's weights at that component's precision
+(`MoEModel.weight_bytes_of`: attention, expert, shared, dense = router and dense FFNs, embedding = LM
+head) and picks its compute dtype from it (`_dtype_for`: fp8 weights use fp8 where the device has
+it, 4-bit weights are upcast to bf16); a component's ``<component>_format`` adds the
+dequantisation cost of its packed weights (`hwmodels.dequant`; ``"none"``, the default, adds
+nothing). FPGA ops put their pipeline fill (an off-chip load, not a link)
 in ``comm_s`` of `CostModel.fpga_layer`, labelled in ``source``.
 
 Validation against real measurements (tests/hwmodels/test_costs.py, data in ``../shared``): the
@@ -48,6 +52,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from hwmodels.dequant import DequantTerms, dequant_terms, vector_ops_per_s
 from hwmodels.devices import Device, Link, Platform
 from hwmodels.execution import KernelExecution, resolve_execution
 from hwmodels.opcost import OpCost
@@ -335,6 +340,12 @@ def _dtype_for(device: Device, bytes_per_weight: float) -> str:
     return next(iter(device.peak_flops))
 
 
+def _component_dq(model: MoEModel, component: str, n_weights: float, n_matrices: int) -> DequantTerms | None:
+    """Dequantisation terms of ``component``'s format for ``n_weights`` weights in ``n_matrices``."""
+    fmt = model.format_of(component)
+    return None if fmt == "none" else dequant_terms(fmt, n_weights, n_matrices)
+
+
 @dataclass(frozen=True, slots=True)
 class _Ctx:
     """Per (device, tiers, dtype) constants of one fidelity: effective bandwidths, energies, peaks."""
@@ -568,12 +579,14 @@ class CostModel:
         n_kernels: int,
         dtype: str,
         label: str = "",
+        dequant: DequantTerms | None = None,
     ) -> OpCost:
         """Cost of an op made of GEMMs over ``rows`` tokens plus ``extra_flops`` (score FLOPs).
 
         ``weight_bytes`` are read from ``weights_tier`` and ``act_bytes`` moved in ``act_tier``;
-        the op is active (costs anything) where ``rows > 0``. Scalars run on Python floats (fast
-        path for the simulator's one-off questions), arrays element-wise.
+        the op is active (costs anything) where ``rows > 0``. ``dequant`` (from
+        `hwmodels.dequant.dequant_terms`) adds the dequantisation of packed weights. Scalars run on
+        Python floats (fast path for the simulator's one-off questions), arrays element-wise.
         """
         ctx = self._context(device, weights_tier, act_tier, dtype)
         n_kernels = self.execution_for(device).kernels(op, n_kernels)
@@ -621,10 +634,21 @@ class CostModel:
                 overhead = (n_kernels * ctx.overhead_s) * active
                 compute = compute + overhead
                 memory = memory + overhead
+        dq_J: Any = 0.0
+        if dequant is not None:
+            c_add, m_add, dq_J = self._dequant_add(device, ctx, dequant, m, active, scalar)
+            compute = compute + c_add
+            memory = memory + m_add
         if scalar:
             compute, memory = float(compute), float(memory)
             total = max(compute, memory)
-            energy = ctx.static_W * total + ctx.e_flop * float(total_flops) + w_bytes * ctx.w_e + a_bytes * ctx.a_e
+            energy = (
+                ctx.static_W * total
+                + ctx.e_flop * float(total_flops)
+                + w_bytes * ctx.w_e
+                + a_bytes * ctx.a_e
+                + float(dq_J)
+            )
             return OpCost(
                 compute_s=compute, memory_s=memory, comm_s=0.0, energy_J=float(energy), source=f"{ctx.tag}:{op}{label}"
             )
@@ -635,7 +659,7 @@ class CostModel:
         if memory.shape != rows.shape:
             memory = np.broadcast_to(memory, rows.shape).copy()
         total = np.maximum(compute, memory)
-        energy = ctx.static_W * total + ctx.e_flop * total_flops + w_bytes * ctx.w_e + a_bytes * ctx.a_e
+        energy = ctx.static_W * total + ctx.e_flop * total_flops + w_bytes * ctx.w_e + a_bytes * ctx.a_e + dq_J
         return OpCost(
             compute_s=compute,
             memory_s=memory,
@@ -643,6 +667,37 @@ class CostModel:
             energy_J=np.asarray(energy, dtype=np.float64),
             source=f"{ctx.tag}:{op}{label}",
         )
+
+    def _dequant_add(
+        self, device: Device, ctx: _Ctx, dq: DequantTerms, rows: Any, active: Any, scalar: bool
+    ) -> tuple[Any, Any, Any]:
+        """(compute_s, memory_s, energy_J) that dequantisation adds to an op over ``rows`` rows (see
+        `hwmodels.dequant`): fused formats dequantise each weight tile once per ``rows_per_dequant``
+        rows on the vector units (compute) and move their metadata bytes (memory); an unfused pass runs
+        before the GEMM (serial: added to both) and the GEMM reads the 16-bit copy (memory). Extra
+        kernels pay the per-kernel overhead (none at roofline). The vector units run at their peak at
+        both fidelities (assumption: no measured efficiency). Energy: the extra bytes at the weights
+        tier's energy, the lane-ops at the compute dtype's energy per FLOP (assumption)."""
+        vec = vector_ops_per_s(device)
+        if scalar:
+            r = float(rows)
+            tiles: Any = math.ceil(r / dq.rows_per_dequant) if r > 0 else 0.0
+        else:
+            tiles = np.where(rows > 0, np.ceil(rows / dq.rows_per_dequant), 0.0)
+        launch = dq.kernels * ctx.overhead_s * active
+        if dq.fused:
+            ops = dq.ops_per_tile * tiles * active
+            compute = ops / vec + launch
+            memory = (dq.extra_bytes / ctx.w_bw) * active + launch
+            moved = dq.extra_bytes * active
+        else:
+            ops = dq.ops_per_tile * active
+            pass_s = max(dq.ops_per_tile / vec, dq.serial_bytes / ctx.w_bw) * active
+            compute = pass_s + launch
+            memory = pass_s + (dq.extra_bytes / ctx.w_bw) * active + launch
+            moved = (dq.serial_bytes + dq.extra_bytes) * active
+        energy = moved * ctx.w_e + ops * ctx.e_flop
+        return compute, memory, energy
 
     @staticmethod
     def _act_tier(device: Device) -> str:
@@ -684,7 +739,8 @@ class CostModel:
             act_bytes=self._ffn_act_bytes(model, rows, model.expert_ffn_dim),
             act_tier=self._act_tier(device),
             n_kernels=3,
-            dtype=_dtype_for(device, model.bytes_per_weight),
+            dtype=_dtype_for(device, model.weight_bytes_of("expert")),
+            dequant=_component_dq(model, "expert", model.params_per_expert, model.matrices_per_expert),
         )
         if rows.ndim == 0:
             self._remember(("expert_ffn", id(device), id(model), float(rows), weights_tier), device, cost, model)
@@ -727,7 +783,7 @@ class CostModel:
             w = np.where(rows > 0, w, 0.0)
             p_any = 1.0 - np.prod(1.0 - w, axis=-1)
         tier = weights_tier or device.weights_tier
-        dtype = _dtype_for(device, model.bytes_per_weight)
+        dtype = _dtype_for(device, model.weight_bytes_of("expert"))
         ctx = self._context(device, tier, self._act_tier(device), dtype)
         source = f"{ctx.tag}:experts_grouped"
         flops_per_row = float(model.expert_flops_per_token)
@@ -761,7 +817,20 @@ class CostModel:
         overhead = kernels * ctx.overhead_s * p_any  # one grouped launch of each kernel
         compute = compute + overhead
         memory = memory + overhead
-        energy = ctx.static_W * np.maximum(compute, memory) + ctx.e_flop * flops + w_bytes * ctx.w_e + a_bytes * ctx.a_e
+        dq_J: Any = 0.0
+        dq = _component_dq(model, "expert", model.params_per_expert, model.matrices_per_expert)
+        if dq is not None:  # each active expert dequantises its own weights (expected over ``active``)
+            c_add, m_add, j_add = self._dequant_add(device, ctx, dq, rows, w, False)
+            compute = compute + np.sum(c_add, axis=-1)
+            memory = memory + np.sum(m_add, axis=-1)
+            dq_J = np.sum(j_add, axis=-1)
+        energy = (
+            ctx.static_W * np.maximum(compute, memory)
+            + ctx.e_flop * flops
+            + w_bytes * ctx.w_e
+            + a_bytes * ctx.a_e
+            + dq_J
+        )
         if np.ndim(tokens_per_expert) <= 1:
             return OpCost(
                 compute_s=float(compute), memory_s=float(memory), comm_s=0.0, energy_J=float(energy), source=source
@@ -793,7 +862,8 @@ class CostModel:
             act_bytes=self._ffn_act_bytes(model, rows, width),
             act_tier=self._act_tier(device),
             n_kernels=3,
-            dtype=_dtype_for(device, model.bytes_per_weight),
+            dtype=_dtype_for(device, model.weight_bytes_of("shared")),
+            dequant=_component_dq(model, "shared", model.params_shared_experts, model.matrices_per_expert),
         )
 
     def router(self, device: Device, model: MoEModel, n_tokens: ArrayLike) -> OpCost:
@@ -807,21 +877,23 @@ class CostModel:
             rows=rows,
             gemms=(_Gemm(2.0 * model.d_model * e, model.d_model, e),),
             extra_flops=0.0,
-            weight_bytes=model.router_params * model.bytes_per_weight,
+            weight_bytes=model.router_bytes,
             weights_tier=device.weights_tier,
             act_bytes=act,
             act_tier=self._act_tier(device),
             n_kernels=2,
-            dtype=_dtype_for(device, model.bytes_per_weight),
+            dtype=_dtype_for(device, model.weight_bytes_of("dense")),
+            dequant=_component_dq(model, "dense", model.router_params, 1),
         )
 
     def lm_head(self, device: Device, model: MoEModel, n_sequences: ArrayLike) -> OpCost:
         """The LM head and sampling of one step for ``n_sequences`` sequences that emit a token.
 
         The final hidden row of each sequence (``d_model``) times the unembedding
-        (``d_model x vocab_size``, weights read once per step from ``device.weights_tier`` at
-        ``model.bytes_per_weight``), then the sampler (argmax / softmax / top-k) over fp32 logits,
-        which are written once and read back: memory-bound, so its FLOPs are neglected and only its
+        (``d_model x vocab_size``, weights read once per step from ``device.weights_tier`` at the
+        model's ``embedding`` precision, with its format's dequantisation), then the sampler
+        (argmax / softmax / top-k) over fp32 logits, which are written once and read back:
+        memory-bound, so its FLOPs are neglected and only its
         bytes are charged. Two kernels (GEMM, sampling). Only sequences that emit a token need it
         (decode tokens and the last chunk of a prompt). Vectorised; zero sequences cost zero.
         """
@@ -834,12 +906,13 @@ class CostModel:
             rows=rows,
             gemms=(_Gemm(2.0 * d * v, d, v),),
             extra_flops=0.0,
-            weight_bytes=float(d * v) * model.bytes_per_weight,
+            weight_bytes=model.lm_head_bytes,
             weights_tier=device.weights_tier,
             act_bytes=act,
             act_tier=self._act_tier(device),
             n_kernels=2,
-            dtype=_dtype_for(device, model.bytes_per_weight),
+            dtype=_dtype_for(device, model.weight_bytes_of("embedding")),
+            dequant=_component_dq(model, "embedding", model.params_lm_head, 1),
         )
 
     def cpu_expert(self, host: Device, model: MoEModel, n_tokens: ArrayLike) -> OpCost:
@@ -890,13 +963,14 @@ class CostModel:
             rows=rows,
             gemms=(_Gemm(proj, d, max(1, int(model.params_attention // d))),),
             extra_flops=extra,
-            weight_bytes=model.params_attention * model.bytes_per_weight,
+            weight_bytes=model.attention_bytes,
             weights_tier=device.weights_tier,
             act_bytes=act,
             act_tier=self._act_tier(device),
             n_kernels=4,
-            dtype=_dtype_for(device, model.bytes_per_weight),
+            dtype=_dtype_for(device, model.weight_bytes_of("attention")),
             label=label,
+            dequant=_component_dq(model, "attention", model.params_attention, 4),
         )
 
     def attention_decode(
@@ -928,13 +1002,14 @@ class CostModel:
             rows=b,
             gemms=(_Gemm(proj, d, max(1, int(model.params_attention // d))),),
             extra_flops=extra,
-            weight_bytes=model.params_attention * model.bytes_per_weight,
+            weight_bytes=model.attention_bytes,
             weights_tier=device.weights_tier,
             act_bytes=act,
             act_tier=device.weights_tier,
             n_kernels=4,
-            dtype=_dtype_for(device, model.bytes_per_weight),
+            dtype=_dtype_for(device, model.weight_bytes_of("attention")),
             label=label,
+            dequant=_component_dq(model, "attention", model.params_attention, 4),
         )
 
     # ---------------------------------------------------------------- links
@@ -1095,7 +1170,7 @@ class CostModel:
             raise ValueError(f"fpga_expert needs an FPGA device, got {device.name!r} of kind {device.kind!r}")
         rows = _counts(n_tokens, "n_tokens")
         eff = self.efficiency_for(device)
-        dtype = _dtype_for(device, model.bytes_per_weight)
+        dtype = _dtype_for(device, model.weight_bytes_of("expert"))
         peak = device.dsp_peak_flops
         tier = device.weights_memory
         flops = rows * model.expert_flops_per_token

@@ -6,21 +6,63 @@ configs); the ``source`` field of each preset names it. Derived quantities (byte
 expert, active and total parameters, KV-cache bytes per token) are properties, never entered twice.
 
 Conventions (units in names):
-- parameter counts are plain numbers of weights; ``*_bytes`` are bytes at ``bytes_per_weight``;
+- parameter counts are plain numbers of weights; ``*_bytes`` are bytes at the precision of the
+  weights' component (see below);
 - ``*_flops_per_token`` count a multiply-add as 2 FLOPs;
 - norms, biases and rotary tables are ignored (well under 0.1% of any preset).
+
+Precision per component. ``bytes_per_weight`` is the model-wide weight precision; each component in
+`WEIGHT_COMPONENTS` may override it with ``<component>_bytes_per_weight`` (None: follow
+``bytes_per_weight``) and name the kernel format of its packed weights with ``<component>_format``
+(one of `WEIGHT_FORMATS`; ``"none"``: no dequantisation is charged, today's behaviour):
+
+- ``attention``: the q/k/v/o (or MLA) projections of every layer;
+- ``expert``: the routed experts (``bytes_per_expert``: what one expert fetch moves over a link);
+- ``shared``: the shared experts;
+- ``dense``: the router and the FFNs of dense layers;
+- ``embedding``: the input embedding and the LM head.
+
+Bytes per weight include any quantisation metadata (scales, zeros): HQQ 2-bit with group 16 is
+about 2.6 bits, i.e. 0.325 B/weight (Mixtral-offloading paper, arXiv 2312.17238, s.4.3). The KV
+cache has ``kv_bytes_per_elem``; the all-to-all activations ``dispatch_bytes_per_elem`` and
+``combine_bytes_per_elem`` (default 2.0 = bf16, as ``hwmodels.costs.ACTIVATION_BYTES``; DeepEP
+sends FP8 dispatch and BF16 combine: 1.0 and 2.0). Every default reproduces the single-precision
+model, so presets and existing files do not move.
+
+How-to (a case file's ``model_overrides`` or a model JSON/TOML file), Mixtral-offloading's 4-bit
+HQQ attention with 2-bit HQQ experts::
+
+    {"attention_bytes_per_weight": 0.5, "attention_format": "hqq-triton",
+     "expert_bytes_per_weight": 0.325, "expert_format": "hqq-triton"}
+
+The costs of each format are in ``hwmodels.dequant``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 AttentionKind = Literal["gqa", "mla"]
 
 #: Bytes per weight for the precisions the search varies.
 PRECISION_BYTES: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int4": 0.5}
+
+#: Weight components with a precision and a format of their own (see the module docstring).
+WEIGHT_COMPONENTS: tuple[str, ...] = ("attention", "expert", "shared", "dense", "embedding")
+
+#: Kernel formats of packed weights, costed in ``hwmodels.dequant`` (a test keeps both lists equal).
+#: ``none``: no dequantisation charged (native dtype, or a cost the user does not want modelled).
+WEIGHT_FORMATS: tuple[str, ...] = ("none", "marlin", "llamacpp-mmvq", "hqq-triton", "hqq-triton-g64", "hqq-unfused")
+
+#: Default bytes per element of the all-to-all activations (bf16).
+DEFAULT_A2A_BYTES = 2.0
 
 
 class UnknownPresetError(KeyError):
@@ -67,6 +109,18 @@ class MoEModel:
     n_cross_attention_layers: int = 0
     bytes_per_weight: float = 2.0
     kv_bytes_per_elem: float = 2.0
+    attention_bytes_per_weight: float | None = None
+    expert_bytes_per_weight: float | None = None
+    shared_bytes_per_weight: float | None = None
+    dense_bytes_per_weight: float | None = None
+    embedding_bytes_per_weight: float | None = None
+    attention_format: str = "none"
+    expert_format: str = "none"
+    shared_format: str = "none"
+    dense_format: str = "none"
+    embedding_format: str = "none"
+    dispatch_bytes_per_elem: float = DEFAULT_A2A_BYTES
+    combine_bytes_per_elem: float = DEFAULT_A2A_BYTES
     source: str = "user-defined"
     notes: str = field(default="", compare=False)
 
@@ -100,8 +154,16 @@ class MoEModel:
             raise ValueError(f"MoEModel {self.name!r}: has dense layers, so dense_ffn_dim must be > 0")
         if self.n_shared_experts < 0 or (self.n_shared_experts > 0 and self.shared_ffn_dim <= 0):
             raise ValueError(f"MoEModel {self.name!r}: shared experts need shared_ffn_dim > 0")
-        if self.bytes_per_weight <= 0 or self.kv_bytes_per_elem <= 0:
-            raise ValueError(f"MoEModel {self.name!r}: bytes_per_weight and kv_bytes_per_elem must be > 0")
+        for name in ("bytes_per_weight", "kv_bytes_per_elem", "dispatch_bytes_per_elem", "combine_bytes_per_elem"):
+            _check_bytes(self.name, name, getattr(self, name), optional=False)
+        for comp in WEIGHT_COMPONENTS:
+            own = f"{comp}_bytes_per_weight"
+            _check_bytes(self.name, own, getattr(self, own), optional=True)
+            fmt = getattr(self, f"{comp}_format")
+            if fmt not in WEIGHT_FORMATS:
+                raise ValueError(
+                    f"MoEModel {self.name!r}: {comp}_format={fmt!r} unknown; valid: {', '.join(WEIGHT_FORMATS)}"
+                )
         if self.attention == "mla" and (self.kv_lora_rank <= 0 or self.v_head_dim <= 0):
             raise ValueError(f"MoEModel {self.name!r}: MLA needs kv_lora_rank and v_head_dim > 0")
         if not self.moe_layers:
@@ -136,10 +198,35 @@ class MoEModel:
         """Weights of one routed expert (biases ignored)."""
         return self.matrices_per_expert * self.d_model * self.expert_ffn_dim
 
+    # -------------------------------------------------------------- precision
+    def weight_bytes_of(self, component: str) -> float:
+        """Bytes per weight of ``component`` (one of `WEIGHT_COMPONENTS`): its own override, else
+        ``bytes_per_weight``."""
+        if component not in WEIGHT_COMPONENTS:
+            raise ValueError(f"unknown weight component {component!r}; valid: {', '.join(WEIGHT_COMPONENTS)}")
+        own = getattr(self, f"{component}_bytes_per_weight")
+        return float(self.bytes_per_weight if own is None else own)
+
+    def format_of(self, component: str) -> str:
+        """The kernel format of ``component``'s weights (one of `WEIGHT_FORMATS`)."""
+        if component not in WEIGHT_COMPONENTS:
+            raise ValueError(f"unknown weight component {component!r}; valid: {', '.join(WEIGHT_COMPONENTS)}")
+        return str(getattr(self, f"{component}_format"))
+
+    @property
+    def dispatch_bytes_per_token(self) -> float:
+        """Bytes one token's hidden row carries in the all-to-all dispatch (``d_model`` elements)."""
+        return self.d_model * self.dispatch_bytes_per_elem
+
+    @property
+    def combine_bytes_per_token(self) -> float:
+        """Bytes one expert output row carries in the all-to-all combine (``d_model`` elements)."""
+        return self.d_model * self.combine_bytes_per_elem
+
     @property
     def bytes_per_expert(self) -> float:
-        """Bytes of one routed expert's weights at ``bytes_per_weight``."""
-        return self.params_per_expert * self.bytes_per_weight
+        """Bytes of one routed expert's weights at the expert precision (what one fetch moves)."""
+        return self.params_per_expert * self.weight_bytes_of("expert")
 
     @property
     def expert_flops_per_token(self) -> int:
@@ -153,7 +240,8 @@ class MoEModel:
 
     @property
     def bytes_shared_experts(self) -> float:
-        return self.params_shared_experts * self.bytes_per_weight
+        """Bytes of all shared experts of one MoE layer at the shared-expert precision."""
+        return self.params_shared_experts * self.weight_bytes_of("shared")
 
     @property
     def shared_flops_per_token(self) -> int:
@@ -163,6 +251,11 @@ class MoEModel:
     @property
     def router_params(self) -> int:
         return self.d_model * self.n_experts
+
+    @property
+    def router_bytes(self) -> float:
+        """Bytes of one MoE layer's router weights at the ``dense`` precision."""
+        return self.router_params * self.weight_bytes_of("dense")
 
     @property
     def router_flops_per_token(self) -> int:
@@ -192,6 +285,11 @@ class MoEModel:
         kv = 2 * d * self.n_kv_heads * self.head_dim
         o = h * self.head_dim * d
         return q + kv + o
+
+    @property
+    def attention_bytes(self) -> float:
+        """Bytes of one layer's attention projections at the attention precision."""
+        return self.params_attention * self.weight_bytes_of("attention")
 
     @property
     def attention_flops_per_token_proj(self) -> int:
@@ -232,13 +330,43 @@ class MoEModel:
         return self._params(self.top_k)
 
     @property
+    def params_lm_head(self) -> int:
+        """Weights of the output head (``d_model x vocab_size``; tied or not, it is read every step)."""
+        return self.vocab_size * self.d_model
+
+    @property
+    def lm_head_bytes(self) -> float:
+        """Bytes of the LM head at the embedding precision."""
+        return self.params_lm_head * self.weight_bytes_of("embedding")
+
+    def params_of(self, component: str) -> int:
+        """Weights of ``component`` in the whole model (routed experts: all of them)."""
+        attn_layers = self.n_layers + self.n_cross_attention_layers
+        counts = {
+            "attention": attn_layers * self.params_attention,
+            "expert": self.n_moe_layers * self.n_experts * self.params_per_expert,
+            "shared": self.n_moe_layers * self.params_shared_experts,
+            "dense": self.n_moe_layers * self.router_params + self.n_dense_layers * self.params_dense_ffn,
+            "embedding": self.params_embedding,
+        }
+        if component not in counts:
+            raise ValueError(f"unknown weight component {component!r}; valid: {', '.join(WEIGHT_COMPONENTS)}")
+        return counts[component]
+
+    def bytes_of(self, component: str) -> float:
+        """Bytes of ``component`` in the whole model at its own precision."""
+        return self.params_of(component) * self.weight_bytes_of(component)
+
+    @property
     def total_bytes(self) -> float:
-        return self.total_params * self.bytes_per_weight
+        """All weight bytes, each component at its own precision."""
+        return sum(self.bytes_of(c) for c in WEIGHT_COMPONENTS)
 
     @property
     def non_expert_bytes(self) -> float:
-        """Bytes of everything except the routed experts (attention, shared, router, dense, embeddings)."""
-        return (self.total_params - self.n_moe_layers * self.n_experts * self.params_per_expert) * self.bytes_per_weight
+        """Bytes of everything except the routed experts (attention, shared, router, dense, embeddings),
+        each at its own precision."""
+        return sum(self.bytes_of(c) for c in WEIGHT_COMPONENTS if c != "expert")
 
     @property
     def granularity(self) -> float:
@@ -251,11 +379,89 @@ class MoEModel:
         """A copy with fields changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
-    def with_precision(self, precision: str) -> MoEModel:
-        """A copy at another weight precision (``bf16``, ``fp8``, ``int4``...)."""
+    def with_precision(self, precision: str, *, components: tuple[str, ...] | None = None) -> MoEModel:
+        """A copy at another weight precision (``bf16``, ``fp8``, ``int4``...).
+
+        Without ``components`` the whole model changes: ``bytes_per_weight`` is set and every
+        per-component override is cleared. With ``components`` (names from `WEIGHT_COMPONENTS`) only
+        those components get the precision (their ``<component>_bytes_per_weight``)."""
         if precision not in PRECISION_BYTES:
             raise ValueError(f"unknown precision {precision!r}; valid: {sorted(PRECISION_BYTES)}")
-        return self.with_(bytes_per_weight=PRECISION_BYTES[precision])
+        value = PRECISION_BYTES[precision]
+        if components is None:
+            cleared: dict[str, object] = {f"{c}_bytes_per_weight": None for c in WEIGHT_COMPONENTS}
+            return self.with_(bytes_per_weight=value, **cleared)
+        bad = [c for c in components if c not in WEIGHT_COMPONENTS]
+        if bad:
+            raise ValueError(f"unknown weight component(s) {bad}; valid: {', '.join(WEIGHT_COMPONENTS)}")
+        return self.with_(**{f"{c}_bytes_per_weight": value for c in components})
+
+    # ------------------------------------------------------------ files
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON data (``notes`` included); `from_dict` reads it back."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "model") -> MoEModel:
+        """A model from a mapping of its fields (JSON or TOML). Fields left out take their defaults
+        (TOML has no null: leave a per-component precision out to follow ``bytes_per_weight``).
+        Raises `ValueError` with one line naming ``where`` and the field."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}: expected an object of MoEModel fields, got {type(data).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {unknown}; valid: {', '.join(known)}")
+        missing = [
+            n
+            for n, f in known.items()
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in data
+        ]
+        if missing:
+            raise ValueError(f"{where}: missing required field(s) {missing}")
+        try:
+            return cls(**dict(data))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+    def to_toml(self) -> str:
+        """The model as TOML text (None fields left out, as TOML has no null); `load_model` reads it."""
+        lines = []
+        for key, value in self.to_dict().items():
+            if value is None:
+                continue
+            lines.append(f"{key} = {json.dumps(value)}")  # JSON scalars are valid TOML scalars here
+        return "\n".join(lines) + "\n"
+
+
+def _check_bytes(model: str, name: str, value: object, *, optional: bool) -> None:
+    """A byte size per element: a finite number > 0 (None allowed when ``optional``)."""
+    if value is None and optional:
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok:
+        what = "a finite number > 0" + (" or null" if optional else "")
+        raise ValueError(f"MoEModel {model!r}: {name} must be {what}, got {value!r}")
+
+
+def load_model(spec: str | Path) -> MoEModel:
+    """A preset name, or a ``.json`` / ``.toml`` file of MoEModel fields (see `MoEModel.from_dict`).
+
+    Raises `UnknownPresetError` for a name that is neither a preset nor a file, and `ValueError`
+    (one line, naming the file) for a file that does not parse or fails validation."""
+    path = Path(spec)
+    if path.suffix.lower() not in (".json", ".toml") or not path.is_file():
+        if path.suffix.lower() in (".json", ".toml"):
+            raise ValueError(f"model file {str(spec)!r}: no such file")
+        return get_model(str(spec))
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"model file {path}: not valid TOML ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"model file {path}, line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    return MoEModel.from_dict(data, where=f"model file {path}")
 
 
 _REF = "shared/reference/hardware-and-papers.md s.5"

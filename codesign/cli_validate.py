@@ -6,9 +6,17 @@
     codesign validate-e2e --json                        # one JSON object: results + summary
     codesign validate-e2e --out validation-out          # also validation-out/validate-e2e.html (+ .json)
     codesign validate-e2e --list                        # the case names, stacks, metrics and sources
+    codesign validate-e2e --fit trt-llm                 # fit the stack's free parameters (see below)
+    codesign validate-e2e --fit llama.cpp --param per_layer_s --on CASE_A --on CASE_B --write
 
 Prints, per case, the measured value, the simulator's and the analytic model's answers, their
 signed errors ``(model - measured) / measured`` and the simulator's dominant cost category.
+
+``--fit STACK`` fits the stack preset's free parameters (`codesign.validation_fit.fit_stack`: least
+squares on log(sim/measured), every evaluation re-simulating the fit cases at their ``fit`` size)
+on the cases the preset names (its ``fitted_on``) or those given with ``--on`` (two or more per
+parameter), then scores the fitted stack at full size on the fit cases and, separately, on the
+held-out cases of that stack; ``--write`` stores the values with ``fitted_on`` in the preset file.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +47,13 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write DIR/validate-e2e.html and .json")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--fit", default=None, metavar="STACK", help="fit this stack preset's free parameters")
+    p.add_argument(
+        "--param", action="append", default=None, metavar="FIELD", help="with --fit: a field to fit (repeatable)"
+    )
+    p.add_argument("--on", action="append", default=None, metavar="CASE", help="with --fit: a fit case (repeatable)")
+    p.add_argument("--max-evals", type=int, default=40, help="with --fit: simulator evaluations of the fit set")
+    p.add_argument("--write", action="store_true", help="with --fit: write the fitted values into the preset file")
     p.set_defaults(func=_cmd_validate)
 
 
@@ -48,6 +64,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out}: exists and is not a folder")
     if args.cases_dir is not None and not args.cases_dir.is_dir():
         raise ValueError(f"--cases-dir {args.cases_dir}: no such folder")
+    if args.fit is not None:
+        return _cmd_fit(args)
+    if args.param or args.on or args.write:
+        raise ValueError("--param, --on and --write go with --fit STACK")
     cases = load_cases(args.case, args.cases_dir)
     if args.list:
         for c in cases:
@@ -66,4 +86,77 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         log.info("wrote %s", html)
         if not args.json:
             print(f"wrote {html} and {args.out / 'validate-e2e.json'}")
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from codesign.validation import format_table, load_cases, suite_summary
+    from codesign.validation_fit import (
+        case_stack_name,
+        default_fit_params,
+        default_fit_set,
+        evaluate_cases,
+        fit_stack,
+        write_fitted,
+    )
+    from hwmodels.stacks import get_stack
+
+    if args.case:
+        raise ValueError("--case does not go with --fit (use --on for the fit cases)")
+    stack = get_stack(args.fit)
+    params = tuple(args.param) if args.param else default_fit_params(stack)
+    every = load_cases(None, args.cases_dir)
+    of_stack = [c for c in every if case_stack_name(c) == stack.name]
+    names = tuple(args.on) if args.on else default_fit_set(stack, params)
+    if not names:
+        raise ValueError(
+            f"--fit {stack.name}: the preset names no fit cases (fitted_on) for {list(params)}; give them with --on "
+            f"(cases of this stack: {[c.name for c in of_stack]})"
+        )
+    fit_cases = load_cases(list(names), args.cases_dir)
+    result = fit_stack(stack, fit_cases, params, max_evals=args.max_evals)
+    fitted = replace(stack, **result.values)
+    held = [c for c in of_stack if c.name not in set(names)]
+    on_fit = evaluate_cases(fitted, fit_cases, reduced=args.reduced)
+    on_held = evaluate_cases(fitted, held, reduced=args.reduced)
+    payload = {
+        "fit": result.to_dict(),
+        "fit_cases": [r.to_dict() for r in on_fit],
+        "held_out": [r.to_dict() for r in on_held],
+        "summary": {"fit_cases": suite_summary(on_fit), "held_out": suite_summary(on_held) if on_held else None},
+    }
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        vals = ", ".join(f"{k} = {v:.4g}" for k, v in result.values.items())
+        print(
+            f"stack {stack.name}: {vals} (fit on {len(names)} cases, {result.n_evals} evaluations, "
+            f"{result.wall_s:.0f} s, rms log error {result.rms_log_error:.3f}: {result.status})"
+        )
+        print("\nfit cases (full size):")
+        print(format_table(on_fit))
+        if on_held:
+            print("\nheld-out cases (predicted, full size):")
+            print(format_table(on_held))
+        else:
+            print("\nno held-out case of this stack")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"fit-{stack.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    if args.write:
+        from importlib import resources
+
+        path = Path(args.fit) if args.fit.endswith(".toml") else None
+        if path is None:
+            path = Path(str(resources.files("hwmodels"))) / "presets" / "stacks" / f"{stack.name}.toml"
+        if not path.is_file():
+            raise ValueError(f"--write: no preset file for stack {stack.name!r} at {path}")
+        how = (
+            f"least squares on log(sim/measured), codesign validate-e2e --fit {stack.name}, "
+            f"{result.n_evals} evaluations, rms log error {result.rms_log_error:.3f} on the fit cases"
+        )
+        write_fitted(path, result.values, names, how=how)
+        log.info("wrote %s", path)
+        if not args.json:
+            print(f"wrote {path}")
     return 0

@@ -21,7 +21,9 @@ Every case file states ``measured`` (``value``, optional ``low``/``high`` range,
 had to choose, each with why), ``stack`` (the serving stack or library), and ``gaps`` (the
 mechanisms the simulator is known to lack for this case, with their cause; documentation, never
 used to adjust an answer). ``reduced`` holds workload overrides for a quick structural run (CI):
-its answers are not comparable with the measurement, and `CaseResult.reduced` says so.
+its answers are not comparable with the measurement, and `CaseResult.reduced` says so. ``fit``
+(optional) holds workload overrides for the evaluations of a stack fit (`codesign.validation_fit`):
+smaller runs that still show what the case measures.
 
 The signed error is ``(simulated - measured) / measured``. No number here is fitted to a case.
 """
@@ -78,6 +80,7 @@ _TOP_KEYS = {
     "design",
     "collective",
     "reduced",
+    "fit",
 }
 
 
@@ -109,6 +112,7 @@ class Case:
     spec: dict[str, Any]
     reduced: dict[str, Any]
     path: str = ""
+    fit: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -232,6 +236,9 @@ def load_case(path: str | Path) -> Case:
     reduced = doc.get("reduced", {})
     if not isinstance(reduced, dict):
         raise CaseError(f"{where}: reduced must be an object of workload overrides")
+    fit = doc.get("fit", {})
+    if not isinstance(fit, dict):
+        raise CaseError(f"{where}: fit must be an object of workload overrides")
     case = Case(
         name=name,
         kind=kind,
@@ -248,10 +255,15 @@ def load_case(path: str | Path) -> Case:
         spec=spec,
         reduced=reduced,
         path=where,
+        fit=fit,
     )
     if kind == "serving":
         build_design(case)  # fail on a bad design here, before any case runs
         build_design(case, reduced=True)
+        if fit:
+            build_design(replace(case, reduced=fit), reduced=True)
+    elif fit:
+        raise CaseError(f"{where}: fit overrides are for serving cases only")
     else:
         _collective_args(case)
     return case

@@ -1,0 +1,356 @@
+"""Calibration of a serving stack's free parameters against the end-to-end validation cases.
+
+A serving-stack preset (`hwmodels.stacks`) marks the numbers no source gives as ``free``: the host
+CPU time per step / per layer / per sequence, the share of it hidden behind the GPU. `fit_stack`
+finds them by least squares on ``log(simulated / measured)`` over a *fit set* of validation cases,
+each evaluation re-simulating every fit case with the candidate values (a real optimisation over
+the simulator: `scipy.optimize.least_squares`, trust-region reflective within bounds, finite
+differences), and `evaluate_cases` then scores the fitted stack on the fit set and, separately, on
+the held-out cases of the same stack (cases it was not fitted on: what it *predicts*).
+
+Rules (issue 8): a parameter is fitted on at least two cases, never one (`FitError` otherwise: the
+fit set needs ``>= 2 x`` as many cases as parameters); one parameter set per stack, the same for
+every case of that stack; the cases say which stack they run (``design.mapping.stack``). The fit set
+is the one the preset names (the union of its parameters' ``fitted_on``), or the one given.
+
+Fit size: a case file may hold ``"fit"``, workload overrides for the fit's evaluations (smaller
+but still representative runs, e.g. fewer Server requests); the scores of `evaluate_cases` are at
+full size. `write_fitted` writes the values with their ``fitted_on`` into the preset's TOML file,
+rewriting only those parameters' lines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from codesign.validation import Case, CaseResult, build_design, run_case
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FIT_FIELDS",
+    "FitError",
+    "FitResult",
+    "case_stack_name",
+    "default_fit_params",
+    "default_fit_set",
+    "evaluate_cases",
+    "fit_stack",
+    "stacked_design",
+    "write_fitted",
+]
+
+#: Fittable stack fields -> (scale of one optimiser unit, upper bound in that field's unit, TOML key).
+#: Times in seconds; ``cpu_overlap`` a fraction. The scales make a unit step of the optimiser a
+#: plausible change (1 ms per step, 10 us per layer or sequence).
+FIT_FIELDS: dict[str, tuple[float, float, str]] = {
+    "per_step_s": (1e-3, 1.0, "per_step"),
+    "per_layer_s": (1e-5, 0.05, "per_layer"),
+    "per_sequence_s": (1e-5, 0.05, "per_sequence"),
+    "cpu_overlap": (1.0, 1.0, "cpu_overlap"),
+}
+
+
+class FitError(ValueError):
+    """A fit that cannot be done as asked (message says what and which case / parameter)."""
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What `fit_stack` found: ``values`` (field -> seconds, or a fraction for ``cpu_overlap``),
+    the fit set, the start values, the fit-size residuals ``log(sim/measured)`` per case at the
+    optimum, their root mean square, the simulator evaluations spent and the wall time."""
+
+    stack: str
+    values: dict[str, float]
+    start: dict[str, float]
+    fitted_on: tuple[str, ...]
+    residuals: dict[str, float]
+    rms_log_error: float
+    n_evals: int
+    wall_s: float
+    status: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return {
+            "stack": self.stack,
+            "values": dict(self.values),
+            "start": dict(self.start),
+            "fitted_on": list(self.fitted_on),
+            "residuals": dict(self.residuals),
+            "rms_log_error": self.rms_log_error,
+            "n_evals": self.n_evals,
+            "wall_s": self.wall_s,
+            "status": self.status,
+            "history": list(self.history),
+        }
+
+
+# ------------------------------------------------------------------------------ selection
+def case_stack_name(case: Case) -> str | None:
+    """The name of the stack a serving case runs (``design.mapping.stack``: a preset name, a
+    ``.toml`` path or an inline object, resolved), None for a collective case."""
+    from hwmodels.stacks import StackError, resolve_stack
+
+    if case.kind != "serving":
+        return None
+    spec = case.spec.get("mapping", {}).get("stack", "none")
+    try:
+        return resolve_stack(spec).name
+    except StackError:
+        return None  # load_case already refused a bad stack; a case edited since names none
+
+
+def default_fit_params(stack: Any) -> tuple[str, ...]:
+    """The preset's fittable fields: those marked ``free`` or already ``fitted_on`` some cases."""
+    return tuple(p.field for p in stack.params if p.field in FIT_FIELDS and (p.free or p.fitted_on))
+
+
+def default_fit_set(stack: Any, params: Sequence[str]) -> tuple[str, ...]:
+    """The cases the preset names for ``params``: the union of their ``fitted_on``, sorted."""
+    names: set[str] = set()
+    for p in stack.params:
+        if p.field in params:
+            names.update(p.fitted_on)
+    return tuple(sorted(names))
+
+
+def stacked_design(case: Case, stack: Any, *, size: str = "full") -> Any:
+    """The case's `codesign.design.Design` with ``stack`` (a `hwmodels.stacks.ServingStack`) in its
+    mapping; ``size`` is ``"full"``, ``"fit"`` (the case's ``fit`` overrides) or ``"reduced"``."""
+    if size not in ("full", "fit", "reduced"):
+        raise ValueError(f"size must be 'full', 'fit' or 'reduced', got {size!r}")
+    design = build_design(case, reduced=size == "reduced")
+    if size == "fit" and case.fit:
+        from codesign.design import WorkloadSpec
+
+        design = design.with_(workload=WorkloadSpec(**{**_workload_dict(design.workload), **case.fit}))
+    return design.with_(mapping=replace(design.mapping, stack=stack))
+
+
+def _workload_dict(w: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(w)
+
+
+def _metric_value(case: Case, design: Any, cache: Any) -> float:
+    from codesign.design import evaluate, simulate_design
+    from codesign.validation import steady_throughput
+
+    if case.metric == "steady_throughput_tok_s":
+        return steady_throughput(simulate_design(design, cache=cache))[0]
+    return float(getattr(evaluate(design, "sim", cache=cache), case.metric))
+
+
+# ------------------------------------------------------------------------------ fitting
+def fit_stack(
+    stack: Any,
+    cases: Sequence[Case],
+    params: Sequence[str],
+    *,
+    size: str = "fit",
+    max_evals: int = 40,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Fit ``params`` of ``stack`` (a `hwmodels.stacks.ServingStack`) on ``cases`` (see module doc).
+
+    Each evaluation re-simulates every case at ``size`` with the candidate values; the residual of a
+    case is ``log(sim / measured)``. Starts from the stack's current values, stays within
+    `FIT_FIELDS`' bounds, spends at most about ``max_evals`` evaluations of the whole fit set.
+    ``progress`` receives one dict per evaluation (values, rms, seconds). Raises `FitError` before
+    any simulation when a parameter is unknown, fewer than two cases per parameter are given, or a
+    case runs another stack or is not a serving case.
+    """
+    from scipy.optimize import least_squares
+
+    from codesign.design import EvalCache
+
+    params = tuple(params)
+    if not params:
+        raise FitError(f"stack {stack.name!r}: no parameters to fit (none is free or fitted_on in the preset)")
+    unknown = [p for p in params if p not in FIT_FIELDS]
+    if unknown:
+        raise FitError(f"unknown stack parameter(s) {unknown}; fittable: {sorted(FIT_FIELDS)}")
+    if len(set(params)) != len(params):
+        raise FitError(f"parameter listed twice in {list(params)}")
+    names = [c.name for c in cases]
+    if len(set(names)) != len(names):
+        raise FitError(f"a case is listed twice in the fit set {names}")
+    if len(cases) < 2 * len(params):
+        raise FitError(
+            f"stack {stack.name!r}: {len(params)} parameter(s) need >= {2 * len(params)} fit cases (two per "
+            f"parameter, never one), got {len(cases)}: {names}"
+        )
+    for c in cases:
+        if c.kind != "serving":
+            raise FitError(f"case {c.name!r} is a {c.kind} case; only serving cases run a stack")
+        if case_stack_name(c) != stack.name:
+            raise FitError(f"case {c.name!r} runs stack {case_stack_name(c)!r}, not {stack.name!r}")
+    if max_evals < len(params) + 2:
+        raise FitError(f"max_evals must be >= {len(params) + 2} for {len(params)} parameter(s), got {max_evals}")
+
+    scales = np.array([FIT_FIELDS[p][0] for p in params])
+    upper = np.array([FIT_FIELDS[p][1] for p in params]) / scales
+    start = {p: float(getattr(stack, p)) for p in params}
+    x0 = np.clip(np.array([start[p] for p in params]) / scales, 0.0, upper)
+    cache = EvalCache()
+    history: list[dict[str, Any]] = []
+    memo: dict[tuple[float, ...], np.ndarray] = {}
+    t_start = time.perf_counter()
+
+    def candidate(x: np.ndarray) -> Any:
+        vals = {p: float(v) for p, v in zip(params, np.clip(x, 0.0, upper) * scales, strict=True)}
+        return replace(stack, **vals), vals
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        key = tuple(np.round(x, 12))
+        if key in memo:
+            return memo[key]
+        t0 = time.perf_counter()
+        st, vals = candidate(x)
+        r = np.array(
+            [math.log(_metric_value(c, stacked_design(c, st, size=size), cache) / c.measured_value) for c in cases]
+        )
+        memo[key] = r
+        rec = {
+            "eval": len(history) + 1,
+            "values": vals,
+            "rms_log_error": float(np.sqrt(np.mean(r**2))),
+            "wall_s": time.perf_counter() - t0,
+        }
+        history.append(rec)
+        log.info(
+            "fit %s eval %d: %s -> rms log error %.4f (%.1f s)",
+            stack.name,
+            rec["eval"],
+            ", ".join(f"{p}={v:.4g}" for p, v in vals.items()),
+            rec["rms_log_error"],
+            rec["wall_s"],
+        )
+        if progress is not None:
+            progress(rec)
+        return r
+
+    sol = least_squares(
+        residuals,
+        x0,
+        bounds=(np.zeros(len(params)), upper),
+        method="trf",
+        diff_step=0.05,
+        x_scale=1.0,
+        max_nfev=max(1, max_evals // (len(params) + 1)),
+        xtol=1e-3,
+        ftol=1e-4,
+    )
+    best = min(memo.items(), key=lambda kv: float(np.sum(kv[1] ** 2)))
+    x_best = np.array(best[0])
+    _, values = candidate(x_best)
+    r_best = best[1]
+    return FitResult(
+        stack=stack.name,
+        values=values,
+        start=start,
+        fitted_on=tuple(names),
+        residuals={n: float(v) for n, v in zip(names, r_best, strict=True)},
+        rms_log_error=float(np.sqrt(np.mean(r_best**2))),
+        n_evals=len(history),
+        wall_s=time.perf_counter() - t_start,
+        status=str(sol.message),
+        history=history,
+    )
+
+
+def evaluate_cases(stack: Any, cases: Sequence[Case], *, reduced: bool = False) -> list[CaseResult]:
+    """Run ``cases`` (full size, or reduced) with ``stack`` in place of the preset they name: the
+    scores of a fitted parameter set (same output as `codesign.validation.run_case`)."""
+    from codesign.design import EvalCache
+
+    cache = EvalCache()
+    out = []
+    for c in cases:
+        stack_json = _stack_json(stack)
+        spec = json.loads(json.dumps(c.spec))
+        spec.setdefault("mapping", {})["stack"] = stack_json
+        out.append(run_case(replace(c, spec=spec), reduced=reduced, cache=cache))
+    return out
+
+
+def _stack_json(stack: Any) -> dict[str, Any]:
+    from hwmodels.stacks import stack_to_dict
+
+    return stack_to_dict(stack)
+
+
+# ------------------------------------------------------------------------------ writing
+_LINE = r"^{key}\s*=\s*\{{.*\}}\s*$"
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds == 0:
+        return "0 s"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if seconds >= scale:
+            return f"{seconds / scale:.4g} {unit}"
+    return f"{seconds / 1e-9:.4g} ns"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(float(v))
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v), ensure_ascii=False)
+
+
+def write_fitted(path: str | Path, values: dict[str, float], fitted_on: Sequence[str], *, how: str) -> Path:
+    """Rewrite the lines of ``values``' parameters in the stack TOML ``path``: the fitted value, a
+    source saying how it was fitted (``how``) and what it was before, ``fitted_on`` (>= 2 case
+    names) and no ``free`` flag; every other line is kept byte for byte. The file is re-read with
+    `hwmodels.stacks.load_stack_file` afterwards (a bad write raises before anything uses it)."""
+    import tomllib
+
+    from hwmodels.stacks import load_stack_file
+
+    p = Path(path)
+    if len(set(fitted_on)) < 2:
+        raise FitError(f"{p}: fitted_on needs two or more distinct cases, got {list(fitted_on)}")
+    text = p.read_text()
+    for fld, value in values.items():
+        if fld not in FIT_FIELDS:
+            raise FitError(f"{p}: {fld!r} is not a fittable stack field {sorted(FIT_FIELDS)}")
+        key = FIT_FIELDS[fld][2]
+        pattern = re.compile(_LINE.format(key=re.escape(key)), re.MULTILINE)
+        found = pattern.findall(text)
+        if len(found) != 1:
+            raise FitError(f"{p}: expected one one-line inline table '{key} = {{ ... }}', found {len(found)}")
+        old = tomllib.loads(found[0])[key]
+        old_source = str(old.get("source", "")).removeprefix("free, to be fitted: ").removeprefix("fitted: ")
+        old_source = old_source.split(" | was: ")[-1]
+        table: dict[str, Any] = {
+            "value": float(value) if fld == "cpu_overlap" else _fmt_time(float(value)),
+            "source": f"fitted: {how} | was: {old_source}",
+            "fitted_on": sorted(fitted_on),
+        }
+        for extra in ("assumption", "note"):
+            if extra in old:
+                table[extra] = old[extra]
+        line = f"{key} = {{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in table.items()) + " }"
+        text = pattern.sub(lambda _m, line=line: line, text)
+    p.write_text(text)
+    load_stack_file(p)
+    return p

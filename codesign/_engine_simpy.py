@@ -6,6 +6,23 @@ otherwise `codesign._engine_fast.ArithmeticStep` computes the same step by arith
 holds no state of its own: it reads and updates its engine's (caches, counters, copy engines,
 in-flight copies, the step's `StepCounters`), so the engine's docstring describes what a layer does.
 
+Issue 8 mechanisms played only here (`Engine._arithmetic_ok` routes such designs to this path):
+
+- copy-back eviction (``CacheSpec.eviction = "copy-back"``, Mixtral-offloading's swap): a fetch or
+  prefetch whose admission evicts resident experts first copies each victim back to the backing
+  tier over the same link, on the same copy stream (one expert's transfer time and bytes each,
+  `StepCostPlan.fetch`; the link's cost is taken as symmetric), before its own transfers;
+- streamed non-expert weights (``Mapping.offload_non_expert``, ZeRO-3 ``offload_param``): every
+  layer's attention / router / shared / dense weights cross the backing link each step
+  (`StepCostPlan.non_expert_fetch`) and the layer's attention waits for them. Layer ``l + 1``'s
+  copy is queued once layer ``l`` has queued its own demand fetches (one layer of lookahead, at
+  prefetch priority): the overlap of ZeRO-3's parameter prefetch ("stage3_prefetch_bucket_size: the
+  size of the fixed buffer for prefetching parameters", DeepSpeed configuration docs), whose
+  default of 5e7 parameters holds about one layer's attention weights (Mixtral: 4.2e7);
+- whole-layer fetch (``Mapping.fetch_whole_layer``, ZeRO-3 gathers every parameter of a module): the
+  offloaded experts of an MoE layer that no token needs also cross the link each step (after the
+  needed ones, not computed, not cached).
+
 Contracts: `step` is a simpy process generator that ends when the step's last layer has ended; it
 adds the step's energy, busy times and counts to the engine; it never holds a hardware number (every
 time is an answer of the engine's `StepCostPlan`). Demand fetches of a layer hold the device's copy
@@ -85,6 +102,16 @@ class SimpyStep:
         # compute streams held for the whole step
         holds = [self.eng.compute[d].request() for d in range(n_dev)]
         yield env.all_of(holds) if n_dev > 1 else holds[0]
+        # streamed non-expert weights: per device, one arrival event per layer and the permission
+        # to queue layer l's copy (granted when layer l - 1 has queued its demand fetches)
+        self._arrive: list[list[simpy.Event]] = []
+        self._permit: list[list[simpy.Event]] = []
+        if self.eng.bound.mapping.offload_non_expert:
+            for d in range(n_dev):
+                self._arrive.append([env.event() for _ in range(model.n_layers)])
+                self._permit.append([env.event() for _ in range(model.n_layers)])
+                self._permit[d][0].succeed()
+                env.process(self._stream_layers(d))
         energy = 0.0
         comb_label = "gather" if coherent else "combine"
         for abs_layer in range(model.n_layers):
@@ -93,6 +120,12 @@ class SimpyStep:
             pos = self.eng.position[abs_layer]
             a_s = attn_s[pos]
             pre = a_s + (router_s[pos] if is_moe else dense_s[pos])
+            if self._arrive:  # the layer's streamed weights must have arrived
+                waits = [self._arrive[d][abs_layer] for d in range(n_dev) if not self._arrive[d][abs_layer].processed]
+                if waits:
+                    yield env.all_of(waits)
+                if not is_moe:
+                    self._open_stream(range(n_dev), abs_layer)
             dt = float(pre.max())
             if dt > 0:
                 start = env.now
@@ -112,6 +145,8 @@ class SimpyStep:
             energy += float(attn_J[pos].sum()) + float((router_J[pos] if is_moe else dense_J[pos]).sum())
             if not is_moe:
                 continue
+            if self._arrive and not self.eng.bound.offloaded:
+                self._open_stream(range(n_dev), abs_layer)  # no demand fetches to queue first
             sh_s, sh_J = shared_s[layer], shared_J[layer]
             lo, hi = layer * E, (layer + 1) * E
             if n_dev > 1:
@@ -189,10 +224,62 @@ class SimpyStep:
                 if procs:
                     yield env.all_of(procs)
                 yield from self._all_to_all(comb_s, f"{comb_label} L{abs_layer}")
+            if self._arrive:
+                self._open_stream(range(n_dev), abs_layer)  # devices without experts at this layer
         for d in range(n_dev):
             self.eng.compute[d].release(holds[d])
         self.eng.energy_J += energy
         self.eng._c.energy += energy
+
+    def _open_stream(self, devices: Any, abs_layer: int) -> None:
+        """Let the streamed weights of layer ``abs_layer + 1`` be queued on ``devices``' links."""
+        nxt = abs_layer + 1
+        if not self._permit or nxt >= self.eng.model.n_layers:
+            return
+        for d in devices:
+            if not self._permit[d][nxt].triggered:
+                self._permit[d][nxt].succeed()
+
+    def _stream_layers(self, d: int) -> ProcGen:
+        """Device ``d``'s non-expert weights of every layer, in layer order, over its backing link
+        (prefetch priority, behind demand fetches); each layer's copy waits for its permission."""
+        env = self.eng.env
+        plan = self.eng.plan
+        link = plan.stream_links[d]
+        moe_index = self.eng.moe_index
+        for abs_layer in range(self.eng.model.n_layers):
+            permit = self._permit[d][abs_layer]
+            if not permit.processed:
+                yield permit
+            c = plan.non_expert_fetch(d, moe=moe_index[abs_layer] >= 0)
+            dt = float(c.total_s)
+            nbytes = plan.stream_bytes[0 if moe_index[abs_layer] >= 0 else 1]
+            self.eng._add_bytes(link, nbytes)
+            self.eng._c.bytes_host += nbytes
+            self.eng._c.energy += float(c.energy_J)
+            self.eng.energy_J += float(c.energy_J)
+            if dt > 0:
+                with self.eng.copy[d].request(priority=1) as req:
+                    yield req
+                    start = env.now
+                    yield env.timeout(dt)
+                    self.eng._event(d, "copy", "weights", start, env.now, f"L{abs_layer} non-expert")
+            self._arrive[d][abs_layer].succeed()
+
+    def _copy_back(self, d: int, victims: npt.NDArray[np.int64]) -> int:
+        """Copy-back eviction: book the copies of ``victims`` back to the backing tier (bytes and
+        energy of one expert transfer each over device ``d``'s fetch link) and return how many
+        transfers the copy stream must play first; 0 with ``discard`` eviction."""
+        if self.eng.bound.mapping.cache.eviction != "copy-back" or victims.size == 0:
+            return 0
+        n = int(victims.shape[0])
+        nbytes = self.eng.bpe * n
+        self.eng._add_bytes(self.eng.fetch_link[d], nbytes)
+        self.eng._c.bytes_host += nbytes
+        e_j = self.eng.fetch_J[d] * n
+        self.eng._c.energy += e_j
+        self.eng.energy_J += e_j
+        return n
 
     def _all_to_all(self, dt: float, label: str) -> ProcGen:
         if dt <= 0 or self.eng.fabric is None:
@@ -296,6 +383,7 @@ class SimpyStep:
         ready = ex
         cpu_done = None
         req = None
+        n_back = 0  # copy-back transfers played before this layer's fetches
         grant: list[float] = []
         if ex.size:
             cache.observe(layer, rows[:, layer, :], now)
@@ -327,6 +415,7 @@ class SimpyStep:
                 prot = np.fromiter(inflight.keys(), dtype=np.int64, count=len(inflight)) if inflight else None
                 adm = cache.admit(layer, fetch_ex, now, protect=ex, protect_keys=prot)
                 self._evicted(d, adm.victims)
+                n_back = self._copy_back(d, adm.victims)
                 order = np.argsort(~adm.admitted, kind="stable")  # cached first, streamed last
                 fetch_ex = fetch_ex[order]
                 streamed_mask = ~adm.admitted[order]
@@ -348,7 +437,7 @@ class SimpyStep:
                 energy += self.eng.fetch_J[d] * fetch_ex.size
                 self.eng.peak_resident[d] = max(self.eng.peak_resident[d], cache.n_resident)
                 req = self.eng.copy[d].request(priority=0)
-                hold = fetch_ex.size * self.eng.fetch_s[d]
+                hold = (n_back + fetch_ex.size) * self.eng.fetch_s[d]  # copy-backs first, same stream
                 staged_wait = n_str > self.eng.bound.mapping.staging_experts
                 copy_res = self.eng.copy[d]
 
@@ -372,6 +461,19 @@ class SimpyStep:
                 s.bytes_host += ab
                 energy += float(cpu_J[layer * E + cpu_ex].sum())
                 cpu_done = env.process(self._cpu(layer, cpu_ex, cpu_s[layer * E + cpu_ex], abs_layer))
+        if self.eng.bound.mapping.fetch_whole_layer and self.eng.fetch_link[d] is not None:
+            lo = layer * E
+            unneeded = (self.eng.home_flat[lo : lo + E] == d) & ~cache.resident[layer]
+            unneeded[ex_all] = False
+            n_extra = int(unneeded.sum())
+            if n_extra:
+                nbytes = self.eng.bpe * n_extra
+                self.eng._add_bytes(self.eng.fetch_link[d], nbytes)
+                self.eng._c.bytes_host += nbytes
+                energy += self.eng.fetch_J[d] * n_extra
+                env.process(self._transfer_only(d, n_extra, abs_layer))
+        if self._permit:
+            self._open_stream((d,), abs_layer)  # the next layer's weights queue behind these fetches
         # prefetches are decided after the router and queued behind this layer's demand fetches
         if self.eng.prefetcher is not None:
             self._prefetch(layer, rows, (d,))
@@ -406,8 +508,10 @@ class SimpyStep:
         if req is not None:
             if not grant:
                 yield req
-            t_link = grant[0]
             f = self.eng.fetch_s[d]
+            t_link = grant[0] + n_back * f
+            if n_back and self.eng.events is not None:
+                self.eng._event(d, "copy", "copy-back", grant[0], t_link, f"L{abs_layer} {n_back} evicted")
             staging = self.eng.bound.mapping.staging_experts
             c_end = env.now
             done_streamed: list[float] = []
@@ -609,6 +713,7 @@ class SimpyStep:
         abs_layer: int,
         *,
         priority: int,
+        writeback: int = 0,
     ) -> ProcGen:
         env = self.eng.env
         dt = self.eng.fetch_s[d]
@@ -617,6 +722,10 @@ class SimpyStep:
         kind = "fetch" if priority == 0 else "prefetch"
         with self.eng.copy[d].request(priority=priority) as req:
             yield req
+            if writeback:  # copy-back eviction: the victims go back first, on the same stream
+                start = env.now
+                yield env.timeout(writeback * dt)
+                self.eng._event(d, "copy", "copy-back", start, env.now, f"{writeback} evicted")
             for e, ev in zip(experts.tolist(), arrivals, strict=True):
                 start = env.now
                 yield env.timeout(dt)
@@ -624,6 +733,16 @@ class SimpyStep:
                 ev.succeed()
                 if inflight.get(layer * E + e) is ev:
                     del inflight[layer * E + e]
+
+    def _transfer_only(self, d: int, n: int, abs_layer: int, *, priority: int = 0) -> ProcGen:
+        """``n`` expert-sized transfers on device ``d``'s copy stream that nothing waits for (the
+        unneeded experts of a whole-layer fetch; copy-backs of a prefetch that admitted nothing)."""
+        env = self.eng.env
+        with self.eng.copy[d].request(priority=priority) as req:
+            yield req
+            start = env.now
+            yield env.timeout(n * self.eng.fetch_s[d])
+            self.eng._event(d, "copy", "fetch", start, env.now, f"L{abs_layer} {n} unneeded")
 
     def _cpu(
         self, layer: int, experts: npt.NDArray[np.int64], times: npt.NDArray[np.float64], abs_layer: int
@@ -683,8 +802,11 @@ class SimpyStep:
                     int(tgt), exs, self.eng.env.now, prefetch=True, protect_keys=np.concatenate(prot_list)
                 )
                 self._evicted(d, adm.victims)
+                n_back = self._copy_back(d, adm.victims)
                 got = exs[adm.admitted]
                 if got.size == 0:
+                    if n_back:
+                        self.eng.env.process(self._transfer_only(d, n_back, -1, priority=1))
                     continue
                 arrivals = [self.eng.env.event() for _ in range(got.size)]
                 unused = self.eng.pf_unused[d]
@@ -701,5 +823,13 @@ class SimpyStep:
                 self.eng.energy_J += e_j
                 self.eng.peak_resident[d] = max(self.eng.peak_resident[d], cache.n_resident)
                 self.eng.env.process(
-                    self._fetch(d, int(tgt), got, arrivals, int(self.eng.model.moe_layers[int(tgt)]), priority=1)
+                    self._fetch(
+                        d,
+                        int(tgt),
+                        got,
+                        arrivals,
+                        int(self.eng.model.moe_layers[int(tgt)]),
+                        priority=1,
+                        writeback=n_back,
+                    )
                 )

@@ -105,7 +105,7 @@ class StepCostPlan:
         self.bound = bound
         self.model: MoEModel = bound.model
         m = self.model
-        self.dense_model: MoEModel | None = m.with_(expert_ffn_dim=m.dense_ffn_dim) if m.n_dense_layers > 0 else None
+        self.dense_model: MoEModel | None = m.dense_ffn_model() if m.n_dense_layers > 0 else None
         self.devices = bound.devices
         self.n_devices = len(bound.devices)
         self.strategies: tuple[ExpertStrategy, ...] = tuple(expert_strategy(dev.kind) for dev in bound.devices)
@@ -131,8 +131,11 @@ class StepCostPlan:
         # non-expert weights streamed per layer (ZeRO-3 offload_param): over the backing tier's path
         self.stream_links: tuple[Link | None, ...] = ()
         self._stream: tuple[tuple[OpCost, OpCost], ...] = ()
+        #: bytes of one MoE layer's and one dense layer's streamed non-expert weights (0 when not streamed)
+        self.stream_bytes: tuple[float, float] = (0.0, 0.0)
         if bound.mapping.offload_non_expert:
             moe_b, dense_b = non_expert_layer_bytes(m)
+            self.stream_bytes = (moe_b, dense_b)
             stream_links: list[Link | None] = []
             stream: list[tuple[OpCost, OpCost]] = []
             for d, dev in enumerate(bound.devices):

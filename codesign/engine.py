@@ -425,6 +425,9 @@ class Engine:
             return False
         if self.cpu_possible and not self._fetch_only:
             return False
+        m = self.bound.mapping  # issue 8: mechanisms of the simpy path only (see `codesign._engine_simpy`)
+        if m.offload_non_expert or m.fetch_whole_layer or (m.cache.eviction == "copy-back" and self.bound.offloaded):
+            return False
         return not self.bound.offloaded or all(type(c).time_independent for c in self.caches)
 
     # ------------------------------------------------------------------ helpers
@@ -912,7 +915,7 @@ class Engine:
         for d in range(self.n_dev):
             tier = self.bound.cache_tier[d]
             b = (
-                float(model.non_expert_bytes)
+                self.bound.memory[d]["non_expert_bytes"]  # issue 8: resident part (streamed weights excluded)
                 + self.peak_resident[d] * self.bpe
                 + self.peak_staging[d] * self.bpe
                 + self.peak_kv_tokens[d] * float(model.kv_bytes_per_token)

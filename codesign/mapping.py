@@ -563,6 +563,22 @@ def _placement(
     return run_placement(m.placement, options, model, n_dev, stats, seed=seed)
 
 
+def _non_expert_split(m: Mapping, model: MoEModel) -> tuple[float, float, float]:
+    """(resident, staging, streamed) bytes of the non-expert weights on each device. Resident: all
+    of them, or with ``offload_non_expert`` only the embeddings and the LM head, plus two buffers of
+    the largest layer's non-expert weights (the layer being computed and the next one arriving);
+    streamed: the per-layer non-expert weights that then live in the backing tier."""
+    total = float(model.non_expert_bytes)
+    if not m.offload_non_expert:
+        return total, 0.0, 0.0
+    from codesign.costplan import non_expert_layer_bytes
+
+    moe_b, dense_b = non_expert_layer_bytes(model)
+    streamed = model.n_moe_layers * moe_b + model.n_dense_layers * dense_b
+    resident = max(total - streamed, 0.0)
+    return resident, 2.0 * max(moe_b, dense_b if model.n_dense_layers else 0.0), streamed
+
+
 def _bind(
     m: Mapping,
     model: MoEModel,
@@ -604,8 +620,20 @@ def _bind(
             )
         slots.append(s)
     offloaded = any(s < h for s, h in zip(slots, homed, strict=True))
-    # backing memory for offloaded experts
-    if offloaded:
+    if m.fetch_whole_layer and not offloaded:
+        raise MappingError(
+            "fetch_whole_layer fetches the offloaded experts of every layer each step, but every expert is "
+            f"resident (cache.expert_fraction={m.cache.expert_fraction}); lower expert_fraction"
+        )
+    # non-expert weights: resident, or streamed per layer (offload_non_expert) through two layer buffers
+    resident_ne, staged_ne, streamed_ne = _non_expert_split(m, model)
+    if m.offload_non_expert and m.backing == "host" and (platform.host is None or platform.host_link is None):
+        raise MappingError(
+            f"offload_non_expert streams the non-expert weights from host memory, but platform {platform.name!r} "
+            "has no host or host link"
+        )
+    # backing memory for offloaded experts (and streamed non-expert weights)
+    if offloaded or (m.offload_non_expert and m.backing == "host"):
         n_off = sum(h - s for s, h in zip(slots, homed, strict=True))
         if m.backing == "host":
             if platform.host is None or platform.host_link is None:
@@ -615,10 +643,11 @@ def _bind(
                     "them to; raise expert_fraction to 1 or use a platform with a host"
                 )
             host_tier = platform.host.weights_memory
-            need = n_off * bpe
+            need = n_off * bpe + streamed_ne
             if need > host_tier.capacity_bytes:
                 raise MappingError(
-                    f"offloaded experts need {need / 1e9:.2f} GB of host {host_tier.name}; "
+                    f"offloaded experts (and streamed non-expert weights) need {need / 1e9:.2f} GB of host "
+                    f"{host_tier.name}; "
                     f"host {platform.host.name!r} has {host_tier.capacity_bytes / 1e9:.2f} GB"
                 )
     tiers: list[str] = []
@@ -629,24 +658,24 @@ def _bind(
         tname = m.cache.tier or dev.weights_tier
         tier = _tier(dev, tname, "cache.tier")
         tiers.append(tname)
-        if offloaded and m.backing != "host":
+        if (offloaded or m.offload_non_expert) and m.backing != "host":
             back = _tier(dev, m.backing, "backing")
             if back.name == tname:
                 raise MappingError(f"backing tier {m.backing!r} is the cache tier itself")
-            off_bytes = (homed[d] - slots[d]) * bpe
+            off_bytes = (homed[d] - slots[d]) * bpe + streamed_ne
             if off_bytes > back.capacity_bytes:
                 raise MappingError(
                     f"device {d} ({dev.name}): offloaded experts need {off_bytes / 1e9:.2f} GB of "
                     f"{back.name}, which has {back.capacity_bytes / 1e9:.2f} GB"
                 )
         staging = m.staging_experts * bpe if slots[d] < homed[d] else 0.0
-        weights = float(model.non_expert_bytes) + slots[d] * bpe + staging
+        weights = resident_ne + staged_ne + slots[d] * bpe + staging
         left = tier.capacity_bytes - weights
         kv_bytes = left * m.kv_fraction
         need_kv = min_kv_tokens * kvb
         budget = {
             "capacity_bytes": tier.capacity_bytes,
-            "non_expert_bytes": float(model.non_expert_bytes),
+            "non_expert_bytes": resident_ne + staged_ne,
             "expert_cache_bytes": slots[d] * bpe,
             "staging_bytes": staging,
             "kv_cache_bytes": max(kv_bytes, 0.0),
@@ -655,7 +684,7 @@ def _bind(
         if kv_bytes < need_kv:
             raise MappingError(
                 f"mapping does not fit device {d} ({dev.name}) {tname}: capacity {tier.capacity_bytes / 1e9:.2f} GB; "
-                f"non-expert weights {model.non_expert_bytes / 1e9:.2f} GB + {slots[d]} resident experts x "
+                f"non-expert weights {(resident_ne + staged_ne) / 1e9:.2f} GB + {slots[d]} resident experts x "
                 f"{bpe / 1e6:.1f} MB = {slots[d] * bpe / 1e9:.2f} GB + staging {staging / 1e9:.2f} GB leaves "
                 f"{left / 1e9:.2f} GB; the KV cache of the largest request ({min_kv_tokens} tokens x "
                 f"{kvb / 1e3:.1f} kB) needs {need_kv / 1e9:.3f} GB (kv_fraction={m.kv_fraction}). Lower "

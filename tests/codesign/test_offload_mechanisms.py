@@ -1,0 +1,108 @@
+"""Issue 8 offload mechanisms: copy-back eviction, streamed non-expert weights, whole-layer fetch."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from codesign.costplan import StepCostPlan, non_expert_layer_bytes
+from codesign.engine import Engine
+from codesign.mapping import CacheSpec, Mapping, MappingError
+from codesign.simulate import simulate
+from hwmodels import CostModel, get_platform
+from tests.codesign.sim_helpers import ListStream, Req, random_stream, tiny_model
+
+
+@pytest.fixture(scope="module")
+def h100():
+    return get_platform("h100-pcie5-host")
+
+
+def _cyclic_stream(model, output: int) -> ListStream:
+    """One request whose token t uses experts (2t, 2t+1) mod E in every layer: with two LRU slots
+    per layer every decode step misses both of its experts and evicts two residents."""
+    t = np.arange(1 + output)
+    pair = np.stack([(2 * t) % model.n_experts, (2 * t + 1) % model.n_experts], axis=1)
+    rows = np.repeat(pair[:, None, :], model.n_moe_layers, axis=1).astype(np.int16)
+    return ListStream([Req(0, 0.0, 1, output)], [rows])
+
+
+def _cyclic_mapping(eviction: str) -> Mapping:
+    resident = tuple((layer, e) for layer in range(4) for e in (0, 1))
+    return Mapping(
+        cache=CacheSpec(expert_fraction=0.25, options={"per_layer": True}, eviction=eviction),
+        initial="listed",
+        resident=resident,
+    )
+
+
+def test_copy_back_doubles_the_bytes_and_the_offload_bound_step(h100) -> None:
+    model = tiny_model()
+    stream = _cyclic_stream(model, 6)
+    cost = CostModel(h100)
+    link = h100.host_link.name
+    runs = {ev: simulate(model, h100, stream, _cyclic_mapping(ev), cost_model=cost) for ev in ("discard", "copy-back")}
+    d, c = runs["discard"], runs["copy-back"]
+    assert d.summary["hit_rate"]["hbm"] == c.summary["hit_rate"]["hbm"]
+    decode = d.steps.decode_tokens.to_numpy() > 0
+    assert (d.steps.fetched.to_numpy()[decode] == 2 * model.n_moe_layers).all()  # misses every decode step
+    assert c.summary["bytes_moved"][link] == pytest.approx(2.0 * d.summary["bytes_moved"][link], rel=1e-12)
+    # each decode layer's two fetches are preceded by two copy-backs on the same stream
+    f = float(StepCostPlan(cost, _cyclic_mapping("discard").bind(model, h100)).fetch(0).total_s)
+    grow = c.steps.duration_s.to_numpy()[decode] - d.steps.duration_s.to_numpy()[decode]
+    assert grow == pytest.approx(np.full(decode.sum(), 2 * model.n_moe_layers * f), rel=1e-9)
+    assert c.summary["tpot_p50_s"] > 1.5 * d.summary["tpot_p50_s"]
+
+
+def test_copy_back_is_played_by_the_simpy_path_only(h100) -> None:
+    model = tiny_model()
+    for ev, fast in (("discard", True), ("copy-back", False)):
+        bound = _cyclic_mapping(ev).bind(model, h100)
+        assert (Engine(bound, CostModel(h100)).fast is not None) == fast
+
+
+def test_streamed_non_expert_weights(h100) -> None:
+    model = tiny_model(first_dense_layers=1, dense_ffn_dim=1024, n_layers=8)
+    stream = random_stream(model, 1, 4, 4, seed=2)
+    cost = CostModel(h100)
+    m = Mapping(offload_non_expert=True)
+    bound = m.bind(model, h100)
+    moe_b, dense_b = non_expert_layer_bytes(model)
+    assert bound.memory[0]["non_expert_bytes"] < model.non_expert_bytes
+    assert bound.memory[0]["non_expert_bytes"] == pytest.approx(
+        model.non_expert_bytes - 7 * moe_b - dense_b + 2 * max(moe_b, dense_b)
+    )
+    base = simulate(model, h100, stream, Mapping(), cost_model=cost)
+    r = simulate(model, h100, stream, m, cost_model=cost)
+    per_step = 7 * moe_b + dense_b
+    n_steps = len(r.steps)
+    assert r.summary["bytes_moved"][h100.host_link.name] == pytest.approx(n_steps * per_step, rel=1e-12)
+    plan = StepCostPlan(cost, bound)
+    link_s = 7 * float(plan.non_expert_fetch(0, moe=True).total_s) + float(plan.non_expert_fetch(0, moe=False).total_s)
+    steps = r.steps.duration_s.to_numpy()
+    assert (steps >= link_s).all()  # every layer's weights cross the link
+    assert (steps <= link_s + base.steps.duration_s.to_numpy()).all()  # the next layer's copy overlaps compute
+    # no host: refused at bind
+    no_host = dataclasses.replace(h100, host=None, host_link=None)
+    with pytest.raises(MappingError, match="offload_non_expert streams"):
+        m.bind(model, no_host)
+
+
+def test_whole_layer_fetch_moves_every_offloaded_expert(h100) -> None:
+    model = tiny_model()
+    stream = random_stream(model, 1, 3, 5, seed=4)
+    cost = CostModel(h100)
+    routed = Mapping(cache=CacheSpec(expert_fraction=0.0))
+    whole = routed.with_(fetch_whole_layer=True)
+    a = simulate(model, h100, stream, routed, cost_model=cost)
+    b = simulate(model, h100, stream, whole, cost_model=cost)
+    link = h100.host_link.name
+    n_steps = len(b.steps)
+    bpe = float(model.bytes_per_expert)
+    assert b.summary["bytes_moved"][link] == pytest.approx(n_steps * model.n_moe_layers * model.n_experts * bpe)
+    assert a.summary["bytes_moved"][link] < b.summary["bytes_moved"][link]
+    assert (b.steps.duration_s.to_numpy() >= a.steps.duration_s.to_numpy()).all()
+    with pytest.raises(MappingError, match="fetch_whole_layer"):
+        Mapping(fetch_whole_layer=True).bind(model, h100)

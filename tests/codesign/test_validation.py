@@ -65,6 +65,56 @@ def test_every_case_file_is_complete(cases: list) -> None:
         assert c.gaps, f"{c.name}: every case names the mechanisms it is known to lack"
 
 
+def test_cases_use_the_mechanisms_of_issue_8(cases: list) -> None:
+    """Every serving case names its serving stack; the MLPerf cases draw the 1-1024 output spread
+    and read Offline in its steady state; Mixtral-offloading evicts copy-back; ZeRO-3 streams every
+    parameter; fit-size overrides build a design."""
+    from codesign.validation import build_design
+    from codesign.validation_fit import case_stack_name, stacked_design
+
+    for c in cases:
+        if c.kind != "serving":
+            continue
+        design = build_design(c)
+        stack = design.mapping.stack
+        name = case_stack_name(c)
+        assert name not in (None, "none"), f"{c.name}: a measured system runs a serving stack"
+        assert getattr(stack, "name", stack) == name
+        if c.fit:
+            assert stacked_design(c, design.mapping.stack, size="fit").workload != design.workload
+        w = design.workload
+        if c.name.startswith("mlperf41-"):
+            assert w.output_tokens == 145 and w.output_dist is not None and "max=1024" in w.output_dist
+            assert w.prompt_dist is not None and "max=2048" in w.prompt_dist
+            if "-offline-" in c.name:
+                assert c.metric == "steady_throughput_tok_s"
+        if name == "hf-eager" and design.mapping.cache.expert_fraction != 0.0:
+            assert design.mapping.cache.eviction == "copy-back", c.name
+        if name == "deepspeed-zero3":
+            assert design.mapping.offload_non_expert and design.mapping.fetch_whole_layer, c.name
+
+
+def test_steady_throughput_window() -> None:
+    """The steady-state throughput counts the tokens between the first finish and the last admission."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from codesign.validation import steady_throughput
+
+    run = SimpleNamespace(
+        requests=pd.DataFrame(
+            {"finish_s": [2.0, 5.0, 6.0], "admitted_s": [0.0, 0.0, 4.0], "first_token_s": [0.5, 0.5, 4.5]}
+        ),
+        steps=pd.DataFrame({"end_s": [1.0, 2.0, 3.0, 4.0, 5.0], "decode_tokens": [2, 2, 1, 1, 2]}),
+        summary={"throughput_tok_s": 1.0},
+    )
+    # window (2, 4]: steps ending at 3 and 4 (1 + 1 decode tokens), no first token inside
+    assert steady_throughput(run) == (pytest.approx(2 / 2.0), True)
+    run.requests = pd.DataFrame({"finish_s": [2.0], "admitted_s": [0.0], "first_token_s": [0.5]})
+    assert steady_throughput(run) == (1.0, False)
+
+
 def test_reduced_suite_runs_every_case(cases: list, reduced_results: list[CaseResult]) -> None:
     assert [r.name for r in reduced_results] == [c.name for c in cases]
     for r in reduced_results:

@@ -58,7 +58,7 @@ from scipy.optimize import brentq
 from codesign.costplan import StepCostPlan
 from codesign.mapping import BoundMapping, Mapping
 from codesign.policies.base import RoutingStats
-from hwmodels.costs import ACTIVATION_BYTES, CostModel
+from hwmodels.costs import CostModel
 from hwmodels.execution import EXPERT_STRATEGIES
 
 if TYPE_CHECKING:
@@ -553,13 +553,12 @@ def analytic_step(
     # all-to-all (expected cross-device assignments of the busiest device)
     a2a_s = 0.0
     if n_dev > 1 and bound.platform.peer_link is not None:
-        unit = model.d_model * ACTIVATION_BYTES
         loads = np.stack([(pp * (bound.expert_home == d)).sum(axis=1) for d in range(n_dev)], axis=1)  # [L, D]
         k_eff = pp.sum(axis=1)  # [L]
         send = dev_tokens[None, :] * (k_eff[:, None] - loads)  # tokens on d to experts elsewhere
         recv = loads * (n_tokens - dev_tokens[None, :])  # assignments to d from elsewhere
-        c1 = plan.all_to_all(send.max(axis=1) * unit)
-        c2 = plan.all_to_all(recv.max(axis=1) * unit)
+        c1 = plan.all_to_all(send.max(axis=1) * model.dispatch_bytes_per_token)
+        c2 = plan.all_to_all(recv.max(axis=1) * model.combine_bytes_per_token)
         a2a_s = float(np.sum(c1.total_s) + np.sum(c2.total_s))
         energy += float(np.sum(c1.energy_J) + np.sum(c2.energy_J))
     attention_s = n_l * float((pre_s + router_s).max()) + model.n_dense_layers * float((pre_s + dense_s).max())

@@ -622,17 +622,17 @@ class Engine:
         a2a: list[tuple[float, float, float, float]] = []
         bytes_peer = 0.0
         if n_dev > 1 and send_dev is not None and recv_dev is not None and gather_dev is not None:
-            unit = self.model.d_model * ACTIVATION_BYTES
+            unit, unit_c = self.model.dispatch_bytes_per_token, self.model.combine_bytes_per_token
             send_max = send_dev.max(axis=1) * unit
-            recv_max = recv_dev.max(axis=1) * unit
+            recv_max = recv_dev.max(axis=1) * unit_c
             c1 = self.plan.all_to_all(send_max)
             # classic: the combine sends the dispatched tokens back; context-coherent: only the other
             # experts' partial outputs travel, to the token's next device (none for top-1 routing)
-            c2 = self.plan.all_to_all(gather_dev.max(axis=1) * unit if coherent else recv_max)
+            c2 = self.plan.all_to_all(gather_dev.max(axis=1) * unit_c if coherent else recv_max)
             s1, j1 = _arr(c1.total_s, L).tolist(), _arr(c1.energy_J, L).tolist()
             s2, j2 = _arr(c2.total_s, L).tolist(), _arr(c2.energy_J, L).tolist()
             a2a = list(zip(s1, j1, s2, j2, strict=True))
-            bytes_peer = (cross + n_gather) * unit if coherent else 2.0 * cross * unit
+            bytes_peer = cross * unit + (n_gather if coherent else cross) * unit_c
         return StepInputs(
             per_position=cur is not None,
             rows=rows,

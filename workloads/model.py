@@ -266,6 +266,18 @@ class MoEModel:
         """Weights of the FFN of one dense layer (same gating as the experts)."""
         return self.matrices_per_expert * self.d_model * self.dense_ffn_dim
 
+    def dense_ffn_model(self) -> MoEModel:
+        """This model with its dense-layer FFN in the expert's place (``expert_ffn_dim =
+        dense_ffn_dim``, the ``dense`` precision and format), so that one dense FFN costs as one
+        expert of it. Needs dense layers (``dense_ffn_dim > 0``)."""
+        if self.dense_ffn_dim <= 0:
+            raise ValueError(f"MoEModel {self.name!r}: no dense FFN (dense_ffn_dim = {self.dense_ffn_dim})")
+        return self.with_(
+            expert_ffn_dim=self.dense_ffn_dim,
+            expert_bytes_per_weight=self.weight_bytes_of("dense"),
+            expert_format=self.dense_format,
+        )
+
     # -------------------------------------------------------------- attention
     @property
     def params_attention(self) -> int:

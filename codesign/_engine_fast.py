@@ -164,21 +164,19 @@ class ArithmeticStep:
     def _resident(self, si: StepInputs, t0: float) -> float:
         """Every expert resident: no cache decision changes anything; one vectorised pass."""
         eng = self.eng
-        L, E, n_dev = self.L, self.E, self.n_dev
-        plan = eng.plan
+        L, n_dev = self.L, self.n_dev
         pre_max, energy = self._pre(si)
         energy += self._a2a_energy(si)
         first = np.array(si.shared_s[:L], dtype=np.float64)  # [L, n_dev]; shared experts, then the group
         n_needed = 0
         for d in range(n_dev):
             cnt = self._device_counts(si.counts, d)
-            c = plan.layer_experts(d, cnt.reshape(L, E))
-            first[:, d] += np.asarray(c.total_s, dtype=np.float64)
-            energy += float(np.sum(c.energy_J))
-            nz = np.flatnonzero(cnt)
-            n_needed += int(nz.size)
+            group_s, group_J, n_active = eng._resident_experts(d, cnt)  # memoised `plan.layer_experts`
+            first[:, d] += group_s
+            energy += group_J
+            n_needed += n_active
             if eng.record_access:
-                self._log_access(d, nz)
+                self._log_access(d, np.flatnonzero(cnt))
         energy += float(np.sum(si.shared_J[:L]))
         busy = eng.busy_s
         for d, b in enumerate(first.sum(axis=0).tolist()):

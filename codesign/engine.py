@@ -372,6 +372,17 @@ class Engine:
         self._dev_key = [bound.devices.index(dev) for dev in bound.devices]
         self._dev_cost_memo: dict[tuple[Any, ...], tuple[float, ...]] = {}  # see _device_costs
         self._group_memo: dict[tuple[Any, ...], tuple[float, float]] = {}  # see _group_cost
+        self._pos_memo: dict[tuple[Any, ...], tuple[npt.NDArray[np.float64], ...]] = {}  # see _classic_costs
+        self._resident_memo: dict[tuple[Any, ...], tuple[npt.NDArray[np.float64], float, int]] = {}
+        # one expert on one device: requests whose routing rows are all expert 0 (every token of every
+        # layer goes there) need no routing work in a step (see `_prepare`)
+        self._one_expert = self.E == 1 and self.n_dev == 1
+        self._zero_routing: set[int] = set()
+        # ids of the waiting and running requests (kept with the lists, for `_admit`'s checks), and the
+        # KV-cache tokens in use per device (the sum of the running requests' context tokens)
+        self._waiting_ids: set[int] = set()
+        self._running_ids: set[int] = set()
+        self._ctx_in_use = [0] * self.n_dev
         if not bound.offloaded:
             for d, cache in enumerate(self.caches):
                 missing = (bound.expert_home == d) & ~cache.resident
@@ -414,6 +425,24 @@ class Engine:
             if len(self._group_memo) > 65536:
                 self._group_memo.clear()
             self._group_memo[key] = hit
+        return hit
+
+    def _resident_experts(self, d: int, counts: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float64], float, int]:
+        """Every expert resident: device ``d``'s experts of each layer run as one group on ``counts``
+        (tokens per flat key ``layer * E + expert``, zeros for experts homed elsewhere): the ``[L]``
+        seconds of each layer's group (read-only), the joules of all, and the number of active
+        (layer, expert) pairs. The plan's answer depends on the counts only, so it is memoised by
+        them (a dense model's steps repeat their counts; the memo holds at most ~32 MB of keys)."""
+        key = (self._dev_key[d], self.bound.cache_tier[d], counts.tobytes())
+        hit = self._resident_memo.get(key)
+        if hit is None:
+            c = self.plan.layer_experts(d, counts.reshape(self.L, self.E))
+            total = np.array(c.total_s, dtype=np.float64)
+            total.flags.writeable = False
+            hit = (total, float(np.sum(c.energy_J)), int(np.count_nonzero(counts)))
+            if len(self._resident_memo) * counts.nbytes > 32 * 2**20:
+                self._resident_memo.clear()
+            self._resident_memo[key] = hit
         return hit
 
     def _arithmetic_ok(self) -> bool:
@@ -474,7 +503,10 @@ class Engine:
                 routing=r.routing,
             )
             self.waiting.append(st)
+            self._waiting_ids.add(r.request_id)
             self.by_id[r.request_id] = st
+            if self._one_expert and not r.routing.any():
+                self._zero_routing.add(r.request_id)
             self._mark(+1)
             if not self._wake.triggered:
                 self._wake.succeed()
@@ -516,15 +548,17 @@ class Engine:
             raise RuntimeError(
                 f"scheduler {name!r} exceeded max_tokens: {batch.total_tokens} > {self.scheduler.max_tokens}"
             )
-        running_ids = {r.request_id for r in self.running}
-        waiting_ids = {r.request_id for r in self.waiting}
+        running_ids = self._running_ids
+        waiting_ids = self._waiting_ids
+        by_id = self.by_id
         plan: list[tuple[RequestState, int]] = []
         admitted: set[int] = set()
         for rid, n in zip(batch.request_ids, batch.n_tokens, strict=True):
-            st = self.by_id.get(rid)
+            st = by_id.get(rid)
             if st is None or (rid not in running_ids and rid not in waiting_ids):
                 raise RuntimeError(f"scheduler {name!r} chose request {rid}, which is neither waiting nor running")
-            limit = st.remaining_prompt if st.in_prefill else 1
+            # RequestState's in_prefill / remaining_prompt inlined (a hot loop)
+            limit = st.prompt_tokens - st.prefilled if st.prefilled < st.prompt_tokens else 1
             if not 1 <= n <= limit:
                 raise RuntimeError(f"scheduler {name!r} gave request {rid} {n} tokens; expected 1..{limit}")
             if rid in waiting_ids:
@@ -542,13 +576,15 @@ class Engine:
         if admitted:
             self.waiting = [r for r in self.waiting if r.request_id not in admitted]
             self.running.extend(self.by_id[i] for i in batch.request_ids if i in admitted)
+            waiting_ids -= admitted
+            running_ids |= admitted
         return plan
 
     # ------------------------------------------------------------------------- one step
     def _prepare(self, plan: list[tuple[RequestState, int]]) -> StepInputs:
         """Everything about a step that does not depend on time, as arrays (see `StepInputs`)."""
         n_dev, L, E = self.n_dev, self.L, self.E
-        chunks = []
+        chunks: list[tuple[npt.NDArray[np.int16], int, int]] = []  # (routing, first row, rows) of each entry
         tok_dev_parts = []
         prefill_n: list[list[int]] = [[] for _ in range(n_dev)]
         dec_ctx: list[list[int]] = [[] for _ in range(n_dev)]
@@ -556,36 +592,53 @@ class Engine:
         plan_ctx: list[int] = []  # context of a decode entry, 0 for a prefill chunk
         n_prefill = n_decode = 0
         req_device = self.req_device
-        for st, n in plan:
-            d = req_device[st.request_id]
-            r0 = st.next_row
-            chunks.append(st.routing[r0 : r0 + n])
-            if n_dev > 1:
-                tok_dev_parts.append(np.full(n, d, dtype=np.int64))
+        # one expert on one device, every request's routing all expert 0: the rows are zeros, known
+        # without reading them (the counts follow from the token count; exact, not an approximation)
+        zero = self._zero_routing
+        all_zero = self._one_expert
+        for st, n in plan:  # RequestState's properties inlined (in_prefill, next_row): a hot loop
+            rid = st.request_id
+            d = req_device[rid]
+            if all_zero and rid not in zero:
+                all_zero = False
             plan_n.append(n)
             if st.prefilled < st.prompt_tokens:
+                chunks.append((st.routing, st.prefilled, n))
                 prefill_n[d].append(n)
                 plan_ctx.append(0)
                 n_prefill += n
             else:
+                chunks.append((st.routing, st.prompt_tokens + st.generated - 1, n))
                 ctx = st.prompt_tokens + st.generated
                 dec_ctx[d].append(ctx)
                 plan_ctx.append(ctx)
                 n_decode += 1
-        rows = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+            if n_dev > 1:
+                tok_dev_parts.append(np.full(n, d, dtype=np.int64))
         tok_dev = np.concatenate(tok_dev_parts) if n_dev > 1 else None
-        k = rows.shape[2]
-        # vectorised routing: counts per (layer, expert), cross-device assignments
-        valid = rows >= 0
-        keys = (self._layer_base[None, :, None] + rows)[valid]
-        counts = np.bincount(keys, minlength=L * E)
-        n_assign = int(keys.size)
+        if all_zero:
+            k = plan[0][0].routing.shape[2]
+            n_tok = n_prefill + n_decode
+            rows = np.zeros((n_tok, L, k), dtype=np.int16)
+            n_assign = n_tok * L * k
+            counts = np.full(L * E, n_tok * k, dtype=np.int64)
+            valid: npt.NDArray[np.bool_] | None = None
+            keys: npt.NDArray[np.int64] | None = None
+        else:
+            parts = [routing[r0 : r0 + n] for routing, r0, n in chunks]
+            rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            k = rows.shape[2]
+            # vectorised routing: counts per (layer, expert), cross-device assignments
+            valid = rows >= 0
+            keys = (self._layer_base[None, :, None] + rows)[valid]
+            counts = np.bincount(keys, minlength=L * E)
+            n_assign = int(keys.size)
         cross = 0
         n_gather = 0
         coherent = self.coherent and n_dev > 1
         cur: npt.NDArray[np.int64] | None = None  # [n_tok, L + 1] device of each token before MoE layer l
         send_dev = recv_dev = gather_dev = None
-        if n_dev > 1 and tok_dev is not None:
+        if n_dev > 1 and tok_dev is not None and valid is not None and keys is not None:
             send_dev = np.zeros((L, n_dev))
             recv_dev = np.zeros((L, n_dev))
             gather_dev = np.zeros((L, n_dev))
@@ -617,7 +670,7 @@ class Engine:
         if cur is not None:
             per_pos = self._coherent_costs(cur, plan_n, plan_ctx)
         else:
-            per_pos = tuple(np.broadcast_to(self._device_costs(prefill_n, dec_ctx)[:, None, :], (8, L + 1, n_dev)))
+            per_pos = self._classic_costs(prefill_n, dec_ctx)
         attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J = per_pos
         a2a: list[tuple[float, float, float, float]] = []
         bytes_peer = 0.0
@@ -652,6 +705,22 @@ class Engine:
             a2a=a2a,
             bytes_peer=bytes_peer,
         )
+
+    def _classic_costs(
+        self, prefill_n: list[list[int]], dec_ctx: list[list[int]]
+    ) -> tuple[npt.NDArray[np.float64], ...]:
+        """Classic execution: `_device_costs` as the eight ``[L + 1, n_dev]`` arrays of `StepInputs`
+        (read-only views whose rows are all the same), memoised by the step's shape on every device
+        (its prefill chunk sizes, decode token count and decode context sum: what the costs depend on)."""
+        key = tuple((tuple(p), len(c), sum(c)) for p, c in zip(prefill_n, dec_ctx, strict=True))
+        hit = self._pos_memo.get(key)
+        if hit is None:
+            costs = self._device_costs(prefill_n, dec_ctx)
+            hit = tuple(np.broadcast_to(costs[:, None, :], (8, self.L + 1, self.n_dev)))
+            if len(self._pos_memo) > 8192:
+                self._pos_memo.clear()
+            self._pos_memo[key] = hit
+        return hit
 
     def _device_costs(self, prefill_n: list[list[int]], dec_ctx: list[list[int]]) -> npt.NDArray[np.float64]:
         """Classic execution: ``[8, n_dev]`` time and energy per device of one layer's attention, router,
@@ -830,7 +899,11 @@ class Engine:
         now = self.env.now
         emitted = 0
         done: list[RequestState] = []
+        in_use = self._ctx_in_use
+        req_device = self.req_device
         for st, n in plan:  # RequestState's properties inlined (in_prefill, done): a hot loop
+            # the request's context grows by its n tokens (prompt rows, or the previous output token)
+            in_use[req_device[st.request_id]] += n
             if st.prefilled < st.prompt_tokens:
                 st.prefilled += n
                 if st.prefilled == st.prompt_tokens:
@@ -843,20 +916,18 @@ class Engine:
             if st.generated >= st.output_tokens:
                 st.finish_s = now
                 done.append(st)
+        # KV tokens in use at the step's end (its finished requests included), then theirs released
+        self.peak_kv_tokens = [max(a, b) for a, b in zip(self.peak_kv_tokens, in_use, strict=True)]
         if done:
             ids = {r.request_id for r in done}
             self.running = [r for r in self.running if r.request_id not in ids]
+            self._running_ids -= ids
             for r in done:
-                self.kv_used[self.req_device[r.request_id]] -= r.kv_tokens_max
+                d = req_device[r.request_id]
+                self.kv_used[d] -= r.kv_tokens_max
+                in_use[d] -= r.prefilled + max(r.generated - 1, 0)  # context_tokens inlined
                 self._mark(-1)
             self.finished.extend(done)
-        in_use = [0] * self.n_dev
-        req_device = self.req_device
-        for r in self.running:  # context_tokens inlined
-            in_use[req_device[r.request_id]] += r.prefilled + max(r.generated - 1, 0)
-        for r in done:
-            in_use[req_device[r.request_id]] += r.prefilled + max(r.generated - 1, 0)
-        self.peak_kv_tokens = [max(a, b) for a, b in zip(self.peak_kv_tokens, in_use, strict=True)]
         self.step_records.append(
             StepRecord.of(
                 step=self.step_idx,

@@ -211,16 +211,19 @@ def fit_stack(
     memo: dict[tuple[float, ...], np.ndarray] = {}
     t_start = time.perf_counter()
 
-    def candidate(x: np.ndarray) -> Any:
-        vals = {p: float(v) for p, v in zip(params, np.clip(x, 0.0, upper) * scales, strict=True)}
+    # the optimiser works on y = x + 1 (x in units of FIT_FIELDS' scale): its finite-difference steps
+    # are relative to y, so a parameter starting at 0 (a placeholder) still gets a step of 0.05 units
+    def candidate(y: np.ndarray) -> Any:
+        x = np.clip(np.asarray(y) - 1.0, 0.0, upper)
+        vals = {p: float(v) for p, v in zip(params, x * scales, strict=True)}
         return replace(stack, **vals), vals
 
-    def residuals(x: np.ndarray) -> np.ndarray:
-        key = tuple(np.round(x, 12))
+    def residuals(y: np.ndarray) -> np.ndarray:
+        key = tuple(np.round(y, 12))
         if key in memo:
             return memo[key]
         t0 = time.perf_counter()
-        st, vals = candidate(x)
+        st, vals = candidate(y)
         r = np.array(
             [math.log(_metric_value(c, stacked_design(c, st, size=size), cache) / c.measured_value) for c in cases]
         )
@@ -246,8 +249,8 @@ def fit_stack(
 
     sol = least_squares(
         residuals,
-        x0,
-        bounds=(np.zeros(len(params)), upper),
+        x0 + 1.0,
+        bounds=(np.ones(len(params)), upper + 1.0),
         method="trf",
         diff_step=0.05,
         x_scale=1.0,
@@ -256,8 +259,7 @@ def fit_stack(
         ftol=1e-4,
     )
     best = min(memo.items(), key=lambda kv: float(np.sum(kv[1] ** 2)))
-    x_best = np.array(best[0])
-    _, values = candidate(x_best)
+    _, values = candidate(np.array(best[0]))
     r_best = best[1]
     return FitResult(
         stack=stack.name,

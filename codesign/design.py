@@ -926,7 +926,8 @@ def _analytic_metrics(design: Design, summary: dict[str, Any], cost: CostModel, 
         "hbm": device * (1.0 - share),
         "pcie": pre["fetch_link_s"] + n_dec * dec["fetch_link_s"],
         "all_to_all": pre["all_to_all_s"] + n_dec * dec["all_to_all_s"],
-        "host_cpu": 0.0,
+        # issue 8: the serving stack's exposed host CPU time per step
+        "host_cpu": pre.get("host_cpu_s", 0.0) + n_dec * dec.get("host_cpu_s", 0.0),
     }
     tpot = float(summary["tpot_p50_s"])
     hours = (pre["step_s"] + n_dec * dec["step_s"]) / 3600.0

@@ -70,7 +70,9 @@ chain; prefetches one transfer each). Both give the same results (a test pins it
 requests are written as typed records (`codesign.records`).
 
 Assumptions (labelled): activations are `hwmodels.costs.ACTIVATION_BYTES` per element (bf16) for
-the all-to-all and the CPU path; the LM head and embeddings are not costed; chunked prefill attends
+the all-to-all and the CPU path; the embedding lookup is not costed, the LM head and the serving
+stack's MoE permute and host CPU time only when ``Mapping.stack`` charges them (issue 8: `_step_tail`,
+`StepCostPlan.moe_permute`; the default stack ``none`` charges nothing); chunked prefill attends
 only to its own chunk. Energy is the sum of ``OpCost.energy_J`` of every operation played, which
 includes each device's static power over the operation (hwmodels.costs), plus the static power
 of every accelerator and of the host over the rest of the makespan (idle: waiting for transfers,

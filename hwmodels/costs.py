@@ -636,9 +636,9 @@ class CostModel:
                 memory = memory + overhead
         dq_J: Any = 0.0
         if dequant is not None:
-            c_add, m_add, dq_J = self._dequant_add(device, ctx, dequant, m, active, scalar)
-            compute = compute + c_add
-            memory = memory + m_add
+            dq_c, serial, m_add, dq_J = self._dequant_add(device, ctx, dequant, m, active, scalar)
+            compute = (max(compute, dq_c) if scalar else np.maximum(compute, dq_c)) + serial
+            memory = memory + m_add + serial
         if scalar:
             compute, memory = float(compute), float(memory)
             total = max(compute, memory)
@@ -670,34 +670,36 @@ class CostModel:
 
     def _dequant_add(
         self, device: Device, ctx: _Ctx, dq: DequantTerms, rows: Any, active: Any, scalar: bool
-    ) -> tuple[Any, Any, Any]:
-        """(compute_s, memory_s, energy_J) that dequantisation adds to an op over ``rows`` rows (see
-        `hwmodels.dequant`): fused formats dequantise each weight tile once per ``rows_per_dequant``
-        rows on the vector units (compute) and move their metadata bytes (memory); an unfused pass runs
-        before the GEMM (serial: added to both) and the GEMM reads the 16-bit copy (memory). Extra
-        kernels pay the per-kernel overhead (none at roofline). The vector units run at their peak at
-        both fidelities (assumption: no measured efficiency). Energy: the extra bytes at the weights
-        tier's energy, the lane-ops at the compute dtype's energy per FLOP (assumption)."""
+    ) -> tuple[Any, Any, Any, Any]:
+        """What dequantisation adds to an op over ``rows`` rows (see `hwmodels.dequant`), as
+        ``(vector_s, serial_s, memory_s, energy_J)``: a fused format dequantises each weight tile once
+        per ``rows_per_dequant`` rows on the vector units (``vector_s``, which overlaps the op's
+        tensor-core compute: the caller takes ``max(compute, vector_s)``; assumption, as Marlin
+        overlaps dequantisation with its MMAs) and moves its metadata bytes (``memory_s``); an
+        unfused pass runs before the GEMM (``serial_s``, added to both compute and memory) and the
+        GEMM reads the 16-bit copy (``memory_s``). Extra kernels pay the per-kernel overhead in
+        ``serial_s`` (none at roofline). The vector units run at their peak at both fidelities
+        (assumption: no measured efficiency). Energy: the extra bytes at the weights tier's energy,
+        the lane-ops at the compute dtype's energy per FLOP (assumption)."""
         vec = vector_ops_per_s(device)
         if scalar:
             r = float(rows)
             tiles: Any = math.ceil(r / dq.rows_per_dequant) if r > 0 else 0.0
         else:
             tiles = np.where(rows > 0, np.ceil(rows / dq.rows_per_dequant), 0.0)
-        launch = dq.kernels * ctx.overhead_s * active
+        serial = dq.kernels * ctx.overhead_s * active
         if dq.fused:
             ops = dq.ops_per_tile * tiles * active
-            compute = ops / vec + launch
-            memory = (dq.extra_bytes / ctx.w_bw) * active + launch
+            vector = ops / vec
             moved = dq.extra_bytes * active
         else:
             ops = dq.ops_per_tile * active
-            pass_s = max(dq.ops_per_tile / vec, dq.serial_bytes / ctx.w_bw) * active
-            compute = pass_s + launch
-            memory = pass_s + (dq.extra_bytes / ctx.w_bw) * active + launch
+            vector = 0.0 * active
+            serial = serial + max(dq.ops_per_tile / vec, dq.serial_bytes / ctx.w_bw) * active
             moved = (dq.serial_bytes + dq.extra_bytes) * active
+        memory = (dq.extra_bytes / ctx.w_bw) * active
         energy = moved * ctx.w_e + ops * ctx.e_flop
-        return compute, memory, energy
+        return vector, serial, memory, energy
 
     @staticmethod
     def _act_tier(device: Device) -> str:
@@ -820,9 +822,10 @@ class CostModel:
         dq_J: Any = 0.0
         dq = _component_dq(model, "expert", model.params_per_expert, model.matrices_per_expert)
         if dq is not None:  # each active expert dequantises its own weights (expected over ``active``)
-            c_add, m_add, j_add = self._dequant_add(device, ctx, dq, rows, w, False)
-            compute = compute + np.sum(c_add, axis=-1)
-            memory = memory + np.sum(m_add, axis=-1)
+            dq_c, serial, m_add, j_add = self._dequant_add(device, ctx, dq, rows, w, False)
+            serial_sum = np.sum(serial, axis=-1)
+            compute = np.maximum(compute, np.sum(dq_c, axis=-1)) + serial_sum
+            memory = memory + np.sum(m_add, axis=-1) + serial_sum
             dq_J = np.sum(j_add, axis=-1)
         energy = (
             ctx.static_W * np.maximum(compute, memory)

@@ -11,8 +11,10 @@ run on ``m`` rows (tokens):
 
 ``fused`` formats (the dequantisation happens inside the GEMM/GEMV kernel, on the vector units,
 while the packed bytes stream in):
-    ``compute_s += ops_per_weight x P x ceil(m / rows_per_dequant) / vector_ops_per_s`` (each
-    thread block dequantises its weight tile once per tile of ``rows_per_dequant`` rows);
+    ``vector_s = ops_per_weight x P x ceil(m / rows_per_dequant) / vector_ops_per_s`` (each
+    thread block dequantises its weight tile once per tile of ``rows_per_dequant`` rows), which
+    overlaps the tensor-core work: ``compute_s = max(GEMM compute, vector_s)`` (assumption: the two
+    pipelines overlap across warps, as Marlin's design does);
     ``memory_s += extra_bytes_per_weight x P / bandwidth`` (per-call metadata traffic).
     At batch 1 such a kernel is memory-bound on the packed bytes unless the per-weight ALU work
     exceeds the bytes' time (then it is dequantisation-bound).

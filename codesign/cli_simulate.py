@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -271,6 +272,14 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--precision", default=None, help="weight precision override: bf16 | fp8 | int4 ...")
     p.add_argument("--fidelity", default="calibrated", choices=("calibrated", "roofline"), help="cost model fidelity")
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="NAME|PATH",
+        help="calibration profile for every accelerator (calibrated fidelity): a shipped name (a100, h100, "
+        "and h200, h100-nvl derived from h100) or a profile JSON (codesign calibrate run|import-vidur); "
+        "default: the default efficiency curves with the device file's [efficiency] over them",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of every policy and stream (default 0)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write records, summary, config, timeline")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -1047,13 +1056,32 @@ def user_flags(message: str) -> str:
     return message
 
 
+def _load_profile_arg(spec: str | None, fidelity: str) -> Any:
+    """The calibration profile of ``--profile`` (None without it), loaded before any expensive work;
+    a one-line error naming the flag and listing the shipped profiles otherwise."""
+    if spec is None:
+        return None
+    if fidelity == "roofline":
+        raise ValueError(f"--profile {spec}: a calibration profile applies to --fidelity calibrated, not roofline")
+    from hwmodels.calibration import CalibrationError, resolve_profile
+
+    try:
+        return resolve_profile(spec)
+    except CalibrationError as exc:
+        raise ValueError(f"--profile {spec}: {exc}") from None
+
+
 def _cmd_design(args: argparse.Namespace) -> int:
-    """``simulate --design F``: replay a design file through `codesign.design.simulate_design`."""
+    """``simulate --design F``: replay a design file through `codesign.design.simulate_design`
+    (``--profile`` replaces the design's ``cost.profile``)."""
     from codesign.design import Design, EvalCache, simulate_design
 
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out}: exists and is not a directory")
     design = Design.load(args.design)
+    if args.profile is not None:
+        _load_profile_arg(args.profile, design.cost.fidelity)
+        design = dataclasses.replace(design, cost=dataclasses.replace(design.cost, profile=args.profile))
     log.info("design %s: %s", design.content_hash, design.describe())
     result = simulate_design(
         design,
@@ -1132,6 +1160,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         missing = [f for f, v in (("--model", args.model), ("--platform", args.platform)) if v is None]
         raise ValueError(f"{' and '.join(missing)} required (or --design DESIGN.json)")
     _check_args(args)
+    profile = _load_profile_arg(args.profile, args.fidelity)
     memo = _placement_memo(args.placement_cache)
     model = load_model(args.model)
     if args.precision:
@@ -1143,7 +1172,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     check_fits(model, platform, mapping, args.seed)
     stream, sources = build_stream_described(args, model)
     stream = clip_to_kv(stream, model, platform, mapping, args.seed)
-    cost = CostModel(platform, fidelity=args.fidelity)
+    profiles = {d.name: profile for d in platform.accelerators} if profile is not None else None
+    cost = CostModel(platform, fidelity=args.fidelity, profiles=profiles)
     bar = not args.no_progress and not args.json and sys.stderr.isatty()
     # off a terminal (CI logs, pipes) the run logs a start and an end line instead of the bar
     lines = stage(f"simulating {len(stream.requests)} requests of {model.name} on {platform.name}", tty=False)

@@ -371,6 +371,25 @@ class CalibrationProfile:
         eff = 2.0 * mf * float(k) * float(n) / (self.peaks.flops * t)
         return np.clip(eff, 1e-12, 1.0)
 
+    def gemm_at(self, m: npt.ArrayLike, k: int, n: int, *, dtype_bytes: float, flops_scale: float = 1.0) -> FloatArray:
+        """`gemm` for operands of ``dtype_bytes`` bytes per element on compute ``flops_scale`` times the
+        profile's rate: the efficiency of the whole call relative to ``peaks.flops * flops_scale``, in
+        (0, 1]. The fitted model is kept (``t0``, occupancy, compute/streaming blend) with the peak
+        scaled and the operand bytes at ``dtype_bytes`` (how `hwmodels.costs.CostModel` reads a BF16
+        profile for FP8 GEMMs; labelled assumption there). ``gemm_at(m, k, n, dtype_bytes=
+        self.dtype_bytes)`` equals ``gemm(m, k, n)``.
+        """
+        if not all(v > 0 and math.isfinite(v) for v in (dtype_bytes, flops_scale)):
+            raise CalibrationError(
+                f"profile {self.name!r}: gemm_at needs dtype_bytes and flops_scale > 0, "
+                f"got {dtype_bytes!r}, {flops_scale!r}"
+            )
+        mf = np.maximum(np.asarray(m, dtype=np.float64), 1.0)
+        peak = self.peaks.flops * flops_scale
+        t = self.gemm_fit.predict_s(mf, k, n, peak_flops=peak, dtype_bytes=dtype_bytes)
+        eff = 2.0 * mf * float(k) * float(n) / (peak * t)
+        return np.clip(eff, 1e-12, 1.0)
+
     def memory(self) -> float:
         """Achieved / peak memory bandwidth of streaming kernels, in (0, 1].
 
@@ -822,15 +841,98 @@ def assess_fit(
 #: Names of the profiles shipped in ``hwmodels/data`` (fitted from Vidur's measured tables).
 _DEFAULT_FILES: dict[str, str] = {"a100": "calibration-vidur-a100.json", "h100": "calibration-vidur-h100.json"}
 
+#: Profiles derived by :func:`derive_profile` from a shipped one: name -> (base profile, device preset
+#: the base was measured on, device preset of the derived profile). Same compute architecture only.
+_DERIVED: dict[str, tuple[str, str, str]] = {
+    "h200": ("h100", "h100-sxm", "h200"),
+    "h100-nvl": ("h100", "h100-sxm", "h100-nvl"),
+}
+
 
 def default_profile_names() -> list[str]:
-    """Names accepted by :func:`load_default_profile`."""
-    return sorted(_DEFAULT_FILES)
+    """Names accepted by :func:`load_default_profile` (shipped files and derived profiles)."""
+    return sorted([*_DEFAULT_FILES, *_DERIVED])
+
+
+def derive_profile(base: CalibrationProfile, base_device: Any, target_device: Any, *, name: str) -> CalibrationProfile:
+    """A profile for ``target_device`` derived from ``base``, measured on ``base_device`` (both
+    `hwmodels.devices.Device` of one compute architecture, e.g. H100 SXM -> H200 or H100 NVL).
+
+    The rule: the GEMM curve is carried over unchanged as efficiencies (``eff_compute``, occupancy,
+    sharpness, per-call ``t0``), applied to the target's peak of the profile's dtype
+    (``peaks.flops`` scaled by target / base peak: the NVL's lower clocks and power cap); every
+    memory-bound part (the GEMM operand-streaming bandwidth, the ``stream`` and ``act`` memory fits,
+    ``peaks.memory_Bps``) scaled by the ratio of the weights tiers' bandwidths (H200 4.8 / 3.35 TB/s);
+    copy fits (host link) kept. Peaks and ratios are read from the two device descriptions, so the
+    derived profile carries their sources. Raises `CalibrationError` when a device lacks the
+    profile's dtype or the two devices are of different kinds.
+    """
+    if base_device.kind != target_device.kind:
+        raise CalibrationError(f"derive_profile: {base_device.name!r} and {target_device.name!r} differ in kind")
+    dtype = base.dtype
+    for dev in (base_device, target_device):
+        if dtype not in dev.peak_flops:
+            raise CalibrationError(
+                f"derive_profile: device {dev.name!r} has no {dtype} peak (has {sorted(dev.peak_flops)})"
+            )
+    flops_ratio = target_device.flops(dtype) / base_device.flops(dtype)
+    bw_ratio = target_device.weights_memory.bandwidth_Bps / base_device.weights_memory.bandwidth_Bps
+    rule = (
+        f"derived from profile {base.name!r} ({base_device.name} -> {target_device.name}, "
+        f"hwmodels.calibration.derive_profile): GEMM efficiencies kept, compute peak x {flops_ratio:.4g} "
+        f"({dtype} {target_device.flops(dtype) / 1e12:.4g} / {base_device.flops(dtype) / 1e12:.4g} TFLOP/s), "
+        f"memory-bound parts x {bw_ratio:.4g} ({target_device.weights_memory.bandwidth_Bps / 1e9:.4g} / "
+        f"{base_device.weights_memory.bandwidth_Bps / 1e9:.4g} GB/s), device figures from the presets' sources"
+    )
+    peaks = replace(
+        base.peaks,
+        flops=base.peaks.flops * flops_ratio,
+        flops_source=f"{base.peaks.flops_source} x {flops_ratio:.4g} ({target_device.name} preset)",
+        memory_Bps=base.peaks.memory_Bps * bw_ratio,
+        memory_source=f"{base.peaks.memory_source} x {bw_ratio:.4g} ({target_device.name} preset)",
+    )
+    gemm_fit = replace(base.gemm_fit, bandwidth_Bps=base.gemm_fit.bandwidth_Bps * bw_ratio)
+    memory_fits = {k: replace(f, bandwidth_Bps=f.bandwidth_Bps * bw_ratio) for k, f in base.memory_fits.items()}
+    return replace(
+        base,
+        name=name,
+        device_name=target_device.name,
+        peaks=peaks,
+        gemm_fit=gemm_fit,
+        memory_fits=memory_fits,
+        source=f"{rule}; base: {base.source}",
+        samples=(),
+        quality={},
+    )
+
+
+def resolve_profile(spec: str) -> CalibrationProfile:
+    """A calibration profile from a shipped (or derived) name or a profile JSON path.
+
+    A spec ending in ``.json`` or naming an existing file is loaded as a file; anything else must be
+    one of :func:`default_profile_names`. Raises :class:`CalibrationError` (one line, listing the
+    shipped names for an unknown one).
+    """
+    path = Path(spec)
+    if path.suffix == ".json" or path.exists():
+        return CalibrationProfile.load(path)
+    if spec.lower() not in default_profile_names():
+        raise CalibrationError(
+            f"no such calibration profile: not a file and not a shipped profile; valid names: "
+            f"{', '.join(default_profile_names())} (or a profile JSON written by codesign calibrate)"
+        )
+    return load_default_profile(spec)
 
 
 def load_default_profile(name: str) -> CalibrationProfile:
-    """A profile shipped with the package (fitted parameters only), e.g. ``"a100"`` or ``"h100"``."""
+    """A profile shipped with the package (fitted parameters only), e.g. ``"a100"`` or ``"h100"``, or
+    one derived from a shipped profile by :func:`derive_profile` (``"h200"``, ``"h100-nvl"``)."""
     key = name.lower()
+    if key in _DERIVED:
+        from hwmodels.devices import get_device
+
+        base_name, base_dev, target_dev = _DERIVED[key]
+        return derive_profile(load_default_profile(base_name), get_device(base_dev), get_device(target_dev), name=key)
     if key not in _DEFAULT_FILES:
         raise CalibrationError(f"no shipped calibration profile {name!r}; valid: {default_profile_names()}")
     ref = resources.files("hwmodels").joinpath("data", _DEFAULT_FILES[key])

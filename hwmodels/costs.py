@@ -46,14 +46,14 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from hwmodels.dequant import DequantTerms, dequant_terms, vector_ops_per_s
-from hwmodels.devices import Device, Link, Platform
+from hwmodels.devices import Device, DeviceEfficiency, Link, Platform
 from hwmodels.execution import KernelExecution, resolve_execution
 from hwmodels.opcost import OpCost
 from workloads.model import MoEModel
@@ -106,8 +106,12 @@ class EfficiencyModel(Protocol):
 class GemmCurve:
     """Saturating GEMM efficiency ``e(m) = e_max * m / (m + m_half)`` (time linear in m, so monotone).
 
-    ``memory_eff`` is the achieved fraction of the tier bandwidth, ``launch_overhead_s`` the serial
-    overhead per kernel. All are assumptions unless ``source`` says otherwise.
+    ``e_max`` is a fraction of the peak of the compute dtype the curve is for (`DTYPE_CURVES`),
+    ``memory_eff`` the achieved fraction of the tier bandwidth, ``launch_overhead_s`` the serial
+    overhead per kernel. ``gemv_max_rows``: a GEMM of at most that many rows runs as a GEMV (or
+    split-K) kernel whose compute hides under its weight stream, so its compute time is capped at
+    its memory time (memory-bound at the achieved bandwidth; 0 = no cap). All are assumptions unless
+    ``source`` says otherwise.
     """
 
     e_max: float
@@ -115,6 +119,7 @@ class GemmCurve:
     memory_eff: float
     launch_overhead_s: float
     source: str
+    gemv_max_rows: float = 0.0
 
 
 #: Default curves per device kind (labelled assumptions; a calibration replaces them).
@@ -127,7 +132,8 @@ DEFAULT_CURVES: dict[str, GemmCurve] = {
         source="fitted (soft-L1 in log space) to measured gate/up + act + down times of the Vidur "
         "A100 and H100 llama-2-7b-mlp tables at TP 1 and 4 (shared/calibration/vidur-a100-h100, "
         "[P measurement], MIT); held-out TP 2 and 8: median error 4.0-6.5% "
-        "(tests/hwmodels/test_costs.py)",
+        "(tests/hwmodels/test_costs.py); bf16/fp16 GEMMs. gemv_max_rows: see GEMV_SOURCE",
+        gemv_max_rows=8.0,
     ),
     "cpu": GemmCurve(
         e_max=0.50,
@@ -152,6 +158,34 @@ DEFAULT_CURVES: dict[str, GemmCurve] = {
         launch_overhead_s=1e-6,
         source="assumption: HLS DSP array ~90% busy once its pipeline is full; ~80% of DDR/HBM "
         "peak over AXI bursts; ~1 us per kernel start",
+    ),
+}
+
+#: Where the GPU curve's ``gemv_max_rows`` (8) and its memory efficiency at small m come from.
+GEMV_SOURCE = (
+    "llama.cpp ggml-cuda runs batches of up to 8 rows as mat-vec kernels (MMVQ_MAX_BATCH_SIZE 8); "
+    "measured decode GEMVs stream weights at 64-78% of HBM/DRAM peak (kekzl/imp PR #380 ncu: 64-73% on "
+    "an RTX-class GPU; lablup/mlxcel PR #684: 74-78% on GB10) and the Vidur-fitted GPU curve's "
+    "memory_eff 0.898 covers the small-m MLP rows of the A100/H100 tables; below ~8 rows a GEMM's "
+    "arithmetic intensity (<= 8 FLOP/B at 16-bit) is far under every GPU's ridge point (A100 153, "
+    "H100 295 FLOP/B, hardware-and-papers.md s.1.1), so compute cannot bind"
+)
+
+#: Default curves per (device kind, compute dtype) that differ from the kind's `DEFAULT_CURVES`
+#: entry (which stands for the 16-bit dtypes and any dtype not listed here).
+DTYPE_CURVES: dict[tuple[str, str], GemmCurve] = {
+    ("gpu", "fp8"): GemmCurve(
+        e_max=0.613,
+        m_half=202.0,
+        memory_eff=0.898,
+        launch_overhead_s=7.0e-6,
+        source="e_max, m_half fitted (soft-L1 in log space, t = max(FLOPs / (1979 TFLOP/s x e(m)), "
+        "bytes / (3.35 TB/s x 0.898))) to the 18 'Normal GEMMs for dense models' of DeepGEMM's README "
+        "@ 55ab91f (deepseek-ai/DeepGEMM, H800 SXM5 = H100 SXM FP8 compute, 1979 TFLOP/s dense FP8; "
+        "206-1426 TFLOPS measured, m 64-4096) [P measurement]; median |error| 13%, max 37% "
+        "(tests/hwmodels/test_efficiency_dtype.py); the BF16 curve at the FP8 peak is 21% too fast on "
+        "the same shapes. memory_eff, launch_overhead_s: as the GPU bf16 curve",
+        gemv_max_rows=8.0,
     ),
 }
 
@@ -240,20 +274,26 @@ class LinkCurve:
 class DefaultEfficiency:
     """The package's fallback `EfficiencyModel` for a device kind (and optionally a link).
 
-    GEMM: `GemmCurve` of the kind (labelled assumption). Memory: the curve's ``memory_eff``.
-    Copies: the link's measured ``efficiency_points`` via `LinkCurve` (pageable copies use the
-    measured pageable points, else `PAGEABLE_FACTOR` times the pinned efficiency), or
-    `LINK_DEFAULT_EFF` (assumption) when the link has no points or no link is given.
+    GEMM: `GemmCurve` of the kind per compute dtype (`curve_for`: `DTYPE_CURVES`, else
+    `DEFAULT_CURVES`), each parameter replaced by the device file's ``[efficiency]`` table when
+    ``params`` (a `DeviceEfficiency`) sets it. ``gemm`` (the protocol method, no dtype) answers with
+    the 16-bit curve. Memory: the curve's ``memory_eff``. Copies: the link's measured
+    ``efficiency_points`` via `LinkCurve` (pageable copies use the measured pageable points, else
+    `PAGEABLE_FACTOR` times the pinned efficiency), or `LINK_DEFAULT_EFF` (assumption) when the link
+    has no points or no link is given.
     """
 
-    def __init__(self, kind: str = "gpu", link: Link | None = None) -> None:
+    def __init__(self, kind: str = "gpu", link: Link | None = None, *, params: DeviceEfficiency | None = None) -> None:
         if kind not in DEFAULT_CURVES:
             raise ValueError(f"no default efficiency curve for device kind {kind!r}; valid: {sorted(DEFAULT_CURVES)}")
         self.kind = kind
-        self.curve = DEFAULT_CURVES[kind]
+        self.params = params
+        self._curves: dict[str, GemmCurve] = {}
+        self.curve = self.curve_for("bf16")
         self.launch_overhead_s = self.curve.launch_overhead_s
         self.link = link
-        self.name = f"default-{kind}" + (f"+{link.name}" if link is not None else "")
+        self.name = f"default-{kind}" + ("+device-file" if params is not None else "")
+        self.name += f"+{link.name}" if link is not None else ""
         self._pinned = LinkCurve(link, link.efficiency_points) if link is not None and link.efficiency_points else None
         self._pageable = (
             LinkCurve(link, link.pageable_efficiency_points)
@@ -261,9 +301,36 @@ class DefaultEfficiency:
             else None
         )
 
+    def curve_for(self, dtype: str) -> GemmCurve:
+        """The `GemmCurve` of compute dtype ``dtype``: `DTYPE_CURVES` of (kind, dtype), else the kind's
+        `DEFAULT_CURVES` entry, with the device file's parameters (``params``) put over it."""
+        hit = self._curves.get(dtype)
+        if hit is not None:
+            return hit
+        curve = DTYPE_CURVES.get((self.kind, dtype), DEFAULT_CURVES[self.kind])
+        p = self.params
+        if p is not None:
+            changes: dict[str, Any] = {}
+            if dtype in p.gemm_e_max:
+                changes.update(e_max=p.gemm_e_max[dtype], m_half=p.gemm_m_half[dtype])
+            if p.memory_eff is not None:
+                changes["memory_eff"] = p.memory_eff
+            if p.launch_overhead_s is not None:
+                changes["launch_overhead_s"] = p.launch_overhead_s
+            if p.gemv_max_rows is not None:
+                changes["gemv_max_rows"] = p.gemv_max_rows
+            if changes:
+                curve = replace(
+                    curve,
+                    source=f"device file [efficiency] ({p.source or 'no source given'}) over: " + curve.source,
+                    **changes,
+                )
+        self._curves[dtype] = curve
+        return curve
+
     def gemm(self, m: ArrayLike, k: int, n: int) -> Any:
-        """``e_max * m / (m + m_half)``, with ``m < 1`` read as 1 (no FLOPs are spent at m = 0); a float
-        for a Python scalar ``m``, else an array of its shape."""
+        """``e_max * m / (m + m_half)`` of the 16-bit curve, with ``m < 1`` read as 1 (no FLOPs are spent
+        at m = 0); a float for a Python scalar ``m``, else an array of its shape."""
         c = self.curve
         if isinstance(m, float | int):
             mm = max(float(m), 1.0)
@@ -363,6 +430,62 @@ class _Ctx:
     trusted: bool
     tag: str
     curve: GemmCurve | None = None
+    gemv_rows: float = 0.0
+
+
+#: Bytes per element of each compute dtype (a profile read for another dtype streams its operands at this size).
+_DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0}
+
+
+@dataclass(frozen=True)
+class _ShiftedPeaks:
+    flops: float
+    memory_Bps: float
+    link_Bps: float
+
+
+class _ProfileAtDtype:
+    """A calibration profile measured at one dtype, read for GEMMs of another compute dtype.
+
+    Rule (labelled assumption): the profile's fitted GEMM time model is kept (per-call overhead,
+    occupancy, compute/memory blend) with its compute rate multiplied by ``flops_scale`` = (device peak
+    of the new dtype / of the profile's dtype) x (default-curve ``e_max`` of the new dtype / of the
+    profile's dtype), and its operands streamed at the new dtype's bytes per element
+    (`CalibrationProfile.gemm_at`). For FP8 on an H100 with the BF16-fitted ``h100`` profile:
+    2 x 0.613 / 0.706 = 1.74x the BF16 compute rate at saturation, half the operand bytes.
+    Memory and copies answer as the profile does.
+    """
+
+    def __init__(self, profile: Any, dtype: str, flops_scale: float) -> None:
+        self.profile = profile
+        self.name = str(profile.name)
+        self.dtype = dtype
+        self.flops_scale = float(flops_scale)
+        self.elem_bytes = _DTYPE_BYTES[dtype]
+        peaks = profile.peaks
+        self.peaks = _ShiftedPeaks(
+            flops=float(peaks.flops) * self.flops_scale,
+            memory_Bps=float(peaks.memory_Bps),
+            link_Bps=float(getattr(peaks, "link_Bps", 0.0)),
+        )
+
+    def gemm(self, m: ArrayLike, k: int, n: int) -> Any:
+        return self.profile.gemm_at(m, k, n, dtype_bytes=self.elem_bytes, flops_scale=self.flops_scale)
+
+    def memory(self) -> float:
+        return float(self.profile.memory())
+
+    def copy(self, n_bytes: ArrayLike, *, pinned: bool = True) -> Any:
+        return self.profile.copy(n_bytes, pinned=pinned)
+
+
+def _gemv_cap(compute: Any, memory: Any, rows: Any, max_rows: float, scalar: bool) -> Any:
+    """Compute time of GEMMs over ``rows`` rows with those of at most ``max_rows`` rows capped at their
+    memory time (a GEMV's compute hides under its weight stream: memory-bound at the achieved
+    bandwidth; see `GemmCurve.gemv_max_rows`)."""
+    if scalar:
+        return min(compute, memory) if float(rows) <= max_rows else compute
+    return np.where(np.asarray(rows) <= max_rows, np.minimum(compute, memory), compute)
 
 
 @dataclass(frozen=True)
@@ -411,7 +534,7 @@ class CostModel:
             resolve_execution(execution, "gpu")  # an unknown preset name fails here, before any work
         self.execution: str | KernelExecution | None = execution
         self._exec_cache: dict[str, KernelExecution] = {}
-        self._defaults: dict[tuple[str, Link | None], DefaultEfficiency] = {}
+        self._defaults: dict[tuple[Any, ...], DefaultEfficiency] = {}
         self._ctx_cache: dict[tuple[int, str, str, str], tuple[Device, _Ctx]] = {}
 
         self._memo: dict[tuple[Any, ...], tuple[Any, OpCost, Any]] = {}
@@ -452,18 +575,38 @@ class CostModel:
         return hit
 
     # ---------------------------------------------------------------- efficiency lookup
-    def _default(self, kind: str, link: Link | None = None) -> DefaultEfficiency:
-        key = (kind, link)
+    def _default(
+        self, kind: str, link: Link | None = None, params: DeviceEfficiency | None = None
+    ) -> DefaultEfficiency:
+        key = (kind, link, params)
         eff = self._defaults.get(key)
         if eff is None:
-            eff = self._defaults[key] = DefaultEfficiency(kind, link)
+            eff = self._defaults[key] = DefaultEfficiency(kind, link, params=params)
         return eff
 
     def efficiency_for(self, device: Device) -> EfficiencyModel | None:
-        """The efficiency model the calibrated fidelity uses for ``device`` (None for roofline)."""
+        """The efficiency model the calibrated fidelity uses for ``device`` (None for roofline): its
+        profile, else the default curves of its kind with the device file's ``[efficiency]`` over them."""
         if self.fidelity == "roofline":
             return None
-        return self.profiles.get(device.name) or self._default(device.kind)
+        return self.profiles.get(device.name) or self._default(device.kind, params=device.efficiency)
+
+    def _profile_at(self, eff: EfficiencyModel, device: Device, dtype: str) -> EfficiencyModel:
+        """``eff`` read for compute dtype ``dtype`` (`_ProfileAtDtype`) when it is a calibration profile
+        measured at a dtype of another width (fp16 and bf16 count as one); ``eff`` itself otherwise."""
+        prof_dtype = getattr(eff, "dtype", None)
+        if not isinstance(prof_dtype, str) or not hasattr(eff, "gemm_at") or dtype not in _DTYPE_BYTES:
+            return eff
+        if _DTYPE_BYTES.get(prof_dtype) == _DTYPE_BYTES[dtype]:
+            return eff
+        base = next((d for d in (prof_dtype, "bf16", "fp16") if d in device.peak_flops), None)
+        if base is None or base == dtype:
+            return eff
+        curves = self._default(device.kind, params=device.efficiency)
+        scale = (device.flops(dtype) / device.flops(base)) * (
+            curves.curve_for(dtype).e_max / curves.curve_for(base).e_max
+        )
+        return _ProfileAtDtype(eff, dtype, scale)
 
     def _tag(self, eff: EfficiencyModel | None, op: str) -> str:
         return f"roofline:{op}" if eff is None else f"calibrated:{eff.name}:{op}"
@@ -515,6 +658,8 @@ class CostModel:
         if hit is not None and hit[0] is device:
             return hit[1]
         eff = self.efficiency_for(device)
+        if eff is not None and not isinstance(eff, DefaultEfficiency):
+            eff = self._profile_at(eff, device, dtype)
         w_tier = device.tier(weights_tier)
         a_tier = device.tier(act_tier)
         peak = device.flops(dtype)
@@ -549,7 +694,8 @@ class CostModel:
                 gemm_ratio=self._peak_ratio(eff, "flops", peak),
                 trusted=isinstance(eff, DefaultEfficiency),
                 tag=f"calibrated:{eff.name}",
-                curve=eff.curve if type(eff) is DefaultEfficiency else None,
+                curve=eff.curve_for(dtype) if type(eff) is DefaultEfficiency else None,
+                gemv_rows=self._default(device.kind, params=device.efficiency).curve_for(dtype).gemv_max_rows,
             )
         self._ctx_cache[key] = (device, ctx)
         return ctx
@@ -634,6 +780,8 @@ class CostModel:
                 overhead = (n_kernels * ctx.overhead_s) * active
                 compute = compute + overhead
                 memory = memory + overhead
+        if ctx.gemv_rows > 0:  # small-m GEMMs run as GEMVs: memory-bound at the achieved bandwidth
+            compute = _gemv_cap(compute, memory, m, ctx.gemv_rows, scalar)
         dq_J: Any = 0.0
         if dequant is not None:
             dq_c, serial, m_add, dq_J = self._dequant_add(device, ctx, dequant, m, active, scalar)
@@ -809,7 +957,14 @@ class CostModel:
         else:
             c = ctx.curve
             mm = np.maximum(rows, 1.0)
-            compute = flops_per_row * np.sum(w * rows * (mm + c.m_half) / mm, axis=-1) / (ctx.peak * c.e_max)
+            per_expert = flops_per_row * rows * (mm + c.m_half) / mm / (ctx.peak * c.e_max)
+            if ctx.gemv_rows > 0:  # experts with few rows run as GEMVs: capped at their own memory time
+                mem_e = (
+                    model.bytes_per_expert / ctx.w_bw
+                    + self._ffn_act_bytes(model, rows, model.expert_ffn_dim) / ctx.a_bw
+                )
+                per_expert = _gemv_cap(per_expert, mem_e, rows, ctx.gemv_rows, False)
+            compute = np.sum(w * per_expert, axis=-1)
         total_rows = np.sum(w * rows, axis=-1)
         flops = total_rows * flops_per_row
         w_bytes = np.sum(w, axis=-1) * model.bytes_per_expert
@@ -1091,31 +1246,50 @@ class CostModel:
             self._remember(("transfer", id(link), float(n), pinned), link, cost)
         return cost
 
-    def all_to_all(self, link: Link, bytes_per_device: ArrayLike, n_devices: int) -> OpCost:
+    def _call_latency(self, link: Link, call_latency_s: float | None) -> float:
+        """Fixed cost of one collective call (0 at roofline): ``call_latency_s`` when given (a serving
+        stack's collective library), else the link's ``collective_latency_s``."""
+        if self.fidelity == "roofline":
+            return 0.0
+        value = link.collective_latency_s if call_latency_s is None else call_latency_s
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"call_latency_s must be finite and >= 0 seconds, got {value!r}")
+        return float(value)
+
+    def all_to_all(
+        self, link: Link, bytes_per_device: ArrayLike, n_devices: int, *, call_latency_s: float | None = None
+    ) -> OpCost:
         """All-to-all dispatch (or combine) of ``bytes_per_device`` from each of ``n_devices`` devices
         over a switched ``link`` (NVSwitch-like: every device sends at the full per-direction rate).
 
         Each device sends ``(n-1)/n`` of its bytes (and receives as much; a half-duplex link carries
         both, so it takes twice as long); one collective call pays the link latency once.
-        Calibrated: the link efficiency at the bytes each device sends. Energy counts every device's
-        traffic. One device costs zero.
+        Calibrated: the link efficiency at the bytes each device sends, plus the per-call fixed latency
+        of the collective (``call_latency_s``, default the link's ``collective_latency_s``: kernel
+        launch and cross-rank synchronisation, which bind small messages). Energy counts every
+        device's traffic. One device, or zero bytes, costs zero.
         """
         n = _counts(bytes_per_device, "bytes_per_device")
         devices = self._n_devices(n_devices)
         share = n * (devices - 1) / devices
         wire = share if link.duplex else 2.0 * share  # half duplex: sends and receives share the wire
         eff, tag = self._link_eff(link, share)
-        t = np.where(share > 0, link.latency_s + wire / (link.bandwidth_Bps * eff), 0.0)
+        fixed = link.latency_s + self._call_latency(link, call_latency_s)
+        t = np.where(share > 0, fixed + wire / (link.bandwidth_Bps * eff), 0.0)
         return self._link_cost(t, share * devices, link, tag, "all_to_all")
 
-    def all_reduce(self, link: Link, n_bytes: ArrayLike, n_devices: int) -> OpCost:
+    def all_reduce(
+        self, link: Link, n_bytes: ArrayLike, n_devices: int, *, call_latency_s: float | None = None
+    ) -> OpCost:
         """All-reduce of ``n_bytes`` per device across ``n_devices`` over a switched ``link`` (ring
         bandwidth term: each device sends and receives ``2(n-1)/n x bytes``).
 
         Roofline: one link latency plus the ring bytes at peak (a lower bound of NCCL all-reduce
-        times measured on DGX A100 and H100 nodes). Calibrated: ``(n-1)`` link latencies (ring steps
-        that the protocol cannot hide for small messages) plus the ring bytes at the link's measured
-        efficiency for that size; checked against the Vidur NCCL all-reduce tables in the tests.
+        times measured on DGX A100 and H100 nodes). Calibrated: the per-call fixed latency
+        (``call_latency_s``, default the link's ``collective_latency_s``), ``(n-1)`` link latencies
+        (ring steps that the protocol cannot hide for small messages) plus the ring bytes at the
+        link's measured efficiency for that size; checked against the Vidur NCCL all-reduce tables in
+        the tests.
         """
         n = _counts(n_bytes, "n_bytes")
         devices = self._n_devices(n_devices)
@@ -1123,6 +1297,7 @@ class CostModel:
         wire = share if link.duplex else 2.0 * share
         eff, tag = self._link_eff(link, share)
         latency = link.latency_s * (1 if self.fidelity == "roofline" else devices - 1)
+        latency += self._call_latency(link, call_latency_s)
         t = np.where(share > 0, latency + wire / (link.bandwidth_Bps * eff), 0.0)
         return self._link_cost(t, share * devices, link, tag, "all_reduce")
 

@@ -37,6 +37,7 @@ __all__ = [
     "DEVICE_KINDS",
     "DTYPES",
     "Device",
+    "DeviceEfficiency",
     "FrozenMap",
     "Link",
     "MemoryTier",
@@ -160,6 +161,52 @@ class MemoryTier:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DeviceEfficiency:
+    """Efficiency-curve parameters a device file may set (the ``[efficiency]`` table).
+
+    They replace the package's default curve of the device's kind (``hwmodels.costs.DEFAULT_CURVES``
+    and the per-dtype ``DTYPE_CURVES``) when no calibration profile answers for the device; a
+    parameter left unset (``None``, or a dtype missing from ``gemm_e_max``) keeps the default.
+
+    ``gemm_e_max[dtype]`` and ``gemm_m_half[dtype]`` are the saturating GEMM curve
+    ``e(m) = e_max * m / (m + m_half)`` of that compute dtype (fraction of the dtype's peak, rows);
+    both or neither are given for a dtype. ``memory_eff`` is the achieved fraction of the weights
+    tier's bandwidth for streaming kernels, ``launch_overhead_s`` the serial overhead per kernel,
+    ``gemv_max_rows`` the row count up to which a GEMM runs as a memory-bound GEMV (its compute
+    hidden under the weight stream). ``source`` names where the numbers come from.
+    """
+
+    gemm_e_max: Mapping[str, float] = field(default_factory=dict)
+    gemm_m_half: Mapping[str, float] = field(default_factory=dict)
+    memory_eff: float | None = None
+    launch_overhead_s: float | None = None
+    gemv_max_rows: float | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        owner = "DeviceEfficiency"
+        object.__setattr__(self, "gemm_e_max", _frozen(self.gemm_e_max))
+        object.__setattr__(self, "gemm_m_half", _frozen(self.gemm_m_half))
+        if set(self.gemm_e_max) != set(self.gemm_m_half):
+            raise ValueError(
+                f"{owner}: gemm e_max and m_half must list the same dtypes, got {sorted(self.gemm_e_max)} "
+                f"and {sorted(self.gemm_m_half)}"
+            )
+        for dtype, e in self.gemm_e_max.items():
+            if dtype not in DTYPES:
+                raise ValueError(f"{owner}: gemm dtype {dtype!r} unknown; expected one of {DTYPES}")
+            if not (math.isfinite(e) and 0 < e <= 1):
+                raise ValueError(f"{owner}: gemm.{dtype}.e_max must be in (0, 1], got {e!r}")
+            _check_positive(owner, f"gemm.{dtype}.m_half", self.gemm_m_half[dtype], allow_zero=True)
+        if self.memory_eff is not None and not (math.isfinite(self.memory_eff) and 0 < self.memory_eff <= 1):
+            raise ValueError(f"{owner}: memory_eff must be in (0, 1], got {self.memory_eff!r}")
+        if self.launch_overhead_s is not None:
+            _check_positive(owner, "launch_overhead_s", self.launch_overhead_s, allow_zero=True)
+        if self.gemv_max_rows is not None:
+            _check_positive(owner, "gemv_max_rows", self.gemv_max_rows, allow_zero=True)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Device:
     """A compute device with its local memory tiers (fastest first).
 
@@ -169,6 +216,8 @@ class Device:
     (energy = static power x time + dynamic energy). FPGA-only fields (zero otherwise):
     ``dsp_count``, ``clock_Hz``, ``macs_per_dsp_per_cycle`` (16-bit MACs), ``on_chip_buffer_bytes``
     (the on-chip buffer for expert weights, both halves of the double buffer).
+    ``efficiency`` (optional) carries efficiency-curve parameters from the device file
+    (`DeviceEfficiency`), used by the calibrated cost model when no calibration profile is given.
     ``provenance`` records ``(field, source, assumption)`` for every number read from a file.
     """
 
@@ -185,6 +234,7 @@ class Device:
     clock_Hz: float = 0.0
     macs_per_dsp_per_cycle: float = 0.0
     on_chip_buffer_bytes: float = 0.0
+    efficiency: DeviceEfficiency | None = None
     notes: str = field(default="", compare=False)
     provenance: tuple[tuple[str, str, bool], ...] = field(default=(), compare=False, repr=False)
 
@@ -220,6 +270,14 @@ class Device:
         _check_positive(owner, "tdp_W", self.tdp_W)
         if self.static_power_W > self.tdp_W:
             raise ValueError(f"{owner}: static_power_W={self.static_power_W} exceeds tdp_W={self.tdp_W}")
+        if self.efficiency is not None:
+            if not isinstance(self.efficiency, DeviceEfficiency):
+                raise ValueError(f"{owner}: efficiency must be a DeviceEfficiency, got {self.efficiency!r}")
+            unknown = [d for d in self.efficiency.gemm_e_max if d not in self.peak_flops]
+            if unknown:
+                raise ValueError(
+                    f"{owner}: efficiency.gemm lists dtypes {unknown} that peak_flops lacks ({sorted(self.peak_flops)})"
+                )
         fpga_fields = ("dsp_count", "clock_Hz", "macs_per_dsp_per_cycle", "on_chip_buffer_bytes")
         if self.kind == "fpga":
             for name in fpga_fields:
@@ -298,6 +356,9 @@ class Link:
     rates back. Preset files list achieved rates (readable, as measured) and `load_link_file`
     converts them; `efficiencies_from_rates` converts measured ``(bytes, achieved_Bps)`` pairs.
     ``energy_J_per_byte`` is the dynamic energy of moving a byte over the link.
+    ``collective_latency_s`` is the fixed cost of one collective call (all-to-all, all-reduce) over
+    the link on top of the per-message ``latency_s``: the collective library's kernel launch and
+    cross-rank synchronisation (0 when not given); small collectives are bound by it.
     """
 
     name: str
@@ -308,6 +369,7 @@ class Link:
     energy_J_per_byte: float
     source: str
     pageable_efficiency_points: tuple[tuple[float, float], ...] = ()
+    collective_latency_s: float = 0.0
     notes: str = field(default="", compare=False)
     provenance: tuple[tuple[str, str, bool], ...] = field(default=(), compare=False, repr=False)
 
@@ -315,6 +377,7 @@ class Link:
         owner = f"Link {self.name!r}"
         _check_positive(owner, "bandwidth_Bps", self.bandwidth_Bps)
         _check_positive(owner, "latency_s", self.latency_s, allow_zero=True)
+        _check_positive(owner, "collective_latency_s", self.collective_latency_s, allow_zero=True)
         _check_positive(owner, "energy_J_per_byte", self.energy_J_per_byte, allow_zero=True)
         for attr in ("efficiency_points", "pageable_efficiency_points"):
             points = tuple((float(b), float(e)) for b, e in getattr(self, attr))
@@ -615,7 +678,9 @@ _DEVICE_KEYS = {
     "energy_per_flop",
     "tier",
     "fpga",
+    "efficiency",
 }
+_EFFICIENCY_KEYS = {"source", "memory", "launch_overhead", "gemv_max_rows", "gemm"}
 _TIER_KEYS = {"name", "capacity", "bandwidth", "latency", "energy_per_byte", "source"}
 _FPGA_KEYS = {"dsp_count", "clock", "macs_per_dsp_per_cycle", "on_chip_buffer"}
 
@@ -646,6 +711,17 @@ def load_device_file(path: str | Path) -> Device:
         clock = { value = "200 MHz", ... }
         macs_per_dsp_per_cycle = { value = 1, ... }
         on_chip_buffer = { value = "1.4 MB", ... }
+        [efficiency]                 # optional: efficiency-curve parameters (any subset)
+        source = "..."               # where they come from (text)
+        memory = { value = 0.9, source = "..." }          # achieved / peak weights-tier bandwidth
+        launch_overhead = { value = "7 us", source = "..." }  # serial overhead per kernel
+        gemv_max_rows = { value = 8, source = "..." }     # rows up to which a GEMM is a memory-bound GEMV
+        [efficiency.gemm.fp8]        # per compute dtype: e(m) = e_max * m / (m + m_half)
+        e_max = { value = 0.61, source = "..." }
+        m_half = { value = 202, source = "..." }
+
+    ``[efficiency]`` replaces the default curve of the device's kind, parameter by parameter, when
+    the calibrated cost model has no calibration profile for the device (`DeviceEfficiency`).
 
     For an FPGA, ``peak_flops`` is derived (``dsp_count x macs x clock x 2`` for the 16-bit
     dtypes ``fp16`` and ``bf16``, standing for the 16-bit fixed-point datapath). Raises
@@ -763,10 +839,12 @@ def _load_device(path_text: str, mtime_ns: int = 0, size: int = 0) -> Device:
     for dtype in peak:
         if dtype not in energy_flop:
             raise PresetError(f"{r.where('energy_per_flop.' + dtype)}: missing (peak_flops lists {dtype!r})")
+    efficiency = _read_efficiency(r, doc, peak)
     try:
         return Device(
             name=name,
             kind=kind,
+            efficiency=efficiency,
             peak_flops=peak,
             tiers=tuple(tiers),
             weights_tier=weights_tier,
@@ -782,6 +860,43 @@ def _load_device(path_text: str, mtime_ns: int = 0, size: int = 0) -> Device:
         raise PresetError(f"{path}: {exc}") from None
 
 
+def _read_efficiency(r: _Reader, doc: Mapping[str, Any], peak: Mapping[str, float]) -> DeviceEfficiency | None:
+    """The ``[efficiency]`` table of a device file (None when absent); errors name the field."""
+    table = r.table(doc, "efficiency", required=False)
+    if table is None:
+        return None
+    _check_keys(table, _EFFICIENCY_KEYS, r.where("efficiency"))
+    values: dict[str, Any] = {"source": r.text(table, "efficiency.source", required=False)}
+    for key, attr, dim in (
+        ("memory", "memory_eff", "count"),
+        ("launch_overhead", "launch_overhead_s", "time"),
+        ("gemv_max_rows", "gemv_max_rows", "count"),
+    ):
+        if key in table:
+            value = r.quantity(table, f"efficiency.{key}", dim, positive=key == "memory")
+            if key == "memory" and value > 1:
+                raise PresetError(f"{r.where('efficiency.memory')}: must be in (0, 1] (achieved / peak), got {value}")
+            values[attr] = value
+    e_max: dict[str, float] = {}
+    m_half: dict[str, float] = {}
+    gemm = r.table(table, "efficiency.gemm", required=False)
+    for dtype, curve in (gemm or {}).items():
+        key = f"efficiency.gemm.{dtype}"
+        if dtype not in peak:
+            raise PresetError(f"{r.where(key)}: dtype not in peak_flops {sorted(peak)}")
+        if not isinstance(curve, Mapping):
+            raise PresetError(f"{r.where(key)}: expected a table with e_max and m_half")
+        _check_keys(curve, {"e_max", "m_half"}, r.where(key))
+        e_max[dtype] = r.quantity(curve, f"{key}.e_max", "count")
+        if e_max[dtype] > 1:
+            raise PresetError(f"{r.where(key + '.e_max')}: must be in (0, 1] (achieved / peak), got {e_max[dtype]}")
+        m_half[dtype] = r.quantity(curve, f"{key}.m_half", "count", positive=False)
+    try:
+        return DeviceEfficiency(gemm_e_max=e_max, gemm_m_half=m_half, **values)
+    except ValueError as exc:
+        raise PresetError(f"{r.where('efficiency')}: {exc}") from None
+
+
 # --------------------------------------------------------------------------- link files
 _LINK_KEYS = {
     "name",
@@ -793,6 +908,7 @@ _LINK_KEYS = {
     "energy_per_byte",
     "efficiency_points",
     "pageable_efficiency_points",
+    "collective_latency",
 }
 
 
@@ -811,6 +927,7 @@ def load_link_file(path: str | Path) -> Link:
           { bytes = "1 MB", achieved = "18.0 GB/s", source = "..." },
         ]
         pageable_efficiency_points = [ ... ]   # optional, same form
+        collective_latency = { value = "8.4 us", source = "..." }  # optional: fixed cost per collective call
 
     Achieved rates are stored as efficiencies (achieved / bandwidth): a link derived with another
     ``bandwidth_Bps`` keeps the measured curve's shape at the new peak.
@@ -831,6 +948,7 @@ def _load_link(path_text: str, mtime_ns: int = 0, size: int = 0) -> Link:
     bandwidth = r.quantity(doc, "bandwidth", "bandwidth")
     latency = r.quantity(doc, "latency", "time", positive=False)
     energy = r.quantity(doc, "energy_per_byte", "energy_per_byte", positive=False)
+    collective_latency = r.quantity(doc, "collective_latency", "time", required=False, default=0.0, positive=False)
     points: dict[str, tuple[tuple[float, float], ...]] = {}
     for key in ("efficiency_points", "pageable_efficiency_points"):
         raw = doc.get(key, [])
@@ -880,6 +998,7 @@ def _load_link(path_text: str, mtime_ns: int = 0, size: int = 0) -> Link:
             source=r.text(doc, "source"),
             notes=r.text(doc, "notes", required=False),
             pageable_efficiency_points=points["pageable_efficiency_points"],
+            collective_latency_s=collective_latency,
             provenance=tuple(r.provenance),
         )
     except ValueError as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from hwmodels.devices import Device, Link, MemoryTier, Platform
+from hwmodels.devices import Device, DeviceEfficiency, Link, MemoryTier, Platform
 
 __all__ = [
     "device_from_dict",
@@ -33,7 +33,8 @@ def _tier_to_dict(tier: MemoryTier) -> dict[str, Any]:
 
 
 def device_to_dict(device: Device) -> dict[str, Any]:
-    """A `Device` as a JSON-able dict (tiers as dicts, provenance as lists)."""
+    """A `Device` as a JSON-able dict (tiers as dicts, provenance as lists; ``efficiency`` only when the
+    device file set it)."""
     out: dict[str, Any] = {}
     for f in fields(device):
         value = getattr(device, f.name)
@@ -43,8 +44,23 @@ def device_to_dict(device: Device) -> dict[str, Any]:
             value = [_tier_to_dict(t) for t in value]
         elif f.name == "provenance":
             value = [list(p) for p in value]
+        elif f.name == "efficiency":
+            if value is None:
+                continue  # absent when unset: descriptions (and content hashes) of older devices unchanged
+            value = _efficiency_to_dict(value)
         out[f.name] = value
     return out
+
+
+def _efficiency_to_dict(eff: DeviceEfficiency) -> dict[str, Any]:
+    return {
+        "gemm_e_max": {str(k): float(v) for k, v in sorted(eff.gemm_e_max.items())},
+        "gemm_m_half": {str(k): float(v) for k, v in sorted(eff.gemm_m_half.items())},
+        "memory_eff": eff.memory_eff,
+        "launch_overhead_s": eff.launch_overhead_s,
+        "gemv_max_rows": eff.gemv_max_rows,
+        "source": eff.source,
+    }
 
 
 def device_from_dict(data: dict[str, Any], *, where: str = "device") -> Device:
@@ -53,16 +69,23 @@ def device_from_dict(data: dict[str, Any], *, where: str = "device") -> Device:
         d = dict(data)
         d["tiers"] = tuple(MemoryTier(**t) for t in d["tiers"])
         d["provenance"] = tuple(tuple(p) for p in d.get("provenance", ()))
+        if d.get("efficiency") is not None:
+            if not isinstance(d["efficiency"], dict):
+                raise TypeError(f"field 'efficiency' must be an object, got {d['efficiency']!r}")
+            d["efficiency"] = DeviceEfficiency(**d["efficiency"])
         return Device(**d)
     except (TypeError, KeyError, ValueError) as exc:
         raise ValueError(f"{where}: not a valid device description: {exc}") from None
 
 
 def link_to_dict(link: Link) -> dict[str, Any]:
-    """A `Link` as a JSON-able dict (points as lists of [bytes, value])."""
+    """A `Link` as a JSON-able dict (points as lists of [bytes, value]; ``collective_latency_s`` only when
+    non-zero)."""
     out: dict[str, Any] = {}
     for f in fields(link):
         value = getattr(link, f.name)
+        if f.name == "collective_latency_s" and value == 0.0:
+            continue  # absent when unset: descriptions (and content hashes) of older links unchanged
         if isinstance(value, tuple):
             value = [list(p) for p in value]
         out[f.name] = value

@@ -1,0 +1,69 @@
+"""``codesign simulate --profile NAME|PATH`` (issue 8): a shipped, derived or file profile applied to
+every accelerator, one-line errors before any work, and ``--design`` replays with another profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from codesign.cli import main
+from hwmodels.calibration import load_default_profile
+
+RUN = [
+    "simulate",
+    "--model",
+    "mixtral-8x7b",
+    "--platform",
+    "h200-pcie5-host",
+    "--precision",
+    "fp8",
+    "--process",
+    "default",
+    "--requests",
+    "2",
+    "--prompt-len",
+    "4",
+    "--output-len",
+    "6",
+    "--no-progress",
+    "--json",
+]
+
+
+def _tpot(capsys: pytest.CaptureFixture[str], *extra: str) -> float:
+    assert main([*RUN, *extra]) == 0
+    data = json.loads(capsys.readouterr().out)
+    return float(data["tpot_p50_s"])
+
+
+def test_profile_changes_the_answer_and_a_file_equals_its_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = _tpot(capsys)
+    derived = _tpot(capsys, "--profile", "h200")
+    assert derived != plain
+    path = load_default_profile("h200").save(tmp_path / "h200.json")
+    assert _tpot(capsys, "--profile", str(path)) == pytest.approx(derived)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--profile", "h300"], "--profile h300: no such calibration profile"),
+        (["--profile", "h300"], "valid names: a100, h100, h100-nvl, h200"),
+        (["--profile", "h200", "--fidelity", "roofline"], "applies to --fidelity calibrated"),
+    ],
+)
+def test_profile_errors_are_one_line(capsys: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:
+    assert main([*RUN, *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_missing_profile_file_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.json"
+    assert main([*RUN, "--profile", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert f"--profile {missing}" in err and "cannot read calibration profile" in err

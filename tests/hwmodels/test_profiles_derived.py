@@ -1,0 +1,78 @@
+"""Calibration profiles derived by rule (issue 8): H200 and H100 NVL from the H100 SXM profile, and
+profile names resolved for ``--profile``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hwmodels import get_device
+from hwmodels.calibration import (
+    CalibrationError,
+    default_profile_names,
+    derive_profile,
+    load_default_profile,
+    resolve_profile,
+)
+
+
+def test_derived_names_are_listed_and_load() -> None:
+    names = default_profile_names()
+    assert {"a100", "h100", "h200", "h100-nvl"} <= set(names)
+    for name in ("h200", "h100-nvl", "H200"):
+        prof = load_default_profile(name)
+        assert prof.name == name.lower() and "derive_profile" in prof.source
+
+
+def test_h200_keeps_the_gemm_curve_and_scales_memory_by_the_hbm_ratio() -> None:
+    h100, h200 = load_default_profile("h100"), load_default_profile("h200")
+    ratio = get_device("h200").weights_memory.bandwidth_Bps / get_device("h100-sxm").weights_memory.bandwidth_Bps
+    assert ratio == pytest.approx(4.8 / 3.35)
+    assert h200.peaks.flops == h100.peaks.flops  # same GH100 compute
+    assert h200.peaks.memory_Bps == pytest.approx(4.8e12)
+    assert h200.gemm_fit.eff_compute == h100.gemm_fit.eff_compute
+    assert h200.gemm_fit.t0_s == h100.gemm_fit.t0_s
+    assert h200.gemm_fit.bandwidth_Bps == pytest.approx(h100.gemm_fit.bandwidth_Bps * ratio)
+    for key, fit in h100.memory_fits.items():
+        assert h200.memory_fits[key].bandwidth_Bps == pytest.approx(fit.bandwidth_Bps * ratio)
+    assert h200.memory() == pytest.approx(h100.memory())  # same fraction of a larger peak
+    # a compute-bound GEMM takes about the same time (the fit blends in a little operand streaming);
+    # a streaming kernel ~ 3.35 / 4.8 of it
+    t100, t200 = h100.predict_gemm_s(8192, 8192, 8192), h200.predict_gemm_s(8192, 8192, 8192)
+    assert t200 <= t100 and t200 == pytest.approx(t100, rel=0.03)
+    big = 1e10
+    assert h200.predict_memory_s(big) / h100.predict_memory_s(big) == pytest.approx(1 / ratio, rel=0.01)
+
+
+def test_h100_nvl_scales_compute_by_the_datasheet_peak_ratio() -> None:
+    h100, nvl = load_default_profile("h100"), load_default_profile("h100-nvl")
+    flops_ratio = get_device("h100-nvl").flops("fp16") / get_device("h100-sxm").flops("fp16")
+    assert flops_ratio == pytest.approx(835 / 989)
+    assert nvl.peaks.flops == pytest.approx(h100.peaks.flops * flops_ratio)
+    t_sxm = h100.predict_gemm_s(16384, 16384, 16384)
+    t_nvl = nvl.predict_gemm_s(16384, 16384, 16384)
+    assert t_sxm / t_nvl == pytest.approx(flops_ratio, rel=0.02)
+    assert np.allclose(nvl.gemm(np.array([1.0, 4096.0]), 4096, 14336) > 0, True)
+
+
+def test_derive_refuses_other_kinds_and_devices_without_the_dtype() -> None:
+    h100, sxm = load_default_profile("h100"), get_device("h100-sxm")
+    with pytest.raises(CalibrationError, match="differ in kind"):
+        derive_profile(h100, sxm, get_device("epyc-9004-2s"), name="x")
+    bf16_only = dataclasses.replace(sxm, name="bf16-only", peak_flops={"bf16": 1e15}, energy_J_per_flop={"bf16": 1e-13})
+    with pytest.raises(CalibrationError, match="has no fp16 peak"):
+        derive_profile(h100, sxm, bf16_only, name="x")
+
+
+def test_resolve_profile_errors_list_the_names(tmp_path: Path) -> None:
+    with pytest.raises(CalibrationError) as info:
+        resolve_profile("h300")
+    assert "valid names: a100, h100, h100-nvl, h200" in str(info.value)
+    with pytest.raises(CalibrationError, match="cannot read calibration profile"):
+        resolve_profile(str(tmp_path / "missing.json"))
+    saved = load_default_profile("h200").save(tmp_path / "h200.json")
+    again = resolve_profile(str(saved))
+    assert again.peaks == load_default_profile("h200").peaks

@@ -11,7 +11,8 @@ Issue 8 mechanisms played only here (`Engine._arithmetic_ok` routes such designs
 - copy-back eviction (``CacheSpec.eviction = "copy-back"``, Mixtral-offloading's swap): a fetch or
   prefetch whose admission evicts resident experts first copies each victim back to the backing
   tier over the same link, on the same copy stream (one expert's transfer time and bytes each,
-  `StepCostPlan.fetch`; the link's cost is taken as symmetric), before its own transfers;
+  `StepCostPlan.fetch`; the link's cost is taken as symmetric), before its own transfers; a fetch
+  streamed past a full cache swaps with a resident expert too (`_copy_back`);
 - streamed non-expert weights (``Mapping.offload_non_expert``, ZeRO-3 ``offload_param``): every
   layer's attention / router / shared / dense weights cross the backing link each step
   (`StepCostPlan.non_expert_fetch`) and the layer's attention waits for them. Layer ``l + 1``'s
@@ -266,13 +267,18 @@ class SimpyStep:
                     self.eng._event(d, "copy", "weights", start, env.now, f"L{abs_layer} non-expert")
             self._arrive[d][abs_layer].succeed()
 
-    def _copy_back(self, d: int, victims: npt.NDArray[np.int64]) -> int:
-        """Copy-back eviction: book the copies of ``victims`` back to the backing tier (bytes and
-        energy of one expert transfer each over device ``d``'s fetch link) and return how many
-        transfers the copy stream must play first; 0 with ``discard`` eviction."""
-        if self.eng.bound.mapping.cache.eviction != "copy-back" or victims.size == 0:
+    def _copy_back(self, d: int, victims: npt.NDArray[np.int64], streamed: int = 0) -> int:
+        """Copy-back eviction (a swap cache, as Mixtral-offloading's): book the copies back to the
+        backing tier of the ``victims`` and of one resident expert per ``streamed`` fetch (an expert
+        fetched past a cache full of experts this layer needs still swaps with one of them: a
+        swap cache has no staging memory of its own; none when the cache has no slots) -- bytes
+        and energy of one expert transfer each over device ``d``'s fetch link -- and return how
+        many transfers the copy stream plays first; 0 with ``discard`` eviction."""
+        if self.eng.bound.mapping.cache.eviction != "copy-back":
             return 0
-        n = int(victims.shape[0])
+        n = int(victims.shape[0]) + (int(streamed) if self.eng.bound.slots[d] > 0 else 0)
+        if n == 0:
+            return 0
         nbytes = self.eng.bpe * n
         self.eng._add_bytes(self.eng.fetch_link[d], nbytes)
         self.eng._c.bytes_host += nbytes
@@ -415,11 +421,11 @@ class SimpyStep:
                 prot = np.fromiter(inflight.keys(), dtype=np.int64, count=len(inflight)) if inflight else None
                 adm = cache.admit(layer, fetch_ex, now, protect=ex, protect_keys=prot)
                 self._evicted(d, adm.victims)
-                n_back = self._copy_back(d, adm.victims)
                 order = np.argsort(~adm.admitted, kind="stable")  # cached first, streamed last
                 fetch_ex = fetch_ex[order]
                 streamed_mask = ~adm.admitted[order]
                 n_str = int(streamed_mask.sum())
+                n_back = self._copy_back(d, adm.victims, n_str)
                 if n_str and self.eng.bound.mapping.staging_experts == 0:
                     raise RuntimeError(
                         f"device {d}: {n_str} fetched experts of MoE layer {layer} cannot be cached "

@@ -106,3 +106,21 @@ def test_whole_layer_fetch_moves_every_offloaded_expert(h100) -> None:
     assert (b.steps.duration_s.to_numpy() >= a.steps.duration_s.to_numpy()).all()
     with pytest.raises(MappingError, match="fetch_whole_layer"):
         Mapping(fetch_whole_layer=True).bind(model, h100)
+
+
+def test_copy_back_swaps_fetches_streamed_past_a_full_cache(h100) -> None:
+    """A prefill needs every expert of a layer: the misses stream past a cache full of experts the
+    layer needs; a swap cache (copy-back) still sends one resident expert back per fetch."""
+    model = tiny_model()
+    stream = random_stream(model, 1, 32, 2, seed=8)
+    cost = CostModel(h100)
+    d = simulate(model, h100, stream, _cyclic_mapping("discard"), cost_model=cost).steps
+    c = simulate(model, h100, stream, _cyclic_mapping("copy-back"), cost_model=cost).steps
+    assert d.streamed.iloc[0] > 0 and d.streamed.iloc[0] == c.streamed.iloc[0]
+    assert c.bytes_host.iloc[0] == pytest.approx(2.0 * d.bytes_host.iloc[0], rel=1e-12)
+    # no slots: nothing resident to swap with
+    empty = Mapping(cache=CacheSpec(expert_fraction=0.0, eviction="copy-back"))
+    plain = Mapping(cache=CacheSpec(expert_fraction=0.0))
+    a = simulate(model, h100, stream, empty, cost_model=cost).summary["bytes_moved"]
+    b = simulate(model, h100, stream, plain, cost_model=cost).summary["bytes_moved"]
+    assert a == b

@@ -67,3 +67,20 @@ def test_missing_profile_file_names_it(tmp_path: Path, capsys: pytest.CaptureFix
     assert main([*RUN, "--profile", str(missing)]) == 1
     err = capsys.readouterr().err
     assert f"--profile {missing}" in err and "cannot read calibration profile" in err
+
+
+def test_design_replays_with_another_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import dataclasses
+
+    from codesign.design import Design, evaluate
+
+    d = Design.from_presets("deepseek-v2-lite", "h100-pcie5-host", n_requests=2, prompt_tokens=16, output_tokens=4)
+    path = d.save(tmp_path / "design.json")
+    args = ["simulate", "--design", str(path), "--json", "--no-progress"]
+    assert main([*args, "--profile", "h100"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    with_profile = dataclasses.replace(d, cost=dataclasses.replace(d.cost, profile="h100"))
+    assert out["design_hash"] == with_profile.content_hash != d.content_hash
+    assert out["tpot_p50_s"] == pytest.approx(evaluate(with_profile, "sim").tpot_p50_s)
+    assert main([*args, "--profile", "h300"]) == 1
+    assert "--profile h300: no such calibration profile" in capsys.readouterr().err

@@ -128,15 +128,16 @@ FORMATS: Mapping[str, WeightFormat] = MappingProxyType(
             WeightFormat(
                 name="marlin",
                 fused=True,
-                ops_per_weight=1.0,
+                ops_per_weight=1.625,
                 rows_per_dequant=16,
                 extra_bytes_per_weight=0.0,
                 copy_bytes_per_weight=0.0,
                 extra_kernels=0,
                 source="Marlin FP16xINT4 (arXiv 2408.11743; IST-DASLab/marlin README [P]: 'close to ideal (4x) "
-                "speedups up to batchsizes of 16-32'): rows 16 = its m-block [P]; 1 lane-op per weight is an "
-                "assumption (lop3 bit tricks convert 2 int4 to a half2 in ~2 instructions); group-128 scales "
-                "are in the packed bytes",
+                "speedups up to batchsizes of 16-32'), m-block of 16 rows [P]; lane-ops [D] from its "
+                "marlin_cuda_kernel.cu dequant(): per int32 of 8 int4 weights, 1 shift + 2 x (2 lop3, 1 hsub2, "
+                "1 hfma2), then 1 hmul2 per 2 weights for the group scale = 13 instructions per 8 weights; "
+                "group-128 scales are in the packed bytes",
             ),
             WeightFormat(
                 name="llamacpp-mmvq",
@@ -146,9 +147,11 @@ FORMATS: Mapping[str, WeightFormat] = MappingProxyType(
                 extra_bytes_per_weight=0.0,
                 copy_bytes_per_weight=0.0,
                 extra_kernels=1,
-                source="llama.cpp CUDA mul_mat_vec_q (k-quants with dp4a on q8_1 activations): assumption of "
-                "3 lane-ops per weight (low-bit and high-bit unpack, combine; dp4a covers 4 weights) and up "
-                "to 8 rows per kernel; +1 kernel per matrix quantises the activations to q8_1",
+                source="llama.cpp CUDA mul_mat_vec_q (k-quants, dp4a on q8_1 activations): up to "
+                "MMVQ_MAX_BATCH_SIZE = 8 rows per kernel (ggml-org/llama.cpp ggml/src/ggml-cuda/mmvq.cuh [P], "
+                "current code; the Dec 2023 builds of the validation cases are NR); 3 lane-ops per weight is an "
+                "assumption (low-bit and high-bit unpack and combine; dp4a covers 4 weights); +1 kernel per "
+                "matrix quantises the activations to q8_1 (assumption)",
             ),
             WeightFormat(
                 name="hqq-triton",

@@ -32,7 +32,7 @@ model, so presets and existing files do not move.
 How-to (a case file's ``model_overrides`` or a model JSON/TOML file), Mixtral-offloading's 4-bit
 HQQ attention with 2-bit HQQ experts::
 
-    {"attention_bytes_per_weight": 0.5, "attention_format": "hqq-triton",
+    {"attention_bytes_per_weight": 0.5, "attention_format": "hqq-triton-g64",
      "expert_bytes_per_weight": 0.325, "expert_format": "hqq-triton"}
 
 The costs of each format are in ``hwmodels.dequant``.

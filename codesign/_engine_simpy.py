@@ -16,8 +16,9 @@ Issue 8 mechanisms played only here (`Engine._arithmetic_ok` routes such designs
 - streamed non-expert weights (``Mapping.offload_non_expert``, ZeRO-3 ``offload_param``): every
   layer's attention / router / shared / dense weights cross the backing link each step
   (`StepCostPlan.non_expert_fetch`) and the layer's attention waits for them. Layer ``l + 1``'s
-  copy is queued once layer ``l`` has queued its own demand fetches (one layer of lookahead, at
-  prefetch priority): the overlap of ZeRO-3's parameter prefetch ("stage3_prefetch_bucket_size: the
+  copy is queued once layer ``l`` has queued its own demand fetches, or when layer ``l`` starts if
+  it has none (a dense layer, resident experts): one layer of lookahead, at prefetch priority, the
+  overlap of ZeRO-3's parameter prefetch ("stage3_prefetch_bucket_size: the
   size of the fixed buffer for prefetching parameters", DeepSpeed configuration docs), whose
   default of 5e7 parameters holds about one layer's attention weights (Mixtral: 4.2e7);
 - whole-layer fetch (``Mapping.fetch_whole_layer``, ZeRO-3 gathers every parameter of a module): the
@@ -125,7 +126,7 @@ class SimpyStep:
                 waits = [self._arrive[d][abs_layer] for d in range(n_dev) if not self._arrive[d][abs_layer].processed]
                 if waits:
                     yield env.all_of(waits)
-                if not is_moe:
+                if not is_moe or not self.eng.bound.offloaded:  # no demand fetches to queue first
                     self._open_stream(range(n_dev), abs_layer)
             dt = float(pre.max())
             if dt > 0:
@@ -146,8 +147,6 @@ class SimpyStep:
             energy += float(attn_J[pos].sum()) + float((router_J[pos] if is_moe else dense_J[pos]).sum())
             if not is_moe:
                 continue
-            if self._arrive and not self.eng.bound.offloaded:
-                self._open_stream(range(n_dev), abs_layer)  # no demand fetches to queue first
             sh_s, sh_J = shared_s[layer], shared_J[layer]
             lo, hi = layer * E, (layer + 1) * E
             if n_dev > 1:

@@ -34,6 +34,14 @@ Closed forms (``L`` MoE layers, ``E`` experts, ``k`` top-k, a step of ``B`` toke
   misses run on the host in parallel: ``max(device, cpu)``; the layer adds attention and router
   (longest device) and, with several devices, the all-to-all dispatch and combine of the
   expected cross-device assignments of the busiest device;
+- streamed weights (``Mapping.offload_non_expert``, ``fetch_whole_layer``: ZeRO-3): per layer the
+  link carries the layer's non-expert weights then its fetches (with a whole-layer fetch also the
+  expected offloaded experts no token needs, ``sum (1 - a)(1 - h)``), and compute waits for them
+  with one layer of lookahead, as the engine plays it: a two-stage pipeline over the layers,
+  ``step = max(W_0 + sum_l C_l, sum_l W_l + C_last)`` (``W`` link, ``C`` compute per layer);
+- copy-back eviction (a swap cache): every fetch into a cache with slots moves two experts' bytes;
+- the serving stack's tail (`StepCostPlan.step_tail`): LM head of the emitting sequences and the
+  exposed host CPU time, added to every step; the MoE permute with the router;
 - a closed batch of ``B`` requests arriving together (prompt ``P``, output ``O`` tokens): TTFT =
   one prefill step of ``B x P`` tokens; TPOT = the decode step at the mean context
   ``P + O / 2``; throughput = ``B O / (TTFT + (O - 1) TPOT)``.
@@ -396,10 +404,6 @@ def supports(design_or_bound: Any, *, batch_size: int | None = None) -> list[str
             reasons.append(f"miss policy {mapping.miss!r}: not modelled (only {sorted(MODELLED_MISS_POLICIES)})")
     if mapping.near is not None:
         reasons.append(f"near tier {mapping.near.tier!r}: promotion into a near tier is not modelled")
-    if mapping.offload_non_expert:
-        reasons.append("offload_non_expert: streaming the non-expert weights per layer is not modelled in closed form")
-    if mapping.fetch_whole_layer:
-        reasons.append("fetch_whole_layer: fetching every expert of a layer is not modelled in closed form")
     if mapping.ep_execution != "classic" and n_dev > 1:
         reasons.append(
             f"ep_execution {mapping.ep_execution!r}: only classic expert parallelism (dispatch + combine) is modelled"
@@ -503,6 +507,9 @@ def analytic_step(
     misses_total = 0.0
     bytes_fetched = 0.0
     miss_policy = bound.mapping.miss
+    whole = bound.mapping.fetch_whole_layer
+    comp_layer = np.zeros((n_l, n_dev))  # expert-phase compute per MoE layer (streamed-weights pipeline)
+    link_layer = np.zeros((n_l, n_dev))  # expert bytes' link time per MoE layer (same)
     cpu = plan.cpu_experts(per_active) if miss_policy in ("cpu", "cost") else None
     bpe = plan.bytes_per_expert
     for d in range(n_dev):
@@ -546,6 +553,15 @@ def analytic_step(
         fetch_path = np.where(n_f > 0, n_f * t_f + np.minimum(last, c_f), 0.0) if has_link else 0.0
         experts_layer[:, d] = np.maximum(np.maximum(first + c_f, fetch_path), cpu_layer)
         fetch_busy[d] = float(n_f.sum()) * t_f
+        comp_layer[:, d] = np.maximum(first + c_f, cpu_layer)
+        link_layer[:, d] = n_f * t_f if has_link else 0.0
+        if whole and has_link:
+            # whole-layer fetch: the offloaded experts no token needs cross the link too (not computed)
+            unneeded = (mine * (1.0 - act) * (1.0 - h)).sum(axis=1)
+            link_layer[:, d] += unneeded * float(f.total_s)
+            fetch_busy[d] += float(unneeded.sum()) * float(f.total_s)
+            energy += float(unneeded.sum()) * float(f.energy_J)
+            bytes_fetched += float(unneeded.sum()) * bpe
         busy[d] += float(c_f.sum())
         host_busy += float(cpu_layer.sum())
         energy += float((w_f * c_j).sum()) + float(n_f.sum()) * e_f + float((w_c * cpu_j).sum())
@@ -578,6 +594,35 @@ def analytic_step(
         experts_l = experts_l + np.maximum(0.0, slowest - hit_layer.max(axis=1))
     experts_s = float(experts_l.sum())
     step_s = attention_s + experts_s + a2a_s
+    if bound.mapping.offload_non_expert or whole:
+        # streamed weights (ZeRO-3): the link carries, layer by layer, the layer's non-expert weights
+        # then its expert fetches; compute waits for them with one layer of lookahead. A two-stage
+        # pipeline over the layers: max(first link stage + all compute, all link + last compute)
+        link_w: list[float] = []
+        comp_w: list[float] = []
+        moe_index = {a: i for i, a in enumerate(model.moe_layers)}
+        for abs_layer in range(model.n_layers):
+            li = moe_index.get(abs_layer)
+            moe = li is not None
+            t_ne = max(float(plan.non_expert_fetch(d, moe=moe).total_s) for d in range(n_dev))
+            if moe:
+                link_w.append(t_ne + float(link_layer[li].max()))
+                comp_w.append(float((pre_s + router_s).max()) + float(comp_layer[li].max()))
+            else:
+                link_w.append(t_ne)
+                comp_w.append(float((pre_s + dense_s).max()))
+        step_s = max(link_w[0] + sum(comp_w), sum(link_w) + comp_w[-1]) + a2a_s
+        if bound.mapping.offload_non_expert:
+            moe_b, dense_b = plan.stream_bytes
+            for d in range(n_dev):
+                ne_s = n_l * float(plan.non_expert_fetch(d, moe=True).total_s) + model.n_dense_layers * float(
+                    plan.non_expert_fetch(d, moe=False).total_s
+                )
+                fetch_busy[d] += ne_s
+                energy += n_l * float(plan.non_expert_fetch(d, moe=True).energy_J) + model.n_dense_layers * float(
+                    plan.non_expert_fetch(d, moe=False).energy_J
+                )
+                bytes_fetched += n_l * moe_b + model.n_dense_layers * dense_b
     # the serving stack's tail: LM head of the emitting sequences (every decode token; every prompt
     # of a prefill step, which is taken whole) and the exposed host CPU time
     emitting = [float(len(dev_prompts[d])) if prefill else float(dev_tokens[d]) for d in range(n_dev)]

@@ -7,9 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
+from codesign.analytic import analytic_step, selection_probability, supports
 from codesign.costplan import StepCostPlan, non_expert_layer_bytes
 from codesign.engine import Engine
-from codesign.mapping import CacheSpec, Mapping, MappingError
+from codesign.mapping import BatchingSpec, CacheSpec, Mapping, MappingError
+from codesign.policies.base import RoutingStats
 from codesign.simulate import simulate
 from hwmodels import CostModel, get_platform
 from tests.codesign.sim_helpers import ListStream, Req, random_stream, tiny_model
@@ -124,3 +126,32 @@ def test_copy_back_swaps_fetches_streamed_past_a_full_cache(h100) -> None:
     a = simulate(model, h100, stream, empty, cost_model=cost).summary["bytes_moved"]
     b = simulate(model, h100, stream, plain, cost_model=cost).summary["bytes_moved"]
     assert a == b
+
+
+@pytest.mark.parametrize(
+    ("mapping", "batch"),
+    [
+        (Mapping(cache=CacheSpec(expert_fraction=0.0), fetch_whole_layer=True, offload_non_expert=True), 1),
+        (Mapping(cache=CacheSpec(expert_fraction=0.0), fetch_whole_layer=True, offload_non_expert=True), 8),
+        (Mapping(offload_non_expert=True), 4),
+    ],
+)
+def test_analytic_streamed_weights_agree_with_the_simulator(mapping: Mapping, batch: int) -> None:
+    """ZeRO-3-style designs: the analytic two-stage pipeline (link: weights + fetches; compute)
+    against the simulated decode steps (link-bound here, so the agreement is tight)."""
+    plat = get_platform("rtx6000ada-pcie4-host")
+    model = tiny_model()
+    m = mapping.with_(batching=BatchingSpec(max_batch=batch))
+    stream = random_stream(model, batch, 4, 6, seed=5)
+    cost = CostModel(plat)
+    r = simulate(model, plat, stream, m, cost_model=cost)
+    rows = np.concatenate([stream.routing(q) for q in stream.requests])
+    stats = RoutingStats.from_routing(rows, model.n_experts)
+    bound = m.bind(model, plat, stats=stats)
+    dec = analytic_step(
+        StepCostPlan(cost, bound), bound, selection_probability(stats), n_tokens=batch, prefill=False, context_len=7.0
+    )
+    decode = r.steps.decode_tokens.to_numpy() > 0
+    sim = float(r.steps.duration_s.to_numpy()[decode].mean())
+    assert dec.step_s == pytest.approx(sim, rel=0.05)
+    assert supports(bound, batch_size=batch if batch > 1 else 2) == []  # modelled, not refused

@@ -30,7 +30,7 @@ waits for its slowest device; then the combine (or gather) all-to-all.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,11 @@ if TYPE_CHECKING:
 __all__ = ["ArithmeticStep", "StepInputs"]
 
 FloatArray = npt.NDArray[np.float64]
+#: `ArithmeticStep._resident_costs`: each device's per-layer attention + router / dense FFN times
+#: (``[n_dev][n_layers]``), the longest device's of each layer, their energy, each device's group
+#: energy, the shared experts' energy, each device's shared + group time summed over MoE layers, the
+#: longest device's shared + group time of each MoE layer, and the active (layer, expert) pairs.
+_ResidentCosts = tuple[list[list[float]], list[float], float, list[float], float, list[float], list[float], int]
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,6 +62,9 @@ class StepInputs:
     router, shared experts and dense FFN; ``per_position`` False when every row is the same (classic
     execution: tokens stay on their request's device). ``a2a[l]``: (dispatch s, dispatch J, combine s, combine J)
     of MoE layer ``l`` (empty on one device); ``bytes_peer``: bytes over the peer link this step.
+    ``shape_key``: in classic execution, what the cost arrays depend on (the step's prefill chunks, decode
+    tokens and context sum per device; `Engine._classic_costs`), so a step with the same key and counts
+    has the same costs; None otherwise.
     """
 
     per_position: bool
@@ -76,6 +84,7 @@ class StepInputs:
     dense_J: FloatArray
     a2a: list[tuple[float, float, float, float]]
     bytes_peer: float
+    shape_key: tuple[Any, ...] | None = None
 
 
 class ArithmeticStep:
@@ -101,6 +110,7 @@ class ArithmeticStep:
             self.home_masks = [eng.home_flat == d for d in range(eng.n_dev)]
         self.observes = [type(c).observe is not CachePolicy.observe for c in eng.caches]
         self._tables: dict[tuple[int, str], tuple[list[float], list[float]]] = {}
+        self._resident_memo: dict[tuple[Any, ...], _ResidentCosts] = {}  # see _resident
 
     # ----------------------------------------------------------------------------- shared
     def _device_counts(self, counts: npt.NDArray[np.int64], d: int) -> npt.NDArray[np.int64]:
@@ -109,21 +119,16 @@ class ArithmeticStep:
             return counts
         return np.where(self.home_masks[d], counts, 0)
 
-    def _pre(self, si: StepInputs) -> tuple[list[float], float]:
-        """Attention + router (MoE layer) or dense FFN (dense layer) per model layer: the longest
-        device's time of each layer, and the energy of all; adds each device's busy time, layer by
-        layer (the simpy path's order of float additions)."""
-        busy = self.eng.busy_s
+    def _pre_costs(self, si: StepInputs) -> tuple[list[list[float]], list[float], float]:
+        """Attention + router (MoE layer) or dense FFN (dense layer) per model layer: each device's
+        time of each layer (``[n_dev][n_layers]``), the longest device's time of each layer, and the
+        energy of all."""
         if si.per_position:
             pos = self.position
             moe = self.is_moe[:, None]
             pre = si.attn_s[pos] + np.where(moe, si.router_s[pos], si.dense_s[pos])  # [n_layers, n_dev]
             pre_J = si.attn_J[pos] + np.where(moe, si.router_J[pos], si.dense_J[pos])
-            rows: list[list[float]] = pre.tolist()
-            for row in rows:
-                for d, b in enumerate(row):
-                    busy[d] += b
-            return pre.max(axis=1).tolist(), float(pre_J.sum())
+            return pre.T.tolist(), pre.max(axis=1).tolist(), float(pre_J.sum())
         moe_pre = (si.attn_s[0] + si.router_s[0]).tolist()
         dense_pre = (si.attn_s[0] + si.dense_s[0]).tolist()
         moe_max, dense_max = max(moe_pre), max(dense_pre)
@@ -131,12 +136,24 @@ class ArithmeticStep:
         n_moe = self.L
         n_dense = self.n_layers - n_moe
         energy = n_moe * (a_j + float(si.router_J[0].sum())) + n_dense * (a_j + float(si.dense_J[0].sum()))
-        pre_max = []
-        for m in self.is_moe_list:
-            row = moe_pre if m else dense_pre
-            for d, b in enumerate(row):
-                busy[d] += b
-            pre_max.append(moe_max if m else dense_max)
+        per_dev = [[m_d if m else d_d for m in self.is_moe_list] for m_d, d_d in zip(moe_pre, dense_pre, strict=True)]
+        return per_dev, [moe_max if m else dense_max for m in self.is_moe_list], energy
+
+    def _add_busy(self, per_dev: list[list[float]]) -> None:
+        """Add each device's per-layer times to its busy time, layer by layer (the simpy path's order
+        of float additions)."""
+        busy = self.eng.busy_s
+        for d, times in enumerate(per_dev):
+            b = busy[d]
+            for t in times:
+                b += t
+            busy[d] = b
+
+    def _pre(self, si: StepInputs) -> tuple[list[float], float]:
+        """`_pre_costs` with each device's busy time added: the longest device's time of each layer
+        and the energy of all."""
+        per_dev, pre_max, energy = self._pre_costs(si)
+        self._add_busy(per_dev)
         return pre_max, energy
 
     def play(self, si: StepInputs, t0: float) -> float:
@@ -161,25 +178,56 @@ class ArithmeticStep:
         self.eng._access_log[d].extend(np.split(keys.astype(np.int64), cuts))
 
     # ----------------------------------------------------------------------------- resident
-    def _resident(self, si: StepInputs, t0: float) -> float:
-        """Every expert resident: no cache decision changes anything; one vectorised pass."""
+    def _resident_costs(self, si: StepInputs) -> _ResidentCosts:
+        """What a resident step's times and energy follow from (see `_ResidentCosts`)."""
         eng = self.eng
-        L, n_dev = self.L, self.n_dev
-        pre_max, energy = self._pre(si)
-        energy += self._a2a_energy(si)
+        L = self.L
+        per_dev, pre_max, e_pre = self._pre_costs(si)
         first = np.array(si.shared_s[:L], dtype=np.float64)  # [L, n_dev]; shared experts, then the group
+        group_J = []
         n_needed = 0
-        for d in range(n_dev):
-            cnt = self._device_counts(si.counts, d)
-            group_s, group_J, n_active = eng._resident_experts(d, cnt)  # memoised `plan.layer_experts`
+        for d in range(self.n_dev):
+            group_s, g_J, n_active = eng._resident_experts(d, self._device_counts(si.counts, d))
             first[:, d] += group_s
-            energy += group_J
+            group_J.append(g_J)
             n_needed += n_active
-            if eng.record_access:
-                self._log_access(d, np.flatnonzero(cnt))
-        energy += float(np.sum(si.shared_J[:L]))
+        e_shared = float(np.sum(si.shared_J[:L]))
+        return (
+            per_dev,
+            pre_max,
+            e_pre,
+            group_J,
+            e_shared,
+            first.sum(axis=0).tolist(),
+            first.max(axis=1).tolist(),
+            n_needed,
+        )
+
+    def _resident(self, si: StepInputs, t0: float) -> float:
+        """Every expert resident: no cache decision changes anything; one vectorised pass. For a one-
+        expert model (a dense model's steps repeat their shapes) `_resident_costs` is memoised by the
+        step's shape and counts; the float operations and their order are the same either way."""
+        eng = self.eng
+        n_dev = self.n_dev
+        key = None if si.shape_key is None or not eng._one_expert else (si.shape_key, si.counts.tobytes())
+        rc = self._resident_memo.get(key) if key is not None else None
+        if rc is None:
+            rc = self._resident_costs(si)
+            if key is not None:
+                if len(self._resident_memo) > 8192:
+                    self._resident_memo.clear()
+                self._resident_memo[key] = rc
+        per_dev, pre_max, energy, group_J, e_shared, first_sum, longest, n_needed = rc
+        self._add_busy(per_dev)
+        energy += self._a2a_energy(si)
+        for g_J in group_J:
+            energy += g_J
+        energy += e_shared
+        if eng.record_access:
+            for d in range(n_dev):
+                self._log_access(d, np.flatnonzero(self._device_counts(si.counts, d)))
         busy = eng.busy_s
-        for d, b in enumerate(first.sum(axis=0).tolist()):
+        for d, b in enumerate(first_sum):
             busy[d] += b
         eng.n_access += n_needed
         eng.n_hits += n_needed
@@ -187,7 +235,6 @@ class ArithmeticStep:
         c_step = eng._c
         c_step.needed += n_needed
         c_step.hits += n_needed
-        longest = first.max(axis=1).tolist()
         a2a = si.a2a
         multi = n_dev > 1
         now = t0

@@ -451,7 +451,8 @@ class Engine:
         """True when nothing in a step contends across time, so a step's times follow from its costs
         by arithmetic (`ArithmeticStep`): no prefetches (transfers that outlive their layer), no host
         CPU path, no near tier (background promotions), no event log, and caches whose decisions do
-        not read the time (`CachePolicy.time_independent`) when anything is offloaded."""
+        not read the time (`CachePolicy.time_independent`) when anything is offloaded. Issue 8: copy-back
+        eviction, streamed non-expert weights and whole-layer fetches are played by `SimpyStep` only."""
         if self.prefetcher is not None or self.near_caches is not None or self.events is not None:
             return False
         if self.cpu_possible and not self._fetch_only:
@@ -669,10 +670,11 @@ class Engine:
             self._recent_load += counts.reshape(L, E)
         # per-device layer costs, one row per token position (before MoE layer 0..L): identical rows
         # in classic execution, where every token stays on its request's device
+        shape_key: tuple[Any, ...] | None = None
         if cur is not None:
             per_pos = self._coherent_costs(cur, plan_n, plan_ctx)
         else:
-            per_pos = self._classic_costs(prefill_n, dec_ctx)
+            shape_key, per_pos = self._classic_costs(prefill_n, dec_ctx)
         attn_s, attn_J, router_s, router_J, shared_s, shared_J, dense_s, dense_J = per_pos
         a2a: list[tuple[float, float, float, float]] = []
         bytes_peer = 0.0
@@ -706,14 +708,16 @@ class Engine:
             dense_J=dense_J,
             a2a=a2a,
             bytes_peer=bytes_peer,
+            shape_key=shape_key,
         )
 
     def _classic_costs(
         self, prefill_n: list[list[int]], dec_ctx: list[list[int]]
-    ) -> tuple[npt.NDArray[np.float64], ...]:
-        """Classic execution: `_device_costs` as the eight ``[L + 1, n_dev]`` arrays of `StepInputs`
-        (read-only views whose rows are all the same), memoised by the step's shape on every device
-        (its prefill chunk sizes, decode token count and decode context sum: what the costs depend on)."""
+    ) -> tuple[tuple[Any, ...], tuple[npt.NDArray[np.float64], ...]]:
+        """Classic execution: the step's shape on every device (its prefill chunk sizes, decode token
+        count and decode context sum: what the costs depend on) and `_device_costs` as the eight
+        ``[L + 1, n_dev]`` arrays of `StepInputs` (read-only views whose rows are all the same),
+        memoised by that shape."""
         key = tuple((tuple(p), len(c), sum(c)) for p, c in zip(prefill_n, dec_ctx, strict=True))
         hit = self._pos_memo.get(key)
         if hit is None:
@@ -722,7 +726,7 @@ class Engine:
             if len(self._pos_memo) > 8192:
                 self._pos_memo.clear()
             self._pos_memo[key] = hit
-        return hit
+        return key, hit
 
     def _device_costs(self, prefill_n: list[list[int]], dec_ctx: list[list[int]]) -> npt.NDArray[np.float64]:
         """Classic execution: ``[8, n_dev]`` time and energy per device of one layer's attention, router,

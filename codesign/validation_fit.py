@@ -163,13 +163,17 @@ def fit_stack(
     *,
     size: str = "fit",
     max_evals: int = 40,
+    n_scan: int = 6,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Fit ``params`` of ``stack`` (a `hwmodels.stacks.ServingStack`) on ``cases`` (see module doc).
 
     Each evaluation re-simulates every case at ``size`` with the candidate values; the residual of a
-    case is ``log(sim / measured)``. Starts from the stack's current values, stays within
-    `FIT_FIELDS`' bounds, spends at most about ``max_evals`` evaluations of the whole fit set.
+    case is ``log(sim / measured)``. From the stack's current values, a coarse scan of each parameter
+    (0 and ``n_scan`` geometric steps up to its bound, the others held) picks the start of a local
+    least-squares fit (`scipy.optimize.least_squares`, TRF within `FIT_FIELDS`' bounds); about
+    ``max_evals`` evaluations of the whole fit set in all (the scan's ``(n_scan + 2) x`` parameters
+    first).
     ``progress`` receives one dict per evaluation (values, rms, seconds). Raises `FitError` before
     any simulation when a parameter is unknown, fewer than two cases per parameter are given, or a
     case runs another stack or is not a serving case.
@@ -199,8 +203,9 @@ def fit_stack(
             raise FitError(f"case {c.name!r} is a {c.kind} case; only serving cases run a stack")
         if case_stack_name(c) != stack.name:
             raise FitError(f"case {c.name!r} runs stack {case_stack_name(c)!r}, not {stack.name!r}")
-    if max_evals < len(params) + 2:
-        raise FitError(f"max_evals must be >= {len(params) + 2} for {len(params)} parameter(s), got {max_evals}")
+    need_evals = len(params) * (n_scan + 2) + len(params) + 1
+    if max_evals < need_evals:
+        raise FitError(f"max_evals must be >= {need_evals} for {len(params)} parameter(s) and n_scan {n_scan}")
 
     scales = np.array([FIT_FIELDS[p][0] for p in params])
     upper = np.array([FIT_FIELDS[p][1] for p in params]) / scales
@@ -247,14 +252,29 @@ def fit_stack(
             progress(rec)
         return r
 
+    # 1. a coarse scan, one parameter at a time (the others at their start): 0 and n_scan values
+    #    spaced geometrically from a tenth of the parameter's unit to its bound; the best point of
+    #    each scan starts the local fit (the trust region of a local method grows only by doubling,
+    #    so a start orders of magnitude off would spend most of the budget on the way)
+    x_init = x0.copy()
+    for j in range(len(params)):
+        best_v, best_cost = x_init[j], float(np.sum(residuals(x_init + 1.0) ** 2))
+        for v in np.concatenate(([0.0], np.geomspace(0.1, upper[j], n_scan))):
+            trial = x_init.copy()
+            trial[j] = v
+            cost = float(np.sum(residuals(trial + 1.0) ** 2))
+            if cost < best_cost:
+                best_v, best_cost = v, cost
+        x_init[j] = best_v
+    # 2. the local least-squares fit from there
     sol = least_squares(
         residuals,
-        x0 + 1.0,
+        x_init + 1.0,
         bounds=(np.ones(len(params)), upper + 1.0),
         method="trf",
-        diff_step=0.05,
+        diff_step=0.02,
         x_scale=1.0,
-        max_nfev=max(1, max_evals // (len(params) + 1)),
+        max_nfev=max(1, (max_evals - len(history)) // (len(params) + 1)),
         xtol=1e-3,
         ftol=1e-4,
     )

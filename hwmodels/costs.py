@@ -17,8 +17,12 @@ Two fidelities:
     latency + bytes / link bandwidth``. A lower bound.
 ``calibrated``
     the roofline divided by efficiencies in (0, 1] from an `EfficiencyModel` per device (a fitted
-    ``hwmodels.calibration.CalibrationProfile`` when given, else `DefaultEfficiency`), plus per-kernel
-    launch overheads for the default curves. Always >= the roofline (tests pin it).
+    ``hwmodels.calibration.CalibrationProfile`` when given, else `DefaultEfficiency`: the default
+    curve of the op's compute dtype, `DTYPE_CURVES`, with the device file's ``[efficiency]`` over
+    it), plus per-kernel launch overheads for the default curves, plus a per-call latency for
+    collectives (``Link.collective_latency_s``). GEMMs of at most ``gemv_max_rows`` rows are
+    memory-bound GEMVs (compute capped at their memory time). Always >= the roofline (tests pin it).
+    hwmodels/presets/EFFICIENCY.md says where each parameter comes from and how to set it.
 
 Energy (joules): ``static_power_W x total_s + energy_J_per_flop[dtype] x FLOPs + sum over tiers of
 bytes x energy_J_per_byte`` (links: bytes x the link's ``energy_J_per_byte``).
@@ -89,7 +93,9 @@ class EfficiencyModel(Protocol):
 
     Optional duck-typed extras that `CostModel` honours: ``peaks`` (with ``flops``,
     ``memory_Bps``, ``link_Bps``: the reference peaks the efficiencies are relative to; the cost
-    model rescales them to the device's own peaks) and ``launch_overhead_s`` (added per kernel).
+    model rescales them to the device's own peaks), ``launch_overhead_s`` (added per kernel), and
+    ``dtype`` with ``gemm_at(m, k, n, *, dtype_bytes, flops_scale)`` (a profile measured at one dtype
+    is read for GEMMs of another width through `_ProfileAtDtype`).
     """
 
     name: str
@@ -184,7 +190,9 @@ DTYPE_CURVES: dict[tuple[str, str], GemmCurve] = {
         "@ 55ab91f (deepseek-ai/DeepGEMM, H800 SXM5 = H100 SXM FP8 compute, 1979 TFLOP/s dense FP8; "
         "206-1426 TFLOPS measured, m 64-4096) [P measurement]; median |error| 13%, max 37% "
         "(tests/hwmodels/test_efficiency_dtype.py); the BF16 curve at the FP8 peak is 21% too fast on "
-        "the same shapes. memory_eff, launch_overhead_s: as the GPU bf16 curve",
+        "the same shapes. DeepGEMM scales FP8 in fine-grained blocks (as DeepSeek-V3); per-tensor scaled "
+        "kernels (TRT-LLM) may be a few % faster: not measured here. memory_eff, launch_overhead_s: as "
+        "the GPU bf16 curve",
         gemv_max_rows=8.0,
     ),
 }

@@ -371,6 +371,12 @@ class CalibrationProfile:
         eff = 2.0 * mf * float(k) * float(n) / (self.peaks.flops * t)
         return np.clip(eff, 1e-12, 1.0)
 
+    @property
+    def gemm_call_overhead_s(self) -> float:
+        """The fitted per-call overhead of a GEMM (``t0``, seconds), folded into :meth:`gemm`'s
+        efficiency; `hwmodels.costs.CostModel` keeps it when it caps a small-m GEMM at its memory time."""
+        return float(self.gemm_fit.t0_s)
+
     def gemm_at(self, m: npt.ArrayLike, k: int, n: int, *, dtype_bytes: float, flops_scale: float = 1.0) -> FloatArray:
         """`gemm` for operands of ``dtype_bytes`` bytes per element on compute ``flops_scale`` times the
         profile's rate: the efficiency of the whole call relative to ``peaks.flops * flops_scale``, in

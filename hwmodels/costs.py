@@ -439,6 +439,7 @@ class _Ctx:
     tag: str
     curve: GemmCurve | None = None
     gemv_rows: float = 0.0
+    gemv_call_s: float = 0.0
 
 
 #: Bytes per element of each compute dtype (a profile read for another dtype streams its operands at this size).
@@ -476,6 +477,10 @@ class _ProfileAtDtype:
             memory_Bps=float(peaks.memory_Bps),
             link_Bps=float(getattr(peaks, "link_Bps", 0.0)),
         )
+
+    @property
+    def gemm_call_overhead_s(self) -> float:
+        return float(getattr(self.profile, "gemm_call_overhead_s", 0.0))
 
     def gemm(self, m: ArrayLike, k: int, n: int) -> Any:
         return self.profile.gemm_at(m, k, n, dtype_bytes=self.elem_bytes, flops_scale=self.flops_scale)
@@ -643,6 +648,16 @@ class CostModel:
         ratio = self._peak_ratio(eff, "memory_Bps", tier_bw)
         return min(e * ratio, 1.0)
 
+    @staticmethod
+    def _gemm_call_overhead(eff: EfficiencyModel) -> float:
+        """Per-GEMM call overhead a profile folds into its GEMM efficiency (``gemm_call_overhead_s``;
+        0 for the default curves, whose launches are charged separately): a GEMV capped at its
+        memory time still pays it."""
+        if isinstance(eff, DefaultEfficiency):
+            return 0.0
+        value = getattr(eff, "gemm_call_overhead_s", 0.0)
+        return float(value) if isinstance(value, int | float) and math.isfinite(value) and value > 0 else 0.0
+
     def _overhead(self, eff: EfficiencyModel | None) -> float:
         if eff is None:
             return 0.0
@@ -704,6 +719,7 @@ class CostModel:
                 tag=f"calibrated:{eff.name}",
                 curve=eff.curve_for(dtype) if type(eff) is DefaultEfficiency else None,
                 gemv_rows=self._default(device.kind, params=device.efficiency).curve_for(dtype).gemv_max_rows,
+                gemv_call_s=self._gemm_call_overhead(eff),
             )
         self._ctx_cache[key] = (device, ctx)
         return ctx
@@ -789,7 +805,8 @@ class CostModel:
                 compute = compute + overhead
                 memory = memory + overhead
         if ctx.gemv_rows > 0:  # small-m GEMMs run as GEMVs: memory-bound at the achieved bandwidth
-            compute = _gemv_cap(compute, memory, m, ctx.gemv_rows, scalar)
+            cap = memory + (len(gemms) * ctx.gemv_call_s) * active if ctx.gemv_call_s else memory
+            compute = _gemv_cap(compute, cap, m, ctx.gemv_rows, scalar)
         dq_J: Any = 0.0
         if dequant is not None:
             dq_c, serial, m_add, dq_J = self._dequant_add(device, ctx, dequant, m, active, scalar)

@@ -243,3 +243,20 @@ def test_device_efficiency_checks_its_own_numbers() -> None:
         dataclasses.replace(
             get_device("rtx3060"), efficiency=DeviceEfficiency(gemm_e_max={"fp8": 0.5}, gemm_m_half={"fp8": 1.0})
         )
+
+
+def test_profile_gemv_is_memory_bound_but_keeps_the_profiles_call_overhead() -> None:
+    plat = get_platform("a100-pcie4-host")
+    dev = plat.accelerators[0]
+    prof = load_default_profile("a100")
+    cm = CostModel(plat, profiles={dev.name: prof})
+    q5 = _mixtral(0.6875)  # llama.cpp Q5_K_M-sized weights, computed in bf16
+    one = cm.expert_ffn(dev, q5, 1)
+    # the BF16-fitted profile's curve at m = 1 is a 2-byte weight stream: the cap charges the 5-bit one
+    bf16 = cm.expert_ffn(dev, _mixtral(2.0), 1).compute_s
+    assert one.compute_s < 0.6 * bf16
+    # memory time plus the fitted per-call t0 of its two GEMMs (fused gate/up, down)
+    assert one.compute_s == pytest.approx(one.memory_s + 2 * prof.gemm_call_overhead_s)
+    assert one.total_s == pytest.approx(one.compute_s)
+    big = cm.expert_ffn(dev, q5, 64)  # above gemv_max_rows: the profile's own curve
+    assert big.compute_s > big.memory_s

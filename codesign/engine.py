@@ -151,6 +151,16 @@ class EngineOutput:
     counters: dict[str, float] = field(default_factory=dict)
 
 
+def _mean_int(values: list[int]) -> float:
+    """``float(np.mean(values))`` of a non-empty list of ints, bit for bit, without numpy's overhead:
+    while the sum is below 2**53 it is exact in float64 (numpy's float sum is then exact too), and
+    both divisions are correctly rounded."""
+    total = sum(values)
+    if abs(total) < 2**53:
+        return total / len(values)
+    return float(np.mean(values))
+
+
 class _CountingEnvironment(simpy.Environment):
     """A simpy environment that counts the events it schedules (for the events/s figure)."""
 
@@ -721,8 +731,9 @@ class Engine:
         key = tuple((tuple(p), len(c), sum(c)) for p, c in zip(prefill_n, dec_ctx, strict=True))
         hit = self._pos_memo.get(key)
         if hit is None:
-            costs = self._device_costs(prefill_n, dec_ctx)
-            hit = tuple(np.broadcast_to(costs[:, None, :], (8, self.L + 1, self.n_dev)))
+            rows = np.repeat(self._device_costs(prefill_n, dec_ctx)[:, None, :], self.L + 1, axis=1)
+            rows.flags.writeable = False
+            hit = tuple(rows)
             if len(self._pos_memo) > 8192:
                 self._pos_memo.clear()
             self._pos_memo[key] = hit
@@ -755,7 +766,7 @@ class Engine:
                     a_s += float(np.sum(c.total_s))
                     a_j += float(np.sum(c.energy_J))
                 if dec_ctx[d]:
-                    c = plan.attention_decode(d, len(dec_ctx[d]), float(np.mean(dec_ctx[d])))
+                    c = plan.attention_decode(d, len(dec_ctx[d]), _mean_int(dec_ctx[d]))
                     a_s += float(c.total_s)
                     a_j += float(c.energy_J)
                 attn = memo[akey] = (a_s, a_j)
@@ -923,7 +934,10 @@ class Engine:
                 st.finish_s = now
                 done.append(st)
         # KV tokens in use at the step's end (its finished requests included), then theirs released
-        self.peak_kv_tokens = [max(a, b) for a, b in zip(self.peak_kv_tokens, in_use, strict=True)]
+        peak = self.peak_kv_tokens
+        for d, used in enumerate(in_use):
+            if used > peak[d]:
+                peak[d] = used
         if done:
             ids = {r.request_id for r in done}
             self.running = [r for r in self.running if r.request_id not in ids]

@@ -517,9 +517,14 @@ def _pct(e: float | None) -> str:
     return "-" if e is None else f"{100 * e:+.1f}%"
 
 
-def format_table(results: list[CaseResult]) -> str:
-    """A Markdown table of the results plus a summary line (median |error|, cases within 20%)."""
+def format_table(results: list[CaseResult], roles: dict[str, str] | None = None) -> str:
+    """A Markdown table of the results plus a summary line (median |error|, cases within 20%).
+
+    ``roles`` (case name -> text, e.g. "fit: trt-llm per_step_s" / "predicted") adds a last column.
+    """
     head = ["case", "stack", "metric", "measured", "simulated", "error", "analytic", "an. error", "bottleneck"]
+    if roles is not None:
+        head.append("role")
     rows = [
         [
             r.name + (" (reduced)" if r.reduced else ""),
@@ -532,6 +537,7 @@ def format_table(results: list[CaseResult]) -> str:
             _pct(r.analytic_error),
             r.bottleneck,
         ]
+        + ([roles.get(r.name, "")] if roles is not None else [])
         for r in results
     ]
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(head)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,18 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             f"(cases of this stack: {[c.name for c in of_stack]})"
         )
     fit_cases = load_cases(list(names), args.cases_dir)
-    result = fit_stack(stack, fit_cases, params, max_evals=args.max_evals)
+
+    def progress(rec: dict) -> None:  # one line per evaluation of the whole fit set, on stderr
+        vals = ", ".join(f"{k}={v:.4g}" for k, v in rec["values"].items())
+        print(
+            f"fit {stack.name} eval {rec['eval']}/{args.max_evals}: {vals} -> rms log error "
+            f"{rec['rms_log_error']:.4f} ({rec['wall_s']:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    log.info("fitting %s %s on %s", stack.name, list(params), list(names))
+    result = fit_stack(stack, fit_cases, params, max_evals=args.max_evals, progress=progress)
     fitted = replace(stack, **result.values)
     held = [c for c in of_stack if c.name not in set(names)]
     on_fit = evaluate_cases(fitted, fit_cases, reduced=args.reduced)

@@ -59,7 +59,7 @@ import functools
 import math
 import tomllib
 from collections.abc import Mapping as AbcMapping
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -189,8 +189,7 @@ def stack_to_dict(stack: ServingStack) -> dict[str, Any]:
     for f in fields(stack):
         v = getattr(stack, f.name)
         if f.name == "params":
-            v = [{"field": p.field, "source": p.source, "fitted_on": list(p.fitted_on), "free": p.free,
-                  "assumption": p.assumption} for p in v]  # fmt: skip
+            v = [{**asdict(p), "fitted_on": list(p.fitted_on)} for p in v]
         out[f.name] = v
     return out
 

@@ -30,6 +30,8 @@ waits for its slowest device; then the combine (or gather) all-to-all.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import compress
+from operator import not_
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -109,6 +111,34 @@ class ArithmeticStep:
         if eng.n_dev > 1:
             self.home_masks = [eng.home_flat == d for d in range(eng.n_dev)]
         self.observes = [type(c).observe is not CachePolicy.observe for c in eng.caches]
+        # devices whose group costs are the same function of the token counts (equal device spec,
+        # cache tier, kernel execution; not an FPGA, whose stream order matters) share one
+        # vectorised `layer_experts` call per step in the resident path
+        plan = eng.plan
+        by_key: dict[tuple[object, ...], list[int]] = {}
+        for d in range(eng.n_dev):
+            key: tuple[object, ...]
+            if eng.bound.devices[d].kind == "fpga":
+                key = ("own", d)
+            else:
+                key = (eng._dev_key[d], eng.bound.cache_tier[d], repr(plan.executions[d]))
+            by_key.setdefault(key, []).append(d)
+        self.device_groups: list[tuple[int, npt.NDArray[np.int64]]] = [
+            (devs[0], np.asarray(devs, dtype=np.int64)) for devs in by_key.values()
+        ]
+        # cost class of each device for the group costs of `_group_costs` (-1: an FPGA, asked one by one)
+        self._cost_class = [-1] * eng.n_dev
+        self._class_device: list[int] = []
+        for key, devs in by_key.items():
+            if key[0] == "own":
+                continue
+            for d in devs:
+                self._cost_class[d] = len(self._class_device)
+            self._class_device.append(devs[0])
+        # per class of alike devices: a layer's ready experts' (seconds, joules) by their token counts
+        # in expert order (`Engine._group_cost`'s answer; it depends on the multiset of counts only)
+        self._ready_memo: list[dict[tuple[int, ...], tuple[float, float]]] = [{} for _ in range(eng.n_dev)]
+        self.home_onehot = np.stack([eng.home_flat == d for d in range(eng.n_dev)])  # [n_dev, L * E]
         self._tables: dict[tuple[int, str], tuple[list[float], list[float]]] = {}
         self._resident_memo: dict[tuple[Any, ...], _ResidentCosts] = {}  # see _resident
 
@@ -184,13 +214,27 @@ class ArithmeticStep:
         L = self.L
         per_dev, pre_max, e_pre = self._pre_costs(si)
         first = np.array(si.shared_s[:L], dtype=np.float64)  # [L, n_dev]; shared experts, then the group
-        group_J = []
-        n_needed = 0
-        for d in range(self.n_dev):
-            group_s, g_J, n_active = eng._resident_experts(d, self._device_counts(si.counts, d))
-            first[:, d] += group_s
-            group_J.append(g_J)
-            n_needed += n_active
+        counts = si.counts
+        n_dev = self.n_dev
+        group_J: list[float]
+        if n_dev == 1:
+            group_s, g_J, n_needed = eng._resident_experts(0, counts)  # memoised `plan.layer_experts`
+            first[:, 0] += group_s
+            group_J = [g_J]
+        else:
+            dev_counts = np.where(self.home_onehot, counts[None, :], 0).reshape(n_dev, L, self.E)
+            groups_s = np.empty((n_dev, L), dtype=np.float64)
+            dev_J = np.empty(n_dev, dtype=np.float64)
+            plan = eng.plan
+            for d0, devs in self.device_groups:  # one cost call per group of alike devices: [n_g, L, E] -> [n_g, L]
+                c = plan.layer_experts(d0, dev_counts[devs])
+                groups_s[devs] = np.broadcast_to(np.asarray(c.total_s, dtype=np.float64), (devs.size, L))
+                e_j = np.broadcast_to(np.asarray(c.energy_J, dtype=np.float64), (devs.size, L))
+                for i, d in enumerate(devs.tolist()):
+                    dev_J[d] = np.sum(e_j[i])  # as one call per device would sum it
+            first += groups_s.T
+            group_J = dev_J.tolist()
+            n_needed = int(np.count_nonzero(counts))
         e_shared = float(np.sum(si.shared_J[:L]))
         return (
             per_dev,
@@ -263,66 +307,101 @@ class ArithmeticStep:
     def _offloaded(self, si: StepInputs, t0: float) -> float:
         """Demand fetches only: pass A (cache decisions, layer order), pass B (costs, then times)."""
         eng = self.eng
-        L, E, n_dev = self.L, self.E, self.n_dev
+        E, n_dev = self.E, self.n_dev
+        L = self.L
         counts = si.counts
         c_step = eng._c
         staging = eng.bound.mapping.staging_experts
-        # needed experts per (layer, device), ascending: group id (layer * n_dev + d) * E + expert
-        nz = np.flatnonzero(counts)
+        # needed experts per (layer, device), ascending: group id g = layer * n_dev + d, key g * E + expert
+        flat = np.flatnonzero(counts)
         if n_dev > 1:
-            nz = np.sort((nz // E * n_dev + eng.home_flat[nz]) * E + nz % E)
-        bounds: list[int] = np.searchsorted(nz, self.group_starts).tolist()
-        grp: list[int] = nz.tolist()
+            gkey = (flat // E * n_dev + eng.home_flat[flat]) * E + flat % E
+            order = np.argsort(gkey)
+            nz = gkey[order]
+            flat = flat[order]
+        else:
+            nz = flat
+        bounds_a = np.searchsorted(nz, self.group_starts)
+        grp = np.flatnonzero(bounds_a[1:] > bounds_a[:-1])
+        ex_all: list[int] = (flat % E).tolist()  # expert of each needed (layer, device, expert)
+        cnt_all: list[int] = counts[flat].tolist()  # and its tokens
         # ---- pass A
-        cnt_list: list[int] = counts.tolist()
-        ready: dict[tuple[int, int], list[int]] = {}  # (layer, d) -> token counts of its hits, expert order
-        fetches: dict[tuple[int, int], tuple[list[int], int]] = {}  # (layer, d) -> (keys, n cached)
+        ready: dict[int, list[int]] = {}  # g -> token counts of its hits, expert order
+        fetches: dict[int, tuple[list[int], int]] = {}  # g -> (token counts: cached, then streamed; n cached)
         energy = 0.0
-        n_needed = n_hit_all = 0
+        n_needed = len(ex_all)
+        n_hit_all = n_miss_all = n_fetch_all = n_str_all = 0
         n_fetched = [0] * n_dev
         exp_cost: dict[int, OpCost] = {}
         fetch_only = eng._fetch_only and all(link is not None for link in eng.fetch_link)
-        for g in range(L * n_dev):
-            lo, hi = bounds[g], bounds[g + 1]
-            if lo == hi:
-                continue
-            layer, d = divmod(g, n_dev)
-            base = layer * E
-            gb = g * E
-            ex = [k - gb for k in grp[lo:hi]]
-            cache = eng.caches[d]
-            if self.observes[d]:
-                cache.observe(layer, si.rows[:, layer, :], t0)
-            hits = cache.access_list(layer, ex, t0)
-            if eng.record_access:
-                eng._access_log[d].append(np.asarray(ex, dtype=np.int64) + base)
+        caches = eng.caches
+        fused = [c.access_admit_list for c in caches]
+        observes = self.observes
+        observe_any = any(observes)
+        record = eng.record_access
+        peak_staging = eng.peak_staging
+        peak_resident = eng.peak_resident
+        for g, lo, hi, layer, d in zip(
+            grp.tolist(),
+            bounds_a[grp].tolist(),
+            bounds_a[grp + 1].tolist(),
+            (grp // n_dev).tolist(),
+            (grp % n_dev).tolist(),
+            strict=True,
+        ):
+            ex = ex_all[lo:hi]
+            if observe_any and observes[d]:
+                caches[d].observe(layer, si.rows[:, layer, :], t0)
+            if fetch_only:  # every miss is fetched: one fused call
+                hits, admitted = fused[d](layer, ex, t0)
+            else:
+                hits = caches[d].access_list(layer, ex, t0)
+            if record:
+                eng._access_log[d].append(np.asarray(ex, dtype=np.int64) + layer * E)
+            n_ex = hi - lo
             n_hit = sum(hits)
-            n_needed += len(ex)
             n_hit_all += n_hit
-            if n_hit:
-                ready[(layer, d)] = [cnt_list[base + e] for e, h in zip(ex, hits, strict=True) if h]
-            if n_hit == len(ex):
+            if n_hit == n_ex:
+                ready[g] = cnt_all[lo:hi]
                 continue
-            miss = [e for e, h in zip(ex, hits, strict=True) if not h]
-            c_step.misses += len(miss)
-            fetch_ex = miss if fetch_only else self._decide(d, layer, miss, counts, exp_cost)
-            admitted, _victims = cache.admit_list(layer, fetch_ex, t0, protect=ex)
-            cached = [e for e, a in zip(fetch_ex, admitted, strict=True) if a]
-            streamed = [e for e, a in zip(fetch_ex, admitted, strict=True) if not a]
-            n_str = len(streamed)
-            if n_str and staging == 0:
-                raise RuntimeError(
-                    f"device {d}: {n_str} fetched experts of MoE layer {layer} cannot be cached "
-                    "(cache full of protected or pinned experts, or the policy refuses them) and "
-                    "staging_experts=0; raise staging_experts"
-                )
-            eng.peak_staging[d] = max(eng.peak_staging[d], min(n_str, staging))
-            n_f = len(fetch_ex)
-            c_step.fetched += n_f
-            c_step.streamed += n_str
+            cnt = cnt_all[lo:hi]
+            if n_hit:
+                ready[g] = list(compress(cnt, hits))
+            n_miss_all += n_ex - n_hit
+            if fetch_only:
+                fetch_cnt = list(compress(cnt, map(not_, hits))) if n_hit else cnt
+            else:
+                miss = [e for e, h in zip(ex, hits, strict=True) if not h]
+                fetch_ex = self._decide(d, layer, miss, counts, exp_cost)
+                admitted, _victims = caches[d].admit_list(layer, fetch_ex, t0, protect=ex)
+                by_ex = dict(zip(ex, cnt, strict=True))
+                fetch_cnt = [by_ex[e] for e in fetch_ex]
+            n_f = len(fetch_cnt)
+            if all(admitted):
+                n_str = 0
+            else:
+                n_str = n_f - sum(admitted)
+                if staging == 0:
+                    raise RuntimeError(
+                        f"device {d}: {n_str} fetched experts of MoE layer {layer} cannot be cached "
+                        "(cache full of protected or pinned experts, or the policy refuses them) and "
+                        "staging_experts=0; raise staging_experts"
+                    )
+                fetch_cnt = [c for c, a in zip(fetch_cnt, admitted, strict=True) if a] + [
+                    c for c, a in zip(fetch_cnt, admitted, strict=True) if not a
+                ]
+                if min(n_str, staging) > peak_staging[d]:
+                    peak_staging[d] = min(n_str, staging)
+            n_fetch_all += n_f
+            n_str_all += n_str
             n_fetched[d] += n_f
-            eng.peak_resident[d] = max(eng.peak_resident[d], cache.n_resident)
-            fetches[(layer, d)] = ([base + e for e in cached + streamed], len(cached))
+            n_res = caches[d].n_resident
+            if n_res > peak_resident[d]:
+                peak_resident[d] = n_res
+            fetches[g] = (fetch_cnt, n_f - n_str)
+        c_step.misses += n_miss_all
+        c_step.fetched += n_fetch_all
+        c_step.streamed += n_str_all
         for d, n_f in enumerate(n_fetched):
             if n_f:
                 nbytes = eng.bpe * n_f
@@ -337,14 +416,13 @@ class ArithmeticStep:
         # ---- pass B: costs
         pre_max, e_pre = self._pre(si)
         energy += e_pre + self._a2a_energy(si) + float(np.sum(si.shared_J[:L]))
-        comp: dict[tuple[int, int], list[float]] = {}
+        comp: dict[int, list[float]] = {}
         if fetches:
             max_count = int(counts.max())
             tables = [self._expert_table(d, max_count) for d in range(n_dev)]
-            for item, (fkeys, _n_cached) in fetches.items():
-                t_tab, j_tab = tables[item[1]]
-                cs = [cnt_list[k] for k in fkeys]
-                comp[item] = [t_tab[n] for n in cs]
+            for g, (cs, _n_cached) in fetches.items():
+                t_tab, j_tab = tables[g % n_dev]
+                comp[g] = [t_tab[n] for n in cs]
                 for n in cs:
                     energy += j_tab[n]
         shared = si.shared_s[:L].tolist()
@@ -353,8 +431,9 @@ class ArithmeticStep:
         multi = n_dev > 1
         busy = eng.busy_s
         fetch_s = eng.fetch_s
-        group_cost = eng._group_cost
+        gcost = self._group_costs(ready)
         now = t0
+        g = 0
         for abs_layer, layer in enumerate(self.moe_index):
             dt = pre_max[abs_layer]
             if dt > 0:
@@ -367,19 +446,41 @@ class ArithmeticStep:
                     now = now + dt
             start = now
             sh = shared[layer]
+            g = layer * n_dev
             for d in range(n_dev):
-                item = (layer, d)
-                g_t, g_j = group_cost(d, ready[item]) if item in ready else (0.0, 0.0)
-                energy += g_j
+                gc = gcost.get(g)
+                if gc is not None:
+                    g_t = gc[0]
+                    energy += gc[1]
+                else:
+                    g_t = 0.0
                 first = sh[d] + g_t
                 end = start
                 if first > 0:
                     end = start + first
                     busy[d] += first
-                if item in fetches:
-                    end = self._chain(d, fetches[item][1], comp[item], start, end, fetch_s[d], staging)
+                fe = fetches.get(g)
+                if fe is not None:
+                    comp_s = comp[g]
+                    if fe[1] == len(comp_s):  # nothing streamed: `_chain` inlined, the same float operations
+                        t_link = start
+                        f = fetch_s[d]
+                        c_end = end
+                        b = 0.0
+                        for ce in comp_s:
+                            t_link = t_link + f
+                            if t_link > c_end:  # max(c_end, t_link)
+                                c_end = t_link
+                            c_end = c_end + ce
+                            b += ce
+                        busy[d] += b
+                        if c_end > end:
+                            end = end + (c_end - end)
+                    else:
+                        end = self._chain(d, fe[1], comp_s, start, end, fetch_s[d], staging)
                 if end > now:
                     now = end
+                g += 1
             if multi:
                 dt = a2a[layer][2]
                 if dt > 0:
@@ -387,6 +488,60 @@ class ArithmeticStep:
         eng.energy_J += energy
         c_step.energy += energy
         return now
+
+    def _group_costs(self, ready: dict[int, list[int]]) -> dict[int, tuple[float, float]]:
+        """Seconds and joules of each layer's ready experts run as a group (`Engine._group_cost`'s
+        answers, by group id ``g = layer * n_dev + d``), from a memo by token counts per class of
+        alike devices; the step's misses are computed together, one plan call per class and group
+        size (each row exactly as the one-group call on the sorted counts). FPGA groups (their
+        stream order matters) are asked one by one."""
+        n_dev = self.n_dev
+        memos = self._ready_memo
+        cls_of = self._cost_class
+        out: dict[int, tuple[float, float]] = {}
+        todo: dict[tuple[int, int], list[tuple[int, tuple[int, ...]]]] = {}
+        for g, r in ready.items():
+            d = g % n_dev
+            rk = tuple(r)
+            ci = cls_of[d]
+            if ci < 0:
+                out[g] = self.eng._group_cost(d, r)
+                continue
+            hit = memos[ci].get(rk)
+            if hit is not None:
+                out[g] = hit
+            else:  # groups of fewer than 8 experts share one call (see below)
+                m = len(rk)
+                todo.setdefault((ci, m if m >= 8 else 0), []).append((g, rk))
+        if todo:
+            plan = self.eng.plan
+            for (ci, m_key), items in todo.items():
+                d0 = self._class_device[ci]
+                memo = memos[ci]
+                if len(memo) > 65536:
+                    memo.clear()
+                if m_key:
+                    arr = np.array([sorted(rk) for _g, rk in items], dtype=np.int64)  # [n, m]
+                else:  # fewer than 8 experts each: zeros in front (an expert with no tokens costs
+                    # nothing, and sums of fewer than 8 terms are sequential, so a leading +0.0 changes
+                    # no bit of the one-group answer)
+                    width = max(len(rk) for _g, rk in items)
+                    arr = np.array([(0,) * (width - len(rk)) + tuple(sorted(rk)) for _g, rk in items], dtype=np.int64)
+                if plan.serial_experts(d0):
+                    per = plan.experts(d0, arr)
+                    t = np.broadcast_to(np.asarray(per.total_s, dtype=np.float64), arr.shape)
+                    j = np.broadcast_to(np.asarray(per.energy_J, dtype=np.float64), arr.shape)
+                    vals = [(float(np.sum(t[i])), float(np.sum(j[i]))) for i in range(arr.shape[0])]
+                else:
+                    c = plan.layer_experts(d0, arr)
+                    n = arr.shape[0]
+                    ts = np.broadcast_to(np.asarray(c.total_s, dtype=np.float64), (n,)).tolist()
+                    js = np.broadcast_to(np.asarray(c.energy_J, dtype=np.float64), (n,)).tolist()
+                    vals = list(zip(ts, js, strict=True))
+                for (g, rk), v in zip(items, vals, strict=True):
+                    memo[rk] = v
+                    out[g] = v
+        return out
 
     def _expert_table(self, d: int, max_count: int) -> tuple[list[float], list[float]]:
         """Seconds and joules of one expert of device ``d`` run alone on ``c`` tokens, for ``c`` in
@@ -411,8 +566,17 @@ class ArithmeticStep:
         streamed) arrive back to back over the copy engine from ``t_link``; each runs (``comp_s``)
         when it has arrived and the previous one has run; its compute stream is free from ``end``."""
         c_end = end
-        done_streamed: list[float] = []
         busy = 0.0
+        if n_cached == len(comp_s):  # nothing streamed: no staging-buffer waits (same float operations)
+            for ce in comp_s:
+                t_link = t_link + f
+                c_end = max(c_end, t_link) + ce
+                busy += ce
+            self.eng.busy_s[d] += busy
+            if c_end > end:
+                end = end + (c_end - end)
+            return end
+        done_streamed: list[float] = []
         for i, ce in enumerate(comp_s):
             t_start = t_link
             streamed = i >= n_cached

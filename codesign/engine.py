@@ -253,7 +253,7 @@ class Engine:
                         "train_fraction > 0 or pass train="
                     )
                 c.fit(train)
-            if c.needs_future:
+            if c.needs_lookahead:
                 if futures is None or len(futures) != self.n_dev:
                     raise ValueError(
                         f"cache policy {m.cache.policy!r} needs the future access sequence "
@@ -274,7 +274,7 @@ class Engine:
                     seed=seed + 1000 + d,
                     **dict(m.near.options),
                 )
-                if nc.needs_future:
+                if nc.needs_lookahead:
                     raise ValueError(f"near tier: oracle cache policy {m.near.policy!r} is not supported there")
                 if nc.needs_training:
                     if train is None:

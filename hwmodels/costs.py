@@ -606,9 +606,12 @@ class CostModel:
 
     def _profile_at(self, eff: EfficiencyModel, device: Device, dtype: str) -> EfficiencyModel:
         """``eff`` read for compute dtype ``dtype`` (`_ProfileAtDtype`) when it is a calibration profile
-        measured at a dtype of another width (fp16 and bf16 count as one); ``eff`` itself otherwise."""
+        measured at a dtype of another width (fp16 and bf16 count as one) on a GPU; ``eff`` itself
+        otherwise (CPU profiles keep their measured rate: the dtype curves are GPU measurements)."""
         prof_dtype = getattr(eff, "dtype", None)
-        if not isinstance(prof_dtype, str) or not hasattr(eff, "gemm_at") or dtype not in _DTYPE_BYTES:
+        if device.kind != "gpu" or not isinstance(prof_dtype, str) or not hasattr(eff, "gemm_at"):
+            return eff
+        if dtype not in _DTYPE_BYTES:
             return eff
         if _DTYPE_BYTES.get(prof_dtype) == _DTYPE_BYTES[dtype]:
             return eff

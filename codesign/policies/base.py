@@ -171,7 +171,7 @@ class CachePolicy(ABC):
 
     1. ``fit(trace)`` once, if ``needs_training`` (a training part of the routing, never the part
        that is replayed) ;
-    2. ``prepare(future)`` once, if ``needs_future`` (offline oracles such as Belady);
+    2. ``prepare(future)`` once, if ``needs_lookahead`` (offline oracles such as Belady);
     3. ``warm(initial)`` once: the mapping's starting residents (pinned experts are added);
     4. then, for every step and MoE layer ``l`` that needs experts on this cache's device, in time
        order:
@@ -190,13 +190,33 @@ class CachePolicy(ABC):
     ``access`` does not change residency; the same seed and call sequence give the same answers.
     """
 
-    #: True for offline policies that need `prepare` with the future access sequence.
+    #: True for offline (oracle) policies that read the future: they need `prepare` with the future
+    #: access sequence (the engine records it in a first pass). The documented flag; ``needs_future``
+    #: is the same flag under its earlier name, kept equal to it for every subclass (set either one).
+    needs_lookahead: ClassVar[bool] = False
+    #: Alias of ``needs_lookahead`` (kept in sync by ``__init_subclass__``).
     needs_future: ClassVar[bool] = False
     #: True for policies that must be trained with `fit` on part of a trace before the run.
     needs_training: ClassVar[bool] = False
     #: True for policies whose decisions never read the ``now`` arguments: the engine may then take
     #: a step's cache decisions before it knows when each layer starts (it passes the step's start).
     time_independent: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Keep ``needs_lookahead`` and its alias ``needs_future`` equal: a subclass that sets one
+        sets both; setting them to different values is an error naming the class."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        if "needs_lookahead" in own and "needs_future" in own:
+            if bool(own["needs_lookahead"]) != bool(own["needs_future"]):
+                raise TypeError(
+                    f"{cls.__name__}: needs_lookahead={own['needs_lookahead']!r} and its alias "
+                    f"needs_future={own['needs_future']!r} disagree; set needs_lookahead only"
+                )
+        elif "needs_lookahead" in own:
+            cls.needs_future = bool(own["needs_lookahead"])
+        elif "needs_future" in own:
+            cls.needs_lookahead = bool(own["needs_future"])
 
     def __init__(
         self,
@@ -260,7 +280,7 @@ class CachePolicy(ABC):
         """Train on a part of a trace (only called when ``needs_training``); default: nothing."""
 
     def prepare(self, future: AccessSequence) -> None:  # noqa: B027 - optional hook
-        """Receive the future access sequence (only called when ``needs_future``); default: nothing."""
+        """Receive the future access sequence (only called when ``needs_lookahead``); default: nothing."""
 
     def warm(self, initial: npt.ArrayLike) -> None:
         """Make the experts of the bool ``[n_layers, n_experts]`` mask ``initial`` resident (plus the
@@ -336,6 +356,19 @@ class CachePolicy(ABC):
     def access_list(self, layer: int, experts: list[int], now: float) -> list[bool]:
         """`access` with Python lists (the engine's per-layer call): the same effect and answer."""
         return self.access(layer, np.asarray(experts, dtype=np.int64), now).tolist()
+
+    def access_admit_list(self, layer: int, experts: list[int], now: float) -> tuple[list[bool], list[bool]]:
+        """One layer of a demand-fetching step in one call: `access_list` of ``experts`` (ascending),
+        then ``admit_list(misses, now, protect=experts)`` for all its misses (in ``experts`` order).
+        Returns (hit flags over ``experts``, admitted flags over the misses); the effects and
+        answers are exactly those of the two calls (a policy may override it with a fused version,
+        e.g. `LRUCache`; a test pins the equality for every registered cache policy)."""
+        hits = self.access_list(layer, experts, now)
+        miss = [e for e, h in zip(experts, hits, strict=True) if not h]
+        if not miss:
+            return hits, []
+        admitted, _victims = self.admit_list(layer, miss, now, protect=experts)
+        return hits, admitted
 
     def admit_list(
         self,

@@ -90,6 +90,65 @@ class LRUCache(IncrementalCachePolicy):
         for k in keys:
             del self._order(k)[k]
 
+    def access_admit_list(self, layer: int, experts: list[int], now: float) -> tuple[list[bool], list[bool]]:
+        """Fused `CachePolicy.access_admit_list` (the same effects and answers, no intermediate
+        calls). The experts of ``layer`` that must not be evicted (``protect=experts``) are exactly
+        the residents touched by this call: the evictable ones carry the newest tick, at the end of
+        the victim order, so victims are taken from the front up to the first key of this tick."""
+        if self._filters:  # a subclass with an admission filter: the generic two calls
+            return super().access_admit_list(layer, experts, now)
+        res = self._res
+        base = layer * self.n_experts
+        per_layer = self.per_layer
+        od = self._orders[layer if per_layer else 0]
+        self._tick += 1
+        tick = self._tick
+        hits: list[bool] = []
+        miss: list[int] = []
+        for e in experts:
+            k = base + e
+            if res[k] == 1:
+                hits.append(True)
+                if k in od:  # evictable (pinned keys are not in the order)
+                    od[k] = tick
+                    od.move_to_end(k)
+            else:
+                hits.append(False)
+                miss.append(k)
+        self.n_accessed += len(experts)
+        if not miss:
+            return hits, []
+        n_miss = len(miss)
+        if per_layer:
+            free = self._layer_cap[layer] - self._layer_n[layer]
+        else:
+            free = self.capacity - self._n_resident
+        need = n_miss - free
+        if need > 0:
+            victims: list[int] = []
+            for k, t in od.items():
+                if t == tick or len(victims) == need:
+                    break
+                victims.append(k)
+            E = self.n_experts
+            layer_n = self._layer_n
+            for k in victims:
+                res[k] = 0
+                layer_n[k // E] -= 1
+                del od[k]
+            self._n_resident -= len(victims)
+            free += len(victims)
+        n_take = min(n_miss, free)
+        if n_take:
+            self._tick += 1
+            tick = self._tick
+            for k in miss[:n_take]:
+                res[k] = 1
+                od[k] = tick
+            self._n_resident += n_take
+            self._layer_n[layer] += n_take
+        return hits, [True] * n_take + [False] * (n_miss - n_take)
+
     def _pick(self, n: int, only_layer: int, excluded: set[int]) -> list[int]:
         if not self.per_layer:
             items: Iterable[int] = self._orders[0]
@@ -238,7 +297,7 @@ class BeladyCache(_HeapCache):
     cursor instead and sets ``exact = False``.
     """
 
-    needs_future = True
+    needs_lookahead = True
     time_independent = True
 
     def __init__(self, **kwargs: Any) -> None:

@@ -175,5 +175,5 @@ def check_options(kind: str, name: str, options: Iterable[str], where: str) -> N
 
 def policy_flag(kind: str, name: str, flag: str) -> bool:
     """A class flag of a registered policy (e.g. ``needs_stats``, ``needs_training``,
-    ``needs_future``); False for a factory that does not define it."""
+    ``needs_lookahead`` and its alias ``needs_future``); False for a factory that does not define it."""
     return bool(getattr(REGISTRIES[kind].get(name), flag, False))

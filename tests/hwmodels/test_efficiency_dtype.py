@@ -260,3 +260,14 @@ def test_profile_gemv_is_memory_bound_but_keeps_the_profiles_call_overhead() -> 
     assert one.total_s == pytest.approx(one.compute_s)
     big = cm.expert_ffn(dev, q5, 64)  # above gemv_max_rows: the profile's own curve
     assert big.compute_s > big.memory_s
+
+
+def test_only_gpu_profiles_are_read_across_dtypes() -> None:
+    plat = get_platform("h100-pcie5-host")
+    prof = load_default_profile("h100")
+    cm = CostModel(plat, profiles={plat.accelerators[0].name: prof})
+    gpu = plat.accelerators[0]
+    assert cm._profile_at(prof, gpu, "bf16") is prof  # same width as its fp16
+    assert cm._profile_at(prof, gpu, "fp8") is not prof
+    assert plat.host is not None and plat.host.kind == "cpu"
+    assert cm._profile_at(prof, plat.host, "fp8") is prof  # CPU: the measured rate stays

@@ -1102,12 +1102,15 @@ def _emit(
 ) -> int:
     """Write ``--out`` (records, summary, views) and print the summary (``--json`` or the table);
     ``sources`` (where the prompt and output lengths came from) go into the summary as
-    ``prompt_len_source`` / ``output_len_source``."""
+    ``prompt_len_source`` / ``output_len_source``; ``--profile`` as ``cost_profile``."""
     summary = result.summary_json()
     if design is not None:
         summary["design_hash"] = design.content_hash
     if sources:
         summary["prompt_len_source"], summary["output_len_source"] = sources["prompt"], sources["output"]
+    profile = getattr(args, "profile", None)
+    if profile is not None:
+        summary["cost_profile"] = profile
     if args.out is not None:
         paths = result.save(args.out)
         paths.update(write_views(result, args.out))
@@ -1118,6 +1121,8 @@ def _emit(
         if design is not None:
             print(f"design {design.content_hash}: {design.describe()}")
         print(summary_table(summary, result, platform))
+        if profile is not None:
+            print(f"{'calibration profile':<26} {profile} (every accelerator, --profile)")
         if args.out is not None:
             print(f"{'written to':<26} {args.out}")
     return 0

@@ -44,6 +44,9 @@ def test_profile_changes_the_answer_and_a_file_equals_its_name(
     plain = _tpot(capsys)
     derived = _tpot(capsys, "--profile", "h200")
     assert derived != plain
+    table = [a for a in RUN if a != "--json"]
+    assert main([*table, "--profile", "h200"]) == 0
+    assert "calibration profile        h200 (every accelerator, --profile)" in capsys.readouterr().out
     path = load_default_profile("h200").save(tmp_path / "h200.json")
     assert _tpot(capsys, "--profile", str(path)) == pytest.approx(derived)
 

@@ -65,6 +65,22 @@ def test_fp8_curve_reproduces_its_deepgemm_source_better_than_the_bf16_curve() -
     assert fp8.e_max < bf16.e_max  # FP8 reaches a smaller fraction of its (2x) peak
 
 
+def test_fp8_curve_constants_are_the_fit_of_the_deepgemm_table() -> None:
+    """Re-fits (e_max, m_half) as DTYPE_CURVES' source says (soft-L1 in log space, memory_eff fixed)."""
+    from scipy.optimize import least_squares
+
+    fp8 = DTYPE_CURVES[("gpu", "fp8")]
+    res = least_squares(
+        lambda x: np.log1p(_curve_errors(x[0], x[1], fp8.memory_eff)),
+        [0.7, 80.0],
+        loss="soft_l1",
+        f_scale=0.05,
+        bounds=([0.05, 0.1], [1.0, 5000.0]),
+    )
+    assert res.x[0] == pytest.approx(fp8.e_max, rel=0.01)
+    assert res.x[1] == pytest.approx(fp8.m_half, rel=0.02)
+
+
 def test_default_efficiency_picks_the_curve_of_the_dtype() -> None:
     eff = DefaultEfficiency("gpu")
     assert eff.curve_for("fp8") is DTYPE_CURVES[("gpu", "fp8")]

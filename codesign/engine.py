@@ -390,6 +390,7 @@ class Engine:
         # layer goes there) need no routing work in a step (see `_prepare`)
         self._one_expert = self.E == 1 and self.n_dev == 1
         self._zero_routing: set[int] = set()
+        self._zero_steps: dict[tuple[int, int], tuple[npt.NDArray[np.int16], npt.NDArray[np.int64]]] = {}
         # ids of the waiting and running requests (kept with the lists, for `_admit`'s checks), and the
         # KV-cache tokens in use per device (the sum of the running requests' context tokens)
         self._waiting_ids: set[int] = set()
@@ -632,9 +633,16 @@ class Engine:
         if all_zero:
             k = plan[0][0].routing.shape[2]
             n_tok = n_prefill + n_decode
-            rows = np.zeros((n_tok, L, k), dtype=np.int16)
             n_assign = n_tok * L * k
-            counts = np.full(L * E, n_tok * k, dtype=np.int64)
+            zr = self._zero_steps.get((n_tok, k))
+            if zr is None:  # read-only: a zero-stride view of one row of zeros, and the counts
+                counts = np.full(L * E, n_tok * k, dtype=np.int64)
+                counts.flags.writeable = False
+                zr = self._zero_steps[(n_tok, k)] = (
+                    np.broadcast_to(np.zeros((1, L, k), np.int16), (n_tok, L, k)),
+                    counts,
+                )
+            rows, counts = zr
             valid: npt.NDArray[np.bool_] | None = None
             keys: npt.NDArray[np.int64] | None = None
         else:

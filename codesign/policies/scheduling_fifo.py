@@ -27,14 +27,17 @@ class FifoScheduler(TokenScheduler):
         ids: list[int] = []
         toks: list[int] = []
         budget = self.max_tokens
+        prefilling = []  # RequestState's in_prefill / remaining_prompt inlined below (a hot loop)
         for r in running:
-            if not r.in_prefill and budget > 0:
+            if r.prefilled < r.prompt_tokens:
+                prefilling.append(r)
+            elif budget > 0:
                 ids.append(r.request_id)
                 toks.append(1)
                 budget -= 1
-        for r in running:
-            if r.in_prefill and budget > 0:
-                n = min(r.remaining_prompt, budget)
+        for r in prefilling:
+            if budget > 0:
+                n = min(r.prompt_tokens - r.prefilled, budget)
                 ids.append(r.request_id)
                 toks.append(n)
                 budget -= n

@@ -33,7 +33,11 @@ the predicted TTFT / TPOT (mean and p50; Vidur's TPOT is its
 ``decode_time_execution_plus_preemption_normalized``, ours ``tpot``).
 
     python benchmarks/bench_vs_vidur.py --vidur /work/vidur --vidur-python /work/vidur-venv/bin/python \\
-        [--json out.json] [--n-requests 300] [--qps 2.0]
+        [--tree /path/to/a/worktree] [--json out.json] [--n-requests 300] [--qps 2.0]
+
+Ours is the ``codesign`` of ``--tree`` (default: the repository this script lives in, put first on
+``sys.path``; checked after the import, and its git commit printed), so a clean ``git worktree`` of
+a commit can be measured while the main checkout is being edited.
 
 Environment variables ``VIDUR_SRC`` and ``VIDUR_PYTHON`` stand for the two flags. Not a test:
 prints a markdown table and exits 0; exits 1 with Vidur's stderr tail when Vidur fails.
@@ -216,6 +220,11 @@ class _Stream:
 
 def run_ours(work: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Our simulator on the dense-as-MoE Llama-2-7B; timings and summary figures."""
+    import codesign
+
+    origin = Path(codesign.__file__).resolve()
+    if args.tree.resolve() not in origin.parents:
+        raise RuntimeError(f"codesign imported from {origin}, not from --tree {args.tree}")
     from codesign.mapping import BatchingSpec, CacheSpec, Mapping
     from codesign.simulate import simulate
     from hwmodels import get_platform
@@ -259,6 +268,17 @@ def run_ours(work: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _git_rev(tree: Path) -> str:
+    """Short commit of the checkout at ``tree`` (with ``+dirty`` when it has uncommitted changes), or ''."""
+    rev = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if rev.returncode != 0:
+        return ""
+    dirty = subprocess.run(
+        ["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout.strip()
+    return rev.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def _vidur_metric(series: dict[str, list[float]], *names: str) -> tuple[float, float]:
     for n in names:
         if series.get(n):
@@ -272,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vidur", type=Path, default=os.environ.get("VIDUR_SRC"), help="Vidur checkout (or VIDUR_SRC)")
     ap.add_argument("--vidur-python", default=os.environ.get("VIDUR_PYTHON", "python"), help="python of Vidur's venv")
     ap.add_argument("--attention-csv", type=Path, help="Vidur's real attention.csv for Llama-2-7B on H100, if at hand")
+    ap.add_argument(
+        "--tree",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent,
+        help="the repository (or git worktree) whose codesign is measured (default: this script's)",
+    )
     ap.add_argument("--n-requests", type=int, default=300)
     ap.add_argument("--qps", type=float, default=2.0, help="Poisson arrival rate, requests/s (default 2)")
     ap.add_argument("--prompt", type=int, nargs=2, default=(128, 1024), metavar=("LO", "HI"))
@@ -293,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--attention-csv {args.attention_csv}: no such file")
     if args.prompt[1] + args.output[1] > args.max_model_len:
         ap.error(f"--prompt HI + --output HI must be <= --max-model-len {args.max_model_len}")
+    if not (args.tree / "codesign" / "engine.py").is_file():
+        ap.error(f"--tree {args.tree}: not a checkout of this repository (no codesign/engine.py)")
+    sys.path.insert(0, str(args.tree.resolve()))
     work = draw_workload(args.n_requests, args.qps, tuple(args.prompt), tuple(args.output), seed=0)
     tokens = int(work["prompt"].sum() + work["output"].sum())
     ours = run_ours(work, args)
@@ -300,15 +329,17 @@ def main(argv: list[str] | None = None) -> int:
         vid = run_vidur(args.vidur.resolve(), args.vidur_python, work, Path(tmp), args.attention_csv, args)
     v_ttft = _vidur_metric(vid["series"], "prefill_e2e_time")
     v_tpot = _vidur_metric(vid["series"], "decode_time_execution_plus_preemption_normalized")
-    git = subprocess.run(
-        ["git", "-C", str(args.vidur), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    git = _git_rev(args.vidur)
+    ours_git = _git_rev(args.tree)
     print(
         f"workload: {args.n_requests} Poisson requests at {args.qps} req/s, prompt U{list(args.prompt)}, "
         f"output U{list(args.output)}; {tokens:,} simulated tokens; one H100; batch cap {args.max_batch}, "
         f"{args.max_tokens} tokens/batch"
     )
-    print(f"Vidur: {args.vidur} (git {git or '?'}), attention table: {vid['attention_table']}\n")
+    print(
+        f"ours: {args.tree} (git {ours_git or '?'}); Vidur: {args.vidur} (git {git or '?'}), "
+        f"attention table: {vid['attention_table']}\n"
+    )
     print(
         "| simulator | wall s | CPU s | us CPU / sim. token | us wall / sim. token | TTFT mean ms | TTFT p50 ms "
         "| TPOT mean ms | TPOT p50 ms |"
@@ -343,8 +374,9 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "workload": {k: np.asarray(v).tolist() for k, v in work.items()},
                     "tokens": tokens,
-                    "ours": ours,
+                    "ours": ours | {"tree": str(args.tree), "git": ours_git},
                     "vidur": {k: v for k, v in vid.items() if k != "series"}
+                    | {"git": git}
                     | {
                         "ttft_mean_s": v_ttft[0],
                         "ttft_p50_s": v_ttft[1],

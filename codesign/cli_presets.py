@@ -1,9 +1,13 @@
-"""``codesign presets [models|devices|links|platforms|policies|all] [--json]``: what is built in.
+"""``codesign presets [models|devices|links|platforms|policies|stacks|formats|profiles|all] [--json]``.
 
-Models come from `workloads` (one line each: name, total/active parameters, experts, top-k,
-source); devices, links and platforms from `hwmodels` (``device_preset_names``/``get_device``,
-``link_preset_names``/``get_link``, ``platform_preset_names``/``get_platform``); policies from
-`codesign.policies.list_policies`.
+What is built in, one line each. Models come from `workloads` (name, total/active parameters,
+experts, top-k, source); devices, links and platforms from `hwmodels` (``device_preset_names``/
+``get_device``, ``link_preset_names``/``get_link``, ``platform_preset_names``/``get_platform``);
+policies from `codesign.policies.list_policies`; serving stacks (``simulate --stack``, a mapping's
+``stack``) from `hwmodels.stacks` (per-step, per-layer, per-sequence host time, CPU overlap, what
+device work it charges, which numbers are free or fitted and on which cases, source); weight formats
+(a model's ``<component>_format``, ``simulate --expert-format`` ...) from `hwmodels.dequant.FORMATS`;
+calibration profiles (``simulate --profile``) from `hwmodels.calibration` (shipped and derived).
 ``--json`` prints one JSON object ``{category: {name: {...}}}``.
 """
 
@@ -17,7 +21,7 @@ from collections.abc import Callable, Mapping
 from importlib import import_module
 from typing import Any
 
-CATEGORIES = ("models", "devices", "links", "platforms", "policies")
+CATEGORIES = ("models", "devices", "links", "platforms", "policies", "stacks", "formats", "profiles")
 
 
 class PresetsUnavailableError(RuntimeError):
@@ -29,7 +33,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "presets",
         parents=parents,
-        help="list built-in models, devices, platforms and policies",
+        help="list built-in models, devices, platforms, policies, serving stacks, weight formats and profiles",
         description="List the preset names with one line each (or one JSON object with --json).",
     )
     p.add_argument(
@@ -167,11 +171,100 @@ def policies_info() -> dict[str, dict[str, str]]:
     return list_policies()
 
 
+def stacks_info() -> dict[str, dict[str, Any]]:
+    """name -> fields of each serving-stack preset (`hwmodels.stacks.stack_to_dict`: seconds, flags,
+    ``params`` with each number's source, ``fitted_on`` cases, ``free`` and ``assumption`` marks)."""
+    from hwmodels.stacks import get_stack, stack_preset_names, stack_to_dict
+
+    return {name: stack_to_dict(get_stack(name)) for name in stack_preset_names()}
+
+
+def _stack_line(name: str, d: dict[str, Any]) -> str:
+    times = (
+        f"step {float(d['per_step_s']) * 1e3:g} ms  layer {float(d['per_layer_s']) * 1e6:g} us  "
+        f"sequence {float(d['per_sequence_s']) * 1e6:g} us  overlap {float(d['cpu_overlap']):g}"
+    )
+    charged = [label for key, label in (("lm_head", "LM head"), ("moe_permute", "MoE permute")) if d.get(key)]
+    parts = [f"{name:<16} {times}", f"charges {' + '.join(charged) if charged else 'no device work'}"]
+    params = d.get("params") or []
+    free = [p["field"].removesuffix("_s") for p in params if p.get("free")]
+    fitted = sorted({case for p in params for case in p.get("fitted_on", [])})
+    if free:
+        parts.append(f"free: {', '.join(free)}")
+    if fitted:
+        parts.append(f"fitted on: {', '.join(fitted)}")
+    src = d.get("source", "")
+    return "  ".join(parts) + (f"  source: {src}" if src else "")
+
+
+def formats_info() -> dict[str, dict[str, Any]]:
+    """name -> fields of each weight format (`hwmodels.dequant.WeightFormat`, with its source)."""
+    from hwmodels.dequant import FORMATS
+
+    return {name: _jsonable(fmt) for name, fmt in FORMATS.items()}
+
+
+def _format_line(name: str, d: dict[str, Any]) -> str:
+    costs = ("ops_per_weight", "extra_bytes_per_weight", "copy_bytes_per_weight", "extra_kernels")
+    if not any(d.get(k) for k in costs):
+        how = "no dequantisation charged"
+    elif d.get("fused"):
+        how = f"fused, {float(d['ops_per_weight']):g} lane-ops/weight per {int(d['rows_per_dequant'])}-row tile"
+    else:
+        how = (
+            f"unfused pass, {float(d['ops_per_weight']):g} lane-ops/weight, "
+            f"{float(d['copy_bytes_per_weight']):g} B/weight 16-bit copy"
+        )
+    extra = f"  +{float(d['extra_bytes_per_weight']):g} B/weight traffic" if d.get("extra_bytes_per_weight") else ""
+    kernels = f"  +{int(d['extra_kernels'])} kernel(s)/matrix" if d.get("extra_kernels") else ""
+    return f"{name:<16} {how}{extra}{kernels}  source: {d.get('source', '')}"
+
+
+def profiles_info() -> dict[str, dict[str, Any]]:
+    """name -> summary of each shipped or derived calibration profile (``simulate --profile NAME``):
+    the profile's own name, device, dtype, peaks and source (samples left out)."""
+    from hwmodels.calibration import default_profile_names, resolve_profile
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in default_profile_names():
+        prof = resolve_profile(name)
+        out[name] = {
+            "profile": prof.name,
+            "device": prof.device_name,
+            "dtype": prof.dtype,
+            "peak_flops": float(prof.peaks.flops),
+            "peak_memory_Bps": float(prof.peaks.memory_Bps),
+            "source": prof.source,
+        }
+    return out
+
+
+def _profile_line(name: str, d: dict[str, Any]) -> str:
+    return (
+        f"{name:<16} device {d['device']}  {d['dtype']}  {d['peak_flops'] / 1e12:.4g} TFLOP/s  "
+        f"{d['peak_memory_Bps'] / 1e9:.4g} GB/s  source: {d['source']}"
+    )
+
+
+_INFO: dict[str, Callable[[], dict[str, dict[str, Any]]]] = {
+    "stacks": stacks_info,
+    "formats": formats_info,
+    "profiles": profiles_info,
+}
+_LINE: dict[str, Callable[[str, dict[str, Any]], str]] = {
+    "stacks": _stack_line,
+    "formats": _format_line,
+    "profiles": _profile_line,
+}
+
+
 def _collect(category: str) -> dict[str, Any]:
     if category == "models":
         return models_info()
     if category in ("devices", "links", "platforms"):
         return hw_info(category)
+    if category in _INFO:
+        return _INFO[category]()
     return policies_info()
 
 
@@ -180,6 +273,8 @@ def _text(category: str, data: dict[str, Any]) -> list[str]:
         return [_model_line(n, d) for n, d in data.items()]
     if category in ("devices", "links", "platforms"):
         return [_hw_line(category, n, d) for n, d in data.items()]
+    if category in _LINE:
+        return [_LINE[category](n, d) for n, d in data.items()]
     lines = []
     for kind, entries in data.items():
         if not entries:

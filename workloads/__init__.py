@@ -1,17 +1,33 @@
 """What runs: MoE model specs, routing traces, routing processes and request streams."""
 
-from workloads.model import MoEModel, UnknownPresetError, get_model, model_preset_names
+from workloads.model import (
+    PRECISION_BYTES,
+    WEIGHT_COMPONENTS,
+    WEIGHT_FORMATS,
+    MoEModel,
+    UnknownPresetError,
+    get_model,
+    load_model,
+    model_preset_names,
+)
+from workloads.precision import mixed_precision, precision_label
 from workloads.trace import DECODE, PREFILL, RoutingTrace, TraceFormatError
 
 __all__ = [
     "DECODE",
+    "PRECISION_BYTES",
     "PREFILL",
+    "WEIGHT_COMPONENTS",
+    "WEIGHT_FORMATS",
     "MoEModel",
     "RoutingTrace",
     "TraceFormatError",
     "UnknownPresetError",
     "get_model",
+    "load_model",
+    "mixed_precision",
     "model_preset_names",
+    "precision_label",
 ]
 
 # helper A: importers of real routing data and aggregated statistics

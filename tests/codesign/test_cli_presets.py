@@ -30,7 +30,7 @@ def test_models_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_all_json_has_every_category(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["presets", "all", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"models", "devices", "links", "platforms", "policies"}
+    assert set(data) == {"models", "devices", "links", "platforms", "policies", "stacks", "formats", "profiles"}
     assert data["devices"], "no device presets"
     assert data["platforms"], "no platform presets"
     assert set(data["policies"]) == {"cache", "prefetch", "miss", "placement", "scheduling"}
@@ -63,3 +63,46 @@ def test_bad_category_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None
         main(["presets", "gpus"])
     assert exc.value.code == 2
     assert "models" in capsys.readouterr().err
+
+
+def test_stacks_text_one_line_each_with_source(capsys: pytest.CaptureFixture[str]) -> None:
+    from hwmodels.stacks import get_stack, stack_preset_names
+
+    assert main(["presets", "stacks"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    names = stack_preset_names()
+    assert [line.split()[0] for line in lines] == names
+    for name, line in zip(names, lines, strict=True):
+        stack = get_stack(name)
+        assert f"source: {stack.source}" in line
+        assert f"layer {stack.per_layer_s * 1e6:g} us" in line
+        for case in {c for p in stack.params for c in p.fitted_on}:
+            assert case in line
+    none = next(line for line in lines if line.startswith("none "))
+    assert "charges no device work" in none
+
+
+def test_stacks_json_carries_each_numbers_provenance(capsys: pytest.CaptureFixture[str]) -> None:
+    from hwmodels.stacks import get_stack
+
+    assert main(["presets", "stacks", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)["stacks"]
+    llama = data["llama.cpp"]
+    assert llama["per_layer_s"] == get_stack("llama.cpp").per_layer_s
+    assert {p["field"] for p in llama["params"]} >= {"per_step_s", "per_layer_s"}
+    assert all(p["source"] for p in llama["params"])
+
+
+def test_formats_and_profiles_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    from hwmodels.calibration import default_profile_names
+    from workloads import WEIGHT_FORMATS
+
+    assert main(["presets", "formats"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(WEIGHT_FORMATS)
+    assert all("source: " in line for line in lines)
+    assert "16-row tile" in next(line for line in lines if line.startswith("marlin "))
+    assert main(["presets", "profiles", "--json"]) == 0
+    profiles = json.loads(capsys.readouterr().out)["profiles"]
+    assert sorted(profiles) == default_profile_names()
+    assert profiles["h200"]["device"] == "h200" and "derived" in profiles["h200"]["source"]

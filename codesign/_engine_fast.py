@@ -41,9 +41,10 @@ from codesign.policies.base import CachePolicy
 from hwmodels.opcost import OpCost
 
 if TYPE_CHECKING:
+    from codesign.costplan import StepCostPlan
     from codesign.engine import Engine
 
-__all__ = ["ArithmeticStep", "StepInputs"]
+__all__ = ["AllToAllMemo", "ArithmeticStep", "StepInputs"]
 
 FloatArray = npt.NDArray[np.float64]
 #: `ArithmeticStep._resident_costs`: each device's per-layer attention + router / dense FFN times
@@ -51,6 +52,37 @@ FloatArray = npt.NDArray[np.float64]
 #: energy, the shared experts' energy, each device's shared + group time summed over MoE layers, the
 #: longest device's shared + group time of each MoE layer, and the active (layer, expert) pairs.
 _ResidentCosts = tuple[list[list[float]], list[float], float, list[float], float, list[float], list[float], int]
+
+
+class AllToAllMemo:
+    """`StepCostPlan.all_to_all` answers (seconds, joules) by bytes value.
+
+    The all-to-all cost is element-wise in the bytes (its contract: one answer per element, from
+    that element alone), and a step's per-layer bytes are multiples of one token's activations, so
+    they repeat across steps: each distinct value is asked once (the step's new values in one
+    vectorised call) and looked up afterwards. The memo is cleared past 65,536 values."""
+
+    def __init__(self, plan: StepCostPlan) -> None:
+        self.plan = plan
+        self._memo: dict[float, tuple[float, float]] = {}
+
+    def __call__(self, nbytes: FloatArray) -> tuple[list[float], list[float]]:
+        """Seconds and joules of the all-to-all of each element of ``nbytes`` (bytes per device)."""
+        vals: list[float] = nbytes.tolist()
+        memo = self._memo
+        new = [v for v in dict.fromkeys(vals) if v not in memo]
+        if new:
+            if len(memo) > 65536:
+                memo.clear()
+                new = list(dict.fromkeys(vals))
+            c = self.plan.all_to_all(np.asarray(new, dtype=np.float64))
+            n = len(new)
+            ts = np.broadcast_to(np.asarray(c.total_s, dtype=np.float64), (n,)).tolist()
+            js = np.broadcast_to(np.asarray(c.energy_J, dtype=np.float64), (n,)).tolist()
+            for v, t, j in zip(new, ts, js, strict=True):
+                memo[v] = (t, j)
+        pairs = [memo[v] for v in vals]
+        return [t for t, _ in pairs], [j for _, j in pairs]
 
 
 @dataclass(slots=True, eq=False)

@@ -96,7 +96,7 @@ import simpy
 from simpy.core import NORMAL
 from tqdm import tqdm
 
-from codesign._engine_fast import ArithmeticStep, StepInputs
+from codesign._engine_fast import AllToAllMemo, ArithmeticStep, StepInputs
 from codesign._engine_simpy import ProcGen, SimpyStep, _arr
 from codesign.costplan import StepCostPlan, zero_load_step_s
 from codesign.mapping import BoundMapping
@@ -405,6 +405,7 @@ class Engine:
                         f"device {d}: expert ({layer}, {expert}) is homed there but not resident although "
                         "the mapping offloads nothing (cache policy bug)"
                     )
+        self._a2a = AllToAllMemo(self.plan)  # the all-to-all costs by bytes value
         self.simpy_step = SimpyStep(self)
         self._tail_on = self.plan.stack.charges_anything  # issue 8: see _step_tail
         self.fast: ArithmeticStep | None = None
@@ -672,8 +673,8 @@ class Engine:
             layer_of = keys // E
             is_cross = src != dst
             cross = int(is_cross.sum())
-            np.add.at(send_dev, (layer_of[is_cross], src[is_cross]), 1.0)
-            np.add.at(recv_dev, (layer_of[is_cross], dst[is_cross]), 1.0)
+            send_dev += np.bincount(layer_of[is_cross] * n_dev + src[is_cross], minlength=L * n_dev).reshape(L, n_dev)
+            recv_dev += np.bincount(layer_of[is_cross] * n_dev + dst[is_cross], minlength=L * n_dev).reshape(L, n_dev)
             if cur is not None and k > 1:
                 # partial outputs of the token's other experts go to its next device (its top-1
                 # expert's home); the top-1 expert's output is already there
@@ -682,7 +683,7 @@ class Engine:
                 nxt = np.broadcast_to(cur[:, 1:, None], rows.shape)[valid]
                 g = not_top & (dst != nxt)
                 n_gather = int(g.sum())
-                np.add.at(gather_dev, (layer_of[g], dst[g]), 1.0)
+                gather_dev += np.bincount(layer_of[g] * n_dev + dst[g], minlength=L * n_dev).reshape(L, n_dev)
         if self.prefetcher is not None:
             self._recent_load *= 0.5
             self._recent_load += counts.reshape(L, E)
@@ -700,12 +701,10 @@ class Engine:
             unit, unit_c = self.model.dispatch_bytes_per_token, self.model.combine_bytes_per_token
             send_max = send_dev.max(axis=1) * unit
             recv_max = recv_dev.max(axis=1) * unit_c
-            c1 = self.plan.all_to_all(send_max)
+            s1, j1 = self._a2a(send_max)
             # classic: the combine sends the dispatched tokens back; context-coherent: only the other
             # experts' partial outputs travel, to the token's next device (none for top-1 routing)
-            c2 = self.plan.all_to_all(gather_dev.max(axis=1) * unit_c if coherent else recv_max)
-            s1, j1 = _arr(c1.total_s, L).tolist(), _arr(c1.energy_J, L).tolist()
-            s2, j2 = _arr(c2.total_s, L).tolist(), _arr(c2.energy_J, L).tolist()
+            s2, j2 = self._a2a(gather_dev.max(axis=1) * unit_c if coherent else recv_max)
             a2a = list(zip(s1, j1, s2, j2, strict=True))
             bytes_peer = cross * unit + (n_gather if coherent else cross) * unit_c
         return StepInputs(

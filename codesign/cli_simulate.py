@@ -64,6 +64,12 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: Weight components with a ``--<component>-precision`` / ``--<component>-format`` flag, and the
+#: formats (`workloads.model.WEIGHT_COMPONENTS` / ``WEIGHT_FORMATS``; a test keeps them equal; kept
+#: literal so that building the parser imports nothing).
+_WEIGHT_COMPONENTS = ("attention", "expert", "shared", "dense", "embedding")
+_WEIGHT_FORMATS = ("none", "marlin", "llamacpp-mmvq", "hqq-triton", "hqq-triton-g64", "hqq-unfused")
+
 #: Rows of the printed summary table: (key, label, scale, unit); unit "" marks a count.
 _TABLE: tuple[tuple[str, str, float, str], ...] = (
     ("n_requests", "requests", 1.0, ""),
@@ -270,7 +276,65 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="share of the requests (by arrival) used only to fit policies, in [0, 1) (default 0; "
         "needed with --trace by policies that train)",
     )
-    p.add_argument("--precision", default=None, help="weight precision override: bf16 | fp8 | int4 ...")
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="model-wide weight precision: bf16 | fp16 | fp32 | fp8 | int4 (clears any per-component precision "
+        "of --model; the --<component>-precision flags below apply after it)",
+    )
+    comp = p.add_argument_group(
+        "precision per component",
+        "override one weight component of --model (workloads.model: attention = q/k/v/o projections, expert = "
+        "routed experts, shared = shared experts, dense = router + dense-layer FFNs, embedding = embeddings + "
+        "LM head): PREC is a precision name or bytes per weight including quantisation metadata (0.325 = 2-bit "
+        "HQQ with group-16 scales); FORMAT is the kernel that dequantises it: "
+        f"{', '.join(_WEIGHT_FORMATS)} (codesign presets formats)",
+    )
+    for component in _WEIGHT_COMPONENTS:
+        comp.add_argument(
+            f"--{component}-precision", default=None, metavar="PREC", help=f"precision of the {component} weights"
+        )
+        comp.add_argument(
+            f"--{component}-format",
+            default=None,
+            choices=_WEIGHT_FORMATS,
+            metavar="FORMAT",
+            help=f"dequantisation format of the {component} weights",
+        )
+    for what, role in (("dispatch", "tokens sent to their experts"), ("combine", "expert outputs sent back")):
+        comp.add_argument(
+            f"--{what}-precision",
+            default=None,
+            metavar="PREC",
+            help=f"all-to-all {what} activations ({role}): a precision name or bytes per element (default bf16)",
+        )
+    stack = p.add_argument_group("serving stack and offloading")
+    stack.add_argument(
+        "--stack",
+        default=None,
+        metavar="NAME|PATH",
+        help="serving stack charged per step (LM head, MoE permute, host CPU time): a preset (codesign presets "
+        "stacks: none, trt-llm, vllm, llama.cpp, hf-eager, deepspeed-zero3) or a stack .toml file (default none)",
+    )
+    stack.add_argument(
+        "--eviction",
+        default="discard",
+        choices=("discard", "copy-back"),
+        help="a fetch that evicts a cached expert: discard it (the backing tier keeps a copy; default) or "
+        "copy-back (copied back over the same link first, as Mixtral-offloading's swap)",
+    )
+    stack.add_argument(
+        "--offload-non-expert",
+        action="store_true",
+        help="stream every layer's non-expert weights (attention, router, shared, dense) from --backing each "
+        "step (ZeRO-3 offload_param); embeddings and LM head stay resident",
+    )
+    stack.add_argument(
+        "--fetch-whole-layer",
+        action="store_true",
+        help="fetch every offloaded expert of an MoE layer each step whatever the routing (ZeRO-3); needs "
+        "--hbm-expert-fraction < 1",
+    )
     p.add_argument("--fidelity", default="calibrated", choices=("calibrated", "roofline"), help="cost model fidelity")
     p.add_argument(
         "--profile",
@@ -723,7 +787,15 @@ def build_mapping(args: argparse.Namespace) -> Any:
         placement=args.placement,
         backing=args.backing,
         near=near,
-        cache=CacheSpec(policy=args.cache, expert_fraction=args.hbm_expert_fraction, options=cache_opts),
+        cache=CacheSpec(
+            policy=args.cache,
+            expert_fraction=args.hbm_expert_fraction,
+            options=cache_opts,
+            eviction=getattr(args, "eviction", "discard"),
+        ),
+        stack=getattr(args, "stack", None) or "none",
+        offload_non_expert=bool(getattr(args, "offload_non_expert", False)),
+        fetch_whole_layer=bool(getattr(args, "fetch_whole_layer", False)),
         prefetch=args.prefetch,
         prefetch_options=prefetch_opts,
         ep_execution=args.ep_execution,
@@ -772,12 +844,10 @@ def _what_ran(config: dict[str, Any], requests: Any, platform: Any, sources: dic
     """The rows saying what was simulated: model and precision, platform, workload (lengths, and
     where they came from when ``sources`` names it: ``{"prompt": ..., "output": ...}``), mapping."""
     src = sources or {}
-    from workloads.model import PRECISION_BYTES
+    from workloads.precision import precision_label
 
     m = config.get("model", {})
     mp = config.get("mapping", {})
-    bpw = float(m.get("bytes_per_weight", 0.0))
-    precision = "/".join(k for k, v in PRECISION_BYTES.items() if v == bpw) or "custom"
     n_dev = mp.get("n_devices") or (getattr(platform, "n_accelerators", None) if platform is not None else None)
     plat = config.get("platform", {}).get("name", "-")
     rows = [
@@ -786,7 +856,7 @@ def _what_ran(config: dict[str, Any], requests: Any, platform: Any, sources: dic
             f"{m.get('name', '-')} ({m.get('n_experts', '?')} experts, top-{m.get('top_k', '?')}, "
             f"{m.get('n_layers', '?')} layers)",
         ),
-        ("precision", f"{precision} ({bpw:g} B/weight, KV {float(m.get('kv_bytes_per_elem', 0.0)):g} B/element)"),
+        ("precision", precision_label(m, kv=True)),
         ("platform", f"{plat} x {n_dev}" if n_dev else str(plat)),
     ]
     if requests is not None and len(requests):
@@ -808,11 +878,45 @@ def _what_ran(config: dict[str, Any], requests: Any, platform: Any, sources: dic
         size = (
             f"{100 * float(frac):.0f}% of experts" if frac is not None else f"{cache.get('capacity_experts')} experts"
         )
-        rows.append(("expert cache", f"{cache.get('policy', '?')}, {size} resident (backing {mp.get('backing', '?')})"))
+        evict = ", copy-back eviction" if cache.get("eviction") == "copy-back" else ""
+        rows.append(
+            ("expert cache", f"{cache.get('policy', '?')}, {size} resident (backing {mp.get('backing', '?')}){evict}")
+        )
+    streamed = [
+        text
+        for key, text in (
+            ("offload_non_expert", "non-expert weights streamed per layer"),
+            ("fetch_whole_layer", "every offloaded expert of a layer fetched per step"),
+        )
+        if mp.get(key)
+    ]
+    if streamed:
+        rows.append(("weights offloaded", f"{', '.join(streamed)} (from {mp.get('backing', '?')})"))
+    stack = mp.get("stack")
+    if stack not in (None, "none"):
+        rows.append(("serving stack", _stack_text(stack)))
     policies = [f"{k} {mp[k]}" for k in ("miss", "prefetch", "placement", "ep_execution", "execution") if k in mp]
     if policies:
         rows.append(("policies", ", ".join(policies)))
     return [f"{label:<26} {text}" for label, text in rows]
+
+
+def _stack_text(spec: Any) -> str:
+    """The serving stack of a run's mapping (name, path or inline object) with the numbers it charges."""
+    from hwmodels.stacks import StackError, resolve_stack
+
+    try:
+        st = resolve_stack(spec)
+    except StackError:
+        return str(spec)
+    charged = [label for on, label in ((st.lm_head, "LM head"), (st.moe_permute, "MoE permute")) if on]
+    where = f"{spec} = " if isinstance(spec, str) and spec != st.name else ""
+    return (
+        f"{where}{st.name} (host {_fixed(st.per_step_s * 1e3)} ms/step + {_fixed(st.per_layer_s * 1e6)} us/layer + "
+        f"{_fixed(st.per_sequence_s * 1e6)} us/sequence, overlap {st.cpu_overlap:g}"
+        + (f"; {' + '.join(charged)}" if charged else "")
+        + ")"
+    )
 
 
 def _copy_busy_s(events: Any) -> float | None:
@@ -908,16 +1012,19 @@ def write_views(result: Any, out_dir: Path) -> dict[str, Path]:
 
 
 def load_model(spec: str) -> Any:
-    """A model preset name, or a JSON file (``*.json`` or an existing path) holding one object of
-    `workloads.model.MoEModel` fields. Errors name the file and the field: unknown fields are
-    listed with the valid ones, missing required fields are listed, and the model's own
-    validation message is prefixed with the file."""
+    """A model preset name, a JSON file (``*.json`` or an existing path) holding one object of
+    `workloads.model.MoEModel` fields, or a ``*.toml`` file of the same fields
+    (`workloads.model.load_model`; ``MoEModel.to_toml`` writes one). Errors name the file and the
+    field: unknown fields are listed with the valid ones, missing required fields are listed, and
+    the model's own validation message is prefixed with the file."""
     import dataclasses
     import typing
 
     from workloads.model import AttentionKind, MoEModel, UnknownPresetError, get_model
 
     path = Path(spec)
+    if spec.lower().endswith(".toml"):
+        return _load_toml_model(path)
     if not spec.lower().endswith(".json"):
         try:
             return get_model(spec)
@@ -966,6 +1073,93 @@ def load_model(spec: str) -> Any:
         raise ValueError(f"--model {path}: {exc}") from None
 
 
+def _load_toml_model(path: Path) -> Any:
+    """A model from a TOML file of MoEModel fields (`workloads.model.load_model`), errors as ``--model PATH: ...``."""
+    from workloads.model import load_model as load_model_file
+
+    if not path.is_file():
+        raise ValueError(f"--model {path}: no such file (expected a model preset name or a JSON/TOML file)")
+    try:
+        return load_model_file(path)
+    except UnicodeDecodeError:
+        raise ValueError(f"--model {path}: not UTF-8 text") from None
+    except ValueError as exc:
+        raise ValueError(str(exc).replace(f"model file {path}", f"--model {path}", 1)) from None
+
+
+def parse_bytes(spec: str, flag: str, unit: str = "weight") -> float:
+    """``spec`` as bytes per ``unit``: a precision name (`workloads.model.PRECISION_BYTES`) or a
+    finite number > 0 (bytes, quantisation metadata included); a one-line error naming ``flag``."""
+    from workloads.model import PRECISION_BYTES
+
+    text = spec.strip().lower()
+    if text in PRECISION_BYTES:
+        return PRECISION_BYTES[text]
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        example = "0.325 for 2-bit HQQ with group-16 scales" if unit == "weight" else "1 for fp8"
+        raise ValueError(
+            f"{flag} {spec!r}: expected a precision name ({', '.join(sorted(PRECISION_BYTES))}) or bytes per "
+            f"{unit} > 0 (e.g. {example})"
+        )
+    return value
+
+
+def model_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The `MoEModel` field changes of the per-component precision flags (``--<component>-precision``,
+    ``--<component>-format``, ``--dispatch-precision``, ``--combine-precision``), checked (cheap; a
+    one-line error naming the flag). Applied after ``--precision`` (which clears the overrides of
+    ``--model``), so ``--precision fp8 --expert-precision int4`` gives int4 experts in an fp8 model."""
+    from workloads.model import PRECISION_BYTES
+
+    model_wide = getattr(args, "precision", None)
+    if model_wide and model_wide not in PRECISION_BYTES:
+        raise ValueError(f"--precision {model_wide!r}: expected one of {', '.join(sorted(PRECISION_BYTES))}")
+    changes: dict[str, Any] = {}
+    for component in _WEIGHT_COMPONENTS:
+        prec = getattr(args, f"{component}_precision", None)
+        if prec is not None:
+            changes[f"{component}_bytes_per_weight"] = parse_bytes(prec, f"--{component}-precision")
+        fmt = getattr(args, f"{component}_format", None)
+        if fmt is not None:
+            changes[f"{component}_format"] = fmt
+    for what in ("dispatch", "combine"):
+        prec = getattr(args, f"{what}_precision", None)
+        if prec is not None:
+            changes[f"{what}_bytes_per_elem"] = parse_bytes(prec, f"--{what}-precision", "element")
+    return changes
+
+
+def apply_model_flags(model: Any, args: argparse.Namespace) -> Any:
+    """``model`` at ``--precision`` (model-wide, clearing per-component overrides) and then with the
+    per-component flags of `model_changes`."""
+    if getattr(args, "precision", None):
+        try:
+            model = model.with_precision(args.precision)
+        except ValueError as exc:
+            raise ValueError(f"--precision {args.precision}: {exc}") from None
+    changes = model_changes(args)
+    return model.with_(**changes) if changes else model
+
+
+def check_stack(spec: str | None) -> None:
+    """``--stack``: a serving-stack preset or a ``.toml`` stack file (read now; a one-line error
+    naming the flag and the valid presets otherwise). None passes (the default stack ``none``)."""
+    if spec is None:
+        return
+    from hwmodels.stacks import StackError, get_stack
+
+    if spec.lower().endswith(".toml") and not Path(spec).is_file():
+        raise ValueError(f"--stack {spec}: no such file (expected a stack preset name or a stack .toml file)")
+    try:
+        get_stack(spec)
+    except StackError as exc:
+        raise ValueError(f"--stack {spec}: {exc}") from None
+
+
 def _check_args(args: argparse.Namespace) -> None:
     """Command-line values checked before anything is built (each error names its flag)."""
     if args.seed < 0:
@@ -981,6 +1175,13 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--devices must be >= 1, got {args.devices}")
     if not args.time_scale > 0:
         raise ValueError(f"--time-scale must be > 0, got {args.time_scale}")
+    model_changes(args)
+    check_stack(args.stack)
+    if args.fetch_whole_layer and args.hbm_expert_fraction >= 1.0:
+        raise ValueError(
+            "--fetch-whole-layer fetches the offloaded experts of every layer, but --hbm-expert-fraction is 1 "
+            "(nothing offloaded); give --hbm-expert-fraction < 1"
+        )
     _check_more_args(args)
 
 
@@ -1046,6 +1247,8 @@ _FLAG_NAMES = (
     ("batching.max_batch", "--batch"),
     ("n_devices", "--devices"),
     ("near.capacity_experts", "--near-experts"),
+    ("offload_non_expert", "--offload-non-expert"),
+    ("fetch_whole_layer", "--fetch-whole-layer"),
 )
 
 
@@ -1150,6 +1353,19 @@ def _placement_memo(directory: Path | None) -> Any:
     return PlacementMemo(directory=directory)
 
 
+def _design_conflicts(args: argparse.Namespace) -> list[str]:
+    """The model and mapping flags of this module given with ``--design`` (whose file fixes them)."""
+    flags = [f"--{c}-{k}" for c in _WEIGHT_COMPONENTS for k in ("precision", "format")]
+    flags += ["--dispatch-precision", "--combine-precision", "--precision", "--stack"]
+    given = [f for f in flags if getattr(args, f[2:].replace("-", "_"), None) is not None]
+    if getattr(args, "eviction", "discard") != "discard":
+        given.append("--eviction")
+    given += [
+        f for f in ("--offload-non-expert", "--fetch-whole-layer") if getattr(args, f[2:].replace("-", "_"), False)
+    ]
+    return given
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from codesign.simulate import TrainingDataError, simulate
     from hwmodels import CostModel, get_platform
@@ -1158,6 +1374,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     _load_plugins(args.plugin)
     if args.design is not None:
         given = [f for f, v in (("--model", args.model), ("--platform", args.platform), ("--trace", args.trace)) if v]
+        given += _design_conflicts(args)
         if given:
             raise ValueError(f"--design replays a whole design; drop {', '.join(given)} (they come from the file)")
         return _cmd_design(args)
@@ -1167,9 +1384,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     _check_args(args)
     profile = _load_profile_arg(args.profile, args.fidelity)
     memo = _placement_memo(args.placement_cache)
-    model = load_model(args.model)
-    if args.precision:
-        model = model.with_precision(args.precision)
+    model = apply_model_flags(load_model(args.model), args)
     platform = get_platform(args.platform)
     check_platform(platform, f"--platform {args.platform}")
     mapping = build_mapping(args)

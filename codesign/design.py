@@ -485,17 +485,33 @@ class Design:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def describe(self) -> str:
-        """One line: model, platform, the mapping's main knobs, the workload."""
+        """One line: model (its precision per component where they differ), platform, the mapping's
+        main knobs (the serving stack, copy-back eviction and streamed weights when set), the workload."""
+        from workloads.precision import mixed_precision, precision_label
+
         m, mp, w = self.model, self.mapping, self.workload
         n_dev = mp.n_devices or self.platform.n_accelerators
+        weights = precision_label(m) if mixed_precision(m) else f"{m.bytes_per_weight:g} B/weight"
         parts = [
-            f"{m.name} (E={m.n_experts}, k={m.top_k}, {m.bytes_per_weight:g} B/weight)",
+            f"{m.name} (E={m.n_experts}, k={m.top_k}, {weights})",
             f"on {self.platform.name} x{n_dev}",
-            f"cache {mp.cache.policy} {mp.cache.expert_fraction:.0%}",
+            f"cache {mp.cache.policy} {mp.cache.expert_fraction:.0%}"
+            + (" copy-back" if mp.cache.eviction == "copy-back" else ""),
             f"miss {mp.miss}",
             f"prefetch {mp.prefetch}",
             f"batch {mp.batching.max_batch}",
             f"{w.n_requests} req {w.prompt_tokens}+{w.output_tokens} tok ({w.arrivals})",
+        ]
+        stack = getattr(mp.stack, "name", mp.stack)
+        if stack != "none":
+            parts.insert(2, f"stack {stack}")
+        parts[2:2] = [
+            t
+            for on, t in (
+                (mp.offload_non_expert, "non-expert streamed"),
+                (mp.fetch_whole_layer, "whole layers fetched"),
+            )
+            if on
         ]
         return ", ".join(parts)
 

@@ -39,6 +39,17 @@ process (as many tokens as the run, a fresh seed; see `codesign.simulate`); with
 the first ``--train-fraction`` of the requests, which must then be given. ``--ep-execution`` picks
 how tokens move between expert-parallel devices (`codesign.mapping.Mapping.ep_execution`).
 
+Precision and serving mechanisms (issue 8): ``--precision`` sets the model-wide weight precision and
+clears any per-component precision of ``--model``; then ``--<component>-precision`` (a name or bytes
+per weight, metadata included) and ``--<component>-format`` (a dequantisation kernel, ``codesign
+presets formats``) override one of attention, expert, shared, dense, embedding
+(`workloads.model.WEIGHT_COMPONENTS`), and ``--dispatch-precision`` / ``--combine-precision`` the
+all-to-all activations; a ``--model FILE.toml`` (or ``.json``) may hold the same fields.
+``--stack`` names the serving stack (``codesign presets stacks``, or a stack ``.toml``),
+``--eviction copy-back`` copies victims back before a fetch, ``--offload-non-expert`` streams the
+non-expert weights per layer and ``--fetch-whole-layer`` fetches every offloaded expert of a layer
+(`codesign.mapping.Mapping`). The table shows each of them when it is not the default.
+
 Every bad value is reported as one ``error: ...`` line naming the flag (or file) and what was
 expected: policy options are checked against the policy's constructor (the valid ones listed),
 ``--out`` must be a directory, ``--seed`` a non-negative integer.

@@ -193,13 +193,20 @@ class ArithmeticStep:
             pre = si.attn_s[pos] + np.where(moe, si.router_s[pos], si.dense_s[pos])  # [n_layers, n_dev]
             pre_J = si.attn_J[pos] + np.where(moe, si.router_J[pos], si.dense_J[pos])
             return pre.T.tolist(), pre.max(axis=1).tolist(), float(pre_J.sum())
-        moe_pre = (si.attn_s[0] + si.router_s[0]).tolist()
-        dense_pre = (si.attn_s[0] + si.dense_s[0]).tolist()
-        moe_max, dense_max = max(moe_pre), max(dense_pre)
-        a_j = float(si.attn_J[0].sum())
         n_moe = self.L
         n_dense = self.n_layers - n_moe
-        energy = n_moe * (a_j + float(si.router_J[0].sum())) + n_dense * (a_j + float(si.dense_J[0].sum()))
+        if self.n_dev == 1:  # the same float operations on Python floats (numpy's sum of one x is x + 0.0)
+            a_s, r_s, d_s = float(si.attn_s[0, 0]), float(si.router_s[0, 0]), float(si.dense_s[0, 0])
+            a_j, r_j, d_j = float(si.attn_J[0, 0]) + 0.0, float(si.router_J[0, 0]) + 0.0, float(si.dense_J[0, 0]) + 0.0
+            moe_pre, dense_pre = [a_s + r_s], [a_s + d_s]
+            moe_max, dense_max = moe_pre[0], dense_pre[0]
+            energy = n_moe * (a_j + r_j) + n_dense * (a_j + d_j)
+        else:
+            moe_pre = (si.attn_s[0] + si.router_s[0]).tolist()
+            dense_pre = (si.attn_s[0] + si.dense_s[0]).tolist()
+            moe_max, dense_max = max(moe_pre), max(dense_pre)
+            a_j = float(si.attn_J[0].sum())
+            energy = n_moe * (a_j + float(si.router_J[0].sum())) + n_dense * (a_j + float(si.dense_J[0].sum()))
         per_dev = [[m_d if m else d_d for m in self.is_moe_list] for m_d, d_d in zip(moe_pre, dense_pre, strict=True)]
         return per_dev, [moe_max if m else dense_max for m in self.is_moe_list], energy
 

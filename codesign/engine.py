@@ -599,36 +599,41 @@ class Engine:
     def _prepare(self, plan: list[tuple[RequestState, int]]) -> StepInputs:
         """Everything about a step that does not depend on time, as arrays (see `StepInputs`)."""
         n_dev, L, E = self.n_dev, self.L, self.E
-        chunks: list[tuple[npt.NDArray[np.int16], int, int]] = []  # (routing, first row, rows) of each entry
         tok_dev_parts = []
         prefill_n: list[list[int]] = [[] for _ in range(n_dev)]
         dec_ctx: list[list[int]] = [[] for _ in range(n_dev)]
-        plan_n: list[int] = []  # tokens of each plan entry
-        plan_ctx: list[int] = []  # context of a decode entry, 0 for a prefill chunk
+        plan_n: list[int] = []  # tokens of each plan entry (several devices)
+        plan_ctx: list[int] = []  # context of a decode entry, 0 for a prefill chunk (several devices)
         n_prefill = n_decode = 0
-        req_device = self.req_device
         # one expert on one device, every request's routing all expert 0: the rows are zeros, known
         # without reading them (the counts follow from the token count; exact, not an approximation)
         zero = self._zero_routing
         all_zero = self._one_expert
-        for st, n in plan:  # RequestState's properties inlined (in_prefill, next_row): a hot loop
-            rid = st.request_id
-            d = req_device[rid]
-            if all_zero and rid not in zero:
-                all_zero = False
-            plan_n.append(n)
-            if st.prefilled < st.prompt_tokens:
-                chunks.append((st.routing, st.prefilled, n))
-                prefill_n[d].append(n)
-                plan_ctx.append(0)
-                n_prefill += n
-            else:
-                chunks.append((st.routing, st.prompt_tokens + st.generated - 1, n))
-                ctx = st.prompt_tokens + st.generated
-                dec_ctx[d].append(ctx)
-                plan_ctx.append(ctx)
-                n_decode += 1
-            if n_dev > 1:
+        if n_dev == 1:
+            pf, dc = prefill_n[0], dec_ctx[0]
+            for st, n in plan:  # RequestState's in_prefill inlined: a hot loop
+                if all_zero and st.request_id not in zero:
+                    all_zero = False
+                if st.prefilled < st.prompt_tokens:
+                    pf.append(n)
+                    n_prefill += n
+                else:
+                    dc.append(st.prompt_tokens + st.generated)
+            n_decode = len(dc)
+        else:
+            req_device = self.req_device
+            for st, n in plan:
+                d = req_device[st.request_id]
+                plan_n.append(n)
+                if st.prefilled < st.prompt_tokens:
+                    prefill_n[d].append(n)
+                    plan_ctx.append(0)
+                    n_prefill += n
+                else:
+                    ctx = st.prompt_tokens + st.generated
+                    dec_ctx[d].append(ctx)
+                    plan_ctx.append(ctx)
+                    n_decode += 1
                 tok_dev_parts.append(np.full(n, d, dtype=np.int64))
         tok_dev = np.concatenate(tok_dev_parts) if n_dev > 1 else None
         if all_zero:
@@ -647,7 +652,10 @@ class Engine:
             valid: npt.NDArray[np.bool_] | None = None
             keys: npt.NDArray[np.int64] | None = None
         else:
-            parts = [routing[r0 : r0 + n] for routing, r0, n in chunks]
+            parts = []
+            for st, n in plan:  # the rows each entry processes (RequestState.next_row inlined)
+                r0 = st.prefilled if st.prefilled < st.prompt_tokens else st.prompt_tokens + st.generated - 1
+                parts.append(st.routing[r0 : r0 + n])
             rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
             k = rows.shape[2]
             # vectorised routing: counts per (layer, expert), cross-device assignments

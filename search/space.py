@@ -26,7 +26,13 @@ Sections:
   ``top_k_scale``, ``granularity`` (split factor ``s``: experts and top-k x ``s``, expert width /
   ``s``, so the active parameters are unchanged; the model's Krajewski granularity
   ``G = d_ff / expert width`` is ``s`` times the base's), ``shared_experts`` (count; width = the
-  base's shared width, else its expert width), ``weight_precision``, ``kv_precision``.
+  base's shared width, else its expert width), ``weight_precision`` (the model-wide weight precision:
+  it clears any per-component precision and format of the base model, so a candidate at ``fp8`` is
+  fp8 throughout), ``expert_precision`` (optional, default ``"same"``: the routed experts follow
+  ``weight_precision``; else ``"PREC"`` or ``"PREC:FORMAT"`` with PREC a precision name or bytes per
+  weight, quantisation metadata included, and FORMAT a dequantisation kernel of
+  `workloads.model.WEIGHT_FORMATS`, e.g. ``["same", "int4:marlin", "0.325:hqq-triton"]``; applied
+  after ``weight_precision``), ``kv_precision``. The quality law does not see precision.
 - ``[platform]``: ``preset`` (a knob over platform presets) and per preset a table
   ``[platform.<preset>]`` with ``devices`` (expert-parallel degrees to try; default all its
   accelerators) and ``backing`` (where offloaded experts live; default ``"host"`` when it has a
@@ -34,7 +40,9 @@ Sections:
 - ``[mapping]``: ``fast_tier_share`` (share of each device's experts in its fast tier; only where
   offloading is possible), ``cache_policy`` and ``prefetch`` (only when experts are offloaded),
   ``miss`` (only when offloading to a host), ``placement`` and ``ep_execution`` (only with several
-  devices), ``max_batch``, ``max_tokens``.
+  devices), ``max_batch``, ``max_tokens``, ``stack`` (optional, default ``"none"``: the serving stack
+  whose per-step costs every candidate pays, a preset of `hwmodels.stacks.stack_preset_names` or a
+  stack ``.toml`` path; a list makes it a knob).
 
 Conditional knobs are simply not asked when they do not apply, and a knob whose choices differ
 per platform (``devices``) is named per platform (``platform.n_devices@dgx-h100``), because an
@@ -54,9 +62,17 @@ from typing import Any, Protocol
 
 from codesign.policies import REGISTRIES
 from hwmodels.devices import Platform, get_platform, platform_preset_names
+from hwmodels.stacks import StackError, get_stack, stack_preset_names
 from search.objectives import CONSTRAINT_METRICS, OBJECTIVES, SloConstraint
 from search.quality import QUALITY_LAWS
-from workloads.model import PRECISION_BYTES, MoEModel, get_model, model_preset_names
+from workloads.model import (
+    PRECISION_BYTES,
+    WEIGHT_COMPONENTS,
+    WEIGHT_FORMATS,
+    MoEModel,
+    get_model,
+    model_preset_names,
+)
 
 __all__ = [
     "Candidate",
@@ -65,6 +81,7 @@ __all__ = [
     "SpaceError",
     "default_space",
     "load_space",
+    "parse_component_precision",
     "scale_model",
 ]
 
@@ -72,6 +89,8 @@ Scalar = bool | int | float | str
 SAMPLERS = ("nsga2", "tpe", "random")
 FIDELITIES = ("multi", "analytic", "sim")
 DEFAULT_SPACE = "default_space.toml"
+#: ``expert_precision`` value meaning "follow ``weight_precision``" (no per-component override).
+SAME_PRECISION = "same"
 
 
 class SpaceError(ValueError):
@@ -188,8 +207,14 @@ def scale_model(
     shared_experts: int | None = None,
     weight_precision: str | None = None,
     kv_precision: str | None = None,
+    expert_precision: str | None = None,
 ) -> MoEModel:
     """``base`` with its experts varied (see the module doc for each knob).
+
+    ``weight_precision`` sets the model-wide precision and clears every per-component precision and
+    format of ``base`` (`workloads.model.WEIGHT_COMPONENTS`); ``expert_precision`` (see
+    `parse_component_precision`; None or ``"same"``: none) then sets the routed experts' bytes per
+    weight and format.
 
     Coarse experts ``E = round(E0 * experts_scale)``, top-k ``k = max(1, round(k0 * top_k_scale))``;
     split by ``s = granularity``: ``top_k = max(1, round(k s))``, expert width
@@ -211,6 +236,12 @@ def scale_model(
         changes["shared_ffn_dim"] = (base.shared_ffn_dim or base.expert_ffn_dim) if shared_experts else 0
     if weight_precision is not None:
         changes["bytes_per_weight"] = PRECISION_BYTES[weight_precision]
+        for comp in WEIGHT_COMPONENTS:
+            changes[f"{comp}_bytes_per_weight"] = None
+            changes[f"{comp}_format"] = "none"
+    expert = parse_component_precision(expert_precision) if expert_precision is not None else None
+    if expert is not None:
+        changes["expert_bytes_per_weight"], changes["expert_format"] = expert
     if kv_precision is not None:
         changes["kv_bytes_per_elem"] = PRECISION_BYTES[kv_precision]
     parts = [base.name, f"E{n_experts}k{top_k}w{width}"]
@@ -218,9 +249,41 @@ def scale_model(
         parts.append(f"s{changes['n_shared_experts']}")
     if weight_precision:
         parts.append(weight_precision)
+    if expert is not None:
+        parts.append(f"experts-{expert_precision}")
     changes["name"] = "-".join(parts)
     changes["source"] = f"search: {base.name} ({base.source}) with experts varied by search.space.scale_model"
     return base.with_(**changes)
+
+
+def parse_component_precision(spec: str) -> tuple[float, str] | None:
+    """A component precision knob value -> ``(bytes per weight, format)``; None for ``"same"``.
+
+    ``spec`` is ``"same"``, ``"PREC"`` or ``"PREC:FORMAT"``: PREC a name of
+    `workloads.model.PRECISION_BYTES` or a number of bytes per weight > 0 (metadata included: 2-bit
+    HQQ with group-16 scales is 0.325), FORMAT one of `workloads.model.WEIGHT_FORMATS` (default
+    ``"none"``: no dequantisation charged). Raises `ValueError` saying what was expected."""
+    if spec == SAME_PRECISION:
+        return None
+    prec, _, fmt = spec.partition(":")
+    fmt = fmt or "none"
+    if prec in PRECISION_BYTES:
+        value = PRECISION_BYTES[prec]
+    else:
+        try:
+            value = float(prec)
+        except ValueError:
+            value = math.nan
+    if not (math.isfinite(value) and value > 0) or fmt not in WEIGHT_FORMATS:
+        raise ValueError(f"expected {_COMPONENT_PRECISION}, got {spec!r}")
+    return value, fmt
+
+
+#: What `parse_component_precision` accepts, for error messages.
+_COMPONENT_PRECISION = (
+    f"'{SAME_PRECISION}', 'PREC' or 'PREC:FORMAT' with PREC in {sorted(PRECISION_BYTES)} or bytes per weight > 0 "
+    f"and FORMAT in {list(WEIGHT_FORMATS)}"
+)
 
 
 # --------------------------------------------------------------------------------------- parsing
@@ -275,6 +338,7 @@ class SearchSpace:
             shared_experts=int(pick("model.shared_experts")),
             weight_precision=str(pick("model.weight_precision")),
             kv_precision=str(pick("model.kv_precision")),
+            expert_precision=str(pick("model.expert_precision")),
         )
         preset = str(pick("platform.preset"))
         opts = self.platforms[preset]
@@ -282,7 +346,7 @@ class SearchSpace:
         n_dev = int(choose(dev_knob))
         if not dev_knob.fixed:
             params[dev_knob.name] = n_dev
-        mapping_kw: dict[str, Any] = {"n_devices": n_dev}
+        mapping_kw: dict[str, Any] = {"n_devices": n_dev, "stack": str(pick("mapping.stack"))}
         share = float(pick("mapping.fast_tier_share")) if opts.backing is not None else 1.0
         mapping_kw["fast_tier_share"] = share
         if share < 1.0:
@@ -390,7 +454,15 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "seed",
         "training_tokens",
     ),
-    "model": ("experts_scale", "top_k_scale", "granularity", "shared_experts", "weight_precision", "kv_precision"),
+    "model": (
+        "experts_scale",
+        "top_k_scale",
+        "granularity",
+        "shared_experts",
+        "weight_precision",
+        "kv_precision",
+        "expert_precision",
+    ),
     "platform": ("preset",),
     "mapping": (
         "fast_tier_share",
@@ -401,6 +473,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "ep_execution",
         "max_batch",
         "max_tokens",
+        "stack",
     ),
 }
 _PLATFORM_KEYS = ("devices", "backing")
@@ -610,6 +683,14 @@ def _parse(data: dict[str, Any], source: str) -> SearchSpace:
     knobs["model.shared_experts"] = _knob(ctx, "model.shared_experts", m["shared_experts"], kind="int")
     for key in ("weight_precision", "kv_precision"):
         knobs[f"model.{key}"] = _knob(ctx, f"model.{key}", m[key], kind="str", valid=sorted(PRECISION_BYTES))
+    knobs["model.expert_precision"] = _knob(
+        ctx, "model.expert_precision", m.get("expert_precision", SAME_PRECISION), kind="str"
+    )
+    for value in knobs["model.expert_precision"].values():
+        try:
+            parse_component_precision(str(value))
+        except ValueError:
+            raise ctx.error("model.expert_precision", _COMPONENT_PRECISION, value) from None
     knobs["platform.preset"] = _knob(
         ctx, "platform.preset", data["platform"]["preset"], kind="str", valid=platform_preset_names()
     )
@@ -627,6 +708,14 @@ def _parse(data: dict[str, Any], source: str) -> SearchSpace:
     )
     for key in ("max_batch", "max_tokens"):
         knobs[f"mapping.{key}"] = _knob(ctx, f"mapping.{key}", mp[key], kind="int")
+    knobs["mapping.stack"] = _knob(ctx, "mapping.stack", mp.get("stack", "none"), kind="str")
+    for value in knobs["mapping.stack"].values():
+        try:
+            get_stack(str(value))
+        except StackError:
+            raise ctx.error(
+                "mapping.stack", f"a serving stack among {stack_preset_names()} or a stack .toml file", value
+            ) from None
     for name in ("workload.base_model", "platform.preset"):
         if knobs[name].is_range:
             raise ctx.error(name, "a name or a list of names", data)

@@ -1,0 +1,133 @@
+"""The search space's precision semantics and its optional ``expert_precision`` and ``stack`` knobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from codesign.design import evaluate
+from search.space import SpaceError, default_space, load_space, params_chooser, parse_component_precision, scale_model
+from search.study import candidate_design
+from workloads import WEIGHT_COMPONENTS, get_model
+
+#: One shape on one platform, a tiny closed batch; the precision and stack knobs varied.
+SPACE = """
+[study]
+fidelity = "analytic"
+[workload]
+base_model = "mixtral-8x7b"
+n_requests = 2
+prompt_tokens = 16
+output_tokens = 4
+[model]
+experts_scale = 1
+granularity = 1
+shared_experts = 0
+weight_precision = "fp8"
+expert_precision = ["same", "int4:marlin", "0.325:hqq-triton"]
+[platform]
+preset = ["h100-pcie5-host"]
+[mapping]
+fast_tier_share = 0.5
+cache_policy = "lru"
+prefetch = "none"
+miss = "fetch"
+max_batch = 2
+max_tokens = 2048
+stack = ["none", "llama.cpp"]
+"""
+
+
+def _space(tmp_path: Path) -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(SPACE, encoding="utf-8")
+    return path
+
+
+def test_default_space_keeps_one_precision_and_no_stack() -> None:
+    space = default_space()
+    assert space.knobs["model.expert_precision"].choices == ("same",)
+    assert space.knobs["mapping.stack"].choices == ("none",)
+    cand = next(space.enumerate())
+    assert cand.mapping().stack == "none"
+    assert all(getattr(cand.model, f"{c}_bytes_per_weight") is None for c in WEIGHT_COMPONENTS)
+
+
+def test_weight_precision_clears_component_overrides_then_expert_precision_applies() -> None:
+    base = get_model("mixtral-8x7b").with_(
+        attention_bytes_per_weight=0.5, attention_format="hqq-triton-g64", expert_bytes_per_weight=0.325
+    )
+    fp8 = scale_model(base, weight_precision="fp8")
+    assert fp8.bytes_per_weight == 1.0
+    for comp in WEIGHT_COMPONENTS:
+        assert fp8.weight_bytes_of(comp) == 1.0 and fp8.format_of(comp) == "none"
+    mixed = scale_model(base, weight_precision="fp8", expert_precision="int4:marlin")
+    assert mixed.weight_bytes_of("expert") == 0.5 and mixed.format_of("expert") == "marlin"
+    assert mixed.weight_bytes_of("attention") == 1.0 and mixed.name.endswith("-fp8-experts-int4:marlin")
+    assert scale_model(base, expert_precision="same") == scale_model(base)
+    # without a weight_precision knob the base's own overrides stay
+    assert scale_model(base).weight_bytes_of("attention") == 0.5
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("same", None),
+        ("int4", (0.5, "none")),
+        ("int4:marlin", (0.5, "marlin")),
+        ("0.325:hqq-triton", (0.325, "hqq-triton")),
+    ],
+)
+def test_parse_component_precision(spec: str, expected: tuple[float, str] | None) -> None:
+    assert parse_component_precision(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["int2", "0", "-1:marlin", "int4:gptq", "nan"])
+def test_parse_component_precision_refuses(spec: str) -> None:
+    with pytest.raises(ValueError, match="'same', 'PREC' or 'PREC:FORMAT'"):
+        parse_component_precision(spec)
+
+
+def test_knobs_reach_the_designs(tmp_path: Path) -> None:
+    space = load_space(_space(tmp_path))
+    assert not space.knobs["model.expert_precision"].fixed and not space.knobs["mapping.stack"].fixed
+    cands = list(space.enumerate())
+    seen = {(c.model.weight_bytes_of("expert"), c.model.format_of("expert"), c.mapping().stack) for c in cands}
+    assert seen == {
+        (b, f, s) for b, f in ((1.0, "none"), (0.5, "marlin"), (0.325, "hqq-triton")) for s in ("none", "llama.cpp")
+    }
+    # the knobs are Optuna parameters: a replayed assignment gives the same design
+    cand = next(c for c in cands if c.mapping().stack == "llama.cpp" and c.model.format_of("expert") == "marlin")
+    assert cand.params["model.expert_precision"] == "int4:marlin" and cand.params["mapping.stack"] == "llama.cpp"
+    again = space.build(params_chooser(cand.params))
+    assert candidate_design(again).content_hash == candidate_design(cand).content_hash
+    # the stack's host time reaches the metrics (analytic model: llama.cpp pays per layer per step)
+    plain = next(
+        c
+        for c in cands
+        if c.mapping().stack == "none"
+        and c.model.format_of("expert") == "marlin"
+        and c.params == {**cand.params, "mapping.stack": "none"}
+    )
+    assert (
+        evaluate(candidate_design(cand), "analytic").tpot_p50_s
+        > evaluate(candidate_design(plain), "analytic").tpot_p50_s
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("[model]\nexpert_precision = 'int2'\n", "s.toml:model.expert_precision: expected 'same', 'PREC' or"),
+        ("[model]\nexpert_precision = ['same', 'int4:gptq']\n", "s.toml:model.expert_precision: expected 'same'"),
+        ("[mapping]\nstack = 'sglang'\n", "s.toml:mapping.stack: expected a serving stack among"),
+        ("[mapping]\nstack = ['none', 'missing.toml']\n", "s.toml:mapping.stack: expected a serving stack among"),
+    ],
+)
+def test_bad_knob_values_name_file_and_key(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SpaceError) as info:
+        load_space(path)
+    assert str(info.value).startswith(str(tmp_path / where))

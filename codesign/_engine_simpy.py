@@ -268,14 +268,18 @@ class SimpyStep:
 
     def _copy_back(self, d: int, victims: npt.NDArray[np.int64], streamed: int = 0) -> int:
         """Copy-back eviction (a swap cache, as Mixtral-offloading's): book the copies back to the
-        backing tier of the ``victims`` and of one resident expert per ``streamed`` fetch (an expert
-        fetched past a cache full of experts this layer needs still swaps with one of them: a
-        swap cache has no staging memory of its own; none when the cache has no slots) -- bytes
-        and energy of one expert transfer each over device ``d``'s fetch link -- and return how
-        many transfers the copy stream plays first; 0 with ``discard`` eviction."""
+        backing tier of the ``victims`` and of one expert per ``streamed`` fetch -- bytes and energy
+        of one expert transfer each over device ``d``'s fetch link -- and return how many transfers
+        the copy stream plays first; 0 with ``discard`` eviction.
+
+        Rule: every copy-back fetch is a swap (one copy in, one copy out), whatever the cache's slot
+        count. Source: dvmazur/mixtral-offloading ``src/expert_cache.py``, where every load goes
+        through ``_swap`` (one copy in, one out, on the default stream) and ``load_experts`` needs at
+        least one on-GPU slot, so a fetch streamed past a full cache, or through a cache configured
+        with 0 slots (the slot is then a staging buffer), still sends one expert back."""
         if self.eng.bound.mapping.cache.eviction != "copy-back":
             return 0
-        n = int(victims.shape[0]) + (int(streamed) if self.eng.bound.slots[d] > 0 else 0)
+        n = int(victims.shape[0]) + int(streamed)
         if n == 0:
             return 0
         nbytes = self.eng.bpe * n

@@ -39,7 +39,8 @@ Closed forms (``L`` MoE layers, ``E`` experts, ``k`` top-k, a step of ``B`` toke
   expected offloaded experts no token needs, ``sum (1 - a)(1 - h)``), and compute waits for them
   with one layer of lookahead, as the engine plays it: a two-stage pipeline over the layers,
   ``step = max(W_0 + sum_l C_l, sum_l W_l + C_last)`` (``W`` link, ``C`` compute per layer);
-- copy-back eviction (a swap cache): every fetch into a cache with slots moves two experts' bytes;
+- copy-back eviction (a swap cache): every fetch moves two experts' bytes, whatever the slot count
+  (Mixtral-offloading's ``_swap``, src/expert_cache.py);
 - the serving stack's tail (`StepCostPlan.step_tail`): LM head of the emitting sequences and the
   exposed host CPU time, added to every step; the MoE permute with the router;
 - a closed batch of ``B`` requests arriving together (prompt ``P``, output ``O`` tokens): TTFT =
@@ -533,9 +534,10 @@ def analytic_step(
         has_link = plan.fetch_links[d] is not None
         miss_w = a_d * (1.0 - h)  # expected misses per (layer, expert)
         f = plan.fetch(d)
-        # copy-back eviction: a fetch into a full cache first copies its victim back over the same
-        # link (steady state: the cache is full, every cached fetch evicts; streamed fetches do not)
-        swap = 2.0 if bound.mapping.cache.eviction == "copy-back" and bound.slots[d] > 0 else 1.0
+        # copy-back eviction: every fetch is a swap, one copy in and one back over the same link,
+        # whatever the slot count (a 0-slot cache swaps through a staging buffer), as
+        # dvmazur/mixtral-offloading src/expert_cache.py loads every expert through _swap
+        swap = 2.0 if bound.mapping.cache.eviction == "copy-back" else 1.0
         t_f, e_f = swap * float(f.total_s), swap * float(f.energy_J)
         cpu_mask = np.zeros_like(miss_w, dtype=bool)
         cpu_s = cpu_j = np.zeros_like(miss_w)

@@ -120,12 +120,25 @@ def test_copy_back_swaps_fetches_streamed_past_a_full_cache(h100) -> None:
     c = simulate(model, h100, stream, _cyclic_mapping("copy-back"), cost_model=cost).steps
     assert d.streamed.iloc[0] > 0 and d.streamed.iloc[0] == c.streamed.iloc[0]
     assert c.bytes_host.iloc[0] == pytest.approx(2.0 * d.bytes_host.iloc[0], rel=1e-12)
-    # no slots: nothing resident to swap with
+
+
+def test_copy_back_swaps_with_no_slots_in_the_engine_and_the_analytic_model(h100) -> None:
+    """A copy-back cache with 0 slots still swaps through a staging buffer (Mixtral-offloading
+    loads every expert through ``_swap``): one copy out per fetch, in both the engine and the
+    analytic model."""
+    model = tiny_model()
+    stream = random_stream(model, 1, 8, 3, seed=8)
+    cost = CostModel(h100)
+    link = h100.host_link.name
     empty = Mapping(cache=CacheSpec(expert_fraction=0.0, eviction="copy-back"))
     plain = Mapping(cache=CacheSpec(expert_fraction=0.0))
-    a = simulate(model, h100, stream, empty, cost_model=cost).summary["bytes_moved"]
-    b = simulate(model, h100, stream, plain, cost_model=cost).summary["bytes_moved"]
-    assert a == b
+    a = simulate(model, h100, stream, empty, cost_model=cost).summary["bytes_moved"][link]
+    b = simulate(model, h100, stream, plain, cost_model=cost).summary["bytes_moved"][link]
+    assert b > 0 and a == pytest.approx(2.0 * b, rel=1e-12)
+    p = np.full((model.n_moe_layers, model.n_experts), model.top_k / model.n_experts)
+    sa = analytic_step(cost, empty.bind(model, h100), p, n_tokens=1, prefill=False, context_len=16.0)
+    sb = analytic_step(cost, plain.bind(model, h100), p, n_tokens=1, prefill=False, context_len=16.0)
+    assert sb.bytes_fetched > 0 and sa.bytes_fetched == pytest.approx(2.0 * sb.bytes_fetched, rel=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -852,6 +852,7 @@ _DEFAULT_FILES: dict[str, str] = {"a100": "calibration-vidur-a100.json", "h100":
 _DERIVED: dict[str, tuple[str, str, str]] = {
     "h200": ("h100", "h100-sxm", "h200"),
     "h100-nvl": ("h100", "h100-sxm", "h100-nvl"),
+    "h100-pcie": ("h100", "h100-sxm", "h100-pcie"),
 }
 
 
@@ -862,7 +863,7 @@ def default_profile_names() -> list[str]:
 
 def derive_profile(base: CalibrationProfile, base_device: Any, target_device: Any, *, name: str) -> CalibrationProfile:
     """A profile for ``target_device`` derived from ``base``, measured on ``base_device`` (both
-    `hwmodels.devices.Device` of one compute architecture, e.g. H100 SXM -> H200 or H100 NVL).
+    `hwmodels.devices.Device` of one compute architecture, e.g. H100 SXM -> H200, H100 NVL or H100 PCIe).
 
     The rule: the GEMM curve is carried over unchanged as efficiencies (``eff_compute``, occupancy,
     sharpness, per-call ``t0``), applied to the target's peak of the profile's dtype
@@ -932,7 +933,8 @@ def resolve_profile(spec: str) -> CalibrationProfile:
 
 def load_default_profile(name: str) -> CalibrationProfile:
     """A profile shipped with the package (fitted parameters only), e.g. ``"a100"`` or ``"h100"``, or
-    one derived from a shipped profile by :func:`derive_profile` (``"h200"``, ``"h100-nvl"``)."""
+    one derived from a shipped profile by :func:`derive_profile` (``"h200"``, ``"h100-nvl"``,
+    ``"h100-pcie"``)."""
     key = name.lower()
     if key in _DERIVED:
         from hwmodels.devices import get_device

@@ -1,4 +1,4 @@
-"""Calibration profiles derived by rule (issue 8): H200 and H100 NVL from the H100 SXM profile, and
+"""Calibration profiles derived by rule (issue 8): H200, H100 NVL and H100 PCIe from the H100 SXM profile, and
 profile names resolved for ``--profile``."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from hwmodels.calibration import (
 
 def test_derived_names_are_listed_and_load() -> None:
     names = default_profile_names()
-    assert {"a100", "h100", "h200", "h100-nvl"} <= set(names)
-    for name in ("h200", "h100-nvl", "H200"):
+    assert {"a100", "h100", "h200", "h100-nvl", "h100-pcie"} <= set(names)
+    for name in ("h200", "h100-nvl", "h100-pcie", "H200"):
         prof = load_default_profile(name)
         assert prof.name == name.lower() and "derive_profile" in prof.source
 
@@ -58,6 +58,27 @@ def test_h100_nvl_scales_compute_by_the_datasheet_peak_ratio() -> None:
     assert np.allclose(nvl.gemm(np.array([1.0, 4096.0]), 4096, 14336) > 0, True)
 
 
+def test_h100_pcie_scales_compute_and_memory_by_the_preset_ratios() -> None:
+    """H100 PCIe (llama.cpp H100 case): compute by the datasheet peak ratio (756 / 989 TFLOP/s
+    fp16), memory-bound parts by the HBM bandwidth ratio (2.0 / 3.35 TB/s), both from the presets."""
+    h100, pcie = load_default_profile("h100"), load_default_profile("h100-pcie")
+    sxm, dev = get_device("h100-sxm"), get_device("h100-pcie")
+    flops_ratio = dev.flops("fp16") / sxm.flops("fp16")
+    bw_ratio = dev.weights_memory.bandwidth_Bps / sxm.weights_memory.bandwidth_Bps
+    assert flops_ratio == pytest.approx(756 / 989)
+    assert bw_ratio == pytest.approx(2.0 / 3.35)
+    assert pcie.peaks.flops == pytest.approx(h100.peaks.flops * flops_ratio)
+    assert pcie.peaks.memory_Bps == pytest.approx(2.0e12)
+    assert pcie.gemm_fit.eff_compute == h100.gemm_fit.eff_compute
+    assert pcie.gemm_fit.bandwidth_Bps == pytest.approx(h100.gemm_fit.bandwidth_Bps * bw_ratio)
+    for key, fit in h100.memory_fits.items():
+        assert pcie.memory_fits[key].bandwidth_Bps == pytest.approx(fit.bandwidth_Bps * bw_ratio)
+    big = 1e10
+    assert pcie.predict_memory_s(big) / h100.predict_memory_s(big) == pytest.approx(1 / bw_ratio, rel=0.01)
+    t_sxm, t_pcie = h100.predict_gemm_s(16384, 16384, 16384), pcie.predict_gemm_s(16384, 16384, 16384)
+    assert t_sxm / t_pcie == pytest.approx(flops_ratio, rel=0.05)
+
+
 def test_derive_refuses_other_kinds_and_devices_without_the_dtype() -> None:
     h100, sxm = load_default_profile("h100"), get_device("h100-sxm")
     with pytest.raises(CalibrationError, match="differ in kind"):
@@ -70,7 +91,7 @@ def test_derive_refuses_other_kinds_and_devices_without_the_dtype() -> None:
 def test_resolve_profile_errors_list_the_names(tmp_path: Path) -> None:
     with pytest.raises(CalibrationError) as info:
         resolve_profile("h300")
-    assert "valid names: a100, h100, h100-nvl, h200" in str(info.value)
+    assert "valid names: a100, h100, h100-nvl, h100-pcie, h200" in str(info.value)
     with pytest.raises(CalibrationError, match="cannot read calibration profile"):
         resolve_profile(str(tmp_path / "missing.json"))
     saved = load_default_profile("h200").save(tmp_path / "h200.json")

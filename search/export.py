@@ -36,6 +36,7 @@ ROW_KNOBS: dict[str, tuple[str, ...]] = {
     "placement": ("mapping", "placement"),
     "ep": ("mapping", "ep_execution"),
     "max_batch": ("mapping", "batching", "max_batch"),
+    "stack": ("mapping", "stack"),
 }
 
 
@@ -50,7 +51,9 @@ def _get(d: Any, path: Sequence[str]) -> Any:
 def pareto_rows(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[dict[str, Any]]:
     """One dict per trial: ``trial``, ``design_hash``, ``<objective> [unit]`` values, ``fidelity``,
     the `ROW_KNOBS` (None where a knob does not apply: placement and EP execution on one device,
-    cache policies when every expert is resident) and ``granularity_G`` (Krajewski G of the model)."""
+    cache policies when every expert is resident), ``granularity_G`` (Krajewski G of the model) and
+    ``expert_precision`` (the routed experts' own bytes per weight[:format], None when they follow
+    ``bytes_per_weight``)."""
     from codesign.design import Design
 
     rows = []
@@ -67,7 +70,16 @@ def pareto_rows(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> lis
             row["placement"] = row["ep"] = None
         if row["fast_share"] is not None and row["fast_share"] >= 1.0:
             row["cache"] = row["prefetch"] = row["miss"] = None
-        row["granularity_G"] = round(Design.from_dict(design).model.granularity, 3) if design else None
+        model = Design.from_dict(design).model if design else None
+        row["granularity_G"] = round(model.granularity, 3) if model is not None else None
+        # the routed experts' own precision (space knob expert_precision) as bytes per weight[:format];
+        # None when they follow bytes_per_weight natively
+        row["expert_precision"] = None
+        if model is not None and (model.expert_bytes_per_weight is not None or model.expert_format != "none"):
+            fmt = model.format_of("expert")
+            row["expert_precision"] = f"{model.weight_bytes_of('expert'):g}" + (f":{fmt}" if fmt != "none" else "")
+        if isinstance(row["stack"], dict):  # an inline stack object
+            row["stack"] = row["stack"].get("name")
         rows.append(row)
     return rows
 

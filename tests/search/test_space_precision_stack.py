@@ -131,3 +131,24 @@ def test_bad_knob_values_name_file_and_key(tmp_path: Path, text: str, where: str
     with pytest.raises(SpaceError) as info:
         load_space(path)
     assert str(info.value).startswith(str(tmp_path / where))
+
+
+def test_search_cli_shows_the_knobs_in_the_pareto_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+
+    from codesign.cli import main
+    from codesign.design import Design
+
+    out = tmp_path / "out"
+    args = ["search", "--space", str(_space(tmp_path)), "--trials", "6", "--out", str(out), "--no-progress"]
+    assert main([*args, "--no-report"]) == 0
+    assert "stack=" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "pareto.csv").open(encoding="utf-8")))
+    assert rows
+    for row in rows:
+        design = Design.load(out / "pareto" / f"{row['design_hash']}.json")
+        assert row["stack"] == design.mapping.stack
+        fmt = design.model.format_of("expert")
+        own = design.model.expert_bytes_per_weight is not None or fmt != "none"
+        expected = f"{design.model.weight_bytes_of('expert'):g}" + (f":{fmt}" if fmt != "none" else "")
+        assert row["expert_precision"] == (expected if own else "")

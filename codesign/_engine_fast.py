@@ -30,7 +30,7 @@ waits for its slowest device; then the combine (or gather) all-to-all.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import compress
+from itertools import chain, compress
 from operator import not_
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from codesign.costplan import StepCostPlan
     from codesign.engine import Engine
 
-__all__ = ["AllToAllMemo", "ArithmeticStep", "StepInputs"]
+__all__ = ["AllToAllMemo", "ArithmeticStep", "DecodeAttention", "StepInputs"]
 
 FloatArray = npt.NDArray[np.float64]
 #: `ArithmeticStep._resident_costs`: each device's per-layer attention + router / dense FFN times
@@ -83,6 +83,46 @@ class AllToAllMemo:
                 memo[v] = (t, j)
         pairs = [memo[v] for v in vals]
         return [t for t, _ in pairs], [j for _, j in pairs]
+
+
+class DecodeAttention:
+    """`StepCostPlan.attention_decode` answers (seconds, joules) of ``n`` decode tokens whose contexts
+    sum to ``total`` (mean context ``total / n``, exactly numpy's mean while sums are exact in
+    float64) on device ``d``, memoised by (device spec, ``n``, ``total``). Each decode step adds one
+    token to every request's context, so the sum grows by ``n`` per step: on a miss the next
+    ``AHEAD`` sums are asked in one vectorised call (the answer is element-wise in the context: the
+    same bits as the scalar call). Cleared past 65,536 entries."""
+
+    AHEAD = 64
+
+    def __init__(self, plan: StepCostPlan, dev_key: list[int]) -> None:
+        self.plan = plan
+        self.dev_key = dev_key
+        self._memo: dict[tuple[int, int, int], tuple[float, float]] = {}
+
+    def __call__(self, d: int, contexts: list[int]) -> tuple[float, float]:
+        """Seconds and joules of one layer's decode attention for the (non-empty) ``contexts`` of
+        the decode tokens on device ``d``, at their mean context (``float(np.mean(contexts))``)."""
+        n = len(contexts)
+        total = sum(contexts)
+        key = (self.dev_key[d], n, total)
+        hit = self._memo.get(key)
+        if hit is None:
+            if abs(total) + self.AHEAD * n >= 2**53:  # sums no longer exact in float64: numpy's mean
+                c = self.plan.attention_decode(d, n, float(np.mean(contexts)))
+                return float(c.total_s), float(c.energy_J)
+            memo = self._memo
+            if len(memo) > 65536:
+                memo.clear()
+            totals = [total + j * n for j in range(self.AHEAD)]
+            c = self.plan.attention_decode(d, n, np.array([t / n for t in totals], dtype=np.float64))
+            ts = np.broadcast_to(np.asarray(c.total_s, dtype=np.float64), (self.AHEAD,)).tolist()
+            js = np.broadcast_to(np.asarray(c.energy_J, dtype=np.float64), (self.AHEAD,)).tolist()
+            dk = key[0]
+            for t, s_, j in zip(totals, ts, js, strict=True):
+                memo[(dk, n, t)] = (s_, j)
+            hit = memo[key]
+        return hit
 
 
 @dataclass(slots=True, eq=False)
@@ -173,6 +213,8 @@ class ArithmeticStep:
         self._ready_memo: list[dict[tuple[int, ...], tuple[float, float]]] = [{} for _ in range(eng.n_dev)]
         self.home_onehot = np.stack([eng.home_flat == d for d in range(eng.n_dev)])  # [n_dev, L * E]
         self._tables: dict[tuple[int, str], tuple[list[float], list[float]]] = {}
+        self._tables_version = 0  # bumped when a table grows (see `_fetched_costs`)
+        self._stacked: tuple[int, FloatArray, FloatArray, int] | None = None
         self._resident_memo: dict[tuple[Any, ...], _ResidentCosts] = {}  # see _resident
         self._group_memo: dict[tuple[Any, ...], tuple[list[float], float, list[float], list[float], int]] = {}
 
@@ -471,13 +513,7 @@ class ArithmeticStep:
         energy += e_pre + self._a2a_energy(si) + float(np.sum(si.shared_J[:L]))
         comp: dict[int, list[float]] = {}
         if fetches:
-            max_count = int(counts.max())
-            tables = [self._expert_table(d, max_count) for d in range(n_dev)]
-            for g, (cs, _n_cached) in fetches.items():
-                t_tab, j_tab = tables[g % n_dev]
-                comp[g] = [t_tab[n] for n in cs]
-                for n in cs:
-                    energy += j_tab[n]
+            comp, energy = self._fetched_costs(fetches, int(counts.max()), energy)
         shared = si.shared_s[:L].tolist()
         # ---- pass B: times
         a2a = si.a2a
@@ -596,6 +632,40 @@ class ArithmeticStep:
                     out[g] = v
         return out
 
+    def _fetched_costs(
+        self, fetches: dict[int, tuple[list[int], int]], max_count: int, energy: float
+    ) -> tuple[dict[int, list[float]], float]:
+        """Each fetched expert's seconds alone on its tokens (by group id, in the order of
+        ``fetches``), from the per-device tables of `_expert_table` in one numpy look-up over the
+        step; ``energy`` plus their joules, added one by one in that order (a cumulative sum is a
+        sequential sum: the same float operations as a Python loop)."""
+        n_dev = self.n_dev
+        tabs = [self._expert_table(d, max_count) for d in range(n_dev)]
+        st = self._stacked
+        if st is None or st[0] != self._tables_version:
+            width = max(len(t) for t, _ in tabs)
+            t_all = np.zeros((n_dev, width))
+            j_all = np.zeros((n_dev, width))
+            for d, (t, j) in enumerate(tabs):
+                t_all[d, : len(t)] = t
+                j_all[d, : len(j)] = j
+            st = self._stacked = (self._tables_version, t_all.ravel(), j_all.ravel(), width)
+        _, t_flat, j_flat, width = st
+        gs = list(fetches)
+        lens = [len(fetches[g][0]) for g in gs]
+        idx = np.fromiter(chain.from_iterable(fetches[g][0] for g in gs), dtype=np.int64, count=sum(lens))
+        if n_dev > 1:
+            idx += np.repeat(np.asarray(gs, dtype=np.int64) % n_dev * width, lens)
+        t_list: list[float] = t_flat[idx].tolist()
+        if idx.size:
+            energy = float(np.cumsum(np.concatenate(([energy], j_flat[idx])))[-1])
+        comp: dict[int, list[float]] = {}
+        o = 0
+        for g, n in zip(gs, lens, strict=True):
+            comp[g] = t_list[o : o + n]
+            o += n
+        return comp, energy
+
     def _expert_table(self, d: int, max_count: int) -> tuple[list[float], list[float]]:
         """Seconds and joules of one expert of device ``d`` run alone on ``c`` tokens, for ``c`` in
         ``0 .. >= max_count``: `StepCostPlan.experts` is element-wise in the token counts (its
@@ -610,6 +680,7 @@ class ArithmeticStep:
                 np.broadcast_to(np.asarray(c.energy_J, dtype=np.float64), (n,)).tolist(),
             )
             self._tables[key] = tab
+            self._tables_version += 1
         return tab
 
     def _chain(

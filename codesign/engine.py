@@ -96,7 +96,7 @@ import simpy
 from simpy.core import NORMAL
 from tqdm import tqdm
 
-from codesign._engine_fast import AllToAllMemo, ArithmeticStep, StepInputs
+from codesign._engine_fast import AllToAllMemo, ArithmeticStep, DecodeAttention, StepInputs
 from codesign._engine_simpy import ProcGen, SimpyStep, _arr
 from codesign.costplan import StepCostPlan, zero_load_step_s
 from codesign.mapping import BoundMapping
@@ -406,6 +406,7 @@ class Engine:
                         "the mapping offloads nothing (cache policy bug)"
                     )
         self._a2a = AllToAllMemo(self.plan)  # the all-to-all costs by bytes value
+        self._attn_decode = DecodeAttention(self.plan, self._dev_key)  # decode attention by context sum
         self.simpy_step = SimpyStep(self)
         self._tail_on = self.plan.stack.charges_anything  # issue 8: see _step_tail
         self.fast: ArithmeticStep | None = None
@@ -781,9 +782,9 @@ class Engine:
                     a_s += float(np.sum(c.total_s))
                     a_j += float(np.sum(c.energy_J))
                 if dec_ctx[d]:
-                    c = plan.attention_decode(d, len(dec_ctx[d]), _mean_int(dec_ctx[d]))
-                    a_s += float(c.total_s)
-                    a_j += float(c.energy_J)
+                    t_s, t_j = self._attn_decode(d, dec_ctx[d])
+                    a_s += t_s
+                    a_j += t_j
                 attn = memo[akey] = (a_s, a_j)
             tkey = ("tok", dk, n_tok)
             tok = memo.get(tkey)

@@ -34,7 +34,9 @@ are added to both ``compute_s`` and ``memory_s`` so that ``total_s`` includes th
 Each op reads its own component's weights at that component's precision
 (`MoEModel.weight_bytes_of`: attention, expert, shared, dense = router and dense FFNs, embedding = LM
 head) and picks its compute dtype from it (`_dtype_for`: fp8 weights use fp8 where the device has
-it, 4-bit weights are upcast to bf16); a component's ``<component>_format`` adds the
+it, 4-bit weights are upcast to bf16; bytes per weight include scales, so each width is a band,
+`FP8_BYTES_BAND`); attention's score FLOPs (QK^T, PV) run at the KV cache's dtype
+(``kv_bytes_per_elem``), its projections at the weights'; a component's ``<component>_format`` adds the
 dequantisation cost of its packed weights (`hwmodels.dequant`; ``"none"``, the default, adds
 nothing). FPGA ops put their pipeline fill (an off-chip load, not a link)
 in ``comm_s`` of `CostModel.fpga_layer`, labelled in ``source``.
@@ -396,16 +398,23 @@ def _check_eff(eff: Any, who: str, what: str) -> Any:
     return np.minimum(e, 1.0) if e.ndim else min(float(e), 1.0)
 
 
+#: Upper end (exclusive) of the bytes-per-weight band read as 8-bit weights with their scales.
+FP8_BYTES_BAND = 1.125
+
+
 def _dtype_for(device: Device, bytes_per_weight: float) -> str:
     """The compute dtype for weights of ``bytes_per_weight`` on ``device``.
 
-    fp32 weights compute in fp32; 8-bit weights in fp8 (else int8 where listed... else 16-bit, i.e.
-    weights upcast); 16-bit and 4-bit (weight-only quantised) weights in bf16. Falls back along
+    Bytes per weight include the format's scales (`workloads.model.MoEModel`), so each width is a
+    band, not a point: ``[4, inf)`` fp32; ``[1, 1.125)`` 8-bit (fp8 where the device has it, else
+    16-bit, i.e. weights upcast; the band admits one fp32 scale per 32 weights, 1 + 4/32, exclusive:
+    FP8 with 128-block scales is 1 + 4/128 B/weight); everything else -- ``[2, 4)`` 16-bit with or
+    without scales, and sub-8-bit (weight-only quantised, upcast) -- bf16. Falls back along
     ``bf16, fp16, fp32`` and then any listed dtype.
     """
     if bytes_per_weight >= 4:
         prefs: tuple[str, ...] = ("fp32", "bf16", "fp16")
-    elif bytes_per_weight == 1:
+    elif 1.0 <= bytes_per_weight < FP8_BYTES_BAND:
         prefs = ("fp8", "bf16", "fp16", "fp32")
     else:
         prefs = ("bf16", "fp16", "fp32")
@@ -753,8 +762,12 @@ class CostModel:
         dtype: str,
         label: str = "",
         dequant: DequantTerms | None = None,
+        extra_dtype: str | None = None,
     ) -> OpCost:
         """Cost of an op made of GEMMs over ``rows`` tokens plus ``extra_flops`` (score FLOPs).
+
+        The GEMMs run at ``dtype`` (the weights'); ``extra_flops`` at ``extra_dtype`` (default
+        ``dtype``): attention's QK^T and PV products take the KV cache's precision, not the weights'.
 
         ``weight_bytes`` are read from ``weights_tier`` and ``act_bytes`` moved in ``act_tier``;
         the op is active (costs anything) where ``rows > 0``. ``dequant`` (from
@@ -762,6 +775,8 @@ class CostModel:
         Python floats (fast path for the simulator's one-off questions), arrays element-wise.
         """
         ctx = self._context(device, weights_tier, act_tier, dtype)
+        cx = ctx if extra_dtype in (None, dtype) else self._context(device, weights_tier, act_tier, str(extra_dtype))
+        split = cx is not ctx  # the extra FLOPs at another dtype's peak, curve and energy
         n_kernels = self.execution_for(device).kernels(op, n_kernels)
         scalar = rows.ndim == 0
         if scalar:
@@ -777,16 +792,24 @@ class CostModel:
             a_bytes = act_bytes  # every op's activation bytes vanish with its rows
         w_bytes = weight_bytes * active
         total_flops = extra
+        gemm_flops: Any = 0.0
         for g in gemms:
             total_flops = total_flops + g.flops_per_row * m
+            gemm_flops = gemm_flops + g.flops_per_row * m
         if ctx.eff is None:
-            compute = total_flops / ctx.peak
+            compute = gemm_flops / ctx.peak + extra / cx.peak if split else total_flops / ctx.peak
             memory = w_bytes / ctx.w_bw + a_bytes / ctx.a_bw
         elif ctx.curve is not None:
             # default curve: efficiency depends on m only, t = FLOPs (m' + m_half) / (m' peak e_max), m' = max(m, 1)
             c = ctx.curve
             mm = max(m, 1.0) if scalar else np.maximum(m, 1.0)
-            compute = total_flops * ((mm + c.m_half) / (mm * (ctx.peak * c.e_max)))
+            if split and cx.curve is not None:
+                cc = cx.curve
+                compute = gemm_flops * ((mm + c.m_half) / (mm * (ctx.peak * c.e_max))) + extra * (
+                    (mm + cc.m_half) / (mm * (cx.peak * cc.e_max))
+                )
+            else:
+                compute = total_flops * ((mm + c.m_half) / (mm * (ctx.peak * c.e_max)))
             memory = w_bytes * (1.0 / ctx.w_bw) + a_bytes * (1.0 / ctx.a_bw)
             if ctx.overhead_s:
                 overhead = (n_kernels * ctx.overhead_s) * active
@@ -801,7 +824,11 @@ class CostModel:
                 compute = compute + (g.flops_per_row * m) / (ctx.peak * e)
             if e0 is None:
                 e0 = self._ctx_gemm(ctx, m, 128, 128)
-            compute = compute + extra / (ctx.peak * e0)
+            if split:
+                k0, n0 = (gemms[0].k, gemms[0].n) if gemms else (128, 128)
+                compute = compute + extra / (cx.peak * self._ctx_gemm(cx, m, k0, n0))
+            else:
+                compute = compute + extra / (ctx.peak * e0)
             memory = w_bytes / ctx.w_bw + a_bytes / ctx.a_bw
             if ctx.overhead_s:
                 overhead = (n_kernels * ctx.overhead_s) * active
@@ -815,16 +842,11 @@ class CostModel:
             dq_c, serial, m_add, dq_J = self._dequant_add(device, ctx, dequant, m, active, scalar)
             compute = (max(compute, dq_c) if scalar else np.maximum(compute, dq_c)) + serial
             memory = memory + m_add + serial
+        flop_J: Any = ctx.e_flop * gemm_flops + cx.e_flop * extra if split else ctx.e_flop * total_flops
         if scalar:
             compute, memory = float(compute), float(memory)
             total = max(compute, memory)
-            energy = (
-                ctx.static_W * total
-                + ctx.e_flop * float(total_flops)
-                + w_bytes * ctx.w_e
-                + a_bytes * ctx.a_e
-                + float(dq_J)
-            )
+            energy = ctx.static_W * total + float(flop_J) + w_bytes * ctx.w_e + a_bytes * ctx.a_e + float(dq_J)
             return OpCost(
                 compute_s=compute, memory_s=memory, comm_s=0.0, energy_J=float(energy), source=f"{ctx.tag}:{op}{label}"
             )
@@ -835,7 +857,7 @@ class CostModel:
         if memory.shape != rows.shape:
             memory = np.broadcast_to(memory, rows.shape).copy()
         total = np.maximum(compute, memory)
-        energy = ctx.static_W * total + ctx.e_flop * total_flops + w_bytes * ctx.w_e + a_bytes * ctx.a_e + dq_J
+        energy = ctx.static_W * total + flop_J + w_bytes * ctx.w_e + a_bytes * ctx.a_e + dq_J
         return OpCost(
             compute_s=compute,
             memory_s=memory,
@@ -1157,6 +1179,7 @@ class CostModel:
             dtype=_dtype_for(device, model.weight_bytes_of("attention")),
             label=label,
             dequant=_component_dq(model, "attention", model.params_attention, 4),
+            extra_dtype=_dtype_for(device, model.kv_bytes_per_elem),
         )
 
     def attention_decode(
@@ -1196,6 +1219,7 @@ class CostModel:
             dtype=_dtype_for(device, model.weight_bytes_of("attention")),
             label=label,
             dequant=_component_dq(model, "attention", model.params_attention, 4),
+            extra_dtype=_dtype_for(device, model.kv_bytes_per_elem),
         )
 
     # ---------------------------------------------------------------- links

@@ -14,7 +14,12 @@ Conventions (units in names):
 Precision per component. ``bytes_per_weight`` is the model-wide weight precision; each component in
 `WEIGHT_COMPONENTS` may override it with ``<component>_bytes_per_weight`` (None: follow
 ``bytes_per_weight``) and name the kernel format of its packed weights with ``<component>_format``
-(one of `WEIGHT_FORMATS`; ``"none"``: no dequantisation is charged, today's behaviour):
+(one of `WEIGHT_FORMATS`; ``"none"``: no dequantisation is charged, today's behaviour). A format
+names packed sub-8-bit weights, so a format other than ``"none"`` on a component of >= 1 byte per
+weight is refused. Sub-8-bit weights with format ``"none"`` are costed as an idealised fused kernel:
+their packed bytes are read, the GEMM runs at bf16 and dequantisation is free (a lower bound; name a
+format, e.g. ``marlin``, for its cost). This keeps ``int4`` usable as a plain precision
+(`PRECISION_BYTES`, ``simulate --precision int4``) without silently choosing a kernel for the user:
 
 - ``attention``: the q/k/v/o (or MLA) projections of every layer;
 - ``expert``: the routed experts (``bytes_per_expert``: what one expert fetch moves over a link);
@@ -58,7 +63,8 @@ PRECISION_BYTES: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8
 WEIGHT_COMPONENTS: tuple[str, ...] = ("attention", "expert", "shared", "dense", "embedding")
 
 #: Kernel formats of packed weights, costed in ``hwmodels.dequant`` (a test keeps both lists equal).
-#: ``none``: no dequantisation charged (native dtype, or a cost the user does not want modelled).
+#: ``none``: no dequantisation charged (native dtype; for sub-8-bit weights an idealised fused kernel
+#: whose dequantisation is free, a lower bound). The others are sub-8-bit packed formats only.
 WEIGHT_FORMATS: tuple[str, ...] = ("none", "marlin", "llamacpp-mmvq", "hqq-triton", "hqq-triton-g64", "hqq-unfused")
 
 #: Default bytes per element of the all-to-all activations (bf16).
@@ -163,6 +169,11 @@ class MoEModel:
             if fmt not in WEIGHT_FORMATS:
                 raise ValueError(
                     f"MoEModel {self.name!r}: {comp}_format={fmt!r} unknown; valid: {', '.join(WEIGHT_FORMATS)}"
+                )
+            if fmt != "none" and self.weight_bytes_of(comp) >= 1.0:
+                raise ValueError(
+                    f"MoEModel {self.name!r}: {comp}_format={fmt!r} packs sub-8-bit weights, but {comp} has "
+                    f"{self.weight_bytes_of(comp):g} bytes per weight (>= 1); use format 'none'"
                 )
         if self.attention == "mla" and (self.kv_lora_rank <= 0 or self.v_head_dim <= 0):
             raise ValueError(f"MoEModel {self.name!r}: MLA needs kv_lora_rank and v_head_dim > 0")
@@ -395,18 +406,23 @@ class MoEModel:
         """A copy at another weight precision (``bf16``, ``fp8``, ``int4``...).
 
         Without ``components`` the whole model changes: ``bytes_per_weight`` is set and every
-        per-component override is cleared. With ``components`` (names from `WEIGHT_COMPONENTS`) only
-        those components get the precision (their ``<component>_bytes_per_weight``)."""
+        per-component override is cleared, precision and format (``"none"``). With ``components``
+        (names from `WEIGHT_COMPONENTS`) only those components get the precision (their
+        ``<component>_bytes_per_weight``) and their format is reset to ``"none"`` (a format names
+        the packing of the old precision; set a new one with `with_`)."""
         if precision not in PRECISION_BYTES:
             raise ValueError(f"unknown precision {precision!r}; valid: {sorted(PRECISION_BYTES)}")
         value = PRECISION_BYTES[precision]
         if components is None:
             cleared: dict[str, object] = {f"{c}_bytes_per_weight": None for c in WEIGHT_COMPONENTS}
+            cleared.update({f"{c}_format": "none" for c in WEIGHT_COMPONENTS})
             return self.with_(bytes_per_weight=value, **cleared)
         bad = [c for c in components if c not in WEIGHT_COMPONENTS]
         if bad:
             raise ValueError(f"unknown weight component(s) {bad}; valid: {', '.join(WEIGHT_COMPONENTS)}")
-        return self.with_(**{f"{c}_bytes_per_weight": value for c in components})
+        changes: dict[str, object] = {f"{c}_bytes_per_weight": value for c in components}
+        changes.update({f"{c}_format": "none" for c in components})
+        return self.with_(**changes)
 
     # ------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:

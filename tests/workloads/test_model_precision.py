@@ -129,3 +129,38 @@ def test_file_errors_are_one_line(tmp_path: Path) -> None:
         MoEModel.from_dict({"name": "x"})
     with pytest.raises(ValueError, match="no such file"):
         load_model(tmp_path / "absent.toml")
+
+
+def test_with_precision_resets_the_formats() -> None:
+    """A format names the packing of the old precision: a new precision resets it to 'none'."""
+    hqq = get_model("mixtral-8x7b").with_(
+        expert_bytes_per_weight=0.325, expert_format="hqq-triton", attention_bytes_per_weight=0.5
+    )
+    hqq = hqq.with_(attention_format="hqq-triton-g64")
+    whole = hqq.with_precision("fp8")
+    assert all(whole.format_of(c) == "none" for c in WEIGHT_COMPONENTS)
+    assert whole.weight_bytes_of("expert") == 1.0
+    part = hqq.with_precision("int4", components=("expert",))
+    assert part.format_of("expert") == "none" and part.weight_bytes_of("expert") == 0.5
+    assert part.format_of("attention") == "hqq-triton-g64"  # untouched component keeps its format
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"expert_format": "marlin"}, "expert_format"),  # bf16 experts
+        ({"bytes_per_weight": 1.0, "attention_format": "hqq-triton"}, "attention_format"),  # fp8
+        ({"embedding_bytes_per_weight": 1.0 + 4 / 128, "embedding_format": "llamacpp-mmvq"}, "embedding_format"),
+    ],
+)
+def test_a_packed_format_needs_sub_8_bit_weights(changes: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=f"{field}=.*packs sub-8-bit weights") as info:
+        get_model("mixtral-8x7b").with_(**changes)
+    assert "\n" not in str(info.value)
+
+
+def test_sub_8_bit_with_format_none_is_the_idealised_kernel() -> None:
+    """int4 with format 'none' is allowed (a plain precision): no dequantisation is charged."""
+    int4 = get_model("mixtral-8x7b").with_precision("int4")
+    assert int4.format_of("expert") == "none"
+    assert int4.with_(expert_format="marlin").format_of("expert") == "marlin"

@@ -204,9 +204,12 @@ class StepCostPlan:
         reported here as ``memory_s``), plus the launch overhead of three kernels
         (`CostModel.launch_s`: the index sort / align, the permute, the unpermute; vLLM
         ``moe_align_block_size`` + gather and ``moe_sum``, TRT-LLM ``expandInputRows`` and
-        ``finalizeMoeRouting``). The top-k itself is in `router`. Zero tokens cost zero."""
+        ``finalizeMoeRouting``). The top-k itself is in `router`. Zero tokens cost zero. Energy: the
+        moved bytes (reads and writes already counted apart) once each at the tier's energy per
+        byte, plus static power over the time. A one-expert top-1 model (a dense model) has
+        nothing to permute: zero."""
         n = np.asarray(n_tokens, dtype=np.float64)
-        if not self.stack.moe_permute:
+        if not self.stack.moe_permute or (self.model.n_experts == 1 and self.model.top_k == 1):
             return _zero(n.shape)
         dev = self.devices[d]
         m = self.model
@@ -215,7 +218,8 @@ class StepCostPlan:
         c = self.cost.tier_copy(dev, tier, tier, moved)
         launch = np.where(n > 0, self.cost.launch_s(dev, "moe_permute", 3), 0.0)
         t = np.asarray(c.comm_s) + launch
-        energy = np.asarray(c.energy_J) + dev.static_power_W * launch
+        # tier_copy charges each byte's read and its write; ``moved`` already counts both
+        energy = moved * dev.tier(tier).energy_J_per_byte + dev.static_power_W * t
         if n.ndim == 0:
             return OpCost(compute_s=0.0, memory_s=float(t), comm_s=0.0, energy_J=float(energy), source="moe_permute")
         z = np.zeros(n.shape)

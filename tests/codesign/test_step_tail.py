@@ -105,3 +105,23 @@ def test_analytic_charges_the_same_tail(h100) -> None:
         else:
             assert dec.lm_head_s == pytest.approx(float(plan.lm_head(0, 1.0).total_s))
             assert dec.host_cpu_s == pytest.approx(plan.host_cpu_s(1.0))
+
+
+def test_moe_permute_energy_counts_each_moved_byte_once(h100) -> None:
+    """The permute's ``(2 top_k + 2) d_model`` activation bytes per token already count reads and
+    writes: each pays the tier's energy per byte once (plus static power over the time)."""
+    model = tiny_model()
+    plan = StepCostPlan(CostModel(h100), Mapping(stack=FULL).bind(model, h100))
+    dev = plan.devices[0]
+    c = plan.moe_permute(0, 64)
+    moved = 64 * (2 * model.top_k + 2) * model.d_model * 2.0
+    e_byte = dev.tier(dev.weights_tier).energy_J_per_byte
+    assert float(c.energy_J) == pytest.approx(moved * e_byte + dev.static_power_W * float(c.total_s), rel=1e-12)
+
+
+def test_no_permute_for_a_one_expert_top1_model(h100) -> None:
+    dense = tiny_model(n_experts=1, top_k=1)
+    plan = StepCostPlan(CostModel(h100), Mapping(stack=FULL).bind(dense, h100))
+    assert float(plan.moe_permute(0, 64).total_s) == 0.0 and float(plan.moe_permute(0, 64).energy_J) == 0.0
+    two = StepCostPlan(CostModel(h100), Mapping(stack=FULL).bind(tiny_model(n_experts=2, top_k=1), h100))
+    assert float(two.moe_permute(0, 64).total_s) > 0.0

@@ -198,7 +198,8 @@ def length_dist(spec: str | None, mean: int, where: str) -> Any:
     is a log-normal of log-standard-deviation ``S``, rounded and clipped to ``[A, B]`` (defaults 1 and
     unbounded), whose ``mu`` is solved (bisection on the closed form) so that the *clipped* mean is
     ``mean``. ``"uniform:low=A,high=B"`` is uniform on the integers ``A..B``, whose midpoint must be
-    ``mean`` (within half a token). The analytic model uses ``mean``; the simulator draws lengths.
+    ``mean`` (within half a token). The simulator draws lengths; the analytic model refuses a spread
+    (`analytic_reasons`).
     Raises `DesignError` naming ``where`` on a malformed spec or one whose mean cannot be ``mean``.
     """
     if spec is None:
@@ -802,13 +803,29 @@ def analytic_reasons(design: Design) -> list[str]:
     """Why the analytic model cannot model ``design`` (empty when it can).
 
     It models a closed batch (all requests at t = 0) of equal-length requests sampled from a
-    routing process, on the policies and execution modes that `codesign.analytic.supports` knows.
+    routing process, on the policies and execution modes that `codesign.analytic.supports` knows,
+    whose prefill is one step of ``batch x prompt_tokens`` tokens. Refused therefore: other
+    arrivals, trace replay, a length spread (``workload.prompt_dist`` / ``output_dist``) and a
+    prefill the engine would chunk (``batch x prompt_tokens > batching.max_tokens``, batch =
+    ``min(n_requests, batching.max_batch)``).
     """
     reasons: list[str] = []
-    if design.workload.arrivals != "closed":
-        reasons.append(f"arrivals {design.workload.arrivals!r}: the closed form models a closed batch only")
-    if design.workload.routing.startswith("trace:"):
+    w = design.workload
+    if w.arrivals != "closed":
+        reasons.append(f"arrivals {w.arrivals!r}: the closed form models a closed batch only")
+    if w.routing.startswith("trace:"):
         reasons.append("trace replay: the closed form works on routing statistics of a process")
+    for what, dist in (("prompt_dist", w.prompt_dist), ("output_dist", w.output_dist)):
+        if dist is not None:
+            reasons.append(f"workload.{what} {dist!r}: the closed form models equal-length requests only")
+    batching = design.mapping.batching
+    batch = min(w.n_requests, batching.max_batch)
+    if batch * w.prompt_tokens > batching.max_tokens:
+        reasons.append(
+            f"prefill of batch {batch} x prompt {w.prompt_tokens} = {batch * w.prompt_tokens} tokens > "
+            f"batching.max_tokens={batching.max_tokens}: the engine chunks it over several steps; the closed "
+            "form models one prefill step"
+        )
     from codesign import analytic
 
     supports = getattr(analytic, "supports", None)

@@ -103,3 +103,34 @@ def test_evaluate_refuses_an_unmodelled_policy_with_reasons() -> None:
     reasons = info.value.reasons
     assert any("cache policy 'belady'" in r for r in reasons) and any("prefetch 'pregate'" in r for r in reasons)
     assert supports(design) and set(supports(design)) <= set(reasons)
+
+
+@pytest.mark.parametrize(
+    ("workload", "batching", "fragment"),
+    [
+        ({"prompt_dist": "uniform:low=96,high=160"}, None, "workload.prompt_dist 'uniform:low=96,high=160'"),
+        ({"output_dist": "lognormal:sigma=0.5,max=1024"}, None, "workload.output_dist"),
+        (
+            {"n_requests": 8, "prompt_tokens": 512},
+            BatchingSpec(max_batch=8, max_tokens=2048),
+            "batch 8 x prompt 512 = 4096 tokens > batching.max_tokens=2048",
+        ),
+    ],
+)
+def test_evaluate_refuses_length_spreads_and_chunked_prefill(
+    workload: dict[str, object], batching: BatchingSpec | None, fragment: str
+) -> None:
+    """The closed form models equal-length requests and one prefill step: a length spread or a
+    prefill the engine would chunk is refused with its reason, before any work."""
+    import dataclasses
+
+    from codesign.design import Design, UnsupportedDesignError, analytic_reasons, evaluate
+
+    mapping = Mapping(cache=CacheSpec(expert_fraction=0.5))
+    mapping = mapping if batching is None else mapping.with_(batching=batching)
+    base = Design.from_presets(model="mixtral-8x7b", platform="h100-pcie5-host", mapping=mapping)
+    assert analytic_reasons(base) == []
+    design = dataclasses.replace(base, workload=dataclasses.replace(base.workload, **workload))
+    with pytest.raises(UnsupportedDesignError) as info:
+        evaluate(design, "analytic")
+    assert any(fragment in r for r in info.value.reasons), info.value.reasons

@@ -206,7 +206,8 @@ def stack_from_dict(data: Any, *, where: str = "stack") -> ServingStack:
     if "name" not in data:
         raise StackError(f"{where}: missing 'name'")
     try:
-        return ServingStack(**{k: (tuple(v) if k == "params" else v) for k, v in data.items()})
+        kwargs: dict[str, Any] = {k: (tuple(v) if k == "params" else v) for k, v in data.items()}
+        return ServingStack(**kwargs)
     except StackError as exc:
         raise StackError(f"{where}: {exc}") from None
     except (TypeError, ValueError) as exc:

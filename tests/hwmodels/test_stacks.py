@@ -103,3 +103,19 @@ def test_cpu_and_exposed_time() -> None:
     assert full.exposed_s(1e-3, 4e-4) == pytest.approx(6e-4)  # only as far as the GPU is busy: max(cpu, gpu)
     with pytest.raises(StackError, match="cpu_overlap"):
         ServingStack(name="z", cpu_overlap=2.0)
+
+
+def test_fitted_on_names_shipped_validation_cases() -> None:
+    """Every ``fitted_on`` of a preset stack names a validation case file that exists (a renamed or
+    mistyped case would leave a fitted number without its evidence) and that names this stack."""
+    import json
+
+    from codesign.validation import case_dir
+
+    cases = {p.stem: p for p in case_dir().glob("*.json")}
+    for name in stack_preset_names():
+        for p in get_stack(name).params:
+            for case in p.fitted_on:
+                assert case in cases, f"{name}.{p.field}: fitted_on names unknown case {case!r}"
+                stack = json.loads(cases[case].read_text())["design"]["mapping"].get("stack")
+                assert stack == name, f"{name}.{p.field}: case {case!r} runs stack {stack!r}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from workloads import get_model, mixed_precision, precision_label
 
 
@@ -35,3 +37,17 @@ def test_all_to_all_bytes_named_when_not_bf16() -> None:
     m = get_model("deepseek-v2-lite").with_(dispatch_bytes_per_elem=1.0)
     assert mixed_precision(m)
     assert precision_label(m).endswith("; all-to-all dispatch 1 B/element, combine 2 B/element")
+
+
+def test_package_exports_the_model_file_reader(tmp_path: Path) -> None:
+    import workloads
+    from workloads import model as model_module
+
+    assert workloads.load_model is model_module.load_model
+    assert workloads.WEIGHT_COMPONENTS == model_module.WEIGHT_COMPONENTS
+    assert workloads.WEIGHT_FORMATS == model_module.WEIGHT_FORMATS
+    m = get_model("mixtral-8x7b").with_(expert_bytes_per_weight=0.5, expert_format="marlin")
+    path = tmp_path / "m.toml"
+    path.write_text(m.to_toml(), encoding="utf-8")
+    assert workloads.load_model(path) == m
+    assert precision_label(workloads.load_model(path)) == "bf16/fp16 (2 B/weight); expert int4 (0.5 B/weight, marlin)"

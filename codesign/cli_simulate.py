@@ -1153,7 +1153,23 @@ def apply_model_flags(model: Any, args: argparse.Namespace) -> Any:
         except ValueError as exc:
             raise ValueError(f"--precision {args.precision}: {exc}") from None
     changes = model_changes(args)
-    return model.with_(**changes) if changes else model
+    if not changes:
+        return model
+    try:
+        return model.with_(**changes)
+    except ValueError as exc:  # e.g. a packed format on weights of >= 1 byte: name the flags
+        message = str(exc)
+        for field, flag in _model_flag_names():
+            message = message.replace(field, flag)
+        raise ValueError(message) from None
+
+
+def _model_flag_names() -> list[tuple[str, str]]:
+    """`MoEModel` field names -> the flags of this command that set them (for error messages)."""
+    pairs = [(f"{c}_bytes_per_weight", f"--{c}-precision") for c in _WEIGHT_COMPONENTS]
+    pairs += [(f"{c}_format", f"--{c}-format") for c in _WEIGHT_COMPONENTS]
+    pairs += [(f"{w}_bytes_per_elem", f"--{w}-precision") for w in ("dispatch", "combine")]
+    return pairs
 
 
 def check_stack(spec: str | None) -> None:

@@ -262,7 +262,8 @@ def parse_component_precision(spec: str) -> tuple[float, str] | None:
     ``spec`` is ``"same"``, ``"PREC"`` or ``"PREC:FORMAT"``: PREC a name of
     `workloads.model.PRECISION_BYTES` or a number of bytes per weight > 0 (metadata included: 2-bit
     HQQ with group-16 scales is 0.325), FORMAT one of `workloads.model.WEIGHT_FORMATS` (default
-    ``"none"``: no dequantisation charged). Raises `ValueError` saying what was expected."""
+    ``"none"``: no dequantisation charged; a packed format needs PREC < 1 byte, as `MoEModel`
+    requires). Raises `ValueError` saying what was expected."""
     if spec == SAME_PRECISION:
         return None
     prec, _, fmt = spec.partition(":")
@@ -274,7 +275,8 @@ def parse_component_precision(spec: str) -> tuple[float, str] | None:
             value = float(prec)
         except ValueError:
             value = math.nan
-    if not (math.isfinite(value) and value > 0) or fmt not in WEIGHT_FORMATS:
+    packed_ok = fmt == "none" or value < 1.0  # a packed format names sub-8-bit weights (workloads.model)
+    if not (math.isfinite(value) and value > 0) or fmt not in WEIGHT_FORMATS or not packed_ok:
         raise ValueError(f"expected {_COMPONENT_PRECISION}, got {spec!r}")
     return value, fmt
 
@@ -282,7 +284,7 @@ def parse_component_precision(spec: str) -> tuple[float, str] | None:
 #: What `parse_component_precision` accepts, for error messages.
 _COMPONENT_PRECISION = (
     f"'{SAME_PRECISION}', 'PREC' or 'PREC:FORMAT' with PREC in {sorted(PRECISION_BYTES)} or bytes per weight > 0 "
-    f"and FORMAT in {list(WEIGHT_FORMATS)}"
+    f"and FORMAT in {list(WEIGHT_FORMATS)} (a packed format only with PREC < 1 byte)"
 )
 
 

@@ -155,6 +155,12 @@ def test_bad_values_are_one_line_naming_the_flag(
     assert len(err) == 1 and err[0].startswith(f"error: {flag}"), err
 
 
+def test_a_packed_format_on_16_bit_weights_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*BASE, "--expert-format", "marlin"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--expert-format" in err[0] and "expert_format" not in err[0], err
+
+
 def test_bad_choices_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     for extra in (["--eviction", "swap"], ["--expert-format", "gptq"]):
         with pytest.raises(SystemExit) as exc:

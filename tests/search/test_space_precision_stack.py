@@ -83,7 +83,7 @@ def test_parse_component_precision(spec: str, expected: tuple[float, str] | None
     assert parse_component_precision(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["int2", "0", "-1:marlin", "int4:gptq", "nan"])
+@pytest.mark.parametrize("spec", ["int2", "0", "-1:marlin", "int4:gptq", "nan", "fp8:marlin", "1:hqq-triton"])
 def test_parse_component_precision_refuses(spec: str) -> None:
     with pytest.raises(ValueError, match="'same', 'PREC' or 'PREC:FORMAT'"):
         parse_component_precision(spec)

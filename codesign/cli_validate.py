@@ -127,7 +127,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     log.info("fitting %s %s on %s", stack.name, list(params), list(names))
     result = fit_stack(stack, fit_cases, params, max_evals=args.max_evals, progress=progress)
-    fitted = replace(stack, **result.values)
+    values: dict[str, Any] = dict(result.values)
+    fitted = replace(stack, **values)
     held = [c for c in of_stack if c.name not in set(names)]
     on_fit = evaluate_cases(fitted, fit_cases, reduced=args.reduced)
     on_held = evaluate_cases(fitted, held, reduced=args.reduced)

@@ -372,7 +372,7 @@ def write_fitted(path: str | Path, values: dict[str, float], fitted_on: Sequence
             if extra in old:
                 table[extra] = old[extra]
         line = f"{key} = {{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in table.items()) + " }"
-        text = pattern.sub(lambda _m, line=line: line, text)
+        text = pattern.sub(line.replace("\\", "\\\\"), text)  # a literal replacement (backslashes escaped)
     p.write_text(text)
     load_stack_file(p)
     return p

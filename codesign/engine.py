@@ -495,15 +495,18 @@ class Engine:
         """Play ``requests`` (any order; sorted by arrival) to completion."""
         reqs = sorted(requests, key=lambda r: (r.arrival_s, r.request_id))
         total_out = int(sum(r.output_tokens for r in reqs))
-        self._bar = tqdm(
-            total=total_out, disable=not self.progress, unit="tok", desc="simulate", mininterval=0.5, leave=False
+        # no bar object at all without progress: tqdm's first instance in a process creates a
+        # multiprocessing lock (milliseconds), even when disabled
+        self._bar = (
+            tqdm(total=total_out, unit="tok", desc="simulate", mininterval=0.5, leave=False) if self.progress else None
         )
         try:
             self.env.process(self._arrivals(reqs))
             server = self.env.process(self._serve())
             self.env.run(until=server)
         finally:
-            self._bar.close()
+            if self._bar is not None:
+                self._bar.close()
         return self._output()
 
     def _arrivals(self, reqs: Sequence[SimRequest]) -> ProcGen:
@@ -978,7 +981,7 @@ class Engine:
             )
         )
         self.step_idx += 1
-        if emitted:
+        if emitted and self._bar is not None:
             self._bar.update(emitted)
 
     # --------------------------------------------------------------------------- output

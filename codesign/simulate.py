@@ -47,6 +47,8 @@ from codesign.policies import policy_flag
 from codesign.policies.base import AccessSequence, RoutingStats
 from codesign.policies.placement import PlacementMemo
 from codesign.result import Result, summarize
+from hwmodels.devices import Platform
+from hwmodels.serialize import hardware_numbers, platform_to_dict
 from workloads.trace import RoutingTrace
 
 log = logging.getLogger(__name__)
@@ -197,9 +199,6 @@ def _platform_numbers(platform: Any) -> Any:
     """Every number of the platform that changes a cost (devices, tiers, links and their measured
     points, price), without sources and notes: what `config_hash` hashes, so two platforms that
     differ in one number hash differently (`hwmodels.serialize.hardware_numbers`)."""
-    from hwmodels.devices import Platform
-    from hwmodels.serialize import hardware_numbers, platform_to_dict
-
     if isinstance(platform, Platform):
         return hardware_numbers(platform_to_dict(platform))
     if is_dataclass(platform) and not isinstance(platform, type):

@@ -190,9 +190,11 @@ def _stack_line(name: str, d: dict[str, Any]) -> str:
     free = [p["field"].removesuffix("_s") for p in params if p.get("free")]
     fitted = sorted({case for p in params for case in p.get("fitted_on", [])})
     if free:
-        parts.append(f"free: {', '.join(free)}")
+        at_zero = [p["field"].removesuffix("_s") for p in params if p.get("free") and not d.get(p["field"])]
+        parts.append(f"free: {', '.join(free)}" + (f" (unfitted; {', '.join(at_zero)} run at 0)" if at_zero else ""))
     if fitted:
         parts.append(f"fitted on: {', '.join(fitted)}")
+    parts += [f"{p['field'].removesuffix('_s')}: {p['note']}" for p in params if p.get("note")]
     src = d.get("source", "")
     return "  ".join(parts) + (f"  source: {src}" if src else "")
 

@@ -359,7 +359,17 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write records, summary, config, timeline")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_simulate)
+    # every flag that --design's file fixes, with its default: given with --design, it is refused
+    fixed = tuple(
+        (max(a.option_strings, key=len), a.dest, a.default)
+        for a in p._actions
+        if a.option_strings and a.dest not in _DESIGN_KEEPS and a.default is not argparse.SUPPRESS
+    )
+    p.set_defaults(func=_cmd_simulate, design_fixed_flags=fixed)
+
+
+#: Destinations of the flags that apply with ``--design`` (the rest come from the design file).
+_DESIGN_KEEPS = frozenset({"design", "profile", "out", "json", "no_progress", "plugin", "help"})
 
 
 def parse_length(spec: str | None, flag: str, csv_path: Path | None, default: int) -> Any:
@@ -922,11 +932,13 @@ def _stack_text(spec: Any) -> str:
         return str(spec)
     charged = [label for on, label in ((st.lm_head, "LM head"), (st.moe_permute, "MoE permute")) if on]
     where = f"{spec} = " if isinstance(spec, str) and spec != st.name else ""
+    at_zero = [p.field.removesuffix("_s") for p in st.params if p.free and not getattr(st, p.field, 0.0)]
     return (
         f"{where}{st.name} (host {_fixed(st.per_step_s * 1e3)} ms/step + {_fixed(st.per_layer_s * 1e6)} us/layer + "
         f"{_fixed(st.per_sequence_s * 1e6)} us/sequence, overlap {st.cpu_overlap:g}"
         + (f"; {' + '.join(charged)}" if charged else "")
         + ")"
+        + (f"; unfitted, run at 0: {', '.join(at_zero)}" if at_zero else "")
     )
 
 
@@ -1209,6 +1221,16 @@ def _check_args(args: argparse.Namespace) -> None:
             "--fetch-whole-layer fetches the offloaded experts of every layer, but --hbm-expert-fraction is 1 "
             "(nothing offloaded); give --hbm-expert-fraction < 1"
         )
+    if args.eviction == "copy-back" and args.hbm_expert_fraction >= 1.0:
+        raise ValueError(
+            "--eviction copy-back copies evicted experts back to host memory, but --hbm-expert-fraction is 1 "
+            "(nothing offloaded, nothing evicted); give --hbm-expert-fraction < 1"
+        )
+    if args.fetch_whole_layer and args.miss != "fetch":
+        raise ValueError(
+            f"--fetch-whole-layer puts every offloaded expert on the device, so --miss {args.miss} (compute misses "
+            "on the host CPU) does not apply; use --miss fetch or drop --fetch-whole-layer"
+        )
     _check_more_args(args)
 
 
@@ -1301,6 +1323,25 @@ def _load_profile_arg(spec: str | None, fidelity: str) -> Any:
         raise ValueError(f"--profile {spec}: {exc}") from None
 
 
+def _check_profile_device(spec: str | None, platform: Any) -> None:
+    """Refuse a shipped ``--profile`` measured on (or derived for) a device the platform does not have,
+    naming both and the shipped profiles that fit. A profile file is taken as given (its device name is
+    what the measurement reported, not a preset name)."""
+    from hwmodels.calibration import default_profile_names, shipped_profile_device
+
+    if spec is None or Path(spec).suffix == ".json" or Path(spec).exists():
+        return
+    names = {d.name for d in platform.accelerators}
+    device = shipped_profile_device(spec)
+    if device is None or device in names:
+        return
+    fit = [n for n in default_profile_names() if shipped_profile_device(n) in names]
+    raise ValueError(
+        f"--profile {spec}: describes device {device}, but platform {platform.name} has {', '.join(sorted(names))}; "
+        f"profiles that fit: {', '.join(fit) or 'none shipped (pass a profile JSON from codesign calibrate)'}"
+    )
+
+
 def _cmd_design(args: argparse.Namespace) -> int:
     """``simulate --design F``: replay a design file through `codesign.design.simulate_design`
     (``--profile`` replaces the design's ``cost.profile``)."""
@@ -1311,6 +1352,7 @@ def _cmd_design(args: argparse.Namespace) -> int:
     design = Design.load(args.design)
     if args.profile is not None:
         _load_profile_arg(args.profile, design.cost.fidelity)
+        _check_profile_device(args.profile, design.platform)
         design = dataclasses.replace(design, cost=dataclasses.replace(design.cost, profile=args.profile))
     log.info("design %s: %s", design.content_hash, design.describe())
     result = simulate_design(
@@ -1381,16 +1423,13 @@ def _placement_memo(directory: Path | None) -> Any:
 
 
 def _design_conflicts(args: argparse.Namespace) -> list[str]:
-    """The model and mapping flags of this module given with ``--design`` (whose file fixes them)."""
-    flags = [f"--{c}-{k}" for c in _WEIGHT_COMPONENTS for k in ("precision", "format")]
-    flags += ["--dispatch-precision", "--combine-precision", "--precision", "--stack"]
-    given = [f for f in flags if getattr(args, f[2:].replace("-", "_"), None) is not None]
-    if getattr(args, "eviction", "discard") != "discard":
-        given.append("--eviction")
-    given += [
-        f for f in ("--offload-non-expert", "--fetch-whole-layer") if getattr(args, f[2:].replace("-", "_"), False)
+    """The flags given with ``--design`` whose values its file fixes (workload, model, mapping, cost):
+    every simulate flag but those of `_DESIGN_KEEPS`, detected as a value other than its default."""
+    return [
+        flag
+        for flag, dest, default in getattr(args, "design_fixed_flags", ())
+        if getattr(args, dest, default) != default
     ]
-    return given
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -1400,8 +1439,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     _load_plugins(args.plugin)
     if args.design is not None:
-        given = [f for f, v in (("--model", args.model), ("--platform", args.platform), ("--trace", args.trace)) if v]
-        given += _design_conflicts(args)
+        given = _design_conflicts(args)
         if given:
             raise ValueError(f"--design replays a whole design; drop {', '.join(given)} (they come from the file)")
         return _cmd_design(args)
@@ -1414,6 +1452,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     model = apply_model_flags(load_model(args.model), args)
     platform = get_platform(args.platform)
     check_platform(platform, f"--platform {args.platform}")
+    _check_profile_device(args.profile, platform)
     mapping = build_mapping(args)
     check_stream_args(args)
     check_fits(model, platform, mapping, args.seed)

@@ -61,8 +61,12 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from codesign.validation import format_table, load_cases, run_suite, suite_summary, write_html
 
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out}: exists and is not a folder")
+    if args.out is not None:
+        _check_out(args.out)
+    if args.case:
+        args.case = list(dict.fromkeys(args.case))  # a case named twice runs once
+    if args.on:
+        args.on = list(dict.fromkeys(args.on))
     if args.cases_dir is not None and not args.cases_dir.is_dir():
         raise ValueError(f"--cases-dir {args.cases_dir}: no such folder")
     if args.fit is not None:
@@ -90,11 +94,38 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out(out: Path) -> None:
+    """Refuse ``--out`` before any case runs when it cannot become a folder: it, or the nearest of its
+    parents that exists, is not a folder (one line naming it)."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "exists and is not a folder" if p == out else f"{p} is not a folder"
+                raise ValueError(f"--out {out}: {what}")
+            return
+
+
+def _fit_params(stack: Any, given: list[str] | None) -> tuple[str, ...]:
+    """The stack fields ``--param`` names (TOML names such as ``per_layer`` or internal ones such as
+    ``per_layer_s``) as internal names; the preset's fittable fields without ``--param``."""
+    from codesign.validation_fit import FIT_FIELDS, default_fit_params
+
+    if not given:
+        return default_fit_params(stack)
+    toml = {key: fld for fld, (_, _, key) in FIT_FIELDS.items()}
+    out = []
+    for name in given:
+        fld = name if name in FIT_FIELDS else toml.get(name)
+        if fld is None:
+            raise ValueError(f"--param {name}: not a fittable stack field; valid: {', '.join(sorted(toml))}")
+        out.append(fld)
+    return tuple(out)
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from codesign.validation import format_table, load_cases, suite_summary
     from codesign.validation_fit import (
         case_stack_name,
-        default_fit_params,
         default_fit_set,
         evaluate_cases,
         fit_stack,
@@ -105,7 +136,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if args.case:
         raise ValueError("--case does not go with --fit (use --on for the fit cases)")
     stack = get_stack(args.fit)
-    params = tuple(args.param) if args.param else default_fit_params(stack)
+    params = _fit_params(stack, args.param)
     every = load_cases(None, args.cases_dir)
     of_stack = [c for c in every if case_stack_name(c) == stack.name]
     names = tuple(args.on) if args.on else default_fit_set(stack, params)
@@ -115,6 +146,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             f"(cases of this stack: {[c.name for c in of_stack]})"
         )
     fit_cases = load_cases(list(names), args.cases_dir)
+    if not args.param and len(params) > 1 and len(fit_cases) < 2 * len(params):
+        from codesign.validation_fit import FIT_FIELDS
+
+        with_cases = [FIT_FIELDS[p.field][2] for p in stack.params if p.field in params and p.fitted_on]
+        raise ValueError(
+            f"--fit {stack.name}: {len(params)} free parameters need >= {2 * len(params)} fit cases, got "
+            f"{len(fit_cases)}; pass --param FIELD (fields with fitted_on cases: {', '.join(with_cases) or 'none'})"
+        )
 
     def progress(rec: dict) -> None:  # one line per evaluation of the whole fit set, on stderr
         vals = ", ".join(f"{k}={v:.4g}" for k, v in rec["values"].items())

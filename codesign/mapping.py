@@ -313,6 +313,14 @@ class Mapping:
         _check_policy("placement", self.placement, "placement", self.placement_options)
         _check_policy("prefetch", self.prefetch, "prefetch", self.prefetch_options)
         _check_policy("miss", self.miss, "miss", self.miss_options)
+        if self.fetch_whole_layer and self.miss != "fetch":
+            # a whole-layer fetch (ZeRO-3's gather) brings every offloaded expert of the layer to the device,
+            # the needed ones included: computing those on the host CPU instead would move them and not use
+            # them (no system does both: ZeRO-3 has no CPU expert path, Fiddler never gathers a whole layer)
+            raise MappingError(
+                f"fetch_whole_layer puts every offloaded expert on the device, so miss={self.miss!r} (compute "
+                "misses on the host CPU) does not apply; use miss='fetch' or drop fetch_whole_layer"
+            )
         object.__setattr__(self, "expert_home", _layout(self.expert_home))
         if isinstance(self.cache, dict):
             object.__setattr__(self, "cache", CacheSpec(**self.cache))
@@ -625,6 +633,12 @@ def _bind(
             "fetch_whole_layer fetches the offloaded experts of every layer each step, but every expert is "
             f"resident (cache.expert_fraction={m.cache.expert_fraction}); lower expert_fraction"
         )
+    if m.cache.eviction == "copy-back" and not offloaded:
+        raise MappingError(
+            "cache.eviction='copy-back' copies evicted experts back to the backing tier, but every expert is "
+            f"resident (cache.expert_fraction={m.cache.expert_fraction}): nothing is ever evicted; lower "
+            "expert_fraction or use eviction='discard'"
+        )
     # non-expert weights: resident, or streamed per layer (offload_non_expert) through two layer buffers
     resident_ne, staged_ne, streamed_ne = _non_expert_split(m, model)
     if m.offload_non_expert and m.backing == "host" and (platform.host is None or platform.host_link is None):
@@ -682,12 +696,18 @@ def _bind(
         }
         memory.append(budget)
         if kv_bytes < need_kv:
+            # min_kv_tokens <= 1 is the check made before the requests are known (weights alone)
+            kv_need = (
+                f"the KV cache of one token ({kvb / 1e3:.1f} kB) does not fit"
+                if min_kv_tokens <= 1
+                else f"the KV cache of the largest request ({min_kv_tokens} tokens x {kvb / 1e3:.1f} kB) needs "
+                f"{need_kv / 1e9:.3f} GB"
+            )
             raise MappingError(
                 f"mapping does not fit device {d} ({dev.name}) {tname}: capacity {tier.capacity_bytes / 1e9:.2f} GB; "
                 f"non-expert weights {(resident_ne + staged_ne) / 1e9:.2f} GB + {slots[d]} resident experts x "
                 f"{bpe / 1e6:.1f} MB = {slots[d] * bpe / 1e9:.2f} GB + staging {staging / 1e9:.2f} GB leaves "
-                f"{left / 1e9:.2f} GB; the KV cache of the largest request ({min_kv_tokens} tokens x "
-                f"{kvb / 1e3:.1f} kB) needs {need_kv / 1e9:.3f} GB (kv_fraction={m.kv_fraction}). Lower "
+                f"{left / 1e9:.2f} GB; {kv_need} (kv_fraction={m.kv_fraction}). Lower "
                 "cache.expert_fraction, use more devices or a lower precision"
             )
         kv_cap.append(int(kv_bytes // kvb))

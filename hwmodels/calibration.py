@@ -856,6 +856,18 @@ _DERIVED: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: Device preset each shipped profile was measured on (Vidur's a100 / h100 tables: A100 80GB, H100 SXM).
+_SHIPPED_DEVICES: dict[str, str] = {"a100": "a100-80gb", "h100": "h100-sxm"}
+
+
+def shipped_profile_device(name: str) -> str | None:
+    """The device preset a shipped or derived profile ``name`` describes (None for an unknown name)."""
+    key = name.lower()
+    if key in _DERIVED:
+        return _DERIVED[key][2]
+    return _SHIPPED_DEVICES.get(key)
+
+
 def default_profile_names() -> list[str]:
     """Names accepted by :func:`load_default_profile` (shipped files and derived profiles)."""
     return sorted([*_DEFAULT_FILES, *_DERIVED])

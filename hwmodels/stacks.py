@@ -105,13 +105,15 @@ class StackError(PresetError):
 class StackParam:
     """Where one number of a stack comes from: ``source`` (a citation, or how it was fitted),
     ``fitted_on`` (validation case names it was fitted on; empty when cited), ``free`` (no source
-    gives it: a placeholder to be fitted), ``assumption`` (a labelled assumption)."""
+    gives it: a placeholder to be fitted), ``assumption`` (a labelled assumption), ``note`` (what the
+    number does and does not stand for; shown by ``codesign presets stacks``)."""
 
     field: str
     source: str
     fitted_on: tuple[str, ...] = ()
     free: bool = False
     assumption: bool = False
+    note: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +180,7 @@ def _param_from_dict(d: Any) -> StackParam:
             fitted_on=tuple(str(x) for x in d.get("fitted_on", ())),
             free=bool(d.get("free", False)),
             assumption=bool(d.get("assumption", False)),
+            note=str(d.get("note", "")),
         )
     except KeyError as exc:
         raise StackError(f"stack params: missing {exc}") from None
@@ -268,6 +271,7 @@ def _param(doc: AbcMapping[str, Any], key: str, path: str) -> tuple[float, Stack
         fitted_on=tuple(fitted),
         free=bool(raw.get("free", False)),
         assumption=bool(raw.get("assumption", False)),
+        note=str(raw.get("note", "")),
     )
 
 

@@ -80,6 +80,10 @@ def test_stacks_text_one_line_each_with_source(capsys: pytest.CaptureFixture[str
             assert case in line
     none = next(line for line in lines if line.startswith("none "))
     assert "charges no device work" in none
+    vllm = next(line for line in lines if line.startswith("vllm "))
+    assert "(unfitted; per_step, per_sequence, cpu_overlap run at 0)" in vllm
+    trt = next(line for line in lines if line.startswith("trt-llm "))
+    assert "per_step: not a plausible batch-manager time" in trt and "batch ~900" in trt
 
 
 def test_stacks_json_carries_each_numbers_provenance(capsys: pytest.CaptureFixture[str]) -> None:

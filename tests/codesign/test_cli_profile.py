@@ -87,3 +87,30 @@ def test_design_replays_with_another_profile(tmp_path: Path, capsys: pytest.Capt
     assert out["tpot_p50_s"] == pytest.approx(evaluate(with_profile, "sim").tpot_p50_s)
     assert main([*args, "--profile", "h300"]) == 1
     assert "--profile h300: no such calibration profile" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("platform", "profile", "message"),
+    [
+        ("h100-pcie5-host", "h200", "--profile h200: describes device h200, but platform h100-pcie5-host has h100-sxm"),
+        ("h100-pcie5-host", "a100", "profiles that fit: h100"),
+        ("rtx6000ada-pcie4-host", "a100", "profiles that fit: none shipped"),
+    ],
+)
+def test_a_shipped_profile_of_another_device_is_refused(
+    platform: str, profile: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [a if a != "h200-pcie5-host" else platform for a in RUN]
+    assert main([*args, "--profile", profile]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_a_design_replayed_with_a_profile_of_another_device_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from codesign.design import Design
+
+    path = Design.from_presets("deepseek-v2-lite", "h100-pcie5-host").save(tmp_path / "d.json")
+    assert main(["simulate", "--design", str(path), "--profile", "h200"]) == 1
+    assert "describes device h200" in capsys.readouterr().err

@@ -30,6 +30,28 @@ def test_design_with_model_flags_or_a_missing_file_is_one_error_line(tmp_path, c
     assert "--model required" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (["--batch", "2"], "--batch"),
+        (["--requests", "3"], "--requests"),
+        (["--seed", "5"], "--seed"),
+        (["--prompt-len", "40"], "--prompt-len"),
+        (["--output-len", "9"], "--output-len"),
+        (["--hbm-expert-fraction", "0.5"], "--hbm-expert-fraction"),
+        (["--cache", "lfu"], "--cache"),
+        (["--fidelity", "roofline"], "--fidelity"),
+        (["--arrivals", "poisson", "--rate", "2"], "--arrivals, --rate"),
+        (["--eviction", "copy-back"], "--eviction"),
+    ],
+)
+def test_design_refuses_each_flag_its_file_fixes(tmp_path, capsys, extra: list[str], flag: str) -> None:
+    path = Design.from_presets("deepseek-v2-lite", "h100-pcie5-host").save(tmp_path / "d.json")
+    assert main(["simulate", "--design", str(path), *extra]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"drop {flag} (they come from the file)" in err[0], err
+
+
 def test_execution_flag_reaches_the_mapping_and_bad_values_name_the_flag(capsys):
     args = ["simulate", "--model", "deepseek-v2-lite", "--platform", "dgx-h100", "--requests", "2"]
     args += ["--output-len", "3", "--prompt-len", "8", "--json", "--no-progress"]

@@ -113,6 +113,9 @@ def test_stack_by_name_or_file_charges_its_time(tmp_path: Path, capsys: pytest.C
     rows = _table(capsys, "--stack", "llama.cpp")
     assert rows["serving stack"].startswith("llama.cpp (host ") and "LM head + MoE permute" in rows["serving stack"]
     assert "serving stack" not in _table(capsys)
+    assert rows["serving stack"].endswith("; unfitted, run at 0: per_step, per_sequence")
+    vllm = _table(capsys, "--stack", "vllm")["serving stack"]
+    assert vllm.endswith("; unfitted, run at 0: per_step, per_sequence, cpu_overlap"), vllm
 
 
 def test_eviction_and_streamed_weights_move_more_bytes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,6 +142,9 @@ def test_eviction_and_streamed_weights_move_more_bytes(capsys: pytest.CaptureFix
         (["--stack", "sglang"], "--stack sglang"),
         (["--stack", "missing.toml"], "--stack missing.toml"),
         (["--fetch-whole-layer", "--hbm-expert-fraction", "1"], "--fetch-whole-layer"),
+        (["--fetch-whole-layer", "--hbm-expert-fraction", "0.5", "--miss", "cpu"], "--fetch-whole-layer"),
+        (["--eviction", "copy-back", "--hbm-expert-fraction", "1"], "--eviction copy-back"),
+        (["--fetch-whole-layer", "--hbm-expert-fraction", "0.5", "--miss", "cost"], "--fetch-whole-layer"),
     ],
 )
 def test_bad_values_are_one_line_naming_the_flag(

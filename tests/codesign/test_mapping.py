@@ -146,6 +146,10 @@ def test_kv_that_does_not_fit_is_refused(mixtral, h100_host) -> None:
     m = Mapping(cache=CacheSpec(expert_fraction=0.25))
     with pytest.raises(MappingError, match=r"KV cache of the largest request \(10000000 tokens"):
         m.bind(mixtral, h100_host, min_kv_tokens=10_000_000)
+    # the check made before the requests are known (1 token) names no request: the weights leave no room
+    with pytest.raises(MappingError, match=r"leaves -\d+\.\d+ GB; the KV cache of one token \(") as exc:
+        Mapping(cache=CacheSpec(expert_fraction=1.0)).bind(mixtral, h100_host, min_kv_tokens=1)
+    assert "largest request" not in str(exc.value)
 
 
 def test_offload_without_host_is_refused(mixtral) -> None:

@@ -108,6 +108,16 @@ def test_whole_layer_fetch_moves_every_offloaded_expert(h100) -> None:
     assert (b.steps.duration_s.to_numpy() >= a.steps.duration_s.to_numpy()).all()
     with pytest.raises(MappingError, match="fetch_whole_layer"):
         Mapping(fetch_whole_layer=True).bind(model, h100)
+    with pytest.raises(MappingError, match=r"eviction='copy-back' .* every expert is resident"):
+        Mapping(cache=CacheSpec(eviction="copy-back")).bind(model, h100)
+
+
+@pytest.mark.parametrize("miss", ["cpu", "cost"])
+def test_whole_layer_fetch_refuses_a_cpu_miss_path(miss: str) -> None:
+    """A whole-layer fetch puts the needed experts on the device too: computing them on the host
+    CPU instead is refused (the engine would not wait for the gather, the analytic model would)."""
+    with pytest.raises(MappingError, match=f"fetch_whole_layer .*miss='{miss}'"):
+        Mapping(cache=CacheSpec(expert_fraction=0.5), fetch_whole_layer=True, miss=miss)
 
 
 def test_copy_back_swaps_fetches_streamed_past_a_full_cache(h100) -> None:

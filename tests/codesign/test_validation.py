@@ -220,3 +220,38 @@ def test_cli_validate_one_case(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "| nccl-alltoall-4xh100" in capsys.readouterr().out
     assert main(["validate-e2e", "--case", "nope"]) == 1
     assert "unknown case" in capsys.readouterr().err
+
+
+def test_cli_validate_checks_out_first_and_runs_a_repeated_case_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import codesign.validation as validation
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    real = validation.run_suite
+
+    def no_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("cases ran before --out was checked")
+
+    monkeypatch.setattr(validation, "run_suite", no_run)
+    assert main(["validate-e2e", "--case", "nccl-alltoall-4xh100", "--out", str(blocker / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--out {blocker / 'o'}: {blocker} is not a folder" in err[0], err
+    monkeypatch.setattr(validation, "run_suite", real)
+    assert main(["validate-e2e", "--case", "nccl-alltoall-4xh100", "--case", "nccl-alltoall-4xh100", "--json"]) == 0
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)["results"]] == ["nccl-alltoall-4xh100"]
+
+
+def test_cli_fit_takes_toml_field_names_and_says_to_pass_param(capsys: pytest.CaptureFixture[str]) -> None:
+    from codesign.cli_validate import _fit_params
+    from hwmodels.stacks import get_stack
+
+    trt = get_stack("trt-llm")
+    assert _fit_params(trt, ["per_step", "cpu_overlap"]) == ("per_step_s", "cpu_overlap")
+    assert _fit_params(trt, ["per_layer_s"]) == ("per_layer_s",)
+    with pytest.raises(ValueError, match="--param per_stp: not a fittable stack field; valid: cpu_overlap, per_layer"):
+        _fit_params(trt, ["per_stp"])
+    assert main(["validate-e2e", "--fit", "trt-llm"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --param FIELD (fields with fitted_on cases: per_step)" in err[0], err

@@ -454,7 +454,7 @@ class ArithmeticStep:
             if record:
                 eng._access_log[d].append(np.asarray(ex, dtype=np.int64) + layer * E)
             n_ex = hi - lo
-            n_hit = hits.count(True)
+            n_hit = sum(hits)
             n_hit_all += n_hit
             if n_hit == n_ex:
                 ready[g] = cnt_all[lo:hi]

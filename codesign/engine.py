@@ -613,22 +613,16 @@ class Engine:
         # without reading them (the counts follow from the token count; exact, not an approximation)
         zero = self._zero_routing
         all_zero = self._one_expert
-        parts: list[npt.NDArray[np.int16]] = []  # the rows each entry processes (RequestState.next_row inlined)
         if n_dev == 1:
             pf, dc = prefill_n[0], dec_ctx[0]
-            put = parts.append
             for st, n in plan:  # RequestState's in_prefill inlined: a hot loop
                 if all_zero and st.request_id not in zero:
                     all_zero = False
-                pre = st.prefilled
-                if pre < st.prompt_tokens:
+                if st.prefilled < st.prompt_tokens:
                     pf.append(n)
                     n_prefill += n
-                    put(st.routing[pre : pre + n])
                 else:
-                    ctx = st.prompt_tokens + st.generated
-                    dc.append(ctx)
-                    put(st.routing[ctx - 1 : ctx - 1 + n])
+                    dc.append(st.prompt_tokens + st.generated)
             n_decode = len(dc)
         else:
             req_device = self.req_device
@@ -662,10 +656,10 @@ class Engine:
             valid: npt.NDArray[np.bool_] | None = None
             keys: npt.NDArray[np.int64] | None = None
         else:
-            if n_dev > 1:
-                for st, n in plan:  # the rows each entry processes (RequestState.next_row inlined)
-                    r0 = st.prefilled if st.prefilled < st.prompt_tokens else st.prompt_tokens + st.generated - 1
-                    parts.append(st.routing[r0 : r0 + n])
+            parts = []
+            for st, n in plan:  # the rows each entry processes (RequestState.next_row inlined)
+                r0 = st.prefilled if st.prefilled < st.prompt_tokens else st.prompt_tokens + st.generated - 1
+                parts.append(st.routing[r0 : r0 + n])
             rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
             k = rows.shape[2]
             # vectorised routing: counts per (layer, expert), cross-device assignments

@@ -13,8 +13,6 @@ import heapq
 from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterable
-from itertools import compress
-from operator import not_
 from typing import Any
 
 import numpy as np
@@ -105,17 +103,18 @@ class LRUCache(IncrementalCachePolicy):
         od = self._orders[layer if per_layer else 0]
         self._tick += 1
         tick = self._tick
-        keys = [base + e for e in experts]
-        hits = [res[k] == 1 for k in keys]
-        if True in hits:
-            move = od.move_to_end
-            for k in compress(keys, hits):
+        hits: list[bool] = []
+        miss: list[int] = []
+        for e in experts:
+            k = base + e
+            if res[k] == 1:
+                hits.append(True)
                 if k in od:  # evictable (pinned keys are not in the order)
                     od[k] = tick
-                    move(k)
-            miss = list(compress(keys, map(not_, hits)))
-        else:
-            miss = keys
+                    od.move_to_end(k)
+            else:
+                hits.append(False)
+                miss.append(k)
         self.n_accessed += len(experts)
         if not miss:
             return hits, []
@@ -126,24 +125,17 @@ class LRUCache(IncrementalCachePolicy):
             free = self.capacity - self._n_resident
         need = n_miss - free
         if need > 0:
+            victims: list[int] = []
+            for k, t in od.items():
+                if t == tick or len(victims) == need:
+                    break
+                victims.append(k)
             E = self.n_experts
             layer_n = self._layer_n
-            if miss is keys:  # no hits: no key of the order carries this call's tick; take its front
-                pop = od.popitem
-                victims = [pop(False)[0] for _ in range(min(need, len(od)))]
-                for k in victims:
-                    res[k] = 0
-                    layer_n[k // E] -= 1
-            else:
-                victims = []
-                for k, t in od.items():
-                    if t == tick or len(victims) == need:
-                        break
-                    victims.append(k)
-                for k in victims:
-                    res[k] = 0
-                    layer_n[k // E] -= 1
-                    del od[k]
+            for k in victims:
+                res[k] = 0
+                layer_n[k // E] -= 1
+                del od[k]
             self._n_resident -= len(victims)
             free += len(victims)
         n_take = min(n_miss, free)

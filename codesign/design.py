@@ -376,12 +376,14 @@ class Design:
 
     # ---------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict: every model, device, link and mapping field in full."""
+        """Plain JSON-able dict: every model, device, link and mapping field in full; a serving stack
+        given as a ``.toml`` path is written inline (its numbers and sources), so the file replays
+        without it."""
         return {
             "format": DESIGN_FORMAT,
             "model": _model_to_dict(self.model),
             "platform": platform_to_dict(self.platform),
-            "mapping": self.mapping.to_dict(),
+            "mapping": _mapping_dict(self.mapping),
             "workload": asdict(self.workload),
             "cost": asdict(self.cost),
         }
@@ -466,12 +468,15 @@ class Design:
         model = _model_to_dict(self.model)
         model.pop("source", None)
         model.pop("notes", None)
+        mapping = self.mapping.to_dict()
+        stack = resolve_stack(self.mapping.stack)
+        mapping["stack"] = stack.name  # by name here: a path, an inline copy and a preset hash alike
         return {
             "model": model,
             "platform": hardware_numbers(platform_to_dict(self.platform)),
-            "mapping": self.mapping.to_dict(),
+            "mapping": mapping,
             # the serving stack's numbers, not only its name (a preset file edited changes the hash)
-            "stack": stack_numbers(resolve_stack(self.mapping.stack)),
+            "stack": stack_numbers(stack),
             "workload": asdict(self.workload),
             "cost": asdict(self.cost),
             "profile_fingerprint": profile_fp,
@@ -850,6 +855,16 @@ def _stats_for(design: Design, cache: EvalCache | None) -> Any:
         return RoutingStats.from_trace(trace)
 
     return make() if cache is None else cache.get_or_make(key, make)
+
+
+def _mapping_dict(mapping: Mapping) -> dict[str, Any]:
+    """``mapping.to_dict()`` with a stack named by a file path (not a preset) replaced by its contents."""
+    from hwmodels.stacks import stack_preset_names, stack_to_dict
+
+    d = mapping.to_dict()
+    if isinstance(mapping.stack, str) and mapping.stack not in stack_preset_names():
+        d["stack"] = stack_to_dict(resolve_stack(mapping.stack))
+    return d
 
 
 def check_fits(model: MoEModel, platform: Platform, mapping: Mapping, *, min_kv_tokens: int = 1, seed: int = 0) -> None:

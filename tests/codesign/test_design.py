@@ -46,6 +46,24 @@ def test_json_round_trip_keeps_design_and_hash(tmp_path):
     assert json.loads(path.read_text())["hash"] == d.content_hash
 
 
+def test_a_design_with_a_stack_file_replays_after_the_file_is_gone(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    stack = tmp_path / "my-llama.toml"
+    shutil.copy(Path(__file__).parents[2] / "hwmodels" / "presets" / "stacks" / "llama.cpp.toml", stack)
+    d = Design.from_presets(
+        "deepseek-v2-lite", "h100-pcie5-host", mapping=Mapping(stack=str(stack)), n_requests=2, output_tokens=4
+    )
+    path = d.save(tmp_path / "d.json")
+    before, digest = evaluate(d, "sim").tpot_p50_s, d.content_hash
+    stack.unlink()
+    back = Design.load(path)
+    assert back.content_hash == digest
+    assert back.mapping.stack.name == "llama.cpp" and back.mapping.stack.per_layer_s > 0  # type: ignore[union-attr]
+    assert evaluate(back, "sim").tpot_p50_s == pytest.approx(before)
+
+
 def test_one_platform_number_changes_the_hash_a_source_string_does_not():
     d = Design.from_presets("mixtral-8x7b", "h100-pcie5-host", mapping=OFFLOAD)
     faster = _with_host_bandwidth(d, 10.0)

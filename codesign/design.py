@@ -292,20 +292,15 @@ def _load_profile(spec: str) -> Any:
 
 
 def _model_to_dict(model: MoEModel) -> dict[str, Any]:
-    return {f.name: getattr(model, f.name) for f in fields(model)}
+    return model.to_dict()
 
 
 def _model_from_dict(data: Any) -> MoEModel:
-    if not isinstance(data, dict):
-        raise DesignError(f"design.model must be an object of MoEModel fields, got {type(data).__name__}")
-    known = {f.name for f in fields(MoEModel)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise DesignError(f"design.model: unknown field(s) {unknown}; valid: {sorted(known)}")
+    """`MoEModel.from_dict` with its one-line error as a `DesignError` naming ``design.model``."""
     try:
-        return MoEModel(**data)
-    except (TypeError, ValueError) as exc:
-        raise DesignError(f"design.model: {exc}") from None
+        return MoEModel.from_dict(data, where="design.model")
+    except ValueError as exc:
+        raise DesignError(str(exc)) from None
 
 
 def _spec_from_dict(cls: type, data: Any, where: str) -> Any:

@@ -486,9 +486,8 @@ def analytic_step(
             continue
         c = plan.attention_prefill(d, dev_prompts[d]) if prefill else plan.attention_decode(d, t, float(context_len))
         pre_s[d], pre_J[d] = float(np.sum(c.total_s)), float(np.sum(c.energy_J))
-        c = plan.router(d, t)
-        pm = plan.moe_permute(d, t)  # the stack's MoE permute/unpermute, charged with the router as the engine does
-        router_s[d], router_J[d] = float(c.total_s) + float(pm.total_s), float(c.energy_J) + float(pm.energy_J)
+        r_s, r_j = plan.router_and_permute(d, t)  # the stack's MoE permute with the router, as the engine
+        router_s[d], router_J[d] = float(r_s), float(r_j)
         if model.n_shared_experts:
             c = plan.shared(d, t)
             shared_s[d], shared_J[d] = float(c.total_s), float(c.energy_J)

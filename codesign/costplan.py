@@ -30,7 +30,7 @@ answer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -176,6 +176,15 @@ class StepCostPlan:
     def router(self, d: int, n_tokens: npt.ArrayLike) -> OpCost:
         """The router of one MoE layer on ``n_tokens`` tokens on device ``d``."""
         return self.cost.router(self.devices[d], self.model, n_tokens)
+
+    def router_and_permute(self, d: int, n_tokens: npt.ArrayLike) -> tuple[Any, Any]:
+        """Seconds and joules of one MoE layer's router plus the stack's MoE permute/unpermute
+        (`moe_permute`, zero unless the stack charges it) on ``n_tokens`` tokens on device ``d``:
+        what the engine, `zero_load_step_s` and the analytic model charge as the layer's routing
+        (floats for scalar input, arrays of its shape otherwise)."""
+        r = self.router(d, n_tokens)
+        pm = self.moe_permute(d, n_tokens)
+        return np.add(r.total_s, pm.total_s), np.add(r.energy_J, pm.energy_J)
 
     def shared(self, d: int, n_tokens: npt.ArrayLike) -> OpCost:
         """The shared experts of one MoE layer (zero for a model without them)."""
@@ -378,7 +387,7 @@ class StepCostPlan:
             attn = float(np.sum(self.attention_prefill(0, [n]).total_s))
         else:
             attn = float(self.attention_decode(0, n, float(context_len)).total_s)
-        router = float(self.router(0, n).total_s) + float(self.moe_permute(0, n).total_s)
+        router = float(self.router_and_permute(0, n)[0])
         shared = float(self.shared(0, n).total_s) if model.n_shared_experts else 0.0
         dense = float(self.dense(0, n).total_s)
         L, E = model.n_moe_layers, model.n_experts

@@ -793,9 +793,8 @@ class Engine:
             tok = memo.get(tkey)
             if tok is None:
                 vals = [0.0] * 6
-                c = plan.router(d, n_tok)
-                pm = plan.moe_permute(d, n_tok)  # issue 8: the stack's MoE permute/unpermute, with the router
-                vals[0], vals[1] = float(c.total_s) + float(pm.total_s), float(c.energy_J) + float(pm.energy_J)
+                r_s, r_j = plan.router_and_permute(d, n_tok)  # the stack's MoE permute rides with the router
+                vals[0], vals[1] = float(r_s), float(r_j)
                 if has_shared:
                     c = plan.shared(d, n_tok)
                     vals[2], vals[3] = float(c.total_s), float(c.energy_J)
@@ -917,7 +916,10 @@ class Engine:
                 c = plan.attention_decode(d, nd.astype(np.int64), np.where(nd > 0, mean_ctx[:, d], 0.0))
                 attn_s[:, d] += np.where(nd > 0, _arr(c.total_s, L1), 0.0)
                 attn_J[:, d] += np.where(nd > 0, _arr(c.energy_J, L1), 0.0)
-            ops = [(router_s, router_J, plan.router(d, on))]
+            r_s, r_j = plan.router_and_permute(d, on)  # the stack's MoE permute rides with the router
+            router_s[:, d] = np.where(on > 0, _arr(r_s, L1), 0.0)
+            router_J[:, d] = np.where(on > 0, _arr(r_j, L1), 0.0)
+            ops = []
             if self.model.n_shared_experts > 0:
                 ops.append((shared_s, shared_J, plan.shared(d, on)))
             if self.plan.dense_model is not None:
@@ -925,9 +927,6 @@ class Engine:
             for t_out, j_out, c in ops:
                 t_out[:, d] = np.where(on > 0, _arr(c.total_s, L1), 0.0)
                 j_out[:, d] = np.where(on > 0, _arr(c.energy_J, L1), 0.0)
-            pm = plan.moe_permute(d, on)  # issue 8: the stack's MoE permute/unpermute, with the router
-            router_s[:, d] += np.where(on > 0, _arr(pm.total_s, L1), 0.0)
-            router_J[:, d] += np.where(on > 0, _arr(pm.energy_J, L1), 0.0)
         return tuple(out)
 
     def _finish_step(self, plan: list[tuple[RequestState, int]], t0: float, si: StepInputs) -> None:

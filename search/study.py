@@ -49,6 +49,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -135,20 +136,78 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.close()
 
 
+def worker_id() -> str:
+    """This process's worker id, ``"host:pid"`` (read by `_fail_orphans`)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _stamped(template: FrozenTrial | None) -> FrozenTrial:
+    """The template of a new trial: a RUNNING trial whose ``user_attrs["worker"]`` names this
+    process, written in the same insert as the trial (so a worker killed at any point, even
+    while its sampler is still choosing parameters, leaves a trial `_fail_orphans` can tell is
+    orphaned). A caller's own template is kept, with the worker added."""
+    if template is not None:
+        return FrozenTrial(
+            number=template.number,
+            state=template.state,
+            value=None,
+            values=template.values,
+            datetime_start=template.datetime_start,
+            datetime_complete=template.datetime_complete,
+            params=dict(template.params),
+            distributions=dict(template.distributions),
+            user_attrs={**template.user_attrs, "worker": worker_id()},
+            system_attrs=dict(template.system_attrs),
+            intermediate_values=dict(template.intermediate_values),
+            trial_id=template._trial_id,
+        )
+    return FrozenTrial(
+        number=-1,
+        state=TrialState.RUNNING,
+        value=None,
+        values=None,
+        datetime_start=datetime.now(),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={"worker": worker_id()},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=-1,
+    )
+
+
+class _StampedRDBStorage(optuna.storages.RDBStorage):
+    """`optuna.storages.RDBStorage` whose new trials carry their worker from the insert on
+    (`_stamped`). Overrides the private ``_create_new_trial``: Optuna's cache in front of an
+    RDB storage calls it instead of the public ``create_new_trial`` (which calls it too);
+    tests/search/test_study.py checks a trial made by ``Study.ask`` carries its worker."""
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        return super()._create_new_trial(study_id, _stamped(template_trial))
+
+
+class _StampedJournalStorage(optuna.storages.JournalStorage):
+    """`optuna.storages.JournalStorage` whose new trials carry their worker (`_stamped`)."""
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return super().create_new_trial(study_id, _stamped(template_trial))
+
+
 def _storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite"):
         from sqlalchemy import event
 
         # wait for a lock held by another worker instead of failing at once
-        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+        storage = _StampedRDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
         event.listen(storage.engine, "connect", _sqlite_pragmas)
         storage.engine.dispose()  # connections opened before the listener reconnect with it
         return storage
     if url.endswith(".log") or url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    return optuna.storages.RDBStorage(url)
+        return _StampedJournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    return _StampedRDBStorage(url)
 
 
 def constraints_of(trial: FrozenTrial) -> list[float]:
@@ -250,7 +309,6 @@ class TrialEvaluator:
         self.placements = PlacementMemo(maxsize=64, directory=Path(out_dir) / "cache" / "placements")
         self._stats: dict[tuple[str, int, int, int], Any] = {}
         self._memo: dict[tuple[str, str], dict[str, Any] | str] = {}
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._confirmed: list[list[float]] | None = None
         self._since_refresh = 0
 
@@ -336,7 +394,6 @@ class TrialEvaluator:
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         self._since_refresh += 1
-        trial.set_user_attr("worker", self.worker)
         cand = self.space.build(suggest_with(trial))
         design = candidate_design(cand)
         design_hash = design.content_hash
@@ -450,7 +507,7 @@ def pareto_trials(study: optuna.Study, fidelity: str | None = "sim") -> list[Fro
 
 def _fail_orphans(study: optuna.Study) -> int:
     """Mark FAIL the RUNNING trials of dead worker processes of this machine; returns how many."""
-    host = socket.gethostname()
+    host = socket.gethostname()  # trials carry their worker from creation on (`_stamped`)
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(t.user_attrs.get("worker", ""))

@@ -272,3 +272,33 @@ def test_a_killed_workers_orphan_trial_fails_with_a_reason(tmp_path: Path) -> No
     (failed,) = [t for t in outcome.study.get_trials() if t.number == orphan.number]
     assert failed.state == TrialState.FAIL and failed.system_attrs["fail_reason"] == ORPHAN_REASON
     assert outcome.failures == [f"trial {orphan.number}: worker stopped before the trial finished (killed?)"]
+
+
+_ASK_AND_DIE = """
+import os, sys
+import optuna
+from search.study import _storage
+study = optuna.load_study(study_name=sys.argv[2], storage=_storage(sys.argv[1]))
+print(study.ask().number, flush=True)
+os._exit(0)  # dies before its objective could record anything on the trial
+"""
+
+
+def test_a_trial_carries_its_worker_from_creation_so_a_worker_killed_while_sampling_is_failed(
+    tmp_path: Path,
+) -> None:
+    """The CI failure of 2026-12-04: a worker killed between Optuna creating its trial and the
+    objective's first line left a RUNNING trial with no worker, which resume could not fail."""
+    space = tiny_space("analytic")
+    _run(space, tmp_path, 1, seed=0, study_name="asked")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = subprocess.run(
+        [sys.executable, "-c", _ASK_AND_DIE, url, "asked"], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    number = int(proc.stdout.strip().splitlines()[-1])
+    (raw,) = [t for t in optuna.load_study(study_name="asked", storage=url).get_trials() if t.number == number]
+    assert raw.state == TrialState.RUNNING and raw.params == {}
+    assert raw.user_attrs["worker"].rpartition(":")[0] == socket.gethostname()
+    outcome = _run(space, tmp_path, 0, seed=0, study_name="asked")
+    (failed,) = [t for t in outcome.study.get_trials() if t.number == number]
+    assert failed.state == TrialState.FAIL and failed.system_attrs["fail_reason"] == ORPHAN_REASON

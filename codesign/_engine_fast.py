@@ -418,13 +418,11 @@ class ArithmeticStep:
             nz = flat
         bounds_a = np.searchsorted(nz, self.group_starts)
         grp = np.flatnonzero(bounds_a[1:] > bounds_a[:-1])
-        ex_all: list[int] = (flat % E).tolist()  # expert of each needed (layer, device, expert)
-        cnt_all: list[int] = counts[flat].tolist()  # and its tokens
         # ---- pass A
         ready: dict[int, list[int]] = {}  # g -> token counts of its hits, expert order
         fetches: dict[int, tuple[list[int], int]] = {}  # g -> (token counts: cached, then streamed; n cached)
         energy = 0.0
-        n_needed = len(ex_all)
+        n_needed = int(flat.size)
         n_hit_all = n_miss_all = n_fetch_all = n_str_all = 0
         n_fetched = [0] * n_dev
         exp_cost: dict[int, OpCost] = {}
@@ -436,6 +434,14 @@ class ArithmeticStep:
         record = eng.record_access
         peak_staging = eng.peak_staging
         peak_resident = eng.peak_resident
+        if fetch_only and not observe_any and not record:  # the whole step's cache decisions at once
+            ready, fetches, n_hit_all, n_miss_all, n_str_all, n_fetched = self._step_decisions(
+                flat, nz, counts[flat], t0
+            )
+            n_fetch_all = n_miss_all
+            grp = grp[:0]  # nothing left for the layer-by-layer loop below
+        ex_all: list[int] = (flat % E).tolist() if grp.size else []  # expert of each needed (layer, device, expert)
+        cnt_all: list[int] = counts[flat].tolist() if grp.size else []  # and its tokens
         for g, lo, hi, layer, d in zip(
             grp.tolist(),
             bounds_a[grp].tolist(),
@@ -577,6 +583,73 @@ class ArithmeticStep:
         eng.energy_J += energy
         c_step.energy += energy
         return now
+
+    def _step_decisions(
+        self, flat: npt.NDArray[np.int64], nz: npt.NDArray[np.int64], tokens: npt.NDArray[np.int64], t0: float
+    ) -> tuple[dict[int, list[int]], dict[int, tuple[list[int], int]], int, int, int, list[int]]:
+        """Pass A of `_offloaded` for a demand-fetching step (every miss fetched, no observer, no
+        access log): each device's cache decides the whole step in one `access_admit_step` call,
+        then the ready and fetched groups are cut from arrays. ``flat``: the step's needed flat keys
+        in group order (``nz // E`` = group id ``layer * n_dev + device``, ascending), ``tokens``
+        their token counts. The same answers, effects and bookkeeping as the layer-by-layer loop:
+        ``ready``, a group's hits' token counts in expert order; ``fetches``, its misses' counts
+        (the admitted ones first) and how many were admitted. Returns (ready, fetches, hits,
+        misses, streamed, fetched experts per device)."""
+        eng = self.eng
+        E, n_dev = self.E, self.n_dev
+        caches = eng.caches
+        n = int(flat.size)
+        gid = nz // E
+        if n_dev == 1:
+            hits, adm = caches[0].access_admit_step(flat, t0)
+            dev = np.zeros(n, dtype=np.int64)
+        else:
+            hits = np.empty(n, dtype=bool)
+            adm = np.empty(n, dtype=bool)
+            dev = gid % n_dev
+            for d in range(n_dev):
+                idx = np.flatnonzero(dev == d)
+                if idx.size:  # this device's keys are ascending: layer, then expert
+                    hits[idx], adm[idx] = caches[d].access_admit_step(flat[idx], t0)
+        miss = ~hits
+        n_hit = int(np.count_nonzero(hits))
+        ready: dict[int, list[int]] = {}
+        fetches: dict[int, tuple[list[int], int]] = {}
+        fetched = np.bincount(dev[miss], minlength=n_dev).tolist()
+        if n_hit:  # each group's hits, in expert order
+            where = np.flatnonzero(hits)
+            cnt = tokens[where].tolist()
+            for g, a, k in zip(*_runs(gid[where]), strict=True):
+                ready[g] = cnt[a : a + k]
+        n_str = 0
+        if n_hit < n:
+            where = np.flatnonzero(miss)
+            streamed = miss & ~adm
+            if streamed.any():  # a group's admitted misses first, then those that are streamed
+                where = where[np.argsort(gid[where] * 2 + streamed[where], kind="stable")]
+            cnt = tokens[where].tolist()
+            groups, starts, lengths = _runs(gid[where])
+            cached = np.add.reduceat(adm[where].astype(np.int64), starts).tolist()
+            staging = eng.bound.mapping.staging_experts
+            peak_staging = eng.peak_staging
+            for g, a, k, n_c in zip(groups, starts, lengths, cached, strict=True):
+                if n_c < k:
+                    d, layer = g % n_dev, g // n_dev
+                    if staging == 0:
+                        raise RuntimeError(
+                            f"device {d}: {k - n_c} fetched experts of MoE layer {layer} cannot be cached "
+                            "(cache full of protected or pinned experts, or the policy refuses them) and "
+                            "staging_experts=0; raise staging_experts"
+                        )
+                    if min(k - n_c, staging) > peak_staging[d]:
+                        peak_staging[d] = min(k - n_c, staging)
+                    n_str += k - n_c
+                fetches[g] = (cnt[a : a + k], n_c)
+            peak_resident = eng.peak_resident
+            for d, n_f in enumerate(fetched):
+                if n_f and caches[d].n_resident > peak_resident[d]:
+                    peak_resident[d] = caches[d].n_resident
+        return ready, fetches, n_hit, n - n_hit, n_str, fetched
 
     def _group_costs(self, ready: dict[int, list[int]]) -> dict[int, tuple[float, float]]:
         """Seconds and joules of each layer's ready experts run as a group (`Engine._group_cost`'s
@@ -744,3 +817,11 @@ class ArithmeticStep:
         if cpu_ex.size:
             raise RuntimeError(f"miss policy {eng.bound.mapping.miss!r} chose CPU compute on a platform without a host")
         return fetch_ex.tolist()
+
+
+def _runs(keys: npt.NDArray[np.int64]) -> tuple[list[int], list[int], list[int]]:
+    """The runs of equal values of a non-decreasing, non-empty int array: (value, start, length)
+    of each, as lists."""
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    lengths = np.diff(np.append(starts, keys.size))
+    return keys[starts].tolist(), starts.tolist(), lengths.tolist()

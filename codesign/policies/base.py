@@ -370,6 +370,31 @@ class CachePolicy(ABC):
         admitted, _victims = self.admit_list(layer, miss, now, protect=experts)
         return hits, admitted
 
+    def access_admit_step(self, keys: npt.NDArray[np.int64], now: float) -> tuple[BoolArray, BoolArray]:
+        """A demand-fetching step's `access_admit_list` calls at once: ``keys`` are the step's flat
+        keys (``layer * n_experts + expert``) of this cache, strictly ascending; each layer's keys
+        are one call, in layer order. Returns (hit flags, admitted flags) over ``keys`` (admitted:
+        a miss that became resident). The effects and answers are exactly those of the calls one
+        by one (this default makes them; `LRUCache` overrides it with a vectorised pass, and a
+        test pins the equality)."""
+        hits = np.zeros(keys.size, dtype=bool)
+        admitted = np.zeros(keys.size, dtype=bool)
+        if keys.size == 0:
+            return hits, admitted
+        E = self.n_experts
+        layers = keys // E
+        cuts = np.flatnonzero(np.diff(layers)) + 1
+        starts = [0, *cuts.tolist()]
+        ends = [*cuts.tolist(), int(keys.size)]
+        for lo, hi, layer in zip(starts, ends, layers[starts].tolist(), strict=True):
+            ex = (keys[lo:hi] - layer * E).tolist()
+            h, adm = self.access_admit_list(layer, ex, now)
+            hits[lo:hi] = h
+            if adm:
+                miss = np.flatnonzero(~hits[lo:hi]) + lo
+                admitted[miss] = adm
+        return hits, admitted
+
     def admit_list(
         self,
         layer: int,

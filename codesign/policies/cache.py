@@ -31,6 +31,26 @@ def _lowest(n: int, candidates: BoolArray, *keys: npt.NDArray[np.float64]) -> In
     return flat[order[:n]].astype(np.int64)
 
 
+def _crossed(
+    s: npt.NDArray[np.int64], layer: npt.NDArray[np.int64], which: npt.NDArray[np.int64], limit: int = 1 << 18
+) -> npt.NDArray[np.int64]:
+    """For the entries ``which`` of ``(s, layer)`` (``layer`` non-decreasing, ``s`` distinct):
+    ``#{j : layer[j] < layer[i], s[j] > s[i]}``. One comparison matrix ``[which, entries]`` when it
+    has at most ``limit`` cells, else one per layer holding such entries."""
+    runs = np.flatnonzero(np.concatenate(([True], layer[1:] != layer[:-1])))
+    start = runs[np.searchsorted(runs, which, side="right") - 1]  # first entry of each one's layer
+    s_w = s[which]
+    m = int(s.size)
+    if which.size * m <= limit:
+        earlier = np.arange(m)[None, :] < start[:, None]
+        return np.count_nonzero(earlier & (s[None, :] > s_w[:, None]), axis=1).astype(np.int64)
+    out = np.empty(which.size, dtype=np.int64)
+    cuts = np.flatnonzero(np.concatenate(([True], start[1:] != start[:-1])))
+    for a, b in zip(cuts.tolist(), [*cuts[1:].tolist(), int(which.size)], strict=True):
+        out[a:b] = np.count_nonzero(s[None, : int(start[a])] > s_w[a:b, None], axis=1)
+    return out
+
+
 @REGISTRIES["cache"].register("lru", "least recently used expert is evicted")
 class LRUCache(IncrementalCachePolicy):
     """Least recently used. A use is an `access` (hit or miss) or an admission; residents set by
@@ -48,18 +68,44 @@ class LRUCache(IncrementalCachePolicy):
         n_orders = self.n_layers if self.per_layer else 1
         # key -> tick of its last use; iteration order = (tick, key) ascending
         self._orders: list[OrderedDict[int, int]] = [OrderedDict() for _ in range(n_orders)]
+        # the array form of `access_admit_step` (one global order only), in place of ``_orders[0]``:
+        # the victim order as an array of flat keys (least recent first) and each key's index in it
+        # (-1: not in it); ``None`` while the ordered dict is the current form (`_dict_mode`)
+        self._ord: npt.NDArray[np.int64] | None = None
+        self._pos: npt.NDArray[np.int64] = np.full(self.n_layers * self.n_experts, -1, dtype=np.int64)
+        self._pin_flat: npt.NDArray[np.bool_] = self.pinned.reshape(-1).copy()  # fixed at construction
+        self._n_pinned = int(self._pin_flat.sum())
         self._rebuild()
 
     def _order(self, key: int) -> OrderedDict[int, int]:
         return self._orders[key // self.n_experts if self.per_layer else 0]
 
+    def _dict_mode(self) -> None:
+        """Make the ordered dict the current form of the victim order again (after steps of
+        `access_admit_step`): the array's keys in its order, each with its own tick."""
+        order = self._ord
+        if order is None:
+            return
+        self._ord = None
+        self._pos[order] = -1
+        keys = order.tolist()
+        od = self._orders[0]
+        od.clear()
+        for i, k in enumerate(keys):
+            od[k] = self._tick + 1 + i
+        self._tick += len(keys) + 1
+
     def _rebuild(self) -> None:
+        if self._ord is not None:
+            self._pos[self._ord] = -1
+            self._ord = None
         for od in self._orders:
             od.clear()
         for k in self._evictable():
             self._order(k)[k] = -1
 
     def _touch(self, layer: int, experts: list[int], hits: list[bool]) -> None:
+        self._dict_mode()
         self._tick += 1
         tick = self._tick
         od = self._orders[layer if self.per_layer else 0]
@@ -71,6 +117,7 @@ class LRUCache(IncrementalCachePolicy):
                 od.move_to_end(k)
 
     def _inserted(self, keys: list[int], prefetch: bool) -> None:
+        self._dict_mode()
         self._tick += 1
         tick = self._tick
         if not self.per_layer:
@@ -82,6 +129,7 @@ class LRUCache(IncrementalCachePolicy):
             self._order(k)[k] = tick
 
     def _removed(self, keys: list[int]) -> None:
+        self._dict_mode()
         if not self.per_layer:
             od = self._orders[0]
             for k in keys:
@@ -97,6 +145,7 @@ class LRUCache(IncrementalCachePolicy):
         the victim order, so victims are taken from the front up to the first key of this tick."""
         if self._filters:  # a subclass with an admission filter: the generic two calls
             return super().access_admit_list(layer, experts, now)
+        self._dict_mode()
         res = self._res
         base = layer * self.n_experts
         per_layer = self.per_layer
@@ -149,7 +198,79 @@ class LRUCache(IncrementalCachePolicy):
             self._layer_n[layer] += n_take
         return hits, [True] * n_take + [False] * (n_miss - n_take)
 
+    def access_admit_step(self, keys: npt.NDArray[np.int64], now: float) -> tuple[BoolArray, BoolArray]:
+        """Vectorised `CachePolicy.access_admit_step` for one global order (not ``per_layer``) when
+        no call of the step has more unpinned experts than the evictable slots (so protecting a
+        call's own experts never binds and every miss is admitted); otherwise the calls one by one.
+
+        LRU's inclusion property: a resident stays resident while fewer than ``C`` (the evictable
+        slots) distinct keys are used after it. A key used at layer ``l`` of the step hits when it
+        was resident before the step and ``depth + before - crossed < C``: ``depth`` residents were
+        used after it before the step, ``before`` unpinned keys are used by the step's earlier
+        layers, ``crossed`` of those were among the ``depth`` (not counted twice). After the step the
+        step's keys are the newest (per layer: hits, then misses, each ascending, as the calls order
+        them) and the ``C`` newest stay resident. The victim order lives in an
+        array while steps follow each other (`_dict_mode` turns it back into the ordered dict)."""
+        if self.per_layer or self._filters or keys.size == 0:
+            return super().access_admit_step(keys, now)
+        E = self.n_experts
+        pin = self._pin_flat
+        n_pinned = self._n_pinned
+        slots = self.capacity - n_pinned
+        layers = keys // E
+        unp = ~pin[keys]
+        if min(E, int(keys.size)) > slots:  # a call may hold more unpinned keys than the slots: count them
+            cuts = np.flatnonzero(np.diff(layers)) + 1
+            if int(np.add.reduceat(unp.astype(np.int64), np.concatenate(([0], cuts))).max()) > slots:
+                return super().access_admit_step(keys, now)
+        pos = self._pos
+        order = self._ord
+        if order is None:  # enter the array form, in the ordered dict's order
+            od = self._orders[0]
+            order = np.fromiter(od.keys(), dtype=np.int64, count=len(od))
+            pos[order] = np.arange(order.size, dtype=np.int64)
+        n_held = int(order.size)
+        old = pos[keys]  # >= 0: resident and evictable (pinned keys are never in the order)
+        hits = ~unp  # pinned: always resident
+        idx = np.flatnonzero(old >= 0)
+        if idx.size:
+            s_i, l_i = old[idx], layers[idx]
+            depth = n_held - 1 - s_i
+            used_before: npt.NDArray[np.int64] = np.cumsum(unp) - unp  # unpinned keys before each key
+            before = used_before[np.searchsorted(layers, l_i, side="left")]
+            # 0 <= crossed <= min(depth, before): only keys between the two bounds need it
+            hit = depth + before < slots
+            open_ = np.flatnonzero(~hit & (np.maximum(depth, before) < slots))
+            if open_.size:
+                crossed = _crossed(s_i, l_i, open_)
+                hit[open_] = depth[open_] + before[open_] - crossed < slots
+            hits[idx] = hit
+        miss = ~hits
+        # the new order: the untouched ones as they were, then per layer its hits, then its misses
+        used = np.flatnonzero(unp)
+        used = used[np.argsort(layers[used] * 2 + miss[used], kind="stable")]
+        keep = np.ones(n_held, dtype=bool)
+        keep[old[idx]] = False
+        order = np.concatenate((order[keep], keys[used]))
+        res = self.resident.reshape(-1)
+        new = keys[miss]
+        res[new] = True
+        delta = np.bincount(new // E, minlength=self.n_layers)
+        if order.size > slots:  # the oldest beyond the evictable slots were evicted on the way
+            out = order[: order.size - slots]
+            order = order[order.size - slots :]
+            pos[out] = -1
+            res[out] = False
+            delta -= np.bincount(out // E, minlength=self.n_layers)
+        pos[order] = np.arange(order.size, dtype=np.int64)
+        self._ord = order
+        self._n_resident = n_pinned + int(order.size)
+        self._layer_n = (np.asarray(self._layer_n, dtype=np.int64) + delta).tolist()
+        self.n_accessed += int(keys.size)
+        return hits, miss
+
     def _pick(self, n: int, only_layer: int, excluded: set[int]) -> list[int]:
+        self._dict_mode()
         if not self.per_layer:
             items: Iterable[int] = self._orders[0]
         elif only_layer >= 0:

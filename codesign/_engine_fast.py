@@ -211,6 +211,8 @@ class ArithmeticStep:
         # per class of alike devices: a layer's ready experts' (seconds, joules) by their token counts
         # in expert order (`Engine._group_cost`'s answer; it depends on the multiset of counts only)
         self._ready_memo: list[dict[tuple[int, ...], tuple[float, float]]] = [{} for _ in range(eng.n_dev)]
+        # per class: its experts are costed one by one and summed (per-expert execution), not grouped
+        self._serial_class = [bool(eng.plan.serial_experts(d)) for d in self._class_device]
         self.home_onehot = np.stack([eng.home_flat == d for d in range(eng.n_dev)])  # [n_dev, L * E]
         self._tables: dict[tuple[int, str], tuple[list[float], list[float]]] = {}
         self._tables_version = 0  # bumped when a table grows (see `_fetched_costs`)
@@ -654,14 +656,17 @@ class ArithmeticStep:
     def _group_costs(self, ready: dict[int, list[int]]) -> dict[int, tuple[float, float]]:
         """Seconds and joules of each layer's ready experts run as a group (`Engine._group_cost`'s
         answers, by group id ``g = layer * n_dev + d``), from a memo by token counts per class of
-        alike devices; the step's misses are computed together, one plan call per class and group
-        size (each row exactly as the one-group call on the sorted counts). FPGA groups (their
-        stream order matters) are asked one by one."""
+        alike devices; the step's misses are computed together, one plan call per class (per class
+        and group size for per-expert execution of 8 or more experts), each row exactly as the
+        one-group call on the sorted counts. FPGA groups (their stream order matters) are asked
+        one by one."""
         n_dev = self.n_dev
         memos = self._ready_memo
         cls_of = self._cost_class
         out: dict[int, tuple[float, float]] = {}
         todo: dict[tuple[int, int], list[tuple[int, tuple[int, ...]]]] = {}
+        plan = self.eng.plan
+        serial = self._serial_class
         for g, r in ready.items():
             d = g % n_dev
             rk = tuple(r)
@@ -672,11 +677,10 @@ class ArithmeticStep:
             hit = memos[ci].get(rk)
             if hit is not None:
                 out[g] = hit
-            else:  # groups of fewer than 8 experts share one call (see below)
+            else:  # groups share one call (see below)
                 m = len(rk)
-                todo.setdefault((ci, m if m >= 8 else 0), []).append((g, rk))
+                todo.setdefault((ci, m if m >= 8 and serial[ci] else 0), []).append((g, rk))
         if todo:
-            plan = self.eng.plan
             for (ci, m_key), items in todo.items():
                 d0 = self._class_device[ci]
                 memo = memos[ci]
@@ -684,12 +688,13 @@ class ArithmeticStep:
                     memo.clear()
                 if m_key:
                     arr = np.array([sorted(rk) for _g, rk in items], dtype=np.int64)  # [n, m]
-                else:  # fewer than 8 experts each: zeros in front (an expert with no tokens costs
-                    # nothing, and sums of fewer than 8 terms are sequential, so a leading +0.0 changes
-                    # no bit of the one-group answer)
+                else:  # zeros in front: an expert with no tokens costs nothing, a grouped call sums its
+                    # experts left to right (`hwmodels.costs._rowsum`) and a per-expert one's sums of
+                    # fewer than 8 terms are sequential, so a leading +0.0 changes no bit of the
+                    # one-group answer
                     width = max(len(rk) for _g, rk in items)
                     arr = np.array([(0,) * (width - len(rk)) + tuple(sorted(rk)) for _g, rk in items], dtype=np.int64)
-                if plan.serial_experts(d0):
+                if serial[ci]:
                     per = plan.experts(d0, arr)
                     t = np.broadcast_to(np.asarray(per.total_s, dtype=np.float64), arr.shape)
                     j = np.broadcast_to(np.asarray(per.energy_J, dtype=np.float64), arr.shape)

@@ -501,6 +501,17 @@ class _ProfileAtDtype:
         return self.profile.copy(n_bytes, pinned=pinned)
 
 
+def _rowsum(x: Any) -> Any:
+    """Sum over the last axis, left to right (a cumulative sum's last entry), where ``np.sum``
+    sums pairwise: adding experts with no tokens (exact zeros) anywhere in a group then changes no
+    bit of its answer, so groups of different sizes can share one call padded with zeros and
+    still answer exactly as one call per group (the engine's fast path relies on it)."""
+    a = np.asarray(x, dtype=np.float64)
+    if a.shape[-1] == 0:
+        return np.zeros(a.shape[:-1])
+    return np.cumsum(a, axis=-1)[..., -1]
+
+
 def _gemv_cap(compute: Any, memory: Any, rows: Any, max_rows: float, scalar: bool) -> Any:
     """Compute time of GEMMs over ``rows`` rows with those of at most ``max_rows`` rows capped at their
     memory time (a GEMV's compute hides under its weight stream: memory-bound at the achieved
@@ -963,6 +974,9 @@ class CostModel:
         its own row count (a ragged grouped GEMM); the kernels' launch overhead is paid once per
         group with any active expert (the count of kernels follows the device's `KernelExecution`).
 
+        Sums over the experts run left to right (`_rowsum`): experts with no tokens, wherever they
+        are, change no bit of the answer.
+
         ``active`` (same shape, in [0, 1]; default ``tokens > 0``) makes it an expectation for the
         analytic model: expert ``e`` is in the group with probability ``active[..., e]`` and then
         has ``tokens_per_expert[..., e]`` tokens; the launches are paid with probability
@@ -1001,9 +1015,9 @@ class CostModel:
                 n_kernels=0,
                 dtype=dtype,
             )
-            compute = np.sum(w * np.asarray(per.compute_s), axis=-1)
+            compute = _rowsum(w * np.asarray(per.compute_s))
         elif ctx.curve is None:
-            compute = np.sum(w * rows, axis=-1) * flops_per_row / ctx.peak
+            compute = _rowsum(w * rows) * flops_per_row / ctx.peak
         else:
             c = ctx.curve
             mm = np.maximum(rows, 1.0)
@@ -1014,10 +1028,10 @@ class CostModel:
                     + self._ffn_act_bytes(model, rows, model.expert_ffn_dim) / ctx.a_bw
                 )
                 per_expert = _gemv_cap(per_expert, mem_e, rows, ctx.gemv_rows, False)
-            compute = np.sum(w * per_expert, axis=-1)
-        total_rows = np.sum(w * rows, axis=-1)
+            compute = _rowsum(w * per_expert)
+        total_rows = _rowsum(w * rows)
         flops = total_rows * flops_per_row
-        w_bytes = np.sum(w, axis=-1) * model.bytes_per_expert
+        w_bytes = _rowsum(w) * model.bytes_per_expert
         a_bytes = total_rows * ACTIVATION_BYTES * (2.0 * model.d_model + 2.0 * model.expert_ffn_dim)
         memory = w_bytes / ctx.w_bw + a_bytes / ctx.a_bw
         kernels = self.execution_for(device).kernels("experts_grouped", 3)
@@ -1028,10 +1042,10 @@ class CostModel:
         dq = _component_dq(model, "expert", model.params_per_expert, model.matrices_per_expert)
         if dq is not None:  # each active expert dequantises its own weights (expected over ``active``)
             dq_c, serial, m_add, j_add = self._dequant_add(device, ctx, dq, rows, w, False)
-            serial_sum = np.sum(serial, axis=-1)
-            compute = np.maximum(compute, np.sum(dq_c, axis=-1)) + serial_sum
-            memory = memory + np.sum(m_add, axis=-1) + serial_sum
-            dq_J = np.sum(j_add, axis=-1)
+            serial_sum = _rowsum(serial)
+            compute = np.maximum(compute, _rowsum(dq_c)) + serial_sum
+            memory = memory + _rowsum(m_add) + serial_sum
+            dq_J = _rowsum(j_add)
         energy = (
             ctx.static_W * np.maximum(compute, memory)
             + ctx.e_flop * flops

@@ -101,6 +101,9 @@ class LRUCache(IncrementalCachePolicy):
             self._ord = None
         for od in self._orders:
             od.clear()
+        if not self.per_layer:  # one order: ascending keys, built in one call
+            self._orders[0].update(dict.fromkeys(self._evictable(), -1))
+            return
         for k in self._evictable():
             self._order(k)[k] = -1
 

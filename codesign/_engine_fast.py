@@ -606,13 +606,19 @@ class ArithmeticStep:
             hits, adm = caches[0].access_admit_step(flat, t0)
             dev = np.zeros(n, dtype=np.int64)
         else:
+            dev = gid % n_dev
+            by_dev = np.argsort(dev, kind="stable")  # each device's keys stay ascending: layer, then expert
+            keys = flat[by_dev]
+            cuts = np.searchsorted(dev[by_dev], np.arange(n_dev + 1)).tolist()
+            parts = [
+                caches[d].access_admit_step(keys[cuts[d] : cuts[d + 1]], t0)
+                for d in range(n_dev)
+                if cuts[d + 1] > cuts[d]
+            ]
             hits = np.empty(n, dtype=bool)
             adm = np.empty(n, dtype=bool)
-            dev = gid % n_dev
-            for d in range(n_dev):
-                idx = np.flatnonzero(dev == d)
-                if idx.size:  # this device's keys are ascending: layer, then expert
-                    hits[idx], adm[idx] = caches[d].access_admit_step(flat[idx], t0)
+            hits[by_dev] = np.concatenate([h for h, _ in parts])
+            adm[by_dev] = np.concatenate([a for _, a in parts])
         miss = ~hits
         n_hit = int(np.count_nonzero(hits))
         ready: dict[int, list[int]] = {}

@@ -32,19 +32,32 @@ def _lowest(n: int, candidates: BoolArray, *keys: npt.NDArray[np.float64]) -> In
 
 
 def _crossed(
-    s: npt.NDArray[np.int64], layer: npt.NDArray[np.int64], which: npt.NDArray[np.int64], limit: int = 1 << 18
+    s: npt.NDArray[np.int64], layer: npt.NDArray[np.int64], which: npt.NDArray[np.int64], limit: int = 1 << 22
 ) -> npt.NDArray[np.int64]:
     """For the entries ``which`` of ``(s, layer)`` (``layer`` non-decreasing, ``s`` distinct):
-    ``#{j : layer[j] < layer[i], s[j] > s[i]}``. One comparison matrix ``[which, entries]`` when it
-    has at most ``limit`` cells, else one per layer holding such entries."""
-    runs = np.flatnonzero(np.concatenate(([True], layer[1:] != layer[:-1])))
-    start = runs[np.searchsorted(runs, which, side="right") - 1]  # first entry of each one's layer
-    s_w = s[which]
+    ``#{j : layer[j] < layer[i], s[j] > s[i]}``. The cheaper of a comparison matrix ``[which,
+    entries]`` and a table of counts by (layer, rank of s) cumulated both ways; one comparison per
+    layer holding such entries when both would exceed ``limit`` cells."""
     m = int(s.size)
-    if which.size * m <= limit:
-        earlier = np.arange(m)[None, :] < start[:, None]
-        return np.count_nonzero(earlier & (s[None, :] > s_w[:, None]), axis=1).astype(np.int64)
+    runs = np.flatnonzero(np.concatenate(([True], layer[1:] != layer[:-1])))
+    n_runs = int(runs.size)
+    run_w = np.searchsorted(runs, which, side="right") - 1  # the layer run of each entry of ``which``
+    cells_matrix = int(which.size) * m
+    cells_table = 2 * n_runs * (m + 1)
+    if min(cells_matrix, cells_table) <= limit:
+        if cells_matrix <= cells_table:
+            earlier = np.arange(m)[None, :] < runs[run_w][:, None]
+            return np.count_nonzero(earlier & (s[None, :] > s[which][:, None]), axis=1).astype(np.int64)
+        rank = np.empty(m, dtype=np.int64)
+        rank[np.argsort(s, kind="stable")] = np.arange(m, dtype=np.int64)
+        table = np.zeros((n_runs, m + 1), dtype=np.int32)
+        table[np.repeat(np.arange(n_runs), np.diff(np.append(runs, m))), rank] = 1
+        newer = np.cumsum(table[:, ::-1], axis=1, dtype=np.int32)[:, ::-1]  # [run, r]: its entries ranked >= r
+        before = np.cumsum(newer, axis=0, dtype=np.int32) - newer  # the same over the runs before
+        return before[run_w, rank[which] + 1].astype(np.int64)
     out = np.empty(which.size, dtype=np.int64)
+    start = runs[run_w]
+    s_w = s[which]
     cuts = np.flatnonzero(np.concatenate(([True], start[1:] != start[:-1])))
     for a, b in zip(cuts.tolist(), [*cuts[1:].tolist(), int(which.size)], strict=True):
         out[a:b] = np.count_nonzero(s[None, : int(start[a])] > s_w[a:b, None], axis=1)

@@ -158,11 +158,11 @@ def test_lru_step_is_vectorised_when_it_can_be() -> None:
 @given(
     layers=st.lists(st.integers(0, 5), min_size=1, max_size=40),
     seed=st.integers(0, 2**16),
-    limit=st.sampled_from([0, 1 << 18]),
+    limit=st.sampled_from([0, 1 << 22]),
 )
 def test_crossed_counts_earlier_layers_with_newer_use(layers: list[int], seed: int, limit: int) -> None:
-    """LRU's step pass counts, per key, the keys of earlier layers used after it (both ways of
-    counting: one matrix, and layer by layer when the matrix would be large)."""
+    """LRU's step pass counts, per key, the keys of earlier layers used after it (every way of
+    counting: one matrix, a table by (layer, rank), and layer by layer when both would be large)."""
     from codesign.policies.cache import _crossed
 
     layer = np.sort(np.asarray(layers, dtype=np.int64))
@@ -170,3 +170,9 @@ def test_crossed_counts_earlier_layers_with_newer_use(layers: list[int], seed: i
     which = np.flatnonzero(np.random.default_rng(seed + 1).random(layer.size) < 0.6)
     want = [sum(1 for j in range(layer.size) if layer[j] < layer[i] and s[j] > s[i]) for i in which]
     assert _crossed(s, layer, which, limit=limit).tolist() == want
+    if limit and which.size:  # the table too, whichever the size rule picks
+        from codesign.policies import cache as cache_mod
+
+        all_rows = np.arange(layer.size)
+        want_all = [sum(1 for j in range(layer.size) if layer[j] < layer[i] and s[j] > s[i]) for i in all_rows]
+        assert cache_mod._crossed(s, layer, all_rows, limit=limit).tolist() == want_all

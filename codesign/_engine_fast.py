@@ -40,6 +40,10 @@ import numpy.typing as npt
 from codesign.policies.base import CachePolicy
 from hwmodels.opcost import OpCost
 
+#: A step's fetched experts as arrays: group ids (ascending), each group's count of fetched
+#: experts, then per fetched expert (group by group) its tokens and its device.
+_FetchArrays = tuple[list[int], list[int], npt.NDArray[np.int64], npt.NDArray[np.int64]]
+
 if TYPE_CHECKING:
     from codesign.costplan import StepCostPlan
     from codesign.engine import Engine
@@ -436,8 +440,9 @@ class ArithmeticStep:
         record = eng.record_access
         peak_staging = eng.peak_staging
         peak_resident = eng.peak_resident
+        fetch_arrays: _FetchArrays | None = None
         if fetch_only and not observe_any and not record:  # the whole step's cache decisions at once
-            ready, fetches, n_hit_all, n_miss_all, n_str_all, n_fetched = self._step_decisions(
+            ready, fetches, n_hit_all, n_miss_all, n_str_all, n_fetched, fetch_arrays = self._step_decisions(
                 flat, nz, counts[flat], t0
             )
             n_fetch_all = n_miss_all
@@ -521,7 +526,7 @@ class ArithmeticStep:
         energy += e_pre + self._a2a_energy(si) + float(np.sum(si.shared_J[:L]))
         comp: dict[int, list[float]] = {}
         if fetches:
-            comp, energy = self._fetched_costs(fetches, int(counts.max()), energy)
+            comp, energy = self._fetched_costs(fetches, int(counts.max()), energy, fetch_arrays)
         shared = si.shared_s[:L].tolist()
         # ---- pass B: times
         a2a = si.a2a
@@ -588,7 +593,7 @@ class ArithmeticStep:
 
     def _step_decisions(
         self, flat: npt.NDArray[np.int64], nz: npt.NDArray[np.int64], tokens: npt.NDArray[np.int64], t0: float
-    ) -> tuple[dict[int, list[int]], dict[int, tuple[list[int], int]], int, int, int, list[int]]:
+    ) -> tuple[dict[int, list[int]], dict[int, tuple[list[int], int]], int, int, int, list[int], _FetchArrays | None]:
         """Pass A of `_offloaded` for a demand-fetching step (every miss fetched, no observer, no
         access log): each device's cache decides the whole step in one `access_admit_step` call,
         then the ready and fetched groups are cut from arrays. ``flat``: the step's needed flat keys
@@ -596,7 +601,7 @@ class ArithmeticStep:
         their token counts. The same answers, effects and bookkeeping as the layer-by-layer loop:
         ``ready``, a group's hits' token counts in expert order; ``fetches``, its misses' counts
         (the admitted ones first) and how many were admitted. Returns (ready, fetches, hits,
-        misses, streamed, fetched experts per device)."""
+        misses, streamed, fetched experts per device, the fetches as `_fetched_costs`'s arrays)."""
         eng = self.eng
         E, n_dev = self.E, self.n_dev
         caches = eng.caches
@@ -630,6 +635,7 @@ class ArithmeticStep:
             for g, a, k in zip(*_runs(gid[where]), strict=True):
                 ready[g] = cnt[a : a + k]
         n_str = 0
+        arrays: _FetchArrays | None = None
         if n_hit < n:
             where = np.flatnonzero(miss)
             streamed = miss & ~adm
@@ -657,7 +663,8 @@ class ArithmeticStep:
             for d, n_f in enumerate(fetched):
                 if n_f and caches[d].n_resident > peak_resident[d]:
                     peak_resident[d] = caches[d].n_resident
-        return ready, fetches, n_hit, n - n_hit, n_str, fetched
+            arrays = (groups, lengths, tokens[where], dev[where])
+        return ready, fetches, n_hit, n - n_hit, n_str, fetched, arrays
 
     def _group_costs(self, ready: dict[int, list[int]]) -> dict[int, tuple[float, float]]:
         """Seconds and joules of each layer's ready experts run as a group (`Engine._group_cost`'s
@@ -717,12 +724,17 @@ class ArithmeticStep:
         return out
 
     def _fetched_costs(
-        self, fetches: dict[int, tuple[list[int], int]], max_count: int, energy: float
+        self,
+        fetches: dict[int, tuple[list[int], int]],
+        max_count: int,
+        energy: float,
+        arrays: _FetchArrays | None = None,
     ) -> tuple[dict[int, list[float]], float]:
         """Each fetched expert's seconds alone on its tokens (by group id, in the order of
         ``fetches``), from the per-device tables of `_expert_table` in one numpy look-up over the
         step; ``energy`` plus their joules, added one by one in that order (a cumulative sum is a
-        sequential sum: the same float operations as a Python loop)."""
+        sequential sum: the same float operations as a Python loop). ``arrays``: the same fetches
+        as (group ids, their sizes, token counts, devices), when the caller has them."""
         n_dev = self.n_dev
         tabs = [self._expert_table(d, max_count) for d in range(n_dev)]
         st = self._stacked
@@ -735,11 +747,16 @@ class ArithmeticStep:
                 j_all[d, : len(j)] = j
             st = self._stacked = (self._tables_version, t_all.ravel(), j_all.ravel(), width)
         _, t_flat, j_flat, width = st
-        gs = list(fetches)
-        lens = [len(fetches[g][0]) for g in gs]
-        idx = np.fromiter(chain.from_iterable(fetches[g][0] for g in gs), dtype=np.int64, count=sum(lens))
-        if n_dev > 1:
-            idx += np.repeat(np.asarray(gs, dtype=np.int64) % n_dev * width, lens)
+        if arrays is not None:  # `_step_decisions` has them as arrays already
+            gs, lens, idx, devs = arrays
+            if n_dev > 1:
+                idx = idx + devs * width
+        else:
+            gs = list(fetches)
+            lens = [len(fetches[g][0]) for g in gs]
+            idx = np.fromiter(chain.from_iterable(fetches[g][0] for g in gs), dtype=np.int64, count=sum(lens))
+            if n_dev > 1:
+                idx += np.repeat(np.asarray(gs, dtype=np.int64) % n_dev * width, lens)
         t_list: list[float] = t_flat[idx].tolist()
         if idx.size:
             energy = float(np.cumsum(np.concatenate(([energy], j_flat[idx])))[-1])

@@ -46,6 +46,7 @@ __all__ = [
     "CASE_KINDS",
     "COLLECTIVE_METRICS",
     "SERVING_METRICS",
+    "SUMMARY_METRICS",
     "Case",
     "CaseError",
     "CaseResult",
@@ -56,6 +57,7 @@ __all__ = [
     "load_cases",
     "run_case",
     "run_suite",
+    "simulated_metric",
     "steady_throughput",
     "suite_summary",
     "write_html",
@@ -64,7 +66,17 @@ __all__ = [
 CASE_KINDS = ("serving", "collective")
 #: Metrics a serving case may name: a `codesign.design.Metrics` field (seconds or tokens/s), or
 #: ``steady_throughput_tok_s`` (see `steady_throughput`).
-SERVING_METRICS = ("throughput_tok_s", "steady_throughput_tok_s", "tpot_p50_s", "ttft_p50_s")
+SERVING_METRICS = (
+    "throughput_tok_s",
+    "steady_throughput_tok_s",
+    "tpot_p50_s",
+    "ttft_p50_s",
+    "tpot_mean_s",
+    "ttft_mean_s",
+)
+#: Metrics read from the simulation's summary (`codesign.result.summarize`), not from `Metrics`:
+#: means over the requests, for measurements that report a mean (MLPerf's Server TPOT and TTFT).
+SUMMARY_METRICS = ("tpot_mean_s", "ttft_mean_s")
 #: Metrics a collective case may name.
 COLLECTIVE_METRICS = ("time_s",)
 _COLLECTIVE_OPS = ("all_to_all",)
@@ -409,27 +421,39 @@ def steady_throughput(result: Any) -> tuple[float, bool]:
     return tokens / (t1 - t0), True
 
 
+def simulated_metric(case: Case, design: Any, cache: Any = None) -> tuple[float, Any, list[str]]:
+    """The simulator's value of a serving case's metric for ``design``: (value in the metric's
+    unit, the run's `Metrics`, notes). ``steady_throughput_tok_s`` is read from the steps
+    (`steady_throughput`), the `SUMMARY_METRICS` from the run's summary, the others from `Metrics`."""
+    from codesign.design import evaluate, sim_metrics, simulate_design
+
+    notes: list[str] = []
+    if case.metric == "steady_throughput_tok_s":
+        run = simulate_design(design, cache=cache)
+        value, steady = steady_throughput(run)
+        if not steady:
+            notes.append("steady window empty (small run): whole-run throughput")
+        return value, sim_metrics(design, run), notes
+    if case.metric in SUMMARY_METRICS:
+        run = simulate_design(design, cache=cache)
+        return float(run.summary[case.metric]), sim_metrics(design, run), notes
+    sim = evaluate(design, "sim", cache=cache)
+    return float(getattr(sim, case.metric)), sim, notes
+
+
 def _run_serving(case: Case, reduced: bool, cache: Any) -> CaseResult:
-    from codesign.design import UnsupportedDesignError, evaluate, sim_metrics, simulate_design
+    from codesign.design import UnsupportedDesignError, evaluate
 
     t0 = time.perf_counter()
     design = build_design(case, reduced=reduced)
-    notes = []
-    if case.metric == "steady_throughput_tok_s":
-        run = simulate_design(design, cache=cache)
-        sim = sim_metrics(design, run)
-        sim_value, steady = steady_throughput(run)
-        if not steady:
-            notes.append("steady window empty (small run): whole-run throughput")
-    else:
-        sim = evaluate(design, "sim", cache=cache)
-        sim_value = float(getattr(sim, case.metric))
+    sim_value, sim, notes = simulated_metric(case, design, cache)
     analytic: float | None = None
     analytic_error: float | None = None
     try:
         am = evaluate(design, "analytic", cache=cache)
-        # the closed form has no drain tail: its throughput is the steady one
-        analytic = float(getattr(am, case.metric.removeprefix("steady_")))
+        # the closed form has no drain tail: its throughput is the steady one; it has one latency
+        # per request kind, its p50 stands for the mean
+        analytic = float(getattr(am, case.metric.removeprefix("steady_").replace("_mean_", "_p50_")))
         analytic_error = _rel(analytic, case.measured_value)
         note = "; ".join(["analytic model", *notes])
     except UnsupportedDesignError as exc:
@@ -502,6 +526,8 @@ _UNITS = {
     "steady_throughput_tok_s": ("tok/s", 1.0),
     "tpot_p50_s": ("ms", 1e3),
     "ttft_p50_s": ("s", 1.0),
+    "tpot_mean_s": ("ms", 1e3),
+    "ttft_mean_s": ("s", 1.0),
     "time_s": ("us", 1e6),
 }
 

@@ -147,12 +147,9 @@ def _workload_dict(w: Any) -> dict[str, Any]:
 
 
 def _metric_value(case: Case, design: Any, cache: Any) -> float:
-    from codesign.design import evaluate, simulate_design
-    from codesign.validation import steady_throughput
+    from codesign.validation import simulated_metric
 
-    if case.metric == "steady_throughput_tok_s":
-        return steady_throughput(simulate_design(design, cache=cache))[0]
-    return float(getattr(evaluate(design, "sim", cache=cache), case.metric))
+    return simulated_metric(case, design, cache)[0]
 
 
 # ------------------------------------------------------------------------------ fitting

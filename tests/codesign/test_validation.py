@@ -255,3 +255,19 @@ def test_cli_fit_takes_toml_field_names_and_says_to_pass_param(capsys: pytest.Ca
     assert main(["validate-e2e", "--fit", "trt-llm"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pass --param FIELD (fields with fitted_on cases: per_step)" in err[0], err
+
+
+def test_mean_metrics_read_the_runs_mean_not_its_median(reduced_results: list[CaseResult]) -> None:
+    """MLPerf's Server logs report the mean TTFT and TPOT: those cases compare the simulation's mean
+    over its requests (`codesign.result.summarize`), not its p50 (the two differ on a skewed
+    latency distribution)."""
+    from codesign.design import simulate_design
+    from codesign.validation import SUMMARY_METRICS, build_design
+
+    by_name = {r.name: r for r in reduced_results}
+    for name, metric in (("mlperf41-server-h100-ttft", "ttft_mean_s"), ("mlperf41-server-h100-tpot", "tpot_mean_s")):
+        case = load_case(case_dir() / f"{name}.json")
+        assert case.metric == metric and metric in SUMMARY_METRICS
+        run = simulate_design(build_design(case, reduced=True))
+        assert by_name[name].simulated == run.summary[metric]
+        assert run.summary[metric] != run.summary[metric.replace("_mean_", "_p50_")]

@@ -40,6 +40,7 @@ are committed as they finish, so a SIGKILL loses only the trial in flight.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import multiprocessing as mp
@@ -145,22 +146,15 @@ def _stamped(template: FrozenTrial | None) -> FrozenTrial:
     """The template of a new trial: a RUNNING trial whose ``user_attrs["worker"]`` names this
     process, written in the same insert as the trial (so a worker killed at any point, even
     while its sampler is still choosing parameters, leaves a trial `_fail_orphans` can tell is
-    orphaned). A caller's own template is kept, with the worker added."""
+    orphaned). A caller's own RUNNING template gets the worker added; other templates (a finished
+    trial added, a queued one) are kept as they are: a queued trial is stamped by the objective of
+    the worker that runs it (`TrialEvaluator.__call__`)."""
     if template is not None:
-        return FrozenTrial(
-            number=template.number,
-            state=template.state,
-            value=None,
-            values=template.values,
-            datetime_start=template.datetime_start,
-            datetime_complete=template.datetime_complete,
-            params=dict(template.params),
-            distributions=dict(template.distributions),
-            user_attrs={**template.user_attrs, "worker": worker_id()},
-            system_attrs=dict(template.system_attrs),
-            intermediate_values=dict(template.intermediate_values),
-            trial_id=template._trial_id,
-        )
+        if template.state != TrialState.RUNNING:  # a finished trial added, or one queued for later
+            return template
+        stamped = copy.copy(template)
+        stamped.user_attrs = {**template.user_attrs, "worker": worker_id()}
+        return stamped
     return FrozenTrial(
         number=-1,
         state=TrialState.RUNNING,
@@ -308,6 +302,7 @@ class TrialEvaluator:
 
         self.placements = PlacementMemo(maxsize=64, directory=Path(out_dir) / "cache" / "placements")
         self._stats: dict[tuple[str, int, int, int], Any] = {}
+        self.worker = worker_id()
         self._memo: dict[tuple[str, str], dict[str, Any] | str] = {}
         self._confirmed: list[list[float]] | None = None
         self._since_refresh = 0
@@ -394,6 +389,8 @@ class TrialEvaluator:
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         self._since_refresh += 1
+        if trial.user_attrs.get("worker") != self.worker:  # a queued trial: created by another process
+            trial.set_user_attr("worker", self.worker)
         cand = self.space.build(suggest_with(trial))
         design = candidate_design(cand)
         design_hash = design.content_hash

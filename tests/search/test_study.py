@@ -302,3 +302,22 @@ def test_a_trial_carries_its_worker_from_creation_so_a_worker_killed_while_sampl
     outcome = _run(space, tmp_path, 0, seed=0, study_name="asked")
     (failed,) = [t for t in outcome.study.get_trials() if t.number == number]
     assert failed.state == TrialState.FAIL and failed.system_attrs["fail_reason"] == ORPHAN_REASON
+
+
+def test_a_queued_trial_is_stamped_by_the_worker_that_runs_it(tmp_path: Path) -> None:
+    """A trial queued for later (``enqueue_trial``, WAITING) is not stamped at creation: the
+    process that runs it stamps it, so a queue left by a process that has since ended does not
+    look orphaned."""
+    from search.study import _storage, worker_id
+
+    space = tiny_space("analytic")
+    first = _run(space, tmp_path, 1, seed=0, study_name="queued").study
+    params = first.trials[0].params
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    queue = optuna.load_study(study_name="queued", storage=_storage(url))
+    queue.enqueue_trial(params)
+    (waiting,) = [t for t in queue.get_trials() if t.state == TrialState.WAITING]
+    assert "worker" not in waiting.user_attrs
+    outcome = _run(space, tmp_path, 1, seed=0, study_name="queued")
+    (ran,) = [t for t in outcome.study.get_trials() if t.number == waiting.number]
+    assert ran.state == TrialState.COMPLETE and ran.user_attrs["worker"] == worker_id()

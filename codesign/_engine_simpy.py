@@ -414,8 +414,9 @@ class SimpyStep:
             self.eng.n_hits += n_hit
             s.needed += ex.size
             s.hits += n_hit
+            late_now: set[int] = set()
             if self.eng.pf_unused[d]:
-                self._resolve_prefetches(d, layer, ex, hits)
+                late_now = self._resolve_prefetches(d, layer, ex, hits)
             miss_ex = ex[~hits]
             if miss_ex.size:
                 s.misses += miss_ex.size
@@ -463,6 +464,20 @@ class SimpyStep:
                         self._release_later(copy_res, req, hold)
 
                 req.callbacks.append(granted)
+            if pending and cpu_s is not None and not self.eng._fetch_only:
+                # a late prefetch is a miss to the miss policy: its copy has not arrived, so the
+                # layer may compute the expert on the host CPU instead of waiting (the copy still
+                # completes and caches it). The policy weighs a whole fetch: the remaining wait of
+                # a copy in flight is not known here (it may be queued behind others).
+                late = np.array([e for e, _ in pending], dtype=np.int64)
+                _wait, to_cpu = self._decide(d, layer, late, cnt, comp_cost, comp_J, cpu_s, cpu_J)
+                if to_cpu.size:
+                    moved = set(to_cpu.tolist())
+                    # a copy still in flight from a prefetch already counted late at an earlier use:
+                    # computed on the CPU now, it is a miss of this access
+                    s.misses += len(moved - late_now)
+                    pending = [(e, ev) for e, ev in pending if e not in moved]
+                    cpu_ex = np.sort(np.concatenate((cpu_ex, to_cpu)))
             if cpu_ex.size and cpu_s is not None and cpu_J is not None:
                 s.cpu += cpu_ex.size
                 ab = float(act_bytes[cpu_ex].sum()) * 2.0
@@ -634,12 +649,16 @@ class SimpyStep:
                 self.eng.n_pf_wasted += 1
                 self.eng._c.pf_wasted += 1
 
-    def _resolve_prefetches(self, d: int, layer: int, ex: npt.NDArray[np.int64], hits: npt.NDArray[np.bool_]) -> None:
+    def _resolve_prefetches(
+        self, d: int, layer: int, ex: npt.NDArray[np.int64], hits: npt.NDArray[np.bool_]
+    ) -> set[int]:
         """First use of prefetched experts among ``ex`` (accessed at MoE ``layer`` on device ``d``;
         ``hits``: resident, copy possibly in flight): on time when the copy had arrived, late when
-        it is still in flight; a prefetched expert found not resident was evicted unused (wasted)."""
+        it is still in flight; a prefetched expert found not resident was evicted unused (wasted).
+        Returns the experts counted late by this call."""
         unused = self.eng.pf_unused[d]
         inflight = self.eng.inflight[d]
+        late: set[int] = set()
         for e, h in zip(ex.tolist(), hits.tolist(), strict=True):
             key = layer * self.eng.E + e
             if key not in unused:
@@ -651,9 +670,11 @@ class SimpyStep:
             elif key in inflight:
                 self.eng.n_pf_late += 1
                 self.eng._c.pf_late += 1
+                late.add(e)
             else:
                 self.eng.n_pf_on_time += 1
                 self.eng._c.pf_on_time += 1
+        return late
 
     def _release_later(self, res: simpy.PriorityResource, req: Any, delay: float) -> None:
         """Release ``req`` of ``res`` after ``delay`` seconds (one timeout, no process)."""

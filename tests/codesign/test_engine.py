@@ -115,6 +115,22 @@ def test_late_prefetch_is_not_a_hit(h100) -> None:
     assert r1.summary["late_prefetch_share"] == pytest.approx(st.prefetch_late.sum() / st.experts_needed.sum())
 
 
+def test_late_prefetch_goes_to_the_miss_policy(h100) -> None:
+    """A pre-gated copy still in flight when its layer starts is a miss to the miss policy: with
+    ``miss="cpu"`` the layer computes it on the host CPU instead of waiting for the copy (it used
+    to wait: pre-gating then turned a CPU-on-miss design into a link-bound one, ~10x slower)."""
+    model = tiny_model()
+    stream = random_stream(model, 2, 2, 20, seed=3)
+    base = Mapping(cache=CacheSpec(expert_fraction=0.5), miss="cpu")
+    r = simulate(model, h100, stream, base.with_(prefetch="pregate"), seed=0)
+    st = r.steps
+    assert st.prefetch_late.sum() > 0
+    # only true hits run on the device; every other needed expert (a miss, or a copy in flight) on the CPU
+    assert st.cpu_computed.sum() == st.experts_needed.sum() - st.hits.sum()
+    assert st.fetched.sum() == 0  # nothing is fetched on demand; the prefetches still run
+    assert st.prefetched.sum() > 0
+
+
 def test_expert_parallel_all_to_all() -> None:
     model = get_model("deepseek-v2-lite")
     dgx = get_platform("dgx-h100")

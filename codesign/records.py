@@ -21,10 +21,13 @@ __all__ = ["RequestRecord", "StepCounters", "StepRecord", "field_names", "record
 class StepCounters:
     """What one step did, accumulated while it runs (mutable; one per step).
 
-    ``needed = hits + pf_late + misses`` (experts a layer needed on a device: found resident, waited
-    for an in-flight prefetch, or not resident); ``fetched`` of the misses came over the fetch path
-    (``streamed`` of them through a staging buffer, not cached), ``cpu`` were computed on the host.
-    ``prefetched`` prefetches were issued; ``pf_on_time`` / ``pf_late`` / ``pf_wasted`` resolved.
+    ``needed = hits + pf_late + misses`` (experts a layer needed on a device: found resident, found
+    resident with its prefetch copy still in flight, or not resident); ``fetched`` of the misses came
+    over the fetch path (``streamed`` of them through a staging buffer, not cached); ``cpu`` were
+    computed on the host: misses, and late prefetches the miss policy sent there rather than wait for
+    their copies (a copy still in flight at a second use, its prefetch already counted late, is a
+    miss of that access when computed on the host). ``prefetched`` prefetches were issued;
+    ``pf_on_time`` / ``pf_late`` / ``pf_wasted`` resolved (each prefetch once).
     """
 
     needed: int = 0

@@ -359,13 +359,15 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write records, summary, config, timeline")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # every flag that --design's file fixes, with its default: given with --design, it is refused
-    fixed = tuple(
-        (max(a.option_strings, key=len), a.dest, a.default)
-        for a in p._actions
-        if a.option_strings and a.dest not in _DESIGN_KEEPS and a.default is not argparse.SUPPRESS
-    )
-    p.set_defaults(func=_cmd_simulate, design_fixed_flags=fixed)
+    # every flag that --design's file fixes: given with --design, it is refused (even at its default
+    # value: the file's value would silently win over what was typed)
+    fixed_actions = [
+        a for a in p._actions if a.option_strings and a.dest not in _DESIGN_KEEPS and a.default is not argparse.SUPPRESS
+    ]
+    for a in fixed_actions:
+        a.__class__ = _noting(type(a))
+    fixed = tuple((max(a.option_strings, key=len), a.dest) for a in fixed_actions)
+    p.set_defaults(func=_cmd_simulate, design_fixed_flags=fixed, flags_given=frozenset())
 
 
 #: Destinations of the flags that apply with ``--design`` (the rest come from the design file).
@@ -1422,14 +1424,28 @@ def _placement_memo(directory: Path | None) -> Any:
     return PlacementMemo(directory=directory)
 
 
+def _noting(cls: type[argparse.Action]) -> type[argparse.Action]:
+    """A subclass of ``cls`` that also notes its ``dest`` in the namespace's ``flags_given`` when its
+    option is on the command line (what a default value cannot tell apart)."""
+
+    def __call__(  # noqa: N807 - the argparse.Action protocol
+        self: argparse.Action,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        namespace.flags_given = frozenset(getattr(namespace, "flags_given", frozenset())) | {self.dest}
+        cls.__call__(self, parser, namespace, values, option_string)
+
+    return type(f"Noting{cls.__name__}", (cls,), {"__call__": __call__})
+
+
 def _design_conflicts(args: argparse.Namespace) -> list[str]:
     """The flags given with ``--design`` whose values its file fixes (workload, model, mapping, cost):
-    every simulate flag but those of `_DESIGN_KEEPS`, detected as a value other than its default."""
-    return [
-        flag
-        for flag, dest, default in getattr(args, "design_fixed_flags", ())
-        if getattr(args, dest, default) != default
-    ]
+    every simulate flag but those of `_DESIGN_KEEPS` that is on the command line, whatever its value."""
+    given: frozenset[str] = getattr(args, "flags_given", frozenset())
+    return [flag for flag, dest in getattr(args, "design_fixed_flags", ()) if dest in given]
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:

@@ -43,6 +43,8 @@ def test_design_with_model_flags_or_a_missing_file_is_one_error_line(tmp_path, c
         (["--fidelity", "roofline"], "--fidelity"),
         (["--arrivals", "poisson", "--rate", "2"], "--arrivals, --rate"),
         (["--eviction", "copy-back"], "--eviction"),
+        (["--batch", "64"], "--batch"),  # its default value: still typed, and the file's would win
+        (["--seed", "0"], "--seed"),
     ],
 )
 def test_design_refuses_each_flag_its_file_fixes(tmp_path, capsys, extra: list[str], flag: str) -> None:

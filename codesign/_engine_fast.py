@@ -426,7 +426,8 @@ class ArithmeticStep:
         grp = np.flatnonzero(bounds_a[1:] > bounds_a[:-1])
         # ---- pass A
         ready: dict[int, list[int]] = {}  # g -> token counts of its hits, expert order
-        fetches: dict[int, tuple[list[int], int]] = {}  # g -> (token counts: cached, then streamed; n cached)
+        fetches: dict[int, int] = {}  # g -> how many of its fetched experts are cached (the rest streamed)
+        fetch_cnt_of: list[list[int]] = []  # token counts of each fetching group (order of ``fetches``)
         energy = 0.0
         n_needed = int(flat.size)
         n_hit_all = n_miss_all = n_fetch_all = n_str_all = 0
@@ -440,7 +441,7 @@ class ArithmeticStep:
         record = eng.record_access
         peak_staging = eng.peak_staging
         peak_resident = eng.peak_resident
-        fetch_arrays: _FetchArrays | None = None
+        fetch_arrays: _FetchArrays | None = None  # the step path's fetches as arrays
         if fetch_only and not observe_any and not record:  # the whole step's cache decisions at once
             ready, fetches, n_hit_all, n_miss_all, n_str_all, n_fetched, fetch_arrays = self._step_decisions(
                 flat, nz, counts[flat], t0
@@ -506,7 +507,8 @@ class ArithmeticStep:
             n_res = caches[d].n_resident
             if n_res > peak_resident[d]:
                 peak_resident[d] = n_res
-            fetches[g] = (fetch_cnt, n_f - n_str)
+            fetches[g] = n_f - n_str
+            fetch_cnt_of.append(fetch_cnt)
         c_step.misses += n_miss_all
         c_step.fetched += n_fetch_all
         c_step.streamed += n_str_all
@@ -526,7 +528,16 @@ class ArithmeticStep:
         energy += e_pre + self._a2a_energy(si) + float(np.sum(si.shared_J[:L]))
         comp: dict[int, list[float]] = {}
         if fetches:
-            comp, energy = self._fetched_costs(fetches, int(counts.max()), energy, fetch_arrays)
+            if fetch_arrays is None:  # the layer-by-layer loop's lists, as arrays
+                gs = list(fetches)
+                lens = [len(c) for c in fetch_cnt_of]
+                fetch_arrays = (
+                    gs,
+                    lens,
+                    np.fromiter(chain.from_iterable(fetch_cnt_of), dtype=np.int64, count=sum(lens)),
+                    np.repeat(np.asarray(gs, dtype=np.int64) % n_dev, lens),
+                )
+            comp, energy = self._fetched_costs(fetch_arrays, int(counts.max()), energy)
         shared = si.shared_s[:L].tolist()
         # ---- pass B: times
         a2a = si.a2a
@@ -561,10 +572,10 @@ class ArithmeticStep:
                 if first > 0:
                     end = start + first
                     busy[d] += first
-                fe = fetches.get(g)
-                if fe is not None:
+                n_cached = fetches.get(g)
+                if n_cached is not None:
                     comp_s = comp[g]
-                    if fe[1] == len(comp_s):  # nothing streamed: `_chain` inlined, the same float operations
+                    if n_cached == len(comp_s):  # nothing streamed: `_chain` inlined, the same float operations
                         t_link = start
                         f = fetch_s[d]
                         c_end = end
@@ -579,7 +590,7 @@ class ArithmeticStep:
                         if c_end > end:
                             end = end + (c_end - end)
                     else:
-                        end = self._chain(d, fe[1], comp_s, start, end, fetch_s[d], staging)
+                        end = self._chain(d, n_cached, comp_s, start, end, fetch_s[d], staging)
                 if end > now:
                     now = end
                 g += 1
@@ -593,15 +604,16 @@ class ArithmeticStep:
 
     def _step_decisions(
         self, flat: npt.NDArray[np.int64], nz: npt.NDArray[np.int64], tokens: npt.NDArray[np.int64], t0: float
-    ) -> tuple[dict[int, list[int]], dict[int, tuple[list[int], int]], int, int, int, list[int], _FetchArrays | None]:
+    ) -> tuple[dict[int, list[int]], dict[int, int], int, int, int, list[int], _FetchArrays | None]:
         """Pass A of `_offloaded` for a demand-fetching step (every miss fetched, no observer, no
         access log): each device's cache decides the whole step in one `access_admit_step` call,
         then the ready and fetched groups are cut from arrays. ``flat``: the step's needed flat keys
         in group order (``nz // E`` = group id ``layer * n_dev + device``, ascending), ``tokens``
         their token counts. The same answers, effects and bookkeeping as the layer-by-layer loop:
-        ``ready``, a group's hits' token counts in expert order; ``fetches``, its misses' counts
-        (the admitted ones first) and how many were admitted. Returns (ready, fetches, hits,
-        misses, streamed, fetched experts per device, the fetches as `_fetched_costs`'s arrays)."""
+        ``ready``, a group's hits' token counts in expert order; ``fetches``, how many of its misses
+        were admitted (they come first in the fetch order, the streamed ones after). Returns (ready,
+        fetches, hits, misses, streamed, fetched experts per device, the fetches as
+        `_fetched_costs`'s arrays)."""
         eng = self.eng
         E, n_dev = self.E, self.n_dev
         caches = eng.caches
@@ -627,7 +639,7 @@ class ArithmeticStep:
         miss = ~hits
         n_hit = int(np.count_nonzero(hits))
         ready: dict[int, list[int]] = {}
-        fetches: dict[int, tuple[list[int], int]] = {}
+        fetches: dict[int, int] = {}
         fetched = np.bincount(dev[miss], minlength=n_dev).tolist()
         if n_hit:  # each group's hits, in expert order
             where = np.flatnonzero(hits)
@@ -641,12 +653,11 @@ class ArithmeticStep:
             streamed = miss & ~adm
             if streamed.any():  # a group's admitted misses first, then those that are streamed
                 where = where[np.argsort(gid[where] * 2 + streamed[where], kind="stable")]
-            cnt = tokens[where].tolist()
             groups, starts, lengths = _runs(gid[where])
             cached = np.add.reduceat(adm[where].astype(np.int64), starts).tolist()
             staging = eng.bound.mapping.staging_experts
             peak_staging = eng.peak_staging
-            for g, a, k, n_c in zip(groups, starts, lengths, cached, strict=True):
+            for g, k, n_c in zip(groups, lengths, cached, strict=True):
                 if n_c < k:
                     d, layer = g % n_dev, g // n_dev
                     if staging == 0:
@@ -658,7 +669,7 @@ class ArithmeticStep:
                     if min(k - n_c, staging) > peak_staging[d]:
                         peak_staging[d] = min(k - n_c, staging)
                     n_str += k - n_c
-                fetches[g] = (cnt[a : a + k], n_c)
+                fetches[g] = n_c
             peak_resident = eng.peak_resident
             for d, n_f in enumerate(fetched):
                 if n_f and caches[d].n_resident > peak_resident[d]:
@@ -724,17 +735,13 @@ class ArithmeticStep:
         return out
 
     def _fetched_costs(
-        self,
-        fetches: dict[int, tuple[list[int], int]],
-        max_count: int,
-        energy: float,
-        arrays: _FetchArrays | None = None,
+        self, arrays: _FetchArrays, max_count: int, energy: float
     ) -> tuple[dict[int, list[float]], float]:
-        """Each fetched expert's seconds alone on its tokens (by group id, in the order of
-        ``fetches``), from the per-device tables of `_expert_table` in one numpy look-up over the
-        step; ``energy`` plus their joules, added one by one in that order (a cumulative sum is a
-        sequential sum: the same float operations as a Python loop). ``arrays``: the same fetches
-        as (group ids, their sizes, token counts, devices), when the caller has them."""
+        """Each fetched expert's seconds alone on its tokens (by group id; ``arrays``: group ids,
+        their counts of fetched experts, then each fetched expert's tokens and device, group by
+        group), from the per-device tables of `_expert_table` in one numpy look-up over the step;
+        ``energy`` plus their joules, added one by one in that order (a cumulative sum is a
+        sequential sum: the same float operations as a Python loop)."""
         n_dev = self.n_dev
         tabs = [self._expert_table(d, max_count) for d in range(n_dev)]
         st = self._stacked
@@ -747,16 +754,9 @@ class ArithmeticStep:
                 j_all[d, : len(j)] = j
             st = self._stacked = (self._tables_version, t_all.ravel(), j_all.ravel(), width)
         _, t_flat, j_flat, width = st
-        if arrays is not None:  # `_step_decisions` has them as arrays already
-            gs, lens, idx, devs = arrays
-            if n_dev > 1:
-                idx = idx + devs * width
-        else:
-            gs = list(fetches)
-            lens = [len(fetches[g][0]) for g in gs]
-            idx = np.fromiter(chain.from_iterable(fetches[g][0] for g in gs), dtype=np.int64, count=sum(lens))
-            if n_dev > 1:
-                idx += np.repeat(np.asarray(gs, dtype=np.int64) % n_dev * width, lens)
+        gs, lens, idx, devs = arrays
+        if n_dev > 1:
+            idx = idx + devs * width
         t_list: list[float] = t_flat[idx].tolist()
         if idx.size:
             energy = float(np.cumsum(np.concatenate(([energy], j_flat[idx])))[-1])

@@ -663,16 +663,13 @@ class Engine:
             rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
             k = rows.shape[2]
             # vectorised routing: counts per (layer, expert), cross-device assignments
-            if n_dev == 1 and rows.min() >= 0:  # every slot routed, one device: no mask needed
-                all_keys = (self._layer_base[None, :, None] + rows).reshape(-1)
-                counts = np.bincount(all_keys, minlength=L * E)
-                n_assign = int(all_keys.size)
-                valid = keys = None
-            else:
+            keys = (self._layer_base[None, :, None] + rows).reshape(-1)
+            valid = None  # one device with every slot routed needs no mask
+            if n_dev > 1 or rows.min() < 0:
                 valid = rows >= 0
-                keys = (self._layer_base[None, :, None] + rows)[valid]
-                counts = np.bincount(keys, minlength=L * E)
-                n_assign = int(keys.size)
+                keys = keys[valid.reshape(-1)]
+            counts = np.bincount(keys, minlength=L * E)
+            n_assign = int(keys.size)
         cross = 0
         n_gather = 0
         coherent = self.coherent and n_dev > 1

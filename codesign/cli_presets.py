@@ -184,6 +184,8 @@ def _stack_line(name: str, d: dict[str, Any]) -> str:
         f"step {float(d['per_step_s']) * 1e3:g} ms  layer {float(d['per_layer_s']) * 1e6:g} us  "
         f"sequence {float(d['per_sequence_s']) * 1e6:g} us  overlap {float(d['cpu_overlap']):g}"
     )
+    if float(d.get("compute_slowdown", 0.0)):
+        times += f"  kernels +{float(d['compute_slowdown']):.0%} compute time"
     charged = [label for key, label in (("lm_head", "LM head"), ("moe_permute", "MoE permute")) if d.get(key)]
     parts = [f"{name:<16} {times}", f"charges {' + '.join(charged) if charged else 'no device work'}"]
     params = d.get("params") or []

@@ -938,6 +938,7 @@ def _stack_text(spec: Any) -> str:
     return (
         f"{where}{st.name} (host {_fixed(st.per_step_s * 1e3)} ms/step + {_fixed(st.per_layer_s * 1e6)} us/layer + "
         f"{_fixed(st.per_sequence_s * 1e6)} us/sequence, overlap {st.cpu_overlap:g}"
+        + (f"; kernels +{st.compute_slowdown:.0%} compute time" if st.compute_slowdown else "")
         + (f"; {' + '.join(charged)}" if charged else "")
         + ")"
         + (f"; unfitted, run at 0: {', '.join(at_zero)}" if at_zero else "")

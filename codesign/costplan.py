@@ -94,14 +94,19 @@ class StepCostPlan:
 
     ``cost``: the platform's `CostModel`; when the mapping names a kernel execution
     (``Mapping.execution`` other than ``"auto"``) the plan uses ``cost.with_execution(...)``,
-    else the cost model's own (``"auto"``: each device kind's default). Devices are indexed as in
+    else the cost model's own (``"auto"``: each device kind's default); GPU compute runs at the serving
+    stack's rate (``cost.with_compute_scale(stack.compute_scale)``, 1 unless the stack sets
+    ``compute_slowdown``). Devices are indexed as in
     ``bound.devices``. Token-count arguments are non-negative numbers or arrays; zero tokens cost
     zero. Methods return `OpCost` (floats for scalar input, arrays of the input's shape).
     """
 
     def __init__(self, cost: CostModel, bound: BoundMapping) -> None:
         spec = bound.mapping.execution
-        self.cost: CostModel = cost if spec == "auto" else cost.with_execution(spec)
+        self.stack: ServingStack = resolve_stack(bound.mapping.stack)
+        cost = cost if spec == "auto" else cost.with_execution(spec)
+        # the stack's kernel library (`ServingStack.compute_slowdown`): GPU compute at its rate
+        self.cost: CostModel = cost.with_compute_scale(self.stack.compute_scale)
         self.bound = bound
         self.model: MoEModel = bound.model
         m = self.model
@@ -127,7 +132,6 @@ class StepCostPlan:
             fetch.append(self.cost.transfer(link, bpe) if link is not None else _zero())
         self.fetch_links: tuple[Link | None, ...] = tuple(links)
         self._fetch = tuple(fetch)
-        self.stack: ServingStack = resolve_stack(bound.mapping.stack)
         # non-expert weights streamed per layer (ZeRO-3 offload_param): over the backing tier's path
         self.stream_links: tuple[Link | None, ...] = ()
         self._stream: tuple[tuple[OpCost, OpCost], ...] = ()

@@ -40,12 +40,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 __all__ = [
     "CASE_KINDS",
     "COLLECTIVE_METRICS",
     "SERVING_METRICS",
+    "STEADY_MEAN_METRICS",
     "SUMMARY_METRICS",
     "Case",
     "CaseError",
@@ -58,6 +61,7 @@ __all__ = [
     "run_case",
     "run_suite",
     "simulated_metric",
+    "steady_request_mean",
     "steady_throughput",
     "suite_summary",
     "write_html",
@@ -73,10 +77,16 @@ SERVING_METRICS = (
     "ttft_p50_s",
     "tpot_mean_s",
     "ttft_mean_s",
+    "tpot_steady_mean_s",
+    "ttft_steady_mean_s",
 )
 #: Metrics read from the simulation's summary (`codesign.result.summarize`), not from `Metrics`:
 #: means over the requests, for measurements that report a mean (MLPerf's Server TPOT and TTFT).
 SUMMARY_METRICS = ("tpot_mean_s", "ttft_mean_s")
+#: Means over the requests that arrive in an open-arrival run's steady window
+#: (`steady_request_mean`), for a measured run whose mean is a steady-state mean (MLPerf's 40-min
+#: Server runs); metric -> per-request column.
+STEADY_MEAN_METRICS = {"tpot_steady_mean_s": "tpot_s", "ttft_steady_mean_s": "ttft_s"}
 #: Metrics a collective case may name.
 COLLECTIVE_METRICS = ("time_s",)
 _COLLECTIVE_OPS = ("all_to_all",)
@@ -397,21 +407,34 @@ def _run_collective(case: Case) -> CaseResult:
     )
 
 
+def _steady_start(req: Any) -> float:
+    """When a run's start-up transient is over: the time by which as many requests have finished
+    as were admitted before the first finish (the initial batch has turned over once). Until then
+    the batch is the synchronised first fill (every sequence at age 0, one prefill burst) and the
+    early finishes are the short requests (length bias), so admissions, and their prefills, come
+    faster than one per mean output length; a measured 40-minute run never sees that."""
+    first_finish = float(req["finish_s"].min())
+    k = int((req["admitted_s"] < first_finish).sum())
+    finishes = np.sort(req["finish_s"].to_numpy(dtype=np.float64))
+    return float(finishes[min(max(k, 1), len(finishes)) - 1])
+
+
 def steady_throughput(result: Any) -> tuple[float, bool]:
     """Output tokens per second of a simulator `codesign.result.Result` in its steady state.
 
-    The window runs from the first request's finish (the batch has filled and started turning
-    over) to the last request's admission (after it the batch only drains). Tokens in the window
-    are the decode tokens of the steps that end inside it plus the first tokens emitted inside it.
-    Why: a measured Offline run (MLPerf: >= 40 min, ~10^5 samples) spends well under 1% of its time
-    in its drain tail, a simulated one of a few thousand requests with outputs of up to 1,024 tokens
-    a third of it. Returns ``(tokens/s, True)``, or the whole run's throughput and False when the
-    window is empty (every request admitted before the first one finished: a small run).
+    The window runs from the end of the start-up transient (`_steady_start`: as many requests have
+    finished as the first fill admitted) to the last request's admission (after it the batch only
+    drains). Tokens in the window are the decode tokens of the steps that end inside it plus the
+    first tokens emitted inside it. Why: a measured Offline run (MLPerf: >= 40 min, ~10^5 samples)
+    spends well under 1% of its time filling and draining, a simulated one of a few thousand
+    requests a large part of it (the fill is prefill-heavy, the drain runs a shrinking batch).
+    Returns ``(tokens/s, True)``, or the whole run's throughput and False when the window is empty
+    (a run too short to turn its batch over before its last admission).
     """
     req, steps = result.requests, result.steps
     if len(req) == 0 or len(steps) == 0:
         raise ValueError("steady_throughput: the run has no requests or no steps")
-    t0 = float(req["finish_s"].min())
+    t0 = _steady_start(req)
     t1 = float(req["admitted_s"].max())
     if t1 <= t0:
         return float(result.summary["throughput_tok_s"]), False
@@ -421,18 +444,53 @@ def steady_throughput(result: Any) -> tuple[float, bool]:
     return tokens / (t1 - t0), True
 
 
+def steady_request_mean(result: Any, column: str) -> tuple[float, bool]:
+    """Mean of the per-request ``column`` (``tpot_s``, ``ttft_s``: seconds) over the requests that
+    arrive in the steady window of an open-arrival run: after the first ``L99`` seconds of
+    arrivals and before the last ``L99``, ``L99`` = the 99th percentile of time in system
+    (``finish_s - arrival_s``). A request arriving earlier met a system still filling (fewer
+    sequences per step, shorter steps), one arriving later a system draining after the arrivals
+    stop; a measured Server run (MLPerf: >= 40 min) is steady for all but a few % of its requests.
+    NaN values (a 1-token request's TPOT) are skipped. Returns ``(mean, True)``, or the mean over
+    every request and False when the window holds no request (a run shorter than ~2 x ``L99``)."""
+    req = result.requests
+    if len(req) == 0:
+        raise ValueError("steady_request_mean: the run has no requests")
+    values = req[column].astype(np.float64)
+    l99 = float((req["finish_s"] - req["arrival_s"]).quantile(0.99))
+    a0, a1 = float(req["arrival_s"].min()), float(req["arrival_s"].max())
+    inside = (req["arrival_s"] >= a0 + l99) & (req["arrival_s"] <= a1 - l99) & values.notna()
+    if not bool(inside.any()):
+        return float(values.mean()), False
+    return float(values[inside].mean()), True
+
+
 def simulated_metric(case: Case, design: Any, cache: Any = None) -> tuple[float, Any, list[str]]:
     """The simulator's value of a serving case's metric for ``design``: (value in the metric's
     unit, the run's `Metrics`, notes). ``steady_throughput_tok_s`` is read from the steps
     (`steady_throughput`), the `SUMMARY_METRICS` from the run's summary, the others from `Metrics`."""
-    from codesign.design import evaluate, sim_metrics, simulate_design
+    from codesign.design import evaluate, sim_metrics
+    from codesign.design import simulate_design as _simulate_design
 
     notes: list[str] = []
+
+    def simulate_design(d: Any, cache: Any = None) -> Any:
+        # cases that differ only in their metric (MLPerf Server TPOT / TTFT) share one run
+        if cache is None:
+            return _simulate_design(d)
+        return cache.get_or_make(f"validation-run:{d.content_hash}", lambda: _simulate_design(d, cache=cache))
+
     if case.metric == "steady_throughput_tok_s":
         run = simulate_design(design, cache=cache)
         value, steady = steady_throughput(run)
         if not steady:
             notes.append("steady window empty (small run): whole-run throughput")
+        return value, sim_metrics(design, run), notes
+    if case.metric in STEADY_MEAN_METRICS:
+        run = simulate_design(design, cache=cache)
+        value, steady = steady_request_mean(run, STEADY_MEAN_METRICS[case.metric])
+        if not steady:
+            notes.append("steady window empty (short run): mean over every request")
         return value, sim_metrics(design, run), notes
     if case.metric in SUMMARY_METRICS:
         run = simulate_design(design, cache=cache)
@@ -528,6 +586,8 @@ _UNITS = {
     "ttft_p50_s": ("s", 1.0),
     "tpot_mean_s": ("ms", 1e3),
     "ttft_mean_s": ("s", 1.0),
+    "tpot_steady_mean_s": ("ms", 1e3),
+    "ttft_steady_mean_s": ("s", 1.0),
     "time_s": ("us", 1e6),
 }
 

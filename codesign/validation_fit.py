@@ -51,13 +51,15 @@ __all__ = [
 ]
 
 #: Fittable stack fields -> (scale of one optimiser unit, upper bound in that field's unit, TOML key).
-#: Times in seconds; ``cpu_overlap`` a fraction. The scales make a unit step of the optimiser a
-#: plausible change (1 ms per step, 10 us per layer or sequence).
+#: Times in seconds; ``cpu_overlap`` and ``compute_slowdown`` fractions. The scales make a unit step
+#: of the optimiser a plausible change (1 ms per step, 10 us per layer or sequence, 1 % more GEMM
+#: time); 0 is each field's "charges nothing" value.
 FIT_FIELDS: dict[str, tuple[float, float, str]] = {
     "per_step_s": (1e-3, 1.0, "per_step"),
     "per_layer_s": (1e-5, 0.05, "per_layer"),
     "per_sequence_s": (1e-5, 0.05, "per_sequence"),
     "cpu_overlap": (1.0, 1.0, "cpu_overlap"),
+    "compute_slowdown": (1e-2, 3.0, "compute_slowdown"),
 }
 
 
@@ -361,7 +363,7 @@ def write_fitted(path: str | Path, values: dict[str, float], fitted_on: Sequence
         old_source = str(old.get("source", "")).removeprefix("free, to be fitted: ").removeprefix("fitted: ")
         old_source = old_source.split(" | was: ")[-1]
         table: dict[str, Any] = {
-            "value": float(value) if fld == "cpu_overlap" else _fmt_time(float(value)),
+            "value": round(float(value), 4) if fld in ("cpu_overlap", "compute_slowdown") else _fmt_time(float(value)),
             "source": f"fitted: {how} | was: {old_source}",
             "fitted_on": sorted(fitted_on),
         }

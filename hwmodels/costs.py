@@ -551,6 +551,7 @@ class CostModel:
         fidelity: Fidelity = "calibrated",
         profiles: Mapping[str, EfficiencyModel] | None = None,
         execution: str | KernelExecution | None = None,
+        compute_scale: float = 1.0,
     ) -> None:
         if fidelity not in ("roofline", "calibrated"):
             raise ValueError(f"fidelity must be 'roofline' or 'calibrated', got {fidelity!r}")
@@ -566,6 +567,16 @@ class CostModel:
         if execution is not None and execution != "auto":
             resolve_execution(execution, "gpu")  # an unknown preset name fails here, before any work
         self.execution: str | KernelExecution | None = execution
+        if (
+            isinstance(compute_scale, bool)
+            or not isinstance(compute_scale, int | float)
+            or not 0.0 < compute_scale <= 10.0
+        ):
+            raise ValueError(f"compute_scale must be a number in (0, 10], got {compute_scale!r}")
+        #: compute-rate multiplier of GPU kernels (GEMMs, attention) at the calibrated fidelity (a
+        #: serving stack's kernel library against the reference curves:
+        #: `hwmodels.stacks.ServingStack.compute_scale`)
+        self.compute_scale = float(compute_scale)
         self._exec_cache: dict[str, KernelExecution] = {}
         self._defaults: dict[tuple[Any, ...], DefaultEfficiency] = {}
         self._ctx_cache: dict[tuple[int, str, str, str], tuple[Device, _Ctx]] = {}
@@ -587,7 +598,8 @@ class CostModel:
     def __repr__(self) -> str:
         return (
             f"CostModel({self.platform.name!r}, fidelity={self.fidelity!r}, profiles={sorted(self.profiles)}, "
-            f"execution={self.execution!r})"
+            f"execution={self.execution!r}"
+            + (f", compute_scale={self.compute_scale:.4g})" if self.compute_scale != 1.0 else ")")
         )
 
     def with_execution(self, execution: str | KernelExecution | None) -> CostModel:
@@ -596,7 +608,28 @@ class CostModel:
         `KernelExecution`); ``self`` when it is already that one."""
         if execution == self.execution:
             return self
-        return CostModel(self.platform, fidelity=self.fidelity, profiles=self.profiles, execution=execution)
+        return CostModel(
+            self.platform,
+            fidelity=self.fidelity,
+            profiles=self.profiles,
+            execution=execution,
+            compute_scale=self.compute_scale,
+        )
+
+    def with_compute_scale(self, scale: float) -> CostModel:
+        """The same cost model with GPU compute (GEMMs, attention FLOPs, dequantisation arithmetic) at
+        ``scale`` x the reference curves' rate (calibrated fidelity only: roofline is the peak by
+        definition); ``self`` when unchanged. Memory and copy times, and GEMVs capped at their weight
+        stream, are unchanged."""
+        if scale == self.compute_scale:
+            return self
+        return CostModel(
+            self.platform,
+            fidelity=self.fidelity,
+            profiles=self.profiles,
+            execution=self.execution,
+            compute_scale=scale,
+        )
 
     def execution_for(self, device: Device) -> KernelExecution:
         """The `KernelExecution` this cost model applies to ``device`` (by its kind when ``"auto"``)."""
@@ -727,7 +760,9 @@ class CostModel:
         else:
             ctx = _Ctx(
                 eff=eff,
-                peak=peak,
+                # a serving stack's kernels (`with_compute_scale`): GPU compute at that share of the
+                # curve's rate; memory, copies and the GEMV cap (a weight stream) are unchanged
+                peak=peak * (self.compute_scale if device.kind == "gpu" else 1.0),
                 e_flop=device.energy_J_per_flop[dtype],
                 static_W=device.static_power_W,
                 w_bw=w_tier.bandwidth_Bps

@@ -21,7 +21,14 @@ Fields (all seconds unless stated):
 - ``lm_head``: charge the LM head + sampling kernels per emitting sequence
   (`hwmodels.costs.CostModel.lm_head`);
 - ``moe_permute``: charge the token permute / unpermute around each MoE layer's experts
-  (`codesign.costplan.StepCostPlan.moe_permute`; the top-k itself is in the router's cost).
+  (`codesign.costplan.StepCostPlan.moe_permute`; the top-k itself is in the router's cost);
+- ``compute_slowdown``: device time, not host time: the stack's kernels (its kernel library:
+  TensorRT-LLM's CUTLASS MoE GEMMs, vLLM's Triton MoE, ...) take ``1 + compute_slowdown`` times the
+  compute time of the reference curves the cost model reads (a calibration profile, or the default
+  curve of the dtype: FP8 fitted on DeepGEMM's table); a fraction >= 0, 0 = the curves. It scales
+  GPU compute (GEMMs, attention FLOPs) at the calibrated fidelity only
+  (`hwmodels.costs.CostModel.with_compute_scale`); memory and copy times, and GEMVs capped at their
+  weight stream, are unchanged.
 
 A step whose device-side time is ``gpu_s`` then lasts ``gpu_s + exposed_s(cpu_s, gpu_s)`` with
 ``cpu_s = per_step_s + n_layers * per_layer_s + n_emitting * per_sequence_s`` and
@@ -42,8 +49,9 @@ TOML format (``hwmodels/presets/stacks/<name>.toml``; the file stem is the name)
     per_layer = { value = "0 us", source = "[P] ...citation..." }
     per_sequence = { value = "20 us", source = "fitted", fitted_on = ["case-a", "case-b"] }
     cpu_overlap = { value = 0.0, source = "[P] ...", assumption = true }
+    compute_slowdown = { value = 0.0, source = "free, to be fitted", free = true }
 
-Every number is a table with ``value`` (a time with its unit; ``cpu_overlap`` a plain fraction)
+Every number is a table with ``value`` (a time with its unit; ``cpu_overlap`` and ``compute_slowdown`` plain fractions)
 and a non-empty ``source``; optional ``fitted_on`` (the validation case names it was fitted on),
 ``free = true`` (no source gives it: a placeholder to be fitted, never fitted on one case alone),
 ``assumption = true`` and ``note``. Unknown keys, a missing source, a negative time or an overlap
@@ -82,7 +90,9 @@ __all__ = [
 
 #: The time fields of a stack (TOML key without ``_s`` -> dataclass field).
 STACK_TIME_FIELDS: tuple[str, ...] = ("per_step_s", "per_layer_s", "per_sequence_s")
-_NUMBER_FIELDS = (*STACK_TIME_FIELDS, "cpu_overlap")
+_NUMBER_FIELDS = (*STACK_TIME_FIELDS, "cpu_overlap", "compute_slowdown")
+#: Stack numbers that are plain fractions, not times (TOML key = dataclass field).
+_PLAIN_FIELDS = ("cpu_overlap", "compute_slowdown")
 _PARAM_KEYS = {"value", "unit", "source", "fitted_on", "free", "assumption", "note"}
 _DOC_KEYS = {
     "name",
@@ -94,6 +104,7 @@ _DOC_KEYS = {
     "per_layer",
     "per_sequence",
     "cpu_overlap",
+    "compute_slowdown",
 }
 
 
@@ -127,6 +138,7 @@ class ServingStack:
     per_layer_s: float = 0.0
     per_sequence_s: float = 0.0
     cpu_overlap: float = 0.0
+    compute_slowdown: float = 0.0
     lm_head: bool = False
     moe_permute: bool = False
     params: tuple[StackParam, ...] = ()
@@ -143,6 +155,10 @@ class ServingStack:
         if isinstance(o, bool) or not isinstance(o, int | float) or not 0.0 <= float(o) <= 1.0:
             raise StackError(f"stack {self.name!r}: cpu_overlap must be a fraction in [0, 1], got {o!r}")
         object.__setattr__(self, "cpu_overlap", float(o))
+        g = self.compute_slowdown
+        if isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g) or g < 0:
+            raise StackError(f"stack {self.name!r}: compute_slowdown must be a finite fraction >= 0, got {g!r}")
+        object.__setattr__(self, "compute_slowdown", float(g))
         for f in ("lm_head", "moe_permute"):
             if not isinstance(getattr(self, f), bool):
                 raise StackError(f"stack {self.name!r}: {f} must be true or false, got {getattr(self, f)!r}")
@@ -153,7 +169,17 @@ class ServingStack:
     @property
     def charges_anything(self) -> bool:
         """False for a stack that adds nothing to a step (``none``)."""
-        return self.lm_head or self.moe_permute or any(getattr(self, f) > 0 for f in STACK_TIME_FIELDS)
+        return (
+            self.lm_head
+            or self.moe_permute
+            or self.compute_slowdown > 0
+            or any(getattr(self, f) > 0 for f in STACK_TIME_FIELDS)
+        )
+
+    @property
+    def compute_scale(self) -> float:
+        """Compute-rate multiplier of this stack's GPU kernels: ``1 / (1 + compute_slowdown)``."""
+        return 1.0 / (1.0 + self.compute_slowdown)
 
     def cpu_s(self, n_layers: int, n_emitting: float) -> float:
         """Host CPU seconds of one step: ``per_step + n_layers * per_layer + n_emitting * per_sequence``
@@ -257,6 +283,10 @@ def _param(doc: AbcMapping[str, Any], key: str, path: str) -> tuple[float, Stack
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
             raise StackError(f"{where}: expected a fraction in [0, 1], got {value!r}")
         number = float(value)
+    elif key == "compute_slowdown":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise StackError(f"{where}: expected a fraction >= 0 (extra GEMM time, 0 = the curve), got {value!r}")
+        number = float(value)
     else:
         try:
             number = parse_quantity(value, raw.get("unit"), "time", where=where)
@@ -264,7 +294,7 @@ def _param(doc: AbcMapping[str, Any], key: str, path: str) -> tuple[float, Stack
             raise StackError(str(exc)) from None
         if number < 0:
             raise StackError(f"{where}: must be >= 0, got {value!r}")
-    fld = key if key == "cpu_overlap" else f"{key}_s"
+    fld = key if key in _PLAIN_FIELDS else f"{key}_s"
     return number, StackParam(
         field=fld,
         source=source,
@@ -304,9 +334,9 @@ def _load_stack(path_text: str, mtime_ns: int = 0, size: int = 0) -> ServingStac
             raise StackError(f"{path}: field '{key}': expected true or false, got {doc[key]!r}")
     values: dict[str, float] = {}
     params: list[StackParam] = []
-    for key in ("per_step", "per_layer", "per_sequence", "cpu_overlap"):
+    for key in ("per_step", "per_layer", "per_sequence", *_PLAIN_FIELDS):
         number, prm = _param(doc, key, str(path))
-        values[key if key == "cpu_overlap" else f"{key}_s"] = number
+        values[key if key in _PLAIN_FIELDS else f"{key}_s"] = number
         if prm is not None:
             params.append(prm)
     try:

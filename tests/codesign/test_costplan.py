@@ -173,3 +173,40 @@ def test_ten_times_the_host_link_bandwidth_speeds_up_an_offload_bound_decode() -
         tpot.append(simulate(model, plat, rows_stream(rows, 4), mapping, cost_model=cost)["tpot_p50_s"])
     assert fetch[0] / fetch[1] == pytest.approx(10, rel=0.05)
     assert tpot[0] / tpot[1] > 5  # measured: 264.6 ms -> 30.4 ms (8.7x; attention and compute do not scale)
+
+
+def test_a_stacks_compute_slowdown_scales_compute_bound_kernels_only() -> None:
+    """``ServingStack.compute_slowdown`` (the stack's kernel library): the plan's cost model computes on
+    the GPU at ``1 / (1 + slowdown)`` of the curve's rate, so a compute-bound expert GEMM's arithmetic
+    takes ``1 + slowdown`` times as long (its launch overhead does not change); a batch-1 GEMV (capped
+    at its weight stream), memory time and the roofline fidelity are unchanged; the cost model the
+    plan was given is untouched."""
+    platform = get_platform("dgx-h100")
+    model = get_model("mixtral-8x7b")
+    dev = platform.accelerators[0]
+    cost = CostModel(platform)
+    base_map = Mapping(batching=BatchingSpec(max_batch=64))
+
+    def plan(slowdown: float) -> StepCostPlan:
+        stack = {"name": "slow-kernels", "compute_slowdown": slowdown}
+        return StepCostPlan(cost, dataclasses.replace(base_map, stack=stack).bind(model, platform))
+
+    base, slow1, slow3 = StepCostPlan(cost, base_map.bind(model, platform)), plan(1.0), plan(3.0)
+    assert base.cost.compute_scale == 1.0 and slow1.cost.compute_scale == pytest.approx(0.5)
+    assert slow3.cost.compute_scale == pytest.approx(0.25) and cost.compute_scale == 1.0
+
+    def compute(p: StepCostPlan, rows: float) -> float:
+        return float(np.sum(p.cost.expert_ffn(dev, model, [rows]).compute_s))
+
+    d1, d3 = compute(slow1, 4096.0) - compute(base, 4096.0), compute(slow3, 4096.0) - compute(base, 4096.0)
+    assert d1 > 0.9 * compute(base, 4096.0)  # the arithmetic doubled (launches are a few %)
+    assert d3 == pytest.approx(3.0 * d1, rel=1e-9)
+    memory = [float(np.sum(p.cost.expert_ffn(dev, model, [4096.0]).memory_s)) for p in (base, slow3)]
+    assert memory[1] == pytest.approx(memory[0], rel=1e-12)
+    one = [float(np.sum(p.cost.expert_ffn(dev, model, [1.0]).total_s)) for p in (base, slow3)]
+    assert one[1] == pytest.approx(one[0], rel=1e-12)
+    roof = CostModel(platform, fidelity="roofline")
+    r = [float(np.sum(c.expert_ffn(dev, model, [4096.0]).total_s)) for c in (roof, roof.with_compute_scale(0.5))]
+    assert r[1] == r[0]
+    with pytest.raises(ValueError, match="compute_scale"):
+        cost.with_compute_scale(0.0)

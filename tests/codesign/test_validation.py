@@ -95,7 +95,8 @@ def test_cases_use_the_mechanisms_of_issue_8(cases: list) -> None:
 
 
 def test_steady_throughput_window() -> None:
-    """The steady-state throughput counts the tokens between the first finish and the last admission."""
+    """The steady-state throughput counts the tokens between the end of the start-up transient (as
+    many finishes as the first fill admitted) and the last admission."""
     from types import SimpleNamespace
 
     import pandas as pd
@@ -104,15 +105,49 @@ def test_steady_throughput_window() -> None:
 
     run = SimpleNamespace(
         requests=pd.DataFrame(
-            {"finish_s": [2.0, 5.0, 6.0], "admitted_s": [0.0, 0.0, 4.0], "first_token_s": [0.5, 0.5, 4.5]}
+            {
+                "admitted_s": [0.0, 0.0, 3.0, 4.0, 6.0],
+                "finish_s": [2.0, 3.0, 5.0, 7.0, 8.0],
+                "first_token_s": [0.5, 0.5, 3.5, 4.5, 6.5],
+            }
         ),
-        steps=pd.DataFrame({"end_s": [1.0, 2.0, 3.0, 4.0, 5.0], "decode_tokens": [2, 2, 1, 1, 2]}),
+        steps=pd.DataFrame(
+            {"end_s": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], "decode_tokens": [2, 2, 2, 1, 1, 1, 2, 1]}
+        ),
         summary={"throughput_tok_s": 1.0},
     )
-    # window (2, 4]: steps ending at 3 and 4 (1 + 1 decode tokens), no first token inside
-    assert steady_throughput(run) == (pytest.approx(2 / 2.0), True)
-    run.requests = pd.DataFrame({"finish_s": [2.0], "admitted_s": [0.0], "first_token_s": [0.5]})
+    # two requests admitted before the first finish (t = 2): the window opens at the second finish
+    # (t = 3), not the first, and closes at the last admission (t = 6): steps ending at 4, 5, 6
+    # (1 + 1 + 1 decode tokens) and the first tokens at 3.5 and 4.5, over 3 s
+    assert steady_throughput(run) == (pytest.approx(5 / 3.0), True)
+    run.requests = pd.DataFrame({"finish_s": [2.0, 5.0], "admitted_s": [0.0, 0.0], "first_token_s": [0.5, 0.5]})
     assert steady_throughput(run) == (1.0, False)
+
+
+def test_steady_request_mean_skips_fill_and_drain() -> None:
+    """Server means count the requests that arrive after the first L99 seconds of arrivals and
+    before the last L99 (L99: 99th percentile of time in system), skipping NaN TPOTs; a run too
+    short for that window falls back to every request, flagged."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+
+    from codesign.validation import steady_request_mean
+
+    arrival = np.arange(11, dtype=float)  # 0 .. 10 s
+    tpot = np.array([0.05, 0.06, 0.1, 0.1, np.nan, 0.1, 0.1, 0.1, 0.1, 0.07, 0.05])
+    run = SimpleNamespace(
+        requests=pd.DataFrame(
+            {"arrival_s": arrival, "finish_s": arrival + 2.0, "tpot_s": tpot, "ttft_s": np.full(11, 0.2)}
+        )
+    )
+    # L99 = 2 s: arrivals in [2, 8], the NaN skipped: six requests at 0.1 s
+    assert steady_request_mean(run, "tpot_s") == (pytest.approx(0.1), True)
+    assert steady_request_mean(run, "ttft_s") == (pytest.approx(0.2), True)
+    run.requests["finish_s"] = arrival + 6.0  # L99 = 6 s > half the arrival span: no window
+    value, steady = steady_request_mean(run, "tpot_s")
+    assert not steady and value == pytest.approx(np.nanmean(tpot))
 
 
 def test_reduced_suite_runs_every_case(cases: list, reduced_results: list[CaseResult]) -> None:
@@ -250,24 +285,31 @@ def test_cli_fit_takes_toml_field_names_and_says_to_pass_param(capsys: pytest.Ca
     trt = get_stack("trt-llm")
     assert _fit_params(trt, ["per_step", "cpu_overlap"]) == ("per_step_s", "cpu_overlap")
     assert _fit_params(trt, ["per_layer_s"]) == ("per_layer_s",)
-    with pytest.raises(ValueError, match="--param per_stp: not a fittable stack field; valid: cpu_overlap, per_layer"):
+    with pytest.raises(
+        ValueError, match="--param per_stp: not a fittable stack field; valid: compute_slowdown, cpu_overlap, per_layer"
+    ):
         _fit_params(trt, ["per_stp"])
     assert main(["validate-e2e", "--fit", "trt-llm"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pass --param FIELD (fields with fitted_on cases: per_step)" in err[0], err
+    assert len(err) == 1 and "pass --param FIELD (fields with fitted_on cases: " in err[0], err
+    assert "per_step" in err[0].split("fields with fitted_on cases: ")[1], err
 
 
-def test_mean_metrics_read_the_runs_mean_not_its_median(reduced_results: list[CaseResult]) -> None:
-    """MLPerf's Server logs report the mean TTFT and TPOT: those cases compare the simulation's mean
-    over its requests (`codesign.result.summarize`), not its p50 (the two differ on a skewed
-    latency distribution)."""
+def test_server_cases_read_the_steady_mean(reduced_results: list[CaseResult]) -> None:
+    """MLPerf's Server logs report the mean TTFT and TPOT of a >= 40-minute run: those cases compare
+    the mean over the simulated requests that arrive in the run's steady window
+    (`steady_request_mean`), not its p50 and not a mean over its fill and drain."""
     from codesign.design import simulate_design
-    from codesign.validation import SUMMARY_METRICS, build_design
+    from codesign.validation import STEADY_MEAN_METRICS, build_design, steady_request_mean
 
     by_name = {r.name: r for r in reduced_results}
-    for name, metric in (("mlperf41-server-h100-ttft", "ttft_mean_s"), ("mlperf41-server-h100-tpot", "tpot_mean_s")):
+    for name, metric in (
+        ("mlperf41-server-h100-ttft", "ttft_steady_mean_s"),
+        ("mlperf41-server-h100-tpot", "tpot_steady_mean_s"),
+        ("mlperf41-server-h200-tpot", "tpot_steady_mean_s"),
+    ):
         case = load_case(case_dir() / f"{name}.json")
-        assert case.metric == metric and metric in SUMMARY_METRICS
+        assert case.metric == metric
         run = simulate_design(build_design(case, reduced=True))
-        assert by_name[name].simulated == run.summary[metric]
-        assert run.summary[metric] != run.summary[metric.replace("_mean_", "_p50_")]
+        assert by_name[name].simulated == steady_request_mean(run, STEADY_MEAN_METRICS[metric])[0]
+        assert build_design(case).workload.n_requests >= 10_000  # long enough for a steady window

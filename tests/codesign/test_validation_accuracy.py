@@ -3,7 +3,7 @@
 `codesign/validation_cases/README.md` reports the full-size table (`codesign validate-e2e`). Most
 serving cases take minutes at full size, so CI re-runs the suite in reduced mode for structure
 (`test_validation.py`); the cases below are cheap at full size (collectives, batch-1 llama.cpp
-decode, one link-bound ZeRO-3 batch), so they are run as the README ran them and their signed
+decode, link-bound ZeRO-3 runs), so they are run as the README ran them and their signed
 errors must match the table to its printed precision (0.1 %). A change that moves one of them
 fails here until the table is re-run, so the README cannot drift from the code, and an accuracy
 regression on these cases shows in CI.
@@ -17,7 +17,7 @@ import pytest
 
 from codesign.validation import case_dir, load_cases, run_suite
 
-#: Cases that run at full size in a few seconds in all (measured ~3 s on the 2-core dev machine).
+#: Cases that run at full size in a few seconds in all (measured ~5 s on the 2-core dev machine).
 CHEAP_CASES = (
     "nccl-alltoall-4xh100",
     "deepep-ll-ep8-dispatch",
@@ -25,6 +25,9 @@ CHEAP_CASES = (
     "llamacpp-q5km-a100-b1",
     "llamacpp-q5km-h100-b1",
     "fiddler-zero3-ada6000-b16",
+    "fiddler-zero3-l4-b1",
+    "fiddler-zero3-l4-b16",
+    "fiddler-zero3-l4-prefill",
 )
 
 

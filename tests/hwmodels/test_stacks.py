@@ -10,6 +10,7 @@ from hwmodels.stacks import (
     ServingStack,
     StackError,
     get_stack,
+    load_stack_file,
     resolve_stack,
     stack_from_dict,
     stack_numbers,
@@ -25,7 +26,11 @@ def test_presets_load_and_every_number_has_a_source() -> None:
     for name in stack_preset_names():
         s = get_stack(name)
         assert s.name == name
-        assert {p.field for p in s.params} == {"per_step_s", "per_layer_s", "per_sequence_s", "cpu_overlap"}
+        fields = {p.field for p in s.params}
+        assert {"per_step_s", "per_layer_s", "per_sequence_s", "cpu_overlap"} <= fields
+        assert fields <= {"per_step_s", "per_layer_s", "per_sequence_s", "cpu_overlap", "compute_slowdown"}
+        if s.compute_slowdown > 0:
+            assert "compute_slowdown" in fields, f"{name}: a GEMM slowdown without its source"
         for p in s.params:
             assert p.source.strip()
             assert not (p.free and p.fitted_on), f"{name}.{p.field}: free and fitted at once"
@@ -119,3 +124,20 @@ def test_fitted_on_names_shipped_validation_cases() -> None:
                 assert case in cases, f"{name}.{p.field}: fitted_on names unknown case {case!r}"
                 stack = json.loads(cases[case].read_text())["design"]["mapping"].get("stack")
                 assert stack == name, f"{name}.{p.field}: case {case!r} runs stack {stack!r}"
+
+
+def test_compute_slowdown_is_a_sourced_fraction(tmp_path: Path) -> None:
+    """``compute_slowdown``: a plain fraction >= 0 with a source; the stack's GEMM rate is 1 / (1 + it)."""
+    p = _write(tmp_path, 'compute_slowdown = { value = 0.25, source = "fitted", fitted_on = ["a", "b"] }\n')
+    s = load_stack_file(p)
+    assert s.compute_slowdown == 0.25 and s.compute_scale == pytest.approx(0.8) and s.charges_anything
+    assert s.param("compute_slowdown") is not None and s.param("compute_slowdown").fitted_on == ("a", "b")
+    assert stack_from_dict(stack_to_dict(s)) == s
+    for bad in ("-0.1", "true", '"10 ms"'):
+        q = tmp_path / f"bad{abs(hash(bad))}.toml"
+        q.write_text(f'name = "s"\nsource = "t"\ncompute_slowdown = {{ value = {bad}, source = "x" }}\n')
+        with pytest.raises(StackError, match="compute_slowdown"):
+            load_stack_file(q)
+    with pytest.raises(StackError, match="compute_slowdown"):
+        ServingStack(name="s", compute_slowdown=-1.0)
+    assert get_stack("none").compute_scale == 1.0

@@ -316,7 +316,7 @@ def _stack_json(stack: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ writing
-_LINE = r"^{key}\s*=\s*\{{.*\}}\s*$"
+_LINE = r"^{key}[ \t]*=[ \t]*\{{.*\}}[ \t]*$"
 
 
 def _fmt_time(seconds: float) -> str:

@@ -608,13 +608,7 @@ class CostModel:
         `KernelExecution`); ``self`` when it is already that one."""
         if execution == self.execution:
             return self
-        return CostModel(
-            self.platform,
-            fidelity=self.fidelity,
-            profiles=self.profiles,
-            execution=execution,
-            compute_scale=self.compute_scale,
-        )
+        return self._with(execution=execution)
 
     def with_compute_scale(self, scale: float) -> CostModel:
         """The same cost model with GPU compute (GEMMs, attention FLOPs, dequantisation arithmetic) at
@@ -623,13 +617,17 @@ class CostModel:
         stream, are unchanged."""
         if scale == self.compute_scale:
             return self
-        return CostModel(
-            self.platform,
-            fidelity=self.fidelity,
-            profiles=self.profiles,
-            execution=self.execution,
-            compute_scale=scale,
-        )
+        return self._with(compute_scale=scale)
+
+    def _with(self, **changes: Any) -> CostModel:
+        """A new cost model with this one's settings but ``changes`` (fresh caches)."""
+        settings: dict[str, Any] = {
+            "fidelity": self.fidelity,
+            "profiles": self.profiles,
+            "execution": self.execution,
+            "compute_scale": self.compute_scale,
+        }
+        return CostModel(self.platform, **{**settings, **changes})
 
     def execution_for(self, device: Device) -> KernelExecution:
         """The `KernelExecution` this cost model applies to ``device`` (by its kind when ``"auto"``)."""

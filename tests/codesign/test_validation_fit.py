@@ -161,3 +161,18 @@ def test_cli_fit_reports_fit_and_held_out(setup: tuple[Path, Path], capsys: pyte
     assert "give them with --on" in capsys.readouterr().err
     assert main(["validate-e2e", "--cases-dir", str(cases_dir), "--on", "fit-a"]) == 1
     assert "go with --fit" in capsys.readouterr().err
+
+
+def test_write_fitted_keeps_the_final_newline(tmp_path: Path) -> None:
+    """A fitted key on the file's last line is rewritten in place; the newline that ends it stays."""
+    p = tmp_path / "last.toml"
+    p.write_text(
+        'name = "last"\nsource = "test"\n'
+        'per_step = { value = "1 ms", source = "free, to be fitted", free = true }\n'
+        'compute_slowdown = { value = 0.0, source = "free, to be fitted", free = true }\n'
+    )
+    write_fitted(p, {"compute_slowdown": 0.25, "per_step_s": 2e-3}, ["fit-a", "fit-b"], how="test")
+    text = p.read_text()
+    assert text.endswith("}\n") and text.count("\n") == 4
+    st = load_stack_file(p)
+    assert st.compute_slowdown == 0.25 and st.per_step_s == pytest.approx(2e-3)

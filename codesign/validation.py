@@ -468,14 +468,16 @@ def steady_request_mean(result: Any, column: str) -> tuple[float, bool]:
 def simulated_metric(case: Case, design: Any, cache: Any = None) -> tuple[float, Any, list[str]]:
     """The simulator's value of a serving case's metric for ``design``: (value in the metric's
     unit, the run's `Metrics`, notes). ``steady_throughput_tok_s`` is read from the steps
-    (`steady_throughput`), the `SUMMARY_METRICS` from the run's summary, the others from `Metrics`."""
+    (`steady_throughput`), the `STEADY_MEAN_METRICS` from the requests (`steady_request_mean`), the
+    `SUMMARY_METRICS` from the run's summary, the others from `Metrics`. With a ``cache``
+    (`codesign.design.EvalCache`) a design's run is kept there, so cases that differ only in their
+    metric (MLPerf Server TPOT / TTFT) simulate once."""
     from codesign.design import evaluate, sim_metrics
     from codesign.design import simulate_design as _simulate_design
 
     notes: list[str] = []
 
     def simulate_design(d: Any, cache: Any = None) -> Any:
-        # cases that differ only in their metric (MLPerf Server TPOT / TTFT) share one run
         if cache is None:
             return _simulate_design(d)
         return cache.get_or_make(f"validation-run:{d.content_hash}", lambda: _simulate_design(d, cache=cache))

@@ -571,7 +571,8 @@ class Metrics:
 
 # ------------------------------------------------------------------------------ evaluation
 class EvalCache:
-    """Memo of derived routing processes (and their training statistics) by content key.
+    """Memo of derived routing processes (and their training statistics) by content key; other
+    content-keyed results may share it (`codesign.validation` keeps simulated runs there).
 
     Bounded (``max_entries``, least recently used dropped). One instance per search or study; not
     shared between processes. Without one, `evaluate` derives everything afresh.
@@ -789,14 +790,22 @@ def request_stream(design: Design, cache: EvalCache | None = None) -> RequestStr
 
 
 def cost_model(design: Design) -> CostModel:
-    """The `hwmodels.CostModel` of the design's cost spec (profile applied to every accelerator)."""
+    """The `hwmodels.CostModel` of the design's cost spec (profile applied to every accelerator),
+    computing at its serving stack's rate (`hwmodels.stacks.ServingStack.compute_scale`), as the
+    `codesign.costplan.StepCostPlan` of its mapping does, so the metrics' compute / memory split
+    reads the same kernels the engine ran."""
     from hwmodels import CostModel
 
     profiles = None
     if design.cost.profile is not None:
         prof = _load_profile(design.cost.profile)
         profiles = {d.name: prof for d in design.platform.accelerators}
-    return CostModel(design.platform, fidelity=design.cost.fidelity, profiles=profiles)
+    return CostModel(
+        design.platform,
+        fidelity=design.cost.fidelity,
+        profiles=profiles,
+        compute_scale=resolve_stack(design.mapping.stack).compute_scale,
+    )
 
 
 def analytic_reasons(design: Design) -> list[str]:

@@ -465,6 +465,16 @@ def steady_request_mean(result: Any, column: str) -> tuple[float, bool]:
     return float(values[inside].mean()), True
 
 
+def _simulate(design: Any, cache: Any) -> Any:
+    """The simulator's run of ``design``, kept in ``cache`` (an `EvalCache`, or None) under its
+    content hash, so that cases differing only in their metric simulate once."""
+    from codesign.design import simulate_design
+
+    if cache is None:
+        return simulate_design(design)
+    return cache.get_or_make(f"validation-run:{design.content_hash}", lambda: simulate_design(design, cache=cache))
+
+
 def simulated_metric(case: Case, design: Any, cache: Any = None) -> tuple[float, Any, list[str]]:
     """The simulator's value of a serving case's metric for ``design``: (value in the metric's
     unit, the run's `Metrics`, notes). ``steady_throughput_tok_s`` is read from the steps
@@ -473,29 +483,22 @@ def simulated_metric(case: Case, design: Any, cache: Any = None) -> tuple[float,
     (`codesign.design.EvalCache`) a design's run is kept there, so cases that differ only in their
     metric (MLPerf Server TPOT / TTFT) simulate once."""
     from codesign.design import evaluate, sim_metrics
-    from codesign.design import simulate_design as _simulate_design
 
     notes: list[str] = []
-
-    def simulate_design(d: Any, cache: Any = None) -> Any:
-        if cache is None:
-            return _simulate_design(d)
-        return cache.get_or_make(f"validation-run:{d.content_hash}", lambda: _simulate_design(d, cache=cache))
-
     if case.metric == "steady_throughput_tok_s":
-        run = simulate_design(design, cache=cache)
+        run = _simulate(design, cache)
         value, steady = steady_throughput(run)
         if not steady:
             notes.append("steady window empty (small run): whole-run throughput")
         return value, sim_metrics(design, run), notes
     if case.metric in STEADY_MEAN_METRICS:
-        run = simulate_design(design, cache=cache)
+        run = _simulate(design, cache)
         value, steady = steady_request_mean(run, STEADY_MEAN_METRICS[case.metric])
         if not steady:
             notes.append("steady window empty (short run): mean over every request")
         return value, sim_metrics(design, run), notes
     if case.metric in SUMMARY_METRICS:
-        run = simulate_design(design, cache=cache)
+        run = _simulate(design, cache)
         return float(run.summary[case.metric]), sim_metrics(design, run), notes
     sim = evaluate(design, "sim", cache=cache)
     return float(getattr(sim, case.metric)), sim, notes

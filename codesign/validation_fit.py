@@ -52,7 +52,7 @@ __all__ = [
 
 #: Fittable stack fields -> (scale of one optimiser unit, upper bound in that field's unit, TOML key).
 #: Times in seconds; ``cpu_overlap`` and ``compute_slowdown`` fractions. The scales make a unit step
-#: of the optimiser a plausible change (1 ms per step, 10 us per layer or sequence, 1 % more GEMM
+#: of the optimiser a plausible change (1 ms per step, 10 us per layer or sequence, 1 % more compute
 #: time); 0 is each field's "charges nothing" value.
 FIT_FIELDS: dict[str, tuple[float, float, str]] = {
     "per_step_s": (1e-3, 1.0, "per_step"),
@@ -345,7 +345,7 @@ def write_fitted(path: str | Path, values: dict[str, float], fitted_on: Sequence
     `hwmodels.stacks.load_stack_file` afterwards (a bad write raises before anything uses it)."""
     import tomllib
 
-    from hwmodels.stacks import load_stack_file
+    from hwmodels.stacks import STACK_TIME_FIELDS, load_stack_file
 
     p = Path(path)
     if len(set(fitted_on)) < 2:
@@ -363,7 +363,7 @@ def write_fitted(path: str | Path, values: dict[str, float], fitted_on: Sequence
         old_source = str(old.get("source", "")).removeprefix("free, to be fitted: ").removeprefix("fitted: ")
         old_source = old_source.split(" | was: ")[-1]
         table: dict[str, Any] = {
-            "value": round(float(value), 4) if fld in ("cpu_overlap", "compute_slowdown") else _fmt_time(float(value)),
+            "value": _fmt_time(float(value)) if fld in STACK_TIME_FIELDS else round(float(value), 4),
             "source": f"fitted: {how} | was: {old_source}",
             "fitted_on": sorted(fitted_on),
         }

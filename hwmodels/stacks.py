@@ -285,7 +285,7 @@ def _param(doc: AbcMapping[str, Any], key: str, path: str) -> tuple[float, Stack
         number = float(value)
     elif key == "compute_slowdown":
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise StackError(f"{where}: expected a fraction >= 0 (extra GEMM time, 0 = the curve), got {value!r}")
+            raise StackError(f"{where}: expected a fraction >= 0 (extra compute time, 0 = the curves), got {value!r}")
         number = float(value)
     else:
         try:

@@ -210,3 +210,20 @@ def test_a_stacks_compute_slowdown_scales_compute_bound_kernels_only() -> None:
     assert r[1] == r[0]
     with pytest.raises(ValueError, match="compute_scale"):
         cost.with_compute_scale(0.0)
+
+
+def test_a_designs_cost_model_computes_at_its_stacks_rate() -> None:
+    """`codesign.design.cost_model` reads the mapping's stack like `StepCostPlan` does, so the
+    metrics' compute / memory split sees the kernels the engine ran; the plan built on it keeps it."""
+    from codesign.design import cost_model
+    from codesign.validation import build_design, case_dir, load_case
+    from hwmodels.stacks import get_stack
+
+    design = build_design(load_case(case_dir() / "mlperf41-offline-h100.json"), reduced=True)
+    scale = get_stack("trt-llm").compute_scale
+    assert scale < 1.0
+    cost = cost_model(design)
+    assert cost.compute_scale == pytest.approx(scale)
+    assert cost.with_compute_scale(scale) is cost  # the plan's call sets the same rate, it does not compound
+    plain = cost_model(design.with_(mapping=dataclasses.replace(design.mapping, stack="none")))
+    assert plain.compute_scale == 1.0

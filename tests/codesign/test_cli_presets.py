@@ -83,7 +83,7 @@ def test_stacks_text_one_line_each_with_source(capsys: pytest.CaptureFixture[str
     vllm = next(line for line in lines if line.startswith("vllm "))
     assert "(unfitted; per_step, per_sequence, cpu_overlap run at 0)" in vllm
     trt = next(line for line in lines if line.startswith("trt-llm "))
-    assert "per_step: the order of a batch manager's host time" in trt and "kernels +53% compute time" in trt
+    assert "per_step: milliseconds, a plausible batch manager's host time" in trt and "kernels +53% compute time" in trt
     assert "compute_slowdown: TensorRT-LLM 10.2's kernels" in trt
 
 

@@ -363,11 +363,14 @@ class StepCostPlan:
         )
 
     def all_to_all(self, bytes_per_device: npt.ArrayLike) -> OpCost:
-        """An all-to-all of ``bytes_per_device`` (the busiest device's bytes) over the peer link."""
+        """An all-to-all of ``bytes_per_device`` (the busiest device's bytes) over the peer link; one
+        call pays the stack's ``collective_latency_s`` (its collective library), else the link's."""
         peer = self.bound.platform.peer_link
         if peer is None or self.n_devices < 2:
             return _zero(np.shape(bytes_per_device))
-        return self.cost.all_to_all(peer, bytes_per_device, self.n_devices)
+        return self.cost.all_to_all(
+            peer, bytes_per_device, self.n_devices, call_latency_s=self.stack.collective_latency_s
+        )
 
     # ------------------------------------------------------------------ zero load
     def zero_load_step_s(self, routing_rows: npt.NDArray[np.int16], *, prefill: bool, context_len: int) -> float:

@@ -55,6 +55,7 @@ __all__ = [
     "CaseResult",
     "build_design",
     "case_dir",
+    "collective_time",
     "format_table",
     "load_case",
     "load_cases",
@@ -339,24 +340,99 @@ def build_design(case: Case, *, reduced: bool = False) -> Any:
         raise CaseError(f"{where}: {exc}") from None
 
 
-def _collective_args(case: Case) -> tuple[str, Any, float, int]:
+_COLLECTIVE_KEYS = {
+    "op",
+    "device",
+    "link",
+    "bytes_per_device",
+    "n_devices",
+    "scale_out_link",
+    "devices_per_node",
+    "stack",
+}
+
+
+@dataclass(frozen=True)
+class _Collective:
+    """A collective case's inputs, resolved: ``link`` inside a node, ``scale_out`` between nodes
+    (None: one node), ``stack`` the library whose ``collective_latency_s`` a call pays (None: the
+    link's)."""
+
+    op: str
+    device: Any
+    link: Any
+    scale_out: Any
+    devices_per_node: int
+    bytes_per_device: float
+    n_devices: int
+    stack: Any
+
+
+def _collective_args(case: Case, stack: Any = None) -> _Collective:
+    """The resolved collective of ``case``; ``stack`` (a `hwmodels.stacks.ServingStack`) replaces the
+    one the case names (a stack fit's candidate). `CaseError` naming the file and field otherwise."""
     from hwmodels.devices import get_device, get_link
+    from hwmodels.stacks import StackError, resolve_stack
 
     where = f"{case.path}: collective"
     spec = case.spec
+    unknown = sorted(set(spec) - _COLLECTIVE_KEYS)
+    if unknown:
+        raise CaseError(f"{where}: unknown field(s) {unknown}; valid: {sorted(_COLLECTIVE_KEYS)}")
     op = _need(spec, "op", str, where)
     if op not in _COLLECTIVE_OPS:
         raise CaseError(f"{where}: op {op!r} is not one of {_COLLECTIVE_OPS}")
     try:
         link = get_link(_need(spec, "link", str, where))
-        get_device(_need(spec, "device", str, where))
+        device = get_device(_need(spec, "device", str, where))
+        scale_out = get_link(_need(spec, "scale_out_link", str, where)) if "scale_out_link" in spec else None
     except (KeyError, ValueError) as exc:
         raise CaseError(f"{where}: {exc}") from None
     n_bytes = _number(spec, "bytes_per_device", where)
     n_dev = _need(spec, "n_devices", int, where)
     if n_dev < 2:
         raise CaseError(f"{where}: n_devices must be >= 2, got {n_dev}")
-    return op, link, n_bytes, n_dev
+    if (scale_out is None) != ("devices_per_node" not in spec):
+        raise CaseError(f"{where}: scale_out_link and devices_per_node go together (a multi-node collective)")
+    per_node = n_dev
+    if scale_out is not None:
+        per_node = _need(spec, "devices_per_node", int, where)
+        if per_node < 1 or n_dev % per_node:
+            raise CaseError(f"{where}: devices_per_node must divide n_devices ({n_dev}), got {per_node}")
+    if stack is None and "stack" in spec:
+        try:
+            stack = resolve_stack(_need(spec, "stack", (str, dict), where))
+        except StackError as exc:
+            raise CaseError(f"{where}.stack: {exc}") from None
+    return _Collective(op, device, link, scale_out, per_node, n_bytes, n_dev, stack)
+
+
+def collective_time(case: Case, *, stack: Any = None, fidelity: str = "calibrated") -> float:
+    """Seconds of a collective case's call at ``fidelity`` (`hwmodels.costs.CostModel`): over one
+    node's link, or `CostModel.all_to_all_nodes` when the case spans nodes; the call pays the
+    ``collective_latency_s`` of ``stack`` (default: the case's ``collective.stack``), else the link's."""
+    from hwmodels import CostModel
+    from hwmodels.devices import Platform
+
+    c = _collective_args(case, stack)
+    platform = Platform(
+        name=f"{case.name}-platform",
+        accelerators=(c.device,) * c.n_devices,
+        host=None,
+        host_link=None,
+        peer_link=c.link,
+        cost_per_hour_usd=0.0,
+        source=f"validation case {case.name}: {c.n_devices} x {c.device.name} over {c.link.name}",
+    )
+    cost = CostModel(platform, fidelity=fidelity)
+    call = None if c.stack is None else c.stack.collective_latency_s
+    if c.scale_out is None:
+        return float(cost.all_to_all(c.link, c.bytes_per_device, c.n_devices, call_latency_s=call).total_s)
+    return float(
+        cost.all_to_all_nodes(
+            c.link, c.scale_out, c.bytes_per_device, c.n_devices, c.devices_per_node, call_latency_s=call
+        ).total_s
+    )
 
 
 # ------------------------------------------------------------------------------ running
@@ -365,25 +441,8 @@ def _rel(sim: float, measured: float) -> float:
 
 
 def _run_collective(case: Case) -> CaseResult:
-    from hwmodels import CostModel
-    from hwmodels.devices import Platform, get_device
-
     t0 = time.perf_counter()
-    op, link, n_bytes, n_dev = _collective_args(case)
-    device = get_device(case.spec["device"])
-    platform = Platform(
-        name=f"{case.name}-platform",
-        accelerators=(device,) * n_dev,
-        host=None,
-        host_link=None,
-        peer_link=link,
-        cost_per_hour_usd=0.0,
-        source=f"validation case {case.name}: {n_dev} x {device.name} over {link.name}",
-    )
-    values = {}
-    for fid in ("calibrated", "roofline"):
-        cost = CostModel(platform, fidelity=fid)
-        values[fid] = float(getattr(cost, op)(link, n_bytes, n_dev).total_s)
+    values = {fid: collective_time(case, fidelity=fid) for fid in ("calibrated", "roofline")}
     sim = values["calibrated"]
     return CaseResult(
         name=case.name,

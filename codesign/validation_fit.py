@@ -60,6 +60,7 @@ FIT_FIELDS: dict[str, tuple[float, float, str]] = {
     "per_sequence_s": (1e-5, 0.05, "per_sequence"),
     "cpu_overlap": (1.0, 1.0, "cpu_overlap"),
     "compute_slowdown": (1e-2, 3.0, "compute_slowdown"),
+    "collective_latency_s": (1e-6, 1e-3, "collective_latency"),
 }
 
 
@@ -102,13 +103,17 @@ class FitResult:
 
 # ------------------------------------------------------------------------------ selection
 def case_stack_name(case: Case) -> str | None:
-    """The name of the stack a serving case runs (``design.mapping.stack``: a preset name, a
-    ``.toml`` path or an inline object, resolved), None for a collective case."""
+    """The name of the stack a case runs (a serving case's ``design.mapping.stack``, a collective
+    case's ``collective.stack``: a preset name, a ``.toml`` path or an inline object, resolved);
+    None for a collective case that names none (it pays the link's call latency)."""
     from hwmodels.stacks import StackError, resolve_stack
 
-    if case.kind != "serving":
+    if case.kind == "serving":
+        spec = case.spec.get("mapping", {}).get("stack", "none")
+    elif "stack" in case.spec:
+        spec = case.spec["stack"]
+    else:
         return None
-    spec = case.spec.get("mapping", {}).get("stack", "none")
     try:
         return resolve_stack(spec).name
     except StackError:
@@ -148,10 +153,14 @@ def _workload_dict(w: Any) -> dict[str, Any]:
     return asdict(w)
 
 
-def _metric_value(case: Case, design: Any, cache: Any) -> float:
-    from codesign.validation import simulated_metric
+def _metric_value(case: Case, stack: Any, size: str, cache: Any) -> float:
+    """The case's simulated metric with ``stack``: a serving case re-simulated at ``size``, a
+    collective case's call time (`codesign.validation.collective_time`)."""
+    from codesign.validation import collective_time, simulated_metric
 
-    return simulated_metric(case, design, cache)[0]
+    if case.kind == "collective":
+        return collective_time(case, stack=stack)
+    return simulated_metric(case, stacked_design(case, stack, size=size), cache)[0]
 
 
 # ------------------------------------------------------------------------------ fitting
@@ -175,7 +184,8 @@ def fit_stack(
     first).
     ``progress`` receives one dict per evaluation (values, rms, seconds). Raises `FitError` before
     any simulation when a parameter is unknown, fewer than two cases per parameter are given, or a
-    case runs another stack or is not a serving case.
+    case runs another stack. Collective cases (a stack's ``collective_latency_s``) cost microseconds
+    per evaluation; serving cases a simulation each.
     """
     from scipy.optimize import least_squares
 
@@ -198,8 +208,6 @@ def fit_stack(
             f"parameter, never one), got {len(cases)}: {names}"
         )
     for c in cases:
-        if c.kind != "serving":
-            raise FitError(f"case {c.name!r} is a {c.kind} case; only serving cases run a stack")
         if case_stack_name(c) != stack.name:
             raise FitError(f"case {c.name!r} runs stack {case_stack_name(c)!r}, not {stack.name!r}")
     need_evals = len(params) * (n_scan + 2) + len(params) + 1
@@ -208,7 +216,7 @@ def fit_stack(
 
     scales = np.array([FIT_FIELDS[p][0] for p in params])
     upper = np.array([FIT_FIELDS[p][1] for p in params]) / scales
-    start = {p: float(getattr(stack, p)) for p in params}
+    start = {p: float(getattr(stack, p) or 0.0) for p in params}  # None (the link's latency) starts at 0
     x0 = np.clip(np.array([start[p] for p in params]) / scales, 0.0, upper)
     cache = EvalCache()
     history: list[dict[str, Any]] = []
@@ -228,9 +236,7 @@ def fit_stack(
             return memo[key]
         t0 = time.perf_counter()
         st, vals = candidate(y)
-        r = np.array(
-            [math.log(_metric_value(c, stacked_design(c, st, size=size), cache) / c.measured_value) for c in cases]
-        )
+        r = np.array([math.log(_metric_value(c, st, size, cache) / c.measured_value) for c in cases])
         memo[key] = r
         rec = {
             "eval": len(history) + 1,
@@ -304,7 +310,10 @@ def evaluate_cases(stack: Any, cases: Sequence[Case], *, reduced: bool = False) 
     for c in cases:
         stack_json = _stack_json(stack)
         spec = json.loads(json.dumps(c.spec))
-        spec.setdefault("mapping", {})["stack"] = stack_json
+        if c.kind == "collective":
+            spec["stack"] = stack_json
+        else:
+            spec.setdefault("mapping", {})["stack"] = stack_json
         out.append(run_case(replace(c, spec=spec), reduced=reduced, cache=cache))
     return out
 
@@ -345,7 +354,7 @@ def write_fitted(path: str | Path, values: dict[str, float], fitted_on: Sequence
     `hwmodels.stacks.load_stack_file` afterwards (a bad write raises before anything uses it)."""
     import tomllib
 
-    from hwmodels.stacks import STACK_TIME_FIELDS, load_stack_file
+    from hwmodels.stacks import load_stack_file
 
     p = Path(path)
     if len(set(fitted_on)) < 2:
@@ -363,7 +372,7 @@ def write_fitted(path: str | Path, values: dict[str, float], fitted_on: Sequence
         old_source = str(old.get("source", "")).removeprefix("free, to be fitted: ").removeprefix("fitted: ")
         old_source = old_source.split(" | was: ")[-1]
         table: dict[str, Any] = {
-            "value": _fmt_time(float(value)) if fld in STACK_TIME_FIELDS else round(float(value), 4),
+            "value": _fmt_time(float(value)) if fld.endswith("_s") else round(float(value), 4),
             "source": f"fitted: {how} | was: {old_source}",
             "fitted_on": sorted(fitted_on),
         }

@@ -1377,6 +1377,52 @@ class CostModel:
         t = np.where(share > 0, fixed + wire / (link.bandwidth_Bps * eff), 0.0)
         return self._link_cost(t, share * devices, link, tag, "all_to_all")
 
+    def all_to_all_nodes(
+        self,
+        link: Link,
+        scale_out: Link,
+        bytes_per_device: ArrayLike,
+        n_devices: int,
+        devices_per_node: int,
+        *,
+        call_latency_s: float | None = None,
+    ) -> OpCost:
+        """All-to-all of ``bytes_per_device`` from each of ``n_devices`` devices spread over nodes of
+        ``devices_per_node``: the destinations on the same node are reached over ``link`` (the node's
+        NVLink / NVSwitch), the others over ``scale_out`` (each device's own NIC).
+
+        With uniform destinations a device sends ``(g-1)/n`` of its bytes inside its node and
+        ``(n-g)/n`` across nodes (``g = devices_per_node``; ``1/n`` stays local). The two paths run
+        concurrently (DeepEP's kernels issue NVLink and RDMA writes at once: DeepEP docs/legacy.md),
+        so a call lasts the slower path, each at its link's efficiency for the bytes it carries, plus
+        one fixed cost: the larger of the two link latencies and the per-call latency
+        (``call_latency_s``, default ``scale_out``'s ``collective_latency_s``). ``devices_per_node``
+        must divide ``n_devices``; equal to it, this is `all_to_all` over ``link``. Energy counts every
+        device's bytes on each path at that link's energy per byte.
+        """
+        devices = self._n_devices(n_devices)
+        g = self._n_devices(devices_per_node)
+        if devices % g:
+            raise ValueError(f"devices_per_node ({g}) must divide n_devices ({devices})")
+        if g == devices:
+            return self.all_to_all(link, bytes_per_device, devices, call_latency_s=call_latency_s)
+        n = _counts(bytes_per_device, "bytes_per_device")
+        parts = []
+        for lk, share in ((link, n * (g - 1) / devices), (scale_out, n * (devices - g) / devices)):
+            wire = share if lk.duplex else 2.0 * share
+            eff, tag = self._link_eff(lk, share)
+            parts.append((np.where(share > 0, wire / (lk.bandwidth_Bps * eff), 0.0), share, lk, tag))
+        fixed = max(link.latency_s, scale_out.latency_s) + self._call_latency(scale_out, call_latency_s)
+        t = np.where(n > 0, fixed + np.maximum(parts[0][0], parts[1][0]), 0.0)
+        energy = sum(share * devices * lk.energy_J_per_byte for _, share, lk, _ in parts)
+        return OpCost(
+            compute_s=_out(np.zeros_like(t)),
+            memory_s=_out(np.zeros_like(t)),
+            comm_s=_out(t),
+            energy_J=_out(np.asarray(energy, dtype=np.float64)),
+            source=f"{parts[0][3]}+{parts[1][3]}:all_to_all_nodes",
+        )
+
     def all_reduce(
         self, link: Link, n_bytes: ArrayLike, n_devices: int, *, call_latency_s: float | None = None
     ) -> OpCost:

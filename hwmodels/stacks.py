@@ -29,6 +29,10 @@ Fields (all seconds unless stated):
   GPU compute (GEMMs, attention FLOPs) at the calibrated fidelity only
   (`hwmodels.costs.CostModel.with_compute_scale`); memory and copy times, and GEMVs capped at their
   weight stream, are unchanged.
+- ``collective_latency_s``: the fixed cost of one collective call of the stack's collective
+  library (kernel launch, cross-rank signalling, completion polling: DeepEP's low-latency kernels,
+  NCCL), charged once per all-to-all on top of the bytes; absent (None) = the link's own
+  ``collective_latency_s`` (`hwmodels.costs.CostModel.all_to_all`'s ``call_latency_s``).
 
 A step whose device-side time is ``gpu_s`` then lasts ``gpu_s + exposed_s(cpu_s, gpu_s)`` with
 ``cpu_s = per_step_s + n_layers * per_layer_s + n_emitting * per_sequence_s`` and
@@ -48,6 +52,7 @@ TOML format (``hwmodels/presets/stacks/<name>.toml``; the file stem is the name)
     per_step = { value = "0 ms", source = "free, to be fitted", free = true }
     per_layer = { value = "0 us", source = "[P] ...citation..." }
     per_sequence = { value = "20 us", source = "fitted", fitted_on = ["case-a", "case-b"] }
+    collective_latency = { value = "15 us", source = "fitted", fitted_on = ["case-c", "case-d"] }
     cpu_overlap = { value = 0.0, source = "[P] ...", assumption = true }
     compute_slowdown = { value = 0.0, source = "free, to be fitted", free = true }
 
@@ -94,6 +99,7 @@ _NUMBER_FIELDS = (*STACK_TIME_FIELDS, "cpu_overlap", "compute_slowdown")
 #: Stack numbers that are plain fractions, not times (TOML key = dataclass field).
 _PLAIN_FIELDS = ("cpu_overlap", "compute_slowdown")
 _PARAM_KEYS = {"value", "unit", "source", "fitted_on", "free", "assumption", "note"}
+_OPTIONAL_TIME_FIELDS = ("collective_latency_s",)
 _DOC_KEYS = {
     "name",
     "source",
@@ -105,6 +111,7 @@ _DOC_KEYS = {
     "per_sequence",
     "cpu_overlap",
     "compute_slowdown",
+    "collective_latency",
 }
 
 
@@ -139,6 +146,7 @@ class ServingStack:
     per_sequence_s: float = 0.0
     cpu_overlap: float = 0.0
     compute_slowdown: float = 0.0
+    collective_latency_s: float | None = None
     lm_head: bool = False
     moe_permute: bool = False
     params: tuple[StackParam, ...] = ()
@@ -159,6 +167,14 @@ class ServingStack:
         if isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g) or g < 0:
             raise StackError(f"stack {self.name!r}: compute_slowdown must be a finite fraction >= 0, got {g!r}")
         object.__setattr__(self, "compute_slowdown", float(g))
+        c = self.collective_latency_s
+        if c is not None:
+            if isinstance(c, bool) or not isinstance(c, int | float) or not math.isfinite(c) or c < 0:
+                raise StackError(
+                    f"stack {self.name!r}: collective_latency_s must be a finite number of seconds >= 0 "
+                    f"or None (the link's), got {c!r}"
+                )
+            object.__setattr__(self, "collective_latency_s", float(c))
         for f in ("lm_head", "moe_permute"):
             if not isinstance(getattr(self, f), bool):
                 raise StackError(f"stack {self.name!r}: {f} must be true or false, got {getattr(self, f)!r}")
@@ -168,7 +184,8 @@ class ServingStack:
 
     @property
     def charges_anything(self) -> bool:
-        """False for a stack that adds nothing to a step (``none``)."""
+        """False for a stack that adds nothing to a step's kernels or tail (``none``); a
+        ``collective_latency_s`` is charged inside each all-to-all, not here."""
         return (
             self.lm_head
             or self.moe_permute
@@ -244,13 +261,16 @@ def stack_from_dict(data: Any, *, where: str = "stack") -> ServingStack:
 
 
 def stack_numbers(stack: ServingStack) -> dict[str, Any]:
-    """What changes a cost (name, numbers and flags; not sources): what a content hash covers."""
-    return {
+    """What changes a cost (name, numbers and flags; not sources): what a content hash covers. An
+    optional number left at None (the link's) is left out, so older designs keep their hash."""
+    out = {
         "name": stack.name,
         **{f: getattr(stack, f) for f in _NUMBER_FIELDS},
         "lm_head": stack.lm_head,
         "moe_permute": stack.moe_permute,
     }
+    out.update({f: getattr(stack, f) for f in _OPTIONAL_TIME_FIELDS if getattr(stack, f) is not None})
+    return out
 
 
 # --------------------------------------------------------------------------- TOML files
@@ -334,9 +354,14 @@ def _load_stack(path_text: str, mtime_ns: int = 0, size: int = 0) -> ServingStac
             raise StackError(f"{path}: field '{key}': expected true or false, got {doc[key]!r}")
     values: dict[str, float] = {}
     params: list[StackParam] = []
-    for key in ("per_step", "per_layer", "per_sequence", *_PLAIN_FIELDS):
+    optional: dict[str, float | None] = {}
+    for key in ("per_step", "per_layer", "per_sequence", *_PLAIN_FIELDS, "collective_latency"):
         number, prm = _param(doc, key, str(path))
-        values[key if key in _PLAIN_FIELDS else f"{key}_s"] = number
+        fld = key if key in _PLAIN_FIELDS else f"{key}_s"
+        if fld in _OPTIONAL_TIME_FIELDS:
+            optional[fld] = number if prm is not None else None
+        else:
+            values[fld] = number
         if prm is not None:
             params.append(prm)
     try:
@@ -348,6 +373,7 @@ def _load_stack(path_text: str, mtime_ns: int = 0, size: int = 0) -> ServingStac
             moe_permute=bool(doc.get("moe_permute", False)),
             params=tuple(params),
             **values,
+            **optional,
         )
     except StackError as exc:
         raise StackError(f"{path}: {exc}") from None

@@ -227,3 +227,23 @@ def test_a_designs_cost_model_computes_at_its_stacks_rate() -> None:
     assert cost.with_compute_scale(scale) is cost  # the plan's call sets the same rate, it does not compound
     plain = cost_model(design.with_(mapping=dataclasses.replace(design.mapping, stack="none")))
     assert plain.compute_scale == 1.0
+
+
+def test_a_stacks_collective_latency_is_paid_once_per_all_to_all() -> None:
+    """A stack's ``collective_latency_s`` (its collective library) replaces the link's per-call
+    latency in the plan's all-to-all; a stack without one leaves the link's."""
+    platform = get_platform("dgx-h100")
+    model = get_model("mixtral-8x7b")
+    cost = CostModel(platform)
+    ep8 = Mapping(n_devices=8, batching=BatchingSpec(max_batch=8))
+
+    def plan(stack: object) -> StepCostPlan:
+        return StepCostPlan(cost, dataclasses.replace(ep8, stack=stack).bind(model, platform))
+
+    bytes_per_device = np.array([0.0, 4096.0, 2e6])
+    base = plan("none").all_to_all(bytes_per_device).total_s
+    link = platform.peer_link
+    assert base[1] == pytest.approx(cost.all_to_all(link, 4096.0, 8).total_s)
+    slow = plan({"name": "lib", "collective_latency_s": 40e-6}).all_to_all(bytes_per_device).total_s
+    assert slow[0] == 0.0 and base[0] == 0.0
+    assert slow[1:] - base[1:] == pytest.approx([40e-6 - link.collective_latency_s] * 2)

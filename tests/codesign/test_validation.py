@@ -286,7 +286,8 @@ def test_cli_fit_takes_toml_field_names_and_says_to_pass_param(capsys: pytest.Ca
     assert _fit_params(trt, ["per_step", "cpu_overlap"]) == ("per_step_s", "cpu_overlap")
     assert _fit_params(trt, ["per_layer_s"]) == ("per_layer_s",)
     with pytest.raises(
-        ValueError, match="--param per_stp: not a fittable stack field; valid: compute_slowdown, cpu_overlap, per_layer"
+        ValueError,
+        match="--param per_stp: not a fittable stack field; valid: collective_latency, compute_slowdown, cpu_overlap",
     ):
         _fit_params(trt, ["per_stp"])
     assert main(["validate-e2e", "--fit", "trt-llm"]) == 1
@@ -313,3 +314,36 @@ def test_server_cases_read_the_steady_mean(reduced_results: list[CaseResult]) ->
         run = simulate_design(build_design(case, reduced=True))
         assert by_name[name].simulated == steady_request_mean(run, STEADY_MEAN_METRICS[metric])[0]
         assert build_design(case).workload.n_requests >= 10_000  # long enough for a steady window
+
+
+def test_multi_node_collective_cases(tmp_path: Path) -> None:
+    """A collective across nodes (``scale_out_link`` + ``devices_per_node``) runs
+    `CostModel.all_to_all_nodes` and pays its ``collective.stack``'s call latency; the two fields go
+    together and the node size must divide the devices."""
+    from dataclasses import replace
+
+    from codesign.validation import collective_time
+    from hwmodels.stacks import get_stack
+
+    case = load_cases(["deepep-ll-ep32-dispatch"])[0]
+    stack = get_stack("deepep-low-latency")
+    t = collective_time(case)
+    bare = collective_time(case, stack=replace(stack, collective_latency_s=0.0))
+    assert t - bare == pytest.approx(stack.collective_latency_s)
+    one_node = dict(case.spec, n_devices=8)
+    del one_node["scale_out_link"], one_node["devices_per_node"]
+    assert collective_time(replace(case, spec=one_node)) < t  # the NIC is the slower path
+    good = json.loads((case_dir() / "deepep-ll-ep32-dispatch.json").read_text())
+    for change, message in (
+        ({"devices_per_node": 5}, "devices_per_node must divide n_devices"),
+        ({"scale_out_link": "no-such-link"}, "collective"),
+        ({"stack": "no-such-stack"}, "collective.stack"),
+        ({"nodes": 4}, "unknown field"),
+    ):
+        bad = dict(good, collective=dict(good["collective"], **change))
+        with pytest.raises(CaseError, match=message):
+            load_case(_write(tmp_path, bad))
+    half = dict(good["collective"])
+    del half["devices_per_node"]
+    with pytest.raises(CaseError, match="go together"):
+        load_case(_write(tmp_path, dict(good, collective=half)))

@@ -176,3 +176,22 @@ def test_write_fitted_keeps_the_final_newline(tmp_path: Path) -> None:
     assert text.endswith("}\n") and text.count("\n") == 4
     st = load_stack_file(p)
     assert st.compute_slowdown == 0.25 and st.per_step_s == pytest.approx(2e-3)
+
+
+def test_fit_a_collective_latency_on_collective_cases() -> None:
+    """``collective_latency_s`` fits on collective cases (microseconds per evaluation): from zero,
+    the fit on the two EP8 DeepEP cases lands on the preset's value and the other rows are predicted."""
+    from dataclasses import replace
+
+    stack = get_stack("deepep-low-latency")
+    assert default_fit_params(stack) == ("collective_latency_s",)
+    fit_set = default_fit_set(stack, ("collective_latency_s",))
+    assert fit_set == ("deepep-ll-ep8-combine", "deepep-ll-ep8-dispatch")
+    cases = load_cases(list(fit_set))
+    assert all(case_stack_name(c) == stack.name for c in cases)
+    res = fit_stack(replace(stack, collective_latency_s=None), cases, ("collective_latency_s",), max_evals=20)
+    assert res.start == {"collective_latency_s": 0.0}
+    assert res.values["collective_latency_s"] == pytest.approx(stack.collective_latency_s, rel=0.02)
+    held = evaluate_cases(stack, load_cases(["deepep-ll-ep64-combine", "deepep-ll-ep16-dispatch"]))
+    assert all(abs(r.error) < 0.2 for r in held)
+    assert case_stack_name(load_cases(["nccl-alltoall-4xh100"])[0]) is None

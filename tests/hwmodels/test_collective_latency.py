@@ -74,3 +74,28 @@ def test_collective_latency_from_a_link_file(tmp_path: Path) -> None:
 def test_link_refuses_a_negative_collective_latency() -> None:
     with pytest.raises(ValueError, match="collective_latency_s must be finite and >= 0"):
         dataclasses.replace(get_link("nvlink4"), collective_latency_s=-1e-6)
+
+
+def test_all_to_all_across_nodes_runs_both_paths_at_once() -> None:
+    nvl, nic = get_link("nvlink-h800"), get_link("ib-cx7-400g")
+    plat = dataclasses.replace(get_platform("dgx-h100"), peer_link=nvl)
+    cm, roof = CostModel(plat), CostModel(plat, fidelity="roofline")
+    nbytes = 7.6e6
+    # one node: the plain all-to-all over the node's link
+    assert cm.all_to_all_nodes(nvl, nic, nbytes, 8, 8).total_s == cm.all_to_all(nvl, nbytes, 8).total_s
+    # roofline, 4 nodes of 8: the NIC carries 24/32 of the bytes, NVLink 7/32, concurrently
+    t = roof.all_to_all_nodes(nvl, nic, nbytes, 32, 8).total_s
+    nic_s = nbytes * 24 / 32 / nic.bandwidth_Bps
+    assert t == pytest.approx(max(nvl.latency_s, nic.latency_s) + nic_s)
+    assert nic_s > nbytes * 7 / 32 / nvl.bandwidth_Bps
+    # more nodes -> more of the bytes cross the NIC -> slower; the call latency is paid once
+    times = [cm.all_to_all_nodes(nvl, nic, nbytes, n, 8).total_s for n in (16, 32, 64, 256)]
+    assert times == sorted(times)
+    extra = cm.all_to_all_nodes(nvl, nic, nbytes, 16, 8, call_latency_s=17e-6).total_s - times[0]
+    assert extra == pytest.approx(17e-6)
+    # energy: each path's bytes at its link's energy per byte
+    e = roof.all_to_all_nodes(nvl, nic, nbytes, 16, 8).energy_J
+    assert e == pytest.approx(16 * nbytes * (7 / 16 * nvl.energy_J_per_byte + 8 / 16 * nic.energy_J_per_byte))
+    assert cm.all_to_all_nodes(nvl, nic, 0.0, 16, 8).total_s == 0.0
+    with pytest.raises(ValueError, match=r"devices_per_node \(6\) must divide n_devices \(16\)"):
+        cm.all_to_all_nodes(nvl, nic, nbytes, 16, 6)

@@ -28,7 +28,8 @@ def test_presets_load_and_every_number_has_a_source() -> None:
         assert s.name == name
         fields = {p.field for p in s.params}
         assert {"per_step_s", "per_layer_s", "per_sequence_s", "cpu_overlap"} <= fields
-        assert fields <= {"per_step_s", "per_layer_s", "per_sequence_s", "cpu_overlap", "compute_slowdown"}
+        plain = {"per_step_s", "per_layer_s", "per_sequence_s", "cpu_overlap", "compute_slowdown"}
+        assert fields <= plain | {"collective_latency_s"}
         if s.compute_slowdown > 0:
             assert "compute_slowdown" in fields, f"{name}: a GEMM slowdown without its source"
         for p in s.params:
@@ -122,7 +123,8 @@ def test_fitted_on_names_shipped_validation_cases() -> None:
         for p in get_stack(name).params:
             for case in p.fitted_on:
                 assert case in cases, f"{name}.{p.field}: fitted_on names unknown case {case!r}"
-                stack = json.loads(cases[case].read_text())["design"]["mapping"].get("stack")
+                doc = json.loads(cases[case].read_text())
+                stack = (doc["design"]["mapping"] if "design" in doc else doc["collective"]).get("stack")
                 assert stack == name, f"{name}.{p.field}: case {case!r} runs stack {stack!r}"
 
 
@@ -141,3 +143,23 @@ def test_compute_slowdown_is_a_sourced_fraction(tmp_path: Path) -> None:
     with pytest.raises(StackError, match="compute_slowdown"):
         ServingStack(name="s", compute_slowdown=-1.0)
     assert get_stack("none").compute_scale == 1.0
+
+
+def test_collective_latency_is_an_optional_sourced_time(tmp_path: Path) -> None:
+    """``collective_latency``: absent -> None (the link's own), a time with a source otherwise; an
+    absent one leaves the content hash (`stack_numbers`) as it was."""
+    assert get_stack("none").collective_latency_s is None
+    assert "collective_latency_s" not in stack_numbers(get_stack("none"))
+    p = _write(tmp_path, 'collective_latency = { value = "17 us", source = "fitted", fitted_on = ["a", "b"] }\n')
+    s = load_stack_file(p)
+    assert s.collective_latency_s == pytest.approx(17e-6)
+    assert stack_numbers(s)["collective_latency_s"] == pytest.approx(17e-6)
+    assert s.param("collective_latency_s") is not None and s.param("collective_latency_s").fitted_on == ("a", "b")
+    assert stack_from_dict(stack_to_dict(s)) == s
+    q = tmp_path / "bad.toml"
+    q.write_text('name = "s"\nsource = "t"\ncollective_latency = { value = "-3 us", source = "x" }\n')
+    with pytest.raises(StackError, match="collective_latency"):
+        load_stack_file(q)
+    with pytest.raises(StackError, match="collective_latency_s"):
+        ServingStack(name="s", collective_latency_s=float("nan"))
+    assert get_stack("deepep-low-latency").collective_latency_s > 0

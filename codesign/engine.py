@@ -342,7 +342,12 @@ class Engine:
         self.running: list[RequestState] = []
         self.by_id: dict[int, RequestState] = {}
         self.req_device: dict[int, int] = {}
-        self.kv_used = [0] * self.n_dev  # reserved KV tokens per device
+        self.kv_used = [0] * self.n_dev  # KV tokens set aside per device (see BatchingSpec.kv)
+        self._kv_paged = bound.mapping.batching.kv == "paged"
+        self._kv_held: dict[int, int] = {}  # paged: KV tokens each running request holds
+        self._orig_len: dict[int, tuple[int, int]] = {}  # preempted requests' own (prompt, output) tokens
+        self.n_preemptions = 0
+        self.n_recomputed = 0  # KV tokens preempted requests had, processed again
         self.inflight: list[dict[int, simpy.Event]] = [{} for _ in range(self.n_dev)]
         # prefetched experts (keys layer * E + expert) not used yet, per device: each prefetch is
         # resolved once, as on time (resident when first needed), late (still in flight when first
@@ -520,6 +525,7 @@ class Engine:
                 prompt_tokens=r.prompt_tokens,
                 output_tokens=r.output_tokens,
                 routing=r.routing,
+                kv_paged=self._kv_paged,
             )
             self.waiting.append(st)
             self._waiting_ids.add(r.request_id)
@@ -572,7 +578,13 @@ class Engine:
         by_id = self.by_id
         plan: list[tuple[RequestState, int]] = []
         admitted: set[int] = set()
+        growth = [0] * self.n_dev
+        preempted: set[int] = set()
+        if self._kv_paged:
+            growth, preempted = self._make_room(batch)
         for rid, n in zip(batch.request_ids, batch.n_tokens, strict=True):
+            if rid in preempted:
+                continue
             st = by_id.get(rid)
             if st is None or (rid not in running_ids and rid not in waiting_ids):
                 raise RuntimeError(f"scheduler {name!r} chose request {rid}, which is neither waiting nor running")
@@ -583,13 +595,17 @@ class Engine:
             if rid in waiting_ids:
                 if len(self.running) + len(admitted) >= self.scheduler.max_batch:
                     raise RuntimeError(f"scheduler {name!r} exceeded max_batch={self.scheduler.max_batch}")
-                free = [self.bound.kv_capacity_tokens[d] - self.kv_used[d] for d in range(self.n_dev)]
+                free = [self.bound.kv_capacity_tokens[d] - self.kv_used[d] - growth[d] for d in range(self.n_dev)]
                 d = int(np.argmax(free))
-                if free[d] < st.kv_tokens_max:
+                need = st.kv_admit_tokens
+                if free[d] < need:
                     continue  # does not fit any device now; stays waiting
-                self.kv_used[d] += st.kv_tokens_max
+                self.kv_used[d] += need
+                if self._kv_paged:
+                    self._kv_held[rid] = need
                 self.req_device[rid] = d
-                st.admitted_s = self.env.now
+                if st.admitted_s != st.admitted_s:  # NaN: the first admission (not a preempted one's)
+                    st.admitted_s = self.env.now
                 admitted.add(rid)
             plan.append((st, int(n)))
         if admitted:
@@ -597,7 +613,62 @@ class Engine:
             self.running.extend(self.by_id[i] for i in batch.request_ids if i in admitted)
             waiting_ids -= admitted
             running_ids |= admitted
+        if self._kv_paged:  # the decoding requests' next KV token, taken as the step is planned
+            held, dev = self._kv_held, self.req_device
+            for st, _n in plan:
+                if st.prefilled >= st.prompt_tokens:
+                    held[st.request_id] += 1
+                    self.kv_used[dev[st.request_id]] += 1
         return plan
+
+    def _make_room(self, batch: Batch) -> tuple[list[int], set[int]]:
+        """``batching.kv = "paged"``: the KV tokens this step's decoding requests add per device, after
+        preempting, on a device where they would not fit, its latest admitted running requests (LIFO,
+        as vLLM does); returns (growth per device, preempted ids). A preempted request frees its KV,
+        returns to the head of ``waiting`` and will recompute what it had processed (see
+        `RequestState`). It never preempts the last running request of a device: one request's
+        final KV fits its device (`codesign.mapping.Mapping.bind` checks the largest)."""
+        cap, used, dev = self.bound.kv_capacity_tokens, self.kv_used, self.req_device
+        running_ids, by_id = self._running_ids, self.by_id
+        decoding = {
+            rid for rid in batch.request_ids if rid in running_ids and by_id[rid].prefilled >= by_id[rid].prompt_tokens
+        }
+        growth = [0] * self.n_dev
+        for rid in decoding:
+            growth[dev[rid]] += 1
+        preempted: set[int] = set()
+        for d in range(self.n_dev):
+            if used[d] + growth[d] <= cap[d]:
+                continue
+            victims = [r for r in reversed(self.running) if dev[r.request_id] == d]
+            for st in victims[:-1]:
+                if used[d] + growth[d] <= cap[d]:
+                    break
+                if st.request_id in decoding:
+                    growth[d] -= 1
+                self._preempt(st, d)
+                preempted.add(st.request_id)
+        return growth, preempted
+
+    def _preempt(self, st: RequestState, d: int) -> None:
+        """Free ``st``'s KV on device ``d`` and put it back at the head of ``waiting`` as a request
+        that recomputes its prompt and the outputs it fed back, plus its last output token."""
+        rid = st.request_id
+        context = st.prefilled + max(st.generated - 1, 0)  # context_tokens inlined
+        self._ctx_in_use[d] -= context
+        self.n_recomputed += context
+        self.kv_used[d] -= self._kv_held.pop(rid)
+        self.running.remove(st)
+        self._running_ids.discard(rid)
+        self._orig_len.setdefault(rid, (st.prompt_tokens, st.output_tokens))
+        g = st.generated
+        st.prompt_tokens += g
+        st.output_tokens -= g
+        st.prefilled = 0
+        st.generated = 0
+        self.waiting.insert(0, st)
+        self._waiting_ids.add(rid)
+        self.n_preemptions += 1
 
     # ------------------------------------------------------------------------- one step
     def _prepare(self, plan: list[tuple[RequestState, int]]) -> StepInputs:
@@ -946,7 +1017,8 @@ class Engine:
                 st.prefilled += n
                 if st.prefilled == st.prompt_tokens:
                     st.generated = 1
-                    st.first_token_s = now
+                    if st.first_token_s != st.first_token_s:  # NaN: not a recomputation's prefill
+                        st.first_token_s = now
                     emitted += 1
             else:
                 st.generated += 1
@@ -965,7 +1037,7 @@ class Engine:
             self._running_ids -= ids
             for r in done:
                 d = req_device[r.request_id]
-                self.kv_used[d] -= r.kv_tokens_max
+                self.kv_used[d] -= self._kv_held.pop(r.request_id) if self._kv_paged else r.kv_tokens_max
                 in_use[d] -= r.prefilled + max(r.generated - 1, 0)  # context_tokens inlined
                 self._mark(-1)
             self.finished.extend(done)
@@ -991,7 +1063,8 @@ class Engine:
         self._mark(0)
         records = []
         for r in sorted(self.finished, key=lambda x: x.request_id):
-            tpot = (r.finish_s - r.first_token_s) / (r.output_tokens - 1) if r.output_tokens > 1 else float("nan")
+            n_prompt, n_out = self._orig_len.get(r.request_id, (r.prompt_tokens, r.output_tokens))
+            tpot = (r.finish_s - r.first_token_s) / (n_out - 1) if n_out > 1 else float("nan")
             records.append(
                 RequestRecord(
                     request_id=r.request_id,
@@ -999,8 +1072,8 @@ class Engine:
                     admitted_s=r.admitted_s,
                     first_token_s=r.first_token_s,
                     finish_s=r.finish_s,
-                    prompt_tokens=r.prompt_tokens,
-                    output_tokens=r.output_tokens,
+                    prompt_tokens=n_prompt,
+                    output_tokens=n_out,
                     ttft_s=r.first_token_s - r.arrival_s,
                     tpot_s=tpot,
                     latency_s=r.finish_s - r.arrival_s,
@@ -1070,6 +1143,8 @@ class Engine:
             "prefetch_late": float(self.n_pf_late),
             "prefetch_wasted": float(self.n_pf_wasted),
             "prefetch_unused_at_end": float(sum(len(u) for u in self.pf_unused)),
+            "kv_preemptions": float(self.n_preemptions),
+            "kv_recomputed_tokens": float(self.n_recomputed),
         }
         return EngineOutput(
             requests=requests,

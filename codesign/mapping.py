@@ -55,7 +55,19 @@ if TYPE_CHECKING:
     from hwmodels.devices import Device, MemoryTier, Platform
     from workloads.model import MoEModel
 
-__all__ = ["BatchingSpec", "BoundMapping", "CacheSpec", "EpExecution", "Mapping", "MappingError", "Options"]
+__all__ = [
+    "KV_POLICIES",
+    "BatchingSpec",
+    "BoundMapping",
+    "CacheSpec",
+    "EpExecution",
+    "Mapping",
+    "MappingError",
+    "Options",
+]
+
+#: KV-cache admission policies of `BatchingSpec.kv`.
+KV_POLICIES = ("reserve", "paged")
 
 #: JSON-able option values (policy keyword arguments).
 OptionValue = bool | int | float | str
@@ -173,8 +185,19 @@ class BatchingSpec:
     max_batch: int = field(default=64, metadata={"help": "max requests running (holding KV) at once"})
     max_tokens: int = field(default=8192, metadata={"help": "max tokens per step (prefill chunks + decode)"})
     options: OptionsArg = ()
+    kv: str = field(
+        default="reserve",
+        metadata={
+            "help": "KV-cache admission: 'reserve' (a request's final length set aside when admitted, "
+            "never preempted) or 'paged' (its prompt when admitted, a token per step after; a step that "
+            "would overflow preempts the latest admitted, which recompute: vLLM, TensorRT-LLM "
+            "MAX_UTILIZATION)"
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.kv not in KV_POLICIES:
+            raise MappingError(f"batching.kv must be one of {KV_POLICIES}, got {self.kv!r}")
         object.__setattr__(self, "options", _options(self.options, "batching.options"))
         _check_policy("scheduling", self.scheduler, "batching.scheduler", self.options)
         _positive_int(self.max_batch, "batching.max_batch")
@@ -380,6 +403,8 @@ class Mapping:
             return node
 
         out: dict[str, Any] = fix(d)
+        if self.batching.kv == "reserve":  # the default before the field existed: designs keep their hash
+            del out["batching"]["kv"]
         return out
 
     @classmethod

@@ -386,6 +386,9 @@ def simulate(
         "train_source": train_source,
         "train_tokens": train.n_tokens if train is not None else 0,
         "kv_capacity_tokens": int(sum(bound.kv_capacity_tokens)),
+        "kv_policy": bound.mapping.batching.kv,
+        "kv_preemptions": int(out.counters["kv_preemptions"]),
+        "kv_recomputed_tokens": int(out.counters["kv_recomputed_tokens"]),
         "placement_source": bound.placement.source if bound.placement is not None else None,
     }
     summary = summarize(

@@ -641,7 +641,11 @@ class RequestState:
     prompt_tokens-1`` are the prompt (prefill); the prefill's last row emits output token 1 (time
     to first token); decode step ``j = 1 .. output_tokens-1`` processes row ``prompt_tokens + j - 1``
     and emits token ``j + 1``. ``prefilled`` counts prompt rows processed, ``generated`` output
-    tokens emitted.
+    tokens emitted. ``kv_paged`` is set by the engine under ``batching.kv = "paged"``: the request
+    then holds KV as it grows (`kv_admit_tokens` is its prompt), not its final length. A request
+    preempted under that policy comes back as a request whose prompt is everything it had processed
+    plus its last output token, and whose outputs are the ones still to emit (recomputation, as
+    vLLM and TensorRT-LLM do); its routing rows are unchanged.
     """
 
     request_id: int
@@ -654,6 +658,7 @@ class RequestState:
     admitted_s: float = float("nan")
     first_token_s: float = float("nan")
     finish_s: float = float("nan")
+    kv_paged: bool = False
 
     @property
     def in_prefill(self) -> bool:
@@ -679,8 +684,15 @@ class RequestState:
 
     @property
     def kv_tokens_max(self) -> int:
-        """KV-cache tokens the request holds at its end (reserved at admission)."""
+        """KV-cache tokens the request holds at its end."""
         return self.prompt_tokens + self.output_tokens - 1
+
+    @property
+    def kv_admit_tokens(self) -> int:
+        """KV-cache tokens the engine sets aside when it admits the request: its final length
+        (`kv_tokens_max`, ``batching.kv = "reserve"``) or its prompt (``"paged"``: the rest is
+        taken a token per step, and a step that would overflow preempts the latest admitted)."""
+        return self.prompt_tokens if self.kv_paged else self.prompt_tokens + self.output_tokens - 1
 
 
 @dataclass(frozen=True)
@@ -716,9 +728,11 @@ class TokenScheduler(ABC):
     Return a `Batch` such that: each id appears once and is in ``waiting`` or ``running``; a
     request in decode gets exactly 1 token, one in prefill ``1 .. remaining_prompt`` (chunked
     prefill); ``total_tokens <= max_tokens``; ``len(running) + (waiting ids chosen) <= max_batch``;
-    the chosen waiting requests' ``kv_tokens_max`` sum to at most ``kv_free_tokens`` (the engine
-    reserves it at admission; there is no preemption). A chosen waiting request is admitted.
-    Running requests left out simply do not advance this step. The batch may be empty only when
+    the chosen waiting requests' ``kv_admit_tokens`` sum to at most ``kv_free_tokens`` (the engine
+    sets it aside at admission). A chosen waiting request is admitted when the engine finds room
+    for it (under ``batching.kv = "paged"`` after this step's growth of the running requests; a
+    step whose growth does not fit preempts the latest admitted running requests back to the head
+    of ``waiting``). Running requests left out simply do not advance this step. The batch may be empty only when
     nothing can run; the engine then waits for the next arrival (an empty batch with runnable
     requests and no arrival to come is a deadlock error). Deterministic under the seed.
     """

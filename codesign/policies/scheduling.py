@@ -136,7 +136,7 @@ class _ExpertAwareScheduler(TokenScheduler):
         for req, is_waiting in ordered:
             if budget <= 0:
                 break
-            if is_waiting and (slots <= 0 or req.kv_tokens_max > kv):
+            if is_waiting and (slots <= 0 or req.kv_admit_tokens > kv):
                 continue
             n = min(self._tokens_for(req), budget)
             if n <= 0 or (not req.in_prefill and n != 1):
@@ -146,7 +146,7 @@ class _ExpertAwareScheduler(TokenScheduler):
             budget -= n
             if is_waiting:
                 slots -= 1
-                kv -= req.kv_tokens_max
+                kv -= req.kv_admit_tokens
             union.update(request_signature(req, lookahead=self.lookahead).tolist())
         return ids, toks, union
 

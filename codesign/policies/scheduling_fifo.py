@@ -44,12 +44,12 @@ class FifoScheduler(TokenScheduler):
         n_running = len(running)
         kv_free = kv_free_tokens
         for r in waiting:
-            if budget <= 0 or n_running >= self.max_batch or r.kv_tokens_max > kv_free:
+            if budget <= 0 or n_running >= self.max_batch or r.kv_admit_tokens > kv_free:
                 break
             n = min(r.remaining_prompt, budget) if r.in_prefill else 1
             ids.append(r.request_id)
             toks.append(n)
             budget -= n
             n_running += 1
-            kv_free -= r.kv_tokens_max
+            kv_free -= r.kv_admit_tokens
         return Batch(request_ids=tuple(ids), n_tokens=tuple(toks))

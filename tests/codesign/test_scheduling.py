@@ -44,7 +44,7 @@ def _check_contract(
     assert batch.total_tokens <= sched.max_tokens
     new = [by[i] for i in ids if by[i] in waiting]
     assert len(running) + len(new) <= sched.max_batch
-    assert sum(r.kv_tokens_max for r in new) <= kv_free
+    assert sum(r.kv_admit_tokens for r in new) <= kv_free
     for i, n in zip(batch.request_ids, batch.n_tokens, strict=True):
         r = by[i]
         assert (1 <= n <= r.remaining_prompt) if r.in_prefill else n == 1

@@ -46,6 +46,8 @@ presets formats``) override one of attention, expert, shared, dense, embedding
 (`workloads.model.WEIGHT_COMPONENTS`), and ``--dispatch-precision`` / ``--combine-precision`` the
 all-to-all activations; a ``--model FILE.toml`` (or ``.json``) may hold the same fields.
 ``--stack`` names the serving stack (``codesign presets stacks``, or a stack ``.toml``),
+``--kv paged`` admits a request by its prompt's KV and takes the rest a token per step, preempting
+the latest admitted (which recompute) when a step would overflow (`codesign.mapping.BatchingSpec.kv`),
 ``--eviction copy-back`` copies victims back before a fetch, ``--offload-non-expert`` streams the
 non-expert weights per layer and ``--fetch-whole-layer`` fetches every offloaded expert of a layer
 (`codesign.mapping.Mapping`). The table shows each of them when it is not the default.
@@ -229,6 +231,14 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--backing", default="host", help="where offloaded experts live: host | a device tier (ddr)")
     p.add_argument("--batch", type=int, default=64, metavar="N", help="max requests per batch (default 64)")
     p.add_argument("--max-tokens", type=int, default=8192, help="token budget per step (default 8192)")
+    p.add_argument(
+        "--kv",
+        choices=("reserve", "paged"),
+        default="reserve",
+        help="KV-cache admission: reserve a request's final length (default) or take it as it grows, "
+        "preempting the latest admitted (recompute) when a step would overflow (paged: vLLM, TensorRT-LLM "
+        "MAX_UTILIZATION)",
+    )
     p.add_argument(
         "--requests",
         type=int,
@@ -827,7 +837,7 @@ def build_mapping(args: argparse.Namespace) -> Any:
         miss_options=miss_opts,
         placement_options=placement_opts,
         train_fraction=args.train_fraction,
-        batching=BatchingSpec(scheduler=args.scheduler, max_batch=args.batch, max_tokens=args.max_tokens),
+        batching=BatchingSpec(scheduler=args.scheduler, max_batch=args.batch, max_tokens=args.max_tokens, kv=args.kv),
     )
 
 
@@ -892,7 +902,8 @@ def _what_ran(config: dict[str, Any], requests: Any, platform: Any, sources: dic
             (
                 "batch",
                 f"up to {_fmt(batching.get('max_batch'), 1.0, '')} requests, "
-                f"{_fmt(batching.get('max_tokens'), 1.0, '')} tokens/step ({batching.get('scheduler', '?')})",
+                f"{_fmt(batching.get('max_tokens'), 1.0, '')} tokens/step ({batching.get('scheduler', '?')}"
+                f"{', KV paged' if batching.get('kv') == 'paged' else ''})",
             )
         )
     cache = mp.get("cache") or {}

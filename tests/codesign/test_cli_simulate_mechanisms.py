@@ -168,7 +168,7 @@ def test_a_packed_format_on_16_bit_weights_names_the_flag(capsys: pytest.Capture
 
 
 def test_bad_choices_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    for extra in (["--eviction", "swap"], ["--expert-format", "gptq"]):
+    for extra in (["--eviction", "swap"], ["--expert-format", "gptq"], ["--kv", "lru"]):
         with pytest.raises(SystemExit) as exc:
             main([*BASE, *extra])
         assert exc.value.code == 2
@@ -193,3 +193,13 @@ def test_describe_names_component_precision_and_stack() -> None:
     text = Design(model=model, platform=d.platform, mapping=mapping, workload=d.workload, cost=d.cost).describe()
     assert "expert custom (0.325 B/weight, hqq-triton)" in text
     assert "stack hf-eager" in text and "non-expert streamed" in text and "cache lru 25% copy-back" in text
+
+
+def test_kv_policy_flag_reaches_the_mapping(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--kv paged`` runs `BatchingSpec.kv = "paged"`: the summary says so (with its preemption
+    counters) and the table's batch row names it; the default stays ``reserve``."""
+    paged = _json(capsys, "--kv", "paged")
+    assert paged["kv_policy"] == "paged" and paged["kv_preemptions"] == 0 and paged["kv_recomputed_tokens"] == 0
+    assert _json(capsys)["kv_policy"] == "reserve"
+    assert _table(capsys, "--kv", "paged")["batch"].endswith("(fifo, KV paged)")
+    assert _table(capsys)["batch"].endswith("(fifo)")

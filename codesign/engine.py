@@ -7,7 +7,9 @@ are simpy resources, so fetches overlap compute and contend where they share a l
 What one step does (continuous batching, one step at a time):
 
 1. the token scheduler picks the batch (prefill chunks and decode tokens) from the waiting and
-   running requests; admitted requests reserve their whole KV cache (no preemption);
+   running requests; admitted requests reserve their whole KV cache (``batching.kv = "reserve"``,
+   no preemption) or their prompt's, then a token per step (``"paged"``: a step that would overflow
+   a device preempts its latest admitted requests, which recompute; that step admits no one);
 2. for every model layer in order: attention (per device: ``attention_prefill`` of each prefill
    chunk + ``attention_decode`` of the decode tokens at their mean context) and, for an MoE layer,
    the ``router``, for a dense layer its FFN (``expert_ffn`` of a model whose expert width is the
@@ -348,6 +350,7 @@ class Engine:
         self._orig_len: dict[int, tuple[int, int]] = {}  # preempted requests' own (prompt, output) tokens
         self.n_preemptions = 0
         self.n_recomputed = 0  # KV tokens preempted requests had, processed again
+        self.peak_kv_set_aside = 0  # most KV tokens set aside on one device (kv_used) after a step's admission
         self.inflight: list[dict[int, simpy.Event]] = [{} for _ in range(self.n_dev)]
         # prefetched experts (keys layer * E + expert) not used yet, per device: each prefetch is
         # resolved once, as on time (resident when first needed), late (still in flight when first
@@ -548,9 +551,11 @@ class Engine:
                 self._wake = env.event()
                 yield self._wake
                 continue
-            kv_free = sum(self.bound.kv_capacity_tokens) - sum(self.kv_used)
-            batch = self.scheduler.schedule(env.now, tuple(self.waiting), tuple(self.running), kv_free)
+            batch = self.scheduler.schedule(env.now, tuple(self.waiting), tuple(self.running), self._kv_free())
+            preempted_before = self.n_preemptions
             plan = self._admit(batch)
+            if not plan and self.n_preemptions > preempted_before:
+                continue  # the step preempted all it had chosen: the freed KV lets the scheduler choose again
             if not plan:
                 if self.arrivals_done:
                     ids = [r.request_id for r in self.waiting][:5]
@@ -593,6 +598,8 @@ class Engine:
             if not 1 <= n <= limit:
                 raise RuntimeError(f"scheduler {name!r} gave request {rid} {n} tokens; expected 1..{limit}")
             if rid in waiting_ids:
+                if preempted:
+                    continue  # a step that preempts admits no one (vLLM): the preempted go first next step
                 if len(self.running) + len(admitted) >= self.scheduler.max_batch:
                     raise RuntimeError(f"scheduler {name!r} exceeded max_batch={self.scheduler.max_batch}")
                 free = [self.bound.kv_capacity_tokens[d] - self.kv_used[d] - growth[d] for d in range(self.n_dev)]
@@ -619,7 +626,25 @@ class Engine:
                 if st.prefilled >= st.prompt_tokens:
                     held[st.request_id] += 1
                     self.kv_used[dev[st.request_id]] += 1
+        top = max(self.kv_used)
+        if top > self.peak_kv_set_aside:
+            self.peak_kv_set_aside = top
         return plan
+
+    def _kv_free(self) -> int:
+        """The KV tokens a scheduler may hand out to waiting requests: under ``"reserve"`` the free
+        tokens of all devices; under ``"paged"`` those of the freest device once each running
+        decoder there has taken its next token (what `_admit` will find, so a waiting request the
+        scheduler chooses is admitted)."""
+        cap, used = self.bound.kv_capacity_tokens, self.kv_used
+        if not self._kv_paged:
+            return sum(cap) - sum(used)
+        growth = [0] * self.n_dev
+        dev = self.req_device
+        for r in self.running:
+            if r.prefilled >= r.prompt_tokens:
+                growth[dev[r.request_id]] += 1
+        return max(cap[d] - used[d] - growth[d] for d in range(self.n_dev))
 
     def _make_room(self, batch: Batch) -> tuple[list[int], set[int]]:
         """``batching.kv = "paged"``: the KV tokens this step's decoding requests add per device, after
@@ -648,6 +673,11 @@ class Engine:
                     growth[d] -= 1
                 self._preempt(st, d)
                 preempted.add(st.request_id)
+            if used[d] + growth[d] > cap[d]:
+                raise RuntimeError(
+                    f"device {d}: one running request's KV cache ({used[d] + growth[d]} tokens) exceeds its "
+                    f"{cap[d]}-token KV capacity (the mapping was bound without the largest request's KV)"
+                )
         return growth, preempted
 
     def _preempt(self, st: RequestState, d: int) -> None:
@@ -1145,6 +1175,7 @@ class Engine:
             "prefetch_unused_at_end": float(sum(len(u) for u in self.pf_unused)),
             "kv_preemptions": float(self.n_preemptions),
             "kv_recomputed_tokens": float(self.n_recomputed),
+            "kv_peak_set_aside_tokens": float(self.peak_kv_set_aside),
         }
         return EngineOutput(
             requests=requests,

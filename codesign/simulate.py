@@ -389,6 +389,7 @@ def simulate(
         "kv_policy": bound.mapping.batching.kv,
         "kv_preemptions": int(out.counters["kv_preemptions"]),
         "kv_recomputed_tokens": int(out.counters["kv_recomputed_tokens"]),
+        "kv_peak_set_aside_tokens": int(out.counters["kv_peak_set_aside_tokens"]),
         "placement_source": bound.placement.source if bound.placement is not None else None,
     }
     summary = summarize(

@@ -12,9 +12,12 @@ model preset name, with ``model_overrides`` for fields such as ``bytes_per_weigh
 supports it (else its reasons are reported). The measured ``metric`` is one of `SERVING_METRICS`.
 
 ``"collective"``: a collective micro-benchmark, evaluated directly by `hwmodels.costs.CostModel`
-(``all_to_all`` over a link preset, ``bytes_per_device`` from each of ``n_devices``) at the
-``"calibrated"`` fidelity (reported as the simulator's answer: the engine charges exactly this
-cost) and the ``"roofline"`` fidelity (reported in the analytic column). Metric ``time_s``.
+(``all_to_all`` over a link preset, ``bytes_per_device`` from each of ``n_devices``; across nodes
+of ``devices_per_node`` with a ``scale_out_link`` between them, `CostModel.all_to_all_nodes`; the
+call pays the ``collective_latency_s`` of the stack named by ``collective.stack``, else the link's)
+at the ``"calibrated"`` fidelity (reported as the simulator's answer: the engine charges exactly
+this cost for one node) and the ``"roofline"`` fidelity (reported in the analytic column). Metric
+``time_s`` (`collective_time`).
 
 Every case file states ``measured`` (``value``, optional ``low``/``high`` range, ``unit``,
 ``source``, ``conditions``), ``assumptions`` (what the measurement does not state and the case

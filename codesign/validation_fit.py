@@ -153,6 +153,19 @@ def _workload_dict(w: Any) -> dict[str, Any]:
     return asdict(w)
 
 
+def _depends_on(case: Case, param: str) -> bool:
+    """Whether stack field ``param`` can change ``case``'s answer: a collective case depends only on
+    ``collective_latency_s``; a serving case on every other field, and on ``collective_latency_s``
+    only when its experts span several devices (an all-to-all per MoE layer)."""
+    if case.kind == "collective":
+        return param == "collective_latency_s"
+    if param != "collective_latency_s":
+        return True
+    design = build_design(case, reduced=True)
+    n_dev = design.mapping.n_devices or design.platform.n_accelerators
+    return n_dev > 1
+
+
 def _metric_value(case: Case, stack: Any, size: str, cache: Any) -> float:
     """The case's simulated metric with ``stack``: a serving case re-simulated at ``size``, a
     collective case's call time (`codesign.validation.collective_time`)."""
@@ -210,6 +223,14 @@ def fit_stack(
     for c in cases:
         if case_stack_name(c) != stack.name:
             raise FitError(f"case {c.name!r} runs stack {case_stack_name(c)!r}, not {stack.name!r}")
+    for p in params:
+        moved_by = [c.name for c in cases if _depends_on(c, p)]
+        if len(moved_by) < 2:
+            raise FitError(
+                f"stack {stack.name!r}: {p} changes the answer of {len(moved_by)} of the fit cases "
+                f"({moved_by or 'none'}); it needs two or more (a collective's call latency moves only "
+                "collective cases and multi-device serving cases; the other fields only serving cases)"
+            )
     need_evals = len(params) * (n_scan + 2) + len(params) + 1
     if max_evals < need_evals:
         raise FitError(f"max_evals must be >= {need_evals} for {len(params)} parameter(s) and n_scan {n_scan}")

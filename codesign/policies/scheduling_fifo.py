@@ -1,4 +1,5 @@
-"""FIFO continuous batching (Orca / vLLM style, no preemption, chunked prefill)."""
+"""FIFO continuous batching (Orca / vLLM style, chunked prefill; it never preempts: under
+``batching.kv = "paged"`` the engine does, `codesign.engine`)."""
 
 from __future__ import annotations
 

@@ -233,6 +233,10 @@ def test_a_stacks_collective_latency_is_paid_once_per_all_to_all() -> None:
     """A stack's ``collective_latency_s`` (its collective library) replaces the link's per-call
     latency in the plan's all-to-all; a stack without one leaves the link's."""
     platform = get_platform("dgx-h100")
+    # a link with a call latency of its own, so that "replaces" and "adds to" differ
+    platform = dataclasses.replace(
+        platform, peer_link=dataclasses.replace(platform.peer_link, collective_latency_s=5e-6)
+    )
     model = get_model("mixtral-8x7b")
     cost = CostModel(platform)
     ep8 = Mapping(n_devices=8, batching=BatchingSpec(max_batch=8))
@@ -246,4 +250,4 @@ def test_a_stacks_collective_latency_is_paid_once_per_all_to_all() -> None:
     assert base[1] == pytest.approx(cost.all_to_all(link, 4096.0, 8).total_s)
     slow = plan({"name": "lib", "collective_latency_s": 40e-6}).all_to_all(bytes_per_device).total_s
     assert slow[0] == 0.0 and base[0] == 0.0
-    assert slow[1:] - base[1:] == pytest.approx([40e-6 - link.collective_latency_s] * 2)
+    assert slow[1:] - base[1:] == pytest.approx([40e-6 - 5e-6] * 2)

@@ -336,7 +336,7 @@ def test_multi_node_collective_cases(tmp_path: Path) -> None:
     good = json.loads((case_dir() / "deepep-ll-ep32-dispatch.json").read_text())
     for change, message in (
         ({"devices_per_node": 5}, "devices_per_node must divide n_devices"),
-        ({"scale_out_link": "no-such-link"}, "collective"),
+        ({"scale_out_link": "no-such-link"}, "no-such-link"),
         ({"stack": "no-such-stack"}, "collective.stack"),
         ({"nodes": 4}, "unknown field"),
     ):

@@ -195,3 +195,9 @@ def test_fit_a_collective_latency_on_collective_cases() -> None:
     held = evaluate_cases(stack, load_cases(["deepep-ll-ep64-combine", "deepep-ll-ep16-dispatch"]))
     assert all(abs(r.error) < 0.2 for r in held)
     assert case_stack_name(load_cases(["nccl-alltoall-4xh100"])[0]) is None
+    # a field the fit cases cannot move is refused, not "fitted" to whatever value it started at
+    with pytest.raises(FitError, match="per_step_s changes the answer of 0 of the fit cases"):
+        fit_stack(stack, cases, ("per_step_s",))
+    llama = load_cases(["llamacpp-q5km-a100-b1", "llamacpp-q5km-h100-b1"])  # one GPU: no all-to-all
+    with pytest.raises(FitError, match="collective_latency_s changes the answer of 0"):
+        fit_stack(get_stack("llama.cpp"), llama, ("collective_latency_s",))

@@ -88,11 +88,18 @@ def test_all_to_all_across_nodes_runs_both_paths_at_once() -> None:
     nic_s = nbytes * 24 / 32 / nic.bandwidth_Bps
     assert t == pytest.approx(max(nvl.latency_s, nic.latency_s) + nic_s)
     assert nic_s > nbytes * 7 / 32 / nvl.bandwidth_Bps
-    # more nodes -> more of the bytes cross the NIC -> slower; the call latency is paid once
+    # more nodes -> more of the bytes cross the NIC -> slower; the call latency is paid once: the
+    # scale-out link's own by default, a caller's (a stack's) in its place
     times = [cm.all_to_all_nodes(nvl, nic, nbytes, n, 8).total_s for n in (16, 32, 64, 256)]
     assert times == sorted(times)
     extra = cm.all_to_all_nodes(nvl, nic, nbytes, 16, 8, call_latency_s=17e-6).total_s - times[0]
     assert extra == pytest.approx(17e-6)
+    nic5 = dataclasses.replace(nic, collective_latency_s=5e-6)
+    own = cm.all_to_all_nodes(nvl, nic5, nbytes, 16, 8).total_s - times[0]
+    assert own == pytest.approx(5e-6)
+    assert cm.all_to_all_nodes(nvl, nic5, nbytes, 16, 8, call_latency_s=17e-6).total_s - times[0] == pytest.approx(
+        17e-6
+    )
     # energy: each path's bytes at its link's energy per byte
     e = roof.all_to_all_nodes(nvl, nic, nbytes, 16, 8).energy_J
     assert e == pytest.approx(16 * nbytes * (7 / 16 * nvl.energy_J_per_byte + 8 / 16 * nic.energy_J_per_byte))

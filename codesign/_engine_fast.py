@@ -285,7 +285,7 @@ class ArithmeticStep:
         if self.n_dev < 2:
             return 0.0
         eng = self.eng
-        eng._add_bytes(eng.platform.peer_link, si.bytes_peer)
+        eng._add_peer_bytes(si.bytes_peer)
         eng._c.bytes_peer += si.bytes_peer
         return float(sum(j1 + j2 for _, j1, _, j2 in si.a2a))
 

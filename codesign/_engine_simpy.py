@@ -99,7 +99,7 @@ class SimpyStep:
                 cpu_J = _arr(cc.energy_J, L * E)
         a2a = si.a2a
         if n_dev > 1:
-            self.eng._add_bytes(self.eng.platform.peer_link, si.bytes_peer)
+            self.eng._add_peer_bytes(si.bytes_peer)
             self.eng._c.bytes_peer += si.bytes_peer
         # compute streams held for the whole step
         holds = [self.eng.compute[d].request() for d in range(n_dev)]

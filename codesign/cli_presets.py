@@ -153,10 +153,12 @@ def _hw_line(category: str, name: str, d: dict[str, Any]) -> str:
         host = d.get("host")
         if isinstance(host, dict):
             parts.append(f"host {host.get('name')}")
-        for key in ("host_link", "peer_link"):
+        for key in ("host_link", "peer_link", "scale_out_link"):
             link = d.get(key)
             if isinstance(link, dict):
                 parts.append(f"{key.replace('_', ' ')} {link.get('name')}")
+        if d.get("devices_per_node"):
+            parts.append(f"nodes of {d['devices_per_node']}")
         if "cost_per_hour_usd" in d:
             parts.append(f"${float(d['cost_per_hour_usd']):g}/h")
         text = "  ".join(parts)

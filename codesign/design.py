@@ -931,9 +931,10 @@ def _sim_metrics(design: Design, result: Result, cost: CostModel, wall_s: float)
         pcie = _link_time(
             cost, plat.host_link, float(bytes_moved.get(plat.host_link.name, 0.0)), float(design.model.bytes_per_expert)
         )
-    if plat.peer_link is not None:
-        peer_bytes = float(bytes_moved.get(plat.peer_link.name, 0.0))
-        a2a = _link_time(cost, plat.peer_link, peer_bytes, max(peer_bytes, 1.0)) if peer_bytes > 0 else 0.0
+    for link in (plat.peer_link, plat.scale_out_link):  # across nodes the two run at once: the slower
+        link_bytes = float(bytes_moved.get(link.name, 0.0)) if link is not None else 0.0
+        if link is not None and link_bytes > 0:
+            a2a = max(a2a, _link_time(cost, link, link_bytes, max(link_bytes, 1.0)))
     breakdown = {
         "compute": busy * share,
         "hbm": busy * (1.0 - share),

@@ -492,6 +492,19 @@ class Engine:
         if link is not None and n > 0:
             self.bytes[link.name] = self.bytes.get(link.name, 0.0) + float(n)
 
+    def _add_peer_bytes(self, n: float) -> None:
+        """All-to-all bytes that leave their device: on the peer link, or across nodes split between
+        it and the scale-out link by the destinations' share (uniform, as
+        `hwmodels.costs.CostModel.all_to_all_nodes`: ``(g-1)/(n-1)`` of them stay in the node)."""
+        plat = self.platform
+        per_node = plat.nodes_of(self.n_dev)
+        if per_node is None:
+            self._add_bytes(plat.peer_link, n)
+            return
+        intra = float(n) * (per_node - 1) / (self.n_dev - 1)
+        self._add_bytes(plat.peer_link, intra)
+        self._add_bytes(plat.scale_out_link, float(n) - intra)
+
     def _mark(self, delta: int) -> None:
         now = self.env.now
         self._area += self._in_system * (now - self._area_t)

@@ -427,8 +427,10 @@ class Platform:
     """A machine: the accelerators that run the model, an optional host, and the links.
 
     ``host_link`` connects each accelerator to host memory (one link per accelerator);
-    ``peer_link`` connects accelerators to each other (None for a single device).
-    ``cost_per_hour_usd`` prices the whole platform (for cost per million tokens).
+    ``peer_link`` connects accelerators to each other (None for a single device); on a multi-node
+    platform it joins the ``devices_per_node`` accelerators of one node, and ``scale_out_link``
+    (each accelerator's own NIC) the nodes (`hwmodels.costs.CostModel.all_to_all_nodes`); both
+    None for one node. ``cost_per_hour_usd`` prices the whole platform (for cost per million tokens).
     """
 
     name: str
@@ -440,6 +442,8 @@ class Platform:
     source: str
     notes: str = field(default="", compare=False)
     provenance: tuple[tuple[str, str, bool], ...] = field(default=(), compare=False, repr=False)
+    scale_out_link: Link | None = None
+    devices_per_node: int | None = None
 
     def __post_init__(self) -> None:
         owner = f"Platform {self.name!r}"
@@ -453,6 +457,22 @@ class Platform:
         if len(self.accelerators) > 1 and self.peer_link is None:
             raise ValueError(f"{owner}: {len(self.accelerators)} accelerators need a peer_link")
         _check_positive(owner, "cost_per_hour_usd", self.cost_per_hour_usd, allow_zero=True)
+        if (self.scale_out_link is None) != (self.devices_per_node is None):
+            raise ValueError(f"{owner}: scale_out_link and devices_per_node go together (a multi-node platform)")
+        g = self.devices_per_node
+        if g is not None:
+            n = len(self.accelerators)
+            if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g < n or n % g:
+                raise ValueError(
+                    f"{owner}: devices_per_node must be an int that divides the {n} accelerators into two or "
+                    f"more nodes, got {g!r}"
+                )
+
+    def nodes_of(self, n_devices: int) -> int | None:
+        """Accelerators per node when an expert-parallel group of ``n_devices`` (the first ones)
+        spans several nodes of this platform, else None (one node: the peer link only)."""
+        g = self.devices_per_node
+        return g if g is not None and n_devices > g else None
 
     @property
     def n_accelerators(self) -> int:
@@ -1006,7 +1026,7 @@ def _load_link(path_text: str, mtime_ns: int = 0, size: int = 0) -> Link:
 
 
 # --------------------------------------------------------------------------- platform files
-_PLATFORM_KEYS = {"name", "source", "notes", "accelerator", "host", "peer", "cost_per_hour"}
+_PLATFORM_KEYS = {"name", "source", "notes", "accelerator", "host", "peer", "scale_out", "cost_per_hour"}
 
 
 def load_platform_file(path: str | Path) -> Platform:
@@ -1026,6 +1046,9 @@ def load_platform_file(path: str | Path) -> Platform:
         link = "pcie-gen5-x16"    # one such link per accelerator
         [peer]                    # required when count > 1
         link = "nvlink4"
+        [scale_out]               # optional: several nodes of devices_per_node accelerators
+        link = "ib-cx7-400g"      # each accelerator's NIC
+        devices_per_node = 8
     """
     return _load_platform(*_cache_key(path))
 
@@ -1072,6 +1095,19 @@ def _load_platform(path_text: str, mtime_ns: int = 0, size: int = 0) -> Platform
         peer_link = _resolve(r.text(peer, "peer.link"), path.parent, load_link_file, get_link, r.where("peer.link"))
     if count > 1 and peer_link is None:
         raise PresetError(f"{r.where('peer')}: missing; {count} accelerators need a [peer] link")
+    scale_out_link = per_node = None
+    so = r.table(doc, "scale_out", required=False)
+    if so is not None:
+        _check_keys(so, {"link", "devices_per_node"}, r.where("scale_out"))
+        scale_out_link = _resolve(
+            r.text(so, "scale_out.link"), path.parent, load_link_file, get_link, r.where("scale_out.link")
+        )
+        per_node = so.get("devices_per_node")
+        if not isinstance(per_node, int) or isinstance(per_node, bool) or not 1 <= per_node < count or count % per_node:
+            raise PresetError(
+                f"{r.where('scale_out.devices_per_node')}: expected an integer that divides the {count} "
+                f"accelerators into two or more nodes, got {per_node!r}"
+            )
     cost = r.quantity(doc, "cost_per_hour", "usd_per_hour", positive=False)
     try:
         return Platform(
@@ -1084,6 +1120,8 @@ def _load_platform(path_text: str, mtime_ns: int = 0, size: int = 0) -> Platform
             source=r.text(doc, "source"),
             notes=r.text(doc, "notes", required=False),
             provenance=tuple(r.provenance),
+            scale_out_link=scale_out_link,
+            devices_per_node=per_node,
         )
     except ValueError as exc:
         raise PresetError(f"{path}: {exc}") from None

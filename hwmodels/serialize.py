@@ -105,8 +105,9 @@ def link_from_dict(data: dict[str, Any], *, where: str = "link") -> Link:
 
 
 def platform_to_dict(platform: Platform) -> dict[str, Any]:
-    """A `Platform` as a JSON-able dict with every device and link in full."""
-    return {
+    """A `Platform` as a JSON-able dict with every device and link in full (``scale_out_link`` and
+    ``devices_per_node`` only on a multi-node platform, so one-node platforms keep their hash)."""
+    out = {
         "name": platform.name,
         "accelerators": [device_to_dict(d) for d in platform.accelerators],
         "host": device_to_dict(platform.host) if platform.host is not None else None,
@@ -117,6 +118,10 @@ def platform_to_dict(platform: Platform) -> dict[str, Any]:
         "notes": platform.notes,
         "provenance": [list(p) for p in platform.provenance],
     }
+    if platform.scale_out_link is not None:
+        out["scale_out_link"] = link_to_dict(platform.scale_out_link)
+        out["devices_per_node"] = platform.devices_per_node
+    return out
 
 
 def platform_from_dict(data: dict[str, Any], *, where: str = "platform") -> Platform:
@@ -138,6 +143,12 @@ def platform_from_dict(data: dict[str, Any], *, where: str = "platform") -> Plat
             source=str(data.get("source", "")),
             notes=str(data.get("notes", "")),
             provenance=tuple(tuple(p) for p in data.get("provenance", ())),
+            scale_out_link=(
+                link_from_dict(data["scale_out_link"], where=f"{where}.scale_out_link")
+                if data.get("scale_out_link")
+                else None
+            ),
+            devices_per_node=data.get("devices_per_node"),
         )
     except KeyError as exc:
         raise ValueError(f"{where}: missing field {exc}") from None

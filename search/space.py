@@ -42,7 +42,8 @@ Sections:
   ``miss`` (only when offloading to a host), ``placement`` and ``ep_execution`` (only with several
   devices), ``max_batch``, ``max_tokens``, ``stack`` (optional, default ``"none"``: the serving stack
   whose per-step costs every candidate pays, a preset of `hwmodels.stacks.stack_preset_names` or a
-  stack ``.toml`` path; a list makes it a knob).
+  stack ``.toml`` path; a list makes it a knob), ``kv`` (optional, default ``"reserve"``: KV-cache
+  admission, `codesign.mapping.BatchingSpec.kv`, ``"reserve"`` or ``"paged"``; a list makes it a knob).
 
 Conditional knobs are simply not asked when they do not apply, and a knob whose choices differ
 per platform (``devices``) is named per platform (``platform.n_devices@dgx-h100``), because an
@@ -60,6 +61,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
+from codesign.mapping import KV_POLICIES
 from codesign.policies import REGISTRIES
 from hwmodels.devices import Platform, get_platform, platform_preset_names
 from hwmodels.stacks import StackError, get_stack, stack_preset_names
@@ -194,7 +196,9 @@ class Candidate:
 
         kw = dict(self.mapping_kw)
         cache = CacheSpec(policy=kw.pop("cache_policy"), expert_fraction=float(kw.pop("fast_tier_share")))
-        batching = BatchingSpec(max_batch=int(kw.pop("max_batch")), max_tokens=int(kw.pop("max_tokens")))
+        batching = BatchingSpec(
+            max_batch=int(kw.pop("max_batch")), max_tokens=int(kw.pop("max_tokens")), kv=str(kw.pop("kv", "reserve"))
+        )
         return Mapping(cache=cache, batching=batching, **kw)
 
 
@@ -364,6 +368,7 @@ class SearchSpace:
             mapping_kw["ep_execution"] = str(pick("mapping.ep_execution"))
         mapping_kw["max_batch"] = int(pick("mapping.max_batch"))
         mapping_kw["max_tokens"] = int(pick("mapping.max_tokens"))
+        mapping_kw["kv"] = str(pick("mapping.kv"))
         w = self.workload
         workload_kw = {
             "base_model": base_name,
@@ -476,6 +481,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
         "max_batch",
         "max_tokens",
         "stack",
+        "kv",
     ),
 }
 _PLATFORM_KEYS = ("devices", "backing")
@@ -710,6 +716,7 @@ def _parse(data: dict[str, Any], source: str) -> SearchSpace:
     )
     for key in ("max_batch", "max_tokens"):
         knobs[f"mapping.{key}"] = _knob(ctx, f"mapping.{key}", mp[key], kind="int")
+    knobs["mapping.kv"] = _knob(ctx, "mapping.kv", mp.get("kv", "reserve"), kind="str", valid=list(KV_POLICIES))
     knobs["mapping.stack"] = _knob(ctx, "mapping.stack", mp.get("stack", "none"), kind="str")
     for value in knobs["mapping.stack"].values():
         try:

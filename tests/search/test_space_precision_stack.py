@@ -1,4 +1,5 @@
-"""The search space's precision semantics and its optional ``expert_precision`` and ``stack`` knobs."""
+"""The search space's precision semantics and its optional ``expert_precision``, ``stack`` and ``kv``
+knobs."""
 
 from __future__ import annotations
 
@@ -49,8 +50,10 @@ def test_default_space_keeps_one_precision_and_no_stack() -> None:
     space = default_space()
     assert space.knobs["model.expert_precision"].choices == ("same",)
     assert space.knobs["mapping.stack"].choices == ("none",)
+    assert space.knobs["mapping.kv"].choices == ("reserve",) and space.knobs["mapping.kv"].fixed
     cand = next(space.enumerate())
-    assert cand.mapping().stack == "none"
+    assert cand.mapping().stack == "none" and cand.mapping().batching.kv == "reserve"
+    assert "mapping.kv" not in cand.params  # a fixed knob is no Optuna parameter: older studies replay
     assert all(getattr(cand.model, f"{c}_bytes_per_weight") is None for c in WEIGHT_COMPONENTS)
 
 
@@ -123,6 +126,7 @@ def test_knobs_reach_the_designs(tmp_path: Path) -> None:
         ("[model]\nexpert_precision = ['same', 'int4:gptq']\n", "s.toml:model.expert_precision: expected 'same'"),
         ("[mapping]\nstack = 'sglang'\n", "s.toml:mapping.stack: expected a serving stack among"),
         ("[mapping]\nstack = ['none', 'missing.toml']\n", "s.toml:mapping.stack: expected a serving stack among"),
+        ("[mapping]\nkv = ['reserve', 'lru']\n", "s.toml:mapping.kv:"),
     ],
 )
 def test_bad_knob_values_name_file_and_key(tmp_path: Path, text: str, where: str) -> None:
@@ -152,3 +156,12 @@ def test_search_cli_shows_the_knobs_in_the_pareto_files(tmp_path: Path, capsys: 
         own = design.model.expert_bytes_per_weight is not None or fmt != "none"
         expected = f"{design.model.weight_bytes_of('expert'):g}" + (f":{fmt}" if fmt != "none" else "")
         assert row["expert_precision"] == (expected if own else "")
+
+
+def test_kv_knob_reaches_the_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(SPACE.replace('stack = ["none", "llama.cpp"]', 'kv = ["reserve", "paged"]'), encoding="utf-8")
+    space = load_space(path)
+    assert not space.knobs["mapping.kv"].fixed
+    kvs = {c.params["mapping.kv"]: c.mapping().batching.kv for c in space.enumerate()}
+    assert kvs == {"reserve": "reserve", "paged": "paged"}

@@ -41,9 +41,12 @@ import time
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from hwmodels.costs import Fidelity
 
 log = logging.getLogger(__name__)
 
@@ -410,7 +413,7 @@ def _collective_args(case: Case, stack: Any = None) -> _Collective:
     return _Collective(op, device, link, scale_out, per_node, n_bytes, n_dev, stack)
 
 
-def collective_time(case: Case, *, stack: Any = None, fidelity: str = "calibrated") -> float:
+def collective_time(case: Case, *, stack: Any = None, fidelity: Fidelity = "calibrated") -> float:
     """Seconds of a collective case's call at ``fidelity`` (`hwmodels.costs.CostModel`): over one
     node's link, or `CostModel.all_to_all_nodes` when the case spans nodes; the call pays the
     ``collective_latency_s`` of ``stack`` (default: the case's ``collective.stack``), else the link's."""
@@ -445,7 +448,8 @@ def _rel(sim: float, measured: float) -> float:
 
 def _run_collective(case: Case) -> CaseResult:
     t0 = time.perf_counter()
-    values = {fid: collective_time(case, fidelity=fid) for fid in ("calibrated", "roofline")}
+    fidelities: tuple[Fidelity, ...] = ("calibrated", "roofline")
+    values = {fid: collective_time(case, fidelity=fid) for fid in fidelities}
     sim = values["calibrated"]
     return CaseResult(
         name=case.name,

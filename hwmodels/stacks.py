@@ -354,12 +354,12 @@ def _load_stack(path_text: str, mtime_ns: int = 0, size: int = 0) -> ServingStac
             raise StackError(f"{path}: field '{key}': expected true or false, got {doc[key]!r}")
     values: dict[str, float] = {}
     params: list[StackParam] = []
-    optional: dict[str, float | None] = {}
+    collective_latency: float | None = None
     for key in ("per_step", "per_layer", "per_sequence", *_PLAIN_FIELDS, "collective_latency"):
         number, prm = _param(doc, key, str(path))
         fld = key if key in _PLAIN_FIELDS else f"{key}_s"
-        if fld in _OPTIONAL_TIME_FIELDS:
-            optional[fld] = number if prm is not None else None
+        if fld == "collective_latency_s":
+            collective_latency = number if prm is not None else None
         else:
             values[fld] = number
         if prm is not None:
@@ -372,8 +372,8 @@ def _load_stack(path_text: str, mtime_ns: int = 0, size: int = 0) -> ServingStac
             lm_head=bool(doc.get("lm_head", False)),
             moe_permute=bool(doc.get("moe_permute", False)),
             params=tuple(params),
+            collective_latency_s=collective_latency,
             **values,
-            **optional,
         )
     except StackError as exc:
         raise StackError(f"{path}: {exc}") from None

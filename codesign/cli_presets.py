@@ -188,6 +188,8 @@ def _stack_line(name: str, d: dict[str, Any]) -> str:
     )
     if float(d.get("compute_slowdown", 0.0)):
         times += f"  kernels +{float(d['compute_slowdown']):.0%} compute time"
+    if d.get("collective_latency_s") is not None:
+        times += f"  collective call {float(d['collective_latency_s']) * 1e6:g} us"
     charged = [label for key, label in (("lm_head", "LM head"), ("moe_permute", "MoE permute")) if d.get(key)]
     parts = [f"{name:<16} {times}", f"charges {' + '.join(charged) if charged else 'no device work'}"]
     params = d.get("params") or []

@@ -83,7 +83,12 @@ def test_stacks_text_one_line_each_with_source(capsys: pytest.CaptureFixture[str
     vllm = next(line for line in lines if line.startswith("vllm "))
     assert "(unfitted; per_step, per_sequence, cpu_overlap run at 0)" in vllm
     trt = next(line for line in lines if line.startswith("trt-llm "))
-    assert "per_step: milliseconds, a plausible batch manager's host time" in trt and "kernels +53% compute time" in trt
+    slowdown = get_stack("trt-llm").compute_slowdown
+    assert f"kernels +{slowdown:.0%} compute time" in trt and "per_step: not separable from compute_slowdown" in trt
+    deepep = next(line for line in lines if line.startswith("deepep-low-latency "))
+    latency = get_stack("deepep-low-latency").collective_latency_s
+    assert latency is not None and f"collective call {latency * 1e6:g} us" in deepep
+    assert "collective call" not in trt
     assert "compute_slowdown: TensorRT-LLM 10.2's kernels" in trt
 
 

@@ -287,6 +287,7 @@ class ArithmeticStep:
         eng = self.eng
         eng._add_peer_bytes(si.bytes_peer)
         eng._c.bytes_peer += si.bytes_peer
+        eng.a2a_s += float(sum(d + c for d, _, c, _ in si.a2a))
         return float(sum(j1 + j2 for _, j1, _, j2 in si.a2a))
 
     def _log_access(self, d: int, keys: npt.NDArray[np.int64]) -> None:

@@ -931,10 +931,9 @@ def _sim_metrics(design: Design, result: Result, cost: CostModel, wall_s: float)
         pcie = _link_time(
             cost, plat.host_link, float(bytes_moved.get(plat.host_link.name, 0.0)), float(design.model.bytes_per_expert)
         )
-    for link in (plat.peer_link, plat.scale_out_link):  # across nodes the two run at once: the slower
-        link_bytes = float(bytes_moved.get(link.name, 0.0)) if link is not None else 0.0
-        if link is not None and link_bytes > 0:
-            a2a = max(a2a, _link_time(cost, link, link_bytes, max(link_bytes, 1.0)))
+    # the engine's own all-to-all seconds (every dispatch and combine call, as it charged them:
+    # per-call latency, the busiest device's bytes, across nodes the slower path)
+    a2a = float(s.get("all_to_all_s", 0.0) or 0.0)
     breakdown = {
         "compute": busy * share,
         "hbm": busy * (1.0 - share),

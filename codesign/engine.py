@@ -350,6 +350,7 @@ class Engine:
         self._orig_len: dict[int, tuple[int, int]] = {}  # preempted requests' own (prompt, output) tokens
         self.n_preemptions = 0
         self.n_recomputed = 0  # KV tokens preempted requests had, processed again
+        self.a2a_s = 0.0  # seconds of all-to-all calls (dispatch + combine) over the run, one device's
         self.peak_kv_set_aside = 0  # most KV tokens set aside on one device (kv_used) after a step's admission
         self.inflight: list[dict[int, simpy.Event]] = [{} for _ in range(self.n_dev)]
         # prefetched experts (keys layer * E + expert) not used yet, per device: each prefetch is
@@ -1189,6 +1190,7 @@ class Engine:
             "kv_preemptions": float(self.n_preemptions),
             "kv_recomputed_tokens": float(self.n_recomputed),
             "kv_peak_set_aside_tokens": float(self.peak_kv_set_aside),
+            "all_to_all_s": float(self.a2a_s),
         }
         return EngineOutput(
             requests=requests,

@@ -390,6 +390,7 @@ def simulate(
         "kv_preemptions": int(out.counters["kv_preemptions"]),
         "kv_recomputed_tokens": int(out.counters["kv_recomputed_tokens"]),
         "kv_peak_set_aside_tokens": int(out.counters["kv_peak_set_aside_tokens"]),
+        "all_to_all_s": out.counters["all_to_all_s"],
         "placement_source": bound.placement.source if bound.placement is not None else None,
     }
     summary = summarize(

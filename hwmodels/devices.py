@@ -459,6 +459,12 @@ class Platform:
         _check_positive(owner, "cost_per_hour_usd", self.cost_per_hour_usd, allow_zero=True)
         if (self.scale_out_link is None) != (self.devices_per_node is None):
             raise ValueError(f"{owner}: scale_out_link and devices_per_node go together (a multi-node platform)")
+        so = self.scale_out_link
+        if so is not None and any(lk is not None and lk.name == so.name for lk in (self.host_link, self.peer_link)):
+            raise ValueError(
+                f"{owner}: scale_out_link {so.name!r} has the name of the host or peer link (bytes are counted "
+                "per link name); give the NIC its own link preset"
+            )
         g = self.devices_per_node
         if g is not None:
             n = len(self.accelerators)

@@ -37,6 +37,7 @@ ROW_KNOBS: dict[str, tuple[str, ...]] = {
     "ep": ("mapping", "ep_execution"),
     "max_batch": ("mapping", "batching", "max_batch"),
     "stack": ("mapping", "stack"),
+    "kv": ("mapping", "batching", "kv"),
 }
 
 
@@ -80,6 +81,8 @@ def pareto_rows(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> lis
             row["expert_precision"] = f"{model.weight_bytes_of('expert'):g}" + (f":{fmt}" if fmt != "none" else "")
         if isinstance(row["stack"], dict):  # an inline stack object
             row["stack"] = row["stack"].get("name")
+        if design and row["kv"] is None:  # the default is left out of a mapping's dict
+            row["kv"] = "reserve"
         rows.append(row)
     return rows
 

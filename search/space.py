@@ -607,9 +607,14 @@ def _platform_options(ctx: _Ctx, preset: str, table: Mapping[str, Any]) -> Platf
     key = f"platform.{preset}.devices"
     raw = table.get("devices", [n_acc])
     knob = _knob(ctx, key, raw, kind="int", name=f"platform.n_devices@{preset}")
+    per_node = plat.devices_per_node
     for v in knob.values():
         if int(v) > n_acc:
             raise ctx.error(key, f"device counts <= {n_acc} (the accelerators of {preset})", raw)
+        if per_node is not None and int(v) > per_node and int(v) % per_node:
+            raise ctx.error(
+                key, f"device counts <= {per_node} or whole nodes of {per_node} ({preset} spans nodes)", raw
+            )
     dev = plat.accelerators[0]
     has_host = plat.host is not None and plat.host_link is not None
     tiers = [t.name for t in dev.tiers]
@@ -728,6 +733,13 @@ def _parse(data: dict[str, Any], source: str) -> SearchSpace:
     for name in ("workload.base_model", "platform.preset"):
         if knobs[name].is_range:
             raise ctx.error(name, "a name or a list of names", data)
+    if st["fidelity"] == "analytic" and "paged" in knobs["mapping.kv"].values():
+        raise ctx.error(
+            "mapping.kv",
+            "'reserve' with study.fidelity 'analytic' (the analytic model does not model KV admission; "
+            "use 'sim' or 'multi' to search 'paged')",
+            mp.get("kv"),
+        )
     platforms = {
         str(p): _platform_options(ctx, str(p), data["platform"].get(str(p), {}))
         for p in knobs["platform.preset"].values()

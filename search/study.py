@@ -404,7 +404,12 @@ class TrialEvaluator:
                 trial, f"n_devices={n_dev} exceeds the model's {cand.model.n_experts} experts per layer", quality
             )
         if n_dev > 1:
-            design = self.placed(design, cand)
+            from codesign.mapping import MappingError
+
+            try:
+                design = self.placed(design, cand)
+            except MappingError as exc:  # a layout the platform refuses (e.g. not whole nodes)
+                return self._infeasible(trial, str(exc), quality)
             design_hash = design.content_hash
             trial.set_user_attr("design_hash", design_hash)
             trial.set_user_attr("design", design.to_dict())

@@ -75,3 +75,36 @@ def test_a_multi_node_run_puts_the_bytes_on_both_links() -> None:
     assert moved[nvl.name] / moved[nic.name] == pytest.approx(7 / 8)
     one_node = simulate(model, platform, stream, Mapping(n_devices=8, batching=BatchingSpec(max_batch=16)))
     assert nic.name not in one_node.summary["bytes_moved"]
+
+
+def test_a_scale_out_link_needs_its_own_name() -> None:
+    p = get_platform("h800-4node-ib")
+    with pytest.raises(ValueError, match="has the name of the host or peer link"):
+        dataclasses.replace(p, scale_out_link=p.host_link)
+
+
+def test_the_breakdowns_all_to_all_is_what_the_engine_charged() -> None:
+    """`Metrics.breakdown_s['all_to_all']` is the engine's own all-to-all seconds (every dispatch and
+    combine call: per-call latency, the busiest device's bytes, across nodes the slower path), so it
+    agrees with the analytic model's, which charges the same calls from the cost plan; a group
+    spanning four nodes pays more for it than one node."""
+    from codesign.design import Design, WorkloadSpec, evaluate
+
+    a2a = {}
+    for n in (8, 32):
+        design = Design.from_presets("deepseek-v2-lite", "h800-4node-ib").with_(
+            mapping=Mapping(n_devices=n, batching=BatchingSpec(max_batch=8)),
+            workload=WorkloadSpec(n_requests=8, prompt_tokens=8, output_tokens=8),
+        )
+        sim = evaluate(design, "sim")
+        a2a[n] = sim.breakdown_s["all_to_all"]
+        assert a2a[n] == pytest.approx(evaluate(design, "analytic").breakdown_s["all_to_all"], rel=0.1)
+        assert a2a[n] == pytest.approx(simulate_design_a2a(design), rel=1e-12)
+    assert a2a[32] > a2a[8] > 0
+
+
+def simulate_design_a2a(design: object) -> float:
+    """The run's ``all_to_all_s`` summary counter."""
+    from codesign.design import simulate_design
+
+    return float(simulate_design(design).summary["all_to_all_s"])

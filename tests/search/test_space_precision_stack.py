@@ -160,8 +160,38 @@ def test_search_cli_shows_the_knobs_in_the_pareto_files(tmp_path: Path, capsys: 
 
 def test_kv_knob_reaches_the_mapping(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
-    path.write_text(SPACE.replace('stack = ["none", "llama.cpp"]', 'kv = ["reserve", "paged"]'), encoding="utf-8")
+    text = SPACE.replace('stack = ["none", "llama.cpp"]', 'kv = ["reserve", "paged"]')
+    path.write_text(text.replace('fidelity = "analytic"', 'fidelity = "sim"'), encoding="utf-8")
     space = load_space(path)
     assert not space.knobs["mapping.kv"].fixed
     kvs = {c.params["mapping.kv"]: c.mapping().batching.kv for c in space.enumerate()}
     assert kvs == {"reserve": "reserve", "paged": "paged"}
+
+
+def test_kv_paged_needs_a_fidelity_that_models_it_and_multi_node_counts_are_whole_nodes(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(SPACE.replace('stack = ["none", "llama.cpp"]', 'kv = "paged"'), encoding="utf-8")
+    with pytest.raises(SpaceError, match=r"s\.toml:mapping\.kv: expected 'reserve' with study\.fidelity 'analytic'"):
+        load_space(path)
+    text = SPACE.replace('preset = ["h100-pcie5-host"]', 'preset = ["h800-4node-ib"]\n[platform.h800-4node-ib]\n')
+    path.write_text(text.replace("[platform.h800-4node-ib]\n", "[platform.h800-4node-ib]\ndevices = [8, 12]\n"))
+    with pytest.raises(SpaceError, match="whole nodes of 8"):
+        load_space(path)
+    path.write_text(text.replace("[platform.h800-4node-ib]\n", "[platform.h800-4node-ib]\ndevices = [8, 16]\n"))
+    assert load_space(path).platforms["h800-4node-ib"]
+
+
+def test_pareto_rows_name_the_kv_policy() -> None:
+    from types import SimpleNamespace
+
+    from codesign.design import Design
+    from codesign.mapping import BatchingSpec, Mapping
+    from search.export import pareto_rows
+
+    base = Design.from_presets("mixtral-8x7b", "h100-pcie5-host")
+    rows = []
+    for kv in ("reserve", "paged"):
+        design = base.with_(mapping=Mapping(batching=BatchingSpec(kv=kv)))
+        trial = SimpleNamespace(number=0, values=[1.0], user_attrs={"design": design.to_dict(), "design_hash": "x"})
+        rows.append(pareto_rows([trial], ["tpot_p99"])[0])  # type: ignore[list-item]
+    assert [r["kv"] for r in rows] == ["reserve", "paged"]

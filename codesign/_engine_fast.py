@@ -285,9 +285,7 @@ class ArithmeticStep:
         if self.n_dev < 2:
             return 0.0
         eng = self.eng
-        eng._add_peer_bytes(si.bytes_peer)
-        eng._c.bytes_peer += si.bytes_peer
-        eng.a2a_s += float(sum(d + c for d, _, c, _ in si.a2a))
+        eng._count_all_to_all(si)
         return float(sum(j1 + j2 for _, j1, _, j2 in si.a2a))
 
     def _log_access(self, d: int, keys: npt.NDArray[np.int64]) -> None:

@@ -99,9 +99,7 @@ class SimpyStep:
                 cpu_J = _arr(cc.energy_J, L * E)
         a2a = si.a2a
         if n_dev > 1:
-            self.eng._add_peer_bytes(si.bytes_peer)
-            self.eng._c.bytes_peer += si.bytes_peer
-            self.eng.a2a_s += float(sum(d + c for d, _, c, _ in a2a))
+            self.eng._count_all_to_all(si)
         # compute streams held for the whole step
         holds = [self.eng.compute[d].request() for d in range(n_dev)]
         yield env.all_of(holds) if n_dev > 1 else holds[0]

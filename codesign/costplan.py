@@ -367,18 +367,9 @@ class StepCostPlan:
         across nodes (`CostModel.all_to_all_nodes`) when the expert-parallel group spans several of a
         multi-node platform; one call pays the stack's ``collective_latency_s`` (its collective
         library), else the link's."""
-        platform = self.bound.platform
-        peer = platform.peer_link
-        if peer is None or self.n_devices < 2:
+        if self.bound.platform.peer_link is None or self.n_devices < 2:
             return _zero(np.shape(bytes_per_device))
-        call = self.stack.collective_latency_s
-        per_node = platform.nodes_of(self.n_devices)
-        if per_node is not None:
-            assert platform.scale_out_link is not None
-            return self.cost.all_to_all_nodes(
-                peer, platform.scale_out_link, bytes_per_device, self.n_devices, per_node, call_latency_s=call
-            )
-        return self.cost.all_to_all(peer, bytes_per_device, self.n_devices, call_latency_s=call)
+        return self.cost.ep_all_to_all(bytes_per_device, self.n_devices, call_latency_s=self.stack.collective_latency_s)
 
     # ------------------------------------------------------------------ zero load
     def zero_load_step_s(self, routing_rows: npt.NDArray[np.int16], *, prefill: bool, context_len: int) -> float:

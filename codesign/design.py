@@ -926,7 +926,6 @@ def _sim_metrics(design: Design, result: Result, cost: CostModel, wall_s: float)
     plat = design.platform
     bytes_moved = s.get("bytes_moved", {}) or {}
     pcie = 0.0
-    a2a = 0.0
     if plat.host_link is not None:
         pcie = _link_time(
             cost, plat.host_link, float(bytes_moved.get(plat.host_link.name, 0.0)), float(design.model.bytes_per_expert)

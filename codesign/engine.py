@@ -86,7 +86,7 @@ pipeline fill).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from heapq import heappush
 from typing import TYPE_CHECKING, Any
@@ -114,7 +114,7 @@ from codesign.policies.base import (
 )
 from codesign.records import RequestRecord, StepCounters, StepRecord, records_frame
 from codesign.result import Event
-from hwmodels.costs import ACTIVATION_BYTES
+from hwmodels.costs import ACTIVATION_BYTES, intranode_share
 
 if TYPE_CHECKING:
     from hwmodels.devices import Link
@@ -493,18 +493,20 @@ class Engine:
         if link is not None and n > 0:
             self.bytes[link.name] = self.bytes.get(link.name, 0.0) + float(n)
 
-    def _add_peer_bytes(self, n: float) -> None:
-        """All-to-all bytes that leave their device: on the peer link, or across nodes split between
-        it and the scale-out link by the destinations' share (uniform, as
-        `hwmodels.costs.CostModel.all_to_all_nodes`: ``(g-1)/(n-1)`` of them stay in the node)."""
-        plat = self.platform
+    def _count_all_to_all(self, si: StepInputs) -> None:
+        """Book a step's all-to-alls: the bytes that leave their device (on the peer link, or across
+        nodes split with the scale-out link as `hwmodels.costs.CostModel.all_to_all_nodes` splits
+        them: `hwmodels.costs.intranode_share`), and their seconds (dispatch + combine per layer)."""
+        plat, n = self.platform, si.bytes_peer
         per_node = plat.nodes_of(self.n_dev)
         if per_node is None:
             self._add_bytes(plat.peer_link, n)
-            return
-        intra = float(n) * (per_node - 1) / (self.n_dev - 1)
-        self._add_bytes(plat.peer_link, intra)
-        self._add_bytes(plat.scale_out_link, float(n) - intra)
+        else:
+            intra = float(n) * intranode_share(self.n_dev, per_node)
+            self._add_bytes(plat.peer_link, intra)
+            self._add_bytes(plat.scale_out_link, float(n) - intra)
+        self._c.bytes_peer += n
+        self.a2a_s += float(sum(d + c for d, _, c, _ in si.a2a))
 
     def _mark(self, delta: int) -> None:
         now = self.env.now
@@ -597,10 +599,7 @@ class Engine:
         by_id = self.by_id
         plan: list[tuple[RequestState, int]] = []
         admitted: set[int] = set()
-        growth = [0] * self.n_dev
-        preempted: set[int] = set()
-        if self._kv_paged:
-            growth, preempted = self._make_room(batch)
+        preempted = self._make_room(batch) if self._kv_paged else set()
         for rid, n in zip(batch.request_ids, batch.n_tokens, strict=True):
             if rid in preempted:
                 continue
@@ -616,7 +615,7 @@ class Engine:
                     continue  # a step that preempts admits no one (vLLM): the preempted go first next step
                 if len(self.running) + len(admitted) >= self.scheduler.max_batch:
                     raise RuntimeError(f"scheduler {name!r} exceeded max_batch={self.scheduler.max_batch}")
-                free = [self.bound.kv_capacity_tokens[d] - self.kv_used[d] - growth[d] for d in range(self.n_dev)]
+                free = [self.bound.kv_capacity_tokens[d] - self.kv_used[d] for d in range(self.n_dev)]
                 d = int(np.argmax(free))
                 need = st.kv_admit_tokens
                 if free[d] < need:
@@ -634,12 +633,6 @@ class Engine:
             self.running.extend(self.by_id[i] for i in batch.request_ids if i in admitted)
             waiting_ids -= admitted
             running_ids |= admitted
-        if self._kv_paged:  # the decoding requests' next KV token, taken as the step is planned
-            held, dev = self._kv_held, self.req_device
-            for st, _n in plan:
-                if st.prefilled >= st.prompt_tokens:
-                    held[st.request_id] += 1
-                    self.kv_used[dev[st.request_id]] += 1
         top = max(self.kv_used)
         if top > self.peak_kv_set_aside:
             self.peak_kv_set_aside = top
@@ -653,28 +646,31 @@ class Engine:
         cap, used = self.bound.kv_capacity_tokens, self.kv_used
         if not self._kv_paged:
             return sum(cap) - sum(used)
-        growth = [0] * self.n_dev
-        dev = self.req_device
-        for r in self.running:
-            if r.prefilled >= r.prompt_tokens:
-                growth[dev[r.request_id]] += 1
+        growth = self._growth(self._decoding(r.request_id for r in self.running))
         return max(cap[d] - used[d] - growth[d] for d in range(self.n_dev))
 
-    def _make_room(self, batch: Batch) -> tuple[list[int], set[int]]:
-        """``batching.kv = "paged"``: the KV tokens this step's decoding requests add per device, after
-        preempting, on a device where they would not fit, its latest admitted running requests (LIFO,
-        as vLLM does); returns (growth per device, preempted ids). A preempted request frees its KV,
-        returns to the head of ``waiting`` and will recompute what it had processed (see
+    def _decoding(self, ids: Iterable[int]) -> set[int]:
+        """The running requests among ``ids`` that are decoding (each adds one KV token a step)."""
+        running_ids, by_id = self._running_ids, self.by_id
+        return {rid for rid in ids if rid in running_ids and by_id[rid].prefilled >= by_id[rid].prompt_tokens}
+
+    def _growth(self, decoding: Iterable[int]) -> list[int]:
+        """KV tokens the ``decoding`` requests (`_decoding`) add this step, per device."""
+        growth = [0] * self.n_dev
+        for rid in decoding:
+            growth[self.req_device[rid]] += 1
+        return growth
+
+    def _make_room(self, batch: Batch) -> set[int]:
+        """``batching.kv = "paged"``: take this step's KV token for each decoding request of
+        ``batch``, after preempting, on a device where they would not fit, its latest admitted
+        running requests (LIFO, as vLLM does); returns the preempted ids. A preempted request frees
+        its KV, returns to the head of ``waiting`` and will recompute what it had processed (see
         `RequestState`). It never preempts the last running request of a device: one request's
         final KV fits its device (`codesign.mapping.Mapping.bind` checks the largest)."""
         cap, used, dev = self.bound.kv_capacity_tokens, self.kv_used, self.req_device
-        running_ids, by_id = self._running_ids, self.by_id
-        decoding = {
-            rid for rid in batch.request_ids if rid in running_ids and by_id[rid].prefilled >= by_id[rid].prompt_tokens
-        }
-        growth = [0] * self.n_dev
-        for rid in decoding:
-            growth[dev[rid]] += 1
+        decoding = self._decoding(batch.request_ids)
+        growth = self._growth(decoding)
         preempted: set[int] = set()
         for d in range(self.n_dev):
             if used[d] + growth[d] <= cap[d]:
@@ -692,7 +688,10 @@ class Engine:
                     f"device {d}: one running request's KV cache ({used[d] + growth[d]} tokens) exceeds its "
                     f"{cap[d]}-token KV capacity (the mapping was bound without the largest request's KV)"
                 )
-        return growth, preempted
+        for rid in decoding - preempted:  # the decoding requests' next KV token, taken as the step is planned
+            self._kv_held[rid] += 1
+            used[dev[rid]] += 1
+        return preempted
 
     def _preempt(self, st: RequestState, d: int) -> None:
         """Free ``st``'s KV on device ``d`` and put it back at the head of ``waiting`` as a request

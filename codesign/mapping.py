@@ -551,8 +551,8 @@ def _n_devices(m: Mapping, platform: Platform) -> int:
     n_dev = m.n_devices if m.n_devices is not None else n_acc
     if n_dev > n_acc:
         raise MappingError(f"n_devices={n_dev} exceeds the {n_acc} accelerators of platform {platform.name!r}")
-    per_node = platform.nodes_of(n_dev)
-    if per_node is not None and n_dev % per_node:
+    if not platform.whole_nodes(n_dev):
+        per_node = platform.devices_per_node
         raise MappingError(
             f"n_devices={n_dev} spans nodes of {per_node} accelerators on platform {platform.name!r} but is not a "
             f"multiple of {per_node} (whole nodes only)"

@@ -421,6 +421,7 @@ def collective_time(case: Case, *, stack: Any = None, fidelity: Fidelity = "cali
     from hwmodels.devices import Platform
 
     c = _collective_args(case, stack)
+    multi_node = c.scale_out is not None and c.devices_per_node < c.n_devices
     platform = Platform(
         name=f"{case.name}-platform",
         accelerators=(c.device,) * c.n_devices,
@@ -429,16 +430,12 @@ def collective_time(case: Case, *, stack: Any = None, fidelity: Fidelity = "cali
         peer_link=c.link,
         cost_per_hour_usd=0.0,
         source=f"validation case {case.name}: {c.n_devices} x {c.device.name} over {c.link.name}",
+        scale_out_link=c.scale_out if multi_node else None,
+        devices_per_node=c.devices_per_node if multi_node else None,
     )
-    cost = CostModel(platform, fidelity=fidelity)
     call = None if c.stack is None else c.stack.collective_latency_s
-    if c.scale_out is None:
-        return float(cost.all_to_all(c.link, c.bytes_per_device, c.n_devices, call_latency_s=call).total_s)
-    return float(
-        cost.all_to_all_nodes(
-            c.link, c.scale_out, c.bytes_per_device, c.n_devices, c.devices_per_node, call_latency_s=call
-        ).total_s
-    )
+    cost = CostModel(platform, fidelity=fidelity)
+    return float(cost.ep_all_to_all(c.bytes_per_device, c.n_devices, call_latency_s=call).total_s)
 
 
 # ------------------------------------------------------------------------------ running

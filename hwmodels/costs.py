@@ -72,6 +72,7 @@ __all__ = [
     "Fidelity",
     "GemmCurve",
     "LinkCurve",
+    "intranode_share",
     "offchip_bytes",
 ]
 
@@ -369,6 +370,13 @@ class DefaultEfficiency:
 
 
 # --------------------------------------------------------------------------- helpers
+def intranode_share(n_devices: int, devices_per_node: int) -> float:
+    """Share of a device's all-to-all bytes that leave it but stay in its node, with uniform
+    destinations over ``n_devices`` in nodes of ``devices_per_node``: ``(g-1)/(n-1)``; the rest,
+    ``(n-g)/(n-1)``, crosses nodes (`CostModel.all_to_all_nodes`)."""
+    return (devices_per_node - 1) / (n_devices - 1) if n_devices > 1 else 0.0
+
+
 def _counts(value: ArrayLike, what: str) -> FloatArray:
     """``value`` as a float array, checked finite and >= 0 (names ``what`` otherwise)."""
     arr = np.asarray(value, dtype=np.float64)
@@ -1407,8 +1415,10 @@ class CostModel:
         if g == devices:
             return self.all_to_all(link, bytes_per_device, devices, call_latency_s=call_latency_s)
         n = _counts(bytes_per_device, "bytes_per_device")
+        off = n * (devices - 1) / devices  # the bytes that leave the device
+        intra = off * intranode_share(devices, g)
         parts = []
-        for lk, share in ((link, n * (g - 1) / devices), (scale_out, n * (devices - g) / devices)):
+        for lk, share in ((link, intra), (scale_out, off - intra)):
             wire = share if lk.duplex else 2.0 * share
             eff, tag = self._link_eff(lk, share)
             parts.append((np.where(share > 0, wire / (lk.bandwidth_Bps * eff), 0.0), share, lk, tag))
@@ -1421,6 +1431,23 @@ class CostModel:
             comm_s=_out(t),
             energy_J=_out(np.asarray(energy, dtype=np.float64)),
             source=f"{parts[0][3]}+{parts[1][3]}:all_to_all_nodes",
+        )
+
+    def ep_all_to_all(
+        self, bytes_per_device: ArrayLike, n_devices: int, *, call_latency_s: float | None = None
+    ) -> OpCost:
+        """An all-to-all among the first ``n_devices`` accelerators of this cost model's platform:
+        `all_to_all` over its peer link, or `all_to_all_nodes` (peer link inside a node, scale-out
+        link between) when the group spans several nodes of a multi-node platform
+        (`hwmodels.devices.Platform.nodes_of`). ``ValueError`` when the platform has no peer link."""
+        plat = self.platform
+        if plat.peer_link is None:
+            raise ValueError(f"platform {plat.name!r} has no peer link for an all-to-all")
+        per_node = plat.nodes_of(n_devices)
+        if per_node is None or plat.scale_out_link is None:
+            return self.all_to_all(plat.peer_link, bytes_per_device, n_devices, call_latency_s=call_latency_s)
+        return self.all_to_all_nodes(
+            plat.peer_link, plat.scale_out_link, bytes_per_device, n_devices, per_node, call_latency_s=call_latency_s
         )
 
     def all_reduce(

@@ -470,8 +470,8 @@ class Platform:
             n = len(self.accelerators)
             if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g < n or n % g:
                 raise ValueError(
-                    f"{owner}: devices_per_node must be an int that divides the {n} accelerators into two or "
-                    f"more nodes, got {g!r}"
+                    f"{owner}: scale_out devices_per_node must be an int that divides the {n} accelerators into "
+                    f"two or more nodes, got {g!r}"
                 )
 
     def nodes_of(self, n_devices: int) -> int | None:
@@ -479,6 +479,12 @@ class Platform:
         spans several nodes of this platform, else None (one node: the peer link only)."""
         g = self.devices_per_node
         return g if g is not None and n_devices > g else None
+
+    def whole_nodes(self, n_devices: int) -> bool:
+        """Whether an expert-parallel group of ``n_devices`` fits in one node or fills whole nodes
+        (a group spanning nodes must: `codesign.mapping` and the search space refuse the others)."""
+        g = self.nodes_of(n_devices)
+        return g is None or n_devices % g == 0
 
     @property
     def n_accelerators(self) -> int:
@@ -1108,12 +1114,7 @@ def _load_platform(path_text: str, mtime_ns: int = 0, size: int = 0) -> Platform
         scale_out_link = _resolve(
             r.text(so, "scale_out.link"), path.parent, load_link_file, get_link, r.where("scale_out.link")
         )
-        per_node = so.get("devices_per_node")
-        if not isinstance(per_node, int) or isinstance(per_node, bool) or not 1 <= per_node < count or count % per_node:
-            raise PresetError(
-                f"{r.where('scale_out.devices_per_node')}: expected an integer that divides the {count} "
-                f"accelerators into two or more nodes, got {per_node!r}"
-            )
+        per_node = so.get("devices_per_node")  # checked by Platform (its message names the field)
     cost = r.quantity(doc, "cost_per_hour", "usd_per_hour", positive=False)
     try:
         return Platform(

@@ -274,8 +274,10 @@ def stack_numbers(stack: ServingStack) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- TOML files
-def _param(doc: AbcMapping[str, Any], key: str, path: str) -> tuple[float, StackParam | None]:
-    """Read the number ``key`` (a table with value + source); absent -> (0, None)."""
+def _param(doc: AbcMapping[str, Any], key: str, path: str) -> tuple[Any, StackParam | None]:
+    """Read the number ``key`` (a table with value + source); absent -> (0, None). A time is parsed
+    here (its unit); a plain fraction (`_PLAIN_FIELDS`) is passed on as written and range-checked
+    by `ServingStack` (one check for files, JSON and code)."""
     where = f"{path}: field '{key}'"
     raw = doc.get(key)
     if raw is None:
@@ -299,14 +301,9 @@ def _param(doc: AbcMapping[str, Any], key: str, path: str) -> tuple[float, Stack
         if not isinstance(raw.get(flag, False), bool):
             raise StackError(f"{where}.{flag}: expected true or false, got {raw[flag]!r}")
     value = raw["value"]
-    if key == "cpu_overlap":
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
-            raise StackError(f"{where}: expected a fraction in [0, 1], got {value!r}")
-        number = float(value)
-    elif key == "compute_slowdown":
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise StackError(f"{where}: expected a fraction >= 0 (extra compute time, 0 = the curves), got {value!r}")
-        number = float(value)
+    number: Any
+    if key in _PLAIN_FIELDS:
+        number = value
     else:
         try:
             number = parse_quantity(value, raw.get("unit"), "time", where=where)
@@ -352,7 +349,7 @@ def _load_stack(path_text: str, mtime_ns: int = 0, size: int = 0) -> ServingStac
     for key in ("lm_head", "moe_permute"):
         if key in doc and not isinstance(doc[key], bool):
             raise StackError(f"{path}: field '{key}': expected true or false, got {doc[key]!r}")
-    values: dict[str, float] = {}
+    values: dict[str, Any] = {}
     params: list[StackParam] = []
     collective_latency: float | None = None
     for key in ("per_step", "per_layer", "per_sequence", *_PLAIN_FIELDS, "collective_latency"):

@@ -607,11 +607,11 @@ def _platform_options(ctx: _Ctx, preset: str, table: Mapping[str, Any]) -> Platf
     key = f"platform.{preset}.devices"
     raw = table.get("devices", [n_acc])
     knob = _knob(ctx, key, raw, kind="int", name=f"platform.n_devices@{preset}")
-    per_node = plat.devices_per_node
     for v in knob.values():
         if int(v) > n_acc:
             raise ctx.error(key, f"device counts <= {n_acc} (the accelerators of {preset})", raw)
-        if per_node is not None and int(v) > per_node and int(v) % per_node:
+        if not plat.whole_nodes(int(v)):
+            per_node = plat.devices_per_node
             raise ctx.error(
                 key, f"device counts <= {per_node} or whole nodes of {per_node} ({preset} spans nodes)", raw
             )

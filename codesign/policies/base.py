@@ -692,7 +692,7 @@ class RequestState:
         """KV-cache tokens the engine sets aside when it admits the request: its final length
         (`kv_tokens_max`, ``batching.kv = "reserve"``) or its prompt (``"paged"``: the rest is
         taken a token per step, and a step that would overflow preempts the latest admitted)."""
-        return self.prompt_tokens if self.kv_paged else self.prompt_tokens + self.output_tokens - 1
+        return self.prompt_tokens if self.kv_paged else self.kv_tokens_max
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@
     codesign validate-e2e --list                        # the case names, stacks, metrics and sources
     codesign validate-e2e --fit trt-llm                 # fit the stack's free parameters (see below)
     codesign validate-e2e --fit llama.cpp --param per_layer_s --on CASE_A --on CASE_B --write
+    codesign validate-e2e --fit-power --on CASE_A --on CASE_B --write   # a profile's power-law exponent
 
 Prints, per case, the measured value, the simulator's and the analytic model's answers, their
 signed errors ``(model - measured) / measured`` and the simulator's dominant cost category.
@@ -17,6 +18,10 @@ squares on log(sim/measured), every evaluation re-simulating the fit cases at th
 on the cases the preset names (its ``fitted_on``) or those given with ``--on`` (two or more per
 parameter), then scores the fitted stack at full size on the fit cases and, separately, on the
 held-out cases of that stack; ``--write`` stores the values with ``fitted_on`` in the preset file.
+
+``--fit-power`` fits the exponent of the power law of the shipped profile that the ``--on`` cases
+(two or more, each with ``cost.power_limit``) derive from (`codesign.validation_fit.fit_power_exponent`),
+scores them at full size, and with ``--write`` stores it with ``fitted_on`` in that profile's JSON.
 """
 
 from __future__ import annotations
@@ -54,6 +59,11 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--on", action="append", default=None, metavar="CASE", help="with --fit: a fit case (repeatable)")
     p.add_argument("--max-evals", type=int, default=40, help="with --fit: simulator evaluations of the fit set")
+    p.add_argument(
+        "--fit-power",
+        action="store_true",
+        help="fit the power-law exponent of the profile the --on cases (with cost.power_limit) derive from",
+    )
     p.add_argument("--write", action="store_true", help="with --fit: write the fitted values into the preset file")
     p.set_defaults(func=_cmd_validate)
 
@@ -69,10 +79,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         args.on = list(dict.fromkeys(args.on))
     if args.cases_dir is not None and not args.cases_dir.is_dir():
         raise ValueError(f"--cases-dir {args.cases_dir}: no such folder")
+    if args.fit_power:
+        if args.fit is not None or args.param or args.case:
+            raise ValueError("--fit-power takes --on CASE (two or more), not --fit, --param or --case")
+        return _cmd_fit_power(args)
     if args.fit is not None:
         return _cmd_fit(args)
     if args.param or args.on or args.write:
-        raise ValueError("--param, --on and --write go with --fit STACK")
+        raise ValueError("--param, --on and --write go with --fit STACK (or --on and --write with --fit-power)")
     cases = load_cases(args.case, args.cases_dir)
     if args.list:
         for c in cases:
@@ -208,6 +222,55 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             f"{result.n_evals} evaluations, rms log error {result.rms_log_error:.3f} on the fit cases"
         )
         write_fitted(path, result.values, names, how=how)
+        log.info("wrote %s", path)
+        if not args.json:
+            print(f"wrote {path}")
+    return 0
+
+
+def _cmd_fit_power(args: argparse.Namespace) -> int:
+    """``--fit-power``: the power-law exponent on the ``--on`` cases, scored at full size."""
+    from codesign.validation import format_table, load_cases, run_case, suite_summary
+    from codesign.validation_fit import fit_power_exponent, write_power_law
+
+    if not args.on:
+        raise ValueError("--fit-power needs the fit cases: --on CASE (two or more, each with cost.power_limit)")
+    cases = load_cases(list(args.on), args.cases_dir)
+    max_evals = min(args.max_evals, 24)
+
+    def progress(rec: dict) -> None:  # one line per evaluation of the whole fit set, on stderr
+        print(
+            f"fit-power eval {rec['eval']}/{max_evals}: exponent {rec['values']['power_exponent']:.4f} -> "
+            f"rms log error {rec['rms_log_error']:.4f} ({rec['wall_s']:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    result = fit_power_exponent(cases, max_evals=max_evals, progress=progress)
+    scored = []
+    for c in cases:
+        spec = json.loads(json.dumps(c.spec))
+        spec["cost"]["power_exponent"] = result.exponent
+        scored.append(run_case(replace(c, spec=spec), reduced=args.reduced))
+    payload = {"fit": result.to_dict(), "fit_cases": [r.to_dict() for r in scored], "summary": suite_summary(scored)}
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print(
+            f"profile {result.profile}: power-law exponent {result.exponent:.4f} (was {result.start:.4g}; fit on "
+            f"{len(cases)} cases, {result.n_evals} evaluations, {result.wall_s:.0f} s, rms log error "
+            f"{result.rms_log_error:.3f})"
+        )
+        print(format_table(scored))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"fit-power-{result.profile}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    if args.write:
+        how = (
+            f"bounded least squares on log(sim/measured), codesign validate-e2e --fit-power, {result.n_evals} "
+            f"evaluations, rms log error {result.rms_log_error:.3f} on the fit cases"
+        )
+        path = write_power_law(result.profile, result.exponent, result.fitted_on, how=how)
         log.info("wrote %s", path)
         if not args.json:
             print(f"wrote {path}")

@@ -260,16 +260,63 @@ class CostSpec:
     ``profile`` is a shipped profile name (``a100``, ``h100``: fitted from Vidur's measured tables)
     or a profile JSON path; it is applied to every accelerator of the platform, and its content
     (fitted parameters) is fingerprinted into the design's hash.
+
+    ``power_limit`` (watts, None = the device's own) runs the accelerators under a power limit
+    (``nvidia-smi -pl``, MLPerf's MaxQ): the profile's compute rate scaled by its power law
+    (`hwmodels.calibration.limit_power`; needs a profile that has one, e.g. ``h100`` and the profiles
+    derived from it). ``power_exponent`` overrides that law's fitted exponent (calibration and
+    sensitivity studies). Both are left out of `to_dict` when unset, so older designs keep their hash.
     """
 
     fidelity: Literal["calibrated", "roofline"] = field(default="calibrated", metadata={"help": "kernel cost fidelity"})
     profile: str | None = field(default=None, metadata={"help": "calibration profile (name or JSON path)"})
+    power_limit: float | None = field(default=None, metadata={"help": "accelerators' power limit, W (needs a profile)"})
+    power_exponent: float | None = field(default=None, metadata={"help": "override the profile's power-law exponent"})
 
     def __post_init__(self) -> None:
         if self.fidelity not in ("calibrated", "roofline"):
             raise DesignError(f"cost.fidelity must be 'calibrated' or 'roofline', got {self.fidelity!r}")
         if self.profile is not None and (not isinstance(self.profile, str) or not self.profile):
             raise DesignError(f"cost.profile must be a profile name or path, got {self.profile!r}")
+        for key in ("power_limit", "power_exponent"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise DesignError(f"cost.{key} must be a non-negative number, got {value!r}")
+            if key == "power_limit" and value == 0:
+                raise DesignError("cost.power_limit must be a positive number of watts, got 0")
+            object.__setattr__(self, key, float(value))
+        if (self.power_limit is not None or self.power_exponent is not None) and self.profile is None:
+            raise DesignError(
+                "cost.power_limit / cost.power_exponent need cost.profile: the power law belongs to a calibration "
+                "profile (e.g. 'h100', 'h200')"
+            )
+        if self.power_exponent is not None and self.power_limit is None:
+            raise DesignError("cost.power_exponent is set without cost.power_limit: it would change nothing")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; the power fields only when set (older designs keep their dict and hash)."""
+        d = asdict(self)
+        for key in ("power_limit", "power_exponent"):
+            if d[key] is None:
+                del d[key]
+        return d
+
+    def load_profile(self) -> Any:
+        """The calibration profile this spec names, under its power limit when one is set (None when
+        no profile is named); `DesignError` naming the problem otherwise."""
+        if self.profile is None:
+            return None
+        prof = _load_profile(self.profile)
+        if self.power_limit is None:
+            return prof
+        from hwmodels.calibration import CalibrationError, limit_power
+
+        try:
+            return limit_power(prof, self.power_limit, exponent=self.power_exponent)
+        except CalibrationError as exc:
+            raise DesignError(f"cost.power_limit {self.power_limit:g} W: {exc}") from None
 
 
 def _load_profile(spec: str) -> Any:
@@ -380,7 +427,7 @@ class Design:
             "platform": platform_to_dict(self.platform),
             "mapping": _mapping_dict(self.mapping),
             "workload": asdict(self.workload),
-            "cost": asdict(self.cost),
+            "cost": self.cost.to_dict(),
         }
 
     @classmethod
@@ -446,7 +493,7 @@ class Design:
         """What `content_hash` hashes: every number that changes the answer (see module doc)."""
         profile_fp = None
         if self.cost.profile is not None:
-            prof = _load_profile(self.cost.profile)
+            prof = self.cost.load_profile()
             d = prof.without_samples().to_dict() if hasattr(prof, "without_samples") else prof.to_dict()
             profile_fp = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
         routing_fp: str | None = None
@@ -473,7 +520,7 @@ class Design:
             # the serving stack's numbers, not only its name (a preset file edited changes the hash)
             "stack": stack_numbers(stack),
             "workload": asdict(self.workload),
-            "cost": asdict(self.cost),
+            "cost": self.cost.to_dict(),
             "profile_fingerprint": profile_fp,
             "routing_fingerprint": routing_fp,
             "version": _package_version(),
@@ -798,7 +845,7 @@ def cost_model(design: Design) -> CostModel:
 
     profiles = None
     if design.cost.profile is not None:
-        prof = _load_profile(design.cost.profile)
+        prof = design.cost.load_profile()
         profiles = {d.name: prof for d in design.platform.accelerators}
     return CostModel(
         design.platform,

@@ -45,9 +45,11 @@ __all__ = [
     "default_fit_params",
     "default_fit_set",
     "evaluate_cases",
+    "fit_power_exponent",
     "fit_stack",
     "stacked_design",
     "write_fitted",
+    "write_power_law",
 ]
 
 #: Fittable stack fields -> (scale of one optimiser unit, upper bound in that field's unit, TOML key).
@@ -321,6 +323,148 @@ def fit_stack(
     )
 
 
+@dataclass(frozen=True)
+class PowerFitResult:
+    """What `fit_power_exponent` found: the exponent, the profile whose law it belongs to, the fit
+    set, fit-size residuals ``log(sim/measured)`` at the optimum, their rms, evaluations and wall time."""
+
+    profile: str
+    exponent: float
+    start: float
+    fitted_on: tuple[str, ...]
+    residuals: dict[str, float]
+    rms_log_error: float
+    n_evals: int
+    wall_s: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return {
+            "profile": self.profile,
+            "exponent": self.exponent,
+            "start": self.start,
+            "fitted_on": list(self.fitted_on),
+            "residuals": dict(self.residuals),
+            "rms_log_error": self.rms_log_error,
+            "n_evals": self.n_evals,
+            "wall_s": self.wall_s,
+            "history": list(self.history),
+        }
+
+
+def _power_base_profile(case: Case) -> str:
+    """The shipped profile whose power law a power-limited serving case reads (the base of a derived
+    profile: ``h200`` -> ``h100``); `FitError` for a case the exponent cannot move."""
+    from hwmodels.calibration import base_profile_name
+
+    cost = case.spec.get("cost", {}) if case.kind == "serving" else {}
+    if not isinstance(cost, dict) or cost.get("power_limit") is None or not cost.get("profile"):
+        raise FitError(
+            f"case {case.name!r} sets no cost.power_limit with a cost.profile: a power-law exponent cannot change it"
+        )
+    base = base_profile_name(str(cost["profile"]))
+    if base is None:
+        raise FitError(
+            f"case {case.name!r}: profile {cost['profile']!r} is not shipped (nor derived from a shipped one)"
+        )
+    return base
+
+
+def fit_power_exponent(
+    cases: Sequence[Case],
+    *,
+    size: str = "fit",
+    max_evals: int = 12,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> PowerFitResult:
+    """Fit the exponent of a shipped profile's `hwmodels.calibration.PowerLaw` on power-limited cases.
+
+    Every case must run under ``cost.power_limit`` with a profile of the same base (e.g. ``h200``,
+    derived from ``h100``); each evaluation re-simulates them all at ``size`` with ``cost.power_exponent``
+    set to the candidate; the exponent minimises the sum of squared ``log(sim / measured)`` (bounded
+    scalar minimisation on [0, 3], about ``max_evals`` evaluations, starting from the law's current
+    value). Raises `FitError` before any simulation for fewer than two cases (never one), a case
+    without a power limit, or cases of different base profiles.
+    """
+    from scipy.optimize import minimize_scalar
+
+    from codesign.design import EvalCache
+    from codesign.validation import simulated_metric
+    from hwmodels.calibration import load_default_profile
+
+    names = [c.name for c in cases]
+    if len(set(names)) != len(names):
+        raise FitError(f"a case is listed twice in the fit set {names}")
+    if len(cases) < 2:
+        raise FitError(f"a power-law exponent needs >= 2 fit cases (never one), got {names}")
+    bases = {_power_base_profile(c) for c in cases}
+    if len(bases) != 1:
+        raise FitError(f"the fit cases read the power laws of different profiles {sorted(bases)}: fit one at a time")
+    base = bases.pop()
+    law = load_default_profile(base).power_law
+    if law is None:
+        raise FitError(f"profile {base!r} has no power_law to fit (add one to its JSON first)")
+    if max_evals < 4:
+        raise FitError(f"max_evals must be >= 4, got {max_evals}")
+    cache = EvalCache()
+    history: list[dict[str, Any]] = []
+    memo: dict[float, np.ndarray] = {}
+    t_start = time.perf_counter()
+    designs = [stacked_design(c, build_design(c).mapping.stack, size=size) for c in cases]
+
+    def residuals(e: float) -> np.ndarray:
+        key = round(float(e), 6)
+        if key in memo:
+            return memo[key]
+        t0 = time.perf_counter()
+        r = [
+            math.log(
+                simulated_metric(c, d.with_(cost=replace(d.cost, power_exponent=key)), cache)[0] / c.measured_value
+            )
+            for c, d in zip(cases, designs, strict=True)
+        ]
+        out = np.array(r)
+        memo[key] = out
+        rec = {
+            "eval": len(history) + 1,
+            "values": {"power_exponent": key},
+            "rms_log_error": float(np.sqrt(np.mean(out**2))),
+            "wall_s": time.perf_counter() - t0,
+        }
+        history.append(rec)
+        log.info(
+            "fit %s power law eval %d: exponent %.4f -> rms log error %.4f",
+            base,
+            rec["eval"],
+            key,
+            rec["rms_log_error"],
+        )
+        if progress is not None:
+            progress(rec)
+        return out
+
+    residuals(law.exponent)  # the start, so a fit that cannot improve on it keeps it
+    minimize_scalar(
+        lambda e: float(np.sum(residuals(e) ** 2)),
+        bounds=(0.0, 3.0),
+        method="bounded",
+        options={"maxiter": max_evals - 1, "xatol": 2e-3},
+    )
+    best_e, best_r = min(memo.items(), key=lambda kv: float(np.sum(kv[1] ** 2)))
+    return PowerFitResult(
+        profile=base,
+        exponent=best_e,
+        start=law.exponent,
+        fitted_on=tuple(names),
+        residuals={n: float(v) for n, v in zip(names, best_r, strict=True)},
+        rms_log_error=float(np.sqrt(np.mean(best_r**2))),
+        n_evals=len(history),
+        wall_s=time.perf_counter() - t_start,
+        history=history,
+    )
+
+
 def evaluate_cases(stack: Any, cases: Sequence[Case], *, reduced: bool = False) -> list[CaseResult]:
     """Run ``cases`` (full size, or reduced) with ``stack`` in place of the preset they name: the
     scores of a fitted parameter set (same output as `codesign.validation.run_case`)."""
@@ -405,3 +549,27 @@ def write_fitted(path: str | Path, values: dict[str, float], fitted_on: Sequence
     p.write_text(text)
     load_stack_file(p)
     return p
+
+
+def write_power_law(profile: str, exponent: float, fitted_on: Sequence[str], *, how: str) -> Path:
+    """Write ``exponent`` (with ``how`` and ``fitted_on``, >= 2 cases) into the power law of the shipped
+    profile ``profile``'s JSON file; every other field is kept. The file is re-read afterwards (a bad
+    write raises before anything uses it). Returns the path."""
+    from hwmodels.calibration import CalibrationProfile, shipped_profile_file
+
+    if len(set(fitted_on)) < 2:
+        raise FitError(f"profile {profile!r}: fitted_on needs two or more distinct cases, got {list(fitted_on)}")
+    path = shipped_profile_file(profile)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    law = data.get("power_law")
+    if not isinstance(law, dict):
+        raise FitError(f"{path}: no power_law object to write into")
+    old = str(law.get("source", "")).removeprefix("fitted: ").split(" | was: ")[-1]
+    law.update(
+        exponent=round(float(exponent), 4),
+        source=f"fitted: {how} | was: {old}",
+        fitted_on=sorted(fitted_on),
+    )
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    CalibrationProfile.load(path)
+    return path

@@ -323,6 +323,48 @@ class Peaks:
             raise CalibrationError(f"peaks.link_Bps must be >= 0, got {self.link_Bps!r}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class PowerLaw:
+    """How a profile's compute rate falls under a power limit (DVFS: the clocks drop until the
+    board draws no more than its limit).
+
+    Below ``power_W`` (the power limit of the device the profile describes, e.g. the H100 SXM's
+    700 W), compute-bound work runs at ``(limit / power_W) ** exponent`` of the profile's rate; at
+    or above it, at the profile's rate (no extrapolation upwards). Memory-bound work is unchanged
+    (HBM has its own clock). ``exponent`` is a fitted number (``source`` says on what,
+    ``fitted_on`` names the cases); one law per compute die, carried by `derive_profile` to the
+    devices derived from it.
+    """
+
+    exponent: float
+    power_W: float
+    source: str = ""
+    fitted_on: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        e, p = self.exponent, self.power_W
+        if isinstance(e, bool) or not isinstance(e, int | float) or not (math.isfinite(e) and 0.0 <= e <= 3.0):
+            raise CalibrationError(f"power_law.exponent must be a number in [0, 3], got {e!r}")
+        if isinstance(p, bool) or not isinstance(p, int | float) or not (math.isfinite(p) and p > 0):
+            raise CalibrationError(f"power_law.power_W must be a positive number of watts, got {p!r}")
+        object.__setattr__(self, "fitted_on", tuple(str(c) for c in self.fitted_on))
+
+    def rate(self, limit_W: float) -> float:
+        """Compute rate at a power limit of ``limit_W`` watts, relative to the profile's (<= 1)."""
+        if not (math.isfinite(limit_W) and limit_W > 0):
+            raise CalibrationError(f"power limit must be a positive number of watts, got {limit_W!r}")
+        return 1.0 if limit_W >= self.power_W else (limit_W / self.power_W) ** self.exponent
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "exponent": self.exponent,
+            "power_W": self.power_W,
+            "source": self.source,
+            "fitted_on": list(self.fitted_on),
+        }
+
+
 @dataclass(kw_only=True)
 class CalibrationProfile:
     """What a calibration measured and fitted on one device; an ``EfficiencyModel``.
@@ -356,6 +398,7 @@ class CalibrationProfile:
     heldout_rule: str = ""
     samples: tuple[Sample, ...] = ()
     quality: Mapping[str, Any] = field(default_factory=dict)  # assess_fit's verdict ({} when unknown)
+    power_law: PowerLaw | None = None  # compute rate under a power limit (None: not calibrated)
 
     # ---- EfficiencyModel protocol --------------------------------------------------------------
 
@@ -512,6 +555,7 @@ class CalibrationProfile:
             "heldout_rule": self.heldout_rule,
             "quality": dict(self.quality),
             "samples": [sample.to_dict() for sample in self.samples],
+            **({"power_law": self.power_law.to_dict()} if self.power_law is not None else {}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -668,6 +712,7 @@ def _profile_from_dict(data: Any, where: str) -> CalibrationProfile:
     quality = data.get("quality", {})
     if not isinstance(quality, dict):
         raise CalibrationError(f"{where}: field 'quality' must be an object, got {quality!r}")
+    power_law = _power_law_from(data.get("power_law"), f"{where}: power_law")
     kind = str(_need(data, "device_kind", where, str))
     if kind not in ("cpu", "gpu"):
         raise CalibrationError(f"{where}: field 'device_kind' must be 'cpu' or 'gpu', got {kind!r}")
@@ -688,7 +733,27 @@ def _profile_from_dict(data: Any, where: str) -> CalibrationProfile:
         heldout_rule=str(data.get("heldout_rule", "")),
         samples=tuple(samples),
         quality=quality,
+        power_law=power_law,
     )
+
+
+def _power_law_from(raw: Any, where: str) -> PowerLaw | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise CalibrationError(f"{where}: expected an object, got {raw!r}")
+    fitted_on = raw.get("fitted_on", [])
+    if not isinstance(fitted_on, list):
+        raise CalibrationError(f"{where}: field 'fitted_on' must be a list of case names, got {fitted_on!r}")
+    try:
+        return PowerLaw(
+            exponent=_need(raw, "exponent", where, (int, float)),
+            power_W=_need(raw, "power_W", where, (int, float)),
+            source=str(raw.get("source", "")),
+            fitted_on=tuple(fitted_on),
+        )
+    except CalibrationError as exc:
+        raise CalibrationError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
 
 
 def _linear_from(d: Mapping[str, Any], where: str) -> LinearFit:
@@ -868,23 +933,46 @@ def shipped_profile_device(name: str) -> str | None:
     return _SHIPPED_DEVICES.get(key)
 
 
+def base_profile_name(name: str) -> str | None:
+    """The shipped profile a shipped or derived profile ``name`` comes from (``h200`` -> ``h100``,
+    ``h100`` -> ``h100``); None for a name that is neither."""
+    key = name.lower()
+    if key in _DERIVED:
+        return _DERIVED[key][0]
+    return key if key in _DEFAULT_FILES else None
+
+
+def shipped_profile_file(name: str) -> Path:
+    """The package file of a shipped profile (a derived name resolves to its base's file); raises
+    `CalibrationError` for another name."""
+    base = base_profile_name(name)
+    if base is None:
+        raise CalibrationError(f"no shipped calibration profile {name!r}; valid: {default_profile_names()}")
+    return Path(str(resources.files("hwmodels").joinpath("data", _DEFAULT_FILES[base])))
+
+
 def default_profile_names() -> list[str]:
     """Names accepted by :func:`load_default_profile` (shipped files and derived profiles)."""
     return sorted([*_DEFAULT_FILES, *_DERIVED])
 
 
-def derive_profile(base: CalibrationProfile, base_device: Any, target_device: Any, *, name: str) -> CalibrationProfile:
+def derive_profile(
+    base: CalibrationProfile, base_device: Any, target_device: Any, *, name: str, power_limit_W: float | None = None
+) -> CalibrationProfile:
     """A profile for ``target_device`` derived from ``base``, measured on ``base_device`` (both
     `hwmodels.devices.Device` of one compute architecture, e.g. H100 SXM -> H200, H100 NVL or H100 PCIe).
 
     The rule: the GEMM curve is carried over unchanged as efficiencies (``eff_compute``, occupancy,
-    sharpness, per-call ``t0``), applied to the target's peak of the profile's dtype
-    (``peaks.flops`` scaled by target / base peak: the NVL's lower clocks and power cap); every
-    memory-bound part (the GEMM operand-streaming bandwidth, the ``stream`` and ``act`` memory fits,
-    ``peaks.memory_Bps``) scaled by the ratio of the weights tiers' bandwidths (H200 4.8 / 3.35 TB/s);
-    copy fits (host link) kept. Peaks and ratios are read from the two device descriptions, so the
-    derived profile carries their sources. Raises `CalibrationError` when a device lacks the
-    profile's dtype or the two devices are of different kinds.
+    sharpness, per-call ``t0``), applied to the target's sustained compute rate: ``peaks.flops``
+    scaled by the smaller of the datasheet ratio (target / base peak of the profile's dtype: its
+    boost clock and SM count) and, when ``base`` has a `PowerLaw`, the rate its power limit allows
+    (``power_limit_W``, default the target's TDP: the H100 NVL at 400 W against the SXM's 700 W);
+    every memory-bound part (the GEMM operand-streaming bandwidth, the ``stream`` and ``act`` memory
+    fits, ``peaks.memory_Bps``) scaled by the ratio of the weights tiers' bandwidths (H200 4.8 / 3.35
+    TB/s); copy fits (host link) kept. The power law is carried over at the target's limit. Peaks and
+    ratios are read from the two device descriptions, so the derived profile carries their sources.
+    Raises `CalibrationError` when a device lacks the profile's dtype or the two devices are of
+    different kinds.
     """
     if base_device.kind != target_device.kind:
         raise CalibrationError(f"derive_profile: {base_device.name!r} and {target_device.name!r} differ in kind")
@@ -894,12 +982,25 @@ def derive_profile(base: CalibrationProfile, base_device: Any, target_device: An
             raise CalibrationError(
                 f"derive_profile: device {dev.name!r} has no {dtype} peak (has {sorted(dev.peak_flops)})"
             )
-    flops_ratio = target_device.flops(dtype) / base_device.flops(dtype)
+    datasheet_ratio = target_device.flops(dtype) / base_device.flops(dtype)
+    flops_ratio = datasheet_ratio
+    compute_why = f"{dtype} {target_device.flops(dtype) / 1e12:.4g} / {base_device.flops(dtype) / 1e12:.4g} TFLOP/s"
+    law = base.power_law
+    limit_W = float(power_limit_W) if power_limit_W is not None else float(target_device.tdp_W)
+    if law is not None:
+        power_ratio = law.rate(limit_W)
+        if power_ratio < datasheet_ratio:
+            flops_ratio = power_ratio
+            compute_why = (
+                f"power-limited: ({limit_W:g} / {law.power_W:g} W) ** {law.exponent:.4g}, "
+                f"below the datasheet's {compute_why} = {datasheet_ratio:.4g}"
+            )
+        law = replace(law, power_W=limit_W)
     bw_ratio = target_device.weights_memory.bandwidth_Bps / base_device.weights_memory.bandwidth_Bps
     rule = (
         f"derived from profile {base.name!r} ({base_device.name} -> {target_device.name}, "
         f"hwmodels.calibration.derive_profile): GEMM efficiencies kept, compute peak x {flops_ratio:.4g} "
-        f"({dtype} {target_device.flops(dtype) / 1e12:.4g} / {base_device.flops(dtype) / 1e12:.4g} TFLOP/s), "
+        f"({compute_why}), "
         f"memory-bound parts x {bw_ratio:.4g} ({target_device.weights_memory.bandwidth_Bps / 1e9:.4g} / "
         f"{base_device.weights_memory.bandwidth_Bps / 1e9:.4g} GB/s), device figures from the presets' sources"
     )
@@ -920,6 +1021,40 @@ def derive_profile(base: CalibrationProfile, base_device: Any, target_device: An
         gemm_fit=gemm_fit,
         memory_fits=memory_fits,
         source=f"{rule}; base: {base.source}",
+        samples=(),
+        quality={},
+        power_law=law,
+    )
+
+
+def limit_power(profile: CalibrationProfile, limit_W: float, *, exponent: float | None = None) -> CalibrationProfile:
+    """``profile`` on the same device run under a power limit of ``limit_W`` watts (``nvidia-smi
+    -pl``, MLPerf's MaxQ): its compute peak scaled by its `PowerLaw` (``exponent`` overrides the
+    law's, for calibration and sensitivity studies); memory and copies unchanged. A limit at or above
+    the law's ``power_W`` changes nothing. Raises `CalibrationError` for a profile without a power law
+    or a limit that is not a positive number of watts."""
+    law = profile.power_law
+    if law is None:
+        raise CalibrationError(
+            f"profile {profile.name!r} has no power law (power_law in its JSON), so a power limit cannot be "
+            "applied to it; the shipped 'h100' profile and those derived from it have one"
+        )
+    if exponent is not None:
+        law = replace(law, exponent=float(exponent))
+    ratio = law.rate(float(limit_W))
+    peaks = replace(
+        profile.peaks,
+        flops=profile.peaks.flops * ratio,
+        flops_source=f"{profile.peaks.flops_source} x {ratio:.4g} (power limit {limit_W:g} W: "
+        f"({limit_W:g} / {law.power_W:g}) ** {law.exponent:.4g})"
+        if ratio < 1.0
+        else profile.peaks.flops_source,
+    )
+    return replace(
+        profile,
+        name=f"{profile.name}@{limit_W:g}W",
+        peaks=peaks,
+        power_law=replace(law, power_W=min(float(limit_W), law.power_W)),
         samples=(),
         quality={},
     )

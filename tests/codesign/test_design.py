@@ -172,3 +172,48 @@ def test_unknown_profile_and_routing_are_named():
     d = Design.from_presets("mixtral-8x7b", "dgx-h100", cost=CostSpec(profile="no-such-gpu"))
     with pytest.raises(DesignError, match=r"cost\.profile 'no-such-gpu'"):
         _ = d.content_hash
+
+
+def test_a_power_limit_slows_compute_bound_work_and_enters_the_hash(cache):
+    """`CostSpec.power_limit`: the profile's power law scales the compute rate (a prefill-bound TTFT
+    grows), leaves a memory-bound decode nearly alone, and enters the dict and hash only when set."""
+    base = Design.from_presets(
+        "mixtral-8x7b",
+        "h100-pcie5-host",
+        mapping=Mapping(batching=dataclasses.replace(Mapping().batching, max_batch=4, max_tokens=8192)),
+        n_requests=4,
+        prompt_tokens=2048,
+        output_tokens=8,
+        cost=CostSpec(profile="h100"),
+    )
+    base = base.with_(model=base.model.with_(bytes_per_weight=1.0))  # FP8: fits one 80 GB GPU
+    assert "power_limit" not in base.to_dict()["cost"] and "power_exponent" not in base.to_dict()["cost"]
+    capped = base.with_(cost=CostSpec(profile="h100", power_limit=350.0))
+    assert capped.to_dict()["cost"]["power_limit"] == 350.0
+    assert capped.content_hash != base.content_hash
+    assert Design.from_dict(capped.to_dict()).content_hash == capped.content_hash
+    full, slow = evaluate(base, "sim", cache=cache), evaluate(capped, "sim", cache=cache)
+    law = (350 / 700) ** 0.9  # a steep law, to read the effect plainly
+    steep = evaluate(base.with_(cost=CostSpec(profile="h100", power_limit=350.0, power_exponent=0.9)), "sim")
+    assert slow.ttft_p50_s > full.ttft_p50_s * 1.15  # prefill of 4 x 2,048 tokens: compute-bound
+    assert steep.ttft_p50_s > slow.ttft_p50_s
+    assert steep.ttft_p50_s < full.ttft_p50_s / law * 1.05  # no more than the compute share can slow
+    assert slow.tpot_p50_s < full.tpot_p50_s * 1.1  # batch-4 decode: weight streaming, HBM unchanged
+    no_change = evaluate(base.with_(cost=CostSpec(profile="h100", power_limit=700.0)), "sim", cache=cache)
+    assert no_change.ttft_p50_s == pytest.approx(full.ttft_p50_s)
+
+
+def test_power_limit_refusals_name_the_field():
+    with pytest.raises(DesignError, match=r"cost\.power_limit / cost\.power_exponent need cost\.profile"):
+        CostSpec(power_limit=350.0)
+    with pytest.raises(DesignError, match=r"cost\.power_limit must be a positive number of watts"):
+        CostSpec(profile="h100", power_limit=0)
+    with pytest.raises(DesignError, match=r"cost\.power_exponent must be a non-negative number"):
+        CostSpec(profile="h100", power_limit=300.0, power_exponent=-1)
+    with pytest.raises(DesignError, match=r"cost\.power_exponent is set without cost\.power_limit"):
+        CostSpec(profile="h100", power_exponent=0.5)
+    with pytest.raises(DesignError, match=r"cost\.power_limit must be a non-negative number"):
+        CostSpec(profile="h100", power_limit="500 W")  # type: ignore[arg-type]
+    d = Design.from_presets("mixtral-8x7b", "a100-pcie4-host", cost=CostSpec(profile="a100", power_limit=250.0))
+    with pytest.raises(DesignError, match=r"cost\.power_limit 250 W: profile '(vidur-)?a100' has no power law"):
+        _ = d.content_hash

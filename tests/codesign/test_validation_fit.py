@@ -201,3 +201,110 @@ def test_fit_a_collective_latency_on_collective_cases() -> None:
     llama = load_cases(["llamacpp-q5km-a100-b1", "llamacpp-q5km-h100-b1"])  # one GPU: no all-to-all
     with pytest.raises(FitError, match="collective_latency_s changes the answer of 0"):
         fit_stack(get_stack("llama.cpp"), llama, ("collective_latency_s",))
+
+
+# ------------------------------------------------------------------------------ power-law exponent
+TRUE_EXPONENT = 0.9
+
+
+def _power_case(name: str, prompt: int, measured: float, power_limit: float | None = 350.0) -> dict:
+    """A prefill-bound case (compute-bound: its TTFT moves with the power limit) on the H100 SXM profile."""
+    cost: dict = {"profile": "h100"}
+    if power_limit is not None:
+        cost["power_limit"] = power_limit
+    return {
+        "name": name,
+        "kind": "serving",
+        "description": "synthetic power-limited prefill",
+        "stack": "none",
+        "metric": "ttft_p50_s",
+        "measured": {"value": measured, "unit": "s", "source": "synthetic (simulated)", "conditions": "test"},
+        "design": {
+            "model": "mixtral-8x7b",
+            "model_overrides": {"bytes_per_weight": 1.0},
+            "platform": "h100-pcie5-host",
+            "mapping": {"batching": {"max_batch": 4, "max_tokens": 8192}},
+            "workload": {"n_requests": 4, "prompt_tokens": prompt, "output_tokens": 2},
+            "cost": cost,
+        },
+        "assumptions": [{"what": "all", "value": "-", "why": "synthetic"}],
+        "gaps": ["none"],
+        "reduced": {"n_requests": 2},
+    }
+
+
+@pytest.fixture(scope="module")
+def power_cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two power-limited cases whose "measurements" are the simulator's answers at TRUE_EXPONENT, and
+    one at the device's own power."""
+    from dataclasses import replace
+
+    from codesign.design import evaluate
+    from codesign.validation import build_design
+
+    d = tmp_path_factory.mktemp("power")
+    for name, prompt, limit in (("pw-a", 1024, 350.0), ("pw-b", 2048, 450.0), ("pw-free", 1024, None)):
+        (d / f"{name}.json").write_text(json.dumps(_power_case(name, prompt, 1.0, limit)))
+    for c in load_cases(None, d):
+        design = build_design(c)
+        if design.cost.power_limit is not None:
+            design = design.with_(cost=replace(design.cost, power_exponent=TRUE_EXPONENT))
+        doc = json.loads(Path(c.path).read_text())
+        doc["measured"]["value"] = float(getattr(evaluate(design), c.metric))
+        Path(c.path).write_text(json.dumps(doc))
+    return d
+
+
+def test_fit_power_exponent_recovers_a_known_exponent(power_cases: Path) -> None:
+    from codesign.validation_fit import fit_power_exponent
+    from hwmodels.calibration import load_default_profile
+
+    cases = load_cases(["pw-a", "pw-b"], power_cases)
+    start = load_default_profile("h100").power_law
+    assert start is not None and abs(start.exponent - TRUE_EXPONENT) > 0.1  # it has work to do
+    seen: list[dict] = []
+    res = fit_power_exponent(cases, size="full", max_evals=14, progress=seen.append)
+    assert res.profile == "h100" and res.start == start.exponent
+    assert res.exponent == pytest.approx(TRUE_EXPONENT, abs=0.02)
+    assert res.rms_log_error < 0.005 < seen[0]["rms_log_error"]
+    assert res.n_evals == len(seen) <= 14 and res.fitted_on == ("pw-a", "pw-b")
+
+
+def test_fit_power_exponent_refuses_what_it_must_not_do(power_cases: Path) -> None:
+    from codesign.validation_fit import fit_power_exponent
+
+    a, b, free = (load_cases([n], power_cases)[0] for n in ("pw-a", "pw-b", "pw-free"))
+    with pytest.raises(FitError, match=r"needs >= 2 fit cases \(never one\)"):
+        fit_power_exponent([a])
+    with pytest.raises(FitError, match=r"sets no cost\.power_limit"):
+        fit_power_exponent([a, free])
+    with pytest.raises(FitError, match="listed twice"):
+        fit_power_exponent([a, a])
+    with pytest.raises(FitError, match="max_evals must be >= 4"):
+        fit_power_exponent([a, b], max_evals=2)
+
+
+def test_write_power_law_keeps_the_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from codesign.validation_fit import write_power_law
+    from hwmodels import calibration
+    from hwmodels.calibration import CalibrationProfile
+
+    copy = tmp_path / "h100.json"
+    copy.write_text(calibration.shipped_profile_file("h200").read_text())
+    monkeypatch.setattr(calibration, "shipped_profile_file", lambda name: copy)
+    before = CalibrationProfile.load(copy)
+    with pytest.raises(FitError, match="two or more distinct cases"):
+        write_power_law("h100", 0.5, ["only"], how="test")
+    write_power_law("h100", 0.71234, ["b", "a"], how="test fit")
+    after = CalibrationProfile.load(copy)
+    assert after.power_law is not None and after.power_law.exponent == 0.7123
+    assert after.power_law.fitted_on == ("a", "b") and after.power_law.source.startswith("fitted: test fit | was: ")
+    assert after.peaks == before.peaks and after.gemm_fit == before.gemm_fit
+    assert copy.read_text().endswith("}\n")
+
+
+def test_cli_fit_power_argument_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate-e2e", "--fit-power"]) != 0
+    assert "--fit-power needs the fit cases" in capsys.readouterr().err
+    assert main(["validate-e2e", "--fit-power", "--fit", "trt-llm", "--on", "x"]) != 0
+    assert "--fit-power takes --on CASE" in capsys.readouterr().err

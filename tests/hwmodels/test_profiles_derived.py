@@ -4,6 +4,7 @@ profile names resolved for ``--profile``."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,10 @@ import pytest
 from hwmodels import get_device
 from hwmodels.calibration import (
     CalibrationError,
+    PowerLaw,
     default_profile_names,
     derive_profile,
+    limit_power,
     load_default_profile,
     resolve_profile,
 )
@@ -47,11 +50,19 @@ def test_h200_keeps_the_gemm_curve_and_scales_memory_by_the_hbm_ratio() -> None:
     assert h200.predict_memory_s(big) / h100.predict_memory_s(big) == pytest.approx(1 / ratio, rel=0.01)
 
 
-def test_h100_nvl_scales_compute_by_the_datasheet_peak_ratio() -> None:
+def test_h100_nvl_scales_compute_by_its_power_limit_below_the_datasheet_ratio() -> None:
+    """The NVL's 400 W against the SXM's 700 W allows (400/700)**e of the SXM's compute rate, below
+    the datasheet peak ratio (835 / 989 TFLOP/s fp16, its boost clock): the smaller one rules."""
     h100, nvl = load_default_profile("h100"), load_default_profile("h100-nvl")
-    flops_ratio = get_device("h100-nvl").flops("fp16") / get_device("h100-sxm").flops("fp16")
-    assert flops_ratio == pytest.approx(835 / 989)
+    law = h100.power_law
+    assert law is not None and law.power_W == 700.0 and 0.0 < law.exponent < 3.0
+    datasheet = get_device("h100-nvl").flops("fp16") / get_device("h100-sxm").flops("fp16")
+    assert datasheet == pytest.approx(835 / 989)
+    power = (400 / 700) ** law.exponent
+    flops_ratio = min(datasheet, power)
     assert nvl.peaks.flops == pytest.approx(h100.peaks.flops * flops_ratio)
+    assert ("power-limited" in nvl.source) == (power < datasheet)
+    assert nvl.power_law is not None and nvl.power_law.power_W == 400.0  # the law, now at the NVL's limit
     t_sxm = h100.predict_gemm_s(16384, 16384, 16384)
     t_nvl = nvl.predict_gemm_s(16384, 16384, 16384)
     assert t_sxm / t_nvl == pytest.approx(flops_ratio, rel=0.02)
@@ -59,13 +70,16 @@ def test_h100_nvl_scales_compute_by_the_datasheet_peak_ratio() -> None:
 
 
 def test_h100_pcie_scales_compute_and_memory_by_the_preset_ratios() -> None:
-    """H100 PCIe (llama.cpp H100 case): compute by the datasheet peak ratio (756 / 989 TFLOP/s
-    fp16), memory-bound parts by the HBM bandwidth ratio (2.0 / 3.35 TB/s), both from the presets."""
+    """H100 PCIe (llama.cpp H100 case): compute by the smaller of the datasheet peak ratio (756 / 989
+    TFLOP/s fp16) and its 350 W power limit's rate, memory-bound parts by the HBM bandwidth ratio
+    (2.0 / 3.35 TB/s), all from the presets and the h100 profile's power law."""
     h100, pcie = load_default_profile("h100"), load_default_profile("h100-pcie")
     sxm, dev = get_device("h100-sxm"), get_device("h100-pcie")
-    flops_ratio = dev.flops("fp16") / sxm.flops("fp16")
+    assert h100.power_law is not None and dev.tdp_W == 350.0
+    datasheet = dev.flops("fp16") / sxm.flops("fp16")
+    assert datasheet == pytest.approx(756 / 989)
+    flops_ratio = min(datasheet, h100.power_law.rate(350.0))
     bw_ratio = dev.weights_memory.bandwidth_Bps / sxm.weights_memory.bandwidth_Bps
-    assert flops_ratio == pytest.approx(756 / 989)
     assert bw_ratio == pytest.approx(2.0 / 3.35)
     assert pcie.peaks.flops == pytest.approx(h100.peaks.flops * flops_ratio)
     assert pcie.peaks.memory_Bps == pytest.approx(2.0e12)
@@ -97,3 +111,57 @@ def test_resolve_profile_errors_list_the_names(tmp_path: Path) -> None:
     saved = load_default_profile("h200").save(tmp_path / "h200.json")
     again = resolve_profile(str(saved))
     assert again.peaks == load_default_profile("h200").peaks
+
+
+def test_a_device_at_or_above_the_reference_power_keeps_the_datasheet_ratio() -> None:
+    """The H200 (700 W, as the SXM): no power term; a device whose TDP exceeds the reference is not
+    extrapolated upwards (its datasheet ratio only)."""
+    h100, sxm = load_default_profile("h100"), get_device("h100-sxm")
+    assert load_default_profile("h200").peaks.flops == h100.peaks.flops
+    hot = dataclasses.replace(sxm, name="hot", tdp_W=1000.0)
+    assert derive_profile(h100, sxm, hot, name="hot").peaks.flops == h100.peaks.flops
+    # an explicit power limit below the reference rules over the device's TDP
+    capped = derive_profile(h100, sxm, sxm, name="capped", power_limit_W=350.0)
+    assert h100.power_law is not None
+    assert capped.peaks.flops == pytest.approx(h100.peaks.flops * h100.power_law.rate(350.0))
+
+
+def test_power_law_rate_round_trip_and_checks(tmp_path: Path) -> None:
+    law = PowerLaw(exponent=0.5, power_W=700.0, source="test", fitted_on=("a", "b"))
+    assert law.rate(700.0) == 1.0 and law.rate(900.0) == 1.0
+    assert law.rate(175.0) == pytest.approx(0.5)
+    for bad in (-0.1, 3.5, float("nan"), True):
+        with pytest.raises(CalibrationError, match="exponent"):
+            PowerLaw(exponent=bad, power_W=700.0)  # type: ignore[arg-type]
+    with pytest.raises(CalibrationError, match="power_W"):
+        PowerLaw(exponent=0.5, power_W=0.0)
+    with pytest.raises(CalibrationError, match="positive number of watts"):
+        law.rate(0.0)
+    prof = dataclasses.replace(load_default_profile("h100"), power_law=law)
+    again = resolve_profile(str(prof.save(tmp_path / "p.json")))
+    assert again.power_law == law
+    # a profile without one (a100) has none, and its JSON has no key for it
+    a100 = load_default_profile("a100")
+    assert a100.power_law is None and "power_law" not in a100.to_dict()
+    raw = prof.to_dict()
+    raw["power_law"] = {"exponent": "steep", "power_W": 700.0}
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(CalibrationError, match=r"bad.json: power_law: field 'exponent' must be"):
+        resolve_profile(str(tmp_path / "bad.json"))
+
+
+def test_limit_power_scales_compute_only() -> None:
+    h200 = load_default_profile("h200")
+    assert h200.power_law is not None
+    capped = limit_power(h200, 500.0)
+    ratio = (500 / 700) ** h200.power_law.exponent
+    assert capped.name == "h200@500W" and capped.peaks.flops == pytest.approx(h200.peaks.flops * ratio)
+    assert capped.peaks.memory_Bps == h200.peaks.memory_Bps and capped.memory_fits == h200.memory_fits
+    t, t_cap = h200.predict_gemm_s(16384, 16384, 16384), capped.predict_gemm_s(16384, 16384, 16384)
+    assert t / t_cap == pytest.approx(ratio, rel=0.03)  # compute-bound: the rate falls with the limit
+    big = 1e10
+    assert capped.predict_memory_s(big) == h200.predict_memory_s(big)  # streaming: unchanged
+    assert limit_power(h200, 500.0, exponent=0.0).peaks.flops == h200.peaks.flops
+    assert limit_power(h200, 800.0).peaks.flops == h200.peaks.flops
+    with pytest.raises(CalibrationError, match="has no power law"):
+        limit_power(load_default_profile("a100"), 300.0)

@@ -371,6 +371,11 @@ def _power_base_profile(case: Case) -> str:
     return base
 
 
+#: Upper bound of a fitted power-law exponent: 1 is a rate proportional to the power (clocks at a fixed
+#: voltage), 1/3 the textbook f * V**2 with V ~ f; above 1 only a large static share would take it.
+_EXPONENT_BOUND = 1.5
+
+
 def fit_power_exponent(
     cases: Sequence[Case],
     *,
@@ -383,8 +388,8 @@ def fit_power_exponent(
     Every case must run under ``cost.power_limit`` with a profile of the same base (e.g. ``h200``,
     derived from ``h100``); each evaluation re-simulates them all at ``size`` with ``cost.power_exponent``
     set to the candidate; the exponent minimises the sum of squared ``log(sim / measured)`` (bounded
-    scalar minimisation on [0, 3], about ``max_evals`` evaluations, starting from the law's current
-    value). Raises `FitError` before any simulation for fewer than two cases (never one), a case
+    scalar minimisation on [0, 1.5], about ``max_evals`` evaluations, the law's current value evaluated
+    first). Raises `FitError` before any simulation for fewer than two cases (never one), a case
     without a power limit, or cases of different base profiles.
     """
     from scipy.optimize import minimize_scalar
@@ -447,7 +452,7 @@ def fit_power_exponent(
     residuals(law.exponent)  # the start, so a fit that cannot improve on it keeps it
     minimize_scalar(
         lambda e: float(np.sum(residuals(e) ** 2)),
-        bounds=(0.0, 3.0),
+        bounds=(0.0, _EXPONENT_BOUND),
         method="bounded",
         options={"maxiter": max_evals - 1, "xatol": 2e-3},
     )

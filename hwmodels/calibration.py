@@ -918,6 +918,7 @@ _DERIVED: dict[str, tuple[str, str, str]] = {
     "h200": ("h100", "h100-sxm", "h200"),
     "h100-nvl": ("h100", "h100-sxm", "h100-nvl"),
     "h100-pcie": ("h100", "h100-sxm", "h100-pcie"),
+    "gh200": ("h100", "h100-sxm", "gh200"),
 }
 
 
@@ -966,7 +967,9 @@ def derive_profile(
     sharpness, per-call ``t0``), applied to the target's sustained compute rate: ``peaks.flops``
     scaled by the smaller of the datasheet ratio (target / base peak of the profile's dtype: its
     boost clock and SM count) and, when ``base`` has a `PowerLaw`, the rate its power limit allows
-    (``power_limit_W``, default the target's TDP: the H100 NVL at 400 W against the SXM's 700 W);
+    (``power_limit_W``, default the target's TDP: the H100 NVL at 400 W against the SXM's 700 W; a
+    power law assumes the target has the base's SM count, true of the H200 and H100 NVL, not of the
+    H100 PCIe's 114 SMs, whose rate it then overstates by ~(132/114)**(1 - exponent));
     every memory-bound part (the GEMM operand-streaming bandwidth, the ``stream`` and ``act`` memory
     fits, ``peaks.memory_Bps``) scaled by the ratio of the weights tiers' bandwidths (H200 4.8 / 3.35
     TB/s); copy fits (host link) kept. The power law is carried over at the target's limit. Peaks and
@@ -995,7 +998,15 @@ def derive_profile(
                 f"power-limited: ({limit_W:g} / {law.power_W:g} W) ** {law.exponent:.4g}, "
                 f"below the datasheet's {compute_why} = {datasheet_ratio:.4g}"
             )
-        law = replace(law, power_W=limit_W)
+        # the power below which the law starts to bind on the derived profile's own rate: its limit when
+        # power-limited, the limit that would just allow its datasheet rate when boost-limited, the
+        # reference's own power for a device at or above it (no extrapolation upwards)
+        law = replace(
+            law,
+            power_W=round(law.power_W * min(1.0, flops_ratio) ** (1.0 / law.exponent), 6)
+            if law.exponent > 0
+            else min(limit_W, law.power_W),
+        )
     bw_ratio = target_device.weights_memory.bandwidth_Bps / base_device.weights_memory.bandwidth_Bps
     rule = (
         f"derived from profile {base.name!r} ({base_device.name} -> {target_device.name}, "

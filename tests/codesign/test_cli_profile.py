@@ -55,7 +55,7 @@ def test_profile_changes_the_answer_and_a_file_equals_its_name(
     "extra, message",
     [
         (["--profile", "h300"], "--profile h300: no such calibration profile"),
-        (["--profile", "h300"], "valid names: a100, h100, h100-nvl, h100-pcie, h200"),
+        (["--profile", "h300"], "valid names: a100, gh200, h100, h100-nvl, h100-pcie, h200"),
         (["--profile", "h200", "--fidelity", "roofline"], "applies to --fidelity calibrated"),
     ],
 )

@@ -216,8 +216,8 @@ def test_robust_median_drops_outliers() -> None:
 
 
 def test_shipped_profiles_load_and_keep_the_device_name() -> None:
-    # two fitted files, and two profiles derived from the h100 one (tests/hwmodels/test_profiles_derived.py)
-    assert default_profile_names() == ["a100", "h100", "h100-nvl", "h100-pcie", "h200"]
+    # two fitted files, and four profiles derived from the h100 one (tests/hwmodels/test_profiles_derived.py)
+    assert default_profile_names() == ["a100", "gh200", "h100", "h100-nvl", "h100-pcie", "h200"]
     for name in default_profile_names():
         prof = load_default_profile(name)
         assert prof.device_name == name and prof.device_kind == "gpu"

@@ -105,7 +105,7 @@ def test_derive_refuses_other_kinds_and_devices_without_the_dtype() -> None:
 def test_resolve_profile_errors_list_the_names(tmp_path: Path) -> None:
     with pytest.raises(CalibrationError) as info:
         resolve_profile("h300")
-    assert "valid names: a100, h100, h100-nvl, h100-pcie, h200" in str(info.value)
+    assert "valid names: a100, gh200, h100, h100-nvl, h100-pcie, h200" in str(info.value)
     with pytest.raises(CalibrationError, match="cannot read calibration profile"):
         resolve_profile(str(tmp_path / "missing.json"))
     saved = load_default_profile("h200").save(tmp_path / "h200.json")

@@ -365,6 +365,15 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "and h200, h100-nvl derived from h100) or a profile JSON (codesign calibrate run|import-vidur); "
         "default: the default efficiency curves with the device file's [efficiency] over them",
     )
+    p.add_argument(
+        "--power-limit",
+        type=float,
+        default=None,
+        metavar="W",
+        help="run the accelerators under this power limit in watts (nvidia-smi -pl, MLPerf MaxQ): the --profile's "
+        "power law slows compute-bound work, memory is unchanged (needs a profile with one: h100 and those derived "
+        "from it)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of every policy and stream (default 0)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="write records, summary, config, timeline")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -381,7 +390,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 #: Destinations of the flags that apply with ``--design`` (the rest come from the design file).
-_DESIGN_KEEPS = frozenset({"design", "profile", "out", "json", "no_progress", "plugin", "help"})
+_DESIGN_KEEPS = frozenset({"design", "profile", "power_limit", "out", "json", "no_progress", "plugin", "help"})
 
 
 def parse_length(spec: str | None, flag: str, csv_path: Path | None, default: int) -> Any:
@@ -1337,6 +1346,17 @@ def _load_profile_arg(spec: str | None, fidelity: str) -> Any:
         raise ValueError(f"--profile {spec}: {exc}") from None
 
 
+def _power_limited(profile: Any, watts: float) -> Any:
+    """``profile`` under a power limit of ``watts`` (`hwmodels.calibration.limit_power`); a one-line error
+    naming ``--power-limit`` otherwise."""
+    from hwmodels.calibration import CalibrationError, limit_power
+
+    try:
+        return limit_power(profile, watts)
+    except CalibrationError as exc:
+        raise ValueError(f"--power-limit {watts:g}: {exc}") from None
+
+
 def _check_profile_device(spec: str | None, platform: Any) -> None:
     """Refuse a shipped ``--profile`` measured on (or derived for) a device the platform does not have,
     naming both and the shipped profiles that fit. A profile file is taken as given (its device name is
@@ -1368,6 +1388,17 @@ def _cmd_design(args: argparse.Namespace) -> int:
         _load_profile_arg(args.profile, design.cost.fidelity)
         _check_profile_device(args.profile, design.platform)
         design = dataclasses.replace(design, cost=dataclasses.replace(design.cost, profile=args.profile))
+    if args.power_limit is not None:
+        if design.cost.profile is None:
+            raise ValueError(f"--power-limit {args.power_limit:g}: the design names no cost.profile; pass --profile")
+        from codesign.design import DesignError
+
+        try:
+            cost = dataclasses.replace(design.cost, power_limit=args.power_limit)
+            cost.load_profile()  # refuses a profile without a power law, before any work
+        except DesignError as exc:
+            raise ValueError(f"--power-limit {args.power_limit:g}: {exc}") from None
+        design = dataclasses.replace(design, cost=cost)
     log.info("design %s: %s", design.content_hash, design.describe())
     result = simulate_design(
         design,
@@ -1397,6 +1428,8 @@ def _emit(
     profile = getattr(args, "profile", None)
     if profile is not None:
         summary["cost_profile"] = profile
+    if getattr(args, "power_limit", None) is not None:
+        summary["power_limit_W"] = args.power_limit
     if args.out is not None:
         paths = result.save(args.out)
         paths.update(write_views(result, args.out))
@@ -1409,6 +1442,8 @@ def _emit(
         print(summary_table(summary, result, platform))
         if profile is not None:
             print(f"{'calibration profile':<26} {profile} (every accelerator, --profile)")
+        if getattr(args, "power_limit", None) is not None:
+            print(f"{'power limit':<26} {args.power_limit:g} W (every accelerator, --power-limit)")
         if args.out is not None:
             print(f"{'written to':<26} {args.out}")
     return 0
@@ -1476,6 +1511,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         raise ValueError(f"{' and '.join(missing)} required (or --design DESIGN.json)")
     _check_args(args)
     profile = _load_profile_arg(args.profile, args.fidelity)
+    if args.power_limit is not None:
+        if profile is None:
+            raise ValueError(f"--power-limit {args.power_limit:g}: needs --profile (the power law is the profile's)")
+        profile = _power_limited(profile, args.power_limit)
     memo = _placement_memo(args.placement_cache)
     model = apply_model_flags(load_model(args.model), args)
     platform = get_platform(args.platform)

@@ -114,3 +114,30 @@ def test_a_design_replayed_with_a_profile_of_another_device_is_refused(
     path = Design.from_presets("deepseek-v2-lite", "h100-pcie5-host").save(tmp_path / "d.json")
     assert main(["simulate", "--design", str(path), "--profile", "h200"]) == 1
     assert "describes device h200" in capsys.readouterr().err
+
+
+def test_power_limit_slows_a_prefill_and_is_refused_without_a_power_law(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--power-limit W``: the profile's power law slows a compute-bound prefill (TTFT of 4 x 2,048
+    tokens), the summary says the limit; without a profile, or with one that has no law, a one-line error."""
+    run = [a if a != "4" else "2048" for a in RUN] + ["--batch", "2", "--max-tokens", "8192"]
+
+    def ttft(*extra: str) -> dict:
+        assert main([*run, *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    full, capped = ttft("--profile", "h200"), ttft("--profile", "h200", "--power-limit", "500")
+    assert capped["power_limit_W"] == 500.0 and "power_limit_W" not in full
+    assert capped["ttft_p50_s"] > full["ttft_p50_s"] * 1.05
+    assert ttft("--profile", "h200", "--power-limit", "700")["ttft_p50_s"] == pytest.approx(full["ttft_p50_s"])
+    assert main([*run, "--power-limit", "500"]) == 1
+    assert "--power-limit 500: needs --profile" in capsys.readouterr().err
+    assert main([*run, "--profile", "a100", "--power-limit", "300"]) == 1
+    assert "has no power law" in capsys.readouterr().err
+    # a design file without a profile: the limit needs one
+    from codesign.design import Design
+
+    design_path = Design.from_presets("mixtral-8x7b", "h200-pcie5-host").save(tmp_path / "d.json")
+    assert main(["simulate", "--design", str(design_path), "--power-limit", "500", "--no-progress", "--json"]) == 1
+    assert "names no cost.profile; pass --profile" in capsys.readouterr().err

@@ -1428,8 +1428,11 @@ def _emit(
     profile = getattr(args, "profile", None)
     if profile is not None:
         summary["cost_profile"] = profile
-    if getattr(args, "power_limit", None) is not None:
-        summary["power_limit_W"] = args.power_limit
+    power_limit = getattr(args, "power_limit", None)
+    if design is not None and design.cost.power_limit is not None:
+        power_limit = design.cost.power_limit  # --power-limit or the design file's cost.power_limit
+    if power_limit is not None:
+        summary["power_limit_W"] = power_limit
     if args.out is not None:
         paths = result.save(args.out)
         paths.update(write_views(result, args.out))
@@ -1442,8 +1445,8 @@ def _emit(
         print(summary_table(summary, result, platform))
         if profile is not None:
             print(f"{'calibration profile':<26} {profile} (every accelerator, --profile)")
-        if getattr(args, "power_limit", None) is not None:
-            print(f"{'power limit':<26} {args.power_limit:g} W (every accelerator, --power-limit)")
+        if power_limit is not None:
+            print(f"{'power limit':<26} {power_limit:g} W (every accelerator)")
         if args.out is not None:
             print(f"{'written to':<26} {args.out}")
     return 0

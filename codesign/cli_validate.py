@@ -231,7 +231,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_fit_power(args: argparse.Namespace) -> int:
     """``--fit-power``: the power-law exponent on the ``--on`` cases, scored at full size."""
     from codesign.validation import format_table, load_cases, run_case, suite_summary
-    from codesign.validation_fit import fit_power_exponent, write_power_law
+    from codesign.validation_fit import fit_power_exponent, power_law_cases, write_power_law
 
     if not args.on:
         raise ValueError("--fit-power needs the fit cases: --on CASE (two or more, each with cost.power_limit)")
@@ -247,12 +247,24 @@ def _cmd_fit_power(args: argparse.Namespace) -> int:
         )
 
     result = fit_power_exponent(cases, max_evals=max_evals, progress=progress)
-    scored = []
-    for c in cases:
-        spec = json.loads(json.dumps(c.spec))
-        spec["cost"]["power_exponent"] = result.exponent
-        scored.append(run_case(replace(c, spec=spec), reduced=args.reduced))
-    payload = {"fit": result.to_dict(), "fit_cases": [r.to_dict() for r in scored], "summary": suite_summary(scored)}
+    names = set(result.fitted_on)
+    held = [c for c in power_law_cases(load_cases(None, args.cases_dir), result.profile) if c.name not in names]
+
+    def score(group: list) -> list:  # full size (or reduced) with the fitted exponent
+        out = []
+        for c in group:
+            spec = json.loads(json.dumps(c.spec))
+            spec["cost"]["power_exponent"] = result.exponent  # reaches a derived profile's own limit too
+            out.append(run_case(replace(c, spec=spec), reduced=args.reduced))
+        return out
+
+    scored, predicted = score(cases), score(held)
+    payload = {
+        "fit": result.to_dict(),
+        "fit_cases": [r.to_dict() for r in scored],
+        "held_out": [r.to_dict() for r in predicted],
+        "summary": {"fit_cases": suite_summary(scored), "held_out": suite_summary(predicted) if predicted else None},
+    }
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
@@ -262,6 +274,9 @@ def _cmd_fit_power(args: argparse.Namespace) -> int:
             f"{result.rms_log_error:.3f})"
         )
         print(format_table(scored))
+        if predicted:
+            print("\nother cases this exponent moves (predicted, full size):")
+            print(format_table(predicted))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"fit-power-{result.profile}.json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -265,7 +265,9 @@ class CostSpec:
     (``nvidia-smi -pl``, MLPerf's MaxQ): the profile's compute rate scaled by its power law
     (`hwmodels.calibration.limit_power`; needs a profile that has one, e.g. ``h100`` and the profiles
     derived from it). ``power_exponent`` overrides that law's fitted exponent (calibration and
-    sensitivity studies). Both are left out of `to_dict` when unset, so older designs keep their hash.
+    sensitivity studies), in the limit and, for a shipped derived profile, in its derivation (the
+    H100 NVL's 400 W); alone it changes only such derived profiles. Both are left out of `to_dict`
+    when unset, so older designs keep their hash.
     """
 
     fidelity: Literal["calibrated", "roofline"] = field(default="calibrated", metadata={"help": "kernel cost fidelity"})
@@ -286,14 +288,14 @@ class CostSpec:
                 raise DesignError(f"cost.{key} must be a non-negative number, got {value!r}")
             if key == "power_limit" and value == 0:
                 raise DesignError("cost.power_limit must be a positive number of watts, got 0")
+            if key == "power_exponent" and value > 3:
+                raise DesignError(f"cost.power_exponent must be in [0, 3], got {value!r}")
             object.__setattr__(self, key, float(value))
         if (self.power_limit is not None or self.power_exponent is not None) and self.profile is None:
             raise DesignError(
                 "cost.power_limit / cost.power_exponent need cost.profile: the power law belongs to a calibration "
                 "profile (e.g. 'h100', 'h200')"
             )
-        if self.power_exponent is not None and self.power_limit is None:
-            raise DesignError("cost.power_exponent is set without cost.power_limit: it would change nothing")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict; the power fields only when set (older designs keep their dict and hash)."""
@@ -308,15 +310,23 @@ class CostSpec:
         no profile is named); `DesignError` naming the problem otherwise."""
         if self.profile is None:
             return None
-        prof = _load_profile(self.profile)
-        if self.power_limit is None:
-            return prof
-        from hwmodels.calibration import CalibrationError, limit_power
+        from hwmodels.calibration import CalibrationError, base_profile_name, limit_power, load_default_profile
 
+        exponent = self.power_exponent
         try:
-            return limit_power(prof, self.power_limit, exponent=self.power_exponent)
+            if exponent is not None and not Path(self.profile).exists() and base_profile_name(self.profile):
+                # a shipped (derived) name: the override reaches the derivation too, so the derived
+                # profile's own power-limited rate and the limit on top follow one exponent
+                prof = load_default_profile(self.profile, power_exponent=exponent)
+                exponent = None
+            else:
+                prof = _load_profile(self.profile)
+            if self.power_limit is None:
+                return prof
+            return limit_power(prof, self.power_limit, exponent=exponent)
         except CalibrationError as exc:
-            raise DesignError(f"cost.power_limit {self.power_limit:g} W: {exc}") from None
+            what = f"cost.power_limit {self.power_limit:g} W" if self.power_limit is not None else "cost.power_exponent"
+            raise DesignError(f"{what}: {exc}") from None
 
 
 def _load_profile(spec: str) -> Any:
@@ -494,7 +504,10 @@ class Design:
         profile_fp = None
         if self.cost.profile is not None:
             prof = self.cost.load_profile()
-            d = prof.without_samples().to_dict() if hasattr(prof, "without_samples") else prof.to_dict()
+            d = prof.without_samples().to_dict()
+            # the power law acts through peaks.flops (fingerprinted above); left out, so a re-fitted
+            # exponent changes only the hashes of designs whose answer it changes
+            d.pop("power_law", None) if hasattr(prof, "without_samples") else prof.to_dict()
             profile_fp = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
         routing_fp: str | None = None
         kind, _, path = self.workload.routing.partition(":")

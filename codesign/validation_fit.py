@@ -47,6 +47,7 @@ __all__ = [
     "evaluate_cases",
     "fit_power_exponent",
     "fit_stack",
+    "power_law_cases",
     "stacked_design",
     "write_fitted",
     "write_power_law",
@@ -374,6 +375,23 @@ def _power_base_profile(case: Case) -> str:
 #: Upper bound of a fitted power-law exponent: 1 is a rate proportional to the power (clocks at a fixed
 #: voltage), 1/3 the textbook f * V**2 with V ~ f; above 1 only a large static share would take it.
 _EXPONENT_BOUND = 1.5
+
+
+def power_law_cases(cases: Sequence[Case], profile: str) -> list[Case]:
+    """The serving cases whose answer the power law of shipped profile ``profile`` moves: those run
+    under a ``cost.power_limit``, and those on a profile derived from it that its law power-limits
+    (the H100 NVL, the H100 PCIe); what a re-fitted exponent must be re-scored on."""
+    from hwmodels.calibration import base_profile_name, load_default_profile
+
+    out = []
+    for c in cases:
+        cost = c.spec.get("cost", {}) if c.kind == "serving" else {}
+        name = cost.get("profile") if isinstance(cost, dict) else None
+        if not isinstance(name, str) or base_profile_name(name) != profile:
+            continue
+        if cost.get("power_limit") is not None or "power-limited" in load_default_profile(name).source:
+            out.append(c)
+    return out
 
 
 def fit_power_exponent(

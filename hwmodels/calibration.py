@@ -1089,16 +1089,20 @@ def resolve_profile(spec: str) -> CalibrationProfile:
     return load_default_profile(spec)
 
 
-def load_default_profile(name: str) -> CalibrationProfile:
+def load_default_profile(name: str, *, power_exponent: float | None = None) -> CalibrationProfile:
     """A profile shipped with the package (fitted parameters only), e.g. ``"a100"`` or ``"h100"``, or
     one derived from a shipped profile by :func:`derive_profile` (``"h200"``, ``"h100-nvl"``,
-    ``"h100-pcie"``)."""
+    ``"h100-pcie"``, ``"gh200"``). ``power_exponent`` replaces the shipped power law's exponent before
+    anything is derived from it (calibration and sensitivity studies: a derived profile's own rate
+    then follows the same exponent as a power limit applied on top); `CalibrationError` when the
+    profile has no power law."""
     key = name.lower()
     if key in _DERIVED:
         from hwmodels.devices import get_device
 
         base_name, base_dev, target_dev = _DERIVED[key]
-        return derive_profile(load_default_profile(base_name), get_device(base_dev), get_device(target_dev), name=key)
+        base = load_default_profile(base_name, power_exponent=power_exponent)
+        return derive_profile(base, get_device(base_dev), get_device(target_dev), name=key)
     if key not in _DEFAULT_FILES:
         raise CalibrationError(f"no shipped calibration profile {name!r}; valid: {default_profile_names()}")
     ref = resources.files("hwmodels").joinpath("data", _DEFAULT_FILES[key])
@@ -1107,7 +1111,12 @@ def load_default_profile(name: str) -> CalibrationProfile:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CalibrationError(f"{ref}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc
-    return _profile_from_dict(data, str(ref))
+    prof = _profile_from_dict(data, str(ref))
+    if power_exponent is not None:
+        if prof.power_law is None:
+            raise CalibrationError(f"profile {name!r} has no power law whose exponent could be replaced")
+        prof = replace(prof, power_law=replace(prof.power_law, exponent=float(power_exponent)))
+    return prof
 
 
 def relative_errors(predicted: npt.ArrayLike, measured: npt.ArrayLike) -> FloatArray:

@@ -188,18 +188,20 @@ def test_a_power_limit_slows_compute_bound_work_and_enters_the_hash(cache):
     )
     base = base.with_(model=base.model.with_(bytes_per_weight=1.0))  # FP8: fits one 80 GB GPU
     assert "power_limit" not in base.to_dict()["cost"] and "power_exponent" not in base.to_dict()["cost"]
-    capped = base.with_(cost=CostSpec(profile="h100", power_limit=350.0))
+    # explicit exponents (the shipped one is fitted and may move): 0.6 and a steeper 0.9
+    capped = base.with_(cost=CostSpec(profile="h100", power_limit=350.0, power_exponent=0.6))
     assert capped.to_dict()["cost"]["power_limit"] == 350.0
     assert capped.content_hash != base.content_hash
     assert Design.from_dict(capped.to_dict()).content_hash == capped.content_hash
     full, slow = evaluate(base, "sim", cache=cache), evaluate(capped, "sim", cache=cache)
-    law = (350 / 700) ** 0.9  # a steep law, to read the effect plainly
+    law = (350 / 700) ** 0.9
     steep = evaluate(base.with_(cost=CostSpec(profile="h100", power_limit=350.0, power_exponent=0.9)), "sim")
     assert slow.ttft_p50_s > full.ttft_p50_s * 1.15  # prefill of 4 x 2,048 tokens: compute-bound
     assert steep.ttft_p50_s > slow.ttft_p50_s
     assert steep.ttft_p50_s < full.ttft_p50_s / law * 1.05  # no more than the compute share can slow
     assert slow.tpot_p50_s < full.tpot_p50_s * 1.1  # batch-4 decode: weight streaming, HBM unchanged
     no_change = evaluate(base.with_(cost=CostSpec(profile="h100", power_limit=700.0)), "sim", cache=cache)
+    assert base.with_(cost=CostSpec(profile="h100", power_limit=700.0)).content_hash != base.content_hash
     assert no_change.ttft_p50_s == pytest.approx(full.ttft_p50_s)
 
 
@@ -210,8 +212,18 @@ def test_power_limit_refusals_name_the_field():
         CostSpec(profile="h100", power_limit=0)
     with pytest.raises(DesignError, match=r"cost\.power_exponent must be a non-negative number"):
         CostSpec(profile="h100", power_limit=300.0, power_exponent=-1)
-    with pytest.raises(DesignError, match=r"cost\.power_exponent is set without cost\.power_limit"):
-        CostSpec(profile="h100", power_exponent=0.5)
+    with pytest.raises(DesignError, match=r"cost\.power_exponent must be in \[0, 3\]"):
+        CostSpec(profile="h100", power_limit=300.0, power_exponent=5)
+    # an exponent alone moves a derived, power-limited profile (the NVL at its 400 W), nothing else
+    nvl = Design.from_presets("mixtral-8x7b", "h100-nvl-pcie5-host", cost=CostSpec(profile="h100-nvl"))
+    steep = nvl.with_(cost=CostSpec(profile="h100-nvl", power_exponent=1.2))
+    assert steep.content_hash != nvl.content_hash
+    h100 = Design.from_presets("mixtral-8x7b", "h100-pcie5-host", cost=CostSpec(profile="h100"))
+    assert h100.with_(cost=CostSpec(profile="h100", power_exponent=1.2)).content_hash != h100.content_hash  # dict
+    with pytest.raises(DesignError, match=r"cost\.power_exponent: profile 'a100' has no power law"):
+        _ = Design.from_presets(
+            "mixtral-8x7b", "a100-pcie4-host", cost=CostSpec(profile="a100", power_exponent=0.5)
+        ).content_hash
     with pytest.raises(DesignError, match=r"cost\.power_limit must be a non-negative number"):
         CostSpec(profile="h100", power_limit="500 W")  # type: ignore[arg-type]
     d = Design.from_presets("mixtral-8x7b", "a100-pcie4-host", cost=CostSpec(profile="a100", power_limit=250.0))

@@ -204,7 +204,16 @@ def test_fit_a_collective_latency_on_collective_cases() -> None:
 
 
 # ------------------------------------------------------------------------------ power-law exponent
-TRUE_EXPONENT = 0.9
+def _true_exponent() -> float:
+    """An exponent 0.3 away from the shipped one (which is fitted and may move): the fit has work to do."""
+    from hwmodels.calibration import load_default_profile
+
+    law = load_default_profile("h100").power_law
+    assert law is not None
+    return law.exponent + 0.3 if law.exponent < 1.0 else law.exponent - 0.3
+
+
+TRUE_EXPONENT = _true_exponent()
 
 
 def _power_case(name: str, prompt: int, measured: float, power_limit: float | None = 350.0) -> dict:
@@ -261,7 +270,7 @@ def test_fit_power_exponent_recovers_a_known_exponent(power_cases: Path) -> None
 
     cases = load_cases(["pw-a", "pw-b"], power_cases)
     start = load_default_profile("h100").power_law
-    assert start is not None and abs(start.exponent - TRUE_EXPONENT) > 0.1  # it has work to do
+    assert start is not None and abs(start.exponent - TRUE_EXPONENT) > 0.25  # it has work to do
     seen: list[dict] = []
     res = fit_power_exponent(cases, size="full", max_evals=14, progress=seen.append)
     assert res.profile == "h100" and res.start == start.exponent
@@ -308,3 +317,17 @@ def test_cli_fit_power_argument_errors(capsys: pytest.CaptureFixture[str]) -> No
     assert "--fit-power needs the fit cases" in capsys.readouterr().err
     assert main(["validate-e2e", "--fit-power", "--fit", "trt-llm", "--on", "x"]) != 0
     assert "--fit-power takes --on CASE" in capsys.readouterr().err
+
+
+def test_cli_fit_power_scores_fit_and_moved_cases(power_cases: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from codesign.validation_fit import power_law_cases
+
+    args = ["validate-e2e", "--fit-power", "--on", "pw-a", "--on", "pw-b", "--cases-dir", str(power_cases)]
+    assert main([*args, "--max-evals", "8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in out["fit_cases"]] == ["pw-a", "pw-b"] and out["held_out"] == []
+    assert abs(out["fit"]["exponent"] - TRUE_EXPONENT) < 0.1 and out["fit"]["n_evals"] <= 8
+    # on the shipped cases: every power-limited case, and the derived profiles the law limits (NVL, PCIe)
+    shipped = {c.name for c in power_law_cases(load_cases(None), "h100")}
+    assert {"mlperf41-offline-h200-maxq", "mlperf41-server-h200-maxq-tpot", "mlperf41-offline-h100nvl"} <= shipped
+    assert "mlperf41-offline-h200" not in shipped and "mlperf41-offline-gh200" not in shipped

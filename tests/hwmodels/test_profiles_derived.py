@@ -62,11 +62,27 @@ def test_h100_nvl_scales_compute_by_its_power_limit_below_the_datasheet_ratio() 
     flops_ratio = min(datasheet, power)
     assert nvl.peaks.flops == pytest.approx(h100.peaks.flops * flops_ratio)
     assert ("power-limited" in nvl.source) == (power < datasheet)
-    assert nvl.power_law is not None and nvl.power_law.power_W == 400.0  # the law, now at the NVL's limit
+    # the law binds from the NVL's own limit when power-limited, else from the power that just allows
+    # its datasheet rate
+    bind = 400.0 if power < datasheet else 700.0 * datasheet ** (1 / law.exponent)
+    assert nvl.power_law is not None and nvl.power_law.power_W == pytest.approx(bind)
     t_sxm = h100.predict_gemm_s(16384, 16384, 16384)
     t_nvl = nvl.predict_gemm_s(16384, 16384, 16384)
     assert t_sxm / t_nvl == pytest.approx(flops_ratio, rel=0.02)
     assert np.allclose(nvl.gemm(np.array([1.0, 4096.0]), 4096, 14336) > 0, True)
+
+
+def test_one_exponent_reaches_the_derivation_and_a_limit_on_top() -> None:
+    """A replaced exponent (`load_default_profile(..., power_exponent=)`) changes the derived NVL's own
+    rate, so the NVL under 300 W runs at min(datasheet, (300/700)**e) of the SXM, as the rule says."""
+    h100 = load_default_profile("h100")
+    datasheet = 835 / 989
+    for e in (0.3, 0.6, 0.9):
+        nvl = load_default_profile("h100-nvl", power_exponent=e)
+        capped = limit_power(nvl, 300.0)
+        assert capped.peaks.flops / h100.peaks.flops == pytest.approx(min(datasheet, (300 / 700) ** e), rel=1e-9)
+    with pytest.raises(CalibrationError, match="no power law"):
+        load_default_profile("a100", power_exponent=0.5)
 
 
 def test_h100_pcie_scales_compute_and_memory_by_the_preset_ratios() -> None:

@@ -399,6 +399,9 @@ class CalibrationProfile:
     samples: tuple[Sample, ...] = ()
     quality: Mapping[str, Any] = field(default_factory=dict)  # assess_fit's verdict ({} when unknown)
     power_law: PowerLaw | None = None  # compute rate under a power limit (None: not calibrated)
+    # energy per FLOP relative to the device file's, under a power limit (`limit_power`): lower clocks
+    # run at a lower voltage, so an operation costs less energy; 1 = the device's own figure
+    flop_energy_scale: float = 1.0
 
     # ---- EfficiencyModel protocol --------------------------------------------------------------
 
@@ -556,6 +559,7 @@ class CalibrationProfile:
             "quality": dict(self.quality),
             "samples": [sample.to_dict() for sample in self.samples],
             **({"power_law": self.power_law.to_dict()} if self.power_law is not None else {}),
+            **({"flop_energy_scale": self.flop_energy_scale} if self.flop_energy_scale != 1.0 else {}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -734,6 +738,7 @@ def _profile_from_dict(data: Any, where: str) -> CalibrationProfile:
         samples=tuple(samples),
         quality=quality,
         power_law=power_law,
+        flop_energy_scale=_positive(data, "flop_energy_scale", where) if "flop_energy_scale" in data else 1.0,
     )
 
 
@@ -1041,9 +1046,10 @@ def derive_profile(
 def limit_power(profile: CalibrationProfile, limit_W: float, *, exponent: float | None = None) -> CalibrationProfile:
     """``profile`` on the same device run under a power limit of ``limit_W`` watts (``nvidia-smi
     -pl``, MLPerf's MaxQ): its compute peak scaled by its `PowerLaw` (``exponent`` overrides the
-    law's, for calibration and sensitivity studies); memory and copies unchanged. A limit at or above
-    the law's ``power_W`` changes nothing. Raises `CalibrationError` for a profile without a power law
-    or a limit that is not a positive number of watts."""
+    law's, for calibration and sensitivity studies) and its energy per FLOP by ``rate ** (1/e - 1)``
+    (the dynamic power ``~ rate ** (1/e)`` the law implies, over the rate); memory and copies
+    unchanged. A limit at or above the law's ``power_W`` changes nothing. Raises `CalibrationError`
+    for a profile without a power law or a limit that is not a positive number of watts."""
     law = profile.power_law
     if law is None:
         raise CalibrationError(
@@ -1061,11 +1067,13 @@ def limit_power(profile: CalibrationProfile, limit_W: float, *, exponent: float 
         if ratio < 1.0
         else profile.peaks.flops_source,
     )
+    energy = ratio ** (1.0 / law.exponent - 1.0) if law.exponent > 0 and ratio < 1.0 else 1.0
     return replace(
         profile,
         name=f"{profile.name}@{limit_W:g}W",
         peaks=peaks,
         power_law=replace(law, power_W=min(float(limit_W), law.power_W)),
+        flop_energy_scale=profile.flop_energy_scale * energy,
         samples=(),
         quality={},
     )

@@ -487,6 +487,7 @@ class _ProfileAtDtype:
         self.name = str(profile.name)
         self.dtype = dtype
         self.flops_scale = float(flops_scale)
+        self.flop_energy_scale = float(getattr(profile, "flop_energy_scale", 1.0))  # a power limit's, if any
         self.elem_bytes = _DTYPE_BYTES[dtype]
         peaks = profile.peaks
         self.peaks = _ShiftedPeaks(
@@ -769,7 +770,8 @@ class CostModel:
                 # a serving stack's kernels (`with_compute_scale`): GPU compute at that share of the
                 # curve's rate; memory, copies and the GEMV cap (a weight stream) are unchanged
                 peak=peak * (self.compute_scale if device.kind == "gpu" else 1.0),
-                e_flop=device.energy_J_per_flop[dtype],
+                # a profile under a power limit (`hwmodels.calibration.limit_power`) costs less per FLOP
+                e_flop=device.energy_J_per_flop[dtype] * float(getattr(eff, "flop_energy_scale", 1.0)),
                 static_W=device.static_power_W,
                 w_bw=w_tier.bandwidth_Bps
                 * self._mem_eff(eff, w_tier.bandwidth_Bps, measured_tier=weights_tier == device.weights_tier),

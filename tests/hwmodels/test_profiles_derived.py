@@ -181,3 +181,25 @@ def test_limit_power_scales_compute_only() -> None:
     assert limit_power(h200, 800.0).peaks.flops == h200.peaks.flops
     with pytest.raises(CalibrationError, match="has no power law"):
         limit_power(load_default_profile("a100"), 300.0)
+
+
+def test_a_power_limit_lowers_the_dynamic_energy_of_a_compute_bound_op(tmp_path: Path) -> None:
+    """Under a power limit the clocks and voltage drop: each FLOP costs ``rate ** (1/e - 1)`` of the
+    device file's energy (`limit_power`). A compute-bound expert FFN (4,096 tokens, FP8) takes longer
+    and its energy beyond the static draw falls; the FP8 path (`_ProfileAtDtype`) carries the scale."""
+    from hwmodels import CostModel, get_platform
+    from workloads import get_model
+
+    h100 = load_default_profile("h100")
+    capped = limit_power(h100, 350.0, exponent=0.6)
+    rate = (350 / 700) ** 0.6
+    assert capped.flop_energy_scale == pytest.approx(rate ** (1 / 0.6 - 1))
+    assert resolve_profile(str(capped.save(tmp_path / "c.json"))).flop_energy_scale == pytest.approx(rate ** (2 / 3))
+    platform = get_platform("h100-pcie5-host")
+    dev = platform.accelerators[0]
+    model = get_model("mixtral-8x7b").with_(bytes_per_weight=1.0)
+    costs = [CostModel(platform, profiles={dev.name: p}).expert_ffn(dev, model, 4096) for p in (h100, capped)]
+    full, slow = costs
+    assert slow.total_s > full.total_s * 1.2
+    dynamic = [c.energy_J - dev.static_power_W * c.total_s for c in costs]
+    assert dynamic[1] < dynamic[0] * 0.9

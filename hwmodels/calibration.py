@@ -24,6 +24,13 @@ efficiency ``F / (peak_flops * t)`` lies in (0, 1]: a calibrated cost is never b
 Memory and copies: ``t(bytes) = t0 + bytes / B`` (one fit for memory-bound streaming kernels, one
 per pinned/pageable host<->device copy); efficiencies are ``bytes / t / peak`` clipped to (0, 1].
 
+Derived profiles (:func:`derive_profile`: ``h200``, ``h100-nvl``, ``h100-pcie``, ``gh200`` from
+``h100``) keep the GEMM curve and scale the compute and memory peaks by the devices' ratios. A
+profile may carry a :class:`PowerLaw` (the ``h100`` one does): the compute rate under a power limit,
+``(limit / power_W) ** exponent`` below the power it describes, with the exponent fitted on
+power-limited measurements (``codesign validate-e2e --fit-power``); :func:`limit_power` applies a
+limit, and a derived profile takes the smaller of its datasheet ratio and its own TDP's rate.
+
 This module does not import torch (measurements come from :mod:`hwmodels.calibrate_run` and
 :mod:`hwmodels.vidur_import`).
 """

@@ -243,14 +243,21 @@ def profiles_info() -> dict[str, dict[str, Any]]:
             "peak_flops": float(prof.peaks.flops),
             "peak_memory_Bps": float(prof.peaks.memory_Bps),
             "source": prof.source,
+            "power_law": prof.power_law.to_dict() if prof.power_law is not None else None,
         }
     return out
 
 
 def _profile_line(name: str, d: dict[str, Any]) -> str:
+    law = d.get("power_law")
+    power = (
+        f"  power limit: compute x (W / {law['power_W']:.4g} W) ** {law['exponent']:.4g} below {law['power_W']:.4g} W"
+        if law
+        else ""
+    )
     return (
         f"{name:<16} device {d['device']}  {d['dtype']}  {d['peak_flops'] / 1e12:.4g} TFLOP/s  "
-        f"{d['peak_memory_Bps'] / 1e9:.4g} GB/s  source: {d['source']}"
+        f"{d['peak_memory_Bps'] / 1e9:.4g} GB/s{power}  source: {d['source']}"
     )
 
 

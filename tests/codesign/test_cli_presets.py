@@ -116,3 +116,18 @@ def test_formats_and_profiles_listed(capsys: pytest.CaptureFixture[str]) -> None
     profiles = json.loads(capsys.readouterr().out)["profiles"]
     assert sorted(profiles) == default_profile_names()
     assert profiles["h200"]["device"] == "h200" and "derived" in profiles["h200"]["source"]
+
+
+def test_profiles_list_their_power_law(capsys: pytest.CaptureFixture[str]) -> None:
+    from hwmodels.calibration import load_default_profile
+
+    law = load_default_profile("h100").power_law
+    assert law is not None
+    assert main(["presets", "profiles", "--json"]) == 0
+    profiles = json.loads(capsys.readouterr().out)["profiles"]
+    assert profiles["a100"]["power_law"] is None
+    assert profiles["h100-nvl"]["power_law"]["exponent"] == law.exponent
+    assert main(["presets", "profiles"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert f"power limit: compute x (W / 700 W) ** {law.exponent:.4g} below 700 W" in lines["h100"]
+    assert "power limit" not in lines["a100"]

@@ -566,6 +566,8 @@ class Design:
         stack = getattr(mp.stack, "name", mp.stack)
         if stack != "none":
             parts.insert(2, f"stack {stack}")
+        if self.cost.power_limit is not None:
+            parts.insert(2, f"power limit {self.cost.power_limit:g} W")
         parts[2:2] = [
             t
             for on, t in (

@@ -191,6 +191,7 @@ def test_a_power_limit_slows_compute_bound_work_and_enters_the_hash(cache):
     # explicit exponents (the shipped one is fitted and may move): 0.6 and a steeper 0.9
     capped = base.with_(cost=CostSpec(profile="h100", power_limit=350.0, power_exponent=0.6))
     assert capped.to_dict()["cost"]["power_limit"] == 350.0
+    assert "power limit 350 W" in capped.describe() and "power limit" not in base.describe()
     assert capped.content_hash != base.content_hash
     assert Design.from_dict(capped.to_dict()).content_hash == capped.content_hash
     full, slow = evaluate(base, "sim", cache=cache), evaluate(capped, "sim", cache=cache)

@@ -58,7 +58,7 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--param", action="append", default=None, metavar="FIELD", help="with --fit: a field to fit (repeatable)"
     )
     p.add_argument("--on", action="append", default=None, metavar="CASE", help="with --fit: a fit case (repeatable)")
-    p.add_argument("--max-evals", type=int, default=40, help="with --fit: simulator evaluations of the fit set")
+    p.add_argument("--max-evals", type=int, default=40, help="with --fit or --fit-power: simulator evaluations of the fit set")
     p.add_argument(
         "--fit-power",
         action="store_true",
@@ -136,6 +136,21 @@ def _fit_params(stack: Any, given: list[str] | None) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _progress(label: str, max_evals: int) -> Any:
+    """A fit's progress callback: one line per evaluation of the whole fit set, on stderr."""
+
+    def progress(rec: dict) -> None:
+        vals = ", ".join(f"{k}={v:.4g}" for k, v in rec["values"].items())
+        print(
+            f"{label} eval {rec['eval']}/{max_evals}: {vals} -> rms log error "
+            f"{rec['rms_log_error']:.4f} ({rec['wall_s']:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return progress
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     from codesign.validation import format_table, load_cases, suite_summary
     from codesign.validation_fit import (
@@ -169,16 +184,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             f"{len(fit_cases)}; pass --param FIELD (fields with fitted_on cases: {', '.join(with_cases) or 'none'})"
         )
 
-    def progress(rec: dict) -> None:  # one line per evaluation of the whole fit set, on stderr
-        vals = ", ".join(f"{k}={v:.4g}" for k, v in rec["values"].items())
-        print(
-            f"fit {stack.name} eval {rec['eval']}/{args.max_evals}: {vals} -> rms log error "
-            f"{rec['rms_log_error']:.4f} ({rec['wall_s']:.1f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
-
     log.info("fitting %s %s on %s", stack.name, list(params), list(names))
+    progress = _progress(f"fit {stack.name}", args.max_evals)
     result = fit_stack(stack, fit_cases, params, max_evals=args.max_evals, progress=progress)
     values: dict[str, Any] = dict(result.values)
     fitted = replace(stack, **values)
@@ -236,17 +243,7 @@ def _cmd_fit_power(args: argparse.Namespace) -> int:
     if not args.on:
         raise ValueError("--fit-power needs the fit cases: --on CASE (two or more, each with cost.power_limit)")
     cases = load_cases(list(args.on), args.cases_dir)
-    max_evals = min(args.max_evals, 24)
-
-    def progress(rec: dict) -> None:  # one line per evaluation of the whole fit set, on stderr
-        print(
-            f"fit-power eval {rec['eval']}/{max_evals}: exponent {rec['values']['power_exponent']:.4f} -> "
-            f"rms log error {rec['rms_log_error']:.4f} ({rec['wall_s']:.1f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    result = fit_power_exponent(cases, max_evals=max_evals, progress=progress)
+    result = fit_power_exponent(cases, max_evals=args.max_evals, progress=_progress("fit-power", args.max_evals))
     names = set(result.fitted_on)
     held = [c for c in power_law_cases(load_cases(None, args.cases_dir), result.profile) if c.name not in names]
 

@@ -503,11 +503,10 @@ class Design:
         """What `content_hash` hashes: every number that changes the answer (see module doc)."""
         profile_fp = None
         if self.cost.profile is not None:
-            prof = self.cost.load_profile()
-            d = prof.without_samples().to_dict()
-            # the power law acts through peaks.flops (fingerprinted above); left out, so a re-fitted
+            d = self.cost.load_profile().without_samples().to_dict()
+            # the power law acts through peaks.flops (fingerprinted here too); left out, so a re-fitted
             # exponent changes only the hashes of designs whose answer it changes
-            d.pop("power_law", None) if hasattr(prof, "without_samples") else prof.to_dict()
+            d.pop("power_law", None)
             profile_fp = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
         routing_fp: str | None = None
         kind, _, path = self.workload.routing.partition(":")

@@ -48,6 +48,7 @@ __all__ = [
     "fit_power_exponent",
     "fit_stack",
     "power_law_cases",
+    "sized_design",
     "stacked_design",
     "write_fitted",
     "write_power_law",
@@ -137,9 +138,9 @@ def default_fit_set(stack: Any, params: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def stacked_design(case: Case, stack: Any, *, size: str = "full") -> Any:
-    """The case's `codesign.design.Design` with ``stack`` (a `hwmodels.stacks.ServingStack`) in its
-    mapping; ``size`` is ``"full"``, ``"fit"`` (the case's ``fit`` overrides) or ``"reduced"``."""
+def sized_design(case: Case, *, size: str = "full") -> Any:
+    """The case's `codesign.design.Design` at ``size``: ``"full"``, ``"fit"`` (the case's ``fit``
+    overrides) or ``"reduced"``."""
     if size not in ("full", "fit", "reduced"):
         raise ValueError(f"size must be 'full', 'fit' or 'reduced', got {size!r}")
     design = build_design(case, reduced=size == "reduced")
@@ -147,6 +148,12 @@ def stacked_design(case: Case, stack: Any, *, size: str = "full") -> Any:
         from codesign.design import WorkloadSpec
 
         design = design.with_(workload=WorkloadSpec(**{**_workload_dict(design.workload), **case.fit}))
+    return design
+
+
+def stacked_design(case: Case, stack: Any, *, size: str = "full") -> Any:
+    """`sized_design` with ``stack`` (a `hwmodels.stacks.ServingStack`) in its mapping."""
+    design = sized_design(case, size=size)
     return design.with_(mapping=replace(design.mapping, stack=stack))
 
 
@@ -340,18 +347,10 @@ class PowerFitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict."""
-        return {
-            "profile": self.profile,
-            "exponent": self.exponent,
-            "start": self.start,
-            "fitted_on": list(self.fitted_on),
-            "residuals": dict(self.residuals),
-            "rms_log_error": self.rms_log_error,
-            "n_evals": self.n_evals,
-            "wall_s": self.wall_s,
-            "history": list(self.history),
-        }
+        """JSON-able dict (every field; ``fitted_on`` a list)."""
+        from dataclasses import asdict
+
+        return {**asdict(self), "fitted_on": list(self.fitted_on)}
 
 
 def _power_base_profile(case: Case) -> str:
@@ -434,7 +433,7 @@ def fit_power_exponent(
     history: list[dict[str, Any]] = []
     memo: dict[float, np.ndarray] = {}
     t_start = time.perf_counter()
-    designs = [stacked_design(c, build_design(c).mapping.stack, size=size) for c in cases]
+    designs = [sized_design(c, size=size) for c in cases]
 
     def residuals(e: float) -> np.ndarray:
         key = round(float(e), 6)

@@ -362,6 +362,15 @@ class PowerLaw:
             raise CalibrationError(f"power limit must be a positive number of watts, got {limit_W!r}")
         return 1.0 if limit_W >= self.power_W else (limit_W / self.power_W) ** self.exponent
 
+    def rebased(self, ratio: float) -> PowerLaw:
+        """The same law for a profile that runs at ``ratio`` of this one's rate (a derived or a
+        power-limited profile): it binds below ``power_W * min(1, ratio) ** (1 / exponent)``, the
+        limit that allows just that rate (its own limit when power-limited, the reference's power for
+        a device at or above it: no extrapolation upwards)."""
+        if self.exponent == 0 or ratio >= 1.0:
+            return self
+        return replace(self, power_W=round(self.power_W * ratio ** (1.0 / self.exponent), 6))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
@@ -969,17 +978,15 @@ def default_profile_names() -> list[str]:
     return sorted([*_DEFAULT_FILES, *_DERIVED])
 
 
-def derive_profile(
-    base: CalibrationProfile, base_device: Any, target_device: Any, *, name: str, power_limit_W: float | None = None
-) -> CalibrationProfile:
+def derive_profile(base: CalibrationProfile, base_device: Any, target_device: Any, *, name: str) -> CalibrationProfile:
     """A profile for ``target_device`` derived from ``base``, measured on ``base_device`` (both
     `hwmodels.devices.Device` of one compute architecture, e.g. H100 SXM -> H200, H100 NVL or H100 PCIe).
 
     The rule: the GEMM curve is carried over unchanged as efficiencies (``eff_compute``, occupancy,
     sharpness, per-call ``t0``), applied to the target's sustained compute rate: ``peaks.flops``
     scaled by the smaller of the datasheet ratio (target / base peak of the profile's dtype: its
-    boost clock and SM count) and, when ``base`` has a `PowerLaw`, the rate its power limit allows
-    (``power_limit_W``, default the target's TDP: the H100 NVL at 400 W against the SXM's 700 W; a
+    boost clock and SM count) and, when ``base`` has a `PowerLaw`, the rate the target's TDP allows
+    (the H100 NVL at 400 W against the SXM's 700 W; a run under a lower limit is `limit_power`'s; a
     power law assumes the target has the base's SM count, true of the H200 and H100 NVL, not of the
     H100 PCIe's 114 SMs, whose rate it then overstates by ~(132/114)**(1 - exponent));
     every memory-bound part (the GEMM operand-streaming bandwidth, the ``stream`` and ``act`` memory
@@ -1001,8 +1008,8 @@ def derive_profile(
     flops_ratio = datasheet_ratio
     compute_why = f"{dtype} {target_device.flops(dtype) / 1e12:.4g} / {base_device.flops(dtype) / 1e12:.4g} TFLOP/s"
     law = base.power_law
-    limit_W = float(power_limit_W) if power_limit_W is not None else float(target_device.tdp_W)
     if law is not None:
+        limit_W = float(target_device.tdp_W)
         power_ratio = law.rate(limit_W)
         if power_ratio < datasheet_ratio:
             flops_ratio = power_ratio
@@ -1010,15 +1017,7 @@ def derive_profile(
                 f"power-limited: ({limit_W:g} / {law.power_W:g} W) ** {law.exponent:.4g}, "
                 f"below the datasheet's {compute_why} = {datasheet_ratio:.4g}"
             )
-        # the power below which the law starts to bind on the derived profile's own rate: its limit when
-        # power-limited, the limit that would just allow its datasheet rate when boost-limited, the
-        # reference's own power for a device at or above it (no extrapolation upwards)
-        law = replace(
-            law,
-            power_W=round(law.power_W * min(1.0, flops_ratio) ** (1.0 / law.exponent), 6)
-            if law.exponent > 0
-            else min(limit_W, law.power_W),
-        )
+        law = law.rebased(flops_ratio)
     bw_ratio = target_device.weights_memory.bandwidth_Bps / base_device.weights_memory.bandwidth_Bps
     rule = (
         f"derived from profile {base.name!r} ({base_device.name} -> {target_device.name}, "
@@ -1079,7 +1078,7 @@ def limit_power(profile: CalibrationProfile, limit_W: float, *, exponent: float 
         profile,
         name=f"{profile.name}@{limit_W:g}W",
         peaks=peaks,
-        power_law=replace(law, power_W=min(float(limit_W), law.power_W)),
+        power_law=law.rebased(ratio),
         flop_energy_scale=profile.flop_energy_scale * energy,
         samples=(),
         quality={},

@@ -135,11 +135,16 @@ def test_a_device_at_or_above_the_reference_power_keeps_the_datasheet_ratio() ->
     h100, sxm = load_default_profile("h100"), get_device("h100-sxm")
     assert load_default_profile("h200").peaks.flops == h100.peaks.flops
     hot = dataclasses.replace(sxm, name="hot", tdp_W=1000.0)
-    assert derive_profile(h100, sxm, hot, name="hot").peaks.flops == h100.peaks.flops
+    hot_profile = derive_profile(h100, sxm, hot, name="hot")
+    assert hot_profile.peaks.flops == h100.peaks.flops
+    # its law binds from the reference's 700 W, not its own 1,000 W: a 700 W limit changes nothing
+    assert hot_profile.power_law is not None and hot_profile.power_law.power_W == 700.0
+    assert limit_power(hot_profile, 700.0).peaks.flops == h100.peaks.flops
     # an explicit power limit below the reference rules over the device's TDP
-    capped = derive_profile(h100, sxm, sxm, name="capped", power_limit_W=350.0)
+    capped = limit_power(h100, 350.0)
     assert h100.power_law is not None
     assert capped.peaks.flops == pytest.approx(h100.peaks.flops * h100.power_law.rate(350.0))
+    assert capped.power_law is not None and capped.power_law.power_W == pytest.approx(350.0)
 
 
 def test_power_law_rate_round_trip_and_checks(tmp_path: Path) -> None:

@@ -567,9 +567,12 @@ class Engine:
                 self._wake = env.event()
                 yield self._wake
                 continue
-            batch = self.scheduler.schedule(env.now, tuple(self.waiting), tuple(self.running), self._kv_free())
+            # the running requests that decode this step (paged KV: each takes a token), found once
+            # for the scheduler's KV budget and the step's KV growth
+            decoding = self._decoding(r.request_id for r in self.running) if self._kv_paged else set()
+            batch = self.scheduler.schedule(env.now, tuple(self.waiting), tuple(self.running), self._kv_free(decoding))
             preempted_before = self.n_preemptions
-            plan = self._admit(batch)
+            plan = self._admit(batch, decoding)
             if not plan and self.n_preemptions > preempted_before:
                 continue  # the step preempted all it had chosen: the freed KV lets the scheduler choose again
             if not plan:
@@ -585,8 +588,9 @@ class Engine:
                 continue
             yield from self._step(plan)
 
-    def _admit(self, batch: Batch) -> list[tuple[RequestState, int]]:
-        """Validate the scheduler's batch against its contract and admit chosen waiting requests."""
+    def _admit(self, batch: Batch, decoding: set[int]) -> list[tuple[RequestState, int]]:
+        """Validate the scheduler's batch against its contract and admit chosen waiting requests;
+        ``decoding`` are the running requests that decode this step (`_decoding`, paged KV only)."""
         name = self.bound.mapping.batching.scheduler
         if len(set(batch.request_ids)) != len(batch.request_ids):
             raise RuntimeError(f"scheduler {name!r} put a request twice in one batch: {batch.request_ids}")
@@ -599,7 +603,7 @@ class Engine:
         by_id = self.by_id
         plan: list[tuple[RequestState, int]] = []
         admitted: set[int] = set()
-        preempted = self._make_room(batch) if self._kv_paged else set()
+        preempted = self._make_room(batch, decoding) if self._kv_paged else set()
         for rid, n in zip(batch.request_ids, batch.n_tokens, strict=True):
             if rid in preempted:
                 continue
@@ -638,15 +642,15 @@ class Engine:
             self.peak_kv_set_aside = top
         return plan
 
-    def _kv_free(self) -> int:
+    def _kv_free(self, decoding: set[int]) -> int:
         """The KV tokens a scheduler may hand out to waiting requests: under ``"reserve"`` the free
         tokens of all devices; under ``"paged"`` those of the freest device once each running
-        decoder there has taken its next token (what `_admit` will find, so a waiting request the
-        scheduler chooses is admitted)."""
+        decoder there (``decoding``) has taken its next token (what `_admit` will find, so a waiting
+        request the scheduler chooses is admitted)."""
         cap, used = self.bound.kv_capacity_tokens, self.kv_used
         if not self._kv_paged:
             return sum(cap) - sum(used)
-        growth = self._growth(self._decoding(r.request_id for r in self.running))
+        growth = self._growth(decoding)
         return max(cap[d] - used[d] - growth[d] for d in range(self.n_dev))
 
     def _decoding(self, ids: Iterable[int]) -> set[int]:
@@ -661,15 +665,16 @@ class Engine:
             growth[self.req_device[rid]] += 1
         return growth
 
-    def _make_room(self, batch: Batch) -> set[int]:
+    def _make_room(self, batch: Batch, running_decoding: set[int]) -> set[int]:
         """``batching.kv = "paged"``: take this step's KV token for each decoding request of
         ``batch``, after preempting, on a device where they would not fit, its latest admitted
         running requests (LIFO, as vLLM does); returns the preempted ids. A preempted request frees
         its KV, returns to the head of ``waiting`` and will recompute what it had processed (see
         `RequestState`). It never preempts the last running request of a device: one request's
-        final KV fits its device (`codesign.mapping.Mapping.bind` checks the largest)."""
+        final KV fits its device (`codesign.mapping.Mapping.bind` checks the largest).
+        ``running_decoding`` are the running requests that decode this step (`_decoding`)."""
         cap, used, dev = self.bound.kv_capacity_tokens, self.kv_used, self.req_device
-        decoding = self._decoding(batch.request_ids)
+        decoding = running_decoding.intersection(batch.request_ids)  # the batch's decoders
         growth = self._growth(decoding)
         preempted: set[int] = set()
         for d in range(self.n_dev):

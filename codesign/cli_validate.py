@@ -58,7 +58,9 @@ def register(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--param", action="append", default=None, metavar="FIELD", help="with --fit: a field to fit (repeatable)"
     )
     p.add_argument("--on", action="append", default=None, metavar="CASE", help="with --fit: a fit case (repeatable)")
-    p.add_argument("--max-evals", type=int, default=40, help="with --fit or --fit-power: simulator evaluations of the fit set")
+    p.add_argument(
+        "--max-evals", type=int, default=40, help="with --fit or --fit-power: simulator evaluations of the fit set"
+    )
     p.add_argument(
         "--fit-power",
         action="store_true",
